@@ -1,0 +1,5 @@
+"""Allow ``python -m canaryd``."""
+
+from canaryd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,463 @@
+"""Typed configuration models (DESIGN section 3).
+
+The models validate *shape and values*; cross references (a canary naming an
+undefined provider, ...) and file positions are handled by :mod:`canaryd.loader`,
+which turns every problem into ``FILE:LINE:COLUMN: key.path: message``.
+
+Keys follow Flagger's spelling (``stepWeight``, ``thresholdRange``, ...) so an
+``analysis:`` block can be pasted from a Flagger ``Canary``. Secrets are never
+inline values that could reach a log: they are read from ``*_file`` paths or
+from the environment, and held as :class:`pydantic.SecretStr`.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from canaryd.durations import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds; accepts ``30s``, ``1m``, ``1h30m``, ``500ms`` or a number of seconds."""
+
+DEFAULT_HTTP_TIMEOUT = 10.0
+"""Default timeout (seconds) of every outgoing HTTP call that does not set its own."""
+
+
+def _check_name(value: str) -> str:
+    if not value or len(value) > 253 or not all(c.isalnum() or c in "-_." for c in value):
+        raise ValueError(
+            "must be 1-253 characters of letters, digits, '-', '_' or '.'"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+
+
+class Model(BaseModel):
+    """Base of every config model: unknown keys are errors, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def read_secret(path: str | None, env: str | None = None) -> SecretStr | None:
+    """Read a secret from a file (stripped of surrounding whitespace) or an env variable.
+
+    Raises:
+        ValueError: the file cannot be read or is readable by others.
+    """
+    if path:
+        p = Path(path)
+        try:
+            mode = p.stat().st_mode
+            if mode & 0o004:
+                raise ValueError(
+                    f"secret file {path} is readable by others; run: chmod o-r {path}"
+                )
+            return SecretStr(p.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ValueError(f"environment variable {env} is not set")
+        return SecretStr(value)
+    return None
+
+
+# --------------------------------------------------------------------------- providers
+
+
+class PrometheusProvider(Model):
+    """A Prometheus-compatible HTTP API (Prometheus, Thanos, Mimir, VictoriaMetrics)."""
+
+    type: Literal["prometheus"]
+    address: str = "http://127.0.0.1:9090"
+    timeout: Duration = 5.0
+    headers: dict[str, str] = Field(default_factory=dict)
+    bearer_token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    insecureSkipVerify: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+ProviderConfig = Annotated[PrometheusProvider, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- routers
+
+
+class WebhookRouter(Model):
+    """The generic mesh controller: canaryd POSTs route/promote/rollback actions."""
+
+    type: Literal["webhook"]
+    url: str
+    timeout: Duration = DEFAULT_HTTP_TIMEOUT
+    secret_file: str | None = None
+    secret_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class HAProxyRouter(Model):
+    """HAProxy runtime API: server weights in one backend (socket is a unix path or host:port)."""
+
+    type: Literal["haproxy"]
+    socket: str
+    backend: str
+    primary: str
+    canary: str
+    timeout: Duration = 5.0
+
+
+RouterConfig = Annotated[WebhookRouter | HAProxyRouter, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- notifiers
+
+
+class Severity(StrEnum):
+    """Alert severity; a filter of ``warn`` lets warn and error through."""
+
+    INFO = "info"
+    WARN = "warn"
+    ERROR = "error"
+
+
+class Notifier(Model):
+    """Where alerts go: chat webhooks, a generic JSON webhook, or CloudEvents."""
+
+    type: Literal["slack", "msteams", "discord", "gchat", "webhook", "cloudevents"]
+    url: str | None = None
+    url_file: str | None = None
+    secret_file: str | None = None
+    secret_env: str | None = None
+    channel: str | None = None
+    username: str | None = None
+    timeout: Duration = DEFAULT_HTTP_TIMEOUT
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Notifier:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("set exactly one of url or url_file")
+        return self
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class Template(Model):
+    """A metric template (Flagger's MetricTemplate): a query for one provider."""
+
+    provider: Name
+    query: str
+
+
+# --------------------------------------------------------------------------- canaries
+
+
+class ThresholdRange(Model):
+    """Inclusive bounds a metric value must stay within to pass."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class TemplateRef(Model):
+    """Reference to an entry of ``templates`` (``namespace`` kept for Flagger manifests)."""
+
+    name: Name
+    namespace: str | None = None
+
+
+class OnNoData(StrEnum):
+    """What a metric without data does to the check."""
+
+    FAIL = "fail"
+    PASS = "pass"
+    HOLD = "hold"
+
+
+class MetricSpec(Model):
+    """One metric check of an analysis (Flagger's ``analysis.metrics[]``)."""
+
+    name: Name
+    thresholdRange: ThresholdRange | None = None
+    templateRef: TemplateRef | None = None
+    query: str | None = None
+    provider: Name | None = None
+    interval: Duration = 60.0
+    onNoData: OnNoData = OnNoData.FAIL
+    templateVariables: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _source(self) -> MetricSpec:
+        if self.templateRef is not None and self.query is not None:
+            raise ValueError("set templateRef or query, not both")
+        if self.thresholdRange is None or (
+            self.thresholdRange.min is None and self.thresholdRange.max is None
+        ):
+            raise ValueError("thresholdRange needs min, max or both")
+        return self
+
+
+class WebhookType(StrEnum):
+    """Flagger's webhook types; the ``confirm-*`` ones are gates."""
+
+    CONFIRM_ROLLOUT = "confirm-rollout"
+    PRE_ROLLOUT = "pre-rollout"
+    ROLLOUT = "rollout"
+    CONFIRM_TRAFFIC_INCREASE = "confirm-traffic-increase"
+    CONFIRM_PROMOTION = "confirm-promotion"
+    POST_ROLLOUT = "post-rollout"
+    ROLLBACK = "rollback"
+    EVENT = "event"
+
+
+GATE_TYPES = frozenset(
+    {WebhookType.CONFIRM_ROLLOUT, WebhookType.CONFIRM_TRAFFIC_INCREASE, WebhookType.CONFIRM_PROMOTION}
+)
+
+
+class WebhookSpec(Model):
+    """One webhook of an analysis.
+
+    ``timeout`` is the HTTP timeout of one call, as in Flagger. ``gateTimeout``
+    (gates only) is how long a gate may stay closed before the rollout fails.
+    A gate without ``url`` is a manual gate opened by ``canaryd approve``.
+    """
+
+    name: Name
+    type: WebhookType = WebhookType.ROLLOUT
+    url: str | None = None
+    timeout: Duration = DEFAULT_HTTP_TIMEOUT
+    gateTimeout: Duration | None = None
+    retries: int = Field(default=0, ge=0, le=10)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    secret_file: str | None = None
+    secret_env: str | None = None
+
+    @model_validator(mode="after")
+    def _gate_fields(self) -> WebhookSpec:
+        if self.type not in GATE_TYPES:
+            if self.url is None:
+                raise ValueError(f"a {self.type.value} webhook needs a url")
+            if self.gateTimeout is not None:
+                raise ValueError("gateTimeout applies to confirm-* gates only")
+        return self
+
+
+class Analysis(Model):
+    """Flagger's ``spec.analysis`` plus canaryd's extensions."""
+
+    interval: Duration = 60.0
+    threshold: int = Field(default=5, ge=1)
+    maxWeight: int | None = Field(default=None, ge=1, le=100)
+    stepWeight: int | None = Field(default=None, ge=1, le=100)
+    stepWeights: list[Annotated[int, Field(ge=1, le=100)]] | None = None
+    stepWeightPromotion: int | None = Field(default=None, ge=1, le=100)
+    iterations: int = Field(default=0, ge=0)
+    match: list[dict[str, Any]] = Field(default_factory=list)
+    metrics: list[MetricSpec] = Field(default_factory=list)
+    webhooks: list[WebhookSpec] = Field(default_factory=list)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive_interval(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be greater than 0s")
+        return v
+
+    @field_validator("stepWeights")
+    @classmethod
+    def _increasing(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must not be empty")
+            for a, b in zip(v, v[1:], strict=False):
+                if b <= a:
+                    raise ValueError(f"must be strictly increasing ({a} then {b})")
+        return v
+
+    @model_validator(mode="after")
+    def _strategy(self) -> Analysis:
+        if self.stepWeight is not None and self.stepWeights is not None:
+            raise ValueError("set stepWeight or stepWeights, not both")
+        if self.iterations == 0 and self.stepWeight is None and self.stepWeights is None:
+            raise ValueError(
+                "set stepWeight or stepWeights (canary), or iterations (blue/green, A/B)"
+            )
+        if self.match and self.iterations == 0:
+            raise ValueError("match (A/B testing) needs iterations > 0")
+        names = [m.name for m in self.metrics]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"metric names must be unique: {', '.join(dup)}")
+        hooks = [w.name for w in self.webhooks]
+        dup = sorted({n for n in hooks if hooks.count(n) > 1})
+        if dup:
+            raise ValueError(f"webhook names must be unique: {', '.join(dup)}")
+        return self
+
+    @property
+    def strategy(self) -> Literal["canary", "blue-green", "ab"]:
+        """Which strategy Flagger would pick for these keys."""
+        if self.iterations > 0:
+            return "ab" if self.match else "blue-green"
+        return "canary"
+
+    @property
+    def weights(self) -> list[int]:
+        """The canary weights to walk through, ending at the effective maxWeight."""
+        if self.stepWeights:
+            cap = self.maxWeight or self.stepWeights[-1]
+            return [w for w in self.stepWeights if w <= cap]
+        step = self.stepWeight or 0
+        cap = self.maxWeight or 100
+        return list(range(step, cap + 1, step)) if step else []
+
+
+class AlertSpec(Model):
+    """Send this canary's events to a notifier, filtered by severity."""
+
+    name: Name
+    notifier: Name
+    severity: Severity = Severity.INFO
+
+
+class CanaryConfig(Model):
+    """One canary: what to analyse, with which provider, through which router."""
+
+    name: Name
+    namespace: Name = "default"
+    target: str | None = None
+    router: Name
+    provider: Name | None = None
+    meshProvider: str | None = None
+    variables: dict[str, str] = Field(default_factory=dict)
+    analysis: Analysis
+    alerts: list[AlertSpec] = Field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def target_name(self) -> str:
+        """What built-in queries select on: ``target`` or, by default, the canary's name."""
+        return self.target or self.name
+
+
+class ApiConfig(Model):
+    """HTTP API settings."""
+
+    token_file: str | None = None
+    token_env: str | None = None
+    anonymous_read: bool = True
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+
+class LogConfig(Model):
+    """Logging: JSON lines (journald) or console; ``auto`` picks console on a terminal."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """The whole configuration file.
+
+    Environment variables ``CANARYD_<KEY>`` (``__`` for nesting, e.g.
+    ``CANARYD_PROVIDERS__PROM__ADDRESS``) override the file.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CANARYD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    include: list[str] = Field(default_factory=list)
+    listen: str = "127.0.0.1:9879"
+    state: str = "sqlite:///var/lib/canaryd/state.db"
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    meshProvider: str = "prometheus"
+    providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
+    routers: dict[Name, RouterConfig] = Field(default_factory=dict)
+    notifiers: dict[Name, Notifier] = Field(default_factory=dict)
+    templates: dict[Name, Template] = Field(default_factory=dict)
+    canaries: list[CanaryConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment overrides the file (the file arrives as init kwargs)."""
+        return (env_settings, init_settings)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9879")
+        return v
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, v: str) -> str:
+        if not v.startswith("sqlite://"):
+            raise ValueError("must be sqlite:///ABSOLUTE/PATH or sqlite://RELATIVE/PATH")
+        return v
+
+    @property
+    def state_path(self) -> Path:
+        """Filesystem path of the SQLite state file."""
+        return Path(self.state.removeprefix("sqlite://"))
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        """``listen`` split into host and port."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def canary(self, key: str) -> CanaryConfig | None:
+        """The canary named ``namespace/name``, if configured."""
+        return next((c for c in self.canaries if c.key == key), None)

@@ -1,0 +1,76 @@
+"""The event vocabulary (DESIGN section 7): names, levels and the Event record.
+
+Every decision the analysis core takes is described by an :class:`Event`. The
+runtime logs each one as a JSON line, stores it, and hands it to the alerting
+outbox. ``docs/events.md`` documents this vocabulary; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Level = Literal["debug", "info", "warning", "error"]
+
+EVENTS: dict[str, tuple[Level, str]] = {
+    "rollout.started": ("info", "A rollout of a new revision began."),
+    "rollout.waiting": ("info", "The confirm-rollout gate is closed; the rollout waits."),
+    "pre_rollout.failed": ("warning", "A pre-rollout webhook failed; counted as a failed check."),
+    "check.failed": ("warning", "A check failed (metric out of range, no data, webhook, error)."),
+    "check.held": ("info", "A check neither passed nor failed (onNoData: hold)."),
+    "weight.advanced": ("info", "Traffic to the canary was increased."),
+    "iteration.advanced": ("info", "A blue/green or A/B iteration passed."),
+    "gate.waiting": ("info", "A confirm-* gate is closed; the rollout waits without failing."),
+    "gate.approved": ("info", "An operator approved a gate."),
+    "gate.timed_out": ("error", "A gate stayed closed longer than its gateTimeout."),
+    "rollout.promoting": ("info", "The canary passed; the primary is being promoted."),
+    "rollout.promoted": ("info", "The rollout succeeded; all traffic is on the new primary."),
+    "rollout.rolled_back": ("error", "The rollout failed and traffic went back to the primary."),
+    "rollout.paused": ("info", "An operator paused the analysis."),
+    "rollout.resumed": ("info", "An operator resumed the analysis."),
+    "router.failed": ("error", "The router did not apply the requested weights."),
+    "analysis.tick": ("info", "One analysis tick, with every metric's value and bounds."),
+    "notification.failed": ("error", "An alert or webhook could not be delivered in time."),
+    "state.persist_failed": ("error", "The state store could not be written; the canary holds."),
+    "config.loaded": ("info", "The configuration was loaded."),
+    "config.rejected": ("error", "A configuration reload was rejected; the last good one stays."),
+    "daemon.started": ("info", "The daemon is ready."),
+    "daemon.stopping": ("info", "The daemon is shutting down."),
+}
+"""Event name -> (level, meaning). The stable vocabulary for log-based alerting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a canary, as logged, stored and alerted.
+
+    Attributes:
+        name: one of :data:`EVENTS`.
+        canary: ``namespace/name``.
+        revision: the rollout's revision, if any.
+        phase: the phase after the event.
+        time: Unix time of the decision.
+        fields: event-specific values (metric, value, min, max, reason, weights...).
+    """
+
+    name: str
+    canary: str
+    revision: str | None
+    phase: str
+    time: float
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def level(self) -> Level:
+        """The event's log level, from the vocabulary."""
+        return EVENTS[self.name][0]
+
+    @property
+    def namespace(self) -> str:
+        """The canary's namespace."""
+        return self.canary.partition("/")[0]
+
+    @property
+    def canary_name(self) -> str:
+        """The canary's name without namespace."""
+        return self.canary.partition("/")[2]

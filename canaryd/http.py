@@ -1,0 +1,111 @@
+"""Outgoing HTTP: one shared client session, signed JSON posts, bounded answers.
+
+Every outgoing request carries an ``Idempotency-Key`` and, when a secret is
+configured, ``X-Canaryd-Signature: t=<unix>,v1=<hex>`` with
+``v1 = HMAC-SHA256(secret, "<t>.<raw body>")`` (DESIGN section 6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from canaryd import __version__
+from canaryd.errors import WebhookError
+
+MAX_ANSWER_BYTES = 64 * 1024
+"""How much of an answer's body canaryd reads at most (the rest is discarded)."""
+
+BODY_PREVIEW_BYTES = 200
+"""How much of an answer's body goes into events and logs."""
+
+USER_AGENT = f"canaryd/{__version__}"
+
+
+def make_session(limit: int = 100) -> aiohttp.ClientSession:
+    """Create the client session shared by all adapters (one connection pool)."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit)
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": USER_AGENT},
+        timeout=aiohttp.ClientTimeout(total=30),
+    )
+
+
+def sign(secret: SecretStr, body: bytes, timestamp: int | None = None) -> str:
+    """Return the ``X-Canaryd-Signature`` header value for ``body``."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.get_secret_value().encode(), f"{t}.".encode() + body, hashlib.sha256)
+    return f"t={t},v1={mac.hexdigest()}"
+
+
+def encode(payload: Any) -> bytes:
+    """Serialise a payload as compact JSON bytes (the exact bytes that get signed)."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a receiver answered: status and the first bytes of its body."""
+
+    status: int
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        """Any 2xx is success."""
+        return 200 <= self.status < 300
+
+    def describe(self) -> str:
+        """``HTTP 503: <first bytes of body>`` for events and logs."""
+        preview = self.body[:BODY_PREVIEW_BYTES].decode("utf-8", "replace").strip()
+        return f"HTTP {self.status}: {preview}" if preview else f"HTTP {self.status}"
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: Any,
+    *,
+    timeout: float,
+    idempotency_key: str,
+    secret: SecretStr | None = None,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> Answer:
+    """POST ``payload`` as JSON and return the answer (any status).
+
+    Raises:
+        WebhookError: connection failure or timeout; the message names the
+            host only, never the full URL (URLs of chat webhooks are secrets).
+    """
+    body = encode(payload)
+    hdrs = {"Content-Type": content_type, "Idempotency-Key": idempotency_key}
+    if headers:
+        hdrs.update(headers)
+    if secret is not None:
+        hdrs["X-Canaryd-Signature"] = sign(secret, body)
+    try:
+        async with session.post(
+            url, data=body, headers=hdrs, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            data = await resp.content.read(MAX_ANSWER_BYTES)
+            return Answer(resp.status, data)
+    except TimeoutError as exc:
+        raise WebhookError(f"{redact_url(url)}: no answer within {timeout:g}s") from exc
+    except aiohttp.ClientError as exc:
+        raise WebhookError(f"{redact_url(url)}: {type(exc).__name__}: {exc}".replace(url, redact_url(url))) from exc
+
+
+def redact_url(url: str) -> str:
+    """Keep scheme, host and port of a URL; drop the path and query (may hold tokens)."""
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}{sep}{host}/…" if sep else "<url>"

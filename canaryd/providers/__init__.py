@@ -1,0 +1,44 @@
+"""Metrics providers: the :class:`MetricsProvider` seam and its factory."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import aiohttp
+
+from canaryd.config import PrometheusProvider, ProviderConfig
+
+
+class MetricsProvider(Protocol):
+    """Where metric values come from.
+
+    ``query`` returns one float, or ``None`` for "no data" (empty result or NaN).
+    It retries transient failures itself, within ``budget`` seconds in total.
+    """
+
+    async def query(self, query: str, *, budget: float) -> float | None:
+        """Run an instant query.
+
+        Raises:
+            ProviderError: the query failed for good (message says why).
+        """
+        ...
+
+    async def query_range(
+        self, query: str, *, start: float, end: float, step: float, budget: float
+    ) -> list[float]:
+        """Run a range query over one series and return its values in time order.
+
+        Raises:
+            ProviderError: the query failed for good.
+        """
+        ...
+
+
+def build_provider(cfg: ProviderConfig, session: aiohttp.ClientSession) -> MetricsProvider:
+    """Create the provider for a config entry (the config's ``type`` picks the class)."""
+    from canaryd.providers.prometheus import Prometheus
+
+    if isinstance(cfg, PrometheusProvider):
+        return Prometheus(cfg, session)
+    raise AssertionError(f"unhandled provider type {cfg!r}")  # config validation prevents this

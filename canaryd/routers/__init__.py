@@ -1,0 +1,62 @@
+"""Traffic routers: the :class:`Router` seam, the request it takes, and its factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import aiohttp
+
+from canaryd.config import HAProxyRouter, RouterConfig, WebhookRouter
+
+Action = Literal["route", "promote", "rollback"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """One instruction to a router.
+
+    Attributes:
+        canary: ``namespace/name``.
+        revision: the rollout's revision.
+        action: ``route`` (set weights), ``promote`` (make the primary run the
+            canary's revision), ``rollback`` (all traffic to the primary).
+        primary_weight: percent of traffic for the primary (0..100).
+        canary_weight: percent for the canary; the two add up to 100.
+        match: A/B header/cookie rules, handed to the router as they are.
+        idempotency_key: stable across retries and restarts of the same decision.
+    """
+
+    canary: str
+    revision: str | None
+    action: Action
+    primary_weight: int
+    canary_weight: int
+    idempotency_key: str
+    match: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Router(Protocol):
+    """Something that moves traffic between primary and canary."""
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Apply the request and return once the router confirms it.
+
+        Raises:
+            RouterError: not applied or not confirmed; the message carries the
+                router's own error text.
+        """
+        ...
+
+
+def build_router(cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
+    """Create the router for a config entry (the config's ``type`` picks the class)."""
+    if isinstance(cfg, WebhookRouter):
+        from canaryd.routers.webhook import WebhookRouterClient
+
+        return WebhookRouterClient(cfg, session)
+    if isinstance(cfg, HAProxyRouter):
+        from canaryd.routers.haproxy import HAProxyRuntime
+
+        return HAProxyRuntime(cfg)
+    raise AssertionError(f"unhandled router type {cfg!r}")  # config validation prevents this
