@@ -12,7 +12,10 @@ from the environment, and held as :class:`pydantic.SecretStr`.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,7 +34,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from canaryd.durations import parse_duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite duration")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_finite)]
 """Seconds; accepts ``30s``, ``1m``, ``1h30m``, ``500ms`` or a number of seconds."""
 
 DEFAULT_HTTP_TIMEOUT = 10.0
@@ -40,9 +50,7 @@ DEFAULT_HTTP_TIMEOUT = 10.0
 
 def _check_name(value: str) -> str:
     if not value or len(value) > 253 or not all(c.isalnum() or c in "-_." for c in value):
-        raise ValueError(
-            "must be 1-253 characters of letters, digits, '-', '_' or '.'"
-        )
+        raise ValueError("must be 1-253 characters of letters, digits, '-', '_' or '.'")
     return value
 
 
@@ -55,8 +63,15 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def read_secret(path: str | None, env: str | None = None) -> SecretStr | None:
+def read_secret(
+    path: str | None, env: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> SecretStr | None:
     """Read a secret from a file (stripped of surrounding whitespace) or an env variable.
+
+    Args:
+        path: the secret file (``*_file`` keys); must not be readable by others.
+        env: name of the environment variable (``*_env`` keys), used when there is no path.
+        environ: the environment to read ``env`` from (default: ``os.environ``).
 
     Raises:
         ValueError: the file cannot be read or is readable by others.
@@ -66,14 +81,12 @@ def read_secret(path: str | None, env: str | None = None) -> SecretStr | None:
         try:
             mode = p.stat().st_mode
             if mode & 0o004:
-                raise ValueError(
-                    f"secret file {path} is readable by others; run: chmod o-r {path}"
-                )
+                raise ValueError(f"secret file {path} is readable by others; run: chmod o-r {path}")
             return SecretStr(p.read_text(encoding="utf-8").strip())
         except OSError as exc:
             raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
     if env:
-        value = os.environ.get(env)
+        value = (os.environ if environ is None else environ).get(env)
         if value is None:
             raise ValueError(f"environment variable {env} is not set")
         return SecretStr(value)
@@ -242,7 +255,11 @@ class WebhookType(StrEnum):
 
 
 GATE_TYPES = frozenset(
-    {WebhookType.CONFIRM_ROLLOUT, WebhookType.CONFIRM_TRAFFIC_INCREASE, WebhookType.CONFIRM_PROMOTION}
+    {
+        WebhookType.CONFIRM_ROLLOUT,
+        WebhookType.CONFIRM_TRAFFIC_INCREASE,
+        WebhookType.CONFIRM_PROMOTION,
+    }
 )
 
 
@@ -301,7 +318,7 @@ class Analysis(Model):
         if v is not None:
             if not v:
                 raise ValueError("must not be empty")
-            for a, b in zip(v, v[1:], strict=False):
+            for a, b in itertools.pairwise(v):
                 if b <= a:
                     raise ValueError(f"must be strictly increasing ({a} then {b})")
         return v
@@ -385,6 +402,15 @@ class ApiConfig(Model):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
 
+class OutboxConfig(Model):
+    """Delivery of alerts and webhooks: retried with backoff until ``maxAge``, then dead-lettered."""
+
+    maxAge: Duration = 3600.0
+    initialBackoff: Duration = 1.0
+    maxBackoff: Duration = 60.0
+    pollInterval: Duration = 0.5
+
+
 class LogConfig(Model):
     """Logging: JSON lines (journald) or console; ``auto`` picks console on a terminal."""
 
@@ -413,6 +439,7 @@ class Settings(BaseSettings):
     state: str = "sqlite:///var/lib/canaryd/state.db"
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     meshProvider: str = "prometheus"
     providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
     routers: dict[Name, RouterConfig] = Field(default_factory=dict)
@@ -435,7 +462,7 @@ class Settings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9879")
         return v

@@ -7,7 +7,8 @@
     ├── TemplateError            a query template names an unknown variable or is malformed
     ├── ProviderError            a metrics provider failed (network, HTTP status, bad answer)
     ├── RouterError              a traffic router did not apply (or confirm) the requested weights
-    ├── WebhookError             a webhook call failed (network, timeout); non-2xx is a result, not an error
+    ├── WebhookError             an outgoing call failed (network, timeout, or a non-2xx
+    │                            answer where the caller treats that as failure)
     ├── StoreError               the state store could not read or write
     ├── CommandError             an operator command is not valid in the canary's current state
     │   └── NotFoundError        no canary with that namespace/name

@@ -101,7 +101,9 @@ async def post_json(
     except TimeoutError as exc:
         raise WebhookError(f"{redact_url(url)}: no answer within {timeout:g}s") from exc
     except aiohttp.ClientError as exc:
-        raise WebhookError(f"{redact_url(url)}: {type(exc).__name__}: {exc}".replace(url, redact_url(url))) from exc
+        raise WebhookError(
+            f"{redact_url(url)}: {type(exc).__name__}: {exc}".replace(url, redact_url(url))
+        ) from exc
 
 
 def redact_url(url: str) -> str:

@@ -1,0 +1,694 @@
+"""The pure analysis core: Flagger's canary state machine as plain functions.
+
+Nothing here awaits, reads a clock or touches the network. The runtime asks
+:func:`needs` what to observe, gathers an :class:`Observation`, and calls
+:func:`decide`, which returns the new :class:`CanaryState` plus the effects to
+carry out (route traffic, run post-rollout hooks, emit events). Operator
+commands (:func:`start_rollout`, :func:`abort`, ...) are pure in the same way.
+
+Rules (DESIGN section 2): the failed-check counter is cumulative for the whole
+rollout, grows by at most one per tick, and the rollout is rolled back in the
+tick in which it reaches ``threshold``; a closed gate waits without counting a
+failure; no data fails a check unless the metric says ``onNoData: pass|hold``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from canaryd.config import Analysis, CanaryConfig, OnNoData, WebhookType
+from canaryd.errors import CommandError
+from canaryd.events import Event
+from canaryd.routers import Action
+
+
+class Phase(StrEnum):
+    """Flagger's phases, plus ``Paused``."""
+
+    INITIALIZED = "Initialized"
+    WAITING = "Waiting"
+    PROGRESSING = "Progressing"
+    WAITING_PROMOTION = "WaitingPromotion"
+    PROMOTING = "Promoting"
+    FINALISING = "Finalising"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    PAUSED = "Paused"
+
+
+ACTIVE = frozenset(
+    {
+        Phase.WAITING,
+        Phase.PROGRESSING,
+        Phase.WAITING_PROMOTION,
+        Phase.PROMOTING,
+        Phase.FINALISING,
+        Phase.PAUSED,
+    }
+)
+"""Phases in which a rollout is under way."""
+
+GATES = {
+    "rollout": WebhookType.CONFIRM_ROLLOUT,
+    "traffic-increase": WebhookType.CONFIRM_TRAFFIC_INCREASE,
+    "promotion": WebhookType.CONFIRM_PROMOTION,
+}
+"""Gate names of the API/CLI -> webhook types."""
+
+
+class Outcome(StrEnum):
+    """What one check concluded."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricValue:
+    """One metric's observation in a tick, with its bounds.
+
+    ``value`` None means no data; ``error`` set means the provider failed.
+    """
+
+    name: str
+    value: float | None
+    min: float | None = None
+    max: float | None = None
+    error: str | None = None
+    on_no_data: OnNoData = OnNoData.FAIL
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (NaN/Inf become strings)."""
+        v = self.value
+        out: dict[str, Any] = {
+            "name": self.name,
+            "value": v if v is None or math.isfinite(v) else str(v),
+            "min": self.min,
+            "max": self.max,
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class HookResult:
+    """One webhook call: ``ok`` is any 2xx; ``detail`` is status and body preview or error."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """Everything the runtime observed for one tick."""
+
+    rollback: tuple[HookResult, ...] = ()
+    gate_open: bool = True
+    pre_rollout: tuple[HookResult, ...] = ()
+    rollout: tuple[HookResult, ...] = ()
+    metrics: tuple[MetricValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What the runtime must observe before calling :func:`decide`."""
+
+    rollback_hooks: bool = False
+    gate: WebhookType | None = None
+    pre_rollout: bool = False
+    checks: bool = False
+
+    @property
+    def anything(self) -> bool:
+        """Whether a tick has any work at all."""
+        return self.rollback_hooks
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecord:
+    """One tick's check, kept in the history shown by the API."""
+
+    time: float
+    tick: int
+    outcome: Outcome
+    canary_weight: int
+    iteration: int
+    failed_checks: int
+    reason: str | None
+    metrics: tuple[MetricValue, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "time": self.time,
+            "tick": self.tick,
+            "outcome": self.outcome.value,
+            "canaryWeight": self.canary_weight,
+            "iteration": self.iteration,
+            "failedChecks": self.failed_checks,
+            "reason": self.reason,
+            "metrics": [m.as_dict() for m in self.metrics],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryState:
+    """Everything canaryd remembers about one canary (persisted on every change)."""
+
+    phase: Phase = Phase.INITIALIZED
+    revision: str | None = None
+    rollout_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    canary_weight: int = 0
+    primary_weight: int = 100
+    failed_checks: int = 0
+    iteration: int = 0
+    ticks: int = 0
+    pre_rollout_done: bool = False
+    gate: str | None = None
+    gate_since: float | None = None
+    paused_phase: Phase | None = None
+    approvals: frozenset[str] = frozenset()
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str | None = None
+    route_pending: bool = False
+
+    @property
+    def active(self) -> bool:
+        """Whether a rollout is under way."""
+        return self.phase in ACTIVE
+
+
+# --------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Ask the router to apply weights (and, for ``promote``, to promote the primary)."""
+
+    action: Action
+    primary_weight: int
+    canary_weight: int
+    match: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunHooks:
+    """Fire-and-forget webhooks of one type (post-rollout), delivered via the outbox."""
+
+    type: WebhookType
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Log, store and alert an event."""
+
+    event: Event
+
+
+Effect = Route | RunHooks | Emit
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The core's answer: the new state, what to do, and the tick's check record."""
+
+    state: CanaryState
+    effects: tuple[Effect, ...] = ()
+    record: CheckRecord | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _hooks(analysis: Analysis, kind: WebhookType) -> list[Any]:
+    return [w for w in analysis.webhooks if w.type == kind]
+
+
+def _event(spec: CanaryConfig, state: CanaryState, name: str, now: float, **fields: Any) -> Emit:
+    base = {
+        "canaryWeight": state.canary_weight,
+        "primaryWeight": state.primary_weight,
+        "failedChecks": state.failed_checks,
+        "threshold": spec.analysis.threshold,
+        "iteration": state.iteration,
+    }
+    base.update(fields)
+    return Emit(Event(name, spec.key, state.revision, state.phase.value, now, base))
+
+
+def next_weight(analysis: Analysis, current: int) -> int | None:
+    """The next canary weight after ``current``, or None at maxWeight."""
+    return next((w for w in analysis.weights if w > current), None)
+
+
+def _at_last_step(analysis: Analysis, state: CanaryState) -> bool:
+    """Whether a passing check now leads to promotion rather than another step."""
+    if analysis.strategy == "canary":
+        return next_weight(analysis, state.canary_weight) is None
+    return state.iteration + 1 >= analysis.iterations
+
+
+def _gate_timeout(analysis: Analysis, kind: WebhookType) -> float | None:
+    limits = [w.gateTimeout for w in _hooks(analysis, kind) if w.gateTimeout is not None]
+    return min(limits) if limits else None
+
+
+def needs(spec: CanaryConfig, state: CanaryState) -> Needs:
+    """What the runtime must observe for the next tick of ``state``."""
+    a = spec.analysis
+    if state.phase not in ACTIVE or state.phase is Phase.PAUSED:
+        return Needs()
+    if state.phase is Phase.WAITING:
+        return Needs(rollback_hooks=True, gate=WebhookType.CONFIRM_ROLLOUT)
+    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
+        return Needs(rollback_hooks=True)
+    gate = (
+        WebhookType.CONFIRM_PROMOTION
+        if _at_last_step(a, state)
+        else (WebhookType.CONFIRM_TRAFFIC_INCREASE if a.strategy == "canary" else None)
+    )
+    checks = a.strategy != "canary" or state.canary_weight > 0
+    pre = not state.pre_rollout_done and bool(_hooks(a, WebhookType.PRE_ROLLOUT))
+    return Needs(rollback_hooks=True, gate=gate, pre_rollout=pre, checks=checks)
+
+
+def gate_open(
+    spec: CanaryConfig, state: CanaryState, kind: WebhookType, results: tuple[HookResult, ...]
+) -> bool:
+    """Whether a gate is open: approved by hand, or every gate webhook answered 2xx.
+
+    A gate without webhooks is open; a manual gate (no url) is reported by the
+    runtime as a failing result, so only ``canaryd approve`` opens it.
+    """
+    name = next(n for n, t in GATES.items() if t is kind)
+    return name in state.approvals or all(r.ok for r in results)
+
+
+def judge_metric(m: MetricValue) -> tuple[Outcome, str | None]:
+    """Judge one metric value against its inclusive bounds.
+
+    Returns:
+        The outcome and, unless it passed, the reason in words.
+    """
+    if m.error is not None:
+        return Outcome.FAIL, f"{m.name}: {m.error}"
+    if m.value is None or math.isnan(m.value):
+        if m.on_no_data is OnNoData.PASS:
+            return Outcome.PASS, None
+        verdict = Outcome.HOLD if m.on_no_data is OnNoData.HOLD else Outcome.FAIL
+        return verdict, f"{m.name}: no data"
+    if m.min is not None and m.value < m.min:
+        return Outcome.FAIL, f"{m.name} {m.value:g} < min {m.min:g}"
+    if m.max is not None and m.value > m.max:
+        return Outcome.FAIL, f"{m.name} {m.value:g} > max {m.max:g}"
+    return Outcome.PASS, None
+
+
+def evaluate(need: Needs, obs: Observation) -> tuple[Outcome, str | None, dict[str, Any]]:
+    """Evaluate one tick's check; the first failure (in config order) is the reason.
+
+    Returns:
+        Outcome, reason, and event fields describing the failing item.
+    """
+    if need.pre_rollout:
+        for hook in obs.pre_rollout:
+            if not hook.ok:
+                return (
+                    Outcome.FAIL,
+                    f"pre-rollout webhook {hook.name}: {hook.detail}",
+                    {"webhook": hook.name, "error": hook.detail, "stage": "pre-rollout"},
+                )
+    if not need.checks:
+        return Outcome.PASS, None, {}
+    for hook in obs.rollout:
+        if not hook.ok:
+            return (
+                Outcome.FAIL,
+                f"webhook {hook.name}: {hook.detail}",
+                {"webhook": hook.name, "error": hook.detail},
+            )
+    held: tuple[str | None, dict[str, Any]] | None = None
+    for m in obs.metrics:
+        outcome, reason = judge_metric(m)
+        fields = {"metric": m.name, "value": m.as_dict()["value"], "min": m.min, "max": m.max}
+        if m.error:
+            fields["error"] = m.error
+        if outcome is Outcome.FAIL:
+            return outcome, reason, fields
+        if outcome is Outcome.HOLD and held is None:
+            held = (reason, fields)
+    if held is not None:
+        return Outcome.HOLD, held[0], held[1]
+    return Outcome.PASS, None, {}
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def _rollback(
+    spec: CanaryConfig, state: CanaryState, now: float, reason: str, **fields: Any
+) -> tuple[CanaryState, list[Effect]]:
+    new = replace(
+        state,
+        phase=Phase.FAILED,
+        canary_weight=0,
+        primary_weight=100,
+        finished_at=now,
+        reason=reason,
+        gate=None,
+        gate_since=None,
+        paused_phase=None,
+        approvals=frozenset(),
+    )
+    return new, [
+        Route("rollback", 100, 0),
+        RunHooks(WebhookType.POST_ROLLOUT),
+        _event(spec, new, "rollout.rolled_back", now, reason=reason, **fields),
+    ]
+
+
+def _begin_promotion(
+    spec: CanaryConfig, state: CanaryState, now: float, **fields: Any
+) -> tuple[CanaryState, list[Effect]]:
+    effects: list[Effect] = []
+    new = replace(
+        state,
+        phase=Phase.PROMOTING,
+        gate=None,
+        gate_since=None,
+        approvals=state.approvals - {"promotion"},
+        paused_phase=None,
+    )
+    if spec.analysis.strategy == "blue-green":
+        new = replace(new, canary_weight=100, primary_weight=0)
+        effects.append(Route("route", 0, 100))
+    effects.append(Route("promote", new.primary_weight, new.canary_weight))
+    effects.append(_event(spec, new, "rollout.promoting", now, **fields))
+    return new, effects
+
+
+def _wait_gate(
+    spec: CanaryConfig,
+    state: CanaryState,
+    kind: WebhookType,
+    now: float,
+    phase: Phase | None = None,
+) -> tuple[CanaryState, list[Effect]]:
+    """Keep waiting on a closed gate; fail the rollout once its gateTimeout has passed."""
+    gate = kind.value
+    since = state.gate_since if state.gate == gate and state.gate_since is not None else now
+    limit = _gate_timeout(spec.analysis, kind)
+    if limit is not None and now - since >= limit:
+        new, effects = _rollback(
+            spec, state, now, f"gate {gate} timed out after {limit:g}s", gate=gate
+        )
+        return new, [_event(spec, state, "gate.timed_out", now, gate=gate, timeout=limit), *effects]
+    new = replace(state, gate=gate, gate_since=since, phase=phase or state.phase)
+    if state.gate == gate:
+        return new, []
+    return new, [
+        _event(
+            spec,
+            new,
+            "rollout.waiting" if kind is WebhookType.CONFIRM_ROLLOUT else "gate.waiting",
+            now,
+            gate=gate,
+        )
+    ]
+
+
+def _advance(
+    spec: CanaryConfig, state: CanaryState, need: Needs, obs: Observation, now: float
+) -> tuple[CanaryState, list[Effect]]:
+    """A passing check: next step, or promotion, each behind its gate."""
+    a = spec.analysis
+    if need.gate is WebhookType.CONFIRM_PROMOTION:
+        if not obs.gate_open:
+            return _wait_gate(
+                spec, state, WebhookType.CONFIRM_PROMOTION, now, Phase.WAITING_PROMOTION
+            )
+        if a.strategy != "canary":
+            state = replace(state, iteration=state.iteration + 1)
+        return _begin_promotion(spec, state, now)
+    if a.strategy != "canary":
+        new = replace(state, iteration=state.iteration + 1)
+        return new, [_event(spec, new, "iteration.advanced", now)]
+    if need.gate is WebhookType.CONFIRM_TRAFFIC_INCREASE and not obs.gate_open:
+        return _wait_gate(spec, state, WebhookType.CONFIRM_TRAFFIC_INCREASE, now)
+    weight = next_weight(a, state.canary_weight)
+    assert weight is not None  # _at_last_step would have chosen the promotion gate
+    new = replace(
+        state,
+        canary_weight=weight,
+        primary_weight=100 - weight,
+        gate=None,
+        gate_since=None,
+        approvals=state.approvals - {"traffic-increase"},
+    )
+    return new, [
+        Route("route", new.primary_weight, weight),
+        _event(spec, new, "weight.advanced", now, previousWeight=state.canary_weight),
+    ]
+
+
+def _progress(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float) -> Decision:
+    need = needs(spec, state)
+    outcome, reason, fields = evaluate(need, obs)
+    effects: list[Effect] = []
+    if need.pre_rollout and all(h.ok for h in obs.pre_rollout):
+        state = replace(state, pre_rollout_done=True)
+    if state.ticks == 1 and spec.analysis.strategy == "ab":
+        effects.append(Route("route", 100, 0, tuple(spec.analysis.match)))
+    if outcome is Outcome.FAIL:
+        state = replace(state, failed_checks=state.failed_checks + 1, reason=reason)
+        name = "pre_rollout.failed" if fields.get("stage") == "pre-rollout" else "check.failed"
+        effects.append(_event(spec, state, name, now, reason=reason, **fields))
+        if state.failed_checks >= spec.analysis.threshold:
+            state, more = _rollback(spec, state, now, reason or "failed check", **fields)
+            effects += more
+    elif outcome is Outcome.HOLD:
+        effects.append(_event(spec, state, "check.held", now, reason=reason, **fields))
+    else:
+        state, more = _advance(spec, state, need, obs, now)
+        effects += more
+    record = CheckRecord(
+        now,
+        state.ticks,
+        outcome,
+        state.canary_weight,
+        state.iteration,
+        state.failed_checks,
+        reason,
+        obs.metrics if need.checks else (),
+    )
+    tick = _event(
+        spec,
+        state,
+        "analysis.tick",
+        now,
+        outcome=outcome.value,
+        reason=reason,
+        metrics=[m.as_dict() for m in record.metrics],
+    )
+    return Decision(state, (tick, *effects), record)
+
+
+def _promotion_step(spec: CanaryConfig, state: CanaryState, now: float) -> Decision:
+    """Promoting: move traffic back to the (now promoted) primary; Finalising: finish."""
+    if state.phase is Phase.FINALISING:
+        new = replace(state, phase=Phase.SUCCEEDED, finished_at=now, reason=None)
+        return Decision(
+            new, (RunHooks(WebhookType.POST_ROLLOUT), _event(spec, new, "rollout.promoted", now))
+        )
+    step = spec.analysis.stepWeightPromotion or 100
+    primary = min(100, state.primary_weight + step)
+    new = replace(state, primary_weight=primary, canary_weight=100 - primary)
+    if primary == 100:
+        new = replace(new, phase=Phase.FINALISING)
+    return Decision(
+        new,
+        (
+            Route("route", primary, 100 - primary),
+            _event(spec, new, "weight.advanced", now, promotion=True),
+        ),
+    )
+
+
+def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float) -> Decision:
+    """Run one analysis tick.
+
+    Args:
+        spec: the canary's configuration.
+        state: its state before the tick.
+        obs: what the runtime observed, as :func:`needs` asked.
+        now: the tick's time (Unix seconds).
+
+    Returns:
+        The new state, the effects to carry out in order, and the check record.
+    """
+    if not needs(spec, state).anything:
+        return Decision(state)
+    state = replace(state, ticks=state.ticks + 1)
+    hit = next((h for h in obs.rollback if h.ok), None)
+    if hit is not None:
+        new, effects = _rollback(
+            spec,
+            state,
+            now,
+            f"rollback webhook {hit.name} answered {hit.detail or 'OK'}",
+            webhook=hit.name,
+        )
+        return Decision(new, tuple(effects))
+    if state.phase is Phase.WAITING:
+        if obs.gate_open:
+            new = replace(
+                state,
+                phase=Phase.PROGRESSING,
+                gate=None,
+                gate_since=None,
+                approvals=state.approvals - {"rollout"},
+            )
+            return Decision(new, (_event(spec, new, "gate.approved", now, gate="rollout"),))
+        new, effects = _wait_gate(spec, state, WebhookType.CONFIRM_ROLLOUT, now)
+        return Decision(new, tuple(effects))
+    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
+        return _promotion_step(spec, state, now)
+    return _progress(spec, state, obs, now)
+
+
+def router_failed(spec: CanaryConfig, state: CanaryState, error: str, now: float) -> Decision:
+    """The router did not apply a decision: a failed check on the state before it.
+
+    A rollback whose route failed stays Failed with ``route_pending`` so the
+    runtime keeps retrying the rollback route; nothing else is recorded as applied.
+    """
+    reason = f"router: {error}"
+    if state.phase is Phase.FAILED:
+        new = replace(state, route_pending=True)
+        return Decision(new, (_event(spec, new, "router.failed", now, error=error),))
+    new = replace(state, failed_checks=state.failed_checks + 1, reason=reason)
+    effects: list[Effect] = [
+        _event(spec, new, "router.failed", now, error=error),
+        _event(spec, new, "check.failed", now, reason=reason, error=error),
+    ]
+    if new.failed_checks >= spec.analysis.threshold:
+        new, more = _rollback(spec, new, now, reason, error=error)
+        effects += more
+    return Decision(new, tuple(effects))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def start_rollout(
+    spec: CanaryConfig,
+    state: CanaryState,
+    revision: str,
+    metadata: Mapping[str, str],
+    rollout_id: str,
+    now: float,
+) -> Decision:
+    """Begin a rollout of ``revision``.
+
+    Raises:
+        CommandError: a rollout is already under way.
+    """
+    if state.active:
+        raise CommandError(
+            f"{spec.key} is {state.phase.value} with revision {state.revision}; "
+            "abort it first or wait for it to finish"
+        )
+    gated = bool(_hooks(spec.analysis, WebhookType.CONFIRM_ROLLOUT))
+    new = CanaryState(
+        phase=Phase.WAITING if gated else Phase.PROGRESSING,
+        revision=revision,
+        rollout_id=rollout_id,
+        metadata=dict(metadata),
+        started_at=now,
+        gate="rollout" if gated else None,
+        gate_since=now if gated else None,
+    )
+    effects: list[Effect] = [_event(spec, new, "rollout.started", now, metadata=dict(metadata))]
+    if gated:
+        effects.append(_event(spec, new, "rollout.waiting", now, gate="rollout"))
+    return Decision(new, tuple(effects))
+
+
+def _require_active(spec: CanaryConfig, state: CanaryState, verb: str) -> None:
+    if not state.active:
+        raise CommandError(
+            f"cannot {verb} {spec.key}: no rollout in progress (phase {state.phase.value})"
+        )
+
+
+def abort(
+    spec: CanaryConfig, state: CanaryState, now: float, reason: str = "aborted by operator"
+) -> Decision:
+    """Roll back now.
+
+    Raises:
+        CommandError: no rollout is under way.
+    """
+    _require_active(spec, state, "abort")
+    new, effects = _rollback(spec, state, now, reason, manual=True)
+    return Decision(new, tuple(effects))
+
+
+def promote(spec: CanaryConfig, state: CanaryState, now: float) -> Decision:
+    """Promote now, skipping the remaining steps and gates.
+
+    Raises:
+        CommandError: no rollout is under way, or it is already promoting.
+    """
+    _require_active(spec, state, "promote")
+    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
+        raise CommandError(f"{spec.key} is already {state.phase.value}")
+    new, effects = _begin_promotion(spec, state, now, manual=True)
+    return Decision(new, tuple(effects))
+
+
+def pause(spec: CanaryConfig, state: CanaryState, now: float) -> Decision:
+    """Stop analysing until resumed (weights stay where they are).
+
+    Raises:
+        CommandError: no rollout is under way, or it is already paused.
+    """
+    _require_active(spec, state, "pause")
+    if state.phase is Phase.PAUSED:
+        raise CommandError(f"{spec.key} is already paused")
+    new = replace(state, phase=Phase.PAUSED, paused_phase=state.phase)
+    return Decision(new, (_event(spec, new, "rollout.paused", now),))
+
+
+def resume(spec: CanaryConfig, state: CanaryState, now: float) -> Decision:
+    """Continue a paused rollout in the phase it was paused in.
+
+    Raises:
+        CommandError: the canary is not paused.
+    """
+    if state.phase is not Phase.PAUSED or state.paused_phase is None:
+        raise CommandError(f"{spec.key} is not paused (phase {state.phase.value})")
+    new = replace(state, phase=state.paused_phase, paused_phase=None)
+    return Decision(new, (_event(spec, new, "rollout.resumed", now),))
+
+
+def approve(spec: CanaryConfig, state: CanaryState, gate: str, now: float) -> Decision:
+    """Open a gate by hand (``rollout``, ``traffic-increase`` or ``promotion``).
+
+    Raises:
+        CommandError: unknown gate or no rollout under way.
+    """
+    if gate not in GATES:
+        raise CommandError(f"unknown gate {gate!r}; expected one of: {', '.join(GATES)}")
+    _require_active(spec, state, "approve a gate of")
+    new = replace(state, approvals=state.approvals | {gate})
+    return Decision(new, (_event(spec, new, "gate.approved", now, gate=gate, manual=True),))

@@ -1,0 +1,231 @@
+"""Command line (DESIGN section 4): the daemon, config check, and the API client.
+
+Client commands find the daemon through ``--url`` / ``CANARYD_URL`` and the
+token through ``--token-file`` / ``CANARYD_TOKEN``. No input produces a
+traceback: errors are one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from canaryd import __version__
+from canaryd.errors import ClientError, ConfigError
+
+DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
+DEFAULT_URL = "http://127.0.0.1:9879"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canaryd", description="Canary analysis daemon.")
+    p.add_argument("--version", action="version", version=f"canaryd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("run", "run the daemon in the foreground"),
+        ("check", "validate the configuration"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("-c", "--config", default=os.environ.get("CANARYD_CONFIG", DEFAULT_CONFIG))
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", default=os.environ.get("CANARYD_URL", DEFAULT_URL))
+    client.add_argument("--token-file", default=os.environ.get("CANARYD_TOKEN_FILE"))
+    client.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="timeout of each API request",
+    )
+    s = sub.add_parser("status", parents=[client], help="what the daemon is doing")
+    s.add_argument("canary", nargs="?", metavar="NS/NAME")
+    s.add_argument("--json", action="store_true")
+    r = sub.add_parser("rollout", parents=[client], help="start a rollout")
+    r.add_argument("canary", metavar="NS/NAME")
+    r.add_argument("--revision", required=True)
+    r.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--wait", action="store_true", help="follow it; exit 0 promoted, 1 rolled back")
+    r.add_argument(
+        "--timeout",
+        type=_duration,
+        default=3600.0,
+        metavar="D",
+        help="with --wait: give up after D (exit 3), e.g. 30m",
+    )
+    for verb in ("promote", "abort", "pause", "resume"):
+        v = sub.add_parser(verb, parents=[client], help=f"{verb} a rollout")
+        v.add_argument("canary", metavar="NS/NAME")
+    a = sub.add_parser("approve", parents=[client], help="open a gate by hand")
+    a.add_argument("canary", metavar="NS/NAME")
+    a.add_argument("--gate", required=True, choices=["rollout", "traffic-increase", "promotion"])
+    j = sub.add_parser("judge", help="offline statistical comparison (JSON in, JSON out)")
+    j.add_argument("file", help="input JSON file, or - for stdin")
+    d = sub.add_parser("demo", help="watch canaries get promoted and rolled back for real")
+    d.add_argument("--scenario", choices=["healthy", "errors", "slow", "no-traffic"])
+    d.add_argument("--report", metavar="FILE.html")
+    return p
+
+
+def _duration(text: str) -> float:
+    from canaryd.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``canaryd`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ClientError as exc:
+        print(f"canaryd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check":
+        return check(Path(args.config))
+    if args.command == "run":
+        return run(Path(args.config))
+    if args.command == "judge":
+        from canaryd.judgecli import judge_main
+
+        return judge_main(args.file, sys.stdout, sys.stderr)
+    if args.command == "demo":
+        from canaryd.demo import main as demo_main
+
+        return demo_main(args.scenario, args.report)
+    return anyio.run(_client_command, args)
+
+
+def check(path: Path) -> int:
+    """``canaryd check``: print every problem, or a one-line summary."""
+    from canaryd.daemon import check_queries
+    from canaryd.loader import load_config, summary
+
+    try:
+        loaded = load_config(path)
+        check_queries(loaded.settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(summary(loaded))
+    return 0
+
+
+def run(path: Path) -> int:
+    """``canaryd run``: the daemon in the foreground."""
+    from canaryd import logs
+    from canaryd.daemon import run_daemon
+
+    logs.configure(os.environ.get("CANARYD_LOG_FORMAT", "auto"))
+    return anyio.run(run_daemon, path)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ClientError(f"cannot read token file {args.token_file}: {exc.strerror}") from exc
+    return os.environ.get("CANARYD_TOKEN")
+
+
+def _split(canary: str) -> str:
+    ns, sep, name = canary.partition("/")
+    if not sep:
+        ns, name = "default", canary
+    if not ns or not name or "/" in name:
+        raise ClientError(f"expected NAMESPACE/NAME, got {canary!r}")
+    return f"{ns}/{name}"
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    from canaryd.client import Client
+
+    async with Client(args.url, _token(args), args.request_timeout) as client:
+        if args.command == "status":
+            return await _status(client, args)
+        key = _split(args.canary)
+        if args.command == "rollout":
+            meta = dict(_kv(m) for m in args.metadata)
+            state = await client.post(
+                f"{key}/rollouts", {"revision": args.revision, "metadata": meta}
+            )
+            print(f"{key}: rollout of {args.revision} started ({state['phase']})")
+            if args.wait:
+                return await _follow(client, key, args.timeout)
+            return 0
+        path = (
+            f"{key}/gates/{args.gate}/approve"
+            if args.command == "approve"
+            else (f"{key}/{args.command}")
+        )
+        state = await client.post(path, {})
+        print(f"{key}: {state['phase']} (revision {state['revision']})")
+        return 0
+
+
+def _kv(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ClientError(f"--metadata takes KEY=VALUE, got {text!r}")
+    return key, value
+
+
+async def _status(client: Any, args: argparse.Namespace) -> int:
+    from canaryd.client import render_table
+
+    if args.canary:
+        data = await client.get(_split(args.canary))
+        rows = [data]
+    else:
+        rows = (await client.get(""))["canaries"]
+        data = {"canaries": rows}
+    print(json.dumps(data, indent=2) if args.json else render_table(rows))
+    return 0
+
+
+async def _follow(client: Any, key: str, wait_for: float) -> int:
+    """Print progress until the rollout ends; 0 promoted, 1 rolled back, 3 timeout."""
+    from canaryd.client import progress_line
+
+    deadline, last = time.monotonic() + wait_for, ""
+    while time.monotonic() < deadline:
+        state = await client.get(key)
+        line = progress_line(state)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if state["phase"] == "Succeeded":
+            print(f"{key}: promoted revision {state['revision']}")
+            return 0
+        if state["phase"] == "Failed":
+            print(f"{key}: rolled back: {state['reason']}")
+            return 1
+        await anyio.sleep(1.0)
+    print(f"{key}: still {last} after {wait_for:g}s; giving up waiting", file=sys.stderr)
+    return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The API client used by the CLI, and how it shows canaries to people."""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from canaryd.errors import ClientError
+
+BAR_WIDTH = 20
+
+
+class Client:
+    """Talks to a canaryd API (``/api/v1/canaries/...``)."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 10.0) -> None:
+        """Remember the daemon's base URL and the bearer token."""
+        self.base = url.rstrip("/") + "/api/v1/canaries"
+        self.token = token
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        """Open the HTTP session."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def get(self, path: str) -> Any:
+        """GET a canary path (``""`` lists them).
+
+        Raises:
+            ClientError: unreachable daemon or an error answer.
+        """
+        return await self._request("GET", path, None)
+
+    async def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST to a canary path with the bearer token.
+
+        Raises:
+            ClientError: unreachable daemon or an error answer.
+        """
+        return await self._request("POST", path, body)
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        assert self._session is not None
+        url = f"{self.base}/{path}" if path else self.base
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            async with self._session.request(method, url, json=body, headers=headers) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ClientError(
+                f"cannot reach canaryd at {self.base}: {exc or 'timeout'}"
+                " (is it running? set --url or CANARYD_URL)"
+            ) from exc
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = {"error": text[:200]}
+        if status >= 400:
+            message = data.get("error", text[:200]) if isinstance(data, dict) else text[:200]
+            raise ClientError(f"{message} (HTTP {status})")
+        return data
+
+
+def weight_bar(canary_weight: int) -> str:
+    """``[#####...............] 25%``: the canary's share of traffic."""
+    filled = round(canary_weight * BAR_WIDTH / 100)
+    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {canary_weight:3d}%"
+
+
+def progress_line(s: dict[str, Any]) -> str:
+    """One line of ``rollout --wait`` progress."""
+    line = (
+        f"{s['namespace']}/{s['name']} {s['phase']:<16} {s['revision'] or '-'}  "
+        f"{weight_bar(s['canaryWeight'])}  failed {s['failedChecks']}/{s['threshold']}"
+    )
+    if s.get("iterations"):
+        line += f"  iteration {s['iteration']}/{s['iterations']}"
+    if s.get("gate"):
+        line += f"  waiting for gate {s['gate']}"
+    if s.get("reason"):
+        line += f"  last failure: {s['reason']}"
+    return line
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """The ``canaryd status`` table."""
+    if not rows:
+        return "no canaries configured"
+    head = (
+        f"{'CANARY':<28} {'PHASE':<16} {'REVISION':<14} {'CANARY WEIGHT':<27} "
+        f"{'FAILED':<7} LAST FAILURE"
+    )
+    lines = [head]
+    for s in rows:
+        lines.append(
+            f"{s['namespace'] + '/' + s['name']:<28} {s['phase']:<16} "
+            f"{(s['revision'] or '-')[:14]:<14} {weight_bar(s['canaryWeight']):<27} "
+            f"{str(s['failedChecks']) + '/' + str(s['threshold']):<7} "
+            f"{s.get('reason') or ''}"
+        )
+    return "\n".join(lines)

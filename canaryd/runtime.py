@@ -1,0 +1,408 @@
+"""The async shell around the pure core: one analysis loop per canary.
+
+A :class:`CanaryRunner` owns one canary. Each tick it asks the core what to
+observe, gathers it concurrently (webhooks, metric queries) within a deadline
+well inside the interval, asks the core to decide, applies the routes, and
+persists the new state together with its events and outbox messages in one
+transaction. Only then does the in-memory state change: a canary never advances
+on state that is not on disk. Ticks keep their cadence and never overlap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import anyio
+import structlog
+
+from canaryd import analysis as core
+from canaryd.analysis import (
+    CanaryState,
+    Decision,
+    Emit,
+    HookResult,
+    MetricValue,
+    Needs,
+    Observation,
+    Route,
+    RunHooks,
+)
+from canaryd.config import CanaryConfig, MetricSpec, Settings, WebhookSpec, WebhookType
+from canaryd.durations import format_duration
+from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
+from canaryd.events import Event
+from canaryd.logs import log_event
+from canaryd.providers import MetricsProvider
+from canaryd.routers import Router, RouteRequest
+from canaryd.store import OutboxMessage, SqliteStore, event_to_dict
+from canaryd.templates import builtin_query, render
+from canaryd.webhooks import call as call_webhook
+from canaryd.webhooks import payload as webhook_payload
+
+log = structlog.get_logger()
+
+OBSERVE_SHARE = 0.8
+"""Share of the interval a tick may spend observing (metric retries included)."""
+
+MAX_OBSERVE_SECONDS = 60.0
+"""Upper bound on one tick's observation, whatever the interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedMetric:
+    """A metric with its provider and its query rendered for one canary."""
+
+    spec: MetricSpec
+    provider: str
+    query: str
+
+
+def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMetric]:
+    """Pick each metric's provider and render its query.
+
+    Raises:
+        TemplateError: a template names an unknown variable, or no provider fits.
+    """
+    out = []
+    for m in canary.analysis.metrics:
+        provider = m.provider
+        if m.query is not None:
+            text = m.query
+        elif m.templateRef is not None:
+            ref = m.templateRef
+            tpl = settings.templates.get(f"{ref.namespace}/{ref.name}") or settings.templates.get(
+                ref.name
+            )
+            if tpl is None:
+                raise TemplateError(f"metric {m.name}: template {ref.name!r} is not defined")
+            text, provider = tpl.query, provider or tpl.provider
+        else:
+            text = builtin_query(m.name, canary.meshProvider or settings.meshProvider)
+        provider = (
+            provider
+            or canary.provider
+            or (next(iter(settings.providers)) if len(settings.providers) == 1 else None)
+        )
+        if provider is None or provider not in settings.providers:
+            raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
+        variables = {
+            "namespace": canary.namespace,
+            "name": canary.name,
+            "target": canary.target_name,
+            "interval": format_duration(m.interval),
+        }
+        variables.update({f"variables.{k}": v for k, v in canary.variables.items()})
+        variables.update({f"variables.{k}": v for k, v in m.templateVariables.items()})
+        out.append(ResolvedMetric(m, provider, render(text, variables)))
+    return out
+
+
+@dataclass
+class Services:
+    """What runners share: HTTP session, adapters, store, clock."""
+
+    settings: Settings
+    session: aiohttp.ClientSession
+    providers: Mapping[str, MetricsProvider]
+    routers: Mapping[str, Router]
+    store: SqliteStore
+    clock: Callable[[], float] = time.time
+    on_change: Callable[[str, CanaryState], None] = lambda key, state: None
+
+
+@dataclass
+class CanaryRunner:
+    """The analysis loop and command entry point of one canary."""
+
+    spec: CanaryConfig
+    state: CanaryState
+    services: Services
+    metrics: list[ResolvedMetric] = field(default_factory=list)
+    version: int = 0
+    last_tick: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Resolve metric queries once; they change only with the config."""
+        self.metrics = resolve_metrics(self.services.settings, self.spec)
+        self._lock = anyio.Lock()
+        self._wake = anyio.Event()
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return self.spec.key
+
+    def reconfigure(self, spec: CanaryConfig, settings: Settings) -> None:
+        """Adopt a changed config at the next tick, keeping the rollout.
+
+        Raises:
+            TemplateError: the new config's queries cannot be rendered.
+        """
+        metrics = resolve_metrics(settings, spec)
+        self.spec, self.metrics = spec, metrics
+
+    def wake(self) -> None:
+        """Run the next tick now (after a command) instead of at the next interval."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Tick every ``analysis.interval`` until cancelled; ticks never overlap."""
+        structlog.contextvars.bind_contextvars(canary=self.spec.name, namespace=self.spec.namespace)
+        task_status.started()
+        next_at = anyio.current_time() + self.spec.analysis.interval
+        while True:
+            with anyio.move_on_after(max(0.0, next_at - anyio.current_time())):
+                await self._wake.wait()
+            if self._wake.is_set():
+                self._wake = anyio.Event()
+                next_at = anyio.current_time()
+            await self.safe_tick()
+            interval = self.spec.analysis.interval
+            now = anyio.current_time()
+            next_at += interval
+            if next_at <= now:  # overran: skip the missed slots, keep the cadence
+                next_at += math.ceil((now - next_at) / interval) * interval
+
+    async def safe_tick(self) -> None:
+        """One tick; any error is logged and the loop goes on."""
+        try:
+            await self.tick()
+        except CanarydError as exc:
+            log.error("tick.failed", error=str(exc))
+        except Exception:  # a bug must not stop the other canaries
+            log.exception("tick.crashed")
+
+    async def tick(self) -> None:
+        """Observe, decide, route, persist."""
+        async with self._lock:
+            self.last_tick = self.services.clock()
+            if self.state.route_pending:
+                await self._retry_rollback_route()
+            need = core.needs(self.spec, self.state)
+            if not need.anything:
+                return
+            obs = await self.observe(need)
+            decision = core.decide(self.spec, self.state, obs, self.services.clock())
+            await self._commit(decision)
+
+    async def command(self, fn: Callable[[CanaryState, float], Decision]) -> CanaryState:
+        """Apply an operator command (a pure core function) and persist it.
+
+        Raises:
+            CommandError: the command does not fit the current state.
+            StoreError: it could not be persisted (nothing changed).
+        """
+        async with self._lock:
+            decision = fn(self.state, self.services.clock())
+            await self._commit(decision, raise_store_errors=True)
+        self.wake()
+        return self.state
+
+    async def start_rollout(self, revision: str, metadata: Mapping[str, str]) -> CanaryState:
+        """Begin a rollout (see :func:`canaryd.analysis.start_rollout`)."""
+        rollout_id = uuid.uuid4().hex[:12]
+        return await self.command(
+            lambda s, now: core.start_rollout(self.spec, s, revision, metadata, rollout_id, now)
+        )
+
+    # ------------------------------------------------------------------ observe
+
+    def _budget(self) -> float:
+        return min(self.spec.analysis.interval * OBSERVE_SHARE, MAX_OBSERVE_SECONDS)
+
+    async def observe(self, need: Needs) -> Observation:
+        """Gather what ``need`` asks for, concurrently, within the tick's budget."""
+        hooks = self.spec.analysis.webhooks
+        results: dict[str, Any] = {}
+        budget = self._budget()
+
+        async def hooks_of(kind: WebhookType, slot: str) -> None:
+            chosen = [h for h in hooks if h.type == kind]
+            out: list[HookResult] = [HookResult(h.name, False) for h in chosen]
+
+            async def one(i: int, hook: WebhookSpec) -> None:
+                out[i] = await self._call_hook(hook, f"{slot}:{i}")
+
+            async with anyio.create_task_group() as tg:
+                for i, hook in enumerate(chosen):
+                    tg.start_soon(one, i, hook)
+            results[slot] = tuple(out)
+
+        async def metrics() -> None:
+            values: list[MetricValue] = [MetricValue(m.spec.name, None) for m in self.metrics]
+
+            async def one(i: int, m: ResolvedMetric) -> None:
+                values[i] = await self._query(m, budget)
+
+            async with anyio.create_task_group() as tg:
+                for i, m in enumerate(self.metrics):
+                    tg.start_soon(one, i, m)
+            results["metrics"] = tuple(values)
+
+        with anyio.move_on_after(budget + 5.0):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hooks_of, WebhookType.ROLLBACK, "rollback")
+                if need.gate is not None:
+                    tg.start_soon(hooks_of, need.gate, "gate")
+                if need.pre_rollout:
+                    tg.start_soon(hooks_of, WebhookType.PRE_ROLLOUT, "pre")
+                if need.checks:
+                    tg.start_soon(hooks_of, WebhookType.ROLLOUT, "rollout")
+                    tg.start_soon(metrics)
+        return self._observation(need, results)
+
+    def _observation(self, need: Needs, results: dict[str, Any]) -> Observation:
+        """Assemble an observation; anything missing (deadline hit) counts as failed."""
+        timeout = HookResult("deadline", False, f"no answer within {self._budget():g}s")
+        gate = results.get("gate", (timeout,)) if need.gate is not None else ()
+        metrics = results.get("metrics") or tuple(
+            MetricValue(m.spec.name, None, error="no answer within the tick's deadline")
+            for m in self.metrics
+        )
+        return Observation(
+            rollback=results.get("rollback", ()),
+            gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
+            pre_rollout=results.get("pre", (timeout,)) if need.pre_rollout else (),
+            rollout=results.get("rollout", (timeout,)) if need.checks else (),
+            metrics=metrics if need.checks else (),
+        )
+
+    async def _call_hook(self, hook: WebhookSpec, slot: str) -> HookResult:
+        key = f"{self.key}:{self.state.rollout_id}:{self.state.ticks}:{slot}"
+        return await call_webhook(self.services.session, self.spec, self.state, hook, key)
+
+    async def _query(self, m: ResolvedMetric, budget: float) -> MetricValue:
+        bounds = m.spec.thresholdRange
+        lo, hi = (bounds.min, bounds.max) if bounds else (None, None)
+        try:
+            value = await self.services.providers[m.provider].query(m.query, budget=budget)
+        except ProviderError as exc:
+            return MetricValue(m.spec.name, None, lo, hi, str(exc), m.spec.onNoData)
+        return MetricValue(m.spec.name, value, lo, hi, None, m.spec.onNoData)
+
+    # ------------------------------------------------------------------ commit
+
+    async def _route(self, route: Route, state: CanaryState, seq: int) -> None:
+        request = RouteRequest(
+            canary=self.key,
+            revision=state.revision,
+            action=route.action,
+            primary_weight=route.primary_weight,
+            canary_weight=route.canary_weight,
+            idempotency_key=f"{self.key}:{state.rollout_id}:{self.version + 1}:route:{seq}",
+            match=[dict(m) for m in route.match],
+        )
+        await self.services.routers[self.spec.router].apply(request)
+
+    async def _apply_routes(self, decision: Decision) -> Decision:
+        """Carry out the decision's routes; a router failure becomes a failed check.
+
+        A rollback whose route fails stays Failed with ``route_pending`` (the loop
+        retries the route); any other decision is replaced by a failed check on
+        the state before it, so nothing is recorded as applied that was not.
+        """
+        routes = [e for e in decision.effects if isinstance(e, Route)]
+        for seq, route in enumerate(routes):
+            try:
+                await self._route(route, decision.state, seq)
+            except RouterError as exc:
+                now = self.services.clock()
+                if decision.state.phase is core.Phase.FAILED:
+                    failed = core.router_failed(self.spec, decision.state, str(exc), now)
+                    return Decision(
+                        failed.state, decision.effects + failed.effects, decision.record
+                    )
+                before = replace(self.state, ticks=decision.state.ticks)
+                failed = core.router_failed(self.spec, before, str(exc), now)
+                if failed.state.phase is core.Phase.FAILED:
+                    return await self._apply_routes(failed)
+                return Decision(failed.state, failed.effects, decision.record)
+        return decision
+
+    async def _retry_rollback_route(self) -> None:
+        try:
+            await self._route(Route("rollback", 100, 0), self.state, 0)
+        except RouterError as exc:
+            log.error("router.failed", error=str(exc), retrying=True)
+            return
+        await self._commit(Decision(replace(self.state, route_pending=False)))
+
+    async def _commit(self, decision: Decision, *, raise_store_errors: bool = False) -> None:
+        decision = await self._apply_routes(decision)
+        new = decision.state
+        events = [e.event for e in decision.effects if isinstance(e, Emit)]
+        outbox = self._outbox(decision, self.version + 1)
+        try:
+            await self.services.store.save(self.key, new, decision.record, events, outbox)
+        except StoreError as exc:
+            log.error(
+                "state.persist_failed",
+                error=str(exc),
+                canary=self.spec.name,
+                namespace=self.spec.namespace,
+            )
+            if raise_store_errors:
+                raise
+            return
+        self.version += 1
+        self.state = new
+        for event in events:
+            log_event(event)
+        self.services.on_change(self.key, new)
+
+    def _outbox(self, decision: Decision, version: int) -> list[OutboxMessage]:
+        """Alerts, event webhooks and post-rollout hooks caused by a decision."""
+        from canaryd.notifiers import ALERT_EVENTS, passes
+
+        out: list[OutboxMessage] = []
+        prefix = f"{self.key}:{decision.state.rollout_id}:{version}"
+        hooks = self.spec.analysis.webhooks
+        for n, effect in enumerate(decision.effects):
+            if isinstance(effect, RunHooks):
+                for hook in (h for h in hooks if h.type == effect.type):
+                    out.append(
+                        OutboxMessage(
+                            self.key,
+                            f"{prefix}:{n}:hook:{hook.name}",
+                            f"hook:{hook.name}",
+                            webhook_payload(self.spec, decision.state, hook),
+                        )
+                    )
+            if not isinstance(effect, Emit) or effect.event.name == "analysis.tick":
+                continue
+            event = effect.event
+            for hook in (h for h in hooks if h.type == WebhookType.EVENT):
+                body = webhook_payload(self.spec, decision.state, hook)
+                body["event"] = event_to_dict(event)
+                out.append(
+                    OutboxMessage(
+                        self.key, f"{prefix}:{n}:hook:{hook.name}", f"hook:{hook.name}", body
+                    )
+                )
+            if event.name in ALERT_EVENTS:
+                out += [
+                    OutboxMessage(
+                        self.key,
+                        f"{prefix}:{n}:alert:{a.name}",
+                        f"alert:{a.name}",
+                        event_to_dict(event),
+                    )
+                    for a in self.spec.alerts
+                    if passes(a.severity, event)
+                ]
+        return out
+
+
+def describe(event: Event) -> dict[str, Any]:
+    """An event as served by the API."""
+    return event_to_dict(event)

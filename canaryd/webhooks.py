@@ -1,0 +1,85 @@
+"""Analysis webhooks (gates, pre-rollout, rollout, rollback): payload and one call.
+
+The payload is Flagger's plus what its users asked for (DESIGN section 6):
+weights, iteration, failedChecks and threshold. Success is any 2xx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import aiohttp
+import anyio
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+
+from canaryd.analysis import CanaryState, HookResult
+from canaryd.config import CanaryConfig, WebhookSpec, read_secret
+from canaryd.errors import WebhookError
+from canaryd.http import Answer, post_json
+
+
+def payload(spec: CanaryConfig, state: CanaryState, hook: WebhookSpec) -> dict[str, Any]:
+    """The JSON body sent to a webhook of ``spec`` in ``state``."""
+    checksum = hashlib.sha256(f"{spec.key}:{state.revision}:{state.rollout_id}".encode())
+    return {
+        "name": spec.name,
+        "namespace": spec.namespace,
+        "phase": state.phase.value,
+        "checksum": checksum.hexdigest()[:16],
+        "metadata": {**hook.metadata, **state.metadata},
+        "type": hook.type.value,
+        "revision": state.revision,
+        "canaryWeight": state.canary_weight,
+        "primaryWeight": state.primary_weight,
+        "iteration": state.iteration,
+        "failedChecks": state.failed_checks,
+        "threshold": spec.analysis.threshold,
+    }
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    spec: CanaryConfig,
+    state: CanaryState,
+    hook: WebhookSpec,
+    idempotency_key: str,
+) -> HookResult:
+    """Call one webhook (``retries`` extra attempts on failure) and report the result.
+
+    Never raises for the receiver's behaviour: errors become a failing result
+    whose ``detail`` names the status and the first bytes of the answer.
+    """
+    if hook.url is None:
+        return HookResult(hook.name, False, "waiting for manual approval (canaryd approve)")
+    try:
+        secret = read_secret(hook.secret_file, hook.secret_env)
+    except ValueError as exc:
+        return HookResult(hook.name, False, str(exc))
+    body = payload(spec, state, hook)
+    url = hook.url
+
+    async def attempt() -> Answer | WebhookError:
+        try:
+            return await post_json(
+                session,
+                url,
+                body,
+                timeout=hook.timeout,
+                idempotency_key=idempotency_key,
+                secret=secret,
+            )
+        except WebhookError as exc:
+            return exc
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(hook.retries + 1),
+        wait=wait_exponential_jitter(initial=0.2, max=2.0),
+        retry=retry_if_result(lambda r: not (isinstance(r, Answer) and r.ok)),
+        retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else None,
+        sleep=anyio.sleep,
+    )
+    result: Answer | WebhookError = await retrying(attempt)
+    if isinstance(result, Answer):
+        return HookResult(hook.name, result.ok, "" if result.ok else result.describe())
+    return HookResult(hook.name, False, str(result))

@@ -1,0 +1,470 @@
+"""The pure analysis core: one named case per rule of DESIGN section 2."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from canaryd import analysis as core
+from canaryd.analysis import (
+    CanaryState,
+    Decision,
+    Emit,
+    HookResult,
+    MetricValue,
+    Observation,
+    Outcome,
+    Phase,
+    Route,
+    RunHooks,
+)
+from canaryd.config import CanaryConfig, OnNoData, WebhookType
+from canaryd.errors import CommandError
+
+
+def canary(**analysis: Any) -> CanaryConfig:
+    """A canary config with the given analysis keys (default: 10% steps to 50%, threshold 3)."""
+    base: dict[str, Any] = {"interval": "1s", "threshold": 3, "stepWeight": 10, "maxWeight": 50}
+    base.update(analysis)
+    return CanaryConfig.model_validate(
+        {"name": "web", "namespace": "prod", "router": "lb", "analysis": base}
+    )
+
+
+def ok(value: float = 99.9) -> Observation:
+    """A passing observation: success rate within bounds."""
+    return Observation(metrics=(MetricValue("request-success-rate", value, 99, None),))
+
+
+def bad(value: float = 90.0) -> Observation:
+    """A failing observation: success rate under its minimum."""
+    return ok(value)
+
+
+def started(spec: CanaryConfig) -> CanaryState:
+    """State right after ``start_rollout``."""
+    return core.start_rollout(spec, CanaryState(), "v2", {}, "r1", 0.0).state
+
+
+def run(spec: CanaryConfig, state: CanaryState, obs: Observation, ticks: int) -> list[Decision]:
+    """Drive ``ticks`` ticks with the same observation."""
+    out = []
+    for t in range(ticks):
+        d = core.decide(spec, state, obs, float(t + 1))
+        out.append(d)
+        state = d.state
+    return out
+
+
+def names(d: Decision) -> list[str]:
+    """Event names of a decision, without the per-tick line."""
+    return [
+        e.event.name for e in d.effects if isinstance(e, Emit) and e.event.name != "analysis.tick"
+    ]
+
+
+def routes(d: Decision) -> list[Route]:
+    """Route effects of a decision."""
+    return [e for e in d.effects if isinstance(e, Route)]
+
+
+# --------------------------------------------------------------------------- canary strategy
+
+
+def test_healthy_canary_walks_every_weight_then_promotes() -> None:
+    """A canary that always passes goes 10, 20, ..., 50, then Promoting, Finalising, Succeeded."""
+    spec = canary()
+    ds = run(spec, started(spec), ok(), 9)
+    assert [d.state.canary_weight for d in ds[:5]] == [10, 20, 30, 40, 50]
+    assert [d.state.phase for d in ds[5:]] == [
+        Phase.PROMOTING,
+        Phase.FINALISING,
+        Phase.SUCCEEDED,
+        Phase.SUCCEEDED,
+    ]
+    assert routes(ds[5]) == [Route("promote", 50, 50)]
+    assert routes(ds[6]) == [Route("route", 100, 0)]
+    assert RunHooks(WebhookType.POST_ROLLOUT) in ds[7].effects
+    assert names(ds[7]) == ["rollout.promoted"]
+    assert ds[8].effects == ()
+
+
+def test_first_tick_shifts_traffic_without_analysis() -> None:
+    """At weight 0 there is no canary traffic to analyse, so the first tick only advances."""
+    spec = canary()
+    need = core.needs(spec, started(spec))
+    assert not need.checks
+    d = core.decide(spec, started(spec), Observation(), 1.0)
+    assert d.state.canary_weight == 10 and routes(d) == [Route("route", 90, 10)]
+
+
+def test_step_weights_walk_the_list() -> None:
+    """stepWeights are walked in order and the last one caps the weight."""
+    spec = canary(stepWeight=None, maxWeight=None, stepWeights=[5, 25, 60])
+    ds = run(spec, started(spec), ok(), 4)
+    assert [d.state.canary_weight for d in ds[:3]] == [5, 25, 60]
+    assert ds[3].state.phase is Phase.PROMOTING
+
+
+@pytest.mark.parametrize(
+    ("threshold", "rolled_back_at"),
+    [(1, 2), (3, 4), (5, 6)],
+    ids=["threshold-1", "threshold-3", "threshold-5"],
+)
+def test_rollback_in_the_tick_that_reaches_threshold(threshold: int, rolled_back_at: int) -> None:
+    """failedChecks reaching threshold rolls back in that same tick, not one later."""
+    spec = canary(threshold=threshold)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state  # weight 10
+    ds = run(spec, state, bad(), threshold)
+    assert [d.state.failed_checks for d in ds] == list(range(1, threshold + 1))
+    assert all(d.state.phase is Phase.PROGRESSING for d in ds[:-1])
+    last = ds[-1]
+    assert last.state.phase is Phase.FAILED
+    assert (last.state.canary_weight, last.state.primary_weight) == (0, 100)
+    assert routes(last) == [Route("rollback", 100, 0)]
+    assert RunHooks(WebhookType.POST_ROLLOUT) in last.effects
+    assert last.state.reason == "request-success-rate 90 < min 99"
+    assert rolled_back_at == threshold + 1
+
+
+def test_failed_checks_are_cumulative_across_passing_ticks() -> None:
+    """A passing tick does not reset the counter."""
+    spec = canary(threshold=3, maxWeight=100)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    for obs in (bad(), ok(), bad(), ok()):
+        state = core.decide(spec, state, obs, 2.0).state
+    assert state.failed_checks == 2 and state.phase is Phase.PROGRESSING
+    assert core.decide(spec, state, bad(), 3.0).state.phase is Phase.FAILED
+
+
+def test_a_failing_tick_does_not_advance() -> None:
+    """The weight stays put on a failed check."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.decide(spec, state, bad(), 2.0)
+    assert d.state.canary_weight == 10 and routes(d) == []
+    assert names(d) == ["check.failed"]
+
+
+def test_at_most_one_failure_per_tick() -> None:
+    """Several failing metrics and webhooks in one tick count once; the first is the reason."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    obs = Observation(
+        rollout=(HookResult("load", False, "HTTP 500"),),
+        metrics=(MetricValue("a", 1.0, 99, None), MetricValue("b", None)),
+    )
+    d = core.decide(spec, state, obs, 2.0)
+    assert d.state.failed_checks == 1
+    assert d.state.reason == "webhook load: HTTP 500"
+
+
+# --------------------------------------------------------------------------- metric judging
+
+
+@pytest.mark.parametrize(
+    ("metric", "outcome", "reason"),
+    [
+        (MetricValue("sr", 99.0, 99, None), Outcome.PASS, None),
+        (MetricValue("sr", 98.99, 99, None), Outcome.FAIL, "sr 98.99 < min 99"),
+        (MetricValue("lat", 500.0, None, 500), Outcome.PASS, None),
+        (MetricValue("lat", 512.5, None, 500), Outcome.FAIL, "lat 512.5 > max 500"),
+        (MetricValue("sr", None, 99, None), Outcome.FAIL, "sr: no data"),
+        (MetricValue("sr", float("nan"), 99, None), Outcome.FAIL, "sr: no data"),
+        (MetricValue("sr", None, 99, None, on_no_data=OnNoData.PASS), Outcome.PASS, None),
+        (MetricValue("sr", None, 99, None, on_no_data=OnNoData.HOLD), Outcome.HOLD, "sr: no data"),
+        (
+            MetricValue("sr", None, 99, None, error="prometheus bad_data: parse error"),
+            Outcome.FAIL,
+            "sr: prometheus bad_data: parse error",
+        ),
+        (MetricValue("x", float("inf"), None, 10), Outcome.FAIL, "x inf > max 10"),
+    ],
+    ids=[
+        "min-inclusive",
+        "under-min",
+        "max-inclusive",
+        "over-max",
+        "no-data-fails",
+        "nan-is-no-data",
+        "no-data-pass",
+        "no-data-hold",
+        "provider-error-fails",
+        "infinity-over-max",
+    ],
+)
+def test_judge_metric(metric: MetricValue, outcome: Outcome, reason: str | None) -> None:
+    """Bounds are inclusive; no data fails unless onNoData says otherwise; errors fail."""
+    assert core.judge_metric(metric) == (outcome, reason)
+
+
+def test_hold_neither_advances_nor_counts() -> None:
+    """onNoData: hold keeps the weight and the failed-check counter as they are."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    obs = Observation(metrics=(MetricValue("sr", None, 99, None, on_no_data=OnNoData.HOLD),))
+    ds = run(spec, state, obs, 10)
+    assert all(d.state.canary_weight == 10 and d.state.failed_checks == 0 for d in ds)
+    assert all(d.state.phase is Phase.PROGRESSING for d in ds)
+    assert names(ds[0]) == ["check.held"]
+
+
+def test_no_data_rolls_back_after_threshold() -> None:
+    """A canary with no traffic (no data) is rolled back, as Flagger teaches."""
+    spec = canary(threshold=2)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    ds = run(spec, state, Observation(metrics=(MetricValue("sr", None, 99, None),)), 2)
+    assert ds[-1].state.phase is Phase.FAILED
+    assert ds[-1].state.reason == "sr: no data"
+
+
+def test_tick_event_carries_every_metric_value() -> None:
+    """analysis.tick lists every metric with its value and bounds."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    obs = Observation(
+        metrics=(MetricValue("sr", 99.5, 99, None), MetricValue("lat", 120, None, 500))
+    )
+    d = core.decide(spec, state, obs, 2.0)
+    tick = next(
+        e.event for e in d.effects if isinstance(e, Emit) and e.event.name == "analysis.tick"
+    )
+    assert tick.fields["metrics"] == [
+        {"name": "sr", "value": 99.5, "min": 99, "max": None},
+        {"name": "lat", "value": 120, "min": None, "max": 500},
+    ]
+    assert d.record is not None and d.record.outcome is Outcome.PASS
+
+
+# --------------------------------------------------------------------------- webhooks and gates
+
+
+def test_rollback_webhook_2xx_rolls_back_at_once() -> None:
+    """A rollback webhook answering 2xx aborts the rollout in that tick, whatever the metrics."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    obs = replace(ok(), rollback=(HookResult("manual", True),))
+    d = core.decide(spec, state, obs, 2.0)
+    assert d.state.phase is Phase.FAILED
+    assert d.state.reason == "rollback webhook manual answered OK"
+    assert d.state.failed_checks == 0
+
+
+def test_pre_rollout_failure_counts_and_is_retried() -> None:
+    """A failing pre-rollout webhook is a failed check; it runs again until it passes."""
+    spec = canary(webhooks=[{"name": "db", "type": "pre-rollout", "url": "http://h/"}])
+    state = started(spec)
+    assert core.needs(spec, state).pre_rollout
+    d = core.decide(
+        spec, state, Observation(pre_rollout=(HookResult("db", False, "HTTP 503"),)), 1.0
+    )
+    assert d.state.failed_checks == 1 and d.state.canary_weight == 0
+    assert names(d) == ["pre_rollout.failed"]
+    assert core.needs(spec, d.state).pre_rollout
+    d = core.decide(spec, d.state, Observation(pre_rollout=(HookResult("db", True),)), 2.0)
+    assert d.state.pre_rollout_done and d.state.canary_weight == 10
+    assert not core.needs(spec, d.state).pre_rollout
+
+
+def test_confirm_rollout_gate_waits_then_progresses() -> None:
+    """A closed confirm-rollout gate keeps the rollout Waiting without counting failures."""
+    spec = canary(webhooks=[{"name": "go", "type": "confirm-rollout", "url": "http://h/"}])
+    state = started(spec)
+    assert state.phase is Phase.WAITING
+    assert core.needs(spec, state).gate is WebhookType.CONFIRM_ROLLOUT
+    ds = run(spec, state, Observation(gate_open=False), 5)
+    assert all(d.state.phase is Phase.WAITING and d.state.failed_checks == 0 for d in ds)
+    d = core.decide(spec, ds[-1].state, Observation(gate_open=True), 9.0)
+    assert d.state.phase is Phase.PROGRESSING
+
+
+def test_traffic_increase_gate_holds_the_weight() -> None:
+    """A closed confirm-traffic-increase gate stops the next step but counts no failure."""
+    spec = canary(webhooks=[{"name": "ok", "type": "confirm-traffic-increase", "url": "http://h/"}])
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.decide(spec, state, replace(ok(), gate_open=False), 2.0)
+    assert d.state.canary_weight == 10 and d.state.failed_checks == 0
+    assert d.state.gate == "confirm-traffic-increase"
+    assert names(d) == ["gate.waiting"]
+    d2 = core.decide(spec, d.state, replace(ok(), gate_open=False), 3.0)
+    assert names(d2) == [], "waiting is announced once, not every tick"
+    d3 = core.decide(spec, d2.state, ok(), 4.0)
+    assert d3.state.canary_weight == 20 and d3.state.gate is None
+
+
+def test_confirm_promotion_gate_waits_in_waiting_promotion_and_keeps_checking() -> None:
+    """At maxWeight a closed promotion gate means WaitingPromotion, where checks still count."""
+    spec = canary(maxWeight=10, threshold=2, webhooks=[{"name": "p", "type": "confirm-promotion"}])
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.decide(spec, state, replace(ok(), gate_open=False), 2.0)
+    assert d.state.phase is Phase.WAITING_PROMOTION
+    d = core.decide(spec, d.state, replace(bad(), gate_open=False), 3.0)
+    assert d.state.failed_checks == 1 and d.state.phase is Phase.WAITING_PROMOTION
+    d = core.decide(spec, d.state, ok(), 4.0)
+    assert d.state.phase is Phase.PROMOTING
+
+
+@pytest.mark.parametrize(
+    ("gate_type", "phase"),
+    [("confirm-rollout", Phase.WAITING), ("confirm-promotion", Phase.PROGRESSING)],
+    ids=["rollout-gate", "promotion-gate"],
+)
+def test_gate_timeout_fails_the_rollout(gate_type: str, phase: Phase) -> None:
+    """A gate closed for longer than its gateTimeout rolls the rollout back."""
+    spec = canary(
+        maxWeight=10,
+        webhooks=[{"name": "g", "type": gate_type, "url": "http://h/", "gateTimeout": "10s"}],
+    )
+    state = started(spec)
+    if phase is Phase.PROGRESSING:
+        state = core.decide(spec, state, Observation(), 0.0).state
+    closed = replace(ok(), gate_open=False)
+    d = core.decide(spec, state, closed, 1.0)
+    assert d.state.phase is not Phase.FAILED
+    d = core.decide(spec, d.state, closed, 9.0)
+    assert d.state.phase is not Phase.FAILED
+    d = core.decide(spec, d.state, closed, 11.5)
+    assert d.state.phase is Phase.FAILED
+    assert "timed out after 10s" in (d.state.reason or "")
+    assert "gate.timed_out" in names(d)
+
+
+def test_manual_approval_opens_a_gate_once() -> None:
+    """An approval is recorded in state and used up by the step it let through."""
+    spec = canary(webhooks=[{"name": "m", "type": "confirm-traffic-increase"}])
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    state = core.approve(spec, state, "traffic-increase", 2.0).state
+    assert core.gate_open(
+        spec, state, WebhookType.CONFIRM_TRAFFIC_INCREASE, (HookResult("m", False),)
+    )
+    state = core.decide(spec, state, ok(), 3.0).state
+    assert state.canary_weight == 20 and state.approvals == frozenset()
+
+
+# --------------------------------------------------------------------------- other strategies
+
+
+def test_blue_green_runs_iterations_then_switches_and_promotes() -> None:
+    """iterations without match: canary keeps 0% user traffic, then all traffic switches."""
+    spec = canary(stepWeight=None, maxWeight=None, iterations=3)
+    state = started(spec)
+    assert core.needs(spec, state).checks
+    ds = run(spec, state, ok(), 6)
+    assert [d.state.iteration for d in ds[:3]] == [1, 2, 3]
+    assert all(d.state.canary_weight == 0 for d in ds[:2])
+    assert ds[2].state.phase is Phase.PROMOTING
+    assert routes(ds[2]) == [Route("route", 0, 100), Route("promote", 0, 100)]
+    assert routes(ds[3]) == [Route("route", 100, 0)]
+    assert ds[4].state.phase is Phase.SUCCEEDED
+
+
+def test_ab_routes_matched_users_to_the_canary() -> None:
+    """iterations with match: the first tick hands the match rules to the router."""
+    match = [{"headers": {"x-canary": {"exact": "insider"}}}]
+    spec = canary(stepWeight=None, maxWeight=None, iterations=2, match=match)
+    d = core.decide(spec, started(spec), ok(), 1.0)
+    assert routes(d) == [Route("route", 100, 0, tuple(match))]
+    assert d.state.iteration == 1
+
+
+def test_step_weight_promotion_moves_traffic_back_in_steps() -> None:
+    """stepWeightPromotion shifts traffic to the promoted primary step by step."""
+    spec = canary(maxWeight=50, stepWeightPromotion=20)
+    state = replace(started(spec), canary_weight=50, primary_weight=50, phase=Phase.PROMOTING)
+    ds = run(spec, state, Observation(), 4)
+    assert [routes(d) for d in ds[:3]] == [
+        [Route("route", 70, 30)],
+        [Route("route", 90, 10)],
+        [Route("route", 100, 0)],
+    ]
+    assert ds[2].state.phase is Phase.FINALISING
+    assert ds[3].state.phase is Phase.SUCCEEDED
+
+
+# --------------------------------------------------------------------------- router failure
+
+
+def test_router_failure_is_a_failed_check_on_the_old_state() -> None:
+    """A route the router refused is not recorded: the weight stays, failedChecks grows."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.router_failed(spec, state, "HTTP 503", 2.0)
+    assert d.state.canary_weight == 10 and d.state.failed_checks == 1
+    assert names(d) == ["router.failed", "check.failed"]
+
+
+def test_router_failure_reaching_threshold_rolls_back() -> None:
+    """Router failures count towards the threshold like any failed check."""
+    spec = canary(threshold=1)
+    d = core.router_failed(spec, started(spec), "down", 2.0)
+    assert d.state.phase is Phase.FAILED and routes(d) == [Route("rollback", 100, 0)]
+
+
+def test_failed_rollback_route_stays_pending() -> None:
+    """If even the rollback route fails, the canary stays Failed with the route pending."""
+    spec = canary()
+    failed = core.abort(spec, started(spec), 1.0).state
+    d = core.router_failed(spec, failed, "down", 2.0)
+    assert d.state.phase is Phase.FAILED and d.state.route_pending
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_start_rollout_refuses_while_one_is_active() -> None:
+    """A second rollout while one is under way is a conflict, not a silent restart."""
+    spec = canary()
+    with pytest.raises(CommandError, match="abort it first"):
+        core.start_rollout(spec, started(spec), "v3", {}, "r2", 1.0)
+
+
+def test_new_rollout_after_a_finished_one_starts_clean() -> None:
+    """After Failed, a new rollout starts with zero failed checks and weight 0."""
+    spec = canary()
+    failed = core.abort(spec, started(spec), 1.0).state
+    new = core.start_rollout(spec, replace(failed, failed_checks=3), "v3", {}, "r2", 2.0).state
+    assert (new.phase, new.revision, new.failed_checks, new.canary_weight) == (
+        Phase.PROGRESSING,
+        "v3",
+        0,
+        0,
+    )
+
+
+def test_pause_freezes_and_resume_continues() -> None:
+    """A paused rollout does nothing on ticks; resume returns to the phase it was in."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    paused = core.pause(spec, state, 2.0).state
+    assert core.decide(spec, paused, bad(), 3.0).state == paused
+    resumed = core.resume(spec, paused, 4.0).state
+    assert resumed.phase is Phase.PROGRESSING and resumed.canary_weight == 10
+
+
+def test_manual_promote_skips_remaining_steps() -> None:
+    """promote goes straight to Promoting from any progressing phase."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.promote(spec, state, 2.0)
+    assert d.state.phase is Phase.PROMOTING and routes(d) == [Route("promote", 90, 10)]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [core.abort, core.promote, core.pause, core.resume],
+    ids=["abort", "promote", "pause", "resume"],
+)
+def test_commands_without_rollout_are_conflicts(command: Any) -> None:
+    """Commands on an idle canary raise CommandError (HTTP 409)."""
+    with pytest.raises(CommandError):
+        command(canary(), CanaryState(), 1.0)
+
+
+def test_abort_rolls_back_with_reason() -> None:
+    """abort rolls back at once and says it was the operator."""
+    spec = canary()
+    d = core.abort(spec, started(spec), 1.0)
+    assert d.state.phase is Phase.FAILED and d.state.reason == "aborted by operator"
+    assert names(d) == ["rollout.rolled_back"]

@@ -1,0 +1,221 @@
+"""The runtime around the core, with in-memory fakes at the provider/router seams."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from canaryd.analysis import CanaryState, Phase
+from canaryd.config import Settings
+from canaryd.errors import ProviderError, RouterError, StoreError
+from canaryd.routers import RouteRequest
+from canaryd.runtime import CanaryRunner, Services
+from canaryd.store import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class FakeProvider:
+    """Answers every query with the next value of a script (None = no data)."""
+
+    values: list[float | None | Exception] = field(default_factory=lambda: [99.9])
+    queries: list[str] = field(default_factory=list)
+
+    async def query(self, query: str, *, budget: float) -> float | None:
+        """Return the next scripted value (the last one repeats)."""
+        self.queries.append(query)
+        value = self.values.pop(0) if len(self.values) > 1 else self.values[0]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    async def query_range(
+        self, query: str, *, start: float, end: float, step: float, budget: float
+    ) -> list[float]:
+        """Unused here."""
+        return []
+
+
+@dataclass
+class FakeRouter:
+    """Records route requests; fails while ``down`` is set."""
+
+    requests: list[RouteRequest] = field(default_factory=list)
+    down: bool = False
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Record the request, or fail like an unreachable router."""
+        if self.down:
+            raise RouterError("router lb: connection refused")
+        self.requests.append(request)
+
+
+def settings(tmp_path: Path, **analysis: Any) -> Settings:
+    """A one-canary config whose single metric is a plain query on provider ``prom``."""
+    a: dict[str, Any] = {"interval": "1s", "threshold": 2, "stepWeight": 25, "maxWeight": 50}
+    a.update(analysis)
+    a.setdefault("metrics", [{"name": "sr", "query": 'rate(x{job="{{ target }}"}[{{ interval }}])',
+                              "thresholdRange": {"min": 99}, "interval": "30s"}])
+    return Settings.model_validate({
+        "state": f"sqlite://{tmp_path}/state.db",
+        "providers": {"prom": {"type": "prometheus"}},
+        "routers": {"lb": {"type": "webhook", "url": "http://127.0.0.1:9/"}},
+        "canaries": [{"name": "web", "namespace": "prod", "router": "lb", "target": "web-canary",
+                      "analysis": a}],
+    })
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """A real SQLite store in a temporary directory."""
+    s = SqliteStore(tmp_path / "state.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP session (unused by the fakes, required by Services)."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def runner(cfg: Settings, store: SqliteStore, session: aiohttp.ClientSession,
+           provider: FakeProvider, router: FakeRouter,
+           state: CanaryState | None = None) -> CanaryRunner:
+    """A runner for the config's only canary, with a fixed clock."""
+    services = Services(cfg, session, {"prom": provider}, {"lb": router}, store,
+                        clock=lambda: 1000.0)
+    return CanaryRunner(cfg.canaries[0], state or CanaryState(), services)
+
+
+async def test_query_is_rendered_with_target_and_interval(
+        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    """The metric's template gets the canary's target and the metric's interval."""
+    provider, router = FakeProvider(), FakeRouter()
+    r = runner(settings(tmp_path), store, session, provider, router)
+    await r.start_rollout("v2", {})
+    await r.tick()  # 0 -> 25, no analysis yet
+    await r.tick()
+    assert provider.queries == ['rate(x{job="web-canary"}[30s])']
+
+
+async def test_rollout_progresses_and_is_persisted(
+        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    """Each tick's state is in the store, and a new runner from the store continues it."""
+    provider, router = FakeProvider(), FakeRouter()
+    cfg = settings(tmp_path)
+    r = runner(cfg, store, session, provider, router)
+    await r.start_rollout("v2", {"ticket": "OPS-1"})
+    await r.tick()
+    await r.tick()
+    assert [q.canary_weight for q in router.requests] == [25, 50]
+    stored = (await store.load_states())["prod/web"]
+    assert stored == r.state
+    assert (stored.canary_weight, stored.revision, stored.metadata) == (50, "v2", {"ticket": "OPS-1"})
+    again = runner(cfg, store, session, provider, router, state=stored)
+    for _ in range(3):
+        await again.tick()
+    assert again.state.phase is Phase.SUCCEEDED
+    assert [q.action for q in router.requests] == ["route", "route", "promote", "route"]
+    history = await store.history("prod/web")
+    assert history[0]["outcome"] == "pass"
+
+
+async def test_failing_metric_rolls_back_and_tells_the_router(
+        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    """threshold failing ticks roll back, and the router receives the rollback action."""
+    provider, router = FakeProvider([90.0]), FakeRouter()
+    r = runner(settings(tmp_path), store, session, provider, router)
+    await r.start_rollout("v2", {})
+    for _ in range(3):
+        await r.tick()
+    assert r.state.phase is Phase.FAILED
+    assert r.state.reason == "sr 90 < min 99"
+    last = router.requests[-1]
+    assert (last.action, last.primary_weight, last.canary_weight) == ("rollback", 100, 0)
+    events = [e["event"] for e in await store.events("prod/web")]
+    assert events[0] == "rollout.rolled_back"
+
+
+async def test_provider_error_is_a_failed_check_with_its_message(
+        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    """A provider that keeps failing fails the check with the provider's message."""
+    provider = FakeProvider([ProviderError("prometheus: connection refused")])
+    r = runner(settings(tmp_path), store, session, provider, FakeRouter())
+    await r.start_rollout("v2", {})
+    await r.tick()
+    await r.tick()
+    assert r.state.failed_checks == 1
+    assert r.state.reason == "sr: prometheus: connection refused"
+
+
+async def test_router_down_never_records_an_unapplied_weight(
+        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    """A router failure keeps the old weight and counts a failed check."""
+    router = FakeRouter(down=True)
+    r = runner(settings(tmp_path, threshold=5), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    assert r.state.canary_weight == 0 and r.state.failed_checks == 1
+    assert r.state.phase is Phase.PROGRESSING
+    router.down = False
+    await r.tick()
+    assert r.state.canary_weight == 25
+
+
+async def test_rollback_route_is_retried_until_applied(
+        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    """An abort whose rollback route fails stays pending and is retried on the next tick."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    router.down = True
+    from canaryd import analysis as core
+
+    await r.command(lambda s, now: core.abort(r.spec, s, now))
+    assert r.state.phase is Phase.FAILED and r.state.route_pending
+    router.down = False
+    await r.tick()
+    assert not r.state.route_pending
+    assert router.requests[-1].action == "rollback"
+
+
+async def test_unwritable_store_holds_the_canary(
+        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    """If the decision cannot be persisted, the in-memory state does not advance."""
+    r = runner(settings(tmp_path), store, session, FakeProvider(), FakeRouter())
+    await r.start_rollout("v2", {})
+    before = r.state
+    await store.close()
+    await r.tick()
+    assert r.state == before
+    with pytest.raises(StoreError):
+        from canaryd import analysis as core
+
+        await r.command(lambda s, now: core.pause(r.spec, s, now))
+
+
+async def test_outbox_rows_are_written_with_the_decision(
+        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    """Post-rollout hooks land in the outbox in the same transaction as the rollback."""
+    hooks = [{"name": "notify", "type": "post-rollout", "url": "http://127.0.0.1:9/"}]
+    r = runner(settings(tmp_path, threshold=1, webhooks=hooks), store, session,
+               FakeProvider([50.0]), FakeRouter())
+    await r.start_rollout("v2", {})
+    await r.tick()
+    await r.tick()
+    assert r.state.phase is Phase.FAILED
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        rows = db.execute("SELECT target, idem FROM outbox").fetchall()
+    assert [t for t, _ in rows] == ["hook:notify"]
+    assert rows[0][1].startswith("prod/web:")
