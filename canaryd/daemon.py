@@ -96,7 +96,7 @@ class Daemon:
             name: build_provider(cfg, session) for name, cfg in settings.providers.items()
         }
         routers: Mapping[str, Router] = {
-            name: build_router(cfg, session) for name, cfg in settings.routers.items()
+            name: build_router(name, cfg, session) for name, cfg in settings.routers.items()
         }
         return Services(settings, session, providers, routers, store)
 

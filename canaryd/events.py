@@ -31,6 +31,16 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "router.failed": ("error", "The router did not apply the requested weights."),
     "analysis.tick": ("info", "One analysis tick, with every metric's value and bounds."),
     "notification.failed": ("error", "An alert or webhook could not be delivered in time."),
+    "notification.retrying": ("warning", "A delivery failed and will be retried with backoff."),
+    "outbox.store_failed": ("error", "The dispatcher could not read or update the outbox."),
+    "tick.failed": ("error", "A tick could not complete (e.g. its state could not be read)."),
+    "tick.crashed": ("error", "A tick hit a bug; the traceback is logged, the loop goes on."),
+    "api.crashed": ("error", "An API request hit a bug; the client got a JSON 500."),
+    "api.store_failed": ("error", "An API request could not reach the state store (503)."),
+    "store.prune_failed": ("error", "Old check records and events could not be pruned."),
+    "provider.tls_insecure": ("warning", "A provider skips TLS verification (insecureSkipVerify)."),
+    "config.warning": ("warning", "The configuration has a warning (e.g. ignored fields)."),
+    "daemon.failed": ("error", "The daemon could not start or stopped on an error."),
     "state.persist_failed": ("error", "The state store could not be written; the canary holds."),
     "config.loaded": ("info", "The configuration was loaded."),
     "config.rejected": ("error", "A configuration reload was rejected; the last good one stays."),
@@ -74,3 +84,73 @@ class Event:
     def canary_name(self) -> str:
         """The canary's name without namespace."""
         return self.canary.partition("/")[2]
+
+
+COMMON_FIELDS = {
+    "event": "the event name (this table)",
+    "level": "debug, info, warning or error",
+    "timestamp": "ISO 8601, UTC",
+    "canary": "the canary's name (canary events)",
+    "namespace": "the canary's namespace (canary events)",
+    "revision": "the rollout's revision (canary events)",
+    "phase": "the phase after the event (canary events)",
+}
+
+DECISION_FIELDS = {
+    "canaryWeight": "percent of traffic on the canary after the event",
+    "primaryWeight": "percent on the primary",
+    "failedChecks": "failed checks so far in this rollout",
+    "threshold": "failed checks that roll back",
+    "iteration": "passed iterations (blue/green, A/B)",
+    "reason": "why a check failed or the rollout ended (check.failed, rollout.rolled_back)",
+    "metric": "the failing metric's name (check.failed, rollout.rolled_back)",
+    "value": "its value, null for no data (check.failed, rollout.rolled_back)",
+    "min": "its lower bound, inclusive (check.failed, rollout.rolled_back)",
+    "max": "its upper bound, inclusive (check.failed, rollout.rolled_back)",
+    "error": "provider, webhook or router error text",
+    "gate": "the gate concerned (gate.*, rollout.waiting)",
+    "metrics": "every metric as {name, value, min, max[, error]} (analysis.tick)",
+    "outcome": "pass, fail or hold (analysis.tick)",
+}
+
+
+def events_markdown() -> str:
+    """The body of ``docs/events.md``, generated from :data:`EVENTS`."""
+    lines = [
+        "# Events",
+        "",
+        "canaryd writes one JSON object per line on stdout. This is the stable vocabulary",
+        "for log-based alerting; it is generated from `canaryd/events.py`",
+        "(`python -m canaryd.events > docs/events.md`) and a test keeps the two equal.",
+        "",
+        "## Fields on every line",
+        "",
+        "| field | meaning |",
+        "|---|---|",
+        *(f"| `{k}` | {v} |" for k, v in COMMON_FIELDS.items()),
+        "",
+        "## Fields of canary decisions",
+        "",
+        "| field | meaning |",
+        "|---|---|",
+        *(f"| `{k}` | {v} |" for k, v in DECISION_FIELDS.items()),
+        "",
+        "## Event names",
+        "",
+        "| event | level | meaning |",
+        "|---|---|---|",
+        *(f"| `{name}` | {level} | {text} |" for name, (level, text) in sorted(EVENTS.items())),
+        "",
+        "## Alerting examples",
+        "",
+        "- rolled back: `event=\"rollout.rolled_back\"` (level error; `reason` says why)",
+        "- stuck gate: `event=\"gate.timed_out\"`",
+        "- lost alerts: `event=\"notification.failed\"`",
+        "- disk trouble: `event=\"state.persist_failed\"`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(events_markdown(), end="")

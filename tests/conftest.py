@@ -9,3 +9,91 @@ import pytest
 def anyio_backend() -> str:
     """Pin anyio's pytest plugin to asyncio."""
     return "asyncio"
+
+
+# --------------------------------------------------------------------------- HAProxy
+# A real HAProxy per test (tests/haproxy.py): `haproxy` yields an HAProxyInstance
+# with .unix_socket, .tcp_socket, .url (frontend), .backend/.primary/.canary and
+# .router_config(tcp=...); `haproxy_backends` are the two aiohttp backends behind it.
+# Imports stay in this block (not the header) so parallel additions do not collide.
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from haproxy import HAProxyInstance, find_haproxy, named_backend, run_haproxy, write_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def haproxy_binary() -> str:
+    """Path of the haproxy binary; missing fails under CI=true and skips elsewhere."""
+    binary = find_haproxy()
+    if binary is None:
+        message = "haproxy binary not found; install it: apt-get install haproxy"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@pytest.fixture
+async def haproxy_backends(anyio_backend: str) -> AsyncIterator[tuple[int, int]]:
+    """Two real HTTP backends on 127.0.0.1 answering "primary" and "canary"; yields their ports."""
+    async with named_backend("primary") as primary, named_backend("canary") as canary:
+        yield primary, canary
+
+
+@pytest.fixture
+def haproxy(
+    haproxy_binary: str, haproxy_backends: tuple[int, int], tmp_path: Path
+) -> Iterator[HAProxyInstance]:
+    """A running HAProxy (foreground subprocess) in front of ``haproxy_backends``."""
+    primary_port, canary_port = haproxy_backends
+    instance = write_config(tmp_path, primary_port=primary_port, canary_port=canary_port)
+    try:
+        with run_haproxy(haproxy_binary, instance):
+            yield instance
+    finally:
+        if not instance.unix_socket.is_relative_to(tmp_path):  # path-length fallback dir
+            shutil.rmtree(instance.unix_socket.parent, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Prometheus
+# A real Prometheus for the whole session (tests/prom.py), scraping `metrics_app`
+# every second. A test picks a `unique_job`, sets samples with
+# `prometheus.app.set(name, {"job": unique_job, ...}, value)` and polls with
+# `prom.eventually(...)`; `prometheus.provider_config()` is a PrometheusProvider for it.
+
+import uuid  # noqa: E402
+
+from prom import MetricsApp, PrometheusServer, start_prometheus  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def metrics_app() -> Iterator[MetricsApp]:
+    """An aiohttp scrape target on 127.0.0.1 whose samples tests set at any time."""
+    app = MetricsApp()
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(
+    metrics_app: MetricsApp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    """The real prometheus binary on a free 127.0.0.1 port, scraping ``metrics_app`` every 1s."""
+    server = start_prometheus(tmp_path_factory.mktemp("prometheus"), app=metrics_app)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def unique_job() -> str:
+    """A ``job`` label value no other test uses (the Prometheus is shared)."""
+    return f"web-canary-{uuid.uuid4().hex[:8]}"

@@ -49,12 +49,16 @@ class Router(Protocol):
         ...
 
 
-def build_router(cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
-    """Create the router for a config entry (the config's ``type`` picks the class)."""
+def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
+    """Create the router for a config entry (the config's ``type`` picks the class).
+
+    Raises:
+        RouterError: the router's secret cannot be read.
+    """
     if isinstance(cfg, WebhookRouter):
         from canaryd.routers.webhook import WebhookRouterClient
 
-        return WebhookRouterClient(cfg, session)
+        return WebhookRouterClient(cfg, session, name=name)
     if isinstance(cfg, HAProxyRouter):
         from canaryd.routers.haproxy import HAProxyRuntime
 

@@ -1,0 +1,189 @@
+"""Alerts: which events become alerts, how each notifier type renders them, one delivery.
+
+Rendering is pure: :func:`render` turns an :class:`~canaryd.events.Event` into
+``(payload, content_type)`` for a notifier type, and the outbox stores that.
+:func:`deliver` makes exactly one signed POST of a stored payload; retries,
+backoff and ordering belong to the outbox dispatcher, not here.
+
+Formats, one module each: :mod:`.slack` (Block Kit), :mod:`.msteams`
+(Adaptive Card), :mod:`.discord` (embed), :mod:`.gchat` (cardsV2),
+:mod:`.webhook` (generic JSON, Flagger-compatible keys), :mod:`.cloudevents`
+(CloudEvents 1.0, structured mode). Shared wording lives in :mod:`.text`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import aiohttp
+import anyio.to_thread
+from pydantic import SecretStr
+
+from canaryd.config import Notifier, Severity, read_secret
+from canaryd.errors import WebhookError
+from canaryd.events import EVENTS, Event
+from canaryd.http import post_json, redact_url
+from canaryd.notifiers import cloudevents, discord, gchat, msteams, slack, webhook
+from canaryd.notifiers.text import RenderOptions, describe, severity_of
+
+__all__ = [
+    "ALERT_EVENTS",
+    "FORMATS",
+    "RenderOptions",
+    "deliver",
+    "describe",
+    "notifier_url",
+    "passes",
+    "render",
+    "severity_of",
+]
+
+ALERT_EVENTS: Final = frozenset(
+    {
+        "rollout.started",
+        "rollout.waiting",
+        "gate.waiting",
+        "gate.approved",
+        "gate.timed_out",
+        "weight.advanced",
+        "iteration.advanced",
+        "check.failed",
+        "pre_rollout.failed",
+        "rollout.promoted",
+        "rollout.rolled_back",
+        "rollout.paused",
+        "rollout.resumed",
+        "router.failed",
+    }
+)
+"""Events that become chat alerts. Not ``analysis.tick`` (one per tick is noise),
+nor daemon/config events or ``notification.failed`` (an alert about alerts
+failing would loop); ``event`` webhooks still receive every event."""
+
+Renderer = Callable[[Event, RenderOptions], dict[str, Any]]
+
+FORMATS: Final[dict[str, tuple[Renderer, str]]] = {
+    "slack": (slack.render, slack.CONTENT_TYPE),
+    "msteams": (msteams.render, msteams.CONTENT_TYPE),
+    "discord": (discord.render, discord.CONTENT_TYPE),
+    "gchat": (gchat.render, gchat.CONTENT_TYPE),
+    "webhook": (webhook.render, webhook.CONTENT_TYPE),
+    "cloudevents": (cloudevents.render, cloudevents.CONTENT_TYPE),
+}
+"""Notifier ``type`` -> (renderer, content type), keyed like :class:`~canaryd.config.Notifier`."""
+
+_RANK: Final = {Severity.INFO: 0, Severity.WARN: 1, Severity.ERROR: 2}
+
+
+def passes(filter: Severity, event: Event) -> bool:
+    """Whether an alert with severity filter ``filter`` lets ``event`` through.
+
+    ``info`` lets everything through, ``warn`` lets warn and error, ``error`` only error.
+
+    Raises:
+        KeyError: the event's name is not in the vocabulary.
+    """
+    return _RANK[severity_of(event)] >= _RANK[filter]
+
+
+def render(
+    notifier_type: str,
+    event: Event,
+    *,
+    channel: str | None = None,
+    username: str | None = None,
+    event_id: str | None = None,
+    source: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Render ``event`` for a notifier type.
+
+    Args:
+        notifier_type: a :class:`~canaryd.config.Notifier` ``type``.
+        event: the event; its name must be in the vocabulary.
+        channel: Slack channel override (legacy webhooks).
+        username: Slack / Discord display name override.
+        event_id: stable message id, used as the CloudEvents ``id``; pass the
+            idempotency key. Without it a hash of the event is used.
+        source: CloudEvents ``source``; defaults to ``canaryd/<hostname>``.
+
+    Returns:
+        The JSON payload and its content type.
+
+    Raises:
+        ValueError: unknown notifier type or event name.
+    """
+    if event.name not in EVENTS:
+        raise ValueError(f"unknown event {event.name!r}")
+    try:
+        renderer, content_type = FORMATS[notifier_type]
+    except KeyError:
+        raise ValueError(f"unknown notifier type {notifier_type!r}") from None
+    options = RenderOptions(channel=channel, username=username, event_id=event_id, source=source)
+    return renderer(event, options), content_type
+
+
+def notifier_url(notifier: Notifier) -> str:
+    """The notifier's URL, from ``url`` or read from ``url_file`` (a secret).
+
+    Raises:
+        WebhookError: ``url_file`` cannot be read, is readable by others, or is empty.
+    """
+    if notifier.url is not None:
+        return notifier.url
+    try:
+        secret = read_secret(notifier.url_file)
+    except ValueError as exc:
+        raise WebhookError(f"{notifier.type} notifier: {exc}") from exc
+    url = secret.get_secret_value() if secret is not None else ""
+    if not url:
+        raise WebhookError(f"{notifier.type} notifier: url_file {notifier.url_file} is empty")
+    return url
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the URL and its path (chat webhook tokens) from text that may echo them."""
+    redacted = redact_url(url)
+    text = text.replace(url, redacted)
+    path = url.partition("://")[2].partition("/")[2]
+    if len(path) >= 8:  # short paths ("/", "/hook") hold no token and would over-match
+        text = text.replace(path, "…")
+    return text
+
+
+async def deliver(
+    session: aiohttp.ClientSession,
+    notifier: Notifier,
+    payload: dict[str, Any],
+    content_type: str,
+    *,
+    idempotency_key: str,
+    secret: SecretStr | None,
+) -> None:
+    """POST a rendered payload to the notifier once (no retries: the outbox retries).
+
+    The request carries ``Idempotency-Key`` and, with a ``secret``,
+    ``X-Canaryd-Signature``; it times out after ``notifier.timeout``.
+
+    Raises:
+        WebhookError: the URL cannot be read, the receiver cannot be reached or
+            does not answer in time, or it answers with a non-2xx status (the
+            message has the status and the first bytes of the body). The
+            message names the receiver's host only, never the URL.
+    """
+    url = await anyio.to_thread.run_sync(notifier_url, notifier)
+    try:
+        answer = await post_json(
+            session,
+            url,
+            payload,
+            timeout=notifier.timeout,
+            idempotency_key=idempotency_key,
+            secret=secret,
+            content_type=content_type,
+        )
+    except WebhookError as exc:
+        raise WebhookError(f"{notifier.type} notifier {_scrub(str(exc), url)}") from exc
+    if not answer.ok:
+        where = redact_url(url)
+        raise WebhookError(f"{notifier.type} notifier {where}: {_scrub(answer.describe(), url)}")

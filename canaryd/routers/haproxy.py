@@ -1,0 +1,310 @@
+"""HAProxy router: primary and canary server weights in one backend, via the runtime API.
+
+canaryd talks to HAProxy's stats socket (``stats socket ... level admin``), a unix
+path or ``host:port`` for TCP. Design choices:
+
+- **One command per connection.** HAProxy's non-interactive mode answers one
+  line and closes the connection, so every command opens a fresh connection,
+  sends ``<command>\\n`` and reads until the empty line that ends HAProxy's
+  output (or EOF). No ``prompt`` mode: no session state to get out of step, and
+  a retry is always a clean reconnect.
+- **Absolute weights.** Percent ``p`` becomes HAProxy weight ``round(p * 256 / 100)``
+  (``set weight <backend>/<server> <0..256>``), so the result does not depend on
+  the weights in ``haproxy.cfg``. The larger weight is set first, so the backend
+  never has both servers at 0 in between. Both weights are then read back with
+  ``get weight`` (``"<current> (initial <initial>)"``); a mismatch is an error.
+- **Actions.** ``route`` sets the requested weights; ``rollback`` sets canary 0 /
+  primary 100 whatever the request says; ``promote`` only verifies that both
+  servers exist, because HAProxy cannot change what the primary runs: a
+  ``promote`` hook or the ``confirm-promotion`` gate does the redeploy.
+- **Retries.** Transient socket errors (refused, reset, missing socket during a
+  restart, no answer within ``cfg.timeout``) are retried with tenacity
+  (exponential backoff with jitter, :data:`ATTEMPTS` tries per command); a whole
+  :meth:`HAProxyRuntime.apply` never takes longer than ``cfg.timeout *``
+  :data:`BUDGET_FACTOR`. HAProxy's own answers ("No such server.") are not retried.
+
+Error messages (all :class:`~canaryd.errors.RouterError`)::
+
+    haproxy web/web-canary: No such server.                       HAProxy's own text
+    haproxy web/web-canary: weight is 0 after set weight 51       read-back mismatch
+    haproxy web/web-canary: empty answer to get weight            nothing came back
+    haproxy /run/haproxy/admin.sock: connection refused (after 3 attempts)
+    haproxy 127.0.0.1:9999: no answer within 5s (after 3 attempts)
+    haproxy /run/haproxy/admin.sock: no answer within 15s          the apply budget ran out
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+from anyio.abc import ByteStream
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from canaryd.config import HAProxyRouter
+from canaryd.errors import RouterError
+from canaryd.routers import RouteRequest
+
+T = TypeVar("T")
+
+MAX_WEIGHT = 256
+"""HAProxy's largest absolute server weight; 100 percent maps to it."""
+
+ATTEMPTS = 3
+"""How often one runtime-API command is tried when the socket fails transiently."""
+
+BUDGET_FACTOR = 3
+"""One :meth:`HAProxyRuntime.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
+
+BACKOFF_MULTIPLIER = 0.1
+"""Seconds; base of the jittered exponential backoff between attempts."""
+
+BACKOFF_MAX = 1.0
+"""Seconds; the longest single wait between attempts."""
+
+MAX_ANSWER_BYTES = 64 * 1024
+"""How much of an answer is read at most (``get``/``set weight`` answers are tiny)."""
+
+ERROR_PREVIEW_CHARS = 200
+"""How much of an unexpected answer goes into an error message."""
+
+_WEIGHT_ANSWER = re.compile(r"(\d+) \(initial \d+\)")
+_UNSAFE_NAME = re.compile(r"[\s;\\]")  # would split or alter a runtime-API command line
+
+
+def to_haproxy_weight(percent: int) -> int:
+    """Map a traffic percentage to HAProxy's absolute weight scale.
+
+    Args:
+        percent: 0..100.
+
+    Returns:
+        ``round(percent * 256 / 100)``: 20 -> 51, 80 -> 205, 100 -> 256.
+
+    Raises:
+        ValueError: ``percent`` is outside 0..100.
+    """
+    if not 0 <= percent <= 100:
+        raise ValueError(f"weight {percent} is not a percentage (0..100)")
+    return round(percent * MAX_WEIGHT / 100)
+
+
+def parse_socket(value: str) -> str | tuple[str, int]:
+    """Split a socket setting into a unix path or a TCP ``(host, port)``.
+
+    ``/run/haproxy/admin.sock`` and ``./admin.sock`` are paths; ``127.0.0.1:9999``
+    and ``[::1]:9999`` are TCP addresses.
+
+    Raises:
+        ValueError: the value looks like ``host:port`` but the port is not a number.
+    """
+    if value.startswith(("/", ".")) or ":" not in value:
+        return value
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not host:
+        raise ValueError(f"socket {value!r} is neither a path nor host:port")
+    return host.strip("[]"), int(port)
+
+
+def parse_weight(answer: str) -> int | None:
+    """Return the current weight from a ``get weight`` answer, or None if it is not one."""
+    match = _WEIGHT_ANSWER.fullmatch(answer.strip())
+    return int(match.group(1)) if match else None
+
+
+def first_line(answer: str) -> str:
+    """The first non-empty line of an answer, shortened for an error message."""
+    line = next((ln.strip() for ln in answer.splitlines() if ln.strip()), "")
+    return line[:ERROR_PREVIEW_CHARS]
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Socket failures worth another try: everything but a permission problem."""
+    if isinstance(exc, PermissionError):
+        return False
+    return isinstance(exc, TimeoutError | OSError | anyio.BrokenResourceError)
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    """An operator-facing reason for a socket failure."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, FileNotFoundError):
+        return "no such socket"
+    if isinstance(exc, anyio.BrokenResourceError):
+        return "connection reset"
+    if isinstance(exc, OSError) and exc.errno is None and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__  # anyio.connect_tcp wraps the per-address errors
+    if isinstance(exc, OSError) and exc.errno:
+        text = os.strerror(exc.errno)
+        return text[:1].lower() + text[1:]
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _read_answer(stream: ByteStream) -> str:
+    """Read until HAProxy's end-of-output empty line, EOF, or the size limit."""
+    data = b""
+    while len(data) < MAX_ANSWER_BYTES and not data.endswith(b"\n\n"):
+        try:
+            data += await stream.receive()
+        except anyio.EndOfStream:
+            break
+    return data[:MAX_ANSWER_BYTES].decode("utf-8", "replace")
+
+
+class HAProxyRuntime:
+    """Sets primary/canary weights through HAProxy's runtime API.
+
+    Attributes:
+        budget: seconds one :meth:`apply` may take at most, retries included.
+    """
+
+    def __init__(self, cfg: HAProxyRouter) -> None:
+        """Check the configured names and socket address (no connection is made).
+
+        Raises:
+            RouterError: a backend or server name contains characters that would
+                break a runtime-API command, or the socket address is malformed.
+        """
+        for name in (cfg.backend, cfg.primary, cfg.canary):
+            if not name or _UNSAFE_NAME.search(name):
+                raise RouterError(f"haproxy: invalid backend or server name {name!r}")
+        try:
+            self._address = parse_socket(cfg.socket)
+        except ValueError as exc:
+            raise RouterError(f"haproxy: {exc}") from exc
+        self._cfg = cfg
+        self.budget = cfg.timeout * BUDGET_FACTOR
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Set and verify the weights for ``request`` (see the module docstring).
+
+        Raises:
+            RouterError: HAProxy refused a command (its own text is in the
+                message), a weight read back differs from the one set, the
+                socket failed after retries, or :attr:`budget` ran out.
+        """
+        try:
+            with anyio.fail_after(self.budget):
+                await self._apply(request)
+        except TimeoutError as exc:
+            raise RouterError(
+                f"haproxy {self._cfg.socket}: no answer within {self.budget:g}s"
+            ) from exc
+
+    async def _apply(self, request: RouteRequest) -> None:
+        if request.action == "promote":
+            await self.get_weight(self._cfg.primary)
+            await self.get_weight(self._cfg.canary)
+            return
+        targets = self._targets(request)
+        for server, weight in targets:
+            await self.set_weight(server, weight)
+        for server, weight in targets:
+            actual = await self.get_weight(server)
+            if actual != weight:
+                raise RouterError(
+                    f"haproxy {self._cfg.backend}/{server}: "
+                    f"weight is {actual} after set weight {weight}"
+                )
+
+    def _targets(self, request: RouteRequest) -> list[tuple[str, int]]:
+        """(server, HAProxy weight) pairs, the larger weight first so both are never 0.
+
+        Raises:
+            RouterError: a weight is not a percentage.
+        """
+        primary, canary = request.primary_weight, request.canary_weight
+        if request.action == "rollback":
+            primary, canary = 100, 0
+        try:
+            targets = [
+                (self._cfg.primary, to_haproxy_weight(primary)),
+                (self._cfg.canary, to_haproxy_weight(canary)),
+            ]
+        except ValueError as exc:
+            raise RouterError(f"haproxy {self._cfg.backend}: {exc}") from exc
+        return sorted(targets, key=lambda target: target[1], reverse=True)
+
+    async def set_weight(self, server: str, weight: int) -> None:
+        """Set one server's absolute weight (``set weight <backend>/<server> <weight>``).
+
+        Raises:
+            RouterError: HAProxy answered with an error, or the socket failed.
+        """
+        answer = await self.command(f"set weight {self._cfg.backend}/{server} {weight}")
+        if answer.strip():
+            raise RouterError(f"haproxy {self._cfg.backend}/{server}: {first_line(answer)}")
+
+    async def get_weight(self, server: str) -> int:
+        """Return one server's current weight (``get weight <backend>/<server>``).
+
+        Raises:
+            RouterError: HAProxy answered with an error or something that is not
+                a weight, or the socket failed.
+        """
+        answer = await self.command(f"get weight {self._cfg.backend}/{server}")
+        weight = parse_weight(answer)
+        if weight is not None:
+            return weight
+        text = first_line(answer)
+        raise RouterError(
+            f"haproxy {self._cfg.backend}/{server}: {text or 'empty answer to get weight'}"
+        )
+
+    async def command(self, line: str) -> str:
+        """Send one runtime-API command on a fresh connection and return the answer.
+
+        Raises:
+            RouterError: the socket failed on every attempt (or on the first, for
+                a non-transient failure such as permission denied).
+        """
+        attempts = 0
+
+        async def once() -> str:
+            nonlocal attempts
+            attempts += 1
+            return await self._exchange(line)
+
+        try:
+            return await _retrying(once)
+        except (OSError, TimeoutError, anyio.BrokenResourceError) as exc:
+            reason = _describe(exc, self._cfg.timeout)
+            tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+            raise RouterError(f"haproxy {self._cfg.socket}: {reason} (after {tries})") from exc
+
+    async def _exchange(self, line: str) -> str:
+        with anyio.fail_after(self._cfg.timeout):
+            stream = await self._connect()
+            async with stream:
+                await stream.send(line.encode() + b"\n")
+                return await _read_answer(stream)
+
+    async def _connect(self) -> ByteStream:
+        if isinstance(self._address, tuple):
+            return await anyio.connect_tcp(*self._address)
+        return await anyio.connect_unix(self._address)
+
+
+async def _retrying(fn: Callable[[], Awaitable[T]]) -> T:
+    """Call ``fn`` until it succeeds, fails non-transiently, or runs out of attempts.
+
+    Raises:
+        BaseException: the last exception ``fn`` raised.
+    """
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(ATTEMPTS),
+        wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
+        retry=retry_if_exception(_is_transient),
+        reraise=True,
+        sleep=anyio.sleep,
+    )
+    return await retrying(fn)
