@@ -136,13 +136,16 @@ class Daemon:
         try:
             loaded = load_config(self.config_path)
             check_queries(loaded.settings)
+            services = self._services(loaded.settings, self.services.session, self.services.store)
         except ConfigError as exc:
             log.error("config.rejected", problems=[str(p) for p in exc.problems])
             return False
+        except CanarydError as exc:
+            log.error("config.rejected", problems=[str(exc)])
+            return False
         old = {c.key for c in self.settings.canaries}
         new = {c.key for c in loaded.settings.canaries}
-        self.loaded = loaded
-        self.services = self._services(loaded.settings, self.services.session, self.services.store)
+        self.loaded, self.services = loaded, services
         for key in old - new:
             self._scopes.pop(key).cancel()
             self.runners.pop(key)
