@@ -403,7 +403,7 @@ class ApiConfig(Model):
 
 
 class OutboxConfig(Model):
-    """Delivery of alerts and webhooks: retried with backoff until ``maxAge``, then dead-lettered."""
+    """Delivery of alerts and webhooks: retried with backoff, dead-lettered after ``maxAge``."""
 
     maxAge: Duration = 3600.0
     initialBackoff: Duration = 1.0

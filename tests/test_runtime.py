@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from canaryd import analysis as core
 from canaryd.analysis import CanaryState, Phase
 from canaryd.config import Settings
 from canaryd.errors import ProviderError, RouterError, StoreError
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.anyio
 class FakeProvider:
     """Answers every query with the next value of a script (None = no data)."""
 
-    values: list[float | None | Exception] = field(default_factory=lambda: [99.9])
+    values: list[float | Exception | None] = field(default_factory=lambda: [99.9])
     queries: list[str] = field(default_factory=list)
 
     async def query(self, query: str, *, budget: float) -> float | None:
@@ -61,15 +62,33 @@ def settings(tmp_path: Path, **analysis: Any) -> Settings:
     """A one-canary config whose single metric is a plain query on provider ``prom``."""
     a: dict[str, Any] = {"interval": "1s", "threshold": 2, "stepWeight": 25, "maxWeight": 50}
     a.update(analysis)
-    a.setdefault("metrics", [{"name": "sr", "query": 'rate(x{job="{{ target }}"}[{{ interval }}])',
-                              "thresholdRange": {"min": 99}, "interval": "30s"}])
-    return Settings.model_validate({
-        "state": f"sqlite://{tmp_path}/state.db",
-        "providers": {"prom": {"type": "prometheus"}},
-        "routers": {"lb": {"type": "webhook", "url": "http://127.0.0.1:9/"}},
-        "canaries": [{"name": "web", "namespace": "prod", "router": "lb", "target": "web-canary",
-                      "analysis": a}],
-    })
+    a.setdefault(
+        "metrics",
+        [
+            {
+                "name": "sr",
+                "query": 'rate(x{job="{{ target }}"}[{{ interval }}])',
+                "thresholdRange": {"min": 99},
+                "interval": "30s",
+            }
+        ],
+    )
+    return Settings.model_validate(
+        {
+            "state": f"sqlite://{tmp_path}/state.db",
+            "providers": {"prom": {"type": "prometheus"}},
+            "routers": {"lb": {"type": "webhook", "url": "http://127.0.0.1:9/"}},
+            "canaries": [
+                {
+                    "name": "web",
+                    "namespace": "prod",
+                    "router": "lb",
+                    "target": "web-canary",
+                    "analysis": a,
+                }
+            ],
+        }
+    )
 
 
 @pytest.fixture
@@ -88,17 +107,24 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def runner(cfg: Settings, store: SqliteStore, session: aiohttp.ClientSession,
-           provider: FakeProvider, router: FakeRouter,
-           state: CanaryState | None = None) -> CanaryRunner:
+def runner(
+    cfg: Settings,
+    store: SqliteStore,
+    session: aiohttp.ClientSession,
+    provider: FakeProvider,
+    router: FakeRouter,
+    state: CanaryState | None = None,
+) -> CanaryRunner:
     """A runner for the config's only canary, with a fixed clock."""
-    services = Services(cfg, session, {"prom": provider}, {"lb": router}, store,
-                        clock=lambda: 1000.0)
+    services = Services(
+        cfg, session, {"prom": provider}, {"lb": router}, store, clock=lambda: 1000.0
+    )
     return CanaryRunner(cfg.canaries[0], state or CanaryState(), services)
 
 
 async def test_query_is_rendered_with_target_and_interval(
-        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
     """The metric's template gets the canary's target and the metric's interval."""
     provider, router = FakeProvider(), FakeRouter()
     r = runner(settings(tmp_path), store, session, provider, router)
@@ -109,7 +135,8 @@ async def test_query_is_rendered_with_target_and_interval(
 
 
 async def test_rollout_progresses_and_is_persisted(
-        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
     """Each tick's state is in the store, and a new runner from the store continues it."""
     provider, router = FakeProvider(), FakeRouter()
     cfg = settings(tmp_path)
@@ -120,7 +147,11 @@ async def test_rollout_progresses_and_is_persisted(
     assert [q.canary_weight for q in router.requests] == [25, 50]
     stored = (await store.load_states())["prod/web"]
     assert stored == r.state
-    assert (stored.canary_weight, stored.revision, stored.metadata) == (50, "v2", {"ticket": "OPS-1"})
+    assert (stored.canary_weight, stored.revision, stored.metadata) == (
+        50,
+        "v2",
+        {"ticket": "OPS-1"},
+    )
     again = runner(cfg, store, session, provider, router, state=stored)
     for _ in range(3):
         await again.tick()
@@ -131,7 +162,8 @@ async def test_rollout_progresses_and_is_persisted(
 
 
 async def test_failing_metric_rolls_back_and_tells_the_router(
-        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
     """threshold failing ticks roll back, and the router receives the rollback action."""
     provider, router = FakeProvider([90.0]), FakeRouter()
     r = runner(settings(tmp_path), store, session, provider, router)
@@ -147,7 +179,8 @@ async def test_failing_metric_rolls_back_and_tells_the_router(
 
 
 async def test_provider_error_is_a_failed_check_with_its_message(
-        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
     """A provider that keeps failing fails the check with the provider's message."""
     provider = FakeProvider([ProviderError("prometheus: connection refused")])
     r = runner(settings(tmp_path), store, session, provider, FakeRouter())
@@ -159,7 +192,8 @@ async def test_provider_error_is_a_failed_check_with_its_message(
 
 
 async def test_router_down_never_records_an_unapplied_weight(
-        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
     """A router failure keeps the old weight and counts a failed check."""
     router = FakeRouter(down=True)
     r = runner(settings(tmp_path, threshold=5), store, session, FakeProvider(), router)
@@ -173,15 +207,14 @@ async def test_router_down_never_records_an_unapplied_weight(
 
 
 async def test_rollback_route_is_retried_until_applied(
-        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
     """An abort whose rollback route fails stays pending and is retried on the next tick."""
     router = FakeRouter()
     r = runner(settings(tmp_path), store, session, FakeProvider(), router)
     await r.start_rollout("v2", {})
     await r.tick()
     router.down = True
-    from canaryd import analysis as core
-
     await r.command(lambda s, now: core.abort(r.spec, s, now))
     assert r.state.phase is Phase.FAILED and r.state.route_pending
     router.down = False
@@ -191,7 +224,8 @@ async def test_rollback_route_is_retried_until_applied(
 
 
 async def test_unwritable_store_holds_the_canary(
-        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
     """If the decision cannot be persisted, the in-memory state does not advance."""
     r = runner(settings(tmp_path), store, session, FakeProvider(), FakeRouter())
     await r.start_rollout("v2", {})
@@ -200,17 +234,21 @@ async def test_unwritable_store_holds_the_canary(
     await r.tick()
     assert r.state == before
     with pytest.raises(StoreError):
-        from canaryd import analysis as core
-
         await r.command(lambda s, now: core.pause(r.spec, s, now))
 
 
 async def test_outbox_rows_are_written_with_the_decision(
-        tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession) -> None:
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
     """Post-rollout hooks land in the outbox in the same transaction as the rollback."""
     hooks = [{"name": "notify", "type": "post-rollout", "url": "http://127.0.0.1:9/"}]
-    r = runner(settings(tmp_path, threshold=1, webhooks=hooks), store, session,
-               FakeProvider([50.0]), FakeRouter())
+    r = runner(
+        settings(tmp_path, threshold=1, webhooks=hooks),
+        store,
+        session,
+        FakeProvider([50.0]),
+        FakeRouter(),
+    )
     await r.start_rollout("v2", {})
     await r.tick()
     await r.tick()

@@ -1,0 +1,365 @@
+"""Prometheus HTTP API provider (Prometheus, Thanos, Mimir, VictoriaMetrics).
+
+What a query's answer means for a metric check:
+
+- a scalar, or an instant vector with exactly one series: its value;
+- an empty vector, or a NaN value (e.g. ``0/0`` when there was no traffic):
+  ``None``, "no data", which fails the check unless ``onNoData`` says otherwise;
+- ``+Inf``/``-Inf`` are values, not "no data": ``histogram_quantile`` answers
+  ``+Inf`` when the quantile falls into the ``+Inf`` bucket, which is a real
+  (very slow) latency that should fail a ``max`` bound;
+- several series, a range vector or a string: :class:`ProviderError`.
+
+Transient failures (connection errors, timeouts, HTTP 429 and 5xx, except
+Prometheus's own ``bad_data``/``execution`` errors) are retried with
+exponential backoff and jitter. All attempts together stay within the caller's
+``budget``: an attempt whose timeout would end after the budget is not started.
+Each attempt may take ``min(timeout, budget)``, so with a budget shorter than
+the provider's timeout there is a single attempt. Other failures (HTTP 4xx, a
+PromQL error, an answer that is not Prometheus JSON) are raised at once. Error
+messages carry Prometheus's own error text and the first bytes of unexpected
+bodies, never a credential.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_before_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from canaryd.config import PrometheusProvider, read_secret
+from canaryd.errors import ProviderError
+from canaryd.http import BODY_PREVIEW_BYTES, redact_url
+
+MAX_BODY_BYTES = 1024 * 1024
+"""Answers larger than this are refused (a metric query answers a few hundred bytes)."""
+
+RETRY_INITIAL_WAIT = 0.1
+"""First backoff between attempts, in seconds; doubles each time, plus up to as much jitter."""
+
+RETRY_MAX_WAIT = 2.0
+"""Longest backoff between two attempts, in seconds."""
+
+_PERMANENT_ERROR_TYPES = frozenset({"bad_data", "execution"})
+"""Prometheus errors that say the query itself is wrong: retrying cannot help."""
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+
+class _TransientError(ProviderError):
+    """A failure worth another attempt (network, timeout, 429, 5xx)."""
+
+
+@dataclass(slots=True)
+class ProviderStats:
+    """Counters of one provider, for ``/metrics``.
+
+    Attributes:
+        queries: queries asked by callers (instant and range).
+        attempts: HTTP requests sent, retries included.
+        retries: attempts after the first one of a query.
+        failures: queries that ended with a ProviderError.
+    """
+
+    queries: int = 0
+    attempts: int = 0
+    retries: int = 0
+    failures: int = 0
+
+
+class Prometheus:
+    """A :class:`~canaryd.providers.MetricsProvider` backed by the Prometheus HTTP API.
+
+    Args:
+        cfg: the provider's configuration (address, timeout, auth, TLS).
+        session: the shared client session; this provider never closes it.
+    """
+
+    def __init__(self, cfg: PrometheusProvider, session: aiohttp.ClientSession) -> None:
+        self._cfg = cfg
+        self._session = session
+        self._where = redact_url(cfg.address)
+        self.stats = ProviderStats()
+        if cfg.insecureSkipVerify:
+            log.warning("provider.tls_insecure", address=self._where)
+
+    async def query(self, query: str, *, budget: float) -> float | None:
+        """Run an instant query and return its single value.
+
+        Args:
+            query: PromQL expression (already rendered).
+            budget: seconds all attempts together may take.
+
+        Returns:
+            The value, or ``None`` when there is no data (empty vector or NaN).
+
+        Raises:
+            ProviderError: the request failed for good, Prometheus rejected the
+                query, or the answer is not exactly one scalar or series.
+        """
+        return await self._call("/api/v1/query", {"query": query}, budget, _instant_value)
+
+    async def query_range(
+        self, query: str, *, start: float, end: float, step: float, budget: float
+    ) -> list[float]:
+        """Run a range query over one series and return its values in time order.
+
+        Args:
+            query: PromQL expression (already rendered).
+            start: first evaluation time, unix seconds.
+            end: last evaluation time, unix seconds.
+            step: seconds between evaluations.
+            budget: seconds all attempts together may take.
+
+        Returns:
+            The series' values (NaN kept as ``float('nan')``); ``[]`` when no series.
+
+        Raises:
+            ProviderError: the request failed for good, Prometheus rejected the
+                query, or the answer holds more than one series.
+        """
+        form = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        return await self._call("/api/v1/query_range", form, budget, _range_values)
+
+    async def _call(
+        self, path: str, form: dict[str, str], budget: float, parse: Callable[[Any], T]
+    ) -> T:
+        """POST a form with retries on transient failures; ``parse`` the answer's ``data``.
+
+        Raises:
+            ProviderError: permanent failure, or transient ones until the budget ran out.
+        """
+        self.stats.queries += 1
+        if budget <= 0:
+            self.stats.failures += 1
+            raise ProviderError(f"no time left to query prometheus (budget {budget:g}s)")
+        timeout = min(self._cfg.timeout, budget)
+        started = time.monotonic()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_TransientError),
+            # the second condition: never start an attempt whose timeout ends after the budget
+            stop=stop_after_delay(budget) | stop_before_delay(budget - timeout),
+            wait=wait_exponential(multiplier=RETRY_INITIAL_WAIT, max=RETRY_MAX_WAIT)
+            + wait_random(0, RETRY_INITIAL_WAIT),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.stats.retries += 1
+                    return parse(await self._attempt(path, form, timeout))
+        except RetryError as exc:
+            self.stats.failures += 1
+            n = exc.last_attempt.attempt_number
+            raise ProviderError(
+                f"gave up after {n} attempt{'s' if n > 1 else ''} in "
+                f"{time.monotonic() - started:.1f}s (budget {budget:g}s): "
+                f"{exc.last_attempt.exception()}"
+            ) from exc.last_attempt.exception()
+        except ProviderError:
+            self.stats.failures += 1
+            raise
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def _attempt(self, path: str, form: dict[str, str], limit: float) -> Any:
+        """One HTTP request; classify its outcome.
+
+        Raises:
+            _TransientError: worth retrying.
+            ProviderError: not worth retrying.
+        """
+        self.stats.attempts += 1
+        url = self._cfg.address + path
+        try:
+            async with self._session.post(
+                url,
+                data=form,
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=limit),
+                ssl=not self._cfg.insecureSkipVerify,
+            ) as resp:
+                body, complete = await _read_capped(resp)
+                status = resp.status
+        except TimeoutError as exc:
+            raise _TransientError(f"prometheus did not answer within {limit:g}s") from exc
+        except aiohttp.ClientSSLError as exc:
+            # a certificate problem does not go away by asking again
+            text = str(exc).replace(self._cfg.address, self._where)
+            raise ProviderError(
+                f"TLS error talking to prometheus at {self._where}: {text} (insecureSkipVerify: "
+                "true turns verification off; use it only for a trusted self-signed endpoint)"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            text = str(exc).replace(self._cfg.address, self._where)
+            raise _TransientError(
+                f"cannot reach prometheus at {self._where}: {type(exc).__name__}: {text}"
+            ) from exc
+        return _answer_data(status, body, complete)
+
+    def _headers(self) -> dict[str, str]:
+        """Request headers: configured extras plus auth (secrets read on every call).
+
+        Raises:
+            ProviderError: a secret file cannot be read, or both kinds of auth are set.
+        """
+        cfg = self._cfg
+        headers = dict(cfg.headers)
+        if cfg.bearer_token_file and cfg.username:
+            raise ProviderError("set bearer_token_file or username/password_file, not both")
+        try:
+            if cfg.bearer_token_file:
+                token = read_secret(cfg.bearer_token_file)
+                headers["Authorization"] = f"Bearer {token.get_secret_value() if token else ''}"
+            elif cfg.username:
+                password = read_secret(cfg.password_file)
+                secret = password.get_secret_value() if password else ""
+                pair = f"{cfg.username}:{secret}".encode()
+                headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        except ValueError as exc:
+            raise ProviderError(str(exc)) from exc
+        return headers
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """Read at most :data:`MAX_BODY_BYTES`; say whether that was the whole body."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_BODY_BYTES:
+        chunk = await resp.content.read(MAX_BODY_BYTES + 1 - size)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:MAX_BODY_BYTES], False
+
+
+def _preview(body: bytes) -> str:
+    """The first bytes of a body, printable, for error messages."""
+    return body[:BODY_PREVIEW_BYTES].decode("utf-8", "replace").strip()
+
+
+def _http_error(status: int, body: bytes, problem: str) -> str:
+    """``prometheus answered HTTP 503, not JSON: <preview>`` style message."""
+    preview = _preview(body)
+    return f"prometheus answered HTTP {status}{problem}" + (f": {preview}" if preview else "")
+
+
+def _answer_data(status: int, body: bytes, complete: bool) -> Any:
+    """Decode one answer and return its ``data``.
+
+    Raises:
+        _TransientError: HTTP 429/5xx without a permanent Prometheus error.
+        ProviderError: any other failure.
+    """
+    retryable = status == 429 or status >= 500
+    if not complete:
+        raise ProviderError(_http_error(status, body, f" with more than {MAX_BODY_BYTES} bytes"))
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
+        kind = _TransientError if retryable else ProviderError
+        raise kind(_http_error(status, body, "" if retryable else ", not Prometheus JSON"))
+    if doc["status"] == "error":
+        error_type = str(doc.get("errorType", "error"))
+        message = f"prometheus {error_type}: {doc.get('error', '')}"
+        permanent = error_type in _PERMANENT_ERROR_TYPES or not retryable
+        raise (ProviderError if permanent else _TransientError)(message)
+    if status != 200:
+        kind = _TransientError if retryable else ProviderError
+        raise kind(_http_error(status, body, ""))
+    return doc.get("data")
+
+
+def _shape_error(data: Any) -> ProviderError:
+    """The error for an answer whose ``data`` does not have the documented shape."""
+    return ProviderError(
+        f"prometheus answered an unexpected result: {_preview(json.dumps(data).encode())}"
+    )
+
+
+def _number(sample: Any) -> float:
+    """The float of a ``[timestamp, "value"]`` pair (``"NaN"``, ``"+Inf"`` included).
+
+    Raises:
+        ProviderError: the pair is malformed.
+    """
+    try:
+        return float(sample[1])
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise _shape_error(sample) from exc
+
+
+def _instant_value(data: Any) -> float | None:
+    """The single value of an instant query's ``data``, or ``None`` for no data.
+
+    Raises:
+        ProviderError: not a scalar or single-series vector.
+    """
+    if not isinstance(data, dict):
+        raise _shape_error(data)
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        value = _number(result)
+    elif kind == "vector" and isinstance(result, list):
+        if not result:
+            return None
+        if len(result) > 1:
+            raise ProviderError(
+                f"query returned {len(result)} series; a metric query must return "
+                "exactly one (aggregate with sum() or similar)"
+            )
+        value = _number(result[0].get("value") if isinstance(result[0], dict) else None)
+    elif kind == "matrix":
+        raise ProviderError(
+            "query returned a range vector; a metric query must return a scalar or an "
+            "instant vector (wrap the [range] selector in a function such as rate())"
+        )
+    elif kind == "string":
+        raise ProviderError("query returned a string; a metric query must return a number")
+    else:
+        raise _shape_error(data)
+    return None if math.isnan(value) else value
+
+
+def _range_values(data: Any) -> list[float]:
+    """The values of a range query's single series (``[]`` when there is none).
+
+    Raises:
+        ProviderError: more than one series, or not a matrix.
+    """
+    if not isinstance(data, dict) or data.get("resultType") != "matrix":
+        raise _shape_error(data)
+    result = data.get("result")
+    if not isinstance(result, list):
+        raise _shape_error(data)
+    if not result:
+        return []
+    if len(result) > 1:
+        raise ProviderError(
+            f"range query returned {len(result)} series; a metric query must return "
+            "exactly one (aggregate with sum() or similar)"
+        )
+    values = result[0].get("values") if isinstance(result[0], dict) else None
+    if not isinstance(values, list):
+        raise _shape_error(data)
+    return [_number(sample) for sample in values]
