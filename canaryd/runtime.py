@@ -34,14 +34,13 @@ from canaryd.analysis import (
     RunHooks,
 )
 from canaryd.config import CanaryConfig, MetricSpec, Settings, WebhookSpec, WebhookType
-from canaryd.durations import format_duration
 from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
 from canaryd.events import Event
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.store import OutboxMessage, SqliteStore, event_to_dict
-from canaryd.templates import builtin_query, render
+from canaryd.templates import builtin_query, render, template_variables
 from canaryd.webhooks import call as call_webhook
 from canaryd.webhooks import payload as webhook_payload
 
@@ -91,14 +90,13 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
         )
         if provider is None or provider not in settings.providers:
             raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
-        variables = {
-            "namespace": canary.namespace,
-            "name": canary.name,
-            "target": canary.target_name,
-            "interval": format_duration(m.interval),
-        }
-        variables.update({f"variables.{k}": v for k, v in canary.variables.items()})
-        variables.update({f"variables.{k}": v for k, v in m.templateVariables.items()})
+        variables = template_variables(
+            namespace=canary.namespace,
+            name=canary.name,
+            target=canary.target_name,
+            interval=m.interval,
+            variables={**canary.variables, **m.templateVariables},
+        )
         out.append(ResolvedMetric(m, provider, render(text, variables)))
     return out
 
@@ -186,6 +184,9 @@ class CanaryRunner:
         """Observe, decide, route, persist."""
         async with self._lock:
             self.last_tick = self.services.clock()
+            structlog.contextvars.bind_contextvars(
+                revision=self.state.revision, phase=self.state.phase.value
+            )
             if self.state.route_pending:
                 await self._retry_rollback_route()
             need = core.needs(self.spec, self.state)
