@@ -20,10 +20,12 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from canaryd.config import Analysis, CanaryConfig, OnNoData, WebhookType
+from canaryd.config import Analysis, CanaryConfig, JudgeSpec, OnNoData, WebhookType
 from canaryd.errors import CommandError
 from canaryd.events import Event
+from canaryd.judge import MetricConfig, MetricPair, judge
 from canaryd.routers import Action
+from canaryd.scoring import Thresholds
 
 
 class Phase(StrEnum):
@@ -106,6 +108,16 @@ class HookResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CompareSeries:
+    """One compare metric's two series (primary = control, canary = experiment)."""
+
+    config: MetricConfig
+    control: tuple[float, ...] = ()
+    experiment: tuple[float, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Observation:
     """Everything the runtime observed for one tick."""
 
@@ -114,6 +126,7 @@ class Observation:
     pre_rollout: tuple[HookResult, ...] = ()
     rollout: tuple[HookResult, ...] = ()
     metrics: tuple[MetricValue, ...] = ()
+    compare: tuple[CompareSeries, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +156,13 @@ class CheckRecord:
     failed_checks: int
     reason: str | None
     metrics: tuple[MetricValue, ...] = ()
+    judge: Any = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
+        extra = {"judge": self.judge} if self.judge is not None else {}
         return {
+            **extra,
             "time": self.time,
             "tick": self.tick,
             "outcome": self.outcome.value,
@@ -180,6 +196,9 @@ class CanaryState:
     finished_at: float | None = None
     reason: str | None = None
     route_pending: bool = False
+    seq: int = 0
+    """Decisions persisted so far (set by the runtime); numbers idempotency keys so
+    that no key repeats, even after a restart."""
 
     @property
     def active(self) -> bool:
@@ -313,42 +332,78 @@ def judge_metric(m: MetricValue) -> tuple[Outcome, str | None]:
     return Outcome.PASS, None
 
 
-def evaluate(need: Needs, obs: Observation) -> tuple[Outcome, str | None, dict[str, Any]]:
-    """Evaluate one tick's check; the first failure (in config order) is the reason.
+Verdict = tuple[Outcome, str | None, dict[str, Any]]
+"""Outcome, reason, and event fields describing what failed or held."""
+
+PASSED: Verdict = (Outcome.PASS, None, {})
+
+
+def _failed_hook(results: tuple[HookResult, ...], what: str, **extra: Any) -> Verdict | None:
+    hook = next((h for h in results if not h.ok), None)
+    if hook is None:
+        return None
+    fields = {"webhook": hook.name, "error": hook.detail, **extra}
+    return Outcome.FAIL, f"{what} {hook.name}: {hook.detail}", fields
+
+
+def _metric_verdict(m: MetricValue) -> Verdict:
+    outcome, reason = judge_metric(m)
+    fields = {"metric": m.name, "value": m.as_dict()["value"], "min": m.min, "max": m.max}
+    if m.error:
+        fields["error"] = m.error
+    return outcome, reason, fields
+
+
+def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[Verdict, Any]:
+    """Judge the compare metrics of one tick together (Mann-Whitney, Kayenta scoring).
 
     Returns:
-        Outcome, reason, and event fields describing the failing item.
+        The verdict (Fail fails the check; Marginal follows ``onMarginal``) and
+        the judgement as JSON for the tick event and the API (None on a query error).
+    """
+    broken = next((c for c in series if c.error is not None), None)
+    if broken is not None:
+        reason = f"{broken.config.name}: {broken.error}"
+        return (Outcome.FAIL, reason, {"metric": broken.config.name, "error": broken.error}), None
+    thresholds = Thresholds(spec.thresholds.passing, spec.thresholds.marginal)
+    pairs = [MetricPair(c.config, c.control, c.experiment) for c in series]
+    judgement = judge(pairs, spec.groupWeights or None, thresholds)
+    verdict = judgement.score.classification.value
+    body = judgement.to_json()
+    worst = [r for r in judgement.results if r.classification.value != "Pass"]
+    reason = f"compare: {verdict} (score {judgement.score.score:g}"
+    reason += (
+        f"; {', '.join(f'{r.name} {r.classification.value}' for r in worst)})" if worst else ")"
+    )
+    if verdict == "Pass":
+        return PASSED, body
+    outcome = Outcome.FAIL if verdict == "Fail" else Outcome(spec.onMarginal.value)
+    return (outcome, None if outcome is Outcome.PASS else reason, {"judge": body}), body
+
+
+def evaluate(need: Needs, obs: Observation, judged: Verdict | None = None) -> Verdict:
+    """Evaluate one tick's check; the first failure (in config order) is the reason.
+
+    A failure anywhere fails the check; otherwise the first hold holds it.
+    ``judged`` is the verdict of the compare metrics, if any.
     """
     if need.pre_rollout:
-        for hook in obs.pre_rollout:
-            if not hook.ok:
-                return (
-                    Outcome.FAIL,
-                    f"pre-rollout webhook {hook.name}: {hook.detail}",
-                    {"webhook": hook.name, "error": hook.detail, "stage": "pre-rollout"},
-                )
+        failed = _failed_hook(obs.pre_rollout, "pre-rollout webhook", stage="pre-rollout")
+        if failed is not None:
+            return failed
     if not need.checks:
-        return Outcome.PASS, None, {}
-    for hook in obs.rollout:
-        if not hook.ok:
-            return (
-                Outcome.FAIL,
-                f"webhook {hook.name}: {hook.detail}",
-                {"webhook": hook.name, "error": hook.detail},
-            )
-    held: tuple[str | None, dict[str, Any]] | None = None
-    for m in obs.metrics:
-        outcome, reason = judge_metric(m)
-        fields = {"metric": m.name, "value": m.as_dict()["value"], "min": m.min, "max": m.max}
-        if m.error:
-            fields["error"] = m.error
-        if outcome is Outcome.FAIL:
-            return outcome, reason, fields
-        if outcome is Outcome.HOLD and held is None:
-            held = (reason, fields)
-    if held is not None:
-        return Outcome.HOLD, held[0], held[1]
-    return Outcome.PASS, None, {}
+        return PASSED
+    failed = _failed_hook(obs.rollout, "webhook")
+    if failed is not None:
+        return failed
+    verdicts = [_metric_verdict(m) for m in obs.metrics]
+    if judged is not None:
+        verdicts.append(judged)
+    for outcome in (Outcome.FAIL, Outcome.HOLD):
+        first = next((v for v in verdicts if v[0] is outcome), None)
+        if first is not None:
+            return first
+    return PASSED
 
 
 # --------------------------------------------------------------------------- transitions
@@ -460,26 +515,44 @@ def _advance(
     ]
 
 
+def _apply_outcome(
+    spec: CanaryConfig,
+    state: CanaryState,
+    need: Needs,
+    obs: Observation,
+    verdict: Verdict,
+    now: float,
+) -> tuple[CanaryState, list[Effect]]:
+    """Count a failure (rolling back at threshold), hold, or advance."""
+    outcome, reason, fields = verdict
+    if outcome is Outcome.FAIL:
+        state = replace(state, failed_checks=state.failed_checks + 1, reason=reason)
+        name = "pre_rollout.failed" if fields.get("stage") == "pre-rollout" else "check.failed"
+        effects: list[Effect] = [_event(spec, state, name, now, reason=reason, **fields)]
+        if state.failed_checks >= spec.analysis.threshold:
+            state, more = _rollback(spec, state, now, reason or "failed check", **fields)
+            effects += more
+        return state, effects
+    if outcome is Outcome.HOLD:
+        return state, [_event(spec, state, "check.held", now, reason=reason, **fields)]
+    return _advance(spec, state, need, obs, now)
+
+
 def _progress(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float) -> Decision:
     need = needs(spec, state)
-    outcome, reason, fields = evaluate(need, obs)
+    judged, judgement = (None, None)
+    if need.checks and obs.compare:
+        judged, judgement = judge_compare(spec.analysis.judge, obs.compare)
+    verdict = evaluate(need, obs, judged)
     effects: list[Effect] = []
     if need.pre_rollout and all(h.ok for h in obs.pre_rollout):
         state = replace(state, pre_rollout_done=True)
     if state.ticks == 1 and spec.analysis.strategy == "ab":
         effects.append(Route("route", 100, 0, tuple(spec.analysis.match)))
-    if outcome is Outcome.FAIL:
-        state = replace(state, failed_checks=state.failed_checks + 1, reason=reason)
-        name = "pre_rollout.failed" if fields.get("stage") == "pre-rollout" else "check.failed"
-        effects.append(_event(spec, state, name, now, reason=reason, **fields))
-        if state.failed_checks >= spec.analysis.threshold:
-            state, more = _rollback(spec, state, now, reason or "failed check", **fields)
-            effects += more
-    elif outcome is Outcome.HOLD:
-        effects.append(_event(spec, state, "check.held", now, reason=reason, **fields))
-    else:
-        state, more = _advance(spec, state, need, obs, now)
-        effects += more
+    state, more = _apply_outcome(spec, state, need, obs, verdict, now)
+    effects += more
+    outcome, reason = verdict[0], verdict[1]
+    metrics = obs.metrics if need.checks else ()
     record = CheckRecord(
         now,
         state.ticks,
@@ -488,8 +561,10 @@ def _progress(spec: CanaryConfig, state: CanaryState, obs: Observation, now: flo
         state.iteration,
         state.failed_checks,
         reason,
-        obs.metrics if need.checks else (),
+        metrics,
+        judgement,
     )
+    extra = {"judge": judgement} if judgement is not None else {}
     tick = _event(
         spec,
         state,
@@ -497,7 +572,8 @@ def _progress(spec: CanaryConfig, state: CanaryState, obs: Observation, now: flo
         now,
         outcome=outcome.value,
         reason=reason,
-        metrics=[m.as_dict() for m in record.metrics],
+        metrics=[m.as_dict() for m in metrics],
+        **extra,
     )
     return Decision(state, (tick, *effects), record)
 

@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from canaryd.durations import parse_duration
+from canaryd.judgecli import MetricSettings, ThresholdsInput
 
 
 def _finite(value: float) -> float:
@@ -218,8 +219,45 @@ class OnNoData(StrEnum):
     HOLD = "hold"
 
 
+class CompareSpec(MetricSettings):
+    """Judge this metric by comparing the canary with the primary (Mann-Whitney).
+
+    The judge keys are those of ``canaryd judge`` (direction, tolerance, ...);
+    ``lookback``/``step`` shape the range query run for each side. By default
+    the metric's query is rendered once with ``target`` = the canary and once
+    with ``target`` = the primary; ``primaryQuery``/``canaryQuery`` override that.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    lookback: Duration = 300.0
+    step: Duration = 10.0
+    primaryQuery: str | None = None
+    canaryQuery: str | None = None
+
+
+class OnMarginal(StrEnum):
+    """What a Marginal statistical judgement does to the check."""
+
+    HOLD = "hold"
+    FAIL = "fail"
+    PASS = "pass"
+
+
+class JudgeSpec(Model):
+    """How the compare metrics of one tick are scored together."""
+
+    thresholds: ThresholdsInput = Field(default_factory=ThresholdsInput)
+    groupWeights: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(default_factory=dict)
+    onMarginal: OnMarginal = OnMarginal.HOLD
+
+
 class MetricSpec(Model):
-    """One metric check of an analysis (Flagger's ``analysis.metrics[]``)."""
+    """One metric check of an analysis (Flagger's ``analysis.metrics[]``).
+
+    With ``compare`` the metric is judged against the primary instead of
+    ``thresholdRange``.
+    """
 
     name: Name
     thresholdRange: ThresholdRange | None = None
@@ -229,11 +267,14 @@ class MetricSpec(Model):
     interval: Duration = 60.0
     onNoData: OnNoData = OnNoData.FAIL
     templateVariables: dict[str, str] = Field(default_factory=dict)
+    compare: CompareSpec | None = None
 
     @model_validator(mode="after")
     def _source(self) -> MetricSpec:
         if self.templateRef is not None and self.query is not None:
             raise ValueError("set templateRef or query, not both")
+        if self.compare is not None:
+            return self
         if self.thresholdRange is None or (
             self.thresholdRange.min is None and self.thresholdRange.max is None
         ):
@@ -304,6 +345,7 @@ class Analysis(Model):
     match: list[dict[str, Any]] = Field(default_factory=list)
     metrics: list[MetricSpec] = Field(default_factory=list)
     webhooks: list[WebhookSpec] = Field(default_factory=list)
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
 
     @field_validator("interval")
     @classmethod
@@ -375,6 +417,7 @@ class CanaryConfig(Model):
     name: Name
     namespace: Name = "default"
     target: str | None = None
+    primaryTarget: str | None = None
     router: Name
     provider: Name | None = None
     meshProvider: str | None = None
@@ -391,6 +434,11 @@ class CanaryConfig(Model):
     def target_name(self) -> str:
         """What built-in queries select on: ``target`` or, by default, the canary's name."""
         return self.target or self.name
+
+    @property
+    def primary_target_name(self) -> str:
+        """What compare metrics select on for the primary: ``<target>-primary`` by default."""
+        return self.primaryTarget or f"{self.target_name}-primary"
 
 
 class ApiConfig(Model):

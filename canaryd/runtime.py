@@ -24,6 +24,7 @@ import structlog
 from canaryd import analysis as core
 from canaryd.analysis import (
     CanaryState,
+    CompareSeries,
     Decision,
     Emit,
     HookResult,
@@ -33,9 +34,10 @@ from canaryd.analysis import (
     Route,
     RunHooks,
 )
-from canaryd.config import CanaryConfig, MetricSpec, Settings, WebhookSpec, WebhookType
+from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
 from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
 from canaryd.events import Event
+from canaryd.judge import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
@@ -60,29 +62,46 @@ class ResolvedMetric:
     spec: MetricSpec
     provider: str
     query: str
+    primary_query: str | None = None
+
+    @property
+    def compare(self) -> CompareSpec | None:
+        """The metric's compare settings, if it is judged against the primary."""
+        return self.spec.compare
+
+
+def compare_config(spec: MetricSpec) -> MetricConfig:
+    """The statistical judge's settings for a compare metric."""
+    assert spec.compare is not None
+    return spec.compare.to_config(spec.name)
+
+
+def _metric_source(
+    settings: Settings, canary: CanaryConfig, m: MetricSpec
+) -> tuple[str, str | None]:
+    """The metric's query template and the provider it names, if any."""
+    if m.query is not None:
+        return m.query, m.provider
+    if m.templateRef is not None:
+        ref = m.templateRef
+        tpl = settings.templates.get(f"{ref.namespace}/{ref.name}") or settings.templates.get(
+            ref.name
+        )
+        if tpl is None:
+            raise TemplateError(f"metric {m.name}: template {ref.name!r} is not defined")
+        return tpl.query, m.provider or tpl.provider
+    return builtin_query(m.name, canary.meshProvider or settings.meshProvider), m.provider
 
 
 def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMetric]:
-    """Pick each metric's provider and render its query.
+    """Pick each metric's provider and render its query (both sides for compare metrics).
 
     Raises:
         TemplateError: a template names an unknown variable, or no provider fits.
     """
     out = []
     for m in canary.analysis.metrics:
-        provider = m.provider
-        if m.query is not None:
-            text = m.query
-        elif m.templateRef is not None:
-            ref = m.templateRef
-            tpl = settings.templates.get(f"{ref.namespace}/{ref.name}") or settings.templates.get(
-                ref.name
-            )
-            if tpl is None:
-                raise TemplateError(f"metric {m.name}: template {ref.name!r} is not defined")
-            text, provider = tpl.query, provider or tpl.provider
-        else:
-            text = builtin_query(m.name, canary.meshProvider or settings.meshProvider)
+        text, provider = _metric_source(settings, canary, m)
         provider = (
             provider
             or canary.provider
@@ -90,14 +109,24 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
         )
         if provider is None or provider not in settings.providers:
             raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
-        variables = template_variables(
-            namespace=canary.namespace,
-            name=canary.name,
-            target=canary.target_name,
-            interval=m.interval,
-            variables={**canary.variables, **m.templateVariables},
-        )
-        out.append(ResolvedMetric(m, provider, render(text, variables)))
+
+        def rendered(template: str, target: str, m: MetricSpec = m) -> str:
+            return render(
+                template,
+                template_variables(
+                    namespace=canary.namespace,
+                    name=canary.name,
+                    target=target,
+                    interval=m.interval,
+                    variables={**canary.variables, **m.templateVariables},
+                ),
+            )
+
+        primary = None
+        if m.compare is not None:
+            primary = rendered(m.compare.primaryQuery or text, canary.primary_target_name)
+            text = m.compare.canaryQuery or text
+        out.append(ResolvedMetric(m, provider, rendered(text, canary.target_name), primary))
     return out
 
 
@@ -122,7 +151,6 @@ class CanaryRunner:
     state: CanaryState
     services: Services
     metrics: list[ResolvedMetric] = field(default_factory=list)
-    version: int = 0
     last_tick: float = 0.0
 
     def __post_init__(self) -> None:
@@ -135,6 +163,11 @@ class CanaryRunner:
     def key(self) -> str:
         """``namespace/name``."""
         return self.spec.key
+
+    @property
+    def version(self) -> int:
+        """Decisions persisted so far; stored with the state, so it survives restarts."""
+        return self.state.seq
 
     def reconfigure(self, spec: CanaryConfig, settings: Settings) -> None:
         """Adopt a changed config at the next tick, keeping the rollout.
@@ -240,15 +273,23 @@ class CanaryRunner:
             results[slot] = tuple(out)
 
         async def metrics() -> None:
-            values: list[MetricValue] = [MetricValue(m.spec.name, None) for m in self.metrics]
+            plain = [m for m in self.metrics if m.primary_query is None]
+            values: list[MetricValue] = [MetricValue(m.spec.name, None) for m in plain]
+            pairs = [m for m in self.metrics if m.primary_query is not None]
+            series: list[CompareSeries] = [CompareSeries(compare_config(m.spec)) for m in pairs]
 
             async def one(i: int, m: ResolvedMetric) -> None:
                 values[i] = await self._query(m, budget)
 
+            async def both(i: int, m: ResolvedMetric) -> None:
+                series[i] = await self._query_range(m, budget)
+
             async with anyio.create_task_group() as tg:
-                for i, m in enumerate(self.metrics):
+                for i, m in enumerate(plain):
                     tg.start_soon(one, i, m)
-            results["metrics"] = tuple(values)
+                for i, m in enumerate(pairs):
+                    tg.start_soon(both, i, m)
+            results["metrics"], results["compare"] = tuple(values), tuple(series)
 
         with anyio.move_on_after(budget + 5.0):
             async with anyio.create_task_group() as tg:
@@ -266,21 +307,50 @@ class CanaryRunner:
         """Assemble an observation; anything missing (deadline hit) counts as failed."""
         timeout = HookResult("deadline", False, f"no answer within {self._budget():g}s")
         gate = results.get("gate", (timeout,)) if need.gate is not None else ()
-        metrics = results.get("metrics") or tuple(
-            MetricValue(m.spec.name, None, error="no answer within the tick's deadline")
-            for m in self.metrics
-        )
+        late = "no answer within the tick's deadline"
+        if "metrics" in results:
+            metrics, compare = results["metrics"], results["compare"]
+        else:
+            metrics = tuple(
+                MetricValue(m.spec.name, None, error=late)
+                for m in self.metrics
+                if m.primary_query is None
+            )
+            compare = tuple(
+                CompareSeries(compare_config(m.spec), error=late)
+                for m in self.metrics
+                if m.primary_query is not None
+            )
         return Observation(
             rollback=results.get("rollback", ()),
             gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
             pre_rollout=results.get("pre", (timeout,)) if need.pre_rollout else (),
             rollout=results.get("rollout", (timeout,)) if need.checks else (),
             metrics=metrics if need.checks else (),
+            compare=compare if need.checks else (),
         )
 
     async def _call_hook(self, hook: WebhookSpec, slot: str) -> HookResult:
         key = f"{self.key}:{self.state.rollout_id}:{self.state.ticks}:{slot}"
         return await call_webhook(self.services.session, self.spec, self.state, hook, key)
+
+    async def _query_range(self, m: ResolvedMetric, budget: float) -> CompareSeries:
+        """Both sides of a compare metric over its lookback window."""
+        assert m.compare is not None and m.primary_query is not None
+        end = self.services.clock()
+        start, step = end - m.compare.lookback, m.compare.step
+        provider = self.services.providers[m.provider]
+        config = compare_config(m.spec)
+        try:
+            control = await provider.query_range(
+                m.primary_query, start=start, end=end, step=step, budget=budget / 2
+            )
+            experiment = await provider.query_range(
+                m.query, start=start, end=end, step=step, budget=budget / 2
+            )
+        except ProviderError as exc:
+            return CompareSeries(config, error=str(exc))
+        return CompareSeries(config, tuple(control), tuple(experiment))
 
     async def _query(self, m: ResolvedMetric, budget: float) -> MetricValue:
         bounds = m.spec.thresholdRange
@@ -340,7 +410,7 @@ class CanaryRunner:
 
     async def _commit(self, decision: Decision, *, raise_store_errors: bool = False) -> None:
         decision = await self._apply_routes(decision)
-        new = decision.state
+        new = replace(decision.state, seq=self.version + 1)
         events = [e.event for e in decision.effects if isinstance(e, Emit)]
         outbox = self._outbox(decision, self.version + 1)
         try:
@@ -355,7 +425,6 @@ class CanaryRunner:
             if raise_store_errors:
                 raise
             return
-        self.version += 1
         self.state = new
         for event in events:
             log_event(event)
@@ -379,8 +448,8 @@ class CanaryRunner:
                             webhook_payload(self.spec, decision.state, hook),
                         )
                     )
-            if not isinstance(effect, Emit) or effect.event.name == "analysis.tick":
-                continue
+            if not isinstance(effect, Emit):
+                continue  # event webhooks get every event, analysis.tick included
             event = effect.event
             for hook in (h for h in hooks if h.type == WebhookType.EVENT):
                 body = webhook_payload(self.spec, decision.state, hook)

@@ -468,3 +468,87 @@ def test_abort_rolls_back_with_reason() -> None:
     d = core.abort(spec, started(spec), 1.0)
     assert d.state.phase is Phase.FAILED and d.state.reason == "aborted by operator"
     assert names(d) == ["rollout.rolled_back"]
+
+
+# --------------------------------------------------------------------------- compare (judge)
+
+
+def compare_canary(**judge: Any) -> CanaryConfig:
+    """A canary with one compare metric (latency, increase is bad)."""
+    metric = {"name": "latency", "query": "q", "compare": {"direction": "increase"}}
+    return canary(metrics=[metric], judge=judge) if judge else canary(metrics=[metric])
+
+
+def series(spec: CanaryConfig, control: list[float], experiment: list[float]) -> Observation:
+    """An observation holding one compare metric's two series."""
+    cfg = spec.analysis.metrics[0].compare
+    assert cfg is not None
+    return Observation(
+        compare=(core.CompareSeries(cfg.to_config("latency"), tuple(control), tuple(experiment)),)
+    )
+
+
+PRIMARY = [100.0, 104, 98, 101, 97, 103, 99, 102, 100, 96, 105, 101]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "outcome"),
+    [
+        ([v * 1.3 for v in PRIMARY], Outcome.FAIL),
+        (list(PRIMARY), Outcome.PASS),
+        ([v * 0.7 for v in PRIMARY], Outcome.PASS),
+    ],
+    ids=["30pct-slower-fails", "identical-passes", "faster-passes-when-only-increase-is-bad"],
+)
+def test_compare_metric_judges_canary_against_primary(
+    experiment: list[float], outcome: Outcome
+) -> None:
+    """A canary clearly slower than the primary fails the check even without fixed bounds."""
+    spec = compare_canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.decide(spec, state, series(spec, PRIMARY, experiment), 2.0)
+    assert d.record is not None and d.record.outcome is outcome
+    assert d.record.judge["results"][0]["name"] == "latency"
+    if outcome is Outcome.FAIL:
+        assert d.state.reason == "compare: Fail (score 0; latency High)"
+        assert d.state.failed_checks == 1
+
+
+def test_marginal_judgement_holds_by_default() -> None:
+    """A Marginal score neither advances nor counts a failure (onMarginal: hold)."""
+    spec = canary(
+        metrics=[
+            {"name": "a", "query": "q", "compare": {"direction": "increase"}},
+            {"name": "b", "query": "q", "compare": {"direction": "increase"}},
+            {"name": "c", "query": "q", "compare": {"direction": "increase"}},
+            {"name": "d", "query": "q", "compare": {"direction": "increase"}},
+        ],
+        judge={"thresholds": {"pass": 90, "marginal": 70}},
+    )
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    slow = tuple(v * 1.3 for v in PRIMARY)
+    obs = Observation(
+        compare=tuple(
+            core.CompareSeries(
+                m.compare.to_config(m.name),
+                tuple(PRIMARY),
+                slow if m.name == "a" else tuple(PRIMARY),
+            )
+            for m in spec.analysis.metrics
+            if m.compare is not None
+        )
+    )
+    d = core.decide(spec, state, obs, 2.0)
+    assert d.record is not None and d.record.outcome is Outcome.HOLD
+    assert (d.state.canary_weight, d.state.failed_checks) == (10, 0)
+
+
+def test_compare_query_error_fails_the_check() -> None:
+    """A provider error on either side fails the check with the provider's message."""
+    spec = compare_canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    cfg = spec.analysis.metrics[0].compare
+    assert cfg is not None
+    obs = Observation(compare=(core.CompareSeries(cfg.to_config("latency"), error="timeout"),))
+    d = core.decide(spec, state, obs, 2.0)
+    assert d.state.reason == "latency: timeout"
