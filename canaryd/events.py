@@ -46,6 +46,10 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "config.rejected": ("error", "A configuration reload was rejected; the last good one stays."),
     "daemon.started": ("info", "The daemon is ready."),
     "daemon.stopping": ("info", "The daemon is shutting down."),
+    "daemon.stopped": ("info", "Shutdown is complete: ticks finished, outbox flushed."),
+    "watchdog.withheld": ("error", "A canary loop stalled; systemd's watchdog is not fed."),
+    "watchdog.resumed": ("info", "Every canary loop ticks again; the watchdog is fed again."),
+    "sdnotify.failed": ("warning", "A message to systemd's notify socket could not be sent."),
 }
 """Event name -> (level, meaning). The stable vocabulary for log-based alerting."""
 
@@ -143,10 +147,10 @@ def events_markdown() -> str:
         "",
         "## Alerting examples",
         "",
-        "- rolled back: `event=\"rollout.rolled_back\"` (level error; `reason` says why)",
-        "- stuck gate: `event=\"gate.timed_out\"`",
-        "- lost alerts: `event=\"notification.failed\"`",
-        "- disk trouble: `event=\"state.persist_failed\"`",
+        '- rolled back: `event="rollout.rolled_back"` (level error; `reason` says why)',
+        '- stuck gate: `event="gate.timed_out"`',
+        '- lost alerts: `event="notification.failed"`',
+        '- disk trouble: `event="state.persist_failed"`',
         "",
     ]
     return "\n".join(lines)
