@@ -647,7 +647,7 @@ def router_failed(spec: CanaryConfig, state: CanaryState, error: str, now: float
     A rollback whose route failed stays Failed with ``route_pending`` so the
     runtime keeps retrying the rollback route; nothing else is recorded as applied.
     """
-    reason = f"router: {error}"
+    reason = error  # adapters name themselves: "router mesh: ...", "haproxy web/x: ..."
     if state.phase is Phase.FAILED:
         new = replace(state, route_pending=True)
         return Decision(new, (_event(spec, new, "router.failed", now, error=error),))
