@@ -20,8 +20,10 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus haproxy; \
 	else echo "note: prometheus/haproxy missing; install with: sudo apt-get install prometheus haproxy"; fi
 
+# e.g. make demo DEMO_ARGS='--scenario errors --report demo.html'
+DEMO_ARGS ?=
 demo: $(STAMP) system-deps
-	$(BIN)/canaryd demo
+	$(BIN)/canaryd demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check canaryd tests benchmarks

@@ -1,7 +1,10 @@
-"""HTTP API (DESIGN section 5): health, canaries, rollouts and operator commands.
+"""HTTP API (DESIGN section 5): health, metrics, canaries, rollouts and operator commands.
 
 Mutating endpoints need ``Authorization: Bearer <token>`` (compared in constant
-time). Every error is JSON ``{"error": "..."}``; a bad request is never a 500.
+time); so do reads unless ``api.anonymous_read`` is on. ``/healthz``,
+``/readyz``, ``/metrics`` and ``/api/v1/openapi.json`` are always open. Every
+error is JSON ``{"error": "..."}``; a bad request is never a 500. The routes are
+described by :mod:`canaryd.openapi`.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from aiohttp import web
 
 from canaryd import analysis as core
 from canaryd.analysis import CanaryState
-from canaryd.config import CanaryConfig, read_secret
+from canaryd.config import CanaryConfig
 from canaryd.errors import CommandError, NotFoundError, StoreError
+from canaryd.metrics import CONTENT_TYPE
+from canaryd.openapi import document
 from canaryd.runtime import CanaryRunner
 
 if TYPE_CHECKING:
@@ -29,22 +34,31 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", object)  # type: ignore[arg-type]
-TOKEN: web.AppKey[str | None] = web.AppKey("token", object)  # type: ignore[arg-type]
 
-REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+SHUTDOWN_SECONDS = 2.0
+"""On stop, how long requests in flight may take before their connections are closed."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error(status: int, message: str) -> web.Response:
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON error answer."""
-    return web.json_response({"error": message}, status=status)
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate")
 
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a JSON error with the right status."""
+    limit = request.app[DAEMON].settings.api.max_body_bytes
     try:
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(limit, request.content_length)
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"request body larger than {limit} bytes")
     except NotFoundError as exc:
         return error(404, str(exc))
     except CommandError as exc:
@@ -55,7 +69,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason or "error")
+        kept = {h: exc.headers[h] for h in _KEPT_HEADERS if h in exc.headers}
+        return error(exc.status, exc.reason or "error", kept)
     except Exception:
         log.exception("api.crashed", path=request.path)
         return error(500, "internal error (logged)")
@@ -97,13 +112,34 @@ def _runner(request: web.Request) -> CanaryRunner:
 
 
 def _authorize(request: web.Request) -> None:
-    token = request.app[TOKEN]
+    """Require the bearer token.
+
+    Raises:
+        HTTPUnauthorized: no token is configured, or the request lacks the right one.
+    """
+    token = request.app[DAEMON].api_token
+    challenge = {"WWW-Authenticate": 'Bearer realm="canaryd"'}
     if token is None:
-        raise web.HTTPUnauthorized(reason="no API token configured (set api.token_file)")
+        raise web.HTTPUnauthorized(
+            reason="no API token configured (set api.token_file or api.token_env)",
+            headers=challenge,
+        )
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
-        raise web.HTTPUnauthorized(reason="missing or wrong bearer token")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    ):
+        raise web.HTTPUnauthorized(reason="missing or wrong bearer token", headers=challenge)
+
+
+def _authorize_read(request: web.Request) -> None:
+    """Require the bearer token for reads, unless ``api.anonymous_read`` is on.
+
+    Raises:
+        HTTPUnauthorized: reads need the token and the request lacks it.
+    """
+    if not request.app[DAEMON].settings.api.anonymous_read:
+        _authorize(request)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -131,19 +167,48 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "canaries": len(daemon.runners)})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """canaryd's own metrics, in the Prometheus text format."""
+    daemon = request.app[DAEMON]
+    await daemon.metrics.refresh(daemon)
+    return web.Response(body=daemon.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document of this API."""
+    return web.json_response(document())
+
+
+def _check_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A check record reduced to when, what and why (the failing metric or webhook)."""
+    if record is None:
+        return None
+    return {k: record.get(k) for k in ("time", "outcome", "reason")}
+
+
+async def _with_last_check(daemon: Daemon, runner: CanaryRunner) -> dict[str, Any]:
+    body = canary_summary(runner.spec, runner.state)
+    body["lastCheck"] = _check_summary(await daemon.last_check(runner))
+    return body
+
+
 async def list_canaries(request: web.Request) -> web.Response:
-    """Every configured canary with its state."""
-    runners = request.app[DAEMON].runners.values()
-    return web.json_response({"canaries": [canary_summary(r.spec, r.state) for r in runners]})
+    """Every configured canary with its state and last check."""
+    _authorize_read(request)
+    daemon = request.app[DAEMON]
+    rows = [await _with_last_check(daemon, r) for r in list(daemon.runners.values())]
+    return web.json_response({"canaries": rows}, dumps=_dumps)
 
 
 async def get_canary(request: web.Request) -> web.Response:
     """One canary with its recent checks and events."""
+    _authorize_read(request)
     runner = _runner(request)
     body = canary_summary(runner.spec, runner.state)
     store = runner.services.store
     body["checks"] = await store.history(runner.key, 20)
     body["events"] = await store.events(runner.key, 50)
+    body["lastCheck"] = _check_summary(body["checks"][0] if body["checks"] else None)
     return web.json_response(body, dumps=_dumps)
 
 
@@ -159,7 +224,7 @@ async def start_rollout(request: web.Request) -> web.Response:
     runner = _runner(request)
     body = await _json_body(request)
     revision, metadata = body.get("revision"), body.get("metadata", {})
-    if not isinstance(revision, str) or not REVISION.match(revision):
+    if not isinstance(revision, str) or not REVISION.fullmatch(revision):
         raise web.HTTPBadRequest(
             reason="revision must be a string of 1-128 letters, digits or ._:/@+-"
         )
@@ -182,13 +247,18 @@ _COMMANDS: dict[str, Callable[[CanaryConfig, CanaryState, float], core.Decision]
 }
 
 
-async def command(request: web.Request) -> web.Response:
-    """promote / abort / pause / resume."""
-    _authorize(request)
-    runner = _runner(request)
-    fn = _COMMANDS[request.match_info["action"]]
-    state = await runner.command(lambda s, now: fn(runner.spec, s, now))
-    return web.json_response(canary_summary(runner.spec, state))
+def command(action: str) -> Handler:
+    """The handler of one operator command: promote / abort / pause / resume."""
+    fn = _COMMANDS[action]
+
+    async def handle(request: web.Request) -> web.Response:
+        _authorize(request)
+        runner = _runner(request)
+        state = await runner.command(lambda s, now: fn(runner.spec, s, now))
+        return web.json_response(canary_summary(runner.spec, state))
+
+    handle.__doc__ = f"POST .../{action}"
+    return handle
 
 
 async def approve_gate(request: web.Request) -> web.Response:
@@ -201,24 +271,21 @@ async def approve_gate(request: web.Request) -> web.Response:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    """Build the aiohttp application for ``daemon``.
-
-    Raises:
-        ValueError: the token file cannot be read or is readable by others.
-    """
+    """Build the aiohttp application for ``daemon`` (routes as in :mod:`canaryd.openapi`)."""
     api = daemon.settings.api
     app = web.Application(middlewares=[errors_as_json], client_max_size=api.max_body_bytes)
     app[DAEMON] = daemon
-    secret = read_secret(api.token_file, api.token_env)
-    app[TOKEN] = secret.get_secret_value() if secret else None
     name = r"{name:[A-Za-z0-9._-]+}"
     base = "/api/v1/canaries/{ns:[A-Za-z0-9._-]+}/" + name
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/api/v1/canaries", list_canaries)
     app.router.add_get(base, get_canary)
     app.router.add_post(base + "/rollouts", start_rollout)
-    app.router.add_post(base + "/{action:abort|promote|pause|resume}", command)
+    for action in _COMMANDS:
+        app.router.add_post(f"{base}/{action}", command(action))
     app.router.add_post(
         base + "/gates/{gate:rollout|traffic-increase|promotion}/approve", approve_gate
     )
@@ -229,10 +296,12 @@ async def serve(daemon: Daemon, *, task_status: anyio.abc.TaskStatus[None]) -> N
     """Serve the API on ``listen`` until cancelled.
 
     Raises:
-        StoreError: never; listed for callers: errors surface as OSError on bind.
+        OSError: the address cannot be listened on (in use, not permitted).
     """
     app = make_app(daemon)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
+    )
     await runner.setup()
     host, port = daemon.settings.listen_host_port
     try:

@@ -135,7 +135,16 @@ def run(path: Path) -> int:
     from canaryd.daemon import run_daemon
 
     logs.configure(os.environ.get("CANARYD_LOG_FORMAT", "auto"))
-    return anyio.run(run_daemon, path)
+    return anyio.run(run_daemon, path, backend_options=loop_options())
+
+
+def loop_options() -> dict[str, bool]:
+    """anyio backend options: uvloop when installed (``pip install canaryd[fast]``)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 # --------------------------------------------------------------------------- client

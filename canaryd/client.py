@@ -70,7 +70,8 @@ class Client:
             data = {"error": text[:200]}
         if status >= 400:
             message = data.get("error", text[:200]) if isinstance(data, dict) else text[:200]
-            raise ClientError(f"{message} (HTTP {status})")
+            hint = " (set CANARYD_TOKEN or --token-file)" if status == 401 else ""
+            raise ClientError(f"{message} (HTTP {status}){hint}")
         return data
 
 
@@ -95,20 +96,29 @@ def progress_line(s: dict[str, Any]) -> str:
     return line
 
 
+def last_check(s: dict[str, Any]) -> str:
+    """The ``LAST CHECK`` cell: ``pass``, or the outcome and what failed (metric, value, bound)."""
+    check = s.get("lastCheck")
+    if not check:
+        return "-"
+    if check.get("outcome") == "pass" or not check.get("reason"):
+        return str(check.get("outcome", "-"))
+    return f"{check['outcome']}: {check['reason']}"
+
+
 def render_table(rows: list[dict[str, Any]]) -> str:
-    """The ``canaryd status`` table."""
+    """The ``canaryd status`` table: one canary per line."""
     if not rows:
         return "no canaries configured"
-    head = (
-        f"{'CANARY':<28} {'PHASE':<16} {'REVISION':<14} {'CANARY WEIGHT':<27} "
-        f"{'FAILED':<7} LAST FAILURE"
-    )
-    lines = [head]
+    width = max(len("CANARY"), *(len(f"{s['namespace']}/{s['name']}") for s in rows))
+    lines = [
+        f"{'CANARY':<{width}}  {'PHASE':<16} {'REVISION':<14} {'CANARY WEIGHT':<27} "
+        f"{'FAILED':<7} LAST CHECK"
+    ]
     for s in rows:
         lines.append(
-            f"{s['namespace'] + '/' + s['name']:<28} {s['phase']:<16} "
+            f"{s['namespace'] + '/' + s['name']:<{width}}  {s['phase']:<16} "
             f"{(s['revision'] or '-')[:14]:<14} {weight_bar(s['canaryWeight']):<27} "
-            f"{str(s['failedChecks']) + '/' + str(s['threshold']):<7} "
-            f"{s.get('reason') or ''}"
+            f"{str(s['failedChecks']) + '/' + str(s['threshold']):<7} {last_check(s)}"
         )
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

@@ -446,7 +446,7 @@ class ApiConfig(Model):
 
     token_file: str | None = None
     token_env: str | None = None
-    anonymous_read: bool = True
+    anonymous_read: bool = False
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
 

@@ -30,8 +30,14 @@ USER_AGENT = f"canaryd/{__version__}"
 
 
 def make_session(limit: int = 100) -> aiohttp.ClientSession:
-    """Create the client session shared by all adapters (one connection pool)."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit)
+    """Create the client session shared by all adapters (one connection pool).
+
+    Args:
+        limit: connections per host. There is no total limit on purpose: a busy
+            Prometheus must not make a rollback wait for a connection to the
+            router, nor the router wait behind alerts to a slow chat service.
+    """
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=limit)
     return aiohttp.ClientSession(
         connector=connector,
         headers={"User-Agent": USER_AGENT},

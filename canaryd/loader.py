@@ -190,7 +190,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     raw = _merge(docs, ctx)
     _apply_env(raw, env, ctx)
     _resolve_flagger(raw, ctx)
-    _resolve_relative_files(raw, ctx)
+    _resolve_relative_files(raw, ctx, env)
     if not ctx.broken:
         _check_references(raw, ctx)
     _check_secrets(raw, env, ctx)
@@ -768,15 +768,29 @@ def _secret_holders(value: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, d
             yield from _secret_holders(item, (*path, i))
 
 
-def _resolve_relative_files(raw: dict[str, Any], ctx: _Context) -> None:
-    """Relative ``*_file`` paths written in a file are relative to that file's directory."""
+def _resolve_relative_files(raw: dict[str, Any], ctx: _Context, environ: Mapping[str, str]) -> None:
+    """Relative ``*_file`` paths written in a file are relative to that file's directory.
+
+    ``${CREDENTIALS_DIRECTORY}`` (systemd's ``LoadCredential=`` directory) is
+    expanded first, when set in ``environ``.
+    """
     for path, holder in _secret_holders(raw):
         for key, value in holder.items():
             if not (isinstance(key, str) and key.endswith("_file") and isinstance(value, str)):
                 continue
+            value = _expand_credentials(value, environ)
+            holder[key] = value
             loc = ctx.locs.get((*path, key))
             if value and not os.path.isabs(value) and loc is not None and loc.file != ENV_FILE:
                 holder[key] = os.path.normpath(os.path.join(os.path.dirname(loc.file), value))
+
+
+def _expand_credentials(value: str, environ: Mapping[str, str]) -> str:
+    """``${CREDENTIALS_DIRECTORY}/x`` -> ``/run/credentials/canaryd.service/x`` (when set)."""
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return value
+    return value.replace("${CREDENTIALS_DIRECTORY}", directory)
 
 
 def _check_secrets(raw: dict[str, Any], environ: Mapping[str, str], ctx: _Context) -> None:

@@ -12,7 +12,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -96,6 +96,24 @@ class StateStore(Protocol):
         """
         ...
 
+    async def rehearse(
+        self,
+        key: str,
+        state: CanaryState,
+        record: CheckRecord | None,
+        events: Sequence[Event],
+        outbox: Sequence[OutboxMessage],
+    ) -> None:
+        """Check that :meth:`save` could write this decision now, writing nothing.
+
+        The runtime rehearses a decision before it moves traffic, so that a read-only
+        or full store holds the canary instead of letting the router run ahead of it.
+
+        Raises:
+            StoreError: the writes fail (read-only, full, locked, closed).
+        """
+        ...
+
     async def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent check records of a canary, newest first."""
         ...
@@ -117,12 +135,18 @@ def _clean(value: Any) -> Any:
 
 def dumps(value: Any) -> str:
     """JSON for the store and the API: compact, NaN-safe."""
-    return json.dumps(_clean(value), separators=(",", ":"), default=str)
+    try:  # values are almost always finite: skip the copy that _clean makes
+        return json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_clean(value), separators=(",", ":"), default=str)
+
+
+_STATE_FIELDS = fields(CanaryState)
 
 
 def state_to_dict(state: CanaryState) -> dict[str, Any]:
     """A state as plain JSON data."""
-    data = asdict(state)
+    data = {f.name: getattr(state, f.name) for f in _STATE_FIELDS}  # asdict deep-copies
     data["approvals"] = sorted(state.approvals)
     data["metadata"] = dict(state.metadata)
     return data
@@ -161,6 +185,23 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- sqlite
 
+_SaveArgs = tuple[str, CanaryState, "CheckRecord | None", Sequence[Event], Sequence[OutboxMessage]]
+
+
+@dataclass(eq=False)
+class _Write:
+    """One queued :meth:`SqliteStore.save`: its arguments and how it ended.
+
+    ``ready`` is set when the save is committed (``done``) or failed (``error``),
+    or when it becomes the leader that writes the next batch (``lead``).
+    """
+
+    args: _SaveArgs
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    done: bool = False
+    lead: bool = False
+    error: BaseException | None = None
+
 
 class SqliteStore:
     """:class:`StateStore` on one SQLite file in WAL mode."""
@@ -171,6 +212,8 @@ class SqliteStore:
         self.timeout = timeout
         self._db: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._queue: list[_Write] = []
+        self._writing = False
 
     async def open(self) -> None:
         """Open (creating if needed) the database.
@@ -234,10 +277,125 @@ class SqliteStore:
         events: Sequence[Event],
         outbox: Sequence[OutboxMessage],
     ) -> None:
-        """Persist a decision in one transaction (see :class:`StateStore`)."""
-        await self._run(self._save, key, state, record, events, outbox)
+        """Persist a decision atomically (see :class:`StateStore`); return once committed.
 
-    def _save(
+        Group commit: saves that arrive while a batch is being written wait and
+        are then written together, each in its own savepoint of one transaction,
+        so thousands of canaries cost one commit (and one thread hop) per batch
+        instead of one per canary. A save that fails is rolled back alone.
+
+        Raises:
+            StoreError: nothing of this decision was written.
+        """
+        write = _Write((key, state, record, events, outbox))
+        self._queue.append(write)
+        if self._writing:
+            await self._wait(write)
+        else:
+            self._writing = write.lead = True
+        if write.lead:
+            await self._lead(write)
+        if write.error is not None:
+            raise write.error
+
+    async def _wait(self, write: _Write) -> None:
+        """Wait until ``write`` is committed or it is its turn to lead."""
+        try:
+            await write.ready.wait()
+        except BaseException:  # cancelled: withdraw it unless a batch already holds it
+            if any(w is write for w in self._queue):
+                self._queue.remove(write)
+                if write.lead:
+                    self._hand_over()
+            raise
+
+    async def _lead(self, write: _Write) -> None:
+        """Write everything queued (``write`` included), then pass the lead on."""
+        try:
+            batch, self._queue = self._queue, []
+            with anyio.CancelScope(shield=True):  # waiters rely on the leader finishing
+                try:
+                    errors = await self._run(self._save_batch, [w.args for w in batch])
+                except Exception as exc:  # StoreError, or a bug: fail the batch, never hang it
+                    errors = [exc] * len(batch)
+            for w, error in zip(batch, errors, strict=True):
+                w.error, w.done = error, True
+                w.ready.set()
+        finally:
+            write.lead = False
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Make the oldest queued save the next leader, or note that nobody writes."""
+        if self._queue:
+            self._queue[0].lead = True
+            self._queue[0].ready.set()
+        else:
+            self._writing = False
+
+    def _save_batch(self, writes: Sequence[_SaveArgs]) -> list[BaseException | None]:
+        """Write a batch in one transaction; returns each save's error (or None).
+
+        Raises:
+            sqlite3.Error: the transaction could not begin or commit (nothing written).
+            StoreError: the store is not open.
+        """
+        db, now = self.db, time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            errors = [self._save_one(db, now, *args) for args in writes]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return errors
+
+    def _save_one(self, db: sqlite3.Connection, now: float, *args: Any) -> BaseException | None:
+        """One save in its own savepoint; a failure rolls back this save only."""
+        db.execute("SAVEPOINT save")
+        try:
+            self._write(db, now, *args)
+        except Exception as exc:
+            db.execute("ROLLBACK TO save")
+            db.execute("RELEASE save")
+            if isinstance(exc, sqlite3.Error):
+                return StoreError(f"state store {self.path}: {exc}")
+            return exc
+        db.execute("RELEASE save")
+        return None
+
+    @staticmethod
+    def _write(
+        db: sqlite3.Connection,
+        now: float,
+        key: str,
+        state: CanaryState,
+        record: CheckRecord | None,
+        events: Sequence[Event],
+        outbox: Sequence[OutboxMessage],
+    ) -> None:
+        db.execute(
+            "INSERT INTO canaries(key, state, updated) VALUES (?,?,?) "
+            "ON CONFLICT(key) DO UPDATE SET state=excluded.state, "
+            "updated=excluded.updated",
+            (key, dumps(state_to_dict(state)), now),
+        )
+        if record is not None:
+            db.execute(
+                "INSERT INTO checks(key, rollout, time, record) VALUES (?,?,?,?)",
+                (key, state.rollout_id, record.time, dumps(record.as_dict())),
+            )
+        db.executemany(
+            "INSERT INTO events(key, time, name, level, event) VALUES (?,?,?,?,?)",
+            [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO outbox(key, idem, target, payload, created, next_at) "
+            "VALUES (?,?,?,?,?,?)",
+            [(m.key, m.idempotency_key, m.target, dumps(m.payload), now, now) for m in outbox],
+        )
+
+    async def rehearse(
         self,
         key: str,
         state: CanaryState,
@@ -245,33 +403,16 @@ class SqliteStore:
         events: Sequence[Event],
         outbox: Sequence[OutboxMessage],
     ) -> None:
-        db, now = self.db, time.time()
+        """Write a decision as :meth:`save` would, then roll it back (see :class:`StateStore`)."""
+        await self._run(self._rehearse, key, state, record, events, outbox)
+
+    def _rehearse(self, *args: Any) -> None:
+        db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "INSERT INTO canaries(key, state, updated) VALUES (?,?,?) "
-                "ON CONFLICT(key) DO UPDATE SET state=excluded.state, "
-                "updated=excluded.updated",
-                (key, dumps(state_to_dict(state)), now),
-            )
-            if record is not None:
-                db.execute(
-                    "INSERT INTO checks(key, rollout, time, record) VALUES (?,?,?,?)",
-                    (key, state.rollout_id, record.time, dumps(record.as_dict())),
-                )
-            db.executemany(
-                "INSERT INTO events(key, time, name, level, event) VALUES (?,?,?,?,?)",
-                [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO outbox(key, idem, target, payload, created, next_at) "
-                "VALUES (?,?,?,?,?,?)",
-                [(m.key, m.idempotency_key, m.target, dumps(m.payload), now, now) for m in outbox],
-            )
-            db.execute("COMMIT")
-        except BaseException:
+            self._write(db, time.time(), *args)
+        finally:
             db.execute("ROLLBACK")
-            raise
 
     async def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent check records of a canary, newest first."""

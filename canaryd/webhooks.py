@@ -11,7 +11,13 @@ from typing import Any
 
 import aiohttp
 import anyio
-from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from canaryd.analysis import CanaryState, HookResult
 from canaryd.config import CanaryConfig, WebhookSpec, read_secret
@@ -74,7 +80,7 @@ async def call(
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(hook.retries + 1),
-        wait=wait_exponential_jitter(initial=0.2, max=2.0),
+        wait=wait_exponential(multiplier=0.2, max=2.0) + wait_random(0, 0.2),
         retry=retry_if_result(lambda r: not (isinstance(r, Answer) and r.ok)),
         retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else None,
         sleep=anyio.sleep,

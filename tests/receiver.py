@@ -71,6 +71,8 @@ class Receiver:
         body: the body of every answer.
         content_type: the answer's ``Content-Type``.
         delay: seconds to hold each answer back (released early on exit).
+        port: the port to listen on (0: a free one); a test that needs a receiver
+            "down, then back" reserves a port and starts the receiver on it later.
     """
 
     wait_limit: float = 5.0
@@ -83,6 +85,7 @@ class Receiver:
         body: str | bytes = "ok",
         content_type: str = "text/plain",
         delay: float = 0.0,
+        port: int = 0,
     ) -> None:
         if not statuses:
             raise ValueError("statuses must not be empty")
@@ -94,7 +97,7 @@ class Receiver:
         self._arrived = anyio.Event()
         self._closing = anyio.Event()
         self._runner: web.AppRunner | None = None
-        self._port = 0
+        self._port = port
 
     @property
     def url(self) -> str:
@@ -108,7 +111,7 @@ class Receiver:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", self._port)
         await site.start()
         self._runner = runner
         self._port = runner.addresses[0][1]

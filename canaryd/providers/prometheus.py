@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import aiohttp
 import structlog
@@ -153,18 +154,28 @@ class Prometheus:
             raise ProviderError(f"no time left to query prometheus (budget {budget:g}s)")
         timeout = min(self._cfg.timeout, budget)
         started = time.monotonic()
+        try:  # the first attempt without tenacity: most queries need no other (and it's costly)
+            return parse(await self._attempt(path, form, timeout))
+        except _TransientError as exc:
+            first: _TransientError | None = exc
+        except ProviderError:
+            self.stats.failures += 1
+            raise
+        left = budget - (time.monotonic() - started)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_TransientError),
             # the second condition: never start an attempt whose timeout ends after the budget
-            stop=stop_after_delay(budget) | stop_before_delay(budget - timeout),
+            stop=stop_after_delay(left) | stop_before_delay(left - timeout),
             wait=wait_exponential(multiplier=RETRY_INITIAL_WAIT, max=RETRY_MAX_WAIT)
             + wait_random(0, RETRY_INITIAL_WAIT),
         )
         try:
             async for attempt in retrying:
                 with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        self.stats.retries += 1
+                    if first is not None:  # tenacity's attempt 1 is the one made above
+                        failure, first = first, None
+                        raise failure
+                    self.stats.retries += 1
                     return parse(await self._attempt(path, form, timeout))
         except RetryError as exc:
             self.stats.failures += 1
@@ -191,8 +202,8 @@ class Prometheus:
         try:
             async with self._session.post(
                 url,
-                data=form,
-                headers=self._headers(),
+                data=urlencode(form).encode(),  # FormData's bytes, without its cost per query
+                headers={**self._headers(), "Content-Type": "application/x-www-form-urlencoded"},
                 timeout=aiohttp.ClientTimeout(total=limit),
                 ssl=not self._cfg.insecureSkipVerify,
             ) as resp:

@@ -1,0 +1,179 @@
+"""``canaryd demo``: watch canaries get promoted and rolled back, for real, on one machine.
+
+Each scenario starts two demo apps (primary v1, canary v2 with a fault),
+HAProxy in front of them, Prometheus scraping them, a load generator, an alert
+receiver and canaryd itself, all on 127.0.0.1 in a temporary directory; then it
+starts a rollout and shows it live until canaryd promotes or rolls it back.
+Where Prometheus or HAProxy is missing, labelled in-process stand-ins take
+their place (:mod:`canaryd.demo.standins`).
+
+Modules: :mod:`~canaryd.demo.app` (the demo app), :mod:`~canaryd.demo.harness`
+(one scenario end to end), :mod:`~canaryd.demo.view` (the terminal),
+:mod:`~canaryd.demo.report` (the HTML report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections import deque
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import structlog
+
+from canaryd.demo.harness import Tools, run_scenario
+from canaryd.demo.procs import DemoError
+from canaryd.demo.results import ScenarioResult
+from canaryd.demo.scenarios import SCENARIOS, Timings
+from canaryd.demo.view import TerminalView, View
+
+INSTALL_HINT = "sudo apt-get install prometheus haproxy"
+
+
+@contextlib.contextmanager
+def captured_logs(keep: int = 400) -> Iterator[deque[str]]:
+    """Send canaryd's log lines (JSON) to a ring buffer instead of stdout, for the demo's run."""
+    old = structlog.get_config()
+    lines: deque[str] = deque(maxlen=keep)
+
+    def sink(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        lines.append(json.dumps(event, default=str))
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            sink,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield lines
+    finally:
+        structlog.configure(**old)
+
+
+def missing_message(tools: Tools) -> str | None:
+    """Which real part is missing, how to install it, and what stands in for it."""
+    lines = []
+    if tools.haproxy is None:
+        lines.append(
+            "haproxy not found: traffic goes through an in-process weighted splitter instead "
+            "(canaryd's webhook router drives it)"
+        )
+    if tools.prometheus is None:
+        lines.append(
+            "prometheus not found: an in-process reader of the apps' /metrics answers "
+            "canaryd's queries instead"
+        )
+    if not lines:
+        return None
+    return "\n".join(
+        [*lines, f"for the real thing: {INSTALL_HINT}  (or `make demo` as root on Debian/Ubuntu)"]
+    )
+
+
+async def run_scenarios(
+    names: Sequence[str],
+    tools: Tools,
+    timings: Timings,
+    view: View,
+    *,
+    concurrent: bool = False,
+) -> list[ScenarioResult]:
+    """Run scenarios one after the other (or all at once) and return their results.
+
+    Raises:
+        DemoError: a part of a scenario could not be started.
+    """
+    results: dict[str, ScenarioResult] = {}
+
+    async def one(name: str) -> None:
+        results[name] = await run_scenario(SCENARIOS[name], tools, timings, view)
+
+    with captured_logs() as lines:
+        if concurrent:
+            async with anyio.create_task_group() as tg:
+                for name in names:
+                    tg.start_soon(one, name)
+        else:
+            for name in names:
+                await one(name)
+        for r in results.values():
+            mine = f'"canary": "{r.scenario.name}"'
+            r.log_tail = [line for line in lines if mine in line][-10:]
+    return [results[n] for n in names]
+
+
+async def _until_signal(
+    names: Sequence[str], tools: Tools, timings: Timings, view: View
+) -> list[ScenarioResult] | None:
+    """Run the scenarios; on SIGINT/SIGTERM stop everything and return None."""
+    results: list[ScenarioResult] | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        results = await run_scenarios(names, tools, timings, view)
+        tg.cancel_scope.cancel()
+    return results
+
+
+def main(
+    scenario: str | None,
+    report: str | None,
+    *,
+    timings: Timings | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """``canaryd demo``: run one scenario (or all four), print verdicts, write the report.
+
+    Returns:
+        0 when every scenario ended as expected, 1 otherwise, 2 when the demo
+        could not run, 130 when interrupted.
+    """
+    stream = out or sys.stdout
+    names = [scenario] if scenario else list(SCENARIOS)
+    tools = Tools.find()
+    note = missing_message(tools)
+    if note:
+        print(note, file=stream)
+    view = TerminalView(stream)
+    try:
+        results = anyio.run(_until_signal, names, tools, timings or Timings(), view)
+    except DemoError as exc:
+        print(f"canaryd demo: {exc}", file=sys.stderr)
+        return 2
+    if results is None:
+        print("\ninterrupted: every process the demo started has been stopped", file=stream)
+        return 130
+    view.summary(results)
+    if report and not _write_report(report, results, stream):
+        return 2
+    return 0 if all(r.as_expected for r in results) else 1
+
+
+def _write_report(report: str, results: list[ScenarioResult], stream: TextIO) -> bool:
+    """Write the HTML report; False (with a message) when the file cannot be written."""
+    from canaryd.demo.report import write_report
+
+    try:
+        write_report(Path(report), results)
+    except OSError as exc:
+        print(f"canaryd demo: cannot write {report}: {exc.strerror}", file=sys.stderr)
+        return False
+    print(f"report written to {report}", file=stream)
+    return True

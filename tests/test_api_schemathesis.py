@@ -1,0 +1,85 @@
+"""Property-based run of schemathesis against a live daemon: no 5xx, nothing off-schema."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from daemons import TOKEN, api_url, daemon_process, write_config
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from service_helpers import canary
+
+from canaryd.openapi import document
+
+schema = schemathesis.openapi.from_dict(document())
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+UNREACHABLE = "http://127.0.0.1:9"
+"""Provider and router address that refuses connections: ticks fail fast, the API is the point."""
+
+
+def _wait_ready(url: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1.0) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"canaryd at {url} not ready within {within:g}s")
+
+
+@pytest.fixture(scope="module")
+def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``canaryd run`` subprocess on 127.0.0.1 with canaries prod/web and prod/api."""
+    tmp = tmp_path_factory.mktemp("schemathesis")
+    config = write_config(
+        tmp,
+        [canary(interval="1h"), canary("api", manual_promotion=True, interval="1h")],
+        providers={"prom": {"type": "prometheus", "address": UNREACHABLE, "timeout": "1s"}},
+        routers={"lb": {"type": "webhook", "url": UNREACHABLE, "timeout": "1s"}},
+    )
+    with daemon_process(config, tmp / "canaryd.log") as proc:
+        url = api_url(config)
+        _wait_ready(url)
+        yield url
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+@schema.parametrize()
+@settings(
+    max_examples=30,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_api_conforms_to_its_openapi_document(case: schemathesis.Case[Any], live_url: str) -> None:
+    """Generated requests to every operation get documented statuses and bodies, never 5xx."""
+    case.call_and_validate(
+        base_url=live_url,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        checks=CHECKS,
+        timeout=10,
+    )

@@ -1,0 +1,311 @@
+"""The demo without external binaries: app, stand-ins, verdicts, report, a run on stand-ins."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from canaryd.demo import missing_message, run_scenarios
+from canaryd.demo.app import Faults, make_app
+from canaryd.demo.harness import Tools
+from canaryd.demo.report import render_report
+from canaryd.demo.results import Bound, Sample, ScenarioResult, verdict
+from canaryd.demo.scenarios import DURATION, SCENARIOS, SUCCESS_RATE, Timings
+from canaryd.demo.standins import (
+    AppMetricsReader,
+    Snapshot,
+    Splitter,
+    quantile_ms,
+    run_splitter,
+    success_rate,
+)
+from canaryd.demo.view import TerminalView
+from canaryd.errors import ProviderError
+from canaryd.providers import MetricsProvider
+from canaryd.templates import builtin_query, render
+
+BOUNDS = [Bound(SUCCESS_RATE, min=99.0), Bound(DURATION, max=200.0)]
+
+
+@asynccontextmanager
+async def serve_app(name: str, faults: Faults) -> AsyncIterator[str]:
+    """Serve a demo app in-process on a free port; yield its base URL."""
+    runner = web.AppRunner(make_app(name, "v1", faults), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def builtin(metric: str, job: str = "demo-canary", interval: str = "10s") -> str:
+    """The rendered built-in prometheus-mesh query canaryd would send."""
+    return render(builtin_query(metric, "prometheus"), {"target": job, "interval": interval})
+
+
+# --------------------------------------------------------------------------- app
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"error_rate": 1.5}, "between 0 and 1"),
+        ({"latency_ms": -1}, ">= 0"),
+        ({"latency_ms": True}, ">= 0"),
+        ({"speed": 1}, "unknown fault"),
+    ],
+    ids=["rate-above-1", "negative-latency", "bool", "unknown-key"],
+)
+def test_faults_reject_bad_changes(changes: dict[str, Any], message: str) -> None:
+    """Invalid fault changes are refused with a message and change nothing."""
+    faults = Faults()
+    with pytest.raises(ValueError, match=message):
+        faults.update(changes)
+    assert faults == Faults()
+
+
+@pytest.mark.anyio
+async def test_app_counts_requests_by_code_and_takes_faults_at_run_time() -> None:
+    """POST /fault switches errors on; /metrics counts them under the built-ins' names."""
+    async with serve_app("canary", Faults()) as url, aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/fault", json={"error_rate": 1.0}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["error_rate"] == 1.0
+        async with http.post(f"{url}/fault", json={"error_rate": 2}) as resp:
+            assert resp.status == 400
+        for _ in range(3):
+            async with http.get(url + "/") as resp:
+                assert resp.status == 500
+        async with http.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+    assert 'http_requests_total{code="500"} 3.0' in text
+    assert 'http_requests_total{code="200"} 0.0' in text
+    assert 'http_request_duration_seconds_bucket{le="+Inf"} 3.0' in text
+
+
+# --------------------------------------------------------------------------- stand-ins
+
+
+def test_quantile_interpolates_like_prometheus() -> None:
+    """p99 is interpolated linearly inside the bucket holding the rank, in ms."""
+    old = Snapshot(0.0, {}, {0.1: 0.0, 0.5: 0.0, float("inf"): 0.0})
+    new = Snapshot(10.0, {}, {0.1: 50.0, 0.5: 100.0, float("inf"): 100.0})
+    assert quantile_ms(0.99, old, new) == pytest.approx(100 + 400 * 49 / 50)
+    assert quantile_ms(0.99, old, old) is None
+
+
+def test_success_rate_counts_only_5xx_as_failures() -> None:
+    """4xx answers count as successes, 5xx as failures; no requests is no data."""
+    old = Snapshot(0.0, {"200": 10.0, "404": 0.0, "500": 0.0}, {})
+    new = Snapshot(5.0, {"200": 90.0, "404": 10.0, "500": 10.0}, {})
+    assert success_rate(old, new) == pytest.approx(90.0)
+    assert success_rate(new, new) is None
+
+
+@pytest.mark.anyio
+async def test_metrics_reader_answers_the_builtin_queries() -> None:
+    """The reader is a MetricsProvider giving success rate, p99 and no data per job."""
+    async with (
+        serve_app("canary", Faults(error_rate=0.5)) as canary,
+        serve_app("idle", Faults()) as idle,
+        aiohttp.ClientSession() as http,
+    ):
+        reader = AppMetricsReader({"demo-canary": f"{canary}/metrics", "idle": f"{idle}/metrics"})
+        provider: MetricsProvider = reader
+        for job, url in reader.targets.items():
+            await reader.scrape(http, job, url)
+        for _ in range(200):
+            async with http.get(canary + "/") as resp:
+                await resp.read()
+        for job, url in reader.targets.items():
+            await reader.scrape(http, job, url)
+        rate = await provider.query(builtin(SUCCESS_RATE), budget=1.0)
+        p99 = await provider.query(builtin(DURATION), budget=1.0)
+        idle_rate = await provider.query(builtin(SUCCESS_RATE, job="idle"), budget=1.0)
+        with pytest.raises(ProviderError, match="cannot answer"):
+            await provider.query("up", budget=1.0)
+    assert rate is not None and 35.0 < rate < 65.0
+    assert p99 is not None and 0.0 < p99 <= 25.0
+    assert idle_rate is None
+
+
+@pytest.mark.anyio
+async def test_splitter_follows_the_webhook_router() -> None:
+    """Route requests set the split; rollback forces 100/0; maintenance keeps the canary idle."""
+    async with (
+        serve_app("primary", Faults()) as primary,
+        serve_app("canary", Faults()) as canary,
+        run_splitter(Splitter(primary, canary), 0) as splitter,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def route(action: str, canary_weight: int) -> None:
+            body = {"action": action, "primaryWeight": 100 - canary_weight}
+            body["canaryWeight"] = canary_weight
+            async with http.post(splitter.control, json=body) as resp:
+                assert resp.status == 200
+
+        async def spread(n: int) -> Counter[str]:
+            seen: Counter[str] = Counter()
+            for _ in range(n):
+                async with http.get(splitter.url) as resp:
+                    seen[(await resp.text()).split()[0]] += 1
+            return seen
+
+        await route("route", 50)
+        half = await spread(200)
+        await route("rollback", 50)
+        after_rollback = await splitter.weights(), await spread(20)
+        splitter.canary_down = True
+        await route("route", 100)
+        down = await spread(20)
+    assert 60 < half["canary"] < 140
+    assert after_rollback == ((100, 0), Counter(primary=20))
+    assert down == Counter(primary=20)
+
+
+@pytest.mark.anyio
+async def test_splitter_reports_its_urls() -> None:
+    """Started on port 0, the splitter reports the URL and control endpoint it really serves."""
+    async with run_splitter(Splitter("http://127.0.0.1:9", "http://127.0.0.1:9"), 0) as s:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", s.url)
+        assert s.control.endswith("/-/routes")
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def _result(
+    name: str, phase: str, reason: str | None, values: list[tuple[Any, Any]]
+) -> ScenarioResult:
+    checks = [
+        {
+            "time": float(i),
+            "outcome": "pass" if reason is None else "fail",
+            "reason": reason,
+            "metrics": [
+                {"name": SUCCESS_RATE, "value": rate},
+                {"name": DURATION, "value": p99},
+            ],
+        }
+        for i, (rate, p99) in enumerate(values)
+    ]
+    samples = [Sample(float(i), 80, 20, (205, 51), {SUCCESS_RATE: 99.5}) for i in range(3)]
+    return ScenarioResult(
+        SCENARIOS[name],
+        ["test"],
+        phase=phase,
+        reason=reason,
+        threshold=3,
+        checks=[{"time": 0.0, "outcome": "pass", "metrics": []}, *checks],
+        events=[{"event": "rollout.started", "time": 0.0}],
+        samples=samples,
+        bounds=BOUNDS,
+        ended=5.0 if phase in ("Succeeded", "Failed") else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (
+            _result(
+                "errors",
+                "Failed",
+                "request-success-rate 91.8 < min 99",
+                [(95, 9)] * 2 + [(91.8, 9)],
+            ),
+            "rolled back: request-success-rate 91.8% < 99% on 3 of 3 checks",
+        ),
+        (
+            _result("slow", "Failed", "request-duration 498 > max 200", [(100, 498)] * 3),
+            "rolled back: request-duration 498ms > 200ms on 3 of 3 checks",
+        ),
+        (
+            _result("no-traffic", "Failed", "request-success-rate: no data", [("NaN", None)] * 3),
+            "rolled back: request-success-rate had no data on 3 of 3 checks",
+        ),
+        (
+            _result("healthy", "Succeeded", None, [(100, 9.9)] * 3),
+            "promoted: 3 of 3 checks passed, canary reached 20% (last check: "
+            "request-success-rate 100%, request-duration 10ms)",
+        ),
+        (
+            _result("healthy", "Progressing", None, []),
+            "unfinished: still Progressing when the demo gave up",
+        ),
+    ],
+    ids=["errors", "slow", "no-data", "promoted", "unfinished"],
+)
+def test_verdict_explains_the_outcome(result: ScenarioResult, expected: str) -> None:
+    """The verdict names the metric, its value against the bound, and how many checks failed."""
+    assert verdict(result) == expected
+
+
+def test_missing_tools_are_named_with_the_install_command() -> None:
+    """Each missing binary is named with its stand-in, plus the apt-get command."""
+    text = missing_message(Tools(prometheus=None, haproxy="/usr/sbin/haproxy"))
+    assert text is not None
+    assert "prometheus not found" in text and "haproxy not found" not in text
+    assert "apt-get install prometheus haproxy" in text
+    assert missing_message(Tools("/usr/bin/prometheus", "/usr/sbin/haproxy")) is None
+
+
+def test_report_has_one_marked_chart_per_scenario() -> None:
+    """The report holds one SVG chart per scenario, each marking its promotion or rollback."""
+    results = [
+        _result("healthy", "Succeeded", None, [(100, 9.9)] * 3),
+        _result("errors", "Failed", "request-success-rate 91.8 < min 99", [(91.8, 9)] * 3),
+    ]
+    page = render_report(results)
+    assert page.count("<svg") == 2
+    assert page.count('class="marker promoted"') == 1
+    assert page.count('class="marker rolled-back"') == 1
+    assert page.count('class="threshold"') == 4
+    assert "<script" not in page and "src=" not in page
+
+
+# ----------------------------------------------------------------- end to end on stand-ins
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.anyio
+async def test_all_scenarios_on_stand_ins() -> None:
+    """With the in-process stand-ins every scenario ends as expected, labelled as stand-ins."""
+    timings = Timings(interval=1.5, metric_interval=6.0, rate=100.0, deadline=40.0)
+    view = TerminalView(live=False)
+    results = await run_scenarios(
+        list(SCENARIOS), Tools(None, None), timings, view, concurrent=True
+    )
+    for r in results:
+        assert r.as_expected, (r.scenario.name, verdict(r), r.log_tail)
+        assert all(part.startswith("[stand-in]") for part in r.parts)
+        assert r.final_raw == (100, 0)
+        assert r.applied_weights()[0] == 20
+
+
+def test_live_view_redraws_the_status_line_under_events() -> None:
+    """On a terminal the status line (weight bar, metrics, failures) is redrawn under events."""
+    out = io.StringIO()
+    view = TerminalView(out, live=True)
+    state = {"canaryWeight": 20, "failedChecks": 1, "threshold": 3, "phase": "Progressing"}
+    view.status(state, {SUCCESS_RATE: 91.8, DURATION: None}, BOUNDS)
+    view.event(3.0, {"event": "rollout.rolled_back", "reason": "request-success-rate 91.8"}, BOUNDS)
+    text = out.getvalue()
+    assert "[####................]  20%" in text
+    assert "request-success-rate 91.8% (>= 99%) FAIL" in text
+    assert "request-duration no data (<= 200ms) FAIL" in text
+    assert "failed 1/3" in text
+    assert text.rstrip().endswith("Progressing")  # redrawn after the event line
+    assert "ROLLED BACK: request-success-rate 91.8" in text

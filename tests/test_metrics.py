@@ -1,0 +1,238 @@
+"""canaryd's /metrics after real ticks; promtool accepts it and the shipped rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+import yaml
+from daemons import api_url, running_daemon, write_config
+from prometheus_client.parser import text_string_to_metric_families
+from receiver import Receiver
+from service_helpers import backends, canary, eventually
+
+from canaryd.analysis import CanaryState, Phase
+from canaryd.metrics import CanarySample, DaemonMetrics, Snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def promtool() -> str:
+    """Path of promtool; missing fails under CI=true and skips elsewhere."""
+    binary = shutil.which("promtool")
+    if binary is None:
+        message = "promtool not found; install it: apt-get install prometheus"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+def samples(text: str) -> Samples:
+    """Every sample of an exposition, keyed by name and labels."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(all_samples: Samples, sample: str, /, **labels: str) -> float:
+    """One sample's value (KeyError when absent)."""
+    return all_samples[(sample, frozenset(labels.items()))]
+
+
+async def scrape(url: str) -> str:
+    """GET /metrics."""
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return await r.text()
+
+
+@pytest.mark.anyio
+async def test_metrics_after_a_rollout_pass_promtool(tmp_path: Path) -> None:
+    """After real ticks, /metrics has every family the issue lists and promtool accepts it."""
+    tool = promtool()
+    async with backends() as (prom, router), Receiver(statuses=[500]) as chat:
+        web = canary(threshold=5)
+        web["alerts"] = [{"name": "audit", "notifier": "audit"}]
+        config = write_config(
+            tmp_path,
+            [web, canary("api", manual_promotion=True)],
+            providers={"prom": {"type": "prometheus", "address": prom.url, "timeout": "1s"}},
+            routers={"lb": {"type": "webhook", "url": router.url, "timeout": "1s"}},
+            notifiers={"audit": {"type": "webhook", "url": chat.url}},
+        )
+        async with running_daemon(config) as daemon:
+            runner = daemon.runner("prod/web")
+            assert runner is not None
+            await runner.start_rollout("v2", {})
+            await eventually(lambda: runner.state.phase is Phase.SUCCEEDED, what="promotion")
+            await eventually(lambda: len(chat.requests) >= 1, what="an alert attempt")
+            text = await scrape(api_url(config))
+    result = await anyio.run_process([tool, "check", "metrics"], input=text.encode(), check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    got = samples(text)
+    web_labels = {"namespace": "prod", "name": "web"}
+    assert value(got, "canaryd_canary_phase", **web_labels, phase="Succeeded") == 1
+    assert value(got, "canaryd_canary_phase", **web_labels, phase="Progressing") == 0
+    assert value(got, "canaryd_canary_weight", **web_labels) == 0
+    assert value(got, "canaryd_canary_primary_weight", **web_labels) == 100
+    assert value(got, "canaryd_canary_failed_checks", **web_labels) == 0
+    assert value(got, "canaryd_canary_threshold", **web_labels) == 5
+    assert value(got, "canaryd_canary_metric_value", **web_labels, metric="success") == 99.9
+    assert value(got, "canaryd_canary_metric_min", **web_labels, metric="success") == 90
+    assert value(got, "canaryd_rollouts_finished_total", **web_labels, result="promoted") == 1
+    assert value(got, "canaryd_rollouts_finished_total", **web_labels, result="rolled_back") == 0
+    assert value(got, "canaryd_tick_duration_seconds_count") >= 4
+    assert value(got, "canaryd_provider_requests_total", provider="prom") >= 3
+    assert value(got, "canaryd_provider_errors_total", provider="prom") == 0
+    assert value(got, "canaryd_provider_request_duration_seconds_count", provider="prom") >= 3
+    assert value(got, "canaryd_outbox_messages", status="pending") >= 1
+    assert value(got, "canaryd_outbox_oldest_pending_age_seconds") > 0
+    assert value(got, "canaryd_outbox_deliveries_total", outcome="failed") >= 1
+    assert value(got, "canaryd_ready") == 1
+    assert value(got, "canaryd_canaries") == 2
+
+
+@pytest.mark.anyio
+async def test_provider_errors_and_rollbacks_are_counted(tmp_path: Path) -> None:
+    """A provider that fails counts errors, and the rollback it causes counts as rolled_back."""
+    async with backends() as (prom, router):
+        prom.statuses = [400]
+        prom.body = b'{"status":"error","errorType":"bad_data","error":"parse error"}'
+        config = write_config(
+            tmp_path,
+            [canary(threshold=2)],
+            providers={"prom": {"type": "prometheus", "address": prom.url, "timeout": "1s"}},
+            routers={"lb": {"type": "webhook", "url": router.url, "timeout": "1s"}},
+        )
+        async with running_daemon(config) as daemon:
+            runner = daemon.runner("prod/web")
+            assert runner is not None
+            await runner.start_rollout("v2", {})
+            await eventually(lambda: runner.state.phase is Phase.FAILED, what="rollback")
+            got = samples(await scrape(api_url(config)))
+    labels = {"namespace": "prod", "name": "web"}
+    assert value(got, "canaryd_provider_errors_total", provider="prom") >= 2
+    assert value(got, "canaryd_rollouts_finished_total", **labels, result="rolled_back") == 1
+    assert value(got, "canaryd_canary_failed_checks", **labels) == 2
+    assert (
+        "canaryd_canary_metric_value",
+        frozenset({**labels, "metric": "success"}.items()),
+    ) not in got
+
+
+@pytest.mark.parametrize(
+    ("phases", "promoted", "rolled_back"),
+    [
+        ([Phase.PROGRESSING, Phase.SUCCEEDED], 1, 0),
+        ([Phase.PROGRESSING, Phase.FAILED, Phase.FAILED], 0, 1),
+        ([Phase.SUCCEEDED], 0, 0),
+        ([Phase.PROGRESSING, Phase.SUCCEEDED, Phase.PROGRESSING, Phase.FAILED], 1, 1),
+    ],
+    ids=["promoted", "failed-once-however-often-saved", "restart-in-terminal-phase", "two"],
+)
+def test_rollouts_finished_counts_transitions(
+    phases: list[Phase], promoted: int, rolled_back: int
+) -> None:
+    """A rollout is counted when its phase becomes terminal, once, not on restart."""
+    metrics = DaemonMetrics()
+    metrics.track("prod/web", CanaryState(phase=phases[0]))
+    for phase in phases[1:]:
+        metrics.changed("prod/web", CanaryState(phase=phase))
+    got = samples(metrics.render().decode())
+    labels = {"namespace": "prod", "name": "web"}
+    assert value(got, "canaryd_rollouts_finished_total", **labels, result="promoted") == promoted
+    assert (
+        value(got, "canaryd_rollouts_finished_total", **labels, result="rolled_back") == rolled_back
+    )
+
+
+def test_shipped_alerting_rules_pass_promtool() -> None:
+    """``promtool check rules`` accepts config/prometheus-rules.yaml."""
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(ROOT / "config" / "prometheus-rules.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout
+
+
+def test_shipped_alerting_rules_fire_as_intended() -> None:
+    """``promtool test rules``: rolled back, down, outbox stuck and provider failing fire."""
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(ROOT / "tests" / "prometheus_rules_test.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _exported_names() -> set[str]:
+    """Every sample name canaryd can export (a snapshot with one canary and one metric)."""
+    metrics = DaemonMetrics()
+    metrics.track("prod/web", CanaryState())
+    metrics.provider("prom", None)  # type: ignore[arg-type]  # only registers its series
+    record = {"metrics": [{"name": "m", "value": 1.0, "min": 0.0, "max": 2.0}]}
+    metrics.snapshot = Snapshot(
+        canaries=(CanarySample("prod", "web", CanaryState(), 5, "canary", 0.0, record),)
+    )
+    metrics.tick_seconds.observe(0.1)
+    metrics.provider_seconds.labels("prom").observe(0.1)
+    return {
+        s.name for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples
+    }
+
+
+def _canaryd_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bcanaryd_[a-z_]+\b", expr))
+
+
+def test_dashboard_queries_use_exported_metrics_and_parse(tmp_path: Path) -> None:
+    """Every dashboard query names metrics canaryd exports and is valid PromQL (via promtool)."""
+    dashboard = json.loads((ROOT / "config" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 15
+    used = set().union(*(_canaryd_names(e) for e in exprs))
+    assert used - _exported_names() == set()
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {
+                        "record": f"dashboard:query{i}",
+                        "expr": e.replace("$namespace", ".*").replace("$canary", ".*"),
+                    }
+                    for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerting_rules_use_exported_metrics() -> None:
+    """The shipped alerting rules name only metrics canaryd exports."""
+    rules = yaml.safe_load((ROOT / "config" / "prometheus-rules.yaml").read_text())
+    used = set().union(*(_canaryd_names(r["expr"]) for g in rules["groups"] for r in g["rules"]))
+    assert used and used - _exported_names() == set()
