@@ -8,6 +8,7 @@ traceback: errors are one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -140,11 +141,7 @@ def run(path: Path) -> int:
 
 def loop_options() -> dict[str, bool]:
     """anyio backend options: uvloop when installed (``pip install canaryd[fast]``)."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
+    return {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
 
 
 # --------------------------------------------------------------------------- client
