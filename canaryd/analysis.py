@@ -5,6 +5,8 @@ Nothing here awaits, reads a clock or touches the network. The runtime asks
 :func:`decide`, which returns the new :class:`CanaryState` plus the effects to
 carry out (route traffic, run post-rollout hooks, emit events). Operator
 commands (:func:`start_rollout`, :func:`abort`, ...) are pure in the same way.
+How one tick's check is judged lives in :mod:`canaryd.checks`; its names are
+re-exported here.
 
 Rules (DESIGN section 2): the failed-check counter is cumulative for the whole
 rollout, grows by at most one per tick, and the rollout is rolled back in the
@@ -14,18 +16,63 @@ failure; no data fails a check unless the metric says ``onNoData: pass|hold``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from canaryd.config import Analysis, CanaryConfig, JudgeSpec, OnNoData, WebhookType
+from canaryd.checks import (
+    PASSED,
+    CompareSeries,
+    HookResult,
+    MetricValue,
+    Needs,
+    Observation,
+    Outcome,
+    Verdict,
+    evaluate,
+    judge_compare,
+    judge_metric,
+)
+from canaryd.config import Analysis, CanaryConfig, WebhookType
 from canaryd.errors import CommandError
 from canaryd.events import Event
-from canaryd.judge import MetricConfig, MetricPair, judge
 from canaryd.routers import Action
-from canaryd.scoring import Thresholds
+
+__all__ = [
+    "ACTIVE",
+    "GATES",
+    "PASSED",
+    "CanaryState",
+    "CheckRecord",
+    "CompareSeries",
+    "Decision",
+    "Effect",
+    "Emit",
+    "HookResult",
+    "MetricValue",
+    "Needs",
+    "Observation",
+    "Outcome",
+    "Phase",
+    "Route",
+    "RunHooks",
+    "Verdict",
+    "abort",
+    "approve",
+    "decide",
+    "evaluate",
+    "gate_open",
+    "judge_compare",
+    "judge_metric",
+    "needs",
+    "next_weight",
+    "pause",
+    "promote",
+    "resume",
+    "router_failed",
+    "start_rollout",
+]
 
 
 class Phase(StrEnum):
@@ -60,88 +107,6 @@ GATES = {
     "promotion": WebhookType.CONFIRM_PROMOTION,
 }
 """Gate names of the API/CLI -> webhook types."""
-
-
-class Outcome(StrEnum):
-    """What one check concluded."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    HOLD = "hold"
-
-
-@dataclass(frozen=True, slots=True)
-class MetricValue:
-    """One metric's observation in a tick, with its bounds.
-
-    ``value`` None means no data; ``error`` set means the provider failed.
-    """
-
-    name: str
-    value: float | None
-    min: float | None = None
-    max: float | None = None
-    error: str | None = None
-    on_no_data: OnNoData = OnNoData.FAIL
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (NaN/Inf become strings)."""
-        v = self.value
-        out: dict[str, Any] = {
-            "name": self.name,
-            "value": v if v is None or math.isfinite(v) else str(v),
-            "min": self.min,
-            "max": self.max,
-        }
-        if self.error:
-            out["error"] = self.error
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class HookResult:
-    """One webhook call: ``ok`` is any 2xx; ``detail`` is status and body preview or error."""
-
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class CompareSeries:
-    """One compare metric's two series (primary = control, canary = experiment)."""
-
-    config: MetricConfig
-    control: tuple[float, ...] = ()
-    experiment: tuple[float, ...] = ()
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """Everything the runtime observed for one tick."""
-
-    rollback: tuple[HookResult, ...] = ()
-    gate_open: bool = True
-    pre_rollout: tuple[HookResult, ...] = ()
-    rollout: tuple[HookResult, ...] = ()
-    metrics: tuple[MetricValue, ...] = ()
-    compare: tuple[CompareSeries, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Needs:
-    """What the runtime must observe before calling :func:`decide`."""
-
-    rollback_hooks: bool = False
-    gate: WebhookType | None = None
-    pre_rollout: bool = False
-    checks: bool = False
-
-    @property
-    def anything(self) -> bool:
-        """Whether a tick has any work at all."""
-        return self.rollback_hooks
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,100 +275,6 @@ def gate_open(
     """
     name = next(n for n, t in GATES.items() if t is kind)
     return name in state.approvals or all(r.ok for r in results)
-
-
-def judge_metric(m: MetricValue) -> tuple[Outcome, str | None]:
-    """Judge one metric value against its inclusive bounds.
-
-    Returns:
-        The outcome and, unless it passed, the reason in words.
-    """
-    if m.error is not None:
-        return Outcome.FAIL, f"{m.name}: {m.error}"
-    if m.value is None or math.isnan(m.value):
-        if m.on_no_data is OnNoData.PASS:
-            return Outcome.PASS, None
-        verdict = Outcome.HOLD if m.on_no_data is OnNoData.HOLD else Outcome.FAIL
-        return verdict, f"{m.name}: no data"
-    if m.min is not None and m.value < m.min:
-        return Outcome.FAIL, f"{m.name} {m.value:g} < min {m.min:g}"
-    if m.max is not None and m.value > m.max:
-        return Outcome.FAIL, f"{m.name} {m.value:g} > max {m.max:g}"
-    return Outcome.PASS, None
-
-
-Verdict = tuple[Outcome, str | None, dict[str, Any]]
-"""Outcome, reason, and event fields describing what failed or held."""
-
-PASSED: Verdict = (Outcome.PASS, None, {})
-
-
-def _failed_hook(results: tuple[HookResult, ...], what: str, **extra: Any) -> Verdict | None:
-    hook = next((h for h in results if not h.ok), None)
-    if hook is None:
-        return None
-    fields = {"webhook": hook.name, "error": hook.detail, **extra}
-    return Outcome.FAIL, f"{what} {hook.name}: {hook.detail}", fields
-
-
-def _metric_verdict(m: MetricValue) -> Verdict:
-    outcome, reason = judge_metric(m)
-    fields = {"metric": m.name, "value": m.as_dict()["value"], "min": m.min, "max": m.max}
-    if m.error:
-        fields["error"] = m.error
-    return outcome, reason, fields
-
-
-def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[Verdict, Any]:
-    """Judge the compare metrics of one tick together (Mann-Whitney, Kayenta scoring).
-
-    Returns:
-        The verdict (Fail fails the check; Marginal follows ``onMarginal``) and
-        the judgement as JSON for the tick event and the API (None on a query error).
-    """
-    broken = next((c for c in series if c.error is not None), None)
-    if broken is not None:
-        reason = f"{broken.config.name}: {broken.error}"
-        return (Outcome.FAIL, reason, {"metric": broken.config.name, "error": broken.error}), None
-    thresholds = Thresholds(spec.thresholds.passing, spec.thresholds.marginal)
-    pairs = [MetricPair(c.config, c.control, c.experiment) for c in series]
-    judgement = judge(pairs, spec.groupWeights or None, thresholds)
-    verdict = judgement.score.classification.value
-    body = judgement.to_json()
-    worst = [r for r in judgement.results if r.classification.value != "Pass"]
-    reason = f"compare: {verdict} (score {judgement.score.score:g}"
-    reason += (
-        f"; {', '.join(f'{r.name} {r.classification.value}' for r in worst)})" if worst else ")"
-    )
-    if verdict == "Pass":
-        return PASSED, body
-    outcome = Outcome.FAIL if verdict == "Fail" else Outcome(spec.onMarginal.value)
-    return (outcome, None if outcome is Outcome.PASS else reason, {"judge": body}), body
-
-
-def evaluate(need: Needs, obs: Observation, judged: Verdict | None = None) -> Verdict:
-    """Evaluate one tick's check; the first failure (in config order) is the reason.
-
-    A failure anywhere fails the check; otherwise the first hold holds it.
-    ``judged`` is the verdict of the compare metrics, if any.
-    """
-    if need.pre_rollout:
-        failed = _failed_hook(obs.pre_rollout, "pre-rollout webhook", stage="pre-rollout")
-        if failed is not None:
-            return failed
-    if not need.checks:
-        return PASSED
-    failed = _failed_hook(obs.rollout, "webhook")
-    if failed is not None:
-        return failed
-    verdicts = [_metric_verdict(m) for m in obs.metrics]
-    if judged is not None:
-        verdicts.append(judged)
-    for outcome in (Outcome.FAIL, Outcome.HOLD):
-        first = next((v for v in verdicts if v[0] is outcome), None)
-        if first is not None:
-            return first
-    return PASSED
 
 
 # --------------------------------------------------------------------------- transitions

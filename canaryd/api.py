@@ -127,7 +127,9 @@ def _authorize(request: web.Request) -> None:
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode(), token.encode()
+        # headers arrive as latin-1 text that may hold lone surrogates; never fail on them
+        value.strip().encode("utf-8", "surrogatepass"),
+        token.encode(),
     ):
         raise web.HTTPUnauthorized(reason="missing or wrong bearer token", headers=challenge)
 

@@ -130,6 +130,18 @@ def redact(text: str, url: str | None, *secrets: SecretStr | None) -> str:
     return text
 
 
+def _attempt_fields(message: OutboxMessage) -> dict[str, Any]:
+    """Log fields naming a message and the delivery attempt just made."""
+    namespace, _, name = message.key.partition("/")
+    return {
+        "canary": name,
+        "namespace": namespace,
+        "target": message.target,
+        "idempotency_key": message.idempotency_key,
+        "attempts": message.attempts + 1,
+    }
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, CanarydError | ValueError):
         return str(exc)
@@ -259,14 +271,9 @@ class Dispatcher:
         # The last attempt happens at maxAge, so a dead letter is never later than that.
         next_at = min(now + delay, deadline)
         await self.store.mark(message.id, "pending", next_at=next_at, error=error)
-        namespace, _, name = message.key.partition("/")
         log.warning(
             "notification.retrying",
-            canary=name,
-            namespace=namespace,
-            target=message.target,
-            idempotency_key=message.idempotency_key,
-            attempts=message.attempts + 1,
+            **_attempt_fields(message),
             retry_in=round(next_at - now, 2),
             error=error,
         )
@@ -274,14 +281,9 @@ class Dispatcher:
     async def _dead(self, message: OutboxMessage, error: str) -> None:
         await self.store.mark(message.id, "dead", error=error)
         self.counters["dead"] += 1
-        namespace, _, name = message.key.partition("/")
         log.error(
             "notification.failed",
-            canary=name,
-            namespace=namespace,
-            target=message.target,
-            idempotency_key=message.idempotency_key,
-            attempts=message.attempts + 1,
+            **_attempt_fields(message),
             age=round(self.clock() - message.created, 1),
             error=error,
             dead_letter=True,

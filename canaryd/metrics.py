@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -179,14 +180,8 @@ class InstrumentedProvider:
         Raises:
             ProviderError: the query failed for good.
         """
-        started = time.monotonic()
-        try:
+        with self._counted():
             return await self.inner.query(query, budget=budget)
-        except ProviderError:
-            self.metrics.provider_errors.labels(self.name).inc()
-            raise
-        finally:
-            self._observe(started)
 
     async def query_range(
         self, query: str, *, start: float, end: float, step: float, budget: float
@@ -196,20 +191,23 @@ class InstrumentedProvider:
         Raises:
             ProviderError: the query failed for good.
         """
-        began = time.monotonic()
-        try:
+        with self._counted():
             return await self.inner.query_range(
                 query, start=start, end=end, step=step, budget=budget
             )
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count and time one request (whatever its end); count its failure as an error."""
+        started = time.monotonic()
+        try:
+            yield
         except ProviderError:
             self.metrics.provider_errors.labels(self.name).inc()
             raise
         finally:
-            self._observe(began)
-
-    def _observe(self, started: float) -> None:
-        self.metrics.provider_requests.labels(self.name).inc()
-        self.metrics.provider_seconds.labels(self.name).observe(time.monotonic() - started)
+            self.metrics.provider_requests.labels(self.name).inc()
+            self.metrics.provider_seconds.labels(self.name).observe(time.monotonic() - started)
 
 
 class _SnapshotCollector(Collector):

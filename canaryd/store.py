@@ -346,7 +346,8 @@ class SqliteStore:
             errors = [self._save_one(db, now, *args) for args in writes]
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return errors
 
@@ -356,6 +357,8 @@ class SqliteStore:
         try:
             self._write(db, now, *args)
         except Exception as exc:
+            if not db.in_transaction:  # SQLite rolled it all back (disk full, I/O error)
+                raise
             db.execute("ROLLBACK TO save")
             db.execute("RELEASE save")
             if isinstance(exc, sqlite3.Error):
@@ -416,20 +419,16 @@ class SqliteStore:
 
     async def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent check records of a canary, newest first."""
-        rows = await self._run(
-            lambda: self.db.execute(
-                "SELECT record FROM checks WHERE key=? ORDER BY id DESC LIMIT ?", (key, limit)
-            ).fetchall()
-        )
-        return [json.loads(r[0]) for r in rows]
+        return await self._newest("record", "checks", key, limit)
 
     async def events(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
         """The most recent events of a canary, newest first."""
-        rows = await self._run(
-            lambda: self.db.execute(
-                "SELECT event FROM events WHERE key=? ORDER BY id DESC LIMIT ?", (key, limit)
-            ).fetchall()
-        )
+        return await self._newest("event", "events", key, limit)
+
+    async def _newest(self, column: str, table: str, key: str, limit: int) -> list[dict[str, Any]]:
+        """The JSON ``column`` of a canary's newest ``limit`` rows of ``table``, newest first."""
+        sql = f"SELECT {column} FROM {table} WHERE key=? ORDER BY id DESC LIMIT ?"
+        rows = await self._run(lambda: self.db.execute(sql, (key, limit)).fetchall())
         return [json.loads(r[0]) for r in rows]
 
     async def prune(self) -> None:

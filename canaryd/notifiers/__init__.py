@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from canaryd.config import Notifier, Severity, read_secret
 from canaryd.errors import WebhookError
 from canaryd.events import EVENTS, Event
-from canaryd.http import post_json, redact_url
+from canaryd.http import Answer, post_json, redact_url
 from canaryd.notifiers import cloudevents, discord, gchat, msteams, slack, webhook
 from canaryd.notifiers.text import RenderOptions, describe, severity_of
 
@@ -142,12 +142,14 @@ def notifier_url(notifier: Notifier) -> str:
 
 
 def _scrub(text: str, url: str) -> str:
-    """Remove the URL and its path (chat webhook tokens) from text that may echo them."""
+    """Remove the URL, its path and its query (tokens, signatures) from text echoing them."""
     redacted = redact_url(url)
     text = text.replace(url, redacted)
-    path = url.partition("://")[2].partition("/")[2]
-    if len(path) >= 8:  # short paths ("/", "/hook") hold no token and would over-match
-        text = text.replace(path, "…")
+    tail = url.partition("://")[2].partition("/")[2]
+    path, _, query = tail.partition("?")
+    for part in (tail, path, query):
+        if len(part) >= 8:  # short paths ("/", "/hook") hold no token and would over-match
+            text = text.replace(part, "…")
     return text
 
 
@@ -186,4 +188,8 @@ async def deliver(
         raise WebhookError(f"{notifier.type} notifier {_scrub(str(exc), url)}") from exc
     if not answer.ok:
         where = redact_url(url)
-        raise WebhookError(f"{notifier.type} notifier {where}: {_scrub(answer.describe(), url)}")
+        # scrub the whole body before the preview is cut: a cut token would survive in part
+        body = _scrub(answer.body.decode("utf-8", "replace"), url).encode()
+        raise WebhookError(
+            f"{notifier.type} notifier {where}: {Answer(answer.status, body).describe()}"
+        )

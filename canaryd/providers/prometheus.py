@@ -24,6 +24,7 @@ bodies, never a credential.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import time
@@ -199,11 +200,12 @@ class Prometheus:
         """
         self.stats.attempts += 1
         url = self._cfg.address + path
+        headers = self._headers()
         try:
             async with self._session.post(
                 url,
                 data=urlencode(form).encode(),  # FormData's bytes, without its cost per query
-                headers={**self._headers(), "Content-Type": "application/x-www-form-urlencoded"},
+                headers={**headers, "Content-Type": "application/x-www-form-urlencoded"},
                 timeout=aiohttp.ClientTimeout(total=limit),
                 ssl=not self._cfg.insecureSkipVerify,
             ) as resp:
@@ -223,7 +225,7 @@ class Prometheus:
             raise _TransientError(
                 f"cannot reach prometheus at {self._where}: {type(exc).__name__}: {text}"
             ) from exc
-        return _answer_data(status, body, complete)
+        return _answer_data(status, _scrub(body, headers), complete)
 
     def _headers(self) -> dict[str, str]:
         """Request headers: configured extras plus auth (secrets read on every call).
@@ -260,6 +262,24 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)[:MAX_BODY_BYTES], False
+
+
+def _scrub(body: bytes, headers: dict[str, str]) -> bytes:
+    """The body without the credentials just sent: a proxy's error page may echo them.
+
+    Done on the whole body, before any preview is cut from it, so that no part
+    of a secret survives at the cut.
+    """
+    scheme, _, value = headers.get("Authorization", "").partition(" ")
+    found = [value]
+    if scheme == "Basic":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            pair = base64.b64decode(value, validate=True).decode()
+            found += [pair, pair.partition(":")[2]]
+    for secret in sorted(found, key=len, reverse=True):
+        if len(secret) >= 4:
+            body = body.replace(secret.encode(), b"***")
+    return body
 
 
 def _preview(body: bytes) -> str:
@@ -312,11 +332,16 @@ def _number(sample: Any) -> float:
     """The float of a ``[timestamp, "value"]`` pair (``"NaN"``, ``"+Inf"`` included).
 
     Raises:
-        ProviderError: the pair is malformed.
+        ProviderError: not a two-item list, or its value is neither a number nor a
+            numeric string (a bare string such as ``"12"`` would index to ``"2"``; a
+            boolean is not a number; an integer beyond float range overflows).
     """
+    value = sample[1] if isinstance(sample, list) and len(sample) == 2 else None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _shape_error(sample)
     try:
-        return float(sample[1])
-    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        return float(value)
+    except (ValueError, OverflowError) as exc:
         raise _shape_error(sample) from exc
 
 
