@@ -53,7 +53,7 @@ import anyio.abc
 import canaryd
 from canaryd.analysis import CanaryState, Needs, Observation, Phase
 from canaryd.config import Settings
-from canaryd.http import make_session
+from canaryd.http import POOL_PER_HOST, make_session
 from canaryd.logs import configure
 from canaryd.providers import MetricsProvider, build_provider
 from canaryd.routers import build_router
@@ -84,7 +84,7 @@ class Options:
     metrics: int = 2
     fail_share: float = 0.01
     latency_ms: float = 0.0
-    pool: int = 100
+    pool: int = POOL_PER_HOST
     rounds: int = 2
     saturation: float = 5.0
     sat_canaries: int = 500
@@ -107,7 +107,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics", type=int, default=2, help="metrics per canary (default 2)")
     p.add_argument("--fail-share", type=float, default=0.01, help="share of failing canaries")
     p.add_argument("--latency-ms", type=float, default=0.0, help="stand-in Prometheus latency")
-    p.add_argument("--pool", type=int, default=100, help="HTTP connection pool size")
+    p.add_argument(
+        "--pool", type=int, default=POOL_PER_HOST, help="HTTP connection pool size (as canaryd's)"
+    )
     p.add_argument("--rounds", type=int, default=2, help="saturation rounds (bare, canaryd)")
     p.add_argument("--saturation", type=float, default=5.0, help="seconds per saturation run")
     p.add_argument(

@@ -13,6 +13,7 @@ from the environment, and held as :class:`pydantic.SecretStr`.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -411,6 +413,12 @@ class AlertSpec(Model):
     severity: Severity = Severity.INFO
 
 
+SHARED_ANALYSES_MAX = 4096
+"""Distinct analysis blocks remembered for sharing between canaries (and reloads)."""
+
+_SHARED_ANALYSES: dict[str, Analysis] = {}
+
+
 class CanaryConfig(Model):
     """One canary: what to analyse, with which provider, through which router."""
 
@@ -424,6 +432,28 @@ class CanaryConfig(Model):
     variables: dict[str, str] = Field(default_factory=dict)
     analysis: Analysis
     alerts: list[AlertSpec] = Field(default_factory=list)
+
+    @field_validator("analysis", mode="wrap")
+    @classmethod
+    def _shared_analysis(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Analysis:
+        """Canaries written from one template share one (immutable) analysis model.
+
+        A validated analysis takes kilobytes; thousands of canaries with the same
+        analysis block would otherwise hold thousands of equal copies.
+        """
+        if not isinstance(value, dict):
+            return handler(value)  # type: ignore[no-any-return]
+        try:
+            key = json.dumps(value, allow_nan=False)  # key order kept: it shows in `match`
+        except (TypeError, ValueError):  # not plain JSON data: no sharing
+            return handler(value)  # type: ignore[no-any-return]
+        shared = _SHARED_ANALYSES.get(key)
+        if shared is None:
+            shared = handler(value)
+            if len(_SHARED_ANALYSES) >= SHARED_ANALYSES_MAX:
+                _SHARED_ANALYSES.clear()
+            _SHARED_ANALYSES[key] = shared
+        return shared
 
     @property
     def key(self) -> str:

@@ -173,6 +173,16 @@ class InstrumentedProvider:
     name: str
     inner: MetricsProvider
     metrics: DaemonMetrics
+    _children: tuple[Any, Any, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Look the provider's series up once: ``labels()`` costs on every query otherwise."""
+        m = self.metrics
+        self._children = (
+            m.provider_requests.labels(self.name),
+            m.provider_errors.labels(self.name),
+            m.provider_seconds.labels(self.name),
+        )
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """Run an instant query (see :class:`~canaryd.providers.MetricsProvider`).
@@ -199,15 +209,16 @@ class InstrumentedProvider:
     @contextmanager
     def _counted(self) -> Iterator[None]:
         """Count and time one request (whatever its end); count its failure as an error."""
+        requests, errors, seconds = self._children
         started = time.monotonic()
         try:
             yield
         except ProviderError:
-            self.metrics.provider_errors.labels(self.name).inc()
+            errors.inc()
             raise
         finally:
-            self.metrics.provider_requests.labels(self.name).inc()
-            self.metrics.provider_seconds.labels(self.name).observe(time.monotonic() - started)
+            requests.inc()
+            seconds.observe(time.monotonic() - started)
 
 
 class _SnapshotCollector(Collector):

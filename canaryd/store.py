@@ -133,12 +133,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# json.dumps builds an encoder per call when given options; these are built once.
+_ENCODE_FINITE = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False).encode
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def dumps(value: Any) -> str:
     """JSON for the store and the API: compact, NaN-safe."""
     try:  # values are almost always finite: skip the copy that _clean makes
-        return json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
+        return _ENCODE_FINITE(value)
     except ValueError:
-        return json.dumps(_clean(value), separators=(",", ":"), default=str)
+        return _ENCODE(_clean(value))
 
 
 _STATE_FIELDS = fields(CanaryState)
@@ -388,15 +393,17 @@ class SqliteStore:
                 "INSERT INTO checks(key, rollout, time, record) VALUES (?,?,?,?)",
                 (key, state.rollout_id, record.time, dumps(record.as_dict())),
             )
-        db.executemany(
-            "INSERT INTO events(key, time, name, level, event) VALUES (?,?,?,?,?)",
-            [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
-        )
-        db.executemany(
-            "INSERT OR IGNORE INTO outbox(key, idem, target, payload, created, next_at) "
-            "VALUES (?,?,?,?,?,?)",
-            [(m.key, m.idempotency_key, m.target, dumps(m.payload), now, now) for m in outbox],
-        )
+        if events:  # a statement costs even with no rows
+            db.executemany(
+                "INSERT INTO events(key, time, name, level, event) VALUES (?,?,?,?,?)",
+                [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
+            )
+        if outbox:
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox(key, idem, target, payload, created, next_at) "
+                "VALUES (?,?,?,?,?,?)",
+                [(m.key, m.idempotency_key, m.target, dumps(m.payload), now, now) for m in outbox],
+            )
 
     async def rehearse(
         self,

@@ -257,3 +257,17 @@ async def test_outbox_rows_are_written_with_the_decision(
         rows = db.execute("SELECT target, idem FROM outbox").fetchall()
     assert [t for t, _ in rows] == ["hook:notify"]
     assert rows[0][1].startswith("prod/web:")
+
+
+async def test_rollback_goes_out_even_when_the_store_is_down(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """With an unwritable store, advances hold but a rollback still reaches the router."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider([90.0]), router)
+    await r.start_rollout("v2", {})
+    await r.tick()  # 0 -> 25, persisted
+    await store.close()
+    await r.tick()  # failing check at threshold: rollback, not persistable
+    assert router.requests[-1].action == "rollback"
+    assert r.state.phase is Phase.PROGRESSING, "nothing is recorded that was not persisted"

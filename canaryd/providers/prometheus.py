@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
+import anyio
 import structlog
 from tenacity import (
     AsyncRetrying,
@@ -57,6 +58,9 @@ RETRY_INITIAL_WAIT = 0.1
 
 RETRY_MAX_WAIT = 2.0
 """Longest backoff between two attempts, in seconds."""
+
+UNPOOLED_SLOTS = 1000
+"""In-flight requests at most when the session's pool has no limit."""
 
 _PERMANENT_ERROR_TYPES = frozenset({"bad_data", "execution"})
 """Prometheus errors that say the query itself is wrong: retrying cannot help."""
@@ -100,6 +104,7 @@ class Prometheus:
         self._session = session
         self._where = redact_url(cfg.address)
         self.stats = ProviderStats()
+        self._slots: anyio.Semaphore | None = None  # created in the event loop, on first use
         if cfg.insecureSkipVerify:
             log.warning("provider.tls_insecure", address=self._where)
 
@@ -201,6 +206,48 @@ class Prometheus:
         self.stats.attempts += 1
         url = self._cfg.address + path
         headers = self._headers()
+        slots = await self._acquire(limit)
+        try:
+            return await self._post(url, form, headers, limit)
+        finally:
+            slots.release()
+
+    async def _acquire(self, limit: float) -> anyio.Semaphore:
+        """Take one of the pool's connections for an attempt; wait at most ``limit`` seconds.
+
+        In-flight requests are bounded by the connection pool, so the attempt's
+        timeout starts with a connection at hand instead of counting the time
+        spent queued for one (aiohttp's timeout includes that wait).
+
+        Returns:
+            The semaphore to release once the attempt is over.
+
+        Raises:
+            _TransientError: no connection came free within ``limit``.
+        """
+        if self._slots is None:
+            self._slots = anyio.Semaphore(_pool_size(self._session))
+        slots = self._slots
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            with anyio.move_on_after(limit) as waited:
+                await slots.acquire()
+            if waited.cancelled_caught:
+                raise _TransientError(
+                    f"no connection to prometheus came free within {limit:g}s"
+                ) from None
+        return slots
+
+    async def _post(
+        self, url: str, form: dict[str, str], headers: dict[str, str], limit: float
+    ) -> Any:
+        """POST the form; classify the outcome (see :meth:`_attempt`).
+
+        Raises:
+            _TransientError: worth retrying.
+            ProviderError: not worth retrying.
+        """
         try:
             async with self._session.post(
                 url,
@@ -249,6 +296,14 @@ class Prometheus:
         except ValueError as exc:
             raise ProviderError(str(exc)) from exc
         return headers
+
+
+def _pool_size(session: aiohttp.ClientSession) -> int:
+    """Connections the session may open to one host (its per-host limit, else its total)."""
+    connector = session.connector
+    if isinstance(connector, aiohttp.TCPConnector) and connector.limit_per_host:
+        return connector.limit_per_host
+    return connector.limit if connector is not None and connector.limit else UNPOOLED_SLOTS
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:

@@ -1,0 +1,432 @@
+"""Outages: Prometheus, the router, the receivers and the state store failing under a daemon.
+
+Each test runs a real daemon (in-process, real HTTP) against the session's real
+Prometheus, reached through a :class:`~faults.PromProxy` that can go down, answer
+slowly or answer garbage, and against stand-in routers and receivers on
+127.0.0.1 that can refuse, fail or hang. The state store is made unwritable on
+its own connection (``PRAGMA query_only``, or a database filled up to its
+``max_page_count``): both work as root, where ``chmod`` stops nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from aiohttp import web
+from daemons import TOKEN, api_url, client_for, running_daemon, wait_for_state, write_config
+from faults import DedupRouter, PromProxy, StandIn
+from prom import PrometheusServer, eventually, open_provider
+from structlog.testing import capture_logs
+
+from canaryd.client import Client
+from canaryd.daemon import Daemon
+from canaryd.store import SqliteStore
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+KEY = "prod/web"
+THRESHOLD = 3
+
+
+def config(
+    tmp_path: Path,
+    job: str,
+    prom_url: str,
+    router_url: str,
+    *,
+    hooks_url: str | None = None,
+    threshold: int = THRESHOLD,
+    max_weight: int = 50,
+) -> Path:
+    """One canary on two gauges of ``job``; alerts and outbox hooks go to ``hooks_url``."""
+    analysis: dict[str, Any] = {
+        "interval": "0.3s",
+        "threshold": threshold,
+        "stepWeight": 25,
+        "maxWeight": max_weight,
+        "metrics": [
+            {
+                "name": "success-rate",
+                "templateRef": {"name": "success"},
+                "thresholdRange": {"min": 99},
+            },
+            {"name": "latency", "templateRef": {"name": "latency"}, "thresholdRange": {"max": 500}},
+        ],
+    }
+    top: dict[str, Any] = {
+        "providers": {"prom": {"type": "prometheus", "address": prom_url, "timeout": "2s"}},
+        "routers": {"mesh": {"type": "webhook", "url": f"{router_url}/routes", "timeout": "0.5s"}},
+        "templates": {
+            "success": {"provider": "prom", "query": 'max(out_success{job="{{ target }}"})'},
+            "latency": {"provider": "prom", "query": 'max(out_p99_ms{job="{{ target }}"})'},
+        },
+        "outbox": {"initialBackoff": "0.1s", "maxBackoff": "0.5s", "pollInterval": "0.1s"},
+    }
+    canary: dict[str, Any] = {
+        "name": "web",
+        "namespace": "prod",
+        "target": job,
+        "router": "mesh",
+        "provider": "prom",
+        "analysis": analysis,
+    }
+    if hooks_url is not None:
+        analysis["webhooks"] = [
+            {"name": "events", "type": "event", "url": f"{hooks_url}/events", "timeout": "0.5s"},
+            {"name": "post", "type": "post-rollout", "url": f"{hooks_url}/post", "timeout": "0.5s"},
+        ]
+        canary["alerts"] = [{"name": "pager", "notifier": "pager"}]
+        top["notifiers"] = {
+            "pager": {"type": "webhook", "url": f"{hooks_url}/alerts", "timeout": "0.5s"}
+        }
+    return write_config(tmp_path, [canary], **top)
+
+
+async def seed(prom: PrometheusServer, job: str, success: float = 99.9, p99: float = 120) -> None:
+    """Set the job's gauges and wait until Prometheus answers them."""
+    assert prom.app is not None
+    prom.app.set_many([("out_success", {"job": job}, success), ("out_p99_ms", {"job": job}, p99)])
+    async with open_provider(prom.provider_config()) as provider:
+        await eventually(
+            lambda: provider.query(
+                f'max(out_success{{job="{job}"}}) * 100000 + max(out_p99_ms{{job="{job}"}})',
+                budget=2.0,
+            ),
+            lambda v: v is not None and abs(v - (success * 100000 + p99)) < 1e-6,
+            within=15,
+        )
+
+
+async def finished(client: Client, revision: str, within: float = 20.0) -> dict[str, Any]:
+    """Wait until the rollout of ``revision`` is Succeeded or Failed; return the state."""
+    state: dict[str, Any] = await wait_for_state(
+        client,
+        KEY,
+        lambda s: s["revision"] == revision and s["phase"] in ("Succeeded", "Failed"),
+        within=within,
+    )
+    return state
+
+
+def crashes(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    """Log entries that say a tick or a request hit a bug."""
+    return [e for e in logs if e["event"] in ("tick.crashed", "api.crashed")]
+
+
+@asynccontextmanager
+async def proxied(prometheus: PrometheusServer) -> AsyncIterator[PromProxy]:
+    """A :class:`PromProxy` in front of the session's Prometheus, passing queries through."""
+    async with StandIn() as server:
+        yield PromProxy(prometheus.url, server)
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+async def _break(proxy: PromProxy, fault: str) -> None:
+    if fault == "down":
+        await proxy.server.stop()
+    else:
+        proxy.mode = fault
+
+
+async def _mend(proxy: PromProxy, fault: str) -> None:
+    if fault == "down":
+        await proxy.server.start()
+    proxy.mode = "pass"
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("down", "cannot reach prometheus"),
+        ("slow", "did not answer within"),
+        ("garbage", "not Prometheus JSON"),
+    ],
+    ids=["down", "slow-beyond-timeout", "garbage"],
+)
+async def test_prometheus_outage_fails_checks_with_the_reason_then_recovers(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str, fault: str, reason: str
+) -> None:
+    """A broken Prometheus fails checks with the reason, rolls back at threshold, then heals."""
+    await seed(prometheus, unique_job)
+    async with proxied(prometheus) as proxy, StandIn() as router:
+        cfg = config(tmp_path, unique_job, proxy.server.url, router.url)
+        with capture_logs() as logs:
+            async with running_daemon(cfg), client_for(cfg) as client:
+                await _break(proxy, fault)
+                started = time.monotonic()
+                await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+                failed = await finished(client, "v2")
+                took = time.monotonic() - started
+                detail = await client.get(KEY)
+                await _mend(proxy, fault)
+                await client.post(f"{KEY}/rollouts", {"revision": "v3"})
+                healed = await finished(client, "v3")
+    assert (failed["phase"], failed["failedChecks"]) == ("Failed", THRESHOLD)
+    assert reason in failed["reason"], failed["reason"]
+    errors = [m.get("error", "") for c in detail["checks"] for m in c["metrics"]]
+    assert sum(reason in e for e in errors) >= THRESHOLD, errors
+    assert took < THRESHOLD * 0.3 + 5, f"rollback took {took:.1f}s: ticks were not bounded"
+    assert (healed["phase"], healed["failedChecks"]) == ("Succeeded", 0)
+    assert not crashes(logs)
+
+
+# --------------------------------------------------------------------------- router
+
+
+def _note(seen: list[dict[str, Any]], state: dict[str, Any]) -> bool:
+    """Remember a polled state (for assertions on every state seen); always True."""
+    seen.append(state)
+    return True
+
+
+async def test_router_down_counts_failed_checks_and_never_records_unapplied_weights(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str
+) -> None:
+    """With the router refusing connections, no weight is recorded; the rollback is retried."""
+    await seed(prometheus, unique_job)
+    server = StandIn()  # not started: connection refused
+    router = DedupRouter(server)
+    cfg = config(tmp_path, unique_job, prometheus.url, server.url)
+    seen: list[dict[str, Any]] = []
+    try:
+        async with running_daemon(cfg), client_for(cfg) as client:
+            await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+            state = await wait_for_state(
+                client, KEY, lambda s: _note(seen, s) and s["phase"] == "Failed"
+            )
+            assert state["routePending"] and state["reason"].startswith("router mesh: "), state
+            await server.start()
+            state = await wait_for_state(client, KEY, lambda s: not s["routePending"])
+    finally:
+        await server.stop()
+    assert all(s["canaryWeight"] == 0 for s in seen), [s["canaryWeight"] for s in seen]
+    assert [s["failedChecks"] for s in seen] == sorted(s["failedChecks"] for s in seen)
+    assert state["failedChecks"] == THRESHOLD
+    assert router.applied[KEY] == (100, 0)
+    assert [b["action"] for b in router.keys.values()] == ["rollback"]
+
+
+async def test_router_refusing_the_promotion_never_records_it(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str
+) -> None:
+    """While the router answers 503 to promote, the canary is never Promoting nor Succeeded."""
+    await seed(prometheus, unique_job)
+    async with StandIn() as server:
+        router = DedupRouter(server)
+        dedupe = server.handler
+
+        async def refuse_promote(request: web.Request, body: bytes) -> web.StreamResponse:
+            if request.path == "/routes" and json.loads(body)["action"] == "promote":
+                return web.Response(status=503, text="deployer busy")
+            return await dedupe(request, body)
+
+        server.handler = refuse_promote
+        cfg = config(tmp_path, unique_job, prometheus.url, server.url, threshold=10)
+        seen: list[dict[str, Any]] = []
+        async with running_daemon(cfg), client_for(cfg) as client:
+            await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+            refused = await wait_for_state(
+                client, KEY, lambda s: _note(seen, s) and s["failedChecks"] >= 3
+            )
+            server.handler = dedupe
+            final = await finished(client, "v2")
+    assert {s["phase"] for s in seen} == {"Progressing"}, {s["phase"] for s in seen}
+    assert refused["canaryWeight"] == 50 and "HTTP 503: deployer busy" in refused["reason"]
+    assert (final["phase"], final["canaryWeight"]) == ("Succeeded", 0)
+    actions = [(b["action"], b["canaryWeight"]) for b in router.keys.values()]
+    assert actions == [("route", 25), ("route", 50), ("promote", 50), ("route", 0)]
+    assert router.applied[KEY] == (100, 0)
+
+
+# --------------------------------------------------------------------------- receivers
+
+
+async def _refuse(server: StandIn) -> None:
+    await server.stop()
+
+
+async def _fail(server: StandIn) -> None:
+    async def fail(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.Response(status=503, text="down for maintenance")
+
+    server.handler = fail
+
+
+async def _hang(server: StandIn) -> None:
+    async def hang(request: web.Request, body: bytes) -> web.StreamResponse:
+        await server.hang(30)
+        return web.Response(text="late")
+
+    server.handler = hang
+
+
+RECEIVER_FAULTS: dict[str, Callable[[StandIn], Any]] = {
+    "refused": _refuse,
+    "http-503": _fail,
+    "hanging": _hang,
+}
+
+
+def outbox(db: Path) -> list[tuple[str, str, str]]:
+    """(key, target, status) of every outbox row, oldest first."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT idem, target, status FROM outbox ORDER BY id").fetchall()
+    return [tuple(r) for r in rows]
+
+
+@pytest.mark.parametrize("fault", list(RECEIVER_FAULTS), ids=list(RECEIVER_FAULTS))
+async def test_receivers_down_outbox_holds_then_drains_in_order(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str, fault: str
+) -> None:
+    """With receivers down a rollout still ends; its messages wait, then all arrive in order."""
+    await seed(prometheus, unique_job)
+    async with StandIn() as router, StandIn() as hooks:
+        await RECEIVER_FAULTS[fault](hooks)
+        cfg = config(tmp_path, unique_job, prometheus.url, router.url, hooks_url=hooks.url)
+        db = tmp_path / "state.db"
+        async with running_daemon(cfg), client_for(cfg) as client:
+            await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+            state = await finished(client, "v2", within=10)
+            await anyio.sleep(1.0)  # several retry rounds
+            held = outbox(db)
+            hooks.handler = _ok
+            if fault == "refused":
+                await hooks.start()
+            await eventually(
+                lambda: anyio.to_thread.run_sync(outbox, db),
+                lambda rows: all(r[2] == "sent" for r in rows),
+                within=15,
+            )
+    assert state["phase"] == "Succeeded"
+    assert held and {r[2] for r in held} == {"pending"}, held
+    # only the oldest pending message is ever tried, so first arrivals follow the outbox order
+    first_seen = list(dict.fromkeys(r.headers["Idempotency-Key"] for r in hooks.requests))
+    assert first_seen == [r[0] for r in outbox(db)], "not delivered in order, or not all"
+    targets = {r[1] for r in held}
+    assert targets == {"alert:pager", "hook:events", "hook:post"}
+
+
+async def _ok(request: web.Request, body: bytes) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+# --------------------------------------------------------------------------- state store
+
+
+def _read_only(db: sqlite3.Connection, on: bool) -> None:
+    db.execute(f"PRAGMA query_only = {'ON' if on else 'OFF'}")
+
+
+def _disk_full(db: sqlite3.Connection, on: bool) -> None:
+    """Cap the file at its size and fill the free room of the history tables (on), or undo it.
+
+    SQLite answers SQLITE_FULL ("database or disk is full") once a write needs a
+    page beyond ``max_page_count``, as it does when the disk itself is full.
+    """
+    if not on:
+        db.execute("PRAGMA max_page_count = 1073741823")
+        for table in FILLED:
+            db.execute(f"DELETE FROM {table} WHERE key = '~filler'")
+        return
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    for insert in FILLED.values():
+        size = 4096
+        while size:
+            try:
+                db.execute(insert, (size,))
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                size //= 2
+
+
+FILLED = {
+    "checks": "INSERT INTO checks(key, time, record) VALUES ('~filler', 0, zeroblob(?))",
+    "events": "INSERT INTO events(key, time, name, level, event) "
+    "VALUES ('~filler', 0, 'filler', 'info', zeroblob(?))",
+}
+"""Tables a decision writes to, and how to fill the room left in their pages."""
+
+
+STORE_FAULTS = {"read-only": _read_only, "disk-full": _disk_full}
+
+
+async def _store_fault(daemon: Daemon, fault: str, on: bool) -> None:
+    """Apply or lift a fault on the daemon's own store connection (its worker thread)."""
+    store: SqliteStore = daemon.services.store
+    await store._run(STORE_FAULTS[fault], store.db, on)
+
+
+def _stored(db: Path) -> dict[str, Any]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        (raw,) = conn.execute("SELECT state FROM canaries WHERE key=?", (KEY,)).fetchone()
+    state: dict[str, Any] = json.loads(raw)
+    return state
+
+
+@pytest.mark.parametrize("fault", list(STORE_FAULTS), ids=list(STORE_FAULTS))
+async def test_unwritable_store_holds_the_canary_then_recovers(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str, fault: str
+) -> None:
+    """An unwritable store freezes state and traffic, logs state.persist_failed, then recovers."""
+    await seed(prometheus, unique_job)
+    async with StandIn() as server:
+        router = DedupRouter(server)
+        cfg = config(tmp_path, unique_job, prometheus.url, server.url, max_weight=75)
+        db = tmp_path / "state.db"
+        with capture_logs() as logs:
+            async with running_daemon(cfg) as daemon, client_for(cfg) as client:
+                await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+                held = await wait_for_state(client, KEY, lambda s: s["canaryWeight"] == 25)
+                await _store_fault(daemon, fault, True)
+                during = await _watch(client, router, seconds=1.5)
+                on_disk = await anyio.to_thread.run_sync(_stored, db)
+                status, body = await _post(api_url(cfg), f"{KEY}/pause")
+                await _store_fault(daemon, fault, False)
+                final = await finished(client, "v2")
+    assert {(s["phase"], s["canaryWeight"], s["failedChecks"]) for s, _ in during} == {
+        (held["phase"], 25, held["failedChecks"])
+    }
+    assert {w for _, w in during} == {(75, 25)}, "the router moved on unpersisted state"
+    assert (on_disk["canary_weight"], on_disk["phase"]) == (25, "Progressing")
+    assert status == 503 and "state store" in body["error"], (status, body)
+    persist_failed = [e for e in logs if e["event"] == "state.persist_failed"]
+    assert persist_failed and all(e["log_level"] == "error" for e in persist_failed)
+    assert (final["phase"], final["failedChecks"]) == ("Succeeded", held["failedChecks"])
+    assert router.applied[KEY] == (100, 0) and not router.conflicts
+    assert not crashes(logs)
+
+
+async def _watch(
+    client: Client, router: DedupRouter, seconds: float
+) -> list[tuple[dict[str, Any], tuple[int, int]]]:
+    """Poll the API and the router's applied weights for ``seconds``."""
+    out = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out.append((await client.get(KEY), router.applied[KEY]))
+        await anyio.sleep(0.05)
+    return out
+
+
+async def _post(url: str, path: str) -> tuple[int, Any]:
+    """POST a command with the token; return status and JSON body."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/api/v1/canaries/{path}", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
