@@ -23,6 +23,7 @@ bodies, never a credential.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -228,15 +229,16 @@ class Prometheus:
         if self._slots is None:
             self._slots = anyio.Semaphore(_pool_size(self._session))
         slots = self._slots
-        try:
+        if slots.value:
             slots.acquire_nowait()
-        except anyio.WouldBlock:
-            with anyio.move_on_after(limit) as waited:
+            return slots
+        try:  # asyncio's timeout: an anyio cancel scope per queued query costs more than it
+            async with asyncio.timeout(limit):
                 await slots.acquire()
-            if waited.cancelled_caught:
-                raise _TransientError(
-                    f"no connection to prometheus came free within {limit:g}s"
-                ) from None
+        except TimeoutError:
+            raise _TransientError(
+                f"no connection to prometheus came free within {limit:g}s"
+            ) from None
         return slots
 
     async def _post(
