@@ -97,3 +97,27 @@ def prometheus(
 def unique_job() -> str:
     """A ``job`` label value no other test uses (the Prometheus is shared)."""
     return f"web-canary-{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- shared seams
+# A real SQLite store and an HTTP session, for tests that drive runners and the outbox.
+
+import aiohttp  # noqa: E402
+
+from canaryd.store import SqliteStore  # noqa: E402
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """A real SQLite store in a temporary directory."""
+    s = SqliteStore(tmp_path / "state.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session, closed after the test."""
+    async with aiohttp.ClientSession() as s:
+        yield s

@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,22 +119,6 @@ def audited(names: list[str], url: str, **hook: Any) -> list[dict[str, Any]]:
         }
         for n in names
     ]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """A real SQLite store in a temporary directory."""
-    s = SqliteStore(tmp_path / "state.db")
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The HTTP session deliveries go through."""
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def services(

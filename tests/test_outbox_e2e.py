@@ -11,21 +11,19 @@ a second daemon on the same state file delivers the alert under the stored key.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import anyio
 import pytest
+from daemons import daemon_process
 from receiver import Receiver
 
 pytestmark = pytest.mark.anyio
@@ -109,25 +107,6 @@ def write_config(tmp_path: Path, *, listen: int, prom: str, router: str, chat_po
     return path
 
 
-@contextmanager
-def daemon(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m canaryd run -c config`` with JSON logs appended to ``log``; killed on exit."""
-    env = {**os.environ, "CANARYD_LOG_FORMAT": "json"}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "canaryd", "run", "-c", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
 async def wait_ready(
     session: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]
 ) -> None:
@@ -185,7 +164,7 @@ async def test_alert_pending_at_sigkill_is_delivered_after_restart(tmp_path: Pat
             tmp_path, listen=listen, prom=prom.url, router=router.url, chat_port=chat_port
         )
         api = f"http://127.0.0.1:{listen}"
-        with daemon(config, log) as first:
+        with daemon_process(config, log) as first:
             await wait_ready(session, api, first)
             async with session.post(
                 f"{api}/api/v1/canaries/prod/web/rollouts",
@@ -208,7 +187,7 @@ async def test_alert_pending_at_sigkill_is_delivered_after_restart(tmp_path: Pat
         assert router.requests[-1].json["action"] == "rollback"
 
         async with Receiver(port=chat_port) as chat:
-            with daemon(config, log) as second:
+            with daemon_process(config, log) as second:
                 await wait_ready(session, api, second)
                 chat.wait_limit = 15.0
                 await chat.wait_for(1)
