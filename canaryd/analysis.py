@@ -161,6 +161,8 @@ class CanaryState:
     finished_at: float | None = None
     reason: str | None = None
     route_pending: bool = False
+    match_routed: bool = False
+    """A/B: the router has the ``match`` rules, so the canary gets its users."""
     seq: int = 0
     """Decisions persisted so far (set by the runtime); numbers idempotency keys so
     that no key repeats, even after a restart."""
@@ -241,6 +243,11 @@ def _at_last_step(analysis: Analysis, state: CanaryState) -> bool:
     return state.iteration + 1 >= analysis.iterations
 
 
+def _has_traffic(analysis: Analysis, state: CanaryState) -> bool:
+    """Blue/green: the canary has test traffic; A/B: once the router has the match rules."""
+    return analysis.strategy != "ab" or state.match_routed
+
+
 def _gate_timeout(analysis: Analysis, kind: WebhookType) -> float | None:
     limits = [w.gateTimeout for w in _hooks(analysis, kind) if w.gateTimeout is not None]
     return min(limits) if limits else None
@@ -260,7 +267,9 @@ def needs(spec: CanaryConfig, state: CanaryState) -> Needs:
         if _at_last_step(a, state)
         else (WebhookType.CONFIRM_TRAFFIC_INCREASE if a.strategy == "canary" else None)
     )
-    checks = a.strategy != "canary" or state.canary_weight > 0
+    if a.strategy == "ab" and not state.match_routed:
+        gate = None  # this tick only routes the matched users; nothing to judge yet
+    checks = state.canary_weight > 0 if a.strategy == "canary" else _has_traffic(a, state)
     pre = not state.pre_rollout_done and bool(_hooks(a, WebhookType.PRE_ROLLOUT))
     return Needs(rollback_hooks=True, gate=gate, pre_rollout=pre, checks=checks)
 
@@ -357,6 +366,9 @@ def _advance(
 ) -> tuple[CanaryState, list[Effect]]:
     """A passing check: next step, or promotion, each behind its gate."""
     a = spec.analysis
+    if not _has_traffic(a, state):  # A/B: the first passing tick routes the matched users
+        new = replace(state, match_routed=True)
+        return new, [Route("route", 100, 0, tuple(a.match))]
     if need.gate is WebhookType.CONFIRM_PROMOTION:
         if not obs.gate_open:
             return _wait_gate(
@@ -418,8 +430,6 @@ def _progress(spec: CanaryConfig, state: CanaryState, obs: Observation, now: flo
     effects: list[Effect] = []
     if need.pre_rollout and all(h.ok for h in obs.pre_rollout):
         state = replace(state, pre_rollout_done=True)
-    if state.ticks == 1 and spec.analysis.strategy == "ab":
-        effects.append(Route("route", 100, 0, tuple(spec.analysis.match)))
     state, more = _apply_outcome(spec, state, need, obs, verdict, now)
     effects += more
     outcome, reason = verdict[0], verdict[1]
@@ -561,12 +571,14 @@ def start_rollout(
         rollout_id=rollout_id,
         metadata=dict(metadata),
         started_at=now,
-        gate="rollout" if gated else None,
+        gate=WebhookType.CONFIRM_ROLLOUT.value if gated else None,
         gate_since=now if gated else None,
     )
     effects: list[Effect] = [_event(spec, new, "rollout.started", now, metadata=dict(metadata))]
     if gated:
-        effects.append(_event(spec, new, "rollout.waiting", now, gate="rollout"))
+        effects.append(
+            _event(spec, new, "rollout.waiting", now, gate=WebhookType.CONFIRM_ROLLOUT.value)
+        )
     return Decision(new, tuple(effects))
 
 
@@ -624,7 +636,9 @@ def resume(spec: CanaryConfig, state: CanaryState, now: float) -> Decision:
     """
     if state.phase is not Phase.PAUSED or state.paused_phase is None:
         raise CommandError(f"{spec.key} is not paused (phase {state.phase.value})")
-    new = replace(state, phase=state.paused_phase, paused_phase=None)
+    # time spent paused does not count towards a gate's gateTimeout
+    since = now if state.gate is not None else None
+    new = replace(state, phase=state.paused_phase, paused_phase=None, gate_since=since)
     return Decision(new, (_event(spec, new, "rollout.resumed", now),))
 
 

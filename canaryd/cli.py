@@ -179,7 +179,7 @@ async def _client_command(args: argparse.Namespace) -> int:
             )
             print(f"{key}: rollout of {args.revision} started ({state['phase']})")
             if args.wait:
-                return await _follow(client, key, args.timeout)
+                return await _follow(client, key, args.timeout, state.get("rolloutId"))
             return 0
         path = (
             f"{key}/gates/{args.gate}/approve"
@@ -211,13 +211,51 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _follow(client: Any, key: str, wait_for: float) -> int:
-    """Print progress until the rollout ends; 0 promoted, 1 rolled back, 3 timeout."""
+FOLLOW_OUTAGE_SECONDS = 120.0
+"""How long ``rollout --wait`` keeps trying while the daemon is unreachable (a restart)."""
+
+
+async def _poll(client: Any, key: str, lost: list[float]) -> dict[str, Any] | None:
+    """One status poll; None while the daemon is briefly unreachable.
+
+    Raises:
+        ClientError: unreachable for longer than FOLLOW_OUTAGE_SECONDS, or an error answer.
+    """
+    try:
+        state: dict[str, Any] = await client.get(key)
+    except ClientError as exc:
+        if "cannot reach canaryd" not in str(exc):
+            raise
+        if not lost:
+            lost.append(time.monotonic())
+            print(f"{key}: lost contact with canaryd; retrying ({exc})", file=sys.stderr)
+        if time.monotonic() - lost[0] > FOLLOW_OUTAGE_SECONDS:
+            raise
+        return None
+    lost.clear()
+    return state
+
+
+async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None) -> int:
+    """Print progress until the rollout ends; 0 promoted, 1 rolled back or replaced, 3 timeout.
+
+    A daemon restart during the wait is ridden out (the rollout resumes after it).
+    """
     from canaryd.client import progress_line
 
     deadline, last = time.monotonic() + wait_for, ""
+    lost: list[float] = []
     while time.monotonic() < deadline:
-        state = await client.get(key)
+        state = await _poll(client, key, lost)
+        if state is None:
+            await anyio.sleep(1.0)
+            continue
+        if rollout_id and state.get("rolloutId") != rollout_id:
+            print(
+                f"{key}: this rollout was replaced by rollout {state.get('rolloutId')} "
+                f"of revision {state.get('revision')}"
+            )
+            return 1
         line = progress_line(state)
         if line != last:
             print(line, flush=True)

@@ -57,7 +57,7 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             async with self._session.request(method, url, json=body, headers=headers) as resp:
-                text = await resp.text()
+                text = (await resp.read()).decode("utf-8", "replace")
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ClientError(
@@ -67,11 +67,13 @@ class Client:
         try:
             data = json.loads(text)
         except ValueError:
-            data = {"error": text[:200]}
+            data = None
         if status >= 400:
             message = data.get("error", text[:200]) if isinstance(data, dict) else text[:200]
             hint = " (set CANARYD_TOKEN or --token-file)" if status == 401 else ""
             raise ClientError(f"{message} (HTTP {status}){hint}")
+        if not isinstance(data, dict):  # a proxy's sign-in page, another service on the port
+            raise ClientError(f"{url} did not answer like canaryd: {text[:200]!r}")
         return data
 
 

@@ -402,7 +402,10 @@ class Analysis(Model):
             return [w for w in self.stepWeights if w <= cap]
         step = self.stepWeight or 0
         cap = self.maxWeight or 100
-        return list(range(step, cap + 1, step)) if step else []
+        if not step:
+            return []
+        weights = list(range(step, cap + 1, step))
+        return weights if weights and weights[-1] == cap else [*weights, cap]
 
 
 class AlertSpec(Model):

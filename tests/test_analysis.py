@@ -331,6 +331,39 @@ def test_gate_timeout_fails_the_rollout(gate_type: str, phase: Phase) -> None:
     assert "gate.timed_out" in names(d)
 
 
+def test_confirm_rollout_gate_times_out_from_the_start_and_is_announced_once() -> None:
+    """The confirm-rollout gate's clock starts with the rollout; waiting is announced once."""
+    spec = canary(
+        webhooks=[
+            {"name": "g", "type": "confirm-rollout", "url": "http://h/", "gateTimeout": "10s"}
+        ]
+    )
+    d = core.decide(spec, started(spec), Observation(gate_open=False), 5.0)
+    assert names(d) == [] and d.state.gate_since == 0.0
+    d = core.decide(spec, d.state, Observation(gate_open=False), 10.0)
+    assert d.state.phase is Phase.FAILED
+
+
+def test_time_spent_paused_does_not_count_towards_a_gate_timeout() -> None:
+    """Resuming a rollout paused at a closed gate restarts the gate's timeout."""
+    spec = canary(
+        webhooks=[
+            {
+                "name": "g",
+                "type": "confirm-traffic-increase",
+                "url": "http://h/",
+                "gateTimeout": "10s",
+            }
+        ]
+    )
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    state = core.decide(spec, state, replace(ok(), gate_open=False), 2.0).state
+    paused = core.pause(spec, state, 3.0).state
+    resumed = core.resume(spec, paused, 3600.0).state
+    d = core.decide(spec, resumed, replace(ok(), gate_open=False), 3601.0)
+    assert d.state.phase is Phase.PROGRESSING and d.state.gate == "confirm-traffic-increase"
+
+
 def test_manual_approval_opens_a_gate_once() -> None:
     """An approval is recorded in state and used up by the step it let through."""
     spec = canary(webhooks=[{"name": "m", "type": "confirm-traffic-increase"}])
@@ -361,12 +394,42 @@ def test_blue_green_runs_iterations_then_switches_and_promotes() -> None:
 
 
 def test_ab_routes_matched_users_to_the_canary() -> None:
-    """iterations with match: the first tick hands the match rules to the router."""
+    """iterations with match: the first tick hands the match rules to the router, unjudged."""
     match = [{"headers": {"x-canary": {"exact": "insider"}}}]
     spec = canary(stepWeight=None, maxWeight=None, iterations=2, match=match)
-    d = core.decide(spec, started(spec), ok(), 1.0)
+    assert not core.needs(spec, started(spec)).checks
+    d = core.decide(spec, started(spec), Observation(), 1.0)
     assert routes(d) == [Route("route", 100, 0, tuple(match))]
-    assert d.state.iteration == 1
+    assert d.state.iteration == 0 and d.state.failed_checks == 0
+    d = core.decide(spec, d.state, ok(), 2.0)
+    assert routes(d) == [] and d.state.iteration == 1
+
+
+def test_ab_routes_matched_users_after_the_confirm_rollout_gate() -> None:
+    """A/B behind a confirm-rollout gate still routes the matched users before judging."""
+    match = [{"headers": {"x-canary": {"exact": "insider"}}}]
+    spec = canary(
+        stepWeight=None,
+        maxWeight=None,
+        iterations=2,
+        match=match,
+        webhooks=[{"name": "go", "type": "confirm-rollout", "url": "http://h/"}],
+    )
+    state = core.decide(spec, started(spec), Observation(gate_open=False), 1.0).state
+    state = core.decide(spec, state, Observation(gate_open=True), 2.0).state
+    d = core.decide(spec, state, ok(), 3.0)
+    assert routes(d) == [Route("route", 100, 0, tuple(match))]
+
+
+def test_ab_match_route_refused_by_the_router_is_sent_again() -> None:
+    """When the router refuses the match rules, the next tick routes them again."""
+    match = [{"headers": {"x-canary": {"exact": "insider"}}}]
+    spec = canary(stepWeight=None, maxWeight=None, iterations=2, match=match)
+    d = core.decide(spec, started(spec), Observation(), 1.0)
+    before = replace(started(spec), ticks=d.state.ticks)  # what the runtime keeps
+    state = core.router_failed(spec, before, "down", 1.0).state
+    d = core.decide(spec, state, ok(), 2.0)
+    assert routes(d) == [Route("route", 100, 0, tuple(match))]
 
 
 def test_step_weight_promotion_moves_traffic_back_in_steps() -> None:
@@ -552,3 +615,18 @@ def test_compare_query_error_fails_the_check() -> None:
     obs = Observation(compare=(core.CompareSeries(cfg.to_config("latency"), error="timeout"),))
     d = core.decide(spec, state, obs, 2.0)
     assert d.state.reason == "latency: timeout"
+
+
+@pytest.mark.parametrize(
+    ("keys", "weights"),
+    [
+        ({"stepWeight": 10, "maxWeight": 50}, [10, 20, 30, 40, 50]),
+        ({"stepWeight": 30, "maxWeight": 50}, [30, 50]),
+        ({"stepWeight": 40}, [40, 80, 100]),
+        ({"stepWeights": [5, 25, 60], "maxWeight": 30}, [5, 25]),
+    ],
+    ids=["dividing-step", "step-stops-at-maxWeight", "default-max-100", "stepWeights-capped"],
+)
+def test_weights_end_exactly_at_max_weight(keys: dict[str, Any], weights: list[int]) -> None:
+    """The walk never exceeds maxWeight and always reaches it with stepWeight."""
+    assert canary(**{"stepWeight": None, "maxWeight": None, **keys}).analysis.weights == weights

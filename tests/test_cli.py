@@ -10,6 +10,8 @@ from pathlib import Path
 import anyio.to_thread
 import pytest
 import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from daemons import api_url, running_daemon
 from service_helpers import backends, canary, eventually, service_config
 
@@ -153,6 +155,21 @@ async def test_unreachable_daemon_exits_2(cli: Cli) -> None:
     assert (code, out) == (2, "")
     assert err.startswith("canaryd: cannot reach canaryd at http://127.0.0.1:9/api/v1/canaries")
     assert err.rstrip().endswith("(is it running? set --url or CANARYD_URL)")
+
+
+async def test_a_non_canaryd_answer_exits_2(cli: Cli) -> None:
+    """A 2xx answer that is not canaryd's JSON (a proxy page) is a one-line error, no traceback."""
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<html>sign in</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", page)
+    async with TestServer(app) as server:
+        cli.url = str(server.make_url(""))
+        code, out, err = await cli("abort", "prod/web")
+    assert (code, out) == (2, "")
+    assert "did not answer like canaryd" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,72 @@
+"""`canaryd rollout --wait` follows a rollout through daemon restarts and replacements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from canaryd.cli import _follow
+from canaryd.errors import ClientError
+
+pytestmark = pytest.mark.anyio
+
+
+class ScriptedClient:
+    """Answers GETs from a script: a dict is a canary state, an exception is raised."""
+
+    def __init__(self, script: list[dict[str, Any] | Exception]) -> None:
+        """Keep the script; the last entry repeats."""
+        self.script = script
+
+    async def get(self, key: str) -> dict[str, Any]:
+        """The next scripted answer."""
+        item = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def state(phase: str, rollout: str = "r1", **kw: Any) -> dict[str, Any]:
+    """A canary state as the API returns it."""
+    base = {
+        "namespace": "prod",
+        "name": "web",
+        "phase": phase,
+        "revision": "v2",
+        "rolloutId": rollout,
+        "canaryWeight": 20,
+        "failedChecks": 0,
+        "threshold": 5,
+        "iterations": 0,
+        "iteration": 0,
+        "gate": None,
+        "reason": None,
+    }
+    base.update(kw)
+    return base
+
+
+DOWN = ClientError("cannot reach canaryd at http://127.0.0.1:9879/api/v1/canaries: refused")
+
+
+async def test_wait_rides_out_a_daemon_restart(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreachable daemon for a moment (a restart) does not fail the pipeline."""
+    client = ScriptedClient([state("Progressing"), DOWN, DOWN, state("Succeeded")])
+    assert await _follow(client, "prod/web", 30, "r1") == 0
+    err = capsys.readouterr().err
+    assert err.count("lost contact with canaryd") == 1
+
+
+async def test_wait_fails_when_the_rollout_is_replaced(capsys: pytest.CaptureFixture[str]) -> None:
+    """A different rollout taking over the canary ends the wait with exit 1, saying so."""
+    client = ScriptedClient([state("Progressing"), state("Progressing", rollout="r2")])
+    assert await _follow(client, "prod/web", 30, "r1") == 1
+    assert "was replaced by rollout r2" in capsys.readouterr().out
+
+
+async def test_wait_reports_an_error_answer_at_once() -> None:
+    """An error answer (not an outage) is not retried."""
+    client = ScriptedClient([ClientError("no canary prod/web (HTTP 404)")])
+    with pytest.raises(ClientError, match="HTTP 404"):
+        await _follow(client, "prod/web", 30, "r1")
