@@ -323,8 +323,9 @@ class BenchRunner(CanaryRunner):
             elif any(m.value is None for m in obs.metrics):
                 probe.errors += 1
                 for m in obs.metrics:
-                    reason = (m.error or "no data")[:60]
-                    probe.reasons[reason] = probe.reasons.get(reason, 0) + 1
+                    if m.value is None:  # not the metric of the same check that answered
+                        reason = (m.error or "no data")[:60]
+                        probe.reasons[reason] = probe.reasons.get(reason, 0) + 1
         return obs
 
 

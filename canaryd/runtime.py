@@ -203,7 +203,9 @@ class CanaryRunner:
     def __post_init__(self) -> None:
         """Resolve metric queries once; they change only with the config."""
         self.metrics = resolve_metrics(self.services.settings, self.spec)
-        self._lock = anyio.Lock()
+        # fast_acquire: a free lock is taken without a trip through the event loop (a
+        # cancel-shielded checkpoint per tick, ~4 % of a saturated daemon's CPU)
+        self._lock = anyio.Lock(fast_acquire=True)
         self._wake = anyio.Event()
 
     @property

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -23,7 +24,7 @@ from structlog.testing import capture_logs
 from canaryd.config import PrometheusProvider
 from canaryd.errors import ProviderError
 from canaryd.providers import build_provider
-from canaryd.providers.prometheus import MAX_BODY_BYTES, Prometheus
+from canaryd.providers.prometheus import MAX_BODY_BYTES, Prometheus, _form_body
 
 SEVERAL = "a metric query must return exactly one (aggregate with sum() or similar)"
 
@@ -568,3 +569,19 @@ async def test_factory_builds_prometheus(anyio_backend: str) -> None:
     async with aiohttp.ClientSession() as session:
         cfg = PrometheusProvider(type="prometheus")
         assert isinstance(build_provider(cfg, session), Prometheus)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"query": 'sum(rate(http_requests_total{job="a b",code!~"5.."}[1m])) + 1 / 2 * 3'},
+        {"query": "".join(chr(c) for c in range(128))},
+        {"query": 'up{job="café"} % ☃'},
+        {"query": "x", "start": "1.000", "end": "2.000", "step": "1e+06"},
+        {"query": ""},
+    ],
+    ids=["promql", "every-ascii-char", "non-ascii", "range-form", "empty"],
+)
+def test_form_body_is_urlencode(form: dict[str, str]) -> None:
+    """The request body is byte for byte what ``urlencode`` makes of the form."""
+    assert _form_body(form) == urlencode(form).encode()

@@ -1,0 +1,70 @@
+"""The canary event log line: the fast JSON path writes what structlog's chain would."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from canaryd import logs
+from canaryd.events import Event
+
+
+class _Opaque:
+    def __repr__(self) -> str:
+        return "Opaque()"
+
+
+EVENT = Event(
+    "analysis.tick",
+    "shop/checkout",
+    "v2",
+    "progressing",
+    1.0,
+    {"metrics": [{"name": "p99", "value": "inf", "min": None, "max": 500.0}], "x": _Opaque()},
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Leave structlog's configuration and context as the test found them."""
+    config = structlog.get_config()
+    yield
+    structlog.contextvars.clear_contextvars()
+    structlog.configure(**config)
+    logs._fast = None
+
+
+def _line(fast: bool, level: str = "info") -> str:
+    out = io.StringIO()
+    logs.configure("json", level, out)
+    if not fast:
+        logs._fast = None  # structlog's own processor chain
+    structlog.contextvars.bind_contextvars(canary="checkout", revision="v1", request="r-1")
+    logs.log_event(EVENT)
+    return out.getvalue()
+
+
+def test_fast_line_is_structlogs_line() -> None:
+    """The fast path writes the same JSON object (timestamp aside) as structlog's chain."""
+    fast, slow = json.loads(_line(fast=True)), json.loads(_line(fast=False))
+    assert fast.pop("timestamp").endswith("Z") and slow.pop("timestamp").endswith("Z")
+    assert fast == slow
+    assert fast["revision"] == "v2" and fast["request"] == "r-1" and fast["x"] == "Opaque()"
+
+
+def test_fast_path_respects_the_level() -> None:
+    """An info event is not written when the configured level is warning."""
+    assert _line(fast=True, level="warning") == ""
+
+
+def test_captured_logs_see_events() -> None:
+    """``capture_logs`` still receives canary events after JSON logging was configured."""
+    logs.configure("json", "info", io.StringIO())
+    with capture_logs() as captured:
+        logs.log_event(EVENT)
+    assert [e["event"] for e in captured] == ["analysis.tick"]
