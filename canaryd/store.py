@@ -31,6 +31,9 @@ HISTORY_KEEP = 100
 EVENTS_KEEP = 500
 """Events kept per canary."""
 
+SENT_KEEP_SECONDS = 7 * 86400.0
+"""How long delivered outbox messages are kept (dead letters are kept until removed by hand)."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS canaries (
     key TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL);
@@ -438,10 +441,12 @@ class SqliteStore:
         rows = await self._run(lambda: self.db.execute(sql, (key, limit)).fetchall())
         return [json.loads(r[0]) for r in rows]
 
-    async def prune(self) -> None:
-        """Drop check records and events beyond what is kept per canary."""
+    async def prune(self, now: float | None = None) -> None:
+        """Drop check records and events beyond what is kept per canary, and old sent messages."""
+        cutoff = (time.time() if now is None else now) - SENT_KEEP_SECONDS
 
         def _prune() -> None:
+            self.db.execute("DELETE FROM outbox WHERE status='sent' AND created < ?", (cutoff,))
             for table, keep in (("checks", HISTORY_KEEP), ("events", EVENTS_KEEP)):
                 self.db.execute(
                     f"DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, "

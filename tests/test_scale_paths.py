@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from canaryd.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.errors import StoreError
 from canaryd.runtime import first_delay
-from canaryd.store import SqliteStore, dumps, state_to_dict
+from canaryd.store import SENT_KEEP_SECONDS, OutboxMessage, SqliteStore, dumps, state_to_dict
 
 pytestmark = pytest.mark.anyio
 
@@ -178,3 +179,19 @@ def test_state_encoding_keeps_every_field() -> None:
 def test_dumps_writes_non_finite_floats_as_strings(value: Any, text: str) -> None:
     """NaN and infinities are stored as strings; finite values as plain JSON."""
     assert dumps(value) == text
+
+
+async def test_prune_drops_old_sent_messages_but_keeps_pending_and_dead(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """prune removes delivered outbox rows older than a week; pending and dead ones stay."""
+    messages = [OutboxMessage("prod/web", f"k{i}", "hook:audit", {"n": i}) for i in range(3)]
+    await store.save("prod/web", CanaryState(), None, [], messages)
+    rows = await store.due(time.time() + 1)
+    await store.mark(rows[0].id, "sent")
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("UPDATE outbox SET status='dead' WHERE idem='k1'")
+    await store.prune(now=time.time() + SENT_KEEP_SECONDS + 60)
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        left = sorted(db.execute("SELECT idem, status FROM outbox").fetchall())
+    assert left == [("k1", "dead"), ("k2", "pending")]
