@@ -45,12 +45,17 @@ class MetricValue:
     error: str | None = None
     on_no_data: OnNoData = OnNoData.FAIL
 
+    @property
+    def json_value(self) -> float | str | None:
+        """The value as JSON can carry it (NaN/Inf become strings)."""
+        v = self.value
+        return v if v is None or math.isfinite(v) else str(v)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (NaN/Inf become strings)."""
-        v = self.value
         out: dict[str, Any] = {
             "name": self.name,
-            "value": v if v is None or math.isfinite(v) else str(v),
+            "value": self.json_value,
             "min": self.min,
             "max": self.max,
         }
@@ -144,7 +149,7 @@ def _failed_hook(results: tuple[HookResult, ...], what: str, **extra: Any) -> Ve
 
 def _metric_verdict(m: MetricValue) -> Verdict:
     outcome, reason = judge_metric(m)
-    fields = {"metric": m.name, "value": m.as_dict()["value"], "min": m.min, "max": m.max}
+    fields = {"metric": m.name, "value": m.json_value, "min": m.min, "max": m.max}
     if m.error:
         fields["error"] = m.error
     return outcome, reason, fields

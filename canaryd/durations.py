@@ -44,19 +44,3 @@ def parse_duration(text: str | int | float) -> float:
     if pos != len(s) or not s:
         raise ValueError(f"invalid duration {text!r}: expected e.g. 30s, 1m, 1h30m or 500ms")
     return total
-
-
-def format_duration(seconds: float) -> str:
-    """Format seconds the way Prometheus range selectors want them (``1m30s``, ``500ms``)."""
-    if seconds <= 0:
-        return "0s"
-    ms = round(seconds * 1000)
-    if ms % 1000:
-        return f"{ms}ms"
-    s = ms // 1000
-    out = ""
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size:
-            out += f"{s // size}{unit}"
-            s %= size
-    return out

@@ -39,7 +39,6 @@ from canaryd.analysis import (
 )
 from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
 from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
-from canaryd.events import Event
 from canaryd.judge import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
@@ -582,8 +581,3 @@ class CanaryRunner:
                     if passes(a.severity, event)
                 ]
         return out
-
-
-def describe(event: Event) -> dict[str, Any]:
-    """An event as served by the API."""
-    return event_to_dict(event)
