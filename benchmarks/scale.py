@@ -55,7 +55,8 @@ from canaryd.analysis import CanaryState, Needs, Observation, Phase
 from canaryd.config import Settings
 from canaryd.http import POOL_PER_HOST, make_session
 from canaryd.logs import configure
-from canaryd.providers import MetricsProvider, build_provider
+from canaryd.providers import MetricsProvider
+from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import build_router
 from canaryd.runtime import CanaryRunner, Services
 from canaryd.store import SqliteStore
@@ -391,7 +392,11 @@ async def build_rig(opts: Options, stack: AsyncExitStack, prom: StandIn, receive
     session = await stack.enter_async_context(make_session(opts.pool))
     rss_empty = rss_bytes()  # the empty daemon: imports, store, session
     settings = build_settings(opts, prom.url, receiver.url, tmp / "state.db")
-    providers = {n: build_provider(c, session) for n, c in settings.providers.items()}
+    providers: dict[str, MetricsProvider] = {}
+    for name, cfg in settings.providers.items():
+        provider = Prometheus(cfg, pool=opts.pool)  # what build_provider builds, pool sized
+        stack.push_async_callback(provider.aclose)
+        providers[name] = provider
     routers = {n: build_router(n, c, session) for n, c in settings.routers.items()}
     services = Services(settings, session, providers, routers, store)
     probe = Probe()

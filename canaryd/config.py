@@ -118,6 +118,16 @@ class PrometheusProvider(Model):
             raise ValueError("must be an http:// or https:// URL")
         return v.rstrip("/")
 
+    @field_validator("headers")
+    @classmethod
+    def _header_lines(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not name or any(c in name for c in "\r\n: ") or "\r" in value or "\n" in value:
+                raise ValueError(
+                    f"header {name!r}: a name is one word without ':', a value one line"
+                )
+        return v
+
 
 ProviderConfig = Annotated[PrometheusProvider, Field(discriminator="type")]
 

@@ -30,13 +30,14 @@ import anyio.abc
 import structlog
 
 from canaryd.analysis import CanaryState, Phase
-from canaryd.config import Settings, read_secret
+from canaryd.config import ProviderConfig, Settings, read_secret
 from canaryd.dispatcher import Dispatcher
 from canaryd.errors import CanarydError, ConfigError, TemplateError
 from canaryd.http import make_session
 from canaryd.loader import Loaded, load_config
 from canaryd.metrics import DaemonMetrics
 from canaryd.providers import MetricsProvider, build_provider
+from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import Router, build_router
 from canaryd.runtime import (
     MAX_OBSERVE_SECONDS,
@@ -115,6 +116,8 @@ class Daemon:
     stall_grace: float = STALL_GRACE_SECONDS
     api_token: str | None = None
     _scopes: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    _built: dict[str, tuple[ProviderConfig, Prometheus]] = field(default_factory=dict)
+    """Providers this daemon built (it closes them), by name, with their config."""
     _loops: list[tuple[_Runner, anyio.Event]] = field(default_factory=list)
     _since: dict[str, float] = field(default_factory=dict)
     _checks: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
@@ -196,6 +199,8 @@ class Daemon:
         finally:
             self.ready = False
             with anyio.CancelScope(shield=True):
+                await _close_providers([p for _, p in self._built.values()])
+                self._built.clear()
                 await store.close()
 
     async def _shutdown(self) -> None:
@@ -247,16 +252,38 @@ class Daemon:
     def _services(
         self, settings: Settings, session: aiohttp.ClientSession, store: SqliteStore
     ) -> Services:
-        providers: Mapping[str, MetricsProvider] = {
-            name: self.metrics.provider(
-                name, self.provider_overrides.get(name) or build_provider(cfg, session)
-            )
-            for name, cfg in settings.providers.items()
-        }
+        """What the runners of ``settings`` share; providers of unchanged config are kept.
+
+        Providers replaced or removed by a new config are closed a while later
+        (:meth:`_retire`), once ticks that started with them are over.
+        """
+        built: dict[str, tuple[ProviderConfig, Prometheus]] = {}
+        providers: dict[str, MetricsProvider] = {}
+        for name, cfg in settings.providers.items():
+            override = self.provider_overrides.get(name)
+            if override is None:
+                kept = self._built.get(name)
+                built[name] = (
+                    kept if kept is not None and kept[0] == cfg else (cfg, build_provider(cfg))
+                )
+            providers[name] = self.metrics.provider(name, override or built[name][1])
         routers: Mapping[str, Router] = {
             name: build_router(name, cfg, session) for name, cfg in settings.routers.items()
         }
+        current = {id(p) for _, p in built.values()}
+        retired = [p for _, p in self._built.values() if id(p) not in current]
+        self._built = built
+        if retired:
+            self._tg.start_soon(self._retire, retired)
         return Services(settings, session, providers, routers, store, on_change=self._changed)
+
+    async def _retire(self, providers: list[Prometheus]) -> None:
+        """Close providers a new config replaced, after the longest a tick may observe."""
+        try:
+            await anyio.sleep(MAX_OBSERVE_SECONDS + self.tick_grace)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _close_providers(providers)
 
     def _changed(self, key: str, state: CanaryState) -> None:
         self.metrics.changed(key, state)
@@ -476,3 +503,10 @@ async def run_daemon(config_path: Path) -> int:
             log.error("daemon.failed", error=str(failure))
         return 1
     return 0
+
+
+async def _close_providers(providers: list[Prometheus]) -> None:
+    """Close providers' connections (each within a second: nothing waits on them)."""
+    for provider in providers:
+        with anyio.move_on_after(1.0):
+            await provider.aclose()

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -394,6 +393,6 @@ async def eventually(
 
 @asynccontextmanager
 async def open_provider(cfg: PrometheusProvider) -> AsyncIterator[Prometheus]:
-    """A :class:`Prometheus` provider with its own client session, closed on exit."""
-    async with aiohttp.ClientSession() as session:
-        yield Prometheus(cfg, session)
+    """A :class:`Prometheus` provider, closed on exit."""
+    async with Prometheus(cfg) as provider:
+        yield provider

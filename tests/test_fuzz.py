@@ -556,7 +556,8 @@ async def _provider(url: str, session: aiohttp.ClientSession) -> Any:
     cfg = PrometheusProvider.model_validate(
         {"type": "prometheus", "address": url, "timeout": TIMEOUT}
     )
-    return await Prometheus(cfg, session).query("up", budget=TIMEOUT * 2)
+    async with Prometheus(cfg) as provider:
+        return await provider.query("up", budget=TIMEOUT * 2)
 
 
 CALLERS = {"webhook": _webhook, "router": _router, "notifier": _notifier, "provider": _provider}

@@ -342,16 +342,18 @@ async def test_provider_verifies_tls_unless_insecure_skip_verify_and_then_warns(
     tmp_path: Path,
 ) -> None:
     """A self-signed Prometheus fails with a TLS error naming the key; with the key, a warning."""
-    async with https_server(tmp_path, PROM_ANSWER) as url, aiohttp.ClientSession() as session:
+    async with https_server(tmp_path, PROM_ANSWER) as url:
         strict = PrometheusProvider.model_validate({"type": "prometheus", "address": url})
         with (
             capture_logs() as quiet,
             pytest.raises(ProviderError, match=r"TLS error.*insecureSkipVerify"),
         ):
-            await Prometheus(strict, session).query("up", budget=3)
+            async with Prometheus(strict) as provider:
+                await provider.query("up", budget=3)
         insecure = strict.model_copy(update={"insecureSkipVerify": True})
         with capture_logs() as loud:
-            value = await Prometheus(insecure, session).query("up", budget=3)
+            async with Prometheus(insecure) as provider:
+                value = await provider.query("up", budget=3)
     assert value == 99.5
     assert not [e for e in quiet if e["event"] == "provider.tls_insecure"]
     warnings = [e for e in loud if e["event"] == "provider.tls_insecure"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Protocol
 
 from canaryd.config import PrometheusProvider, ProviderConfig
+
+if TYPE_CHECKING:
+    from canaryd.providers.prometheus import Prometheus
 
 
 class MetricsProvider(Protocol):
@@ -35,10 +36,13 @@ class MetricsProvider(Protocol):
         ...
 
 
-def build_provider(cfg: ProviderConfig, session: aiohttp.ClientSession) -> MetricsProvider:
-    """Create the provider for a config entry (the config's ``type`` picks the class)."""
+def build_provider(cfg: ProviderConfig) -> Prometheus:
+    """Create the provider for a config entry (the config's ``type`` picks the class).
+
+    The provider holds connections of its own: close it with ``aclose()``.
+    """
     from canaryd.providers.prometheus import Prometheus
 
     if isinstance(cfg, PrometheusProvider):
-        return Prometheus(cfg, session)
+        return Prometheus(cfg)
     raise AssertionError(f"unhandled provider type {cfg!r}")  # config validation prevents this

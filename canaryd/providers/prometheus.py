@@ -23,7 +23,6 @@ bodies, never a credential.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -34,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import aiohttp
 import structlog
 from tenacity import (
     AsyncRetrying,
@@ -45,10 +43,18 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from yarl import URL
 
 from canaryd.config import PrometheusProvider, read_secret
 from canaryd.errors import ProviderError
-from canaryd.http import BODY_PREVIEW_BYTES, redact_url
+from canaryd.http import BODY_PREVIEW_BYTES, POOL_PER_HOST, USER_AGENT, redact_url
+from canaryd.providers.transport import (
+    AnswerTimeoutError,
+    Pool,
+    PoolTimeoutError,
+    TLSError,
+    TransportError,
+)
 
 MAX_BODY_BYTES = 1024 * 1024
 """Answers larger than this are refused (a metric query answers a few hundred bytes)."""
@@ -59,16 +65,8 @@ RETRY_INITIAL_WAIT = 0.1
 RETRY_MAX_WAIT = 2.0
 """Longest backoff between two attempts, in seconds."""
 
-UNPOOLED_SLOTS = 1000
-"""In-flight requests at most when the session's pool has no limit."""
-
 _PERMANENT_ERROR_TYPES = frozenset({"bad_data", "execution"})
 """Prometheus errors that say the query itself is wrong: retrying cannot help."""
-
-_FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
-
-_TIMEOUTS_KEPT = 16
-"""Distinct request timeouts a provider keeps built (budgets shorter than its timeout vary)."""
 
 log = structlog.get_logger()
 
@@ -99,24 +97,48 @@ class ProviderStats:
 class Prometheus:
     """A :class:`~canaryd.providers.MetricsProvider` backed by the Prometheus HTTP API.
 
+    Queries go over the provider's own keep-alive connections
+    (:mod:`canaryd.providers.transport`), at most ``pool`` at once; close the
+    provider with :meth:`aclose` (or use it as an async context manager).
+
     Args:
         cfg: the provider's configuration (address, timeout, auth, TLS).
-        session: the shared client session; this provider never closes it.
+        pool: connections to Prometheus at most; further queries wait for one
+            (the request's timeout starts once they have it).
     """
 
-    def __init__(self, cfg: PrometheusProvider, session: aiohttp.ClientSession) -> None:
+    def __init__(self, cfg: PrometheusProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
-        self._session = session
         self._where = redact_url(cfg.address)
         self.stats = ProviderStats()
-        self._slots: asyncio.Semaphore | None = None  # created in the event loop, on first use
-        # Without secret files the request headers never change: built once, not per query.
-        self._static_headers = (
-            None if cfg.bearer_token_file or cfg.username else {**cfg.headers, **_FORM_HEADERS}
+        url = URL(cfg.address)
+        self._url_auth = (
+            _basic(url.user or "", url.password or "") if url.user is not None else None
         )
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._pool = Pool(
+            str(url.with_user(None)),
+            limit=pool,
+            verify_tls=not cfg.insecureSkipVerify,
+            max_body=MAX_BODY_BYTES,
+            head=f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n".encode(),
+        )
+        # Without secret files the request headers never change: built once, not per query.
+        self._static_headers = None if cfg.bearer_token_file or cfg.username else self._headers()
+        self._static_head = (
+            None if self._static_headers is None else _header_lines(self._static_headers)
+        )
         if cfg.insecureSkipVerify:
             log.warning("provider.tls_insecure", address=self._where)
+
+    async def __aenter__(self) -> Prometheus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the provider's connections; queries in flight finish, new ones fail."""
+        await self._pool.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """Run an instant query and return its single value.
@@ -214,89 +236,27 @@ class Prometheus:
             ProviderError: not worth retrying.
         """
         self.stats.attempts += 1
-        url = self._cfg.address + path
-        headers = self._static_headers
-        if headers is None:
-            headers = {**self._headers(), **_FORM_HEADERS}
-        slots = await self._acquire(limit)
+        headers, head = self._static_headers, self._static_head
+        if headers is None or head is None:
+            headers = self._headers()
+            head = _header_lines(headers)
         try:
-            return await self._post(url, form, headers, limit)
-        finally:
-            slots.release()
-
-    async def _acquire(self, limit: float) -> asyncio.Semaphore:
-        """Take one of the pool's connections for an attempt; wait at most ``limit`` seconds.
-
-        In-flight requests are bounded by the connection pool, so the attempt's
-        timeout starts with a connection at hand instead of counting the time
-        spent queued for one (aiohttp's timeout includes that wait).
-
-        Returns:
-            The semaphore to release once the attempt is over.
-
-        Raises:
-            _TransientError: no connection came free within ``limit``.
-        """
-        if self._slots is None:
-            # asyncio's, not anyio's: a queued acquire of anyio.Semaphore costs an Event and
-            # a cancel scope check more, at thousands of queries per second
-            self._slots = asyncio.Semaphore(_pool_size(self._session))
-        slots = self._slots
-        if not slots.locked():  # a free slot is taken without a trip to the loop
-            await slots.acquire()
-            return slots
-        try:  # asyncio's timeout: an anyio cancel scope per queued query costs more than it
-            async with asyncio.timeout(limit):
-                await slots.acquire()
-        except TimeoutError:
+            resp = await self._pool.post(path, _form_body(form), timeout=limit, headers=head)
+        except PoolTimeoutError:
             raise _TransientError(
                 f"no connection to prometheus came free within {limit:g}s"
             ) from None
-        return slots
-
-    async def _post(
-        self, url: str, form: dict[str, str], headers: dict[str, str], limit: float
-    ) -> Any:
-        """POST the form; classify the outcome (see :meth:`_attempt`).
-
-        Raises:
-            _TransientError: worth retrying.
-            ProviderError: not worth retrying.
-        """
-        try:
-            async with self._session.post(
-                url,
-                data=_form_body(form),  # FormData's bytes, without its cost per query
-                headers=headers,
-                timeout=self._timeout(limit),
-                ssl=not self._cfg.insecureSkipVerify,
-            ) as resp:
-                body, complete = await _read_capped(resp)
-                status = resp.status
-        except TimeoutError as exc:
+        except AnswerTimeoutError as exc:
             raise _TransientError(f"prometheus did not answer within {limit:g}s") from exc
-        except aiohttp.ClientSSLError as exc:
+        except TLSError as exc:
             # a certificate problem does not go away by asking again
-            text = str(exc).replace(self._cfg.address, self._where)
             raise ProviderError(
-                f"TLS error talking to prometheus at {self._where}: {text} (insecureSkipVerify: "
+                f"TLS error talking to prometheus at {self._where}: {exc} (insecureSkipVerify: "
                 "true turns verification off; use it only for a trusted self-signed endpoint)"
             ) from exc
-        except aiohttp.ClientError as exc:
-            text = str(exc).replace(self._cfg.address, self._where)
-            raise _TransientError(
-                f"cannot reach prometheus at {self._where}: {type(exc).__name__}: {text}"
-            ) from exc
-        return _answer_data(status, _scrub(body, headers), complete)
-
-    def _timeout(self, limit: float) -> aiohttp.ClientTimeout:
-        """The request timeout of an attempt (the same few limits over and over: kept)."""
-        timeout = self._timeouts.get(limit)
-        if timeout is None:
-            if len(self._timeouts) >= _TIMEOUTS_KEPT:
-                self._timeouts.clear()
-            timeout = self._timeouts[limit] = aiohttp.ClientTimeout(total=limit)
-        return timeout
+        except TransportError as exc:
+            raise _TransientError(f"cannot reach prometheus at {self._where}: {exc}") from exc
+        return _answer_data(resp.status, _scrub(resp.body, headers), resp.complete)
 
     def _headers(self) -> dict[str, str]:
         """Request headers: configured extras plus auth (secrets read on every call).
@@ -306,6 +266,8 @@ class Prometheus:
         """
         cfg = self._cfg
         headers = dict(cfg.headers)
+        if self._url_auth is not None:
+            headers["Authorization"] = self._url_auth
         if cfg.bearer_token_file and cfg.username:
             raise ProviderError("set bearer_token_file or username/password_file, not both")
         try:
@@ -315,11 +277,35 @@ class Prometheus:
             elif cfg.username:
                 password = read_secret(cfg.password_file)
                 secret = password.get_secret_value() if password else ""
-                pair = f"{cfg.username}:{secret}".encode()
-                headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+                headers["Authorization"] = _basic(cfg.username, secret)
         except ValueError as exc:
             raise ProviderError(str(exc)) from exc
         return headers
+
+
+def _basic(username: str, password: str) -> str:
+    """The ``Authorization`` value of HTTP basic auth."""
+    pair = f"{username}:{password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _header_lines(headers: dict[str, str]) -> bytes:
+    """``Name: value\\r\\n`` lines; a header that would split the request is refused.
+
+    Raises:
+        ProviderError: a name or value holds a line break or is not Latin-1 (a secret
+            file with one, say); the message names the header, never its value.
+    """
+    lines = []
+    for name, value in headers.items():
+        line = f"{name}: {value}\r\n"
+        if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
+            raise ProviderError(f"header {name.strip()!r} holds a line break; not sent")
+        try:
+            lines.append(line.encode("latin-1"))
+        except UnicodeEncodeError:
+            raise ProviderError(f"header {name!r} is not Latin-1 text; not sent") from None
+    return b"".join(lines)
 
 
 _FORM_QUOTED = [
@@ -343,30 +329,6 @@ def _form_body(form: dict[str, str]) -> bytes:
     if not all(v.isascii() for v in form.values()):
         return urlencode(form).encode()
     return "&".join(f"{k}={v.translate(_FORM_QUOTED)}" for k, v in form.items()).encode()
-
-
-def _pool_size(session: aiohttp.ClientSession) -> int:
-    """Connections the session may open to one host (its per-host limit, else its total)."""
-    connector = session.connector
-    if isinstance(connector, aiohttp.TCPConnector) and connector.limit_per_host:
-        return connector.limit_per_host
-    return connector.limit if connector is not None and connector.limit else UNPOOLED_SLOTS
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-    """Read at most :data:`MAX_BODY_BYTES`; say whether that was the whole body."""
-    content = resp.content
-    chunks: list[bytes] = []
-    size = 0
-    while size <= MAX_BODY_BYTES:
-        chunk = await content.read(MAX_BODY_BYTES + 1 - size)
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        size += len(chunk)
-        if size <= MAX_BODY_BYTES and content.is_eof():  # all there: no read to learn it
-            return b"".join(chunks), True
-    return b"".join(chunks)[:MAX_BODY_BYTES], False
 
 
 def _scrub(body: bytes, headers: dict[str, str]) -> bytes:
