@@ -12,7 +12,7 @@ What runs (see ``benchmarks/README.md``):
   shared client session (:func:`canaryd.http.make_session`), the real
   :class:`~canaryd.providers.prometheus.Prometheus` provider, the webhook
   router, a :class:`~canaryd.store.SqliteStore` on a temporary file, and one
-  :class:`~canaryd.runtime.CanaryRunner` loop per canary in one task group.
+  :class:`~canaryd.runtime.CanaryRunner` loop per canary on one scheduler.
   Every canary is a blue/green rollout in progress (as after a daemon restart),
   so every tick checks every metric. ``--fail-share`` of them answer a failing
   value: they roll back in each tick they run (threshold 1) and are restarted
@@ -59,6 +59,7 @@ from canaryd.providers import MetricsProvider
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import build_router
 from canaryd.runtime import CanaryRunner, Services
+from canaryd.scheduler import Scheduler
 from canaryd.store import SqliteStore
 
 HERE = Path(__file__).resolve().parent
@@ -421,13 +422,18 @@ def _runner(spec: Any, services: Services, probe: Probe, now: float, failing: bo
     return BenchRunner(spec, state, services, probe=probe, timed=timed)
 
 
-async def run_loops(runners: Sequence[BenchRunner], seconds: float) -> None:
-    """Run the runners' loops in one task group (as the daemon does) for ``seconds``."""
+async def run_loops(
+    runners: Sequence[BenchRunner], seconds: float, first: float | None = None
+) -> None:
+    """Run the runners' loops on one scheduler (as the daemon does) for ``seconds``.
+
+    ``first``: seconds to every first tick (default: spread over one interval).
+    """
+    scheduler = Scheduler()
+    for runner in runners:
+        runner.schedule(scheduler, first)
     with anyio.move_on_after(seconds):
-        async with anyio.create_task_group() as tg:
-            for runner in runners:
-                await tg.start(runner.run)
-            await anyio.sleep_forever()
+        await scheduler.run()
 
 
 # --------------------------------------------------------------------------- phases
@@ -473,8 +479,6 @@ async def saturated_canaryd(rig: Rig) -> tuple[float, float]:
     probe, seconds = rig.probe, rig.opts.saturation
     runners = rig.runners[: rig.opts.sat_canaries]
     probe.saturating = True
-    for runner in runners:
-        CanaryRunner.wake(runner)
     marks: list[tuple[int, float]] = []
 
     async def mark_after_warmup() -> None:
@@ -484,7 +488,7 @@ async def saturated_canaryd(rig: Rig) -> tuple[float, float]:
     t0 = anyio.current_time()
     async with anyio.create_task_group() as tg:
         tg.start_soon(mark_after_warmup)
-        await run_loops(runners, seconds)
+        await run_loops(runners, seconds, first=0.0)
     probe.saturating = False
     checks0, cpu0 = marks[0]
     checks = probe.saturated_checks - checks0

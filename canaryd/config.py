@@ -126,6 +126,10 @@ class PrometheusProvider(Model):
                 raise ValueError(
                     f"header {name!r}: a name is one word without ':', a value one line"
                 )
+            try:
+                f"{name}{value}".encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name!r}: only Latin-1 text can be sent") from None
         return v
 
 

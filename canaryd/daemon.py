@@ -8,8 +8,8 @@ and, while every loop keeps ticking, ``WATCHDOG=1``.
 SIGHUP reloads the config (``RELOADING=1`` ... ``READY=1``; a bad config is
 rejected with the messages of ``canaryd check`` and the last good one kept).
 SIGTERM/SIGINT stop gracefully (``STOPPING=1``): the loops stop after the tick
-in flight (a tick is shielded from cancellation, and abandoned only after
-``tick_grace``), the outbox gets ``flush_grace`` seconds to send what is due,
+in flight (a tick is cancelled only after ``tick_grace``, see
+:mod:`canaryd.scheduler`), the outbox gets ``flush_grace`` seconds to send what is due,
 then the API stops and the store is closed. A second signal stops at once, and
 so does cancelling :meth:`Daemon.run` from outside (ticks in flight are abandoned:
 a state only changes once persisted, so an abandoned tick leaves no trace).
@@ -46,6 +46,7 @@ from canaryd.runtime import (
     Services,
     freeze_heap,
 )
+from canaryd.scheduler import Scheduler
 from canaryd.sdnotify import Notifier, watchdog_period
 from canaryd.store import SqliteStore
 
@@ -72,29 +73,18 @@ FLUSH_POLL_SECONDS = 0.05
 
 @dataclass
 class _Runner(CanaryRunner):
-    """A runner whose tick in flight is shielded from cancellation (and can be abandoned)."""
+    """A runner that reports how long its ticks take."""
 
     on_tick: Callable[[float], None] | None = None
-    _tick_scope: anyio.CancelScope | None = None
 
     async def safe_tick(self) -> None:
-        """One tick that a stop lets finish; its duration goes to ``on_tick``."""
+        """One tick; its duration goes to ``on_tick``."""
         started = time.monotonic()
-        with anyio.CancelScope(shield=True) as scope:
-            self._tick_scope = scope
-            try:
-                await super().safe_tick()
-            finally:
-                self._tick_scope = None
-                if self.on_tick is not None:
-                    self.on_tick(time.monotonic() - started)
-
-    def abandon_tick(self) -> bool:
-        """Cancel the tick in flight, if any; return whether there was one."""
-        scope = self._tick_scope
-        if scope is not None:
-            scope.cancel()
-        return scope is not None
+        try:
+            await super().safe_tick()
+        finally:
+            if self.on_tick is not None:
+                self.on_tick(time.monotonic() - started)
 
 
 @dataclass
@@ -115,10 +105,9 @@ class Daemon:
     flush_grace: float = FLUSH_GRACE_SECONDS
     stall_grace: float = STALL_GRACE_SECONDS
     api_token: str | None = None
-    _scopes: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    scheduler: Scheduler = field(default_factory=Scheduler)
     _built: dict[str, tuple[ProviderConfig, Prometheus]] = field(default_factory=dict)
     """Providers this daemon built (it closes them), by name, with their config."""
-    _loops: list[tuple[_Runner, anyio.Event]] = field(default_factory=list)
     _since: dict[str, float] = field(default_factory=dict)
     _checks: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
     _stop: anyio.Event | None = None
@@ -178,6 +167,7 @@ class Daemon:
                     for canary in self.settings.canaries:
                         await self._start_runner(canary.key, states.get(canary.key))
                     freeze_heap()
+                    tg.start_soon(self.scheduler.run)
                     self.dispatcher = Dispatcher(lambda: self.services, store, time.time)
                     await tg.start(serve, self)
                     tg.start_soon(self.dispatcher.run)
@@ -193,8 +183,7 @@ class Daemon:
                         await self._stop.wait()
                         await self._shutdown()
                     except anyio.get_cancelled_exc_class():
-                        self._abandon_ticks()  # cancelled from outside: stop now
-                        raise
+                        raise  # cancelled from outside: the scheduler abandons the ticks
                     tg.cancel_scope.cancel()
         finally:
             self.ready = False
@@ -218,23 +207,8 @@ class Daemon:
         )
 
     async def _stop_runners(self) -> int:
-        for scope in self._scopes.values():
-            scope.cancel()
-        if await self._loops_done(self.tick_grace):
-            return 0
-        abandoned = self._abandon_ticks()
-        await self._loops_done(self.tick_grace)
-        return abandoned
-
-    def _abandon_ticks(self) -> int:
-        return sum(runner.abandon_tick() for runner, _ in self._loops)
-
-    async def _loops_done(self, timeout: float) -> bool:
-        with anyio.move_on_after(timeout):
-            for _, done in list(self._loops):
-                await done.wait()
-            return True
-        return False
+        """Stop the loops after their ticks in flight; return how many were abandoned."""
+        return await self.scheduler.stop(self.tick_grace)
 
     async def _flush_outbox(self) -> int:
         """Wait (bounded) until no outbox message is due; return how many still are."""
@@ -297,21 +271,11 @@ class Daemon:
         assert spec is not None
         runner = _Runner(spec, state or CanaryState(), self.services)
         runner.on_tick = self.metrics.tick_seconds.observe
-        scope, done = anyio.CancelScope(), anyio.Event()
-        self.runners[key], self._scopes[key] = runner, scope
+        self.runners[key] = runner
         self._since[key] = self.services.clock()
         self._checks.pop(key, None)
-        self._loops = [(r, d) for r, d in self._loops if not d.is_set()] + [(runner, done)]
         self.metrics.track(key, runner.state)
-
-        async def guarded(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-            try:
-                with scope:
-                    await runner.run(task_status=task_status)
-            finally:
-                done.set()
-
-        await self._tg.start(guarded)
+        runner.schedule(self.scheduler)
 
     async def _housekeeping(self, store: SqliteStore) -> None:
         while True:
@@ -359,7 +323,7 @@ class Daemon:
         new = {c.key for c in loaded.settings.canaries}
         self.loaded, self.services, self.api_token = loaded, services, token
         for key in old - new:
-            self._scopes.pop(key).cancel()
+            self.scheduler.remove(key)
             self.runners.pop(key)
         for key in old & new:
             runner = self.runners[key]

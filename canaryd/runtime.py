@@ -5,15 +5,16 @@ observe, gathers it concurrently (webhooks, metric queries) within a deadline
 well inside the interval, asks the core to decide, applies the routes, and
 persists the new state together with its events and outbox messages in one
 transaction. Only then does the in-memory state change: a canary never advances
-on state that is not on disk. Ticks keep their cadence and never overlap.
+on state that is not on disk. A :class:`~canaryd.scheduler.Scheduler` runs the
+loops: ticks keep their cadence and never overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
-import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -43,6 +44,7 @@ from canaryd.judge import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
+from canaryd.scheduler import Scheduler
 from canaryd.store import OutboxMessage, SqliteStore, event_to_dict
 from canaryd.templates import builtin_query, render, template_variables
 from canaryd.webhooks import call as call_webhook
@@ -197,7 +199,8 @@ class CanaryRunner:
     metrics: list[ResolvedMetric] = field(default_factory=list)
     last_tick: float = 0.0
     next_at: float = 0.0
-    """When the next tick is due (``anyio.current_time()`` clock); set by :meth:`run`."""
+    """When the next tick is due (the event loop's clock, ``anyio.current_time()``); kept by
+    the scheduler."""
 
     def __post_init__(self) -> None:
         """Resolve metric queries once; they change only with the config."""
@@ -205,7 +208,8 @@ class CanaryRunner:
         # fast_acquire: a free lock is taken without a trip through the event loop (a
         # cancel-shielded checkpoint per tick, ~4 % of a saturated daemon's CPU)
         self._lock = anyio.Lock(fast_acquire=True)
-        self._wake = anyio.Event()
+        self._woken = False  # woken before being scheduled: the first tick is due at once
+        self._on_wake: Callable[[], None] | None = None  # set by schedule()
 
     @property
     def key(self) -> str:
@@ -228,29 +232,29 @@ class CanaryRunner:
 
     def wake(self) -> None:
         """Run the next tick now (after a command) instead of at the next interval."""
-        self._wake.set()
+        if self._on_wake is None:
+            self._woken = True
+        else:
+            self._on_wake()
 
     # ------------------------------------------------------------------ loop
 
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Tick every ``analysis.interval`` until cancelled; ticks never overlap."""
-        structlog.contextvars.bind_contextvars(canary=self.spec.name, namespace=self.spec.namespace)
-        task_status.started()
-        self.next_at = anyio.current_time() + first_delay(self.key, self.spec.analysis.interval)
-        while True:
-            with anyio.move_on_after(max(0.0, self.next_at - anyio.current_time())):
-                await self._wake.wait()
-            if self._wake.is_set():
-                self._wake = anyio.Event()
-                self.next_at = anyio.current_time()
-            await self.safe_tick()
-            interval = self.spec.analysis.interval
-            now = anyio.current_time()
-            self.next_at += interval
-            if self.next_at <= now:  # overran: skip the missed slots, keep the cadence
-                self.next_at += math.ceil((now - self.next_at) / interval) * interval
+    @property
+    def interval(self) -> float:
+        """Seconds between ticks."""
+        return self.spec.analysis.interval
+
+    def schedule(self, scheduler: Scheduler, first: float | None = None) -> None:
+        """Put this canary's loop on ``scheduler``, its first tick ``first`` seconds from now.
+
+        By default the first tick comes after :func:`first_delay` (at once if woken
+        before), so the first ticks of thousands of loops started together spread
+        over one interval.
+        """
+        delay = first_delay(self.key, self.interval) if first is None else first
+        delay = 0.0 if self._woken else delay
+        self._woken = False
+        self._on_wake = scheduler.add(self, delay)
 
     async def safe_tick(self) -> None:
         """One tick; any error is logged and the loop goes on."""
@@ -266,7 +270,10 @@ class CanaryRunner:
         async with self._lock:
             self.last_tick = self.services.clock()
             structlog.contextvars.bind_contextvars(
-                revision=self.state.revision, phase=self.state.phase.value
+                canary=self.spec.name,
+                namespace=self.spec.namespace,
+                revision=self.state.revision,
+                phase=self.state.phase.value,
             )
             if self.state.route_pending:
                 await self._retry_rollback_route()
@@ -321,8 +328,9 @@ class CanaryRunner:
             self._plan_hooks(calls, results, WebhookType.ROLLOUT, "rollout")
             self._plan_metrics(calls, results, budget)
         if calls:
-            with anyio.move_on_after(budget + 5.0):
-                await gather(calls)
+            with contextlib.suppress(TimeoutError):  # what is unanswered by then counts as failed
+                async with asyncio.timeout(budget + 5.0):  # cheaper than anyio's cancel scope
+                    await gather(calls)
         return self._observation(need, results)
 
     def _plan_hooks(

@@ -7,6 +7,7 @@ either all of them or none. SQLite calls run in a worker thread, one at a time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sqlite3
@@ -205,7 +206,7 @@ class _Write:
     """
 
     args: _SaveArgs
-    ready: anyio.Event = field(default_factory=anyio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # cheaper than anyio's
     done: bool = False
     lead: bool = False
     error: BaseException | None = None

@@ -231,8 +231,8 @@ class Pool:
         """POST a form ``body`` to ``path``; ``headers`` are extra header lines for this request.
 
         ``timeout`` bounds the wait for a connection, and then, separately, the
-        connection and the answer: waiting in the queue does not eat the time
-        the request itself gets.
+        connection and the answer together: waiting in the queue does not eat
+        the time the request itself gets.
 
         Raises:
             PoolTimeoutError: no connection came free within ``timeout``.
@@ -253,13 +253,16 @@ class Pool:
                 body,
             )
         )
-        deadline = time.monotonic() + timeout
         conn = await self._acquire(timeout)  # None: a slot is ours, the connection is not open
+        deadline = time.monotonic() + timeout  # from here: the queue's wait is not counted
         try:
+            if conn is not None and conn.closed:  # closed by the server since it was handed over
+                conn.close()  # its slot goes to the new one (or back, by _release, on failure)
+                conn = None
             if conn is None:
                 conn = await self._connect(timeout)
             try:
-                return await self._exchange(conn, request, timeout)
+                return await self._exchange(conn, request, deadline - time.monotonic())
             except TransportError as exc:
                 # A kept-alive connection the server has closed meanwhile fails at once:
                 # a query is safe to send again, once, on a new connection.
@@ -270,7 +273,7 @@ class Pool:
             if left <= 0:
                 raise AnswerTimeoutError("no complete answer in time")
             conn = await self._connect(left)
-            return await self._exchange(conn, request, left)
+            return await self._exchange(conn, request, deadline - time.monotonic())
         finally:
             self._release(conn)
 
@@ -369,10 +372,14 @@ class Pool:
         return False
 
     async def aclose(self) -> None:
-        """Close every connection; requests in flight fail."""
+        """Close idle connections and fail queued requests; later requests fail too.
+
+        Requests in flight get their answer; their connections are closed then.
+        """
         self._closed = True
         for conn in self._idle:
             conn.close()
+        self._open -= len(self._idle)
         self._idle.clear()
         for waiter in self._waiters:
             if not waiter.done():
