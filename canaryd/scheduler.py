@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
+import structlog
+
+log = structlog.get_logger()
 
 
 class Tickable(Protocol):
@@ -137,6 +140,8 @@ class Scheduler:
         runner = entry.runner
         try:
             await runner.safe_tick()
+        except Exception:  # safe_tick does not raise; if it does, say so and keep the loop
+            log.exception("tick.crashed", key=runner.key)
         finally:
             entry.ticking = None
             if not entry.removed:

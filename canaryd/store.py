@@ -194,7 +194,40 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- sqlite
 
-_SaveArgs = tuple[str, CanaryState, "CheckRecord | None", Sequence[Event], Sequence[OutboxMessage]]
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """A decision as the rows it writes, JSON already encoded.
+
+    Encoding happens in the event loop's thread, before the save is queued: the
+    store's thread then runs little Python besides SQLite (which releases the
+    GIL), so it seldom holds the GIL while the event loop wants it.
+    """
+
+    key: str
+    state: str
+    rollout: str | None
+    record: tuple[float, str] | None
+    events: list[tuple[str, float, str, str, str]]
+    outbox: list[tuple[str, str, str, str]]
+
+    @classmethod
+    def encode(
+        cls,
+        key: str,
+        state: CanaryState,
+        record: CheckRecord | None,
+        events: Sequence[Event],
+        outbox: Sequence[OutboxMessage],
+    ) -> _Rows:
+        return cls(
+            key,
+            dumps(state_to_dict(state)),
+            state.rollout_id,
+            None if record is None else (record.time, dumps(record.as_dict())),
+            [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
+            [(m.key, m.idempotency_key, m.target, dumps(m.payload)) for m in outbox],
+        )
 
 
 @dataclass(eq=False)
@@ -205,7 +238,7 @@ class _Write:
     or when it becomes the leader that writes the next batch (``lead``).
     """
 
-    args: _SaveArgs
+    rows: _Rows
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # cheaper than anyio's
     done: bool = False
     lead: bool = False
@@ -296,7 +329,7 @@ class SqliteStore:
         Raises:
             StoreError: nothing of this decision was written.
         """
-        write = _Write((key, state, record, events, outbox))
+        write = _Write(_Rows.encode(key, state, record, events, outbox))
         self._queue.append(write)
         if self._writing:
             await self._wait(write)
@@ -324,7 +357,7 @@ class SqliteStore:
             batch, self._queue = self._queue, []
             with anyio.CancelScope(shield=True):  # waiters rely on the leader finishing
                 try:
-                    errors = await self._run(self._save_batch, [w.args for w in batch])
+                    errors = await self._run(self._save_batch, [w.rows for w in batch])
                 except Exception as exc:  # StoreError, or a bug: fail the batch, never hang it
                     errors = [exc] * len(batch)
             for w, error in zip(batch, errors, strict=True):
@@ -342,7 +375,7 @@ class SqliteStore:
         else:
             self._writing = False
 
-    def _save_batch(self, writes: Sequence[_SaveArgs]) -> list[BaseException | None]:
+    def _save_batch(self, writes: Sequence[_Rows]) -> list[BaseException | None]:
         """Write a batch in one transaction; returns each save's error (or None).
 
         Raises:
@@ -352,7 +385,7 @@ class SqliteStore:
         db, now = self.db, time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            errors = [self._save_one(db, now, *args) for args in writes]
+            errors = [self._save_one(db, now, rows) for rows in writes]
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -360,11 +393,11 @@ class SqliteStore:
             raise
         return errors
 
-    def _save_one(self, db: sqlite3.Connection, now: float, *args: Any) -> BaseException | None:
+    def _save_one(self, db: sqlite3.Connection, now: float, rows: _Rows) -> BaseException | None:
         """One save in its own savepoint; a failure rolls back this save only."""
         db.execute("SAVEPOINT save")
         try:
-            self._write(db, now, *args)
+            self._write(db, now, rows)
         except Exception as exc:
             if not db.in_transaction:  # SQLite rolled it all back (disk full, I/O error)
                 raise
@@ -377,36 +410,28 @@ class SqliteStore:
         return None
 
     @staticmethod
-    def _write(
-        db: sqlite3.Connection,
-        now: float,
-        key: str,
-        state: CanaryState,
-        record: CheckRecord | None,
-        events: Sequence[Event],
-        outbox: Sequence[OutboxMessage],
-    ) -> None:
+    def _write(db: sqlite3.Connection, now: float, rows: _Rows) -> None:
         db.execute(
             "INSERT INTO canaries(key, state, updated) VALUES (?,?,?) "
             "ON CONFLICT(key) DO UPDATE SET state=excluded.state, "
             "updated=excluded.updated",
-            (key, dumps(state_to_dict(state)), now),
+            (rows.key, rows.state, now),
         )
-        if record is not None:
+        if rows.record is not None:
             db.execute(
                 "INSERT INTO checks(key, rollout, time, record) VALUES (?,?,?,?)",
-                (key, state.rollout_id, record.time, dumps(record.as_dict())),
+                (rows.key, rows.rollout, *rows.record),
             )
-        if events:  # a statement costs even with no rows
+        if rows.events:  # a statement costs even with no rows
             db.executemany(
                 "INSERT INTO events(key, time, name, level, event) VALUES (?,?,?,?,?)",
-                [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
+                rows.events,
             )
-        if outbox:
+        if rows.outbox:
             db.executemany(
                 "INSERT OR IGNORE INTO outbox(key, idem, target, payload, created, next_at) "
                 "VALUES (?,?,?,?,?,?)",
-                [(m.key, m.idempotency_key, m.target, dumps(m.payload), now, now) for m in outbox],
+                [(*m, now, now) for m in rows.outbox],
             )
 
     async def rehearse(
@@ -418,13 +443,13 @@ class SqliteStore:
         outbox: Sequence[OutboxMessage],
     ) -> None:
         """Write a decision as :meth:`save` would, then roll it back (see :class:`StateStore`)."""
-        await self._run(self._rehearse, key, state, record, events, outbox)
+        await self._run(self._rehearse, _Rows.encode(key, state, record, events, outbox))
 
-    def _rehearse(self, *args: Any) -> None:
+    def _rehearse(self, rows: _Rows) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._write(db, time.time(), *args)
+            self._write(db, time.time(), rows)
         finally:
             db.execute("ROLLBACK")
 
