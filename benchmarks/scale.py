@@ -470,6 +470,16 @@ async def scheduled_phase(rig: Rig) -> dict[str, Any]:
     }
 
 
+def saturating(rig: Rig) -> list[BenchRunner]:
+    """The canaries of the saturation phase: the last ``--sat-canaries``.
+
+    Failing canaries are the first ones, so these are healthy (unless there are
+    fewer canaries than that): every tick is one check and its queries, the work
+    the bare client's queries stand for. Rollbacks are measured by phase 1.
+    """
+    return list(rig.runners[-rig.opts.sat_canaries :])
+
+
 async def saturated_canaryd(rig: Rig) -> tuple[float, float]:
     """``--sat-canaries`` loops tick back to back; returns (queries/s, CPU s per 1,000 checks).
 
@@ -477,7 +487,7 @@ async def saturated_canaryd(rig: Rig) -> tuple[float, float]:
     waiting; more would only make the queue longer.
     """
     probe, seconds = rig.probe, rig.opts.saturation
-    runners = rig.runners[: rig.opts.sat_canaries]
+    runners = saturating(rig)
     probe.saturating = True
     marks: list[tuple[int, float]] = []
 
@@ -506,7 +516,7 @@ async def bare_client(rig: Rig, prom: StandIn) -> tuple[float, float]:
     Returns:
         Queries per second and CPU seconds per 1,000 queries.
     """
-    queries = [m.query for r in rig.runners[: rig.opts.sat_canaries] for m in r.metrics]
+    queries = [m.query for r in saturating(rig) for m in r.metrics]
     url, seconds, limit = prom.url + "/api/v1/query", rig.opts.saturation, rig.opts.pool
     counted = [0, 0]  # [queries answered, count at the end of warm-up]
     cpu = [0.0]
