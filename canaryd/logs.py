@@ -6,7 +6,6 @@ Every line has ``event``, ``level`` and ``timestamp``; lines about a canary carr
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any, TextIO
 import structlog
 
 from canaryd.events import Event
+from canaryd.jsonenc import make_encoder
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -90,7 +90,7 @@ def _json_fallback(obj: Any) -> Any:
         return repr(obj)
 
 
-_ENCODER = json.JSONEncoder(default=_json_fallback)
+_ENCODE = make_encoder(_json_fallback)
 """``JSONRenderer(sort_keys=False)``'s ``json.dumps``, built once instead of per line."""
 
 _fast: _FastPath | None = None
@@ -121,7 +121,7 @@ def log_event(event: Event) -> None:
         structlog.contextvars.merge_contextvars(None, event.level, line)
         line["level"] = event.level
         fast.stamper(None, event.level, line)
-        fast.printer.msg(_ENCODER.encode(line))
+        fast.printer.msg(_ENCODE(line))
         return
     log = structlog.get_logger()
     getattr(log, event.level)(

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -204,6 +205,7 @@ class CanaryRunner:
     def __post_init__(self) -> None:
         """Resolve metric queries once; they change only with the config."""
         self.metrics = resolve_metrics(self.services.settings, self.spec)
+        self._index()
         # asyncio's: a free lock is taken without a trip through the event loop or
         # anyio's task lookups (~4 % of a saturated daemon's CPU)
         self._lock = asyncio.Lock()
@@ -228,6 +230,14 @@ class CanaryRunner:
         """
         metrics = resolve_metrics(settings, spec)
         self.spec, self.metrics = spec, metrics
+        self._index()
+
+    def _index(self) -> None:
+        """Sort the config's webhooks and metrics the way every tick asks for them."""
+        hooks = self.spec.analysis.webhooks
+        self._hooks = {h.type: tuple(w for w in hooks if w.type == h.type) for h in hooks}
+        self._plain = tuple(m for m in self.metrics if m.primary_query is None)
+        self._pairs = tuple(m for m in self.metrics if m.primary_query is not None)
 
     def wake(self) -> None:
         """Run the next tick now (after a command) instead of at the next interval."""
@@ -343,7 +353,7 @@ class CanaryRunner:
 
         Most canaries have no webhooks of most kinds: their slot is filled at once.
         """
-        chosen = [h for h in self.spec.analysis.webhooks if h.type == kind]
+        chosen = self._hooks.get(kind, ())
         if not chosen:
             results[slot] = ()
             return
@@ -368,9 +378,8 @@ class CanaryRunner:
         budget: float,
     ) -> None:
         """Add a call per metric query; ``results["metrics"/"compare"]`` once all have answered."""
-        plain = [m for m in self.metrics if m.primary_query is None]
+        plain, pairs = self._plain, self._pairs
         values: list[MetricValue] = [MetricValue(m.spec.name, None) for m in plain]
-        pairs = [m for m in self.metrics if m.primary_query is not None]
         series: list[CompareSeries] = [CompareSeries(compare_config(m.spec)) for m in pairs]
         pending = [len(plain) + len(pairs)]
 
@@ -379,24 +388,18 @@ class CanaryRunner:
             if not pending[0]:
                 results["metrics"], results["compare"] = tuple(values), tuple(series)
 
-        def one(i: int, m: ResolvedMetric) -> Callable[[], Coroutine[Any, Any, None]]:
-            async def query() -> None:
-                values[i] = await self._query(m, budget)
-                finish()
+        async def one(i: int, m: ResolvedMetric) -> None:
+            values[i] = await self._query(m, budget)
+            finish()
 
-            return query
-
-        def both(i: int, m: ResolvedMetric) -> Callable[[], Coroutine[Any, Any, None]]:
-            async def query() -> None:
-                series[i] = await self._query_range(m, budget)
-                finish()
-
-            return query
+        async def both(i: int, m: ResolvedMetric) -> None:
+            series[i] = await self._query_range(m, budget)
+            finish()
 
         if not pending[0]:
             results["metrics"], results["compare"] = (), ()
-        calls += [one(i, m) for i, m in enumerate(plain)]
-        calls += [both(i, m) for i, m in enumerate(pairs)]
+        calls += [partial(one, i, m) for i, m in enumerate(plain)]
+        calls += [partial(both, i, m) for i, m in enumerate(pairs)]
 
     def _observation(self, need: Needs, results: dict[str, Any]) -> Observation:
         """Assemble an observation; anything missing (deadline hit) counts as failed."""

@@ -23,6 +23,7 @@ import anyio.to_thread
 from canaryd.analysis import CanaryState, CheckRecord, Phase
 from canaryd.errors import StoreError
 from canaryd.events import Event
+from canaryd.jsonenc import make_encoder
 
 T = TypeVar("T")
 
@@ -137,9 +138,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
-# json.dumps builds an encoder per call when given options; these are built once.
-_ENCODE_FINITE = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False).encode
-_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_ENCODE_FINITE = make_encoder(str, separators=(",", ":"), allow_nan=False)
+_ENCODE = make_encoder(str, separators=(",", ":"))
 
 
 def dumps(value: Any) -> str:

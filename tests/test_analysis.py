@@ -630,3 +630,30 @@ def test_compare_query_error_fails_the_check() -> None:
 def test_weights_end_exactly_at_max_weight(keys: dict[str, Any], weights: list[int]) -> None:
     """The walk never exceeds maxWeight and always reaches it with stepWeight."""
     assert canary(**{"stepWeight": None, "maxWeight": None, **keys}).analysis.weights == weights
+
+
+def test_evolve_is_dataclasses_replace() -> None:
+    """``evolve`` gives what ``dataclasses.replace`` gives, for every field; unknown names fail."""
+    base = core.CanaryState(
+        phase=core.Phase.PROGRESSING,
+        revision="r1",
+        rollout_id="x",
+        metadata={"ticket": "OPS-1"},
+        approvals=frozenset({"rollout"}),
+        started_at=1.0,
+    )
+    changes: dict[str, Any] = {
+        "phase": core.Phase.FAILED,
+        "revision": "r2",
+        "canary_weight": 40,
+        "failed_checks": 3,
+        "approvals": frozenset(),
+        "reason": "why",
+        "seq": 9,
+    }
+    for name, value in changes.items():
+        assert core.evolve(base, **{name: value}) == replace(base, **{name: value})
+    assert core.evolve(base, **changes) == replace(base, **changes)
+    assert core.evolve(base) == base and core.evolve(base) is not base
+    with pytest.raises(TypeError, match="no field wieght"):
+        core.evolve(base, wieght=3)
