@@ -13,12 +13,13 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anyio
-import anyio.to_thread
 
 from canaryd.analysis import CanaryState, CheckRecord, Phase
 from canaryd.errors import StoreError
@@ -232,28 +233,32 @@ class _Rows:
 
 @dataclass(eq=False)
 class _Write:
-    """One queued :meth:`SqliteStore.save`: its arguments and how it ended.
+    """One queued :meth:`SqliteStore.save`: its rows and how it ended.
 
-    ``ready`` is set when the save is committed (``done``) or failed (``error``),
-    or when it becomes the leader that writes the next batch (``lead``).
+    ``ready`` is set when the save's batch is committed (``done``) or failed (``error``).
     """
 
     rows: _Rows
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # cheaper than anyio's
     done: bool = False
-    lead: bool = False
     error: BaseException | None = None
 
 
 class SqliteStore:
-    """:class:`StateStore` on one SQLite file in WAL mode."""
+    """:class:`StateStore` on one SQLite file in WAL mode.
+
+    Every database call runs in the store's one thread, in the order asked: a
+    caller that is cancelled stops waiting, its call still runs to its end
+    before the next one starts, so the connection is never used by two threads
+    at once, whoever cancels what.
+    """
 
     def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
         """Remember where the database lives; :meth:`open` opens it."""
         self.path = path
         self.timeout = timeout
         self._db: sqlite3.Connection | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        self._thread: ThreadPoolExecutor | None = None
         self._queue: list[_Write] = []
         self._writing = False
 
@@ -263,6 +268,8 @@ class SqliteStore:
         Raises:
             StoreError: the file cannot be created or is not a canaryd database.
         """
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="canaryd-store")
         await self._run(self._open)
 
     def _open(self) -> None:
@@ -281,17 +288,35 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Close the database (idempotent)."""
+        thread, self._thread = self._thread, None
         if self._db is not None:
             db, self._db = self._db, None
-            await anyio.to_thread.run_sync(db.close, limiter=self._limiter)
+            assert thread is not None
+            with anyio.CancelScope(shield=True):
+                await asyncio.wrap_future(thread.submit(db.close))
+        if thread is not None:
+            thread.shutdown(wait=False)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` in the store's thread, after every call asked before it.
+
+        Raises:
+            StoreError: the store is not open, or the call failed.
+        """
+        if self._thread is None:
+            raise StoreError("state store is not open")
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise StoreError(f"state store {self.path}: {exc}") from exc
-        except OSError as exc:
-            raise StoreError(f"state store {self.path}: {exc.strerror or exc}") from exc
+            return await asyncio.wrap_future(self._thread.submit(fn, *args))
+        except (sqlite3.Error, OSError) as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: BaseException) -> BaseException:
+        """The StoreError for a failure of a database call (other errors as they are)."""
+        if isinstance(exc, sqlite3.Error):
+            return StoreError(f"state store {self.path}: {exc}")
+        if isinstance(exc, OSError):
+            return StoreError(f"state store {self.path}: {exc.strerror or exc}")
+        return exc
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -331,49 +356,52 @@ class SqliteStore:
         """
         write = _Write(_Rows.encode(key, state, record, events, outbox))
         self._queue.append(write)
-        if self._writing:
-            await self._wait(write)
-        else:
-            self._writing = write.lead = True
-        if write.lead:
-            await self._lead(write)
-        if write.error is not None:
-            raise write.error
-
-    async def _wait(self, write: _Write) -> None:
-        """Wait until ``write`` is committed or it is its turn to lead."""
+        if not self._writing:
+            self._flush()
         try:
             await write.ready.wait()
         except BaseException:  # cancelled: withdraw it unless a batch already holds it
             if any(w is write for w in self._queue):
                 self._queue.remove(write)
-                if write.lead:
-                    self._hand_over()
             raise
+        if write.error is not None:
+            raise write.error
 
-    async def _lead(self, write: _Write) -> None:
-        """Write everything queued (``write`` included), then pass the lead on."""
-        try:
-            batch, self._queue = self._queue, []
-            with anyio.CancelScope(shield=True):  # waiters rely on the leader finishing
-                try:
-                    errors = await self._run(self._save_batch, [w.rows for w in batch])
-                except Exception as exc:  # StoreError, or a bug: fail the batch, never hang it
-                    errors = [exc] * len(batch)
-            for w, error in zip(batch, errors, strict=True):
+    def _flush(self) -> None:
+        """Send every queued save to the store's thread as one batch.
+
+        The batch ends in :meth:`_flushed`, a callback: no task has to live until
+        it is written, so cancelling any saver never leaves the others hanging.
+        """
+        batch, self._queue = self._queue, []
+        if self._thread is None:
+            self._finish(batch, StoreError("state store is not open"))
+            return
+        self._writing = True
+        done = self._thread.submit(self._save_batch, [w.rows for w in batch])
+        asyncio.wrap_future(done).add_done_callback(partial(self._flushed, batch))
+
+    def _flushed(
+        self, batch: list[_Write], done: asyncio.Future[list[BaseException | None]]
+    ) -> None:
+        """A batch is written (or failed): wake its savers, start the next batch."""
+        self._writing = False
+        if done.cancelled():
+            self._finish(batch, StoreError("state store closed before the save was written"))
+        elif (exc := done.exception()) is not None:  # the transaction failed: none was written
+            self._finish(batch, self._error(exc))
+        else:
+            for w, error in zip(batch, done.result(), strict=True):
                 w.error, w.done = error, True
                 w.ready.set()
-        finally:
-            write.lead = False
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        """Make the oldest queued save the next leader, or note that nobody writes."""
         if self._queue:
-            self._queue[0].lead = True
-            self._queue[0].ready.set()
-        else:
-            self._writing = False
+            self._flush()
+
+    @staticmethod
+    def _finish(batch: list[_Write], error: BaseException) -> None:
+        for w in batch:
+            w.error, w.done = error, True
+            w.ready.set()
 
     def _save_batch(self, writes: Sequence[_Rows]) -> list[BaseException | None]:
         """Write a batch in one transaction; returns each save's error (or None).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import sqlite3
@@ -195,3 +196,49 @@ async def test_prune_drops_old_sent_messages_but_keeps_pending_and_dead(
     with sqlite3.connect(tmp_path / "state.db") as db:
         left = sorted(db.execute("SELECT idem, status FROM outbox").fetchall())
     assert left == [("k1", "dead"), ("k2", "pending")]
+
+
+class SlowStore(SqliteStore):
+    """A store whose batches take a while, and that notes batches running at once."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.running = 0
+        self.overlaps = 0
+        self.batches = 0
+
+    def _save_batch(self, writes: Sequence[Any]) -> list[BaseException | None]:
+        self.running += 1
+        self.overlaps += self.running > 1
+        try:
+            time.sleep(0.05)
+            return super()._save_batch(writes)
+        finally:
+            self.batches += 1
+            self.running -= 1
+
+
+async def test_a_saver_cancelled_mid_batch_neither_overlaps_batches_nor_strands_others(
+    tmp_path: Path,
+) -> None:
+    """A save whose batch is being written, cancelled natively (asyncio), as a scheduler
+    abandoning a tick does: the batch still completes, the next one starts only after it,
+    and the saves queued behind it are written."""
+    store = SlowStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        first = asyncio.ensure_future(store.save("ns/first", CanaryState(), None, [], []))
+        await asyncio.sleep(0.01)  # its batch is in the store's thread now
+        rest = [
+            asyncio.ensure_future(store.save(f"ns/c{i}", CanaryState(), None, [], []))
+            for i in range(5)
+        ]
+        await asyncio.sleep(0)
+        first.cancel()
+        with anyio.fail_after(5):
+            await asyncio.gather(*rest)
+        assert first.cancelled()
+        assert store.overlaps == 0 and store.batches == 2
+        assert stored_keys(tmp_path / "state.db") == {"ns/first"} | {f"ns/c{i}" for i in range(5)}
+    finally:
+        await store.close()
