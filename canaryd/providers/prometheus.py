@@ -59,6 +59,9 @@ from canaryd.providers.transport import (
 MAX_BODY_BYTES = 1024 * 1024
 """Answers larger than this are refused (a metric query answers a few hundred bytes)."""
 
+BODIES_KEPT = 65536
+"""Encoded instant-query bodies a provider keeps (two per canary at 10,000 canaries: ~4 MB)."""
+
 RETRY_INITIAL_WAIT = 0.1
 """First backoff between attempts, in seconds; doubles each time, plus up to as much jitter."""
 
@@ -123,6 +126,7 @@ class Prometheus:
             head=f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n".encode(),
         )
         # Without secret files the request headers never change: built once, not per query.
+        self._bodies: dict[str, bytes] = {}
         self._static_headers = None if cfg.bearer_token_file or cfg.username else self._headers()
         self._static_head = (
             None if self._static_headers is None else _header_lines(self._static_headers)
@@ -154,7 +158,12 @@ class Prometheus:
             ProviderError: the request failed for good, Prometheus rejected the
                 query, or the answer is not exactly one scalar or series.
         """
-        return await self._call("/api/v1/query", {"query": query}, budget, _instant_value)
+        body = self._bodies.get(query)
+        if body is None:  # a canary asks the same queries every tick: encoded once
+            if len(self._bodies) >= BODIES_KEPT:
+                self._bodies.clear()
+            body = self._bodies[query] = _form_body({"query": query})
+        return await self._call("/api/v1/query", body, budget, _instant_value)
 
     async def query_range(
         self, query: str, *, start: float, end: float, step: float, budget: float
@@ -176,12 +185,10 @@ class Prometheus:
                 query, or the answer holds more than one series.
         """
         form = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
-        return await self._call("/api/v1/query_range", form, budget, _range_values)
+        return await self._call("/api/v1/query_range", _form_body(form), budget, _range_values)
 
-    async def _call(
-        self, path: str, form: dict[str, str], budget: float, parse: Callable[[Any], T]
-    ) -> T:
-        """POST a form with retries on transient failures; ``parse`` the answer's ``data``.
+    async def _call(self, path: str, body: bytes, budget: float, parse: Callable[[Any], T]) -> T:
+        """POST a form body with retries on transient failures; ``parse`` the answer's ``data``.
 
         Raises:
             ProviderError: permanent failure, or transient ones until the budget ran out.
@@ -193,7 +200,7 @@ class Prometheus:
         timeout = min(self._cfg.timeout, budget)
         started = time.monotonic()
         try:  # the first attempt without tenacity: most queries need no other (and it's costly)
-            return parse(await self._attempt(path, form, timeout))
+            return parse(await self._attempt(path, body, timeout))
         except _TransientError as exc:
             first: _TransientError | None = exc
         except ProviderError:
@@ -214,7 +221,7 @@ class Prometheus:
                         failure, first = first, None
                         raise failure
                     self.stats.retries += 1
-                    return parse(await self._attempt(path, form, timeout))
+                    return parse(await self._attempt(path, body, timeout))
         except RetryError as exc:
             self.stats.failures += 1
             n = exc.last_attempt.attempt_number
@@ -228,7 +235,7 @@ class Prometheus:
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _attempt(self, path: str, form: dict[str, str], limit: float) -> Any:
+    async def _attempt(self, path: str, body: bytes, limit: float) -> Any:
         """One HTTP request; classify its outcome.
 
         Raises:
@@ -241,7 +248,7 @@ class Prometheus:
             headers = self._headers()
             head = _header_lines(headers)
         try:
-            resp = await self._pool.post(path, _form_body(form), timeout=limit, headers=head)
+            resp = await self._pool.post(path, body, timeout=limit, headers=head)
         except PoolTimeoutError:
             raise _TransientError(
                 f"no connection to prometheus came free within {limit:g}s"
