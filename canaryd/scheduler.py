@@ -6,7 +6,9 @@ scope (about 3 KiB per canary at 10,000 canaries), and the event loop keeps
 one timer instead of one per canary. When an entry is due its tick runs in a
 task of its own; when the tick ends the entry is due again one interval after
 the slot it ran for (slots the tick overran are skipped, so the cadence holds).
-A canary's ticks never overlap.
+A canary's ticks never overlap, not even when its loop is replaced (a reload
+removes and adds it again) while a tick is in flight: the new loop's first
+tick waits for the old one's.
 
 Stopping is graceful: :meth:`Scheduler.stop` starts no new tick, lets the ticks
 in flight finish within a grace period and only then cancels ("abandons")
@@ -58,6 +60,10 @@ class _Entry:
     ticking: asyncio.Task[None] | None = None
     woken: bool = False
     removed: bool = False
+    held: bool = False
+    """Waiting for the tick in flight of the entry it replaced (one key never ticks twice)."""
+    successor: _Entry | None = None
+    """The entry that replaced this one while it ticked: scheduled once this tick ends."""
 
 
 @dataclass(eq=False)
@@ -79,9 +85,13 @@ class Scheduler:
         """
         loop = asyncio.get_running_loop()
         entry = _Entry(runner, loop.time() + first_delay)
+        old = self._entries.get(runner.key)
         self.remove(runner.key)
         self._entries[runner.key] = entry
-        self._push(entry)
+        if old is not None and old.ticking is not None:
+            entry.held, old.successor = True, entry
+        else:
+            self._push(entry)
         return lambda: self._wake(entry)
 
     def remove(self, key: str) -> bool:
@@ -99,7 +109,7 @@ class Scheduler:
     def _wake(self, entry: _Entry) -> None:
         if entry.removed:
             return
-        if entry.ticking is not None:
+        if entry.ticking is not None or entry.held:
             entry.woken = True  # tick again as soon as this one ends
             return
         entry.due = asyncio.get_running_loop().time()
@@ -154,6 +164,12 @@ class Scheduler:
                     if entry.due <= now:  # overran: skip the missed slots, keep the cadence
                         entry.due += math.ceil((now - entry.due) / interval) * interval
                 self._push(entry)
+            elif (successor := entry.successor) is not None and not successor.removed:
+                successor.held = False  # the key's old tick is over: its new loop may start
+                now = asyncio.get_running_loop().time()
+                successor.due = now if successor.woken else max(successor.due, now)
+                successor.woken = False
+                self._push(successor)
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
         """Wait until ``until`` (forever with None), or until an earlier entry is pushed."""

@@ -292,7 +292,8 @@ async def test_all_scenarios_on_stand_ins() -> None:
         assert r.as_expected, (r.scenario.name, verdict(r), r.log_tail)
         assert all(part.startswith("[stand-in]") for part in r.parts)
         assert r.final_raw == (100, 0)
-        assert r.applied_weights()[0] == 20
+        # the first step routes 20 % (a sample taken before it may still show the initial 0 %)
+        assert next(w for w in r.applied_weights() if w) == 20
 
 
 def test_live_view_redraws_the_status_line_under_events() -> None:

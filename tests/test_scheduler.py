@@ -275,6 +275,25 @@ async def test_adding_a_key_again_replaces_its_loop() -> None:
     assert_on_cadence(new)
 
 
+async def test_a_loop_added_while_its_key_ticks_waits_for_that_tick() -> None:
+    """Replacing a key's loop mid-tick: the new loop's first tick starts after the old tick."""
+    interval = 0.02
+    gate = anyio.Event()
+    old, new = FakeRunner("ns/x", interval, gate=gate), FakeRunner("ns/x", interval)
+    async with running(Scheduler()) as scheduler:
+        scheduler.add(old, 0.0)
+        await until(lambda: old.starts)
+        wake_new = scheduler.add(new, 0.0)
+        wake_new()  # a command to the new loop: still held
+        await anyio.sleep(5 * interval)
+        assert new.starts == []
+        gate.set()
+        await until(lambda: len(new.starts) >= 3)
+    assert len(old.starts) == len(old.ends) == 1
+    assert new.starts[0] >= old.ends[0]
+    assert_on_cadence(new)
+
+
 async def test_adding_the_same_runner_twice_does_not_tick_it_twice() -> None:
     """The same runner added twice keeps one cadence, not two interleaved ones."""
     interval = 0.04
