@@ -329,8 +329,7 @@ class Daemon:
             runner = self.runners[key]
             spec = loaded.settings.canary(key)
             assert spec is not None
-            runner.services = self.services
-            runner.reconfigure(spec, loaded.settings)
+            runner.reconfigure(spec, loaded.settings, self.services)
         states = await self.services.store.load_states()
         for key in sorted(new - old):
             await self._start_runner(key, states.get(key))

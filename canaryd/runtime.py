@@ -209,6 +209,7 @@ class CanaryRunner:
         # asyncio's: a free lock is taken without a trip through the event loop or
         # anyio's task lookups (~4 % of a saturated daemon's CPU)
         self._lock = asyncio.Lock()
+        self._next: tuple[CanaryConfig, list[ResolvedMetric], Services] | None = None
         self._woken = False  # woken before being scheduled: the first tick is due at once
         self._on_wake: Callable[[], None] | None = None  # set by schedule()
 
@@ -222,15 +223,28 @@ class CanaryRunner:
         """Decisions persisted so far; stored with the state, so it survives restarts."""
         return self.state.seq
 
-    def reconfigure(self, spec: CanaryConfig, settings: Settings) -> None:
-        """Adopt a changed config at the next tick, keeping the rollout.
+    def reconfigure(
+        self, spec: CanaryConfig, settings: Settings, services: Services | None = None
+    ) -> None:
+        """Adopt a changed config (and the services built for it), keeping the rollout.
+
+        A tick or command in flight finishes with the config it started with (it
+        never observes with one and decides with the other); the new one applies
+        from the next tick or command on.
 
         Raises:
             TemplateError: the new config's queries cannot be rendered.
         """
         metrics = resolve_metrics(settings, spec)
-        self.spec, self.metrics = spec, metrics
-        self._index()
+        self._next = (spec, metrics, services or self.services)
+        if not self._lock.locked():
+            self._adopt()
+
+    def _adopt(self) -> None:
+        """Switch to the config :meth:`reconfigure` left, if any (under the tick lock)."""
+        if self._next is not None:
+            (self.spec, self.metrics, self.services), self._next = self._next, None
+            self._index()
 
     def _index(self) -> None:
         """Sort the config's webhooks and metrics the way every tick asks for them."""
@@ -277,6 +291,7 @@ class CanaryRunner:
     async def tick(self) -> None:
         """Observe, decide, route, persist."""
         async with self._lock:
+            self._adopt()
             self.last_tick = self.services.clock()
             structlog.contextvars.bind_contextvars(
                 canary=self.spec.name,
@@ -301,6 +316,7 @@ class CanaryRunner:
             StoreError: it could not be persisted (nothing changed).
         """
         async with self._lock:
+            self._adopt()
             decision = fn(self.state, self.services.clock())
             await self._commit(decision, raise_store_errors=True)
         self.wake()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,3 +255,52 @@ async def test_rollback_goes_out_even_when_the_store_is_down(
     await r.tick()  # failing check at threshold: rollback, not persistable
     assert router.requests[-1].action == "rollback"
     assert r.state.phase is Phase.PROGRESSING, "nothing is recorded that was not persisted"
+
+
+@dataclass
+class BlockingProvider(FakeProvider):
+    """A provider whose answers wait until ``release`` is set (a tick held in flight)."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    asked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def query(self, query: str, *, budget: float) -> float | None:
+        """Answer once released."""
+        self.asked.set()
+        await self.release.wait()
+        return await super().query(query, budget=budget)
+
+
+async def test_a_reload_mid_tick_applies_from_the_next_tick(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """A tick in flight decides with the config it observed with; the next uses the new one."""
+    provider, router = BlockingProvider(values=[95.0]), FakeRouter()
+    old = settings(
+        tmp_path,
+        threshold=1,
+        metrics=[{"name": "sr", "query": "q", "thresholdRange": {"min": 90}, "interval": "30s"}],
+    )
+    new = settings(
+        tmp_path,
+        threshold=1,
+        metrics=[{"name": "sr", "query": "q", "thresholdRange": {"min": 99}, "interval": "30s"}],
+    )
+    r = runner(old, store, session, provider, router)
+    provider.release.set()
+    await r.start_rollout("v2", {})
+    await r.tick()  # weight 0 -> 25: no checks yet
+    provider.release.clear()
+    tick = asyncio.ensure_future(r.tick())
+    await asyncio.wait_for(provider.asked.wait(), 5)
+    r.reconfigure(new.canaries[0], new)  # 95 would fail min 99
+    assert r.spec.analysis.metrics[0].thresholdRange is not None
+    assert r.spec.analysis.metrics[0].thresholdRange.min == 90  # not yet: a tick is in flight
+    provider.release.set()
+    await asyncio.wait_for(tick, 5)
+    first = r.state
+    assert first.phase is Phase.PROGRESSING and first.canary_weight == 50  # judged by min 90
+    await r.tick()
+    second = r.state
+    assert second.phase is Phase.FAILED  # judged by min 99
+    assert r.spec.analysis.metrics[0].thresholdRange.min == 99
