@@ -165,7 +165,7 @@ class Daemon:
                     if self.handle_signals:
                         await tg.start(self._signals)
                     for canary in self.settings.canaries:
-                        await self._start_runner(canary.key, states.get(canary.key))
+                        self._start_runner(canary.key, states.get(canary.key))
                     freeze_heap()
                     tg.start_soon(self.scheduler.run)
                     self.dispatcher = Dispatcher(lambda: self.services, store, time.time)
@@ -179,11 +179,8 @@ class Daemon:
                         "daemon.started", canaries=len(self.runners), listen=self.settings.listen
                     )
                     task_status.started()
-                    try:
-                        await self._stop.wait()
-                        await self._shutdown()
-                    except anyio.get_cancelled_exc_class():
-                        raise  # cancelled from outside: the scheduler abandons the ticks
+                    await self._stop.wait()  # cancelled from outside: the scheduler abandons ticks
+                    await self._shutdown()
                     tg.cancel_scope.cancel()
         finally:
             self.ready = False
@@ -266,7 +263,7 @@ class Daemon:
             self._status = status
             self.notifier.status(status)
 
-    async def _start_runner(self, key: str, state: CanaryState | None) -> None:
+    def _start_runner(self, key: str, state: CanaryState | None) -> None:
         spec = self.services.settings.canary(key)
         assert spec is not None
         runner = _Runner(spec, state or CanaryState(), self.services)
@@ -332,7 +329,7 @@ class Daemon:
             runner.reconfigure(spec, loaded.settings, self.services)
         states = await self.services.store.load_states()
         for key in sorted(new - old):
-            await self._start_runner(key, states.get(key))
+            self._start_runner(key, states.get(key))
         log.info("config.loaded", canaries=len(self.runners), reloaded=True)
         return True
 

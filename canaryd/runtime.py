@@ -425,16 +425,8 @@ class CanaryRunner:
         if "metrics" in results:
             metrics, compare = results["metrics"], results["compare"]
         else:
-            metrics = tuple(
-                MetricValue(m.spec.name, None, error=late)
-                for m in self.metrics
-                if m.primary_query is None
-            )
-            compare = tuple(
-                CompareSeries(compare_config(m.spec), error=late)
-                for m in self.metrics
-                if m.primary_query is not None
-            )
+            metrics = tuple(MetricValue(m.spec.name, None, error=late) for m in self._plain)
+            compare = tuple(CompareSeries(compare_config(m.spec), error=late) for m in self._pairs)
         return Observation(
             rollback=results.get("rollback", ()),
             gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
