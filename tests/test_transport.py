@@ -631,6 +631,28 @@ async def test_server_closing_an_idle_connection_is_survived() -> None:
     assert srv.accepted == 2
 
 
+async def test_bytes_on_an_idle_connection_retire_it() -> None:
+    """A server talking on an idle kept-alive connection (a 408, half an answer): not reused."""
+
+    async def answer_then_babble(
+        srv: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> None:
+        await srv.read_request(reader)
+        writer.write(answer(f"conn {index}".encode()))
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Le")  # cut: would poison a parse
+        await writer.drain()
+        while await srv.read_request(reader) is not None:
+            writer.write(answer(b"misread"))
+
+    async with raw_server(answer_then_babble) as srv, pool_for(raw_url(srv)) as pool:
+        assert (await pool.post("/q", b"", timeout=WAIT)).body == b"conn 0"
+        await srv.wait_until(lambda: srv.eofs == 1)  # the client dropped it on the stray bytes
+        assert (await pool.post("/q", b"", timeout=WAIT)).body == b"conn 1"
+    assert srv.accepted == 2
+
+
 async def test_reused_connection_dropped_without_answer_is_retried_once() -> None:
     """A reused connection closed after reading the request: sent again on a new one, answered."""
 

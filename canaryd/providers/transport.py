@@ -96,6 +96,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # a stream transport
 
     def data_received(self, data: bytes) -> None:
+        if self._waiter is None:  # bytes nobody asked for (a server's 408 on an idle line, say):
+            self.close()  # whatever follows would be misread as the next answer
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
