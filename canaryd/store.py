@@ -235,12 +235,11 @@ class _Rows:
 class _Write:
     """One queued :meth:`SqliteStore.save`: its rows and how it ended.
 
-    ``ready`` is set when the save's batch is committed (``done``) or failed (``error``).
+    ``ready`` is set when the save's batch is committed, or failed (``error``).
     """
 
     rows: _Rows
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # cheaper than anyio's
-    done: bool = False
     error: BaseException | None = None
 
 
@@ -392,15 +391,16 @@ class SqliteStore:
             self._finish(batch, self._error(exc))
         else:
             for w, error in zip(batch, done.result(), strict=True):
-                w.error, w.done = error, True
+                w.error = error
                 w.ready.set()
         if self._queue:
             self._flush()
 
     @staticmethod
     def _finish(batch: list[_Write], error: BaseException) -> None:
+        """Wake every saver of a batch with the same error."""
         for w in batch:
-            w.error, w.done = error, True
+            w.error = error
             w.ready.set()
 
     def _save_batch(self, writes: Sequence[_Rows]) -> list[BaseException | None]:
@@ -431,9 +431,7 @@ class SqliteStore:
                 raise
             db.execute("ROLLBACK TO save")
             db.execute("RELEASE save")
-            if isinstance(exc, sqlite3.Error):
-                return StoreError(f"state store {self.path}: {exc}")
-            return exc
+            return self._error(exc)
         db.execute("RELEASE save")
         return None
 
