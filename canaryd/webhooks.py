@@ -20,9 +20,26 @@ from tenacity import (
 )
 
 from canaryd.analysis import CanaryState, HookResult
-from canaryd.config import CanaryConfig, WebhookSpec, read_secret
+from canaryd.config import CanaryConfig, Severity, WebhookSpec, read_secret
 from canaryd.errors import WebhookError
+from canaryd.events import Event
 from canaryd.http import Answer, post_json
+from canaryd.notifiers.text import describe, severity_of
+
+BACKOFF_MAX = 2.0
+"""Longest pause (seconds) between two attempts of one call, before jitter."""
+
+JITTER_MAX = 0.2
+"""Random extra pause (seconds) added to each backoff."""
+
+
+def longest_call(hook: WebhookSpec) -> float:
+    """The longest one :func:`call` of ``hook`` may take: every attempt times out, plus backoff.
+
+    The tick that polls the hook waits this long for it, even beyond its own
+    observation budget (a hook's ``timeout`` is honoured; docs/flagger.md).
+    """
+    return hook.timeout * (hook.retries + 1) + (BACKOFF_MAX + JITTER_MAX) * hook.retries
 
 
 def payload(spec: CanaryConfig, state: CanaryState, hook: WebhookSpec) -> dict[str, Any]:
@@ -42,6 +59,26 @@ def payload(spec: CanaryConfig, state: CanaryState, hook: WebhookSpec) -> dict[s
         "failedChecks": state.failed_checks,
         "threshold": spec.analysis.threshold,
     }
+
+
+def event_payload(
+    spec: CanaryConfig, state: CanaryState, hook: WebhookSpec, event: Event
+) -> dict[str, Any]:
+    """The JSON body sent to an ``event`` webhook for ``event``.
+
+    As in Flagger, ``metadata`` carries ``eventMessage`` (the one-line summary),
+    ``eventType`` (``Normal``, or ``Warning`` for anything alerted above info)
+    and ``timestamp`` (Unix milliseconds, as a string); the hook's own metadata
+    never overrides these three keys. The whole event is in ``event``.
+    """
+    body = payload(spec, state, hook)
+    body["metadata"] = {
+        **body["metadata"],
+        "eventMessage": describe(event),
+        "eventType": "Normal" if severity_of(event) is Severity.INFO else "Warning",
+        "timestamp": str(int(event.time * 1000)),
+    }
+    return body
 
 
 async def call(
@@ -74,13 +111,14 @@ async def call(
                 timeout=hook.timeout,
                 idempotency_key=idempotency_key,
                 secret=secret,
+                verify_tls=not hook.disableTLS,
             )
         except WebhookError as exc:
             return exc
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(hook.retries + 1),
-        wait=wait_exponential(multiplier=0.2, max=2.0) + wait_random(0, 0.2),
+        wait=wait_exponential(multiplier=0.2, max=BACKOFF_MAX) + wait_random(0, JITTER_MAX),
         retry=retry_if_result(lambda r: not (isinstance(r, Answer) and r.ok)),
         retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else None,
         sleep=anyio.sleep,

@@ -992,11 +992,11 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
         ),
         (
             "type: googlechat",
-            "type: rocket",
+            "type: pagerduty",
             [
-                "k8s.yaml:39:8: spec.type: unknown notifier type 'rocket'; "
+                "k8s.yaml:39:8: spec.type: unknown notifier type 'pagerduty'; "
                 "expected one of: discord, "
-                "gchat, googlechat, msteams, slack"
+                "gchat, googlechat, msteams, rocket, slack"
             ],
         ),
         (
