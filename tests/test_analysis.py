@@ -312,9 +312,7 @@ def test_confirm_rollout_enters_waiting_only_when_the_gate_is_closed(
     ],
     ids=lambda v: str(v),
 )
-def test_rollback_hooks_are_not_polled_once_promotion_has_begun(
-    phase: Phase, polled: bool
-) -> None:
+def test_rollback_hooks_are_not_polled_once_promotion_has_begun(phase: Phase, polled: bool) -> None:
     """Rollback webhooks are asked while Progressing/Waiting/WaitingPromotion, never while
     Promoting or Finalising, where a stray 2xx cannot roll the promotion back."""
     spec = canary(webhooks=[{"name": "stop", "type": "rollback", "url": "http://h/"}])

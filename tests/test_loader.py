@@ -78,7 +78,7 @@ def test_example_config_loads() -> None:
     """The shipped example loads, includes the Flagger file and warns once about k8s fields."""
     loaded = load_config(EXAMPLE, environ={"PATH": "/usr/bin"})
     assert summary(loaded) == (
-        "config OK: 5 canaries, 2 providers, 2 routers, 7 notifiers, 3 templates (2 files)"
+        "config OK: 5 canaries, 2 providers, 2 routers, 8 notifiers, 3 templates (2 files)"
     )
     assert [Path(f).name for f in loaded.files] == ["canaryd.example.yaml", "flagger-canary.yaml"]
     assert len(loaded.warnings) == 1
@@ -132,6 +132,7 @@ def test_example_exercises_every_type() -> None:
         "msteams",
         "discord",
         "gchat",
+        "rocket",
         "webhook",
         "cloudevents",
     }
@@ -196,7 +197,7 @@ MODEL_CASES = [
         "notifiers:\n  n: {type: pager, url: http://x}\n",
         "c.yaml:2:7: notifiers.n.type: unknown notifier type 'pager'; "
         "expected one of: cloudevents, "
-        "discord, gchat, msteams, slack, webhook",
+        "discord, gchat, msteams, rocket, slack, webhook",
     ),
     (
         "router-missing-key",

@@ -490,26 +490,37 @@ async def rollout(runner: CanaryRunner, ticks: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("severity", "expected"),
+    ("severity", "events", "expected"),
     [
-        ("info", ["rollout.started", "weight.advanced", "check.failed", "rollout.rolled_back"]),
-        ("warn", ["check.failed", "rollout.rolled_back"]),
-        ("error", ["rollout.rolled_back"]),
+        (
+            "info",
+            "all",
+            ["rollout.started", "weight.advanced", "check.failed", "rollout.rolled_back"],
+        ),
+        ("warn", "all", ["check.failed", "rollout.rolled_back"]),
+        ("error", "all", ["rollout.rolled_back"]),
+        ("info", "flagger", ["rollout.started", "rollout.rolled_back"]),
+        ("warn", "flagger", ["rollout.rolled_back"]),
+        ("info", ["check.failed", "weight.advanced"], ["weight.advanced", "check.failed"]),
+        ("error", ["check.failed", "weight.advanced"], []),
     ],
-    ids=["info", "warn", "error"],
+    ids=["info-all", "warn-all", "error-all", "info-flagger", "warn-flagger", "list", "list-error"],
 )
 async def test_alerts_are_filtered_by_severity(
     tmp_path: Path,
     store: SqliteStore,
     session: aiohttp.ClientSession,
     severity: str,
+    events: Any,
     expected: list[str],
 ) -> None:
-    """An alert lets through the events at or above its severity, in order."""
+    """An alert sends the events its ``events`` setting chooses (Flagger's by default) that are
+    at or above its severity, in order."""
+    alert = {"name": "a", "notifier": "n", "severity": severity, "events": events}
     async with Receiver() as r:
         cfg = config(
             tmp_path,
-            [{"name": "web", "alerts": [{"name": "a", "notifier": "n", "severity": severity}]}],
+            [{"name": "web", "alerts": [alert]}],
             notifiers={"n": {"type": "webhook", "url": r.url + "/alerts"}},
         )
         provider = FakeProvider([50.0])  # tick 1 only moves to 25%; tick 2 fails: rollback
@@ -584,7 +595,7 @@ async def test_alerts_after_a_restart_mid_rollout_are_not_lost(
     async with Receiver() as r:
         cfg = config(
             tmp_path,
-            [{"name": "web", "alerts": [{"name": "a", "notifier": "n"}]}],
+            [{"name": "web", "alerts": [{"name": "a", "notifier": "n", "events": "all"}]}],
             notifiers={"n": {"type": "webhook", "url": r.url}},
         )
         svc = services(cfg, store, session)
