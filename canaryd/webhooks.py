@@ -20,10 +20,11 @@ from tenacity import (
 )
 
 from canaryd.analysis import CanaryState, HookResult
-from canaryd.config import CanaryConfig, Severity, WebhookSpec, read_secret
+from canaryd.config import CanaryConfig, Severity, WebhookSpec, WebhookType, read_secret
 from canaryd.errors import WebhookError
 from canaryd.events import Event
 from canaryd.http import Answer, post_json
+from canaryd.notifiers import wanted
 from canaryd.notifiers.text import describe, severity_of
 
 BACKOFF_MAX = 2.0
@@ -127,3 +128,37 @@ async def call(
     if isinstance(result, Answer):
         return HookResult(hook.name, result.ok, "" if result.ok else result.describe())
     return HookResult(hook.name, False, str(result))
+
+
+def _alerted(spec: CanaryConfig, name: str) -> bool:
+    """Whether any alert of the canary sends event ``name`` (by its events and severity)."""
+    event = Event(name, spec.key, None, "Progressing", 0.0, {})
+    return any(wanted(a, event) for a in spec.alerts)
+
+
+def flagger_differences(spec: CanaryConfig) -> list[str]:
+    """One line per deliberate difference from Flagger that changes what this canary's
+    webhooks and alerts do, for ``canaryd check`` (docs/flagger.md, "Deliberate differences")."""
+    out = []
+    for hook in spec.analysis.webhooks:
+        where = f"{spec.key}: webhook {hook.name}"
+        if (
+            hook.type is WebhookType.CONFIRM_TRAFFIC_INCREASE
+            and not hook.muteAlert
+            and _alerted(spec, "gate.waiting")
+        ):
+            out.append(
+                f"{where}: waiting for approval is alerted once per wait, not on every tick "
+                "the gate stays closed as in Flagger"
+            )
+        if hook.type is WebhookType.CONFIRM_ROLLOUT and _alerted(spec, "rollout.started"):
+            out.append(
+                f"{where}: the start is alerted when the rollout is submitted, before this "
+                "gate opens; Flagger alerts it once the gate opens"
+            )
+        if hook.type is WebhookType.EVENT:
+            out.append(
+                f"{where}: gets canaryd's events (one per tick included) with canaryd's "
+                "wording in metadata.eventMessage, not Flagger's Kubernetes event texts"
+            )
+    return out

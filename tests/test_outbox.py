@@ -22,7 +22,7 @@ import aiohttp
 import anyio
 import pytest
 import structlog
-from receiver import Receiver, Request
+from receiver import Receiver, Request, self_signed
 
 from canaryd.analysis import CanaryState, Phase
 from canaryd.config import Settings
@@ -556,6 +556,29 @@ async def test_event_webhooks_receive_every_event_in_order(
     assert {"analysis.tick", "rollout.promoted"} <= set(events)
     assert {q.json["type"] for q in r.requests} == {"event"}
     assert all(verify(q, SECRET) for q in r.requests)
+
+
+@pytest.mark.parametrize("disable_tls", [True, False], ids=["disableTLS", "verified"])
+async def test_event_hook_with_disable_tls_reaches_a_self_signed_receiver(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, disable_tls: bool
+) -> None:
+    """An outbox-delivered hook with disableTLS reaches an HTTPS receiver whose certificate does
+    not verify, with Flagger's event metadata; without it nothing is delivered."""
+    async with Receiver(tls=self_signed(tmp_path)) as r:
+        cfg = config(tmp_path, audited(["web"], r.url, disableTLS=disable_tls))
+        runner = CanaryRunner(cfg.canaries[0], CanaryState(), services(cfg, store, session))
+        await runner.start_rollout("v2", {})
+        clock = Clock()
+        d = dispatcher(runner.services, clock)
+        for _ in range(3):
+            await d.drain_once()
+            clock.advance(1.0)
+    assert len(r.requests) == (1 if disable_tls else 0)
+    if disable_tls:
+        metadata = r.requests[0].json["metadata"]
+        assert metadata["eventType"] == "Normal"
+        assert metadata["eventMessage"].startswith("prod/web v2: rollout started")
+        assert metadata["timestamp"].isdigit()
 
 
 @pytest.mark.parametrize(
