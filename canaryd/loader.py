@@ -51,6 +51,7 @@ from canaryd.errors import ConfigError
 from canaryd.flagger import KeyPath, is_manifest
 from canaryd.modeltypes import keys_at
 from canaryd.webhooks import flagger_differences as differences
+from canaryd.webhooks import unverified_tls
 from canaryd.yamlpos import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -86,7 +87,7 @@ class Loaded:
         warnings: things worth telling the operator that are not errors: the
             Kubernetes-only fields of Flagger manifests that were ignored (one line),
             then one line per deliberate difference from Flagger that affects a
-            canary (docs/flagger.md).
+            canary (docs/flagger.md), then one per webhook with ``disableTLS``.
         files: every file read, the main file first.
     """
 
@@ -137,6 +138,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     warning = flagger.format_ignored(ctx.ignored)
     warnings = [warning] if warning else []
     warnings += [f"differs from Flagger: {d}" for c in settings.canaries for d in differences(c)]
+    warnings += [line for c in settings.canaries for line in unverified_tls(c)]
     return Loaded(settings=settings, warnings=warnings, files=ctx.files)
 
 

@@ -162,3 +162,13 @@ def flagger_differences(spec: CanaryConfig) -> list[str]:
                 "wording in metadata.eventMessage, not Flagger's Kubernetes event texts"
             )
     return out
+
+
+def unverified_tls(spec: CanaryConfig) -> list[str]:
+    """One line per webhook of the canary whose TLS certificate is not verified (``disableTLS``),
+    for ``canaryd check`` and the daemon's ``config.warning`` at start and reload."""
+    return [
+        f"{spec.key}: webhook {h.name}: disableTLS: its TLS certificate is not verified"
+        for h in spec.analysis.webhooks
+        if h.disableTLS
+    ]

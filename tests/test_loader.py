@@ -81,12 +81,15 @@ def test_example_config_loads() -> None:
         "config OK: 5 canaries, 2 providers, 2 routers, 8 notifiers, 3 templates (2 files)"
     )
     assert [Path(f).name for f in loaded.files] == ["canaryd.example.yaml", "flagger-canary.yaml"]
-    assert len(loaded.warnings) == 3  # the ignored fields, then two differences from Flagger
+    assert len(loaded.warnings) == 4  # ignored fields, two differences from Flagger, disableTLS
     assert loaded.warnings[0].startswith("Kubernetes-only fields ignored: ")
-    assert [w.split(": ")[:3] for w in loaded.warnings[1:]] == [
+    assert [w.split(": ")[:3] for w in loaded.warnings[1:3]] == [
         ["differs from Flagger", "prod/web", "webhook approve-start"],
         ["differs from Flagger", "prod/web", "webhook audit-log"],
     ]
+    assert loaded.warnings[3] == (
+        "prod/web: webhook audit-log: disableTLS: its TLS certificate is not verified"
+    )
     assert loaded.warnings[0].endswith(
         "flagger-canary.yaml: Canary/podinfo: metadata.labels, spec.targetRef.apiVersion, "
         "spec.targetRef.kind, spec.autoscalerRef, spec.progressDeadlineSeconds, spec.service, "
@@ -968,6 +971,9 @@ def test_flagger_mute_alert_disable_tls_and_rocket_are_supported(tmp_path: Path)
     assert (hook.muteAlert, hook.disableTLS) == (True, True)
     assert loaded.settings.notifiers["on-call"].type == "rocket"
     assert "muteAlert" not in loaded.warnings[0] and "disableTLS" not in loaded.warnings[0]
+    assert loaded.warnings[-1] == (
+        "test/podinfo: webhook gate: disableTLS: its TLS certificate is not verified"
+    )
 
 
 @pytest.mark.parametrize(
