@@ -212,6 +212,9 @@ class CanaryRunner:
         self._lock = asyncio.Lock()
         self._next: tuple[CanaryConfig, list[ResolvedMetric], Services] | None = None
         self._woken = False  # woken before being scheduled: the first tick is due at once
+        # the deadline of the observation in flight, for a command that cuts it short
+        self._observing: asyncio.Timeout | None = None
+        self._interrupted = False
         self._on_wake: Callable[[], None] | None = None  # set by schedule()
 
     @property
@@ -306,17 +309,31 @@ class CanaryRunner:
             need = core.needs(self.spec, self.state)
             if not need.anything:
                 return
+            self._interrupted = False
             obs = await self.observe(need)
+            if self._interrupted:
+                return  # an operator's abort/pause/promote decides instead; nothing is counted
             decision = core.decide(self.spec, self.state, obs, self.services.clock())
             await self._commit(decision)
 
-    async def command(self, fn: Callable[[CanaryState, float], Decision]) -> CanaryState:
+    async def command(
+        self, fn: Callable[[CanaryState, float], Decision], *, interrupt: bool = False
+    ) -> CanaryState:
         """Apply an operator command (a pure core function) and persist it.
+
+        A command waits for the tick in flight. With ``interrupt`` (abort, pause,
+        promote) it first cuts short the tick's observation, which a webhook's own
+        timeout may stretch to minutes: that tick then decides nothing and counts
+        nothing, and the command applies at once (docs/flagger.md).
 
         Raises:
             CommandError: the command does not fit the current state.
             StoreError: it could not be persisted (nothing changed).
         """
+        observing = self._observing
+        if interrupt and observing is not None and not observing.expired():
+            self._interrupted = True
+            observing.reschedule(asyncio.get_running_loop().time())
         async with self._lock:
             self._adopt()
             decision = fn(self.state, self.services.clock())
@@ -366,9 +383,12 @@ class CanaryRunner:
             self._plan_hooks(calls, results, kind, slot)
         deadline = max((budget, *(self._hook_limits.get(k, 0.0) for k, _ in kinds))) + 5.0
         if calls:
-            with contextlib.suppress(TimeoutError):  # what is unanswered by then counts as failed
-                async with asyncio.timeout(deadline):  # cheaper than anyio's cancel scope
-                    await gather(calls)
+            try:
+                with contextlib.suppress(TimeoutError):  # unanswered by then counts as failed
+                    async with asyncio.timeout(deadline) as self._observing:  # cheaper than anyio's
+                        await gather(calls)
+            finally:
+                self._observing = None
         return self._observation(need, results, deadline)
 
     def _plan_hooks(

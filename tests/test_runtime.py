@@ -428,3 +428,35 @@ async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hoo
     assert alerts == (["rollout.started"] if mute else ["rollout.started", "rollout.waiting"])
     assert waiting["metadata"]["eventType"] == "Warning"
     assert waiting["metadata"]["eventMessage"].startswith("prod/web v2: waiting for approval")
+
+
+@pytest.mark.parametrize(
+    ("verb", "phase"),
+    [("abort", Phase.FAILED), ("pause", Phase.PAUSED), ("promote", Phase.PROMOTING)],
+    ids=["abort", "pause", "promote"],
+)
+async def test_abort_pause_promote_do_not_wait_for_a_slow_hook(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, verb: str, phase: Phase
+) -> None:
+    """An operator's abort, pause or promote cuts short a tick waiting minutes for a hook; that
+    tick decides and counts nothing, and the command applies at once."""
+    async with Receiver(delay=60) as r:
+        hooks = [{"name": "helm-test", "type": "rollout", "url": r.url, "timeout": "3m"}]
+        run = runner(
+            settings(tmp_path, webhooks=hooks), store, session, FakeProvider(), FakeRouter()
+        )
+        await run.start_rollout("v2", {})
+        await run.tick()  # weight 0 -> 25
+        tick = asyncio.ensure_future(run.tick())
+        await r.wait_for(1)
+        fn = {"abort": core.abort, "pause": core.pause, "promote": core.promote}[verb]
+        started = time.monotonic()
+        state = await asyncio.wait_for(
+            run.command(lambda s, now: fn(run.spec, s, now), interrupt=True), 5
+        )
+        await asyncio.wait_for(tick, 5)
+        waited = time.monotonic() - started
+    events = [e["event"] for e in await store.events("prod/web")]
+    assert state.phase is phase and waited < 3
+    assert state.failed_checks == 0 and "check.failed" not in events
+    assert events.count("analysis.tick") == 1  # the first tick's only
