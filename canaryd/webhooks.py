@@ -1,7 +1,11 @@
-"""Analysis webhooks (gates, pre-rollout, rollout, rollback): payload and one call.
+"""Analysis webhooks (gates, pre-rollout, rollout, rollback, event): payloads and one call.
 
-The payload is Flagger's plus what its users asked for (DESIGN section 6):
-weights, iteration, failedChecks and threshold. Success is any 2xx.
+The payload is Flagger's plus what its users asked for (docs/design.md,
+"Outgoing calls"): weights, iteration, failedChecks and threshold; ``event``
+hooks also get Flagger's event metadata. Success is any 2xx. A call keeps the
+hook's own ``timeout`` per attempt, even beyond the tick's metric budget
+(docs/flagger.md). Also here: the ``canaryd check`` lines about deliberate
+differences from Flagger in webhooks and alerts.
 """
 
 from __future__ import annotations
