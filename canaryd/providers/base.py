@@ -240,6 +240,7 @@ def open_endpoint(
     insecure: bool = False,
     static: bool = False,
     secret_headers: frozenset[str] = frozenset(),
+    accept: str = "application/json",
 ) -> Endpoint:
     """The :class:`Endpoint` of a provider's ``address`` (``http(s)://[user:pass@]host[/prefix]``).
 
@@ -258,7 +259,7 @@ def open_endpoint(
         limit=limit,
         verify_tls=not insecure,
         max_body=max_body,
-        head=f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n".encode(),
+        head=f"User-Agent: {USER_AGENT}\r\nAccept: {accept}\r\n".encode(),
     )
     if insecure:
         log.warning("provider.tls_insecure", address=where)
