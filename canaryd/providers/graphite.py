@@ -102,7 +102,9 @@ class Graphite:
         Raises:
             ProviderError: the request failed for good, or several series.
         """
-        window = {"from": str(math.floor(start)), "until": str(math.ceil(end))}
+        # Graphite's ``from`` is exclusive (whisper starts at the next step): one second
+        # earlier makes ``start`` the first point, as in Prometheus's range queries
+        window = {"from": str(math.floor(start) - 1), "until": str(math.ceil(end))}
         request = Request(render_path(query, window), method=b"GET")
         return await self._endpoint.call(request, budget, lambda r: all_values(_series(r)))
 
