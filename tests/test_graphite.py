@@ -223,7 +223,7 @@ async def test_real_graphite_errors(graphite: GraphiteServer, unique_job: str) -
         )
         with pytest.raises(ProviderError, match="2 series"):
             await provider.query(f"target=canaryd.{unique_job}.*", budget=5)
-        with pytest.raises(ProviderError, match="HTTP 400.*unknown function"):
+        with pytest.raises(ProviderError, match=r"HTTP 400.*unknown function"):
             await provider.query("target=noSuchFunction(a.b)", budget=5)
         assert provider.stats.retries == 0
 
