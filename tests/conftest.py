@@ -136,3 +136,16 @@ def graphite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphiteServe
         yield server
     finally:
         server.stop()
+
+
+from influx import InfluxServer, start_influxdb  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """A real influxd (1.x, auth on, database ``canaryd``) shared by the session."""
+    server = start_influxdb(tmp_path_factory.mktemp("influxdb"))
+    try:
+        yield server
+    finally:
+        server.stop()
