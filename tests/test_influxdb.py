@@ -67,8 +67,8 @@ def test_influxql_values(resp: Response, expected: float | None) -> None:
 @pytest.mark.parametrize(
     ("resp", "kind", "needle"),
     [
-        (influxql({"statement_id": 0, "series": [series(["time", "v"], [[1, 1]], tags={"h": "a"}),
-                                                 series(["time", "v"], [[1, 2]], tags={"h": "b"})]}),
+        (influxql({"series": [series(["time", "v"], [[1, 1]], tags={"h": "a"}),
+                              series(["time", "v"], [[1, 2]], tags={"h": "b"})]}),
          ProviderError, "2 series"),
         (influxql({"statement_id": 0, "series": [series(["time", "v", "w"], [[1, 1, 2]])]}),
          ProviderError, "2 value columns"),
