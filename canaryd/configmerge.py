@@ -219,10 +219,13 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
     providers = raw.setdefault("providers", {})
     if not isinstance(providers, dict):
         return
+    kind = mapped.provider_type
     if mapped.prometheus_address is None or mapped.provider_entry is None:
-        name = _only(providers, "provider", "spec.provider.address", here, ctx)
+        same = {k: p for k, p in providers.items() if kind == "prometheus" or _typed(p, kind)}
+        what = "provider" if kind == "prometheus" else f"{kind} provider"
+        name = _only(same, what, "spec.provider.address", here, ctx)
     else:
-        name = flagger.find_provider(providers, mapped.prometheus_address)
+        name = flagger.find_provider(providers, mapped.prometheus_address, kind)
     if name is None and mapped.provider_entry is not None:
         name = f"{mapped.name}-provider"
         if name in providers:
@@ -233,6 +236,11 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
         _move_locs(pending.doc, ("providers", name), [((), ("spec", "provider"))], ctx)
     if name is not None:
         mapped.entry["provider"] = name
+
+
+def _typed(provider: Any, kind: str) -> bool:
+    """Whether a raw provider entry is of type ``kind``."""
+    return isinstance(provider, dict) and provider.get("type") == kind
 
 
 def _only(

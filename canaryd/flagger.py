@@ -9,7 +9,9 @@ Included files may hold Flagger manifests (``apiVersion: flagger.app/v1beta1``):
   come from the annotations ``canaryd.io/router``/``canaryd.io/provider``, or
   default to the only router/provider defined (resolved by the loader).
 - ``MetricTemplate`` becomes ``templates[name]``; its ``spec.provider`` becomes
-  a Prometheus provider, reused when one with the same address exists.
+  a provider of the mapped type (:data:`TEMPLATE_PROVIDER_TYPES`), reused when
+  one of that type with the same address exists; without an address, the only
+  provider of that type.
 - ``AlertProvider`` becomes ``notifiers[name]`` (``spec.address`` -> ``url``).
 
 Kubernetes-only fields are collected in :attr:`Mapped.ignored` (the loader
@@ -43,6 +45,13 @@ NOTIFIER_TYPES = {
     "rocket": "rocket",
 }
 """Flagger AlertProvider types canaryd can deliver to, and their canaryd name."""
+
+TEMPLATE_PROVIDER_TYPES: dict[str, dict[str, Any]] = {
+    "prometheus": {"type": "prometheus"},
+    "graphite": {"type": "graphite"},
+    "influxdb": {"type": "influxdb", "language": "flux"},  # Flagger's influxdb speaks Flux
+}
+"""Flagger MetricTemplate provider types canaryd queries, and the canaryd provider they become."""
 
 _CANARY_SPEC_K8S = (
     "autoscalerRef",
@@ -86,6 +95,7 @@ class Mapped:
         needs_router: the canary's router is the only one defined (no annotation).
         prometheus_address: a MetricTemplate's provider address (find or create).
         provider_entry: the provider to create when no provider has that address.
+        provider_type: the canaryd provider type a MetricTemplate's provider maps to.
     """
 
     kind: str
@@ -99,6 +109,7 @@ class Mapped:
     needs_router: bool = False
     prometheus_address: str | None = None
     provider_entry: dict[str, Any] | None = None
+    provider_type: str = "prometheus"
 
     def problem(self, path: KeyPath, message: str) -> None:
         """Record a problem at ``path`` of the manifest."""
@@ -340,9 +351,13 @@ def _template_provider(value: Any, out: Mapped) -> None:
     provider: dict[str, Any] = {"type": "prometheus"}
     for key, item in value.items():
         if key == "type":
-            if item != "prometheus":
+            if isinstance(item, str) and item in TEMPLATE_PROVIDER_TYPES:
+                provider.update(TEMPLATE_PROVIDER_TYPES[item])
+                out.provider_type = provider["type"]
+            else:
+                expected = ", ".join(sorted(TEMPLATE_PROVIDER_TYPES))
                 out.problem(
-                    (*here, "type"), f"unknown provider type {item!r}; expected one of: prometheus"
+                    (*here, "type"), f"unknown provider type {item!r}; expected one of: {expected}"
                 )
         elif key in ("address", "insecureSkipVerify"):
             provider[key] = item
@@ -407,13 +422,13 @@ _MAPPERS: dict[str, Callable[[dict[str, Any], dict[str, Any], Mapped], None]] = 
 }
 
 
-def find_provider(providers: dict[str, Any], address: str) -> str | None:
-    """The name of a Prometheus provider with this address (trailing ``/`` ignored), if any."""
+def find_provider(providers: dict[str, Any], address: str, kind: str = "prometheus") -> str | None:
+    """The name of a ``kind`` provider with this address (trailing ``/`` ignored), if any."""
     wanted = address.rstrip("/")
     for name, provider in providers.items():
         if (
             isinstance(provider, dict)
-            and provider.get("type") == "prometheus"
+            and provider.get("type") == kind
             and isinstance(provider.get("address"), str)
             and provider["address"].rstrip("/") == wanted
         ):
