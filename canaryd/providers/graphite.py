@@ -165,12 +165,10 @@ def _points(series: dict[str, Any]) -> list[float]:
         value = point[0] if isinstance(point, list) and len(point) == 2 else False
         if value is None:
             values.append(math.nan)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            values.append(float(value))
-        elif isinstance(value, str):
+        elif isinstance(value, int | float | str) and not isinstance(value, bool):
             try:
                 values.append(float(value))
-            except ValueError:
+            except (ValueError, OverflowError):  # text, or an integer beyond float range
                 raise ProviderError(
                     f"graphite datapoint is not a number: {_shown(point)}"
                 ) from None

@@ -24,6 +24,7 @@ a Flux query, as InfluxDB's own UI does; they return every row's value, null as 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -217,7 +218,9 @@ def influxql_rows(resp: Response) -> list[float | None]:
         raise ProviderError(f"influxdb answered something other than query JSON: {_shown(doc)}")
     if len(results) > 1:
         raise ProviderError(f"query holds {len(results)} statements; a metric query is one")
-    result = results[0] if isinstance(results[0], dict) else {}
+    result = results[0]
+    if not isinstance(result, dict):
+        raise ProviderError(f"influxdb answered an unexpected result: {_shown(result)}")
     if "error" in result:
         raise ProviderError(f"influxdb: {result['error']}")
     series = result.get("series", [])
@@ -247,7 +250,10 @@ def _series_values(series: Any) -> list[float | None]:
             f"query returned {len(fields)} value columns ({', '.join(map(str, columns))}); "
             "a metric query selects exactly one"
         )
-    return [_number(row[fields[0]] if isinstance(row, list) else row) for row in rows]
+    at = fields[0]
+    if not all(isinstance(row, list) and len(row) == len(columns) for row in rows):
+        raise ProviderError(f"influxdb rows do not match the columns: {_shown(series)}")
+    return [_number(row[at]) for row in rows]
 
 
 def _number(value: Any) -> float | None:
@@ -259,7 +265,8 @@ def _number(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        with contextlib.suppress(OverflowError):  # an integer beyond float range
+            return float(value)
     raise ProviderError(f"influxdb value is not a number: {_shown(value)}")
 
 
@@ -281,7 +288,10 @@ def flux_rows(resp: Response) -> list[float | None]:
         message = doc.get("message") if isinstance(doc, dict) else None
         _check_status(resp, message if isinstance(message, str) else None)
     _check_status(resp, None)
-    tables = _flux_tables(resp.body.decode("utf-8", "replace"))
+    try:
+        tables = _flux_tables(resp.body.decode("utf-8", "replace"))
+    except csv.Error as exc:
+        raise ProviderError(f"influxdb answered CSV that cannot be read: {exc}") from None
     if len(tables) > 1:
         raise ProviderError(
             f"query returned {len(tables)} tables; a metric query must return exactly one "
@@ -311,7 +321,7 @@ def _flux_tables(text: str) -> dict[tuple[str, str], list[float | None]]:
             if "_value" not in header and "error" not in header:
                 raise ProviderError(f"flux table without a _value column: {','.join(header)}")
         elif "error" in header:
-            raise ProviderError(f"influxdb flux error: {row[header.index('error')]}")
+            raise ProviderError(f"influxdb flux error: {_cell(row, header, 'error')}")
         else:
             at = header.index("_value")
             kind = types[at] if at < len(types) else ""
