@@ -136,5 +136,5 @@ def test_influxdb_template_without_an_influxdb_provider_is_a_problem(tmp_path: P
 def test_unknown_template_provider_type_names_the_supported_ones(tmp_path: Path) -> None:
     """A provider type canaryd does not map is refused with the list of mapped types."""
     write(tmp_path, "k8s/x.yaml", GRAPHITE_TEMPLATE.replace("type: graphite", "type: splunk"))
-    with pytest.raises(ConfigError, match="unknown provider type 'splunk'.*graphite, influxdb"):
+    with pytest.raises(ConfigError, match=r"unknown provider type 'splunk'.*graphite, influxdb"):
         load_config(write(tmp_path, "c.yaml", MAIN), environ={})
