@@ -115,7 +115,9 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
         if provider is None or provider not in settings.providers:
             raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
 
-        def rendered(template: str, target: str, m: MetricSpec = m) -> str:
+        kind = settings.providers[provider].type
+
+        def rendered(template: str, target: str, m: MetricSpec = m, kind: str = kind) -> str:
             return render(
                 template,
                 template_variables(
@@ -124,6 +126,7 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
                     target=target,
                     interval=m.interval,
                     variables={**canary.variables, **m.templateVariables},
+                    provider_type=kind,
                 ),
             )
 

@@ -66,16 +66,19 @@ spec:
     type: graphite
     address: {address}
   query: |
-    target=sumSeries(
-      canaryd.{{{{ target }}}}.errors
-    )&from=-5min
+    target=summarize(
+      sumSeries(canaryd.{{{{ target }}}}.errors),
+      '{{{{ interval }}}}',
+      'avg'
+    )&from=-{{{{ interval }}}}
 """
+"""Flagger's Graphite template shape; ``{{ interval }}`` must read as Graphite's ``1min``."""
 
 
 async def test_graphite_metric_rolls_back(
     tmp_path: Path, graphite: GraphiteServer, unique_job: str
 ) -> None:
-    """A Flagger graphite MetricTemplate reading 12 % errors against max 5 rolls back."""
+    """A Flagger graphite MetricTemplate (summarize over {{ interval }}) at 12 % rolls back."""
     graphite.send([(f"canaryd.{unique_job}.errors", 12.0, time.time())])
     async with Graphite(graphite.provider_config()) as provider:
         await eventually(
