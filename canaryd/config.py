@@ -199,6 +199,13 @@ class WebProvider(_HttpProvider):
     contentType: str = "application/json"
     secret_headers: list[SecretHeader] = Field(default_factory=list)
 
+    @field_validator("contentType")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        if not v or "\r" in v or "\n" in v or not v.isascii():
+            raise ValueError("a content type is one line of ASCII text")
+        return v
+
     @field_validator("jsonPath")
     @classmethod
     def _json_path(cls, v: str) -> str:

@@ -92,6 +92,23 @@ def test_config_refuses_an_unsupported_path() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("contentType", "text/plain\r\nX-Evil: 1", "one line"),
+        ("secret_headers", [{"name": "X-Key: evil", "value_file": "/k"}], "one word"),
+        ("headers", {"X-A": "a\nb"}, "one line"),
+    ],
+    ids=["content-type", "secret-header-name", "header-value"],
+)
+def test_config_refuses_header_injection(key: str, value: object, needle: str) -> None:
+    """A content type, header name or value that would split the request is refused."""
+    with pytest.raises(ValidationError, match=needle):
+        WebProvider.model_validate(
+            {"type": "web", "address": "http://127.0.0.1:1", "jsonPath": "$.v", key: value}
+        )
+
+
 # --------------------------------------------------------------------------- requests
 
 
