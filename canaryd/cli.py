@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("promote", "abort", "pause", "resume"):
         v = sub.add_parser(verb, parents=[client], help=f"{verb} a rollout")
         v.add_argument("canary", metavar="NS/NAME")
+        if verb == "promote":
+            v.add_argument(
+                "--force", action="store_true", help="also skip gates that are not approved"
+            )
     a = sub.add_parser("approve", parents=[client], help="open a gate by hand")
     a.add_argument("canary", metavar="NS/NAME")
     a.add_argument("--gate", required=True, choices=["rollout", "traffic-increase", "promotion"])
@@ -186,8 +190,11 @@ async def _client_command(args: argparse.Namespace) -> int:
             if args.command == "approve"
             else (f"{key}/{args.command}")
         )
-        state = await client.post(path, {})
+        body = {"force": True} if getattr(args, "force", False) else {}
+        state = await client.post(path, body)
         print(f"{key}: {state['phase']} (revision {state['revision']})")
+        if state.get("skippedGates"):
+            print(f"{key}: forced past gate(s) {', '.join(state['skippedGates'])}")
         return 0
 
 

@@ -82,8 +82,10 @@ class Loaded:
 
     Attributes:
         settings: the validated configuration.
-        warnings: things worth telling the operator that are not errors (at most
-            one: the Kubernetes-only fields of Flagger manifests that were ignored).
+        warnings: things worth telling the operator that are not errors: the
+            Kubernetes-only fields of Flagger manifests that were ignored (one line),
+            and one line per canary whose weight keys Flagger reads differently than
+            they look (stepWeights win over maxWeight and set stepWeight's maximum).
         files: every file read, the main file first.
     """
 
@@ -132,7 +134,9 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     if ctx.problems or settings is None:
         raise ConfigError(list(dict.fromkeys(ctx.problems)))
     warning = flagger.format_ignored(ctx.ignored)
-    return Loaded(settings=settings, warnings=[warning] if warning else [], files=ctx.files)
+    warnings = [warning] if warning else []
+    warnings += [f"{c.key}: {n}" for c in settings.canaries for n in c.analysis.weight_notes]
+    return Loaded(settings=settings, warnings=warnings, files=ctx.files)
 
 
 def summary(loaded: Loaded) -> str:

@@ -311,19 +311,29 @@ class CanaryRunner:
     async def command(self, fn: Callable[[CanaryState, float], Decision]) -> CanaryState:
         """Apply an operator command (a pure core function) and persist it.
 
+        A rollback still waiting for the router is tried first, so that a command
+        never builds on traffic that has not gone back to the primary.
+
         Raises:
             CommandError: the command does not fit the current state.
+            RouterError: the router refused the command's route; nothing changed,
+                except that a refused rollback stays pending (retried every tick).
             StoreError: it could not be persisted (nothing changed).
         """
         async with self._lock:
             self._adopt()
+            if self.state.route_pending:
+                await self._retry_rollback_route()
             decision = fn(self.state, self.services.clock())
-            await self._commit(decision, raise_store_errors=True)
+            if not decision.effects:
+                return self.state  # a no-op (the same revision started again)
+            await self._commit(decision, raise_store_errors=True, command=True)
         self.wake()
         return self.state
 
     async def start_rollout(self, revision: str, metadata: Mapping[str, str]) -> CanaryState:
-        """Begin a rollout (see :func:`canaryd.analysis.start_rollout`)."""
+        """Begin a rollout, or restart it with a new revision (see
+        :func:`canaryd.analysis.start_rollout`)."""
         rollout_id = uuid.uuid4().hex[:12]
         return await self.command(
             lambda s, now: core.start_rollout(self.spec, s, revision, metadata, rollout_id, now)
@@ -344,9 +354,10 @@ class CanaryRunner:
         results: dict[str, Any] = {}
         budget = self._budget()
         calls: list[Callable[[], Coroutine[Any, Any, None]]] = []
-        self._plan_hooks(calls, results, WebhookType.ROLLBACK, "rollback")
-        if need.gate is not None:
-            self._plan_hooks(calls, results, need.gate, "gate")
+        if need.rollback_hooks:
+            self._plan_hooks(calls, results, WebhookType.ROLLBACK, "rollback")
+        for kind in need.gates:
+            self._plan_hooks(calls, results, kind, f"gate:{kind.value}")
         if need.pre_rollout:
             self._plan_hooks(calls, results, WebhookType.PRE_ROLLOUT, "pre")
         if need.checks:
@@ -420,7 +431,16 @@ class CanaryRunner:
     def _observation(self, need: Needs, results: dict[str, Any]) -> Observation:
         """Assemble an observation; anything missing (deadline hit) counts as failed."""
         timeout = HookResult("deadline", False, f"no answer within {self._budget():g}s")
-        gate = results.get("gate", (timeout,)) if need.gate is not None else ()
+        closed = next(
+            (
+                kind
+                for kind in need.gates
+                if not core.gate_open(
+                    self.spec, self.state, kind, results.get(f"gate:{kind.value}", (timeout,))
+                )
+            ),
+            None,
+        )
         late = "no answer within the tick's deadline"
         if "metrics" in results:
             metrics, compare = results["metrics"], results["compare"]
@@ -429,7 +449,8 @@ class CanaryRunner:
             compare = tuple(CompareSeries(compare_config(m.spec), error=late) for m in self._pairs)
         return Observation(
             rollback=results.get("rollback", ()),
-            gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
+            gate_open=closed is None,
+            closed_gate=closed,
             pre_rollout=results.get("pre", (timeout,)) if need.pre_rollout else (),
             rollout=results.get("rollout", (timeout,)) if need.checks else (),
             metrics=metrics if need.checks else (),
@@ -485,30 +506,52 @@ class CanaryRunner:
         )
         await self.services.routers[self.spec.router].apply(request)
 
-    async def _apply_routes(self, decision: Decision) -> Decision:
+    async def _apply_routes(self, decision: Decision, *, command: bool = False) -> Decision:
         """Carry out the decision's routes; a router failure becomes a failed check.
 
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
         retries the route); any other decision is replaced by a failed check on
-        the state before it, so nothing is recorded as applied that was not.
+        the state before it (:func:`canaryd.analysis.router_failed`), holding the
+        weights of the last route the router confirmed, so nothing is recorded
+        as applied that was not.
+
+        Raises:
+            RouterError: with ``command``, a route other than a rollback failed
+                (an operator command never adds a failed check).
         """
         routes = [e for e in decision.effects if isinstance(e, Route)]
+        confirmed: Route | None = None
         for seq, route in enumerate(routes):
             try:
                 await self._route(route, decision.state, seq)
             except RouterError as exc:
-                now = self.services.clock()
                 if decision.state.phase is core.Phase.FAILED:
+                    now = self.services.clock()
                     failed = core.router_failed(self.spec, decision.state, str(exc), now)
                     return Decision(
                         failed.state, decision.effects + failed.effects, decision.record
                     )
-                before = replace(self.state, ticks=decision.state.ticks)
-                failed = core.router_failed(self.spec, before, str(exc), now)
-                if failed.state.phase is core.Phase.FAILED:
-                    return await self._apply_routes(failed)
-                return Decision(failed.state, failed.effects, decision.record)
+                if command and confirmed is None:
+                    raise
+                return await self._route_failed(decision, confirmed, exc)
+            confirmed = route
         return decision
+
+    async def _route_failed(
+        self, decision: Decision, confirmed: Route | None, exc: RouterError
+    ) -> Decision:
+        """The state before ``decision``, at the weights the router last confirmed, judged."""
+        before = replace(self.state, ticks=decision.state.ticks)
+        if confirmed is not None:
+            before = replace(
+                before,
+                primary_weight=confirmed.primary_weight,
+                canary_weight=confirmed.canary_weight,
+            )
+        failed = core.router_failed(self.spec, before, str(exc), self.services.clock())
+        if failed.state.phase is core.Phase.FAILED:
+            return await self._apply_routes(failed)
+        return Decision(failed.state, failed.effects, decision.record)
 
     async def _retry_rollback_route(self) -> None:
         try:
@@ -518,7 +561,16 @@ class CanaryRunner:
             return
         await self._commit(Decision(replace(self.state, route_pending=False)))
 
-    async def _commit(self, decision: Decision, *, raise_store_errors: bool = False) -> None:
+    async def _commit(
+        self, decision: Decision, *, raise_store_errors: bool = False, command: bool = False
+    ) -> None:
+        """Route, persist, then adopt a decision (see the module docstring).
+
+        Raises:
+            StoreError: with ``raise_store_errors``, it could not be persisted.
+            RouterError: with ``command``, the router refused the command's route
+                (a refused rollback is persisted as pending first).
+        """
         try:
             if any(isinstance(e, Route) and e.action != "rollback" for e in decision.effects):
                 # A store that cannot record a move towards the canary must not see the
@@ -526,7 +578,7 @@ class CanaryRunner:
                 # full, locked store). A rollback always goes out: when unsure, traffic
                 # goes back to the primary, and the next tick re-decides it idempotently.
                 await self._persist(decision, rehearse=True)
-            decision = await self._apply_routes(decision)
+            decision = await self._apply_routes(decision, command=command)
             new = await self._persist(decision)
         except StoreError as exc:
             log.error(
@@ -543,6 +595,16 @@ class CanaryRunner:
             if isinstance(effect, Emit):
                 log_event(effect.event)
         self.services.on_change(self.key, new)
+        if command and new.route_pending:
+            error = next(
+                (
+                    str(e.event.fields.get("error"))
+                    for e in decision.effects
+                    if isinstance(e, Emit) and e.event.name == "router.failed"
+                ),
+                "the router refused it",
+            )
+            raise RouterError(f"rollback pending (retried every tick): {error}")
 
     async def _persist(self, decision: Decision, *, rehearse: bool = False) -> CanaryState:
         """Save the decision (or only rehearse the save) and return the state saved.

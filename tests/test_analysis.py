@@ -380,17 +380,21 @@ def test_manual_approval_opens_a_gate_once() -> None:
 
 
 def test_blue_green_runs_iterations_then_switches_and_promotes() -> None:
-    """iterations without match: canary keeps 0% user traffic, then all traffic switches."""
+    """Blue/green: no analysis on the first tick, iterations at 0%, a judged tick at 100%, then
+    promotion (Flagger's runBlueGreen)."""
     spec = canary(stepWeight=None, maxWeight=None, iterations=3)
     state = started(spec)
-    assert core.needs(spec, state).checks
-    ds = run(spec, state, ok(), 6)
-    assert [d.state.iteration for d in ds[:3]] == [1, 2, 3]
-    assert all(d.state.canary_weight == 0 for d in ds[:2])
-    assert ds[2].state.phase is Phase.PROMOTING
-    assert routes(ds[2]) == [Route("route", 0, 100), Route("promote", 0, 100)]
-    assert routes(ds[3]) == [Route("route", 100, 0)]
-    assert ds[4].state.phase is Phase.SUCCEEDED
+    assert not core.needs(spec, state).checks
+    ds = run(spec, state, ok(), 8)
+    assert [d.state.iteration for d in ds[:5]] == [1, 2, 3, 4, 4]
+    assert [d.state.canary_weight for d in ds[:5]] == [0, 0, 0, 100, 100]
+    assert routes(ds[3]) == [Route("route", 0, 100)]
+    assert ds[3].state.phase is Phase.PROGRESSING
+    assert core.needs(spec, ds[3].state).checks, "judged under full traffic before promotion"
+    assert ds[4].state.phase is Phase.PROMOTING
+    assert routes(ds[4]) == [Route("promote", 0, 100)]
+    assert routes(ds[5]) == [Route("route", 100, 0)]
+    assert ds[6].state.phase is Phase.SUCCEEDED
 
 
 def test_ab_routes_matched_users_to_the_canary() -> None:
@@ -476,11 +480,12 @@ def test_failed_rollback_route_stays_pending() -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def test_start_rollout_refuses_while_one_is_active() -> None:
-    """A second rollout while one is under way is a conflict, not a silent restart."""
+def test_start_rollout_refuses_while_promoting() -> None:
+    """A new revision while the primary is being promoted is refused until promotion ends."""
     spec = canary()
-    with pytest.raises(CommandError, match="abort it first"):
-        core.start_rollout(spec, started(spec), "v3", {}, "r2", 1.0)
+    promoting = replace(started(spec), phase=Phase.PROMOTING, canary_weight=50, primary_weight=50)
+    with pytest.raises(CommandError, match="once the promotion has finished"):
+        core.start_rollout(spec, promoting, "v3", {}, "r2", 1.0)
 
 
 def test_new_rollout_after_a_finished_one_starts_clean() -> None:
@@ -623,12 +628,24 @@ def test_compare_query_error_fails_the_check() -> None:
         ({"stepWeight": 10, "maxWeight": 50}, [10, 20, 30, 40, 50]),
         ({"stepWeight": 30, "maxWeight": 50}, [30, 50]),
         ({"stepWeight": 40}, [40, 80, 100]),
-        ({"stepWeights": [5, 25, 60], "maxWeight": 30}, [5, 25]),
+        ({"stepWeights": [5, 25, 60], "maxWeight": 30}, [5, 25, 60]),
+        ({"stepWeights": [1, 2, 10, 80], "maxWeight": 50}, [1, 2, 10, 80]),
+        ({"stepWeight": 10, "stepWeights": [5, 25, 60]}, [10, 20, 30, 40, 50, 60]),
+        ({"stepWeight": 25, "stepWeights": [5, 60], "maxWeight": 90}, [25, 50, 60]),
     ],
-    ids=["dividing-step", "step-stops-at-maxWeight", "default-max-100", "stepWeights-capped"],
+    ids=[
+        "dividing-step",
+        "step-stops-at-maxWeight",
+        "default-max-100",
+        "stepWeights-win-over-maxWeight",
+        "stepWeights-win-over-a-lower-maxWeight",
+        "stepWeight-steps-up-to-the-last-stepWeights",
+        "stepWeight-capped-at-the-last-stepWeights",
+    ],
 )
 def test_weights_end_exactly_at_max_weight(keys: dict[str, Any], weights: list[int]) -> None:
-    """The walk never exceeds maxWeight and always reaches it with stepWeight."""
+    """stepWeights win over maxWeight; stepWeight steps stop exactly at the maximum (Flagger's
+    precedence, without its overshoot)."""
     assert canary(**{"stepWeight": None, "maxWeight": None, **keys}).analysis.weights == weights
 
 

@@ -193,13 +193,15 @@ async def test_router_down_never_records_an_unapplied_weight(
 async def test_rollback_route_is_retried_until_applied(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
-    """An abort whose rollback route fails stays pending and is retried on the next tick."""
+    """An abort whose rollback route fails answers the router's error, stays pending and is
+    retried on the next tick."""
     router = FakeRouter()
     r = runner(settings(tmp_path), store, session, FakeProvider(), router)
     await r.start_rollout("v2", {})
     await r.tick()
     router.down = True
-    await r.command(lambda s, now: core.abort(r.spec, s, now))
+    with pytest.raises(RouterError, match="rollback pending.*connection refused"):
+        await r.command(lambda s, now: core.abort(r.spec, s, now))
     assert r.state.phase is Phase.FAILED and r.state.route_pending
     router.down = False
     await r.tick()

@@ -42,6 +42,7 @@ __all__ = [
 ALERT_EVENTS: Final = frozenset(
     {
         "rollout.started",
+        "rollout.restarted",
         "rollout.waiting",
         "gate.waiting",
         "gate.approved",
