@@ -708,9 +708,7 @@ def _restart(spec: CanaryConfig, state: CanaryState, fresh: Decision, now: float
     effects: list[Effect] = []
     if state.canary_weight > 0 or state.primary_weight != 100 or state.match_routed:
         effects.append(Route("route", 100, 0))
-    replaced = _event(
-        spec, new, "rollout.restarted", now, previousRevision=state.revision, revision=new.revision
-    )
+    replaced = _event(spec, new, "rollout.restarted", now, previousRevision=state.revision)
     return Decision(new, (*effects, replaced, *fresh.effects))
 
 

@@ -674,3 +674,175 @@ def test_evolve_is_dataclasses_replace() -> None:
     assert core.evolve(base) == base and core.evolve(base) is not base
     with pytest.raises(TypeError, match="no field wieght"):
         core.evolve(base, wieght=3)
+
+
+# --------------------------------------------------------------------------- issue 12: verdicts
+
+
+def promoting(spec: CanaryConfig) -> CanaryState:
+    """A rollout whose promotion was accepted: the primary already runs the new revision."""
+    return replace(started(spec), phase=Phase.PROMOTING, canary_weight=50, primary_weight=50)
+
+
+@pytest.mark.parametrize("phase", [Phase.PROMOTING, Phase.FINALISING], ids=["promoting", "final"])
+def test_router_errors_after_promotion_retry_and_never_roll_back(phase: Phase) -> None:
+    """Once promotion began, router errors are reported and retried: no failed check, no
+    rollback, however many there are."""
+    spec = canary(threshold=2)
+    state = replace(promoting(spec), phase=phase)
+    for t in range(5):
+        d = core.router_failed(spec, state, "router lb: HTTP 500", float(t))
+        assert d.state == state and routes(d) == []
+        assert names(d) == ["router.failed"]
+        state = d.state
+    assert state.failed_checks == 0 and state.phase is phase
+
+
+def test_rollback_webhook_is_not_consulted_once_promotion_began() -> None:
+    """A rollback webhook answering 2xx during Promoting does not roll the promoted primary back."""
+    spec = canary(webhooks=[{"name": "stop", "type": "rollback", "url": "http://h/"}])
+    assert not core.needs(spec, promoting(spec)).rollback_hooks
+    d = core.decide(spec, promoting(spec), Observation(rollback=(HookResult("stop", True),)), 1.0)
+    assert d.state.phase is Phase.FINALISING and "rollout.rolled_back" not in names(d)
+
+
+def test_abort_is_refused_once_promotion_began() -> None:
+    """abort during Promoting is refused: there is no old revision left to roll back to."""
+    spec = canary()
+    with pytest.raises(CommandError, match="primary already runs revision v2"):
+        core.abort(spec, promoting(spec), 1.0)
+
+
+def test_start_is_refused_while_a_rollback_is_pending() -> None:
+    """A Failed rollout whose rollback the router has not applied yet blocks a new start."""
+    spec = canary()
+    failed = core.abort(spec, core.decide(spec, started(spec), Observation(), 1.0).state, 2.0)
+    pending = core.router_failed(spec, failed.state, "down", 2.0).state
+    assert pending.route_pending
+    with pytest.raises(CommandError, match="rollback of revision v2 is not applied yet"):
+        core.start_rollout(spec, pending, "v3", {}, "r2", 3.0)
+
+
+def test_a_reload_lowering_threshold_under_failed_checks_rolls_back_next_tick() -> None:
+    """failedChecks 3 with threshold lowered from 5 to 2 rolls back on the next tick, even a
+    passing one."""
+    spec = canary(threshold=5, maxWeight=100)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    for t in range(3):
+        state = core.decide(spec, state, bad(), 2.0 + t).state
+    assert state.failed_checks == 3 and state.phase is Phase.PROGRESSING
+    d = core.decide(canary(threshold=2, maxWeight=100), state, ok(), 9.0)
+    assert d.state.phase is Phase.FAILED and routes(d) == [Route("rollback", 100, 0)]
+    assert d.state.reason == "failedChecks 3 reached threshold 2"
+
+
+@pytest.mark.parametrize("obs", [bad(), Observation()], ids=["failing", "held-no-data-hold"])
+def test_gate_timeout_is_checked_on_ticks_that_do_not_pass(obs: Observation) -> None:
+    """A gate closed past its gateTimeout fails the rollout on a failing or held tick too."""
+    spec = canary(
+        threshold=10,
+        webhooks=[
+            {
+                "name": "g",
+                "type": "confirm-traffic-increase",
+                "url": "http://h/",
+                "gateTimeout": "10s",
+            }
+        ],
+    )
+    state = core.decide(spec, started(spec), Observation(), 0.0).state
+    state = core.decide(spec, state, replace(ok(), gate_open=False), 1.0).state
+    assert state.gate == "confirm-traffic-increase"
+    if not obs.metrics:
+        obs = Observation(metrics=(MetricValue("sr", None, 99, None, on_no_data=OnNoData.HOLD),))
+    d = core.decide(spec, state, replace(obs, gate_open=False), 12.0)
+    assert d.state.phase is Phase.FAILED
+    assert "gate.timed_out" in names(d)
+
+
+# --------------------------------------------------------------------------- issue 12: commands
+
+
+def test_approving_a_gate_the_canary_does_not_have_is_refused() -> None:
+    """approve --gate rollout on a canary without a confirm-rollout webhook is a conflict."""
+    spec = canary(webhooks=[{"name": "p", "type": "confirm-promotion"}])
+    with pytest.raises(CommandError, match="has no rollout gate.*its gates: promotion"):
+        core.approve(spec, started(spec), "rollout", 1.0)
+    assert core.approve(spec, started(spec), "promotion", 1.0).state.approvals == {"promotion"}
+
+
+def test_promote_refuses_to_skip_a_closed_promotion_gate_without_force() -> None:
+    """promote past a confirm-promotion gate needs approval or force; force is said in the
+    event."""
+    spec = canary(webhooks=[{"name": "p", "type": "confirm-promotion"}])
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    with pytest.raises(CommandError, match="would skip its gate.*promotion.*--force"):
+        core.promote(spec, state, 2.0)
+    d = core.promote(spec, state, 2.0, force=True)
+    event = next(e.event for e in d.effects if isinstance(e, Emit))
+    assert (event.name, event.fields["forced"], event.fields["skippedGates"]) == (
+        "rollout.promoting",
+        True,
+        ["promotion"],
+    )
+    approved = core.approve(spec, state, "promotion", 2.0).state
+    assert core.promote(spec, approved, 3.0).state.phase is Phase.PROMOTING
+
+
+def test_succeeded_rollout_keeps_no_approval() -> None:
+    """An approval not used by the rollout ends with it."""
+    spec = canary(maxWeight=10, webhooks=[{"name": "t", "type": "confirm-traffic-increase"}])
+    state = core.approve(spec, started(spec), "traffic-increase", 0.5).state
+    ds = run(spec, state, ok(), 4)
+    assert ds[-1].state.phase is Phase.SUCCEEDED and ds[-1].state.approvals == frozenset()
+
+
+# --------------------------------------------------------------------------- issue 13: Flagger
+
+
+def test_a_new_revision_mid_rollout_restarts_the_analysis() -> None:
+    """A new revision sends traffic back to the primary, resets the counters and says which
+    revision replaced which."""
+    spec = canary(threshold=5)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    state = core.decide(spec, state, ok(), 2.0).state
+    state = core.decide(spec, state, bad(), 3.0).state
+    assert (state.canary_weight, state.failed_checks) == (20, 1)
+    d = core.start_rollout(spec, state, "v3", {"by": "ci"}, "r2", 4.0)
+    assert routes(d) == [Route("route", 100, 0)]
+    assert (d.state.revision, d.state.rollout_id, d.state.phase) == ("v3", "r2", Phase.PROGRESSING)
+    assert (d.state.canary_weight, d.state.failed_checks, d.state.ticks) == (0, 0, 0)
+    assert names(d) == ["rollout.restarted", "rollout.started"]
+    restarted = next(e.event for e in d.effects if isinstance(e, Emit))
+    assert (restarted.revision, restarted.fields["previousRevision"]) == ("v3", "v2")
+
+
+def test_the_same_revision_again_is_a_no_op() -> None:
+    """Starting the revision already under way changes nothing and has no effects."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.start_rollout(spec, state, "v2", {}, "r2", 2.0)
+    assert d.state == state and d.effects == ()
+
+
+def test_the_last_step_asks_traffic_increase_then_promotion() -> None:
+    """At maxWeight a closed confirm-traffic-increase gate holds before confirm-promotion is
+    asked (Flagger asks both, in that order)."""
+    spec = canary(
+        maxWeight=20,
+        webhooks=[
+            {"name": "t", "type": "confirm-traffic-increase", "url": "http://h/"},
+            {"name": "p", "type": "confirm-promotion", "url": "http://h/"},
+        ],
+    )
+    state = run(spec, started(spec), ok(), 2)[-1].state
+    assert state.canary_weight == 20
+    need = core.needs(spec, state)
+    assert need.gates == (WebhookType.CONFIRM_TRAFFIC_INCREASE, WebhookType.CONFIRM_PROMOTION)
+    closed = WebhookType.CONFIRM_TRAFFIC_INCREASE
+    d = core.decide(spec, state, replace(ok(), gate_open=False, closed_gate=closed), 3.0)
+    assert (d.state.phase, d.state.gate) == (Phase.PROGRESSING, "confirm-traffic-increase")
+    closed = WebhookType.CONFIRM_PROMOTION
+    d = core.decide(spec, d.state, replace(ok(), gate_open=False, closed_gate=closed), 4.0)
+    assert (d.state.phase, d.state.gate) == (Phase.WAITING_PROMOTION, "confirm-promotion")
+    assert core.needs(spec, d.state).gates == (WebhookType.CONFIRM_PROMOTION,)
