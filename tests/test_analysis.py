@@ -790,9 +790,9 @@ def test_promote_refuses_to_skip_a_closed_promotion_gate_without_force() -> None
 
 
 def test_succeeded_rollout_keeps_no_approval() -> None:
-    """An approval not used by the rollout ends with it."""
-    spec = canary(maxWeight=10, webhooks=[{"name": "t", "type": "confirm-traffic-increase"}])
-    state = core.approve(spec, started(spec), "traffic-increase", 0.5).state
+    """An approval the rollout never used ends with it (Succeeded keeps none)."""
+    spec = canary(maxWeight=10, webhooks=[{"name": "r", "type": "confirm-rollout"}])
+    state = replace(started(spec), phase=Phase.PROGRESSING, approvals=frozenset({"rollout"}))
     ds = run(spec, state, ok(), 4)
     assert ds[-1].state.phase is Phase.SUCCEEDED and ds[-1].state.approvals == frozenset()
 
