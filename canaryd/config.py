@@ -415,7 +415,7 @@ class Analysis(Model):
                 f"stepWeight and stepWeights are both set: steps of {self.stepWeight}% "
                 f"up to {self.stepWeights[-1]}% (the last of stepWeights), as in Flagger"
             )
-        if self.stepWeights is not None and self.maxWeight is not None:
+        if self.stepWeights and self.maxWeight not in (None, self.stepWeights[-1]):
             notes.append(
                 f"maxWeight {self.maxWeight} is ignored: stepWeights go up to "
                 f"{self.stepWeights[-1]}%, as in Flagger"

@@ -766,7 +766,7 @@ def test_gate_timeout_is_checked_on_ticks_that_do_not_pass(obs: Observation) -> 
 def test_approving_a_gate_the_canary_does_not_have_is_refused() -> None:
     """approve --gate rollout on a canary without a confirm-rollout webhook is a conflict."""
     spec = canary(webhooks=[{"name": "p", "type": "confirm-promotion"}])
-    with pytest.raises(CommandError, match="has no rollout gate.*its gates: promotion"):
+    with pytest.raises(CommandError, match=r"has no rollout gate.*its gates: promotion"):
         core.approve(spec, started(spec), "rollout", 1.0)
     assert core.approve(spec, started(spec), "promotion", 1.0).state.approvals == {"promotion"}
 
@@ -776,7 +776,7 @@ def test_promote_refuses_to_skip_a_closed_promotion_gate_without_force() -> None
     event."""
     spec = canary(webhooks=[{"name": "p", "type": "confirm-promotion"}])
     state = core.decide(spec, started(spec), Observation(), 1.0).state
-    with pytest.raises(CommandError, match="would skip its gate.*promotion.*--force"):
+    with pytest.raises(CommandError, match=r"would skip its gate.*promotion.*--force"):
         core.promote(spec, state, 2.0)
     d = core.promote(spec, state, 2.0, force=True)
     event = next(e.event for e in d.effects if isinstance(e, Emit))
