@@ -691,9 +691,9 @@ def start_rollout(
         )
     if state.active and state.revision == revision:
         return Decision(state)
-    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
+    if _promotion_begun(state):
         raise CommandError(
-            f"{spec.key} is {state.phase.value} revision {state.revision}; "
+            f"{spec.key} is promoting revision {state.revision} (phase {state.phase.value}); "
             "start the new revision once the promotion has finished"
         )
     fresh = _fresh_rollout(spec, revision, metadata, rollout_id, now)
@@ -738,6 +738,14 @@ def _fresh_rollout(
     return Decision(new, tuple(effects))
 
 
+def _promotion_begun(state: CanaryState) -> bool:
+    """Whether the primary already runs the new revision (Promoting, Finalising, paused there)."""
+    promoting = (Phase.PROMOTING, Phase.FINALISING)
+    return state.phase in promoting or (
+        state.phase is Phase.PAUSED and state.paused_phase in promoting
+    )
+
+
 def _require_active(spec: CanaryConfig, state: CanaryState, verb: str) -> None:
     if not state.active:
         raise CommandError(
@@ -755,10 +763,10 @@ def abort(
             primary already runs the new revision: there is nothing to roll back to).
     """
     _require_active(spec, state, "abort")
-    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
+    if _promotion_begun(state):
         raise CommandError(
-            f"cannot abort {spec.key}: it is {state.phase.value}; the primary already runs "
-            f"revision {state.revision}"
+            f"cannot abort {spec.key}: its promotion has begun (phase {state.phase.value}); "
+            f"the primary already runs revision {state.revision}"
         )
     new, effects = _rollback(spec, state, now, reason, manual=True)
     return Decision(new, tuple(effects))

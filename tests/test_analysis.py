@@ -484,7 +484,7 @@ def test_start_rollout_refuses_while_promoting() -> None:
     """A new revision while the primary is being promoted is refused until promotion ends."""
     spec = canary()
     promoting = replace(started(spec), phase=Phase.PROMOTING, canary_weight=50, primary_weight=50)
-    with pytest.raises(CommandError, match="once the promotion has finished"):
+    with pytest.raises(CommandError, match=r"promoting revision v2 .* once the promotion"):
         core.start_rollout(spec, promoting, "v3", {}, "r2", 1.0)
 
 
@@ -706,11 +706,16 @@ def test_rollback_webhook_is_not_consulted_once_promotion_began() -> None:
     assert d.state.phase is Phase.FINALISING and "rollout.rolled_back" not in names(d)
 
 
-def test_abort_is_refused_once_promotion_began() -> None:
-    """abort during Promoting is refused: there is no old revision left to roll back to."""
+@pytest.mark.parametrize("paused", [False, True], ids=["promoting", "paused-while-promoting"])
+def test_abort_is_refused_once_promotion_began(paused: bool) -> None:
+    """abort during Promoting (paused there or not) is refused: there is no old revision left to
+    roll back to."""
     spec = canary()
+    state = promoting(spec)
+    if paused:
+        state = core.pause(spec, state, 0.5).state
     with pytest.raises(CommandError, match="primary already runs revision v2"):
-        core.abort(spec, promoting(spec), 1.0)
+        core.abort(spec, state, 1.0)
 
 
 def test_start_is_refused_while_a_rollback_is_pending() -> None:
