@@ -281,10 +281,16 @@ def _canary_schema() -> Schema:
             "anyOf": [_ref("CheckSummary"), {"type": "null"}],
             "description": "The most recent check (lists and details only).",
         },
+        "forced": {"type": "boolean", "description": "promote with force skipped a gate."},
+        "skippedGates": {
+            "type": "array",
+            "items": {"type": "string", "enum": sorted(GATES)},
+            "description": "The gates a forced promote skipped.",
+        },
     }
     return {
         "type": "object",
-        "required": sorted(set(props) - {"lastCheck"}),
+        "required": sorted(set(props) - {"lastCheck", "forced", "skippedGates"}),
         "properties": props,
     }
 
