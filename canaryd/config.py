@@ -420,6 +420,14 @@ class Analysis(Model):
                 f"maxWeight {self.maxWeight} is ignored: stepWeights go up to "
                 f"{self.stepWeights[-1]}%, as in Flagger"
             )
+        weights = self.weights
+        if self.stepWeight and weights:
+            flagger = min(100, -(-weights[-1] // self.stepWeight) * self.stepWeight)
+            if flagger != weights[-1]:
+                notes.append(
+                    f"the last step stops at {weights[-1]}% where Flagger would overshoot to "
+                    f"{flagger}% (stepWeight {self.stepWeight}; see docs/flagger.md)"
+                )
         return notes
 
     @property

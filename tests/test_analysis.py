@@ -851,3 +851,14 @@ def test_the_last_step_asks_traffic_increase_then_promotion() -> None:
     d = core.decide(spec, d.state, replace(ok(), gate_open=False, closed_gate=closed), 4.0)
     assert (d.state.phase, d.state.gate) == (Phase.WAITING_PROMOTION, "confirm-promotion")
     assert core.needs(spec, d.state).gates == (WebhookType.CONFIRM_PROMOTION,)
+
+
+def test_a_restart_asks_the_confirm_rollout_gate_again() -> None:
+    """The new revision of a restart waits for confirm-rollout like any new rollout."""
+    spec = canary(webhooks=[{"name": "go", "type": "confirm-rollout", "url": "http://h/"}])
+    state = core.decide(spec, started(spec), Observation(gate_open=True), 1.0).state
+    state = core.decide(spec, state, Observation(), 2.0).state
+    assert (state.phase, state.canary_weight) == (Phase.PROGRESSING, 10)
+    d = core.start_rollout(spec, state, "v3", {}, "r2", 3.0)
+    assert (d.state.phase, d.state.gate) == (Phase.WAITING, "confirm-rollout")
+    assert routes(d) == [Route("route", 100, 0)]

@@ -1206,13 +1206,20 @@ def test_random_structures_never_crash(
             "stepWeights: [10, 20]\nmaxWeight: 5",
             ["default/web: maxWeight 5 is ignored: stepWeights go up to 20%, as in Flagger"],
         ),
+        (
+            "stepWeight: 30\nmaxWeight: 70",
+            [
+                "default/web: the last step stops at 70% where Flagger would overshoot to 90% "
+                "(stepWeight 30; see docs/flagger.md)"
+            ],
+        ),
         ("stepWeight: 10\nmaxWeight: 50", []),
     ],
-    ids=["both-step-kinds", "maxWeight-with-stepWeights", "plain"],
+    ids=["both-step-kinds", "maxWeight-with-stepWeights", "step-overshoot", "plain"],
 )
 def test_weight_keys_flagger_reads_differently_are_warned(
     tmp_path: Path, keys: str, warnings: list[str]
 ) -> None:
-    """stepWeight with stepWeights, and maxWeight with stepWeights, load with one warning line
-    each saying how Flagger reads them."""
+    """Weight keys Flagger reads differently (stepWeight with stepWeights, maxWeight with
+    stepWeights, a step overshooting the maximum) load with one warning line each."""
     assert load(tmp_path, canary(keys)).warnings == warnings
