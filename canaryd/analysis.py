@@ -308,15 +308,27 @@ def _checks(analysis: Analysis, state: CanaryState) -> bool:
     return _has_traffic(analysis, state)
 
 
+def _confirming(state: CanaryState) -> bool:
+    """Whether the rollout still needs its confirm-rollout gate to open (Waiting, or just
+    started and not yet asked: it enters Waiting only once the gate answers closed)."""
+    return state.phase is Phase.WAITING or (
+        state.phase is Phase.PROGRESSING and state.gate == WebhookType.CONFIRM_ROLLOUT.value
+    )
+
+
 def needs(spec: CanaryConfig, state: CanaryState) -> Needs:
-    """What the runtime must observe for the next tick of ``state``."""
+    """What the runtime must observe for the next tick of ``state``.
+
+    Rollback webhooks are polled while Progressing, Waiting and WaitingPromotion,
+    never once promotion has begun (as in Flagger).
+    """
     a = spec.analysis
     if state.phase not in ACTIVE or state.phase is Phase.PAUSED:
         return Needs()
-    if state.phase is Phase.WAITING:
+    if _confirming(state):
         return Needs(rollback_hooks=True, gates=(WebhookType.CONFIRM_ROLLOUT,))
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
-        return Needs(step=True)  # rollback webhooks no longer apply (as in Flagger)
+        return Needs(promotion=True)  # rollback webhooks no longer apply (as in Flagger)
     pre = not state.pre_rollout_done and bool(_hooks(a, WebhookType.PRE_ROLLOUT))
     return Needs(
         rollback_hooks=True, gates=_gates(a, state), pre_rollout=pre, checks=_checks(a, state)
@@ -416,8 +428,13 @@ def _wait_gate(
     kind: WebhookType,
     now: float,
     phase: Phase | None = None,
+    muted: bool = False,
 ) -> tuple[CanaryState, list[Effect]]:
-    """Keep waiting on a closed gate; fail the rollout once its gateTimeout has passed."""
+    """Keep waiting on a closed gate; fail the rollout once its gateTimeout has passed.
+
+    The waiting event is emitted once, when the wait begins; ``muted`` (the gate's
+    closing webhook has ``muteAlert``) marks it so that no alert is sent for it.
+    """
     gate = kind.value
     since = state.gate_since if state.gate == gate and state.gate_since is not None else now
     limit = _gate_timeout(spec.analysis, kind)
@@ -427,17 +444,11 @@ def _wait_gate(
         )
         return new, [_event(spec, state, "gate.timed_out", now, gate=gate, timeout=limit), *effects]
     new = evolve(state, gate=gate, gate_since=since, phase=phase or state.phase)
-    if state.gate == gate:
+    if state.gate == gate and state.phase is new.phase:
         return new, []
-    return new, [
-        _event(
-            spec,
-            new,
-            "rollout.waiting" if kind is WebhookType.CONFIRM_ROLLOUT else "gate.waiting",
-            now,
-            gate=gate,
-        )
-    ]
+    name = "rollout.waiting" if kind is WebhookType.CONFIRM_ROLLOUT else "gate.waiting"
+    mute = {"muteAlert": True} if muted else {}
+    return new, [_event(spec, new, name, now, gate=gate, **mute)]
 
 
 def _advance(
@@ -451,9 +462,9 @@ def _advance(
     closed = closed_gate(spec, need, obs)
     if closed is WebhookType.CONFIRM_PROMOTION:
         waiting = evolve(state, approvals=state.approvals - {"traffic-increase"})
-        return _wait_gate(spec, waiting, closed, now, Phase.WAITING_PROMOTION)
+        return _wait_gate(spec, waiting, closed, now, Phase.WAITING_PROMOTION, muted=obs.gate_muted)
     if closed is not None:
-        return _wait_gate(spec, state, closed, now)
+        return _wait_gate(spec, state, closed, now, muted=obs.gate_muted)
     if WebhookType.CONFIRM_PROMOTION in need.gates:
         if a.strategy == "blue-green" and state.iteration == a.iterations:
             return _switch_blue_green(spec, state, now)
@@ -606,7 +617,7 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
     state = evolve(state, ticks=state.ticks + 1)
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
         return _promotion_step(spec, state, now)
-    hit = next((h for h in obs.rollback if h.ok), None)
+    hit = next((h for h in obs.rollback if h.ok), None) if need.rollback_hooks else None
     if hit is not None:
         new, effects = _rollback(
             spec,
@@ -616,7 +627,7 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
             webhook=hit.name,
         )
         return Decision(new, tuple(effects))
-    if state.phase is Phase.WAITING:
+    if _confirming(state):
         if obs.gate_open:
             new = evolve(
                 state,
@@ -626,7 +637,9 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
                 approvals=state.approvals - {"rollout"},
             )
             return Decision(new, (_event(spec, new, "gate.approved", now, gate="rollout"),))
-        new, effects = _wait_gate(spec, state, WebhookType.CONFIRM_ROLLOUT, now)
+        new, effects = _wait_gate(
+            spec, state, WebhookType.CONFIRM_ROLLOUT, now, Phase.WAITING, obs.gate_muted
+        )
         return Decision(new, tuple(effects))
     if state.failed_checks >= spec.analysis.threshold:  # a reload lowered the threshold
         reason = f"failedChecks {state.failed_checks} reached threshold {spec.analysis.threshold}"
@@ -680,6 +693,10 @@ def start_rollout(
     starts again with the new revision. The revision already under way is a
     no-op (the state is returned unchanged, without effects).
 
+    With confirm-rollout webhooks the rollout starts Progressing with the gate
+    pending; the first tick asks the gate and enters Waiting only if it is closed
+    (as in Flagger).
+
     Raises:
         CommandError: a rollback is still waiting for the router, or a promotion
             is under way.
@@ -722,7 +739,7 @@ def _fresh_rollout(
     """The state and events of a rollout that begins now."""
     gated = bool(_hooks(spec.analysis, WebhookType.CONFIRM_ROLLOUT))
     new = CanaryState(
-        phase=Phase.WAITING if gated else Phase.PROGRESSING,
+        phase=Phase.PROGRESSING,
         revision=revision,
         rollout_id=rollout_id,
         metadata=dict(metadata),
@@ -730,12 +747,7 @@ def _fresh_rollout(
         gate=WebhookType.CONFIRM_ROLLOUT.value if gated else None,
         gate_since=now if gated else None,
     )
-    effects: list[Effect] = [_event(spec, new, "rollout.started", now, metadata=dict(metadata))]
-    if gated:
-        effects.append(
-            _event(spec, new, "rollout.waiting", now, gate=WebhookType.CONFIRM_ROLLOUT.value)
-        )
-    return Decision(new, tuple(effects))
+    return Decision(new, (_event(spec, new, "rollout.started", now, metadata=dict(metadata)),))
 
 
 def _promotion_begun(state: CanaryState) -> bool:
@@ -775,9 +787,7 @@ def abort(
 def skipped_gates(spec: CanaryConfig, state: CanaryState) -> list[str]:
     """The gates a manual promotion would skip: configured, not approved, still ahead."""
     kinds = [WebhookType.CONFIRM_PROMOTION]
-    if state.phase is Phase.WAITING or (
-        state.phase is Phase.PAUSED and state.paused_phase is Phase.WAITING
-    ):
+    if state.gate == WebhookType.CONFIRM_ROLLOUT.value:  # not yet opened (paused or not)
         kinds.insert(0, WebhookType.CONFIRM_ROLLOUT)
     names = [_gate_name(k) for k in kinds if _hooks(spec.analysis, k)]
     return [n for n in names if n not in state.approvals]

@@ -13,6 +13,7 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -283,11 +284,11 @@ def command(action: str) -> Handler:
         force = await _force(request, action)
         skipped = core.skipped_gates(runner.spec, runner.state) if force else []
         if force:
-            state = await runner.command(
-                lambda s, now: core.promote(runner.spec, s, now, force=True)
-            )
+            chosen = partial(core.promote, runner.spec, force=True)
         else:
-            state = await runner.command(lambda s, now: fn(runner.spec, s, now))
+            chosen = partial(fn, runner.spec)
+        # abort/pause/promote need not wait for a tick held by a slow webhook
+        state = await runner.command(chosen, interrupt=action != "resume")
         body = canary_summary(runner.spec, state)
         if skipped:  # said in the answer as in the rollout.promoting event
             body["forced"], body["skippedGates"] = True, skipped

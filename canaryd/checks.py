@@ -95,6 +95,8 @@ class Observation:
     rollback: tuple[HookResult, ...] = ()
     gate_open: bool = True
     closed_gate: WebhookType | None = None
+    gate_muted: bool = False
+    """The gate is closed by a webhook with ``muteAlert``: its waiting alert is not sent."""
     pre_rollout: tuple[HookResult, ...] = ()
     rollout: tuple[HookResult, ...] = ()
     metrics: tuple[MetricValue, ...] = ()
@@ -106,15 +108,15 @@ class Needs:
     """What the runtime must observe before calling :func:`canaryd.analysis.decide`.
 
     ``gates`` are asked in order (Flagger asks confirm-traffic-increase, then
-    confirm-promotion, at a canary's last step); ``step`` marks a tick that has
-    work without observing anything (promotion's traffic shift).
+    confirm-promotion, at a canary's last step).
     """
 
     rollback_hooks: bool = False
     gates: tuple[WebhookType, ...] = ()
     pre_rollout: bool = False
     checks: bool = False
-    step: bool = False
+    promotion: bool = False
+    """Promoting or Finalising: the tick moves traffic; no webhook is polled (as in Flagger)."""
 
     @property
     def gate(self) -> WebhookType | None:
@@ -124,7 +126,7 @@ class Needs:
     @property
     def anything(self) -> bool:
         """Whether a tick has any work at all."""
-        return self.rollback_hooks or self.step
+        return self.rollback_hooks or self.promotion
 
 
 # --------------------------------------------------------------------------- evaluation

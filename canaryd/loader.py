@@ -50,6 +50,8 @@ from canaryd.configmerge import Gathered, merge, resolve_flagger
 from canaryd.errors import ConfigError
 from canaryd.flagger import KeyPath, is_manifest
 from canaryd.modeltypes import keys_at
+from canaryd.webhooks import flagger_differences as differences
+from canaryd.webhooks import unverified_tls
 from canaryd.yamlpos import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -84,8 +86,10 @@ class Loaded:
         settings: the validated configuration.
         warnings: things worth telling the operator that are not errors: the
             Kubernetes-only fields of Flagger manifests that were ignored (one line),
-            and one line per canary whose weight keys Flagger reads differently than
-            they look (stepWeights win over maxWeight and set stepWeight's maximum).
+            then one line per deliberate difference from Flagger that affects a
+            canary (docs/flagger.md), then one per webhook with ``disableTLS``, then
+            one per canary whose weight keys Flagger reads differently than they
+            look (stepWeights win over maxWeight and set stepWeight's maximum).
         files: every file read, the main file first.
     """
 
@@ -135,6 +139,13 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         raise ConfigError(list(dict.fromkeys(ctx.problems)))
     warning = flagger.format_ignored(ctx.ignored)
     warnings = [warning] if warning else []
+    warnings += [f"differs from Flagger: {d}" for c in settings.canaries for d in differences(c)]
+    warnings += [
+        f"differs from Flagger: {c.key}: {d}"
+        for c in settings.canaries
+        for d in c.analysis.weight_differences
+    ]
+    warnings += [line for c in settings.canaries for line in unverified_tls(c)]
     warnings += [f"{c.key}: {n}" for c in settings.canaries for n in c.analysis.weight_notes]
     return Loaded(settings=settings, warnings=warnings, files=ctx.files)
 
