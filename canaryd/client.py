@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 
 from canaryd.errors import ClientError
+from canaryd.http import describe_redirect, redirect_target
 
 BAR_WIDTH = 20
 
@@ -56,9 +57,14 @@ class Client:
         url = f"{self.base}/{path}" if path else self.base
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            async with self._session.request(method, url, json=body, headers=headers) as resp:
+            async with self._session.request(
+                method, url, json=body, headers=headers, allow_redirects=False
+            ) as resp:
                 text = (await resp.read()).decode("utf-8", "replace")
                 status = resp.status
+                if 300 <= status < 400:  # never followed: docs/reliability.md
+                    target = redirect_target(url, resp.headers.get("Location"))
+                    raise ClientError(f"{self.base}: {describe_redirect(status, target)}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ClientError(
                 f"cannot reach canaryd at {self.base}: {exc or 'timeout'}"

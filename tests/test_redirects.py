@@ -113,3 +113,17 @@ async def test_prometheus_redirect_is_a_provider_error_naming_the_target() -> No
         "(redirects are not followed)"
     )
     assert gets == []
+
+
+async def test_cli_client_does_not_follow_a_redirect() -> None:
+    """The CLI's API client reports a redirect (a proxy's sign-in page) instead of following it."""
+    from canaryd.client import Client
+    from canaryd.errors import ClientError
+
+    async with redirecting(302, "https://sso.example.com/login") as (url, gets):
+        async with Client(url, "token") as client:
+            with pytest.raises(
+                ClientError, match=r"HTTP 302 redirect to https://sso\.example\.com/…"
+            ):
+                await client.post("prod/web/abort", {})
+    assert gets == []
