@@ -72,7 +72,7 @@ class Client:
             ) from exc
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
             data = None
         if status >= 400:
             message = data.get("error", text[:200]) if isinstance(data, dict) else text[:200]

@@ -120,10 +120,10 @@ async def test_cli_client_does_not_follow_a_redirect() -> None:
     from canaryd.client import Client
     from canaryd.errors import ClientError
 
-    async with redirecting(302, "https://sso.example.com/login") as (url, gets):
-        async with Client(url, "token") as client:
-            with pytest.raises(
-                ClientError, match=r"HTTP 302 redirect to https://sso\.example\.com/…"
-            ):
-                await client.post("prod/web/abort", {})
+    async with (
+        redirecting(302, "https://sso.example.com/login") as (url, gets),
+        Client(url, "token") as client,
+    ):
+        with pytest.raises(ClientError, match=r"HTTP 302 redirect to https://sso\.example\.com/…"):
+            await client.post("prod/web/abort", {})
     assert gets == []
