@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from canaryd import logs
 from canaryd.durations import parse_duration
 from canaryd.judgecli import MetricSettings, ThresholdsInput
 
@@ -85,15 +86,18 @@ def read_secret(
             mode = p.stat().st_mode
             if mode & 0o004:
                 raise ValueError(f"secret file {path} is readable by others; run: chmod o-r {path}")
-            return SecretStr(p.read_text(encoding="utf-8").strip())
+            value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
-    if env:
-        value = (os.environ if environ is None else environ).get(env)
-        if value is None:
+    elif env:
+        found = (os.environ if environ is None else environ).get(env)
+        if found is None:
             raise ValueError(f"environment variable {env} is not set")
-        return SecretStr(value)
-    return None
+        value = found
+    else:
+        return None
+    logs.protect(value)  # never in a log line: docs/reliability.md, "Log lines"
+    return SecretStr(value)
 
 
 # --------------------------------------------------------------------------- providers
