@@ -517,6 +517,11 @@ class LogConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+DEFAULT_STATE = "sqlite:///var/lib/canaryd/state.db"
+"""The documented state file; its directory is created when missing (systemd's
+``StateDirectory=`` normally provides it)."""
+
+
 class Settings(BaseSettings):
     """The whole configuration file.
 
@@ -535,7 +540,7 @@ class Settings(BaseSettings):
 
     include: list[str] = Field(default_factory=list)
     listen: str = "127.0.0.1:9879"
-    state: str = "sqlite:///var/lib/canaryd/state.db"
+    state: str = DEFAULT_STATE
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
@@ -571,6 +576,14 @@ class Settings(BaseSettings):
     def _state_url(cls, v: str) -> str:
         if not v.startswith("sqlite://"):
             raise ValueError("must be sqlite:///ABSOLUTE/PATH or sqlite://RELATIVE/PATH")
+        # a typo must not start an empty history elsewhere: only the default's directory
+        # is created (docs/reliability.md, "State path")
+        folder = Path(v.removeprefix("sqlite://")).parent
+        if v != DEFAULT_STATE and not folder.is_dir():
+            raise ValueError(
+                f"directory {folder} does not exist (canaryd creates the state file, not its "
+                f"directory; the default {DEFAULT_STATE} is the exception)"
+            )
         return v
 
     @property
