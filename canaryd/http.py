@@ -132,8 +132,11 @@ async def post_json(
     secret: SecretStr | None = None,
     headers: dict[str, str] | None = None,
     content_type: str = "application/json",
+    verify_tls: bool = True,
 ) -> Answer:
     """POST ``payload`` as JSON and return the answer (any status).
+
+    ``verify_tls=False`` (a webhook's ``disableTLS``) accepts any certificate.
 
     Raises:
         WebhookError: connection failure or timeout; the message names the
@@ -151,6 +154,7 @@ async def post_json(
             data=body,
             headers=hdrs,
             timeout=aiohttp.ClientTimeout(total=timeout),
+            ssl=verify_tls,
             allow_redirects=False,  # a 3xx is a failure: docs/reliability.md
         ) as resp:
             data = await resp.content.read(MAX_ANSWER_BYTES)
