@@ -648,11 +648,19 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
     return _progress(spec, state, need, obs, now)
 
 
-def router_failed(spec: CanaryConfig, state: CanaryState, error: str, now: float) -> Decision:
+def router_failed(
+    spec: CanaryConfig,
+    state: CanaryState,
+    error: str,
+    now: float,
+    *,
+    weights: tuple[int, int] | None = None,
+) -> Decision:
     """The router did not apply a decision: a failed check on the state before it.
 
     A rollback whose route failed stays Failed with ``route_pending`` so the
-    runtime keeps retrying the rollback route; nothing else is recorded as applied.
+    runtime keeps retrying the rollback route, at ``weights`` (primary, canary:
+    what the router still has); nothing else is recorded as applied.
     Once promotion has begun (Promoting, Finalising) the failure is only reported
     and the step retried on the next tick: it never counts as a failed check nor
     turns into a rollback, since the primary already runs the new revision.
@@ -660,6 +668,8 @@ def router_failed(spec: CanaryConfig, state: CanaryState, error: str, now: float
     reason = error  # adapters name themselves: "router mesh: ...", "haproxy web/x: ..."
     if state.phase is Phase.FAILED:
         new = evolve(state, route_pending=True)
+        if weights is not None:
+            new = evolve(new, primary_weight=weights[0], canary_weight=weights[1])
         return Decision(new, (_event(spec, new, "router.failed", now, error=error),))
     if state.phase in (Phase.PROMOTING, Phase.FINALISING, Phase.SUCCEEDED):
         event = _event(spec, state, "router.failed", now, error=error, retrying=True)

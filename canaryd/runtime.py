@@ -538,14 +538,17 @@ class CanaryRunner:
         )
         await self.services.routers[self.spec.router].apply(request)
 
-    async def _apply_routes(self, decision: Decision, *, command: bool = False) -> Decision:
+    async def _apply_routes(
+        self, decision: Decision, *, command: bool = False, held: Route | None = None
+    ) -> Decision:
         """Carry out the decision's routes; a router failure becomes a failed check.
 
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
-        retries the route); any other decision is replaced by a failed check on
-        the state before it (:func:`canaryd.analysis.router_failed`), holding the
-        weights of the last route the router confirmed, so nothing is recorded
-        as applied that was not.
+        retries the route) at the weights the router still has (``held``: the
+        last route it confirmed, by default the recorded state's); any other
+        decision is replaced by a failed check on the state before it
+        (:func:`canaryd.analysis.router_failed`), holding the weights of the last
+        route the router confirmed, so nothing is recorded as applied that was not.
 
         Raises:
             RouterError: with ``command``, a route other than a rollback failed
@@ -559,7 +562,15 @@ class CanaryRunner:
             except RouterError as exc:
                 if decision.state.phase is core.Phase.FAILED:
                     now = self.services.clock()
-                    failed = core.router_failed(self.spec, decision.state, str(exc), now)
+                    kept = confirmed or held
+                    weights = (
+                        (kept.primary_weight, kept.canary_weight)
+                        if kept is not None
+                        else (self.state.primary_weight, self.state.canary_weight)
+                    )
+                    failed = core.router_failed(
+                        self.spec, decision.state, str(exc), now, weights=weights
+                    )
                     return Decision(
                         failed.state, decision.effects + failed.effects, decision.record
                     )
@@ -582,7 +593,7 @@ class CanaryRunner:
             )
         failed = core.router_failed(self.spec, before, str(exc), self.services.clock())
         if failed.state.phase is core.Phase.FAILED:
-            return await self._apply_routes(failed)
+            return await self._apply_routes(failed, held=confirmed)
         return Decision(failed.state, failed.effects, decision.record)
 
     async def _retry_rollback_route(self) -> None:
@@ -591,7 +602,8 @@ class CanaryRunner:
         except RouterError as exc:
             log.error("router.failed", error=str(exc), retrying=True)
             return
-        await self._commit(Decision(replace(self.state, route_pending=False)))
+        applied = replace(self.state, route_pending=False, primary_weight=100, canary_weight=0)
+        await self._commit(Decision(applied))
 
     async def _commit(
         self, decision: Decision, *, raise_store_errors: bool = False, command: bool = False

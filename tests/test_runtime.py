@@ -196,8 +196,8 @@ async def test_router_down_never_records_an_unapplied_weight(
 async def test_rollback_route_is_retried_until_applied(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
-    """An abort whose rollback route fails answers the router's error, stays pending and is
-    retried on the next tick."""
+    """An abort whose rollback route fails answers the router's error, stays pending at the
+    weights the router still has, and is retried on the next tick."""
     router = FakeRouter()
     r = runner(settings(tmp_path), store, session, FakeProvider(), router)
     await r.start_rollout("v2", {})
@@ -206,9 +206,11 @@ async def test_rollback_route_is_retried_until_applied(
     with pytest.raises(RouterError, match=r"rollback pending.*connection refused"):
         await r.command(lambda s, now: core.abort(r.spec, s, now))
     assert r.state.phase is Phase.FAILED and r.state.route_pending
+    assert r.state.canary_weight == 25, "the weight the router still has, not the refused 0"
     router.down = False
     await r.tick()
     assert not r.state.route_pending
+    assert (r.state.primary_weight, r.state.canary_weight) == (100, 0)
     assert router.requests[-1].action == "rollback"
 
 
