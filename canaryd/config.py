@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from canaryd.durations import parse_duration
-from canaryd.judgecli import MetricSettings, ThresholdsInput
+from canaryd.judgeinput import MetricSettings, ThresholdsInput
 
 
 def _finite(value: float) -> float:

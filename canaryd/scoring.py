@@ -33,6 +33,7 @@ class Classification(StrEnum):
     LOW = "Low"
     NODATA = "Nodata"
     NODATA_FAIL_METRIC = "NodataFailMetric"
+    ERROR = "Error"
 
 
 class ScoreClassification(StrEnum):
