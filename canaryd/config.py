@@ -267,6 +267,15 @@ class JudgeSpec(Model):
     groupWeights: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(default_factory=dict)
     onMarginal: OnMarginal = OnMarginal.HOLD
 
+    @field_validator("groupWeights")
+    @classmethod
+    def _weights_fit(cls, weights: dict[str, float]) -> dict[str, float]:
+        """All configured weights count against 100 (Kayenta's scoring, docs/judge.md)."""
+        total = sum(weights.values())
+        if total > 100.0:
+            raise ValueError(f"groupWeights add up to {total:g}, more than 100")
+        return weights
+
 
 class MetricSpec(Model):
     """One metric check of an analysis (Flagger's ``analysis.metrics[]``).

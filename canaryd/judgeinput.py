@@ -126,9 +126,10 @@ class JudgeInput(_Model):
         if duplicates:
             raise ValueError(f"metric names must be unique, repeated: {', '.join(duplicates)}")
         groups = {g for m in self.metrics for g in m.groups}
+        total = sum(self.groupWeights.values())
+        if total > 100.0:
+            raise ValueError(f"groupWeights add up to {total:g}, more than 100")
         weighted = sum(w for g, w in self.groupWeights.items() if g in groups)
-        if weighted > 100.0:
-            raise ValueError(f"groupWeights add up to {weighted:g}, more than 100")
         if groups <= self.groupWeights.keys() and not math.isclose(weighted, 100.0):
             raise ValueError(f"groupWeights weigh every group but add up to {weighted:g}, not 100")
         return self
