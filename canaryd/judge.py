@@ -521,15 +521,13 @@ def classify_metric(
         return _no_data(config, c.size, e.size)
     if c.size == e.size and np.array_equal(np.sort(c), np.sort(e)):
         reason = "canary and primary data are identical"
-        ratio = mean_ratio(c, e)
         return MetricResult(
-            config.name, Classification.PASS, False, config.groups, reason, ratio=ratio
+            config.name, Classification.PASS, False, config.groups, reason, ratio=1.0
         )
     if bool(np.all(c == c[0])) and bool(np.all(e == c[0])):
         reason = f"every canary and primary value is {_num(float(c[0]))}"
-        ratio = mean_ratio(c, e)
         return MetricResult(
-            config.name, Classification.PASS, False, config.groups, reason, ratio=ratio
+            config.name, Classification.PASS, False, config.groups, reason, ratio=1.0
         )
     return _compare(config, c, e)
 

@@ -153,7 +153,8 @@ class MetricResult:
         reason: why, in plain words.
         interval: confidence interval of the shift canary - primary, when computed.
         estimate: estimate of the shift (where the rank statistic crosses 0), when computed.
-        ratio: canary mean / primary mean, ``None`` when undefined (no data, a mean of 0).
+        ratio: canary mean / primary mean (1 for identical series, as Kayenta), ``None`` when
+            undefined (no data, a mean of 0).
         effect: the effect size compared with the thresholds, ``None`` when undefined.
     """
 
