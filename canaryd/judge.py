@@ -463,18 +463,31 @@ def _all_tied(config: MetricConfig) -> MetricResult:
     return MetricResult(config.name, Classification.ERROR, False, config.groups, reason)
 
 
+def _within_factor_two(a: float, b: float) -> bool:
+    """Whether ``b / 2 <= a <= 2 b`` (same sign): then ``a - (a - b)`` is exactly ``b``."""
+    a, b = abs(a) if a * b > 0 else -1.0, abs(b)
+    return b / 2 <= a <= 2 * b
+
+
 def _constant_shift(control: FloatArray, experiment: FloatArray) -> ShiftEstimate | None:
     """The exact shift when both series are constant, ``None`` when either is not.
 
+    Kayenta adds noise of 1e-5 x the value here, which leaves a 0 as it is and cannot untie
+    a single value from itself; it fails (Error) when the ranks stay all tied at the extreme
+    shift: one value (or zeros) a side. With one non-zero value a side it fails only when
+    its arithmetic lands exactly back on a value, always so within a factor of 2, otherwise
+    by chance; canaryd then compares the two values (``docs/judge.md``).
+
     Raises:
-        TiedObservationsError: the ranks would stay all tied where Kayenta adds its noise
-            (noise of 1e-5 x the value: none for a value of 0, no effect on a single value).
+        TiedObservationsError: Kayenta's ranks would stay all tied.
     """
     if not (bool(np.all(control == control[0])) and bool(np.all(experiment == experiment[0]))):
         return None
     canary, primary = float(experiment[0]), float(control[0])
     if (experiment.size == 1 or canary == 0.0) and (control.size == 1 or primary == 0.0):
-        raise TiedObservationsError("every value of both samples is tied")
+        single_points = experiment.size == control.size == 1 and canary * primary != 0.0
+        if not single_points or _within_factor_two(canary, primary):
+            raise TiedObservationsError("every value of both samples is tied")
     return ShiftEstimate(canary - primary, canary - primary, canary - primary)
 
 

@@ -202,7 +202,7 @@ def _forced_failure(results: Sequence[Scorable]) -> str | None:
         first = critical[0]
         return f"critical metric {first.name} failed: {first.reason}"
     nodata = sum(1 for r in results if r.classification is Classification.NODATA)
-    if 100.0 * nodata / len(results) >= NODATA_THRESHOLD:
+    if nodata / len(results) * 100 >= NODATA_THRESHOLD:
         return (
             f"{nodata} of {len(results)} metrics have no data "
             f"({NODATA_THRESHOLD:g}% or more fails the canary)"
