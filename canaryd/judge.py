@@ -45,6 +45,8 @@ from canaryd.judgemodel import (
 from canaryd.scoring import Classification, Thresholds, score
 
 __all__ = [
+    "BRENT_TOLERANCE",
+    "LARGEST_VALUE",
     "Direction",
     "EffectSize",
     "Judgement",
@@ -74,6 +76,8 @@ FloatArray = NDArray[np.float64]
 
 BRENT_TOLERANCE = 1e-4
 """Absolute tolerance of the root finder (Kayenta's)."""
+LARGEST_VALUE = 1e300
+"""Values beyond +/- this make a metric ``Error``: their differences and sums would overflow."""
 _BRENT_ITERATIONS = 1000
 _EPSILON = 2.220446049250313e-16
 _SMALLEST = 5e-324  # one ulp of 0: values within it count as 0
@@ -532,6 +536,12 @@ def classify_metric(
     e = clean_series(experiment, config.nan_strategy, config.outliers)
     if c.size == 0 or e.size == 0:
         return _no_data(config, c.size, e.size)
+    if max(float(np.abs(c).max()), float(np.abs(e).max())) > LARGEST_VALUE:
+        reason = (
+            f"a value is beyond +/-{LARGEST_VALUE:g}, where differences and sums overflow, "
+            "so the series cannot be compared; the metric is not scored"
+        )
+        return MetricResult(config.name, Classification.ERROR, False, config.groups, reason)
     if c.size == e.size and np.array_equal(np.sort(c), np.sort(e)):
         reason = "canary and primary data are identical"
         return MetricResult(

@@ -7,6 +7,7 @@ cost); :mod:`canaryd.judge` re-exports every name here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -154,7 +155,7 @@ class MetricResult:
         interval: confidence interval of the shift canary - primary, when computed.
         estimate: estimate of the shift (where the rank statistic crosses 0), when computed.
         ratio: canary mean / primary mean (1 for identical series, as Kayenta), ``None`` when
-            undefined (no data, a mean of 0).
+            undefined (no data, a mean of 0); in JSON also ``null`` when it overflows.
         effect: the effect size compared with the thresholds, ``None`` when undefined.
     """
 
@@ -176,7 +177,7 @@ class MetricResult:
             "critical": self.critical,
             "interval": list(self.interval) if self.interval is not None else None,
             "estimate": self.estimate,
-            "ratio": self.ratio,
+            "ratio": self.ratio if self.ratio is not None and math.isfinite(self.ratio) else None,
             "reason": self.reason,
         }
 

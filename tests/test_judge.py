@@ -7,6 +7,7 @@ hand computation (shown in comments), published examples, and scipy as an oracle
 
 from __future__ import annotations
 
+import json
 import math
 
 import kayenta_reference as kayenta
@@ -19,6 +20,7 @@ from scipy import stats
 
 from canaryd.judge import (
     BRENT_TOLERANCE,
+    LARGEST_VALUE,
     Direction,
     EffectSize,
     MetricConfig,
@@ -593,6 +595,23 @@ def test_estimate_is_at_the_median_for_random_samples(x: list[float], y: list[fl
     estimate = shift_interval(xs, ys, 0.95).estimate
     slack = BRENT_TOLERANCE + 1e-15 * max(abs(low), abs(high))
     assert low - slack <= estimate <= high + slack
+
+
+any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=150, deadline=None)
+@given(control=st.lists(any_float, max_size=12), experiment=st.lists(any_float, max_size=12))
+def test_any_finite_or_huge_values_give_a_json_verdict(
+    control: list[float], experiment: list[float]
+) -> None:
+    """Values up to the float limits give a verdict that is valid JSON (no NaN, no overflow)."""
+    judgement = judge([MetricPair(MetricConfig("m"), control, experiment)])
+    json.dumps(judgement.to_json(), allow_nan=False)
+    (result,) = judgement.results
+    too_large = [v for v in control + experiment if math.isfinite(v) and abs(v) > LARGEST_VALUE]
+    if too_large and result.classification is not Classification.NODATA:
+        assert result.classification in (Classification.ERROR, Classification.PASS)
 
 
 small_ints = st.lists(st.integers(0, 8).map(float), min_size=3, max_size=12)
