@@ -278,8 +278,10 @@ def _gate_timeout(analysis: Analysis, kind: WebhookType) -> float | None:
 def needs(spec: CanaryConfig, state: CanaryState) -> Needs:
     """What the runtime must observe for the next tick of ``state``."""
     a = spec.analysis
-    if state.phase not in ACTIVE or state.phase is Phase.PAUSED:
-        return Needs()
+    if state.phase not in ACTIVE or state.phase is Phase.PAUSED or spec.suspend:
+        return Needs()  # suspend: nothing happens until it is unset, as in Flagger
+    if spec.skipAnalysis and state.phase is Phase.PROGRESSING:
+        return Needs(rollback_hooks=True)
     if state.phase is Phase.WAITING:
         return Needs(rollback_hooks=True, gate=WebhookType.CONFIRM_ROLLOUT)
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
@@ -543,6 +545,9 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
         return Decision(new, tuple(effects))
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
         return _promotion_step(spec, state, now)
+    if spec.skipAnalysis:  # promote without analysis, as Flagger's skipAnalysis (docs/flagger.md)
+        new, effects = _begin_promotion(spec, state, now, skipped=True)
+        return Decision(new, tuple(effects))
     return _progress(spec, state, need, obs, now)
 
 
