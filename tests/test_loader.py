@@ -1097,12 +1097,13 @@ def test_env_overrides_nested_key(tmp_path: Path) -> None:
     [
         (
             {"CANARYD_LISTEN": "nowhere"},
-            "<env CANARYD_LISTEN>:0:0: listen: must be HOST:PORT, e.g. 127.0.0.1:9879 (got 'nowhere')",
+            "<env CANARYD_LISTEN>:0:0: listen: must be HOST:PORT, e.g. 127.0.0.1:9879 "
+            "(got 'nowhere')",
         ),
         (
             {"CANARYD_PROVIDERS__PROM__TIMEOUT": "soon"},
-            "<env CANARYD_PROVIDERS__PROM__TIMEOUT>:0:0: providers.prom.timeout: invalid duration 'soon': expected e.g. 30s, 1m, "
-            "1h30m or 500ms",
+            "<env CANARYD_PROVIDERS__PROM__TIMEOUT>:0:0: providers.prom.timeout: "
+            "invalid duration 'soon': expected e.g. 30s, 1m, 1h30m or 500ms",
         ),
         (
             {"CANARYD_CANARIES": "[{oops"},
