@@ -1,0 +1,265 @@
+"""Configs that would break judgement are refused where they are written; doubtful ones warned.
+
+Floors, finite thresholds, URL schemes, Flagger's defaults (threshold 1, mesh
+istio), query problems located at the key that causes them, and the warnings
+``canaryd check`` prints (docs/flagger.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from canaryd.config import MIN_INTERVAL_ENV
+from canaryd.errors import ConfigError
+from canaryd.loader import Loaded, load_config
+
+PRE = """\
+providers: {prom: {type: prometheus}}
+routers: {lb: {type: haproxy, socket: /s, backend: b, primary: p, canary: c}}
+"""
+"""One provider and one router on lines 1-2."""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    """Write ``text`` to ``tmp_path/name`` and return its path."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    """The problems of loading ``text`` as ``c.yaml``, file names relative to ``tmp_path``."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "c.yaml", text), environ={})
+    return [str(p).replace(f"{tmp_path}/", "") for p in info.value.problems]
+
+
+def load(tmp_path: Path, text: str, name: str = "c.yaml") -> Loaded:
+    """Load ``text``; it must be valid."""
+    return load_config(write(tmp_path, name, text), environ={})
+
+
+def warnings(loaded: Loaded, tmp_path: Path) -> list[str]:
+    """The warnings, file names relative to ``tmp_path``."""
+    return [w.replace(f"{tmp_path}/", "") for w in loaded.warnings]
+
+
+def one(analysis: str, **keys: str) -> str:
+    """PRE plus canary ``web``; the first analysis line is line 7 + len(keys)."""
+    extra = "".join(f"    {k}: {v}\n" for k, v in keys.items())
+    body = "".join(f"      {line}\n" for line in analysis.splitlines())
+    return f"{PRE}canaries:\n  - name: web\n    router: lb\n{extra}    analysis:\n{body}"
+
+
+@pytest.fixture
+def real_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interval floor as in production (the suite lowers it for its fast daemons)."""
+    monkeypatch.delenv(MIN_INTERVAL_ENV, raising=False)
+
+
+@pytest.mark.usefixtures("real_floor")
+@pytest.mark.parametrize(
+    ("analysis", "expected"),
+    [
+        (
+            "interval: 1ms\nstepWeight: 10",
+            "c.yaml:7:7: canaries[0].analysis.interval: must be at least 1s (the floor; "
+            "docs/flagger.md) (got '1ms')",
+        ),
+        (
+            "stepWeight: 10\nmetrics:\n  - {name: request-duration, interval: 500ms, "
+            "thresholdRange: {max: 1}}",
+            "c.yaml:9:36: canaries[0].analysis.metrics[0].interval: must be at least 1s "
+            "(the floor; docs/flagger.md) (got '500ms')",
+        ),
+        (
+            "stepWeight: 10\nmetrics:\n  - {name: request-duration, thresholdRange: {min: .nan}}",
+            "c.yaml:9:53: canaries[0].analysis.metrics[0].thresholdRange.min: "
+            "must be a finite number (got nan)",
+        ),
+        (
+            "stepWeight: 10\nmetrics:\n  - {name: request-duration, thresholdRange: {max: .inf}}",
+            "c.yaml:9:53: canaries[0].analysis.metrics[0].thresholdRange.max: "
+            "must be a finite number (got inf)",
+        ),
+        (
+            "stepWeight: 10\nwebhooks:\n  - {name: w, url: http://x, timeout: 0}",
+            "c.yaml:9:36: canaries[0].analysis.webhooks[0].timeout: must be greater than 0s "
+            "(got 0)",
+        ),
+        (
+            "stepWeight: 10\nwebhooks:\n  - {name: w, url: hooks.example/x}",
+            "c.yaml:9:21: canaries[0].analysis.webhooks[0].url: must be an http:// or https:// "
+            "URL (got 'hooks.example/x')",
+        ),
+    ],
+    ids=["interval-1ms", "metric-interval", "nan-min", "inf-max", "timeout-0", "url-scheme"],
+)
+def test_values_that_break_judgement_are_refused(
+    tmp_path: Path, analysis: str, expected: str
+) -> None:
+    """Each refused value is reported at its FILE:LINE:COL with the key path."""
+    assert problems(tmp_path, one(analysis)) == [expected]
+
+
+@pytest.mark.usefixtures("real_floor")
+def test_one_second_interval_is_accepted(tmp_path: Path) -> None:
+    """The floor itself is allowed."""
+    loaded = load(tmp_path, one("interval: 1s\nstepWeight: 10"))
+    assert loaded.settings.canaries[0].analysis.interval == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "notifiers:\n  chat: {type: slack, url: hooks.slack.com/services/x}\n",
+            "c.yaml:4:23: notifiers.chat.url: must be an http:// or https:// URL "
+            "(got 'hooks.slack.com/services/x')",
+        ),
+        (
+            "notifiers:\n  chat: {type: slack, url: 'https://x', timeout: 0s}\n",
+            "c.yaml:4:41: notifiers.chat.timeout: must be greater than 0s (got '0s')",
+        ),
+        (
+            "outbox: {pollInterval: 0}\n",
+            "c.yaml:3:10: outbox.pollInterval: must be greater than 0s (got 0)",
+        ),
+    ],
+    ids=["notifier-url", "notifier-timeout", "outbox-poll"],
+)
+def test_notifier_and_outbox_values_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    """A notifier URL without a scheme and zero timeouts are refused where written."""
+    assert problems(tmp_path, PRE + text) == [expected]
+
+
+def test_router_url_needs_a_scheme(tmp_path: Path) -> None:
+    """A webhook router URL without http(s):// is refused."""
+    text = "providers: {prom: {type: prometheus}}\nrouters: {mesh: {type: webhook, url: mesh/x}}\n"
+    assert problems(tmp_path, text) == [
+        "c.yaml:2:33: routers.mesh.url: must be an http:// or https:// URL (got 'mesh/x')"
+    ]
+
+
+# --------------------------------------------------------------------------- located queries
+
+
+def test_unknown_mesh_of_a_canary_is_reported_at_its_meshprovider(tmp_path: Path) -> None:
+    """A canary's bad meshProvider is reported at that key, not at <config>:0:0."""
+    text = one(
+        "stepWeight: 10\nmetrics:\n  - {name: request-duration, thresholdRange: {max: 1}}",
+        meshProvider="consul",
+    )
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith(
+        "c.yaml:6:5: canaries[0].meshProvider: default/web: unknown meshProvider 'consul'"
+    )
+
+
+def test_unknown_top_level_mesh_is_reported_at_its_key(tmp_path: Path) -> None:
+    """The top-level meshProvider is blamed when a canary without one uses a built-in."""
+    text = "meshProvider: consul\n" + one(
+        "stepWeight: 10\nmetrics:\n  - {name: request-duration, thresholdRange: {max: 1}}"
+    )
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith("c.yaml:1:1: meshProvider: default/web: unknown meshProvider")
+
+
+def test_unknown_template_variable_is_reported_at_the_template_query(tmp_path: Path) -> None:
+    """A template naming an undefined variable is reported at the template's query."""
+    text = (
+        PRE
+        + "templates:\n  t: {provider: prom, query: 'x{a=\"{{ variables.app }}\"}'}\n"
+        + "canaries:\n  - name: web\n    router: lb\n    analysis:\n      stepWeight: 10\n"
+        + "      metrics:\n        - {name: e, templateRef: {name: t}, thresholdRange: {max: 1}}\n"
+    )
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith(
+        "c.yaml:4:23: templates.t.query: default/web: unknown variable 'variables.app'"
+    )
+
+
+def test_unknown_variable_in_an_inline_query_is_reported_at_the_query(tmp_path: Path) -> None:
+    """An inline query naming an undefined variable is reported at its ``query`` key."""
+    text = one(
+        "stepWeight: 10\nmetrics:\n"
+        "  - {name: e, query: 'x{a=\"{{ nope }}\"}', thresholdRange: {max: 1}}"
+    )
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith("c.yaml:9:21: canaries[0].analysis.metrics[0].query: default/web:")
+
+
+# --------------------------------------------------------------------------- defaults, warnings
+
+
+def test_threshold_defaults_to_one(tmp_path: Path) -> None:
+    """Without threshold (or with 0) a canary tolerates no failed check, as in Flagger."""
+    loaded = load(
+        tmp_path,
+        one("stepWeight: 10") + "  - name: b\n    router: lb\n    analysis:\n"
+        "      stepWeight: 10\n      threshold: 0\n",
+    )
+    assert [c.analysis.threshold for c in loaded.settings.canaries] == [1, 1]
+
+
+def test_duration_without_unit_is_warned_about(tmp_path: Path) -> None:
+    """``interval: 10`` loads as 10 s and is warned about where it is written."""
+    loaded = load(tmp_path, one("interval: 10\nstepWeight: 10"))
+    assert loaded.settings.canaries[0].analysis.interval == 10.0
+    assert warnings(loaded, tmp_path) == [
+        "c.yaml:7:7: canaries[0].analysis.interval: 10 has no unit: read as 10s; write e.g. 10s"
+    ]
+
+
+def test_iterations_with_weights_is_warned_about(tmp_path: Path) -> None:
+    """iterations with stepWeight is blue/green: the weights are ignored, and check says so."""
+    loaded = load(tmp_path, one("interval: 1m\niterations: 5\nstepWeight: 10"))
+    assert warnings(loaded, tmp_path) == [
+        "c.yaml:8:7: canaries[0].analysis.iterations: iterations makes this a blue/green "
+        "(or A/B) rollout: stepWeight ignored, as in Flagger"
+    ]
+
+
+def test_a_config_without_canaries_is_warned_about(tmp_path: Path) -> None:
+    """A configuration that defines no canary loads, with a warning."""
+    assert warnings(load(tmp_path, PRE), tmp_path) == [
+        "c.yaml:1:1: <root>: defines no canary: nothing will be analysed"
+    ]
+
+
+def test_deprecated_metric_threshold_is_read_as_flagger_reads_it(tmp_path: Path) -> None:
+    """A metric's threshold is the success rate's minimum and other metrics' maximum."""
+    text = one(
+        "interval: 1m\nstepWeight: 10\nmetrics:\n"
+        "  - {name: request-success-rate, threshold: 99}\n"
+        "  - {name: request-duration, threshold: 500}\n"
+        "  - {name: request-duration-2, query: q, threshold: 1, thresholdRange: {max: 7}}"
+    )
+    loaded = load(tmp_path, text)
+    ranges = [m.thresholdRange for m in loaded.settings.canaries[0].analysis.metrics]
+    assert [(r.min, r.max) for r in ranges if r is not None] == [
+        (99.0, None),
+        (None, 500.0),
+        (None, 7.0),
+    ]
+    assert warnings(loaded, tmp_path) == [
+        "c.yaml:10:40: canaries[0].analysis.metrics[0].threshold: threshold is deprecated "
+        "(Flagger); read as thresholdRange.min",
+        "c.yaml:11:36: canaries[0].analysis.metrics[1].threshold: threshold is deprecated "
+        "(Flagger); read as thresholdRange.max",
+        "c.yaml:12:48: canaries[0].analysis.metrics[2].threshold: threshold is deprecated "
+        "and ignored next to thresholdRange, as in Flagger",
+    ]
+
+
+def test_suite_floor_is_lowered_only_by_its_variable() -> None:
+    """The test suite runs with the documented variable set; production has no such variable."""
+    assert os.environ.get(MIN_INTERVAL_ENV) == "0.01"
