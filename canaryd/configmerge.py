@@ -174,6 +174,8 @@ def _merge_manifest(doc: Doc, merged: dict[str, Any], ctx: Gathered) -> None:
         loc = doc.locate(("spec", "provider", "type"))
         ctx.notes.append(f"{loc}: spec.provider.type: {mapped.unsupported}")
         return
+    if mapped.section == "notifiers" and mapped.secret_ref is not None:
+        _address_file(mapped, doc, ctx)
     if mapped.section == "canaries":
         prefix: KeyPath = ("canaries", len(merged["canaries"]))
         merged["canaries"].append(mapped.entry)
@@ -260,7 +262,7 @@ def _secret_files(provider: dict[str, Any], name: str, doc: Doc, ctx: Gathered) 
     The Kubernetes Secret's keys become files of ``secrets/NAME/`` next to the
     manifest: ``token`` (bearer token), or ``username`` and ``password``.
     """
-    directory = os.path.join(os.path.dirname(doc.file), SECRET_DIR, name)
+    directory = os.path.abspath(os.path.join(os.path.dirname(doc.file), SECRET_DIR, name))
     token, user = os.path.join(directory, "token"), os.path.join(directory, "username")
     if os.path.isfile(token):
         provider["bearer_token_file"] = token
@@ -279,6 +281,28 @@ def _secret_files(provider: dict[str, Any], name: str, doc: Doc, ctx: Gathered) 
             f"secretRef {name!r}: put the secret's keys in files: {token}, or {user} and "
             f"{os.path.join(directory, 'password')} (docs/flagger.md)",
         )
+
+
+def _address_file(mapped: flagger.Mapped, doc: Doc, ctx: Gathered) -> None:
+    """An AlertProvider's ``secretRef``: its ``address`` key is the file ``secrets/NAME/address``.
+
+    As in Flagger the secret's address wins over ``spec.address``
+    (docs/flagger.md, AlertProvider).
+    """
+    name = str(mapped.secret_ref)
+    path = os.path.abspath(os.path.join(os.path.dirname(doc.file), SECRET_DIR, name, "address"))
+    if os.path.isfile(path):
+        mapped.entry.pop("url", None)
+        mapped.entry["url_file"] = path
+        mapped.moves.append((("url_file",), ("spec", "secretRef")))
+    elif "url" not in mapped.entry:
+        ctx.in_doc(
+            doc,
+            ("spec", "secretRef"),
+            f"secretRef {name!r}: put the webhook address in the file {path}, or set "
+            "spec.address (docs/flagger.md)",
+        )
+        mapped.suppress.append(())
 
 
 def _only(

@@ -62,7 +62,7 @@ _ANALYSIS_K8S = (
 )
 _WEBHOOK_K8S = ("muteAlert",)
 _TEMPLATE_PROVIDER_K8S = ("region",)
-_ALERT_PROVIDER_K8S = ("certSecretRef", "proxy", "secretRef")
+_ALERT_PROVIDER_K8S = ("certSecretRef", "proxy")
 
 
 @dataclass
@@ -428,14 +428,15 @@ def _map_alert_provider(spec: dict[str, Any], meta: dict[str, Any], out: Mapped)
         elif key in ("channel", "username"):
             entry[key] = value
             out.moves.append(((key,), ("spec", key)))
+        elif key == "secretRef" and isinstance(value, dict) and isinstance(value.get("name"), str):
+            out.secret_ref = value["name"]
         elif key in _ALERT_PROVIDER_K8S:
             out.ignored.append(f"spec.{key}")
         else:
-            valid = ("address", "channel", "type", "username", *_ALERT_PROVIDER_K8S)
+            valid = ("address", "channel", "type", "username", "secretRef", *_ALERT_PROVIDER_K8S)
             out.problem(("spec", key), unknown_key(str(key), valid))
-    if "address" not in spec:
-        hint = " (secretRef is Kubernetes-only; put the webhook URL in spec.address)"
-        out.problem(("spec",), "missing key 'address'" + (hint if "secretRef" in spec else ""))
+    if "address" not in spec and out.secret_ref is None:
+        out.problem(("spec",), "missing key 'address'")
         out.suppress.append(())
     if "type" not in spec:
         out.problem(("spec",), "missing key 'type'")

@@ -1006,8 +1006,8 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
             'address: "https://chat.example/x"',
             "secretRef: {name: s}",
             [
-                "k8s.yaml:39:1: spec: missing key 'address' (secretRef is Kubernetes-only; put the "
-                "webhook URL in spec.address)"
+                "k8s.yaml:39:26: spec.secretRef: secretRef 's': put the webhook address in the "
+                "file secrets/s/address, or set spec.address (docs/flagger.md)"
             ],
         ),
         (
