@@ -166,7 +166,7 @@ def _flagger_differences(analysis: dict[str, Any], here: KeyPath) -> list[tuple[
             (
                 (*here, "interval"),
                 f"differs from Flagger: Flagger runs an interval below 10s every 10s; "
-                f"canaryd runs every {seconds:g}s (docs/flagger.md)",
+                f"canaryd every {seconds:g}s (docs/flagger.md)",
             )
         )
     return out

@@ -23,7 +23,10 @@ from canaryd import flagger
 from canaryd.config import Settings, read_secret
 from canaryd.configcheck import SECTIONS, section
 from canaryd.flagger import KeyPath, is_manifest, unknown_key
-from canaryd.yamlpos import Doc, Report, got
+from canaryd.yamlpos import Doc, Report, format_path, got
+
+DOC = "docs/flagger.md"
+"""Where the deliberate differences from Flagger are listed."""
 
 
 @dataclass
@@ -168,6 +171,9 @@ def _merge_manifest(doc: Doc, merged: dict[str, Any], ctx: Gathered) -> None:
         ctx.in_doc(doc, path, message)
     if mapped.ignored:
         ctx.ignored.append((doc.file, f"{mapped.kind}/{mapped.name}", mapped.ignored))
+    for path, message in mapped.differences:
+        shown = format_path(path)
+        ctx.notes.append(f"{doc.locate(path)}: {shown}: differs from Flagger: {message} ({DOC})")
     if mapped.section is None or mapped.name is None:
         return
     if mapped.unsupported is not None:

@@ -45,7 +45,6 @@ NOTIFIER_TYPES = {
 
 _CANARY_SPEC_K8S = (
     "autoscalerRef",
-    "metricsServer",
     "progressDeadlineSeconds",
     "revertOnDeletion",
     "upstreamRef",
@@ -86,6 +85,8 @@ class Mapped:
         secret_ref: a MetricTemplate's ``secretRef`` name (mapped to secret files).
         unsupported: why the manifest is kept out of the configuration (a warning),
             e.g. a MetricTemplate for a provider other than Prometheus.
+        differences: ``(path in manifest, message)`` of the deliberate differences
+            from Flagger this manifest meets (one warning line each).
     """
 
     kind: str
@@ -101,6 +102,7 @@ class Mapped:
     provider_entry: dict[str, Any] | None = None
     secret_ref: str | None = None
     unsupported: str | None = None
+    differences: list[tuple[KeyPath, str]] = field(default_factory=list)
 
     def problem(self, path: KeyPath, message: str) -> None:
         """Record a problem at ``path`` of the manifest."""
@@ -218,36 +220,53 @@ def _map_canary(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> None
         out.moves.append((("namespace",), ("metadata", "namespace")))
     _canary_refs(meta, entry, out)
     for key, value in spec.items():
-        if key in _CANARY_SPEC_K8S:
-            out.ignored.append(f"spec.{key}")
-        elif key in _CANARY_SPEC_FLAGS:
-            entry[key] = value
-            out.moves.append(((key,), ("spec", key)))
-        elif key in _CANARY_SPEC_REFS:
-            _reference(key, value, entry, out)
-        elif key == "provider":
-            entry["meshProvider"] = value
-            out.moves.append((("meshProvider",), ("spec", "provider")))
-        elif key == "targetRef":
-            _target(value, entry, out)
-        elif key == "analysis" or (key == "canaryAnalysis" and "analysis" not in spec):
-            _analysis(value, entry, out, key)
-        elif key == "canaryAnalysis":
-            out.ignored.append("spec.canaryAnalysis (spec.analysis is set)")
-        else:
-            valid = (*_CANARY_SPEC_K8S, *_CANARY_SPEC_FLAGS, *_CANARY_SPEC_REFS)
-            out.problem(
-                ("spec", key),
-                unknown_key(
-                    str(key), (*valid, "analysis", "canaryAnalysis", "provider", "targetRef")
-                ),
-            )
+        _canary_key(str(key), value, spec, entry, out)
     if "analysis" not in entry:
         # Flagger skips the analysis of a Canary without one (Canary.SkipAnalysis)
         entry["analysis"] = {"iterations": 1}
         entry["skipAnalysis"] = True
         out.moves.append((("analysis",), ("spec",)))
     out.entry = entry
+
+
+def _canary_key(
+    key: str, value: Any, spec: dict[str, Any], entry: dict[str, Any], out: Mapped
+) -> None:
+    """Map one key of a Canary's ``spec``."""
+    if key in _CANARY_SPEC_K8S:
+        out.ignored.append(f"spec.{key}")
+    elif key in _CANARY_SPEC_FLAGS:
+        entry[key] = value
+        out.moves.append(((key,), ("spec", key)))
+    elif key == "metricsServer":
+        message = "built-in metrics query the canary's provider, not metricsServer"
+        out.differences.append((("spec", key), message))
+    elif key in _CANARY_SPEC_REFS:
+        _reference(key, value, entry, out)
+    elif key == "provider":
+        _mesh(value, spec, entry, out)
+    elif key == "targetRef":
+        _target(value, entry, out)
+    elif key == "analysis" or (key == "canaryAnalysis" and "analysis" not in spec):
+        _analysis(value, entry, out, key)
+    elif key == "canaryAnalysis":
+        out.ignored.append("spec.canaryAnalysis (spec.analysis is set)")
+    else:
+        valid = (*_CANARY_SPEC_K8S, *_CANARY_SPEC_FLAGS, *_CANARY_SPEC_REFS, "metricsServer")
+        valid_all = (*valid, "analysis", "canaryAnalysis", "provider", "targetRef")
+        out.problem(("spec", key), unknown_key(key, valid_all))
+
+
+def _mesh(value: Any, spec: dict[str, Any], entry: dict[str, Any], out: Mapped) -> None:
+    """``spec.provider`` -> ``meshProvider``."""
+    entry["meshProvider"] = value
+    out.moves.append((("meshProvider",), ("spec", "provider")))
+    if value == "knative" and "routeRef" not in spec:
+        message = (
+            "{{ route }} is the target's name (set canaryd's route), "
+            "not the latest Knative revision"
+        )
+        out.differences.append((("spec", "provider"), message))
 
 
 def _reference(key: str, value: Any, entry: dict[str, Any], out: Mapped) -> None:

@@ -263,3 +263,129 @@ def test_deprecated_metric_threshold_is_read_as_flagger_reads_it(tmp_path: Path)
 def test_suite_floor_is_lowered_only_by_its_variable() -> None:
     """The test suite runs with the documented variable set; production has no such variable."""
     assert os.environ.get(MIN_INTERVAL_ENV) == "0.01"
+
+
+# --------------------------------------------------------------------------- Flagger manifests
+
+CANARY = """\
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata: {name: web, namespace: prod}
+spec:
+  targetRef: {name: web}
+  analysis:
+    interval: INTERVAL
+    stepWeight: 10
+    metrics:
+      - {name: request-success-rate, thresholdRange: {min: 99}}
+"""
+
+
+def manifest(tmp_path: Path, text: str, main: str = PRE) -> Loaded:
+    """Load ``main`` including the manifest ``k8s.yaml``."""
+    write(tmp_path, "k8s.yaml", text)
+    return load(tmp_path, main + "include: [k8s.yaml]\n")
+
+
+def test_flagger_canary_without_provider_gets_istio(tmp_path: Path) -> None:
+    """A pasted Canary without spec.provider uses Flagger's default mesh, istio."""
+    loaded = manifest(tmp_path, CANARY.replace("INTERVAL", "1m"))
+    assert loaded.settings.canaries[0].meshProvider == "istio"
+
+
+def test_config_mesh_provider_is_the_default_for_flagger_canaries(tmp_path: Path) -> None:
+    """A meshProvider set in the config is the default of pasted Canaries too."""
+    loaded = manifest(tmp_path, CANARY.replace("INTERVAL", "1m"), "meshProvider: linkerd\n" + PRE)
+    canary = loaded.settings.canaries[0]
+    assert (canary.meshProvider or loaded.settings.meshProvider) == "linkerd"
+
+
+def test_short_interval_in_a_manifest_is_a_difference_line(tmp_path: Path) -> None:
+    """Flagger runs intervals below 10s every 10s; check says canaryd does not, in one line."""
+    loaded = manifest(tmp_path, CANARY.replace("INTERVAL", "5s"))
+    assert warnings(loaded, tmp_path) == [
+        "k8s.yaml:7:5: spec.analysis.interval: differs from Flagger: Flagger runs an interval "
+        "below 10s every 10s; canaryd every 5s (docs/flagger.md)"
+    ]
+
+
+def test_metrics_server_is_a_difference_line(tmp_path: Path) -> None:
+    """spec.metricsServer is not used, and check says so where it is written."""
+    text = CANARY.replace("INTERVAL", "1m").replace(
+        "  targetRef:", "  metricsServer: http://prom.example:9090\n  targetRef:"
+    )
+    assert warnings(manifest(tmp_path, text), tmp_path) == [
+        "k8s.yaml:5:3: spec.metricsServer: differs from Flagger: built-in metrics query the "
+        "canary's provider, not metricsServer (docs/flagger.md)"
+    ]
+
+
+TEMPLATE = """\
+apiVersion: flagger.app/v1beta1
+kind: MetricTemplate
+metadata: {name: lat, namespace: prod}
+spec:
+  provider:
+    type: prometheus
+    address: https://prom.example
+    headers: {X-Scope-OrgID: [team-a]}
+    secretRef: {name: prom}
+  query: max(x{ns="{{ namespace }}"})
+"""
+
+
+def secret(tmp_path: Path, name: str, text: str) -> None:
+    """Write ``secrets/prom/<name>`` readable by its owner only."""
+    path = write(tmp_path, f"secrets/prom/{name}", text)
+    path.chmod(0o600)
+
+
+def test_template_secret_ref_token_and_headers(tmp_path: Path) -> None:
+    """secretRef's token file becomes the bearer token; headers are kept, one value each."""
+    secret(tmp_path, "token", "t0k\n")
+    provider = manifest(tmp_path, TEMPLATE).settings.providers["lat-provider"]
+    assert provider.bearer_token_file == str(tmp_path / "secrets/prom/token")
+    assert provider.headers == {"X-Scope-OrgID": "team-a"}
+
+
+def test_template_secret_ref_basic_auth(tmp_path: Path) -> None:
+    """secretRef's username and password files become basic auth."""
+    secret(tmp_path, "username", "reader\n")
+    secret(tmp_path, "password", "pw\n")
+    provider = manifest(tmp_path, TEMPLATE).settings.providers["lat-provider"]
+    assert (provider.username, provider.password_file) == (
+        "reader",
+        str(tmp_path / "secrets/prom/password"),
+    )
+
+
+def test_template_secret_ref_without_files_is_refused(tmp_path: Path) -> None:
+    """A secretRef is never dropped silently: without its files the manifest is refused."""
+    write(tmp_path, "k8s.yaml", TEMPLATE)
+    found = problems(tmp_path, PRE + "include: [k8s.yaml]\n")
+    assert found == [
+        "k8s.yaml:9:5: spec.provider.secretRef: secretRef 'prom': put the secret's keys in "
+        "files: secrets/prom/token, or secrets/prom/username and secrets/prom/password "
+        "(docs/flagger.md)"
+    ]
+
+
+def test_template_ref_is_looked_up_by_namespace_and_name(tmp_path: Path) -> None:
+    """templateRef {name, namespace} finds the MetricTemplate of that namespace."""
+    other = TEMPLATE.replace(
+        "    headers: {X-Scope-OrgID: [team-a]}\n    secretRef: {name: prom}\n", ""
+    )
+    text = (
+        other
+        + "---\n"
+        + CANARY.replace("INTERVAL", "1m").replace(
+            "      - {name: request-success-rate, thresholdRange: {min: 99}}",
+            "      - {name: lat, templateRef: {name: lat, namespace: prod}, "
+            "thresholdRange: {max: 1}}",
+        )
+    )
+    loaded = manifest(tmp_path, text)
+    from canaryd.runtime import resolve_metrics
+
+    [metric] = resolve_metrics(loaded.settings, loaded.settings.canaries[0])
+    assert metric.query == 'max(x{ns="prod"})'
