@@ -27,52 +27,102 @@ routers: {lb: {type: haproxy, socket: /run/haproxy.sock, backend: web, primary: 
 include: [corpus/FILE]
 """
 
-PUBLISHED_FIELDS = """
-AlertProvider.spec.address AlertProvider.spec.channel AlertProvider.spec.proxy
-AlertProvider.spec.secretRef.name AlertProvider.spec.type AlertProvider.spec.username
-Canary.metadata.annotations.* Canary.spec.analysis.interval Canary.spec.analysis.iterations
-Canary.spec.analysis.match[].headers.*.exact Canary.spec.analysis.match[].headers.*.regex
-Canary.spec.analysis.maxWeight Canary.spec.analysis.metrics[].interval
-Canary.spec.analysis.metrics[].name Canary.spec.analysis.metrics[].templateRef.name
-Canary.spec.analysis.metrics[].templateRef.namespace
-Canary.spec.analysis.metrics[].templateVariables.* Canary.spec.analysis.metrics[].threshold
-Canary.spec.analysis.metrics[].thresholdRange.max Canary.spec.analysis.metrics[].thresholdRange.min
-Canary.spec.analysis.mirror Canary.spec.analysis.mirrorWeight
-Canary.spec.analysis.sessionAffinity.cookieName Canary.spec.analysis.sessionAffinity.maxAge
-Canary.spec.analysis.stepWeight Canary.spec.analysis.stepWeights[] Canary.spec.analysis.threshold
-Canary.spec.analysis.webhooks[].metadata.cmd Canary.spec.analysis.webhooks[].metadata.logCmdOutput
-Canary.spec.analysis.webhooks[].metadata.type Canary.spec.analysis.webhooks[].name
-Canary.spec.analysis.webhooks[].timeout Canary.spec.analysis.webhooks[].type
-Canary.spec.analysis.webhooks[].url Canary.spec.autoscalerRef.apiVersion
-Canary.spec.autoscalerRef.kind Canary.spec.autoscalerRef.name
-Canary.spec.autoscalerRef.primaryScalerQueries.*
-Canary.spec.autoscalerRef.primaryScalerReplicas.maxReplicas
-Canary.spec.autoscalerRef.primaryScalerReplicas.minReplicas Canary.spec.ingressRef.apiVersion
-Canary.spec.ingressRef.kind Canary.spec.ingressRef.name Canary.spec.progressDeadlineSeconds
-Canary.spec.provider Canary.spec.routeRef.apiVersion Canary.spec.routeRef.kind
-Canary.spec.routeRef.name Canary.spec.service.apex.annotations.* Canary.spec.service.backendTimeout
-Canary.spec.service.canary.annotations.* Canary.spec.service.corsPolicy.allowCredentials
-Canary.spec.service.corsPolicy.allowHeaders[] Canary.spec.service.corsPolicy.allowMethods[]
-Canary.spec.service.corsPolicy.allowOrigin[] Canary.spec.service.corsPolicy.maxAge
-Canary.spec.service.delegation Canary.spec.service.gatewayRefs[].group
-Canary.spec.service.gatewayRefs[].kind Canary.spec.service.gatewayRefs[].name
-Canary.spec.service.gatewayRefs[].namespace Canary.spec.service.gatewayRefs[].port
-Canary.spec.service.gateways[] Canary.spec.service.headers.request.add.*
-Canary.spec.service.headers.request.remove[] Canary.spec.service.headers.request.set.*
-Canary.spec.service.headers.response.add.* Canary.spec.service.headers.response.remove[]
-Canary.spec.service.headers.response.set.* Canary.spec.service.hosts[]
-Canary.spec.service.match[].uri.prefix Canary.spec.service.name Canary.spec.service.port
-Canary.spec.service.portDiscovery Canary.spec.service.portName
-Canary.spec.service.primary.annotations.* Canary.spec.service.retries.attempts
-Canary.spec.service.retries.perTryTimeout Canary.spec.service.retries.retryOn
-Canary.spec.service.rewrite.authority Canary.spec.service.rewrite.type
-Canary.spec.service.rewrite.uri Canary.spec.service.targetPort Canary.spec.service.timeout
-Canary.spec.service.trafficPolicy.tls.mode Canary.spec.skipAnalysis
-Canary.spec.targetRef.apiVersion Canary.spec.targetRef.kind Canary.spec.targetRef.name
-MetricTemplate.spec.provider.address MetricTemplate.spec.provider.insecureSkipVerify
-MetricTemplate.spec.provider.secretRef.name MetricTemplate.spec.provider.type
-MetricTemplate.spec.query
-""".split()
+PUBLISHED_FIELDS = [
+    "AlertProvider.spec.address",
+    "AlertProvider.spec.channel",
+    "AlertProvider.spec.proxy",
+    "AlertProvider.spec.secretRef.name",
+    "AlertProvider.spec.type",
+    "AlertProvider.spec.username",
+    "Canary.metadata.annotations.*",
+    "Canary.spec.analysis.interval",
+    "Canary.spec.analysis.iterations",
+    "Canary.spec.analysis.match[].headers.*.exact",
+    "Canary.spec.analysis.match[].headers.*.regex",
+    "Canary.spec.analysis.maxWeight",
+    "Canary.spec.analysis.metrics[].interval",
+    "Canary.spec.analysis.metrics[].name",
+    "Canary.spec.analysis.metrics[].templateRef.name",
+    "Canary.spec.analysis.metrics[].templateRef.namespace",
+    "Canary.spec.analysis.metrics[].templateVariables.*",
+    "Canary.spec.analysis.metrics[].threshold",
+    "Canary.spec.analysis.metrics[].thresholdRange.max",
+    "Canary.spec.analysis.metrics[].thresholdRange.min",
+    "Canary.spec.analysis.mirror",
+    "Canary.spec.analysis.mirrorWeight",
+    "Canary.spec.analysis.sessionAffinity.cookieName",
+    "Canary.spec.analysis.sessionAffinity.maxAge",
+    "Canary.spec.analysis.stepWeight",
+    "Canary.spec.analysis.stepWeights[]",
+    "Canary.spec.analysis.threshold",
+    "Canary.spec.analysis.webhooks[].metadata.cmd",
+    "Canary.spec.analysis.webhooks[].metadata.logCmdOutput",
+    "Canary.spec.analysis.webhooks[].metadata.type",
+    "Canary.spec.analysis.webhooks[].name",
+    "Canary.spec.analysis.webhooks[].timeout",
+    "Canary.spec.analysis.webhooks[].type",
+    "Canary.spec.analysis.webhooks[].url",
+    "Canary.spec.autoscalerRef.apiVersion",
+    "Canary.spec.autoscalerRef.kind",
+    "Canary.spec.autoscalerRef.name",
+    "Canary.spec.autoscalerRef.primaryScalerQueries.*",
+    "Canary.spec.autoscalerRef.primaryScalerReplicas.maxReplicas",
+    "Canary.spec.autoscalerRef.primaryScalerReplicas.minReplicas",
+    "Canary.spec.ingressRef.apiVersion",
+    "Canary.spec.ingressRef.kind",
+    "Canary.spec.ingressRef.name",
+    "Canary.spec.progressDeadlineSeconds",
+    "Canary.spec.provider",
+    "Canary.spec.routeRef.apiVersion",
+    "Canary.spec.routeRef.kind",
+    "Canary.spec.routeRef.name",
+    "Canary.spec.service.apex.annotations.*",
+    "Canary.spec.service.backendTimeout",
+    "Canary.spec.service.canary.annotations.*",
+    "Canary.spec.service.corsPolicy.allowCredentials",
+    "Canary.spec.service.corsPolicy.allowHeaders[]",
+    "Canary.spec.service.corsPolicy.allowMethods[]",
+    "Canary.spec.service.corsPolicy.allowOrigin[]",
+    "Canary.spec.service.corsPolicy.maxAge",
+    "Canary.spec.service.delegation",
+    "Canary.spec.service.gatewayRefs[].group",
+    "Canary.spec.service.gatewayRefs[].kind",
+    "Canary.spec.service.gatewayRefs[].name",
+    "Canary.spec.service.gatewayRefs[].namespace",
+    "Canary.spec.service.gatewayRefs[].port",
+    "Canary.spec.service.gateways[]",
+    "Canary.spec.service.headers.request.add.*",
+    "Canary.spec.service.headers.request.remove[]",
+    "Canary.spec.service.headers.request.set.*",
+    "Canary.spec.service.headers.response.add.*",
+    "Canary.spec.service.headers.response.remove[]",
+    "Canary.spec.service.headers.response.set.*",
+    "Canary.spec.service.hosts[]",
+    "Canary.spec.service.match[].uri.prefix",
+    "Canary.spec.service.name",
+    "Canary.spec.service.port",
+    "Canary.spec.service.portDiscovery",
+    "Canary.spec.service.portName",
+    "Canary.spec.service.primary.annotations.*",
+    "Canary.spec.service.retries.attempts",
+    "Canary.spec.service.retries.perTryTimeout",
+    "Canary.spec.service.retries.retryOn",
+    "Canary.spec.service.rewrite.authority",
+    "Canary.spec.service.rewrite.type",
+    "Canary.spec.service.rewrite.uri",
+    "Canary.spec.service.targetPort",
+    "Canary.spec.service.timeout",
+    "Canary.spec.service.trafficPolicy.tls.mode",
+    "Canary.spec.skipAnalysis",
+    "Canary.spec.targetRef.apiVersion",
+    "Canary.spec.targetRef.kind",
+    "Canary.spec.targetRef.name",
+    "MetricTemplate.spec.provider.address",
+    "MetricTemplate.spec.provider.insecureSkipVerify",
+    "MetricTemplate.spec.provider.secretRef.name",
+    "MetricTemplate.spec.provider.type",
+    "MetricTemplate.spec.query",
+]
 """Key paths used by Flagger's published manifests (docs/gitbook, artifacts/examples).
 
 Maps of free keys are written ``.*``; ``metadata.name``/``namespace`` are left out.
@@ -160,7 +210,7 @@ def test_corpus_uses_every_published_field() -> None:
 def test_corpus_uses_every_published_provider() -> None:
     """The corpus has a Canary for each spec.provider of the examples, and one without."""
     providers = [d["spec"].get("provider") for d in _corpus_documents() if d["kind"] == "Canary"]
-    assert PUBLISHED_PROVIDERS <= set(providers)
+    assert set(providers) >= PUBLISHED_PROVIDERS
     assert None in providers
 
 
