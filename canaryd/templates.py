@@ -1,27 +1,27 @@
-"""Query templates: Flagger's ``{{ var }}`` syntax and the built-in metrics.
+"""Query templates: Flagger's Go-template subset and the built-in metrics.
 
-Rendering is plain substitution, never code execution: ``{{ name }}`` (any
-whitespace inside the braces, an optional Go-style leading dot as in
-``{{ .name }}``) is replaced by the variable's value. The variables a canary
-defines are ``namespace``, ``name``, ``target``, ``interval`` and
-``variables.X`` for every entry ``X`` of the canary's (or metric's)
-``variables``; see :func:`template_variables`. An unknown variable or an
-unclosed ``{{`` is a :class:`~canaryd.errors.TemplateError`, never an empty string.
+Rendering never executes code. :func:`render` supports the template language
+Flagger's documents and examples use (docs/flagger.md, "Templates"): the
+variables ``name``, ``namespace``, ``target``, ``service``, ``ingress``,
+``route``, ``interval`` and ``variables.X`` (also spelled ``.name``),
+``printf``, ``index variables "X"``, ``$x :=`` assignments, ``{{-``/``-}}``
+trimming and comments. An unknown variable or an unclosed ``{{`` is a
+:class:`~canaryd.errors.TemplateError`, never an empty string.
 
 Built-in metrics (:data:`BUILTIN_METRICS`) need no template: their PromQL comes
-from the canary's ``meshProvider`` (:func:`builtin_query`). The queries are
-Flagger's, so the same dashboards and thresholds carry over:
+from the canary's ``meshProvider`` (:func:`builtin_query`) and is Flagger's, so
+the same dashboards and thresholds carry over (``tests/test_flagger_queries.py``
+compares each mesh's two queries with Flagger's text):
 
 - ``request-success-rate``: percent (0-100) of requests not answered with 5xx;
 - ``request-duration``: p99 latency in milliseconds (``nginx`` and ``skipper``:
   mean latency, as in Flagger; ``haproxy``: see below).
 
-Meshes whose queries need more than the standard variables:
-
-- ``nginx`` selects on the ingress: set ``variables: {ingress: NAME}``;
-- ``skipper`` needs ``variables.ingress`` too (route names are built from
-  namespace, ingress and target, which must be made of word characters);
-- ``apisix`` selects on the route: set ``variables: {route: NAME}``.
+``contour`` and ``skipper`` select on ``service``, ``nginx`` and ``skipper`` on
+``ingress``, ``apisix`` and ``knative`` on ``route``; each defaults to the
+target, as in Flagger. Skipper's variables are encoded as Skipper names routes
+(:func:`builtin_variables`). ``kubernetes`` and ``gatewayapi`` use Flagger's
+HTTP observer (the application's own histogram).
 
 canaryd's own additions (no Flagger equivalent):
 
@@ -35,10 +35,6 @@ canaryd's own additions (no Flagger equivalent):
 - ``haproxy``: HAProxy's built-in exporter, canary server ``server="<target>"``.
   HAProxy exports no latency histogram, so ``request-duration`` is its average
   response time over the last 1024 requests, in milliseconds (not p99).
-
-``gatewayapi`` has no built-in metrics (the series depend on the Gateway
-implementation; Flagger has none either): use a template, or set
-``meshProvider`` to the implementation (``istio``, ``contour``, ``envoy``, ...).
 """
 
 from __future__ import annotations

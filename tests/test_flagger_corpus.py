@@ -236,3 +236,29 @@ def test_corpus_maps_onto_flaggers_behaviour(corpus: Path) -> None:
     ranges = [m.thresholdRange for m in blog.analysis.metrics][:2]
     assert [(r.min, r.max) for r in ranges if r is not None] == [(97.0, None), (None, 400.0)]
     assert "cart-errors-datadog" not in settings.templates
+
+
+def test_every_mapped_field_is_in_the_moving_from_flagger_doc() -> None:
+    """docs/flagger.md names every manifest field the mapping knows."""
+    from canaryd import flagger
+
+    doc = (Path(__file__).parent.parent / "docs" / "flagger.md").read_text(encoding="utf-8")
+    known = [
+        *flagger._CANARY_SPEC_K8S,
+        *flagger._CANARY_SPEC_FLAGS,
+        *flagger._CANARY_SPEC_REFS,
+        *flagger._ANALYSIS_K8S,
+        *flagger._WEBHOOK_K8S,
+        *flagger._TEMPLATE_PROVIDER_K8S,
+        *flagger._ALERT_PROVIDER_K8S,
+        *flagger.NOTIFIER_TYPES,
+        "metricsServer",
+        "canaryAnalysis",
+        "secretRef",
+        "headers",
+        "insecureSkipVerify",
+    ]
+    quoted = " ".join(re.findall(r"`([^`]+)`", doc))
+    assert [
+        key for key in known if not re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", quoted)
+    ] == []
