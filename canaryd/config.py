@@ -116,6 +116,18 @@ def _check_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_check_name)]
 
 
+def _check_template_key(value: str) -> str:
+    namespace, _, name = value.rpartition("/")
+    if namespace:
+        _check_name(namespace)
+    _check_name(name)
+    return value
+
+
+TemplateKey = Annotated[str, AfterValidator(_check_template_key)]
+"""A template's name, or ``NAMESPACE/NAME`` for a namespaced MetricTemplate."""
+
+
 class Model(BaseModel):
     """Base of every config model: unknown keys are errors, models are immutable."""
 
@@ -254,10 +266,15 @@ class Notifier(Model):
 
 
 class Template(Model):
-    """A metric template (Flagger's MetricTemplate): a query for one provider."""
+    """A metric template (Flagger's MetricTemplate): a query for one provider.
+
+    ``namespace`` (set for MetricTemplate manifests) makes ``templateRef``
+    lookups namespaced, as in Flagger; a template without one matches any.
+    """
 
     provider: Name
     query: str
+    namespace: str | None = None
 
 
 # --------------------------------------------------------------------------- canaries
@@ -629,7 +646,7 @@ class Settings(BaseSettings):
     providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
     routers: dict[Name, RouterConfig] = Field(default_factory=dict)
     notifiers: dict[Name, Notifier] = Field(default_factory=dict)
-    templates: dict[Name, Template] = Field(default_factory=dict)
+    templates: dict[TemplateKey, Template] = Field(default_factory=dict)
     canaries: list[CanaryConfig] = Field(default_factory=list)
 
     @classmethod
@@ -669,6 +686,20 @@ class Settings(BaseSettings):
         """``listen`` split into host and port."""
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def template_for(self, ref: TemplateRef, namespace: str) -> tuple[str, Template] | None:
+        """The template a ``templateRef`` names, and its key, looked up as Flagger does.
+
+        The reference's namespace (default: the canary's ``namespace``) and
+        name select a namespaced template; a template without a namespace
+        matches by name alone.
+        """
+        wanted = ref.namespace or namespace
+        for key in (f"{wanted}/{ref.name}", ref.name):
+            tpl = self.templates.get(key)
+            if tpl is not None and tpl.namespace in (None, wanted):
+                return key, tpl
+        return None
 
     def canary(self, key: str) -> CanaryConfig | None:
         """The canary named ``namespace/name``, if configured."""

@@ -156,8 +156,10 @@ def _check_metric(
     _check_ref(ctx, (*here, "provider"), metric, "provider", defined)
     ref = metric.get("templateRef")
     if isinstance(ref, dict):
-        named = {"template": ref.get("name")}
-        _check_ref(ctx, (*here, "templateRef", "name"), named, "template", defined)
+        name, names = ref.get("name"), {str(k).rpartition("/")[2] for k in defined["templates"]}
+        if not isinstance(name, str) or name not in names:
+            named = {"template": name}
+            _check_ref(ctx, (*here, "templateRef", "name"), named, "template", defined)
         return
     name = metric.get("name")
     if "query" not in metric and isinstance(name, str) and name not in BUILTIN_METRICS:

@@ -64,10 +64,8 @@ def _query_key(
         return (*here, "query")
     ref = metric.templateRef
     if ref is not None:
-        for key in (f"{ref.namespace}/{ref.name}", ref.name):
-            if key in settings.templates:
-                return ("templates", key, "query")
-        return (*here, "templateRef")
+        found = settings.template_for(ref, canary.namespace)
+        return ("templates", found[0], "query") if found else (*here, "templateRef")
     raw_canary = raw["canaries"][i] if isinstance(raw.get("canaries"), list) else {}
     if isinstance(raw_canary, dict) and "meshProvider" in raw_canary:
         return ("canaries", i, "meshProvider")

@@ -187,6 +187,8 @@ def _merge_manifest(doc: Doc, merged: dict[str, Any], ctx: Gathered) -> None:
         merged["canaries"].append(mapped.entry)
     else:
         section = merged.setdefault(mapped.section, {})
+        if mapped.section == "templates" and _other_namespace(section, mapped):
+            mapped.name = f"{mapped.entry['namespace']}/{mapped.name}"
         if mapped.name in section:
             where = ctx.where((mapped.section, mapped.name))
             what = SECTIONS[mapped.section]
@@ -199,6 +201,20 @@ def _merge_manifest(doc: Doc, merged: dict[str, Any], ctx: Gathered) -> None:
     _move_locs(doc, prefix, mapped.moves, ctx)
     ctx.suppress.update(prefix + path for path in mapped.suppress)
     ctx.pending.append(Pending(prefix, mapped, doc))
+
+
+def _other_namespace(templates: dict[str, Any], mapped: flagger.Mapped) -> bool:
+    """Whether a MetricTemplate's name is taken by a template of another namespace.
+
+    Flagger's templates are namespaced: the second one is keyed ``NAMESPACE/NAME``.
+    """
+    existing = templates.get(str(mapped.name))
+    namespace = mapped.entry.get("namespace")
+    return (
+        isinstance(existing, dict)
+        and isinstance(namespace, str)
+        and existing.get("namespace") not in (None, namespace)
+    )
 
 
 def _move_locs(
@@ -244,7 +260,7 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
     else:
         name = None if own else flagger.find_provider(providers, mapped.prometheus_address)
     if name is None and mapped.provider_entry is not None:
-        name = f"{mapped.name}-provider"
+        name = f"{str(mapped.name).replace('/', '-')}-provider"
         if name in providers:
             ctx.problem(here, f"provider {name!r} exists with another address; rename one")
             return

@@ -372,6 +372,9 @@ def _map_template(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> No
     out.section = "templates"
     entry: dict[str, Any] = {}
     out.moves.append(((), ("spec",)))
+    if isinstance(meta.get("namespace"), str):
+        entry["namespace"] = meta["namespace"]
+        out.moves.append((("namespace",), ("metadata", "namespace")))
     for key, value in spec.items():
         if key == "query":
             entry["query"] = value

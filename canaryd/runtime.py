@@ -88,11 +88,13 @@ def _metric_source(
         return m.query, m.provider, None
     if m.templateRef is not None:
         ref = m.templateRef
-        tpl = settings.templates.get(f"{ref.namespace}/{ref.name}") or settings.templates.get(
-            ref.name
-        )
-        if tpl is None:
-            raise TemplateError(f"metric {m.name}: template {ref.name!r} is not defined")
+        found = settings.template_for(ref, canary.namespace)
+        if found is None:
+            where = ref.namespace or canary.namespace
+            raise TemplateError(
+                f"metric {m.name}: template {ref.name!r} is not defined in namespace {where!r}"
+            )
+        tpl = found[1]
         return tpl.query, m.provider or tpl.provider, None
     mesh = canary.meshProvider or settings.meshProvider
     return builtin_query(m.name, mesh), m.provider, mesh

@@ -389,3 +389,39 @@ def test_template_ref_is_looked_up_by_namespace_and_name(tmp_path: Path) -> None
 
     [metric] = resolve_metrics(loaded.settings, loaded.settings.canaries[0])
     assert metric.query == 'max(x{ns="prod"})'
+
+
+def test_template_ref_namespace_selects_among_templates_of_one_name(tmp_path: Path) -> None:
+    """Two MetricTemplates named alike in two namespaces: each canary gets its namespace's."""
+    base = TEMPLATE.replace(
+        "    headers: {X-Scope-OrgID: [team-a]}\n    secretRef: {name: prom}\n", ""
+    )
+    other = base.replace("namespace: prod}", "namespace: dev}").replace("max(x", "min(x")
+    canary = CANARY.replace("INTERVAL", "1m").replace(
+        "      - {name: request-success-rate, thresholdRange: {min: 99}}",
+        "      - {name: lat, templateRef: {name: lat}, thresholdRange: {max: 1}}",
+    )
+    dev = canary.replace("{name: web, namespace: prod}", "{name: web, namespace: dev}")
+    loaded = manifest(tmp_path, "---\n".join([other, base, canary, dev]))
+    from canaryd.runtime import resolve_metrics
+
+    queries = [resolve_metrics(loaded.settings, c)[0].query for c in loaded.settings.canaries]
+    assert queries == ['max(x{ns="prod"})', 'min(x{ns="dev"})']
+
+
+def test_template_ref_to_another_namespace_is_refused(tmp_path: Path) -> None:
+    """A templateRef whose namespace holds no such template is a located problem."""
+    base = TEMPLATE.replace(
+        "    headers: {X-Scope-OrgID: [team-a]}\n    secretRef: {name: prom}\n", ""
+    )
+    canary = CANARY.replace("INTERVAL", "1m").replace(
+        "      - {name: request-success-rate, thresholdRange: {min: 99}}",
+        "      - {name: lat, templateRef: {name: lat, namespace: dev}, thresholdRange: {max: 1}}",
+    )
+    write(tmp_path, "k8s.yaml", base + "---\n" + canary)
+    found = problems(tmp_path, PRE + "include: [k8s.yaml]\n")
+    assert len(found) == 1
+    assert found[0].startswith(
+        "k8s.yaml:19:21: spec.analysis.metrics[0].templateRef: prod/web: metric lat: "
+        "template 'lat' is not defined in namespace 'dev'"
+    )
