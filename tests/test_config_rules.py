@@ -425,3 +425,15 @@ def test_template_ref_to_another_namespace_is_refused(tmp_path: Path) -> None:
         "k8s.yaml:19:21: spec.analysis.metrics[0].templateRef: prod/web: metric lat: "
         "template 'lat' is not defined in namespace 'dev'"
     )
+
+
+def test_url_file_without_a_scheme_is_refused_without_showing_it(tmp_path: Path) -> None:
+    """A notifier's url_file must hold an http(s) URL; the problem never shows the URL."""
+    url = write(tmp_path, "slack-url", "hooks.slack.com/services/T0/B0/SECRET\n")
+    url.chmod(0o600)
+    found = problems(tmp_path, PRE + "notifiers:\n  chat: {type: slack, url_file: slack-url}\n")
+    assert found == [
+        "c.yaml:4:23: notifiers.chat.url_file: the URL in slack-url must start "
+        "with http:// or https://"
+    ]
+    assert "SECRET" not in found[0]
