@@ -151,6 +151,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         data = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from exc
+    except RecursionError:  # the decoder nests one frame per level: bad input, not a crash
+        raise web.HTTPBadRequest(reason="body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(reason="body must be a JSON object")
     return data
@@ -256,7 +258,10 @@ def command(action: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         _authorize(request)
         runner = _runner(request)
-        state = await runner.command(lambda s, now: fn(runner.spec, s, now))
+        # abort/pause/promote need not wait for a tick held by a slow webhook
+        state = await runner.command(
+            lambda s, now: fn(runner.spec, s, now), interrupt=action != "resume"
+        )
         return web.json_response(canary_summary(runner.spec, state))
 
     handle.__doc__ = f"POST .../{action}"

@@ -34,7 +34,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from canaryd import logs
 from canaryd.durations import parse_duration
+from canaryd.events import ALERTABLE
 from canaryd.judgecli import MetricSettings, ThresholdsInput
 
 
@@ -153,15 +155,18 @@ def read_secret(
             mode = p.stat().st_mode
             if mode & 0o004:
                 raise ValueError(f"secret file {path} is readable by others; run: chmod o-r {path}")
-            return SecretStr(p.read_text(encoding="utf-8").strip())
+            value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
-    if env:
-        value = (os.environ if environ is None else environ).get(env)
-        if value is None:
+    elif env:
+        found = (os.environ if environ is None else environ).get(env)
+        if found is None:
             raise ValueError(f"environment variable {env} is not set")
-        return SecretStr(value)
-    return None
+        value = found
+    else:
+        return None
+    logs.protect(value)  # never in a log line: docs/reliability.md, "Log lines"
+    return SecretStr(value)
 
 
 # --------------------------------------------------------------------------- providers
@@ -246,7 +251,7 @@ class Severity(StrEnum):
 class Notifier(Model):
     """Where alerts go: chat webhooks, a generic JSON webhook, or CloudEvents."""
 
-    type: Literal["slack", "msteams", "discord", "gchat", "webhook", "cloudevents"]
+    type: Literal["slack", "msteams", "discord", "gchat", "rocket", "webhook", "cloudevents"]
     url: HttpUrl | None = None
     url_file: str | None = None
     secret_file: str | None = None
@@ -411,9 +416,13 @@ GATE_TYPES = frozenset(
 class WebhookSpec(Model):
     """One webhook of an analysis.
 
-    ``timeout`` is the HTTP timeout of one call, as in Flagger. ``gateTimeout``
-    (gates only) is how long a gate may stay closed before the rollout fails.
-    A gate without ``url`` is a manual gate opened by ``canaryd approve``.
+    ``timeout`` is the HTTP timeout of one call, as in Flagger, and is honoured
+    even when it is longer than the tick's observation budget (the tick then
+    waits for the hook; docs/flagger.md). ``gateTimeout`` (gates only) is how
+    long a gate may stay closed before the rollout fails. A gate without
+    ``url`` is a manual gate opened by ``canaryd approve``. ``muteAlert``
+    (gates) keeps the "waiting for approval" alert of this hook off the chat
+    channels; ``disableTLS`` skips certificate verification for this hook.
     """
 
     name: Name
@@ -425,6 +434,8 @@ class WebhookSpec(Model):
     metadata: dict[str, str] = Field(default_factory=dict)
     secret_file: str | None = None
     secret_env: str | None = None
+    muteAlert: bool = False
+    disableTLS: bool = False
 
     @model_validator(mode="after")
     def _gate_fields(self) -> WebhookSpec:
@@ -509,12 +520,35 @@ class Analysis(Model):
         return weights if weights and weights[-1] == cap else [*weights, cap]
 
 
+def _alert_events(value: str | list[str]) -> str | list[str]:
+    if isinstance(value, str):
+        if value not in ("flagger", "all"):
+            raise ValueError("must be flagger, all or a list of event names")
+        return value
+    for name in value:
+        if name not in ALERTABLE:
+            raise ValueError(
+                f"unknown alert event {name!r}; expected one of: {', '.join(sorted(ALERTABLE))}"
+            )
+    return value
+
+
+AlertEvents = Annotated[str | list[str], AfterValidator(_alert_events)]
+"""``flagger``, ``all`` or a list of alertable event names."""
+
+
 class AlertSpec(Model):
-    """Send this canary's events to a notifier, filtered by severity."""
+    """Send this canary's events to a notifier, filtered by severity.
+
+    ``events`` chooses which events: ``flagger`` (the default: the moments
+    Flagger alerts on), ``all``, or a list of event names (docs/events.md,
+    "Alerts"). ``severity`` filters them as in Flagger.
+    """
 
     name: Name
     notifier: Name
     severity: Severity = Severity.INFO
+    events: AlertEvents = "flagger"
 
 
 SHARED_ANALYSES_MAX = 4096
@@ -620,6 +654,11 @@ class LogConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+DEFAULT_STATE = "sqlite:///var/lib/canaryd/state.db"
+"""The documented state file; its directory is created when missing (systemd's
+``StateDirectory=`` normally provides it)."""
+
+
 class Settings(BaseSettings):
     """The whole configuration file.
 
@@ -638,7 +677,7 @@ class Settings(BaseSettings):
 
     include: list[str] = Field(default_factory=list)
     listen: str = "127.0.0.1:9879"
-    state: str = "sqlite:///var/lib/canaryd/state.db"
+    state: str = DEFAULT_STATE
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
@@ -674,6 +713,14 @@ class Settings(BaseSettings):
     def _state_url(cls, v: str) -> str:
         if not v.startswith("sqlite://"):
             raise ValueError("must be sqlite:///ABSOLUTE/PATH or sqlite://RELATIVE/PATH")
+        # a typo must not start an empty history elsewhere: only the default's directory
+        # is created (docs/reliability.md, "State path")
+        folder = Path(v.removeprefix("sqlite://")).parent
+        if v != DEFAULT_STATE and not folder.is_dir():
+            raise ValueError(
+                f"directory {folder} does not exist (canaryd creates the state file, not its "
+                f"directory; the default {DEFAULT_STATE} is the exception)"
+            )
         return v
 
     @property
