@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import aiohttp
+import pytest
 
 from canaryd import analysis as core
 from canaryd.analysis import (
@@ -16,7 +20,10 @@ from canaryd.analysis import (
     Route,
     RunHooks,
 )
-from canaryd.config import CanaryConfig, WebhookType
+from canaryd.config import CanaryConfig, Settings, WebhookType
+from canaryd.routers import RouteRequest
+from canaryd.runtime import CanaryRunner, Services
+from canaryd.store import SqliteStore
 
 
 def canary(**keys: Any) -> CanaryConfig:
@@ -123,3 +130,103 @@ def test_threshold_unset_or_zero_is_one() -> None:
         state = core.decide(spec, start(spec), Observation(), 1.0).state  # first step: 10%
         failed = core.decide(spec, state, FAILING, 2.0)
         assert failed.state.phase is Phase.FAILED
+
+
+# --------------------------------------------------------------------------- through the runtime
+
+
+def _runtime_settings(tmp_path: Path, **canary_keys: Any) -> Settings:
+    """One canary on provider ``prom`` and router ``lb``, with the given canary-level keys."""
+    return Settings.model_validate(
+        {
+            "state": f"sqlite://{tmp_path}/state.db",
+            "providers": {"prom": {"type": "prometheus"}},
+            "routers": {"lb": {"type": "webhook", "url": "http://127.0.0.1:9/"}},
+            "canaries": [
+                {
+                    "name": "web",
+                    "namespace": "prod",
+                    "router": "lb",
+                    "analysis": {
+                        "interval": "1s",
+                        "threshold": 2,
+                        "stepWeight": 25,
+                        "metrics": [{"name": "sr", "query": "q", "thresholdRange": {"min": 99}}],
+                    },
+                    **canary_keys,
+                }
+            ],
+        }
+    )
+
+
+class _Provider:
+    """Counts queries and answers each with a failing value."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    async def query(self, query: str, *, budget: float) -> float | None:
+        """Record the query; 1.0 is far below the metric's minimum."""
+        self.queries.append(query)
+        return 1.0
+
+    async def query_range(
+        self, query: str, *, start: float, end: float, step: float, budget: float
+    ) -> list[float]:
+        """Unused here."""
+        return []
+
+
+class _Router:
+    """Records the route requests it is given."""
+
+    def __init__(self) -> None:
+        self.requests: list[RouteRequest] = []
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Record the request."""
+        self.requests.append(request)
+
+
+def _runner(
+    cfg: Settings, store: SqliteStore, session: aiohttp.ClientSession
+) -> tuple[CanaryRunner, _Provider, _Router]:
+    provider, router = _Provider(), _Router()
+    services = Services(
+        cfg, session, {"prom": provider}, {"lb": router}, store, clock=lambda: 1000.0
+    )
+    return CanaryRunner(cfg.canaries[0], CanaryState(), services), provider, router
+
+
+@pytest.mark.anyio
+async def test_runtime_skip_analysis_promotes_without_a_single_query(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """Through the runtime, skipAnalysis promotes with the router and never queries a metric."""
+    runner, provider, router = _runner(
+        _runtime_settings(tmp_path, skipAnalysis=True), store, session
+    )
+    await runner.start_rollout("v2", {})
+    for _ in range(3):
+        await runner.tick()
+    assert runner.state.phase is Phase.SUCCEEDED
+    assert provider.queries == []
+    assert [(r.action, r.primary_weight) for r in router.requests] == [
+        ("promote", 100),
+        ("route", 100),
+    ]
+    assert (await store.load_states())["prod/web"].phase is Phase.SUCCEEDED
+
+
+@pytest.mark.anyio
+async def test_runtime_suspend_neither_queries_nor_routes(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """Through the runtime, a suspended canary's ticks query nothing and move no traffic."""
+    runner, provider, router = _runner(_runtime_settings(tmp_path, suspend=True), store, session)
+    await runner.start_rollout("v2", {})
+    for _ in range(3):
+        await runner.tick()
+    assert (runner.state.phase, runner.state.canary_weight) == (Phase.PROGRESSING, 0)
+    assert (provider.queries, router.requests) == ([], [])
