@@ -40,7 +40,7 @@ from canaryd.analysis import (
 )
 from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
 from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
-from canaryd.judge import MetricConfig
+from canaryd.judgemodel import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
