@@ -133,8 +133,64 @@ def test_influxdb_template_without_an_influxdb_provider_is_a_problem(tmp_path: P
         load_config(write(tmp_path, "c.yaml", main_text), environ={})
 
 
-def test_unknown_template_provider_type_names_the_supported_ones(tmp_path: Path) -> None:
-    """A provider type canaryd does not map is refused with the list of mapped types."""
+def test_unknown_template_provider_type_is_a_warning_naming_the_supported_ones(
+    tmp_path: Path,
+) -> None:
+    """A MetricTemplate of a type canaryd does not query is left out, with a warning."""
     write(tmp_path, "k8s/x.yaml", GRAPHITE_TEMPLATE.replace("type: graphite", "type: splunk"))
-    with pytest.raises(ConfigError, match=r"unknown provider type 'splunk'.*graphite, influxdb"):
+    write(tmp_path, "k8s/influx.yaml", INFLUXDB_TEMPLATE)
+    only_influx = MAIN.replace(
+        "        - name: success\n"
+        "          templateRef: {name: graphite-request-success-rate}\n"
+        "          thresholdRange: {min: 99}\n",
+        "",
+    )
+    loaded = load_config(write(tmp_path, "c.yaml", only_influx), environ={})
+    assert "graphite-request-success-rate" not in loaded.settings.templates
+    assert any(
+        "provider type 'splunk' is not supported (canaryd queries: graphite, influxdb, "
+        "prometheus)" in w
+        for w in loaded.warnings
+    ), loaded.warnings
+
+
+def secret_dir(root: Path, name: str, **keys: str) -> None:
+    """The files of a Kubernetes Secret's keys, as canaryd reads a secretRef (mode 600)."""
+    directory = root / "k8s" / "secrets" / name
+    directory.mkdir(parents=True)
+    for key, value in keys.items():
+        (directory / key).write_text(value)
+        (directory / key).chmod(0o600)
+
+
+def test_secret_refs_become_secret_files(tmp_path: Path) -> None:
+    """Graphite's username/password and InfluxDB's token/org Secrets become *_file keys."""
+    auth = "    secretRef:\n      name: graphite-basic-auth\n  query: |"
+    write(tmp_path, "k8s/graphite.yaml", GRAPHITE_TEMPLATE.replace("  query: |", auth, 1))
+    influx = INFLUXDB_TEMPLATE.replace(
+        "    type: influxdb\n", "    type: influxdb\n    address: https://influx.example\n"
+    )
+    write(tmp_path, "k8s/influx.yaml", influx)
+    secret_dir(tmp_path, "graphite-basic-auth", username="flagger", password="pw-1234")
+    secret_dir(tmp_path, "influx-token", token="tok-1234", org="acme")
+    settings = load_config(write(tmp_path, "c.yaml", MAIN), environ={}).settings
+    graphite = settings.providers[settings.templates["graphite-request-success-rate"].provider]
+    assert isinstance(graphite, GraphiteProvider) and graphite.username == "flagger"
+    assert graphite.password_file == str(tmp_path / "k8s/secrets/graphite-basic-auth/password")
+    influx_name = next(n for n, t in settings.templates.items() if t.query.startswith("from("))
+    influx = settings.providers[settings.templates[influx_name].provider]
+    assert isinstance(influx, InfluxDBProvider) and influx.language == "flux"
+    assert influx.token_file == str(tmp_path / "k8s/secrets/influx-token/token")
+    assert influx.org_file == str(tmp_path / "k8s/secrets/influx-token/org")
+
+
+def test_influxdb_secret_without_org_is_a_problem(tmp_path: Path) -> None:
+    """An InfluxDB secretRef without its org key is refused, naming the file to create."""
+    influx = INFLUXDB_TEMPLATE.replace(
+        "    type: influxdb\n", "    type: influxdb\n    address: https://influx.example\n"
+    )
+    write(tmp_path, "k8s/influx.yaml", influx)
+    write(tmp_path, "k8s/graphite.yaml", GRAPHITE_TEMPLATE)
+    secret_dir(tmp_path, "influx-token", token="tok-1234")
+    with pytest.raises(ConfigError, match=r"put the InfluxDB organization in the file .*/org"):
         load_config(write(tmp_path, "c.yaml", MAIN), environ={})

@@ -40,7 +40,13 @@ from yarl import URL
 
 from canaryd.config import read_secret
 from canaryd.errors import ProviderError
-from canaryd.http import BODY_PREVIEW_BYTES, USER_AGENT, redact_url
+from canaryd.http import (
+    BODY_PREVIEW_BYTES,
+    USER_AGENT,
+    describe_redirect,
+    redact_url,
+    redirect_target,
+)
 from canaryd.providers.transport import (
     AnswerTimeoutError,
     Pool,
@@ -101,6 +107,7 @@ class Endpoint:
 
     Attributes:
         name: the kind of server, in messages (``"graphite"``).
+        address: its address as configured (redirect targets are resolved against it).
         where: its address without credentials, in messages.
         pool: the connections to it.
         timeout: seconds one attempt may take at most.
@@ -113,6 +120,7 @@ class Endpoint:
     """
 
     name: str
+    address: str
     where: str
     pool: Pool
     timeout: float
@@ -213,6 +221,9 @@ class Endpoint:
             ) from exc
         except TransportError as exc:
             raise TransientError(f"cannot reach {self.name} at {self.where}: {exc}") from exc
+        if 300 <= resp.status < 400:  # never followed: docs/reliability.md
+            target = redirect_target(self.address, resp.location)
+            raise ProviderError(f"{self.name} answered {describe_redirect(resp.status, target)}")
         body = scrub(resp.body, headers, self.secret_headers)
         return parse(Response(resp.status, body, resp.complete))
 
@@ -263,7 +274,7 @@ def open_endpoint(
     )
     if insecure:
         log.warning("provider.tls_insecure", address=where)
-    return Endpoint(name, where, pool, timeout, headers, static, secret_headers)
+    return Endpoint(name, address, where, pool, timeout, headers, static, secret_headers)
 
 
 def auth_headers(

@@ -144,7 +144,7 @@ def _series(resp: Response) -> list[list[float]]:
         raise kind(http_error("graphite", resp.status, resp.body))
     try:
         doc = json.loads(resp.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply
         doc = None
     if not isinstance(doc, list) or not all(isinstance(s, dict) for s in doc):
         raise ProviderError(f"graphite answered something other than render JSON: {_shown(doc)}")

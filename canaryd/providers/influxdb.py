@@ -209,7 +209,7 @@ def influxql_rows(resp: Response) -> list[float | None]:
     """
     try:
         doc = json.loads(resp.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply
         doc = None
     error = doc.get("error") if isinstance(doc, dict) else None
     _check_status(resp, error if isinstance(error, str) else None)
@@ -283,7 +283,7 @@ def flux_rows(resp: Response) -> list[float | None]:
     if resp.status != 200:
         try:
             doc = json.loads(resp.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply
             doc = None
         message = doc.get("message") if isinstance(doc, dict) else None
         _check_status(resp, message if isinstance(message, str) else None)

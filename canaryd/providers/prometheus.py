@@ -217,7 +217,7 @@ def _answer_data(status: int, body: bytes, complete: bool) -> Any:
         raise ProviderError(_http_error(status, body, f" with more than {MAX_BODY_BYTES} bytes"))
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
         doc = None
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
         kind = _TransientError if retryable else ProviderError

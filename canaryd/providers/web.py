@@ -129,7 +129,7 @@ class Web:
             raise kind(http_error("web", resp.status, resp.body))
         try:
             doc = json.loads(resp.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply
             raise ProviderError(http_error("web", resp.status, resp.body, ", not JSON")) from None
         try:
             found, value = select(doc, self._path)
