@@ -39,12 +39,14 @@ class StandIn:
         script: replies in order; the last one repeats.
         requests: every request received.
         content_type: of every reply.
+        headers: extra headers of every reply (a ``Location``, say).
     """
 
     url: str = ""
     script: list[Reply] = field(default_factory=list)
     requests: list[Seen] = field(default_factory=list)
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -57,7 +59,9 @@ class StandIn:
         if delay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.release.wait(), delay)
-        return web.Response(status=status, body=reply, content_type=self.content_type)
+        return web.Response(
+            status=status, body=reply, content_type=self.content_type, headers=self.headers
+        )
 
 
 @asynccontextmanager

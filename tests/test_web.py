@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from standin import stand_in
 
-from canaryd.config import WebProvider
+from canaryd.config import ProviderConfig, WebProvider
 from canaryd.errors import ProviderError
 from canaryd.providers import build_provider
 from canaryd.providers.jsonpath import parse_path, select
@@ -228,3 +228,25 @@ async def test_factory_builds_web() -> None:
         assert isinstance(provider, Web)
     finally:
         await provider.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["graphite", "influxdb", "web"])
+async def test_redirect_is_an_error_naming_only_the_host(kind: str) -> None:
+    """A 3xx from any new provider is not followed: one request, the target host named."""
+    async with stand_in((302, b"", 0.0)) as fake:
+        fake.headers["Location"] = "http://login.example.net/sso?token=abc"
+        extra = {"jsonPath": "$.v"} if kind == "web" else {}
+        cfg = TypeAdapter(ProviderConfig).validate_python(
+            {"type": kind, "address": fake.url, **extra}
+        )
+        provider = build_provider(cfg)
+        try:
+            with pytest.raises(ProviderError) as caught:
+                await provider.query("/q" if kind == "web" else "q", budget=2)
+        finally:
+            await provider.aclose()
+        assert len(fake.requests) == 1
+    message = str(caught.value)
+    assert message.startswith(f"{kind} answered HTTP 302 redirect to http://login.example.net/")
+    assert "token" not in message
