@@ -139,3 +139,18 @@ def test_any_web_answer(doc: Any, status: int, garbage: bytes, raw: bool) -> Non
     wrapped = {"a": [doc]} if isinstance(doc, int) else doc
     with contextlib.suppress(ProviderError):
         _check(Web(cfg)._value(Response(status, _body(wrapped, garbage, raw), True)))
+
+
+def test_json_nested_too_deeply_is_a_provider_error() -> None:
+    """An answer nested beyond the decoder's recursion limit is a ProviderError, not a crash."""
+    deep = Response(200, b"[" * 30_000 + b"]" * 30_000, True)
+    cfg = WebProvider.model_validate(
+        {"type": "web", "address": "http://127.0.0.1:1", "jsonPath": "$.a"}
+    )
+    parsers = [_series, influxql_rows, Web(cfg)._value]
+    for parse in parsers:
+        try:
+            parse(deep)
+        except ProviderError:
+            continue
+        raise AssertionError(f"{parse} accepted 30,000 nested arrays")
