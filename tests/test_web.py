@@ -11,7 +11,8 @@ from pydantic import TypeAdapter, ValidationError
 from standin import stand_in
 
 from canaryd.config import ProviderConfig, WebProvider
-from canaryd.errors import ProviderError
+from canaryd.errors import ConfigError, ProviderError
+from canaryd.loader import load_config
 from canaryd.providers import build_provider
 from canaryd.providers.jsonpath import parse_path, select
 from canaryd.providers.web import Web, to_number
@@ -250,3 +251,19 @@ async def test_redirect_is_an_error_naming_only_the_host(kind: str) -> None:
     message = str(caught.value)
     assert message.startswith(f"{kind} answered HTTP 302 redirect to http://login.example.net/")
     assert "token" not in message
+
+
+def test_missing_secret_header_file_is_a_config_problem(tmp_path: Path) -> None:
+    """canaryd check reports a secret header whose file is missing, at its key."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "providers:\n"
+        "  api:\n"
+        "    type: web\n"
+        "    address: http://127.0.0.1:1\n"
+        "    jsonPath: $.v\n"
+        "    secret_headers:\n"
+        f"      - {{name: X-Key, value_file: {tmp_path}/nope}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"secret_headers\[0\]\.value_file: cannot read secret"):
+        load_config(config, environ={})
