@@ -271,6 +271,13 @@ class WebProvider(_HttpProvider):
     contentType: str = "application/json"
     secret_headers: list[SecretHeader] = Field(default_factory=list)
 
+    @field_validator("address")
+    @classmethod
+    def _no_query(cls, v: str) -> str:
+        if "?" in v or "#" in v:
+            raise ValueError("no query string here: put parameters in the template's query")
+        return v
+
     @field_validator("contentType")
     @classmethod
     def _one_line(cls, v: str) -> str:

@@ -99,11 +99,12 @@ def test_config_refuses_an_unsupported_path() -> None:
         ("contentType", "text/plain\r\nX-Evil: 1", "one line"),
         ("secret_headers", [{"name": "X-Key: evil", "value_file": "/k"}], "one word"),
         ("headers", {"X-A": "a\nb"}, "one line"),
+        ("address", "http://127.0.0.1:1/api?key=abc", "no query string"),
     ],
-    ids=["content-type", "secret-header-name", "header-value"],
+    ids=["content-type", "secret-header-name", "header-value", "address-query"],
 )
-def test_config_refuses_header_injection(key: str, value: object, needle: str) -> None:
-    """A content type, header name or value that would split the request is refused."""
+def test_config_refuses_what_a_request_cannot_carry(key: str, value: object, needle: str) -> None:
+    """A header that would split the request, or a query string in the address, is refused."""
     with pytest.raises(ValidationError, match=needle):
         WebProvider.model_validate(
             {"type": "web", "address": "http://127.0.0.1:1", "jsonPath": "$.v", key: value}
