@@ -28,6 +28,7 @@ import structlog
 from canaryd import analysis as core
 from canaryd.analysis import (
     CanaryState,
+    CheckRecord,
     CompareSeries,
     Decision,
     Emit,
@@ -40,12 +41,13 @@ from canaryd.analysis import (
 )
 from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
 from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
+from canaryd.events import Event
 from canaryd.judge import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.scheduler import Scheduler
-from canaryd.store import OutboxMessage, SqliteStore, event_to_dict
+from canaryd.store import DROP, RELEASE, OutboxMessage, SqliteStore, event_to_dict
 from canaryd.templates import builtin_query, render, template_variables
 from canaryd.webhooks import call as call_webhook
 from canaryd.webhooks import payload as webhook_payload
@@ -57,6 +59,50 @@ OBSERVE_SHARE = 0.8
 
 MAX_OBSERVE_SECONDS = 60.0
 """Upper bound on one tick's observation, whatever the interval."""
+
+BACKLOG_KEEP = 1000
+"""Decisions a canary keeps in memory while the store cannot record them (oldest dropped)."""
+
+TAKEOVER_SECONDS = 120.0
+"""How long a re-added canary's loop waits for its previous loop's last tick or command."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """Routes of a recorded decision (number ``seq``) not yet applied by the router."""
+
+    seq: int
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsaved:
+    """A decision that took effect while the store could not record it."""
+
+    state: CanaryState
+    record: CheckRecord | None
+    events: list[Event]
+    outbox: list[OutboxMessage]
+
+
+def route_to_dict(route: Route) -> dict[str, Any]:
+    """A route as recorded with the decision that sends it."""
+    return {
+        "action": route.action,
+        "primaryWeight": route.primary_weight,
+        "canaryWeight": route.canary_weight,
+        "match": [dict(m) for m in route.match],
+    }
+
+
+def route_from_dict(data: Mapping[str, Any]) -> Route:
+    """A route recorded by :func:`route_to_dict`."""
+    return Route(
+        data["action"],
+        int(data["primaryWeight"]),
+        int(data["canaryWeight"]),
+        tuple(data.get("match", ())),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +258,11 @@ class CanaryRunner:
         self._next: tuple[CanaryConfig, list[ResolvedMetric], Services] | None = None
         self._woken = False  # woken before being scheduled: the first tick is due at once
         self._on_wake: Callable[[], None] | None = None  # set by schedule()
+        self._backlog: list[_Unsaved] = []  # decisions the store could not record yet
+        self._pending: _Pending | None = None  # recorded routes the router has not confirmed
+        self._settle: str | None = None  # owed to the store by the next save of this canary
+        self._predecessor: CanaryRunner | None = None  # the loop this one replaces (a reload)
+        self._retired = False  # removed by a reload: decides nothing more
 
     @property
     def key(self) -> str:
@@ -291,7 +342,8 @@ class CanaryRunner:
     async def tick(self) -> None:
         """Observe, decide, route, persist."""
         async with self._lock:
-            self._adopt()
+            if not await self._prepare():
+                return
             self.last_tick = self.services.clock()
             structlog.contextvars.bind_contextvars(
                 canary=self.spec.name,
@@ -301,6 +353,9 @@ class CanaryRunner:
             )
             if self.state.route_pending:
                 await self._retry_rollback_route()
+            await self._catch_up()
+            if self._pending is not None and not await self._send_pending(None):
+                return
             need = core.needs(self.spec, self.state)
             if not need.anything:
                 return
@@ -316,11 +371,70 @@ class CanaryRunner:
             StoreError: it could not be persisted (nothing changed).
         """
         async with self._lock:
-            self._adopt()
+            if not await self._prepare():
+                raise StoreError(f"{self.key} was removed from the config")
             decision = fn(self.state, self.services.clock())
             await self._commit(decision, raise_store_errors=True)
         self.wake()
         return self.state
+
+    async def _prepare(self) -> bool:
+        """Under the lock: adopt a new config; take over from the loop this one replaces.
+
+        Returns:
+            False if this loop was removed (it decides nothing more), or its
+            predecessor's last tick did not end in time (try again next tick).
+        """
+        if self._retired:
+            return False
+        self._adopt()
+        pred = self._predecessor
+        if pred is None:
+            return True
+        try:
+            async with asyncio.timeout(TAKEOVER_SECONDS):
+                await pred._lock.acquire()
+        except TimeoutError:
+            log.error("reload.takeover_late", canary=self.spec.name, namespace=self.spec.namespace)
+            return False
+        try:  # the state after the previous loop's last decision, recorded or not
+            pred._retired = True
+            self.state, self._backlog, self._pending, self._settle = (
+                pred.state,
+                pred._backlog,
+                pred._pending,
+                pred._settle,
+            )
+            self._predecessor = None
+        finally:
+            pred._lock.release()
+        self.services.on_change(self.key, self.state)
+        return True
+
+    def succeed(self, predecessor: CanaryRunner) -> None:
+        """Continue the canary of a loop a reload removed (see docs/reliability.md).
+
+        The loop's state is read only once the predecessor's tick or command in
+        flight has ended, so a tick committed after the reload is not lost.
+        """
+        predecessor._retired = True
+        self._predecessor = predecessor
+        self.state = predecessor.state
+
+    def retire(self) -> None:
+        """Decide nothing more (removed by a reload); a tick in flight still ends."""
+        self._retired = True
+
+    async def _catch_up(self) -> None:
+        """Record what the store could not take before (a no-op when nothing waits)."""
+        if not (self._backlog or self._settle):
+            return
+        try:
+            await self._flush_backlog()
+            if self._settle is not None:
+                await self._store_save(self.state, None, [], [])
+        except StoreError as exc:
+            self._persist_failed(exc)
 
     async def start_rollout(self, revision: str, metadata: Mapping[str, str]) -> CanaryState:
         """Begin a rollout (see :func:`canaryd.analysis.start_rollout`)."""
@@ -469,10 +583,13 @@ class CanaryRunner:
 
     # ------------------------------------------------------------------ commit
 
-    async def _route(self, route: Route, state: CanaryState, seq: int) -> None:
-        # The key names the route itself, not only its slot: a decision re-made after a
-        # crash or a failed save (same version) may route differently, and a router that
-        # dedupes by key must not answer a rollback with the replay of an advance.
+    async def _route(self, route: Route, state: CanaryState, seq: int, n: int) -> None:
+        """Send one route of decision number ``seq`` (its ``n``-th).
+
+        The key names the route itself, not only its slot: a decision re-made after a
+        crash or a failed save (same number) may route differently, and a router that
+        dedupes by key must not answer a rollback with the replay of an advance.
+        """
         what = f"{route.action}:{route.primary_weight}-{route.canary_weight}"
         request = RouteRequest(
             canary=self.key,
@@ -480,83 +597,212 @@ class CanaryRunner:
             action=route.action,
             primary_weight=route.primary_weight,
             canary_weight=route.canary_weight,
-            idempotency_key=f"{self.key}:{state.rollout_id}:{self.version + 1}:route:{seq}:{what}",
+            idempotency_key=f"{self.key}:{state.rollout_id}:{seq}:route:{n}:{what}",
             match=[dict(m) for m in route.match],
         )
         await self.services.routers[self.spec.router].apply(request)
 
     async def _apply_routes(self, decision: Decision) -> Decision:
-        """Carry out the decision's routes; a router failure becomes a failed check.
+        """Carry out a decision's rollback route (sent before its state is recorded).
 
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
-        retries the route); any other decision is replaced by a failed check on
-        the state before it, so nothing is recorded as applied that was not.
+        retries the route). Routes towards the canary never come here: they are
+        sent only once recorded (:meth:`_commit_forward`).
         """
         routes = [e for e in decision.effects if isinstance(e, Route)]
-        for seq, route in enumerate(routes):
+        for n, route in enumerate(routes):
             try:
-                await self._route(route, decision.state, seq)
+                await self._route(route, decision.state, self.version + 1, n)
             except RouterError as exc:
-                now = self.services.clock()
-                if decision.state.phase is core.Phase.FAILED:
-                    failed = core.router_failed(self.spec, decision.state, str(exc), now)
-                    return Decision(
-                        failed.state, decision.effects + failed.effects, decision.record
-                    )
-                before = replace(self.state, ticks=decision.state.ticks)
-                failed = core.router_failed(self.spec, before, str(exc), now)
-                if failed.state.phase is core.Phase.FAILED:
-                    return await self._apply_routes(failed)
-                return Decision(failed.state, failed.effects, decision.record)
+                failed = core.router_failed(
+                    self.spec, decision.state, str(exc), self.services.clock()
+                )
+                return Decision(failed.state, decision.effects + failed.effects, decision.record)
         return decision
 
     async def _retry_rollback_route(self) -> None:
         try:
-            await self._route(Route("rollback", 100, 0), self.state, 0)
+            await self._route(Route("rollback", 100, 0), self.state, self.version + 1, 0)
         except RouterError as exc:
             log.error("router.failed", error=str(exc), retrying=True)
             return
         await self._commit(Decision(replace(self.state, route_pending=False)))
 
     async def _commit(self, decision: Decision, *, raise_store_errors: bool = False) -> None:
+        """Route and record a decision (see docs/reliability.md, "Decisions and state").
+
+        A decision that moves traffic anywhere but back to the primary is recorded
+        first and routed after (:meth:`_commit_forward`). Any other decision is
+        routed first (a rollback always goes out) and then recorded; if the store
+        cannot record it, a tick's decision still takes effect in memory and waits
+        in :attr:`_backlog` until the store takes it, so failing checks keep
+        counting towards the rollback whatever the store does.
+
+        Raises:
+            StoreError: (``raise_store_errors`` only) the decision could not be recorded;
+                nothing changed unless it rolled traffic back.
+        """
+        routes = tuple(e for e in decision.effects if isinstance(e, Route))
+        if any(r.action != "rollback" for r in routes):
+            await self._commit_forward(decision, routes, raise_store_errors)
+            return
+        rollback = bool(routes)
+        decision = await self._apply_routes(decision)
+        if rollback and self._pending is not None:
+            self._pending, self._settle = None, self._settle or DROP  # never sent: forget them
         try:
-            if any(isinstance(e, Route) and e.action != "rollback" for e in decision.effects):
-                # A store that cannot record a move towards the canary must not see the
-                # traffic move: the canary holds where the store says it is (read-only,
-                # full, locked store). A rollback always goes out: when unsure, traffic
-                # goes back to the primary, and the next tick re-decides it idempotently.
-                await self._persist(decision, rehearse=True)
-            decision = await self._apply_routes(decision)
+            await self._flush_backlog()
             new = await self._persist(decision)
         except StoreError as exc:
-            log.error(
-                "state.persist_failed",
-                error=str(exc),
-                canary=self.spec.name,
-                namespace=self.spec.namespace,
-            )
+            self._persist_failed(exc)
+            if raise_store_errors and not rollback:
+                raise
+            new = self._remember(decision)
+            self._applied(decision, new)
+            if raise_store_errors:
+                raise StoreError(f"traffic rolled back, not yet recorded: {exc}") from exc
+            return
+        self._applied(decision, new)
+
+    async def _commit_forward(
+        self, decision: Decision, routes: tuple[Route, ...], raise_store_errors: bool
+    ) -> None:
+        """Record a decision that moves traffic, then send its routes (revert if they fail).
+
+        Raises:
+            StoreError: (``raise_store_errors`` only) it could not be recorded; nothing moved.
+        """
+        before = self.state
+        try:
+            await self._flush_backlog()
+            new = await self._persist(decision, routes)
+        except StoreError as exc:  # hold: nothing recorded, nothing moves
+            self._persist_failed(exc)
             if raise_store_errors:
                 raise
             return
-        self.state = new
-        for effect in decision.effects:
-            if isinstance(effect, Emit):
-                log_event(effect.event)
-        self.services.on_change(self.key, new)
+        self.state, self._pending = new, _Pending(new.seq, routes)
+        if await self._send_pending(before):
+            self._applied(decision, new)
 
-    async def _persist(self, decision: Decision, *, rehearse: bool = False) -> CanaryState:
-        """Save the decision (or only rehearse the save) and return the state saved.
+    async def _send_pending(self, before: CanaryState | None) -> bool:
+        """Send the recorded routes not yet applied; settle them in the store.
+
+        If the router fails, the decision is reverted: a failed check on the state
+        ``before`` it (or, when that is unknown after a restart, on the recorded
+        state, keeping the routes to send again next tick).
+
+        Returns:
+            Whether the routes were applied.
+        """
+        pending = self._pending
+        assert pending is not None
+        try:
+            for n, route in enumerate(pending.routes):
+                await self._route(route, self.state, pending.seq, n)
+        except RouterError as exc:
+            now = self.services.clock()
+            if before is None:
+                await self._commit(core.router_failed(self.spec, self.state, str(exc), now))
+                return False
+            self._pending, self._settle = None, DROP
+            base = replace(before, ticks=self.state.ticks, seq=self.state.seq)
+            self.state = base
+            await self._commit(core.router_failed(self.spec, base, str(exc), now))
+            return False
+        self._pending, self._settle = None, RELEASE
+        with contextlib.suppress(StoreError):  # else the next save of this canary settles
+            await self._flush_backlog()
+            await self._store_save(self.state, None, [], [])
+        return True
+
+    def restore(self, pending: tuple[int, list[dict[str, Any]]] | None) -> None:
+        """Take the routes a previous run recorded but may not have sent (sent next tick).
+
+        A loop that continues a removed one takes that one's instead (:meth:`succeed`).
+        """
+        if pending is not None and self._predecessor is None:
+            seq, routes = pending
+            self._pending = _Pending(seq, tuple(route_from_dict(r) for r in routes))
+
+    async def _flush_backlog(self) -> None:
+        """Record the decisions the store could not take, oldest first.
+
+        Raises:
+            StoreError: the store still cannot record them (what is left stays queued).
+        """
+        while self._backlog:
+            u = self._backlog[0]
+            await self._store_save(u.state, u.record, u.events, u.outbox)
+            self._backlog.pop(0)
+
+    async def _store_save(
+        self,
+        state: CanaryState,
+        record: CheckRecord | None,
+        events: Sequence[Event],
+        outbox: Sequence[OutboxMessage],
+        routes: Sequence[Route] | None = None,
+    ) -> None:
+        """One save of this canary, settling what an earlier one left held.
+
+        Raises:
+            StoreError: it could not be written.
+        """
+        await self.services.store.save(
+            self.key,
+            state,
+            record,
+            events,
+            outbox,
+            routes=None if routes is None else [route_to_dict(r) for r in routes],
+            settle=self._settle,
+        )
+        self._settle = None
+
+    def _persist_failed(self, exc: StoreError) -> None:
+        log.error(
+            "state.persist_failed",
+            error=str(exc),
+            canary=self.spec.name,
+            namespace=self.spec.namespace,
+            unrecorded=len(self._backlog),
+        )
+
+    async def _persist(
+        self, decision: Decision, routes: Sequence[Route] | None = None
+    ) -> CanaryState:
+        """Save the decision (and the routes it will send) and return the state saved.
 
         Raises:
             StoreError: it could not be written.
         """
         new = replace(decision.state, seq=self.version + 1)
         events = [e.event for e in decision.effects if isinstance(e, Emit)]
-        outbox = self._outbox(decision, self.version + 1)
-        store = self.services.store
-        write = store.rehearse if rehearse else store.save
-        await write(self.key, new, decision.record, events, outbox)
+        await self._store_save(
+            new, decision.record, events, self._outbox(decision, new.seq), routes
+        )
         return new
+
+    def _remember(self, decision: Decision) -> CanaryState:
+        """Keep a decision the store could not record, to record it later; return its state."""
+        new = replace(decision.state, seq=self.version + 1)
+        events = [e.event for e in decision.effects if isinstance(e, Emit)]
+        self._backlog.append(
+            _Unsaved(new, decision.record, events, self._outbox(decision, new.seq))
+        )
+        if len(self._backlog) > BACKLOG_KEEP:
+            dropped = self._backlog.pop(0)
+            log.error("state.unrecorded_dropped", seq=dropped.state.seq, kept=BACKLOG_KEEP)
+        return new
+
+    def _applied(self, decision: Decision, new: CanaryState) -> None:
+        """The decision took effect: show it, log its events."""
+        self.state = new
+        for effect in decision.effects:
+            if isinstance(effect, Emit):
+                log_event(effect.event)
+        self.services.on_change(self.key, new)
 
     def _outbox(self, decision: Decision, version: int) -> list[OutboxMessage]:
         """Alerts, event webhooks and post-rollout hooks caused by a decision."""
