@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ import aiohttp
 import anyio
 import pytest
 import yaml
+from aiohttp import web
 from daemons import TOKEN, api_url, free_port, wait_for_state, write_config
 from disks import small_tmpfs
 from faults import DedupRouter, StandIn
@@ -429,8 +430,23 @@ def check_routes(planned: list[Planned], requests: list[Request]) -> None:
         assert (last["primaryWeight"], last["canaryWeight"]) == (100, 0), last
 
 
-def check_delivery(requests: list[Request], db: Path) -> list[tuple[str, str, str]]:
-    """Keys and contents match one to one; every outbox row was sent and received, no other."""
+def dead_for_removal(db: Path) -> dict[str, tuple[str, str]]:
+    """Dead letters of canaries a reload removed: key -> (canary, revision)."""
+    with read_only(db) as conn:
+        rows = conn.execute(
+            "SELECT idem, key, payload FROM outbox WHERE status='dead' "
+            "AND last_error LIKE '%is no longer configured%'"
+        ).fetchall()
+    return {idem: (key.split("/")[1], json.loads(p).get("revision")) for idem, key, p in rows}
+
+
+def check_delivery(
+    requests: list[Request], db: Path, excused: Collection[str] = ()
+) -> list[tuple[str, str, str]]:
+    """Keys and contents match one to one; every outbox row was sent and received, no other.
+
+    ``excused``: keys of rows that may be dead instead (their canary was removed).
+    """
     doubled = {k: v for k, v in keys_by_identity(requests).items() if len(v) > 1}
     assert not doubled, f"same message under different idempotency keys: {doubled}"
     contents: dict[str, set[str]] = defaultdict(set)
@@ -440,8 +456,8 @@ def check_delivery(requests: list[Request], db: Path) -> list[tuple[str, str, st
     assert not reused, f"one idempotency key for different messages: {reused}"
     rows = outbox_rows(db)
     received = {r.headers["Idempotency-Key"] for r in requests if r.path != "/routes"}
-    lost = [row for row in rows if row[0] not in received]
-    undelivered = [row for row in rows if row[2] != "sent"]
+    lost = [row for row in rows if row[0] not in received and row[0] not in excused]
+    undelivered = [row for row in rows if row[2] != "sent" and row[0] not in excused]
     phantom = received - {row[0] for row in rows}
     assert not lost, f"outbox messages never received: {lost[:10]}"
     assert not undelivered, f"outbox messages not marked sent: {undelivered[:10]}"
@@ -449,8 +465,14 @@ def check_delivery(requests: list[Request], db: Path) -> list[tuple[str, str, st
     return rows
 
 
-def check_messages_per_rollout(planned: list[Planned], requests: list[Request]) -> None:
-    """Each rollout alerted its start and its end, and ran its post-rollout hook."""
+def check_messages_per_rollout(
+    planned: list[Planned], requests: list[Request], excused: Collection[tuple[str, str]] = ()
+) -> None:
+    """Each rollout alerted its start and its end, and ran its post-rollout hook.
+
+    ``excused``: rollouts (canary, revision) some of whose messages died with their
+    canary's removal.
+    """
     seen: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in requests:
         body = r.json
@@ -465,19 +487,31 @@ def check_messages_per_rollout(planned: list[Planned], requests: list[Request]) 
             if p.healthy
             else ("rollout.rolled_back", "post:Failed")
         )
+        if (p.canary, p.revision) in excused:
+            continue
         if not {"rollout.started", *end} <= seen[(p.canary, p.revision)]:
             missing[(p.canary, p.revision)] = seen[(p.canary, p.revision)]
     assert not missing, f"rollouts without their alerts or post-rollout hook: {missing}"
 
 
 def check_invariants(
-    planned: list[Planned], ledger: Ledger, requests: list[Request], db: Path
+    planned: list[Planned],
+    ledger: Ledger,
+    requests: list[Request],
+    db: Path,
+    *,
+    removals: bool = False,
 ) -> dict[str, Any]:
-    """Assert every promise of the campaign; return the figures."""
+    """Assert every promise of the campaign; return the figures.
+
+    With ``removals`` (reloads removed canaries), messages a removed canary's
+    dispatcher dead-lettered as "no longer configured" are excused (counted).
+    """
+    dead = dead_for_removal(db) if removals else {}
     check_verdicts(planned, ledger)
     check_routes(planned, requests)
-    rows = check_delivery(requests, db)
-    check_messages_per_rollout(planned, requests)
+    rows = check_delivery(requests, db, dead.keys())
+    check_messages_per_rollout(planned, requests, set(dead.values()))
     decreased = {rid: seq for rid, seq in ledger.failed_checks.items() if seq != sorted(seq)}
     assert not decreased, f"failedChecks decreased within a rollout: {decreased}"
     with read_only(db) as conn:
@@ -500,6 +534,7 @@ def check_invariants(
         "redeliveries_same_key": len(outbox) - len({r.headers["Idempotency-Key"] for r in outbox}),
         "duplicates_under_other_keys": 0,
         "messages_lost": 0,
+        **({"dead_letters_of_removed_canaries": len(dead)} if removals else {}),
         "failed_checks_decreased": 0,
         "integrity_check": integrity,
     }
@@ -569,14 +604,19 @@ async def test_sigkill_campaign_keeps_every_promise(
     assert len(planned) >= 20
 
 
-async def drain(url: str, db: Path) -> None:
-    """Wait (bounded) until the last incarnation is up, the outbox sent and every canary idle."""
+async def drain(url: str, db: Path, settled: str = "'sent'") -> None:
+    """Wait (bounded) until the last incarnation is up, the outbox sent and every canary idle.
+
+    ``settled``: the SQL list of outbox statuses that count as done.
+    """
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
         await wait_ready(url, session)
     while time.monotonic() < deadline:
         with read_only(db) as conn:
-            pending = conn.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()
+            pending = conn.execute(
+                f"SELECT COUNT(*) FROM outbox WHERE status NOT IN ({settled})"
+            ).fetchone()
         states = stored_states(db)
         if pending[0] == 0 and all(s["phase"] in TERMINAL for s in states.values()):
             return
@@ -633,6 +673,30 @@ PHASE_DEADLINE = 300 if LONG else 150
 Disturb = Callable[[Daemon, Path, random.Random, Ledger, anyio.Event], Awaitable[None]]
 
 
+class WatchingReceiver(Receiver):
+    """A receiver that, as each route towards the canary arrives, reads the recorded state.
+
+    Attributes:
+        ahead: routes that arrived while the state file did not yet record their weights.
+    """
+
+    def __init__(self, db: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.db = db
+        self.ahead: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.path == "/routes":
+            body = json.loads(await request.read())
+            if body["action"] != "rollback":
+                states = await anyio.to_thread.run_sync(stored_states, self.db)
+                st = states.get(body["canary"])
+                recorded = st and (st["revision"], st["primary_weight"], st["canary_weight"])
+                if recorded != (body["revision"], body["primaryWeight"], body["canaryWeight"]):
+                    self.ahead.append((body, st))
+        return await super()._handle(request)
+
+
 async def run_phase(
     name: str,
     seed: int,
@@ -640,6 +704,8 @@ async def run_phase(
     prometheus: PrometheusServer,
     disturb: Disturb,
     state_dir: Path | None = None,
+    *,
+    removals: bool = False,
 ) -> dict[str, Any]:
     """Drive a seeded plan of rollouts through one daemon while ``disturb`` runs; check it all.
 
@@ -651,9 +717,10 @@ async def run_phase(
     planned = [r for rollouts in per_canary for r in rollouts]
     jobs = [f"campaign-{name}-{seed}-{free_port()}-{i}" for i in range(PHASE_CANARIES)]
     ledger, started = Ledger(), time.monotonic()
-    async with Receiver(delay=RECEIVER_DELAY) as receiver:
+    db = (state_dir or tmp_path) / "state.db"
+    async with WatchingReceiver(db, delay=RECEIVER_DELAY) as receiver:
         cfg = config(tmp_path, prometheus, receiver.url, jobs, state_dir=state_dir)
-        url, db = api_url(cfg), (state_dir or tmp_path) / "state.db"
+        url = api_url(cfg)
         daemon = Daemon(cfg, tmp_path / "daemon.log")
         done = anyio.Event()
         try:
@@ -670,7 +737,7 @@ async def run_phase(
                                 drivers.start_soon(drive, client, prometheus, job, rollouts, ledger)
                         done.set()
                     assert daemon.alive(), f"the daemon died during the {name} phase"
-                    await drain(url, db)
+                    await drain(url, db, "'sent', 'dead'" if removals else "'sent'")
                     assert await daemon.stop() == 0, "the daemon did not stop cleanly"
         except BaseException:
             print(f"phase {name} failed; seed={seed}; log: {daemon.log}; faults={ledger.faults}")
@@ -678,12 +745,14 @@ async def run_phase(
         finally:
             if daemon.alive():
                 await daemon.kill()
-        figures = check_invariants(planned, ledger, list(receiver.requests), db)
+        figures = check_invariants(planned, ledger, list(receiver.requests), db, removals=removals)
+    assert not receiver.ahead, f"routes sent before their state was recorded: {receiver.ahead}"
     figures = {
         "phase": name,
         "seed": seed,
         "canaries": PHASE_CANARIES,
         "faults": ledger.faults,
+        "routes_ahead_of_the_record": 0,
         **figures,
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -748,7 +817,9 @@ async def test_reload_race_phase_never_resumes_from_stale_state(
                 await _until(client, f"{NAMESPACE}/{min(gone)}", present=True)
                 ledger.faults += 1
 
-    figures = await run_phase("reload-race", SEED + 200, tmp_path, prometheus, remove_and_add)
+    figures = await run_phase(
+        "reload-race", SEED + 200, tmp_path, prometheus, remove_and_add, removals=True
+    )
     assert figures["faults"] >= 3, "hardly any reloads"
 
 
