@@ -2,11 +2,14 @@
 
 A :class:`CanaryRunner` owns one canary. Each tick it asks the core what to
 observe, gathers it concurrently (webhooks, metric queries) within a deadline
-well inside the interval, asks the core to decide, applies the routes, and
-persists the new state together with its events and outbox messages in one
-transaction. Only then does the in-memory state change: a canary never advances
-on state that is not on disk. A :class:`~canaryd.scheduler.Scheduler` runs the
-loops: ticks keep their cadence and never overlap.
+well inside the interval, asks the core to decide, and records the new state
+together with its events and outbox messages in one transaction. A decision
+that moves traffic towards the canary is recorded before its routes are sent
+(and reverted if the router refuses them); a rollback is sent first, always.
+When the store cannot record, failing checks still count in memory and roll
+back, and are recorded once it can (docs/reliability.md, "Decisions and
+state"). A :class:`~canaryd.scheduler.Scheduler` runs the loops: ticks keep
+their cadence and never overlap.
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ from canaryd.analysis import (
     RunHooks,
 )
 from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
-from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
+from canaryd.errors import (
+    CanarydError,
+    NotFoundError,
+    ProviderError,
+    RouterError,
+    StoreError,
+    TemplateError,
+)
 from canaryd.events import Event
 from canaryd.judge import MetricConfig
 from canaryd.logs import log_event
@@ -368,11 +378,13 @@ class CanaryRunner:
 
         Raises:
             CommandError: the command does not fit the current state.
-            StoreError: it could not be persisted (nothing changed).
+            NotFoundError: the canary was removed from the config meanwhile.
+            StoreError: it could not be persisted (nothing changed, except that a
+                rollback command still rolled the traffic back).
         """
         async with self._lock:
             if not await self._prepare():
-                raise StoreError(f"{self.key} was removed from the config")
+                raise NotFoundError(f"no canary {self.key} (removed from the config)")
             decision = fn(self.state, self.services.clock())
             await self._commit(decision, raise_store_errors=True)
         self.wake()

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -670,7 +670,7 @@ PHASE_CANARIES, PHASE_ROLLOUTS = (4, 6) if LONG else (3, 4)
 PHASE_DEADLINE = 300 if LONG else 150
 """Seconds one phase may take before it fails."""
 
-Disturb = Callable[[Daemon, Path, random.Random, Ledger, anyio.Event], Awaitable[None]]
+Disturb = Callable[[Daemon, Path, random.Random, Ledger, anyio.Event], Coroutine[Any, Any, None]]
 
 
 class WatchingReceiver(Receiver):
@@ -718,7 +718,8 @@ async def run_phase(
     jobs = [f"campaign-{name}-{seed}-{free_port()}-{i}" for i in range(PHASE_CANARIES)]
     ledger, started = Ledger(), time.monotonic()
     db = (state_dir or tmp_path) / "state.db"
-    async with WatchingReceiver(db, delay=RECEIVER_DELAY) as receiver:
+    receiver = WatchingReceiver(db, delay=RECEIVER_DELAY)
+    async with receiver:
         cfg = config(tmp_path, prometheus, receiver.url, jobs, state_dir=state_dir)
         url = api_url(cfg)
         daemon = Daemon(cfg, tmp_path / "daemon.log")
