@@ -275,15 +275,27 @@ def _gate_timeout(analysis: Analysis, kind: WebhookType) -> float | None:
     return min(limits) if limits else None
 
 
+def _confirming(state: CanaryState) -> bool:
+    """Whether the rollout still needs its confirm-rollout gate to open (Waiting, or just
+    started and not yet asked: it enters Waiting only once the gate answers closed)."""
+    return state.phase is Phase.WAITING or (
+        state.phase is Phase.PROGRESSING and state.gate == WebhookType.CONFIRM_ROLLOUT.value
+    )
+
+
 def needs(spec: CanaryConfig, state: CanaryState) -> Needs:
-    """What the runtime must observe for the next tick of ``state``."""
+    """What the runtime must observe for the next tick of ``state``.
+
+    Rollback webhooks are polled while Progressing, Waiting and WaitingPromotion,
+    never once promotion has begun (as in Flagger).
+    """
     a = spec.analysis
     if state.phase not in ACTIVE or state.phase is Phase.PAUSED:
         return Needs()
-    if state.phase is Phase.WAITING:
+    if _confirming(state):
         return Needs(rollback_hooks=True, gate=WebhookType.CONFIRM_ROLLOUT)
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
-        return Needs(rollback_hooks=True)
+        return Needs(promotion=True)
     gate = (
         WebhookType.CONFIRM_PROMOTION
         if _at_last_step(a, state)
@@ -359,8 +371,13 @@ def _wait_gate(
     kind: WebhookType,
     now: float,
     phase: Phase | None = None,
+    muted: bool = False,
 ) -> tuple[CanaryState, list[Effect]]:
-    """Keep waiting on a closed gate; fail the rollout once its gateTimeout has passed."""
+    """Keep waiting on a closed gate; fail the rollout once its gateTimeout has passed.
+
+    The waiting event is emitted once, when the wait begins; ``muted`` (the gate's
+    closing webhook has ``muteAlert``) marks it so that no alert is sent for it.
+    """
     gate = kind.value
     since = state.gate_since if state.gate == gate and state.gate_since is not None else now
     limit = _gate_timeout(spec.analysis, kind)
@@ -370,17 +387,11 @@ def _wait_gate(
         )
         return new, [_event(spec, state, "gate.timed_out", now, gate=gate, timeout=limit), *effects]
     new = evolve(state, gate=gate, gate_since=since, phase=phase or state.phase)
-    if state.gate == gate:
+    if state.gate == gate and state.phase is new.phase:
         return new, []
-    return new, [
-        _event(
-            spec,
-            new,
-            "rollout.waiting" if kind is WebhookType.CONFIRM_ROLLOUT else "gate.waiting",
-            now,
-            gate=gate,
-        )
-    ]
+    name = "rollout.waiting" if kind is WebhookType.CONFIRM_ROLLOUT else "gate.waiting"
+    mute = {"muteAlert": True} if muted else {}
+    return new, [_event(spec, new, name, now, gate=gate, **mute)]
 
 
 def _advance(
@@ -394,7 +405,12 @@ def _advance(
     if need.gate is WebhookType.CONFIRM_PROMOTION:
         if not obs.gate_open:
             return _wait_gate(
-                spec, state, WebhookType.CONFIRM_PROMOTION, now, Phase.WAITING_PROMOTION
+                spec,
+                state,
+                WebhookType.CONFIRM_PROMOTION,
+                now,
+                Phase.WAITING_PROMOTION,
+                obs.gate_muted,
             )
         if a.strategy != "canary":
             state = evolve(state, iteration=state.iteration + 1)
@@ -403,7 +419,9 @@ def _advance(
         new = evolve(state, iteration=state.iteration + 1)
         return new, [_event(spec, new, "iteration.advanced", now)]
     if need.gate is WebhookType.CONFIRM_TRAFFIC_INCREASE and not obs.gate_open:
-        return _wait_gate(spec, state, WebhookType.CONFIRM_TRAFFIC_INCREASE, now)
+        return _wait_gate(
+            spec, state, WebhookType.CONFIRM_TRAFFIC_INCREASE, now, muted=obs.gate_muted
+        )
     weight = next_weight(a, state.canary_weight)
     assert weight is not None  # _at_last_step would have chosen the promotion gate
     new = evolve(
@@ -519,7 +537,7 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
     if not need.anything:
         return Decision(state)
     state = evolve(state, ticks=state.ticks + 1)
-    hit = next((h for h in obs.rollback if h.ok), None)
+    hit = next((h for h in obs.rollback if h.ok), None) if need.rollback_hooks else None
     if hit is not None:
         new, effects = _rollback(
             spec,
@@ -529,7 +547,7 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
             webhook=hit.name,
         )
         return Decision(new, tuple(effects))
-    if state.phase is Phase.WAITING:
+    if _confirming(state):
         if obs.gate_open:
             new = evolve(
                 state,
@@ -539,7 +557,9 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
                 approvals=state.approvals - {"rollout"},
             )
             return Decision(new, (_event(spec, new, "gate.approved", now, gate="rollout"),))
-        new, effects = _wait_gate(spec, state, WebhookType.CONFIRM_ROLLOUT, now)
+        new, effects = _wait_gate(
+            spec, state, WebhookType.CONFIRM_ROLLOUT, now, Phase.WAITING, obs.gate_muted
+        )
         return Decision(new, tuple(effects))
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
         return _promotion_step(spec, state, now)
@@ -580,6 +600,10 @@ def start_rollout(
 ) -> Decision:
     """Begin a rollout of ``revision``.
 
+    With confirm-rollout webhooks the rollout starts Progressing with the gate
+    pending; the first tick asks the gate and enters Waiting only if it is closed
+    (as in Flagger).
+
     Raises:
         CommandError: a rollout is already under way.
     """
@@ -590,7 +614,7 @@ def start_rollout(
         )
     gated = bool(_hooks(spec.analysis, WebhookType.CONFIRM_ROLLOUT))
     new = CanaryState(
-        phase=Phase.WAITING if gated else Phase.PROGRESSING,
+        phase=Phase.PROGRESSING,
         revision=revision,
         rollout_id=rollout_id,
         metadata=dict(metadata),
@@ -598,12 +622,7 @@ def start_rollout(
         gate=WebhookType.CONFIRM_ROLLOUT.value if gated else None,
         gate_since=now if gated else None,
     )
-    effects: list[Effect] = [_event(spec, new, "rollout.started", now, metadata=dict(metadata))]
-    if gated:
-        effects.append(
-            _event(spec, new, "rollout.waiting", now, gate=WebhookType.CONFIRM_ROLLOUT.value)
-        )
-    return Decision(new, tuple(effects))
+    return Decision(new, (_event(spec, new, "rollout.started", now, metadata=dict(metadata)),))
 
 
 def _require_active(spec: CanaryConfig, state: CanaryState, verb: str) -> None:

@@ -256,7 +256,10 @@ def command(action: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         _authorize(request)
         runner = _runner(request)
-        state = await runner.command(lambda s, now: fn(runner.spec, s, now))
+        # abort/pause/promote need not wait for a tick held by a slow webhook
+        state = await runner.command(
+            lambda s, now: fn(runner.spec, s, now), interrupt=action != "resume"
+        )
         return web.json_response(canary_summary(runner.spec, state))
 
     handle.__doc__ = f"POST .../{action}"

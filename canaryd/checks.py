@@ -89,6 +89,8 @@ class Observation:
 
     rollback: tuple[HookResult, ...] = ()
     gate_open: bool = True
+    gate_muted: bool = False
+    """The gate is closed by a webhook with ``muteAlert``: its waiting alert is not sent."""
     pre_rollout: tuple[HookResult, ...] = ()
     rollout: tuple[HookResult, ...] = ()
     metrics: tuple[MetricValue, ...] = ()
@@ -103,11 +105,13 @@ class Needs:
     gate: WebhookType | None = None
     pre_rollout: bool = False
     checks: bool = False
+    promotion: bool = False
+    """Promoting or Finalising: the tick moves traffic; no webhook is polled (as in Flagger)."""
 
     @property
     def anything(self) -> bool:
         """Whether a tick has any work at all."""
-        return self.rollback_hooks
+        return self.rollback_hooks or self.promotion
 
 
 # --------------------------------------------------------------------------- evaluation

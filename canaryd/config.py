@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from canaryd.durations import parse_duration
+from canaryd.events import ALERTABLE
 from canaryd.judgecli import MetricSettings, ThresholdsInput
 
 
@@ -178,7 +179,7 @@ class Severity(StrEnum):
 class Notifier(Model):
     """Where alerts go: chat webhooks, a generic JSON webhook, or CloudEvents."""
 
-    type: Literal["slack", "msteams", "discord", "gchat", "webhook", "cloudevents"]
+    type: Literal["slack", "msteams", "discord", "gchat", "rocket", "webhook", "cloudevents"]
     url: str | None = None
     url_file: str | None = None
     secret_file: str | None = None
@@ -323,9 +324,13 @@ GATE_TYPES = frozenset(
 class WebhookSpec(Model):
     """One webhook of an analysis.
 
-    ``timeout`` is the HTTP timeout of one call, as in Flagger. ``gateTimeout``
-    (gates only) is how long a gate may stay closed before the rollout fails.
-    A gate without ``url`` is a manual gate opened by ``canaryd approve``.
+    ``timeout`` is the HTTP timeout of one call, as in Flagger, and is honoured
+    even when it is longer than the tick's observation budget (the tick then
+    waits for the hook; docs/flagger.md). ``gateTimeout`` (gates only) is how
+    long a gate may stay closed before the rollout fails. A gate without
+    ``url`` is a manual gate opened by ``canaryd approve``. ``muteAlert``
+    (gates) keeps the "waiting for approval" alert of this hook off the chat
+    channels; ``disableTLS`` skips certificate verification for this hook.
     """
 
     name: Name
@@ -337,6 +342,8 @@ class WebhookSpec(Model):
     metadata: dict[str, str] = Field(default_factory=dict)
     secret_file: str | None = None
     secret_env: str | None = None
+    muteAlert: bool = False
+    disableTLS: bool = False
 
     @model_validator(mode="after")
     def _gate_fields(self) -> WebhookSpec:
@@ -422,12 +429,35 @@ class Analysis(Model):
         return weights if weights and weights[-1] == cap else [*weights, cap]
 
 
+def _alert_events(value: str | list[str]) -> str | list[str]:
+    if isinstance(value, str):
+        if value not in ("flagger", "all"):
+            raise ValueError("must be flagger, all or a list of event names")
+        return value
+    for name in value:
+        if name not in ALERTABLE:
+            raise ValueError(
+                f"unknown alert event {name!r}; expected one of: {', '.join(sorted(ALERTABLE))}"
+            )
+    return value
+
+
+AlertEvents = Annotated[str | list[str], AfterValidator(_alert_events)]
+"""``flagger``, ``all`` or a list of alertable event names."""
+
+
 class AlertSpec(Model):
-    """Send this canary's events to a notifier, filtered by severity."""
+    """Send this canary's events to a notifier, filtered by severity.
+
+    ``events`` chooses which events: ``flagger`` (the default: the moments
+    Flagger alerts on), ``all``, or a list of event names (docs/events.md,
+    "Alerts"). ``severity`` filters them as in Flagger.
+    """
 
     name: Name
     notifier: Name
     severity: Severity = Severity.INFO
+    events: AlertEvents = "flagger"
 
 
 SHARED_ANALYSES_MAX = 4096

@@ -53,6 +53,37 @@ EVENTS: dict[str, tuple[Level, str]] = {
 }
 """Event name -> (level, meaning). The stable vocabulary for log-based alerting."""
 
+FLAGGER_ALERTS: dict[str, str] = {
+    "rollout.started": "info",
+    "rollout.waiting": "warn",
+    "gate.waiting": "warn",
+    "rollout.promoted": "info",
+    "rollout.rolled_back": "error",
+}
+"""The events an alert sends by default (``events: flagger``) and their alert severity: the
+moments Flagger alerts on, with Flagger's severities. A rollback that a ``rollback``
+webhook or an operator asked for is ``warn``, as in Flagger (docs/flagger.md)."""
+
+ALERTABLE = frozenset(
+    {
+        *FLAGGER_ALERTS,
+        "gate.approved",
+        "gate.timed_out",
+        "weight.advanced",
+        "iteration.advanced",
+        "check.failed",
+        "pre_rollout.failed",
+        "rollout.promoting",
+        "rollout.paused",
+        "rollout.resumed",
+        "router.failed",
+    }
+)
+"""The events an alert can send: those of ``events: all``, and the names an explicit list may
+use. Not ``analysis.tick`` (one per tick is noise), nor daemon/config events or
+``notification.failed`` (an alert about alerts failing would loop); ``event`` webhooks still
+receive every event."""
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -118,6 +149,9 @@ DECISION_FIELDS = {
 }
 
 
+_ALERT_LEVELS = {"debug": "info", "info": "info", "warning": "warn", "error": "error"}
+
+
 def events_markdown() -> str:
     """The body of ``docs/events.md``, generated from :data:`EVENTS`."""
     lines = [
@@ -144,6 +178,24 @@ def events_markdown() -> str:
         "| event | level | meaning |",
         "|---|---|---|",
         *(f"| `{name}` | {level} | {text} |" for name, (level, text) in sorted(EVENTS.items())),
+        "",
+        "## Alerts",
+        "",
+        "An alert (`canaries[].alerts[]`) sends, by default (`events: flagger`), the events",
+        "Flagger alerts on, with Flagger's severities; `events: all` sends every event below;",
+        "`events: [names]` sends the events listed. The `severity` filter applies on top",
+        "(`info`: all, `warn`: warn and error, `error`: error only).",
+        "",
+        "| event | by default | alert severity |",
+        "|---|---|---|",
+        *(
+            f"| `{name}` | {'yes' if name in FLAGGER_ALERTS else 'no'} | "
+            f"{FLAGGER_ALERTS.get(name) or _ALERT_LEVELS[EVENTS[name][0]]} |"
+            for name in sorted(ALERTABLE)
+        ),
+        "",
+        "A rollback asked for by a `rollback` webhook or by `canaryd abort` is `warn`;",
+        "a waiting alert of a gate whose closing webhook has `muteAlert: true` is not sent.",
         "",
         "## Alerting examples",
         "",

@@ -40,6 +40,7 @@ NOTIFIER_TYPES = {
     "discord": "discord",
     "gchat": "gchat",
     "googlechat": "gchat",
+    "rocket": "rocket",
 }
 """Flagger AlertProvider types canaryd can deliver to, and their canaryd name."""
 
@@ -62,7 +63,7 @@ _ANALYSIS_K8S = (
     "primaryReadyThreshold",
     "sessionAffinity",
 )
-_WEBHOOK_K8S = ("muteAlert",)
+_WEBHOOK_K8S: tuple[str, ...] = ()  # muteAlert and disableTLS are supported
 _TEMPLATE_PROVIDER_K8S = ("secretRef",)
 _ALERT_PROVIDER_K8S = ("certSecretRef", "proxy", "secretRef")
 

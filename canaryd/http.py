@@ -95,8 +95,11 @@ async def post_json(
     secret: SecretStr | None = None,
     headers: dict[str, str] | None = None,
     content_type: str = "application/json",
+    verify_tls: bool = True,
 ) -> Answer:
     """POST ``payload`` as JSON and return the answer (any status).
+
+    ``verify_tls=False`` (a webhook's ``disableTLS``) accepts any certificate.
 
     Raises:
         WebhookError: connection failure or timeout; the message names the
@@ -110,7 +113,11 @@ async def post_json(
         hdrs["X-Canaryd-Signature"] = sign(secret, body)
     try:
         async with session.post(
-            url, data=body, headers=hdrs, timeout=aiohttp.ClientTimeout(total=timeout)
+            url,
+            data=body,
+            headers=hdrs,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            ssl=verify_tls,
         ) as resp:
             data = await resp.content.read(MAX_ANSWER_BYTES)
             return Answer(resp.status, data)

@@ -50,6 +50,8 @@ from canaryd.configmerge import Gathered, merge, resolve_flagger
 from canaryd.errors import ConfigError
 from canaryd.flagger import KeyPath, is_manifest
 from canaryd.modeltypes import keys_at
+from canaryd.webhooks import flagger_differences as differences
+from canaryd.webhooks import unverified_tls
 from canaryd.yamlpos import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -82,8 +84,10 @@ class Loaded:
 
     Attributes:
         settings: the validated configuration.
-        warnings: things worth telling the operator that are not errors (at most
-            one: the Kubernetes-only fields of Flagger manifests that were ignored).
+        warnings: things worth telling the operator that are not errors: the
+            Kubernetes-only fields of Flagger manifests that were ignored (one line),
+            then one line per deliberate difference from Flagger that affects a
+            canary (docs/flagger.md), then one per webhook with ``disableTLS``.
         files: every file read, the main file first.
     """
 
@@ -132,7 +136,10 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     if ctx.problems or settings is None:
         raise ConfigError(list(dict.fromkeys(ctx.problems)))
     warning = flagger.format_ignored(ctx.ignored)
-    return Loaded(settings=settings, warnings=[warning] if warning else [], files=ctx.files)
+    warnings = [warning] if warning else []
+    warnings += [f"differs from Flagger: {d}" for c in settings.canaries for d in differences(c)]
+    warnings += [line for c in settings.canaries for line in unverified_tls(c)]
+    return Loaded(settings=settings, warnings=warnings, files=ctx.files)
 
 
 def summary(loaded: Loaded) -> str:

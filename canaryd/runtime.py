@@ -60,6 +60,7 @@ from canaryd.scheduler import Scheduler
 from canaryd.store import DROP, RELEASE, OutboxMessage, SqliteStore, event_to_dict
 from canaryd.templates import builtin_query, render, template_variables
 from canaryd.webhooks import call as call_webhook
+from canaryd.webhooks import event_payload, longest_call
 from canaryd.webhooks import payload as webhook_payload
 
 log = structlog.get_logger()
@@ -267,6 +268,9 @@ class CanaryRunner:
         self._lock = asyncio.Lock()
         self._next: tuple[CanaryConfig, list[ResolvedMetric], Services] | None = None
         self._woken = False  # woken before being scheduled: the first tick is due at once
+        # the deadline of the observation in flight, for a command that cuts it short
+        self._observing: asyncio.Timeout | None = None
+        self._interrupted = False
         self._on_wake: Callable[[], None] | None = None  # set by schedule()
         self._backlog: list[_Unsaved] = []  # decisions the store could not record yet
         self._pending: _Pending | None = None  # recorded routes the router has not confirmed
@@ -311,6 +315,7 @@ class CanaryRunner:
         """Sort the config's webhooks and metrics the way every tick asks for them."""
         hooks = self.spec.analysis.webhooks
         self._hooks = {h.type: tuple(w for w in hooks if w.type == h.type) for h in hooks}
+        self._hook_limits = {k: max(map(longest_call, ws)) for k, ws in self._hooks.items()}
         self._plain = tuple(m for m in self.metrics if m.primary_query is None)
         self._pairs = tuple(m for m in self.metrics if m.primary_query is not None)
 
@@ -369,12 +374,22 @@ class CanaryRunner:
             need = core.needs(self.spec, self.state)
             if not need.anything:
                 return
+            self._interrupted = False
             obs = await self.observe(need)
+            if self._interrupted:
+                return  # an operator's abort/pause/promote decides instead; nothing is counted
             decision = core.decide(self.spec, self.state, obs, self.services.clock())
             await self._commit(decision)
 
-    async def command(self, fn: Callable[[CanaryState, float], Decision]) -> CanaryState:
+    async def command(
+        self, fn: Callable[[CanaryState, float], Decision], *, interrupt: bool = False
+    ) -> CanaryState:
         """Apply an operator command (a pure core function) and persist it.
+
+        A command waits for the tick in flight. With ``interrupt`` (abort, pause,
+        promote) it first cuts short the tick's observation, which a webhook's own
+        timeout may stretch to minutes: that tick then decides nothing and counts
+        nothing, and the command applies at once (docs/flagger.md).
 
         Raises:
             CommandError: the command does not fit the current state.
@@ -382,6 +397,10 @@ class CanaryRunner:
             StoreError: it could not be persisted (nothing changed, except that a
                 rollback command still rolled the traffic back).
         """
+        observing = self._observing
+        if interrupt and observing is not None and not observing.expired():
+            self._interrupted = True
+            observing.reschedule(asyncio.get_running_loop().time())
         async with self._lock:
             if not await self._prepare():
                 raise NotFoundError(f"no canary {self.key} (removed from the config)")
@@ -460,29 +479,43 @@ class CanaryRunner:
     def _budget(self) -> float:
         return min(self.spec.analysis.interval * OBSERVE_SHARE, MAX_OBSERVE_SECONDS)
 
-    async def observe(self, need: Needs) -> Observation:
-        """Gather what ``need`` asks for, concurrently, within the tick's budget.
+    def observe_limit(self) -> float:
+        """The longest a tick may observe: its budget, or longer for a webhook whose own
+        ``timeout`` (times its attempts) is longer. A hook's timeout is honoured, as in
+        Flagger; the tick then waits for it and stays bounded by it (docs/flagger.md)."""
+        return max((self._budget(), *self._hook_limits.values()))
 
-        Every webhook call and metric query of the tick runs in one task group
-        (the last one in the tick's own task), not a task group per kind: at
-        thousands of ticks per second each task and task group costs.
+    async def observe(self, need: Needs) -> Observation:
+        """Gather what ``need`` asks for, concurrently, within the tick's deadline.
+
+        Metric queries keep to the tick's budget; webhooks get their own timeout, so
+        the deadline is the longest of the two (plus 5 s of slack). Every webhook
+        call and metric query of the tick runs in one task group (the last one in
+        the tick's own task), not a task group per kind: at thousands of ticks per
+        second each task and task group costs.
         """
         results: dict[str, Any] = {}
         budget = self._budget()
         calls: list[Callable[[], Coroutine[Any, Any, None]]] = []
-        self._plan_hooks(calls, results, WebhookType.ROLLBACK, "rollback")
+        kinds = [(WebhookType.ROLLBACK, "rollback")] if need.rollback_hooks else []
         if need.gate is not None:
-            self._plan_hooks(calls, results, need.gate, "gate")
+            kinds.append((need.gate, "gate"))
         if need.pre_rollout:
-            self._plan_hooks(calls, results, WebhookType.PRE_ROLLOUT, "pre")
+            kinds.append((WebhookType.PRE_ROLLOUT, "pre"))
         if need.checks:
-            self._plan_hooks(calls, results, WebhookType.ROLLOUT, "rollout")
+            kinds.append((WebhookType.ROLLOUT, "rollout"))
             self._plan_metrics(calls, results, budget)
+        for kind, slot in kinds:
+            self._plan_hooks(calls, results, kind, slot)
+        deadline = max((budget, *(self._hook_limits.get(k, 0.0) for k, _ in kinds))) + 5.0
         if calls:
-            with contextlib.suppress(TimeoutError):  # what is unanswered by then counts as failed
-                async with asyncio.timeout(budget + 5.0):  # cheaper than anyio's cancel scope
-                    await gather(calls)
-        return self._observation(need, results)
+            try:
+                with contextlib.suppress(TimeoutError):  # unanswered by then counts as failed
+                    async with asyncio.timeout(deadline) as self._observing:  # cheaper than anyio's
+                        await gather(calls)
+            finally:
+                self._observing = None
+        return self._observation(need, results, deadline)
 
     def _plan_hooks(
         self,
@@ -543,9 +576,9 @@ class CanaryRunner:
         calls += [partial(one, i, m) for i, m in enumerate(plain)]
         calls += [partial(both, i, m) for i, m in enumerate(pairs)]
 
-    def _observation(self, need: Needs, results: dict[str, Any]) -> Observation:
+    def _observation(self, need: Needs, results: dict[str, Any], deadline: float) -> Observation:
         """Assemble an observation; anything missing (deadline hit) counts as failed."""
-        timeout = HookResult("deadline", False, f"no answer within {self._budget():g}s")
+        timeout = HookResult("deadline", False, f"no answer within {deadline:g}s")
         gate = results.get("gate", (timeout,)) if need.gate is not None else ()
         late = "no answer within the tick's deadline"
         if "metrics" in results:
@@ -556,11 +589,18 @@ class CanaryRunner:
         return Observation(
             rollback=results.get("rollback", ()),
             gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
+            gate_muted=self._muted(need.gate, gate),
             pre_rollout=results.get("pre", (timeout,)) if need.pre_rollout else (),
             rollout=results.get("rollout", (timeout,)) if need.checks else (),
             metrics=metrics if need.checks else (),
             compare=compare if need.checks else (),
         )
+
+    def _muted(self, kind: WebhookType | None, results: tuple[HookResult, ...]) -> bool:
+        """Whether the first gate webhook that kept the gate closed has ``muteAlert``."""
+        closing = next((r.name for r in results if not r.ok), None)
+        hooks = self._hooks.get(kind, ()) if kind is not None else ()
+        return any(h.name == closing and h.muteAlert for h in hooks)
 
     async def _call_hook(self, hook: WebhookSpec, slot: str) -> HookResult:
         key = f"{self.key}:{self.state.rollout_id}:{self.state.ticks}:{slot}"
@@ -818,7 +858,7 @@ class CanaryRunner:
 
     def _outbox(self, decision: Decision, version: int) -> list[OutboxMessage]:
         """Alerts, event webhooks and post-rollout hooks caused by a decision."""
-        from canaryd.notifiers import ALERT_EVENTS, passes
+        from canaryd.notifiers import wanted
 
         out: list[OutboxMessage] = []
         prefix = f"{self.key}:{decision.state.rollout_id}:{version}"
@@ -838,22 +878,16 @@ class CanaryRunner:
                 continue  # event webhooks get every event, analysis.tick included
             event = effect.event
             for hook in (h for h in hooks if h.type == WebhookType.EVENT):
-                body = webhook_payload(self.spec, decision.state, hook)
+                body = event_payload(self.spec, decision.state, hook, event)
                 body["event"] = event_to_dict(event)
                 out.append(
                     OutboxMessage(
                         self.key, f"{prefix}:{n}:hook:{hook.name}", f"hook:{hook.name}", body
                     )
                 )
-            if event.name in ALERT_EVENTS:
-                out += [
-                    OutboxMessage(
-                        self.key,
-                        f"{prefix}:{n}:alert:{a.name}",
-                        f"alert:{a.name}",
-                        event_to_dict(event),
-                    )
-                    for a in self.spec.alerts
-                    if passes(a.severity, event)
-                ]
+            for a in (a for a in self.spec.alerts if wanted(a, event)):
+                body = event_to_dict(event)
+                out.append(
+                    OutboxMessage(self.key, f"{prefix}:{n}:alert:{a.name}", f"alert:{a.name}", body)
+                )
         return out

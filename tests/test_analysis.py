@@ -272,12 +272,79 @@ def test_confirm_rollout_gate_waits_then_progresses() -> None:
     """A closed confirm-rollout gate keeps the rollout Waiting without counting failures."""
     spec = canary(webhooks=[{"name": "go", "type": "confirm-rollout", "url": "http://h/"}])
     state = started(spec)
-    assert state.phase is Phase.WAITING
     assert core.needs(spec, state).gate is WebhookType.CONFIRM_ROLLOUT
     ds = run(spec, state, Observation(gate_open=False), 5)
     assert all(d.state.phase is Phase.WAITING and d.state.failed_checks == 0 for d in ds)
     d = core.decide(spec, ds[-1].state, Observation(gate_open=True), 9.0)
     assert d.state.phase is Phase.PROGRESSING
+
+
+@pytest.mark.parametrize(
+    ("gate_open", "phase", "events"),
+    [
+        (True, Phase.PROGRESSING, ["gate.approved"]),
+        (False, Phase.WAITING, ["rollout.waiting"]),
+    ],
+    ids=["open-never-waits", "closed-waits"],
+)
+def test_confirm_rollout_enters_waiting_only_when_the_gate_is_closed(
+    gate_open: bool, phase: Phase, events: list[str]
+) -> None:
+    """A gated rollout starts unconfirmed, not Waiting; its first tick asks the gate and only a
+    closed gate makes it Waiting (as in Flagger)."""
+    spec = canary(webhooks=[{"name": "go", "type": "confirm-rollout", "url": "http://h/"}])
+    start = core.start_rollout(spec, CanaryState(), "v2", {}, "r1", 0.0)
+    assert start.state.phase is not Phase.WAITING and names(start) == ["rollout.started"]
+    need = core.needs(spec, start.state)
+    assert (need.gate, need.checks) == (WebhookType.CONFIRM_ROLLOUT, False)
+    d = core.decide(spec, start.state, Observation(gate_open=gate_open), 1.0)
+    assert (d.state.phase, names(d), d.state.canary_weight) == (phase, events, 0)
+
+
+@pytest.mark.parametrize(
+    ("phase", "polled"),
+    [
+        (Phase.PROGRESSING, True),
+        (Phase.WAITING, True),
+        (Phase.WAITING_PROMOTION, True),
+        (Phase.PROMOTING, False),
+        (Phase.FINALISING, False),
+    ],
+    ids=lambda v: str(v),
+)
+def test_rollback_hooks_are_not_polled_once_promotion_has_begun(phase: Phase, polled: bool) -> None:
+    """Rollback webhooks are asked while Progressing/Waiting/WaitingPromotion, never while
+    Promoting or Finalising, where a stray 2xx cannot roll the promotion back."""
+    spec = canary(webhooks=[{"name": "stop", "type": "rollback", "url": "http://h/"}])
+    state = replace(started(spec), phase=phase, canary_weight=50, primary_weight=50)
+    assert core.needs(spec, state).rollback_hooks is polled
+    d = core.decide(spec, state, Observation(rollback=(HookResult("stop", True),)), 1.0)
+    assert (d.state.phase is Phase.FAILED) is polled
+
+
+@pytest.mark.parametrize(
+    ("gate", "muted"),
+    [
+        ("confirm-rollout", True),
+        ("confirm-rollout", False),
+        ("confirm-traffic-increase", True),
+        ("confirm-promotion", True),
+        ("confirm-promotion", False),
+    ],
+    ids=lambda v: str(v),
+)
+def test_waiting_event_of_a_muted_gate_says_so(gate: str, muted: bool) -> None:
+    """The waiting event carries muteAlert exactly when the gate's closing webhook is muted."""
+    spec = canary(maxWeight=20, webhooks=[{"name": "g", "type": gate, "url": "http://h/"}])
+    state = started(spec)
+    if gate != "confirm-rollout":
+        state = core.decide(spec, state, Observation(), 1.0).state  # weight 10
+    if gate == "confirm-promotion":
+        state = core.decide(spec, state, ok(), 2.0).state  # weight 20 = maxWeight
+    d = core.decide(spec, state, replace(ok(), gate_open=False, gate_muted=muted), 3.0)
+    waiting = [e.event for e in d.effects if isinstance(e, Emit) and "waiting" in e.event.name]
+    assert len(waiting) == 1
+    assert waiting[0].fields.get("muteAlert", False) is muted
 
 
 def test_traffic_increase_gate_holds_the_weight() -> None:
@@ -339,7 +406,9 @@ def test_confirm_rollout_gate_times_out_from_the_start_and_is_announced_once() -
         ]
     )
     d = core.decide(spec, started(spec), Observation(gate_open=False), 5.0)
-    assert names(d) == [] and d.state.gate_since == 0.0
+    assert names(d) == ["rollout.waiting"] and d.state.gate_since == 0.0
+    d = core.decide(spec, d.state, Observation(gate_open=False), 7.0)
+    assert names(d) == [] and d.state.phase is Phase.WAITING
     d = core.decide(spec, d.state, Observation(gate_open=False), 10.0)
     assert d.state.phase is Phase.FAILED
 

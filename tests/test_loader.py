@@ -78,11 +78,18 @@ def test_example_config_loads() -> None:
     """The shipped example loads, includes the Flagger file and warns once about k8s fields."""
     loaded = load_config(EXAMPLE, environ={"PATH": "/usr/bin"})
     assert summary(loaded) == (
-        "config OK: 5 canaries, 2 providers, 2 routers, 7 notifiers, 3 templates (2 files)"
+        "config OK: 5 canaries, 2 providers, 2 routers, 8 notifiers, 3 templates (2 files)"
     )
     assert [Path(f).name for f in loaded.files] == ["canaryd.example.yaml", "flagger-canary.yaml"]
-    assert len(loaded.warnings) == 1
+    assert len(loaded.warnings) == 4  # ignored fields, two differences from Flagger, disableTLS
     assert loaded.warnings[0].startswith("Kubernetes-only fields ignored: ")
+    assert [w.split(": ")[:3] for w in loaded.warnings[1:3]] == [
+        ["differs from Flagger", "prod/web", "webhook approve-start"],
+        ["differs from Flagger", "prod/web", "webhook audit-log"],
+    ]
+    assert loaded.warnings[3] == (
+        "prod/web: webhook audit-log: disableTLS: its TLS certificate is not verified"
+    )
     assert loaded.warnings[0].endswith(
         "flagger-canary.yaml: Canary/podinfo: metadata.labels, spec.targetRef.apiVersion, "
         "spec.targetRef.kind, spec.autoscalerRef, spec.progressDeadlineSeconds, spec.service, "
@@ -132,6 +139,7 @@ def test_example_exercises_every_type() -> None:
         "msteams",
         "discord",
         "gchat",
+        "rocket",
         "webhook",
         "cloudevents",
     }
@@ -196,7 +204,7 @@ MODEL_CASES = [
         "notifiers:\n  n: {type: pager, url: http://x}\n",
         "c.yaml:2:7: notifiers.n.type: unknown notifier type 'pager'; "
         "expected one of: cloudevents, "
-        "discord, gchat, msteams, slack, webhook",
+        "discord, gchat, msteams, rocket, slack, webhook",
     ),
     (
         "router-missing-key",
@@ -944,6 +952,74 @@ def test_flagger_ignored_fields_in_one_warning(tmp_path: Path) -> None:
     ]
 
 
+def test_flagger_mute_alert_disable_tls_and_rocket_are_supported(tmp_path: Path) -> None:
+    """A Canary's muteAlert/disableTLS webhooks and a rocket AlertProvider map onto the model
+    instead of being ignored or refused."""
+    hooks = (
+        "    webhooks:\n"
+        "      - {name: gate, type: confirm-traffic-increase, url: 'https://g.example/',"
+        " muteAlert: true, disableTLS: true}\n"
+    )
+    text = FLAGGER_CANARY.replace("    alerts:\n", hooks + "    alerts:\n").replace(
+        "type: googlechat", "type: rocket"
+    )
+    write(tmp_path, "k8s/podinfo.yaml", text)
+    loaded = load(tmp_path, PRE + "include: [k8s/*.yaml]\n")
+    podinfo = loaded.settings.canary("test/podinfo")
+    assert podinfo is not None
+    (hook,) = podinfo.analysis.webhooks
+    assert (hook.muteAlert, hook.disableTLS) == (True, True)
+    assert loaded.settings.notifiers["on-call"].type == "rocket"
+    assert "muteAlert" not in loaded.warnings[0] and "disableTLS" not in loaded.warnings[0]
+    assert loaded.warnings[-1] == (
+        "test/podinfo: webhook gate: disableTLS: its TLS certificate is not verified"
+    )
+
+
+@pytest.mark.parametrize(
+    ("hooks", "alerts", "expected"),
+    [
+        ([{"name": "g", "type": "confirm-traffic-increase"}], [{}], ["g: waiting for approval"]),
+        ([{"name": "g", "type": "confirm-traffic-increase", "muteAlert": True}], [{}], []),
+        ([{"name": "g", "type": "confirm-traffic-increase"}], [{"severity": "error"}], []),
+        ([{"name": "g", "type": "confirm-traffic-increase"}], [], []),
+        ([{"name": "go", "type": "confirm-rollout"}], [{}], ["go: the start is alerted"]),
+        ([{"name": "go", "type": "confirm-rollout"}], [{"severity": "warn"}], []),
+        ([{"name": "e", "type": "event", "url": "http://x/"}], [], ["e: gets canaryd's events"]),
+        ([{"name": "r", "type": "rollout", "url": "http://x/"}], [{"events": "all"}], []),
+    ],
+    ids=[
+        "traffic-gate-alerted",
+        "traffic-gate-muted",
+        "traffic-gate-not-alerted",
+        "no-alerts",
+        "confirm-rollout",
+        "confirm-rollout-start-not-alerted",
+        "event-hook",
+        "no-difference",
+    ],
+)
+def test_check_names_each_difference_from_flagger_once(
+    hooks: list[dict[str, object]], alerts: list[dict[str, object]], expected: list[str]
+) -> None:
+    """canaryd check says, one line each, where a canary's hooks and alerts deliberately behave
+    differently from Flagger, and says nothing when they do not."""
+    from canaryd.webhooks import flagger_differences
+
+    spec = config.CanaryConfig.model_validate(
+        {
+            "name": "web",
+            "router": "lb",
+            "analysis": {"stepWeight": 10, "webhooks": hooks},
+            "alerts": [{"name": f"a{i}", "notifier": "n", **a} for i, a in enumerate(alerts)],
+        }
+    )
+    lines = flagger_differences(spec)
+    assert len(lines) == len(expected)
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(f"default/web: webhook {start}"), line
+
+
 def test_flagger_template_reuses_provider_with_same_address(tmp_path: Path) -> None:
     """A MetricTemplate whose address matches an existing provider uses that provider."""
     write(tmp_path, "k8s/podinfo.yaml", FLAGGER_CANARY)
@@ -992,11 +1068,11 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
         ),
         (
             "type: googlechat",
-            "type: rocket",
+            "type: pagerduty",
             [
-                "k8s.yaml:39:8: spec.type: unknown notifier type 'rocket'; "
+                "k8s.yaml:39:8: spec.type: unknown notifier type 'pagerduty'; "
                 "expected one of: discord, "
-                "gchat, googlechat, msteams, slack"
+                "gchat, googlechat, msteams, rocket, slack"
             ],
         ),
         (
