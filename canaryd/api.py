@@ -151,6 +151,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         data = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from exc
+    except RecursionError:  # the decoder nests one frame per level: bad input, not a crash
+        raise web.HTTPBadRequest(reason="body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(reason="body must be a JSON object")
     return data

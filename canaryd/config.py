@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from canaryd import logs
 from canaryd.durations import parse_duration
 from canaryd.events import ALERTABLE
 from canaryd.judgecli import MetricSettings, ThresholdsInput
@@ -86,15 +87,18 @@ def read_secret(
             mode = p.stat().st_mode
             if mode & 0o004:
                 raise ValueError(f"secret file {path} is readable by others; run: chmod o-r {path}")
-            return SecretStr(p.read_text(encoding="utf-8").strip())
+            value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
-    if env:
-        value = (os.environ if environ is None else environ).get(env)
-        if value is None:
+    elif env:
+        found = (os.environ if environ is None else environ).get(env)
+        if found is None:
             raise ValueError(f"environment variable {env} is not set")
-        return SecretStr(value)
-    return None
+        value = found
+    else:
+        return None
+    logs.protect(value)  # never in a log line: docs/reliability.md, "Log lines"
+    return SecretStr(value)
 
 
 # --------------------------------------------------------------------------- providers
@@ -543,6 +547,11 @@ class LogConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+DEFAULT_STATE = "sqlite:///var/lib/canaryd/state.db"
+"""The documented state file; its directory is created when missing (systemd's
+``StateDirectory=`` normally provides it)."""
+
+
 class Settings(BaseSettings):
     """The whole configuration file.
 
@@ -561,7 +570,7 @@ class Settings(BaseSettings):
 
     include: list[str] = Field(default_factory=list)
     listen: str = "127.0.0.1:9879"
-    state: str = "sqlite:///var/lib/canaryd/state.db"
+    state: str = DEFAULT_STATE
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
@@ -597,6 +606,14 @@ class Settings(BaseSettings):
     def _state_url(cls, v: str) -> str:
         if not v.startswith("sqlite://"):
             raise ValueError("must be sqlite:///ABSOLUTE/PATH or sqlite://RELATIVE/PATH")
+        # a typo must not start an empty history elsewhere: only the default's directory
+        # is created (docs/reliability.md, "State path")
+        folder = Path(v.removeprefix("sqlite://")).parent
+        if v != DEFAULT_STATE and not folder.is_dir():
+            raise ValueError(
+                f"directory {folder} does not exist (canaryd creates the state file, not its "
+                f"directory; the default {DEFAULT_STATE} is the exception)"
+            )
         return v
 
     @property

@@ -50,6 +50,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "watchdog.withheld": ("error", "A canary loop stalled; systemd's watchdog is not fed."),
     "watchdog.resumed": ("info", "Every canary loop ticks again; the watchdog is fed again."),
     "sdnotify.failed": ("warning", "A message to systemd's notify socket could not be sent."),
+    "library.log": (
+        "warning",
+        "A library (aiohttp, asyncio, ...) logged a line, a warning or an uncaught exception: "
+        "its text in `message`, its logger in `logger`, its own level (often not warning).",
+    ),
 }
 """Event name -> (level, meaning). The stable vocabulary for log-based alerting."""
 
