@@ -331,6 +331,8 @@ class Daemon:
             self.scheduler.remove(key)
             self._removed[key] = removed = self.runners.pop(key)
             removed.retire()
+        for key in [k for k, r in self._removed.items() if r.settled and k not in new]:
+            del self._removed[key]  # retired and idle: its last decision is in the store
         for key in old & new:
             runner = self.runners[key]
             spec = loaded.settings.canary(key)

@@ -80,10 +80,12 @@ TAKEOVER_SECONDS = 120.0
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    """Routes of a recorded decision (number ``seq``) not yet applied by the router."""
+    """Routes of a recorded decision not yet applied by the router."""
 
     seq: int
     routes: tuple[Route, ...]
+    state: CanaryState
+    """The state the decision recorded (shown once the routes are applied)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +279,7 @@ class CanaryRunner:
         self._settle: str | None = None  # owed to the store by the next save of this canary
         self._predecessor: CanaryRunner | None = None  # the loop this one replaces (a reload)
         self._retired = False  # removed by a reload: decides nothing more
+        self._seq = 0  # number of the last decision made, shown or not yet (routes pending)
 
     @property
     def key(self) -> str:
@@ -285,8 +288,8 @@ class CanaryRunner:
 
     @property
     def version(self) -> int:
-        """Decisions persisted so far; stored with the state, so it survives restarts."""
-        return self.state.seq
+        """Decisions made so far (recorded, or waiting for the store); stored with the state."""
+        return max(self.state.seq, self._seq)
 
     def reconfigure(
         self, spec: CanaryConfig, settings: Settings, services: Services | None = None
@@ -430,11 +433,12 @@ class CanaryRunner:
             return False
         try:  # the state after the previous loop's last decision, recorded or not
             pred._retired = True
-            self.state, self._backlog, self._pending, self._settle = (
+            self.state, self._backlog, self._pending, self._settle, self._seq = (
                 pred.state,
                 pred._backlog,
                 pred._pending,
                 pred._settle,
+                pred._seq,
             )
             self._predecessor = None
         finally:
@@ -455,6 +459,11 @@ class CanaryRunner:
     def retire(self) -> None:
         """Decide nothing more (removed by a reload); a tick in flight still ends."""
         self._retired = True
+
+    @property
+    def settled(self) -> bool:
+        """Idle, with everything it decided recorded and routed: the store alone tells its state."""
+        return not (self._lock.locked() or self._backlog or self._pending or self._settle)
 
     async def _catch_up(self) -> None:
         """Record what the store could not take before (a no-op when nothing waits)."""
@@ -733,7 +742,7 @@ class CanaryRunner:
             if raise_store_errors:
                 raise
             return
-        self.state, self._pending = new, _Pending(new.seq, routes)
+        self._pending = _Pending(new.seq, routes, new)  # shown once routed
         if await self._send_pending(before):
             self._applied(decision, new)
 
@@ -751,21 +760,20 @@ class CanaryRunner:
         assert pending is not None
         try:
             for n, route in enumerate(pending.routes):
-                await self._route(route, self.state, pending.seq, n)
+                await self._route(route, pending.state, pending.seq, n)
         except RouterError as exc:
             now = self.services.clock()
             if before is None:
                 await self._commit(core.router_failed(self.spec, self.state, str(exc), now))
                 return False
             self._pending, self._settle = None, DROP
-            base = replace(before, ticks=self.state.ticks, seq=self.state.seq)
-            self.state = base
+            base = replace(before, ticks=pending.state.ticks)
             await self._commit(core.router_failed(self.spec, base, str(exc), now))
             return False
         self._pending, self._settle = None, RELEASE
         with contextlib.suppress(StoreError):  # else the next save of this canary settles
             await self._flush_backlog()
-            await self._store_save(self.state, None, [], [])
+            await self._store_save(pending.state, None, [], [])
         return True
 
     def restore(self, pending: tuple[int, list[dict[str, Any]]] | None) -> None:
@@ -775,7 +783,7 @@ class CanaryRunner:
         """
         if pending is not None and self._predecessor is None:
             seq, routes = pending
-            self._pending = _Pending(seq, tuple(route_from_dict(r) for r in routes))
+            self._pending = _Pending(seq, tuple(route_from_dict(r) for r in routes), self.state)
 
     async def _flush_backlog(self) -> None:
         """Record the decisions the store could not take, oldest first.
@@ -834,11 +842,13 @@ class CanaryRunner:
         await self._store_save(
             new, decision.record, events, self._outbox(decision, new.seq), routes
         )
+        self._seq = new.seq
         return new
 
     def _remember(self, decision: Decision) -> CanaryState:
         """Keep a decision the store could not record, to record it later; return its state."""
         new = replace(decision.state, seq=self.version + 1)
+        self._seq = new.seq
         events = [e.event for e in decision.effects if isinstance(e, Emit)]
         self._backlog.append(
             _Unsaved(new, decision.record, events, self._outbox(decision, new.seq))
