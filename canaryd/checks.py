@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from canaryd.config import JudgeSpec, OnNoData, WebhookType
-from canaryd.judge import MetricConfig, MetricPair, judge
+from canaryd.judgemodel import MetricConfig, MetricPair
 from canaryd.scoring import Thresholds
 
 
@@ -170,6 +170,8 @@ def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[V
     if broken is not None:
         reason = f"{broken.config.name}: {broken.error}"
         return (Outcome.FAIL, reason, {"metric": broken.config.name, "error": broken.error}), None
+    from canaryd.judge import judge  # numpy on first use only (docs/judge.md, start-up cost)
+
     thresholds = Thresholds(spec.thresholds.passing, spec.thresholds.marginal)
     pairs = [MetricPair(c.config, c.control, c.experiment) for c in series]
     judgement = judge(pairs, spec.groupWeights or None, thresholds)

@@ -155,7 +155,7 @@ def run(path: Path) -> int:
 
 
 def loop_options() -> dict[str, bool]:
-    """anyio backend options: uvloop when installed (``pip install canaryd[fast]``)."""
+    """anyio backend options: uvloop when installed (a dependency wherever it is built)."""
     return {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
 
 

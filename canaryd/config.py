@@ -37,7 +37,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from canaryd import logs
 from canaryd.durations import parse_duration
 from canaryd.events import ALERTABLE
-from canaryd.judgecli import MetricSettings, ThresholdsInput
+from canaryd.judgeinput import MetricSettings, ThresholdsInput
 
 
 def _finite(value: float) -> float:
@@ -271,6 +271,15 @@ class JudgeSpec(Model):
     thresholds: ThresholdsInput = Field(default_factory=ThresholdsInput)
     groupWeights: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(default_factory=dict)
     onMarginal: OnMarginal = OnMarginal.HOLD
+
+    @field_validator("groupWeights")
+    @classmethod
+    def _weights_fit(cls, weights: dict[str, float]) -> dict[str, float]:
+        """All configured weights count against 100 (Kayenta's scoring, docs/judge.md)."""
+        total = sum(weights.values())
+        if total > 100.0:
+            raise ValueError(f"groupWeights add up to {total:g}, more than 100")
+        return weights
 
 
 class MetricSpec(Model):

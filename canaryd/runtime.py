@@ -52,7 +52,7 @@ from canaryd.errors import (
     TemplateError,
 )
 from canaryd.events import Event
-from canaryd.judge import MetricConfig
+from canaryd.judgemodel import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
