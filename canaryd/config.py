@@ -403,8 +403,6 @@ class Analysis(Model):
 
     @model_validator(mode="after")
     def _strategy(self) -> Analysis:
-        if self.stepWeight is not None and self.stepWeights is not None:
-            raise ValueError("set stepWeight or stepWeights, not both")
         if self.iterations == 0 and self.stepWeight is None and self.stepWeights is None:
             raise ValueError(
                 "set stepWeight or stepWeights (canary), or iterations (blue/green, A/B)"
@@ -429,13 +427,48 @@ class Analysis(Model):
         return "canary"
 
     @property
+    def weight_notes(self) -> list[str]:
+        """Where the weight keys do not mean what they say, as Flagger reads them."""
+        notes = []
+        if self.stepWeight is not None and self.stepWeights is not None:
+            notes.append(
+                f"stepWeight and stepWeights are both set: steps of {self.stepWeight}% "
+                f"up to {self.stepWeights[-1]}% (the last of stepWeights), as in Flagger"
+            )
+        if self.stepWeights and self.maxWeight not in (None, self.stepWeights[-1]):
+            notes.append(
+                f"maxWeight {self.maxWeight} is ignored: stepWeights go up to "
+                f"{self.stepWeights[-1]}%, as in Flagger"
+            )
+        return notes
+
+    @property
+    def weight_differences(self) -> list[str]:
+        """Where canaryd's weights deliberately differ from Flagger's (docs/flagger.md)."""
+        weights = self.weights
+        if not self.stepWeight or not weights:
+            return []
+        flagger = min(100, -(-weights[-1] // self.stepWeight) * self.stepWeight)
+        if flagger == weights[-1]:
+            return []
+        return [
+            f"the last step stops at {weights[-1]}% where Flagger would overshoot to "
+            f"{flagger}% (stepWeight {self.stepWeight})"
+        ]
+
+    @property
     def weights(self) -> list[int]:
-        """The canary weights to walk through, ending at the effective maxWeight."""
-        if self.stepWeights:
-            cap = self.maxWeight or self.stepWeights[-1]
-            return [w for w in self.stepWeights if w <= cap]
+        """The canary weights to walk through, ending at the effective maxWeight.
+
+        As in Flagger, ``stepWeights`` win over ``maxWeight`` (their last entry is
+        the maximum), and ``stepWeight`` with ``stepWeights`` takes steps of
+        ``stepWeight`` up to that maximum. Unlike Flagger, the last step stops at
+        the maximum instead of overshooting it (docs/flagger.md).
+        """
+        if self.stepWeights and not self.stepWeight:
+            return list(self.stepWeights)
         step = self.stepWeight or 0
-        cap = self.maxWeight or 100
+        cap = self.stepWeights[-1] if self.stepWeights else (self.maxWeight or 100)
         if not step:
             return []
         weights = list(range(step, cap + 1, step))

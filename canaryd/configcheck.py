@@ -174,17 +174,13 @@ def _check_metric(
 
 
 def _check_weights(analysis: dict[str, Any], here: KeyPath, ctx: Report) -> None:
-    """``maxWeight`` must leave room for the first step."""
+    """``maxWeight`` must leave room for the first step (with stepWeights it is ignored,
+    as in Flagger; the loader warns about it)."""
     cap = analysis.get("maxWeight")
-    if not _is_int(cap):
+    if not _is_int(cap) or analysis.get("stepWeights") is not None:
         return
-    steps, step = analysis.get("stepWeights"), analysis.get("stepWeight")
-    if isinstance(steps, list) and steps and _is_int(steps[0]) and cap < steps[0]:
-        ctx.problem(
-            (*here, "maxWeight"),
-            f"maxWeight ({cap}) is below the first of stepWeights ({steps[0]})",
-        )
-    elif _is_int(step) and cap < step:
+    step = analysis.get("stepWeight")
+    if _is_int(step) and cap < step:
         ctx.problem((*here, "maxWeight"), f"maxWeight ({cap}) is below stepWeight ({step})")
 
 

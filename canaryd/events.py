@@ -14,6 +14,10 @@ Level = Literal["debug", "info", "warning", "error"]
 
 EVENTS: dict[str, tuple[Level, str]] = {
     "rollout.started": ("info", "A rollout of a new revision began."),
+    "rollout.restarted": (
+        "warning",
+        "A new revision replaced the one under analysis; traffic went back to the primary.",
+    ),
     "rollout.waiting": ("info", "The confirm-rollout gate is closed; the rollout waits."),
     "pre_rollout.failed": ("warning", "A pre-rollout webhook failed; counted as a failed check."),
     "check.failed": ("warning", "A check failed (metric out of range, no data, webhook, error)."),
@@ -85,6 +89,7 @@ webhook or an operator asked for is ``warn``, as in Flagger (docs/flagger.md).""
 ALERTABLE = frozenset(
     {
         *FLAGGER_ALERTS,
+        "rollout.restarted",
         "gate.approved",
         "gate.timed_out",
         "weight.advanced",

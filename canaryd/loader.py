@@ -87,7 +87,9 @@ class Loaded:
         warnings: things worth telling the operator that are not errors: the
             Kubernetes-only fields of Flagger manifests that were ignored (one line),
             then one line per deliberate difference from Flagger that affects a
-            canary (docs/flagger.md), then one per webhook with ``disableTLS``.
+            canary (docs/flagger.md), then one per webhook with ``disableTLS``, then
+            one per canary whose weight keys Flagger reads differently than they
+            look (stepWeights win over maxWeight and set stepWeight's maximum).
         files: every file read, the main file first.
     """
 
@@ -138,7 +140,13 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     warning = flagger.format_ignored(ctx.ignored)
     warnings = [warning] if warning else []
     warnings += [f"differs from Flagger: {d}" for c in settings.canaries for d in differences(c)]
+    warnings += [
+        f"differs from Flagger: {c.key}: {d}"
+        for c in settings.canaries
+        for d in c.analysis.weight_differences
+    ]
     warnings += [line for c in settings.canaries for line in unverified_tls(c)]
+    warnings += [f"{c.key}: {n}" for c in settings.canaries for n in c.analysis.weight_notes]
     return Loaded(settings=settings, warnings=warnings, files=ctx.files)
 
 

@@ -193,6 +193,18 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
     return out
 
 
+def _router_error(decision: Decision) -> str:
+    """The router's error in a decision that recorded a refused rollback."""
+    return next(
+        (
+            str(e.event.fields.get("error"))
+            for e in decision.effects
+            if isinstance(e, Emit) and e.event.name == "router.failed"
+        ),
+        "the router refused it",
+    )
+
+
 def first_delay(key: str, interval: float) -> float:
     """Seconds from the start of a canary's loop to its first tick, in ``[0, interval)``.
 
@@ -394,9 +406,14 @@ class CanaryRunner:
         timeout may stretch to minutes: that tick then decides nothing and counts
         nothing, and the command applies at once (docs/flagger.md).
 
+        A rollback still waiting for the router is tried first, so that a command
+        never builds on traffic that has not gone back to the primary.
+
         Raises:
             CommandError: the command does not fit the current state.
             NotFoundError: the canary was removed from the config meanwhile.
+            RouterError: the router refused the command's route; nothing changed,
+                except that a refused rollback stays pending (retried every tick).
             StoreError: it could not be persisted (nothing changed, except that a
                 rollback command still rolled the traffic back).
         """
@@ -407,8 +424,12 @@ class CanaryRunner:
         async with self._lock:
             if not await self._prepare():
                 raise NotFoundError(f"no canary {self.key} (removed from the config)")
+            if self.state.route_pending:
+                await self._retry_rollback_route()
             decision = fn(self.state, self.services.clock())
-            await self._commit(decision, raise_store_errors=True)
+            if not decision.effects:
+                return self.state  # a no-op (the same revision started again)
+            await self._commit(decision, raise_store_errors=True, command=True)
         self.wake()
         return self.state
 
@@ -477,7 +498,8 @@ class CanaryRunner:
             self._persist_failed(exc)
 
     async def start_rollout(self, revision: str, metadata: Mapping[str, str]) -> CanaryState:
-        """Begin a rollout (see :func:`canaryd.analysis.start_rollout`)."""
+        """Begin a rollout, or restart it with a new revision (see
+        :func:`canaryd.analysis.start_rollout`)."""
         rollout_id = uuid.uuid4().hex[:12]
         return await self.command(
             lambda s, now: core.start_rollout(self.spec, s, revision, metadata, rollout_id, now)
@@ -507,8 +529,7 @@ class CanaryRunner:
         budget = self._budget()
         calls: list[Callable[[], Coroutine[Any, Any, None]]] = []
         kinds = [(WebhookType.ROLLBACK, "rollback")] if need.rollback_hooks else []
-        if need.gate is not None:
-            kinds.append((need.gate, "gate"))
+        kinds += [(kind, f"gate:{kind.value}") for kind in need.gates]
         if need.pre_rollout:
             kinds.append((WebhookType.PRE_ROLLOUT, "pre"))
         if need.checks:
@@ -588,7 +609,10 @@ class CanaryRunner:
     def _observation(self, need: Needs, results: dict[str, Any], deadline: float) -> Observation:
         """Assemble an observation; anything missing (deadline hit) counts as failed."""
         timeout = HookResult("deadline", False, f"no answer within {deadline:g}s")
-        gate = results.get("gate", (timeout,)) if need.gate is not None else ()
+        gates = {kind: results.get(f"gate:{kind.value}", (timeout,)) for kind in need.gates}
+        closed = next(
+            (k for k, r in gates.items() if not core.gate_open(self.spec, self.state, k, r)), None
+        )
         late = "no answer within the tick's deadline"
         if "metrics" in results:
             metrics, compare = results["metrics"], results["compare"]
@@ -597,8 +621,9 @@ class CanaryRunner:
             compare = tuple(CompareSeries(compare_config(m.spec), error=late) for m in self._pairs)
         return Observation(
             rollback=results.get("rollback", ()),
-            gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
-            gate_muted=self._muted(need.gate, gate),
+            gate_open=closed is None,
+            closed_gate=closed,
+            gate_muted=closed is not None and self._muted(closed, gates[closed]),
             pre_rollout=results.get("pre", (timeout,)) if need.pre_rollout else (),
             rollout=results.get("rollout", (timeout,)) if need.checks else (),
             metrics=metrics if need.checks else (),
@@ -663,20 +688,27 @@ class CanaryRunner:
         )
         await self.services.routers[self.spec.router].apply(request)
 
-    async def _apply_routes(self, decision: Decision) -> Decision:
+    async def _apply_routes(self, decision: Decision, *, held: Route | None = None) -> Decision:
         """Carry out a decision's rollback route (sent before its state is recorded).
 
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
-        retries the route). Routes towards the canary never come here: they are
-        sent only once recorded (:meth:`_commit_forward`).
+        retries the route) at the weights the router still has (``held``: the last
+        route it confirmed, by default the recorded state's). Routes towards the
+        canary never come here: they are sent only once recorded
+        (:meth:`_commit_forward`).
         """
         routes = [e for e in decision.effects if isinstance(e, Route)]
         for n, route in enumerate(routes):
             try:
                 await self._route(route, decision.state, self.version + 1, n)
             except RouterError as exc:
+                weights = (
+                    (held.primary_weight, held.canary_weight)
+                    if held is not None
+                    else (self.state.primary_weight, self.state.canary_weight)
+                )
                 failed = core.router_failed(
-                    self.spec, decision.state, str(exc), self.services.clock()
+                    self.spec, decision.state, str(exc), self.services.clock(), weights=weights
                 )
                 return Decision(failed.state, decision.effects + failed.effects, decision.record)
         return decision
@@ -687,9 +719,17 @@ class CanaryRunner:
         except RouterError as exc:
             log.error("router.failed", error=str(exc), retrying=True)
             return
-        await self._commit(Decision(replace(self.state, route_pending=False)))
+        applied = replace(self.state, route_pending=False, primary_weight=100, canary_weight=0)
+        await self._commit(Decision(applied))
 
-    async def _commit(self, decision: Decision, *, raise_store_errors: bool = False) -> None:
+    async def _commit(
+        self,
+        decision: Decision,
+        *,
+        raise_store_errors: bool = False,
+        command: bool = False,
+        held: Route | None = None,
+    ) -> None:
         """Route and record a decision (see docs/reliability.md, "Decisions and state").
 
         A decision that moves traffic anywhere but back to the primary is recorded
@@ -702,13 +742,15 @@ class CanaryRunner:
         Raises:
             StoreError: (``raise_store_errors`` only) the decision could not be recorded;
                 nothing changed unless it rolled traffic back.
+            RouterError: (``command`` only) the router refused the command's route
+                (a refused rollback is recorded as pending first).
         """
         routes = tuple(e for e in decision.effects if isinstance(e, Route))
         if any(r.action != "rollback" for r in routes):
-            await self._commit_forward(decision, routes, raise_store_errors)
+            await self._commit_forward(decision, routes, raise_store_errors, command)
             return
         rollback = bool(routes)
-        decision = await self._apply_routes(decision)
+        decision = await self._apply_routes(decision, held=held)
         if rollback and self._pending is not None:
             self._pending, self._settle = None, self._settle or DROP  # never sent: forget them
         try:
@@ -724,14 +766,22 @@ class CanaryRunner:
                 raise StoreError(f"traffic rolled back, not yet recorded: {exc}") from exc
             return
         self._applied(decision, new)
+        if command and new.route_pending:
+            raise RouterError(f"rollback pending (retried every tick): {_router_error(decision)}")
 
     async def _commit_forward(
-        self, decision: Decision, routes: tuple[Route, ...], raise_store_errors: bool
+        self,
+        decision: Decision,
+        routes: tuple[Route, ...],
+        raise_store_errors: bool,
+        command: bool,
     ) -> None:
         """Record a decision that moves traffic, then send its routes (revert if they fail).
 
         Raises:
             StoreError: (``raise_store_errors`` only) it could not be recorded; nothing moved.
+            RouterError: (``command`` only) the router refused its first route; the
+                decision was reverted without a failed check.
         """
         before = self.state
         try:
@@ -743,24 +793,31 @@ class CanaryRunner:
                 raise
             return
         self._pending = _Pending(new.seq, routes, new)  # shown once routed
-        if await self._send_pending(before):
+        if await self._send_pending(before, command=command):
             self._applied(decision, new)
 
-    async def _send_pending(self, before: CanaryState | None) -> bool:
+    async def _send_pending(self, before: CanaryState | None, *, command: bool = False) -> bool:
         """Send the recorded routes not yet applied; settle them in the store.
 
         If the router fails, the decision is reverted: a failed check on the state
-        ``before`` it (or, when that is unknown after a restart, on the recorded
-        state, keeping the routes to send again next tick).
+        ``before`` it, at the weights of the last route the router confirmed (an
+        operator command's first route refused: no failed check, and the error is
+        raised); when ``before`` is unknown (after a restart) the failed check is
+        on the recorded state and the routes are sent again next tick.
 
         Returns:
             Whether the routes were applied.
+
+        Raises:
+            RouterError: (``command`` only) the router refused the first route.
         """
         pending = self._pending
         assert pending is not None
+        confirmed: Route | None = None
         try:
             for n, route in enumerate(pending.routes):
                 await self._route(route, pending.state, pending.seq, n)
+                confirmed = route
         except RouterError as exc:
             now = self.services.clock()
             if before is None:
@@ -768,7 +825,17 @@ class CanaryRunner:
                 return False
             self._pending, self._settle = None, DROP
             base = replace(before, ticks=pending.state.ticks)
-            await self._commit(core.router_failed(self.spec, base, str(exc), now))
+            if confirmed is not None:
+                base = replace(
+                    base,
+                    primary_weight=confirmed.primary_weight,
+                    canary_weight=confirmed.canary_weight,
+                )
+            elif command:
+                await self._commit(Decision(base))
+                raise
+            failed = core.router_failed(self.spec, base, str(exc), now)
+            await self._commit(failed, held=confirmed)
             return False
         self._pending, self._settle = None, RELEASE
         with contextlib.suppress(StoreError):  # else the next save of this canary settles
