@@ -27,7 +27,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "gate.waiting": ("info", "A confirm-* gate is closed; the rollout waits without failing."),
     "gate.approved": ("info", "An operator approved a gate."),
     "gate.timed_out": ("error", "A gate stayed closed longer than its gateTimeout."),
-    "rollout.promoting": ("info", "The canary passed; the primary is being promoted."),
+    "rollout.promoting": (
+        "info",
+        "The canary passed (or skipAnalysis skipped its analysis: `skipped: true`); "
+        "the primary is being promoted.",
+    ),
     "rollout.promoted": ("info", "The rollout succeeded; all traffic is on the new primary."),
     "rollout.rolled_back": ("error", "The rollout failed and traffic went back to the primary."),
     "rollout.paused": ("info", "An operator paused the analysis."),

@@ -58,7 +58,7 @@ from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.scheduler import Scheduler
 from canaryd.store import DROP, RELEASE, OutboxMessage, SqliteStore, event_to_dict
-from canaryd.templates import builtin_query, render, template_variables
+from canaryd.templates import builtin_query, builtin_variables, render, template_variables
 from canaryd.webhooks import call as call_webhook
 from canaryd.webhooks import event_payload, longest_call
 from canaryd.webhooks import payload as webhook_payload
@@ -141,19 +141,57 @@ def compare_config(spec: MetricSpec) -> MetricConfig:
 
 def _metric_source(
     settings: Settings, canary: CanaryConfig, m: MetricSpec
-) -> tuple[str, str | None]:
-    """The metric's query template and the provider it names, if any."""
+) -> tuple[str, str | None, str | None]:
+    """The metric's query template, the provider it names, and its mesh (built-ins only)."""
     if m.query is not None:
-        return m.query, m.provider
+        return m.query, m.provider, None
     if m.templateRef is not None:
         ref = m.templateRef
-        tpl = settings.templates.get(f"{ref.namespace}/{ref.name}") or settings.templates.get(
-            ref.name
+        found = settings.template_for(ref, canary.namespace)
+        if found is None:
+            where = ref.namespace or canary.namespace
+            raise TemplateError(
+                f"metric {m.name}: template {ref.name!r} is not defined in namespace {where!r}"
+            )
+        tpl = found[1]
+        return tpl.query, m.provider or tpl.provider, None
+    mesh = canary.meshProvider or settings.meshProvider
+    return builtin_query(m.name, mesh), m.provider, mesh
+
+
+def resolve_metric(settings: Settings, canary: CanaryConfig, m: MetricSpec) -> ResolvedMetric:
+    """Pick one metric's provider and render its query (both sides for a compare metric).
+
+    Raises:
+        TemplateError: the template names an unknown variable or mesh, or no provider fits.
+    """
+    text, provider, mesh = _metric_source(settings, canary, m)
+    provider = (
+        provider
+        or canary.provider
+        or (next(iter(settings.providers)) if len(settings.providers) == 1 else None)
+    )
+    if provider is None or provider not in settings.providers:
+        raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
+
+    def rendered(template: str, target: str) -> str:
+        values = template_variables(
+            namespace=canary.namespace,
+            name=canary.name,
+            target=target,
+            interval=m.interval,
+            variables={**canary.variables, **m.templateVariables},
+            service=canary.service_name,
+            ingress=canary.ingress_name,
+            route=canary.route_name,
         )
-        if tpl is None:
-            raise TemplateError(f"metric {m.name}: template {ref.name!r} is not defined")
-        return tpl.query, m.provider or tpl.provider
-    return builtin_query(m.name, canary.meshProvider or settings.meshProvider), m.provider
+        return render(template, builtin_variables(mesh, values) if mesh else values)
+
+    primary = None
+    if m.compare is not None:
+        primary = rendered(m.compare.primaryQuery or text, canary.primary_target_name)
+        text = m.compare.canaryQuery or text
+    return ResolvedMetric(m, provider, rendered(text, canary.target_name), primary)
 
 
 def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMetric]:
@@ -162,35 +200,7 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
     Raises:
         TemplateError: a template names an unknown variable, or no provider fits.
     """
-    out = []
-    for m in canary.analysis.metrics:
-        text, provider = _metric_source(settings, canary, m)
-        provider = (
-            provider
-            or canary.provider
-            or (next(iter(settings.providers)) if len(settings.providers) == 1 else None)
-        )
-        if provider is None or provider not in settings.providers:
-            raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
-
-        def rendered(template: str, target: str, m: MetricSpec = m) -> str:
-            return render(
-                template,
-                template_variables(
-                    namespace=canary.namespace,
-                    name=canary.name,
-                    target=target,
-                    interval=m.interval,
-                    variables={**canary.variables, **m.templateVariables},
-                ),
-            )
-
-        primary = None
-        if m.compare is not None:
-            primary = rendered(m.compare.primaryQuery or text, canary.primary_target_name)
-            text = m.compare.canaryQuery or text
-        out.append(ResolvedMetric(m, provider, rendered(text, canary.target_name), primary))
-    return out
+    return [resolve_metric(settings, canary, m) for m in canary.analysis.metrics]
 
 
 def _router_error(decision: Decision) -> str:
