@@ -167,10 +167,10 @@ def test_secret_refs_become_secret_files(tmp_path: Path) -> None:
     """Graphite's username/password and InfluxDB's token/org Secrets become *_file keys."""
     auth = "    secretRef:\n      name: graphite-basic-auth\n  query: |"
     write(tmp_path, "k8s/graphite.yaml", GRAPHITE_TEMPLATE.replace("  query: |", auth, 1))
-    influx = INFLUXDB_TEMPLATE.replace(
+    addressed = INFLUXDB_TEMPLATE.replace(
         "    type: influxdb\n", "    type: influxdb\n    address: https://influx.example\n"
     )
-    write(tmp_path, "k8s/influx.yaml", influx)
+    write(tmp_path, "k8s/influx.yaml", addressed)
     secret_dir(tmp_path, "graphite-basic-auth", username="flagger", password="pw-1234")
     secret_dir(tmp_path, "influx-token", token="tok-1234", org="acme")
     settings = load_config(write(tmp_path, "c.yaml", MAIN), environ={}).settings
