@@ -63,8 +63,6 @@ log = structlog.get_logger()
 
 T = TypeVar("T")
 
-_TransientError = TransientError
-
 
 class Prometheus:
     """A :class:`~canaryd.providers.MetricsProvider` backed by the Prometheus HTTP API.
@@ -209,7 +207,7 @@ def _answer_data(status: int, body: bytes, complete: bool) -> Any:
     """Decode one answer and return its ``data``.
 
     Raises:
-        _TransientError: HTTP 429/5xx without a permanent Prometheus error.
+        TransientError: HTTP 429/5xx without a permanent Prometheus error.
         ProviderError: any other failure.
     """
     retryable = is_transient(status)
@@ -220,15 +218,15 @@ def _answer_data(status: int, body: bytes, complete: bool) -> Any:
     except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
         doc = None
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
-        kind = _TransientError if retryable else ProviderError
+        kind = TransientError if retryable else ProviderError
         raise kind(_http_error(status, body, "" if retryable else ", not Prometheus JSON"))
     if doc["status"] == "error":
         error_type = str(doc.get("errorType", "error"))
         message = f"prometheus {error_type}: {doc.get('error', '')}"
         permanent = error_type in _PERMANENT_ERROR_TYPES or not retryable
-        raise (ProviderError if permanent else _TransientError)(message)
+        raise (ProviderError if permanent else TransientError)(message)
     if status != 200:
-        kind = _TransientError if retryable else ProviderError
+        kind = TransientError if retryable else ProviderError
         raise kind(_http_error(status, body, ""))
     return doc.get("data")
 
