@@ -29,8 +29,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import structlog
-
 from canaryd.config import PrometheusProvider
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
@@ -58,8 +56,6 @@ BODIES_KEPT = 65536
 
 _PERMANENT_ERROR_TYPES = frozenset({"bad_data", "execution"})
 """Prometheus errors that say the query itself is wrong: retrying cannot help."""
-
-log = structlog.get_logger()
 
 T = TypeVar("T")
 
