@@ -268,3 +268,28 @@ def test_missing_secret_header_file_is_a_config_problem(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"secret_headers\[0\]\.value_file: cannot read secret"):
         load_config(config, environ={})
+
+
+def test_compare_on_a_web_provider_is_a_config_problem(tmp_path: Path) -> None:
+    """canaryd check refuses a compare: metric on a web provider (it has no range queries)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "providers:\n"
+        "  api: {type: web, address: 'http://127.0.0.1:1', jsonPath: $.v}\n"
+        "routers:\n"
+        "  lb: {type: webhook, url: 'http://127.0.0.1:9/routes'}\n"
+        "canaries:\n"
+        "  - name: web\n"
+        "    router: lb\n"
+        "    analysis:\n"
+        "      stepWeight: 10\n"
+        "      metrics:\n"
+        "        - name: latency\n"
+        "          query: /latency\n"
+        "          compare: {direction: increase}\n"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"metrics\[0\]\.compare: default/web: compare: needs range queries.*'api'",
+    ):
+        load_config(config, environ={})
