@@ -18,8 +18,8 @@ answer. What it finds (docs/providers.md, "web"):
 
 Only a 2xx answer is read; 429 and 5xx are retried within the budget
 (:mod:`canaryd.providers.base`), other statuses are errors, and redirects are
-never followed. The endpoint has no range queries: a ``compare:`` metric on a
-``web`` provider fails with a ProviderError.
+never followed. The endpoint has no range queries: ``canaryd check`` refuses
+a ``compare:`` metric on a ``web`` provider, and a range query raises.
 """
 
 from __future__ import annotations
