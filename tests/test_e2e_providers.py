@@ -1,8 +1,9 @@
 """End to end: a metric from each new provider rolls a canary back (real daemon, real servers).
 
-Graphite (a Flagger MetricTemplate, included as a manifest) and InfluxDB 1.x are
-the real servers of ``tests/graphite.py`` and ``tests/influx.py``; the web
-provider reads a JSON endpoint on 127.0.0.1; the router is a webhook receiver.
+Graphite (a Flagger MetricTemplate, included as a manifest), InfluxDB 1.x and
+VictoriaMetrics are the real servers of ``tests/graphite.py``, ``tests/influx.py``
+and ``tests/victoria.py``; Flux is answered as InfluxDB 2.x documents it; the
+web provider reads a JSON endpoint on 127.0.0.1; the router is a webhook receiver.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from influx import InfluxServer
 from prom import eventually
 from receiver import Receiver
 from standin import stand_in
+from victoria import start_victoria
 
 from canaryd.providers.graphite import Graphite
 from canaryd.providers.influxdb import InfluxDB
+from canaryd.providers.prometheus import Prometheus
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -141,3 +144,63 @@ async def test_web_metric_rolls_back(tmp_path: Path, unique_job: str) -> None:
         )
         await roll_out_and_expect_rollback(config, router, "error-rate 0.2 > max 0.01")
         assert endpoint.requests[0].query == {"service": unique_job}
+
+
+FLUX_ANSWER = (
+    "#datatype,string,long,dateTime:RFC3339,dateTime:RFC3339,dateTime:RFC3339,long,string\r\n"
+    "#group,false,false,true,true,false,false,true\r\n"
+    "#default,count,,,,,,\r\n"
+    ",result,table,_start,_stop,_time,_value,_measurement\r\n"
+    ",,0,2021-01-01T00:00:00Z,2021-01-01T01:00:00Z,2021-01-01T01:00:00Z,42,istio_requests_total\r\n"
+    "\r\n"
+)
+"""A Flux count() answer in InfluxDB 2.x's documented annotated CSV."""
+
+
+async def test_influxdb_flux_metric_rolls_back(tmp_path: Path, unique_job: str) -> None:
+    """A Flux count of 42 errors against max 5 (InfluxDB 2.x's documented answer) rolls back."""
+    metric = {"name": "not-found", "templateRef": {"name": "errors"}, "thresholdRange": {"max": 5}}
+    query = 'from(bucket: "default") |> range(start: -{{ interval }}) |> count()'
+    async with (
+        stand_in((200, FLUX_ANSWER.encode(), 0.0), content_type="text/csv") as influx2,
+        Receiver() as router,
+    ):
+        provider = {"type": "influxdb", "language": "flux", "address": influx2.url, "org": "acme"}
+        config = write_config(
+            tmp_path,
+            [canary(unique_job, "influx2", metric)],
+            providers={"influx2": provider},
+            routers={"mesh": {"type": "webhook", "url": router.url + "/routes", "timeout": "2s"}},
+            templates={"errors": {"provider": "influx2", "query": query}},
+        )
+        await roll_out_and_expect_rollback(config, router, "not-found 42 > max 5")
+        sent = influx2.requests[0]
+        assert (sent.path, sent.query) == ("/api/v2/query", {"org": "acme"})
+        assert "range(start: -1m)" in sent.body.decode()
+
+
+async def test_victoria_metrics_metric_rolls_back(tmp_path: Path, unique_job: str) -> None:
+    """A p99 of 730 ms from a real VictoriaMetrics (Prometheus provider) rolls back."""
+    (tmp_path / "vm").mkdir()
+    server = start_victoria(tmp_path / "vm")
+    try:
+        now_ms = int(time.time() * 1000)
+        server.import_text(f'canaryd_p99_ms{{job="{unique_job}"}} 730 {now_ms}\n')
+        query = 'max(canaryd_p99_ms{job="{{ target }}"})'
+        async with Prometheus(server.provider_config()) as vm:
+            rendered = query.replace("{{ target }}", unique_job)
+            await eventually(lambda: vm.query(rendered, budget=5), lambda v: v == 730)
+        metric = {"name": "latency", "templateRef": {"name": "p99"}, "thresholdRange": {"max": 500}}
+        async with Receiver() as router:
+            config = write_config(
+                tmp_path,
+                [canary(unique_job, "vm", metric)],
+                providers={"vm": {"type": "prometheus", "address": server.url}},
+                routers={
+                    "mesh": {"type": "webhook", "url": router.url + "/routes", "timeout": "2s"}
+                },
+                templates={"p99": {"provider": "vm", "query": query}},
+            )
+            await roll_out_and_expect_rollback(config, router, "latency 730 > max 500")
+    finally:
+        server.stop()
