@@ -8,6 +8,7 @@ web provider reads a JSON endpoint on 127.0.0.1; the router is a webhook receive
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -156,11 +157,39 @@ FLUX_ANSWER = (
 )
 """A Flux count() answer in InfluxDB 2.x's documented annotated CSV."""
 
+INFLUXDB_TEMPLATE = """\
+apiVersion: flagger.app/v1beta1
+kind: MetricTemplate
+metadata:
+  name: not-found
+  namespace: test
+spec:
+  provider:
+    type: influxdb
+    secretRef:
+      name: influx-token
+  query: |
+    from(bucket: "default")
+    |> range(start: -2h)
+    |> filter(fn: (r) => r["_measurement"] == "istio_requests_total")
+    |> filter(fn: (r) => r[" destination_workload_namespace"] == "{{ namespace }}")
+    |> filter(fn: (r) => r["destination_workload"] == "{{ target }}")
+    |> filter(fn: (r) => r["response_code"] == "500")
+    |> count()
+    |> yield(name: "count")
+"""
+"""Flagger's documented InfluxDB MetricTemplate (no address: canaryd's only influxdb provider)."""
+
 
 async def test_influxdb_flux_metric_rolls_back(tmp_path: Path, unique_job: str) -> None:
-    """A Flux count of 42 errors against max 5 (InfluxDB 2.x's documented answer) rolls back."""
-    metric = {"name": "not-found", "templateRef": {"name": "errors"}, "thresholdRange": {"max": 5}}
-    query = 'from(bucket: "default") |> range(start: -{{ interval }}) |> count()'
+    """Flagger's documented InfluxDB MetricTemplate, answered 42 (Flux CSV) vs max 5, rolls back."""
+    metric = {
+        "name": "not-found",
+        "templateRef": {"name": "not-found", "namespace": "test"},
+        "thresholdRange": {"max": 5},
+    }
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "k8s" / "not-found.yaml").write_text(INFLUXDB_TEMPLATE)
     async with (
         stand_in((200, FLUX_ANSWER.encode(), 0.0), content_type="text/csv") as influx2,
         Receiver() as router,
@@ -171,12 +200,12 @@ async def test_influxdb_flux_metric_rolls_back(tmp_path: Path, unique_job: str) 
             [canary(unique_job, "influx2", metric)],
             providers={"influx2": provider},
             routers={"mesh": {"type": "webhook", "url": router.url + "/routes", "timeout": "2s"}},
-            templates={"errors": {"provider": "influx2", "query": query}},
+            include=["k8s/*.yaml"],
         )
         await roll_out_and_expect_rollback(config, router, "not-found 42 > max 5")
         sent = influx2.requests[0]
         assert (sent.path, sent.query) == ("/api/v2/query", {"org": "acme"})
-        assert "range(start: -1m)" in sent.body.decode()
+        assert f'r["destination_workload"] == "{unique_job}"' in json.loads(sent.body)["query"]
 
 
 async def test_victoria_metrics_metric_rolls_back(tmp_path: Path, unique_job: str) -> None:
