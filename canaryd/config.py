@@ -164,6 +164,10 @@ class HAProxyRouter(Model):
     primary: str
     canary: str
     timeout: Duration = 5.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address``: promote points the primary server at the canary's address
+    (``set server ... addr``); ``verify``: promote only checks both servers exist
+    (the deploy pipeline redeploys the primary itself). See docs/routers.md."""
 
 
 RouterConfig = Annotated[WebhookRouter | HAProxyRouter, Field(discriminator="type")]
