@@ -121,7 +121,7 @@ class FakeConsul:
         self.puts += 1
         if (problem := self._validate(entry)) is not None:
             return web.Response(status=500, text=problem)
-        current = self.entries.get((entry.get("Kind"), entry.get("Name")))
+        current = self.entries.get((str(entry.get("Kind")), str(entry.get("Name"))))
         if cas is not None and cas != (current["ModifyIndex"] if current else 0):
             return web.json_response(False)
         self.store(entry)
