@@ -84,6 +84,25 @@ class CaddyAdmin:
                 raise
             raise RouterError(f"caddy {self.name}: {exc}") from exc
 
+    async def read_weights(self) -> tuple[int, int]:
+        """The (primary, canary) weights in force, read from the admin API.
+
+        Raises:
+            RouterError: an upstream is missing, the policy has no weights list,
+                or the admin API did not answer.
+        """
+        try:
+            with anyio.fail_after(self.budget):
+                dials = await self._upstreams()
+                policy = await self._get(f"{self._handler_url}/load_balancing/selection_policy")
+        except TimeoutError as exc:
+            raise RouterError(f"caddy {self.name}: no answer within {self.budget:g}s") from exc
+        weights = policy.get("weights") if isinstance(policy, dict) else None
+        if not isinstance(weights, list) or len(weights) != len(dials):
+            raise RouterError(f"caddy {self.name}: no weights for the upstreams: {policy!r:.200}")
+        by_dial = dict(zip(dials, weights, strict=True))
+        return int(by_dial.get(self._cfg.primary, 0)), int(by_dial.get(self._cfg.canary, 0))
+
     async def _apply(self, primary: int, canary: int) -> None:
         weights = self._weights(await self._upstreams(), primary, canary)
         wanted = {"policy": POLICY, "weights": weights}
