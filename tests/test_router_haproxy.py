@@ -184,6 +184,24 @@ async def test_promotion_is_idempotent(haproxy: HAProxyInstance) -> None:
 
 @pytest.mark.integration
 @pytest.mark.anyio
+async def test_rollback_after_promotion_is_refused_not_reported(haproxy: HAProxyInstance) -> None:
+    """After an address promotion a rollback is a RouterError: the old version is gone."""
+    router = HAProxyRuntime(haproxy.router_config())
+    await router.apply(route("promote", 50, 50))
+    canary_address = addresses(haproxy)[1]
+
+    with pytest.raises(RouterError) as info:
+        await router.apply(route("rollback", 50, 50))
+
+    assert str(info.value) == (
+        f"haproxy web/web-primary: cannot roll back: the primary server already points at the "
+        f"canary's address {canary_address} (promoted); redeploy the old version to restore it"
+    )
+    assert weights(haproxy) == ("128 (initial 256)", "128 (initial 0)")
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
 async def test_route_steps_and_rollback_split_real_traffic(haproxy: HAProxyInstance) -> None:
     """0/20/50/100 percent and a rollback land within 7 points of the weight (0/100 exact)."""
     router = HAProxyRuntime(haproxy.router_config())

@@ -239,7 +239,26 @@ class HAProxyRuntime:
                 await self.get_weight(self._cfg.canary)
                 return
             await self.point_primary_at_canary()
+        elif request.action == "rollback" and self._cfg.promotion == "address":
+            await self._refuse_rollback_after_promotion()
         await self._set_weights(self._targets(request))
+
+    async def _refuse_rollback_after_promotion(self) -> None:
+        """A rollback cannot restore the old version once the primary points at the canary.
+
+        Reporting such a rollback as done would be false (docs/routers.md, "HAProxy").
+
+        Raises:
+            RouterError: both servers have the same address.
+        """
+        state = await self.servers_state()
+        primary = self._server(state, self._cfg.primary)
+        if primary == self._server(state, self._cfg.canary):
+            raise RouterError(
+                f"haproxy {self._cfg.backend}/{self._cfg.primary}: cannot roll back: the primary "
+                f"server already points at the canary's address {primary[0]}:{primary[1]} "
+                "(promoted); redeploy the old version to restore it"
+            )
 
     async def point_primary_at_canary(self) -> None:
         """Make the primary server send its traffic to the canary server's address.
