@@ -31,6 +31,8 @@ Error messages (all :class:`~canaryd.errors.RouterError`)::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -74,14 +76,22 @@ class CaddyAdmin:
         primary, canary = request.primary_weight, request.canary_weight
         if request.action == "rollback":
             primary, canary = 100, 0
+        with self._errors():
+            await self._apply(primary, canary)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Bound the block by :attr:`budget`; name this router in every RouterError.
+
+        Raises:
+            RouterError: the block failed or ran out of time.
+        """
         try:
             with anyio.fail_after(self.budget):
-                await self._apply(primary, canary)
+                yield
         except TimeoutError as exc:
             raise RouterError(f"caddy {self.name}: no answer within {self.budget:g}s") from exc
         except RouterError as exc:
-            if str(exc).startswith("caddy "):
-                raise
             raise RouterError(f"caddy {self.name}: {exc}") from exc
 
     async def read_weights(self) -> tuple[int, int]:
@@ -91,14 +101,15 @@ class CaddyAdmin:
             RouterError: an upstream is missing, the policy has no weights list,
                 or the admin API did not answer.
         """
-        try:
-            with anyio.fail_after(self.budget):
-                dials = await self._upstreams()
-                policy = await self._get(f"{self._handler_url}/load_balancing/selection_policy")
-        except TimeoutError as exc:
-            raise RouterError(f"caddy {self.name}: no answer within {self.budget:g}s") from exc
+        with self._errors():
+            dials = await self._upstreams()
+            policy = await self._get(f"{self._handler_url}/load_balancing/selection_policy")
         weights = policy.get("weights") if isinstance(policy, dict) else None
-        if not isinstance(weights, list) or len(weights) != len(dials):
+        if (
+            not isinstance(weights, list)
+            or len(weights) != len(dials)
+            or not all(isinstance(w, int) for w in weights)
+        ):
             raise RouterError(f"caddy {self.name}: no weights for the upstreams: {policy!r:.200}")
         by_dial = dict(zip(dials, weights, strict=True))
         return int(by_dial.get(self._cfg.primary, 0)), int(by_dial.get(self._cfg.canary, 0))
