@@ -342,6 +342,33 @@ def wrong_weight(line: str) -> bytes:
     return b"\n" if line.startswith("set ") else b"7 (initial 256)\n\n"
 
 
+STATE_HEADER = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_port\n"
+
+
+def address_ignored(line: str) -> bytes:
+    """Answers ``set server ... addr`` like HAProxy but never changes the address."""
+    if line.startswith("show servers state"):
+        rows = "3 web 1 web-primary 10.0.0.1 2 80\n3 web 2 web-canary 10.0.0.2 2 80\n\n"
+        return (STATE_HEADER + rows).encode()
+    if line.startswith("set server"):
+        return b"IP changed from '10.0.0.1' to '10.0.0.2' by 'stats socket command'\n\n"
+    return b"256 (initial 256)\n\n"
+
+
+@pytest.mark.anyio
+async def test_promoted_address_is_read_back(tmp_path: Path) -> None:
+    """A primary address that did not change after set server addr is an error quoting HAProxy."""
+    path = short_socket_dir(tmp_path) / "fake.sock"
+    async with fake_runtime(path, address_ignored):
+        with pytest.raises(RouterError) as info:
+            await HAProxyRuntime(config(str(path), timeout=1.0)).apply(route("promote", 100, 0))
+
+    assert str(info.value) == (
+        "haproxy web/web-primary: IP changed from '10.0.0.1' to '10.0.0.2' "
+        "by 'stats socket command'"
+    )
+
+
 def says_nothing(line: str) -> bytes:
     """Closes every connection without a word."""
     return b""
