@@ -46,7 +46,7 @@ from canaryd.runtime import (
 )
 from canaryd.scheduler import Scheduler
 from canaryd.sdnotify import Notifier, watchdog_period
-from canaryd.store import SqliteStore
+from canaryd.store import SqliteStore, StateStore
 
 log = structlog.get_logger()
 
@@ -223,7 +223,7 @@ class Daemon:
             return -1
 
     def _services(
-        self, settings: Settings, session: aiohttp.ClientSession, store: SqliteStore
+        self, settings: Settings, session: aiohttp.ClientSession, store: StateStore
     ) -> Services:
         """What the runners of ``settings`` share; providers of unchanged config are kept.
 
@@ -279,7 +279,7 @@ class Daemon:
         self.metrics.track(key, runner.state)
         runner.schedule(self.scheduler)
 
-    async def _housekeeping(self, store: SqliteStore) -> None:
+    async def _housekeeping(self, store: StateStore) -> None:
         while True:
             await anyio.sleep(HOUSEKEEPING_SECONDS)
             try:

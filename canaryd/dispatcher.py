@@ -42,7 +42,7 @@ from canaryd.events import Event
 from canaryd.http import post_json, redact_url
 from canaryd.notifiers import deliver, render
 from canaryd.runtime import Services
-from canaryd.store import OutboxMessage, SqliteStore
+from canaryd.store import OutboxMessage, StateStore
 
 log = structlog.get_logger()
 
@@ -161,7 +161,7 @@ class Dispatcher:
     """
 
     services: Callable[[], Services]
-    store: SqliteStore
+    store: StateStore
     clock: Callable[[], float]
     counters: dict[str, int] = field(default_factory=lambda: {"sent": 0, "failed": 0, "dead": 0})
     _busy: set[str] = field(default_factory=set, init=False, repr=False)

@@ -57,7 +57,7 @@ from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.scheduler import Scheduler
-from canaryd.store import DROP, RELEASE, OutboxMessage, SqliteStore, event_to_dict
+from canaryd.store import DROP, RELEASE, OutboxMessage, StateStore, event_to_dict
 from canaryd.templates import builtin_query, builtin_variables, render, template_variables
 from canaryd.webhooks import call as call_webhook
 from canaryd.webhooks import event_payload, longest_call
@@ -266,7 +266,7 @@ class Services:
     session: aiohttp.ClientSession
     providers: Mapping[str, MetricsProvider]
     routers: Mapping[str, Router]
-    store: SqliteStore
+    store: StateStore
     clock: Callable[[], float] = time.time
     on_change: Callable[[str, CanaryState], None] = lambda key, state: None
 

@@ -127,6 +127,36 @@ class StateStore(Protocol):
         """The most recent check records of a canary, newest first."""
         ...
 
+    async def open(self) -> None:
+        """Open the store (creating or migrating its schema)."""
+        ...
+
+    async def close(self) -> None:
+        """Close the store (idempotent)."""
+        ...
+
+    async def events(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent events of a canary, newest first."""
+        ...
+
+    async def prune(self, now: float | None = None) -> None:
+        """Drop check records and events beyond what is kept, and old sent messages."""
+        ...
+
+    async def due(self, now: float, limit: int = 100) -> list[OutboxMessage]:
+        """Pending messages due for delivery: per canary, only its oldest pending one."""
+        ...
+
+    async def mark(
+        self, message_id: int, status: str, *, next_at: float = 0.0, error: str | None = None
+    ) -> None:
+        """Record a delivery attempt: ``sent``, ``dead``, or ``pending`` with a retry time."""
+        ...
+
+    async def outbox_stats(self) -> dict[str, Any]:
+        """Counts by status and the age of the oldest pending message."""
+        ...
+
 
 # --------------------------------------------------------------------------- codec
 

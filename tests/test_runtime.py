@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from postgres import query
 from receiver import Receiver
 
 from canaryd import analysis as core
@@ -20,7 +20,7 @@ from canaryd.config import Settings
 from canaryd.errors import CommandError, ProviderError, RouterError, StoreError
 from canaryd.routers import RouteRequest
 from canaryd.runtime import CanaryRunner, Services
-from canaryd.store import SqliteStore
+from canaryd.store import StateStore
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +96,7 @@ def settings(tmp_path: Path, **analysis: Any) -> Settings:
 
 def runner(
     cfg: Settings,
-    store: SqliteStore,
+    store: StateStore,
     session: aiohttp.ClientSession,
     provider: FakeProvider,
     router: FakeRouter,
@@ -110,7 +110,7 @@ def runner(
 
 
 async def test_query_is_rendered_with_target_and_interval(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """The metric's template gets the canary's target and the metric's interval."""
     provider, router = FakeProvider(), FakeRouter()
@@ -122,7 +122,7 @@ async def test_query_is_rendered_with_target_and_interval(
 
 
 async def test_rollout_progresses_and_is_persisted(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """Each tick's state is in the store, and a new runner from the store continues it."""
     provider, router = FakeProvider(), FakeRouter()
@@ -149,7 +149,7 @@ async def test_rollout_progresses_and_is_persisted(
 
 
 async def test_failing_metric_rolls_back_and_tells_the_router(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """threshold failing ticks roll back, and the router receives the rollback action."""
     provider, router = FakeProvider([90.0]), FakeRouter()
@@ -166,7 +166,7 @@ async def test_failing_metric_rolls_back_and_tells_the_router(
 
 
 async def test_provider_error_is_a_failed_check_with_its_message(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """A provider that keeps failing fails the check with the provider's message."""
     provider = FakeProvider([ProviderError("prometheus: connection refused")])
@@ -179,7 +179,7 @@ async def test_provider_error_is_a_failed_check_with_its_message(
 
 
 async def test_router_down_never_records_an_unapplied_weight(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """A router failure keeps the old weight and counts a failed check."""
     router = FakeRouter(down=True)
@@ -194,7 +194,7 @@ async def test_router_down_never_records_an_unapplied_weight(
 
 
 async def test_rollback_route_is_retried_until_applied(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """An abort whose rollback route fails answers the router's error, stays pending at the
     weights the router still has, and is retried on the next tick."""
@@ -215,7 +215,7 @@ async def test_rollback_route_is_retried_until_applied(
 
 
 async def test_unwritable_store_holds_the_canary(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """If the decision cannot be persisted, the in-memory state does not advance."""
     r = runner(settings(tmp_path), store, session, FakeProvider(), FakeRouter())
@@ -229,7 +229,7 @@ async def test_unwritable_store_holds_the_canary(
 
 
 async def test_outbox_rows_are_written_with_the_decision(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """Post-rollout hooks land in the outbox in the same transaction as the rollback."""
     hooks = [{"name": "notify", "type": "post-rollout", "url": "http://127.0.0.1:9/"}]
@@ -244,14 +244,13 @@ async def test_outbox_rows_are_written_with_the_decision(
     await r.tick()
     await r.tick()
     assert r.state.phase is Phase.FAILED
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        rows = db.execute("SELECT target, idem FROM outbox").fetchall()
+    rows = query(r.services.store, "SELECT target, idem FROM outbox ORDER BY id")
     assert [t for t, _ in rows] == ["hook:notify"]
     assert rows[0][1].startswith("prod/web:")
 
 
 async def test_rollback_goes_out_even_when_the_store_is_down(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """With the store down a failing check still rolls back, and is recorded once it is back."""
     router = FakeRouter()
@@ -283,7 +282,7 @@ class BlockingProvider(FakeProvider):
 
 
 async def test_a_reload_mid_tick_applies_from_the_next_tick(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """A tick in flight decides with the config it observed with; the next uses the new one."""
     provider, router = BlockingProvider(values=[95.0]), FakeRouter()
@@ -331,7 +330,7 @@ class PickyRouter(FakeRouter):
 
 
 async def test_router_down_after_promote_never_rolls_back(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """After the router accepted promote, its errors are retried and alerted, never counted
     as failed checks nor turned into a rollback; the promotion finishes once it is back."""
@@ -356,7 +355,7 @@ async def test_router_down_after_promote_never_rolls_back(
 
 
 async def test_a_new_rollout_applies_the_pending_rollback_first(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """A start while a rollback is pending is refused until the router takes the rollback; then
     the rollback goes out before the new rollout starts."""
@@ -381,7 +380,7 @@ async def test_a_new_rollout_applies_the_pending_rollback_first(
 
 
 async def test_recorded_weights_are_the_last_the_router_confirmed(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """Blue/green whose router takes ``route 0/100`` but refuses ``promote``: the recorded
     weights are the confirmed 0/100 on every tick, and the failed promote counts as a check."""
@@ -398,7 +397,7 @@ async def test_recorded_weights_are_the_last_the_router_confirmed(
 
 
 async def test_promote_with_the_router_down_answers_its_error_and_counts_nothing(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """An operator's promote whose route fails raises the router's error; no failed check is
     added and nothing changes."""
@@ -418,7 +417,7 @@ async def test_promote_with_the_router_down_answers_its_error_and_counts_nothing
 
 
 async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """threshold 5 -> 2 with 3 failed checks: the next tick rolls back instead of going on."""
     provider, router = FakeProvider([90.0, 90.0, 90.0, 99.9]), FakeRouter()
@@ -435,7 +434,7 @@ async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
 
 
 async def test_a_new_revision_restarts_with_traffic_back_on_the_primary(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """A new revision mid-rollout routes 100/0 first and starts over; the same revision again
     changes nothing."""
@@ -459,15 +458,14 @@ async def test_a_new_revision_restarts_with_traffic_back_on_the_primary(
 # --------------------------------------------------------------------------- webhooks
 
 
-def outbox(tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
+def outbox(store: StateStore) -> list[tuple[str, dict[str, Any]]]:
     """The outbox rows (target, payload) in the order they were written."""
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        rows = db.execute("SELECT target, payload FROM outbox ORDER BY rowid").fetchall()
+    rows = query(store, "SELECT target, payload FROM outbox ORDER BY id")
     return [(target, json.loads(body)) for target, body in rows]
 
 
 async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """A rollout hook that answers after the tick's budget (+5 s) but within its own timeout
     passes: the tick waits for it, as Flagger waits for a `helm test` with timeout: 3m."""
@@ -485,7 +483,7 @@ async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
 
 
 async def test_a_tick_is_bounded_by_its_hooks_own_timeout(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """A hook that never answers fails the check once its own timeout has passed, no later."""
     async with Receiver(delay=60) as r:
@@ -503,7 +501,7 @@ async def test_a_tick_is_bounded_by_its_hooks_own_timeout(
 
 
 async def test_rollback_hooks_are_not_called_while_promoting(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """Once promotion has begun a rollback webhook is not called, so its 2xx cannot roll back."""
     async with Receiver() as r:
@@ -530,7 +528,7 @@ async def test_rollback_hooks_are_not_called_while_promoting(
 )
 async def test_confirm_rollout_waits_only_when_the_gate_answers_closed(
     tmp_path: Path,
-    store: SqliteStore,
+    store: StateStore,
     session: aiohttp.ClientSession,
     status: int,
     phases: list[str],
@@ -551,7 +549,7 @@ async def test_confirm_rollout_waits_only_when_the_gate_answers_closed(
 
 @pytest.mark.parametrize("mute", [True, False], ids=["muted", "not-muted"])
 async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hooks(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, mute: bool
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession, mute: bool
 ) -> None:
     """muteAlert on the gate webhook that said no drops the waiting alert; event hooks still
     get the event, with Flagger's metadata."""
@@ -568,7 +566,7 @@ async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hoo
         run = runner(cfg, store, session, FakeProvider(), FakeRouter())
         await run.start_rollout("v2", {})
         await run.tick()
-    rows = outbox(tmp_path)
+    rows = outbox(store)
     alerts = [body["event"] for target, body in rows if target == "alert:chat"]
     hooked = [body for target, body in rows if target == "hook:audit"]
     waiting = next(b for b in hooked if b["event"]["event"] == "rollout.waiting")
@@ -583,7 +581,7 @@ async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hoo
     ids=["abort", "pause", "promote"],
 )
 async def test_abort_pause_promote_do_not_wait_for_a_slow_hook(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, verb: str, phase: Phase
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession, verb: str, phase: Phase
 ) -> None:
     """An operator's abort, pause or promote cuts short a tick waiting minutes for a hook; that
     tick decides and counts nothing, and the command applies at once."""

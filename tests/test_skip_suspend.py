@@ -23,7 +23,7 @@ from canaryd.analysis import (
 from canaryd.config import CanaryConfig, Settings, WebhookType
 from canaryd.routers import RouteRequest
 from canaryd.runtime import CanaryRunner, Services
-from canaryd.store import SqliteStore
+from canaryd.store import StateStore
 
 
 def canary(**keys: Any) -> CanaryConfig:
@@ -190,7 +190,7 @@ class _Router:
 
 
 def _runner(
-    cfg: Settings, store: SqliteStore, session: aiohttp.ClientSession
+    cfg: Settings, store: StateStore, session: aiohttp.ClientSession
 ) -> tuple[CanaryRunner, _Provider, _Router]:
     provider, router = _Provider(), _Router()
     services = Services(
@@ -201,7 +201,7 @@ def _runner(
 
 @pytest.mark.anyio
 async def test_runtime_skip_analysis_promotes_without_a_single_query(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """Through the runtime, skipAnalysis promotes with the router and never queries a metric."""
     runner, provider, router = _runner(
@@ -221,7 +221,7 @@ async def test_runtime_skip_analysis_promotes_without_a_single_query(
 
 @pytest.mark.anyio
 async def test_runtime_suspend_neither_queries_nor_routes(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
 ) -> None:
     """Through the runtime, a suspended canary's ticks query nothing and move no traffic."""
     runner, provider, router = _runner(_runtime_settings(tmp_path, suspend=True), store, session)
