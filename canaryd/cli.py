@@ -235,8 +235,11 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
         data = await client.get(_split(args.canary))
         rows = [data]
     else:
-        rows = (await client.get(""))["canaries"]
-        data = {"canaries": rows}
+        data = await client.get("")
+        rows = data["canaries"]
+    if "role" in data and not args.json:  # several replicas (docs/ha.md)
+        leader = escape(str(data.get("leader") or "unknown"))
+        _say(f"this replica is the {escape(str(data['role']))}; leader: {leader}")
     _say(json.dumps(data, indent=2) if args.json else render_table(rows))  # JSON escapes too
     return 0
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -32,7 +32,7 @@ import structlog
 from canaryd.analysis import CanaryState, Phase
 from canaryd.config import ProviderConfig, Settings, read_secret
 from canaryd.dispatcher import Dispatcher
-from canaryd.errors import CanarydError, ConfigError, TemplateError
+from canaryd.errors import CanarydError, ConfigError, StoreError, TemplateError
 from canaryd.http import make_session
 from canaryd.loader import Loaded, load_config
 from canaryd.metrics import DaemonMetrics
@@ -47,6 +47,9 @@ from canaryd.runtime import (
 from canaryd.scheduler import Scheduler
 from canaryd.sdnotify import Notifier, watchdog_period
 from canaryd.store import SqliteStore, StateStore
+
+if TYPE_CHECKING:
+    from canaryd.lease import Lease
 
 log = structlog.get_logger()
 
@@ -114,6 +117,8 @@ class Daemon:
     _status: str = ""
     _removed: dict[str, CanaryRunner] = field(default_factory=dict)
     """Loops a reload removed, by key: a canary added back continues from its old loop."""
+    lease: Lease | None = None
+    """The leader lease when the state is in PostgreSQL (docs/ha.md); None with SQLite."""
 
     def __post_init__(self) -> None:
         """Read the API token of the initial config.
@@ -154,29 +159,33 @@ class Daemon:
         self._stop = anyio.Event()
         if self._stop_asked:
             self._stop.set()
-        store = SqliteStore(self.settings.state_path)
+        store = self._open_store()
         await store.open()
         try:
             async with make_session() as session:
                 self.services = self._services(self.settings, session, store)
-                states = await store.load_states()
-                pending = await store.load_pending()
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     if self.handle_signals:
                         await tg.start(self._signals)
+                    if self.lease is not None and not await self._follow(tg):
+                        return  # stopped while a follower
+                    states = await store.load_states()
+                    pending = await store.load_pending()
                     for canary in self.settings.canaries:
                         self._start_runner(canary.key, states.get(canary.key))
                         self.runners[canary.key].restore(pending.get(canary.key))
                     freeze_heap()
                     tg.start_soon(self.scheduler.run)
                     self.dispatcher = Dispatcher(lambda: self.services, store, time.time)
-                    await tg.start(serve, self)
+                    if self.lease is None:  # a follower serves the API already
+                        await tg.start(serve, self)
                     tg.start_soon(self.dispatcher.run)
                     tg.start_soon(self._housekeeping, store)
                     self.ready = True
                     self.notifier.ready(self.status_line())
-                    tg.start_soon(self._heartbeat)
+                    if self.lease is None:  # a follower's heartbeat runs already
+                        tg.start_soon(self._heartbeat)
                     log.info(
                         "daemon.started", canaries=len(self.runners), listen=self.settings.listen
                     )
@@ -189,7 +198,80 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await _close_providers([p for _, p in self._built.values()])
                 self._built.clear()
+                if self.lease is not None:
+                    await self.lease.release()
                 await store.close()
+        if self.lease is not None and self.lease.lost:
+            raise StoreError("lost the leader lease: stopped deciding (docs/ha.md)")
+
+    def _open_store(self) -> StateStore:
+        """The configured store: SQLite, or PostgreSQL fenced by a new leader lease."""
+        if not self.settings.postgres:
+            return SqliteStore(self.settings.state_path)
+        from canaryd.lease import Lease
+        from canaryd.pgstore import PostgresStore
+
+        ha = self.settings.ha
+        address = ha.advertise or f"http://{self.settings.listen}"
+        self.lease = Lease(self.settings.state, ha.cluster, address, ha.leaseTtl)
+        return PostgresStore(self.settings.state, fence=self.lease)
+
+    async def _follow(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Serve reads from the database until this replica leads; False if stopped first."""
+        from canaryd.api import serve
+
+        assert self.lease is not None and self._stop is not None
+        lease = self.lease
+        await self._refresh_views()
+        await tg.start(serve, self)
+        tg.start_soon(lease.run, self._on_lease)
+        self.ready = True
+        self.notifier.ready(self.status_line())
+        tg.start_soon(self._heartbeat)
+        while not lease.leading:
+            with anyio.move_on_after(lease.renew_every):
+                await self._stop.wait()
+            if self._stop.is_set():
+                return False
+            await self._refresh_views()
+        log.info("lease.acquired", epoch=lease.epoch, cluster=lease.cluster)
+        return True
+
+    def _on_lease(self) -> None:
+        """The lease changed hands: tell systemd; a leader that lost it stops at once."""
+        assert self.lease is not None
+        self._status = self.status_line()
+        self.notifier.status(self._status)
+        if self.lease.lost:
+            log.error("lease.lost", cluster=self.lease.cluster)
+            self._tg.cancel_scope.cancel()
+
+    async def _refresh_views(self) -> None:
+        """A follower's copies of the canaries, read from the database (not scheduled)."""
+        try:
+            states = await self.services.store.load_states()
+        except CanarydError as exc:
+            log.error("state.read_failed", error=str(exc))
+            return
+        for canary in self.settings.canaries:
+            state = states.get(canary.key) or CanaryState()
+            view = self.runners.get(canary.key)
+            if view is None:
+                view = self.runners[canary.key] = _Runner(canary, state, self.services)
+            view.state = state
+            self.metrics.track(canary.key, state)
+
+    @property
+    def role(self) -> str:
+        """``leader`` or ``follower`` (a daemon on SQLite always leads)."""
+        return "leader" if self.lease is None or self.lease.leading else "follower"
+
+    @property
+    def leader_address(self) -> str | None:
+        """The API address of the replica that leads, when known."""
+        if self.lease is None:
+            return None
+        return self.lease.leader.address if self.lease.leader is not None else None
 
     async def _shutdown(self) -> None:
         """Stop the loops after their ticks, then let the outbox send what is due."""
@@ -248,7 +330,13 @@ class Daemon:
         self._built = built
         if retired:
             self._tg.start_soon(self._retire, retired)
-        return Services(settings, session, providers, routers, store, on_change=self._changed)
+        return Services(
+            settings, session, providers, routers, store, on_change=self._changed, epoch=self._epoch
+        )
+
+    def _epoch(self) -> int | None:
+        """The lease epoch this replica decides under (None without a lease)."""
+        return None if self.lease is None else self.lease.epoch
 
     async def _retire(self, providers: list[ClosableProvider]) -> None:
         """Close providers a new config replaced, after the longest a tick may observe."""
@@ -358,6 +446,10 @@ class Daemon:
         )
         if self._stalled:
             line += f"; stalled: {', '.join(self._stalled)}"
+        if self.lease is not None:  # docs/ha.md
+            if self.lease.leading:
+                return f"leader (epoch {self.lease.epoch}): {line}"
+            return f"follower of {self.leader_address or 'nobody yet'}: {line}"
         return line
 
     def stalled(self, now: float) -> list[str]:

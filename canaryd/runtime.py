@@ -269,6 +269,8 @@ class Services:
     store: StateStore
     clock: Callable[[], float] = time.time
     on_change: Callable[[str, CanaryState], None] = lambda key, state: None
+    epoch: Callable[[], int | None] = lambda: None
+    """The leader lease's epoch, put in router idempotency keys (docs/ha.md); None: no lease."""
 
 
 @dataclass
@@ -688,13 +690,15 @@ class CanaryRunner:
         dedupes by key must not answer a rollback with the replay of an advance.
         """
         what = f"{route.action}:{route.primary_weight}-{route.canary_weight}"
+        epoch = self.services.epoch()
+        term = "" if epoch is None else f":epoch:{epoch}"
         request = RouteRequest(
             canary=self.key,
             revision=state.revision,
             action=route.action,
             primary_weight=route.primary_weight,
             canary_weight=route.canary_weight,
-            idempotency_key=f"{self.key}:{state.rollout_id}:{seq}:route:{n}:{what}",
+            idempotency_key=f"{self.key}:{state.rollout_id}:{seq}:route:{n}:{what}{term}",
             match=[dict(m) for m in route.match],
         )
         await self.services.routers[self.spec.router].apply(request)
