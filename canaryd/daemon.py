@@ -119,6 +119,8 @@ class Daemon:
     """Loops a reload removed, by key: a canary added back continues from its old loop."""
     lease: Lease | None = None
     """The leader lease when the state is in PostgreSQL (docs/ha.md); None with SQLite."""
+    _lease_event: anyio.Event | None = None
+    """Set when the lease changes hands (wakes a follower waiting to lead)."""
 
     def __post_init__(self) -> None:
         """Read the API token of the initial config.
@@ -169,7 +171,8 @@ class Daemon:
                     if self.handle_signals:
                         await tg.start(self._signals)
                     if self.lease is not None and not await self._follow(tg):
-                        return  # stopped while a follower
+                        tg.cancel_scope.cancel()  # stopped while a follower
+                        return
                     states = await store.load_states()
                     pending = await store.load_pending()
                     for canary in self.settings.canaries:
@@ -229,11 +232,15 @@ class Daemon:
         self.notifier.ready(self.status_line())
         tg.start_soon(self._heartbeat)
         while not lease.leading:
+            self._lease_event = changed = anyio.Event()
             with anyio.move_on_after(lease.renew_every):
-                await self._stop.wait()
+                async with anyio.create_task_group() as waits:  # whichever comes first
+                    for event in (self._stop, changed):
+                        waits.start_soon(_set_then_cancel, event, waits.cancel_scope)
             if self._stop.is_set():
                 return False
-            await self._refresh_views()
+            if not lease.leading:
+                await self._refresh_views()
         log.info("lease.acquired", epoch=lease.epoch, cluster=lease.cluster)
         return True
 
@@ -242,6 +249,8 @@ class Daemon:
         assert self.lease is not None
         self._status = self.status_line()
         self.notifier.status(self._status)
+        if self._lease_event is not None:
+            self._lease_event.set()
         if self.lease.lost:
             log.error("lease.lost", cluster=self.lease.cluster)
             self._tg.cancel_scope.cancel()
@@ -568,6 +577,12 @@ async def run_daemon(config_path: Path) -> int:
             log.error("daemon.failed", error=str(failure))
         return 1
     return 0
+
+
+async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    """Wait for ``event``, then cancel ``scope`` (the first of several waits to end)."""
+    await event.wait()
+    scope.cancel()
 
 
 async def _close_providers(providers: list[ClosableProvider]) -> None:

@@ -47,7 +47,10 @@ WHERE l.expires_at < now() OR l.holder = excluded.holder
 RETURNING epoch
 """
 
-_READ = "SELECT holder, address, epoch FROM lease WHERE cluster = %s"
+_READ = (
+    "SELECT holder, address, epoch, GREATEST(EXTRACT(EPOCH FROM expires_at - now()), 0) "
+    "FROM lease WHERE cluster = %s"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,8 @@ class Lease:
     _epoch: int | None = None
     _deadline: float = 0.0
     _lost: bool = False
+    _remaining: float = 0.0
+    """Seconds the holder's lease had left when last read (a follower's next try)."""
 
     @property
     def renew_every(self) -> float:
@@ -119,6 +124,7 @@ class Lease:
             cur = await conn.execute(_READ, (self.cluster,))
             seen = await cur.fetchone()
             self.leader = None if seen is None else Holder(str(seen[0]), str(seen[1]), int(seen[2]))
+            self._remaining = 0.0 if seen is None else float(seen[3])
             return None
         epoch: int = int(row[0])
         if self._epoch is not None and epoch != self._epoch:
@@ -162,10 +168,15 @@ class Lease:
                     await conn.close()
 
     async def _pause(self) -> None:
-        """Sleep until the next renewal, waking early enough to stop at the local deadline."""
+        """Sleep until the next renewal (a leader) or the holder's expiry (a follower).
+
+        A leader wakes early enough to stop at its local deadline.
+        """
         delay = self.renew_every
         if self._epoch is not None:
             delay = min(delay, max(0.0, self._deadline - self.clock()))
+        elif self.leader is not None:  # try again the moment the holder's lease expires
+            delay = min(delay, self._remaining + 0.01)
         await anyio.sleep(delay)
 
     async def release(self) -> None:
