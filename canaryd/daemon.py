@@ -71,6 +71,9 @@ timeouts) before a loop whose next tick is late counts as stalled."""
 
 FLUSH_POLL_SECONDS = 0.05
 
+LEASE_GUARD_SECONDS = 0.05
+"""How often a replica checks its lease's local deadline (docs/ha.md)."""
+
 
 @dataclass
 class _Runner(CanaryRunner):
@@ -228,6 +231,7 @@ class Daemon:
         await self._refresh_views()
         await tg.start(serve, self)
         tg.start_soon(lease.run, self._on_lease)
+        tg.start_soon(self._guard_lease)
         self.ready = True
         self.notifier.ready(self.status_line())
         tg.start_soon(self._heartbeat)
@@ -243,6 +247,13 @@ class Daemon:
                 await self._refresh_views()
         log.info("lease.acquired", epoch=lease.epoch, cluster=lease.cluster)
         return True
+
+    async def _guard_lease(self) -> None:
+        """Stop at the lease's local deadline even if renewals hang (no database I/O here)."""
+        assert self.lease is not None
+        while not self.lease.lost:  # noqa: ASYNC110 - a clock deadline, no event to wait on
+            await anyio.sleep(LEASE_GUARD_SECONDS)
+        self._on_lease()
 
     def _on_lease(self) -> None:
         """The lease changed hands: tell systemd; a leader that lost it stops at once."""

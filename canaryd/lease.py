@@ -21,6 +21,8 @@ term can be made after a new leader's first.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -80,7 +82,7 @@ class Lease:
     cluster: str = "default"
     address: str = ""
     ttl: float = 15.0
-    me: str = field(default_factory=lambda: uuid.uuid4().hex)
+    me: str = field(default_factory=lambda: replica_id())
     clock: Callable[[], float] = time.monotonic
     leader: Holder | None = None
     """The holder last seen (this replica when it leads)."""
@@ -144,28 +146,41 @@ class Lease:
         seen: Holder | None = None
         conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         try:
-            while not self.lost:
-                try:
-                    with anyio.fail_after(self.renew_every):
-                        if conn is None or conn.closed:
-                            conn = await psycopg.AsyncConnection.connect(
-                                self.url, autocommit=True, connect_timeout=max(1, int(self.ttl / 3))
-                            )
-                        await self.attempt(conn)
-                except (psycopg.Error, OSError, TimeoutError) as exc:
-                    log.warning("lease.renew_failed", db=redact(self.url), error=_first_line(exc))
-                    if conn is not None:
-                        await conn.close()
-                        conn = None
+            while True:
+                if not self.lost:  # a leader resumed past its deadline does not try again
+                    conn = await self._try(conn)
                 if self.leader != seen or self.lost:
                     seen = self.leader
                     on_change()
-                if not self.lost:
-                    await self._pause()
+                if self.lost:
+                    return
+                await self._pause()
         finally:
             if conn is not None:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
+
+    async def _try(
+        self, conn: psycopg.AsyncConnection[tuple[Any, ...]] | None
+    ) -> psycopg.AsyncConnection[tuple[Any, ...]] | None:
+        """One bounded attempt; returns the connection to reuse (None after a failure)."""
+        try:
+            with anyio.fail_after(self.renew_every):
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(
+                        self.url,
+                        autocommit=True,
+                        connect_timeout=max(1, int(self.ttl / 3)),
+                        options=f"-c lock_timeout={max(50, int(self.renew_every * 800))}",
+                    )
+                await self.attempt(conn)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            log.warning("lease.renew_failed", db=redact(self.url), error=_first_line(exc))
+            if conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+            return None
+        return conn
 
     async def _pause(self) -> None:
         """Sleep until the next renewal (a leader) or the holder's expiry (a follower).
@@ -196,6 +211,11 @@ class Lease:
         except (psycopg.Error, OSError, TimeoutError) as exc:
             log.warning("lease.release_failed", error=_first_line(exc))
         self._epoch = None
+
+
+def replica_id() -> str:
+    """A replica's id in the lease: ``host/pid/random`` (unique per process, readable)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 def _first_line(exc: BaseException) -> str:

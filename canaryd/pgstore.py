@@ -84,6 +84,7 @@ class Fence(Protocol):
     """What a fenced write checks: the lease row it must still hold."""
 
     cluster: str
+    ttl: float
 
     @property
     def epoch(self) -> int | None:
@@ -137,7 +138,11 @@ class PostgresStore:
             max_size=self._max_size,
             open=False,
             timeout=self.timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(self.timeout))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(self.timeout)),
+                **self._options(),
+            },
         )
         try:
             await pool.open(wait=True, timeout=self.timeout)
@@ -157,6 +162,20 @@ class PostgresStore:
         if pool is not None:
             with anyio.CancelScope(shield=True):
                 await pool.close(timeout=self.timeout)
+
+    def _options(self) -> dict[str, str]:
+        """Server settings of the store's sessions.
+
+        A leader paused mid-transaction (SIGSTOP, a partition) still holds its
+        share lock on the lease row, which would keep every other replica from
+        taking the lease: the server ends such a session once it has been idle in
+        its transaction for ``ttl / 4``, well before the lease can expire
+        (see docs/ha.md).
+        """
+        if self.fence is None:
+            return {}
+        idle_ms = max(100, int(self.fence.ttl * 250))
+        return {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
 
     def _error(self, exc: BaseException) -> StoreError:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

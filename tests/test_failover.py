@@ -30,11 +30,13 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import psycopg
 import pytest
@@ -56,10 +58,12 @@ from test_crash_campaign import (
     identity,
     keys_by_identity,
     plan,
+    wait_ready,
 )
 
 from canaryd.client import Client
 from canaryd.errors import ClientError
+from canaryd.pgstore import PostgresStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.slow]
 
@@ -131,12 +135,14 @@ def db_rows(url: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, .
         return conn.execute(sql, args).fetchall()
 
 
-def lease_row(url: str) -> tuple[str, int, bool] | None:
-    """(leader's address, epoch, live) of the campaign's lease."""
+def lease_row(url: str) -> tuple[int, int, bool] | None:
+    """(leader's process id, epoch, live) of the campaign's lease."""
     rows = db_rows(
-        url, "SELECT address, epoch, expires_at > now() FROM lease WHERE cluster='campaign'"
+        url, "SELECT holder, epoch, expires_at > now() FROM lease WHERE cluster='campaign'"
     )
-    return None if not rows else (str(rows[0][0]), int(rows[0][1]), bool(rows[0][2]))
+    if not rows:
+        return None
+    return int(str(rows[0][0]).split("/")[1]), int(rows[0][1]), bool(rows[0][2])
 
 
 def newest_epoch(url: str) -> int:
@@ -171,13 +177,18 @@ class Figures:
         return self.kills + self.pauses
 
 
-async def current_leader(url: str, replicas: dict[str, Daemon], within: float = 30.0) -> str:
-    """The address of the replica holding a live lease (bounded wait)."""
+async def current_leader(
+    url: str, replicas: list[Daemon], within: float = 30.0, other_than: Daemon | None = None
+) -> Daemon:
+    """The replica (this incarnation, not ``other_than``) holding a live lease (bounded wait)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         row = await anyio.to_thread.run_sync(lease_row, url)
-        if row is not None and row[2] and replicas[row[0]].alive():
-            return row[0]
+        for d in replicas:
+            if d is other_than or row is None or not row[2] or not d.alive():
+                continue
+            if d.proc is not None and d.proc.pid == row[0]:
+                return d
         await anyio.sleep(0.05)
     raise AssertionError(f"no live leader within {within:g}s")
 
@@ -194,20 +205,26 @@ async def time_takeover(url: str, old_epoch: int, lost_at: float, figures: Figur
             return
         await anyio.sleep(0.02)
     if await anyio.to_thread.run_sync(active, url):
-        raise AssertionError(f"no decision of a new leader within {deadline - lost_at:.1f}s")
+        sessions = db_rows(
+            url,
+            "SELECT pid, state, wait_event_type, wait_event, left(query, 80), "
+            "pg_blocking_pids(pid) FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        raise AssertionError(
+            f"no decision of a new leader within {deadline - lost_at:.1f}s; sessions: {sessions}"
+        )
     figures.unmeasured += 1  # every rollout ended meanwhile
 
 
 async def disrupt(
-    url: str, replicas: dict[str, Daemon], rng: random.Random, figures: Figures, done: anyio.Event
+    url: str, replicas: list[Daemon], rng: random.Random, figures: Figures, done: anyio.Event
 ) -> None:
     """Kill or pause the leader at random moments until the rollouts are done and enough ran."""
     while not (done.is_set() and figures.disruptions >= MIN_DISRUPTIONS):
-        address = await current_leader(url, replicas)
+        await current_leader(url, replicas)
         await anyio.sleep(rng.uniform(*PAUSE_BETWEEN))
-        address = await current_leader(url, replicas)
-        old_epoch = (await anyio.to_thread.run_sync(lease_row, url) or ("", 0, False))[1]
-        victim = replicas[address]
+        victim = await current_leader(url, replicas)
+        old_epoch = (await anyio.to_thread.run_sync(lease_row, url) or (0, 0, False))[1]
         assert victim.proc is not None
         if rng.random() < 0.5:
             await victim.kill()
@@ -220,9 +237,13 @@ async def disrupt(
         lost_at = time.monotonic()
         figures.pauses += 1
         await time_takeover(url, old_epoch, lost_at, figures)
-        await current_leader(url, replicas)  # someone else leads now
+        await current_leader(url, replicas, other_than=victim)  # someone else leads now
         victim.proc.send_signal(signal.SIGCONT)
-        code = await anyio.to_thread.run_sync(victim.proc.wait, 20)
+        try:
+            code = await anyio.to_thread.run_sync(victim.proc.wait, 20)
+        except subprocess.TimeoutExpired:
+            victim.proc.send_signal(signal.SIGABRT)  # faulthandler: where it hangs, in its log
+            raise
         figures.lost_exits.append(code)
         victim.start()
 
@@ -283,23 +304,27 @@ async def test_failover_campaign_keeps_every_promise(
 ) -> None:
     """Rollouts driven while leaders are killed or paused end right, fenced, and lose nothing."""
     print(f"failover campaign seed={SEED} (replay: CANARYD_FAILOVER_SEED={SEED})")
+    os.environ["PYTHONFAULTHANDLER"] = "1"  # a replica that hangs shows where (SIGABRT)
     rng = random.Random(SEED)
     per_canary = plan(rng, CANARIES, ROLLOUTS_PER_CANARY)
     planned: list[Planned] = [r for rollouts in per_canary for r in rollouts]
     jobs = [f"failover-{SEED}-{i}-{os.getpid()}" for i in range(CANARIES)]
     url = postgres.create_database()
+    schema = PostgresStore(url)  # the replicas race to migrate too; the test reads at once
+    await schema.open()
+    await schema.close()
     ledger, figures = Ledger(), Figures()
     started = time.monotonic()
     async with Receiver(delay=0.02) as receiver:
         base = config(tmp_path, prometheus, receiver.url, jobs)
         configs = [replica_config(base, url, i) for i in range(REPLICAS)]
-        replicas = {api_url(c): Daemon(c, c.parent / "daemon.log") for c in configs}
+        replicas = [Daemon(c, c.parent / "daemon.log") for c in configs]
         done = anyio.Event()
         try:
-            for d in replicas.values():
+            for d in replicas:
                 d.start()
             with anyio.fail_after(DEADLINE):
-                async with ClusterClient(list(replicas)) as client:
+                async with ClusterClient([api_url(c) for c in configs]) as client:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(
                             disrupt, url, replicas, random.Random(SEED + 1), figures, done
@@ -315,13 +340,16 @@ async def test_failover_campaign_keeps_every_promise(
 
                         tg.start_soon(all_drivers)
                     await drain(url)
-            codes = [await d.stop() for d in replicas.values()]
+            async with aiohttp.ClientSession() as session:  # signal handlers are installed
+                for c in configs:
+                    await wait_ready(api_url(c), session)
+            codes = [await d.stop() for d in replicas]
             assert codes == [0] * REPLICAS, f"replicas did not stop cleanly: {codes}"
         except BaseException:
             print(f"campaign failed; seed={SEED}; logs under {tmp_path}")
             raise
         finally:
-            for d in replicas.values():
+            for d in replicas:
                 if d.alive():
                     assert d.proc is not None
                     d.proc.send_signal(signal.SIGCONT)
