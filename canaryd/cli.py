@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("approve", parents=[client], help="open a gate by hand")
     a.add_argument("canary", metavar="NS/NAME")
     a.add_argument("--gate", required=True, choices=["rollout", "traffic-increase", "promotion"])
+    st = sub.add_parser("state", help="the state store (docs/ha.md)")
+    stsub = st.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    cp = stsub.add_parser("copy", help="copy all state into an empty store (canaryd stopped)")
+    cp.add_argument("src", metavar="SRC", help="sqlite:///PATH, a path, or postgresql://…")
+    cp.add_argument("dst", metavar="DST", help="sqlite:///PATH, a path, or postgresql://…")
     j = sub.add_parser("judge", help="offline statistical comparison (JSON in, JSON out)")
     j.add_argument("file", help="input JSON file, or - for stdin")
     d = sub.add_parser("demo", help="watch canaries get promoted and rolled back for real")
@@ -129,6 +134,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from canaryd.judgecli import judge_main
 
         return judge_main(args.file, sys.stdout, sys.stderr)
+    if args.command == "state":
+        return state_copy(args.src, args.dst)
     if args.command == "demo":
         from canaryd.demo import main as demo_main
 
@@ -152,6 +159,29 @@ def check(path: Path) -> int:
     for warning in loaded.warnings:
         _say(f"warning: {escape(str(warning))}", err=True)
     _say(summary(loaded))
+    return 0
+
+
+def _store_url(text: str) -> str:
+    """A store argument as a URL (a bare path is a SQLite file)."""
+    if text.startswith(("sqlite://", "postgresql://", "postgres://")):
+        return text
+    return f"sqlite://{Path(text).absolute()}"
+
+
+def state_copy(src: str, dst: str) -> int:
+    """``canaryd state copy SRC DST``: every row of SRC into the empty store DST."""
+    from canaryd.errors import StoreError
+    from canaryd.pgstore import redact
+    from canaryd.statecopy import copy_state
+
+    try:
+        counts = copy_state(_store_url(src), _store_url(dst))
+    except StoreError as exc:
+        _say(f"canaryd: {escape(str(exc))}", err=True)
+        return 1
+    rows = ", ".join(f"{n} {table}" for table, n in counts.items())
+    _say(f"copied {rows} into {escape(redact(_store_url(dst)))}")
     return 0
 
 

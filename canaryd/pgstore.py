@@ -352,6 +352,23 @@ class PostgresStore:
         }
 
 
+async def _insert_many(
+    conn: Conn, head: str, rows: Sequence[tuple[Any, ...]], tail: str = ""
+) -> None:
+    """Insert rows with one statement (not a pipeline: see below); nothing when there are none.
+
+    psycopg's ``executemany`` pipelines its statements, and a session paused in
+    the middle of a pipeline is *active*, not *idle in transaction*: the server
+    would never end it, and its lock on the lease row would block the takeover
+    (docs/ha.md).
+    """
+    if not rows:
+        return
+    one = "(" + ",".join(["%s"] * len(rows[0])) + ")"
+    sql = f"{head} VALUES {','.join([one] * len(rows))}{tail}"
+    await conn.execute(sql.encode(), [v for row in rows for v in row])
+
+
 async def _write(conn: Conn, now: float, rows: _Rows, epoch: int) -> None:
     """The rows of one decision (the SQLite store's ``_write``, in PostgreSQL's dialect)."""
     if rows.settle is not None:
@@ -368,24 +385,19 @@ async def _write(conn: Conn, now: float, rows: _Rows, epoch: int) -> None:
         "epoch=excluded.epoch",
         (rows.key, rows.state, now, epoch),
     )
-    async with conn.cursor() as cur:
-        if rows.record is not None:
-            await cur.execute(
-                "INSERT INTO checks(key, rollout, time, record, epoch) VALUES (%s,%s,%s,%s,%s)",
-                (rows.key, rows.rollout, *rows.record, epoch),
-            )
-        if rows.events:
-            await cur.executemany(
-                "INSERT INTO events(key, time, name, level, event) VALUES (%s,%s,%s,%s,%s)",
-                rows.events,
-            )
-        if rows.outbox:
-            status = "pending" if rows.routes is None else "held"
-            await cur.executemany(
-                "INSERT INTO outbox(key, idem, target, payload, created, next_at, status, epoch) "
-                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT(idem) DO NOTHING",
-                [(*m, now, now, status, epoch) for m in rows.outbox],
-            )
+    if rows.record is not None:
+        await conn.execute(
+            "INSERT INTO checks(key, rollout, time, record, epoch) VALUES (%s,%s,%s,%s,%s)",
+            (rows.key, rows.rollout, *rows.record, epoch),
+        )
+    await _insert_many(conn, "INSERT INTO events(key, time, name, level, event)", rows.events)
+    status = "pending" if rows.routes is None else "held"
+    await _insert_many(
+        conn,
+        "INSERT INTO outbox(key, idem, target, payload, created, next_at, status, epoch)",
+        [(*m, now, now, status, epoch) for m in rows.outbox],
+        " ON CONFLICT(idem) DO NOTHING",
+    )
     if rows.routes is not None:
         await conn.execute(
             "INSERT INTO pending_routes(key, seq, routes) VALUES (%s,%s,%s) ON CONFLICT(key) "

@@ -70,14 +70,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.slow]
 SEED = int(os.environ.get("CANARYD_FAILOVER_SEED", str(random.SystemRandom().randrange(10**6))))
 TTL = 2.0
 """The lease's ttl (seconds): short, so that a campaign of many failovers stays short."""
-INTERVAL = 0.3
-"""The canaries' analysis interval (the crash campaign's config)."""
+INTERVAL = 1.0
+"""The canaries' analysis interval (long enough that disruptions land mid-rollout)."""
 TICK_SLACK = 1.0
 """What a takeover may take beyond ttl + interval: the first tick's own queries and commit
 on a shared 2-core machine."""
 REPLICAS = 3
 CANARIES = 4
-ROLLOUTS_PER_CANARY = 3
+ROLLOUTS_PER_CANARY = 4
 MIN_DISRUPTIONS = 15
 DEADLINE = 420.0
 PAUSE_BETWEEN = (0.3, 2.0)
@@ -124,6 +124,8 @@ def replica_config(base: Path, url: str, index: int) -> Path:
     data["listen"] = f"127.0.0.1:{free_port()}"
     data["state"] = url
     data["ha"] = {"cluster": "campaign", "leaseTtl": f"{TTL}s"}
+    for canary in data["canaries"]:
+        canary["analysis"]["interval"] = f"{INTERVAL}s"
     path = folder / "canaryd.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
