@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 
@@ -26,6 +27,9 @@ DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
 DEFAULT_URL = "http://127.0.0.1:9879"
 
 
+CANARY_HELP = "the canary, NAMESPACE/NAME; a NAME alone is in namespace 'default'"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canaryd", description="Canary analysis daemon.")
     p.add_argument("--version", action="version", version=f"canaryd {__version__}")
@@ -35,42 +39,33 @@ def _parser() -> argparse.ArgumentParser:
         ("check", "validate the configuration"),
     ):
         c = sub.add_parser(name, help=text)
-        c.add_argument("-c", "--config", default=os.environ.get("CANARYD_CONFIG", DEFAULT_CONFIG))
-    client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("--url", default=os.environ.get("CANARYD_URL", DEFAULT_URL))
-    client.add_argument("--token-file", default=os.environ.get("CANARYD_TOKEN_FILE"))
-    client.add_argument(
-        "--request-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="timeout of each API request",
+        c.add_argument(
+            "-c",
+            "--config",
+            default=os.environ.get("CANARYD_CONFIG", DEFAULT_CONFIG),
+            metavar="FILE",
+            help=f"configuration file (default {DEFAULT_CONFIG}; environment CANARYD_CONFIG)",
+        )
+    sub.choices["check"].add_argument(
+        "--online",
+        action="store_true",
+        help="also run every query once against its provider and ask each router whether"
+        " its servers exist (default: offline, the file only)",
     )
-    s = sub.add_parser("status", parents=[client], help="what the daemon is doing")
-    s.add_argument("canary", nargs="?", metavar="NS/NAME")
-    s.add_argument("--json", action="store_true")
-    r = sub.add_parser("rollout", parents=[client], help="start a rollout")
-    r.add_argument("canary", metavar="NS/NAME")
-    r.add_argument("--revision", required=True)
-    r.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
-    r.add_argument("--wait", action="store_true", help="follow it; exit 0 promoted, 1 rolled back")
-    r.add_argument(
-        "--timeout",
-        type=_duration,
-        default=3600.0,
-        metavar="D",
-        help="with --wait: give up after D (exit 3), e.g. 30m",
-    )
+    client = _client_options()
+    _status_parser(sub, client)
+    _rollout_parser(sub, client)
     for verb in ("promote", "abort", "pause", "resume"):
         v = sub.add_parser(verb, parents=[client], help=f"{verb} a rollout")
-        v.add_argument("canary", metavar="NS/NAME")
+        v.add_argument("canary", metavar="NS/NAME", help=CANARY_HELP)
         if verb == "promote":
             v.add_argument(
                 "--force", action="store_true", help="also skip gates that are not approved"
             )
     a = sub.add_parser("approve", parents=[client], help="open a gate by hand")
-    a.add_argument("canary", metavar="NS/NAME")
+    a.add_argument("canary", metavar="NS/NAME", help=CANARY_HELP)
     a.add_argument("--gate", required=True, choices=["rollout", "traffic-increase", "promotion"])
+    _history_parsers(sub, client)
     j = sub.add_parser("judge", help="offline statistical comparison (JSON in, JSON out)")
     j.add_argument("file", help="input JSON file, or - for stdin")
     d = sub.add_parser("demo", help="watch canaries get promoted and rolled back for real")
@@ -83,6 +78,113 @@ def _parser() -> argparse.ArgumentParser:
         help="the real proxy the traffic goes through (default haproxy)",
     )
     return p
+
+
+def _client_options() -> argparse.ArgumentParser:
+    """The options every client command shares (how to reach the daemon)."""
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument(
+        "--url",
+        default=os.environ.get("CANARYD_URL", DEFAULT_URL),
+        help=f"the daemon's API (default {DEFAULT_URL}; environment CANARYD_URL)",
+    )
+    client.add_argument(
+        "--token-file",
+        default=os.environ.get("CANARYD_TOKEN_FILE"),
+        metavar="FILE",
+        help="file holding the API token (environment CANARYD_TOKEN_FILE; default: the"
+        " token in CANARYD_TOKEN, else none, which is enough to read)",
+    )
+    client.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="timeout of each API request (default 10)",
+    )
+    return client
+
+
+def _status_parser(sub: Any, client: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("status", parents=[client], help="what the daemon is doing")
+    s.add_argument("canary", nargs="?", metavar="NS/NAME", help=CANARY_HELP + " (default: all)")
+    s.add_argument("--json", action="store_true", help="the API's JSON (default: a table)")
+    s.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep showing it: redrawn in place on a terminal, a line per change when piped;"
+        " Ctrl-C ends it",
+    )
+    s.add_argument(
+        "--interval",
+        type=_interval,
+        default=2.0,
+        metavar="SECONDS",
+        help=f"with --watch: seconds between refreshes, {WATCH_MIN:g} to {WATCH_MAX:g} (default 2)",
+    )
+
+
+def _rollout_parser(sub: Any, client: argparse.ArgumentParser) -> None:
+    r = sub.add_parser("rollout", parents=[client], help="start a rollout")
+    r.add_argument("canary", metavar="NS/NAME", help=CANARY_HELP)
+    r.add_argument("--revision", required=True, help="the revision to roll out")
+    r.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to webhooks; repeatable (default none)",
+    )
+    r.add_argument("--wait", action="store_true", help="follow it; exit 0 promoted, 1 rolled back")
+    r.add_argument(
+        "--timeout",
+        type=_duration,
+        default=3600.0,
+        metavar="D",
+        help="with --wait: give up after D (exit 3), e.g. 30m (default 1h)",
+    )
+
+
+def _history_parsers(sub: Any, client: argparse.ArgumentParser) -> None:
+    h = sub.add_parser("history", parents=[client], help="a canary's past rollouts")
+    h.add_argument("canary", metavar="NS/NAME", help=CANARY_HELP)
+    h.add_argument(
+        "--limit",
+        type=int,
+        choices=range(1, 201),
+        default=20,
+        metavar="N",
+        help="how many rollouts, newest first, 1 to 200 (default 20)",
+    )
+    h.add_argument("--json", action="store_true", help="the API's JSON (default: a table)")
+    e = sub.add_parser("events", parents=[client], help="what happened to a canary, with times")
+    e.add_argument("canary", metavar="NS/NAME", help=CANARY_HELP)
+    e.add_argument(
+        "--rollout",
+        metavar="ID",
+        help="the events of this rollout (an id from `canaryd history`; default: the latest"
+        " events of the canary)",
+    )
+    e.add_argument(
+        "--ticks",
+        action="store_true",
+        help="also show analysis.tick events, one per check (default: hidden)",
+    )
+    e.add_argument("--json", action="store_true", help="the API's JSON (default: lines)")
+
+
+WATCH_MIN, WATCH_MAX = 0.5, 60.0
+"""Bounds of ``status --watch --interval`` (seconds)."""
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not WATCH_MIN <= value <= WATCH_MAX:
+        raise argparse.ArgumentTypeError(f"must be from {WATCH_MIN:g} to {WATCH_MAX:g} seconds")
+    return value
 
 
 def _duration(text: str) -> float:
@@ -103,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as exc:
         _say(f"canaryd: {escape(str(exc))}", err=True)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends: not an error there
+        return 0 if getattr(args, "watch", False) else 130
     except BrokenPipeError:  # `canaryd status | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return SIGPIPE_EXIT
@@ -122,7 +224,7 @@ def _say(text: str, *, err: bool = False, flush: bool = False) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
-        return check(Path(args.config))
+        return check(Path(args.config), online=args.online)
     if args.command == "run":
         return run(Path(args.config))
     if args.command == "judge":
@@ -136,8 +238,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     return anyio.run(_client_command, args)
 
 
-def check(path: Path) -> int:
-    """``canaryd check``: print every problem, or a one-line summary."""
+def check(path: Path, *, online: bool = False) -> int:
+    """``canaryd check``: print every problem, or a one-line summary; 1 when there are problems.
+
+    With ``online``, every query is also run once and every router asked (``canaryd.online``).
+    """
     from canaryd.daemon import check_queries
     from canaryd.loader import load_config, summary
 
@@ -145,14 +250,26 @@ def check(path: Path) -> int:
         loaded = load_config(path)
         check_queries(loaded.settings)
     except ConfigError as exc:
-        for problem in exc.problems:
-            _say(escape(str(problem)), err=True)
-        _say(f"{len(exc.problems)} problem(s) found", err=True)
-        return 1
+        return _problems(exc.problems)
     for warning in loaded.warnings:
         _say(f"warning: {escape(str(warning))}", err=True)
+    if online:
+        from canaryd.online import online_check
+
+        found = anyio.run(online_check, loaded)
+        for line in found.lines:
+            _say(line)
+        if found.problems:
+            return _problems(found.problems)
     _say(summary(loaded))
     return 0
+
+
+def _problems(problems: list[Any]) -> int:
+    for problem in problems:
+        _say(escape(str(problem)), err=True)
+    _say(f"{len(problems)} problem(s) found", err=True)
+    return 1
 
 
 def run(path: Path) -> int:
@@ -195,8 +312,10 @@ async def _client_command(args: argparse.Namespace) -> int:
 
     async with Client(args.url, _token(args), args.request_timeout) as client:
         if args.command == "status":
-            return await _status(client, args)
+            return await (_watch(client, args) if args.watch else _status(client, args))
         key = _split(args.canary)
+        if args.command in ("history", "events"):
+            return await _history(client, key, args)
         if args.command == "rollout":
             meta = dict(_kv(m) for m in args.metadata)
             state = await client.post(
@@ -228,16 +347,72 @@ def _kv(text: str) -> tuple[str, str]:
     return key, value
 
 
-async def _status(client: Any, args: argparse.Namespace) -> int:
-    from canaryd.client import render_table
+async def _rows(client: Any, canary: str | None) -> list[dict[str, Any]]:
+    """The canaries ``status`` shows: one (with its checks and events) or all."""
+    if canary:
+        return [await client.get(_split(canary))]
+    rows: list[dict[str, Any]] = (await client.get(""))["canaries"]
+    return rows
 
-    if args.canary:
-        data = await client.get(_split(args.canary))
-        rows = [data]
+
+async def _status(client: Any, args: argparse.Namespace) -> int:
+    from canaryd.client import render_detail, render_table
+
+    rows = await _rows(client, args.canary)
+    if args.json:
+        _say(json.dumps(rows[0] if args.canary else {"canaries": rows}, indent=2))
     else:
-        rows = (await client.get(""))["canaries"]
-        data = {"canaries": rows}
-    _say(json.dumps(data, indent=2) if args.json else render_table(rows))  # JSON escapes too
+        _say(render_detail(rows[0]) if args.canary else render_table(rows))
+    return 0
+
+
+CLEAR = "\x1b[H\x1b[2J"
+"""Cursor home, clear screen: how ``status --watch`` redraws on a terminal."""
+
+
+async def _watch(client: Any, args: argparse.Namespace) -> int:
+    """``status --watch``: redraw in place on a terminal, a line per change when piped.
+
+    Runs until Ctrl-C. An unreachable daemon after the first answer (a restart) is
+    shown and retried; the first request's error ends the command (exit 2).
+    """
+    from canaryd.client import Watch
+
+    view = Watch(tty=sys.stdout.isatty(), interval=args.interval)
+    rows: list[dict[str, Any]] | None = await _rows(client, args.canary)
+    while True:
+        text = view.frame(rows, problem=None if rows is not None else view.problem)
+        if text is not None:
+            sys.stdout.write(CLEAR + text + "\n" if view.tty else text + "\n")
+            sys.stdout.flush()
+        await anyio.sleep(args.interval)
+        try:
+            rows = await _rows(client, args.canary)
+        except ClientError as exc:
+            if "cannot reach canaryd" not in str(exc):
+                raise
+            rows, view.problem = None, f"lost contact with canaryd; retrying ({exc})"
+
+
+async def _history(client: Any, key: str, args: argparse.Namespace) -> int:
+    """``canaryd history`` and ``canaryd events``: past rollouts, or a canary's events."""
+    from canaryd.client import render_events, render_history, rollouts_from_events
+
+    if args.command == "history":
+        try:
+            data = await client.get(f"{key}/rollouts?limit={args.limit}")
+        except ClientError as exc:
+            if "(HTTP 405)" not in str(exc):  # 405: a daemon from before the history API
+                raise
+            data = {"rollouts": rollouts_from_events((await client.get(key))["events"])}
+        _say(json.dumps(data, indent=2) if args.json else render_history(data["rollouts"]))
+        return 0
+    path = f"{key}/rollouts/{quote(args.rollout, safe='')}" if args.rollout else key
+    data = await client.get(path)
+    if args.json:
+        _say(json.dumps(data["events"], indent=2))
+    else:
+        _say(render_events(data["events"], ticks=args.ticks))
     return 0
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import time
 from types import TracebackType
 from typing import Any
 
@@ -90,20 +93,77 @@ def weight_bar(canary_weight: int) -> str:
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {canary_weight:3d}%"
 
 
-def progress_line(s: dict[str, Any]) -> str:
-    """One line of ``rollout --wait`` progress (the daemon's values escaped for a terminal)."""
+def progress_line(s: dict[str, Any], now: float | None = None) -> str:
+    """One line of ``rollout --wait`` progress: the time, then the canary (values escaped).
+
+    Args:
+        s: the canary as the API answers it.
+        now: Unix time of the line (the local clock when None).
+    """
     line = (
-        f"{_cell(s['namespace'])}/{_cell(s['name'])} {_cell(s['phase']):<16} "
+        f"{clock(now)}  {_cell(s['namespace'])}/{_cell(s['name'])} {_cell(s['phase']):<16} "
         f"{_cell(s['revision'] or '-')}  {weight_bar(s['canaryWeight'])}  "
         f"failed {_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
     )
     if s.get("iterations"):
         line += f"  iteration {_cell(s['iteration'])}/{_cell(s['iterations'])}"
-    if s.get("gate"):
-        line += f"  waiting for gate {_cell(s['gate'])}"
-    if s.get("reason"):
-        line += f"  last failure: {_cell(s['reason'])}"
+    why = situation(s)
+    if why:
+        line += f"  {why}"
+    elif s.get("reason"):
+        line += f"  last failure: {_cell(rounded(s['reason']))}"
     return line
+
+
+def clock(when: float | None = None) -> str:
+    """``HH:MM:SS`` of Unix time ``when`` (now when None), in local time."""
+    return time.strftime("%H:%M:%S", time.localtime(time.time() if when is None else when))
+
+
+def stamp(when: Any) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` local time of a Unix time from the daemon, ``-`` if absent."""
+    if not isinstance(when, int | float) or isinstance(when, bool) or not math.isfinite(when):
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return "-"
+
+
+_LONG_NUMBER = re.compile(r"(?<![\w.])(-?\d+\.\d{4,})(?:e[-+]?\d+)?")
+
+
+def rounded(text: Any) -> str:
+    """``text`` with long decimals cut to 4 significant digits (``97.23456789`` -> ``97.23``)."""
+    return _LONG_NUMBER.sub(lambda m: f"{float(m[0]):.4g}", str(text))
+
+
+def gate_flag(gate: Any) -> str:
+    """A gate as ``canaryd approve --gate`` names it (``confirm-promotion`` -> ``promotion``)."""
+    name = str(gate)
+    return name.removeprefix("confirm-")
+
+
+def situation(s: dict[str, Any]) -> str:
+    """Why a canary is where it is: how its rollout ended, or what it waits for, else ``""``.
+
+    A rollback whose route the router has not confirmed yet (``routePending``) is
+    not called rolled back (docs/reliability.md).
+    """
+    key = f"{_cell(s['namespace'])}/{_cell(s['name'])}"
+    phase, reason = s.get("phase"), _cell(rounded(s.get("reason") or "no reason recorded"))
+    if phase == "Failed":
+        if s.get("routePending"):
+            return f"rolling back, router not confirmed yet: {reason}"
+        return f"rolled back: {reason}"
+    if phase == "Succeeded":
+        return f"promoted {_cell(s.get('revision') or '-')}"
+    if phase == "Paused":
+        return f"paused (resume: canaryd resume {key})"
+    if s.get("gate"):
+        flag = _cell(gate_flag(s["gate"]))
+        return f"waiting for gate {flag} (open: canaryd approve {key} --gate {flag})"
+    return ""
 
 
 def _cell(value: Any) -> str:
@@ -112,13 +172,19 @@ def _cell(value: Any) -> str:
 
 
 def last_check(s: dict[str, Any]) -> str:
-    """The ``LAST CHECK`` cell: ``pass``, or the outcome and what failed (metric, value, bound)."""
+    """The ``LAST CHECK`` cell: why the rollout ended or what it waits for, else the last check.
+
+    The last check is ``pass``, or its outcome and what failed (metric, value, bound).
+    """
+    why = situation(s)
+    if why:
+        return why
     check = s.get("lastCheck")
     if not check:
         return "-"
     if check.get("outcome") == "pass" or not check.get("reason"):
         return _cell(check.get("outcome", "-"))
-    return f"{_cell(check['outcome'])}: {_cell(check['reason'])}"
+    return f"{_cell(check['outcome'])}: {_cell(rounded(check['reason']))}"
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -129,7 +195,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     width = max(len("CANARY"), *(len(name) for name in names))
     lines = [
         f"{'CANARY':<{width}}  {'PHASE':<16} {'REVISION':<14} {'CANARY WEIGHT':<27} "
-        f"{'FAILED':<7} LAST CHECK"
+        f"{'FAILED':<7} WHY / LAST CHECK"
     ]
     for name, s in zip(names, rows, strict=True):
         failed = f"{_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
@@ -139,3 +205,180 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             f"{failed:<7} {last_check(s)}"
         )
     return "\n".join(line.rstrip() for line in lines)
+
+
+def render_detail(s: dict[str, Any]) -> str:
+    """``canaryd status NS/NAME``: the table line, times, and the last check metric by metric."""
+    lines = [render_table([s])]
+    lines.append(f"started {stamp(s.get('startedAt'))}  finished {stamp(s.get('finishedAt'))}")
+    checks = s.get("checks") or []
+    if checks and isinstance(checks[0], dict):
+        check = checks[0]
+        lines.append(f"last check {stamp(check.get('time'))}: {_cell(check.get('outcome', '-'))}")
+        lines.extend(
+            f"  {metric_line(m)}" for m in check.get("metrics") or [] if isinstance(m, dict)
+        )
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _cell(value)
+    return f"{value:.4g}"
+
+
+def metric_line(m: dict[str, Any]) -> str:
+    """One metric of a check: its value against its condition, and whether it held.
+
+    ``no data`` when the provider returned nothing; a dry-run metric is marked as such
+    (judged and shown, never failing a check: docs/design.md, dry-run metrics).
+    """
+    value, low, high = m.get("value"), m.get("min"), m.get("max")
+    bounds = [f"min {_number(low)}" if low is not None else "", ""]
+    bounds[1] = f"max {_number(high)}" if high is not None else ""
+    condition = " ".join(b for b in bounds if b) or "no bounds"
+    if m.get("error"):
+        shown, verdict = "error", f"error: {_cell(m['error'])}"
+    elif value is None or value == "NaN":
+        shown, verdict = "no data", "no data"
+    elif not isinstance(value, int | float) or isinstance(value, bool):
+        shown, verdict = _cell(value), "out of range"
+    else:
+        shown = _number(value)
+        out = (low is not None and value < low) or (high is not None and value > high)
+        verdict = "out of range" if out else "ok"
+    dry = "  (dry run)" if m.get("dryRun") else ""
+    return f"{_cell(m.get('name', '?'))} {shown} ({condition}): {verdict}{dry}"
+
+
+class Watch:
+    """What ``status --watch`` prints each refresh: a whole screen, or the changed lines."""
+
+    def __init__(self, *, tty: bool, interval: float) -> None:
+        """Remember the output kind; nothing shown yet."""
+        self.tty = tty
+        self.interval = interval
+        self.problem: str | None = None
+        self._seen: dict[str, str] = {}
+        self._said: str | None = None
+        self._headed = False
+
+    def frame(self, rows: list[dict[str, Any]] | None, problem: str | None = None) -> str | None:
+        """The text of this refresh, or None when a pipe has nothing new to read."""
+        if self.tty:
+            head = f"{clock()}  every {self.interval:g}s  (Ctrl-C to stop)"
+            body = _cell(problem) if rows is None else render_table(rows)
+            return f"{head}\n\n{body}"
+        if rows is None:
+            said, self._said = self._said, problem
+            return None if problem == said else f"{clock()}  {_cell(problem)}"
+        self._said = None
+        table = render_table(rows).split("\n")
+        fresh = [f"{clock()}  {line}" for line in table[1:] if self._changed(line)]
+        if not fresh:
+            return None
+        if not self._headed:
+            self._headed = True
+            fresh.insert(0, f"{'TIME':<8}  {table[0]}")
+        return "\n".join(fresh)
+
+    def _changed(self, line: str) -> bool:
+        key = line.split(" ", 1)[0]
+        if self._seen.get(key) == line:
+            return False
+        self._seen[key] = line
+        return True
+
+
+def render_history(rollouts: list[dict[str, Any]]) -> str:
+    """``canaryd history``: one past rollout per line, newest first, with why it ended."""
+    if not rollouts:
+        return "no rollouts recorded"
+    head = f"{'STARTED':<19}  {'REVISION':<14} {'OUTCOME':<12} {'DURATION':>9}  CHECKS  REASON"
+    lines = [head]
+    for r in rollouts:
+        checks = f"{_cell(r.get('failedCheckCount', 0))}/{_cell(r.get('checkCount', 0))} failed"
+        took = duration(r.get("startedAt"), r.get("endedAt"))
+        lines.append(
+            f"{stamp(r.get('startedAt')):<19}  {_cell(r.get('revision') or '-')[:14]:<14} "
+            f"{_cell(r.get('outcome', '-')):<12} {took:>9}  {checks:<7} "
+            f"{_cell(rounded(r.get('reason') or '-'))}  [{_cell(r.get('id', '-'))}]"
+        )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def duration(start: Any, end: Any) -> str:
+    """``1h02m``, ``4m05s`` or ``12s`` from two Unix times; ``-`` when either is missing."""
+    if not all(isinstance(t, int | float) and math.isfinite(t) for t in (start, end)):
+        return "-"
+    seconds = max(0, round(end - start))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+_EVENT_FIELDS = ("reason", "metric", "value", "min", "max", "gate", "error", "webhook")
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """One event: local time, name, revision, phase, weights, then what it is about."""
+    head = (
+        f"{stamp(e.get('time'))}  {_cell(e.get('event', '?')):<22} "
+        f"{_cell(e.get('revision') or '-'):<12} {_cell(e.get('phase', '-')):<16}"
+    )
+    if isinstance(e.get("canaryWeight"), int):
+        head += f" weight {_cell(e['canaryWeight'])}%"
+    about = [f"{k}={_cell(rounded(_number(e[k])))}" for k in _EVENT_FIELDS if e.get(k) is not None]
+    if e.get("dryRun"):
+        about.append("(dry run)")
+    return " ".join([head, *about]).rstrip()
+
+
+def _event_time(e: dict[str, Any]) -> float:
+    when = e.get("time")
+    return float(when) if isinstance(when, int | float) else 0.0
+
+
+def render_events(events: list[dict[str, Any]], *, ticks: bool = False) -> str:
+    """``canaryd events``: oldest first, one per line; ``analysis.tick`` only with ``ticks``."""
+    shown = [
+        e for e in events if isinstance(e, dict) and (ticks or e.get("event") != "analysis.tick")
+    ]
+    if not shown:
+        return "no events recorded"
+    shown.sort(key=_event_time)
+    return "\n".join(event_line(e) for e in shown)
+
+
+_ENDINGS = {"rollout.promoted": "promoted", "rollout.rolled_back": "rolled_back"}
+
+
+def rollouts_from_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rollouts pieced together from a canary's recent events, newest first.
+
+    For a daemon without the history API (docs/api.md, "History"): only the
+    rollouts whose events are still among the recent ones appear.
+    """
+    rollouts: list[dict[str, Any]] = []
+    ordered = sorted(
+        (e for e in events if isinstance(e, dict) and isinstance(e.get("time"), int | float)),
+        key=lambda e: float(e["time"]),
+    )
+    for e in ordered:
+        name = e.get("event")
+        if name in ("rollout.started", "rollout.restarted"):
+            if rollouts and rollouts[-1]["outcome"] == "running":
+                rollouts[-1]["outcome"] = "superseded"
+            rollouts.append(
+                {"id": "-", "revision": e.get("revision"), "outcome": "running", "reason": None}
+                | {"startedAt": e["time"], "endedAt": None, "checkCount": 0, "failedCheckCount": 0}
+            )
+        elif rollouts and rollouts[-1]["outcome"] == "running":
+            current = rollouts[-1]
+            current["checkCount"] += name == "analysis.tick"
+            current["failedCheckCount"] += name == "check.failed"
+            if name in _ENDINGS:
+                current.update(outcome=_ENDINGS[name], endedAt=e["time"], reason=e.get("reason"))
+    return rollouts[::-1]

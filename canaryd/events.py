@@ -171,8 +171,10 @@ DECISION_FIELDS = {
     "max": "its upper bound, inclusive (check.failed, rollout.rolled_back)",
     "error": "provider, webhook or router error text",
     "gate": "the gate concerned (gate.*, rollout.waiting)",
-    "metrics": "every metric as {name, value, min, max[, error]} (analysis.tick)",
+    "metrics": "every metric as {name, value, min, max[, error][, dryRun]} (analysis.tick)",
     "outcome": "pass, fail or hold (analysis.tick)",
+    "dryRun": "what the dryRun metrics would have failed or held, in words (analysis.tick);"
+    " a metric's `dryRun: true` marks it in `metrics`",
 }
 
 

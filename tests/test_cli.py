@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from daemons import api_url, running_daemon
 from service_helpers import backends, canary, eventually, service_config
 
 from canaryd.cli import main
-from canaryd.client import render_table, weight_bar
+from canaryd.client import metric_line, progress_line, render_table, weight_bar
 from canaryd.daemon import Daemon
 
 pytestmark = pytest.mark.anyio
@@ -79,7 +80,8 @@ async def test_status_table(cli: Cli) -> None:
     code, out, err = await cli("status")
     assert (code, err) == (0, "")
     assert out.splitlines() == [
-        "CANARY    PHASE            REVISION       CANARY WEIGHT               FAILED  LAST CHECK",
+        "CANARY    PHASE            REVISION       CANARY WEIGHT               FAILED  "
+        "WHY / LAST CHECK",
         "prod/web  Progressing      v2             [##..................]  10% 0/3     pass",
         "prod/api  Initialized      -              [....................]   0% 0/3     -",
     ]
@@ -211,3 +213,103 @@ def test_status_table_shows_the_failing_metric() -> None:
         "lastCheck": {"time": 1.0, "outcome": "fail", "reason": "success 97.2 < min 99"},
     }
     assert render_table([row]).splitlines()[1].endswith("1/5     fail: success 97.2 < min 99")
+
+
+async def test_status_says_why_a_rollout_ended(cli: Cli) -> None:
+    """After an abort, the human status says it was rolled back and why, not just "pass"."""
+    await _rollout_at_10(cli)
+    assert (await cli("abort", "prod/web"))[0] == 0
+    code, out, _ = await cli("status")
+    web_line = next(line for line in out.splitlines() if line.startswith("prod/web"))
+    assert code == 0 and web_line.endswith("rolled back: aborted by operator")
+    code, out, _ = await cli("status", "prod/web")
+    assert code == 0 and "rolled back: aborted by operator" in out.splitlines()[1]
+    assert "finished 20" in out
+
+
+async def test_events_are_listed_with_times_oldest_first(cli: Cli) -> None:
+    """``canaryd events`` prints one line per event with its local time, the reason included."""
+    await _rollout_at_10(cli)
+    assert (await cli("abort", "prod/web"))[0] == 0
+    code, out, err = await cli("events", "prod/web")
+    lines = out.splitlines()
+    assert (code, err) == (0, "")
+    assert lines[0].split()[2] == "rollout.started"
+    assert lines[-1].split()[2] == "rollout.rolled_back"
+    assert "reason=aborted by operator" in lines[-1]
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  ", line) for line in lines)
+    assert "analysis.tick" not in out
+    code, out, _ = await cli("events", "prod/web", "--ticks")
+    assert code == 0 and "analysis.tick" in out
+
+
+async def test_history_lists_past_rollouts_with_outcome_and_reason(cli: Cli) -> None:
+    """``canaryd history`` shows each past rollout: revision, outcome, duration, checks, reason."""
+    await _rollout_at_10(cli)
+    assert (await cli("abort", "prod/web"))[0] == 0
+    code, out, err = await cli("history", "prod/web")
+    assert (code, err) == (0, "")
+    head, row = out.splitlines()[:2]
+    assert head.split()[:5] == ["STARTED", "REVISION", "OUTCOME", "DURATION", "CHECKS"]
+    assert row.split()[2:4] == ["v2", "rolled_back"]
+    assert "aborted by operator" in row
+
+
+def _row(**kw: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "namespace": "prod",
+        "name": "api",
+        "phase": "Progressing",
+        "revision": "v2",
+        "canaryWeight": 30,
+        "failedChecks": 0,
+        "threshold": 3,
+        "gate": None,
+        "reason": None,
+    }
+    row.update(kw)
+    return row
+
+
+def test_a_closed_gate_is_named_as_the_gate_flag_with_its_command() -> None:
+    """A waiting gate is named as ``--gate`` names it, with the command that opens it."""
+    line = render_table([_row(phase="WaitingPromotion", gate="confirm-promotion")])
+    assert line.splitlines()[1].endswith(
+        "waiting for gate promotion (open: canaryd approve prod/api --gate promotion)"
+    )
+
+
+def test_a_pending_rollback_is_not_called_rolled_back() -> None:
+    """A Failed canary whose rollback route is not confirmed yet is not shown as rolled back."""
+    line = render_table([_row(phase="Failed", routePending=True, reason="router lb: refused")])
+    assert "rolled back" not in line and "rolling back, router not confirmed yet" in line
+
+
+def test_wait_lines_carry_the_time_and_rounded_values() -> None:
+    """``rollout --wait`` lines start with the time and cut long decimals to 4 digits."""
+    line = progress_line(
+        _row(failedChecks=1, reason="success 97.123456789 < min 99"), now=1_700_000_000.0
+    )
+    assert re.match(r"\d\d:\d\d:\d\d  prod/api Progressing", line)
+    assert line.endswith("last failure: success 97.12 < min 99")
+
+
+@pytest.mark.parametrize(
+    ("metric", "shown"),
+    [
+        ({"name": "ok", "value": 99.91234, "min": 99, "max": None}, "ok 99.91 (min 99): ok"),
+        (
+            {"name": "lat", "value": 612.0, "min": None, "max": 500},
+            "lat 612 (max 500): out of range",
+        ),
+        ({"name": "e", "value": None, "min": 1, "max": 2}, "e no data (min 1 max 2): no data"),
+        (
+            {"name": "d", "value": 1.5, "min": 2, "max": None, "dryRun": True},
+            "d 1.5 (min 2): out of range  (dry run)",
+        ),
+    ],
+    ids=["pass", "out-of-range", "no-data", "dry-run"],
+)
+def test_metric_line_shows_value_against_condition(metric: dict[str, object], shown: str) -> None:
+    """Each metric of a check shows its value against its condition, ``no data``, or dry run."""
+    assert metric_line(metric) == shown

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import aiohttp
 
@@ -53,6 +53,22 @@ class Router(Protocol):
         Raises:
             RouterError: not applied or not confirmed; the message carries the
                 router's own error text.
+        """
+        ...
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """A router that can verify cheaply that it is reachable and set up (``check --online``).
+
+    Routers without such a check are reported as "not checked".
+    """
+
+    async def check(self) -> str:
+        """Verify the router without changing anything; say what was found.
+
+        Raises:
+            RouterError: unreachable, or what the configuration names is not there.
         """
         ...
 
