@@ -446,7 +446,7 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
 
     A daemon restart during the wait is ridden out (the rollout resumes after it).
     """
-    from canaryd.client import progress_line
+    from canaryd.client import clock, progress, progress_line, situation
 
     deadline, last = time.monotonic() + wait_for, ""
     lost: list[float] = []
@@ -462,15 +462,15 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
             )
             _say(f"{key}: this rollout was replaced by rollout {rollout} of revision {revision}")
             return 1
-        line = progress_line(state)
-        if line != last:
-            _say(line, flush=True)
-            last = line
+        now = progress(state)
+        if now != last:
+            _say(progress_line(state), flush=True)
+            last = now
         if state["phase"] == "Succeeded":
-            _say(f"{key}: promoted revision {escape(str(state['revision']))}")
+            _say(f"{clock()}  {key}: promoted revision {escape(str(state['revision']))}")
             return 0
-        if state["phase"] == "Failed":
-            _say(f"{key}: rolled back: {escape(str(state['reason']))}")
+        if state["phase"] == "Failed":  # says so when the router has not confirmed it yet
+            _say(f"{clock()}  {key}: {situation(state)}")
             return 1
         await anyio.sleep(1.0)
     _say(f"{key}: still {last} after {wait_for:g}s; giving up waiting", err=True)

@@ -94,14 +94,14 @@ def weight_bar(canary_weight: int) -> str:
 
 
 def progress_line(s: dict[str, Any], now: float | None = None) -> str:
-    """One line of ``rollout --wait`` progress: the time, then the canary (values escaped).
+    """One line of ``rollout --wait`` progress: the time (now when None), then :func:`progress`."""
+    return f"{clock(now)}  {progress(s)}"
 
-    Args:
-        s: the canary as the API answers it.
-        now: Unix time of the line (the local clock when None).
-    """
+
+def progress(s: dict[str, Any]) -> str:
+    """Where a rollout is, on one line: phase, weight, failures, why (values escaped)."""
     line = (
-        f"{clock(now)}  {_cell(s['namespace'])}/{_cell(s['name'])} {_cell(s['phase']):<16} "
+        f"{_cell(s['namespace'])}/{_cell(s['name'])} {_cell(s['phase']):<16} "
         f"{_cell(s['revision'] or '-')}  {weight_bar(s['canaryWeight'])}  "
         f"failed {_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
     )
@@ -291,18 +291,25 @@ class Watch:
 
 
 def render_history(rollouts: list[dict[str, Any]]) -> str:
-    """``canaryd history``: one past rollout per line, newest first, with why it ended."""
+    """``canaryd history``: one past rollout per line, newest first, with why it ended.
+
+    The id is what ``canaryd events --rollout`` takes.
+    """
     if not rollouts:
         return "no rollouts recorded"
-    head = f"{'STARTED':<19}  {'REVISION':<14} {'OUTCOME':<12} {'DURATION':>9}  CHECKS  REASON"
-    lines = [head]
-    for r in rollouts:
-        checks = f"{_cell(r.get('failedCheckCount', 0))}/{_cell(r.get('checkCount', 0))} failed"
+    ids = [_cell(r.get("id") or "-") for r in rollouts]
+    width = max(len("ID"), *(len(i) for i in ids))
+    lines = [
+        f"{'ID':<{width}}  {'STARTED':<19}  {'REVISION':<14} {'OUTCOME':<12} {'DURATION':>8}"
+        "  FAILED/CHECKS  REASON"
+    ]
+    for rid, r in zip(ids, rollouts, strict=True):
+        checks = f"{_cell(r.get('failedCheckCount', 0))}/{_cell(r.get('checkCount', 0))}"
         took = duration(r.get("startedAt"), r.get("endedAt"))
         lines.append(
-            f"{stamp(r.get('startedAt')):<19}  {_cell(r.get('revision') or '-')[:14]:<14} "
-            f"{_cell(r.get('outcome', '-')):<12} {took:>9}  {checks:<7} "
-            f"{_cell(rounded(r.get('reason') or '-'))}  [{_cell(r.get('id', '-'))}]"
+            f"{rid:<{width}}  {stamp(r.get('startedAt')):<19}  "
+            f"{_cell(r.get('revision') or '-')[:14]:<14} {_cell(r.get('outcome', '-')):<12} "
+            f"{took:>8}  {checks:<13}  {_cell(rounded(r.get('reason') or '-'))}"
         )
     return "\n".join(line.rstrip() for line in lines)
 

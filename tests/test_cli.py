@@ -17,7 +17,13 @@ from daemons import api_url, running_daemon
 from service_helpers import backends, canary, eventually, service_config
 
 from canaryd.cli import main
-from canaryd.client import metric_line, progress_line, render_table, weight_bar
+from canaryd.client import (
+    metric_line,
+    progress_line,
+    render_table,
+    rollouts_from_events,
+    weight_bar,
+)
 from canaryd.daemon import Daemon
 
 pytestmark = pytest.mark.anyio
@@ -250,8 +256,8 @@ async def test_history_lists_past_rollouts_with_outcome_and_reason(cli: Cli) -> 
     code, out, err = await cli("history", "prod/web")
     assert (code, err) == (0, "")
     head, row = out.splitlines()[:2]
-    assert head.split()[:5] == ["STARTED", "REVISION", "OUTCOME", "DURATION", "CHECKS"]
-    assert row.split()[2:4] == ["v2", "rolled_back"]
+    assert head.split()[:6] == ["ID", "STARTED", "REVISION", "OUTCOME", "DURATION", "FAILED/CHECKS"]
+    assert row.split()[3:5] == ["v2", "rolled_back"]
     assert "aborted by operator" in row
 
 
@@ -313,3 +319,43 @@ def test_wait_lines_carry_the_time_and_rounded_values() -> None:
 def test_metric_line_shows_value_against_condition(metric: dict[str, object], shown: str) -> None:
     """Each metric of a check shows its value against its condition, ``no data``, or dry run."""
     assert metric_line(metric) == shown
+
+
+def test_history_from_events_when_the_daemon_has_no_history_api() -> None:
+    """Without the history API, rollouts are pieced together from events: a rollout replaced
+    before it ended is superseded; an ended one has its outcome, reason and checks."""
+    events = [
+        {"event": "rollout.rolled_back", "time": 5.0, "reason": "success 90 < min 99"},
+        {"event": "check.failed", "time": 4.0},
+        {"event": "analysis.tick", "time": 4.0},
+        {"event": "rollout.started", "time": 3.0, "revision": "v3"},
+        {"event": "analysis.tick", "time": 2.0},
+        {"event": "rollout.started", "time": 1.0, "revision": "v2"},
+    ]
+    assert [
+        (r["revision"], r["outcome"], r["reason"], r["checkCount"], r["failedCheckCount"])
+        for r in rollouts_from_events(events)
+    ] == [("v3", "rolled_back", "success 90 < min 99", 1, 1), ("v2", "superseded", None, 1, 0)]
+
+
+async def test_status_shows_a_dry_run_metric_that_did_not_stop_the_rollout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry-run metric out of range is shown as such in ``status NS/NAME`` while the rollout
+    advances past it."""
+    monkeypatch.delenv("CANARYD_TOKEN", raising=False)
+    spec = canary(interval="1s")
+    shadow = {"name": "shadow", "query": "up", "thresholdRange": {"min": 1000}, "dryRun": True}
+    spec["analysis"]["metrics"].append(shadow)
+    async with backends() as (prom, router):
+        cfg = service_config(tmp_path, prom, router, [spec])
+        with structlog.testing.capture_logs():
+            async with running_daemon(cfg) as daemon:
+                cli = Cli(daemon, api_url(cfg), tmp_path / "api-token", capsys)
+                assert (await cli("rollout", "prod/web", "--revision", "v2"))[0] == 0
+                runner = daemon.runner("prod/web")
+                assert runner is not None
+                await eventually(lambda: runner.state.canary_weight >= 20, what="a passed check")
+                code, out, _ = await cli("status", "prod/web")
+    assert code == 0 and runner.state.failed_checks == 0
+    assert "  shadow 99.9 (min 1000): out of range  (dry run)" in out.splitlines()

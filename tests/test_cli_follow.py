@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -70,3 +71,26 @@ async def test_wait_reports_an_error_answer_at_once() -> None:
     client = ScriptedClient([ClientError("no canary prod/web (HTTP 404)")])
     with pytest.raises(ClientError, match="HTTP 404"):
         await _follow(client, "prod/web", 30, "r1")
+
+
+async def test_wait_does_not_call_an_unconfirmed_rollback_rolled_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A Failed rollout whose rollback route is still pending ends the wait without claiming
+    the traffic went back."""
+    failed = state("Failed", reason="failedChecks 5 reached threshold 5", routePending=True)
+    assert await _follow(ScriptedClient([state("Progressing"), failed]), "prod/web", 30, "r1") == 1
+    out = capsys.readouterr().out
+    assert "rolled back" not in out
+    assert out.splitlines()[-1].endswith(
+        "prod/web: rolling back, router not confirmed yet: failedChecks 5 reached threshold 5"
+    )
+
+
+async def test_wait_lines_start_with_the_time(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every progress line and the final line start with HH:MM:SS."""
+    client = ScriptedClient([state("Progressing"), state("Succeeded")])
+    assert await _follow(client, "prod/web", 30, "r1") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert all(re.match(r"\d\d:\d\d:\d\d  prod/web", line) for line in lines)
