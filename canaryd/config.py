@@ -162,7 +162,92 @@ class HAProxyRouter(Model):
     timeout: Duration = 5.0
 
 
-RouterConfig = Annotated[WebhookRouter | HAProxyRouter, Field(discriminator="type")]
+def _one_or_more(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _proxy_words(values: list[str]) -> list[str]:
+    for value in values:
+        if not value or any(c.isspace() or c in ";{}#'\"\\" for c in value):
+            raise ValueError(f"{value!r}: one word without spaces, quotes, ';', '{{', '}}' or '#'")
+    return values
+
+
+ProxyWords = Annotated[
+    list[str], BeforeValidator(_one_or_more), AfterValidator(_proxy_words), Field(min_length=1)
+]
+"""One or more words that go into a proxy's config file (addresses, names)."""
+
+ProxyWord = Annotated[str, AfterValidator(lambda v: _proxy_words([v])[0])]
+"""One word that goes into a proxy's config file."""
+
+
+class NginxRouter(Model):
+    """NGINX: canaryd writes an ``upstream`` block to an include file, tests and reloads."""
+
+    type: Literal["nginx"]
+    file: str
+    upstream: Annotated[str, AfterValidator(_check_name)]
+    primary: ProxyWords
+    canary: ProxyWords
+    nginx_bin: str = "nginx"
+    conf: str | None = None
+    test_command: list[str] | None = Field(default=None, min_length=1)
+    reload_command: list[str] | None = Field(default=None, min_length=1)
+    pid_file: str | None = "/run/nginx.pid"
+    timeout: Duration = 10.0
+
+
+class EnvoyRouter(Model):
+    """Envoy: canaryd writes the RDS file Envoy watches and reads it back via the admin API."""
+
+    type: Literal["envoy"]
+    file: str
+    admin: str = "http://127.0.0.1:9901"
+    route_config: Annotated[str, AfterValidator(_check_name)]
+    primary: Annotated[str, AfterValidator(_check_name)]
+    canary: Annotated[str, AfterValidator(_check_name)]
+    domains: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    prefix: str = "/"
+    log_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+    timeout: Duration = 10.0
+
+    @field_validator("admin")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+class TraefikRouter(Model):
+    """Traefik: canaryd writes a ``weighted`` service for the file provider, reads it back."""
+
+    type: Literal["traefik"]
+    file: str
+    api: str = "http://127.0.0.1:8080"
+    service: Annotated[str, AfterValidator(_check_name)]
+    primary: ProxyWord
+    canary: ProxyWord
+    provider: Annotated[str, AfterValidator(_check_name)] = "file"
+    username: str | None = None
+    password_file: str | None = None
+    timeout: Duration = 10.0
+
+    @field_validator("api")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+RouterConfig = Annotated[
+    WebhookRouter | HAProxyRouter | NginxRouter | EnvoyRouter | TraefikRouter,
+    Field(discriminator="type"),
+]
 
 
 # --------------------------------------------------------------------------- notifiers

@@ -7,7 +7,14 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from canaryd.config import HAProxyRouter, RouterConfig, WebhookRouter
+from canaryd.config import (
+    EnvoyRouter,
+    HAProxyRouter,
+    NginxRouter,
+    RouterConfig,
+    TraefikRouter,
+    WebhookRouter,
+)
 
 Action = Literal["route", "promote", "rollback"]
 
@@ -63,4 +70,23 @@ def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -
         from canaryd.routers.haproxy import HAProxyRuntime
 
         return HAProxyRuntime(cfg)
+    if isinstance(cfg, NginxRouter | EnvoyRouter | TraefikRouter):
+        return _build_file_router(cfg, session)
     raise AssertionError(f"unhandled router type {cfg!r}")  # config validation prevents this
+
+
+def _build_file_router(
+    cfg: NginxRouter | EnvoyRouter | TraefikRouter, session: aiohttp.ClientSession
+) -> Router:
+    """The routers that write a file for a proxy (``docs/routers.md``)."""
+    if isinstance(cfg, NginxRouter):
+        from canaryd.routers.nginx import NginxFileRouter
+
+        return NginxFileRouter(cfg)
+    if isinstance(cfg, EnvoyRouter):
+        from canaryd.routers.envoy import EnvoyFileRouter
+
+        return EnvoyFileRouter(cfg, session)
+    from canaryd.routers.traefik import TraefikFileRouter
+
+    return TraefikFileRouter(cfg, session)

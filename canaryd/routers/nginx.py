@@ -1,0 +1,175 @@
+"""NGINX router: an ``upstream`` block with server weights in an include file canaryd owns.
+
+The operator's ``nginx.conf`` includes ``cfg.file`` inside ``http {}`` and proxies
+to the upstream (``proxy_pass http://web;``). For each decision canaryd:
+
+1. renders the upstream: primary servers weighted by the primary's percent,
+   canary servers by the canary's, reduced by their common divisor (80/20 with
+   one server each is ``weight=4`` / ``weight=1``). NGINX refuses ``weight=0``,
+   so a side at 0 % is left out of the block (the one-side form);
+2. replaces the file atomically (:func:`canaryd.routers.files.apply_file`);
+3. runs the test command (default ``nginx -t -q [-c conf]``) and, only if it
+   passes, the reload command (default ``nginx -s reload [-c conf]``).
+
+``nginx -s reload`` only signals the master, which reloads afterwards; so with
+``pid_file`` set (Debian's ``/run/nginx.pid`` by default) canaryd then waits
+until the master has started new worker processes and every old one is gone or
+"shutting down", i.e. until new connections get the new split
+(:func:`reload_done`). NGINX (open source) has no API to read the weights
+back: the test, the reload and the new workers are the verification.
+
+If the test or the reload fails or times out, the previous file is put back and
+the RouterError quotes NGINX's own message, e.g. ``nginx: nginx: [emerg] host
+not found in upstream "web-v2:80" in /etc/nginx/canaryd/web.conf:4``.
+``promote`` writes the request's weights like ``route`` (NGINX cannot
+change what the primary runs; a ``promote`` webhook redeploys it);
+``rollback`` always writes primary 100 %. See ``docs/routers.md``.
+"""
+
+from __future__ import annotations
+
+from math import gcd
+from pathlib import Path
+
+import anyio
+
+from canaryd.config import NginxRouter
+from canaryd.errors import RouterError
+from canaryd.routers import RouteRequest
+from canaryd.routers.files import apply_file, poll, run_command
+
+BUDGET_FACTOR = 3
+"""One :meth:`NginxFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
+
+
+def split_weights(primary: int, canary: int, n_primary: int, n_canary: int) -> tuple[int, int]:
+    """NGINX weights per primary and per canary server for a percent split.
+
+    Each side's total is proportional to its percent; a side at 0 % gets weight 0
+    (and is left out of the block).
+
+    Raises:
+        ValueError: the percents are not 0..100 adding up to 100.
+    """
+    if not (0 <= primary <= 100 and 0 <= canary <= 100 and primary + canary == 100):
+        raise ValueError(f"weights {primary}/{canary} are not percentages adding up to 100")
+    wp, wc = primary * n_canary, canary * n_primary
+    divisor = gcd(wp, wc)
+    return wp // divisor, wc // divisor
+
+
+def render_upstream(cfg: NginxRouter, canary: str, primary_pct: int, canary_pct: int) -> str:
+    """The include file's text for one split.
+
+    Raises:
+        ValueError: the percents are not a split (see :func:`split_weights`).
+    """
+    wp, wc = split_weights(primary_pct, canary_pct, len(cfg.primary), len(cfg.canary))
+    lines = [
+        f"# Written by canaryd for {canary}: primary {primary_pct}%, canary {canary_pct}%.",
+        "# canaryd replaces this file on every traffic change; do not edit it.",
+        f"upstream {cfg.upstream} {{",
+    ]
+    for servers, weight in ((cfg.primary, wp), (cfg.canary, wc)):
+        if weight:
+            lines += [f"    server {server} weight={weight};" for server in servers]
+    return "\n".join([*lines, "}", ""])
+
+
+def _workers(master: int) -> dict[int, str]:
+    """The master's worker processes and their titles (``nginx: worker process``...)."""
+    children: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue  # exited meanwhile
+        if int(stat.rpartition(")")[2].split()[1]) == master and "worker process" in title:
+            children[int(entry.name)] = title.strip()
+    return children
+
+
+def reload_done(before: dict[int, str], now: dict[int, str]) -> str | None:
+    """None once a reload is in effect, else what is still missing.
+
+    In effect: a worker that was not there before exists, and every worker from
+    before has exited or is shutting down (it no longer accepts connections).
+    """
+    if not set(now) - set(before):
+        return "no new worker process yet"
+    old = [pid for pid in before if pid in now and "shutting down" not in now[pid]]
+    return f"old worker process {old[0]} still accepts connections" if old else None
+
+
+def read_pid(path: Path) -> int:
+    """The master's PID from NGINX's pid file.
+
+    Raises:
+        RouterError: the file is missing or holds no PID (NGINX is not running).
+    """
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise RouterError(f"nginx: cannot read pid file {path}: {exc.strerror}") from exc
+    if not text.isdigit():
+        raise RouterError(f"nginx: pid file {path} holds no PID: {text[:40]!r}")
+    return int(text)
+
+
+class NginxFileRouter:
+    """Moves traffic by rewriting an NGINX upstream include file, testing and reloading.
+
+    Attributes:
+        budget: seconds one :meth:`apply` may take at most.
+    """
+
+    def __init__(self, cfg: NginxRouter) -> None:
+        """Work out the commands; nothing is run yet."""
+        self._cfg = cfg
+        self._path = Path(cfg.file)
+        conf = ["-c", cfg.conf] if cfg.conf else []
+        self.test_command = cfg.test_command or [cfg.nginx_bin, "-t", "-q", *conf]
+        self.reload_command = cfg.reload_command or [cfg.nginx_bin, "-s", "reload", *conf]
+        self.budget = cfg.timeout * BUDGET_FACTOR
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Write, test and reload the split for ``request`` (see the module docstring).
+
+        Raises:
+            RouterError: the weights are not a split, the file cannot be written,
+                the test or reload failed (NGINX's message quoted) or timed out;
+                the previous file is then back in place.
+        """
+        primary, canary = request.primary_weight, request.canary_weight
+        if request.action == "rollback":
+            primary, canary = 100, 0
+        try:
+            text = render_upstream(self._cfg, request.canary, primary, canary)
+        except ValueError as exc:
+            raise RouterError(f"nginx {self._cfg.upstream}: {exc}") from exc
+        try:
+            with anyio.fail_after(self.budget):
+                await apply_file("nginx", self._path, text.encode(), self._test_and_reload)
+        except TimeoutError as exc:
+            raise RouterError(f"nginx: not applied within {self.budget:g}s") from exc
+
+    async def _test_and_reload(self) -> None:
+        await run_command("nginx", self.test_command, self._cfg.timeout)
+        pid_file = Path(self._cfg.pid_file) if self._cfg.pid_file else None
+        try:
+            before = _workers(read_pid(pid_file)) if pid_file else {}
+        except RouterError:
+            before = None  # NGINX is down: let the reload command say so in its own words
+        await run_command("nginx", self.reload_command, self._cfg.timeout)
+        if pid_file is None:
+            return
+        if before is None:
+            before = {}  # the master came up between the two reads: any worker is new
+
+        async def check() -> str | None:
+            return reload_done(before, await anyio.to_thread.run_sync(_workers, read_pid(pid_file)))
+
+        await poll(check, self._cfg.timeout, "nginx reload")
