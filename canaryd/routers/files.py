@@ -166,8 +166,19 @@ async def apply_file(
         raise
 
 
-async def run_command(proxy: str, argv: Sequence[str], timeout: float) -> str:
+async def run_command(
+    proxy: str,
+    argv: Sequence[str],
+    timeout: float,
+    message: Callable[[str], str] = preview,
+) -> str:
     """Run a proxy's command (``nginx -t``, a reload); return its output.
+
+    Args:
+        proxy: the proxy's name, first word of every error.
+        argv: the command.
+        timeout: seconds it may run.
+        message: extracts the proxy's own message from the output of a failure.
 
     Raises:
         RouterError: the command is missing, exited non-zero (its own message is
@@ -183,8 +194,8 @@ async def run_command(proxy: str, argv: Sequence[str], timeout: float) -> str:
         raise RouterError(f"{proxy}: cannot run {argv[0]}: {_os_reason(exc)}") from exc
     output = (result.stderr + result.stdout)[:MAX_OUTPUT_BYTES].decode("utf-8", "replace")
     if result.returncode != 0:
-        text = preview(output) or f"exit status {result.returncode}"
-        raise RouterError(f"{proxy}: {name}: {text}")
+        text = message(output) or f"{name}: exit status {result.returncode}"
+        raise RouterError(f"{proxy}: {text}")
     return output
 
 

@@ -19,8 +19,8 @@ until the master has started new worker processes and every old one is gone or
 back: the test, the reload and the new workers are the verification.
 
 If the test or the reload fails or times out, the previous file is put back and
-the RouterError quotes NGINX's own message, e.g. ``nginx: nginx: [emerg] host
-not found in upstream "web-v2:80" in /etc/nginx/canaryd/web.conf:4``.
+the RouterError quotes NGINX's own message, e.g. ``nginx: [emerg] host not
+found in upstream "web-v2:80" in /etc/nginx/canaryd/web.conf:4``.
 ``promote`` writes the request's weights like ``route`` (NGINX cannot
 change what the primary runs; a ``promote`` webhook redeploys it);
 ``rollback`` always writes primary 100 %. See ``docs/routers.md``.
@@ -28,6 +28,7 @@ change what the primary runs; a ``promote`` webhook redeploys it);
 
 from __future__ import annotations
 
+import re
 from math import gcd
 from pathlib import Path
 
@@ -36,7 +37,12 @@ import anyio
 from canaryd.config import NginxRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import apply_file, poll, run_command
+from canaryd.routers.files import apply_file, poll, preview, run_command
+
+_LOG_LINE = re.compile(
+    r"^(?:nginx: )?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d )?\[(?P<level>\w+)\] (?:\d+#\d+: )?(?P<text>.*)$"
+)
+_ERROR_LEVELS = frozenset({"emerg", "alert", "crit", "error"})
 
 BUDGET_FACTOR = 3
 """One :meth:`NginxFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
@@ -74,6 +80,22 @@ def render_upstream(cfg: NginxRouter, canary: str, primary_pct: int, canary_pct:
         if weight:
             lines += [f"    server {server} weight={weight};" for server in servers]
     return "\n".join([*lines, "}", ""])
+
+
+def nginx_message(output: str) -> str:
+    """NGINX's error lines from a command's output, without timestamps and PIDs.
+
+    ``nginx: [emerg] host not found in upstream "x:80" in /etc/nginx/web.conf:4``
+    becomes ``[emerg] host not found in upstream "x:80" in /etc/nginx/web.conf:4``;
+    notices and the "test failed" summary are dropped. Output without an error
+    line is returned whole (shortened).
+    """
+    errors = []
+    for line in output.splitlines():
+        match = _LOG_LINE.match(line.strip())
+        if match and match["level"] in _ERROR_LEVELS:
+            errors.append(f"[{match['level']}] {match['text']}")
+    return preview("\n".join(errors) or output)
 
 
 def _workers(master: int) -> dict[int, str]:
@@ -157,13 +179,13 @@ class NginxFileRouter:
             raise RouterError(f"nginx: not applied within {self.budget:g}s") from exc
 
     async def _test_and_reload(self) -> None:
-        await run_command("nginx", self.test_command, self._cfg.timeout)
+        await run_command("nginx", self.test_command, self._cfg.timeout, nginx_message)
         pid_file = Path(self._cfg.pid_file) if self._cfg.pid_file else None
         try:
             before = _workers(read_pid(pid_file)) if pid_file else {}
         except RouterError:
             before = None  # NGINX is down: let the reload command say so in its own words
-        await run_command("nginx", self.reload_command, self._cfg.timeout)
+        await run_command("nginx", self.reload_command, self._cfg.timeout, nginx_message)
         if pid_file is None:
             return
         if before is None:
