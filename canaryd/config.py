@@ -210,8 +210,6 @@ class EnvoyRouter(Model):
     domains: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     prefix: str = "/"
     log_file: str | None = None
-    username: str | None = None
-    password_file: str | None = None
     timeout: Duration = 10.0
 
     @field_validator("admin")
