@@ -204,7 +204,11 @@ class _Transient(Exception):
 
 
 async def get_json(
-    proxy: str, session: aiohttp.ClientSession, url: str, timeout: float
+    proxy: str,
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    auth: aiohttp.BasicAuth | None = None,
 ) -> tuple[int, Any]:
     """GET ``url`` from a proxy's admin API (no redirects followed, bounded answer).
 
@@ -224,7 +228,7 @@ async def get_json(
         sleep=anyio.sleep,
     )
     try:
-        return await retrying(_get_once, session, url, timeout)
+        return await retrying(_get_once, session, url, timeout, auth)
     except _Transient as exc:
         raise RouterError(f"{proxy} {url}: {exc} (after {ATTEMPTS} attempts)") from exc
     except TimeoutError as exc:
@@ -236,9 +240,11 @@ async def get_json(
         raise RouterError(f"{proxy} {url}: {reason} (after {ATTEMPTS} attempts)") from exc
 
 
-async def _get_once(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[int, Any]:
+async def _get_once(
+    session: aiohttp.ClientSession, url: str, timeout: float, auth: aiohttp.BasicAuth | None
+) -> tuple[int, Any]:
     with anyio.fail_after(timeout):
-        async with session.get(url, allow_redirects=False) as resp:
+        async with session.get(url, allow_redirects=False, auth=auth) as resp:
             body = await resp.content.read(MAX_ANSWER_BYTES)
     text = body.decode("utf-8", "replace")
     if resp.status >= 500:
