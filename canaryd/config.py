@@ -194,7 +194,7 @@ class NginxRouter(Model):
     conf: str | None = None
     test_command: list[str] | None = Field(default=None, min_length=1)
     reload_command: list[str] | None = Field(default=None, min_length=1)
-    pid_file: str | None = "/run/nginx.pid"
+    pid_path: str | None = "/run/nginx.pid"
     timeout: Duration = 10.0
 
 
@@ -209,7 +209,7 @@ class EnvoyRouter(Model):
     canary: Annotated[str, AfterValidator(_check_name)]
     domains: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     prefix: str = "/"
-    log_file: str | None = None
+    log_path: str | None = None
     timeout: Duration = 10.0
 
     @field_validator("admin")

@@ -1,4 +1,4 @@
-"""The Envoy router against a real Envoy: RDS file replaced by rename, read back, traffic counted."""
+"""The Envoy router against a real Envoy: RDS file replaced by rename, read back, counted."""
 
 from __future__ import annotations
 
@@ -55,7 +55,10 @@ def bootstrap(rds: Path, admin: int, listen: int, backends: tuple[int, int]) -> 
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "web",
-        "rds": {"route_config_name": "web", "config_source": {"path_config_source": {"path": str(rds)}}},
+        "rds": {
+            "route_config_name": "web",
+            "config_source": {"path_config_source": {"path": str(rds)}},
+        },
         "http_filters": [
             {
                 "name": "envoy.filters.http.router",
@@ -75,7 +78,14 @@ def bootstrap(rds: Path, admin: int, listen: int, backends: tuple[int, int]) -> 
                     "name": "web",
                     "address": listener_address,
                     "filter_chains": [
-                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": manager,
+                                }
+                            ]
+                        }
                     ],
                 }
             ],
@@ -111,7 +121,7 @@ class Envoy:
             "route_config": "web",
             "primary": "primary",
             "canary": "canary",
-            "log_file": str(self.log),
+            "log_path": str(self.log),
             "timeout": 5.0,
         }
         return EnvoyRouter.model_validate(entry | override)

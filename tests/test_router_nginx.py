@@ -65,7 +65,7 @@ class Nginx:
             "canary": f"127.0.0.1:{self.backends[1]}",
             "nginx_bin": self.binary,
             "conf": str(self.conf),
-            "pid_file": str(self.dir / "nginx.pid"),
+            "pid_path": str(self.dir / "nginx.pid"),
             "timeout": 5.0,
         }
         return NginxRouter.model_validate(entry | override)

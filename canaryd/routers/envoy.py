@@ -14,7 +14,7 @@ API's ``/config_dump?resource=dynamic_route_configs`` until the route
 configuration shows that version. If instead Envoy's
 ``http.*.rds.<route_config>.update_rejected`` counter rises, Envoy refused the
 file: the previous file is put back and the RouterError quotes Envoy's reason
-from its log (``cfg.log_file``, Envoy's ``--log-path``) when configured. The
+from its log (``cfg.log_path``, Envoy's ``--log-path``) when configured. The
 admin API not answering (Envoy down) is an error before anything is written.
 ``promote`` writes the request's weights like ``route``; ``rollback`` always
 writes primary 100 %. See ``docs/routers.md``.
@@ -56,7 +56,10 @@ def route_configuration(cfg: EnvoyRouter, primary: int, canary: int) -> dict[str
     if canary == 0 or primary == 0:
         action: dict[str, Any] = {"cluster": cfg.primary if canary == 0 else cfg.canary}
     else:
-        clusters = [{"name": cfg.primary, "weight": primary}, {"name": cfg.canary, "weight": canary}]
+        clusters = [
+            {"name": cfg.primary, "weight": primary},
+            {"name": cfg.canary, "weight": canary},
+        ]
         action = {"weighted_clusters": {"clusters": clusters}}
     return {
         "@type": ROUTE_TYPE,
@@ -150,7 +153,7 @@ class EnvoyFileRouter:
         try:
             with anyio.fail_after(self.budget):
                 rejected = await self._rejections()
-                offset = await anyio.to_thread.run_sync(_log_size, self._cfg.log_file)
+                offset = await anyio.to_thread.run_sync(_log_size, self._cfg.log_path)
 
                 async def confirm() -> None:
                     await self._confirm(version, rejected, offset)
@@ -184,8 +187,8 @@ class EnvoyFileRouter:
         Envoy writes its log in buffered chunks (``--file-flush-interval-msec``),
         so the line is awaited for up to :data:`LOG_WAIT` seconds.
         """
-        if self._cfg.log_file and log_offset is not None:
-            path = Path(self._cfg.log_file)
+        if self._cfg.log_path and log_offset is not None:
+            path = Path(self._cfg.log_path)
             with anyio.move_on_after(LOG_WAIT):
                 while True:
                     try:
@@ -198,8 +201,11 @@ class EnvoyFileRouter:
         return "Envoy rejected the route configuration (the reason is in Envoy's log)"
 
     async def _get(self, path: str) -> Any:
-        status, body = await get_json("envoy", self._session, self._cfg.admin + path, self._cfg.timeout)
+        status, body = await get_json(
+            "envoy", self._session, self._cfg.admin + path, self._cfg.timeout
+        )
         if status != 200:
-            text = body.get("message") if isinstance(body, dict) else None
-            raise RouterError(f"{self._label}: admin API {path.split('?')[0]}: HTTP {status}: {preview(str(text))}")
+            text = preview(str(body.get("message") if isinstance(body, dict) else body))
+            endpoint = path.split("?")[0]
+            raise RouterError(f"{self._label}: admin API {endpoint}: HTTP {status}: {text}")
         return body

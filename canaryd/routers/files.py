@@ -199,7 +199,7 @@ async def run_command(
     return output
 
 
-class _Transient(Exception):
+class _TransientError(Exception):
     """An admin-API answer worth another try (5xx)."""
 
 
@@ -223,13 +223,13 @@ async def get_json(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(ATTEMPTS),
         wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-        retry=retry_if_exception_type((aiohttp.ClientError, TimeoutError, _Transient)),
+        retry=retry_if_exception_type((aiohttp.ClientError, TimeoutError, _TransientError)),
         reraise=True,
         sleep=anyio.sleep,
     )
     try:
         return await retrying(_get_once, session, url, timeout, auth)
-    except _Transient as exc:
+    except _TransientError as exc:
         raise RouterError(f"{proxy} {url}: {exc} (after {ATTEMPTS} attempts)") from exc
     except TimeoutError as exc:
         raise RouterError(
@@ -248,16 +248,14 @@ async def _get_once(
             body = await resp.content.read(MAX_ANSWER_BYTES)
     text = body.decode("utf-8", "replace")
     if resp.status >= 500:
-        raise _Transient(f"HTTP {resp.status}: {preview(text)}")
+        raise _TransientError(f"HTTP {resp.status}: {preview(text)}")
     try:
         return resp.status, json.loads(text)
     except ValueError:
         return resp.status, None if resp.status < 300 else {"message": text}
 
 
-async def poll(
-    check: Callable[[], Awaitable[str | None]], timeout: float, what: str
-) -> None:
+async def poll(check: Callable[[], Awaitable[str | None]], timeout: float, what: str) -> None:
     """Call ``check`` every :data:`POLL_INTERVAL` until it returns None (done).
 
     ``check`` returns why it is not done yet; it raises RouterError for a final no.
@@ -267,7 +265,9 @@ async def poll(
     """
     reason: str | None = "not checked"
     with anyio.move_on_after(timeout):
-        while (reason := await check()) is not None:
-            await anyio.sleep(POLL_INTERVAL)
+        reason = await check()
+        while reason is not None:
+            await anyio.sleep(POLL_INTERVAL)  # the proxies offer nothing to wait on
+            reason = await check()
     if reason is not None:
         raise RouterError(f"{what} not confirmed within {timeout:g}s: {reason}")

@@ -12,7 +12,7 @@ to the upstream (``proxy_pass http://web;``). For each decision canaryd:
    passes, the reload command (default ``nginx -s reload [-c conf]``).
 
 ``nginx -s reload`` only signals the master, which reloads afterwards; so with
-``pid_file`` set (Debian's ``/run/nginx.pid`` by default) canaryd then waits
+``pid_path`` set (Debian's ``/run/nginx.pid`` by default) canaryd then waits
 until the master has started new worker processes and every old one is gone or
 "shutting down", i.e. until new connections get the new split
 (:func:`reload_done`). NGINX (open source) has no API to read the weights
@@ -40,7 +40,8 @@ from canaryd.routers import RouteRequest
 from canaryd.routers.files import apply_file, poll, preview, run_command
 
 _LOG_LINE = re.compile(
-    r"^(?:nginx: )?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d )?\[(?P<level>\w+)\] (?:\d+#\d+: )?(?P<text>.*)$"
+    r"^(?:nginx: )?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d )?"  # prefix and timestamp
+    r"\[(?P<level>\w+)\] (?:\d+#\d+: )?(?P<text>.*)$"  # [level] pid#tid: text
 )
 _ERROR_LEVELS = frozenset({"emerg", "alert", "crit", "error"})
 
@@ -180,18 +181,18 @@ class NginxFileRouter:
 
     async def _test_and_reload(self) -> None:
         await run_command("nginx", self.test_command, self._cfg.timeout, nginx_message)
-        pid_file = Path(self._cfg.pid_file) if self._cfg.pid_file else None
+        pid_path = Path(self._cfg.pid_path) if self._cfg.pid_path else None
         try:
-            before = _workers(read_pid(pid_file)) if pid_file else {}
+            before = _workers(read_pid(pid_path)) if pid_path else {}
         except RouterError:
             before = None  # NGINX is down: let the reload command say so in its own words
         await run_command("nginx", self.reload_command, self._cfg.timeout, nginx_message)
-        if pid_file is None:
+        if pid_path is None:
             return
         if before is None:
             before = {}  # the master came up between the two reads: any worker is new
 
         async def check() -> str | None:
-            return reload_done(before, await anyio.to_thread.run_sync(_workers, read_pid(pid_file)))
+            return reload_done(before, await anyio.to_thread.run_sync(_workers, read_pid(pid_path)))
 
         await poll(check, self._cfg.timeout, "nginx reload")
