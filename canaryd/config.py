@@ -183,10 +183,11 @@ ProxyWord = Annotated[str, AfterValidator(lambda v: _proxy_words([v])[0])]
 
 
 class NginxRouter(Model):
-    """NGINX: canaryd writes an ``upstream`` block to an include file, tests and reloads."""
+    """NGINX: an ``upstream`` block in an include file (test, reload), or NGINX Plus's API."""
 
     type: Literal["nginx"]
-    file: str
+    file: str | None = None
+    api: str | None = None
     upstream: Annotated[str, AfterValidator(_check_name)]
     primary: ProxyWords
     canary: ProxyWords
@@ -195,7 +196,22 @@ class NginxRouter(Model):
     test_command: list[str] | None = Field(default=None, min_length=1)
     reload_command: list[str] | None = Field(default=None, min_length=1)
     pid_path: str | None = "/run/nginx.pid"
+    username: str | None = None
+    password_file: str | None = None
     timeout: Duration = 10.0
+
+    @field_validator("api")
+    @classmethod
+    def _api_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8080/api/9")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _file_or_api(self) -> NginxRouter:
+        if (self.file is None) == (self.api is None):
+            raise ValueError("set exactly one of file (NGINX) or api (NGINX Plus)")
+        return self
 
 
 class EnvoyRouter(Model):

@@ -79,6 +79,10 @@ def _build_file_router(
     cfg: NginxRouter | EnvoyRouter | TraefikRouter, session: aiohttp.ClientSession
 ) -> Router:
     """The routers that write a file for a proxy (``docs/routers.md``)."""
+    if isinstance(cfg, NginxRouter) and cfg.api is not None:
+        from canaryd.routers.nginx_plus import NginxPlusRouter
+
+        return NginxPlusRouter(cfg, session)
     if isinstance(cfg, NginxRouter):
         from canaryd.routers.nginx import NginxFileRouter
 

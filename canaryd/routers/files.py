@@ -210,12 +210,31 @@ async def get_json(
     timeout: float,
     auth: aiohttp.BasicAuth | None = None,
 ) -> tuple[int, Any]:
-    """GET ``url`` from a proxy's admin API (no redirects followed, bounded answer).
+    """GET ``url`` from a proxy's admin API; see :func:`request_json`.
 
-    Connection failures, timeouts and 5xx are retried (:data:`ATTEMPTS` tries).
+    Raises:
+        RouterError: no usable answer after the retries.
+    """
+    return await request_json(proxy, session, "GET", url, timeout, auth)
+
+
+async def request_json(
+    proxy: str,
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    timeout: float,
+    auth: aiohttp.BasicAuth | None = None,
+    body: Any = None,
+) -> tuple[int, Any]:
+    """Send an idempotent request to a proxy's admin API (no redirects followed, bounded answer).
+
+    Connection failures, timeouts and 5xx are retried (:data:`ATTEMPTS` tries);
+    only use it for requests that may be repeated (GET, PATCH to absolute values).
 
     Returns:
-        The HTTP status and the decoded JSON body (None if the body is not JSON).
+        The HTTP status and the decoded JSON answer (for a non-JSON error answer
+        ``{"message": text}``; for a non-JSON success None).
 
     Raises:
         RouterError: no usable answer after the retries.
@@ -228,7 +247,7 @@ async def get_json(
         sleep=anyio.sleep,
     )
     try:
-        return await retrying(_get_once, session, url, timeout, auth)
+        return await retrying(_request_once, session, method, url, timeout, auth, body)
     except _TransientError as exc:
         raise RouterError(f"{proxy} {url}: {exc} (after {ATTEMPTS} attempts)") from exc
     except TimeoutError as exc:
@@ -240,13 +259,20 @@ async def get_json(
         raise RouterError(f"{proxy} {url}: {reason} (after {ATTEMPTS} attempts)") from exc
 
 
-async def _get_once(
-    session: aiohttp.ClientSession, url: str, timeout: float, auth: aiohttp.BasicAuth | None
+async def _request_once(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    timeout: float,
+    auth: aiohttp.BasicAuth | None,
+    body: Any,
 ) -> tuple[int, Any]:
     with anyio.fail_after(timeout):
-        async with session.get(url, allow_redirects=False, auth=auth) as resp:
-            body = await resp.content.read(MAX_ANSWER_BYTES)
-    text = body.decode("utf-8", "replace")
+        async with session.request(
+            method, url, allow_redirects=False, auth=auth, json=body
+        ) as resp:
+            raw = await resp.content.read(MAX_ANSWER_BYTES)
+    text = raw.decode("utf-8", "replace")
     if resp.status >= 500:
         raise _TransientError(f"HTTP {resp.status}: {preview(text)}")
     try:

@@ -150,7 +150,13 @@ class NginxFileRouter:
     """
 
     def __init__(self, cfg: NginxRouter) -> None:
-        """Work out the commands; nothing is run yet."""
+        """Work out the commands; nothing is run yet.
+
+        Raises:
+            RouterError: the config has no ``file`` (it sets ``api``: NGINX Plus).
+        """
+        if cfg.file is None:
+            raise RouterError("nginx: no file configured")  # config validation prevents this
         self._cfg = cfg
         self._path = Path(cfg.file)
         conf = ["-c", cfg.conf] if cfg.conf else []
