@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -94,7 +95,24 @@ def http_json(url: str) -> object:
 
 
 @contextmanager
-def run_proxy(argv: list[str], log: Path, ready: Callable[[], bool]) -> Iterator[None]:
+def frozen(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The proxy stopped with SIGSTOP (it accepts connections but answers nothing) for the block."""
+    proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    stat = Path(f"/proc/{proc.pid}/stat")
+    while stat.read_text().rpartition(")")[2].split()[0] != "T":  # signal delivery is async
+        assert time.monotonic() < deadline, "the proxy did not stop"
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+@contextmanager
+def run_proxy(
+    argv: list[str], log: Path, ready: Callable[[], bool]
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run a proxy in the foreground until the block ends (terminate, then kill).
 
     Raises:
@@ -109,7 +127,7 @@ def run_proxy(argv: list[str], log: Path, ready: Callable[[], bool]) -> Iterator
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{argv[0]} did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.05)
-            yield
+            yield proc
         finally:
             proc.terminate()
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from proxies import (
     assert_split,
     find_envoy,
     free_port,
+    frozen,
     http_json,
     port_open,
     require,
@@ -111,6 +113,7 @@ class Envoy:
         self.bootstrap.write_text(json.dumps(config))
         self.rds.write_bytes(rds_file(route_configuration(self.router_config(), 100, 0))[1])
         self._stack = contextlib.ExitStack()
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def router_config(self, **override: Any) -> EnvoyRouter:
         """An ``envoy`` router config entry for this instance."""
@@ -150,7 +153,7 @@ class Envoy:
             "--file-flush-interval-msec",
             "100",
         ]
-        self._stack.enter_context(run_proxy(argv, self.dir / "envoy.out", self.ready))
+        self.proc = self._stack.enter_context(run_proxy(argv, self.dir / "envoy.out", self.ready))
 
     def stop(self) -> None:
         """Stop Envoy (and wait for it)."""
@@ -260,3 +263,40 @@ async def test_envoy_down_writes_nothing(envoy: Envoy, session: aiohttp.ClientSe
     assert envoy.rds.read_bytes() == before
     envoy.start()
     await assert_split(envoy.url, 20, ENVOY_REQUESTS)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_frozen_envoy_times_out_and_writes_nothing(
+    envoy: Envoy, session: aiohttp.ClientSession
+) -> None:
+    """Envoy stopped (SIGSTOP) answers nothing: the budget ends the apply, nothing changes."""
+    await EnvoyFileRouter(envoy.router_config(), session).apply(route("route", 80, 20))
+    before = envoy.rds.read_bytes()
+    router = EnvoyFileRouter(envoy.router_config(timeout=0.3), session)
+    assert envoy.proc is not None
+
+    with frozen(envoy.proc), pytest.raises(RouterError) as info:
+        await router.apply(route("route", 50, 50))
+
+    assert str(info.value) == "envoy web: not applied within 0.9s"
+    assert envoy.rds.read_bytes() == before
+    await assert_split(envoy.url, 20, ENVOY_REQUESTS)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_file_envoy_does_not_watch_times_out_and_is_removed(
+    envoy: Envoy, session: aiohttp.ClientSession
+) -> None:
+    """A file Envoy never loads is not confirmed within the timeout and is removed again."""
+    other = envoy.rds.with_name("other.json")
+    router = EnvoyFileRouter(envoy.router_config(file=str(other), timeout=1.0), session)
+
+    with pytest.raises(RouterError) as info:
+        await router.apply(route("route", 50, 50))
+
+    assert str(info.value).startswith("envoy web: version canaryd-")
+    assert "not confirmed within 1s: config_dump shows version canaryd-" in str(info.value)
+    assert not other.exists()
+    await assert_split(envoy.url, 0, ENVOY_REQUESTS)

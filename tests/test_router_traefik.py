@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,16 @@ import aiohttp
 import pytest
 import yaml
 from haproxy import named_backend
-from proxies import assert_split, find_traefik, free_port, http_json, port_open, require, run_proxy
+from proxies import (
+    assert_split,
+    find_traefik,
+    free_port,
+    frozen,
+    http_json,
+    port_open,
+    require,
+    run_proxy,
+)
 
 from canaryd.config import TraefikRouter
 from canaryd.errors import RouterError
@@ -36,6 +46,7 @@ class Traefik:
         (dynamic / "web.yml").write_text(yaml.safe_dump(self.operator_config(backends)))
         self.file.write_bytes(dynamic_config(self.router_config(), 100, 0, "prod/web"))
         self._stack = contextlib.ExitStack()
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def static_config(self, dynamic: Path) -> dict[str, Any]:
         """Entry points on loopback, the API, the file provider watching ``dynamic``."""
@@ -88,7 +99,7 @@ class Traefik:
     def start(self) -> None:
         """Start Traefik in the foreground and wait until it is ready."""
         argv = [self.binary, f"--configfile={self.static}"]
-        self._stack.enter_context(run_proxy(argv, self.dir / "traefik.log", self.ready))
+        self.proc = self._stack.enter_context(run_proxy(argv, self.dir / "traefik.log", self.ready))
 
     def stop(self) -> None:
         """Stop Traefik (and wait for it)."""
@@ -217,3 +228,39 @@ async def test_traefik_down_writes_nothing(
     assert traefik.file.read_bytes() == before
     traefik.start()
     await assert_split(traefik.url, 20)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_frozen_traefik_times_out_and_writes_nothing(
+    traefik: Traefik, session: aiohttp.ClientSession
+) -> None:
+    """Traefik stopped (SIGSTOP) answers nothing: the budget ends the apply, nothing changes."""
+    await TraefikFileRouter(traefik.router_config(), session).apply(route("route", 80, 20))
+    before = traefik.file.read_bytes()
+    router = TraefikFileRouter(traefik.router_config(timeout=0.3), session)
+    assert traefik.proc is not None
+
+    with frozen(traefik.proc), pytest.raises(RouterError) as info:
+        await router.apply(route("route", 50, 50))
+
+    assert str(info.value) == "traefik web@file: not applied within 0.9s"
+    assert traefik.file.read_bytes() == before
+    await assert_split(traefik.url, 20)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_file_traefik_does_not_watch_times_out_and_is_removed(
+    traefik: Traefik, session: aiohttp.ClientSession
+) -> None:
+    """A file outside the watched directory is not confirmed within the timeout and is removed."""
+    other = traefik.dir / "canaryd-web.yml"
+    router = TraefikFileRouter(traefik.router_config(file=str(other), timeout=3.0), session)
+
+    with pytest.raises(RouterError) as info:
+        await router.apply(route("route", 50, 50))
+
+    assert str(info.value).startswith("traefik web@file not confirmed within 3s: Traefik shows ")
+    assert not other.exists()
+    await assert_split(traefik.url, 0)

@@ -289,11 +289,10 @@ async def poll(check: Callable[[], Awaitable[str | None]], timeout: float, what:
     Raises:
         RouterError: still not done after ``timeout`` (the last reason is quoted).
     """
-    reason: str | None = "not checked"
+    reason = "no read-back finished"
     with anyio.move_on_after(timeout):
-        reason = await check()
-        while reason is not None:
+        while (current := await check()) is not None:
+            reason = current
             await anyio.sleep(POLL_INTERVAL)  # the proxies offer nothing to wait on
-            reason = await check()
-    if reason is not None:
-        raise RouterError(f"{what} not confirmed within {timeout:g}s: {reason}")
+        return
+    raise RouterError(f"{what} not confirmed within {timeout:g}s: {reason}")
