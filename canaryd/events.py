@@ -14,6 +14,10 @@ Level = Literal["debug", "info", "warning", "error"]
 
 EVENTS: dict[str, tuple[Level, str]] = {
     "rollout.started": ("info", "A rollout of a new revision began."),
+    "rollout.restarted": (
+        "warning",
+        "A new revision replaced the one under analysis; traffic went back to the primary.",
+    ),
     "rollout.waiting": ("info", "The confirm-rollout gate is closed; the rollout waits."),
     "pre_rollout.failed": ("warning", "A pre-rollout webhook failed; counted as a failed check."),
     "check.failed": ("warning", "A check failed (metric out of range, no data, webhook, error)."),
@@ -23,7 +27,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "gate.waiting": ("info", "A confirm-* gate is closed; the rollout waits without failing."),
     "gate.approved": ("info", "An operator approved a gate."),
     "gate.timed_out": ("error", "A gate stayed closed longer than its gateTimeout."),
-    "rollout.promoting": ("info", "The canary passed; the primary is being promoted."),
+    "rollout.promoting": (
+        "info",
+        "The canary passed (or skipAnalysis skipped its analysis: `skipped: true`); "
+        "the primary is being promoted.",
+    ),
     "rollout.promoted": ("info", "The rollout succeeded; all traffic is on the new primary."),
     "rollout.rolled_back": ("error", "The rollout failed and traffic went back to the primary."),
     "rollout.paused": ("info", "An operator paused the analysis."),
@@ -50,6 +58,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "watchdog.withheld": ("error", "A canary loop stalled; systemd's watchdog is not fed."),
     "watchdog.resumed": ("info", "Every canary loop ticks again; the watchdog is fed again."),
     "sdnotify.failed": ("warning", "A message to systemd's notify socket could not be sent."),
+    "library.log": (
+        "warning",
+        "A library (aiohttp, asyncio, ...) logged a line, a warning or an uncaught exception: "
+        "its text in `message`, its logger in `logger`, its own level (often not warning).",
+    ),
 }
 """Event name -> (level, meaning). The stable vocabulary for log-based alerting."""
 
@@ -67,6 +80,7 @@ webhook or an operator asked for is ``warn``, as in Flagger (docs/flagger.md).""
 ALERTABLE = frozenset(
     {
         *FLAGGER_ALERTS,
+        "rollout.restarted",
         "gate.approved",
         "gate.timed_out",
         "weight.advanced",

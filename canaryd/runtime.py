@@ -40,13 +40,13 @@ from canaryd.analysis import (
 )
 from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
 from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
-from canaryd.judge import MetricConfig
+from canaryd.judgemodel import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.scheduler import Scheduler
 from canaryd.store import OutboxMessage, SqliteStore, event_to_dict
-from canaryd.templates import builtin_query, render, template_variables
+from canaryd.templates import builtin_query, builtin_variables, render, template_variables
 from canaryd.webhooks import call as call_webhook
 from canaryd.webhooks import event_payload, longest_call
 from canaryd.webhooks import payload as webhook_payload
@@ -83,19 +83,57 @@ def compare_config(spec: MetricSpec) -> MetricConfig:
 
 def _metric_source(
     settings: Settings, canary: CanaryConfig, m: MetricSpec
-) -> tuple[str, str | None]:
-    """The metric's query template and the provider it names, if any."""
+) -> tuple[str, str | None, str | None]:
+    """The metric's query template, the provider it names, and its mesh (built-ins only)."""
     if m.query is not None:
-        return m.query, m.provider
+        return m.query, m.provider, None
     if m.templateRef is not None:
         ref = m.templateRef
-        tpl = settings.templates.get(f"{ref.namespace}/{ref.name}") or settings.templates.get(
-            ref.name
+        found = settings.template_for(ref, canary.namespace)
+        if found is None:
+            where = ref.namespace or canary.namespace
+            raise TemplateError(
+                f"metric {m.name}: template {ref.name!r} is not defined in namespace {where!r}"
+            )
+        tpl = found[1]
+        return tpl.query, m.provider or tpl.provider, None
+    mesh = canary.meshProvider or settings.meshProvider
+    return builtin_query(m.name, mesh), m.provider, mesh
+
+
+def resolve_metric(settings: Settings, canary: CanaryConfig, m: MetricSpec) -> ResolvedMetric:
+    """Pick one metric's provider and render its query (both sides for a compare metric).
+
+    Raises:
+        TemplateError: the template names an unknown variable or mesh, or no provider fits.
+    """
+    text, provider, mesh = _metric_source(settings, canary, m)
+    provider = (
+        provider
+        or canary.provider
+        or (next(iter(settings.providers)) if len(settings.providers) == 1 else None)
+    )
+    if provider is None or provider not in settings.providers:
+        raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
+
+    def rendered(template: str, target: str) -> str:
+        values = template_variables(
+            namespace=canary.namespace,
+            name=canary.name,
+            target=target,
+            interval=m.interval,
+            variables={**canary.variables, **m.templateVariables},
+            service=canary.service_name,
+            ingress=canary.ingress_name,
+            route=canary.route_name,
         )
-        if tpl is None:
-            raise TemplateError(f"metric {m.name}: template {ref.name!r} is not defined")
-        return tpl.query, m.provider or tpl.provider
-    return builtin_query(m.name, canary.meshProvider or settings.meshProvider), m.provider
+        return render(template, builtin_variables(mesh, values) if mesh else values)
+
+    primary = None
+    if m.compare is not None:
+        primary = rendered(m.compare.primaryQuery or text, canary.primary_target_name)
+        text = m.compare.canaryQuery or text
+    return ResolvedMetric(m, provider, rendered(text, canary.target_name), primary)
 
 
 def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMetric]:
@@ -104,35 +142,7 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
     Raises:
         TemplateError: a template names an unknown variable, or no provider fits.
     """
-    out = []
-    for m in canary.analysis.metrics:
-        text, provider = _metric_source(settings, canary, m)
-        provider = (
-            provider
-            or canary.provider
-            or (next(iter(settings.providers)) if len(settings.providers) == 1 else None)
-        )
-        if provider is None or provider not in settings.providers:
-            raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
-
-        def rendered(template: str, target: str, m: MetricSpec = m) -> str:
-            return render(
-                template,
-                template_variables(
-                    namespace=canary.namespace,
-                    name=canary.name,
-                    target=target,
-                    interval=m.interval,
-                    variables={**canary.variables, **m.templateVariables},
-                ),
-            )
-
-        primary = None
-        if m.compare is not None:
-            primary = rendered(m.compare.primaryQuery or text, canary.primary_target_name)
-            text = m.compare.canaryQuery or text
-        out.append(ResolvedMetric(m, provider, rendered(text, canary.target_name), primary))
-    return out
+    return [resolve_metric(settings, canary, m) for m in canary.analysis.metrics]
 
 
 def first_delay(key: str, interval: float) -> float:
@@ -326,8 +336,13 @@ class CanaryRunner:
         timeout may stretch to minutes: that tick then decides nothing and counts
         nothing, and the command applies at once (docs/flagger.md).
 
+        A rollback still waiting for the router is tried first, so that a command
+        never builds on traffic that has not gone back to the primary.
+
         Raises:
             CommandError: the command does not fit the current state.
+            RouterError: the router refused the command's route; nothing changed,
+                except that a refused rollback stays pending (retried every tick).
             StoreError: it could not be persisted (nothing changed).
         """
         observing = self._observing
@@ -336,13 +351,18 @@ class CanaryRunner:
             observing.reschedule(asyncio.get_running_loop().time())
         async with self._lock:
             self._adopt()
+            if self.state.route_pending:
+                await self._retry_rollback_route()
             decision = fn(self.state, self.services.clock())
-            await self._commit(decision, raise_store_errors=True)
+            if not decision.effects:
+                return self.state  # a no-op (the same revision started again)
+            await self._commit(decision, raise_store_errors=True, command=True)
         self.wake()
         return self.state
 
     async def start_rollout(self, revision: str, metadata: Mapping[str, str]) -> CanaryState:
-        """Begin a rollout (see :func:`canaryd.analysis.start_rollout`)."""
+        """Begin a rollout, or restart it with a new revision (see
+        :func:`canaryd.analysis.start_rollout`)."""
         rollout_id = uuid.uuid4().hex[:12]
         return await self.command(
             lambda s, now: core.start_rollout(self.spec, s, revision, metadata, rollout_id, now)
@@ -372,8 +392,7 @@ class CanaryRunner:
         budget = self._budget()
         calls: list[Callable[[], Coroutine[Any, Any, None]]] = []
         kinds = [(WebhookType.ROLLBACK, "rollback")] if need.rollback_hooks else []
-        if need.gate is not None:
-            kinds.append((need.gate, "gate"))
+        kinds += [(kind, f"gate:{kind.value}") for kind in need.gates]
         if need.pre_rollout:
             kinds.append((WebhookType.PRE_ROLLOUT, "pre"))
         if need.checks:
@@ -453,7 +472,10 @@ class CanaryRunner:
     def _observation(self, need: Needs, results: dict[str, Any], deadline: float) -> Observation:
         """Assemble an observation; anything missing (deadline hit) counts as failed."""
         timeout = HookResult("deadline", False, f"no answer within {deadline:g}s")
-        gate = results.get("gate", (timeout,)) if need.gate is not None else ()
+        gates = {kind: results.get(f"gate:{kind.value}", (timeout,)) for kind in need.gates}
+        closed = next(
+            (k for k, r in gates.items() if not core.gate_open(self.spec, self.state, k, r)), None
+        )
         late = "no answer within the tick's deadline"
         if "metrics" in results:
             metrics, compare = results["metrics"], results["compare"]
@@ -462,8 +484,9 @@ class CanaryRunner:
             compare = tuple(CompareSeries(compare_config(m.spec), error=late) for m in self._pairs)
         return Observation(
             rollback=results.get("rollback", ()),
-            gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
-            gate_muted=self._muted(need.gate, gate),
+            gate_open=closed is None,
+            closed_gate=closed,
+            gate_muted=closed is not None and self._muted(closed, gates[closed]),
             pre_rollout=results.get("pre", (timeout,)) if need.pre_rollout else (),
             rollout=results.get("rollout", (timeout,)) if need.checks else (),
             metrics=metrics if need.checks else (),
@@ -525,30 +548,63 @@ class CanaryRunner:
         )
         await self.services.routers[self.spec.router].apply(request)
 
-    async def _apply_routes(self, decision: Decision) -> Decision:
+    async def _apply_routes(
+        self, decision: Decision, *, command: bool = False, held: Route | None = None
+    ) -> Decision:
         """Carry out the decision's routes; a router failure becomes a failed check.
 
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
-        retries the route); any other decision is replaced by a failed check on
-        the state before it, so nothing is recorded as applied that was not.
+        retries the route) at the weights the router still has (``held``: the
+        last route it confirmed, by default the recorded state's); any other
+        decision is replaced by a failed check on the state before it
+        (:func:`canaryd.analysis.router_failed`), holding the weights of the last
+        route the router confirmed, so nothing is recorded as applied that was not.
+
+        Raises:
+            RouterError: with ``command``, a route other than a rollback failed
+                (an operator command never adds a failed check).
         """
         routes = [e for e in decision.effects if isinstance(e, Route)]
+        confirmed: Route | None = None
         for seq, route in enumerate(routes):
             try:
                 await self._route(route, decision.state, seq)
             except RouterError as exc:
-                now = self.services.clock()
                 if decision.state.phase is core.Phase.FAILED:
-                    failed = core.router_failed(self.spec, decision.state, str(exc), now)
+                    now = self.services.clock()
+                    kept = confirmed or held
+                    weights = (
+                        (kept.primary_weight, kept.canary_weight)
+                        if kept is not None
+                        else (self.state.primary_weight, self.state.canary_weight)
+                    )
+                    failed = core.router_failed(
+                        self.spec, decision.state, str(exc), now, weights=weights
+                    )
                     return Decision(
                         failed.state, decision.effects + failed.effects, decision.record
                     )
-                before = replace(self.state, ticks=decision.state.ticks)
-                failed = core.router_failed(self.spec, before, str(exc), now)
-                if failed.state.phase is core.Phase.FAILED:
-                    return await self._apply_routes(failed)
-                return Decision(failed.state, failed.effects, decision.record)
+                if command and confirmed is None:
+                    raise
+                return await self._route_failed(decision, confirmed, exc)
+            confirmed = route
         return decision
+
+    async def _route_failed(
+        self, decision: Decision, confirmed: Route | None, exc: RouterError
+    ) -> Decision:
+        """The state before ``decision``, at the weights the router last confirmed, judged."""
+        before = replace(self.state, ticks=decision.state.ticks)
+        if confirmed is not None:
+            before = replace(
+                before,
+                primary_weight=confirmed.primary_weight,
+                canary_weight=confirmed.canary_weight,
+            )
+        failed = core.router_failed(self.spec, before, str(exc), self.services.clock())
+        if failed.state.phase is core.Phase.FAILED:
+            return await self._apply_routes(failed, held=confirmed)
+        return Decision(failed.state, failed.effects, decision.record)
 
     async def _retry_rollback_route(self) -> None:
         try:
@@ -556,9 +612,19 @@ class CanaryRunner:
         except RouterError as exc:
             log.error("router.failed", error=str(exc), retrying=True)
             return
-        await self._commit(Decision(replace(self.state, route_pending=False)))
+        applied = replace(self.state, route_pending=False, primary_weight=100, canary_weight=0)
+        await self._commit(Decision(applied))
 
-    async def _commit(self, decision: Decision, *, raise_store_errors: bool = False) -> None:
+    async def _commit(
+        self, decision: Decision, *, raise_store_errors: bool = False, command: bool = False
+    ) -> None:
+        """Route, persist, then adopt a decision (see the module docstring).
+
+        Raises:
+            StoreError: with ``raise_store_errors``, it could not be persisted.
+            RouterError: with ``command``, the router refused the command's route
+                (a refused rollback is persisted as pending first).
+        """
         try:
             if any(isinstance(e, Route) and e.action != "rollback" for e in decision.effects):
                 # A store that cannot record a move towards the canary must not see the
@@ -566,7 +632,7 @@ class CanaryRunner:
                 # full, locked store). A rollback always goes out: when unsure, traffic
                 # goes back to the primary, and the next tick re-decides it idempotently.
                 await self._persist(decision, rehearse=True)
-            decision = await self._apply_routes(decision)
+            decision = await self._apply_routes(decision, command=command)
             new = await self._persist(decision)
         except StoreError as exc:
             log.error(
@@ -583,6 +649,16 @@ class CanaryRunner:
             if isinstance(effect, Emit):
                 log_event(effect.event)
         self.services.on_change(self.key, new)
+        if command and new.route_pending:
+            error = next(
+                (
+                    str(e.event.fields.get("error"))
+                    for e in decision.effects
+                    if isinstance(e, Emit) and e.event.name == "router.failed"
+                ),
+                "the router refused it",
+            )
+            raise RouterError(f"rollback pending (retried every tick): {error}")
 
     async def _persist(self, decision: Decision, *, rehearse: bool = False) -> CanaryState:
         """Save the decision (or only rehearse the save) and return the state saved.

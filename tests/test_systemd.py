@@ -260,14 +260,24 @@ def _rendered_unit(tmp_path: Path) -> Path:
 
 
 def test_unit_file_verifies(tmp_path: Path) -> None:
-    """``systemd-analyze verify`` prints nothing and exits 0."""
+    """``systemd-analyze verify`` exits 0 and says nothing about canaryd's unit.
+
+    Warnings about the host's other units (a package's unit using an obsolete
+    setting) are not canaryd's and are ignored.
+    """
+    unit = _rendered_unit(tmp_path)
     result = subprocess.run(
-        [_systemd_analyze(), "verify", str(_rendered_unit(tmp_path))],
+        [_systemd_analyze(), "verify", str(unit)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    ours = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.startswith((unit.name, str(unit))) or not line.startswith("/")
+    ]
+    assert (result.returncode, ours) == (0, [])
 
 
 def test_unit_file_security_score(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ mode). Shared wording lives in :mod:`.text`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 from canaryd.config import AlertSpec, Notifier, Severity, read_secret
 from canaryd.errors import WebhookError
 from canaryd.events import ALERTABLE, EVENTS, FLAGGER_ALERTS, Event
-from canaryd.http import Answer, post_json, redact_url
+from canaryd.http import post_json, redact_url
 from canaryd.notifiers import cloudevents, discord, gchat, msteams, rocket, slack, webhook
 from canaryd.notifiers.text import RenderOptions, describe, severity_of
 
@@ -195,5 +196,5 @@ async def deliver(
         # scrub the whole body before the preview is cut: a cut token would survive in part
         body = _scrub(answer.body.decode("utf-8", "replace"), url).encode()
         raise WebhookError(
-            f"{notifier.type} notifier {where}: {Answer(answer.status, body).describe()}"
+            f"{notifier.type} notifier {where}: {dataclasses.replace(answer, body=body).describe()}"
         )

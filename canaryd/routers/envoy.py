@@ -202,7 +202,7 @@ class EnvoyFileRouter:
 
     async def _get(self, path: str) -> Any:
         status, body = await get_json(
-            "envoy", self._session, self._cfg.admin + path, self._cfg.timeout
+            "envoy", self._session, self._cfg.admin.rstrip("/") + path, self._cfg.timeout
         )
         if status != 200:
             text = preview(str(body.get("message") if isinstance(body, dict) else body))

@@ -81,7 +81,9 @@ class NginxPlusRouter:
         """
         self._cfg = cfg
         self._session = session
-        self._base = f"{cfg.api}/http/upstreams/{quote(cfg.upstream, safe='')}/servers"
+        self._base = (
+            f"{(cfg.api or '').rstrip('/')}/http/upstreams/{quote(cfg.upstream, safe='')}/servers"
+        )
         self._label = f"nginx plus {cfg.upstream}"
         try:
             password = read_secret(cfg.password_file)

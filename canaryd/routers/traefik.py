@@ -165,7 +165,7 @@ class TraefikFileRouter:
         Raises:
             RouterError: the API did not answer, or the service is missing.
         """
-        url = f"{self._cfg.api}/api/http/services/{quote(name, safe='@')}"
+        url = f"{self._cfg.api.rstrip('/')}/api/http/services/{quote(name, safe='@')}"
         status, body = await get_json("traefik", self._session, url, self._cfg.timeout, self._auth)
         if status == 200:
             return body
