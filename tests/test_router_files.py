@@ -12,12 +12,20 @@ from pathlib import Path
 import aiohttp
 import anyio
 import pytest
+from aiohttp import web
 
 from canaryd.config import EnvoyRouter, NginxRouter, RouterConfig, TraefikRouter
 from canaryd.errors import RouterError
 from canaryd.routers import build_router
 from canaryd.routers.envoy import EnvoyFileRouter
-from canaryd.routers.files import TEMP_SUFFIX, apply_file, preview, run_command, write_atomic
+from canaryd.routers.files import (
+    TEMP_SUFFIX,
+    apply_file,
+    get_json,
+    preview,
+    run_command,
+    write_atomic,
+)
 from canaryd.routers.nginx import NginxFileRouter
 from canaryd.routers.traefik import TraefikFileRouter
 
@@ -175,3 +183,28 @@ def test_traefik_password_readable_by_others_is_refused(tmp_path: Path) -> None:
         TraefikFileRouter(cfg, None)  # type: ignore[arg-type]
 
     assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_admin_api_redirect_is_not_followed() -> None:
+    """A redirecting admin API is answered as it is; the redirect's target is never asked."""
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPFound("/elsewhere")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", redirect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/http/services/web@file"
+    try:
+        async with aiohttp.ClientSession() as session:
+            status, _ = await get_json("traefik", session, url, 2.0)
+    finally:
+        await runner.cleanup()
+
+    assert status == 302
+    assert hits == ["/api/http/services/web@file"]
