@@ -135,17 +135,42 @@ class TraefikFileRouter:
             raise RouterError(f"{self._label}: weights {primary}/{canary} are not a split")
         data = dynamic_config(self._cfg, primary, canary, request.canary)
         expected = weighted_services(self._cfg, primary, canary)
+        before: Any = None
         try:
             with anyio.fail_after(self.budget):
                 for child in (self._cfg.primary, self._cfg.canary):
                     await self._service(qualified(child, self._cfg.provider), missing_ok=False)
+                before = await self._service(self._name, missing_ok=True)
 
                 async def confirm() -> None:
                     await self._confirm(expected)
 
                 await apply_file("traefik", self._path, data, confirm)
+            return
         except TimeoutError as exc:
-            raise RouterError(f"{self._label}: not applied within {self.budget:g}s") from exc
+            error = RouterError(f"{self._label}: not applied within {self.budget:g}s")
+            error.__cause__ = exc
+        except RouterError as exc:
+            error = exc
+        raise await self._back_to(before, error)
+
+    async def _back_to(self, before: Any, error: RouterError) -> RouterError:
+        """Wait until Traefik shows its weights from before (the file is back); the error to raise.
+
+        Bounded by ``cfg.timeout``; if Traefik does not show them again, the
+        error says so.
+        """
+        if not isinstance(before, dict) or before.get("error"):
+            return error  # there was no working service to go back to
+        previous = [
+            {"name": c.get("name"), "weight": c.get("weight", 1)}
+            for c in before.get("weighted", {}).get("services", [])
+        ]
+        try:
+            await self._confirm(previous)
+        except RouterError:
+            return RouterError(f"{error} (and Traefik did not show the previous weights again)")
+        return error
 
     async def _confirm(self, expected: list[dict[str, Any]]) -> None:
         async def check() -> str | None:
