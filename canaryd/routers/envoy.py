@@ -14,7 +14,9 @@ API's ``/config_dump?resource=dynamic_route_configs`` until the route
 configuration shows that version. If instead Envoy's
 ``http.*.rds.<route_config>.update_rejected`` counter rises, Envoy refused the
 file: the previous file is put back and the RouterError quotes Envoy's reason
-from its log (``cfg.log_path``, Envoy's ``--log-path``) when configured. The
+from its log (``cfg.log_path``, Envoy's ``--log-path``) when configured. After
+any failure canaryd waits until the config dump shows the previous version
+again, so the error is reported once Envoy serves the previous split. The
 admin API not answering (Envoy down) is an error before anything is written.
 ``promote`` writes the request's weights like ``route``; ``rollback`` always
 writes primary 100 %. See ``docs/routers.md``.
@@ -150,24 +152,52 @@ class EnvoyFileRouter:
         if not (0 <= primary <= 100 and 0 <= canary <= 100 and primary + canary == 100):
             raise RouterError(f"{self._label}: weights {primary}/{canary} are not a split")
         version, data = rds_file(route_configuration(self._cfg, primary, canary))
+        previous: str | None = None
         try:
             with anyio.fail_after(self.budget):
                 rejected = await self._rejections()
+                previous = await self._version()
                 offset = await anyio.to_thread.run_sync(_log_size, self._cfg.log_path)
 
                 async def confirm() -> None:
                     await self._confirm(version, rejected, offset)
 
                 await apply_file("envoy", self._path, data, confirm)
+            return
         except TimeoutError as exc:
-            raise RouterError(f"{self._label}: not applied within {self.budget:g}s") from exc
+            error = RouterError(f"{self._label}: not applied within {self.budget:g}s")
+            error.__cause__ = exc
+        except RouterError as exc:
+            error = exc
+        raise await self._back_to(previous, error)
 
-    async def _confirm(self, version: str, rejected_before: int, log_offset: int | None) -> None:
+    async def _back_to(self, previous: str | None, error: RouterError) -> RouterError:
+        """Wait until Envoy shows the version from before (the file is back); the error to raise.
+
+        Bounded by ``cfg.timeout``; if Envoy does not show it again, the error says so.
+        """
+        if previous is None:
+            return error
+        try:
+            await self._confirm(previous, None, None)
+        except RouterError:
+            return RouterError(f"{error} (and Envoy did not show version {previous} again)")
+        return error
+
+    async def _version(self) -> str | None:
+        """The route configuration's version in Envoy's config dump."""
+        dump = await self._get("/config_dump?resource=dynamic_route_configs")
+        return dumped_version(dump, self._cfg.route_config)
+
+    async def _confirm(
+        self, version: str, rejected_before: int | None, log_offset: int | None
+    ) -> None:
         async def check() -> str | None:
-            dump = await self._get("/config_dump?resource=dynamic_route_configs")
-            current = dumped_version(dump, self._cfg.route_config)
+            current = await self._version()
             if current == version:
                 return None
+            if rejected_before is None:
+                return f"config_dump shows version {current}"
             if await self._rejections() > rejected_before:
                 raise RouterError(f"{self._label}: {await self._reason(log_offset)}")
             return f"config_dump shows version {current}"

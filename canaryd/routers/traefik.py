@@ -16,7 +16,9 @@ provider with ``name@provider``). For each decision canaryd:
    (:func:`canaryd.routers.files.apply_file`);
 3. polls ``GET /api/http/services/<service>@<provider>`` until it shows exactly
    those weights. If Traefik reports an ``error`` for the service, the previous
-   file is put back and the error quotes Traefik's text.
+   file is put back and the error quotes Traefik's text; after any failure
+   canaryd waits until Traefik shows the previous weights again, so the error
+   is reported once Traefik serves the previous split.
 
 Traefik applies provider changes at most every ``providersThrottleDuration``
 (2 s by default), so ``timeout`` must be longer. ``promote`` writes the
