@@ -254,6 +254,18 @@ ProxyWord = Annotated[str, AfterValidator(lambda v: _proxy_words([v])[0])]
 """One word that goes into a proxy's config file."""
 
 
+def _directive_text(value: str) -> str:
+    if any(c in ";{}#\r\n" for c in value):
+        raise ValueError(
+            f"{value!r}: one directive's text, without ';', '{{', '}}', '#' or newlines"
+        )
+    return value.strip()
+
+
+NginxText = Annotated[str, AfterValidator(_directive_text)]
+"""Text that goes into one NGINX directive (canaryd adds the ``;``)."""
+
+
 class NginxRouter(Model):
     """NGINX: an ``upstream`` block in an include file (test, reload), or NGINX Plus's API."""
 
@@ -263,6 +275,8 @@ class NginxRouter(Model):
     upstream: Annotated[str, AfterValidator(_check_name)]
     primary: ProxyWords
     canary: ProxyWords
+    server_options: NginxText = ""
+    directives: list[NginxText] = Field(default_factory=list)
     nginx_bin: str = "nginx"
     conf: str | None = None
     test_command: list[str] | None = Field(default=None, min_length=1)

@@ -122,6 +122,31 @@ def test_side_at_zero_percent_is_left_out(tmp_path: Path) -> None:
     assert "1002" not in text
 
 
+def test_directives_and_server_options_go_into_the_block(tmp_path: Path) -> None:
+    """The operator's upstream directives and server parameters are kept in canaryd's block."""
+    cfg = Nginx("nginx", tmp_path, (1001, 1002)).router_config(
+        directives=["keepalive 16", "zone web 64k"], server_options="max_fails=3 fail_timeout=5s"
+    )
+
+    text = render_upstream(cfg, "prod/web", 50, 50)
+
+    assert "    keepalive 16;\n    zone web 64k;\n" in text
+    assert "server 127.0.0.1:1002 weight=1 max_fails=3 fail_timeout=5s;" in text
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_directives_pass_nginx_test_and_split_traffic(nginx: Nginx) -> None:
+    """A block with keepalive and a zone passes the real nginx -t and still splits 50/50."""
+    cfg = nginx.router_config(
+        directives=["keepalive 4", "zone web 64k"], server_options="max_fails=2"
+    )
+
+    await NginxFileRouter(cfg).apply(route("route", 50, 50))
+
+    await assert_split(nginx.url, 50)
+
+
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_steps_and_rollback_split_real_traffic(nginx: Nginx) -> None:

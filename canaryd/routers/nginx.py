@@ -76,10 +76,12 @@ def render_upstream(cfg: NginxRouter, canary: str, primary_pct: int, canary_pct:
         f"# Written by canaryd for {canary}: primary {primary_pct}%, canary {canary_pct}%.",
         "# canaryd replaces this file on every traffic change; do not edit it.",
         f"upstream {cfg.upstream} {{",
+        *(f"    {directive};" for directive in cfg.directives),
     ]
+    options = f" {cfg.server_options}" if cfg.server_options else ""
     for servers, weight in ((cfg.primary, wp), (cfg.canary, wc)):
         if weight:
-            lines += [f"    server {server} weight={weight};" for server in servers]
+            lines += [f"    server {server} weight={weight}{options};" for server in servers]
     return "\n".join([*lines, "}", ""])
 
 
