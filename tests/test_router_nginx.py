@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import re
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from haproxy import named_backend
 from proxies import assert_split, find_nginx, free_port, port_open, require, run_proxy
@@ -14,7 +17,7 @@ from proxies import assert_split, find_nginx, free_port, port_open, require, run
 from canaryd.config import NginxRouter
 from canaryd.errors import RouterError
 from canaryd.routers import Action, RouteRequest
-from canaryd.routers.nginx import NginxFileRouter, render_upstream, split_weights
+from canaryd.routers.nginx import NginxFileRouter, _workers, render_upstream, split_weights
 
 NGINX_CONF = """\
 daemon off;
@@ -48,6 +51,8 @@ class Nginx:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.conf = directory / "nginx.conf"
+        self.log = directory / "nginx.log"
+        self.error_log = directory / "error.log"
         self.include = directory / "canaryd" / "web.conf"
         for sub in ("canaryd", "tmp"):
             (directory / sub).mkdir()
@@ -73,9 +78,7 @@ class Nginx:
     def start(self) -> None:
         """Start the master in the foreground and wait until it accepts connections."""
         argv = [self.binary, "-c", str(self.conf), "-p", str(self.dir), "-e", "stderr"]
-        self._stack.enter_context(
-            run_proxy(argv, self.dir / "nginx.log", lambda: port_open(self.port))
-        )
+        self._stack.enter_context(run_proxy(argv, self.log, lambda: port_open(self.port)))
 
     def stop(self) -> None:
         """Stop NGINX (and wait for it)."""
@@ -225,3 +228,51 @@ async def test_reload_that_never_takes_effect_is_an_error(nginx: Nginx) -> None:
 
     assert nginx.include.read_bytes() == before
     await assert_split(nginx.url, 20)
+
+
+def reloads(log: Path) -> list[int]:
+    """For each SIGHUP in NGINX's error log, the first worker started after it (0: none yet)."""
+    workers: list[int] = []
+    for line in log.read_text().splitlines():
+        started = re.search(r"start worker process (\d+)$", line)
+        if "(SIGHUP) received" in line:
+            workers.append(0)
+        elif started and workers and not workers[-1]:
+            workers[-1] = int(started[1])
+    return workers
+
+
+def serving_only(nginx: Nginx, worker: int) -> bool:
+    """True when ``worker`` is the only worker of the master that still accepts connections."""
+    master = int((nginx.dir / "nginx.pid").read_text())
+    live = [pid for pid, title in _workers(master).items() if "shutting down" not in title]
+    return live == [worker]
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_unconfirmed_reload_is_reloaded_back(nginx: Nginx, tmp_path: Path) -> None:
+    """A reload that was sent but not confirmed: file restored and NGINX reloaded with it again."""
+    await NginxFileRouter(nginx.router_config()).apply(route("route", 80, 20))
+    before = nginx.include.read_bytes()
+    sent = len(reloads(nginx.error_log))
+    stranger = tmp_path / "other.pid"  # a master without workers: the reload is never confirmed
+    stranger.write_text(str(os.getpid()))
+    router = NginxFileRouter(nginx.router_config(pid_path=str(stranger), timeout=1.0))
+
+    with pytest.raises(RouterError, match=r"^nginx reload not confirmed within 1s: no new worker"):
+        await router.apply(route("route", 50, 50))
+
+    assert nginx.include.read_bytes() == before
+    await wait_for(
+        lambda: len(reloads(nginx.error_log)) == sent + 2 and reloads(nginx.error_log)[-1] > 0
+    )
+    await wait_for(lambda: serving_only(nginx, reloads(nginx.error_log)[-1]))
+    await assert_split(nginx.url, 20)
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until true (NGINX reloads after the signal, with nothing to wait on)."""
+    with anyio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110 - a file and /proc, no event to wait for
+            await anyio.sleep(0.05)

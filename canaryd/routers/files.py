@@ -133,18 +133,26 @@ def _os_reason(exc: OSError) -> str:
 
 
 async def apply_file(
-    proxy: str, path: Path, data: bytes, activate: Callable[[], Awaitable[None]]
+    proxy: str,
+    path: Path,
+    data: bytes,
+    activate: Callable[[], Awaitable[None]],
+    reactivate: Callable[[], Awaitable[None]] | None = None,
+    reactivate_timeout: float = 10.0,
 ) -> None:
     """Write ``data`` to ``path`` atomically, then ``activate()``; on failure restore the old file.
 
     ``activate`` makes the proxy load the file and confirms it did (test and
     reload, or wait for the watcher and read back). When it raises or is
     cancelled, the previous content goes back (shielded from cancellation), so
-    the proxy keeps or returns to the previous split.
+    the proxy keeps or returns to the previous split; then ``reactivate`` (if
+    given, within ``reactivate_timeout``) makes the proxy load the old file
+    again, for proxies that do not watch it.
 
     Raises:
         RouterError: the file could not be written, or ``activate`` failed (its
-            error, with a note when the previous file could not be restored).
+            error, with a note when the previous file could not be restored or
+            reloaded).
     """
     try:
         previous = await run_sync(read_current, path)
@@ -155,15 +163,31 @@ async def apply_file(
         await activate()
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
-            try:
-                await run_sync(put_back, path, previous)
-            except OSError as restore_exc:
-                if isinstance(exc, RouterError):
-                    reason = _os_reason(restore_exc)
-                    raise RouterError(
-                        f"{exc} (and the previous {path} could not be restored: {reason})"
-                    ) from exc
+            note = await _restore(path, previous, reactivate, reactivate_timeout)
+        if note and isinstance(exc, RouterError):
+            raise RouterError(f"{exc} (and {note})") from exc
         raise
+
+
+async def _restore(
+    path: Path,
+    previous: bytes | None,
+    reactivate: Callable[[], Awaitable[None]] | None,
+    timeout: float,
+) -> str | None:
+    """Put the previous file back and reactivate it; what went wrong, or None."""
+    try:
+        await run_sync(put_back, path, previous)
+    except OSError as exc:
+        return f"the previous {path} could not be restored: {_os_reason(exc)}"
+    if reactivate is None:
+        return None
+    try:
+        with anyio.fail_after(timeout):
+            await reactivate()
+    except (RouterError, TimeoutError) as exc:
+        return f"reloading the previous file failed: {exc or 'timeout'}"
+    return None
 
 
 async def run_command(

@@ -18,8 +18,9 @@ until the master has started new worker processes and every old one is gone or
 (:func:`reload_done`). NGINX (open source) has no API to read the weights
 back: the test, the reload and the new workers are the verification.
 
-If the test or the reload fails or times out, the previous file is put back and
-the RouterError quotes NGINX's own message, e.g. ``nginx: [emerg] host not
+If the test or the reload fails or times out, the previous file is put back
+(and, if the reload had been sent, reloaded: NGINX may have taken the new file
+after all) and the RouterError quotes NGINX's own message, e.g. ``nginx: [emerg] host not
 found in upstream "web-v2:80" in /etc/nginx/canaryd/web.conf:4``.
 ``promote`` writes the request's weights like ``route`` (NGINX cannot
 change what the primary runs; a ``promote`` webhook redeploys it);
@@ -181,26 +182,46 @@ class NginxFileRouter:
             text = render_upstream(self._cfg, request.canary, primary, canary)
         except ValueError as exc:
             raise RouterError(f"nginx {self._cfg.upstream}: {exc}") from exc
+        signalled = False
+
+        async def activate() -> None:
+            nonlocal signalled
+            await run_command("nginx", self.test_command, self._cfg.timeout, nginx_message)
+            before = await self._workers_now()
+            await run_command("nginx", self.reload_command, self._cfg.timeout, nginx_message)
+            signalled = True
+            await self._await_reload(before)
+
+        async def reactivate() -> None:
+            if signalled:  # NGINX may have loaded the new file after all: load the old one
+                await run_command("nginx", self.reload_command, self._cfg.timeout, nginx_message)
+
         try:
             with anyio.fail_after(self.budget):
-                await apply_file("nginx", self._path, text.encode(), self._test_and_reload)
+                await apply_file(
+                    "nginx", self._path, text.encode(), activate, reactivate, self._cfg.timeout
+                )
         except TimeoutError as exc:
             raise RouterError(f"nginx: not applied within {self.budget:g}s") from exc
 
-    async def _test_and_reload(self) -> None:
-        await run_command("nginx", self.test_command, self._cfg.timeout, nginx_message)
-        pid_path = Path(self._cfg.pid_path) if self._cfg.pid_path else None
+    async def _workers_now(self) -> dict[int, str] | None:
+        """The master's workers before the reload (None: no pid_path, or NGINX is down)."""
+        if not self._cfg.pid_path:
+            return None
         try:
-            before = _workers(read_pid(pid_path)) if pid_path else {}
+            master = read_pid(Path(self._cfg.pid_path))
         except RouterError:
-            before = None  # NGINX is down: let the reload command say so in its own words
-        await run_command("nginx", self.reload_command, self._cfg.timeout, nginx_message)
-        if pid_path is None:
+            return None  # NGINX is down: the reload command says so in its own words
+        return await anyio.to_thread.run_sync(_workers, master)
+
+    async def _await_reload(self, before: dict[int, str] | None) -> None:
+        """Wait until the reload is in effect (:func:`reload_done`), when ``pid_path`` is set."""
+        if not self._cfg.pid_path:
             return
-        if before is None:
-            before = {}  # the master came up between the two reads: any worker is new
+        pid_path = Path(self._cfg.pid_path)
+        old = before or {}  # None: the master came up after the first read, any worker is new
 
         async def check() -> str | None:
-            return reload_done(before, await anyio.to_thread.run_sync(_workers, read_pid(pid_path)))
+            return reload_done(old, await anyio.to_thread.run_sync(_workers, read_pid(pid_path)))
 
         await poll(check, self._cfg.timeout, "nginx reload")
