@@ -33,7 +33,7 @@ http {{
     fastcgi_temp_path {dir}/tmp/fastcgi;
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
-    include {dir}/canaryd/web.conf;
+    include {dir}/canaryd/*.conf;
     server {{
         listen 127.0.0.1:{port};
         location / {{ proxy_pass http://web; }}
@@ -276,3 +276,32 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None
     with anyio.fail_after(timeout):
         while not condition():  # noqa: ASYNC110 - a file and /proc, no event to wait for
             await anyio.sleep(0.05)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_canaries_sharing_nginx_do_not_test_each_others_files(nginx: Nginx) -> None:
+    """Two canaries on one NGINX at once: a bad file fails only its own apply."""
+    good = NginxFileRouter(nginx.router_config())
+    bad = NginxFileRouter(
+        nginx.router_config(
+            file=str(nginx.include.with_name("api.conf")),
+            upstream="api",
+            canary="no-such-host.invalid:80",
+        )
+    )
+    errors: list[str] = []
+
+    async def apply_bad() -> None:
+        with pytest.raises(RouterError) as info:
+            await bad.apply(route("route", 50, 50))
+        errors.append(str(info.value))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(apply_bad)
+        tg.start_soon(good.apply, route("route", 50, 50))
+
+    assert len(errors) == 1
+    assert "no-such-host.invalid" in errors[0]
+    assert not nginx.include.with_name("api.conf").exists()
+    await assert_split(nginx.url, 50)

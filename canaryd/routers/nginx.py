@@ -22,6 +22,8 @@ If the test or the reload fails or times out, the previous file is put back
 (and, if the reload had been sent, reloaded: NGINX may have taken the new file
 after all) and the RouterError quotes NGINX's own message, e.g. ``nginx: [emerg] host not
 found in upstream "web-v2:80" in /etc/nginx/canaryd/web.conf:4``.
+Changes to one NGINX (one test command) are applied one at a time, so canaries
+sharing an NGINX never test or reload each other's half-applied files.
 ``promote`` writes the request's weights like ``route`` (NGINX cannot
 change what the primary runs; a ``promote`` webhook redeploys it);
 ``rollback`` always writes primary 100 %. See ``docs/routers.md``.
@@ -100,6 +102,19 @@ def nginx_message(output: str) -> str:
         if match and match["level"] in _ERROR_LEVELS:
             errors.append(f"[{match['level']}] {match['text']}")
     return preview("\n".join(errors) or output)
+
+
+_LOCKS: dict[tuple[str, ...], anyio.Lock] = {}
+
+
+def _lock_for(test_command: list[str]) -> anyio.Lock:
+    """One lock per NGINX configuration (its test command names it).
+
+    Canaries behind one NGINX each have their own include file, but ``nginx -t``
+    and the reload read all of them: without the lock one canary could test or
+    reload another's file before that one was tested.
+    """
+    return _LOCKS.setdefault(tuple(test_command), anyio.Lock())
 
 
 def _workers(master: int) -> dict[int, str]:
@@ -198,9 +213,10 @@ class NginxFileRouter:
 
         try:
             with anyio.fail_after(self.budget):
-                await apply_file(
-                    "nginx", self._path, text.encode(), activate, reactivate, self._cfg.timeout
-                )
+                async with _lock_for(self.test_command):
+                    await apply_file(
+                        "nginx", self._path, text.encode(), activate, reactivate, self._cfg.timeout
+                    )
         except TimeoutError as exc:
             raise RouterError(f"nginx: not applied within {self.budget:g}s") from exc
 
