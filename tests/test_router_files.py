@@ -187,7 +187,7 @@ def test_traefik_password_readable_by_others_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_admin_api_redirect_is_not_followed() -> None:
-    """A redirecting admin API is answered as it is; the redirect's target is never asked."""
+    """A redirecting admin API is an error naming where it points; the target is never asked."""
     hits: list[str] = []
 
     async def redirect(request: web.Request) -> web.Response:
@@ -199,12 +199,16 @@ async def test_admin_api_redirect_is_not_followed() -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/http/services/web@file"
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    url = f"{base}/api/http/services/web@file"
     try:
         async with aiohttp.ClientSession() as session:
-            status, _ = await get_json("traefik", session, url, 2.0)
+            with pytest.raises(RouterError) as info:
+                await get_json("traefik", session, url, 2.0)
     finally:
         await runner.cleanup()
 
-    assert status == 302
+    assert str(info.value) == (
+        f"traefik {url}: HTTP 302 redirect to {base}/… (redirects are not followed)"
+    )
     assert hits == ["/api/http/services/web@file"]

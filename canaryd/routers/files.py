@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from canaryd.errors import RouterError
+from canaryd.http import describe_redirect, redirect_target
 
 TEMP_SUFFIX = ".canaryd-tmp"
 """Suffix of the temporary file (no ``.conf``/``.yml``/``.json``: no proxy loads it)."""
@@ -227,6 +228,10 @@ class _TransientError(Exception):
     """An admin-API answer worth another try (5xx)."""
 
 
+class _RedirectError(Exception):
+    """A 3xx answer: never followed, never retried (docs/reliability.md)."""
+
+
 async def get_json(
     proxy: str,
     session: aiohttp.ClientSession,
@@ -255,6 +260,8 @@ async def request_json(
 
     Connection failures, timeouts and 5xx are retried (:data:`ATTEMPTS` tries);
     only use it for requests that may be repeated (GET, PATCH to absolute values).
+    A 3xx answer is an error naming where it points (docs/reliability.md, "No
+    redirects followed").
 
     Returns:
         The HTTP status and the decoded JSON answer (for a non-JSON error answer
@@ -274,6 +281,8 @@ async def request_json(
         return await retrying(_request_once, session, method, url, timeout, auth, body)
     except _TransientError as exc:
         raise RouterError(f"{proxy} {url}: {exc} (after {ATTEMPTS} attempts)") from exc
+    except _RedirectError as exc:
+        raise RouterError(f"{proxy} {url}: {exc}") from exc
     except TimeoutError as exc:
         raise RouterError(
             f"{proxy} {url}: no answer within {timeout:g}s (after {ATTEMPTS} attempts)"
@@ -297,6 +306,9 @@ async def _request_once(
         ) as resp:
             raw = await resp.content.read(MAX_ANSWER_BYTES)
     text = raw.decode("utf-8", "replace")
+    if 300 <= resp.status < 400:
+        target = redirect_target(url, resp.headers.get("Location"))
+        raise _RedirectError(describe_redirect(resp.status, target))
     if resp.status >= 500:
         raise _TransientError(f"HTTP {resp.status}: {preview(text)}")
     try:
