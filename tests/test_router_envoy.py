@@ -300,3 +300,19 @@ async def test_file_envoy_does_not_watch_times_out_and_is_removed(
     assert "not confirmed within 1s: config_dump shows version canaryd-" in str(info.value)
     assert not other.exists()
     await assert_split(envoy.url, 0, ENVOY_REQUESTS)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_same_route_twice_is_the_same_version(
+    envoy: Envoy, session: aiohttp.ClientSession
+) -> None:
+    """Applying a route again (a retry, a restart) writes the same version and changes nothing."""
+    router = EnvoyFileRouter(envoy.router_config(), session)
+    await router.apply(route("route", 80, 20))
+    first = envoy.rds.read_bytes()
+
+    await router.apply(route("route", 80, 20))
+
+    assert envoy.rds.read_bytes() == first
+    await assert_split(envoy.url, 20, ENVOY_REQUESTS)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 import yaml
 from haproxy import named_backend
@@ -263,3 +264,20 @@ async def test_file_traefik_does_not_watch_times_out_and_is_removed(
     assert str(info.value).startswith("traefik web@file not confirmed within 3s: Traefik shows ")
     assert not other.exists()
     await assert_split(traefik.url, 0)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_same_route_twice_changes_nothing(
+    traefik: Traefik, session: aiohttp.ClientSession
+) -> None:
+    """Applying a route again (a retry, a restart) writes the same file and is confirmed at once."""
+    router = TraefikFileRouter(traefik.router_config(), session)
+    await router.apply(route("route", 80, 20))
+    first = traefik.file.read_bytes()
+
+    with anyio.fail_after(1):  # no wait for Traefik's throttled reload: it already shows it
+        await router.apply(route("route", 80, 20))
+
+    assert traefik.file.read_bytes() == first
+    await assert_split(traefik.url, 20)
