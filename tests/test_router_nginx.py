@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 import pytest
 from haproxy import named_backend
-from proxies import assert_split, find_nginx, free_port, port_open, require, run_proxy
+from proxies import find_nginx, free_port, port_open, require, run_proxy
+from traffic import assert_split
 
 from canaryd.config import NginxRouter
 from canaryd.errors import RouterError

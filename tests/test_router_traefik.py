@@ -14,7 +14,6 @@ import pytest
 import yaml
 from haproxy import named_backend
 from proxies import (
-    assert_split,
     find_traefik,
     free_port,
     frozen,
@@ -23,6 +22,7 @@ from proxies import (
     require,
     run_proxy,
 )
+from traffic import assert_split
 
 from canaryd.config import TraefikRouter
 from canaryd.errors import RouterError

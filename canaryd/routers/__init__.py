@@ -8,7 +8,11 @@ from typing import Any, Literal, Protocol
 import aiohttp
 
 from canaryd.config import (
+    AlbRouter,
+    CaddyRouter,
+    ConsulRouter,
     EnvoyRouter,
+    ExecRouter,
     HAProxyRouter,
     NginxRouter,
     RouterConfig,
@@ -72,6 +76,31 @@ def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -
         return HAProxyRuntime(cfg)
     if isinstance(cfg, NginxRouter | EnvoyRouter | TraefikRouter):
         return _build_file_router(cfg, session)
+    return _build_api_router(name, cfg, session)
+
+
+def _build_api_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
+    """The API- and command-driven routers (docs/routers.md); imported on first use.
+
+    Raises:
+        RouterError: the router's secret cannot be read.
+    """
+    if isinstance(cfg, CaddyRouter):
+        from canaryd.routers.caddy import CaddyAdmin
+
+        return CaddyAdmin(cfg, session)
+    if isinstance(cfg, ConsulRouter):
+        from canaryd.routers.consul import ConsulSplitter
+
+        return ConsulSplitter(cfg, session)
+    if isinstance(cfg, AlbRouter):
+        from canaryd.routers.alb import AlbListener
+
+        return AlbListener(cfg)
+    if isinstance(cfg, ExecRouter):
+        from canaryd.routers.exec import ExecCommand
+
+        return ExecCommand(cfg, name=name)
     raise AssertionError(f"unhandled router type {cfg!r}")  # config validation prevents this
 
 
