@@ -394,9 +394,9 @@ class EnvoyRouter(Model):
     type: Literal["envoy"]
     file: str
     admin: HttpUrl = "http://127.0.0.1:9901"
-    route_config: Annotated[str, AfterValidator(_check_name)]
-    primary: Annotated[str, AfterValidator(_check_name)]
-    canary: Annotated[str, AfterValidator(_check_name)]
+    route_config: ProxyWord
+    primary: ProxyWord
+    canary: ProxyWord
     domains: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     prefix: str = "/"
     log_path: str | None = None

@@ -316,3 +316,14 @@ async def test_same_route_twice_is_the_same_version(
 
     assert envoy.rds.read_bytes() == first
     await assert_split(envoy.url, 20, ENVOY_REQUESTS)
+
+
+def test_cluster_names_may_be_any_envoy_name_but_not_break_out() -> None:
+    """Envoy cluster names such as Istio's ``outbound|80||web`` are accepted; spaces are not."""
+    entry = {"type": "envoy", "file": "/f", "route_config": "web", "primary": "p"}
+
+    assert EnvoyRouter.model_validate(entry | {"canary": "outbound|80||web"}).canary == (
+        "outbound|80||web"
+    )
+    with pytest.raises(ValueError, match="one word without spaces"):
+        EnvoyRouter.model_validate(entry | {"canary": "web canary"})
