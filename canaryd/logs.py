@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict
 
-from canaryd.events import Event
+from canaryd.core.events import Event
 from canaryd.jsonenc import make_encoder
 
 _LEVELS = {

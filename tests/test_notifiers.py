@@ -17,8 +17,8 @@ from pydantic import SecretStr, ValidationError
 from receiver import Receiver
 
 from canaryd.config import AlertSpec, Notifier, Severity
+from canaryd.core.events import EVENTS, Event
 from canaryd.errors import WebhookError
-from canaryd.events import EVENTS, Event
 from canaryd.http import make_session
 from canaryd.notifiers import (
     ALERT_EVENTS,

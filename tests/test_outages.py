@@ -28,8 +28,8 @@ from prom import PrometheusServer, eventually, open_provider
 from structlog.testing import capture_logs
 
 from canaryd.client import Client
-from canaryd.daemon import Daemon
-from canaryd.store import SqliteStore
+from canaryd.service.daemon import Daemon
+from canaryd.service.store import SqliteStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 from receiver import Receiver
 
-from canaryd import analysis as core
-from canaryd.analysis import CanaryState, Phase
 from canaryd.config import Settings
+from canaryd.core import analysis as core
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import CommandError, ProviderError, RouterError, StoreError
 from canaryd.routers import RouteRequest
-from canaryd.runtime import CanaryRunner, Services
-from canaryd.store import SqliteStore
+from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.store import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

@@ -34,7 +34,8 @@ def _loaded_after(code: str) -> tuple[list[str], subprocess.CompletedProcess[str
 def test_importing_the_cli_and_config_loads_no_numpy() -> None:
     """Importing the CLI, the configuration and the daemon's modules leaves numpy out."""
     loaded, _ = _loaded_after(
-        "import canaryd.cli, canaryd.config, canaryd.checks, canaryd.runtime, canaryd.daemon"
+        "import canaryd.cli, canaryd.config, canaryd.core.checks,"
+        " canaryd.service.runtime, canaryd.service.daemon"
     )
     assert loaded == []
 

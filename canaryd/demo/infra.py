@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from canaryd.config import HAProxyRouter
+from canaryd.config.models import HAProxyRouter
 from canaryd.demo.procs import child, free_port, wait_ready
 from canaryd.routers.haproxy import MAX_WEIGHT, HAProxyRuntime
 

@@ -1,6 +1,6 @@
 """Alerts: which events become alerts, how each notifier type renders them, one delivery.
 
-Rendering is pure: :func:`render` turns an :class:`~canaryd.events.Event` into
+Rendering is pure: :func:`render` turns an :class:`~canaryd.core.events.Event` into
 ``(payload, content_type)`` for a notifier type, and the outbox stores that.
 :func:`deliver` makes exactly one signed POST of a stored payload; retries,
 backoff and ordering belong to the outbox dispatcher, not here.
@@ -22,9 +22,9 @@ import aiohttp
 import anyio.to_thread
 from pydantic import SecretStr
 
-from canaryd.config import AlertSpec, Notifier, Severity, read_secret
+from canaryd.config.models import AlertSpec, Notifier, Severity, read_secret
+from canaryd.core.events import ALERTABLE, EVENTS, FLAGGER_ALERTS, Event
 from canaryd.errors import WebhookError
-from canaryd.events import ALERTABLE, EVENTS, FLAGGER_ALERTS, Event
 from canaryd.http import post_json, redact_url
 from canaryd.notifiers import cloudevents, discord, gchat, msteams, rocket, slack, webhook
 from canaryd.notifiers.text import RenderOptions, describe, severity_of
@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 ALERT_EVENTS: Final = ALERTABLE
-"""Events that can become chat alerts (``events: all``); see :data:`canaryd.events.ALERTABLE`."""
+"""Events that can become chat alerts (``events: all``); see
+:data:`canaryd.core.events.ALERTABLE`."""
 
 Renderer = Callable[[Event, RenderOptions], dict[str, Any]]
 

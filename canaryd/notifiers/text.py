@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from canaryd.config import Severity
-from canaryd.events import FLAGGER_ALERTS, Event
+from canaryd.config.models import Severity
+from canaryd.core.events import FLAGGER_ALERTS, Event
 
 ELLIPSIS = "…"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from canaryd.config import Severity
-from canaryd.events import Event
+from canaryd.config.models import Severity
+from canaryd.core.events import Event
 from canaryd.notifiers.text import RenderOptions, describe, rfc3339, severity_of
 
 CONTENT_TYPE = "application/json"

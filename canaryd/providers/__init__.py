@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from canaryd.config import PrometheusProvider, ProviderConfig
+from canaryd.config.models import PrometheusProvider, ProviderConfig
 
 if TYPE_CHECKING:
     from canaryd.providers.prometheus import Prometheus

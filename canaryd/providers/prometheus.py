@@ -45,7 +45,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from canaryd.config import PrometheusProvider, read_secret
+from canaryd.config.models import PrometheusProvider, read_secret
 from canaryd.errors import ProviderError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
-from canaryd.config import HAProxyRouter, RouterConfig, WebhookRouter
-
-Action = Literal["route", "promote", "rollback"]
+from canaryd.config.models import HAProxyRouter, RouterConfig, WebhookRouter
+from canaryd.core.analysis import Action as Action
 
 
 @dataclass(frozen=True, slots=True)

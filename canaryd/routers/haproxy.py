@@ -49,7 +49,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.config import HAProxyRouter
+from canaryd.config.models import HAProxyRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
 

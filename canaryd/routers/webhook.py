@@ -37,7 +37,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.config import WebhookRouter, read_secret
+from canaryd.config.models import WebhookRouter, read_secret
 from canaryd.errors import RouterError, WebhookError
 from canaryd.http import Answer, post_json
 from canaryd.routers import RouteRequest

@@ -5,7 +5,7 @@ Nothing here awaits, reads a clock or touches the network. The runtime asks
 :func:`decide`, which returns the new :class:`CanaryState` plus the effects to
 carry out (route traffic, run post-rollout hooks, emit events). Operator
 commands (:func:`start_rollout`, :func:`abort`, ...) are pure in the same way.
-How one tick's check is judged lives in :mod:`canaryd.checks`; its names are
+How one tick's check is judged lives in :mod:`canaryd.core.checks`; its names are
 re-exported here.
 
 Rules (docs/flagger.md): the failed-check counter is cumulative for the whole
@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from canaryd.checks import (
+from canaryd.config.models import Analysis, CanaryConfig, WebhookType
+from canaryd.core.checks import (
     PASSED,
     CompareSeries,
     HookResult,
@@ -38,10 +39,11 @@ from canaryd.checks import (
     judge_compare,
     judge_metric,
 )
-from canaryd.config import Analysis, CanaryConfig, WebhookType
+from canaryd.core.events import Event
 from canaryd.errors import CommandError
-from canaryd.events import Event
-from canaryd.routers import Action
+
+Action = Literal["route", "promote", "rollback"]
+"""What a route asks of the router (docs/design.md, "Seams")."""
 
 __all__ = [
     "ACTIVE",

@@ -4,7 +4,7 @@ Mutating endpoints need ``Authorization: Bearer <token>`` (compared in constant
 time); so do reads unless ``api.anonymous_read`` is on. ``/healthz``,
 ``/readyz``, ``/metrics`` and ``/api/v1/openapi.json`` are always open. Every
 error is JSON ``{"error": "..."}``; a bad request is never a 500. The routes are
-described by :mod:`canaryd.openapi`.
+described by :mod:`canaryd.service.openapi`.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ import anyio.abc
 import structlog
 from aiohttp import web
 
-from canaryd import analysis as core
-from canaryd.analysis import CanaryState
-from canaryd.config import CanaryConfig
+from canaryd.config.models import CanaryConfig
+from canaryd.core import analysis as core
+from canaryd.core.analysis import CanaryState
 from canaryd.errors import CommandError, NotFoundError, RouterError, StoreError
-from canaryd.metrics import CONTENT_TYPE
-from canaryd.openapi import document
-from canaryd.runtime import CanaryRunner
+from canaryd.service.metrics import CONTENT_TYPE
+from canaryd.service.openapi import document
+from canaryd.service.runtime import CanaryRunner
 
 if TYPE_CHECKING:
-    from canaryd.daemon import Daemon
+    from canaryd.service.daemon import Daemon
 
 log = structlog.get_logger()
 
@@ -220,7 +220,7 @@ async def get_canary(request: web.Request) -> web.Response:
 
 
 def _dumps(value: Any) -> str:
-    from canaryd.store import dumps
+    from canaryd.service.store import dumps
 
     return dumps(value)
 
@@ -310,7 +310,7 @@ async def approve_gate(request: web.Request) -> web.Response:
 
 
 def make_app(daemon: Daemon) -> web.Application:
-    """Build the aiohttp application for ``daemon`` (routes as in :mod:`canaryd.openapi`)."""
+    """Build the aiohttp application for ``daemon`` (routes: :mod:`canaryd.service.openapi`)."""
     api = daemon.settings.api
     app = web.Application(middlewares=[errors_as_json], client_max_size=api.max_body_bytes)
     app[DAEMON] = daemon

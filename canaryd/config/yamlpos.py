@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from canaryd.config.flagger import KeyPath
 from canaryd.errors import Problem
-from canaryd.flagger import KeyPath
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_NODES = 500_000

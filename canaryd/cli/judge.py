@@ -22,15 +22,15 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from canaryd.judge import judge
-from canaryd.judgeinput import (
+from canaryd.core.judge import judge
+from canaryd.core.judgeinput import (
     JudgeInput,
     MetricInput,
     MetricSettings,
     OutliersSettings,
     ThresholdsInput,
 )
-from canaryd.scoring import ScoreClassification, Thresholds
+from canaryd.core.scoring import ScoreClassification, Thresholds
 
 __all__ = [
     "BadInputError",

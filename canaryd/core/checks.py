@@ -2,7 +2,7 @@
 
 The runtime gathers an :class:`Observation` as :class:`Needs` asks (webhook
 results, metric values, the two series of each compare metric); :func:`evaluate`
-turns it into a :data:`Verdict` for the state machine of :mod:`canaryd.analysis`.
+turns it into a :data:`Verdict` for the state machine of :mod:`canaryd.core.analysis`.
 Pure like it: no I/O, no clock.
 
 Rules (DESIGN section 2): webhooks and metrics are judged in config order and
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from canaryd.config import JudgeSpec, OnNoData, WebhookType
-from canaryd.judgemodel import MetricConfig, MetricPair
-from canaryd.scoring import Thresholds
+from canaryd.config.models import JudgeSpec, OnNoData, WebhookType
+from canaryd.core.judgemodel import MetricConfig, MetricPair
+from canaryd.core.scoring import Thresholds
 
 
 class Outcome(StrEnum):
@@ -105,7 +105,7 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Needs:
-    """What the runtime must observe before calling :func:`canaryd.analysis.decide`.
+    """What the runtime must observe before calling :func:`canaryd.core.analysis.decide`.
 
     ``gates`` are asked in order (Flagger asks confirm-traffic-increase, then
     confirm-promotion, at a canary's last step).
@@ -185,7 +185,7 @@ def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[V
     if broken is not None:
         reason = f"{broken.config.name}: {broken.error}"
         return (Outcome.FAIL, reason, {"metric": broken.config.name, "error": broken.error}), None
-    from canaryd.judge import judge  # numpy on first use only (docs/judge.md, start-up cost)
+    from canaryd.core.judge import judge  # numpy on first use only (docs/judge.md, start-up cost)
 
     thresholds = Thresholds(spec.thresholds.passing, spec.thresholds.marginal)
     pairs = [MetricPair(c.config, c.control, c.experiment) for c in series]

@@ -1,7 +1,7 @@
 """The ``canaryd judge`` input document and the judge settings of compare metrics.
 
 Pydantic models only: importing this module (as the configuration does) does not
-import numpy, which only :mod:`canaryd.judge` needs (``docs/judge.md``, start-up cost).
+import numpy, which only :mod:`canaryd.core.judge` needs (``docs/judge.md``, start-up cost).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from canaryd.judgemodel import (
+from canaryd.core.judgemodel import (
     Direction,
     EffectSize,
     MetricConfig,

@@ -5,7 +5,7 @@ then optionally IQR outliers removed), and the location shift *canary - primary*
 is estimated with the Mann-Whitney (Wilcoxon rank-sum) two-sided confidence
 interval. The metric is ``High`` when the interval lies entirely above
 ``+tolerance x |estimate|`` and the effect size reaches ``allowedIncrease``
-(``Low`` symmetrically), otherwise ``Pass``; :func:`canaryd.scoring.score` turns
+(``Low`` symmetrically), otherwise ``Pass``; :func:`canaryd.core.scoring.score` turns
 the per-metric verdicts into one score.
 
 The arithmetic is Kayenta's, step for step, so that both give the same verdict on
@@ -18,7 +18,7 @@ the mean ratio undefined so that no effect-size threshold applies.
 Pure functions, no I/O, no clock, no randomness (Kayenta adds Gaussian noise when
 both series are constant; here the shift of two constants is exact). numpy is the
 only numerical library, and only this module imports it: the data types live in
-:mod:`canaryd.judgemodel` (re-exported here).
+:mod:`canaryd.core.judgemodel` (re-exported here).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from statistics import NormalDist
 import numpy as np
 from numpy.typing import NDArray
 
-from canaryd.judgemodel import (
+from canaryd.core.judgemodel import (
     Direction,
     EffectSize,
     Judgement,
@@ -42,7 +42,7 @@ from canaryd.judgemodel import (
     OutlierStrategy,
     ShiftEstimate,
 )
-from canaryd.scoring import Classification, Thresholds, score
+from canaryd.core.scoring import Classification, Thresholds, score
 
 __all__ = [
     "BRENT_TOLERANCE",

@@ -10,7 +10,7 @@ A failed critical metric, or half or more of the metrics without data, forces th
 score to 0 and the canary to Fail (whatever the thresholds: ``docs/judge.md``).
 The summary score is then compared with the ``pass`` and ``marginal`` thresholds.
 
-Pure functions, no I/O: :func:`score` is what :func:`canaryd.judge.judge` calls.
+Pure functions, no I/O: :func:`score` is what :func:`canaryd.core.judge.judge` calls.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class ScoreClassification(StrEnum):
 
 
 class Scorable(Protocol):
-    """What the scorer needs from a metric result (see :class:`canaryd.judge.MetricResult`)."""
+    """What the scorer needs from a metric result (see :class:`canaryd.core.judge.MetricResult`)."""
 
     @property
     def name(self) -> str: ...

@@ -21,9 +21,9 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from canaryd.analysis import CanaryState, CheckRecord, Phase
+from canaryd.core.analysis import CanaryState, CheckRecord, Phase
+from canaryd.core.events import Event
 from canaryd.errors import StoreError
-from canaryd.events import Event
 from canaryd.jsonenc import make_encoder
 
 T = TypeVar("T")

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from canaryd.config import CanaryConfig, MetricSpec, Settings
-from canaryd.configcheck import NOT_SECRETS
+from canaryd.config.check import NOT_SECRETS
+from canaryd.config.flagger import KeyPath
+from canaryd.config.models import CanaryConfig, MetricSpec, Settings
+from canaryd.config.queries import resolve_metric
+from canaryd.config.yamlpos import Report, format_path
 from canaryd.errors import TemplateError
-from canaryd.flagger import KeyPath
-from canaryd.runtime import resolve_metric
-from canaryd.yamlpos import Report, format_path
 
 DURATION_KEYS = frozenset(
     {

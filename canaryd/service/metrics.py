@@ -26,12 +26,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from canaryd import __version__
-from canaryd.analysis import CanaryState, Phase
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import ProviderError
 from canaryd.providers import MetricsProvider
 
 if TYPE_CHECKING:
-    from canaryd.daemon import Daemon
+    from canaryd.service.daemon import Daemon
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The exposition format served at ``/metrics``."""

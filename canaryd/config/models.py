@@ -1,7 +1,7 @@
 """Typed configuration models (DESIGN section 3).
 
 The models validate *shape and values*; cross references (a canary naming an
-undefined provider, ...) and file positions are handled by :mod:`canaryd.loader`,
+undefined provider, ...) and file positions are handled by :mod:`canaryd.config.loader`,
 which turns every problem into ``FILE:LINE:COLUMN: key.path: message``.
 
 Keys follow Flagger's spelling (``stepWeight``, ``thresholdRange``, ...) so an
@@ -35,9 +35,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from canaryd import logs
+from canaryd.core.events import ALERTABLE
+from canaryd.core.judgeinput import MetricSettings, ThresholdsInput
 from canaryd.durations import parse_duration
-from canaryd.events import ALERTABLE
-from canaryd.judgeinput import MetricSettings, ThresholdsInput
 
 
 def _finite(value: float) -> float:

@@ -17,12 +17,12 @@ from typing import Any, TypeGuard
 from pydantic import ValidationError
 from pydantic_settings import PydanticBaseSettingsSource
 
-from canaryd import flagger
-from canaryd.config import Settings, read_secret
-from canaryd.flagger import KeyPath, did_you_mean, unknown_key
-from canaryd.modeltypes import data_path, keys_at
-from canaryd.templates import BUILTIN_METRICS
-from canaryd.yamlpos import Report, got
+from canaryd.config import flagger
+from canaryd.config.flagger import KeyPath, did_you_mean, unknown_key
+from canaryd.config.models import Settings, read_secret
+from canaryd.config.modeltypes import data_path, keys_at
+from canaryd.config.templates import BUILTIN_METRICS
+from canaryd.config.yamlpos import Report, got
 
 SECTIONS = {
     "providers": "provider",

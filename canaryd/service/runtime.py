@@ -5,7 +5,7 @@ observe, gathers it concurrently (webhooks, metric queries) within a deadline
 well inside the interval, asks the core to decide, applies the routes, and
 persists the new state together with its events and outbox messages in one
 transaction. Only then does the in-memory state change: a canary never advances
-on state that is not on disk. A :class:`~canaryd.scheduler.Scheduler` runs the
+on state that is not on disk. A :class:`~canaryd.service.scheduler.Scheduler` runs the
 loops: ticks keep their cadence and never overlap.
 """
 
@@ -25,8 +25,18 @@ from typing import Any
 import aiohttp
 import structlog
 
-from canaryd import analysis as core
-from canaryd.analysis import (
+from canaryd.config.models import (
+    CanaryConfig,
+    Settings,
+    WebhookSpec,
+    WebhookType,
+)
+from canaryd.config.queries import ResolvedMetric as ResolvedMetric
+from canaryd.config.queries import compare_config as compare_config
+from canaryd.config.queries import resolve_metric as resolve_metric
+from canaryd.config.queries import resolve_metrics as resolve_metrics
+from canaryd.core import analysis as core
+from canaryd.core.analysis import (
     CanaryState,
     CompareSeries,
     Decision,
@@ -38,18 +48,15 @@ from canaryd.analysis import (
     Route,
     RunHooks,
 )
-from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
-from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
-from canaryd.judgemodel import MetricConfig
+from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
-from canaryd.scheduler import Scheduler
-from canaryd.store import OutboxMessage, SqliteStore, event_to_dict
-from canaryd.templates import builtin_query, builtin_variables, render, template_variables
-from canaryd.webhooks import call as call_webhook
-from canaryd.webhooks import event_payload, longest_call
-from canaryd.webhooks import payload as webhook_payload
+from canaryd.service.scheduler import Scheduler
+from canaryd.service.store import OutboxMessage, SqliteStore, event_to_dict
+from canaryd.service.webhooks import call as call_webhook
+from canaryd.service.webhooks import event_payload, longest_call
+from canaryd.service.webhooks import payload as webhook_payload
 
 log = structlog.get_logger()
 
@@ -58,91 +65,6 @@ OBSERVE_SHARE = 0.8
 
 MAX_OBSERVE_SECONDS = 60.0
 """Upper bound on one tick's observation, whatever the interval."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResolvedMetric:
-    """A metric with its provider and its query rendered for one canary."""
-
-    spec: MetricSpec
-    provider: str
-    query: str
-    primary_query: str | None = None
-
-    @property
-    def compare(self) -> CompareSpec | None:
-        """The metric's compare settings, if it is judged against the primary."""
-        return self.spec.compare
-
-
-def compare_config(spec: MetricSpec) -> MetricConfig:
-    """The statistical judge's settings for a compare metric."""
-    assert spec.compare is not None
-    return spec.compare.to_config(spec.name)
-
-
-def _metric_source(
-    settings: Settings, canary: CanaryConfig, m: MetricSpec
-) -> tuple[str, str | None, str | None]:
-    """The metric's query template, the provider it names, and its mesh (built-ins only)."""
-    if m.query is not None:
-        return m.query, m.provider, None
-    if m.templateRef is not None:
-        ref = m.templateRef
-        found = settings.template_for(ref, canary.namespace)
-        if found is None:
-            where = ref.namespace or canary.namespace
-            raise TemplateError(
-                f"metric {m.name}: template {ref.name!r} is not defined in namespace {where!r}"
-            )
-        tpl = found[1]
-        return tpl.query, m.provider or tpl.provider, None
-    mesh = canary.meshProvider or settings.meshProvider
-    return builtin_query(m.name, mesh), m.provider, mesh
-
-
-def resolve_metric(settings: Settings, canary: CanaryConfig, m: MetricSpec) -> ResolvedMetric:
-    """Pick one metric's provider and render its query (both sides for a compare metric).
-
-    Raises:
-        TemplateError: the template names an unknown variable or mesh, or no provider fits.
-    """
-    text, provider, mesh = _metric_source(settings, canary, m)
-    provider = (
-        provider
-        or canary.provider
-        or (next(iter(settings.providers)) if len(settings.providers) == 1 else None)
-    )
-    if provider is None or provider not in settings.providers:
-        raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
-
-    def rendered(template: str, target: str) -> str:
-        values = template_variables(
-            namespace=canary.namespace,
-            name=canary.name,
-            target=target,
-            interval=m.interval,
-            variables={**canary.variables, **m.templateVariables},
-            service=canary.service_name,
-            ingress=canary.ingress_name,
-            route=canary.route_name,
-        )
-        return render(template, builtin_variables(mesh, values) if mesh else values)
-
-    primary = None
-    if m.compare is not None:
-        primary = rendered(m.compare.primaryQuery or text, canary.primary_target_name)
-        text = m.compare.canaryQuery or text
-    return ResolvedMetric(m, provider, rendered(text, canary.target_name), primary)
-
-
-def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMetric]:
-    """Pick each metric's provider and render its query (both sides for compare metrics).
-
-    Raises:
-        TemplateError: a template names an unknown variable, or no provider fits.
-    """
-    return [resolve_metric(settings, canary, m) for m in canary.analysis.metrics]
 
 
 def first_delay(key: str, interval: float) -> float:
@@ -362,7 +284,7 @@ class CanaryRunner:
 
     async def start_rollout(self, revision: str, metadata: Mapping[str, str]) -> CanaryState:
         """Begin a rollout, or restart it with a new revision (see
-        :func:`canaryd.analysis.start_rollout`)."""
+        :func:`canaryd.core.analysis.start_rollout`)."""
         rollout_id = uuid.uuid4().hex[:12]
         return await self.command(
             lambda s, now: core.start_rollout(self.spec, s, revision, metadata, rollout_id, now)
@@ -557,7 +479,7 @@ class CanaryRunner:
         retries the route) at the weights the router still has (``held``: the
         last route it confirmed, by default the recorded state's); any other
         decision is replaced by a failed check on the state before it
-        (:func:`canaryd.analysis.router_failed`), holding the weights of the last
+        (:func:`canaryd.core.analysis.router_failed`), holding the weights of the last
         route the router confirmed, so nothing is recorded as applied that was not.
 
         Raises:

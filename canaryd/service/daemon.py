@@ -2,14 +2,14 @@
 
 Everything runs in one task group. Startup opens the store, starts every
 canary's loop, the API, the outbox dispatcher and housekeeping, then tells
-systemd ``READY=1`` (:mod:`canaryd.sdnotify`). A heartbeat sends ``STATUS=``
+systemd ``READY=1`` (:mod:`canaryd.service.sdnotify`). A heartbeat sends ``STATUS=``
 and, while every loop keeps ticking, ``WATCHDOG=1``.
 
 SIGHUP reloads the config (``RELOADING=1`` ... ``READY=1``; a bad config is
 rejected with the messages of ``canaryd check`` and the last good one kept).
 SIGTERM/SIGINT stop gracefully (``STOPPING=1``): the loops stop after the tick
 in flight (a tick is cancelled only after ``tick_grace``, see
-:mod:`canaryd.scheduler`), the outbox gets ``flush_grace`` seconds to send what is due,
+:mod:`canaryd.service.scheduler`), the outbox gets ``flush_grace`` seconds to send what is due,
 then the API stops and the store is closed. A second signal stops at once, and
 so does cancelling :meth:`Daemon.run` from outside (ticks in flight are abandoned:
 a state only changes once persisted, so an abandoned tick leaves no trace).
@@ -29,25 +29,25 @@ import anyio
 import anyio.abc
 import structlog
 
-from canaryd.analysis import CanaryState, Phase
-from canaryd.config import ProviderConfig, Settings, read_secret
-from canaryd.dispatcher import Dispatcher
+from canaryd.config.loader import Loaded, load_config
+from canaryd.config.models import ProviderConfig, Settings, read_secret
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import CanarydError, ConfigError, TemplateError
 from canaryd.http import make_session
-from canaryd.loader import Loaded, load_config
-from canaryd.metrics import DaemonMetrics
 from canaryd.providers import MetricsProvider, build_provider
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import Router, build_router
-from canaryd.runtime import (
+from canaryd.service.dispatcher import Dispatcher
+from canaryd.service.metrics import DaemonMetrics
+from canaryd.service.runtime import (
     MAX_OBSERVE_SECONDS,
     CanaryRunner,
     Services,
     freeze_heap,
 )
-from canaryd.scheduler import Scheduler
-from canaryd.sdnotify import Notifier, watchdog_period
-from canaryd.store import SqliteStore
+from canaryd.service.scheduler import Scheduler
+from canaryd.service.sdnotify import Notifier, watchdog_period
+from canaryd.service.store import SqliteStore
 
 log = structlog.get_logger()
 
@@ -148,7 +148,7 @@ class Daemon:
             StoreError: the state store cannot be opened.
             OSError: the API cannot listen on its address.
         """
-        from canaryd.api import serve
+        from canaryd.service.api import serve
 
         self._stop = anyio.Event()
         if self._stop_asked:
@@ -408,8 +408,8 @@ def check_queries(settings: Settings) -> None:
     Raises:
         ConfigError: a template names an unknown variable or mesh.
     """
+    from canaryd.config.queries import resolve_metrics
     from canaryd.errors import Problem
-    from canaryd.runtime import resolve_metrics
 
     problems = []
     for i, canary in enumerate(settings.canaries):

@@ -36,13 +36,13 @@ import structlog
 from pydantic import SecretStr
 from tenacity import RetryCallState, wait_exponential, wait_random
 
-from canaryd.config import AlertSpec, Notifier, Settings, WebhookSpec, read_secret
+from canaryd.config.models import AlertSpec, Notifier, Settings, WebhookSpec, read_secret
+from canaryd.core.events import Event
 from canaryd.errors import CanarydError, StoreError, WebhookError
-from canaryd.events import Event
 from canaryd.http import post_json, redact_url
 from canaryd.notifiers import deliver, render
-from canaryd.runtime import Services
-from canaryd.store import OutboxMessage, SqliteStore
+from canaryd.service.runtime import Services
+from canaryd.service.store import OutboxMessage, SqliteStore
 
 log = structlog.get_logger()
 
@@ -57,7 +57,7 @@ Target = WebhookSpec | tuple[AlertSpec, Notifier]
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
-    """Rebuild an event stored by :func:`canaryd.store.event_to_dict`."""
+    """Rebuild an event stored by :func:`canaryd.service.store.event_to_dict`."""
     base = {"event", "level", "canary", "revision", "phase", "time"}
     return Event(
         data["event"],

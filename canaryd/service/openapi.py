@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``/api/v1/openapi.json``.
 
-Written by hand next to the handlers in :mod:`canaryd.api`; tests check that it
+Written by hand next to the handlers in :mod:`canaryd.service.api`; tests check that it
 is a valid OpenAPI document, that its paths are exactly the app's routes, and
 (with schemathesis) that the live API answers as it says.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from canaryd import __version__
-from canaryd.analysis import GATES, Phase
+from canaryd.core.analysis import GATES, Phase
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"

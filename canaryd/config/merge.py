@@ -1,7 +1,7 @@
 """Merge the documents of a configuration into one raw configuration.
 
 The main file and its includes hold canaryd documents and Flagger manifests
-(mapped by :mod:`canaryd.flagger`). :func:`merge` combines them: sections
+(mapped by :mod:`canaryd.config.flagger`). :func:`merge` combines them: sections
 (``providers``, ``routers``, ...) by name, canaries appended in file order,
 scalar settings from the main file only; a name defined twice is a problem.
 The position map is re-keyed from each file's key paths to merged ones, so
@@ -19,11 +19,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaryd import flagger
-from canaryd.config import Settings, read_secret
-from canaryd.configcheck import SECTIONS, section
-from canaryd.flagger import KeyPath, is_manifest, unknown_key
-from canaryd.yamlpos import Doc, Report, format_path, got
+from canaryd.config import flagger
+from canaryd.config.check import SECTIONS, section
+from canaryd.config.flagger import KeyPath, is_manifest, unknown_key
+from canaryd.config.models import Settings, read_secret
+from canaryd.config.yamlpos import Doc, Report, format_path, got
 
 DOC = "docs/flagger.md"
 """Where the deliberate differences from Flagger are listed."""

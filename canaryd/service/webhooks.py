@@ -23,10 +23,10 @@ from tenacity import (
     wait_random,
 )
 
-from canaryd.analysis import CanaryState, HookResult
-from canaryd.config import CanaryConfig, Severity, WebhookSpec, WebhookType, read_secret
+from canaryd.config.models import CanaryConfig, Severity, WebhookSpec, WebhookType, read_secret
+from canaryd.core.analysis import CanaryState, HookResult
+from canaryd.core.events import Event
 from canaryd.errors import WebhookError
-from canaryd.events import Event
 from canaryd.http import Answer, post_json
 from canaryd.notifiers import wanted
 from canaryd.notifiers.text import describe, severity_of

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from canaryd.config import Settings
-from canaryd.flagger import KeyPath
+from canaryd.config.flagger import KeyPath
+from canaryd.config.models import Settings
 
 
 def keys_at(path: KeyPath, raw: Any) -> list[str]:

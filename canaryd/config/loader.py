@@ -1,16 +1,16 @@
 """Load, merge and validate the configuration file (DESIGN section 3).
 
 :func:`load_config` reads the main YAML file and its ``include:`` globs, maps
-Flagger manifests (:mod:`canaryd.flagger`), overlays ``CANARYD_*`` environment
+Flagger manifests (:mod:`canaryd.config.flagger`), overlays ``CANARYD_*`` environment
 variables, checks cross references, and validates everything with the models
 of :mod:`canaryd.config`. It reports *every* problem at once, each located as
 ``FILE:LINE:COLUMN: key.path: message``, and never lets a traceback through.
 
 This module reads the include tree, overlays the environment and resolves
-relative paths; the rest is shared out: :mod:`canaryd.yamlpos` (YAML with
-positions), :mod:`canaryd.configmerge` (merging documents and manifests),
-:mod:`canaryd.configcheck` (cross references, secrets, messages for humans)
-and :mod:`canaryd.modeltypes` (the model types along a key path).
+relative paths; the rest is shared out: :mod:`canaryd.config.yamlpos` (YAML with
+positions), :mod:`canaryd.config.merge` (merging documents and manifests),
+:mod:`canaryd.config.check` (cross references, secrets, messages for humans)
+and :mod:`canaryd.config.modeltypes` (the model types along a key path).
 
 Decisions worth knowing:
 
@@ -43,17 +43,14 @@ from typing import Any
 from pydantic_settings import EnvSettingsSource, SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
-from canaryd import flagger
-from canaryd.config import Settings
-from canaryd.configcheck import check_references, check_secrets, secret_holders, validate
-from canaryd.configlint import check_queries, lint
-from canaryd.configmerge import Gathered, merge, resolve_flagger
-from canaryd.errors import ConfigError
-from canaryd.flagger import KeyPath, is_manifest
-from canaryd.modeltypes import keys_at
-from canaryd.webhooks import flagger_differences as differences
-from canaryd.webhooks import unverified_tls
-from canaryd.yamlpos import (
+from canaryd.config import flagger
+from canaryd.config.check import check_references, check_secrets, secret_holders, validate
+from canaryd.config.flagger import KeyPath, is_manifest
+from canaryd.config.lint import check_queries, lint
+from canaryd.config.merge import Gathered, merge, resolve_flagger
+from canaryd.config.models import Settings
+from canaryd.config.modeltypes import keys_at
+from canaryd.config.yamlpos import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
     MAX_NODES,
@@ -63,6 +60,9 @@ from canaryd.yamlpos import (
     got,
     read_file,
 )
+from canaryd.errors import ConfigError
+from canaryd.service.webhooks import flagger_differences as differences
+from canaryd.service.webhooks import unverified_tls
 
 __all__ = [
     "ENV_FILE",

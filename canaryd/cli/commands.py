@@ -120,7 +120,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return run(Path(args.config))
     if args.command == "judge":
-        from canaryd.judgecli import judge_main
+        from canaryd.cli.judge import judge_main
 
         return judge_main(args.file, sys.stdout, sys.stderr)
     if args.command == "demo":
@@ -132,8 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def check(path: Path) -> int:
     """``canaryd check``: print every problem, or a one-line summary."""
-    from canaryd.daemon import check_queries
-    from canaryd.loader import load_config, summary
+    from canaryd.config.loader import load_config, summary
+    from canaryd.service.daemon import check_queries
 
     try:
         loaded = load_config(path)
@@ -152,7 +152,7 @@ def check(path: Path) -> int:
 def run(path: Path) -> int:
     """``canaryd run``: the daemon in the foreground."""
     from canaryd import logs
-    from canaryd.daemon import run_daemon
+    from canaryd.service.daemon import run_daemon
 
     logs.configure(os.environ.get("CANARYD_LOG_FORMAT", "auto"))
     return anyio.run(run_daemon, path, backend_options=loop_options())

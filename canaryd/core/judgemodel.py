@@ -1,8 +1,8 @@
 """The statistical judge's settings and results: plain data, no numerical libraries.
 
-Split from :mod:`canaryd.judge` so that the configuration, the CLI and the analysis
+Split from :mod:`canaryd.core.judge` so that the configuration, the CLI and the analysis
 core can name these types without importing numpy (see ``docs/judge.md``, start-up
-cost); :mod:`canaryd.judge` re-exports every name here.
+cost); :mod:`canaryd.core.judge` re-exports every name here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from canaryd.scoring import Classification, Score
+from canaryd.core.scoring import Classification, Score
 
 
 class Direction(StrEnum):

@@ -33,7 +33,7 @@ log = structlog.get_logger()
 
 
 class Tickable(Protocol):
-    """What the scheduler drives: a runner (see :class:`canaryd.runtime.CanaryRunner`)."""
+    """What the scheduler drives: a runner (see :class:`canaryd.service.runtime.CanaryRunner`)."""
 
     next_at: float
     """When the next tick is due (the event loop's clock); kept up to date by the scheduler."""
