@@ -996,7 +996,7 @@ def test_check_names_each_difference_from_flagger_once(
 ) -> None:
     """canaryd check says, one line each, where a canary's hooks and alerts deliberately behave
     differently from Flagger, and says nothing when they do not."""
-    from canaryd.service.webhooks import flagger_differences
+    from canaryd.config.notes import flagger_differences
 
     spec = config.CanaryConfig.model_validate(
         {

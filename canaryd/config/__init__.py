@@ -13,9 +13,8 @@ the core imports :mod:`canaryd.config.models` only, never the loading modules.
 
 from __future__ import annotations
 
-from canaryd.config.loader import Loaded, load_config, summary
+from typing import TYPE_CHECKING, Any
 
-# The models first: modules the loader imports read them from this package while it loads.
 from canaryd.config.models import (
     DEFAULT_HTTP_TIMEOUT,
     DEFAULT_STATE,
@@ -59,6 +58,22 @@ from canaryd.config.models import (
     min_interval,
     read_secret,
 )
+
+if TYPE_CHECKING:
+    from canaryd.config.loader import Loaded, load_config, summary
+
+_LOADER = frozenset({"Loaded", "load_config", "summary"})
+
+
+def __getattr__(name: str) -> Any:
+    """The loader's names, imported on first use: the core and the adapters import the
+    models from this package, and must not load the whole reading pipeline with them."""
+    if name in _LOADER:
+        from canaryd.config import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_HTTP_TIMEOUT",

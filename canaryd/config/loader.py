@@ -50,6 +50,8 @@ from canaryd.config.lint import check_queries, lint
 from canaryd.config.merge import Gathered, merge, resolve_flagger
 from canaryd.config.models import Settings
 from canaryd.config.modeltypes import keys_at
+from canaryd.config.notes import flagger_differences as differences
+from canaryd.config.notes import unverified_tls
 from canaryd.config.yamlpos import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -61,8 +63,6 @@ from canaryd.config.yamlpos import (
     read_file,
 )
 from canaryd.errors import ConfigError
-from canaryd.service.webhooks import flagger_differences as differences
-from canaryd.service.webhooks import unverified_tls
 
 __all__ = [
     "ENV_FILE",

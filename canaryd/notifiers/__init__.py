@@ -15,19 +15,22 @@ mode). Shared wording lives in :mod:`.text`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, Final
 
 import aiohttp
 import anyio.to_thread
 from pydantic import SecretStr
 
-from canaryd.config.models import AlertSpec, Notifier, Severity, read_secret
-from canaryd.core.events import ALERTABLE, EVENTS, FLAGGER_ALERTS, Event
+from canaryd.config.models import Notifier, read_secret
+from canaryd.core.alerts import passes as passes
+from canaryd.core.alerts import severity_of as severity_of
+from canaryd.core.alerts import wanted as wanted
+from canaryd.core.events import ALERTABLE, EVENTS, Event
 from canaryd.errors import WebhookError
 from canaryd.http import post_json, redact_url
 from canaryd.notifiers import cloudevents, discord, gchat, msteams, rocket, slack, webhook
-from canaryd.notifiers.text import RenderOptions, describe, severity_of
+from canaryd.notifiers.text import RenderOptions, describe
 
 __all__ = [
     "ALERT_EVENTS",
@@ -58,39 +61,6 @@ FORMATS: Final[dict[str, tuple[Renderer, str]]] = {
     "cloudevents": (cloudevents.render, cloudevents.CONTENT_TYPE),
 }
 """Notifier ``type`` -> (renderer, content type), keyed like :class:`~canaryd.config.Notifier`."""
-
-_RANK: Final = {Severity.INFO: 0, Severity.WARN: 1, Severity.ERROR: 2}
-
-
-def passes(filter: Severity, event: Event) -> bool:
-    """Whether an alert with severity filter ``filter`` lets ``event`` through.
-
-    ``info`` lets everything through, ``warn`` lets warn and error, ``error`` only error.
-
-    Raises:
-        KeyError: the event's name is not in the vocabulary.
-    """
-    return _RANK[severity_of(event)] >= _RANK[filter]
-
-
-def wanted(alert: AlertSpec, event: Event) -> bool:
-    """Whether ``alert`` sends ``event``: chosen by its ``events``, let through by its severity.
-
-    ``events: flagger`` (the default) chooses the events Flagger alerts on, ``all``
-    every alertable event, a list the events named. A waiting event whose closing
-    webhook has ``muteAlert`` is never sent (docs/events.md, "Alerts").
-
-    Raises:
-        KeyError: the event's name is not in the vocabulary.
-    """
-    if event.fields.get("muteAlert"):
-        return False
-    chosen: Collection[str] = alert.events
-    if chosen == "flagger":
-        chosen = FLAGGER_ALERTS.keys()
-    elif chosen == "all":
-        chosen = ALERTABLE
-    return event.name in chosen and passes(alert.severity, event)
 
 
 def render(

@@ -12,8 +12,9 @@ import math
 from typing import Any
 
 from canaryd.config.models import Severity
+from canaryd.core.alerts import severity_of
 from canaryd.core.events import Event
-from canaryd.notifiers.text import RenderOptions, describe, rfc3339, severity_of
+from canaryd.notifiers.text import RenderOptions, describe, rfc3339
 
 CONTENT_TYPE = "application/json"
 

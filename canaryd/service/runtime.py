@@ -598,7 +598,7 @@ class CanaryRunner:
 
     def _outbox(self, decision: Decision, version: int) -> list[OutboxMessage]:
         """Alerts, event webhooks and post-rollout hooks caused by a decision."""
-        from canaryd.notifiers import wanted
+        from canaryd.core.alerts import wanted
 
         out: list[OutboxMessage] = []
         prefix = f"{self.key}:{decision.state.rollout_id}:{version}"
