@@ -31,6 +31,7 @@ from canaryd.core.judgeinput import (
     ThresholdsInput,
 )
 from canaryd.core.scoring import ScoreClassification, Thresholds
+from canaryd.errors import BadInputError as BadInputError
 
 __all__ = [
     "BadInputError",
@@ -54,10 +55,6 @@ _EXIT_CODES = {
     ScoreClassification.FAIL: EXIT_FAIL,
     ScoreClassification.MARGINAL: EXIT_MARGINAL,
 }
-
-
-class BadInputError(Exception):
-    """The input cannot be judged; the message is the one line shown to the user."""
 
 
 def _location(loc: Sequence[int | str]) -> str:

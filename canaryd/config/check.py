@@ -23,6 +23,7 @@ from canaryd.config.models import Settings, read_secret
 from canaryd.config.modeltypes import data_path, keys_at
 from canaryd.config.templates import BUILTIN_METRICS
 from canaryd.config.yamlpos import Report, got
+from canaryd.errors import SecretError
 
 SECTIONS = {
     "providers": "provider",
@@ -71,8 +72,8 @@ def check_secrets(raw: dict[str, Any], environ: Mapping[str, str], ctx: Report) 
                 elif key.endswith("_env"):
                     read_secret(None, value, environ=environ)
                     if isinstance(holder.get(key[:-4] + "_file"), str):
-                        raise ValueError(f"set {key[:-4]}_file or {key}, not both")
-            except ValueError as exc:
+                        raise SecretError(f"set {key[:-4]}_file or {key}, not both")
+            except SecretError as exc:
                 ctx.problem((*path, key), str(exc))
 
 
@@ -80,11 +81,11 @@ def _check_url_file(path: str) -> None:
     """A URL kept in a secret file needs a scheme too (its text is never shown).
 
     Raises:
-        ValueError: the file cannot be read, is readable by others, or holds no http(s) URL.
+        SecretError: the file cannot be read, is readable by others, or holds no http(s) URL.
     """
     url = read_secret(path)
     if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
-        raise ValueError(f"the URL in {path} must start with http:// or https://")
+        raise SecretError(f"the URL in {path} must start with http:// or https://")
 
 
 # --------------------------------------------------------------------------- cross references

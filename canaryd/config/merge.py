@@ -24,6 +24,7 @@ from canaryd.config.check import SECTIONS, section
 from canaryd.config.flagger import KeyPath, is_manifest, unknown_key
 from canaryd.config.models import Settings, read_secret
 from canaryd.config.yamlpos import Doc, Report, format_path, got
+from canaryd.errors import SecretError
 
 DOC = "docs/flagger.md"
 """Where the deliberate differences from Flagger are listed."""
@@ -291,7 +292,7 @@ def _secret_files(provider: dict[str, Any], name: str, doc: Doc, ctx: Gathered) 
     elif os.path.isfile(user):
         try:
             username = read_secret(user)
-        except ValueError as exc:
+        except SecretError as exc:
             ctx.in_doc(doc, ("spec", "provider", "secretRef"), str(exc))
             return
         provider["username"] = username.get_secret_value() if username else ""

@@ -38,6 +38,7 @@ from canaryd import logs
 from canaryd.core.events import ALERTABLE
 from canaryd.core.judgeinput import MetricSettings, ThresholdsInput
 from canaryd.durations import parse_duration
+from canaryd.errors import SecretError
 
 
 def _finite(value: float) -> float:
@@ -147,21 +148,24 @@ def read_secret(
         environ: the environment to read ``env`` from (default: ``os.environ``).
 
     Raises:
-        ValueError: the file cannot be read or is readable by others.
+        SecretError: the file cannot be read or is readable by others, or the variable is
+            not set.
     """
     if path:
         p = Path(path)
         try:
             mode = p.stat().st_mode
             if mode & 0o004:
-                raise ValueError(f"secret file {path} is readable by others; run: chmod o-r {path}")
+                raise SecretError(
+                    f"secret file {path} is readable by others; run: chmod o-r {path}"
+                )
             value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
+            raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from exc
     elif env:
         found = (os.environ if environ is None else environ).get(env)
         if found is None:
-            raise ValueError(f"environment variable {env} is not set")
+            raise SecretError(f"environment variable {env} is not set")
         value = found
     else:
         return None

@@ -27,7 +27,7 @@ from canaryd.core.alerts import passes as passes
 from canaryd.core.alerts import severity_of as severity_of
 from canaryd.core.alerts import wanted as wanted
 from canaryd.core.events import ALERTABLE, EVENTS, Event
-from canaryd.errors import WebhookError
+from canaryd.errors import SecretError, WebhookError
 from canaryd.http import post_json, redact_url
 from canaryd.notifiers import cloudevents, discord, gchat, msteams, rocket, slack, webhook
 from canaryd.notifiers.text import RenderOptions, describe
@@ -109,7 +109,7 @@ def notifier_url(notifier: Notifier) -> str:
         return notifier.url
     try:
         secret = read_secret(notifier.url_file)
-    except ValueError as exc:
+    except SecretError as exc:
         raise WebhookError(f"{notifier.type} notifier: {exc}") from exc
     url = secret.get_secret_value() if secret is not None else ""
     if not url:

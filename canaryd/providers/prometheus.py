@@ -46,7 +46,7 @@ from tenacity import (
 from yarl import URL
 
 from canaryd.config.models import PrometheusProvider, read_secret
-from canaryd.errors import ProviderError
+from canaryd.errors import ProviderError, SecretError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,
     POOL_PER_HOST,
@@ -295,7 +295,7 @@ class Prometheus:
                 password = read_secret(cfg.password_file)
                 secret = password.get_secret_value() if password else ""
                 headers["Authorization"] = _basic(cfg.username, secret)
-        except ValueError as exc:
+        except SecretError as exc:
             raise ProviderError(str(exc)) from exc
         return headers
 

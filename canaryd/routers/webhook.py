@@ -38,7 +38,7 @@ from tenacity import (
 )
 
 from canaryd.config.models import WebhookRouter, read_secret
-from canaryd.errors import RouterError, WebhookError
+from canaryd.errors import RouterError, SecretError, WebhookError
 from canaryd.http import Answer, post_json
 from canaryd.routers import RouteRequest
 
@@ -113,7 +113,7 @@ class WebhookRouterClient:
         self._session = session
         try:
             self._secret = read_secret(cfg.secret_file, cfg.secret_env)
-        except ValueError as exc:
+        except SecretError as exc:
             raise RouterError(f"router {self.name}: {exc}") from exc
 
     async def apply(self, request: RouteRequest) -> None:

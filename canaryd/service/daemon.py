@@ -120,7 +120,7 @@ class Daemon:
         """Read the API token of the initial config.
 
         Raises:
-            ValueError: the token file cannot be read or is readable by others.
+            SecretError: the token file cannot be read or is readable by others.
         """
         self.api_token = _token(self.settings)
 

@@ -27,7 +27,7 @@ from canaryd.config.models import CanaryConfig, Severity, WebhookSpec, read_secr
 from canaryd.core.alerts import severity_of
 from canaryd.core.analysis import CanaryState, HookResult
 from canaryd.core.events import Event
-from canaryd.errors import WebhookError
+from canaryd.errors import SecretError, WebhookError
 from canaryd.http import Answer, post_json
 from canaryd.notifiers.text import describe
 
@@ -102,7 +102,7 @@ async def call(
         return HookResult(hook.name, False, "waiting for manual approval (canaryd approve)")
     try:
         secret = read_secret(hook.secret_file, hook.secret_env)
-    except ValueError as exc:
+    except SecretError as exc:
         return HookResult(hook.name, False, str(exc))
     body = payload(spec, state, hook)
     url = hook.url
