@@ -34,11 +34,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from canaryd import logs
 from canaryd.core.events import ALERTABLE
 from canaryd.core.judgeinput import MetricSettings, ThresholdsInput
 from canaryd.durations import parse_duration
 from canaryd.errors import SecretError
+from canaryd.redact import protect
 
 
 def _finite(value: float) -> float:
@@ -169,7 +169,7 @@ def read_secret(
         value = found
     else:
         return None
-    logs.protect(value)  # never in a log line: docs/reliability.md, "Log lines"
+    protect(value)  # never in a log line: docs/reliability.md, "Log lines"
     return SecretStr(value)
 
 

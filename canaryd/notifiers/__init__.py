@@ -28,9 +28,10 @@ from canaryd.core.alerts import severity_of as severity_of
 from canaryd.core.alerts import wanted as wanted
 from canaryd.core.events import ALERTABLE, EVENTS, Event
 from canaryd.errors import SecretError, WebhookError
-from canaryd.http import post_json, redact_url
+from canaryd.http import post_json
 from canaryd.notifiers import cloudevents, discord, gchat, msteams, rocket, slack, webhook
 from canaryd.notifiers.text import RenderOptions, describe
+from canaryd.redact import redact, redact_url
 
 __all__ = [
     "ALERT_EVENTS",
@@ -117,18 +118,6 @@ def notifier_url(notifier: Notifier) -> str:
     return url
 
 
-def _scrub(text: str, url: str) -> str:
-    """Remove the URL, its path and its query (tokens, signatures) from text echoing them."""
-    redacted = redact_url(url)
-    text = text.replace(url, redacted)
-    tail = url.partition("://")[2].partition("/")[2]
-    path, _, query = tail.partition("?")
-    for part in (tail, path, query):
-        if len(part) >= 8:  # short paths ("/", "/hook") hold no token and would over-match
-            text = text.replace(part, "…")
-    return text
-
-
 async def deliver(
     session: aiohttp.ClientSession,
     notifier: Notifier,
@@ -161,11 +150,11 @@ async def deliver(
             content_type=content_type,
         )
     except WebhookError as exc:
-        raise WebhookError(f"{notifier.type} notifier {_scrub(str(exc), url)}") from exc
+        raise WebhookError(f"{notifier.type} notifier {redact(str(exc), url)}") from exc
     if not answer.ok:
         where = redact_url(url)
         # scrub the whole body before the preview is cut: a cut token would survive in part
-        body = _scrub(answer.body.decode("utf-8", "replace"), url).encode()
+        body = redact(answer.body.decode("utf-8", "replace"), url).encode()
         raise WebhookError(
             f"{notifier.type} notifier {where}: {dataclasses.replace(answer, body=body).describe()}"
         )

@@ -24,7 +24,6 @@ bodies, never a credential.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import math
 import time
@@ -52,7 +51,6 @@ from canaryd.http import (
     POOL_PER_HOST,
     USER_AGENT,
     describe_redirect,
-    redact_url,
     redirect_target,
 )
 from canaryd.providers.transport import (
@@ -62,6 +60,7 @@ from canaryd.providers.transport import (
     TLSError,
     TransportError,
 )
+from canaryd.redact import redact_url, scrub_sent
 
 MAX_BODY_BYTES = 1024 * 1024
 """Answers larger than this are refused (a metric query answers a few hundred bytes)."""
@@ -273,7 +272,7 @@ class Prometheus:
         if 300 <= resp.status < 400:  # never followed: docs/reliability.md
             target = redirect_target(self._cfg.address, resp.location)
             raise ProviderError(f"prometheus answered {describe_redirect(resp.status, target)}")
-        return _answer_data(resp.status, _scrub(resp.body, headers), resp.complete)
+        return _answer_data(resp.status, scrub_sent(resp.body, headers), resp.complete)
 
     def _headers(self) -> dict[str, str]:
         """Request headers: configured extras plus auth (secrets read on every call).
@@ -346,24 +345,6 @@ def _form_body(form: dict[str, str]) -> bytes:
     if not all(v.isascii() for v in form.values()):
         return urlencode(form).encode()
     return "&".join(f"{k}={v.translate(_FORM_QUOTED)}" for k, v in form.items()).encode()
-
-
-def _scrub(body: bytes, headers: dict[str, str]) -> bytes:
-    """The body without the credentials just sent: a proxy's error page may echo them.
-
-    Done on the whole body, before any preview is cut from it, so that no part
-    of a secret survives at the cut.
-    """
-    scheme, _, value = headers.get("Authorization", "").partition(" ")
-    found = [value]
-    if scheme == "Basic":
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            pair = base64.b64decode(value, validate=True).decode()
-            found += [pair, pair.partition(":")[2]]
-    for secret in sorted(found, key=len, reverse=True):
-        if len(secret) >= 4:
-            body = body.replace(secret.encode(), b"***")
-    return body
 
 
 def _preview(body: bytes) -> str:

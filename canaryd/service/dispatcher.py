@@ -33,14 +33,14 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import structlog
-from pydantic import SecretStr
 from tenacity import RetryCallState, wait_exponential, wait_random
 
 from canaryd.config.models import AlertSpec, Notifier, Settings, WebhookSpec, read_secret
 from canaryd.core.events import Event
 from canaryd.errors import CanarydError, StoreError, WebhookError
-from canaryd.http import post_json, redact_url
+from canaryd.http import post_json
 from canaryd.notifiers import deliver, render
+from canaryd.redact import redact, redact_url
 from canaryd.service.runtime import Services
 from canaryd.service.store import OutboxMessage, SqliteStore
 
@@ -108,26 +108,6 @@ def resolve(settings: Settings, message: OutboxMessage) -> Target:
     if notifier is None:
         raise LookupError(f"notifier {alert.notifier} (alert {name}) is no longer configured")
     return alert, notifier
-
-
-def redact(text: str, url: str | None, *secrets: SecretStr | None) -> str:
-    """Remove a URL's path and query, and secret values, from text that may echo them.
-
-    A receiver's answer or a library's message can repeat the URL it was sent
-    to; a chat webhook's path is its token and a signed URL's query its signature.
-    """
-    if url:
-        text = text.replace(url, redact_url(url))
-        tail = url.partition("://")[2].partition("/")[2]
-        path, _, query = tail.partition("?")
-        for part in (tail, path, query):
-            if len(part) >= 8:  # short paths ("/", "/hook") hold no token and would over-match
-                text = text.replace(part, "…")
-    for secret in secrets:
-        value = secret.get_secret_value() if secret is not None else ""
-        if len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
 
 
 def _attempt_fields(message: OutboxMessage) -> dict[str, Any]:
