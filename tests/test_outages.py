@@ -385,7 +385,8 @@ async def _store_fault(daemon: Daemon, disk: Disk, fault: str, on: bool) -> None
     if fault == "disk-full":
         await anyio.to_thread.run_sync(disk.fill if on else disk.free)
         return
-    store: SqliteStore = daemon.services.store
+    store = daemon.services.store
+    assert isinstance(store, SqliteStore)
     await store._run(_read_only, store.db, on)
 
 

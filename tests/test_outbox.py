@@ -55,6 +55,9 @@ class FakeProvider:
         """Unused here."""
         return []
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 @dataclass
 class FakeRouter:
@@ -65,6 +68,9 @@ class FakeRouter:
     async def apply(self, request: RouteRequest) -> None:
         """Record the request."""
         self.requests.append(request)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 @dataclass

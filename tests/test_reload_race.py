@@ -51,6 +51,9 @@ class HeldProvider:
         """Unused."""
         return []
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 def _canary() -> dict[str, Any]:
     return {

@@ -46,6 +46,9 @@ class FakeProvider:
         """Unused here."""
         return []
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 @dataclass
 class FakeRouter:
@@ -59,6 +62,9 @@ class FakeRouter:
         if self.down:
             raise RouterError("router lb: connection refused")
         self.requests.append(request)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 def settings(tmp_path: Path, **analysis: Any) -> Settings:

@@ -177,6 +177,9 @@ class _Provider:
         """Unused here."""
         return []
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 class _Router:
     """Records the route requests it is given."""
@@ -187,6 +190,9 @@ class _Router:
     async def apply(self, request: RouteRequest) -> None:
         """Record the request."""
         self.requests.append(request)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 def _runner(

@@ -263,3 +263,6 @@ class AppMetricsReader:
         newest = snaps[-1]
         oldest = next((s for s in snaps if s.time >= newest.time - seconds), snaps[0])
         return (oldest, newest) if oldest is not newest else None
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

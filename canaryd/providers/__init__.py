@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from canaryd.config.models import PrometheusProvider, ProviderConfig
-
-if TYPE_CHECKING:
-    from canaryd.providers.prometheus import Prometheus
 
 
 class MetricsProvider(Protocol):
@@ -35,8 +32,12 @@ class MetricsProvider(Protocol):
         """
         ...
 
+    async def aclose(self) -> None:
+        """Release the provider's connections (idempotent); no query after it."""
+        ...
 
-def build_provider(cfg: ProviderConfig) -> Prometheus:
+
+def build_provider(cfg: ProviderConfig) -> MetricsProvider:
     """Create the provider for a config entry (the config's ``type`` picks the class).
 
     The provider holds connections of its own: close it with ``aclose()``.

@@ -47,6 +47,13 @@ class Router(Protocol):
         """
         ...
 
+    async def aclose(self) -> None:
+        """Release what the router holds (idempotent); no request after it.
+
+        Routers that only borrow the daemon's HTTP session hold nothing.
+        """
+        ...
+
 
 def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
     """Create the router for a config entry (the config's ``type`` picks the class).

@@ -184,6 +184,9 @@ class HAProxyRuntime:
         self._cfg = cfg
         self.budget = cfg.timeout * BUDGET_FACTOR
 
+    async def aclose(self) -> None:
+        """Nothing to release: the router opens a connection per command and keeps none."""
+
     async def apply(self, request: RouteRequest) -> None:
         """Set and verify the weights for ``request`` (see the module docstring).
 

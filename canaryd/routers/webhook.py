@@ -116,6 +116,9 @@ class WebhookRouterClient:
         except SecretError as exc:
             raise RouterError(f"router {self.name}: {exc}") from exc
 
+    async def aclose(self) -> None:
+        """Nothing to release: the router borrows the daemon's HTTP session."""
+
     async def apply(self, request: RouteRequest) -> None:
         """Post the decision and return once the controller answers 2xx.
 

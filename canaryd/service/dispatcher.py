@@ -42,7 +42,7 @@ from canaryd.http import post_json
 from canaryd.notifiers import deliver, render
 from canaryd.redact import redact, redact_url
 from canaryd.service.runtime import Services
-from canaryd.service.store import OutboxMessage, SqliteStore
+from canaryd.service.store import OutboxMessage, StateStore
 
 log = structlog.get_logger()
 
@@ -141,7 +141,7 @@ class Dispatcher:
     """
 
     services: Callable[[], Services]
-    store: SqliteStore
+    store: StateStore
     clock: Callable[[], float]
     counters: dict[str, int] = field(default_factory=lambda: {"sent": 0, "failed": 0, "dead": 0})
     _busy: set[str] = field(default_factory=set, init=False, repr=False)

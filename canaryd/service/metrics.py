@@ -220,6 +220,10 @@ class InstrumentedProvider:
             requests.inc()
             seconds.observe(time.monotonic() - started)
 
+    async def aclose(self) -> None:
+        """Close the provider it counts."""
+        await self.inner.aclose()
+
 
 class _SnapshotCollector(Collector):
     """Turns the latest :class:`Snapshot` into metric families."""

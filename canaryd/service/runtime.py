@@ -64,7 +64,7 @@ from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.service.scheduler import Scheduler
-from canaryd.service.store import DROP, RELEASE, OutboxMessage, SqliteStore, event_to_dict
+from canaryd.service.store import DROP, RELEASE, OutboxMessage, StateStore, event_to_dict
 from canaryd.service.webhooks import call as call_webhook
 from canaryd.service.webhooks import event_payload, longest_call
 from canaryd.service.webhooks import payload as webhook_payload
@@ -186,7 +186,7 @@ class Services:
     session: aiohttp.ClientSession
     providers: Mapping[str, MetricsProvider]
     routers: Mapping[str, Router]
-    store: SqliteStore
+    store: StateStore
     clock: Callable[[], float] = time.time
     on_change: Callable[[str, CanaryState], None] = lambda key, state: None
 

@@ -127,6 +127,36 @@ class StateStore(Protocol):
         """The most recent check records of a canary, newest first."""
         ...
 
+    async def events(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent events of a canary, newest first."""
+        ...
+
+    async def prune(self, now: float | None = None) -> None:
+        """Forget delivered outbox messages, old check records and old events.
+
+        Raises:
+            StoreError: nothing was pruned.
+        """
+        ...
+
+    async def due(self, now: float, limit: int = 100) -> list[OutboxMessage]:
+        """Outbox messages to deliver now: the oldest pending one of each canary."""
+        ...
+
+    async def mark(
+        self, message_id: int, status: str, *, next_at: float = 0.0, error: str | None = None
+    ) -> None:
+        """Record a delivery attempt of an outbox message and its new status."""
+        ...
+
+    async def outbox_stats(self) -> dict[str, Any]:
+        """Counts of outbox messages by status, and the oldest pending one's age."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store's resources (idempotent)."""
+        ...
+
 
 # --------------------------------------------------------------------------- codec
 
