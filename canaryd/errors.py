@@ -17,6 +17,7 @@
     ├── StoreError               the state store could not read or write
     ├── SecretError              a secret (``*_file``, ``*_env``) cannot be read, is readable by
     │                            others, or is not set; each layer says which key or adapter
+    │                            (also a ValueError, for code written before it)
     ├── CommandError             an operator command is not valid in the canary's current state
     │   └── NotFoundError        no canary with that namespace/name
     ├── ClientError              the CLI could not talk to the daemon or got an error answer
@@ -106,10 +107,12 @@ class ClientError(CanarydError):
     """The command-line client could not reach the daemon or got an error answer."""
 
 
-class SecretError(CanarydError):
+class SecretError(CanarydError, ValueError):
     """A secret cannot be read, is readable by others, or its variable is not set.
 
-    The message names the file or variable, never the secret.
+    The message names the file or variable, never the secret. Catch it as
+    ``SecretError``; it is also a ``ValueError`` only so that code written before it
+    (which caught the ``ValueError`` :func:`~canaryd.config.read_secret` raised) keeps working.
     """
 
 

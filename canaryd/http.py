@@ -6,7 +6,7 @@ host it points to (docs/reliability.md, "No redirects followed").
 
 Every outgoing request carries an ``Idempotency-Key`` and, when a secret is
 configured, ``X-Canaryd-Signature: t=<unix>,v1=<hex>`` with
-``v1 = HMAC-SHA256(secret, "<t>.<raw body>")`` (DESIGN section 6).
+``v1 = HMAC-SHA256(secret, "<t>.<raw body>")`` (docs/design.md, "Outgoing calls").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pure analysis core: one named case per rule of DESIGN section 2."""
+"""The pure analysis core: one named case per rule of docs/design.md, "Analysis rules"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Command line (DESIGN section 4): the daemon, config check, and the API client.
+"""Command line (docs/design.md, "Command line"): the daemon, config check, and the API client.
 
 Client commands find the daemon through ``--url`` / ``CANARYD_URL`` and the
 token through ``--token-file`` / ``CANARYD_TOKEN``. No input produces a
@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="watch canaries get promoted and rolled back for real")
     d.add_argument("--scenario", choices=["healthy", "errors", "slow", "no-traffic"])
     d.add_argument("--report", metavar="FILE.html")
+    d.add_argument(
+        "--router",
+        choices=["haproxy", "nginx", "envoy", "traefik", "caddy"],
+        default="haproxy",
+        help="the real proxy the traffic goes through (default haproxy)",
+    )
     return p
 
 
@@ -126,7 +132,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from canaryd.demo import main as demo_main
 
-        return demo_main(args.scenario, args.report)
+        return demo_main(args.scenario, args.report, router=args.router)
     return anyio.run(_client_command, args)
 
 

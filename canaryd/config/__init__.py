@@ -15,109 +15,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from canaryd.config.models import (
-    DEFAULT_HTTP_TIMEOUT,
-    DEFAULT_STATE,
-    GATE_TYPES,
-    MIN_INTERVAL,
-    MIN_INTERVAL_ENV,
-    SHARED_ANALYSES_MAX,
-    AlertEvents,
-    AlertSpec,
-    Analysis,
-    ApiConfig,
-    CanaryConfig,
-    CompareSpec,
-    Duration,
-    Finite,
-    HAProxyRouter,
-    HttpUrl,
-    Interval,
-    JudgeSpec,
-    LogConfig,
-    MetricSpec,
-    Model,
-    Name,
-    Notifier,
-    OnMarginal,
-    OnNoData,
-    OutboxConfig,
-    PrometheusProvider,
-    ProviderConfig,
-    RouterConfig,
-    Settings,
-    Severity,
-    Template,
-    TemplateKey,
-    TemplateRef,
-    ThresholdRange,
-    Timeout,
-    WebhookRouter,
-    WebhookSpec,
-    WebhookType,
-    min_interval,
-    read_secret,
-)
+# Every public name of the models, so that a model added there is importable from here.
+from canaryd.config.models import *  # noqa: F403
 
 if TYPE_CHECKING:
-    from canaryd.config.loader import Loaded, load_config, summary
+    from canaryd.config.loader import Loaded as Loaded
+    from canaryd.config.loader import load_config as load_config
+    from canaryd.config.loader import summary as summary
 
 _LOADER = frozenset({"Loaded", "load_config", "summary"})
 
 
-def __getattr__(name: str) -> Any:
-    """The loader's names, imported on first use: the core and the adapters import the
-    models from this package, and must not load the whole reading pipeline with them."""
-    if name in _LOADER:
-        from canaryd.config import loader
+if not TYPE_CHECKING:  # for mypy, the names above are all there is
 
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        """The loader's names, imported on first use: the core and the adapters import the
+        models from this package, and must not load the whole reading pipeline with them."""
+        if name in _LOADER:
+            from canaryd.config import loader
 
-
-__all__ = [
-    "DEFAULT_HTTP_TIMEOUT",
-    "DEFAULT_STATE",
-    "GATE_TYPES",
-    "MIN_INTERVAL",
-    "MIN_INTERVAL_ENV",
-    "SHARED_ANALYSES_MAX",
-    "AlertEvents",
-    "AlertSpec",
-    "Analysis",
-    "ApiConfig",
-    "CanaryConfig",
-    "CompareSpec",
-    "Duration",
-    "Finite",
-    "HAProxyRouter",
-    "HttpUrl",
-    "Interval",
-    "JudgeSpec",
-    "Loaded",
-    "LogConfig",
-    "MetricSpec",
-    "Model",
-    "Name",
-    "Notifier",
-    "OnMarginal",
-    "OnNoData",
-    "OutboxConfig",
-    "PrometheusProvider",
-    "ProviderConfig",
-    "RouterConfig",
-    "Settings",
-    "Severity",
-    "Template",
-    "TemplateKey",
-    "TemplateRef",
-    "ThresholdRange",
-    "Timeout",
-    "WebhookRouter",
-    "WebhookSpec",
-    "WebhookType",
-    "load_config",
-    "min_interval",
-    "read_secret",
-    "summary",
-]
+            return getattr(loader, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

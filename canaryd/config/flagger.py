@@ -1,4 +1,4 @@
-"""Flagger manifests mapped onto canaryd's configuration (DESIGN section 3).
+"""Flagger manifests mapped onto canaryd's configuration (docs/design.md, "Configuration").
 
 Included files may hold Flagger manifests (``apiVersion: flagger.app/v1beta1``):
 

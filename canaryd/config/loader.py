@@ -1,4 +1,4 @@
-"""Load, merge and validate the configuration file (DESIGN section 3).
+"""Load, merge and validate the configuration file (docs/design.md, "Configuration").
 
 :func:`load_config` reads the main YAML file and its ``include:`` globs, maps
 Flagger manifests (:mod:`canaryd.config.flagger`), overlays ``CANARYD_*`` environment

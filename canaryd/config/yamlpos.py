@@ -1,4 +1,4 @@
-"""YAML read with the position of every key and list item (DESIGN section 3).
+"""YAML read with the position of every key and list item (docs/design.md, "Configuration").
 
 PyYAML's node API gives each key and list item a ``FILE:LINE:COLUMN``; this
 module turns the nodes of one file into plain data plus a map from key path

@@ -5,7 +5,7 @@ results, metric values, the two series of each compare metric); :func:`evaluate`
 turns it into a :data:`Verdict` for the state machine of :mod:`canaryd.core.analysis`.
 Pure like it: no I/O, no clock.
 
-Rules (DESIGN section 2): webhooks and metrics are judged in config order and
+Rules (docs/design.md, "Analysis rules"): webhooks and metrics are judged in config order and
 the first failure is the reason; a failure anywhere fails the check, otherwise
 the first hold holds it; no data fails a check unless the metric says
 ``onNoData: pass|hold``; bounds are inclusive.

@@ -1,4 +1,4 @@
-"""The event vocabulary (DESIGN section 7): names, levels and the Event record.
+"""The event vocabulary (docs/events.md): names, levels and the Event record.
 
 Every decision the analysis core takes is described by an :class:`Event`. The
 runtime logs each one as a JSON line, stores it, and hands it to the alerting

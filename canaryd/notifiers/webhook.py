@@ -2,7 +2,7 @@
 
 The payload also carries Flagger's event-webhook keys (``name``, ``namespace``,
 ``phase``, ``metadata.eventMessage/eventType/timestamp``) and the analysis
-counters of DESIGN section 6 at the top level, so a receiver written for
+counters of docs/design.md ("Outgoing calls") at the top level, so a receiver written for
 Flagger keeps working.
 """
 

@@ -1,6 +1,7 @@
 """The generic mesh-controller router: each decision is POSTed as (signed) JSON.
 
-Payload (DESIGN section 6); ``match`` is present only when the rollout has A/B rules::
+Payload (docs/design.md, "Outgoing calls"); ``match`` is present only when the rollout
+has A/B rules::
 
     {"canary": "prod/web", "revision": "v2.4.1", "action": "route",
      "primaryWeight": 80, "canaryWeight": 20, "match": [{"headers": {...}}]}

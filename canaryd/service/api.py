@@ -1,4 +1,4 @@
-"""HTTP API (DESIGN section 5): health, metrics, canaries, rollouts and operator commands.
+"""HTTP API (docs/api.md): health, metrics, canaries, rollouts and operator commands.
 
 Mutating endpoints need ``Authorization: Bearer <token>`` (compared in constant
 time); so do reads unless ``api.anonymous_read`` is on. ``/healthz``,
