@@ -99,19 +99,21 @@ def redact(text: str, url: str | None, *secrets: SecretStr | None) -> str:
     return text
 
 
-def scrub_sent(body: bytes, headers: dict[str, str]) -> bytes:
+def scrub_sent(body: bytes, headers: dict[str, str], secret: frozenset[str] = frozenset()) -> bytes:
     """The body without the credentials just sent: a proxy's error page may echo them.
 
-    Done on the whole body, before any preview is cut from it, so that no part
-    of a secret survives at the cut.
+    Removed: the ``Authorization`` value, with and without its scheme, a
+    basic-auth pair decoded, and the values of the headers named in ``secret``
+    (lower case; those read from secret files). Done on the whole body, before
+    any preview is cut from it, so that no part of a secret survives at the cut.
     """
     scheme, _, value = headers.get("Authorization", "").partition(" ")
-    found = [value]
+    found = [value, *(v for k, v in headers.items() if k.lower() in secret)]
     if scheme == "Basic":
         with contextlib.suppress(ValueError, UnicodeDecodeError):
             pair = base64.b64decode(value, validate=True).decode()
             found += [pair, pair.partition(":")[2]]
-    for secret in sorted(found, key=len, reverse=True):
-        if len(secret) >= 4:
-            body = body.replace(secret.encode(), REDACTED.encode())
+    for item in sorted(found, key=len, reverse=True):
+        if len(item) >= 4:
+            body = body.replace(item.encode(), REDACTED.encode())
     return body
