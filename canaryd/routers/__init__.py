@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
-from canaryd.config import (
+from canaryd.config.models import (
     AlbRouter,
     CaddyRouter,
     ConsulRouter,
@@ -19,8 +19,7 @@ from canaryd.config import (
     TraefikRouter,
     WebhookRouter,
 )
-
-Action = Literal["route", "promote", "rollback"]
+from canaryd.core.analysis import Action as Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +55,13 @@ class Router(Protocol):
         Raises:
             RouterError: not applied or not confirmed; the message carries the
                 router's own error text.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the router holds (idempotent); no request after it.
+
+        Routers that only borrow the daemon's HTTP session hold nothing.
         """
         ...
 

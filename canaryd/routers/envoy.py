@@ -138,6 +138,9 @@ class EnvoyFileRouter:
         self._label = f"envoy {cfg.route_config}"
         self.budget = cfg.timeout * BUDGET_FACTOR
 
+    async def aclose(self) -> None:
+        """Nothing to release: the router borrows the daemon's HTTP session."""
+
     async def apply(self, request: RouteRequest) -> None:
         """Write the split for ``request`` and wait until Envoy serves it.
 

@@ -182,6 +182,9 @@ class NginxFileRouter:
         self.reload_command = cfg.reload_command or [cfg.nginx_bin, "-s", "reload", *conf]
         self.budget = cfg.timeout * BUDGET_FACTOR
 
+    async def aclose(self) -> None:
+        """Nothing to release: every command is a process that has exited."""
+
     async def apply(self, request: RouteRequest) -> None:
         """Write, test and reload the split for ``request`` (see the module docstring).
 

@@ -95,6 +95,9 @@ class NginxPlusRouter:
             self._auth = aiohttp.BasicAuth(cfg.username, secret)
         self.budget = cfg.timeout * BUDGET_FACTOR
 
+    async def aclose(self) -> None:
+        """Nothing to release: the router borrows the daemon's HTTP session."""
+
     async def apply(self, request: RouteRequest) -> None:
         """Set and read back the server weights for ``request``.
 

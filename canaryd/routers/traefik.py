@@ -121,6 +121,9 @@ class TraefikFileRouter:
             self._auth = aiohttp.BasicAuth(cfg.username, secret)
         self.budget = cfg.timeout * BUDGET_FACTOR
 
+    async def aclose(self) -> None:
+        """Nothing to release: the router borrows the daemon's HTTP session."""
+
     async def apply(self, request: RouteRequest) -> None:
         """Check the children, write the split for ``request``, wait until Traefik shows it.
 
