@@ -24,7 +24,7 @@ from canaryd.client import (
     rollouts_from_events,
     weight_bar,
 )
-from canaryd.daemon import Daemon
+from canaryd.service.daemon import Daemon
 
 pytestmark = pytest.mark.anyio
 

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from canaryd import analysis as core
-from canaryd.analysis import CanaryState, Emit, MetricValue, Observation, Outcome
-from canaryd.checks import Needs, evaluate
-from canaryd.config import CanaryConfig, MetricSpec, OnNoData
+from canaryd.config.models import CanaryConfig, MetricSpec, OnNoData
+from canaryd.core import analysis as core
+from canaryd.core.analysis import CanaryState, Emit, MetricValue, Observation, Outcome
+from canaryd.core.checks import Needs, evaluate
 
 CHECKS = Needs(checks=True)
 
