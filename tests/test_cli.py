@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from daemons import api_url, running_daemon
 from service_helpers import backends, canary, eventually, service_config
 
 from canaryd.cli import main
+from canaryd.cli.commands import _parser
 from canaryd.client import (
     metric_line,
     progress_line,
@@ -359,3 +361,32 @@ async def test_status_shows_a_dry_run_metric_that_did_not_stop_the_rollout(
                 code, out, _ = await cli("status", "prod/web")
     assert code == 0 and runner.state.failed_checks == 0
     assert "  shadow 99.9 (min 1000): out of range  (dry run)" in out.splitlines()
+
+
+def _options() -> list[tuple[str, argparse.Action]]:
+    """Every (command, option) of the ``canaryd`` parser."""
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return [(name, action) for name, p in sub.choices.items() for action in p._actions]
+
+
+def test_every_optional_argument_names_its_default() -> None:
+    """The help of every argument a user may leave out says what happens then."""
+    silent = [
+        f"{name} {action.dest}"
+        for name, action in _options()
+        if not action.required
+        and not isinstance(action, argparse._HelpAction)
+        and "default" not in (action.help or "")
+    ]
+    assert silent == []
+
+
+@pytest.mark.parametrize(
+    ("dest", "variable"),
+    [("url", "CANARYD_URL"), ("token_file", "CANARYD_TOKEN_FILE"), ("config", "CANARYD_CONFIG")],
+)
+def test_options_name_their_environment_variable(dest: str, variable: str) -> None:
+    """``--url``, ``--token-file`` and ``-c`` name the environment variable that sets them."""
+    helps = [action.help or "" for _, action in _options() if action.dest == dest]
+    assert helps and all(variable in text for text in helps)

@@ -60,17 +60,31 @@ def _parser() -> argparse.ArgumentParser:
         v.add_argument("canary", metavar="NS/NAME", help=CANARY_HELP)
         if verb == "promote":
             v.add_argument(
-                "--force", action="store_true", help="also skip gates that are not approved"
+                "--force",
+                action="store_true",
+                help="also skip gates that are not approved (default: refuse)",
             )
     a = sub.add_parser("approve", parents=[client], help="open a gate by hand")
     a.add_argument("canary", metavar="NS/NAME", help=CANARY_HELP)
-    a.add_argument("--gate", required=True, choices=["rollout", "traffic-increase", "promotion"])
+    a.add_argument(
+        "--gate",
+        required=True,
+        choices=["rollout", "traffic-increase", "promotion"],
+        help="the gate: confirm-rollout, confirm-traffic-increase or confirm-promotion"
+        " (no default; `canaryd status` names the one a rollout waits for)",
+    )
     _history_parsers(sub, client)
     j = sub.add_parser("judge", help="offline statistical comparison (JSON in, JSON out)")
     j.add_argument("file", help="input JSON file, or - for stdin")
     d = sub.add_parser("demo", help="watch canaries get promoted and rolled back for real")
-    d.add_argument("--scenario", choices=["healthy", "errors", "slow", "no-traffic"])
-    d.add_argument("--report", metavar="FILE.html")
+    d.add_argument(
+        "--scenario",
+        choices=["healthy", "errors", "slow", "no-traffic"],
+        help="run only this scenario (default: all four)",
+    )
+    d.add_argument(
+        "--report", metavar="FILE.html", help="also write an HTML report there (default: none)"
+    )
     d.add_argument(
         "--router",
         choices=["haproxy", "nginx", "envoy", "traefik", "caddy"],
@@ -113,7 +127,7 @@ def _status_parser(sub: Any, client: argparse.ArgumentParser) -> None:
         "--watch",
         action="store_true",
         help="keep showing it: redrawn in place on a terminal, a line per change when piped;"
-        " Ctrl-C ends it",
+        " Ctrl-C ends it (default: show it once)",
     )
     s.add_argument(
         "--interval",
@@ -135,7 +149,11 @@ def _rollout_parser(sub: Any, client: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="passed to webhooks; repeatable (default none)",
     )
-    r.add_argument("--wait", action="store_true", help="follow it; exit 0 promoted, 1 rolled back")
+    r.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow it to its end: exit 0 promoted, 1 rolled back (default: return at once)",
+    )
     r.add_argument(
         "--timeout",
         type=_duration,
