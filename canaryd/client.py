@@ -120,12 +120,24 @@ def clock(when: float | None = None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(time.time() if when is None else when))
 
 
+def finite(value: Any) -> float | None:
+    """A number from the daemon as a finite float; None for anything else (huge, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
 def stamp(when: Any) -> str:
     """``YYYY-MM-DD HH:MM:SS`` local time of a Unix time from the daemon, ``-`` if absent."""
-    if not isinstance(when, int | float) or isinstance(when, bool) or not math.isfinite(when):
+    seconds = finite(when)
+    if seconds is None:
         return "-"
     try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
     except (OverflowError, OSError, ValueError):  # a time no calendar holds
         return "-"
 
@@ -222,9 +234,20 @@ def render_detail(s: dict[str, Any]) -> str:
 
 
 def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return _cell(value)
-    return f"{value:.4g}"
+    number = finite(value)
+    return _cell(value) if number is None else f"{number:.4g}"
+
+
+def _measured(raw: Any) -> float | None:
+    """A metric value as the API writes it (a number, ``"inf"``, ``"NaN"``); None for no data."""
+    if isinstance(raw, str):
+        try:
+            raw = float(raw)
+        except ValueError:
+            return None
+    if isinstance(raw, float) and math.isinf(raw):
+        return raw
+    return finite(raw)
 
 
 def metric_line(m: dict[str, Any]) -> str:
@@ -233,16 +256,14 @@ def metric_line(m: dict[str, Any]) -> str:
     ``no data`` when the provider returned nothing; a dry-run metric is marked as such
     (judged and shown, never failing a check: docs/design.md, dry-run metrics).
     """
-    value, low, high = m.get("value"), m.get("min"), m.get("max")
+    value, low, high = _measured(m.get("value")), finite(m.get("min")), finite(m.get("max"))
     bounds = [f"min {_number(low)}" if low is not None else "", ""]
     bounds[1] = f"max {_number(high)}" if high is not None else ""
     condition = " ".join(b for b in bounds if b) or "no bounds"
     if m.get("error"):
         shown, verdict = "error", f"error: {_cell(m['error'])}"
-    elif value is None or value == "NaN":
+    elif value is None:  # null, NaN (as the API writes it) or nothing a number can be
         shown, verdict = "no data", "no data"
-    elif not isinstance(value, int | float) or isinstance(value, bool):
-        shown, verdict = _cell(value), "out of range"
     else:
         shown = _number(value)
         out = (low is not None and value < low) or (high is not None and value > high)
@@ -316,9 +337,10 @@ def render_history(rollouts: list[dict[str, Any]]) -> str:
 
 def duration(start: Any, end: Any) -> str:
     """``1h02m``, ``4m05s`` or ``12s`` from two Unix times; ``-`` when either is missing."""
-    if not all(isinstance(t, int | float) and math.isfinite(t) for t in (start, end)):
+    begin, finish = finite(start), finite(end)
+    if begin is None or finish is None or abs(finish - begin) > 1e12:
         return "-"
-    seconds = max(0, round(end - start))
+    seconds = max(0, round(finish - begin))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -344,8 +366,7 @@ def event_line(e: dict[str, Any]) -> str:
 
 
 def _event_time(e: dict[str, Any]) -> float:
-    when = e.get("time")
-    return float(when) if isinstance(when, int | float) else 0.0
+    return finite(e.get("time")) or 0.0
 
 
 def render_events(events: list[dict[str, Any]], *, ticks: bool = False) -> str:
@@ -370,8 +391,8 @@ def rollouts_from_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     rollouts: list[dict[str, Any]] = []
     ordered = sorted(
-        (e for e in events if isinstance(e, dict) and isinstance(e.get("time"), int | float)),
-        key=lambda e: float(e["time"]),
+        (e for e in events if isinstance(e, dict) and finite(e.get("time")) is not None),
+        key=_event_time,
     )
     for e in ordered:
         name = e.get("event")

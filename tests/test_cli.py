@@ -22,6 +22,9 @@ from canaryd.cli.commands import _parser
 from canaryd.client import (
     metric_line,
     progress_line,
+    render_detail,
+    render_events,
+    render_history,
     render_table,
     rollouts_from_events,
     weight_bar,
@@ -390,3 +393,19 @@ def test_options_name_their_environment_variable(dest: str, variable: str) -> No
     """``--url``, ``--token-file`` and ``-c`` name the environment variable that sets them."""
     helps = [action.help or "" for _, action in _options() if action.dest == dest]
     assert helps and all(variable in text for text in helps)
+
+
+@pytest.mark.parametrize(
+    "weird",
+    [None, True, "x\x1b[31m", 10**400, float("nan"), [], {"a": 1}, -1e308, "inf"],
+    ids=["null", "bool", "escape", "huge", "nan", "list", "object", "tiny", "inf-text"],
+)
+def test_views_survive_any_value_from_the_daemon(weird: object) -> None:
+    """History, events, detail and metric lines print odd values escaped, never a traceback."""
+    fields = ("startedAt", "endedAt", "time", "checkCount", "reason", "revision", "id")
+    rollout = dict.fromkeys(fields, weird) | {"outcome": weird, "failedCheckCount": weird}
+    text = render_history([rollout])
+    text += render_events([{"event": weird, "time": weird, "reason": weird, "value": weird}])
+    text += metric_line({"name": weird, "value": weird, "min": weird, "max": weird})
+    text += render_detail(_row(startedAt=weird, checks=[{"time": weird, "metrics": [{}]}]))
+    assert "\x1b" not in text

@@ -423,16 +423,27 @@ async def _history(client: Any, key: str, args: argparse.Namespace) -> int:
         except ClientError as exc:
             if "(HTTP 405)" not in str(exc):  # 405: a daemon from before the history API
                 raise
-            data = {"rollouts": rollouts_from_events((await client.get(key))["events"])}
-        _say(json.dumps(data, indent=2) if args.json else render_history(data["rollouts"]))
+            events = _listed(await client.get(key), "events")
+            data = {"rollouts": rollouts_from_events(events)}
+        rollouts = _listed(data, "rollouts")
+        _say(json.dumps(data, indent=2) if args.json else render_history(rollouts))
         return 0
     path = f"{key}/rollouts/{quote(args.rollout, safe='')}" if args.rollout else key
-    data = await client.get(path)
-    if args.json:
-        _say(json.dumps(data["events"], indent=2))
-    else:
-        _say(render_events(data["events"], ticks=args.ticks))
+    events = _listed(await client.get(path), "events")
+    _say(json.dumps(events, indent=2) if args.json else render_events(events, ticks=args.ticks))
     return 0
+
+
+def _listed(data: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    """The objects listed under ``field`` of an answer.
+
+    Raises:
+        ClientError: the answer has no such list (not a canaryd of this version).
+    """
+    items = data.get(field)
+    if not isinstance(items, list):
+        raise ClientError(f"the daemon's answer has no {field!r} list")
+    return [item for item in items if isinstance(item, dict)]
 
 
 FOLLOW_OUTAGE_SECONDS = 120.0
