@@ -34,6 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canaryd", description="Canary analysis daemon.")
     p.add_argument("--version", action="version", version=f"canaryd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _daemon_parsers(sub)
+    client = _client_options()
+    _status_parser(sub, client)
+    _rollout_parser(sub, client)
+    _operator_parsers(sub, client)
+    _history_parsers(sub, client)
+    _offline_parsers(sub)
+    return p
+
+
+def _daemon_parsers(sub: Any) -> None:
+    """``run`` and ``check``: commands that read the configuration file."""
     for name, text in (
         ("run", "run the daemon in the foreground"),
         ("check", "validate the configuration"),
@@ -52,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
         help="also run every query once against its provider and ask each router whether"
         " its servers exist (default: offline, the file only)",
     )
-    client = _client_options()
-    _status_parser(sub, client)
-    _rollout_parser(sub, client)
+
+
+def _operator_parsers(sub: Any, client: argparse.ArgumentParser) -> None:
+    """The commands that change a rollout: promote, abort, pause, resume, approve."""
     for verb in ("promote", "abort", "pause", "resume"):
         v = sub.add_parser(verb, parents=[client], help=f"{verb} a rollout")
         v.add_argument("canary", metavar="NS/NAME", help=CANARY_HELP)
@@ -73,7 +86,10 @@ def _parser() -> argparse.ArgumentParser:
         help="the gate: confirm-rollout, confirm-traffic-increase or confirm-promotion"
         " (no default; `canaryd status` names the one a rollout waits for)",
     )
-    _history_parsers(sub, client)
+
+
+def _offline_parsers(sub: Any) -> None:
+    """``judge`` and ``demo``: commands that need no daemon."""
     j = sub.add_parser("judge", help="offline statistical comparison (JSON in, JSON out)")
     j.add_argument("file", help="input JSON file, or - for stdin")
     d = sub.add_parser("demo", help="watch canaries get promoted and rolled back for real")
@@ -91,7 +107,6 @@ def _parser() -> argparse.ArgumentParser:
         default="haproxy",
         help="the real proxy the traffic goes through (default haproxy)",
     )
-    return p
 
 
 def _client_options() -> argparse.ArgumentParser:
@@ -344,19 +359,22 @@ async def _client_command(args: argparse.Namespace) -> int:
             if args.wait:
                 return await _follow(client, key, args.timeout, state.get("rolloutId"))
             return 0
-        path = (
-            f"{key}/gates/{args.gate}/approve"
-            if args.command == "approve"
-            else (f"{key}/{args.command}")
-        )
-        body = {"force": True} if getattr(args, "force", False) else {}
-        state = await client.post(path, body)
-        phase, revision = escape(str(state["phase"])), escape(str(state["revision"]))
-        _say(f"{key}: {phase} (revision {revision})")
-        skipped = state.get("skippedGates")
-        if isinstance(skipped, list) and skipped:
-            _say(f"{key}: forced past gate(s) {escape(', '.join(map(str, skipped)))}")
-        return 0
+        return await _operate(client, key, args)
+
+
+async def _operate(client: Any, key: str, args: argparse.Namespace) -> int:
+    """An operator command (promote, abort, pause, resume, approve): print the phase after it."""
+    path = (
+        f"{key}/gates/{args.gate}/approve" if args.command == "approve" else f"{key}/{args.command}"
+    )
+    body = {"force": True} if getattr(args, "force", False) else {}
+    state = await client.post(path, body)
+    phase, revision = escape(str(state["phase"])), escape(str(state["revision"]))
+    _say(f"{key}: {phase} (revision {revision})")
+    skipped = state.get("skippedGates")
+    if isinstance(skipped, list) and skipped:
+        _say(f"{key}: forced past gate(s) {escape(', '.join(map(str, skipped)))}")
+    return 0
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -476,7 +494,7 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
 
     A daemon restart during the wait is ridden out (the rollout resumes after it).
     """
-    from canaryd.client import clock, progress, progress_line, situation
+    from canaryd.client import progress, progress_line
 
     deadline, last = time.monotonic() + wait_for, ""
     lost: list[float] = []
@@ -496,15 +514,29 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
         if now != last:
             _say(progress_line(state), flush=True)
             last = now
-        if state["phase"] == "Succeeded":
-            _say(f"{clock()}  {key}: promoted revision {escape(str(state['revision']))}")
-            return 0
-        if state["phase"] == "Failed":  # says so when the router has not confirmed it yet
-            _say(f"{clock()}  {key}: {situation(state)}")
-            return 1
+        ended = _ended(key, state)
+        if ended is not None:
+            return ended
         await anyio.sleep(1.0)
     _say(f"{key}: still {last} after {wait_for:g}s; giving up waiting", err=True)
     return 3
+
+
+def _ended(key: str, state: dict[str, Any]) -> int | None:
+    """Say how a finished rollout ended: 0 promoted, 1 failed; None while it runs.
+
+    A failed rollout whose rollback the router has not confirmed is not called
+    rolled back (docs/reliability.md).
+    """
+    from canaryd.client import clock, situation
+
+    if state["phase"] == "Succeeded":
+        _say(f"{clock()}  {key}: promoted revision {escape(str(state['revision']))}")
+        return 0
+    if state["phase"] == "Failed":
+        _say(f"{clock()}  {key}: {situation(state)}")
+        return 1
+    return None
 
 
 if __name__ == "__main__":

@@ -214,6 +214,17 @@ def _legend() -> str:
     )
 
 
+def _svg_open(result: ScenarioResult, height: float) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-scenario="'
+        f'{html.escape(result.scenario.name)}" viewBox="0 0 {WIDTH} {height}" '
+        f'width="{WIDTH}" height="{height}" role="img">'
+        "<style>.canary{fill:none;stroke:#bf5700;stroke-width:2}"
+        ".primary{fill:none;stroke:#0969da;stroke-width:2}"
+        ".metric{fill:none;stroke:#6639ba;stroke-width:1.5}</style>"
+    )
+
+
 def chart(result: ScenarioResult) -> str:
     """The inline SVG chart of one scenario."""
     weights, rate, p99 = _panels(result)
@@ -223,12 +234,7 @@ def chart(result: ScenarioResult) -> str:
     samples = result.samples
     rate_bound, p99_bound = _bound(result, SUCCESS_RATE), _bound(result, DURATION)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-scenario="'
-        f'{html.escape(result.scenario.name)}" viewBox="0 0 {WIDTH} {height}" '
-        f'width="{WIDTH}" height="{height}" role="img">',
-        "<style>.canary{fill:none;stroke:#bf5700;stroke-width:2}"
-        ".primary{fill:none;stroke:#0969da;stroke-width:2}"
-        ".metric{fill:none;stroke:#6639ba;stroke-width:1.5}</style>",
+        _svg_open(result, height),
         _frame(weights, lambda v: f"{v:.0f}%"),
         _polylines(((s.time, s.primary) for s in samples), weights, end, "primary"),
         _polylines(((s.time, s.canary) for s in samples), weights, end, "canary"),
