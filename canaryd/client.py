@@ -359,7 +359,10 @@ def event_line(e: dict[str, Any]) -> str:
     )
     if isinstance(e.get("canaryWeight"), int):
         head += f" weight {_cell(e['canaryWeight'])}%"
-    about = [f"{k}={_cell(rounded(_number(e[k])))}" for k in _EVENT_FIELDS if e.get(k) is not None]
+    shown = {**e, "gate": gate_flag(e["gate"])} if e.get("gate") is not None else e
+    about = [
+        f"{k}={_cell(rounded(_number(shown[k])))}" for k in _EVENT_FIELDS if e.get(k) is not None
+    ]
     if e.get("dryRun"):
         about.append("(dry run)")
     return " ".join([head, *about]).rstrip()

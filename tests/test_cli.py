@@ -409,3 +409,9 @@ def test_views_survive_any_value_from_the_daemon(weird: object) -> None:
     text += metric_line({"name": weird, "value": weird, "min": weird, "max": weird})
     text += render_detail(_row(startedAt=weird, checks=[{"time": weird, "metrics": [{}]}]))
     assert "\x1b" not in text
+
+
+def test_an_event_names_its_gate_as_the_gate_flag() -> None:
+    """A gate event says ``gate=promotion``, the name ``canaryd approve --gate`` takes."""
+    line = render_events([{"event": "gate.waiting", "time": 1.0, "gate": "confirm-promotion"}])
+    assert line.endswith(" gate=promotion")

@@ -122,7 +122,7 @@ def _client_options() -> argparse.ArgumentParser:
         default=os.environ.get("CANARYD_TOKEN_FILE"),
         metavar="FILE",
         help="file holding the API token (environment CANARYD_TOKEN_FILE; default: the"
-        " token in CANARYD_TOKEN, else none, which is enough to read)",
+        " token in CANARYD_TOKEN, else none: enough only with api.anonymous_read)",
     )
     client.add_argument(
         "--request-timeout",
