@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from canaryd.config import PrometheusProvider, ProviderConfig
-
-if TYPE_CHECKING:
-    from canaryd.providers.prometheus import Prometheus
+from canaryd.config import (
+    CloudWatchProvider,
+    DatadogProvider,
+    DynatraceProvider,
+    NewRelicProvider,
+    PrometheusProvider,
+    ProviderConfig,
+)
 
 
 class MetricsProvider(Protocol):
@@ -36,13 +40,42 @@ class MetricsProvider(Protocol):
         ...
 
 
-def build_provider(cfg: ProviderConfig) -> Prometheus:
+class ClosableProvider(MetricsProvider, Protocol):
+    """A provider holding connections of its own, closed with :meth:`aclose`."""
+
+    async def aclose(self) -> None:
+        """Close the provider's connections; queries in flight finish, new ones fail."""
+        ...
+
+
+def build_provider(cfg: ProviderConfig) -> ClosableProvider:
     """Create the provider for a config entry (the config's ``type`` picks the class).
 
     The provider holds connections of its own: close it with ``aclose()``.
     """
-    from canaryd.providers.prometheus import Prometheus
-
     if isinstance(cfg, PrometheusProvider):
+        from canaryd.providers.prometheus import Prometheus
+
         return Prometheus(cfg)
+    return _build_saas(cfg)
+
+
+def _build_saas(cfg: ProviderConfig) -> ClosableProvider:
+    """The SaaS providers (docs/providers.md): Datadog, New Relic, Dynatrace, CloudWatch."""
+    if isinstance(cfg, DatadogProvider):
+        from canaryd.providers.datadog import Datadog
+
+        return Datadog(cfg)
+    if isinstance(cfg, NewRelicProvider):
+        from canaryd.providers.newrelic import NewRelic
+
+        return NewRelic(cfg)
+    if isinstance(cfg, DynatraceProvider):
+        from canaryd.providers.dynatrace import Dynatrace
+
+        return Dynatrace(cfg)
+    if isinstance(cfg, CloudWatchProvider):
+        from canaryd.providers.cloudwatch import CloudWatch
+
+        return CloudWatch(cfg)
     raise AssertionError(f"unhandled provider type {cfg!r}")  # config validation prevents this

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -214,7 +215,7 @@ class Endpoint:
         except TransportError as exc:
             raise TransientError(f"cannot reach {self.name} at {self.where}: {exc}") from exc
         body = scrub(resp.body, headers, self.secret_headers)
-        return parse(Response(resp.status, body, resp.complete))
+        return parse(dataclasses.replace(resp, body=body))
 
     def _build_head(self) -> tuple[dict[str, str], bytes]:
         """The headers and their encoded lines (kept when ``static``)."""
