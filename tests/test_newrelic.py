@@ -114,7 +114,7 @@ async def test_syntax_error_fails_without_retry(fake: NewRelicFake, tmp_path: Pa
     """A GraphQL error of class INVALID_INPUT fails at once with its message."""
     fake.script(graphql_error("NRQL Syntax Error: bad", "INVALID_INPUT"))
     async with opened(config(fake, tmp_path)) as prov:
-        with pytest.raises(ProviderError, match="^newrelic error: NRQL Syntax Error: bad$"):
+        with pytest.raises(ProviderError, match=r"^newrelic error: NRQL Syntax Error: bad$"):
             await prov.query(Q, budget=5)
     assert len(fake.requests) == 1
 
