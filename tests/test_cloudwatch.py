@@ -1,4 +1,4 @@
-"""The CloudWatch provider against moto's server mode (tests/cloudwatch_server.py), data put by the test."""
+"""The CloudWatch provider against moto's server mode (tests/cloudwatch_server.py)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ async def test_metric_stat_instant_is_the_latest_period(
 
 
 async def test_expression_over_hidden_queries(moto: MotoServer, aws_env: None, ns: str) -> None:
-    """An Expression over MetricStats with ReturnData false is the returned series (Flagger's form)."""
+    """An Expression over a MetricStat with ReturnData false is the value (Flagger's form)."""
     now = time.time()
     await put_metric(moto, ns, "Errors", {"app": ns}, [(now - 20, 5.0)])
     query = [
