@@ -219,8 +219,10 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
     providers = raw.setdefault("providers", {})
     if not isinstance(providers, dict):
         return
-    if mapped.prometheus_address is None or mapped.provider_entry is None:
+    if mapped.provider_entry is None:
         name = _only(providers, "provider", "spec.provider.address", here, ctx)
+    elif mapped.prometheus_address is None:  # datadog, cloudwatch, ...: docs/providers.md
+        name = flagger.find_same(providers, mapped.provider_entry)
     else:
         name = flagger.find_provider(providers, mapped.prometheus_address)
     if name is None and mapped.provider_entry is not None:
@@ -230,7 +232,13 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
             return
         providers[name] = mapped.provider_entry
         ctx.created.add(name)
-        _move_locs(pending.doc, ("providers", name), [((), ("spec", "provider"))], ctx)
+        moves: list[tuple[KeyPath, KeyPath]] = [((), ("spec", "provider"))]
+        # secretRef's files: relative to the manifest, reported at secretRef (docs/providers.md)
+        entry = mapped.provider_entry
+        moves += [
+            ((k,), ("spec", "provider", "secretRef")) for k in flagger.SECRET_FILES if k in entry
+        ]
+        _move_locs(pending.doc, ("providers", name), moves, ctx)
     if name is not None:
         mapped.entry["provider"] = name
 

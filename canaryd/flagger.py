@@ -9,7 +9,11 @@ Included files may hold Flagger manifests (``apiVersion: flagger.app/v1beta1``):
   come from the annotations ``canaryd.io/router``/``canaryd.io/provider``, or
   default to the only router/provider defined (resolved by the loader).
 - ``MetricTemplate`` becomes ``templates[name]``; its ``spec.provider`` becomes
-  a Prometheus provider, reused when one with the same address exists.
+  a Prometheus provider, reused when one with the same address exists, or a
+  Datadog, CloudWatch, New Relic or Dynatrace provider, reused when an equal
+  one exists. Their ``secretRef`` maps to ``*_file`` settings: the secret's
+  keys are files in ``<secrets dir>/<secretRef.name>/`` (docs/providers.md,
+  "Flagger MetricTemplates").
 - ``AlertProvider`` becomes ``notifiers[name]`` (``spec.address`` -> ``url``).
 
 Kubernetes-only fields are collected in :attr:`Mapped.ignored` (the loader
@@ -32,7 +36,28 @@ API_VERSION = "flagger.app/v1beta1"
 KINDS = ("AlertProvider", "Canary", "MetricTemplate")
 ROUTER_ANNOTATION = "canaryd.io/router"
 PROVIDER_ANNOTATION = "canaryd.io/provider"
-ANNOTATIONS = (PROVIDER_ANNOTATION, ROUTER_ANNOTATION)
+SECRETS_ANNOTATION = "canaryd.io/secrets-dir"
+ANNOTATIONS = (PROVIDER_ANNOTATION, ROUTER_ANNOTATION, SECRETS_ANNOTATION)
+
+DEFAULT_SECRETS_DIR = "/etc/canaryd/secrets"
+"""Where a MetricTemplate's ``secretRef`` secrets are, one folder per secret, one file per key."""
+
+SECRET_KEYS = {
+    "datadog": {
+        "api_key_file": "datadog_api_key",
+        "application_key_file": "datadog_application_key",
+    },
+    "newrelic": {"api_key_file": "newrelic_query_key", "account_id_file": "newrelic_account_id"},
+    "dynatrace": {"api_token_file": "dynatrace_token"},
+}
+"""The Flagger secret keys of each provider type, by the canaryd setting that reads them."""
+
+SECRET_FILES = sorted({setting for keys in SECRET_KEYS.values() for setting in keys})
+
+_FLAGGER_PROVIDER_KEYS = ("address", "insecureSkipVerify", "region", "secretRef", "type")
+
+PROVIDER_TYPES = ("prometheus", "datadog", "cloudwatch", "newrelic", "dynatrace")
+"""Flagger MetricTemplate provider types canaryd maps (same name on both sides)."""
 
 NOTIFIER_TYPES = {
     "slack": "slack",
@@ -325,25 +350,30 @@ def _map_template(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> No
             entry["query"] = value
             out.moves.append((("query",), ("spec", "query")))
         elif key == "provider":
-            _template_provider(value, out)
+            _template_provider(value, out, _annotation(meta, SECRETS_ANNOTATION))
         else:
             out.problem(("spec", key), unknown_key(str(key), ("provider", "query")))
     out.moves.append((("provider",), ("spec", "provider") if "provider" in spec else ("spec",)))
     out.entry = entry
 
 
-def _template_provider(value: Any, out: Mapped) -> None:
+def _template_provider(value: Any, out: Mapped, secrets_dir: Any = None) -> None:
     here: KeyPath = ("spec", "provider")
     if not isinstance(value, dict):
         out.problem(here, "must be a mapping")
         return
+    kind = value.get("type", "prometheus")
+    if kind not in PROVIDER_TYPES:
+        expected = ", ".join(sorted(PROVIDER_TYPES))
+        out.problem((*here, "type"), f"unknown provider type {kind!r}; expected one of: {expected}")
+        return
+    if kind != "prometheus":
+        _saas_provider(kind, value, out, secrets_dir)
+        return
     provider: dict[str, Any] = {"type": "prometheus"}
     for key, item in value.items():
         if key == "type":
-            if item != "prometheus":
-                out.problem(
-                    (*here, "type"), f"unknown provider type {item!r}; expected one of: prometheus"
-                )
+            pass
         elif key in ("address", "insecureSkipVerify"):
             provider[key] = item
         elif key in _TEMPLATE_PROVIDER_K8S:
@@ -357,6 +387,47 @@ def _template_provider(value: Any, out: Mapped) -> None:
     if isinstance(address, str):
         out.prometheus_address = address
         out.provider_entry = provider
+
+
+def _saas_provider(kind: str, value: dict[str, Any], out: Mapped, secrets_dir: Any) -> None:
+    """A datadog/cloudwatch/newrelic/dynatrace ``spec.provider`` (docs/providers.md)."""
+    here: KeyPath = ("spec", "provider")
+    provider: dict[str, Any] = {"type": kind}
+    used = ("region",) if kind == "cloudwatch" else ("address", "insecureSkipVerify")
+    for key, item in value.items():
+        if key in used:
+            provider[key] = _nerdgraph(item) if kind == "newrelic" and key == "address" else item
+        elif key == "secretRef" and kind in SECRET_KEYS:
+            _secret_files(kind, item, secrets_dir, provider, out)
+        elif key in _FLAGGER_PROVIDER_KEYS:
+            if key != "type":
+                out.ignored.append(f"spec.provider.{key}")  # not used by this type
+        else:
+            out.problem((*here, key), unknown_key(str(key), _FLAGGER_PROVIDER_KEYS))
+    if kind in SECRET_KEYS and "secretRef" not in value:
+        out.problem(here, f"missing key 'secretRef' ({kind} reads its keys from a secret)")
+        out.suppress.append(("provider",))
+    out.provider_entry = provider
+
+
+def _secret_files(
+    kind: str, ref: Any, secrets_dir: Any, provider: dict[str, Any], out: Mapped
+) -> None:
+    """``secretRef: {name: N}`` -> ``<secrets dir>/N/<key>`` for each of the type's keys."""
+    name = ref.get("name") if isinstance(ref, dict) else None
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        out.problem(("spec", "provider", "secretRef"), "must be {name: <secret name>}")
+        return
+    folder = secrets_dir if isinstance(secrets_dir, str) and secrets_dir else DEFAULT_SECRETS_DIR
+    for setting, key in SECRET_KEYS[kind].items():
+        provider[setting] = f"{folder.rstrip('/')}/{name}/{key}"
+
+
+def _nerdgraph(address: Any) -> Any:
+    """Flagger's New Relic address is the Insights API's; canaryd asks NerdGraph on ``api.``."""
+    if isinstance(address, str):
+        return address.replace("://insights-api.", "://api.", 1)
+    return address
 
 
 def _map_alert_provider(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> None:
@@ -405,6 +476,11 @@ _MAPPERS: dict[str, Callable[[dict[str, Any], dict[str, Any], Mapped], None]] = 
     "MetricTemplate": _map_template,
     "AlertProvider": _map_alert_provider,
 }
+
+
+def find_same(providers: dict[str, Any], entry: dict[str, Any]) -> str | None:
+    """The name of a provider whose entry equals ``entry``, if any."""
+    return next((str(name) for name, p in providers.items() if p == entry), None)
 
 
 def find_provider(providers: dict[str, Any], address: str) -> str | None:

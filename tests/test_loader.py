@@ -195,9 +195,9 @@ MODEL_CASES = [
     ),
     (
         "provider-type",
-        "providers:\n  p: {type: datadog}\n",
-        "c.yaml:2:7: providers.p.type: unknown provider type 'datadog'; "
-        "expected one of: prometheus",
+        "providers:\n  p: {type: stackdriver}\n",
+        "c.yaml:2:7: providers.p.type: unknown provider type 'stackdriver'; "
+        "expected one of: cloudwatch, datadog, dynatrace, newrelic, prometheus",
     ),
     (
         "notifier-type",
@@ -1102,11 +1102,10 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
         ),
         (
             "{type: prometheus, address",
-            "{type: datadog, address",
+            "{type: stackdriver, address",
             [
-                "k8s.yaml:33:14: spec.provider.type: unknown provider type 'datadog'; "
-                "expected one of: "
-                "prometheus"
+                "k8s.yaml:33:14: spec.provider.type: unknown provider type 'stackdriver'; "
+                "expected one of: cloudwatch, datadog, dynatrace, newrelic, prometheus"
             ],
         ),
         (
@@ -1119,7 +1118,8 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
             "  annotations: {canaryd.io/routr: lb}\n",
             [
                 "k8s.yaml:6:17: metadata.annotations.canaryd.io/routr: unknown annotation "
-                "'canaryd.io/routr'; expected one of: canaryd.io/provider, canaryd.io/router"
+                "'canaryd.io/routr'; expected one of: canaryd.io/provider, canaryd.io/router, "
+                "canaryd.io/secrets-dir"
             ],
         ),
     ],
