@@ -85,10 +85,16 @@ class CompareSeries:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """Everything the runtime observed for one tick."""
+    """Everything the runtime observed for one tick.
+
+    ``gate_open`` is whether every gate :class:`Needs` asked for is open;
+    ``closed_gate`` names the first closed one (when None and a gate is closed,
+    the core takes the first asked-for gate that has webhooks).
+    """
 
     rollback: tuple[HookResult, ...] = ()
     gate_open: bool = True
+    closed_gate: WebhookType | None = None
     gate_muted: bool = False
     """The gate is closed by a webhook with ``muteAlert``: its waiting alert is not sent."""
     pre_rollout: tuple[HookResult, ...] = ()
@@ -99,14 +105,23 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Needs:
-    """What the runtime must observe before calling :func:`canaryd.analysis.decide`."""
+    """What the runtime must observe before calling :func:`canaryd.analysis.decide`.
+
+    ``gates`` are asked in order (Flagger asks confirm-traffic-increase, then
+    confirm-promotion, at a canary's last step).
+    """
 
     rollback_hooks: bool = False
-    gate: WebhookType | None = None
+    gates: tuple[WebhookType, ...] = ()
     pre_rollout: bool = False
     checks: bool = False
     promotion: bool = False
     """Promoting or Finalising: the tick moves traffic; no webhook is polled (as in Flagger)."""
+
+    @property
+    def gate(self) -> WebhookType | None:
+        """The first gate to ask, if any."""
+        return self.gates[0] if self.gates else None
 
     @property
     def anything(self) -> bool:

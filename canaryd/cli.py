@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("promote", "abort", "pause", "resume"):
         v = sub.add_parser(verb, parents=[client], help=f"{verb} a rollout")
         v.add_argument("canary", metavar="NS/NAME")
+        if verb == "promote":
+            v.add_argument(
+                "--force", action="store_true", help="also skip gates that are not approved"
+            )
     a = sub.add_parser("approve", parents=[client], help="open a gate by hand")
     a.add_argument("canary", metavar="NS/NAME")
     a.add_argument("--gate", required=True, choices=["rollout", "traffic-increase", "promotion"])
@@ -201,9 +205,13 @@ async def _client_command(args: argparse.Namespace) -> int:
             if args.command == "approve"
             else (f"{key}/{args.command}")
         )
-        state = await client.post(path, {})
+        body = {"force": True} if getattr(args, "force", False) else {}
+        state = await client.post(path, body)
         phase, revision = escape(str(state["phase"])), escape(str(state["revision"]))
         _say(f"{key}: {phase} (revision {revision})")
+        skipped = state.get("skippedGates")
+        if isinstance(skipped, list) and skipped:
+            _say(f"{key}: forced past gate(s) {escape(', '.join(map(str, skipped)))}")
         return 0
 
 

@@ -14,6 +14,10 @@ Level = Literal["debug", "info", "warning", "error"]
 
 EVENTS: dict[str, tuple[Level, str]] = {
     "rollout.started": ("info", "A rollout of a new revision began."),
+    "rollout.restarted": (
+        "warning",
+        "A new revision replaced the one under analysis; traffic went back to the primary.",
+    ),
     "rollout.waiting": ("info", "The confirm-rollout gate is closed; the rollout waits."),
     "pre_rollout.failed": ("warning", "A pre-rollout webhook failed; counted as a failed check."),
     "check.failed": ("warning", "A check failed (metric out of range, no data, webhook, error)."),
@@ -23,7 +27,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "gate.waiting": ("info", "A confirm-* gate is closed; the rollout waits without failing."),
     "gate.approved": ("info", "An operator approved a gate."),
     "gate.timed_out": ("error", "A gate stayed closed longer than its gateTimeout."),
-    "rollout.promoting": ("info", "The canary passed; the primary is being promoted."),
+    "rollout.promoting": (
+        "info",
+        "The canary passed (or skipAnalysis skipped its analysis: `skipped: true`); "
+        "the primary is being promoted.",
+    ),
     "rollout.promoted": ("info", "The rollout succeeded; all traffic is on the new primary."),
     "rollout.rolled_back": ("error", "The rollout failed and traffic went back to the primary."),
     "rollout.paused": ("info", "An operator paused the analysis."),
@@ -41,7 +49,20 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "provider.tls_insecure": ("warning", "A provider skips TLS verification (insecureSkipVerify)."),
     "config.warning": ("warning", "The configuration has a warning (e.g. ignored fields)."),
     "daemon.failed": ("error", "The daemon could not start or stopped on an error."),
-    "state.persist_failed": ("error", "The state store could not be written; the canary holds."),
+    "state.persist_failed": (
+        "error",
+        "The state store could not record a decision: traffic does not move towards the "
+        "canary; failing checks count in memory and are recorded later.",
+    ),
+    "state.unrecorded_dropped": (
+        "error",
+        "A canary kept more decisions in memory than it may while the store could not "
+        "record them; the oldest was dropped.",
+    ),
+    "reload.takeover_late": (
+        "error",
+        "A re-added canary's previous loop did not finish its tick in time; it waits.",
+    ),
     "config.loaded": ("info", "The configuration was loaded."),
     "config.rejected": ("error", "A configuration reload was rejected; the last good one stays."),
     "daemon.started": ("info", "The daemon is ready."),
@@ -72,6 +93,7 @@ webhook or an operator asked for is ``warn``, as in Flagger (docs/flagger.md).""
 ALERTABLE = frozenset(
     {
         *FLAGGER_ALERTS,
+        "rollout.restarted",
         "gate.approved",
         "gate.timed_out",
         "weight.advanced",

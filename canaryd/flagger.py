@@ -11,9 +11,8 @@ Included files may hold Flagger manifests (``apiVersion: flagger.app/v1beta1``):
 - ``MetricTemplate`` becomes ``templates[name]``; its ``spec.provider`` becomes
   a Prometheus provider, reused when one with the same address exists, or a
   Datadog, CloudWatch, New Relic or Dynatrace provider, reused when an equal
-  one exists. Their ``secretRef`` maps to ``*_file`` settings: the secret's
-  keys are files in ``<secrets dir>/<secretRef.name>/`` (docs/providers.md,
-  "Flagger MetricTemplates").
+  one exists; their ``secretRef`` keys are files of ``secrets/NAME/`` next to
+  the manifest (docs/providers.md, "Flagger MetricTemplates").
 - ``AlertProvider`` becomes ``notifiers[name]`` (``spec.address`` -> ``url``).
 
 Kubernetes-only fields are collected in :attr:`Mapped.ignored` (the loader
@@ -36,28 +35,7 @@ API_VERSION = "flagger.app/v1beta1"
 KINDS = ("AlertProvider", "Canary", "MetricTemplate")
 ROUTER_ANNOTATION = "canaryd.io/router"
 PROVIDER_ANNOTATION = "canaryd.io/provider"
-SECRETS_ANNOTATION = "canaryd.io/secrets-dir"
-ANNOTATIONS = (PROVIDER_ANNOTATION, ROUTER_ANNOTATION, SECRETS_ANNOTATION)
-
-DEFAULT_SECRETS_DIR = "/etc/canaryd/secrets"
-"""Where a MetricTemplate's ``secretRef`` secrets are, one folder per secret, one file per key."""
-
-SECRET_KEYS = {
-    "datadog": {
-        "api_key_file": "datadog_api_key",
-        "application_key_file": "datadog_application_key",
-    },
-    "newrelic": {"api_key_file": "newrelic_query_key", "account_id_file": "newrelic_account_id"},
-    "dynatrace": {"api_token_file": "dynatrace_token"},
-}
-"""The Flagger secret keys of each provider type, by the canaryd setting that reads them."""
-
-SECRET_FILES = sorted({setting for keys in SECRET_KEYS.values() for setting in keys})
-
-_FLAGGER_PROVIDER_KEYS = ("address", "insecureSkipVerify", "region", "secretRef", "type")
-
-PROVIDER_TYPES = ("prometheus", "datadog", "cloudwatch", "newrelic", "dynatrace")
-"""Flagger MetricTemplate provider types canaryd maps (same name on both sides)."""
+ANNOTATIONS = (PROVIDER_ANNOTATION, ROUTER_ANNOTATION)
 
 NOTIFIER_TYPES = {
     "slack": "slack",
@@ -69,18 +47,32 @@ NOTIFIER_TYPES = {
 }
 """Flagger AlertProvider types canaryd can deliver to, and their canaryd name."""
 
+SECRET_KEYS = {
+    "datadog": {
+        "api_key_file": "datadog_api_key",
+        "application_key_file": "datadog_application_key",
+    },
+    "newrelic": {"api_key_file": "newrelic_query_key", "account_id_file": "newrelic_account_id"},
+    "dynatrace": {"api_token_file": "dynatrace_token"},
+}
+"""The Flagger secret keys of each SaaS provider type, by the canaryd setting reading them."""
+
+SECRET_FILES = sorted({setting for keys in SECRET_KEYS.values() for setting in keys})
+
+SAAS_TYPES = ("cloudwatch", "datadog", "dynatrace", "newrelic")
+"""Flagger MetricTemplate provider types mapped onto canaryd's SaaS providers (same names)."""
+
+_FLAGGER_PROVIDER_KEYS = ("address", "insecureSkipVerify", "region", "secretRef", "type")
+
 _CANARY_SPEC_K8S = (
     "autoscalerRef",
-    "ingressRef",
-    "metricsServer",
     "progressDeadlineSeconds",
     "revertOnDeletion",
-    "routeRef",
-    "service",
-    "skipAnalysis",
-    "suspend",
     "upstreamRef",
 )
+_CANARY_SPEC_FLAGS = ("skipAnalysis", "suspend")
+_CANARY_SPEC_REFS = {"ingressRef": "ingress", "routeRef": "route", "service": "service"}
+"""Kubernetes references whose ``name`` becomes a template variable (docs/flagger.md)."""
 _ANALYSIS_K8S = (
     "canaryReadyThreshold",
     "mirror",
@@ -89,8 +81,8 @@ _ANALYSIS_K8S = (
     "sessionAffinity",
 )
 _WEBHOOK_K8S: tuple[str, ...] = ()  # muteAlert and disableTLS are supported
-_TEMPLATE_PROVIDER_K8S = ("secretRef",)
-_ALERT_PROVIDER_K8S = ("certSecretRef", "proxy", "secretRef")
+_TEMPLATE_PROVIDER_K8S = ("region",)
+_ALERT_PROVIDER_K8S = ("certSecretRef", "proxy")
 
 
 @dataclass
@@ -111,6 +103,11 @@ class Mapped:
         needs_router: the canary's router is the only one defined (no annotation).
         prometheus_address: a MetricTemplate's provider address (find or create).
         provider_entry: the provider to create when no provider has that address.
+        secret_ref: a MetricTemplate's ``secretRef`` name (mapped to secret files).
+        unsupported: why the manifest is kept out of the configuration (a warning),
+            e.g. a MetricTemplate for a provider other than Prometheus.
+        differences: ``(path in manifest, message)`` of the deliberate differences
+            from Flagger this manifest meets (one warning line each).
     """
 
     kind: str
@@ -124,6 +121,9 @@ class Mapped:
     needs_router: bool = False
     prometheus_address: str | None = None
     provider_entry: dict[str, Any] | None = None
+    secret_ref: str | None = None
+    unsupported: str | None = None
+    differences: list[tuple[KeyPath, str]] = field(default_factory=list)
 
     def problem(self, path: KeyPath, message: str) -> None:
         """Record a problem at ``path`` of the manifest."""
@@ -241,21 +241,66 @@ def _map_canary(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> None
         out.moves.append((("namespace",), ("metadata", "namespace")))
     _canary_refs(meta, entry, out)
     for key, value in spec.items():
-        if key in _CANARY_SPEC_K8S:
-            out.ignored.append(f"spec.{key}")
-        elif key == "provider":
-            entry["meshProvider"] = value
-            out.moves.append((("meshProvider",), ("spec", "provider")))
-        elif key == "targetRef":
-            _target(value, entry, out)
-        elif key == "analysis":
-            _analysis(value, entry, out)
-        else:
-            out.problem(
-                ("spec", key),
-                unknown_key(str(key), (*_CANARY_SPEC_K8S, "analysis", "provider", "targetRef")),
-            )
+        _canary_key(str(key), value, spec, entry, out)
+    if "analysis" not in entry:
+        # Flagger skips the analysis of a Canary without one (Canary.SkipAnalysis)
+        entry["analysis"] = {"iterations": 1}
+        entry["skipAnalysis"] = True
+        out.moves.append((("analysis",), ("spec",)))
     out.entry = entry
+
+
+def _canary_key(
+    key: str, value: Any, spec: dict[str, Any], entry: dict[str, Any], out: Mapped
+) -> None:
+    """Map one key of a Canary's ``spec``."""
+    if key in _CANARY_SPEC_K8S:
+        out.ignored.append(f"spec.{key}")
+    elif key in _CANARY_SPEC_FLAGS:
+        entry[key] = value
+        out.moves.append(((key,), ("spec", key)))
+    elif key == "metricsServer":
+        message = "built-in metrics query the canary's provider, not metricsServer"
+        out.differences.append((("spec", key), message))
+    elif key in _CANARY_SPEC_REFS:
+        _reference(key, value, entry, out)
+    elif key == "provider":
+        _mesh(value, spec, entry, out)
+    elif key == "targetRef":
+        _target(value, entry, out)
+    elif key == "analysis" or (key == "canaryAnalysis" and "analysis" not in spec):
+        _analysis(value, entry, out, key)
+    elif key == "canaryAnalysis":
+        out.ignored.append("spec.canaryAnalysis (spec.analysis is set)")
+    else:
+        valid = (*_CANARY_SPEC_K8S, *_CANARY_SPEC_FLAGS, *_CANARY_SPEC_REFS, "metricsServer")
+        valid_all = (*valid, "analysis", "canaryAnalysis", "provider", "targetRef")
+        out.problem(("spec", key), unknown_key(key, valid_all))
+
+
+def _mesh(value: Any, spec: dict[str, Any], entry: dict[str, Any], out: Mapped) -> None:
+    """``spec.provider`` -> ``meshProvider``."""
+    entry["meshProvider"] = value
+    out.moves.append((("meshProvider",), ("spec", "provider")))
+    if value == "knative" and "routeRef" not in spec:
+        message = (
+            "{{ route }} is the target's name (set canaryd's route), "
+            "not the latest Knative revision"
+        )
+        out.differences.append((("spec", "provider"), message))
+
+
+def _reference(key: str, value: Any, entry: dict[str, Any], out: Mapped) -> None:
+    """``service``/``ingressRef``/``routeRef``: the name becomes a template variable."""
+    if not isinstance(value, dict):
+        out.problem(("spec", key), "must be a mapping")
+        return
+    for item in value:
+        if item == "name":
+            entry[_CANARY_SPEC_REFS[key]] = value["name"]
+            out.moves.append(((_CANARY_SPEC_REFS[key],), ("spec", key, "name")))
+        else:
+            out.ignored.append(f"spec.{key}.{item}")
 
 
 def _canary_refs(meta: dict[str, Any], entry: dict[str, Any], out: Mapped) -> None:
@@ -282,9 +327,12 @@ def _target(value: Any, entry: dict[str, Any], out: Mapped) -> None:
             out.ignored.append(f"spec.targetRef.{key}")
 
 
-def _analysis(value: Any, entry: dict[str, Any], out: Mapped) -> None:
-    """``spec.analysis`` -> ``analysis`` (minus Kubernetes-only keys) and ``alerts``."""
-    out.moves.append((("analysis",), ("spec", "analysis")))
+def _analysis(value: Any, entry: dict[str, Any], out: Mapped, spelling: str = "analysis") -> None:
+    """``spec.analysis`` -> ``analysis`` (minus Kubernetes-only keys) and ``alerts``.
+
+    ``spelling`` is ``canaryAnalysis`` for Flagger's deprecated spelling.
+    """
+    out.moves.append((("analysis",), ("spec", spelling)))
     if not isinstance(value, dict):
         entry["analysis"] = value
         return
@@ -293,7 +341,7 @@ def _analysis(value: Any, entry: dict[str, Any], out: Mapped) -> None:
         if key in _ANALYSIS_K8S:
             out.ignored.append(f"spec.analysis.{key}")
         elif key == "alerts":
-            _alerts(item, entry, out)
+            _alerts(item, entry, out, spelling)
         elif key == "webhooks" and isinstance(item, list):
             analysis[key] = [_webhook(i, hook, out) for i, hook in enumerate(item)]
         else:
@@ -310,15 +358,15 @@ def _webhook(index: int, hook: Any, out: Mapped) -> Any:
     return {k: v for k, v in hook.items() if k not in _WEBHOOK_K8S}
 
 
-def _alerts(value: Any, entry: dict[str, Any], out: Mapped) -> None:
+def _alerts(value: Any, entry: dict[str, Any], out: Mapped, key: str = "analysis") -> None:
     """``analysis.alerts[]`` ({name, severity, providerRef}) -> ``alerts[]`` (notifier=ref name)."""
-    out.moves.append((("alerts",), ("spec", "analysis", "alerts")))
+    out.moves.append((("alerts",), ("spec", key, "alerts")))
     if not isinstance(value, list):
         entry["alerts"] = value
         return
     alerts: list[Any] = []
     for i, alert in enumerate(value):
-        here: KeyPath = ("spec", "analysis", "alerts", i)
+        here: KeyPath = ("spec", key, "alerts", i)
         if not isinstance(alert, dict):
             alerts.append(alert)
             continue
@@ -345,52 +393,67 @@ def _map_template(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> No
     out.section = "templates"
     entry: dict[str, Any] = {}
     out.moves.append(((), ("spec",)))
+    if isinstance(meta.get("namespace"), str):
+        entry["namespace"] = meta["namespace"]
+        out.moves.append((("namespace",), ("metadata", "namespace")))
     for key, value in spec.items():
         if key == "query":
             entry["query"] = value
             out.moves.append((("query",), ("spec", "query")))
         elif key == "provider":
-            _template_provider(value, out, _annotation(meta, SECRETS_ANNOTATION))
+            _template_provider(value, out)
         else:
             out.problem(("spec", key), unknown_key(str(key), ("provider", "query")))
     out.moves.append((("provider",), ("spec", "provider") if "provider" in spec else ("spec",)))
     out.entry = entry
 
 
-def _template_provider(value: Any, out: Mapped, secrets_dir: Any = None) -> None:
+def _template_provider(value: Any, out: Mapped) -> None:
+    """A MetricTemplate's provider: Prometheus only; headers kept, secretRef mapped to files."""
     here: KeyPath = ("spec", "provider")
     if not isinstance(value, dict):
         out.problem(here, "must be a mapping")
         return
-    kind = value.get("type", "prometheus")
-    if kind not in PROVIDER_TYPES:
-        expected = ", ".join(sorted(PROVIDER_TYPES))
-        out.problem((*here, "type"), f"unknown provider type {kind!r}; expected one of: {expected}")
-        return
-    if kind != "prometheus":
-        _saas_provider(kind, value, out, secrets_dir)
+    if value.get("type") in SAAS_TYPES:
+        _saas_provider(str(value["type"]), value, out)
         return
     provider: dict[str, Any] = {"type": "prometheus"}
     for key, item in value.items():
         if key == "type":
-            pass
+            if item != "prometheus":
+                expected = ", ".join(("prometheus", *SAAS_TYPES))
+                out.unsupported = (
+                    f"MetricTemplate {out.name}: provider type {item!r} is not supported "
+                    f"(canaryd queries: {expected}); a canary that uses it is refused"
+                )
         elif key in ("address", "insecureSkipVerify"):
             provider[key] = item
+        elif key == "headers":
+            provider["headers"] = _headers(item, out)
+            out.moves.append((("headers",), (*here, "headers")))
+        elif key == "secretRef":
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name:
+                out.problem((*here, key), "must be a mapping with a name")
+            else:
+                out.secret_ref = name
         elif key in _TEMPLATE_PROVIDER_K8S:
             out.ignored.append(f"spec.provider.{key}")
         else:
-            out.problem(
-                (*here, key),
-                unknown_key(str(key), ("address", "insecureSkipVerify", "type", "secretRef")),
-            )
+            valid = ("address", "headers", "insecureSkipVerify", "type", "secretRef", "region")
+            out.problem((*here, key), unknown_key(str(key), valid))
     address = provider.get("address")
     if isinstance(address, str):
         out.prometheus_address = address
         out.provider_entry = provider
 
 
-def _saas_provider(kind: str, value: dict[str, Any], out: Mapped, secrets_dir: Any) -> None:
-    """A datadog/cloudwatch/newrelic/dynatrace ``spec.provider`` (docs/providers.md)."""
+def _saas_provider(kind: str, value: dict[str, Any], out: Mapped) -> None:
+    """A datadog/cloudwatch/newrelic/dynatrace ``spec.provider`` (docs/providers.md).
+
+    The provider is created whether or not an address is set (each type has a
+    default, or needs none); ``secretRef`` becomes files (configmerge).
+    """
     here: KeyPath = ("spec", "provider")
     provider: dict[str, Any] = {"type": kind}
     used = ("region",) if kind == "cloudwatch" else ("address", "insecureSkipVerify")
@@ -398,7 +461,11 @@ def _saas_provider(kind: str, value: dict[str, Any], out: Mapped, secrets_dir: A
         if key in used:
             provider[key] = _nerdgraph(item) if kind == "newrelic" and key == "address" else item
         elif key == "secretRef" and kind in SECRET_KEYS:
-            _secret_files(kind, item, secrets_dir, provider, out)
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name:
+                out.problem((*here, key), "must be a mapping with a name")
+            else:
+                out.secret_ref = name
         elif key in _FLAGGER_PROVIDER_KEYS:
             if key != "type":
                 out.ignored.append(f"spec.provider.{key}")  # not used by this type
@@ -406,21 +473,7 @@ def _saas_provider(kind: str, value: dict[str, Any], out: Mapped, secrets_dir: A
             out.problem((*here, key), unknown_key(str(key), _FLAGGER_PROVIDER_KEYS))
     if kind in SECRET_KEYS and "secretRef" not in value:
         out.problem(here, f"missing key 'secretRef' ({kind} reads its keys from a secret)")
-        out.suppress.append(("provider",))
     out.provider_entry = provider
-
-
-def _secret_files(
-    kind: str, ref: Any, secrets_dir: Any, provider: dict[str, Any], out: Mapped
-) -> None:
-    """``secretRef: {name: N}`` -> ``<secrets dir>/N/<key>`` for each of the type's keys."""
-    name = ref.get("name") if isinstance(ref, dict) else None
-    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-        out.problem(("spec", "provider", "secretRef"), "must be {name: <secret name>}")
-        return
-    folder = secrets_dir if isinstance(secrets_dir, str) and secrets_dir else DEFAULT_SECRETS_DIR
-    for setting, key in SECRET_KEYS[kind].items():
-        provider[setting] = f"{folder.rstrip('/')}/{name}/{key}"
 
 
 def _nerdgraph(address: Any) -> Any:
@@ -428,6 +481,19 @@ def _nerdgraph(address: Any) -> Any:
     if isinstance(address, str):
         return address.replace("://insights-api.", "://api.", 1)
     return address
+
+
+def _headers(value: Any, out: Mapped) -> Any:
+    """Flagger's ``http.Header`` (name -> list of values) as canaryd's name -> one value."""
+    if not isinstance(value, dict):
+        return value
+    joined: dict[Any, Any] = {}
+    for name, item in value.items():
+        if isinstance(item, list) and all(isinstance(v, str) for v in item):
+            joined[name] = ", ".join(item)
+        else:
+            joined[name] = item
+    return joined
 
 
 def _map_alert_provider(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> None:
@@ -444,14 +510,15 @@ def _map_alert_provider(spec: dict[str, Any], meta: dict[str, Any], out: Mapped)
         elif key in ("channel", "username"):
             entry[key] = value
             out.moves.append(((key,), ("spec", key)))
+        elif key == "secretRef" and isinstance(value, dict) and isinstance(value.get("name"), str):
+            out.secret_ref = value["name"]
         elif key in _ALERT_PROVIDER_K8S:
             out.ignored.append(f"spec.{key}")
         else:
-            valid = ("address", "channel", "type", "username", *_ALERT_PROVIDER_K8S)
+            valid = ("address", "channel", "type", "username", "secretRef", *_ALERT_PROVIDER_K8S)
             out.problem(("spec", key), unknown_key(str(key), valid))
-    if "address" not in spec:
-        hint = " (secretRef is Kubernetes-only; put the webhook URL in spec.address)"
-        out.problem(("spec",), "missing key 'address'" + (hint if "secretRef" in spec else ""))
+    if "address" not in spec and out.secret_ref is None:
+        out.problem(("spec",), "missing key 'address'")
         out.suppress.append(())
     if "type" not in spec:
         out.problem(("spec",), "missing key 'type'")

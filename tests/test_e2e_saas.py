@@ -1,9 +1,9 @@
 """Flagger MetricTemplates of the SaaS providers: ``canaryd check`` and real rollbacks.
 
 The templates are the examples of Flagger's metrics documentation (addresses
-pointed at the test's servers); their ``secretRef`` secrets are files under the
-``canaryd.io/secrets-dir`` folder, one folder per secret, one file per key, as
-Kubernetes mounts them. Each end-to-end test runs a real daemon whose canary is
+pointed at the test's servers); their ``secretRef`` secrets are files of
+``secrets/NAME/`` next to the manifest, one file per key, as Kubernetes mounts
+them. Each end-to-end test runs a real daemon whose canary is
 judged on one such template, served by the provider's fake (Datadog, New Relic,
 Dynatrace) or moto (CloudWatch), and rolled back by it through a webhook router.
 """
@@ -40,7 +40,6 @@ kind: MetricTemplate
 metadata:
   name: not-found-percentage
   namespace: istio-system
-  annotations: {"canaryd.io/secrets-dir": secrets}
 spec:
   provider:
     type: datadog
@@ -70,7 +69,6 @@ kind: MetricTemplate
 metadata:
   name: newrelic-error-rate
   namespace: ingress-nginx
-  annotations: {"canaryd.io/secrets-dir": secrets}
 spec:
   provider:
     type: newrelic
@@ -92,7 +90,6 @@ kind: MetricTemplate
 metadata:
   name: response-time-95pct
   namespace: istio-system
-  annotations: {"canaryd.io/secrets-dir": secrets}
 spec:
   provider:
     type: dynatrace
@@ -199,7 +196,7 @@ def test_flagger_templates_pass_check(tmp_path: Path, capsys: pytest.CaptureFixt
     write_manifests(tmp_path, "https://api.example.com", DATADOG, NEWRELIC, DYNATRACE, CLOUDWATCH)
     metric = {
         "name": "m",
-        "templateRef": {"name": "not-found-percentage"},
+        "templateRef": {"name": "not-found-percentage", "namespace": "istio-system"},
         "thresholdRange": {"max": 5},
     }
     config = top_level(tmp_path, "not-found-percentage-provider", metric, "http://127.0.0.1:1")
@@ -235,7 +232,7 @@ def test_missing_secret_file_fails_check(tmp_path: Path) -> None:
     (tmp_path / "k8s" / "secrets" / "dynatrace" / "dynatrace_token").unlink()
     metric = {
         "name": "m",
-        "templateRef": {"name": "response-time-95pct"},
+        "templateRef": {"name": "response-time-95pct", "namespace": "istio-system"},
         "thresholdRange": {"max": 5},
     }
     config = top_level(tmp_path, "response-time-95pct-provider", metric, "http://127.0.0.1:1")
@@ -244,22 +241,21 @@ def test_missing_secret_file_fails_check(tmp_path: Path) -> None:
     assert "secrets/dynatrace/dynatrace_token" in str(err.value)
 
 
-def test_default_secrets_dir_and_missing_secret_ref(tmp_path: Path) -> None:
-    """Without the annotation secrets are under /etc/canaryd/secrets; no secretRef is a problem."""
-    text = DATADOG.replace('  annotations: {"canaryd.io/secrets-dir": secrets}\n', "")
-    no_ref = DYNATRACE.replace("    secretRef:\n      name: dynatrace\n", "")
-    write_manifests(tmp_path, "https://api.example.com", text, no_ref)
+def test_missing_secret_ref_is_one_problem(tmp_path: Path) -> None:
+    """A datadog template without secretRef is one problem naming it, not a missing key each."""
+    no_ref = DATADOG.replace("    secretRef:\n      name: datadog\n", "")
+    write_manifests(tmp_path, "https://api.example.com", no_ref)
     metric = {
         "name": "m",
-        "templateRef": {"name": "not-found-percentage"},
+        "templateRef": {"name": "not-found-percentage", "namespace": "istio-system"},
         "thresholdRange": {"max": 5},
     }
     config = top_level(tmp_path, "not-found-percentage-provider", metric, "http://127.0.0.1:1")
     with pytest.raises(ConfigError) as err:
         load_config(config)
-    text = str(err.value)
-    assert "/etc/canaryd/secrets/datadog/datadog_api_key" in text
-    assert "missing key 'secretRef' (dynatrace reads its keys from a secret)" in text
+    assert [str(p).split(": ", 1)[1] for p in err.value.problems] == [
+        "spec.provider: missing key 'secretRef' (datadog reads its keys from a secret)"
+    ]
 
 
 async def rolled_back(config: Path, router: Receiver) -> dict[str, Any]:
@@ -293,7 +289,7 @@ async def test_datadog_metric_rolls_back(tmp_path: Path, router: Receiver) -> No
         write_manifests(tmp_path, fake.url, DATADOG)
         metric = {
             "name": "404s-percentage",
-            "templateRef": {"name": "not-found-percentage"},
+            "templateRef": {"name": "not-found-percentage", "namespace": "istio-system"},
             "thresholdRange": {"max": 5},
         }
         config = top_level(tmp_path, "not-found-percentage-provider", metric, router.url)
@@ -308,7 +304,7 @@ async def test_newrelic_metric_rolls_back(tmp_path: Path, router: Receiver) -> N
         write_manifests(tmp_path, fake.url, NEWRELIC)
         metric = {
             "name": "error-rate",
-            "templateRef": {"name": "newrelic-error-rate"},
+            "templateRef": {"name": "newrelic-error-rate", "namespace": "ingress-nginx"},
             "thresholdRange": {"max": 5},
             "templateVariables": {"ingress": "web-ingress"},
         }
@@ -324,7 +320,7 @@ async def test_dynatrace_metric_rolls_back(tmp_path: Path, router: Receiver) -> 
         write_manifests(tmp_path, fake.url, DYNATRACE)
         metric = {
             "name": "response-time-95pct",
-            "templateRef": {"name": "response-time-95pct"},
+            "templateRef": {"name": "response-time-95pct", "namespace": "istio-system"},
             "thresholdRange": {"max": 1000},
         }
         config = top_level(tmp_path, "response-time-95pct-provider", metric, router.url)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from receiver import Receiver
 from canaryd import analysis as core
 from canaryd.analysis import CanaryState, Phase
 from canaryd.config import Settings
-from canaryd.errors import ProviderError, RouterError, StoreError
+from canaryd.errors import CommandError, ProviderError, RouterError, StoreError
 from canaryd.routers import RouteRequest
 from canaryd.runtime import CanaryRunner, Services
 from canaryd.store import SqliteStore
@@ -196,17 +196,21 @@ async def test_router_down_never_records_an_unapplied_weight(
 async def test_rollback_route_is_retried_until_applied(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
-    """An abort whose rollback route fails stays pending and is retried on the next tick."""
+    """An abort whose rollback route fails answers the router's error, stays pending at the
+    weights the router still has, and is retried on the next tick."""
     router = FakeRouter()
     r = runner(settings(tmp_path), store, session, FakeProvider(), router)
     await r.start_rollout("v2", {})
     await r.tick()
     router.down = True
-    await r.command(lambda s, now: core.abort(r.spec, s, now))
+    with pytest.raises(RouterError, match=r"rollback pending.*connection refused"):
+        await r.command(lambda s, now: core.abort(r.spec, s, now))
     assert r.state.phase is Phase.FAILED and r.state.route_pending
+    assert r.state.canary_weight == 25, "the weight the router still has, not the refused 0"
     router.down = False
     await r.tick()
     assert not r.state.route_pending
+    assert (r.state.primary_weight, r.state.canary_weight) == (100, 0)
     assert router.requests[-1].action == "rollback"
 
 
@@ -249,7 +253,7 @@ async def test_outbox_rows_are_written_with_the_decision(
 async def test_rollback_goes_out_even_when_the_store_is_down(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
-    """With an unwritable store, advances hold but a rollback still reaches the router."""
+    """With the store down a failing check still rolls back, and is recorded once it is back."""
     router = FakeRouter()
     r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider([90.0]), router)
     await r.start_rollout("v2", {})
@@ -257,7 +261,11 @@ async def test_rollback_goes_out_even_when_the_store_is_down(
     await store.close()
     await r.tick()  # failing check at threshold: rollback, not persistable
     assert router.requests[-1].action == "rollback"
-    assert r.state.phase is Phase.PROGRESSING, "nothing is recorded that was not persisted"
+    assert (r.state.phase, r.state.failed_checks) == (Phase.FAILED, 1)
+    await store.open()
+    await r.tick()  # nothing to analyse: records what waited
+    stored = (await store.load_states())["prod/web"]
+    assert (stored.phase, stored.failed_checks, stored.seq) == (Phase.FAILED, 1, r.state.seq)
 
 
 @dataclass
@@ -307,6 +315,145 @@ async def test_a_reload_mid_tick_applies_from_the_next_tick(
     second = r.state
     assert second.phase is Phase.FAILED  # judged by min 99
     assert r.spec.analysis.metrics[0].thresholdRange.min == 99
+
+
+@dataclass
+class PickyRouter(FakeRouter):
+    """A router that refuses some actions (``refuse``) while applying the others."""
+
+    refuse: set[str] = field(default_factory=set)
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Refuse a listed action like a router answering 500; apply anything else."""
+        if request.action in self.refuse:
+            raise RouterError(f"router lb: HTTP 500 on {request.action}")
+        await super().apply(request)
+
+
+async def test_router_down_after_promote_never_rolls_back(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """After the router accepted promote, its errors are retried and alerted, never counted
+    as failed checks nor turned into a rollback; the promotion finishes once it is back."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path, threshold=2), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    for _ in range(3):  # 25, 50, promote
+        await r.tick()
+    assert r.state.phase is Phase.PROMOTING
+    router.down = True
+    for _ in range(5):
+        await r.tick()
+    assert (r.state.phase, r.state.failed_checks, r.state.canary_weight) == (Phase.PROMOTING, 0, 50)
+    assert "rollback" not in [q.action for q in router.requests]
+    events = [e["event"] for e in await store.events("prod/web", 50)]
+    assert "router.failed" in events and "rollout.rolled_back" not in events
+    router.down = False
+    await r.tick()
+    await r.tick()
+    final: CanaryState = r.state  # mypy narrowed r.state.phase above
+    assert final.phase is Phase.SUCCEEDED
+
+
+async def test_a_new_rollout_applies_the_pending_rollback_first(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """A start while a rollback is pending is refused until the router takes the rollback; then
+    the rollback goes out before the new rollout starts."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    router.down = True
+    with pytest.raises(RouterError):
+        await r.command(lambda s, now: core.abort(r.spec, s, now))
+    with pytest.raises(CommandError, match="rollback of revision v2 is not applied yet"):
+        await r.start_rollout("v3", {})
+    assert r.state.route_pending and r.state.revision == "v2"
+    router.down = False
+    await r.start_rollout("v3", {})
+    assert (r.state.revision, r.state.phase, r.state.route_pending) == (
+        "v3",
+        Phase.PROGRESSING,
+        False,
+    )
+    assert router.requests[-1].action == "rollback"
+
+
+async def test_recorded_weights_are_the_last_the_router_confirmed(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """Blue/green whose router takes ``route 0/100`` but refuses ``promote``: the recorded
+    weights are the confirmed 0/100 on every tick, and the failed promote counts as a check."""
+    router = PickyRouter(refuse={"promote"})
+    cfg = settings(tmp_path, stepWeight=None, maxWeight=None, iterations=1, threshold=3)
+    r = runner(cfg, store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    for _ in range(4):
+        await r.tick()
+        last = router.requests[-1] if router.requests else None
+        confirmed = (last.primary_weight, last.canary_weight) if last else (100, 0)
+        assert (r.state.primary_weight, r.state.canary_weight) == confirmed
+    assert confirmed == (0, 100) and r.state.failed_checks == 2
+
+
+async def test_promote_with_the_router_down_answers_its_error_and_counts_nothing(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """An operator's promote whose route fails raises the router's error; no failed check is
+    added and nothing changes."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    before = r.state
+    router.down = True
+    with pytest.raises(RouterError, match="connection refused"):
+        await r.command(lambda s, now: core.promote(r.spec, s, now))
+    # the promotion was recorded before its route, then reverted: only the decision
+    # number moved on (docs/reliability.md, "Decisions and state")
+    assert replace(r.state, seq=0) == replace(before, seq=0) and r.state.failed_checks == 0
+    stored = (await store.load_states())["prod/web"]
+    assert replace(stored, seq=0) == replace(before, seq=0)
+
+
+async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """threshold 5 -> 2 with 3 failed checks: the next tick rolls back instead of going on."""
+    provider, router = FakeProvider([90.0, 90.0, 90.0, 99.9]), FakeRouter()
+    r = runner(settings(tmp_path, threshold=5), store, session, provider, router)
+    await r.start_rollout("v2", {})
+    for _ in range(4):
+        await r.tick()
+    assert (r.state.failed_checks, r.state.phase) == (3, Phase.PROGRESSING)
+    lowered = settings(tmp_path, threshold=2)
+    r.reconfigure(lowered.canaries[0], lowered)
+    await r.tick()
+    assert r.state.phase is Phase.FAILED
+    assert router.requests[-1].action == "rollback"
+
+
+async def test_a_new_revision_restarts_with_traffic_back_on_the_primary(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """A new revision mid-rollout routes 100/0 first and starts over; the same revision again
+    changes nothing."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    first = r.state.rollout_id
+    await r.start_rollout("v3", {})
+    last = router.requests[-1]
+    assert (last.action, last.primary_weight, last.canary_weight) == ("route", 100, 0)
+    assert (r.state.revision, r.state.canary_weight) == ("v3", 0)
+    assert r.state.rollout_id != first
+    again = r.state
+    await r.start_rollout("v3", {})
+    assert r.state == again and len(router.requests) == 2
+    events = [e["event"] for e in await store.events("prod/web", 10)]
+    assert events[:2] == ["rollout.started", "rollout.restarted"]
 
 
 # --------------------------------------------------------------------------- webhooks
