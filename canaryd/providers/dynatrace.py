@@ -103,7 +103,9 @@ class Dynatrace:
             raise vendor.shape(NAME, doc)
         if len(result) > 1:
             raise vendor.several(NAME, len(result), "select one metric")
-        data = result[0].get("data") if result and isinstance(result[0], dict) else []
+        if result and not isinstance(result[0], dict):
+            raise vendor.shape(NAME, result[0])
+        data = result[0].get("data", []) if result else []
         if not isinstance(data, list):
             raise vendor.shape(NAME, result[0])
         if len(data) > 1:

@@ -155,6 +155,7 @@ def _results(resp: Response) -> list[Any]:
     doc = vendor.decode(NAME, resp)
     errors = doc.get("errors") if isinstance(doc, dict) else None
     if errors:
+        errors = errors if isinstance(errors, list) else [errors]
         messages = [e.get("message", e) if isinstance(e, dict) else e for e in errors]
         classes = {
             str((e.get("extensions") or {}).get("errorClass", ""))
