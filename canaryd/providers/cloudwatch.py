@@ -101,10 +101,10 @@ class CloudWatch:
             ProviderError: any other failure.
         """
         self.endpoint.stats.attempts += 1
-        client = await self._get_client()
         values: list[float] = []
         try:
-            with anyio.fail_after(limit):
+            with anyio.fail_after(limit):  # credential look-ups (instance role) included
+                client = await self._get_client()
                 token: str | None = None
                 for _ in range(pages):
                     page = await client.get_metric_data(
