@@ -2,7 +2,7 @@
 
 ::
 
-    with start_moto(tmp_path) as server:
+    with start_moto() as server:
         cfg = server.provider_config()          # endpoint_url set, region us-east-1
         await put_metric(server, "App", "Errors", {"app": "web"}, [(t, 3.0), ...])
 
@@ -11,31 +11,26 @@ test double); data is put with ``PutMetricData`` through aiobotocore, as a
 test's application would. The credentials are the fake ones moto accepts,
 given through the environment (the first link of the standard chain).
 
-Without ``moto_server`` the test is skipped, or fails under ``CI=true``
-(``pip install 'moto[server]'``, in the ``test`` extra).
+The server itself is tests/moto_server.py's (shared with the ALB router's
+tests). Without moto the test is skipped, or fails under ``CI=true``
+(``moto[server]`` is in the ``test`` extra).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from daemons import free_port
+from moto_server import REGION, run_moto
 
 from canaryd.config import CloudWatchProvider
 
-REGION = "us-east-1"
-START_TIMEOUT = 30.0
+__all__ = ["FAKE_CREDENTIALS", "REGION", "MotoServer", "put_metric", "start_moto"]
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
@@ -57,55 +52,18 @@ class MotoServer:
         )
 
 
-def find_moto_server() -> str:
-    """The ``moto_server`` executable (beside this Python first); fail in CI, skip elsewhere."""
-    beside = Path(sys.executable).parent / "moto_server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("moto_server")
-    if found:
-        return found
-    message = "moto_server is not installed (pip install 'moto[server]')"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @contextmanager
-def start_moto(log_dir: Path) -> Iterator[MotoServer]:
-    """Run ``moto_server`` on 127.0.0.1 until the block ends."""
-    binary = find_moto_server()
-    port = free_port()
-    log = (log_dir / "moto.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
+def start_moto() -> Iterator[MotoServer]:
+    """moto's server (tests/moto_server.py) for CloudWatch; missing moto fails under CI=true."""
     try:
-        _wait_ready(proc, port, log_dir / "moto.log")
-        yield MotoServer(f"http://127.0.0.1:{port}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    import socket
-
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited: {log.read_text(errors='replace')[-2000:]}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not listen within {START_TIMEOUT:g}s")
+        import moto.server  # noqa: F401
+    except ImportError:
+        message = "moto[server] is not installed (pip install -e '.[test]')"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with run_moto() as url:
+        yield MotoServer(url)
 
 
 async def put_metric(

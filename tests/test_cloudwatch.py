@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+def moto() -> Iterator[MotoServer]:
     """One moto server for this module (each test uses its own namespace)."""
-    with start_moto(tmp_path_factory.mktemp("moto")) as server:
+    with start_moto() as server:
         yield server
 
 
@@ -204,7 +204,16 @@ async def test_unreachable_endpoint_retries_within_budget(aws_env: None) -> None
 def test_client_errors_are_classified(code: str, status: int, transient: bool) -> None:
     """Throttling and 5xx are worth another attempt; access and parameter errors are not."""
     exc = ClientError(
-        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        {
+            "Error": {"Code": code, "Message": "m"},
+            "ResponseMetadata": {
+                "RequestId": "r",
+                "HostId": "h",
+                "HTTPStatusCode": status,
+                "HTTPHeaders": {},
+                "RetryAttempts": 0,
+            },
+        },
         "GetMetricData",
     )
     error = classify(exc)

@@ -346,7 +346,7 @@ async def test_cloudwatch_metric_rolls_back(
     template = (
         CLOUDWATCH.split("  query: |\n", 1)[0] + "  query: |\n    " + json.dumps([errors]) + "\n"
     )
-    with start_moto(tmp_path) as moto:
+    with start_moto() as moto:
         monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", moto.url)
         template = template.replace("ap-northeast-1", REGION)
         now = time.time()
