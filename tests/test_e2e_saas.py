@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+import yaml
 from cloudwatch_server import FAKE_CREDENTIALS, REGION, put_metric, start_moto
 from daemons import client_for, running_daemon, wait_for_state, write_config
 from fake_datadog import API_KEY, APP_KEY, DatadogFake
@@ -25,6 +27,7 @@ from fake_dynatrace import TOKEN, DynatraceFake
 from fake_newrelic import ACCOUNT, NewRelicFake
 from fake_newrelic import API_KEY as NR_KEY
 from receiver import Receiver
+from vendorfake import Canned
 
 from canaryd.cli import main
 from canaryd.errors import ConfigError
@@ -362,3 +365,61 @@ async def test_cloudwatch_metric_rolls_back(
         config = top_level(tmp_path, "cloudwatch-error-rate-provider", metric, router.url)
         final = await rolled_back(config, router)
     assert (final["phase"], final["reason"]) == ("Failed", "app-errors 42 > max 10")
+
+
+async def started(client: Any, within: float = 20.0) -> None:
+    """Wait until the daemon's API answers (bounded)."""
+    from canaryd.errors import ClientError
+
+    with anyio.fail_after(within):
+        while True:
+            try:
+                await client.get(KEY)
+                return
+            except ClientError:
+                await anyio.sleep(0.2)
+
+
+async def test_keys_never_reach_the_log(tmp_path: Path, router: Receiver) -> None:
+    """A real daemon whose Datadog, New Relic and Dynatrace answers echo their keys logs none."""
+    from daemons import daemon_process
+
+    echoes = (f"denied {API_KEY} {APP_KEY}", f"denied {NR_KEY}", f"denied Api-Token {TOKEN}")
+    fakes = (DatadogFake(), NewRelicFake(), DynatraceFake())
+    async with fakes[0] as dd, fakes[1] as nr, fakes[2] as dt:
+        for fake, echo in zip((dd, nr, dt), echoes, strict=True):  # each echoes its own keys
+            fake.script(*[Canned(400, {"errors": [echo], "error": {"message": echo}})] * 50)
+        write_manifests(tmp_path / "dd", dd.url, DATADOG)
+        write_manifests(tmp_path / "nr", nr.url, NEWRELIC)
+        write_manifests(tmp_path / "dt", dt.url, DYNATRACE)
+        metrics = [
+            {
+                "name": name,
+                "templateRef": {"name": name, "namespace": ns},
+                "thresholdRange": {"max": 1},
+            }
+            for name, ns in (
+                ("not-found-percentage", "istio-system"),
+                ("newrelic-error-rate", "ingress-nginx"),
+                ("response-time-95pct", "istio-system"),
+            )
+        ]
+        config = top_level(tmp_path, "not-found-percentage-provider", metrics[0], router.url)
+        doc = yaml.safe_load(config.read_text())
+        doc["include"] = ["dd/k8s/*.yaml", "nr/k8s/*.yaml", "dt/k8s/*.yaml"]
+        doc["canaries"][0]["analysis"]["metrics"] = metrics
+        doc["canaries"][0]["analysis"]["threshold"] = 1
+        doc["canaries"][0]["analysis"]["metrics"][1]["templateVariables"] = {"ingress": "x"}
+        config.write_text(yaml.safe_dump(doc))
+        log = tmp_path / "daemon.log"
+        with daemon_process(config, log):
+            async with client_for(config) as client:
+                await started(client)
+                await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+                final = await wait_for_state(client, KEY, lambda s: s["phase"] == "Failed")
+    assert "***" in final["reason"]
+    text = log.read_text()
+    assert "denied ***" in text  # the failures were logged, scrubbed
+    for key in (API_KEY, APP_KEY, NR_KEY, TOKEN):
+        assert key not in text
+        assert key not in json.dumps(final)
