@@ -284,6 +284,11 @@ class CloudWatchProvider(Model):
     def _http_url(cls, v: str | None) -> str | None:
         return None if v is None else PrometheusProvider._http_url(v)
 
+    @field_validator("lookback")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        return _VendorProvider._positive(v)
+
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:

@@ -234,3 +234,20 @@ def test_result_status_codes(result: dict[str, Any], kind: type[ProviderError]) 
     with pytest.raises(kind) as err:
         result_values({"MetricDataResults": [result]})
     assert isinstance(err.value, TransientError) is (kind is TransientError)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"region": "eu west"}, "must be an AWS region name"),
+        ({"region": "eu-west-1", "lookback": "0s"}, "must be at least 1s"),
+        ({"region": "eu-west-1", "endpoint_url": "monitoring.local"}, "http:// or https://"),
+    ],
+    ids=["region", "lookback", "endpoint"],
+)
+def test_config_is_validated(extra: dict[str, str], message: str) -> None:
+    """A malformed region, a lookback under a second or a non-URL endpoint is refused."""
+    from canaryd.config import CloudWatchProvider
+
+    with pytest.raises(ValueError, match=message):
+        CloudWatchProvider.model_validate({"type": "cloudwatch", **extra})
