@@ -206,6 +206,94 @@ class PrometheusProvider(Model):
         return v
 
 
+class _HttpProvider(Model):
+    """What every HTTP metrics provider other than Prometheus has (docs/providers.md)."""
+
+    address: str
+    timeout: Duration = 5.0
+    headers: dict[str, str] = Field(default_factory=dict)
+    insecureSkipVerify: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        return PrometheusProvider._http_url(v)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_lines(cls, v: dict[str, str]) -> dict[str, str]:
+        return PrometheusProvider._header_lines(v)
+
+
+class GraphiteProvider(_HttpProvider):
+    """Graphite's render API (graphite-web, carbonapi, Grafana Cloud Graphite)."""
+
+    type: Literal["graphite"]
+    bearer_token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+class InfluxDBProvider(_HttpProvider):
+    """InfluxDB: InfluxQL over ``/query`` (1.x, 2.x/Cloud v1 API) or Flux (2.x)."""
+
+    type: Literal["influxdb"]
+    language: Literal["influxql", "flux"] = "influxql"
+    database: str | None = None
+    retentionPolicy: str | None = None
+    org: str | None = None
+    org_file: str | None = None
+    token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+class SecretHeader(Model):
+    """A request header whose value is read from a secret file on every request."""
+
+    name: str
+    value_file: str
+
+    @field_validator("name")
+    @classmethod
+    def _one_word(cls, v: str) -> str:
+        if not v or any(c in v for c in "\r\n: "):
+            raise ValueError("a header name is one word without ':'")
+        return v
+
+
+class WebProvider(_HttpProvider):
+    """Any HTTP endpoint answering JSON, the value picked by a JSONPath (docs/providers.md)."""
+
+    type: Literal["web"]
+    method: Literal["GET", "POST"] = "GET"
+    jsonPath: str
+    contentType: str = "application/json"
+    secret_headers: list[SecretHeader] = Field(default_factory=list)
+
+    @field_validator("address")
+    @classmethod
+    def _no_query(cls, v: str) -> str:
+        if "?" in v or "#" in v:
+            raise ValueError("no query string here: put parameters in the template's query")
+        return v
+
+    @field_validator("contentType")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        if not v or "\r" in v or "\n" in v or not v.isascii():
+            raise ValueError("a content type is one line of ASCII text")
+        return v
+
+    @field_validator("jsonPath")
+    @classmethod
+    def _json_path(cls, v: str) -> str:
+        from canaryd.providers.jsonpath import parse_path
+
+        parse_path(v)  # ValueError names the problem
+        return v
+
+
 # SaaS metric APIs (docs/providers.md): one number from a window ending now.
 
 
@@ -299,6 +387,9 @@ class CloudWatchProvider(Model):
 
 ProviderConfig = Annotated[
     PrometheusProvider
+    | GraphiteProvider
+    | InfluxDBProvider
+    | WebProvider
     | DatadogProvider
     | NewRelicProvider
     | DynatraceProvider

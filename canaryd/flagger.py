@@ -9,10 +9,13 @@ Included files may hold Flagger manifests (``apiVersion: flagger.app/v1beta1``):
   come from the annotations ``canaryd.io/router``/``canaryd.io/provider``, or
   default to the only router/provider defined (resolved by the loader).
 - ``MetricTemplate`` becomes ``templates[name]``; its ``spec.provider`` becomes
-  a Prometheus provider, reused when one with the same address exists, or a
-  Datadog, CloudWatch, New Relic or Dynatrace provider, reused when an equal
-  one exists; their ``secretRef`` keys are files of ``secrets/NAME/`` next to
-  the manifest (docs/providers.md, "Flagger MetricTemplates").
+  a provider of the mapped type (:data:`TEMPLATE_PROVIDER_TYPES`), reused when
+  one of that type with the same address exists; without an address, the only
+  provider of that type.
+  Datadog, CloudWatch, New Relic and Dynatrace templates become a provider of
+  that type, reused when an equal one exists; their ``secretRef`` keys are
+  files of ``secrets/NAME/`` next to the manifest (docs/providers.md,
+  "Flagger MetricTemplates").
 - ``AlertProvider`` becomes ``notifiers[name]`` (``spec.address`` -> ``url``).
 
 Kubernetes-only fields are collected in :attr:`Mapped.ignored` (the loader
@@ -46,6 +49,13 @@ NOTIFIER_TYPES = {
     "rocket": "rocket",
 }
 """Flagger AlertProvider types canaryd can deliver to, and their canaryd name."""
+
+TEMPLATE_PROVIDER_TYPES: dict[str, dict[str, Any]] = {
+    "prometheus": {"type": "prometheus"},
+    "graphite": {"type": "graphite"},
+    "influxdb": {"type": "influxdb", "language": "flux"},  # Flagger's influxdb speaks Flux
+}
+"""Flagger MetricTemplate provider types canaryd queries, and the canaryd provider they become."""
 
 SECRET_KEYS = {
     "datadog": {
@@ -103,9 +113,10 @@ class Mapped:
         needs_router: the canary's router is the only one defined (no annotation).
         prometheus_address: a MetricTemplate's provider address (find or create).
         provider_entry: the provider to create when no provider has that address.
+        provider_type: the canaryd provider type a MetricTemplate's provider maps to.
         secret_ref: a MetricTemplate's ``secretRef`` name (mapped to secret files).
         unsupported: why the manifest is kept out of the configuration (a warning),
-            e.g. a MetricTemplate for a provider other than Prometheus.
+            e.g. a MetricTemplate for a provider type canaryd does not query.
         differences: ``(path in manifest, message)`` of the deliberate differences
             from Flagger this manifest meets (one warning line each).
     """
@@ -121,6 +132,7 @@ class Mapped:
     needs_router: bool = False
     prometheus_address: str | None = None
     provider_entry: dict[str, Any] | None = None
+    provider_type: str = "prometheus"
     secret_ref: str | None = None
     unsupported: str | None = None
     differences: list[tuple[KeyPath, str]] = field(default_factory=list)
@@ -409,7 +421,7 @@ def _map_template(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> No
 
 
 def _template_provider(value: Any, out: Mapped) -> None:
-    """A MetricTemplate's provider: Prometheus only; headers kept, secretRef mapped to files."""
+    """A MetricTemplate's provider (of TEMPLATE_PROVIDER_TYPES); secretRef mapped to files."""
     here: KeyPath = ("spec", "provider")
     if not isinstance(value, dict):
         out.problem(here, "must be a mapping")
@@ -420,8 +432,11 @@ def _template_provider(value: Any, out: Mapped) -> None:
     provider: dict[str, Any] = {"type": "prometheus"}
     for key, item in value.items():
         if key == "type":
-            if item != "prometheus":
-                expected = ", ".join(("prometheus", *SAAS_TYPES))
+            if isinstance(item, str) and item in TEMPLATE_PROVIDER_TYPES:
+                provider.update(TEMPLATE_PROVIDER_TYPES[item])
+                out.provider_type = provider["type"]
+            else:
+                expected = ", ".join(sorted((*TEMPLATE_PROVIDER_TYPES, *SAAS_TYPES)))
                 out.unsupported = (
                     f"MetricTemplate {out.name}: provider type {item!r} is not supported "
                     f"(canaryd queries: {expected}); a canary that uses it is refused"
@@ -456,6 +471,7 @@ def _saas_provider(kind: str, value: dict[str, Any], out: Mapped) -> None:
     """
     here: KeyPath = ("spec", "provider")
     provider: dict[str, Any] = {"type": kind}
+    out.provider_type = kind
     used = ("region",) if kind == "cloudwatch" else ("address", "insecureSkipVerify")
     for key, item in value.items():
         if key in used:
@@ -550,13 +566,13 @@ def find_same(providers: dict[str, Any], entry: dict[str, Any]) -> str | None:
     return next((str(name) for name, p in providers.items() if p == entry), None)
 
 
-def find_provider(providers: dict[str, Any], address: str) -> str | None:
-    """The name of a Prometheus provider with this address (trailing ``/`` ignored), if any."""
+def find_provider(providers: dict[str, Any], address: str, kind: str = "prometheus") -> str | None:
+    """The name of a ``kind`` provider with this address (trailing ``/`` ignored), if any."""
     wanted = address.rstrip("/")
     for name, provider in providers.items():
         if (
             isinstance(provider, dict)
-            and provider.get("type") == "prometheus"
+            and provider.get("type") == kind
             and isinstance(provider.get("address"), str)
             and provider["address"].rstrip("/") == wanted
         ):

@@ -196,9 +196,10 @@ MODEL_CASES = [
     ),
     (
         "provider-type",
-        "providers:\n  p: {type: stackdriver}\n",
-        "c.yaml:2:7: providers.p.type: unknown provider type 'stackdriver'; "
-        "expected one of: cloudwatch, datadog, dynatrace, newrelic, prometheus",
+        "providers:\n  p: {type: splunk}\n",
+        "c.yaml:2:7: providers.p.type: unknown provider type 'splunk'; "
+        "expected one of: cloudwatch, datadog, dynatrace, graphite, influxdb, newrelic, "
+        "prometheus, web",
     ),
     (
         "notifier-type",
@@ -1094,7 +1095,7 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
         ),
         (
             "{type: prometheus, address",
-            "{type: stackdriver, address",
+            "{type: splunk, address",
             [
                 "k8s.yaml:22:23: spec.analysis.metrics[1].templateRef.name: unknown template "
                 "'latency'; no templates are defined"

@@ -1,4 +1,10 @@
-"""Metrics providers: the :class:`MetricsProvider` seam and its factory."""
+"""Metrics providers: the :class:`MetricsProvider` seam and its factory.
+
+One module per implementation (docs/providers.md): ``prometheus`` (and every
+Prometheus-compatible API), ``graphite``, ``influxdb``, ``web``, ``datadog``,
+``newrelic``, ``dynatrace``, ``cloudwatch``; what they
+share (retries within the tick's budget, auth, timeouts) is ``base``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,12 @@ from canaryd.config import (
     CloudWatchProvider,
     DatadogProvider,
     DynatraceProvider,
+    GraphiteProvider,
+    InfluxDBProvider,
     NewRelicProvider,
     PrometheusProvider,
     ProviderConfig,
+    WebProvider,
 )
 
 
@@ -57,6 +66,18 @@ def build_provider(cfg: ProviderConfig) -> ClosableProvider:
         from canaryd.providers.prometheus import Prometheus
 
         return Prometheus(cfg)
+    if isinstance(cfg, GraphiteProvider):
+        from canaryd.providers.graphite import Graphite
+
+        return Graphite(cfg)
+    if isinstance(cfg, InfluxDBProvider):
+        from canaryd.providers.influxdb import InfluxDB
+
+        return InfluxDB(cfg)
+    if isinstance(cfg, WebProvider):
+        from canaryd.providers.web import Web
+
+        return Web(cfg)
     return _build_saas(cfg)
 
 

@@ -41,7 +41,13 @@ from yarl import URL
 
 from canaryd.config import read_secret
 from canaryd.errors import ProviderError
-from canaryd.http import BODY_PREVIEW_BYTES, USER_AGENT, redact_url
+from canaryd.http import (
+    BODY_PREVIEW_BYTES,
+    USER_AGENT,
+    describe_redirect,
+    redact_url,
+    redirect_target,
+)
 from canaryd.providers.transport import (
     AnswerTimeoutError,
     Pool,
@@ -102,6 +108,7 @@ class Endpoint:
 
     Attributes:
         name: the kind of server, in messages (``"graphite"``).
+        address: its address as configured (redirect targets are resolved against it).
         where: its address without credentials, in messages.
         pool: the connections to it.
         timeout: seconds one attempt may take at most.
@@ -114,6 +121,7 @@ class Endpoint:
     """
 
     name: str
+    address: str
     where: str
     pool: Pool
     timeout: float
@@ -214,8 +222,11 @@ class Endpoint:
             ) from exc
         except TransportError as exc:
             raise TransientError(f"cannot reach {self.name} at {self.where}: {exc}") from exc
+        if 300 <= resp.status < 400:  # never followed: docs/reliability.md
+            target = redirect_target(self.address, resp.location)
+            raise ProviderError(f"{self.name} answered {describe_redirect(resp.status, target)}")
         body = scrub(resp.body, headers, self.secret_headers)
-        return parse(dataclasses.replace(resp, body=body))
+        return parse(dataclasses.replace(resp, body=body))  # rate-limit headers kept
 
     def _build_head(self) -> tuple[dict[str, str], bytes]:
         """The headers and their encoded lines (kept when ``static``)."""
@@ -241,6 +252,7 @@ def open_endpoint(
     insecure: bool = False,
     static: bool = False,
     secret_headers: frozenset[str] = frozenset(),
+    accept: str = "application/json",
 ) -> Endpoint:
     """The :class:`Endpoint` of a provider's ``address`` (``http(s)://[user:pass@]host[/prefix]``).
 
@@ -259,11 +271,11 @@ def open_endpoint(
         limit=limit,
         verify_tls=not insecure,
         max_body=max_body,
-        head=f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n".encode(),
+        head=f"User-Agent: {USER_AGENT}\r\nAccept: {accept}\r\n".encode(),
     )
     if insecure:
         log.warning("provider.tls_insecure", address=where)
-    return Endpoint(name, where, pool, timeout, headers, static, secret_headers)
+    return Endpoint(name, address, where, pool, timeout, headers, static, secret_headers)
 
 
 def auth_headers(

@@ -101,10 +101,17 @@ class CloudWatch:
             ProviderError: any other failure.
         """
         self.endpoint.stats.attempts += 1
+        # Created once, outside the attempt's timeout: a creation cut short would leave
+        # a half-open client (botocore bounds its own credential look-ups to ~1s each).
+        try:
+            client = await self._get_client()
+        except ProviderError:
+            raise
+        except Exception as exc:  # e.g. a profile the shared files do not have
+            raise classify(exc) from None
         values: list[float] = []
         try:
-            with anyio.fail_after(limit):  # credential look-ups (instance role) included
-                client = await self._get_client()
+            with anyio.fail_after(limit):
                 token: str | None = None
                 for _ in range(pages):
                     page = await client.get_metric_data(

@@ -111,7 +111,7 @@ class Datadog:
             TransientError: other 429 and 5xx answers.
             ProviderError: any other failure.
         """
-        vendor.check_status(NAME, self._cfg.address, resp)
+        vendor.check_rate_limit(NAME, resp)
         doc = vendor.decode(NAME, resp)
         errors = doc.get("errors") if isinstance(doc, dict) else None
         if resp.status != 200 or errors:

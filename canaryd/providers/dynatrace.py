@@ -92,7 +92,7 @@ class Dynatrace:
             TransientError: HTTP 429/5xx.
             ProviderError: any other failure, or several series.
         """
-        vendor.check_status(NAME, self._cfg.address, resp, reset_is_epoch_us=True)
+        vendor.check_rate_limit(NAME, resp, reset_is_epoch_us=True)
         doc = vendor.decode(NAME, resp)
         error = doc.get("error") if isinstance(doc, dict) else None
         if resp.status != 200 or error is not None:

@@ -151,7 +151,7 @@ def _results(resp: Response) -> list[Any]:
         TransientError: HTTP 429/5xx, or NerdGraph errors of a transient class.
         ProviderError: any other failure.
     """
-    vendor.check_status(NAME, "", resp)
+    vendor.check_rate_limit(NAME, resp)
     doc = vendor.decode(NAME, resp)
     errors = doc.get("errors") if isinstance(doc, dict) else None
     if errors:

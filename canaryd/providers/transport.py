@@ -372,11 +372,14 @@ class Pool:
             TLSError: the TLS handshake failed.
             TransportError: the connection failed or the answer is not HTTP.
         """
+        target = self._prefix + path
+        if not target.startswith("/"):  # "" or "?a=1" under an address without a path
+            target = "/" + target
         request = b"".join(
             (
                 method,
                 b" ",
-                (self._prefix + path).encode("ascii"),
+                target.encode("ascii"),
                 b" HTTP/1.1\r\n",
                 self._host_line,
                 headers,

@@ -4,7 +4,6 @@
   after that reset when the reset falls inside the tick's budget, and fails at
   once when it does not (asking again sooner only spends more of the quota).
   Without an advertised reset a ``429`` is an ordinary transient failure.
-- Redirects are never followed: a ``3xx`` fails, naming status and target host.
 - Answers are JSON; ``NaN`` and ``null`` values are "no data".
 
 See docs/providers.md, "Common behaviour" and each provider's section.
@@ -21,7 +20,6 @@ from typing import Any, TypeVar
 import anyio
 
 from canaryd.errors import ProviderError
-from canaryd.http import describe_redirect, redirect_target
 from canaryd.providers.base import Endpoint, Request, TransientError, http_error, is_transient
 from canaryd.providers.transport import Response
 
@@ -89,16 +87,14 @@ def reset_seconds(resp: Response, *, reset_is_epoch_us: bool = False) -> float |
     return None
 
 
-def check_status(name: str, address: str, resp: Response, **reset: bool) -> None:
-    """Refuse redirects; raise :class:`RateLimitedError` for a 429 with a reset.
+def check_rate_limit(name: str, resp: Response, **reset: bool) -> None:
+    """Raise :class:`RateLimitedError` for a 429 that advertises its reset.
+
+    (Redirects never get here: :class:`~canaryd.providers.base.Endpoint` refuses them.)
 
     Raises:
-        ProviderError: a redirect.
         RateLimitedError: rate limited, with an advertised reset.
     """
-    if 300 <= resp.status < 400:  # never followed: docs/reliability.md
-        target = redirect_target(address, resp.location)
-        raise ProviderError(f"{name} answered {describe_redirect(resp.status, target)}")
     if resp.status == 429:
         wait = reset_seconds(resp, **reset)
         if wait is not None:
