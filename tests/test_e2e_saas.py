@@ -30,8 +30,8 @@ from receiver import Receiver
 from vendorfake import Canned
 
 from canaryd.cli import main
+from canaryd.config.loader import load_config
 from canaryd.errors import ConfigError
-from canaryd.loader import load_config
 
 pytestmark = pytest.mark.anyio
 

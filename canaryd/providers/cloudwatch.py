@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from canaryd.config import CloudWatchProvider
+from canaryd.config.models import CloudWatchProvider
 from canaryd.errors import ProviderError
 from canaryd.providers import vendor
 from canaryd.providers.base import Endpoint, TransientError, open_endpoint

@@ -23,7 +23,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from canaryd.config import DatadogProvider, read_secret
+from canaryd.config.models import DatadogProvider, read_secret
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor

@@ -21,7 +21,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from canaryd.config import DynatraceProvider, read_secret
+from canaryd.config.models import DynatraceProvider, read_secret
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from canaryd.config import NewRelicProvider, read_secret
+from canaryd.config.models import NewRelicProvider, read_secret
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor
