@@ -304,8 +304,9 @@ class CanaryRunner:
                 revision=self.state.revision,
                 phase=self.state.phase.value,
             )
-            if self.state.route_pending:
-                await self._retry_rollback_route()
+            if core.pending_route(self.state) is not None:
+                await self._retry_pending_route()
+                return  # the tick after the router confirmed it goes on from there
             need = core.needs(self.spec, self.state)
             if not need.anything:
                 return
@@ -326,13 +327,14 @@ class CanaryRunner:
         timeout may stretch to minutes: that tick then decides nothing and counts
         nothing, and the command applies at once (docs/flagger.md).
 
-        A rollback still waiting for the router is tried first, so that a command
-        never builds on traffic that has not gone back to the primary.
+        A route still waiting for the router (a rollback, a promote) is tried first, so
+        that a command never builds on traffic that has not gone back to the primary.
 
         Raises:
             CommandError: the command does not fit the current state.
             RouterError: the router refused the command's route; nothing changed,
-                except that a refused rollback stays pending (retried every tick).
+                except that a refused rollback or promote stays pending (retried
+                every tick).
             StoreError: it could not be persisted (nothing changed).
         """
         observing = self._observing
@@ -341,8 +343,8 @@ class CanaryRunner:
             observing.reschedule(asyncio.get_running_loop().time())
         async with self._lock:
             self._adopt()
-            if self.state.route_pending:
-                await self._retry_rollback_route()
+            if core.pending_route(self.state) is not None:
+                await self._retry_pending_route()
             decision = fn(self.state, self.services.clock())
             if not decision.effects:
                 return self.state  # a no-op (the same revision started again)
@@ -543,16 +545,19 @@ class CanaryRunner:
     ) -> Decision:
         """Carry out the decision's routes; a router failure becomes a failed check.
 
-        A rollback whose route fails stays Failed with ``route_pending`` (the loop
-        retries the route) at the weights the router still has (``held``: the
-        last route it confirmed, by default the recorded state's); any other
-        decision is replaced by a failed check on the state before it
+        Except for a rollback and a ``promote``, which the router may have applied
+        although it answered an error (:func:`canaryd.analysis.route_refused`): a
+        rollback stays Failed with ``route_pending`` (the loop retries the route) at
+        the weights the router still has (``held``: the last route it confirmed, by
+        default the recorded state's), reported as pending, not as rolled back; a
+        promote stays Promoting with ``route_pending``. Any other decision is
+        replaced by a failed check on the state before it
         (:func:`canaryd.analysis.router_failed`), holding the weights of the last
         route the router confirmed, so nothing is recorded as applied that was not.
 
         Raises:
-            RouterError: with ``command``, a route other than a rollback failed
-                (an operator command never adds a failed check).
+            RouterError: with ``command``, a route other than a rollback or promote
+                failed (an operator command never adds a failed check).
         """
         routes = [e for e in decision.effects if isinstance(e, Route)]
         confirmed: Route | None = None
@@ -560,20 +565,18 @@ class CanaryRunner:
             try:
                 await self._route(route, decision.state, seq)
             except RouterError as exc:
-                if decision.state.phase is core.Phase.FAILED:
-                    now = self.services.clock()
-                    kept = confirmed or held
-                    weights = (
-                        (kept.primary_weight, kept.canary_weight)
-                        if kept is not None
-                        else (self.state.primary_weight, self.state.canary_weight)
-                    )
-                    failed = core.router_failed(
-                        self.spec, decision.state, str(exc), now, weights=weights
-                    )
-                    return Decision(
-                        failed.state, decision.effects + failed.effects, decision.record
-                    )
+                kept = confirmed or held
+                weights = (
+                    (kept.primary_weight, kept.canary_weight)
+                    if kept is not None
+                    else (self.state.primary_weight, self.state.canary_weight)
+                )
+                now = self.services.clock()
+                refused = core.route_refused(
+                    self.spec, decision, route.action, str(exc), now, weights=weights
+                )
+                if refused is not None:
+                    return refused
                 if command and confirmed is None:
                     raise
                 return await self._route_failed(decision, confirmed, exc)
@@ -596,14 +599,21 @@ class CanaryRunner:
             return await self._apply_routes(failed, held=confirmed)
         return Decision(failed.state, failed.effects, decision.record)
 
-    async def _retry_rollback_route(self) -> None:
+    async def _retry_pending_route(self) -> None:
+        """Send the route the router has not confirmed again; record what it answered.
+
+        Confirmed, a rollback is reported as done only now (``rollout.rolled_back``,
+        post-rollout hooks); refused again, ``router.failed`` is recorded and alerted.
+        """
+        route = core.pending_route(self.state)
+        assert route is not None
         try:
-            await self._route(Route("rollback", 100, 0), self.state, 0)
+            await self._route(route, self.state, 0)
         except RouterError as exc:
-            log.error("router.failed", error=str(exc), retrying=True)
+            failed = core.router_failed(self.spec, self.state, str(exc), self.services.clock())
+            await self._commit(failed)
             return
-        applied = replace(self.state, route_pending=False, primary_weight=100, canary_weight=0)
-        await self._commit(Decision(applied))
+        await self._commit(core.route_applied(self.spec, self.state, self.services.clock()))
 
     async def _commit(
         self, decision: Decision, *, raise_store_errors: bool = False, command: bool = False
@@ -613,8 +623,9 @@ class CanaryRunner:
         Raises:
             StoreError: with ``raise_store_errors``, it could not be persisted.
             RouterError: with ``command``, the router refused the command's route
-                (a refused rollback is persisted as pending first).
+                (a refused rollback or promote is persisted as pending first).
         """
+        routed = any(isinstance(e, Route) for e in decision.effects)
         try:
             if any(isinstance(e, Route) and e.action != "rollback" for e in decision.effects):
                 # A store that cannot record a move towards the canary must not see the
@@ -639,16 +650,17 @@ class CanaryRunner:
             if isinstance(effect, Emit):
                 log_event(effect.event)
         self.services.on_change(self.key, new)
-        if command and new.route_pending:
+        if command and routed and new.route_pending:
             error = next(
                 (
                     str(e.event.fields.get("error"))
                     for e in decision.effects
-                    if isinstance(e, Emit) and e.event.name == "router.failed"
+                    if isinstance(e, Emit) and e.event.name in ("router.failed", "rollback.pending")
                 ),
                 "the router refused it",
             )
-            raise RouterError(f"rollback pending (retried every tick): {error}")
+            what = "rollback" if new.phase is core.Phase.FAILED else "promotion begun, promote"
+            raise RouterError(f"{what} pending (retried every tick): {error}")
 
     async def _persist(self, decision: Decision, *, rehearse: bool = False) -> CanaryState:
         """Save the decision (or only rehearse the save) and return the state saved.

@@ -380,7 +380,8 @@ async def test_recorded_weights_are_the_last_the_router_confirmed(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
     """Blue/green whose router takes ``route 0/100`` but refuses ``promote``: the recorded
-    weights are the confirmed 0/100 on every tick, and the failed promote counts as a check."""
+    weights are the confirmed 0/100 on every tick, and the refused promote (which the router
+    may have applied) is a promotion under way, never a failed check."""
     router = PickyRouter(refuse={"promote"})
     cfg = settings(tmp_path, stepWeight=None, maxWeight=None, iterations=1, threshold=3)
     r = runner(cfg, store, session, FakeProvider(), router)
@@ -390,24 +391,45 @@ async def test_recorded_weights_are_the_last_the_router_confirmed(
         last = router.requests[-1] if router.requests else None
         confirmed = (last.primary_weight, last.canary_weight) if last else (100, 0)
         assert (r.state.primary_weight, r.state.canary_weight) == confirmed
-    assert confirmed == (0, 100) and r.state.failed_checks == 2
+    assert confirmed == (0, 100) and r.state.failed_checks == 0
+    assert (r.state.phase, r.state.route_pending) == (Phase.PROMOTING, True)
+    assert [q.action for q in router.requests] == ["route"]
 
 
-async def test_promote_with_the_router_down_answers_its_error_and_counts_nothing(
+async def test_promote_with_the_router_down_begins_the_promotion_and_retries_it(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
-    """An operator's promote whose route fails raises the router's error; no failed check is
-    added and nothing changes."""
+    """An operator's promote whose route fails raises the router's error, but the promotion has
+    begun (the router may have applied it): Promoting with the route pending, no failed check,
+    and the promote is sent again each tick until the router takes it."""
     router = FakeRouter()
     r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider(), router)
     await r.start_rollout("v2", {})
     await r.tick()
-    before = r.state
     router.down = True
-    with pytest.raises(RouterError, match="connection refused"):
+    with pytest.raises(RouterError, match="promote pending.*connection refused"):
         await r.command(lambda s, now: core.promote(r.spec, s, now))
-    assert r.state == before and r.state.failed_checks == 0
-    assert (await store.load_states())["prod/web"] == before
+    pending = r.state
+    assert (pending.phase, pending.route_pending, pending.failed_checks) == (
+        Phase.PROMOTING,
+        True,
+        0,
+    )
+    assert pending.canary_weight == 25, "the weights the router confirmed last"
+    assert (await store.load_states())["prod/web"] == pending
+    for _ in range(3):
+        await r.tick()
+    assert r.state.phase is Phase.PROMOTING and r.state.failed_checks == 0
+    router.down = False
+    await r.tick()
+    assert [q.action for q in router.requests] == ["route", "promote"]
+    assert not r.state.route_pending
+    await r.tick()
+    await r.tick()
+    final: CanaryState = r.state
+    assert (final.phase, final.canary_weight) == (Phase.SUCCEEDED, 0)
+    events = [e["event"] for e in await store.events("prod/web", 50)]
+    assert events.count("router.failed") == 4 and "rollout.rolled_back" not in events
 
 
 async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
