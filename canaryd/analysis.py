@@ -679,8 +679,8 @@ def router_failed(
     """
     reason = error  # adapters name themselves: "router mesh: ...", "haproxy web/x: ..."
     if state.route_pending or state.phase in (Phase.PROMOTING, Phase.FINALISING, Phase.SUCCEEDED):
-        pending = pending_route(state)
-        action = {"action": pending.action} if pending is not None else {}
+        route = pending_route(state)
+        action = {"action": route.action} if route is not None else {}
         event = _event(spec, state, "router.failed", now, error=error, retrying=True, **action)
         return Decision(state, (event,))
     if state.phase is Phase.FAILED:
@@ -688,8 +688,8 @@ def router_failed(
         new = evolve(state, route_pending=True, rollback_fields=fields)
         if weights is not None:
             new = evolve(new, primary_weight=weights[0], canary_weight=weights[1])
-        pending = {**fields, "error": error, "retrying": True}
-        return Decision(new, (_event(spec, new, "rollback.pending", now, **pending),))
+        report = {**fields, "error": error, "retrying": True}
+        return Decision(new, (_event(spec, new, "rollback.pending", now, **report),))
     new = evolve(state, failed_checks=state.failed_checks + 1, reason=reason)
     effects: list[Effect] = [
         _event(spec, new, "router.failed", now, error=error),
