@@ -227,6 +227,7 @@ def events_markdown() -> str:
         "## Alerting examples",
         "",
         '- rolled back: `event="rollout.rolled_back"` (level error; `reason` says why)',
+        '- rollback refused by the router: `event="rollback.pending"` (`error` says why)',
         '- stuck gate: `event="gate.timed_out"`',
         '- lost alerts: `event="notification.failed"`',
         '- disk trouble: `event="state.persist_failed"`',
