@@ -53,7 +53,7 @@ import anyio.abc
 
 import canaryd
 from canaryd.analysis import CanaryState, Needs, Observation, Phase
-from canaryd.config import Settings
+from canaryd.config import MIN_INTERVAL_ENV, Settings
 from canaryd.http import POOL_PER_HOST, make_session
 from canaryd.logs import configure
 from canaryd.providers import MetricsProvider
@@ -226,6 +226,8 @@ def build_settings(opts: Options, prom: str, router: str, state: Path) -> Settin
         }
         for i in range(opts.canaries)
     ]
+    # a benchmark may tick faster than the production floor (docs/flagger.md, "Floors")
+    os.environ.setdefault(MIN_INTERVAL_ENV, "0.01")
     return Settings.model_validate(
         {
             "state": f"sqlite://{state}",

@@ -332,12 +332,16 @@ def needs(spec: CanaryConfig, state: CanaryState) -> Needs:
     never once promotion has begun (as in Flagger).
     """
     a = spec.analysis
-    if state.phase not in ACTIVE or state.phase is Phase.PAUSED or state.route_pending:
+    if state.phase not in ACTIVE or state.phase is Phase.PAUSED or spec.suspend:
+        return Needs()  # suspend: nothing happens until it is unset, as in Flagger
+    if state.route_pending:
         return Needs()  # a pending route is sent again first (pending_route)
     if _confirming(state):
         return Needs(rollback_hooks=True, gates=(WebhookType.CONFIRM_ROLLOUT,))
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
         return Needs(promotion=True)  # rollback webhooks no longer apply (as in Flagger)
+    if spec.skipAnalysis and state.phase is Phase.PROGRESSING:
+        return Needs(rollback_hooks=True)  # promoted without analysis (docs/flagger.md)
     pre = not state.pre_rollout_done and bool(_hooks(a, WebhookType.PRE_ROLLOUT))
     return Needs(
         rollback_hooks=True, gates=_gates(a, state), pre_rollout=pre, checks=_checks(a, state)
@@ -653,6 +657,9 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
     if state.failed_checks >= spec.analysis.threshold:  # a reload lowered the threshold
         reason = f"failedChecks {state.failed_checks} reached threshold {spec.analysis.threshold}"
         new, effects = _rollback(spec, state, now, reason)
+        return Decision(new, tuple(effects))
+    if spec.skipAnalysis:  # promote without analysis, as Flagger's skipAnalysis (docs/flagger.md)
+        new, effects = _begin_promotion(spec, state, now, skipped=True)
         return Decision(new, tuple(effects))
     return _progress(spec, state, need, obs, now)
 

@@ -49,6 +49,62 @@ def _finite(value: float) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_finite)]
 """Seconds; accepts ``30s``, ``1m``, ``1h30m``, ``500ms`` or a number of seconds."""
 
+MIN_INTERVAL = 1.0
+"""Floor of ``analysis.interval`` and ``metrics[].interval`` (seconds); see docs/flagger.md."""
+
+MIN_INTERVAL_ENV = "UNSAFE_CANARYD_MIN_INTERVAL"
+"""Environment variable lowering :data:`MIN_INTERVAL` (test suites only; never below 10 ms)."""
+
+
+def min_interval() -> float:
+    """The interval floor in force: :data:`MIN_INTERVAL` unless lowered for a test suite.
+
+    Test suites drive real daemons with sub-second intervals; they set
+    ``UNSAFE_CANARYD_MIN_INTERVAL`` (seconds, at least 0.01). Anything
+    unparsable is ignored. See docs/flagger.md, "Floors".
+    """
+    text = os.environ.get(MIN_INTERVAL_ENV)
+    if not text:
+        return MIN_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        return MIN_INTERVAL
+    return max(0.01, min(value, MIN_INTERVAL)) if math.isfinite(value) else MIN_INTERVAL
+
+
+def _interval_floor(value: float) -> float:
+    floor = min_interval()
+    if value < floor:
+        raise ValueError(f"must be at least {floor:g}s (the floor; docs/flagger.md)")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0s")
+    return value
+
+
+Interval = Annotated[Duration, AfterValidator(_interval_floor)]
+"""An analysis or metric interval: a :data:`Duration` of at least :func:`min_interval`."""
+
+Timeout = Annotated[Duration, AfterValidator(_positive)]
+"""A timeout or delay: a :data:`Duration` greater than zero."""
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+"""A URL with an ``http://`` or ``https://`` scheme (``hooks.slack.com/...`` is refused)."""
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+"""A number that is neither NaN nor infinite."""
+
 DEFAULT_HTTP_TIMEOUT = 10.0
 """Default timeout (seconds) of every outgoing HTTP call that does not set its own."""
 
@@ -60,6 +116,18 @@ def _check_name(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _check_template_key(value: str) -> str:
+    namespace, _, name = value.rpartition("/")
+    if namespace:
+        _check_name(namespace)
+    _check_name(name)
+    return value
+
+
+TemplateKey = Annotated[str, AfterValidator(_check_template_key)]
+"""A template's name, or ``NAMESPACE/NAME`` for a namespaced MetricTemplate."""
 
 
 class Model(BaseModel):
@@ -109,7 +177,7 @@ class PrometheusProvider(Model):
 
     type: Literal["prometheus"]
     address: str = "http://127.0.0.1:9090"
-    timeout: Duration = 5.0
+    timeout: Timeout = 5.0
     headers: dict[str, str] = Field(default_factory=dict)
     bearer_token_file: str | None = None
     username: str | None = None
@@ -148,8 +216,8 @@ class WebhookRouter(Model):
     """The generic mesh controller: canaryd POSTs route/promote/rollback actions."""
 
     type: Literal["webhook"]
-    url: str
-    timeout: Duration = DEFAULT_HTTP_TIMEOUT
+    url: HttpUrl
+    timeout: Timeout = DEFAULT_HTTP_TIMEOUT
     secret_file: str | None = None
     secret_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -163,7 +231,7 @@ class HAProxyRouter(Model):
     backend: str
     primary: str
     canary: str
-    timeout: Duration = 5.0
+    timeout: Timeout = 5.0
 
 
 RouterConfig = Annotated[WebhookRouter | HAProxyRouter, Field(discriminator="type")]
@@ -184,13 +252,13 @@ class Notifier(Model):
     """Where alerts go: chat webhooks, a generic JSON webhook, or CloudEvents."""
 
     type: Literal["slack", "msteams", "discord", "gchat", "rocket", "webhook", "cloudevents"]
-    url: str | None = None
+    url: HttpUrl | None = None
     url_file: str | None = None
     secret_file: str | None = None
     secret_env: str | None = None
     channel: str | None = None
     username: str | None = None
-    timeout: Duration = DEFAULT_HTTP_TIMEOUT
+    timeout: Timeout = DEFAULT_HTTP_TIMEOUT
 
     @model_validator(mode="after")
     def _one_url(self) -> Notifier:
@@ -203,10 +271,15 @@ class Notifier(Model):
 
 
 class Template(Model):
-    """A metric template (Flagger's MetricTemplate): a query for one provider."""
+    """A metric template (Flagger's MetricTemplate): a query for one provider.
+
+    ``namespace`` (set for MetricTemplate manifests) makes ``templateRef``
+    lookups namespaced, as in Flagger; a template without one matches any.
+    """
 
     provider: Name
     query: str
+    namespace: str | None = None
 
 
 # --------------------------------------------------------------------------- canaries
@@ -215,8 +288,8 @@ class Template(Model):
 class ThresholdRange(Model):
     """Inclusive bounds a metric value must stay within to pass."""
 
-    min: float | None = None
-    max: float | None = None
+    min: Finite | None = None
+    max: Finite | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> ThresholdRange:
@@ -251,8 +324,8 @@ class CompareSpec(MetricSettings):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    lookback: Duration = 300.0
-    step: Duration = 10.0
+    lookback: Interval = 300.0
+    step: Interval = 10.0
     primaryQuery: str | None = None
     canaryQuery: str | None = None
 
@@ -290,14 +363,29 @@ class MetricSpec(Model):
     """
 
     name: Name
+    threshold: Finite | None = None
     thresholdRange: ThresholdRange | None = None
     templateRef: TemplateRef | None = None
     query: str | None = None
     provider: Name | None = None
-    interval: Duration = 60.0
+    interval: Interval = 60.0
     onNoData: OnNoData = OnNoData.FAIL
     templateVariables: dict[str, str] = Field(default_factory=dict)
     compare: CompareSpec | None = None
+
+    @model_validator(mode="after")
+    def _deprecated_threshold(self) -> MetricSpec:
+        """Flagger's deprecated ``threshold``, read as Flagger reads it (docs/flagger.md).
+
+        Without ``thresholdRange`` it is the minimum of ``request-success-rate``
+        and the maximum of every other metric; with one it is ignored.
+        """
+        if self.threshold is None or self.thresholdRange is not None:
+            return self
+        bound = "min" if self.name == "request-success-rate" else "max"
+        derived = ThresholdRange.model_validate({bound: self.threshold})
+        object.__setattr__(self, "thresholdRange", derived)
+        return self
 
     @model_validator(mode="after")
     def _source(self) -> MetricSpec:
@@ -308,7 +396,7 @@ class MetricSpec(Model):
         if self.thresholdRange is None or (
             self.thresholdRange.min is None and self.thresholdRange.max is None
         ):
-            raise ValueError("thresholdRange needs min, max or both")
+            raise ValueError("thresholdRange needs min, max or both (or the deprecated threshold)")
         return self
 
 
@@ -348,9 +436,9 @@ class WebhookSpec(Model):
 
     name: Name
     type: WebhookType = WebhookType.ROLLOUT
-    url: str | None = None
-    timeout: Duration = DEFAULT_HTTP_TIMEOUT
-    gateTimeout: Duration | None = None
+    url: HttpUrl | None = None
+    timeout: Timeout = DEFAULT_HTTP_TIMEOUT
+    gateTimeout: Timeout | None = None
     retries: int = Field(default=0, ge=0, le=10)
     metadata: dict[str, str] = Field(default_factory=dict)
     secret_file: str | None = None
@@ -371,8 +459,8 @@ class WebhookSpec(Model):
 class Analysis(Model):
     """Flagger's ``spec.analysis`` plus canaryd's extensions."""
 
-    interval: Duration = 60.0
-    threshold: int = Field(default=5, ge=1)
+    interval: Interval = 60.0
+    threshold: int = Field(default=1, ge=0)
     maxWeight: int | None = Field(default=None, ge=1, le=100)
     stepWeight: int | None = Field(default=None, ge=1, le=100)
     stepWeights: list[Annotated[int, Field(ge=1, le=100)]] | None = None
@@ -383,12 +471,11 @@ class Analysis(Model):
     webhooks: list[WebhookSpec] = Field(default_factory=list)
     judge: JudgeSpec = Field(default_factory=JudgeSpec)
 
-    @field_validator("interval")
+    @field_validator("threshold")
     @classmethod
-    def _positive_interval(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be greater than 0s")
-        return v
+    def _flagger_threshold(cls, v: int) -> int:
+        """Unset or 0 means 1, as Flagger's ``GetAnalysisThreshold`` (docs/flagger.md)."""
+        return v or 1
 
     @field_validator("stepWeights")
     @classmethod
@@ -522,7 +609,12 @@ class CanaryConfig(Model):
     router: Name
     provider: Name | None = None
     meshProvider: str | None = None
+    service: str | None = None
+    ingress: str | None = None
+    route: str | None = None
     variables: dict[str, str] = Field(default_factory=dict)
+    skipAnalysis: bool = False
+    suspend: bool = False
     analysis: Analysis
     alerts: list[AlertSpec] = Field(default_factory=list)
 
@@ -559,6 +651,21 @@ class CanaryConfig(Model):
         return self.target or self.name
 
     @property
+    def service_name(self) -> str:
+        """The ``service`` template variable: ``service`` or, as in Flagger, the target."""
+        return self.service or self.target_name
+
+    @property
+    def ingress_name(self) -> str:
+        """The ``ingress`` variable: ``ingress``, else ``variables.ingress``, else the target."""
+        return self.ingress or self.variables.get("ingress") or self.target_name
+
+    @property
+    def route_name(self) -> str:
+        """The ``route`` variable: ``route``, else ``variables.route``, else the target."""
+        return self.route or self.variables.get("route") or self.target_name
+
+    @property
     def primary_target_name(self) -> str:
         """What compare metrics select on for the primary: ``<target>-primary`` by default."""
         return self.primaryTarget or f"{self.target_name}-primary"
@@ -576,10 +683,10 @@ class ApiConfig(Model):
 class OutboxConfig(Model):
     """Delivery of alerts and webhooks: retried with backoff, dead-lettered after ``maxAge``."""
 
-    maxAge: Duration = 3600.0
-    initialBackoff: Duration = 1.0
-    maxBackoff: Duration = 60.0
-    pollInterval: Duration = 0.5
+    maxAge: Timeout = 3600.0
+    initialBackoff: Timeout = 1.0
+    maxBackoff: Timeout = 60.0
+    pollInterval: Timeout = 0.5
 
 
 class LogConfig(Model):
@@ -620,7 +727,7 @@ class Settings(BaseSettings):
     providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
     routers: dict[Name, RouterConfig] = Field(default_factory=dict)
     notifiers: dict[Name, Notifier] = Field(default_factory=dict)
-    templates: dict[Name, Template] = Field(default_factory=dict)
+    templates: dict[TemplateKey, Template] = Field(default_factory=dict)
     canaries: list[CanaryConfig] = Field(default_factory=list)
 
     @classmethod
@@ -668,6 +775,20 @@ class Settings(BaseSettings):
         """``listen`` split into host and port."""
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def template_for(self, ref: TemplateRef, namespace: str) -> tuple[str, Template] | None:
+        """The template a ``templateRef`` names, and its key, looked up as Flagger does.
+
+        The reference's namespace (default: the canary's ``namespace``) and
+        name select a namespaced template; a template without a namespace
+        matches by name alone.
+        """
+        wanted = ref.namespace or namespace
+        for key in (f"{wanted}/{ref.name}", ref.name):
+            tpl = self.templates.get(key)
+            if tpl is not None and tpl.namespace in (None, wanted):
+                return key, tpl
+        return None
 
     def canary(self, key: str) -> CanaryConfig | None:
         """The canary named ``namespace/name``, if configured."""

@@ -113,6 +113,8 @@ class Daemon:
     _stop_asked: bool = False
     _stalled: list[str] = field(default_factory=list)
     _status: str = ""
+    _removed: dict[str, CanaryRunner] = field(default_factory=dict)
+    """Loops a reload removed, by key: a canary added back continues from its old loop."""
 
     def __post_init__(self) -> None:
         """Read the API token of the initial config.
@@ -159,12 +161,14 @@ class Daemon:
             async with make_session() as session:
                 self.services = self._services(self.settings, session, store)
                 states = await store.load_states()
+                pending = await store.load_pending()
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     if self.handle_signals:
                         await tg.start(self._signals)
                     for canary in self.settings.canaries:
                         self._start_runner(canary.key, states.get(canary.key))
+                        self.runners[canary.key].restore(pending.get(canary.key))
                     freeze_heap()
                     tg.start_soon(self.scheduler.run)
                     self.dispatcher = Dispatcher(lambda: self.services, store, time.time)
@@ -266,6 +270,9 @@ class Daemon:
         spec = self.services.settings.canary(key)
         assert spec is not None
         runner = _Runner(spec, state or CanaryState(), self.services)
+        predecessor = self._removed.pop(key, None)
+        if predecessor is not None:  # its state is read once its last tick has ended
+            runner.succeed(predecessor)
         runner.on_tick = self.metrics.tick_seconds.observe
         self.runners[key] = runner
         self._since[key] = self.services.clock()
@@ -302,7 +309,9 @@ class Daemon:
 
         New canaries start, removed ones stop after their tick (their state
         stays in the store), changed ones use the new config from their next
-        tick on, keeping their rollout.
+        tick on, keeping their rollout. A canary added back continues from
+        its removed loop's state, read once that loop's last tick has ended
+        (see docs/reliability.md).
         """
         try:
             loaded = load_config(self.config_path)
@@ -320,15 +329,20 @@ class Daemon:
         self.loaded, self.services, self.api_token = loaded, services, token
         for key in old - new:
             self.scheduler.remove(key)
-            self.runners.pop(key)
+            self._removed[key] = removed = self.runners.pop(key)
+            removed.retire()
+        for key in [k for k, r in self._removed.items() if r.settled and k not in new]:
+            del self._removed[key]  # retired and idle: its last decision is in the store
         for key in old & new:
             runner = self.runners[key]
             spec = loaded.settings.canary(key)
             assert spec is not None
             runner.reconfigure(spec, loaded.settings, self.services)
         states = await self.services.store.load_states()
+        pending = await self.services.store.load_pending()
         for key in sorted(new - old):
             self._start_runner(key, states.get(key))
+            self.runners[key].restore(pending.get(key))
         log.info("config.loaded", canaries=len(self.runners), reloaded=True)
         return True
 

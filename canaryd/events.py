@@ -27,7 +27,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "gate.waiting": ("info", "A confirm-* gate is closed; the rollout waits without failing."),
     "gate.approved": ("info", "An operator approved a gate."),
     "gate.timed_out": ("error", "A gate stayed closed longer than its gateTimeout."),
-    "rollout.promoting": ("info", "The canary passed; the primary is being promoted."),
+    "rollout.promoting": (
+        "info",
+        "The canary passed (or skipAnalysis skipped its analysis: `skipped: true`); "
+        "the primary is being promoted.",
+    ),
     "rollout.promoted": ("info", "The rollout succeeded; all traffic is on the new primary."),
     "rollout.rolled_back": (
         "error",
@@ -57,7 +61,20 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "provider.tls_insecure": ("warning", "A provider skips TLS verification (insecureSkipVerify)."),
     "config.warning": ("warning", "The configuration has a warning (e.g. ignored fields)."),
     "daemon.failed": ("error", "The daemon could not start or stopped on an error."),
-    "state.persist_failed": ("error", "The state store could not be written; the canary holds."),
+    "state.persist_failed": (
+        "error",
+        "The state store could not record a decision: traffic does not move towards the "
+        "canary; failing checks count in memory and are recorded later.",
+    ),
+    "state.unrecorded_dropped": (
+        "error",
+        "A canary kept more decisions in memory than it may while the store could not "
+        "record them; the oldest was dropped.",
+    ),
+    "reload.takeover_late": (
+        "error",
+        "A re-added canary's previous loop did not finish its tick in time; it waits.",
+    ),
     "config.loaded": ("info", "The configuration was loaded."),
     "config.rejected": ("error", "A configuration reload was rejected; the last good one stays."),
     "daemon.started": ("info", "The daemon is ready."),

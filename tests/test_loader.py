@@ -92,7 +92,8 @@ def test_example_config_loads() -> None:
     )
     assert loaded.warnings[0].endswith(
         "flagger-canary.yaml: Canary/podinfo: metadata.labels, spec.targetRef.apiVersion, "
-        "spec.targetRef.kind, spec.autoscalerRef, spec.progressDeadlineSeconds, spec.service, "
+        "spec.targetRef.kind, spec.autoscalerRef, spec.progressDeadlineSeconds, spec.service.port, "
+        "spec.service.targetPort, "
         "spec.analysis.alerts[0].providerRef.namespace"
     )
     strategies = {c.key: c.analysis.strategy for c in loaded.settings.canaries}
@@ -155,8 +156,8 @@ def test_example_exercises_every_type() -> None:
 MODEL_CASES = [
     (
         "threshold",
-        canary("threshold: 0\nstepWeight: 10"),
-        "c.yaml:7:7: canaries[0].analysis.threshold: must be >= 1 (got 0)",
+        canary("threshold: -1\nstepWeight: 10"),
+        "c.yaml:7:7: canaries[0].analysis.threshold: must be >= 0 (got -1)",
     ),
     (
         "unknown-key-close",
@@ -238,7 +239,8 @@ MODEL_CASES = [
     (
         "no-bounds",
         canary("stepWeight: 10\nmetrics:\n  - {name: request-success-rate}"),
-        "c.yaml:9:11: canaries[0].analysis.metrics[0]: thresholdRange needs min, max or both",
+        "c.yaml:9:11: canaries[0].analysis.metrics[0]: thresholdRange needs min, max or both "
+        "(or the deprecated threshold)",
     ),
     (
         "ref-and-query",
@@ -276,7 +278,8 @@ MODEL_CASES = [
     (
         "interval-zero",
         canary("interval: 0\nstepWeight: 10"),
-        "c.yaml:7:7: canaries[0].analysis.interval: must be greater than 0s (got 0)",
+        "c.yaml:7:7: canaries[0].analysis.interval: must be at least 0.01s (the floor; "
+        "docs/flagger.md) (got 0)",
     ),
     (
         "interval-bad",
@@ -544,12 +547,12 @@ def test_metric_provider_from_template_or_single_provider(tmp_path: Path) -> Non
 
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:
     """Type errors, unknown keys and broken references come out together, in file order."""
-    text = canary("threshold: 0\nstepWeigt: 10\niterations: 2", provider="nope") + (
+    text = canary("threshold: -1\nstepWeigt: 10\niterations: 2", provider="nope") + (
         "notifiers: {n: {type: slack}}\nlisten: nowhere\n"
     )
     assert problems(tmp_path, text) == [
         "c.yaml:6:5: canaries[0].provider: unknown provider 'nope'; defined providers: prom",
-        "c.yaml:8:7: canaries[0].analysis.threshold: must be >= 1 (got 0)",
+        "c.yaml:8:7: canaries[0].analysis.threshold: must be >= 0 (got -1)",
         "c.yaml:9:7: canaries[0].analysis.stepWeigt: unknown key 'stepWeigt'; "
         "did you mean 'stepWeight'?",
         "c.yaml:11:13: notifiers.n: set exactly one of url or url_file",
@@ -889,7 +892,7 @@ apiVersion: flagger.app/v1beta1
 kind: MetricTemplate
 metadata: {name: latency, namespace: istio-system}
 spec:
-  provider: {type: prometheus, address: "http://prom.example:9090", secretRef: {name: s}}
+  provider: {type: prometheus, address: "http://prom.example:9090", region: r}
   query: histogram_quantile(0.99, rate(x[{{ interval }}]))
 ---
 apiVersion: flagger.app/v1beta1
@@ -934,10 +937,10 @@ def test_flagger_ignored_fields_in_one_warning(tmp_path: Path) -> None:
     loaded = load(tmp_path, PRE + "include: [k8s/*.yaml]\n")
     assert loaded.warnings == [
         f"Kubernetes-only fields ignored: {tmp_path}/k8s/podinfo.yaml: Canary/podinfo: "
-        "metadata.labels, spec.targetRef.apiVersion, spec.targetRef.kind, spec.service, "
-        "spec.skipAnalysis, spec.analysis.sessionAffinity, "
+        "metadata.labels, spec.targetRef.apiVersion, spec.targetRef.kind, spec.service.port, "
+        "spec.analysis.sessionAffinity, "
         "spec.analysis.alerts[0].providerRef.namespace; "
-        f"{tmp_path}/k8s/podinfo.yaml: MetricTemplate/latency: spec.provider.secretRef"
+        f"{tmp_path}/k8s/podinfo.yaml: MetricTemplate/latency: spec.provider.region"
     ]
 
 
@@ -1052,8 +1055,8 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
         ),
         (
             "    threshold: 5",
-            "    threshold: 0",
-            ["k8s.yaml:14:5: spec.analysis.threshold: must be >= 1 (got 0)"],
+            "    threshold: -1",
+            ["k8s.yaml:14:5: spec.analysis.threshold: must be >= 0 (got -1)"],
         ),
         (
             "type: googlechat",
@@ -1068,17 +1071,14 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
             'address: "https://chat.example/x"',
             "secretRef: {name: s}",
             [
-                "k8s.yaml:39:1: spec: missing key 'address' (secretRef is Kubernetes-only; put the "
-                "webhook URL in spec.address)"
+                "k8s.yaml:39:26: spec.secretRef: secretRef 's': put the webhook address in the "
+                "file secrets/s/address, or set spec.address (docs/flagger.md)"
             ],
         ),
         (
             "  analysis:\n",
             "  anlysis:\n",
-            [
-                "k8s.yaml:7:1: spec: missing key 'analysis'",
-                "k8s.yaml:12:3: spec.anlysis: unknown key 'anlysis'; did you mean 'analysis'?",
-            ],
+            ["k8s.yaml:12:3: spec.anlysis: unknown key 'anlysis'; did you mean 'analysis'?"],
         ),
         (
             "providerRef: {name: on-call, namespace: flagger}",
@@ -1093,9 +1093,8 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
             "{type: prometheus, address",
             "{type: datadog, address",
             [
-                "k8s.yaml:33:14: spec.provider.type: unknown provider type 'datadog'; "
-                "expected one of: "
-                "prometheus"
+                "k8s.yaml:22:23: spec.analysis.metrics[1].templateRef.name: unknown template "
+                "'latency'; no templates are defined"
             ],
         ),
         (
@@ -1163,23 +1162,27 @@ def test_env_overrides_nested_key(tmp_path: Path) -> None:
     [
         (
             {"CANARYD_LISTEN": "nowhere"},
-            "<env>:0:0: listen: must be HOST:PORT, e.g. 127.0.0.1:9879 (got 'nowhere')",
+            "<env CANARYD_LISTEN>:0:0: listen: must be HOST:PORT, e.g. 127.0.0.1:9879 "
+            "(got 'nowhere')",
         ),
         (
             {"CANARYD_PROVIDERS__PROM__TIMEOUT": "soon"},
-            "<env>:0:0: providers.prom.timeout: invalid duration 'soon': expected e.g. 30s, 1m, "
-            "1h30m or 500ms",
+            "<env CANARYD_PROVIDERS__PROM__TIMEOUT>:0:0: providers.prom.timeout: "
+            "invalid duration 'soon': expected e.g. 30s, 1m, 1h30m or 500ms",
         ),
         (
             {"CANARYD_CANARIES": "[{oops"},
-            "<env>:0:0: canaries: CANARYD_CANARIES must hold JSON for this key",
+            "<env CANARYD_CANARIES>:0:0: canaries: CANARYD_CANARIES must hold JSON for this key",
         ),
-        ({"CANARYD_CANARIES": "[{}]"}, "<env>:0:0: canaries[0]: missing key 'name'"),
+        (
+            {"CANARYD_CANARIES": "[{}]"},
+            "<env CANARYD_CANARIES>:0:0: canaries[0]: missing key 'name'",
+        ),
     ],
     ids=["scalar", "nested", "not-json", "json-replaces-list"],
 )
 def test_env_bad_value(tmp_path: Path, env: dict[str, str], expected: str) -> None:
-    """Problems from environment values are located at <env>:0:0."""
+    """Problems from environment values are located at <env NAME>:0:0, naming the variable."""
     assert problems(tmp_path, canary(), environ=env)[:1] == [expected]
 
 

@@ -253,7 +253,7 @@ async def test_outbox_rows_are_written_with_the_decision(
 async def test_rollback_goes_out_even_when_the_store_is_down(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
-    """With an unwritable store, advances hold but a rollback still reaches the router."""
+    """With the store down a failing check still rolls back, and is recorded once it is back."""
     router = FakeRouter()
     r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider([90.0]), router)
     await r.start_rollout("v2", {})
@@ -261,7 +261,11 @@ async def test_rollback_goes_out_even_when_the_store_is_down(
     await store.close()
     await r.tick()  # failing check at threshold: rollback, not persistable
     assert router.requests[-1].action == "rollback"
-    assert r.state.phase is Phase.PROGRESSING, "nothing is recorded that was not persisted"
+    assert (r.state.phase, r.state.failed_checks) == (Phase.FAILED, 1)
+    await store.open()
+    await r.tick()  # nothing to analyse: records what waited
+    stored = (await store.load_states())["prod/web"]
+    assert (stored.phase, stored.failed_checks, stored.seq) == (Phase.FAILED, 1, r.state.seq)
 
 
 @dataclass

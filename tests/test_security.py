@@ -84,7 +84,7 @@ def one_canary() -> list[dict[str, Any]]:
             "name": "web",
             "namespace": "prod",
             "router": "mesh",
-            "analysis": {"stepWeight": 50, "interval": "1h"},
+            "analysis": {"stepWeight": 50, "interval": "1h", "threshold": 5},
         }
     ]
 
