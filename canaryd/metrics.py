@@ -280,6 +280,12 @@ def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
         [([s.namespace, s.name, p.value], s.state.phase is p) for s in samples for p in Phase],
     )
     yield _gauge(
+        "canaryd_canary_route_pending",
+        "1 while the router has not confirmed the route of the phase (a rollback, a promote).",
+        _CANARY,
+        per(lambda s: s.state.route_pending),
+    )
+    yield _gauge(
         "canaryd_canary_weight",
         "Traffic share of the canary, in percent.",
         _CANARY,
