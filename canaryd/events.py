@@ -179,7 +179,8 @@ DECISION_FIELDS = {
     "failedChecks": "failed checks so far in this rollout",
     "threshold": "failed checks that roll back",
     "iteration": "passed iterations (blue/green, A/B)",
-    "reason": "why a check failed or the rollout ended (check.failed, rollout.rolled_back)",
+    "reason": "why a check failed or the rollout ended (check.failed, rollout.rolled_back, "
+    "rollback.pending)",
     "metric": "the failing metric's name (check.failed, rollout.rolled_back)",
     "value": "its value, null for no data (check.failed, rollout.rolled_back)",
     "min": "its lower bound, inclusive (check.failed, rollout.rolled_back)",
