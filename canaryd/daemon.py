@@ -36,8 +36,7 @@ from canaryd.errors import CanarydError, ConfigError, TemplateError
 from canaryd.http import make_session
 from canaryd.loader import Loaded, load_config
 from canaryd.metrics import DaemonMetrics
-from canaryd.providers import MetricsProvider, build_provider
-from canaryd.providers.prometheus import Prometheus
+from canaryd.providers import ClosableProvider, MetricsProvider, build_provider
 from canaryd.routers import Router, build_router
 from canaryd.runtime import (
     MAX_OBSERVE_SECONDS,
@@ -105,7 +104,7 @@ class Daemon:
     stall_grace: float = STALL_GRACE_SECONDS
     api_token: str | None = None
     scheduler: Scheduler = field(default_factory=Scheduler)
-    _built: dict[str, tuple[ProviderConfig, Prometheus]] = field(default_factory=dict)
+    _built: dict[str, tuple[ProviderConfig, ClosableProvider]] = field(default_factory=dict)
     """Providers this daemon built (it closes them), by name, with their config."""
     _since: dict[str, float] = field(default_factory=dict)
     _checks: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
@@ -231,7 +230,7 @@ class Daemon:
         Providers replaced or removed by a new config are closed a while later
         (:meth:`_retire`), once ticks that started with them are over.
         """
-        built: dict[str, tuple[ProviderConfig, Prometheus]] = {}
+        built: dict[str, tuple[ProviderConfig, ClosableProvider]] = {}
         providers: dict[str, MetricsProvider] = {}
         for name, cfg in settings.providers.items():
             override = self.provider_overrides.get(name)
@@ -251,7 +250,7 @@ class Daemon:
             self._tg.start_soon(self._retire, retired)
         return Services(settings, session, providers, routers, store, on_change=self._changed)
 
-    async def _retire(self, providers: list[Prometheus]) -> None:
+    async def _retire(self, providers: list[ClosableProvider]) -> None:
         """Close providers a new config replaced, after the longest a tick may observe."""
         try:
             await anyio.sleep(MAX_OBSERVE_SECONDS + self.tick_grace)
@@ -479,7 +478,7 @@ async def run_daemon(config_path: Path) -> int:
     return 0
 
 
-async def _close_providers(providers: list[Prometheus]) -> None:
+async def _close_providers(providers: list[ClosableProvider]) -> None:
     """Close providers' connections (each within a second: nothing waits on them)."""
     for provider in providers:
         with anyio.move_on_after(1.0):

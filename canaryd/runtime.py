@@ -184,6 +184,7 @@ def resolve_metric(settings: Settings, canary: CanaryConfig, m: MetricSpec) -> R
             service=canary.service_name,
             ingress=canary.ingress_name,
             route=canary.route_name,
+            provider_type=settings.providers[str(provider)].type,
         )
         return render(template, builtin_variables(mesh, values) if mesh else values)
 
