@@ -303,13 +303,17 @@ async def test_router_refusing_the_rollback_reports_it_only_once_applied(
                 )
                 await anyio.sleep(1.0)  # three more ticks: nothing is reported twice
                 after = {path: _delivered(hooks, path) for path in ("/alerts", "/events", "/post")}
+                recorded = [e["event"] for e in (await client.get(KEY))["events"]]
     assert (pending["phase"], pending["routePending"], pending["canaryWeight"]) == (
         "Failed",
         True,
         25,
     ), pending
     assert all("rollout.rolled_back" not in seen for seen in before.values()), before
+    assert "rollout.rolled_back" not in [e["event"] for e in pending["events"]]
+    assert "rollback.pending" in [e["event"] for e in pending["events"]]
     assert posts_before == []
+    assert recorded.count("rollout.rolled_back") == 1, recorded
     assert (final["phase"], final["canaryWeight"], final["primaryWeight"]) == ("Failed", 0, 100)
     assert after["/alerts"].count("rollout.rolled_back") == 1, after["/alerts"]
     assert after["/events"].count("rollout.rolled_back") == 1, after["/events"]
