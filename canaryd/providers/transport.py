@@ -38,7 +38,10 @@ from dataclasses import dataclass
 import httptools
 from yarl import URL
 
-from canaryd.errors import CanarydError
+from canaryd.errors import AnswerTimeoutError as AnswerTimeoutError
+from canaryd.errors import PoolTimeoutError as PoolTimeoutError
+from canaryd.errors import TLSError as TLSError
+from canaryd.errors import TransportError as TransportError
 
 IDLE_SECONDS = 15.0
 """A connection unused for longer is closed rather than reused (servers drop idle ones)."""
@@ -47,25 +50,6 @@ MAX_HEAD_BYTES = 8 * 1024
 """Status lines and headers of one answer, interim ``1xx`` answers included, at most."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class TransportError(CanarydError):
-    """A request failed below HTTP: no connection, connection lost, broken answer.
-
-    Internal to the provider, which turns it into a :class:`ProviderError`.
-    """
-
-
-class TLSError(TransportError):
-    """The TLS handshake failed (certificate not trusted, wrong host name, ...)."""
-
-
-class PoolTimeoutError(TransportError):
-    """No connection came free within the request's timeout."""
-
-
-class AnswerTimeoutError(TransportError):
-    """No complete answer within the request's timeout."""
 
 
 @dataclass(frozen=True, slots=True)
