@@ -627,7 +627,7 @@ class CanaryRunner:
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
         retries the route) at the weights the router still has (``held``: the last
         route it confirmed, by default the recorded state's), reported as pending and
-        not as rolled back (:func:`canaryd.analysis.route_refused`). Routes towards
+        not as rolled back (:func:`canaryd.core.analysis.route_refused`). Routes towards
         the canary never come here: they are sent only once recorded
         (:meth:`_commit_forward`).
         """
