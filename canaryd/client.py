@@ -107,12 +107,26 @@ def progress(s: dict[str, Any]) -> str:
     )
     if s.get("iterations"):
         line += f"  iteration {_cell(s['iteration'])}/{_cell(s['iterations'])}"
-    why = situation(s)
-    if why:
-        line += f"  {why}"
-    elif s.get("reason"):
+    wait = waiting_for(s)
+    if wait:
+        line += f"  {wait}"
+    if s.get("reason"):
         line += f"  last failure: {_cell(rounded(s['reason']))}"
+    if s.get("routePending"):
+        line += f"  {pending_note(s)}"
     return line
+
+
+def pending_note(s: dict[str, Any]) -> str:
+    """What a pending route means: the router has not confirmed it (docs/reliability.md)."""
+    if s.get("phase") == "Failed":
+        return "rollback not applied yet: the router refused it (retried every tick)"
+    return "promote not confirmed by the router yet (retried every tick)"
+
+
+def phase_cell(s: dict[str, Any]) -> str:
+    """The ``PHASE`` cell: the phase, marked while its route waits for the router."""
+    return _cell(s["phase"]) + (" (pending)" if s.get("routePending") else "")
 
 
 def clock(when: float | None = None) -> str:
@@ -156,26 +170,31 @@ def gate_flag(gate: Any) -> str:
     return name.removeprefix("confirm-")
 
 
-def situation(s: dict[str, Any]) -> str:
-    """Why a canary is where it is: how its rollout ended, or what it waits for, else ``""``.
-
-    A rollback whose route the router has not confirmed yet (``routePending``) is
-    not called rolled back (docs/reliability.md).
-    """
+def waiting_for(s: dict[str, Any]) -> str:
+    """What a running rollout waits for (a gate, a resume), with the command; else ``""``."""
     key = f"{_cell(s['namespace'])}/{_cell(s['name'])}"
-    phase, reason = s.get("phase"), _cell(rounded(s.get("reason") or "no reason recorded"))
-    if phase == "Failed":
-        if s.get("routePending"):
-            return f"rolling back, router not confirmed yet: {reason}"
-        return f"rolled back: {reason}"
-    if phase == "Succeeded":
-        return f"promoted {_cell(s.get('revision') or '-')}"
-    if phase == "Paused":
+    if s.get("phase") == "Paused":
         return f"paused (resume: canaryd resume {key})"
     if s.get("gate"):
         flag = _cell(gate_flag(s["gate"]))
         return f"waiting for gate {flag} (open: canaryd approve {key} --gate {flag})"
     return ""
+
+
+def situation(s: dict[str, Any]) -> str:
+    """Why a canary is where it is: how its rollout ended, or what it waits for, else ``""``.
+
+    A rollback the router has not applied yet (``routePending``) is not called
+    rolled back (docs/reliability.md).
+    """
+    phase, reason = s.get("phase"), _cell(rounded(s.get("reason") or "no reason recorded"))
+    if phase == "Failed":
+        if s.get("routePending"):
+            return f"{pending_note(s)}; why: {reason}"
+        return f"rolled back: {reason}"
+    if phase == "Succeeded":
+        return f"promoted {_cell(s.get('revision') or '-')}"
+    return waiting_for(s)
 
 
 def _cell(value: Any) -> str:
@@ -205,14 +224,16 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         return "no canaries configured"
     names = [f"{_cell(s['namespace'])}/{_cell(s['name'])}" for s in rows]
     width = max(len("CANARY"), *(len(name) for name in names))
+    phases = [phase_cell(s) for s in rows]
+    wide = max(16, *(len(p) for p in phases))
     lines = [
-        f"{'CANARY':<{width}}  {'PHASE':<16} {'REVISION':<14} {'CANARY WEIGHT':<27} "
+        f"{'CANARY':<{width}}  {'PHASE':<{wide}} {'REVISION':<14} {'CANARY WEIGHT':<27} "
         f"{'FAILED':<7} WHY / LAST CHECK"
     ]
-    for name, s in zip(names, rows, strict=True):
+    for name, phase, s in zip(names, phases, rows, strict=True):
         failed = f"{_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
         lines.append(
-            f"{name:<{width}}  {_cell(s['phase']):<16} "
+            f"{name:<{width}}  {phase:<{wide}} "
             f"{_cell(s['revision'] or '-')[:14]:<14} {weight_bar(s['canaryWeight']):<27} "
             f"{failed:<7} {last_check(s)}"
         )

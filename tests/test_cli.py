@@ -293,7 +293,7 @@ def test_a_closed_gate_is_named_as_the_gate_flag_with_its_command() -> None:
 def test_a_pending_rollback_is_not_called_rolled_back() -> None:
     """A Failed canary whose rollback route is not confirmed yet is not shown as rolled back."""
     line = render_table([_row(phase="Failed", routePending=True, reason="router lb: refused")])
-    assert "rolled back" not in line and "rolling back, router not confirmed yet" in line
+    assert "rolled back" not in line and "rollback not applied yet" in line
 
 
 def test_wait_lines_carry_the_time_and_rounded_values() -> None:
@@ -415,3 +415,27 @@ def test_an_event_names_its_gate_as_the_gate_flag() -> None:
     """A gate event says ``gate=promotion``, the name ``canaryd approve --gate`` takes."""
     line = render_events([{"event": "gate.waiting", "time": 1.0, "gate": "confirm-promotion"}])
     assert line.endswith(" gate=promotion")
+
+
+@pytest.mark.parametrize(
+    ("phase", "shown"),
+    [("Failed", "Failed (pending)"), ("Promoting", "Promoting (pending)")],
+)
+def test_status_table_marks_a_route_the_router_has_not_confirmed(phase: str, shown: str) -> None:
+    """A rollback or promote whose route is pending shows as pending, columns still aligned."""
+    rows = [
+        {
+            "namespace": "prod",
+            "name": name,
+            "phase": p,
+            "revision": "v2",
+            "canaryWeight": 20,
+            "failedChecks": 0,
+            "threshold": 5,
+            "routePending": p != "Progressing",
+        }
+        for name, p in (("web", phase), ("api", "Progressing"))
+    ]
+    lines = render_table(rows).splitlines()
+    assert lines[1][len("prod/web  ") :].startswith(f"{shown} v2")
+    assert len({line.index("v2") for line in lines[1:]} | {lines[0].index("REVISION")}) == 1

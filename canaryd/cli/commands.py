@@ -174,7 +174,8 @@ def _rollout_parser(sub: Any, client: argparse.ArgumentParser) -> None:
         type=_duration,
         default=3600.0,
         metavar="D",
-        help="with --wait: give up after D (exit 3), e.g. 30m (default 1h)",
+        help="with --wait: give up after D (exit 3; 4 if a rollback is decided but the router"
+        " has not applied it yet), e.g. 30m (default 1h)",
     )
 
 
@@ -490,14 +491,18 @@ async def _poll(client: Any, key: str, lost: list[float]) -> dict[str, Any] | No
 
 
 async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None) -> int:
-    """Print progress until the rollout ends; 0 promoted, 1 rolled back or replaced, 3 timeout.
+    """Print progress until the rollout ends; 0 promoted, 1 rolled back or replaced, 3 timeout,
+    4 timeout while a rollback is decided but not applied by the router yet.
 
-    A daemon restart during the wait is ridden out (the rollout resumes after it).
+    A rollback the router has not confirmed (``routePending``) is not "rolled back": the wait
+    goes on until it is (docs/reliability.md). A daemon restart during the wait is ridden out
+    (the rollout resumes after it).
     """
     from canaryd.client import progress, progress_line
 
     deadline, last = time.monotonic() + wait_for, ""
     lost: list[float] = []
+    pending: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         state = await _poll(client, key, lost)
         if state is None:
@@ -514,27 +519,35 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
         if now != last:
             _say(progress_line(state), flush=True)
             last = now
+        pending = state if state["phase"] == "Failed" and state.get("routePending") else None
         ended = _ended(key, state)
         if ended is not None:
             return ended
         await anyio.sleep(1.0)
+    if pending is not None:
+        _say(
+            f"{key}: rollback decided ({escape(str(pending['reason']))}) but not applied yet "
+            f"after {wait_for:g}s: the router refuses it; canaryd retries it every tick",
+            err=True,
+        )
+        return 4
     _say(f"{key}: still {last} after {wait_for:g}s; giving up waiting", err=True)
     return 3
 
 
 def _ended(key: str, state: dict[str, Any]) -> int | None:
-    """Say how a finished rollout ended: 0 promoted, 1 failed; None while it runs.
+    """Say how a finished rollout ended: 0 promoted, 1 rolled back; None while it goes on.
 
-    A failed rollout whose rollback the router has not confirmed is not called
-    rolled back (docs/reliability.md).
+    A rollback the router has not applied yet (``routePending``) has not ended:
+    it is not called rolled back (docs/reliability.md).
     """
-    from canaryd.client import clock, situation
+    from canaryd.client import clock, rounded
 
     if state["phase"] == "Succeeded":
         _say(f"{clock()}  {key}: promoted revision {escape(str(state['revision']))}")
         return 0
-    if state["phase"] == "Failed":
-        _say(f"{clock()}  {key}: {situation(state)}")
+    if state["phase"] == "Failed" and not state.get("routePending"):
+        _say(f"{clock()}  {key}: rolled back: {escape(rounded(state['reason']))}")
         return 1
     return None
 
