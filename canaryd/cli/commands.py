@@ -508,12 +508,7 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
         if state is None:
             await anyio.sleep(1.0)
             continue
-        if rollout_id and state.get("rolloutId") != rollout_id:
-            rollout, revision = (
-                escape(str(state.get("rolloutId"))),
-                escape(str(state.get("revision"))),
-            )
-            _say(f"{key}: this rollout was replaced by rollout {rollout} of revision {revision}")
+        if _replaced(key, state, rollout_id):
             return 1
         now = progress(state)
         if now != last:
@@ -524,6 +519,20 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
         if ended is not None:
             return ended
         await anyio.sleep(1.0)
+    return _gave_up(key, wait_for, last, pending)
+
+
+def _replaced(key: str, state: dict[str, Any], rollout_id: str | None) -> bool:
+    """Whether another rollout took the canary over (said so when it did)."""
+    if not rollout_id or state.get("rolloutId") == rollout_id:
+        return False
+    rollout, revision = escape(str(state.get("rolloutId"))), escape(str(state.get("revision")))
+    _say(f"{key}: this rollout was replaced by rollout {rollout} of revision {revision}")
+    return True
+
+
+def _gave_up(key: str, wait_for: float, last: str, pending: dict[str, Any] | None) -> int:
+    """Say why ``--wait`` stops at its timeout: 4 for a rollback not applied yet, else 3."""
     if pending is not None:
         _say(
             f"{key}: rollback decided ({escape(str(pending['reason']))}) but not applied yet "
