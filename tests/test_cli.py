@@ -439,3 +439,51 @@ def test_status_table_marks_a_route_the_router_has_not_confirmed(phase: str, sho
     lines = render_table(rows).splitlines()
     assert lines[1][len("prod/web  ") :].startswith(f"{shown} v2")
     assert len({line.index("v2") for line in lines[1:]} | {lines[0].index("REVISION")}) == 1
+
+
+ROLLOUT_EVENTS = [
+    {"event": "rollout.started", "time": 1_700_000_000.0, "revision": "v3", "phase": "Progressing"},
+    {"event": "rollout.promoted", "time": 1_700_000_090.0, "revision": "v3", "phase": "Succeeded"},
+]
+
+
+async def _answering(cli: Cli, routes: dict[str, web.Response]) -> TestServer:
+    """A stand-in daemon answering ``routes`` (path -> response), 404 elsewhere."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return routes.get(request.path, web.json_response({"error": "not found"}, status=404))
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", answer)
+    server = TestServer(app)
+    await server.start_server()
+    cli.url = str(server.make_url(""))
+    return server
+
+
+async def test_events_of_one_rollout_come_from_the_history_api(cli: Cli) -> None:
+    """``events --rollout ID`` reads that rollout (``GET .../rollouts/ID``) and lists its events."""
+    path = "/api/v1/canaries/prod/web/rollouts/3f2a9c01"
+    server = await _answering(cli, {path: web.json_response({"events": ROLLOUT_EVENTS})})
+    try:
+        code, out, err = await cli("events", "prod/web", "--rollout", "3f2a9c01")
+    finally:
+        await server.close()
+    assert (code, err) == (0, "")
+    assert [line.split()[2] for line in out.splitlines()] == ["rollout.started", "rollout.promoted"]
+
+
+async def test_history_from_a_daemon_without_the_history_api(cli: Cli) -> None:
+    """A daemon that answers 405 to ``GET .../rollouts`` gets its history from its events."""
+    base = "/api/v1/canaries/prod/web"
+    routes = {
+        base + "/rollouts": web.json_response({"error": "method not allowed"}, status=405),
+        base: web.json_response({"events": ROLLOUT_EVENTS}),
+    }
+    server = await _answering(cli, routes)
+    try:
+        code, out, err = await cli("history", "prod/web")
+    finally:
+        await server.close()
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1].split()[3:6] == ["v3", "promoted", "1m30s"]
