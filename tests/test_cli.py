@@ -165,8 +165,20 @@ async def test_pause_then_resume(cli: Cli) -> None:
             "canaryd: prod/web is not paused (phase Initialized) (HTTP 409)\n",
         ),
         (("pause", "a/b/c"), True, "canaryd: expected NAMESPACE/NAME, got 'a/b/c'\n"),
+        (
+            ("status", "--watch", "--json"),
+            True,
+            "canaryd: --watch draws a table; for JSON use --json without --watch\n",
+        ),
     ],
-    ids=["status-401", "command-401", "unknown-canary-404", "resume-idle-409", "bad-name"],
+    ids=[
+        "status-401",
+        "command-401",
+        "unknown-canary-404",
+        "resume-idle-409",
+        "bad-name",
+        "watch-json",
+    ],
 )
 async def test_client_errors_exit_2(cli: Cli, argv: tuple[str, ...], token: bool, err: str) -> None:
     """Errors are one line on stderr and exit code 2, never a traceback."""

@@ -347,6 +347,8 @@ async def _client_command(args: argparse.Namespace) -> int:
 
     async with Client(args.url, _token(args), args.request_timeout) as client:
         if args.command == "status":
+            if args.watch and args.json:
+                raise ClientError("--watch draws a table; for JSON use --json without --watch")
             return await (_watch(client, args) if args.watch else _status(client, args))
         key = _split(args.canary)
         if args.command in ("history", "events"):

@@ -85,7 +85,11 @@ def _shown(value: float | None) -> str:
 async def check_metrics(
     loaded: Loaded, providers: dict[str, MetricsProvider], out: Findings, timeout: float
 ) -> None:
-    """Run every canary's metric queries once, printing query and value (or "no data")."""
+    """Run every canary's metric queries once, printing query and value (or "no data").
+
+    A metric whose provider could not be built is skipped (that problem is already
+    reported at the provider).
+    """
     from canaryd.config.queries import resolve_metric
 
     settings = loaded.settings
@@ -97,18 +101,34 @@ async def check_metrics(
             except TemplateError as exc:
                 out.problems.append(_located(loaded, path, f"{canary.key}: {exc}"))
                 continue
+            provider = providers.get(resolved.provider)
+            if provider is None:
+                continue
             queries = [("", resolved.query)]
             if resolved.primary_query is not None:
                 queries = [("canary ", resolved.query), ("primary ", resolved.primary_query)]
             for side, query in queries:
-                value, error = await _run_query(providers[resolved.provider], query, timeout)
                 head = f"{canary.key} metric {metric.name} ({side}query on {resolved.provider})"
                 out.lines.append(f"{escape(head)}:\n  {escape(query)}")
+                value, error = await _run_query(provider, query, timeout)
                 if error is not None:
                     out.lines.append(f"  = error: {escape(error)}")
                     out.problems.append(_located(loaded, path, f"{canary.key}: {error}"))
                 else:
                     out.lines.append(f"  = {_shown(value)}")
+
+
+def build_providers(loaded: Loaded, out: Findings) -> dict[str, MetricsProvider]:
+    """Every provider that can be built; the others are problems at their key."""
+    from canaryd.providers import build_provider
+
+    built: dict[str, MetricsProvider] = {}
+    for name, cfg in loaded.settings.providers.items():
+        try:
+            built[name] = build_provider(cfg)
+        except CanarydError as exc:
+            out.problems.append(_located(loaded, ("providers", name), str(exc)))
+    return built
 
 
 async def check_routers(
@@ -149,10 +169,8 @@ async def _check_router(router: Router, timeout: float) -> str:
 
 async def online_check(loaded: Loaded, timeout: float = QUERY_TIMEOUT) -> Findings:
     """Run the queries and router checks of a loaded configuration, one at a time."""
-    from canaryd.providers import build_provider
-
     out = Findings()
-    built = {name: build_provider(cfg) for name, cfg in loaded.settings.providers.items()}
+    built = build_providers(loaded, out)
     try:
         async with aiohttp.ClientSession() as session:
             await check_metrics(loaded, dict(built), out, timeout)
