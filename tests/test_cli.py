@@ -19,16 +19,14 @@ from service_helpers import backends, canary, eventually, service_config
 
 from canaryd.cli import main
 from canaryd.cli.commands import _parser
-from canaryd.client import (
+from canaryd.cli.views import (
     metric_line,
-    progress_line,
     render_detail,
     render_events,
     render_history,
-    render_table,
     rollouts_from_events,
-    weight_bar,
 )
+from canaryd.client import progress_line, render_table, weight_bar
 from canaryd.service.daemon import Daemon
 
 pytestmark = pytest.mark.anyio

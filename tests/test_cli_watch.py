@@ -20,7 +20,7 @@ from daemons import TOKEN, api_url, client_for, daemon_process, wait_for_state
 from prom import eventually
 from service_helpers import backends, canary, service_config
 
-from canaryd.client import Watch
+from canaryd.cli.views import Watch
 
 pytestmark = pytest.mark.anyio
 

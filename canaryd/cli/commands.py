@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 
 from canaryd import __version__
+from canaryd.cli.output import say as _say
+from canaryd.cli.views import canary_key
 from canaryd.errors import ClientError, ConfigError
-from canaryd.terminal import escape, escape_lines
+from canaryd.terminal import escape
 
 DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
 DEFAULT_URL = "http://127.0.0.1:9879"
@@ -251,11 +251,6 @@ SIGPIPE_EXIT = 141
 """Exit code when stdout's reader went away (as a shell reports a process killed by SIGPIPE)."""
 
 
-def _say(text: str, *, err: bool = False, flush: bool = False) -> None:
-    """Print a human-readable line: control characters escaped (docs/reliability.md)."""
-    print(escape_lines(text), file=sys.stderr if err else sys.stdout, flush=flush)
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         return check(Path(args.config), online=args.online)
@@ -333,26 +328,18 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("CANARYD_TOKEN")
 
 
-def _split(canary: str) -> str:
-    ns, sep, name = canary.partition("/")
-    if not sep:
-        ns, name = "default", canary
-    if not ns or not name or "/" in name:
-        raise ClientError(f"expected NAMESPACE/NAME, got {canary!r}")
-    return f"{ns}/{name}"
-
-
 async def _client_command(args: argparse.Namespace) -> int:
+    from canaryd.cli.views import history, status, watch
     from canaryd.client import Client
 
     async with Client(args.url, _token(args), args.request_timeout) as client:
         if args.command == "status":
             if args.watch and args.json:
                 raise ClientError("--watch draws a table; for JSON use --json without --watch")
-            return await (_watch(client, args) if args.watch else _status(client, args))
-        key = _split(args.canary)
+            return await (watch(client, args) if args.watch else status(client, args))
+        key = canary_key(args.canary)
         if args.command in ("history", "events"):
-            return await _history(client, key, args)
+            return await history(client, key, args)
         if args.command == "rollout":
             meta = dict(_kv(m) for m in args.metadata)
             state = await client.post(
@@ -385,86 +372,6 @@ def _kv(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise ClientError(f"--metadata takes KEY=VALUE, got {text!r}")
     return key, value
-
-
-async def _rows(client: Any, canary: str | None) -> list[dict[str, Any]]:
-    """The canaries ``status`` shows: one (with its checks and events) or all."""
-    if canary:
-        return [await client.get(_split(canary))]
-    rows: list[dict[str, Any]] = (await client.get(""))["canaries"]
-    return rows
-
-
-async def _status(client: Any, args: argparse.Namespace) -> int:
-    from canaryd.client import render_detail, render_table
-
-    rows = await _rows(client, args.canary)
-    if args.json:
-        _say(json.dumps(rows[0] if args.canary else {"canaries": rows}, indent=2))
-    else:
-        _say(render_detail(rows[0]) if args.canary else render_table(rows))
-    return 0
-
-
-CLEAR = "\x1b[H\x1b[2J"
-"""Cursor home, clear screen: how ``status --watch`` redraws on a terminal."""
-
-
-async def _watch(client: Any, args: argparse.Namespace) -> int:
-    """``status --watch``: redraw in place on a terminal, a line per change when piped.
-
-    Runs until Ctrl-C. An unreachable daemon after the first answer (a restart) is
-    shown and retried; the first request's error ends the command (exit 2).
-    """
-    from canaryd.client import Watch
-
-    view = Watch(tty=sys.stdout.isatty(), interval=args.interval)
-    rows: list[dict[str, Any]] | None = await _rows(client, args.canary)
-    while True:
-        text = view.frame(rows, problem=None if rows is not None else view.problem)
-        if text is not None:
-            sys.stdout.write(CLEAR + text + "\n" if view.tty else text + "\n")
-            sys.stdout.flush()
-        await anyio.sleep(args.interval)
-        try:
-            rows = await _rows(client, args.canary)
-        except ClientError as exc:
-            if "cannot reach canaryd" not in str(exc):
-                raise
-            rows, view.problem = None, f"lost contact with canaryd; retrying ({exc})"
-
-
-async def _history(client: Any, key: str, args: argparse.Namespace) -> int:
-    """``canaryd history`` and ``canaryd events``: past rollouts, or a canary's events."""
-    from canaryd.client import render_events, render_history, rollouts_from_events
-
-    if args.command == "history":
-        try:
-            data = await client.get(f"{key}/rollouts?limit={args.limit}")
-        except ClientError as exc:
-            if "(HTTP 405)" not in str(exc):  # 405: a daemon from before the history API
-                raise
-            events = _listed(await client.get(key), "events")
-            data = {"rollouts": rollouts_from_events(events)}
-        rollouts = _listed(data, "rollouts")
-        _say(json.dumps(data, indent=2) if args.json else render_history(rollouts))
-        return 0
-    path = f"{key}/rollouts/{quote(args.rollout, safe='')}" if args.rollout else key
-    events = _listed(await client.get(path), "events")
-    _say(json.dumps(events, indent=2) if args.json else render_events(events, ticks=args.ticks))
-    return 0
-
-
-def _listed(data: dict[str, Any], field: str) -> list[dict[str, Any]]:
-    """The objects listed under ``field`` of an answer.
-
-    Raises:
-        ClientError: the answer has no such list (not a canaryd of this version).
-    """
-    items = data.get(field)
-    if not isinstance(items, list):
-        raise ClientError(f"the daemon's answer has no {field!r} list")
-    return [item for item in items if isinstance(item, dict)]
 
 
 FOLLOW_OUTAGE_SECONDS = 120.0
