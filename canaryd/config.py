@@ -689,6 +689,22 @@ class OutboxConfig(Model):
     pollInterval: Timeout = 0.5
 
 
+class HistoryConfig(Model):
+    """How long past rollouts (their checks and events) are kept; see docs/api.md, "History".
+
+    A canary's current rollout is always kept. A finished rollout goes when it
+    is beyond the newest ``keep`` of its canary or older than ``maxAge``; a
+    rolled-back one only beyond the newest ``failedKeep`` failed ones or older
+    than ``failedMaxAge``.
+    """
+
+    keep: int = Field(default=50, ge=1)
+    maxAge: Timeout = 30 * 86400.0
+    failedKeep: int = Field(default=100, ge=1)
+    failedMaxAge: Timeout = 90 * 86400.0
+    checksPerRollout: int = Field(default=2000, ge=10)
+
+
 class LogConfig(Model):
     """Logging: JSON lines (journald) or console; ``auto`` picks console on a terminal."""
 
@@ -723,6 +739,7 @@ class Settings(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     meshProvider: str = "prometheus"
     providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
     routers: dict[Name, RouterConfig] = Field(default_factory=dict)
