@@ -7,7 +7,7 @@
 const TOKEN_KEY = "canaryd.token";
 const SVG = "http://www.w3.org/2000/svg";
 const ACTIONS = ["promote", "pause", "resume", "abort"];
-const ui = { token: sessionStorage.getItem(TOKEN_KEY) || "", stream: null, busy: false, again: false, timer: 0 };
+const ui = { token: sessionStorage.getItem(TOKEN_KEY) || "", stream: null, busy: false, again: false, timer: 0, said: null };
 
 // ------------------------------------------------------------------ DOM helpers
 
@@ -246,7 +246,9 @@ function facts(c) {
     fact("failed checks", h("b", { id: "failed" }, `${c.failedChecks}/${c.threshold}`)),
     fact("iteration", `${c.iteration}/${c.iterations || "–"}`),
     fact("gate", h("b", { class: "gate", id: "gate" }, c.gate ? `waiting: ${c.gate}` : "none")),
-    fact("why", h("span", { class: "reason", id: "why" }, why || "–")));
+    fact("why", h("span", { class: "reason", id: "why" }, why || "–")),
+    fact("metadata", h("span", { id: "metadata" },
+      Object.entries(c.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "–")));
 }
 
 function rolloutFacts(r) {
@@ -261,17 +263,19 @@ function rolloutFacts(r) {
 function actions(c) {
   const can = Boolean(ui.token);
   const buttons = [];
-  if (c.gate) {
+  if (c.gate) {  // the state names the webhook type (confirm-promotion); the API the gate
+    const gate = c.gate.replace(/^confirm-/, "");
     buttons.push(h("button", { class: "primary", id: "approve", disabled: !can,
-      onclick: () => act(c, `gates/${c.gate}/approve`, `Open the ${c.gate} gate of ${c.namespace}/${c.name}?`) },
-      `Approve ${c.gate} gate`));
+      onclick: () => act(c, `gates/${encodeURIComponent(gate)}/approve`, `Open the ${gate} gate of ${c.namespace}/${c.name}?`) },
+      `Approve ${gate} gate`));
   }
   for (const a of ACTIONS) {
     buttons.push(h("button", { id: a, class: a === "abort" ? "danger" : "", disabled: !can,
       onclick: () => act(c, a, `${a[0].toUpperCase()}${a.slice(1)} ${c.namespace}/${c.name} (revision ${c.revision || "none"})?`) }, a));
   }
   const note = can ? null : h("span", { class: "muted", id: "read-only" }, "read-only: enter the API token to act");
-  return h("section", { class: "actions" }, ...buttons, note, h("span", { id: "action-result" }));
+  const said = ui.said && ui.said.key === `${c.namespace}/${c.name}` ? ui.said : { cls: "", text: "" };
+  return h("section", { class: "actions" }, ...buttons, note, h("span", { id: "action-result", class: said.cls }, said.text));
 }
 
 function confirmBox(text) {
@@ -288,12 +292,12 @@ function confirmBox(text) {
 
 async function act(c, action, question) {
   if (!(await confirmBox(question))) return;
-  const result = document.getElementById("action-result");
-  try {
+  const key = `${c.namespace}/${c.name}`;
+  try {  // said until the next action: the view is redrawn on every change
     const state = await api(`${canaryPath(c.namespace, c.name)}/${action}`, "POST");
-    if (result) { result.className = "muted"; result.textContent = `done: ${state.phase}`; }
+    ui.said = { key, cls: "muted", text: `${action}: done (${state.phase})` };
   } catch (err) {
-    if (result) { result.className = "error"; result.textContent = `refused: ${err.message}`; }
+    ui.said = { key, cls: "error", text: `${action} refused: ${err.message}` };
   }
   schedule();
 }
@@ -313,14 +317,15 @@ function rolloutSections(r) {
 
 const W = 360, H = 150, L = 44, R = 8, T = 10, B = 22;
 
-function frame(caption, points, extraY, attrs) {
+function frame(caption, points, extraY, attrs, fixed) {
   const xs = points.map((p) => p[0]);
   const ys = points.map((p) => p[1]).concat(extraY.filter((v) => typeof v === "number"));
   const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-  let y0 = Math.min(...ys, 0), y1 = Math.max(...ys, 1);
-  if (y1 === y0) y1 = y0 + 1;
-  const pad = (y1 - y0) * 0.08;
-  y1 += pad; if (y0 < 0) y0 -= pad;
+  let [y0, y1] = fixed || [Math.min(...ys), Math.max(...ys)];
+  if (!fixed) {  // the values and their bounds, with a margin: the change must show
+    const pad = (y1 - y0) * 0.15 || Math.abs(y0) * 0.05 || 1;
+    y0 -= pad; y1 += pad;
+  }
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img" });
@@ -343,8 +348,9 @@ function polyline(f, points, cls) {
 function weightChart(checks) {
   const points = checks.map((c) => [c.time, c.canaryWeight]);
   if (!points.length) return h("p", { class: "muted" }, "No checks yet.");
-  const f = frame("canary weight (%) over the rollout", points, [0, 100], { id: "weight-chart", "data-points": points.length });
-  polyline(f, points, "weight");
+  const f = frame("canary weight (%) over the rollout", points, [], { id: "weight-chart", "data-points": points.length }, [0, 100]);
+  const steps = points.flatMap((p, i) => (i ? [[p[0], points[i - 1][1]], p] : [p]));
+  polyline(f, steps, "weight");
   return f.fig;
 }
 
@@ -424,9 +430,10 @@ function checksTable(checks) {
     ...["time", "outcome", "weight", "failed", "why"].map((t) => h("th", {}, t)))), h("tbody", {}, rows));
 }
 
-const EVENT_KEYS = new Set(["event", "level", "canary", "revision", "phase", "time"]);
+const EVENT_KEYS = new Set(["event", "level", "canary", "revision", "phase", "time", "primaryWeight", "threshold"]);
 
-function eventsTable(events) {
+function eventsTable(all) {  // every tick is in the checks table: its events are left out here
+  const events = all.filter((e) => e.event !== "analysis.tick");
   const rows = events.slice(-50).reverse().map((e) => h("tr", { "data-event": e.event },
     h("td", {}, time(e.time)), h("td", {}, e.level), h("td", {}, e.event),
     h("td", { class: "reason" }, Object.entries(e).filter(([k]) => !EVENT_KEYS.has(k))
