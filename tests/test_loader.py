@@ -176,7 +176,7 @@ MODEL_CASES = [
         "routers: {lb: {type: haproxy, socket: /s, backend: b, "
         "primary: p, canary: c, wieght: 1}}\n",
         "c.yaml:1:78: routers.lb.wieght: unknown key 'wieght'; valid keys: backend, canary, "
-        "primary, socket, timeout, type",
+        "primary, promotion, socket, timeout, type",
     ),
     (
         "unknown-top-level-key",
@@ -187,7 +187,7 @@ MODEL_CASES = [
         "router-type",
         "routers:\n  r: {type: nginx}\n",
         "c.yaml:2:7: routers.r.type: unknown router type 'nginx'; "
-        "expected one of: haproxy, webhook",
+        "expected one of: alb, caddy, consul, exec, haproxy, webhook",
     ),
     (
         "router-missing-type",
