@@ -792,14 +792,15 @@ class HistoryConfig(Model):
     A canary's current rollout is always kept. A finished rollout goes when it
     is beyond the newest ``keep`` of its canary or older than ``maxAge``; a
     rolled-back one only beyond the newest ``failedKeep`` failed ones or older
-    than ``failedMaxAge``.
+    than ``failedMaxAge``. A long rollout keeps its newest ``checksPerRollout``
+    check records (and as many events).
     """
 
-    keep: int = Field(default=50, ge=1)
+    keep: int = Field(default=20, ge=1)
     maxAge: Timeout = 30 * 86400.0
-    failedKeep: int = Field(default=100, ge=1)
+    failedKeep: int = Field(default=50, ge=1)
     failedMaxAge: Timeout = 90 * 86400.0
-    checksPerRollout: int = Field(default=2000, ge=10)
+    checksPerRollout: int = Field(default=1000, ge=10)
 
 
 class LogConfig(Model):

@@ -218,11 +218,11 @@ class Retention:
         checks_per_rollout: newest check records kept per rollout.
     """
 
-    keep: int = 50
+    keep: int = 20
     max_age: float = 30 * 86400.0
-    failed_keep: int = 100
+    failed_keep: int = 50
     failed_max_age: float = 90 * 86400.0
-    checks_per_rollout: int = 2000
+    checks_per_rollout: int = 1000
 
 
 _EXPIRED = """
@@ -241,7 +241,10 @@ older one that never ended was superseded: its age counts from its last record."
 
 
 def _prune(db: sqlite3.Connection, now: float, keep: Retention) -> None:
-    """Drop what :class:`Retention` no longer keeps, and sent messages older than a week."""
+    """Drop what :class:`Retention` no longer keeps, and sent messages older than a week.
+
+    Every delete goes through an index: the history holds many rows per canary.
+    """
     db.execute("DELETE FROM outbox WHERE status='sent' AND created < ?", (now - SENT_KEEP_SECONDS,))
     args = {
         "now": now,
@@ -255,22 +258,29 @@ def _prune(db: sqlite3.Connection, now: float, keep: Retention) -> None:
         expired = db.execute(_EXPIRED, args).fetchall()
         for table in ("checks", "events", "rollouts"):
             db.executemany(f"DELETE FROM {table} WHERE key=? AND rollout=?", expired)
-        db.execute(
-            "DELETE FROM checks WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
-            "(PARTITION BY key, rollout ORDER BY id DESC) AS n FROM checks) WHERE n > ?)",
-            (keep.checks_per_rollout,),
-        )
-        db.execute(
-            "DELETE FROM events WHERE rollout IS NULL AND id IN (SELECT id FROM (SELECT id, "
-            "ROW_NUMBER() OVER (PARTITION BY key ORDER BY id DESC) AS n FROM events "
-            "WHERE rollout IS NULL) WHERE n > ?)",
-            (EVENTS_KEEP,),
-        )
+        cap = keep.checks_per_rollout
+        long = db.execute("SELECT key, rollout FROM rollouts WHERE checks > ?", (cap,)).fetchall()
+        for key, rollout in long:  # a long rollout keeps its newest checks and events
+            _keep_newest(db, "checks", "key=? AND rollout=?", (key, rollout), cap)
+            _keep_newest(db, "events", "key=? AND rollout=?", (key, rollout), cap)
+        for (key,) in db.execute("SELECT key FROM canaries").fetchall():
+            _keep_newest(db, "events", "key=? AND rollout IS NULL", (key,), EVENTS_KEEP)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _keep_newest(
+    db: sqlite3.Connection, table: str, where: str, args: tuple[Any, ...], n: int
+) -> None:
+    """Delete the rows of ``table`` matching ``where`` except the newest ``n``."""
+    row = db.execute(
+        f"SELECT id FROM {table} WHERE {where} ORDER BY id DESC LIMIT 1 OFFSET ?", (*args, n - 1)
+    ).fetchone()
+    if row is not None:
+        db.execute(f"DELETE FROM {table} WHERE {where} AND id < ?", (*args, row[0]))
 
 
 def _migrate(db: sqlite3.Connection) -> None:

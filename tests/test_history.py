@@ -14,6 +14,7 @@ from daemons import api_url, running_daemon
 from service_helpers import backends, canary, eventually, service_config
 from test_api import Api
 
+from canaryd import store as store_module
 from canaryd.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.daemon import retention
 from canaryd.events import Event
@@ -178,6 +179,19 @@ async def test_prune_caps_checks_per_rollout(store: SqliteStore) -> None:
     detail = await store.rollout(KEY, "long")
     assert detail is not None
     assert [c["time"] for c in detail["checks"]] == list(range(115, 125))
+
+
+async def test_prune_caps_events_outside_rollouts(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events of no rollout (config, reload) keep the newest ``EVENTS_KEEP`` per canary."""
+    monkeypatch.setattr(store_module, "EVENTS_KEEP", 3)
+    loaded = [Event("config.loaded", KEY, None, "Initialized", float(t)) for t in range(6)]
+    await store.save(KEY, CanaryState(), None, loaded, [])
+    await rollout(store, "a", started=100, ended=None)
+    await store.prune(now=200)
+    times = [e["time"] for e in await store.events(KEY)]
+    assert times == [100, 5, 4, 3]
 
 
 async def test_old_database_gains_the_rollout_column(tmp_path: Path) -> None:
