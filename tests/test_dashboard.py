@@ -55,8 +55,17 @@ async def fake_prometheus() -> AsyncIterator[str]:
         data = {"resultType": "vector", "result": [{"metric": {}, "value": [0, str(value)]}]}
         return web.json_response({"status": "success", "data": data})
 
+    async def query_range(request: web.Request) -> web.Response:
+        form = await request.post()
+        start = float(str(form.get("start") or request.query.get("start", "0")))
+        base = next(wobble)  # canary and primary: the same noise, shifted a little
+        values = [[start + 5 * i, str(100 + base + (i * 7919 % 13) / 3)] for i in range(12)]
+        data = {"resultType": "matrix", "result": [{"metric": {}, "values": values}]}
+        return web.json_response({"status": "success", "data": data})
+
     app = web.Application()
     app.router.add_route("*", "/api/v1/query", query)
+    app.router.add_route("*", "/api/v1/query_range", query_range)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -75,6 +84,10 @@ def _config(tmp_path: Path, prom: str, router: Receiver, *, anonymous_read: bool
     ]
     analysis = {"interval": "700ms", "threshold": 3, "stepWeight": 10, "maxWeight": 50}
     analysis |= {"metrics": [{**m, "interval": "1m"} for m in metrics]}
+    compare = {"direction": "increase", "lookback": "1m", "step": "5s", "tolerance": 0.25}
+    analysis["metrics"].append(
+        {"name": "latency-vs-primary", "query": 'lat{job="{{ target }}"}', "compare": compare}
+    )
     analysis["webhooks"] = [{"name": "release", "type": "confirm-promotion"}]
     token = {"token_file": str(tmp_path / "api-token"), "anonymous_read": anonymous_read}
     return write_config(
@@ -171,6 +184,9 @@ async def test_rollout_progresses_on_screen_and_approve_opens_the_gate(tmp_path:
         await row.locator("a").click()
         await expect(page.locator("#phase")).to_have_text("WaitingPromotion")
         await expect(page.locator(".metric")).to_have_count(2)
+        compare = page.locator("#compare tbody tr")
+        await expect(compare.locator("td").first).to_have_text("latency-vs-primary")
+        await expect(compare.locator("td").nth(2)).to_contain_text("[")  # its interval
         await expect(page.locator("#weight-chart")).to_be_visible()
         await shot(page, "canary-at-gate")
         await shot(page, "dashboard", full_page=False)  # the one in docs/dashboard.png

@@ -163,9 +163,9 @@ function onEvent(block) {
   if (name === "hello" || name === "canary") schedule();
 }
 
-function schedule() {
-  clearTimeout(ui.timer);
-  ui.timer = setTimeout(refresh, 150);
+function schedule() {  // at most two redraws a second, however busy the daemon
+  if (ui.timer) return;
+  ui.timer = setTimeout(() => { ui.timer = 0; refresh(); }, 500);
 }
 
 // ------------------------------------------------------------------ views
@@ -378,8 +378,9 @@ function metricChart(name, rows) {
   for (const r of rows) {
     const ok = typeof r.m.value === "number";
     const out = ok && ((typeof r.m.min === "number" && r.m.value < r.m.min) || (typeof r.m.max === "number" && r.m.value > r.m.max));
-    f.svg.append(s("circle", { class: `dot ${ok ? (out ? "fail" : "") : "none"}`, cx: f.sx(r.t), cy: f.sy(ok ? r.m.value : 0), r: 3 },
-      undefined));
+    const dot = s("circle", { class: `dot ${ok ? (out ? "fail" : "") : "none"}`, cx: f.sx(r.t), cy: ok ? f.sy(r.m.value) : H - B - 3, r: 3 });
+    dot.append(s("title", {}, `${time(r.t)}: ${ok ? num(r.m.value) : r.m.error ? `error: ${r.m.error}` : "no data"}`));
+    f.svg.append(dot);
   }
   return f.fig;
 }
@@ -410,11 +411,14 @@ function intervalChart(name, judged) {
   }
   if (!rows.length) return h("p", { class: "muted" }, `${name}: no interval yet`);
   const ys = rows.flatMap((x) => x.r.interval);
-  const f = frame(`${name}: shift interval over the rollout`, rows.map((x) => [x.t, x.r.interval[0]]), ys.concat([0]));
+  const f = frame(`${name}: interval of the shift canary − primary (dot: estimate)`, rows.map((x) => [x.t, x.r.interval[0]]), ys.concat([0]));
   f.svg.append(s("line", { class: "zero", x1: L, x2: W - R, y1: f.sy(0), y2: f.sy(0) }));
   for (const x of rows) {
     f.svg.append(s("line", { class: `interval ${x.r.classification}`, x1: f.sx(x.t), x2: f.sx(x.t),
       y1: f.sy(x.r.interval[0]), y2: f.sy(x.r.interval[1]) }));
+    if (typeof x.r.estimate === "number") {
+      f.svg.append(s("circle", { class: "dot estimate", cx: f.sx(x.t), cy: f.sy(x.r.estimate), r: 3 }));
+    }
   }
   return f.fig;
 }
