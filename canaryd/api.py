@@ -231,7 +231,8 @@ def _limit(request: web.Request, default: int = 50) -> int:
         HTTPBadRequest: not a whole number in range.
     """
     raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= ROLLOUTS_LIMIT:
+    # str.isdigit() accepts digits int() refuses (superscripts): ASCII digits only
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= ROLLOUTS_LIMIT:
         raise web.HTTPBadRequest(reason=f"limit must be a whole number from 1 to {ROLLOUTS_LIMIT}")
     return int(raw)
 

@@ -270,8 +270,9 @@ async def test_history_api_lists_past_rollouts_with_their_outcome(api: Api) -> N
         ("/rollouts?limit=0", 400),
         ("/rollouts?limit=201", 400),
         ("/rollouts?limit=x", 400),
+        ("/rollouts?limit=%C2%B2", 400),
     ],
-    ids=["unknown-rollout", "limit-zero", "limit-too-big", "limit-not-a-number"],
+    ids=["unknown-rollout", "limit-zero", "limit-too-big", "limit-not-a-number", "superscript"],
 )
 async def test_history_api_errors(api: Api, path: str, status: int) -> None:
     """An unknown rollout is 404; a bad ``limit`` is 400; both JSON errors."""
