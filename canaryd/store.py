@@ -323,7 +323,8 @@ class _Rows:
     state: str
     rollout: str | None
     record: tuple[float, str] | None
-    events: list[tuple[str, float, str, str, str]]
+    events: list[tuple[str, float, str, str, str, str | None]]
+    """Event rows; the last value is the rollout the event belongs to (see :func:`_rollout_of`)."""
     outbox: list[tuple[str, str, str, str]]
     seq: int = 0
     routes: str | None = None
@@ -349,13 +350,23 @@ class _Rows:
             dumps(state_to_dict(state)),
             state.rollout_id,
             None if record is None else (record.time, dumps(record.as_dict())),
-            [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
+            [
+                (key, e.time, e.name, e.level, dumps(event_to_dict(e)), _rollout_of(state, e))
+                for e in events
+            ],
             [(m.key, m.idempotency_key, m.target, dumps(m.payload)) for m in outbox],
             state.seq,
             None if routes is None else dumps(list(routes)),
             settle,
             _rollout_row(key, state, record),
         )
+
+
+def _rollout_of(state: CanaryState, event: Event) -> str | None:
+    """The rollout an event belongs to: the state's, unless that one had ended before it."""
+    if state.finished_at is not None and event.time > state.finished_at:
+        return None  # e.g. a reload after a promotion: not part of that rollout's story
+    return state.rollout_id
 
 
 def _rollout_row(
@@ -627,7 +638,7 @@ class SqliteStore:
         if rows.events:  # a statement costs even with no rows
             db.executemany(
                 "INSERT INTO events(key, time, name, level, event, rollout) VALUES (?,?,?,?,?,?)",
-                [(*e, rows.rollout) for e in rows.events],
+                rows.events,
             )
         if rows.summary is not None:
             db.execute(_UPSERT_ROLLOUT, (*rows.summary, now))

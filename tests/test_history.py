@@ -112,6 +112,19 @@ async def test_rollout_detail_has_only_its_checks_and_events(store: SqliteStore)
     assert await store.rollout("prod/other", "a") is None
 
 
+async def test_events_after_a_rollout_ended_are_not_part_of_it(store: SqliteStore) -> None:
+    """An event recorded after the rollout ended (a reload, say) stays out of its detail."""
+    await rollout(store, "a", started=100, ended=110)
+    ended = CanaryState(
+        phase=Phase.SUCCEEDED, revision="rev-a", rollout_id="a", started_at=100, finished_at=110
+    )
+    later = Event("config.loaded", KEY, "rev-a", "Succeeded", 120.0)
+    await store.save(KEY, ended, None, [later], [])
+    detail = await store.rollout(KEY, "a")
+    assert detail is not None and [e["event"] for e in detail["events"]] == ["rollout.started"]
+    assert (await store.events(KEY))[0]["event"] == "config.loaded"
+
+
 async def test_prune_keeps_the_newest_rollouts_and_failed_ones_longer(store: SqliteStore) -> None:
     """Beyond ``keep`` rollouts the oldest go, but failed ones stay up to ``failed_keep``."""
     await rollout(store, "f1", started=100, ended=101, phase=Phase.FAILED)
