@@ -78,17 +78,20 @@ async def fake_prometheus() -> AsyncIterator[str]:
 
 
 def _config(tmp_path: Path, prom: str, router: Receiver, *, anonymous_read: bool) -> Path:
-    metrics = [
+    compare = {"direction": "increase", "lookback": "1m", "step": "5s", "tolerance": 0.25}
+    metrics: list[dict[str, Any]] = [
         {"name": "success-rate", "query": "success", "thresholdRange": {"min": 99}},
         {"name": "latency-p99", "query": "latency", "thresholdRange": {"max": 500}},
+        {"name": "latency-vs-primary", "query": 'lat{job="{{ target }}"}', "compare": compare},
     ]
-    analysis = {"interval": "700ms", "threshold": 3, "stepWeight": 10, "maxWeight": 50}
-    analysis |= {"metrics": [{**m, "interval": "1m"} for m in metrics]}
-    compare = {"direction": "increase", "lookback": "1m", "step": "5s", "tolerance": 0.25}
-    analysis["metrics"].append(
-        {"name": "latency-vs-primary", "query": 'lat{job="{{ target }}"}', "compare": compare}
-    )
-    analysis["webhooks"] = [{"name": "release", "type": "confirm-promotion"}]
+    analysis: dict[str, Any] = {
+        "interval": "700ms",
+        "threshold": 3,
+        "stepWeight": 10,
+        "maxWeight": 50,
+        "metrics": [{"interval": "1m", **m} for m in metrics],
+        "webhooks": [{"name": "release", "type": "confirm-promotion"}],
+    }
     token = {"token_file": str(tmp_path / "api-token"), "anonymous_read": anonymous_read}
     return write_config(
         tmp_path,
