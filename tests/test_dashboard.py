@@ -31,6 +31,18 @@ HOSTILE = '<img src=x onerror="window.pwned=1">'
 """Metadata a rollout is started with: the page must show it as text, never as markup."""
 
 
+WATCH = """
+window.seen = {phases: [], weights: []};
+new MutationObserver(() => {
+  const row = document.querySelector('tr[data-canary="prod/web"]');
+  if (!row) return;
+  window.seen.phases.push(row.querySelector(".phase").textContent);
+  window.seen.weights.push(row.querySelector(".bar-label").textContent);
+}).observe(document.getElementById("main"), {childList: true, subtree: true});
+"""
+"""Notes every phase and weight the list row shows, as the page redraws it."""
+
+
 def chromium() -> str:
     """Debian's chromium; missing fails under ``CI=true`` and skips elsewhere."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -174,15 +186,15 @@ async def test_rollout_progresses_on_screen_and_approve_opens_the_gate(tmp_path:
         await use_token(page)
         row = page.locator('tr[data-canary="prod/web"]')
         await expect(row.locator(".phase")).to_have_text("Initialized")
-        await page.evaluate("window.sameDocument = true")  # gone if the page reloads
+        await page.evaluate(WATCH)  # window.seen: what the row showed; gone if the page reloads
         await post(url, "/api/v1/canaries/prod/web/rollouts", {"revision": "v2.4.1"})
-        await expect(row.locator(".phase")).to_have_text("Progressing", timeout=10_000)
+        gate = row.locator(".gate")
+        await expect(gate).to_have_text("waiting: confirm-promotion", timeout=30_000)
         await expect(row.locator(".revision")).to_have_text("v2.4.1")
-        await expect(row.locator(".bar-label")).to_contain_text("canary 10%", timeout=10_000)
-        await expect(row.locator(".gate")).to_have_text(
-            "waiting: confirm-promotion", timeout=20_000
-        )
         await expect(row.locator(".bar-label")).to_contain_text("canary 50%")
+        seen = await page.evaluate("window.seen")
+        assert "Progressing" in seen["phases"]
+        assert len(set(seen["weights"]) - {"canary 0% · primary 100%"}) >= 2, seen
         await shot(page, "list")
         await row.locator("a").click()
         await expect(page.locator("#phase")).to_have_text("WaitingPromotion")
@@ -198,7 +210,7 @@ async def test_rollout_progresses_on_screen_and_approve_opens_the_gate(tmp_path:
         await page.click("#confirm-ok")
         await expect(page.locator("#phase")).to_have_text("Succeeded", timeout=20_000)
         await expect(page.locator("#rollouts tr[data-rollout] .outcome")).to_have_text("promoted")
-        assert await page.evaluate("window.sameDocument") is True
+        assert await page.evaluate("window.seen !== undefined")  # the same document throughout
         await shot(page, "canary-promoted")
         assert errors == []
 
