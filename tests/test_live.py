@@ -12,7 +12,7 @@ import aiohttp
 import anyio
 import pytest
 from daemons import TOKEN, api_url
-from service_helpers import backends, canary, service_config
+from service_helpers import backends, canary, eventually, service_config
 
 from canaryd.api import SHUTDOWN_SECONDS
 from canaryd.daemon import Daemon
@@ -115,6 +115,16 @@ async def test_streams_are_bounded(live: Live) -> None:
         async with s.get(live.url + STREAM, headers=AUTH) as second:
             assert (second.status, set(await second.json())) == (503, {"error"})
         assert len(live.daemon.live.listeners) == 1
+
+
+async def test_a_reader_that_leaves_frees_its_place_before_the_heartbeat(live: Live) -> None:
+    """A stream whose reader disconnected is dropped within seconds, though nothing is written."""
+    assert live.daemon.live.heartbeat >= 15
+    async with aiohttp.ClientSession() as s, s.get(live.url + STREAM, headers=AUTH) as r:
+        with anyio.fail_after(5):
+            assert (await anext(events(r)))[0] == "hello"
+        assert len(live.daemon.live.listeners) == 1
+    await eventually(lambda: not live.daemon.live.listeners, within=5, what="stream dropped")
 
 
 async def test_graceful_stop_does_not_wait_for_open_streams(live: Live) -> None:

@@ -23,6 +23,9 @@ STATIC = {
 WRITE_SECONDS = 10.0
 """How long one write to a stream may wait for a reader that does not read."""
 
+GONE_CHECK_SECONDS = 1.0
+"""How often a quiet stream checks that its reader is still connected."""
+
 _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
@@ -73,26 +76,41 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
         await response.write(data)
 
 
+def _gone(request: web.Request) -> bool:
+    """The reader closed its connection (noticed without writing to it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _pump(
-    response: web.StreamResponse, hub: LiveHub, listener: Listener, describe: Describe
+    request: web.Request,
+    response: web.StreamResponse,
+    hub: LiveHub,
+    listener: Listener,
+    describe: Describe,
 ) -> None:
     """Write the changed canaries as they change, and heartbeats, until the hub closes.
+
+    A reader that left frees its place within :data:`GONE_CHECK_SECONDS`, not
+    only when the next heartbeat fails to be written.
 
     Raises:
         TimeoutError: a write did not finish in time.
         ConnectionError: the reader went away.
     """
     await _write(response, _event("hello", {"heartbeatSeconds": hub.heartbeat}))
-    while not hub.closed:
-        with anyio.move_on_after(hub.heartbeat):
+    last_write = anyio.current_time()
+    while not hub.closed and not _gone(request):
+        with anyio.move_on_after(min(GONE_CHECK_SECONDS, hub.heartbeat)):
             await listener.wake.wait()
-        keys = listener.take()
-        if not keys and not hub.closed:
+        bodies = [b for b in map(describe, listener.take()) if b is not None]
+        for body in bodies:
+            await _write(response, _event("canary", body))
+        if bodies:
+            last_write = anyio.current_time()
+        elif anyio.current_time() - last_write >= hub.heartbeat and not hub.closed:
             await _write(response, b": heartbeat\n\n")
-        for key in keys:
-            body = describe(key)
-            if body is not None:
-                await _write(response, _event("canary", body))
+            last_write = anyio.current_time()
 
 
 def _stream(hub: LiveHub, authorize: Authorize, describe: Describe) -> Handler:
@@ -112,7 +130,7 @@ def _stream(hub: LiveHub, authorize: Authorize, describe: Describe) -> Handler:
             await response.prepare(request)
             # the reader left or stopped reading: end this stream only
             with contextlib.suppress(ConnectionError, TimeoutError):
-                await _pump(response, hub, listener, describe)
+                await _pump(request, response, hub, listener, describe)
         return response
 
     return stream
