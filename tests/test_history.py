@@ -14,12 +14,12 @@ from daemons import api_url, running_daemon
 from service_helpers import backends, canary, eventually, service_config
 from test_api import Api
 
-from canaryd import store as store_module
-from canaryd.analysis import CanaryState, CheckRecord, Outcome, Phase
-from canaryd.daemon import retention
-from canaryd.events import Event
-from canaryd.loader import load_config
-from canaryd.store import Retention, SqliteStore
+from canaryd.config.loader import load_config
+from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
+from canaryd.core.events import Event
+from canaryd.service import store as store_module
+from canaryd.service.daemon import retention
+from canaryd.service.store import Retention, SqliteStore
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,9 @@ import pytest
 from daemons import TOKEN, api_url
 from service_helpers import backends, canary, eventually, service_config
 
-from canaryd.api import SHUTDOWN_SECONDS
-from canaryd.daemon import Daemon
-from canaryd.loader import load_config
+from canaryd.config.loader import load_config
+from canaryd.service.api import SHUTDOWN_SECONDS
+from canaryd.service.daemon import Daemon
 from canaryd.ui import LiveHub
 
 pytestmark = pytest.mark.anyio

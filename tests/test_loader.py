@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from canaryd import config
+from canaryd.config.loader import Loaded, load_config, summary
 from canaryd.errors import ConfigError
-from canaryd.loader import Loaded, load_config, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "canaryd.example.yaml"
@@ -78,7 +78,7 @@ def test_example_config_loads() -> None:
     """The shipped example loads, includes the Flagger file and warns once about k8s fields."""
     loaded = load_config(EXAMPLE, environ={"PATH": "/usr/bin"})
     assert summary(loaded) == (
-        "config OK: 5 canaries, 2 providers, 2 routers, 8 notifiers, 3 templates (2 files)"
+        "config OK: 5 canaries, 2 providers, 5 routers, 8 notifiers, 3 templates (2 files)"
     )
     assert [Path(f).name for f in loaded.files] == ["canaryd.example.yaml", "flagger-canary.yaml"]
     assert len(loaded.warnings) == 4  # ignored fields, two differences from Flagger, disableTLS
@@ -132,9 +132,15 @@ def test_example_mentions_every_key() -> None:
 
 
 def test_example_exercises_every_type() -> None:
-    """The example uses both router types, every notifier type and every webhook type."""
+    """The example uses every router type, every notifier type and every webhook type."""
     s = load_config(EXAMPLE, environ={"PATH": "/usr/bin"}).settings
-    assert {r.type for r in s.routers.values()} == {"haproxy", "webhook"}
+    assert {r.type for r in s.routers.values()} == {
+        "haproxy",
+        "webhook",
+        "nginx",
+        "envoy",
+        "traefik",
+    }
     assert {n.type for n in s.notifiers.values()} == {
         "slack",
         "msteams",
@@ -185,9 +191,27 @@ MODEL_CASES = [
     ),
     (
         "router-type",
-        "routers:\n  r: {type: nginx}\n",
-        "c.yaml:2:7: routers.r.type: unknown router type 'nginx'; "
-        "expected one of: alb, caddy, consul, exec, haproxy, webhook",
+        "routers:\n  r: {type: lighttpd}\n",
+        "c.yaml:2:7: routers.r.type: unknown router type 'lighttpd'; "
+        "expected one of: alb, caddy, consul, envoy, exec, haproxy, nginx, traefik, webhook",
+    ),
+    (
+        "nginx-server-word",
+        "routers:\n  r: {type: nginx, file: /f, upstream: web, primary: [a:80], "
+        "canary: 'b:80; down'}\n",
+        "c.yaml:2:62: routers.r.canary: 'b:80; down': one word without spaces, quotes, "
+        "';', '{', '}' or '#'",
+    ),
+    (
+        "envoy-admin-url",
+        "routers:\n  r: {type: envoy, file: /f, route_config: web, primary: p, canary: c, "
+        "admin: 'localhost:9901'}\n",
+        "c.yaml:2:72: routers.r.admin: must be an http:// or https:// URL (got 'localhost:9901')",
+    ),
+    (
+        "traefik-missing-service",
+        "routers:\n  r: {type: traefik, file: /f, primary: p, canary: c}\n",
+        "c.yaml:2:3: routers.r: missing key 'service'",
     ),
     (
         "router-missing-type",
@@ -196,9 +220,9 @@ MODEL_CASES = [
     ),
     (
         "provider-type",
-        "providers:\n  p: {type: datadog}\n",
-        "c.yaml:2:7: providers.p.type: unknown provider type 'datadog'; "
-        "expected one of: prometheus",
+        "providers:\n  p: {type: splunk}\n",
+        "c.yaml:2:7: providers.p.type: unknown provider type 'splunk'; "
+        "expected one of: graphite, influxdb, prometheus, web",
     ),
     (
         "notifier-type",
@@ -996,7 +1020,7 @@ def test_check_names_each_difference_from_flagger_once(
 ) -> None:
     """canaryd check says, one line each, where a canary's hooks and alerts deliberately behave
     differently from Flagger, and says nothing when they do not."""
-    from canaryd.webhooks import flagger_differences
+    from canaryd.config.notes import flagger_differences
 
     spec = config.CanaryConfig.model_validate(
         {
@@ -1091,7 +1115,7 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
         ),
         (
             "{type: prometheus, address",
-            "{type: datadog, address",
+            "{type: splunk, address",
             [
                 "k8s.yaml:22:23: spec.analysis.metrics[1].templateRef.name: unknown template "
                 "'latency'; no templates are defined"

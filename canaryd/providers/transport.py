@@ -38,7 +38,10 @@ from dataclasses import dataclass
 import httptools
 from yarl import URL
 
-from canaryd.errors import CanarydError
+from canaryd.errors import AnswerTimeoutError as AnswerTimeoutError
+from canaryd.errors import PoolTimeoutError as PoolTimeoutError
+from canaryd.errors import TLSError as TLSError
+from canaryd.errors import TransportError as TransportError
 
 IDLE_SECONDS = 15.0
 """A connection unused for longer is closed rather than reused (servers drop idle ones)."""
@@ -47,25 +50,6 @@ MAX_HEAD_BYTES = 8 * 1024
 """Status lines and headers of one answer, interim ``1xx`` answers included, at most."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class TransportError(CanarydError):
-    """A request failed below HTTP: no connection, connection lost, broken answer.
-
-    Internal to the provider, which turns it into a :class:`ProviderError`.
-    """
-
-
-class TLSError(TransportError):
-    """The TLS handshake failed (certificate not trusted, wrong host name, ...)."""
-
-
-class PoolTimeoutError(TransportError):
-    """No connection came free within the request's timeout."""
-
-
-class AnswerTimeoutError(TransportError):
-    """No complete answer within the request's timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,9 +311,20 @@ class Pool:
         return self._open
 
     async def post(
-        self, path: str, body: bytes, *, timeout: float, headers: bytes = b""
+        self,
+        path: str,
+        body: bytes,
+        *,
+        timeout: float,
+        headers: bytes = b"",
+        method: bytes = b"POST",
+        content_type: bytes = b"application/x-www-form-urlencoded",
     ) -> Response:
         """POST a form ``body`` to ``path``; ``headers`` are extra header lines for this request.
+
+        ``method`` and ``content_type`` serve the providers that need another
+        request (a ``GET`` with the query in ``path`` and an empty body, a JSON
+        body): see docs/providers.md.
 
         ``timeout`` bounds the wait for a connection, and then, separately, the
         connection and the answer together: waiting in the queue does not eat
@@ -341,14 +336,20 @@ class Pool:
             TLSError: the TLS handshake failed.
             TransportError: the connection failed or the answer is not HTTP.
         """
+        target = self._prefix + path
+        if not target.startswith("/"):  # "" or "?a=1" under an address without a path
+            target = "/" + target
         request = b"".join(
             (
-                b"POST ",
-                (self._prefix + path).encode("ascii"),
+                method,
+                b" ",
+                target.encode("ascii"),
                 b" HTTP/1.1\r\n",
                 self._host_line,
                 headers,
-                b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: ",
+                b"Content-Type: ",
+                content_type,
+                b"\r\nContent-Length: ",
                 str(len(body)).encode("ascii"),
                 b"\r\n\r\n",
                 body,
