@@ -55,15 +55,16 @@ def chromium() -> str:
 
 
 @asynccontextmanager
-async def fake_prometheus() -> AsyncIterator[str]:
-    """An HTTP server answering Prometheus instant queries: ``success`` ~99.5, ``latency`` ~120."""
+async def fake_prometheus(success: float = 99.5) -> AsyncIterator[str]:
+    """An HTTP server answering Prometheus queries: ``success`` about ``success``, ``latency``
+    about 120, and range queries (compare metrics) with the same noise for both sides."""
     wobble = itertools.cycle([0.0, 0.3, -0.2, 0.4, -0.1, 0.2])
 
     async def query(request: web.Request) -> web.Response:
         form = await request.post()
         q = str(form.get("query") or request.query.get("query", ""))
         step = next(wobble)
-        value = 120 + 40 * step if "latency" in q else 99.5 + step
+        value = 120 + 40 * step if "latency" in q else success + step
         data = {"resultType": "vector", "result": [{"metric": {}, "value": [0, str(value)]}]}
         return web.json_response({"status": "success", "data": data})
 
@@ -115,9 +116,11 @@ def _config(tmp_path: Path, prom: str, router: Receiver, *, anonymous_read: bool
 
 
 @asynccontextmanager
-async def daemon(tmp_path: Path, *, anonymous_read: bool) -> AsyncIterator[str]:
+async def daemon(
+    tmp_path: Path, *, anonymous_read: bool, success: float = 99.5
+) -> AsyncIterator[str]:
     """A real ``canaryd run`` process with canary ``prod/web``; yields its base URL."""
-    async with fake_prometheus() as prom, Receiver() as router:
+    async with fake_prometheus(success) as prom, Receiver() as router:
         config = _config(tmp_path, prom, router, anonymous_read=anonymous_read)
         url = api_url(config)
         with daemon_process(config, tmp_path / "daemon.log"):
@@ -213,6 +216,24 @@ async def test_rollout_progresses_on_screen_and_approve_opens_the_gate(tmp_path:
         assert await page.evaluate("window.seen !== undefined")  # the same document throughout
         await shot(page, "canary-promoted")
         assert errors == []
+
+
+async def test_page_says_why_a_rollout_failed(tmp_path: Path) -> None:
+    """A rolled-back rollout shows its reason (the metric against its bound) and its red checks."""
+    async with daemon(tmp_path, anonymous_read=True, success=97.0) as url, browser() as b:
+        await post(url, "/api/v1/canaries/prod/web/rollouts", {"revision": "v9"})
+        page = await b.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(url + "/ui/#/canary/prod/web")
+        await expect(page.locator("#phase")).to_have_text("Failed", timeout=30_000)
+        await expect(page.locator("#why")).to_contain_text("success-rate")
+        past = page.locator("#rollouts tr[data-rollout]")
+        await expect(past.locator(".outcome")).to_have_text("rolled_back")
+        await expect(past.locator(".reason")).to_contain_text("success-rate")
+        await past.locator("a").click()
+        await expect(page.locator("h1")).to_contain_text("rollout")
+        chart = page.locator('.metric[data-metric="success-rate"]')
+        assert await chart.locator("circle.fail").count() >= 3  # the threshold's failed checks
+        await shot(page, "rolled-back")
 
 
 async def test_page_without_token_cannot_act(tmp_path: Path) -> None:
