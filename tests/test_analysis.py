@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -966,7 +967,7 @@ def _by_router_errors(spec: CanaryConfig) -> Decision:
     return core.router_failed(spec, state, "router lb: HTTP 503", 4.0)
 
 
-ROLLBACKS = {
+ROLLBACKS: dict[str, tuple[Callable[[CanaryConfig], Decision], dict[str, Any]]] = {
     "threshold": (_by_threshold, {"reason": "request-success-rate 90 < min 99"}),
     "rollback-webhook": (_by_webhook, {"webhook": "stop"}),
     "abort": (_by_abort, {"manual": True, "reason": "aborted by operator"}),
@@ -1049,7 +1050,7 @@ def _promote_by_operator(spec: CanaryConfig) -> Decision:
     return core.promote(spec, core.decide(spec, started(spec), Observation(), 1.0).state, 2.0)
 
 
-PROMOTIONS = {
+PROMOTIONS: dict[str, tuple[Callable[[CanaryConfig], Decision], dict[str, Any]]] = {
     "last-step": (_promote_at_last_step, {}),
     "promotion-gate": (
         _promote_after_gate,

@@ -72,7 +72,7 @@ async def test_wait_reports_an_error_answer_at_once() -> None:
         await _follow(client, "prod/web", 30, "r1")
 
 
-PENDING = {"routePending": True, "reason": "sr 90 < min 99", "failedChecks": 5}
+PENDING: dict[str, Any] = {"routePending": True, "reason": "sr 90 < min 99", "failedChecks": 5}
 
 
 async def test_wait_says_rolled_back_only_once_the_router_applied_the_rollback(
