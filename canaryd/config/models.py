@@ -298,8 +298,106 @@ class WebProvider(_HttpProvider):
         return v
 
 
+# SaaS metric APIs (docs/providers.md): one number from a window ending now.
+
+
+class _VendorProvider(Model):
+    """What the Datadog, New Relic and Dynatrace providers share."""
+
+    address: str
+    timeout: Duration = 5.0
+    lookback: Duration = 600.0
+    """Seconds of data an instant query covers, ending now (Flagger: 10 intervals of 1m)."""
+    insecureSkipVerify: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        return PrometheusProvider._http_url(v)
+
+    @field_validator("lookback")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("must be at least 1s")
+        return v
+
+
+class DatadogProvider(_VendorProvider):
+    """Datadog's metrics query API: v1 ``/api/v1/query`` or v2 scalar/timeseries formulas."""
+
+    type: Literal["datadog"]
+    address: str = "https://api.datadoghq.com"
+    api: Literal["v1", "v2"] = "v1"
+    aggregator: Literal["avg", "min", "max", "sum", "last", "area", "l2norm", "percentile"] = "avg"
+    """How v2 scalar queries reduce the window to one number."""
+    api_key_file: str
+    application_key_file: str
+
+
+class NewRelicProvider(_VendorProvider):
+    """New Relic NRQL through NerdGraph (``POST /graphql``)."""
+
+    type: Literal["newrelic"]
+    address: str = "https://api.newrelic.com"
+    lookback: Duration = 60.0
+    account_id: int | None = None
+    account_id_file: str | None = None
+    api_key_file: str
+
+    @model_validator(mode="after")
+    def _one_account(self) -> NewRelicProvider:
+        if (self.account_id is None) == (self.account_id_file is None):
+            raise ValueError("set exactly one of account_id or account_id_file")
+        return self
+
+
+class DynatraceProvider(_VendorProvider):
+    """Dynatrace metrics API v2 (``/api/v2/metrics/query``)."""
+
+    type: Literal["dynatrace"]
+    api_token_file: str
+
+
+class CloudWatchProvider(Model):
+    """Amazon CloudWatch ``GetMetricData``; credentials from the standard AWS chain."""
+
+    type: Literal["cloudwatch"]
+    region: str
+    endpoint_url: str | None = None
+    """Another endpoint than AWS's (a VPC endpoint, a local test server)."""
+    profile: str | None = None
+    """A profile of the shared AWS config/credentials files (default: the chain's choice)."""
+    timeout: Duration = 5.0
+    lookback: Duration = 600.0
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return None if v is None else PrometheusProvider._http_url(v)
+
+    @field_validator("lookback")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        return _VendorProvider._positive(v)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c == "-" for c in v):
+            raise ValueError("must be an AWS region name such as us-east-1")
+        return v
+
+
 ProviderConfig = Annotated[
-    PrometheusProvider | GraphiteProvider | InfluxDBProvider | WebProvider,
+    PrometheusProvider
+    | GraphiteProvider
+    | InfluxDBProvider
+    | WebProvider
+    | DatadogProvider
+    | NewRelicProvider
+    | DynatraceProvider
+    | CloudWatchProvider,
     Field(discriminator="type"),
 ]
 

@@ -372,7 +372,11 @@ def _canary_schema() -> Schema:
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         "startedAt": _nullable("number"),
         "finishedAt": _nullable("number"),
-        "routePending": {"type": "boolean"},
+        "routePending": {
+            "type": "boolean",
+            "description": "The router has not confirmed the route of this phase yet: a "
+            "Failed rollout's rollback (not applied yet), a Promoting rollout's promote.",
+        },
         "lastCheck": {
             "anyOf": [_ref("CheckSummary"), {"type": "null"}],
             "description": "The most recent check (lists and details only).",

@@ -207,6 +207,7 @@ def state_to_dict(state: CanaryState) -> dict[str, Any]:
     data = {f.name: getattr(state, f.name) for f in _STATE_FIELDS}  # asdict deep-copies
     data["approvals"] = sorted(state.approvals)
     data["metadata"] = dict(state.metadata)
+    data["rollback_fields"] = dict(state.rollback_fields)
     return data
 
 
