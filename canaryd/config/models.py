@@ -152,6 +152,8 @@ def read_secret(
             not set.
     """
     if path:
+        if "\x00" in path:
+            raise SecretError("secret file path contains a NUL byte")
         p = Path(path)
         try:
             mode = p.stat().st_mode
@@ -162,6 +164,8 @@ def read_secret(
             value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise SecretError(f"secret file {path} is not UTF-8 text") from exc
     elif env:
         found = (os.environ if environ is None else environ).get(env)
         if found is None:
