@@ -497,3 +497,22 @@ async def test_history_from_a_daemon_without_the_history_api(cli: Cli) -> None:
         await server.close()
     assert (code, err) == (0, "")
     assert out.splitlines()[1].split()[3:6] == ["v3", "promoted", "1m30s"]
+
+
+async def test_events_of_a_past_rollout_from_the_daemon(cli: Cli) -> None:
+    """``events --rollout ID`` lists the events of that rollout only, as the daemon kept them."""
+    await _rollout_at_10(cli)
+    first = json.loads((await cli("status", "prod/web", "--json"))[1])["rolloutId"]
+    assert (await cli("abort", "prod/web"))[0] == 0
+    assert (await cli("rollout", "prod/web", "--revision", "v3"))[0] == 0
+    code, out, err = await cli("events", "prod/web", "--rollout", first)
+    assert (code, err) == (0, "")
+    assert {line.split()[3] for line in out.splitlines()} == {"v2"}
+    assert out.splitlines()[-1].split()[2] == "rollout.rolled_back"
+    code, out, err = await cli("history", "prod/web")
+    assert [row.split()[0] for row in out.splitlines()[1:]][1] == first
+    assert await cli("events", "prod/web", "--rollout", "nope") == (
+        2,
+        "",
+        "canaryd: no rollout nope of prod/web (HTTP 404)\n",
+    )

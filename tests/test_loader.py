@@ -638,7 +638,7 @@ def test_secret_env(tmp_path: Path, text: str, expected: str) -> None:
 
 
 UNKNOWN_TOP = (
-    "valid keys: api, canaries, include, listen, log, meshProvider, notifiers, outbox, "
+    "valid keys: api, canaries, history, include, listen, log, meshProvider, notifiers, outbox, "
     "providers, routers, state, templates"
 )
 

@@ -152,6 +152,8 @@ def read_secret(
             not set.
     """
     if path:
+        if "\x00" in path:
+            raise SecretError("secret file path contains a NUL byte")
         p = Path(path)
         try:
             mode = p.stat().st_mode
@@ -162,6 +164,8 @@ def read_secret(
             value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise SecretError(f"secret file {path} is not UTF-8 text") from exc
     elif env:
         found = (os.environ if environ is None else environ).get(env)
         if found is None:
@@ -1080,6 +1084,23 @@ class OutboxConfig(Model):
     pollInterval: Timeout = 0.5
 
 
+class HistoryConfig(Model):
+    """How long past rollouts (their checks and events) are kept; see docs/api.md, "History".
+
+    A canary's current rollout is always kept. A finished rollout goes when it
+    is beyond the newest ``keep`` of its canary or older than ``maxAge``; a
+    rolled-back one only beyond the newest ``failedKeep`` failed ones or older
+    than ``failedMaxAge``. A long rollout keeps its newest ``checksPerRollout``
+    check records (and as many events).
+    """
+
+    keep: int = Field(default=20, ge=1)
+    maxAge: Timeout = 30 * 86400.0
+    failedKeep: int = Field(default=50, ge=1)
+    failedMaxAge: Timeout = 90 * 86400.0
+    checksPerRollout: int = Field(default=1000, ge=10)
+
+
 class LogConfig(Model):
     """Logging: JSON lines (journald) or console; ``auto`` picks console on a terminal."""
 
@@ -1114,6 +1135,7 @@ class Settings(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     meshProvider: str = "prometheus"
     providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
     routers: dict[Name, RouterConfig] = Field(default_factory=dict)
