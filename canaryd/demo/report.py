@@ -202,15 +202,15 @@ def _time_axis(end: float, y: float) -> str:
 def _legend() -> str:
     y = TOP - 6
     return (
-        f'<text x="{LEFT + PLOT_WIDTH - 300}" y="{y}" fill="#0969da">primary</text>'
-        f'<text x="{LEFT + PLOT_WIDTH - 245}" y="{y}" fill="#bf5700">canary</text>'
-        f'<circle cx="{LEFT + PLOT_WIDTH - 190}" cy="{y - 4}" r="4" fill="#1a7f37"/>'
-        f'<text x="{LEFT + PLOT_WIDTH - 182}" y="{y}" fill="#1a7f37">pass</text>'
-        f'<circle cx="{LEFT + PLOT_WIDTH - 145}" cy="{y - 4}" r="4" fill="#cf222e"/>'
-        f'<text x="{LEFT + PLOT_WIDTH - 137}" y="{y}" fill="#cf222e">fail</text>'
-        f'<circle cx="{LEFT + PLOT_WIDTH - 105}" cy="{y - 4}" r="4" fill="none" stroke="#888" '
+        f'<text x="{LEFT + PLOT_WIDTH - 330}" y="{y}" fill="#0969da">primary</text>'
+        f'<text x="{LEFT + PLOT_WIDTH - 275}" y="{y}" fill="#bf5700">canary</text>'
+        f'<circle cx="{LEFT + PLOT_WIDTH - 220}" cy="{y - 4}" r="4" fill="#1a7f37"/>'
+        f'<text x="{LEFT + PLOT_WIDTH - 212}" y="{y}" fill="#1a7f37">in bound</text>'
+        f'<circle cx="{LEFT + PLOT_WIDTH - 155}" cy="{y - 4}" r="4" fill="#cf222e"/>'
+        f'<text x="{LEFT + PLOT_WIDTH - 147}" y="{y}" fill="#cf222e">out of bound</text>'
+        f'<circle cx="{LEFT + PLOT_WIDTH - 68}" cy="{y - 4}" r="4" fill="none" stroke="#888" '
         'stroke-width="1.5"/>'
-        f'<text x="{LEFT + PLOT_WIDTH - 97}" y="{y}" fill="#666">no data</text>'
+        f'<text x="{LEFT + PLOT_WIDTH - 60}" y="{y}" fill="#666">no data</text>'
     )
 
 
