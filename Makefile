@@ -28,6 +28,8 @@ demo: $(STAMP) system-deps
 lint: $(STAMP)
 	$(BIN)/ruff check canaryd tests benchmarks
 	$(BIN)/ruff format --check canaryd tests benchmarks
+	$(BIN)/lint-imports
+	@! git grep -nE '^(<<<<<<<|>>>>>>>)( |$$)' -- . ':!*.md' || { echo 'merge conflict markers committed'; exit 1; }
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -111,8 +111,8 @@ def unique_job() -> str:
 import aiohttp  # noqa: E402
 from postgres import PostgresServer, start_postgres  # noqa: E402
 
-from canaryd.pgstore import PostgresStore  # noqa: E402
-from canaryd.store import SqliteStore, StateStore  # noqa: E402
+from canaryd.service.pgstore import PostgresStore  # noqa: E402
+from canaryd.service.store import SqliteStore, StateStore  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -121,8 +121,8 @@ def start_postgres() -> Iterator[PostgresServer]:
 
 def query(store: object, sql: str) -> list[tuple[Any, ...]]:
     """Rows of ``sql`` read straight from a store's database, SQLite or PostgreSQL."""
-    from canaryd.pgstore import PostgresStore
-    from canaryd.store import SqliteStore
+    from canaryd.service.pgstore import PostgresStore
+    from canaryd.service.store import SqliteStore
 
     if isinstance(store, PostgresStore):
         with psycopg.connect(store.url) as conn:

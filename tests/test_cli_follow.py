@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
-from canaryd.cli import _follow
+from canaryd.cli.commands import _follow
 from canaryd.errors import ClientError
 
 pytestmark = pytest.mark.anyio
@@ -70,3 +71,41 @@ async def test_wait_reports_an_error_answer_at_once() -> None:
     client = ScriptedClient([ClientError("no canary prod/web (HTTP 404)")])
     with pytest.raises(ClientError, match="HTTP 404"):
         await _follow(client, "prod/web", 30, "r1")
+
+
+async def test_wait_lines_start_with_the_time(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every progress line and the final line start with HH:MM:SS."""
+    client = ScriptedClient([state("Progressing"), state("Succeeded")])
+    assert await _follow(client, "prod/web", 30, "r1") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert all(re.match(r"\d\d:\d\d:\d\d  prod/web", line) for line in lines)
+
+
+PENDING: dict[str, Any] = {"routePending": True, "reason": "sr 90 < min 99", "failedChecks": 5}
+
+
+async def test_wait_says_rolled_back_only_once_the_router_applied_the_rollback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rollback the router has not confirmed keeps the wait going, shown as not applied yet;
+    "rolled back" and exit 1 come once it is applied."""
+    applied = state("Failed", canaryWeight=0, reason="sr 90 < min 99", failedChecks=5)
+    client = ScriptedClient([state("Failed", **PENDING), state("Failed", **PENDING), applied])
+    assert await _follow(client, "prod/web", 30, "r1") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "rollback not applied yet" in lines[0] and "rolled back" not in lines[0]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d  prod/web: rolled back: sr 90 < min 99", lines[-1])
+    assert sum("rolled back" in line for line in lines) == 1
+
+
+async def test_wait_times_out_with_its_own_code_while_the_rollback_is_not_applied(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rollback still refused by the router when --timeout runs out exits 4, never claiming
+    it was rolled back."""
+    client = ScriptedClient([state("Failed", **PENDING)])
+    assert await _follow(client, "prod/web", 1.5, "r1") == 4
+    out, err = capsys.readouterr()
+    assert "rolled back" not in out
+    assert "rollback decided (sr 90 < min 99) but not applied yet" in err

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from canaryd.config import MIN_INTERVAL_ENV, PrometheusProvider
+from canaryd.config.loader import Loaded, load_config
 from canaryd.errors import ConfigError
-from canaryd.loader import Loaded, load_config
 
 PRE = """\
 providers: {prom: {type: prometheus}}
@@ -387,7 +387,7 @@ def test_template_ref_is_looked_up_by_namespace_and_name(tmp_path: Path) -> None
         )
     )
     loaded = manifest(tmp_path, text)
-    from canaryd.runtime import resolve_metrics
+    from canaryd.config.queries import resolve_metrics
 
     [metric] = resolve_metrics(loaded.settings, loaded.settings.canaries[0])
     assert metric.query == 'max(x{ns="prod"})'
@@ -405,7 +405,7 @@ def test_template_ref_namespace_selects_among_templates_of_one_name(tmp_path: Pa
     )
     dev = canary.replace("{name: web, namespace: prod}", "{name: web, namespace: dev}")
     loaded = manifest(tmp_path, "---\n".join([other, base, canary, dev]))
-    from canaryd.runtime import resolve_metrics
+    from canaryd.config.queries import resolve_metrics
 
     queries = [resolve_metrics(loaded.settings, c)[0].query for c in loaded.settings.canaries]
     assert queries == ['max(x{ns="prod"})', 'min(x{ns="dev"})']
@@ -439,3 +439,29 @@ def test_url_file_without_a_scheme_is_refused_without_showing_it(tmp_path: Path)
         "with http:// or https://"
     ]
     assert "SECRET" not in found[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nul", None, "contains a NUL byte"),
+        ("latin1", b"caf\xe9-token\n", "is not UTF-8 text"),
+    ],
+    ids=["nul-in-path", "not-utf8"],
+)
+def test_unreadable_secrets_are_secret_errors(
+    tmp_path: Path, name: str, content: bytes | None, message: str
+) -> None:
+    """A secret path with a NUL byte or a secret file that is not UTF-8 is a SecretError."""
+    from canaryd.config.models import read_secret
+    from canaryd.errors import SecretError
+
+    path = tmp_path / name
+    if content is None:
+        target = str(path) + "\x00x"
+    else:
+        path.write_bytes(content)
+        path.chmod(0o600)
+        target = str(path)
+    with pytest.raises(SecretError, match=message):
+        read_secret(target)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
 import psycopg
 import pytest
-
-from canaryd.analysis import CanaryState
-from canaryd.errors import FencedError
-from canaryd.lease import Lease
-from canaryd.pgstore import PostgresStore, redact
-from canaryd.store import OutboxMessage
 from postgres import PostgresServer
+
+from canaryd.core.analysis import CanaryState
+from canaryd.errors import FencedError
+from canaryd.service.lease import Lease
+from canaryd.service.pgstore import PostgresStore, redact
+from canaryd.service.store import OutboxMessage
 
 pytestmark = pytest.mark.anyio
 
@@ -30,13 +29,13 @@ class Clock:
 
 
 @pytest.fixture
-async def url(postgres: PostgresServer) -> AsyncIterator[str]:
+async def url(postgres: PostgresServer) -> str:
     """A new database with canaryd's schema."""
     url = postgres.create_database()
     store = PostgresStore(url)
     await store.open()
     await store.close()
-    yield url
+    return url
 
 
 async def attempt(lease: Lease, url: str) -> int | None:
@@ -86,7 +85,7 @@ async def test_a_leader_stops_deciding_before_its_lease_can_expire(url: str) -> 
 
 
 async def test_a_paused_then_resumed_old_leader_cannot_write(url: str) -> None:
-    """After another replica took the lease, the old leader's state and outbox writes are refused."""
+    """Once another replica took the lease, the old leader's state and outbox writes are refused."""
     old, new = Lease(url, ttl=1.0), Lease(url, ttl=1.0)
     assert await attempt(old, url) is not None
     stale = PostgresStore(url, fence=old)

@@ -10,21 +10,21 @@ import psycopg
 import pytest
 from postgres import PostgresServer
 
-from canaryd.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.cli import main
+from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
+from canaryd.core.events import Event
 from canaryd.errors import StoreError
-from canaryd.events import Event
-from canaryd.lease import Lease
-from canaryd.pgstore import PostgresStore
-from canaryd.statecopy import copy_state
-from canaryd.store import SqliteStore, StateStore
+from canaryd.service.lease import Lease
+from canaryd.service.pgstore import PostgresStore
+from canaryd.service.statecopy import copy_state
+from canaryd.service.store import SqliteStore, StateStore
 
 pytestmark = pytest.mark.anyio
 
 
 def message(n: int) -> Any:
     """The n-th outbox message of prod/web."""
-    from canaryd.store import OutboxMessage
+    from canaryd.service.store import OutboxMessage
 
     return OutboxMessage("prod/web", f"prod/web:r1:{n}:0:alert:a", "alert:a", {"n": n})
 
@@ -55,6 +55,8 @@ async def snapshot(store: StateStore) -> dict[str, Any]:
         "events": await store.events("prod/web", 10),
         "due": [(m.idempotency_key, m.payload, m.attempts) for m in await all_due(store)],
         "stats": (await store.outbox_stats())["counts"],
+        "rollouts": await store.rollouts("prod/web"),
+        "rollout": await store.rollout("prod/web", "r1"),
     }
 
 
@@ -69,7 +71,14 @@ async def test_sqlite_to_postgresql_and_back_keeps_everything(
     await lite.close()
     url = postgres.create_database()
     counts = await anyio.to_thread.run_sync(copy_state, f"sqlite://{tmp_path}/a.db", url)
-    assert counts == {"canaries": 2, "checks": 3, "events": 3, "outbox": 4, "pending_routes": 1}
+    assert counts == {
+        "canaries": 2,
+        "checks": 3,
+        "events": 3,
+        "rollouts": 1,
+        "outbox": 4,
+        "pending_routes": 1,
+    }
     pg = PostgresStore(url)
     await pg.open()
     try:

@@ -25,7 +25,7 @@ from daemons import TOKEN, api_url, running_daemon
 from receiver import Receiver
 from service_helpers import canary, service_config
 
-from canaryd.cli import SIGPIPE_EXIT, main
+from canaryd.cli.commands import SIGPIPE_EXIT, main
 from canaryd.demo.view import TerminalView
 from canaryd.terminal import escape, escape_lines
 
@@ -116,7 +116,7 @@ async def test_rollout_wait_prints_the_failure_reason_escaped(hostile: Cli) -> N
     """``rollout --wait`` shows the rollback with Prometheus's text escaped, exit 1."""
     code, out, err = await hostile("rollout", "prod/web", "--revision", "v2", "--wait")
     assert code == 1, (out, err)
-    assert out.splitlines()[-1].startswith("prod/web: rolled back: ")
+    assert re.match(r"\d\d:\d\d:\d\d  prod/web: rolled back: ", out.splitlines()[-1])
     assert_escaped(out)
 
 

@@ -1,7 +1,8 @@
 """Metrics providers: the :class:`MetricsProvider` seam and its factory.
 
 One module per implementation (docs/providers.md): ``prometheus`` (and every
-Prometheus-compatible API), ``graphite``, ``influxdb``, ``web``; what they
+Prometheus-compatible API), ``graphite``, ``influxdb``, ``web``, ``datadog``,
+``newrelic``, ``dynatrace``, ``cloudwatch``; what they
 share (retries within the tick's budget, auth, timeouts) is ``base``.
 """
 
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from canaryd.config import (
+from canaryd.config.models import (
+    CloudWatchProvider,
+    DatadogProvider,
+    DynatraceProvider,
     GraphiteProvider,
     InfluxDBProvider,
+    NewRelicProvider,
     PrometheusProvider,
     ProviderConfig,
     WebProvider,
@@ -43,16 +48,17 @@ class MetricsProvider(Protocol):
         """
         ...
 
-
-class ClosableProvider(MetricsProvider, Protocol):
-    """A provider holding connections of its own, closed with :meth:`aclose`."""
-
     async def aclose(self) -> None:
-        """Close the provider's connections; queries in flight finish, new ones fail."""
+        """Release the provider's connections (idempotent); no query after it."""
         ...
 
 
-def build_provider(cfg: ProviderConfig) -> ClosableProvider:
+ClosableProvider = MetricsProvider
+"""The same Protocol: every provider has :meth:`~MetricsProvider.aclose` now. Kept for code
+written when it did not."""
+
+
+def build_provider(cfg: ProviderConfig) -> MetricsProvider:
     """Create the provider for a config entry (the config's ``type`` picks the class).
 
     The provider holds connections of its own: close it with ``aclose()``.
@@ -73,4 +79,25 @@ def build_provider(cfg: ProviderConfig) -> ClosableProvider:
         from canaryd.providers.web import Web
 
         return Web(cfg)
+    return _build_saas(cfg)
+
+
+def _build_saas(cfg: ProviderConfig) -> ClosableProvider:
+    """The SaaS providers (docs/providers.md): Datadog, New Relic, Dynatrace, CloudWatch."""
+    if isinstance(cfg, DatadogProvider):
+        from canaryd.providers.datadog import Datadog
+
+        return Datadog(cfg)
+    if isinstance(cfg, NewRelicProvider):
+        from canaryd.providers.newrelic import NewRelic
+
+        return NewRelic(cfg)
+    if isinstance(cfg, DynatraceProvider):
+        from canaryd.providers.dynatrace import Dynatrace
+
+        return Dynatrace(cfg)
+    if isinstance(cfg, CloudWatchProvider):
+        from canaryd.providers.cloudwatch import CloudWatch
+
+        return CloudWatch(cfg)
     raise AssertionError(f"unhandled provider type {cfg!r}")  # config validation prevents this

@@ -38,7 +38,10 @@ from dataclasses import dataclass
 import httptools
 from yarl import URL
 
-from canaryd.errors import CanarydError
+from canaryd.errors import AnswerTimeoutError as AnswerTimeoutError
+from canaryd.errors import PoolTimeoutError as PoolTimeoutError
+from canaryd.errors import TLSError as TLSError
+from canaryd.errors import TransportError as TransportError
 
 IDLE_SECONDS = 15.0
 """A connection unused for longer is closed rather than reused (servers drop idle ones)."""
@@ -47,25 +50,6 @@ MAX_HEAD_BYTES = 8 * 1024
 """Status lines and headers of one answer, interim ``1xx`` answers included, at most."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class TransportError(CanarydError):
-    """A request failed below HTTP: no connection, connection lost, broken answer.
-
-    Internal to the provider, which turns it into a :class:`ProviderError`.
-    """
-
-
-class TLSError(TransportError):
-    """The TLS handshake failed (certificate not trusted, wrong host name, ...)."""
-
-
-class PoolTimeoutError(TransportError):
-    """No connection came free within the request's timeout."""
-
-
-class AnswerTimeoutError(TransportError):
-    """No complete answer within the request's timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +61,10 @@ class Response:
     complete: bool
     location: str = ""
     """The ``Location`` header (redirects), as sent."""
+    retry_after: str = ""
+    """The ``Retry-After`` header (rate limits), as sent."""
+    ratelimit_reset: str = ""
+    """The ``X-RateLimit-Reset`` header (vendors' rate limits: docs/providers.md), as sent."""
 
 
 class _Connection(asyncio.Protocol):
@@ -92,6 +80,7 @@ class _Connection(asyncio.Protocol):
         "_keep_alive",
         "_location",
         "_parser",
+        "_rate",
         "_seen",
         "_size",
         "_status",
@@ -117,6 +106,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._encoded = False  # a Content-Encoding other than identity
         self._location = b""
+        self._rate: dict[bytes, bytes] = {}  # Retry-After, X-RateLimit-Reset
         self._seen = 0  # bytes received for the request in flight
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -209,6 +199,8 @@ class _Connection(asyncio.Protocol):
             self._encoded = True
         elif lowered == b"location":
             self._location = value
+        elif lowered in (b"retry-after", b"x-ratelimit-reset"):
+            self._rate[lowered] = value
 
     def on_headers_complete(self) -> None:
         if 100 <= self._parser.get_status_code() < 200:
@@ -229,6 +221,7 @@ class _Connection(asyncio.Protocol):
         if not self._headers_done:  # the end of an interim answer (100 Continue, 103 ...)
             self._delimited = self._encoded = False
             self._location = b""
+            self._rate = {}
             return
         if self._encoded:
             self._fail(TransportError("answer has a Content-Encoding that was not asked for"))
@@ -245,6 +238,7 @@ class _Connection(asyncio.Protocol):
         self._headers_done = self._delimited = self._answered = self._encoded = False
         self._stray = False
         self._location = b""
+        self._rate = {}
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return waiter
@@ -257,7 +251,17 @@ class _Connection(asyncio.Protocol):
         if not complete:
             body = body[: self._cap]
         location = self._location.decode("latin-1")
-        waiter.set_result(Response(self._status, body, complete, location))
+        rate = {k: v.decode("latin-1") for k, v in self._rate.items()}
+        waiter.set_result(
+            Response(
+                self._status,
+                body,
+                complete,
+                location,
+                rate.get(b"retry-after", ""),
+                rate.get(b"x-ratelimit-reset", ""),
+            )
+        )
         if not (complete and self._keep_alive):
             self.close()
 

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
-from canaryd.config import (
+from canaryd.config.models import (
     AlbRouter,
     CaddyRouter,
     ConsulRouter,
+    EnvoyRouter,
     ExecRouter,
     HAProxyRouter,
+    NginxRouter,
     RouterConfig,
+    TraefikRouter,
     WebhookRouter,
 )
-
-Action = Literal["route", "promote", "rollback"]
+from canaryd.core.analysis import Action as Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,29 @@ class Router(Protocol):
         """
         ...
 
+    async def aclose(self) -> None:
+        """Release what the router holds (idempotent); no request after it.
+
+        Routers that only borrow the daemon's HTTP session hold nothing.
+        """
+        ...
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """A router that can verify cheaply that it is reachable and set up (``check --online``).
+
+    Routers without such a check are reported as "not checked".
+    """
+
+    async def check(self) -> str:
+        """Verify the router without changing anything; say what was found.
+
+        Raises:
+            RouterError: unreachable, or what the configuration names is not there.
+        """
+        ...
+
 
 def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
     """Create the router for a config entry (the config's ``type`` picks the class).
@@ -71,6 +96,8 @@ def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -
         from canaryd.routers.haproxy import HAProxyRuntime
 
         return HAProxyRuntime(cfg)
+    if isinstance(cfg, NginxRouter | EnvoyRouter | TraefikRouter):
+        return _build_file_router(cfg, session)
     return _build_api_router(name, cfg, session)
 
 
@@ -97,3 +124,24 @@ def _build_api_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSessi
 
         return ExecCommand(cfg, name=name)
     raise AssertionError(f"unhandled router type {cfg!r}")  # config validation prevents this
+
+
+def _build_file_router(
+    cfg: NginxRouter | EnvoyRouter | TraefikRouter, session: aiohttp.ClientSession
+) -> Router:
+    """The routers that write a file for a proxy (``docs/routers.md``)."""
+    if isinstance(cfg, NginxRouter) and cfg.api is not None:
+        from canaryd.routers.nginx_plus import NginxPlusRouter
+
+        return NginxPlusRouter(cfg, session)
+    if isinstance(cfg, NginxRouter):
+        from canaryd.routers.nginx import NginxFileRouter
+
+        return NginxFileRouter(cfg)
+    if isinstance(cfg, EnvoyRouter):
+        from canaryd.routers.envoy import EnvoyFileRouter
+
+        return EnvoyFileRouter(cfg, session)
+    from canaryd.routers.traefik import TraefikFileRouter
+
+    return TraefikFileRouter(cfg, session)

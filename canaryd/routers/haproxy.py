@@ -62,7 +62,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.config import HAProxyRouter
+from canaryd.config.models import HAProxyRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
 
@@ -216,6 +216,9 @@ class HAProxyRuntime:
         self._cfg = cfg
         self.budget = cfg.timeout * BUDGET_FACTOR
 
+    async def aclose(self) -> None:
+        """Nothing to release: the router opens a connection per command and keeps none."""
+
     async def apply(self, request: RouteRequest) -> None:
         """Set and verify the weights for ``request`` (see the module docstring).
 
@@ -231,6 +234,19 @@ class HAProxyRuntime:
             raise RouterError(
                 f"haproxy {self._cfg.socket}: no answer within {self.budget:g}s"
             ) from exc
+
+    async def check(self) -> str:
+        """The backend and both servers exist (``show servers state``); nothing is changed.
+
+        Raises:
+            RouterError: the socket does not answer, or the backend or a server is unknown.
+        """
+        state = await self.servers_state()
+        found = [f"{n} at {':'.join(self._server(state, n))}" for n in self._primary_canary()]
+        return f"backend {self._cfg.backend}: {', '.join(found)}"
+
+    def _primary_canary(self) -> tuple[str, str]:
+        return self._cfg.primary, self._cfg.canary
 
     async def _apply(self, request: RouteRequest) -> None:
         if request.action == "promote":
