@@ -30,11 +30,11 @@ from psycopg_pool import AsyncConnectionPool
 from canaryd.core.analysis import CanaryState, CheckRecord
 from canaryd.core.events import Event
 from canaryd.errors import FencedError, StoreError
+from canaryd.service import store as store_module
 from canaryd.service.store import (
     _NEWEST,
     _ROLLOUT_COLUMNS,
     _UPSERT_ROLLOUT,
-    EVENTS_KEEP,
     RELEASE,
     SENT_KEEP_SECONDS,
     OutboxMessage,
@@ -441,7 +441,8 @@ async def _prune(conn: Conn, now: float, keep: Retention) -> None:
             await _keep_newest(conn, table, "key=%s AND rollout=%s", (key, rollout), cap)
     cur = await conn.execute("SELECT key FROM canaries")
     for (key,) in await cur.fetchall():
-        await _keep_newest(conn, "events", "key=%s AND rollout IS NULL", (key,), EVENTS_KEEP)
+        kept = store_module.EVENTS_KEEP  # read now: one limit for both stores
+        await _keep_newest(conn, "events", "key=%s AND rollout IS NULL", (key,), kept)
 
 
 async def _keep_newest(conn: Conn, table: str, where: str, args: tuple[Any, ...], n: int) -> None:
