@@ -233,8 +233,11 @@ class Daemon:
         lease = self.lease
         await self._refresh_views()
         await tg.start(serve, self)
+        self._lease_event = first = anyio.Event()
         tg.start_soon(lease.run, self._on_lease)
         tg.start_soon(self._guard_lease)
+        with anyio.move_on_after(lease.renew_every):  # ready once it knows who leads
+            await first.wait()
         self.ready = True
         self.notifier.ready(self.status_line())
         tg.start_soon(self._heartbeat)
