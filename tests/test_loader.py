@@ -382,9 +382,9 @@ MODEL_CASES = [
     ),
     (
         "state",
-        PRE + "state: postgres://db\n",
-        "c.yaml:3:1: state: must be sqlite:///ABSOLUTE/PATH or sqlite://RELATIVE/PATH "
-        "(got 'postgres://db')",
+        PRE + "state: mysql://db\n",
+        "c.yaml:3:1: state: must be sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH or "
+        "postgresql://… (got 'mysql://db')",
     ),
     (
         "log-level",
