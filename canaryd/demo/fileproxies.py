@@ -354,6 +354,7 @@ def traefik_static(port: int, api: int, dynamic: Path) -> dict[str, Any]:
             "traefik": {"address": f"127.0.0.1:{api}"},
         },
         "api": {"insecure": True},
+        "metrics": {"prometheus": {"entryPoint": "traefik", "addServicesLabels": True}},
         "providers": {"file": {"directory": str(dynamic), "watch": True}},
         "log": {"level": "ERROR"},
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},

@@ -268,11 +268,18 @@ class PrometheusMetrics:
         return None
 
 
+def _scrape_job(job: str, target: str) -> str:
+    """One scrape config; ``target`` is ``host:port`` or ``host:port/metrics/path``."""
+    address, slash, path = target.partition("/")
+    metrics_path = f"    metrics_path: /{path}\n" if slash else ""
+    return f"  - job_name: {job}\n{metrics_path}    static_configs:\n      - targets: ['{address}']\n"
+
+
 @asynccontextmanager
 async def run_prometheus(
     binary: str, workdir: Path, jobs: Mapping[str, str]
 ) -> AsyncIterator[PrometheusMetrics]:
-    """Start Prometheus scraping ``jobs`` (job name -> host:port) every second.
+    """Start Prometheus scraping ``jobs`` (job name -> host:port[/path]) every second.
 
     Returns once every job has been scraped successfully at least once.
 
@@ -283,10 +290,7 @@ async def run_prometheus(
     config = workdir / "prometheus.yml"
     config.write_text(
         PROMETHEUS_CONFIG
-        + "".join(
-            f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-            for job, target in jobs.items()
-        )
+        + "".join(_scrape_job(job, target) for job, target in jobs.items())
     )
     argv = [
         binary,
