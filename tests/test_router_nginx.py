@@ -306,3 +306,34 @@ async def test_canaries_sharing_nginx_do_not_test_each_others_files(nginx: Nginx
     assert "no-such-host.invalid" in errors[0]
     assert not nginx.include.with_name("api.conf").exists()
     await assert_split(nginx.url, 50)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promote_points_the_primary_at_the_canary_for_real_traffic(nginx: Nginx) -> None:
+    """After promote, weights back to the primary send 100 % to the new version; rollback refused."""
+    router = NginxFileRouter(nginx.router_config())
+    await router.apply(route("route", 50, 50))
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("promote", 50, 50))  # idempotent
+    await router.apply(route("route", 100, 0))
+
+    counts = await assert_split(nginx.url, 100)  # every answer from the canary's backend
+    assert counts["canary"] == sum(counts.values())
+    with pytest.raises(RouterError, match=r"^nginx web: cannot roll back: the primary's servers"):
+        await router.apply(route("rollback", 100, 0))
+    await assert_split(nginx.url, 100)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promotion_verify_only_sets_weights(nginx: Nginx) -> None:
+    """With promotion: verify, promote then primary 100 % leaves the old version serving."""
+    router = NginxFileRouter(nginx.router_config(promotion="verify"))
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("route", 100, 0))
+
+    await assert_split(nginx.url, 0)
+    await router.apply(route("rollback", 100, 0))

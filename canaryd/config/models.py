@@ -384,6 +384,10 @@ class NginxRouter(Model):
     username: str | None = None
     password_file: str | None = None
     timeout: Timeout = 10.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address`` (file mode): promote points the primary's server lines at the
+    canary's addresses; ``verify``: promote only sets weights (the deploy
+    pipeline redeploys the primary). See docs/routers.md, "NGINX"."""
 
     @model_validator(mode="after")
     def _file_or_api(self) -> NginxRouter:
