@@ -311,7 +311,7 @@ async def test_canaries_sharing_nginx_do_not_test_each_others_files(nginx: Nginx
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_promote_points_the_primary_at_the_canary_for_real_traffic(nginx: Nginx) -> None:
-    """After promote, weights back to the primary send 100 % to the new version; rollback refused."""
+    """After promote, primary 100 % sends every request to the new version; rollback is refused."""
     router = NginxFileRouter(nginx.router_config())
     await router.apply(route("route", 50, 50))
 
