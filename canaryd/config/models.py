@@ -438,6 +438,10 @@ class TraefikRouter(Model):
     username: str | None = None
     password_file: str | None = None
     timeout: Timeout = 10.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address``: promote points the weighted service's primary side at the
+    canary service's server URLs (a service in canaryd's file); ``verify``:
+    promote only sets weights. See docs/routers.md, "Traefik"."""
 
 
 def _http_base(value: str) -> str:
