@@ -466,6 +466,10 @@ class CaddyRouter(Model):
     primary: str = Field(min_length=1)
     canary: str = Field(min_length=1)
     timeout: Timeout = 5.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address``: promote points the primary upstream's ``dial`` at the canary's
+    (and tags it ``@id`` ``<handler>-canaryd-primary``); ``verify``: promote only
+    sets weights. See docs/routers.md, "Caddy"."""
 
     @field_validator("handler")
     @classmethod
