@@ -143,7 +143,7 @@ class Envoy:
             "timeout": 5.0,
         }
         if self.eds is not None:
-            entry |= {"promotion": "address", "primary_eds_file": str(self.eds)}
+            entry |= {"promotion": "address", "primary_eds": str(self.eds)}
         return EnvoyRouter.model_validate(entry | override)
 
     def ready(self) -> bool:
@@ -394,7 +394,7 @@ async def test_promotion_verify_leaves_the_primary_cluster(
 
 
 def test_address_promotion_needs_the_eds_file() -> None:
-    """promotion: address without primary_eds_file is a config error naming the key."""
+    """promotion: address without primary_eds is a config error naming the key."""
     entry = {"type": "envoy", "file": "/x", "route_config": "web", "primary": "p", "canary": "c"}
-    with pytest.raises(ValueError, match="primary_eds_file"):
+    with pytest.raises(ValueError, match="primary_eds"):
         EnvoyRouter.model_validate(entry | {"promotion": "address"})

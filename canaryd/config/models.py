@@ -411,16 +411,16 @@ class EnvoyRouter(Model):
     timeout: Timeout = 10.0
     promotion: Literal["address", "verify"] = "verify"
     """``address``: promote points the primary cluster at the canary cluster's
-    endpoints by replacing ``primary_eds_file`` (the primary cluster is an EDS
+    endpoints by replacing ``primary_eds`` (the primary cluster is an EDS
     cluster reading that file); ``verify``: promote only sets weights. See
     docs/routers.md, "Envoy"."""
-    primary_eds_file: str | None = None
+    primary_eds: str | None = None
 
     @model_validator(mode="after")
     def _eds_for_address(self) -> EnvoyRouter:
-        if self.promotion == "address" and self.primary_eds_file is None:
+        if self.promotion == "address" and self.primary_eds is None:
             raise ValueError(
-                "promotion: address needs primary_eds_file (the EDS file of the primary cluster)"
+                "promotion: address needs primary_eds (the EDS file of the primary cluster)"
             )
         return self
 

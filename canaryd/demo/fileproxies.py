@@ -9,12 +9,16 @@ scenario's temporary directory, and is driven by canaryd's own router for it
   has no API to read weights back: the demo reads the split from the header
   line canaryd writes into the include file.
 - Envoy (``--router envoy``): the listener's routes come from an RDS file that
-  canaryd's ``envoy`` router replaces; the demo reads the weights back from the
+  canaryd's ``envoy`` router replaces, the primary cluster's endpoint from an
+  EDS file it replaces on promotion; the demo reads the weights back from the
   admin API's ``/config_dump``.
 - Traefik (``--router traefik``): the file provider watches a directory holding
   the operator's file (router ``web``, services ``primary`` and ``canary``) and
   canaryd's file (the ``weighted`` service ``web``); the demo reads the weights
   back from Traefik's API.
+
+Every router runs with ``promotion: address``: after a promotion the primary
+points at the canary's address, and the demo checks that v2 answers.
 
 The no-traffic scenario: NGINX's canary server is a port nobody listens on (NGINX
 retries the request on the primary, so clients see no error); Envoy's and
@@ -38,9 +42,9 @@ import yaml
 from canaryd.config.models import EnvoyRouter, NginxRouter, TraefikRouter
 from canaryd.demo.procs import child, free_port, wait_ready
 from canaryd.errors import RouterError
-from canaryd.routers.envoy import rds_file, route_configuration
+from canaryd.routers.envoy import eds_file, rds_file, route_configuration
 from canaryd.routers.nginx import render_upstream
-from canaryd.routers.traefik import dynamic_config, qualified
+from canaryd.routers.traefik import PROMOTED_SUFFIX, dynamic_config, qualified
 
 UPSTREAM = "web"
 """The name of the upstream (NGINX), route configuration (Envoy) and weighted service (Traefik)."""
@@ -128,8 +132,8 @@ class NginxPath:
     canary: str
     label: str = "NGINX (real), weights in an include file, tested and reloaded"
     scale: int = 100
-    promotes: bool = False
-    """NGINX's router sets weights only; the deploy pipeline redeploys the primary."""
+    promotes: bool = True
+    """Promotion points the primary at the canary's address (``promotion: address``)."""
 
     @property
     def router(self) -> dict[str, Any]:
@@ -212,8 +216,9 @@ def envoy_cluster(name: str, address: str) -> dict[str, Any]:
     }
 
 
-def envoy_bootstrap(rds: Path, admin: int, listen: int, clusters: dict[str, str]) -> dict[str, Any]:
-    """Envoy's bootstrap: the admin API, one listener whose routes come from ``rds``."""
+def envoy_bootstrap(rds: Path, admin: int, listen: int, eds: Path, canary: str) -> dict[str, Any]:
+    """Envoy's bootstrap: the admin API, one listener whose routes come from ``rds``, the
+    primary cluster's endpoints from the EDS file ``eds``, the canary's at ``canary``."""
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
@@ -242,7 +247,17 @@ def envoy_bootstrap(rds: Path, admin: int, listen: int, clusters: dict[str, str]
         "node": {"id": "canaryd-demo", "cluster": "canaryd-demo"},
         "static_resources": {
             "listeners": [listener],
-            "clusters": [envoy_cluster(n, a) for n, a in clusters.items()],
+            "clusters": [
+                {
+                    "name": "primary",
+                    "type": "EDS",
+                    "connect_timeout": "1s",
+                    "eds_cluster_config": {
+                        "eds_config": {"path_config_source": {"path": str(eds)}}
+                    },
+                },
+                envoy_cluster("canary", canary),
+            ],
         },
     }
 
@@ -277,10 +292,11 @@ class EnvoyPath:
     rds: Path
     admin: str
     log: Path
+    eds: Path
     label: str = "Envoy (real), weighted_clusters in an RDS file, read back via /config_dump"
     scale: int = 100
-    promotes: bool = False
-    """Envoy's router sets weights only; the deploy pipeline redeploys the primary."""
+    promotes: bool = True
+    """Promotion points the primary at the canary's address (``promotion: address``)."""
 
     @property
     def router(self) -> dict[str, Any]:
@@ -294,6 +310,8 @@ class EnvoyPath:
             "canary": "canary",
             "log_path": str(self.log),
             "timeout": ROUTER_TIMEOUT,
+            "promotion": "address",
+            "primary_eds": str(self.eds),
         }
 
     async def weights(self) -> tuple[int, int]:
@@ -325,9 +343,12 @@ async def run_envoy(
         workdir / "envoy-rds" / f"{UPSTREAM}.json",
         f"http://127.0.0.1:{admin}",
         workdir / "envoy.log",
+        workdir / "envoy-rds" / "primary-eds.json",
     )
     path.rds.parent.mkdir()
-    bootstrap = envoy_bootstrap(path.rds, admin, port, {"primary": primary, "canary": canary})
+    host, _, primary_port_text = primary.rpartition(":")
+    path.eds.write_bytes(eds_file("primary", [(host, int(primary_port_text))]))
+    bootstrap = envoy_bootstrap(path.rds, admin, port, path.eds, canary)
     (workdir / "envoy.json").write_text(json.dumps(bootstrap))
     cfg = EnvoyRouter.model_validate(path.router)
     path.rds.write_bytes(rds_file(route_configuration(cfg, 100, 0))[1])
@@ -390,8 +411,8 @@ class TraefikPath:
     api: str
     label: str = "Traefik (real), a weighted service in the file provider, read back via its API"
     scale: int = 100
-    promotes: bool = False
-    """Traefik's router sets weights only; the deploy pipeline redeploys the primary."""
+    promotes: bool = True
+    """Promotion points the primary at the canary's address (``promotion: address``)."""
 
     @property
     def router(self) -> dict[str, Any]:
@@ -419,7 +440,8 @@ class TraefikPath:
         weights = {c.get("name"): int(c.get("weight", 1)) for c in children}
         if not weights:
             raise RouterError("Traefik's API shows no weighted service")
-        return weights.get("primary", 0), weights.get("canary", 0)
+        primary = weights.get("primary", weights.get(UPSTREAM + PROMOTED_SUFFIX, 0))
+        return primary, weights.get("canary", 0)
 
 
 @asynccontextmanager

@@ -173,8 +173,8 @@ class CaddyPath:
     canary: str
     label: str = "Caddy (real), weights set through its admin API"
     scale: int = 100
-    promotes: bool = False
-    """Caddy's router sets weights only; the deploy pipeline redeploys the primary."""
+    promotes: bool = True
+    """Promotion points the primary upstream at the canary's address (``promotion: address``)."""
 
     @property
     def router(self) -> dict[str, Any]:
@@ -272,7 +272,9 @@ def _scrape_job(job: str, target: str) -> str:
     """One scrape config; ``target`` is ``host:port`` or ``host:port/metrics/path``."""
     address, slash, path = target.partition("/")
     metrics_path = f"    metrics_path: /{path}\n" if slash else ""
-    return f"  - job_name: {job}\n{metrics_path}    static_configs:\n      - targets: ['{address}']\n"
+    return (
+        f"  - job_name: {job}\n{metrics_path}    static_configs:\n      - targets: ['{address}']\n"
+    )
 
 
 @asynccontextmanager
@@ -289,8 +291,7 @@ async def run_prometheus(
     port = free_port()
     config = workdir / "prometheus.yml"
     config.write_text(
-        PROMETHEUS_CONFIG
-        + "".join(_scrape_job(job, target) for job, target in jobs.items())
+        PROMETHEUS_CONFIG + "".join(_scrape_job(job, target) for job, target in jobs.items())
     )
     argv = [
         binary,

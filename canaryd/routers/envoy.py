@@ -21,7 +21,7 @@ admin API not answering (Envoy down) is an error before anything is written.
 ``promote`` writes the request's weights like ``route``; with ``promotion:
 address`` it first points the primary cluster at the canary cluster's endpoints
 (as ``/clusters`` shows them) by replacing the primary's EDS file
-(``primary_eds_file``, same atomic rename) and waits until ``/clusters`` shows
+(``primary_eds``, same atomic rename) and waits until ``/clusters`` shows
 them; a ``rollback`` while both clusters have the same endpoints is refused
 (the old version is no longer in Envoy). ``rollback`` always writes primary
 100 %. See ``docs/routers.md``.
@@ -248,7 +248,7 @@ class EnvoyFileRouter:
 
             await poll(check, self._cfg.timeout, f"{self._label}: primary cluster endpoints")
 
-        path = Path(str(self._cfg.primary_eds_file))
+        path = Path(str(self._cfg.primary_eds))
         await apply_file("envoy", path, eds_file(self._cfg.primary, canary), confirm)
 
     async def _hosts(self) -> tuple[list[Host], list[Host]]:
