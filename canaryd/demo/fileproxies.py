@@ -22,8 +22,10 @@ points at the canary's address, and the demo checks that v2 answers.
 
 The no-traffic scenario: NGINX's canary server is a port nobody listens on (NGINX
 retries the request on the primary, so clients see no error); Envoy's and
-Traefik's canary cluster/service points at the primary app, so the canary app
-receives nothing while the proxy reports its weight.
+Traefik's canary cluster/service points at a stray copy of v1 (a third demo
+app, not scraped), so the canary app (v2) receives nothing while the proxy
+reports its weight. (Not at the primary app itself: with the same address on
+both sides, canaryd would take the canary for promoted and refuse the rollback.)
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import aiohttp
 import yaml
 
 from canaryd.config.models import EnvoyRouter, NginxRouter, TraefikRouter
-from canaryd.demo.procs import child, free_port, wait_ready
+from canaryd.demo.procs import child, free_port, python_module, wait_ready
 from canaryd.errors import RouterError
 from canaryd.routers.envoy import eds_file, rds_file, route_configuration
 from canaryd.routers.nginx import render_upstream
@@ -104,6 +106,25 @@ async def _get_json(url: str) -> Any:
 
 def _addresses(primary_port: int, canary_port: int) -> tuple[str, str]:
     return f"127.0.0.1:{primary_port}", f"127.0.0.1:{canary_port}"
+
+
+@asynccontextmanager
+async def _stray_v1(workdir: Path, wanted: bool) -> AsyncIterator[int | None]:
+    """A third demo app answering as the primary (v1) when ``wanted``; yields its port.
+
+    Raises:
+        DemoError: it did not start.
+    """
+    if not wanted:
+        yield None
+        return
+    port = free_port()
+    argv = python_module(
+        "canaryd.demo.app", "--name", "primary", "--version", "v1", "--port", str(port)
+    )
+    async with child("stray v1 app", argv, workdir / "stray.log") as proc:
+        await wait_ready(proc, f"http://127.0.0.1:{port}/metrics")
+        yield port
 
 
 # --------------------------------------------------------------------------- NGINX
@@ -336,8 +357,19 @@ async def run_envoy(
     Raises:
         DemoError: it did not start or did not become ready.
     """
+    async with (
+        _stray_v1(workdir, canary_down) as stray,
+        _run_envoy(binary, workdir, primary_port, stray or canary_port) as path,
+    ):
+        yield path
+
+
+@asynccontextmanager
+async def _run_envoy(
+    binary: str, workdir: Path, primary_port: int, canary_port: int
+) -> AsyncIterator[EnvoyPath]:
     admin, port = free_port(), free_port()
-    primary, canary = _addresses(primary_port, primary_port if canary_down else canary_port)
+    primary, canary = _addresses(primary_port, canary_port)
     path = EnvoyPath(
         f"http://127.0.0.1:{port}/",
         workdir / "envoy-rds" / f"{UPSTREAM}.json",
@@ -453,8 +485,19 @@ async def run_traefik(
     Raises:
         DemoError: it did not start or did not become ready.
     """
+    async with (
+        _stray_v1(workdir, canary_down) as stray,
+        _run_traefik(binary, workdir, primary_port, stray or canary_port) as path,
+    ):
+        yield path
+
+
+@asynccontextmanager
+async def _run_traefik(
+    binary: str, workdir: Path, primary_port: int, canary_port: int
+) -> AsyncIterator[TraefikPath]:
     port, api = free_port(), free_port()
-    primary, canary = _addresses(primary_port, primary_port if canary_down else canary_port)
+    primary, canary = _addresses(primary_port, canary_port)
     dynamic = workdir / "traefik-dynamic"
     dynamic.mkdir()
     path = TraefikPath(
