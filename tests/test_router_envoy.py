@@ -398,3 +398,22 @@ def test_address_promotion_needs_the_eds_file() -> None:
     entry = {"type": "envoy", "file": "/x", "route_config": "web", "primary": "p", "canary": "c"}
     with pytest.raises(ValueError, match="primary_eds"):
         EnvoyRouter.model_validate(entry | {"promotion": "address"})
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promotion_envoy_does_not_load_fails_and_keeps_the_primary(
+    envoy_eds: Envoy, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """An EDS file Envoy does not watch: promote fails naming it, the file goes, v1 still serves."""
+    await EnvoyFileRouter(envoy_eds.router_config(), session).apply(route("route", 100, 0))
+    unwatched = tmp_path / "elsewhere-eds.json"
+    router = EnvoyFileRouter(
+        envoy_eds.router_config(primary_eds=str(unwatched), timeout=1.0), session
+    )
+
+    with pytest.raises(RouterError, match=r"^envoy web: primary cluster endpoints not confirmed"):
+        await router.apply(route("promote", 100, 0))
+
+    assert not unwatched.exists()
+    await assert_split(envoy_eds.url, 0, ENVOY_REQUESTS)
