@@ -337,3 +337,12 @@ async def test_promotion_verify_only_sets_weights(nginx: Nginx) -> None:
 
     await assert_split(nginx.url, 0)
     await router.apply(route("rollback", 100, 0))
+
+
+def test_address_promotion_is_refused_for_nginx_plus() -> None:
+    """promotion: address set on an NGINX Plus (api) entry is a config error, not ignored."""
+    entry = {"type": "nginx", "api": "http://127.0.0.1:8080/api/9", "upstream": "web"}
+    entry |= {"primary": "10.0.0.1:80", "canary": "10.0.0.2:80"}
+    NginxRouter.model_validate(entry)  # the default is fine: the API sets weights only
+    with pytest.raises(ValueError, match="promotion: address needs file"):
+        NginxRouter.model_validate(entry | {"promotion": "address"})

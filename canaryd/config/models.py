@@ -495,6 +495,12 @@ class NginxRouter(Model):
     def _file_or_api(self) -> NginxRouter:
         if (self.file is None) == (self.api is None):
             raise ValueError("set exactly one of file (NGINX) or api (NGINX Plus)")
+        if (
+            self.api is not None
+            and self.promotion == "address"
+            and "promotion" in self.model_fields_set
+        ):
+            raise ValueError("promotion: address needs file; through NGINX Plus's api it is verify")
         return self
 
 
