@@ -170,10 +170,11 @@ def _threshold(panel: Panel, value: float | None, label: str) -> str:
     if value is None:
         return ""
     y = panel.y(value)
+    label_y = y + 13 if y - panel.top < 16 else y - 4  # below the line when it hugs the top
     return (
         f'<line class="threshold" x1="{LEFT}" x2="{LEFT + PLOT_WIDTH}" y1="{y:.1f}" y2="{y:.1f}" '
         f'stroke="{COLORS["fail"]}" stroke-dasharray="6 4"/>'
-        f'<text class="threshold-label" x="{LEFT + PLOT_WIDTH - 4}" y="{y - 4:.1f}" '
+        f'<text class="threshold-label" x="{LEFT + PLOT_WIDTH - 4}" y="{label_y:.1f}" '
         f'text-anchor="end" fill="{COLORS["fail"]}">{html.escape(label)}</text>'
     )
 
