@@ -146,7 +146,7 @@ def test_report_opens_in_headless_chromium(
     assert page.count('class="marker rolled-back"') == 3
     charts = {r.scenario.name: chart(r) for r in results.values()}
     for name, svg in charts.items():
-        assert len(re.findall(r'<text class="tick"[^>]*>\d+s</text>', svg)) > 2, name
+        assert len(re.findall(r'<text class="time"[^>]*>\d+s</text>', svg)) > 2, name
     assert charts["no-traffic"].count('class="check nodata"') == 6
     assert '<circle class="check' not in charts["no-traffic"]
     chromium = require("chromium")

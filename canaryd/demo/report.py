@@ -4,7 +4,7 @@ Each chart is inline SVG with three panels sharing the time axis: the weights
 the router applied (primary and canary), the canary's success rate and its p99
 latency, each with its threshold as a dashed line, the checks as dots (green
 passed, red failed) and the moment of promotion or rollback as a vertical line
-across all panels. Grey bands and x marks show where a metric had no data;
+across all panels. Grey bands and crossed rings show where a metric had no data;
 the time axis is labelled every few seconds and a legend names every mark.
 No script, no external stylesheet, font or image.
 """
@@ -220,12 +220,13 @@ def _marker(result: ScenarioResult, end: float, bottom: float) -> str:
     )
 
 
-def _no_data_mark(x: float, y: float, label: str) -> str:
-    """An x-shaped mark: a check that judged the metric but got no value."""
+def _no_data_mark(x: float, y: float, css: str = "check nodata") -> str:
+    """A crossed grey ring: a check that judged the metric but got no value."""
     return (
-        f'<g class="check nodata" transform="translate({x:.1f},{y:.1f})" '
-        f'stroke="{COLORS["nodata"]}" stroke-width="2.5"><title>{html.escape(label)}</title>'
-        '<path d="M-4,-4L4,4M-4,4L4,-4"/></g>'
+        f'<circle class="{css}" cx="{x:.1f}" cy="{y:.1f}" r="5" fill="#fff" '
+        f'stroke="{COLORS["nodata"]}" stroke-width="1.5"><title>no data</title></circle>'
+        f'<path d="M{x - 3:.1f},{y - 3:.1f}l6,6m0,-6l-6,6" stroke="{COLORS["nodata"]}" '
+        'stroke-width="1.5"/>'
     )
 
 
@@ -237,10 +238,10 @@ def _checks(result: ScenarioResult, panel: Panel, name: str, end: float, started
         if not judged:
             continue
         t = float(c.get("time", 0.0)) - started
-        label = f"check at {t:.1f}s: {name} {fmt_value(name, value)}"
         if value is None:
-            out.append(_no_data_mark(_x(t, end), panel.bottom - 8, label + " (counts as failed)"))
+            out.append(_no_data_mark(_x(t, end), panel.bottom - 8))
             continue
+        label = f"check at {t:.1f}s: {name} {fmt_value(name, value)}"
         kind = "pass" if bound.ok(value) else "fail"
         out.append(
             f'<circle class="check {kind}" cx="{_x(t, end):.1f}" cy="{panel.y(value):.1f}" '
@@ -253,7 +254,7 @@ def _checks(result: ScenarioResult, panel: Panel, name: str, end: float, started
 def _time_axis(ticks: list[float], end: float, bottom: float) -> str:
     """Tick labels under the last panel and the axis title."""
     labels = "".join(
-        f'<text class="tick" x="{_x(t, end):.1f}" y="{bottom + 14}" text-anchor="middle">'
+        f'<text class="time" x="{_x(t, end):.1f}" y="{bottom + 14}" text-anchor="middle">'
         f"{t:g}s</text>"
         for t in ticks
     )
@@ -274,11 +275,7 @@ LEGEND_ITEMS = (
     ),
     (f'<circle cx="9" cy="0" r="4" fill="{COLORS["pass"]}"/>', "check passed", "pass"),
     (f'<circle cx="9" cy="0" r="4" fill="{COLORS["fail"]}"/>', "check failed", "fail"),
-    (
-        f'<path d="M5,-4L13,4M5,4L13,-4" stroke="{COLORS["nodata"]}" stroke-width="2.5"/>',
-        "no data",
-        "nodata",
-    ),
+    (_no_data_mark(9, 0, "swatch"), "no data", "nodata"),
 )
 """Legend entries: the swatch (drawn at 0,0), its text and the colour of both."""
 
