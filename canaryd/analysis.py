@@ -439,7 +439,8 @@ def _apply_outcome(
             effects += more
         return state, effects
     if outcome is Outcome.HOLD:
-        return state, [_event(spec, state, "check.held", now, reason=reason, **fields)]
+        name = "check.held_by_canaryd" if fields.get("own") else "check.held"
+        return state, [_event(spec, state, name, now, reason=reason, **fields)]
     return _advance(spec, state, need, obs, now)
 
 

@@ -8,7 +8,10 @@ Pure like it: no I/O, no clock.
 Rules (DESIGN section 2): webhooks and metrics are judged in config order and
 the first failure is the reason; a failure anywhere fails the check, otherwise
 the first hold holds it; no data fails a check unless the metric says
-``onNoData: pass|hold``; bounds are inclusive.
+``onNoData: pass|hold``; bounds are inclusive. An error marked ``own`` is
+canaryd's own trouble (out of file descriptors or memory, its own queue, a tick
+it could not finish in time): it holds, never fails (docs/reliability.md,
+"canaryd's own trouble").
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class Outcome(StrEnum):
 class MetricValue:
     """One metric's observation in a tick, with its bounds.
 
-    ``value`` None means no data; ``error`` set means the provider failed.
+    ``value`` None means no data; ``error`` set means the query failed, and
+    ``own`` that it failed for canaryd's own trouble, not the provider's.
     """
 
     name: str
@@ -44,6 +48,7 @@ class MetricValue:
     max: float | None = None
     error: str | None = None
     on_no_data: OnNoData = OnNoData.FAIL
+    own: bool = False
 
     @property
     def json_value(self) -> float | str | None:
@@ -61,6 +66,8 @@ class MetricValue:
         }
         if self.error:
             out["error"] = self.error
+        if self.own:
+            out["own"] = True
         return out
 
 
@@ -81,6 +88,8 @@ class CompareSeries:
     control: tuple[float, ...] = ()
     experiment: tuple[float, ...] = ()
     error: str | None = None
+    own: bool = False
+    """The error is canaryd's own trouble (see :class:`MetricValue`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,8 @@ def judge_metric(m: MetricValue) -> tuple[Outcome, str | None]:
         The outcome and, unless it passed, the reason in words.
     """
     if m.error is not None:
+        if m.own:
+            return Outcome.HOLD, f"{m.name}: {OWN_TROUBLE}: {m.error}"
         return Outcome.FAIL, f"{m.name}: {m.error}"
     if m.value is None or math.isnan(m.value):
         if m.on_no_data is OnNoData.PASS:
@@ -132,6 +143,9 @@ def judge_metric(m: MetricValue) -> tuple[Outcome, str | None]:
         return Outcome.FAIL, f"{m.name} {m.value:g} > max {m.max:g}"
     return Outcome.PASS, None
 
+
+OWN_TROUBLE = "canaryd's own trouble, not the canary's"
+"""Said in the reason of a check held because canaryd itself failed."""
 
 Verdict = tuple[Outcome, str | None, dict[str, Any]]
 """Outcome, reason, and event fields describing what failed or held."""
@@ -152,6 +166,8 @@ def _metric_verdict(m: MetricValue) -> Verdict:
     fields = {"metric": m.name, "value": m.json_value, "min": m.min, "max": m.max}
     if m.error:
         fields["error"] = m.error
+    if m.own and m.error is not None:
+        fields["own"] = True
     return outcome, reason, fields
 
 
@@ -162,10 +178,14 @@ def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[V
         The verdict (Fail fails the check; Marginal follows ``onMarginal``) and
         the judgement as JSON for the tick event and the API (None on a query error).
     """
-    broken = next((c for c in series if c.error is not None), None)
+    broken = next((c for c in series if c.error is not None and not c.own), None)
+    broken = broken or next((c for c in series if c.error is not None), None)
     if broken is not None:
-        reason = f"{broken.config.name}: {broken.error}"
-        return (Outcome.FAIL, reason, {"metric": broken.config.name, "error": broken.error}), None
+        fields: dict[str, Any] = {"metric": broken.config.name, "error": broken.error}
+        if broken.own:
+            reason = f"{broken.config.name}: {OWN_TROUBLE}: {broken.error}"
+            return (Outcome.HOLD, reason, {**fields, "own": True}), None
+        return (Outcome.FAIL, f"{broken.config.name}: {broken.error}", fields), None
     thresholds = Thresholds(spec.thresholds.passing, spec.thresholds.marginal)
     pairs = [MetricPair(c.config, c.control, c.experiment) for c in series]
     judgement = judge(pairs, spec.groupWeights or None, thresholds)

@@ -6,6 +6,8 @@
     ├── ConfigError              the configuration is invalid; carries every Problem found
     ├── TemplateError            a query template names an unknown variable or is malformed
     ├── ProviderError            a metrics provider failed (network, HTTP status, bad answer)
+    │   └── ResourceError        canaryd itself ran out of something (file descriptors,
+    │                            memory, its own connection queue): the check holds
     ├── RouterError              a traffic router did not apply (or confirm) the requested weights
     ├── WebhookError             an outgoing call failed (network, timeout, or a non-2xx
     │                            answer where the caller treats that as failure)
@@ -68,6 +70,15 @@ class TemplateError(CanarydError):
 
 class ProviderError(CanarydError):
     """A metrics provider failed to answer a query usefully."""
+
+
+class ResourceError(ProviderError):
+    """canaryd could not ask the provider because it ran out of a resource itself.
+
+    File descriptors (``EMFILE``/``ENFILE``), memory (``ENOMEM``/``ENOBUFS``) or a free
+    connection of its own pool: canaryd's trouble, not the provider's nor the canary's.
+    A check that meets it holds (docs/reliability.md, "canaryd's own trouble").
+    """
 
 
 class RouterError(CanarydError):

@@ -18,6 +18,10 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "pre_rollout.failed": ("warning", "A pre-rollout webhook failed; counted as a failed check."),
     "check.failed": ("warning", "A check failed (metric out of range, no data, webhook, error)."),
     "check.held": ("info", "A check neither passed nor failed (onNoData: hold)."),
+    "check.held_by_canaryd": (
+        "warning",
+        "A check held because canaryd itself failed (out of fds or memory, behind schedule).",
+    ),
     "weight.advanced": ("info", "Traffic to the canary was increased."),
     "iteration.advanced": ("info", "A blue/green or A/B iteration passed."),
     "gate.waiting": ("info", "A confirm-* gate is closed; the rollout waits without failing."),

@@ -39,7 +39,14 @@ from canaryd.analysis import (
     RunHooks,
 )
 from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
-from canaryd.errors import CanarydError, ProviderError, RouterError, StoreError, TemplateError
+from canaryd.errors import (
+    CanarydError,
+    ProviderError,
+    ResourceError,
+    RouterError,
+    StoreError,
+    TemplateError,
+)
 from canaryd.judge import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
@@ -418,15 +425,24 @@ class CanaryRunner:
         calls += [partial(both, i, m) for i, m in enumerate(pairs)]
 
     def _observation(self, need: Needs, results: dict[str, Any]) -> Observation:
-        """Assemble an observation; anything missing (deadline hit) counts as failed."""
+        """Assemble an observation; a webhook missing at the deadline counts as failed.
+
+        A metric query missing at the deadline is canaryd's own trouble: the provider
+        gives up within the budget itself, so a query still running 5 s later means
+        canaryd could not run it (an overloaded event loop), and the check holds.
+        """
         timeout = HookResult("deadline", False, f"no answer within {self._budget():g}s")
         gate = results.get("gate", (timeout,)) if need.gate is not None else ()
-        late = "no answer within the tick's deadline"
+        late = "canaryd did not finish the query within the tick's deadline"
         if "metrics" in results:
             metrics, compare = results["metrics"], results["compare"]
         else:
-            metrics = tuple(MetricValue(m.spec.name, None, error=late) for m in self._plain)
-            compare = tuple(CompareSeries(compare_config(m.spec), error=late) for m in self._pairs)
+            metrics = tuple(
+                MetricValue(m.spec.name, None, error=late, own=True) for m in self._plain
+            )
+            compare = tuple(
+                CompareSeries(compare_config(m.spec), error=late, own=True) for m in self._pairs
+            )
         return Observation(
             rollback=results.get("rollback", ()),
             gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
@@ -455,7 +471,7 @@ class CanaryRunner:
                 m.query, start=start, end=end, step=step, budget=budget / 2
             )
         except ProviderError as exc:
-            return CompareSeries(config, error=str(exc))
+            return CompareSeries(config, error=str(exc), own=isinstance(exc, ResourceError))
         return CompareSeries(config, tuple(control), tuple(experiment))
 
     async def _query(self, m: ResolvedMetric, budget: float) -> MetricValue:
@@ -464,7 +480,8 @@ class CanaryRunner:
         try:
             value = await self.services.providers[m.provider].query(m.query, budget=budget)
         except ProviderError as exc:
-            return MetricValue(m.spec.name, None, lo, hi, str(exc), m.spec.onNoData)
+            own = isinstance(exc, ResourceError)
+            return MetricValue(m.spec.name, None, lo, hi, str(exc), m.spec.onNoData, own)
         return MetricValue(m.spec.name, value, lo, hi, None, m.spec.onNoData)
 
     # ------------------------------------------------------------------ commit

@@ -49,6 +49,7 @@ ALERT_EVENTS: Final = frozenset(
         "weight.advanced",
         "iteration.advanced",
         "check.failed",
+        "check.held_by_canaryd",
         "pre_rollout.failed",
         "rollout.promoted",
         "rollout.rolled_back",

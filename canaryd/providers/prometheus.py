@@ -46,10 +46,11 @@ from tenacity import (
 from yarl import URL
 
 from canaryd.config import PrometheusProvider, read_secret
-from canaryd.errors import ProviderError
+from canaryd.errors import ProviderError, ResourceError
 from canaryd.http import BODY_PREVIEW_BYTES, POOL_PER_HOST, USER_AGENT, redact_url
 from canaryd.providers.transport import (
     AnswerTimeoutError,
+    OutOfResourcesError,
     Pool,
     PoolTimeoutError,
     TLSError,
@@ -78,6 +79,14 @@ T = TypeVar("T")
 
 class _TransientError(ProviderError):
     """A failure worth another attempt (network, timeout, 429, 5xx)."""
+
+
+class _OwnTroubleError(_TransientError):
+    """canaryd could not send the request itself (no fd, no memory, no free connection).
+
+    Worth another attempt; if the last attempt meets it too, the query raises
+    :class:`~canaryd.errors.ResourceError` and the check holds.
+    """
 
 
 @dataclass(slots=True)
@@ -155,6 +164,8 @@ class Prometheus:
             The value, or ``None`` when there is no data (empty vector or NaN).
 
         Raises:
+            ResourceError: canaryd itself could not send it (out of file descriptors,
+                memory, or a free connection of its own pool).
             ProviderError: the request failed for good, Prometheus rejected the
                 query, or the answer is not exactly one scalar or series.
         """
@@ -181,6 +192,8 @@ class Prometheus:
             The series' values (NaN kept as ``float('nan')``); ``[]`` when no series.
 
         Raises:
+            ResourceError: canaryd itself could not send it (out of file descriptors,
+                memory, or a free connection of its own pool).
             ProviderError: the request failed for good, Prometheus rejected the
                 query, or the answer holds more than one series.
         """
@@ -191,6 +204,8 @@ class Prometheus:
         """POST a form body with retries on transient failures; ``parse`` the answer's ``data``.
 
         Raises:
+            ResourceError: the last attempt could not be sent for want of canaryd's own
+                resources (file descriptors, memory, a free connection).
             ProviderError: permanent failure, or transient ones until the budget ran out.
         """
         self.stats.queries += 1
@@ -225,7 +240,9 @@ class Prometheus:
         except RetryError as exc:
             self.stats.failures += 1
             n = exc.last_attempt.attempt_number
-            raise ProviderError(
+            last = exc.last_attempt.exception()
+            kind = ResourceError if isinstance(last, _OwnTroubleError) else ProviderError
+            raise kind(
                 f"gave up after {n} attempt{'s' if n > 1 else ''} in "
                 f"{time.monotonic() - started:.1f}s (budget {budget:g}s): "
                 f"{exc.last_attempt.exception()}"
@@ -250,9 +267,11 @@ class Prometheus:
         try:
             resp = await self._pool.post(path, body, timeout=limit, headers=head)
         except PoolTimeoutError:
-            raise _TransientError(
+            raise _OwnTroubleError(
                 f"no connection to prometheus came free within {limit:g}s"
             ) from None
+        except OutOfResourcesError as exc:
+            raise _OwnTroubleError(f"canaryd could not open a connection: {exc}") from exc
         except AnswerTimeoutError as exc:
             raise _TransientError(f"prometheus did not answer within {limit:g}s") from exc
         except TLSError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import ssl
 import time
 from dataclasses import dataclass
@@ -46,6 +47,14 @@ class TLSError(TransportError):
 
 class PoolTimeoutError(TransportError):
     """No connection came free within the request's timeout."""
+
+
+class OutOfResourcesError(TransportError):
+    """This process could not open a connection: out of file descriptors or memory."""
+
+
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""``errno`` values that say this process (or the machine) ran out, not the server failed."""
 
 
 class AnswerTimeoutError(TransportError):
@@ -240,6 +249,8 @@ class Pool:
         Raises:
             PoolTimeoutError: no connection came free within ``timeout``.
             AnswerTimeoutError: no complete answer within ``timeout`` once connected.
+            OutOfResourcesError: no connection could be opened for want of file
+                descriptors or memory.
             TLSError: the TLS handshake failed.
             TransportError: the connection failed or the answer is not HTTP.
         """
@@ -345,7 +356,10 @@ class Pool:
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise TLSError(str(exc)) from exc
         except OSError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+            kind = OutOfResourcesError if exc.errno in OUT_OF_RESOURCES else TransportError
+            raise kind(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+        except MemoryError as exc:
+            raise OutOfResourcesError("out of memory") from exc
         conn.transport = transport  # uvloop may call connection_made after returning
         return conn
 
