@@ -162,10 +162,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Config loaded, store open, loops running."""
+    """Config loaded, store open, loops running and on schedule (503 when behind)."""
     daemon = request.app[DAEMON]
     if not daemon.ready:
         return error(503, "not ready")
+    lag = daemon.schedule_lag()
+    if lag > daemon.behind_seconds:
+        body = {"status": "behind", "lagSeconds": round(lag, 3), "canaries": len(daemon.runners)}
+        return web.json_response(body, status=503)
     return web.json_response({"status": "ready", "canaries": len(daemon.runners)})
 
 

@@ -17,6 +17,7 @@ a state only changes once persisted, so an abandoned tick leaves no trace).
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -70,6 +71,13 @@ timeouts) before a loop whose next tick is late counts as stalled."""
 
 FLUSH_POLL_SECONDS = 0.05
 
+BEHIND_SECONDS = 1.0
+"""Ticks starting later than this after their due time: the daemon is behind schedule
+(``/readyz`` 503, ``STATUS=``, ``scheduler.behind``; docs/reliability.md)."""
+
+BEHIND_LOG_SECONDS = 60.0
+"""While behind, ``scheduler.behind`` is logged at most this often."""
+
 
 @dataclass
 class _Runner(CanaryRunner):
@@ -114,6 +122,10 @@ class Daemon:
     _stop_asked: bool = False
     _stalled: list[str] = field(default_factory=list)
     _status: str = ""
+    behind_seconds: float = BEHIND_SECONDS
+    _behind: float = 0.0
+    """How far behind schedule the last heartbeat found the ticks (0: on time)."""
+    _behind_logged: float = -math.inf
 
     def __post_init__(self) -> None:
         """Read the API token of the initial config.
@@ -344,14 +356,46 @@ class Daemon:
             f"{sum(s.active for s in states)} progressing, "
             f"{sum(s.phase is Phase.FAILED for s in states)} failed"
         )
+        if self._behind:
+            line += f"; behind schedule by {self._behind:.1f}s"
         if self._stalled:
             line += f"; stalled: {', '.join(self._stalled)}"
         return line
 
+    def schedule_lag(self) -> float:
+        """How far behind their due time ticks start now, in seconds (see the scheduler)."""
+        return self.scheduler.lag(anyio.current_time())
+
+    def _check_schedule(self) -> None:
+        """Note whether the ticks are behind schedule; log it at most once a minute."""
+        lag = self.schedule_lag()
+        behind = lag if lag > self.behind_seconds else 0.0
+        now = time.monotonic()
+        if behind and now - self._behind_logged >= BEHIND_LOG_SECONDS:
+            self._behind_logged = now
+            log.warning(
+                "scheduler.behind",
+                lag_seconds=round(lag, 3),
+                ticking=self.scheduler.ticking,
+                waiting=self.scheduler.overdue(anyio.current_time()),
+                canaries=len(self.runners),
+            )
+        elif not behind and self._behind:
+            self._behind_logged = -math.inf
+            log.info("scheduler.caught_up", lag_seconds=round(lag, 3))
+        self._behind = behind
+
     def stalled(self, now: float) -> list[str]:
-        """Canaries whose loop has not started a tick for longer than it possibly could."""
+        """Canaries whose loop has not started a tick for longer than it possibly could.
+
+        A canary whose tick is due and waits for a free slot (the daemon is behind
+        schedule) is late, not stalled: the scheduler starts it in its turn.
+        """
         out = []
+        loop_now = anyio.current_time()
         for key, runner in self.runners.items():
+            if self.scheduler.queued(key, loop_now):
+                continue  # waits its turn behind schedule: late, not stalled
             interval = runner.spec.analysis.interval
             budget = min(interval * OBSERVE_SHARE, MAX_OBSERVE_SECONDS)
             since = max(runner.last_tick, self._since.get(key, now))
@@ -363,6 +407,7 @@ class Daemon:
         """``WATCHDOG=1`` at half systemd's period while the loops tick; ``STATUS=`` always."""
         period = watchdog_period()
         while True:
+            self._check_schedule()
             stalled = self.stalled(self.services.clock())
             if stalled != self._stalled:
                 if stalled:

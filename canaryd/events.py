@@ -53,6 +53,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "daemon.stopped": ("info", "Shutdown is complete: ticks finished, outbox flushed."),
     "watchdog.withheld": ("error", "A canary loop stalled; systemd's watchdog is not fed."),
     "watchdog.resumed": ("info", "Every canary loop ticks again; the watchdog is fed again."),
+    "scheduler.behind": (
+        "warning",
+        "Ticks start late: more checks are due than canaryd can run (at most once a minute).",
+    ),
+    "scheduler.caught_up": ("info", "Ticks start on time again."),
     "sdnotify.failed": ("warning", "A message to systemd's notify socket could not be sent."),
 }
 """Event name -> (level, meaning). The stable vocabulary for log-based alerting."""
