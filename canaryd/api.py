@@ -9,6 +9,7 @@ described by :mod:`canaryd.openapi`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -24,6 +25,7 @@ from canaryd import analysis as core
 from canaryd.analysis import CanaryState
 from canaryd.config import CanaryConfig
 from canaryd.errors import CommandError, NotFoundError, StoreError
+from canaryd.limits import LISTEN_BACKLOG, AcceptErrors, RefusedCount, api_connection_cap
 from canaryd.metrics import CONTENT_TYPE
 from canaryd.openapi import document
 from canaryd.runtime import CanaryRunner
@@ -38,6 +40,9 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", object)  # type: ignore[arg-ty
 REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 SHUTDOWN_SECONDS = 2.0
 """On stop, how long requests in flight may take before their connections are closed."""
+IDLE_SECONDS = 15.0
+"""A connection without a complete request for this long is closed: idle, kept alive
+after an answer, or sending its headers too slowly (docs/reliability.md)."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -306,15 +311,59 @@ async def serve(daemon: Daemon, *, task_status: anyio.abc.TaskStatus[None]) -> N
     """
     app = make_app(daemon)
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_SECONDS,
+        keepalive_timeout=IDLE_SECONDS,
     )
     await runner.setup()
     host, port = daemon.settings.listen_host_port
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptErrors())
+    server: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        capped = _Capped(
+            runner.server, RefusedCount(api_connection_cap(len(daemon.settings.providers)))
+        )
+        server = await loop.create_server(
+            capped, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+        )
+        daemon.api_refused = capped.refused
         task_status.started()
         await anyio.sleep_forever()
     finally:
         with anyio.CancelScope(shield=True):
+            if server is not None:
+                server.close()
             await runner.cleanup()
+            loop.set_exception_handler(handler)
+
+
+class _Capped:
+    """The API's protocol factory: aiohttp's, until ``refused.cap`` connections are open.
+
+    A connection beyond the cap is closed (reset) as soon as it is accepted, so the
+    API never holds more descriptors than :func:`canaryd.limits.api_connection_cap`.
+    """
+
+    def __init__(self, server: web.Server | None, refused: RefusedCount) -> None:
+        assert server is not None  # AppRunner.setup() made it
+        self.server = server
+        self.refused = refused
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        """aiohttp's handler for a new connection, or one that closes it at once."""
+        if len(self.server.connections) >= self.refused.cap:
+            self.refused.refused()
+            return _Refuse()
+        return self.server()
+
+
+class _Refuse(asyncio.Protocol):
+    """Closes the connection it is given, at once, with a reset (no lingering state)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Drop the connection."""
+        transport.abort()  # type: ignore[attr-defined]  # a stream transport

@@ -35,6 +35,7 @@ from canaryd.config import ProviderConfig, Settings, read_secret
 from canaryd.dispatcher import Dispatcher
 from canaryd.errors import CanarydError, ConfigError, TemplateError
 from canaryd.http import make_session
+from canaryd.limits import RefusedCount, raise_fd_limit
 from canaryd.loader import Loaded, load_config
 from canaryd.metrics import DaemonMetrics
 from canaryd.providers import MetricsProvider, build_provider
@@ -123,6 +124,8 @@ class Daemon:
     _stalled: list[str] = field(default_factory=list)
     _status: str = ""
     behind_seconds: float = BEHIND_SECONDS
+    api_refused: RefusedCount | None = None
+    """Connections the API closed at its cap (set once it listens)."""
     _behind: float = 0.0
     """How far behind schedule the last heartbeat found the ticks (0: on time)."""
     _behind_logged: float = -math.inf
@@ -498,6 +501,7 @@ async def run_daemon(config_path: Path) -> int:
     for warning in loaded.warnings:
         log.warning("config.warning", warning=warning)
     log.info("config.loaded", canaries=len(loaded.settings.canaries), files=loaded.files)
+    raise_fd_limit()
     try:
         await Daemon(config_path, loaded).run()
     except (*_EXPECTED, BaseExceptionGroup) as exc:

@@ -40,10 +40,22 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "tick.failed": ("error", "A tick could not complete (e.g. its state could not be read)."),
     "tick.crashed": ("error", "A tick hit a bug; the traceback is logged, the loop goes on."),
     "api.crashed": ("error", "An API request hit a bug; the client got a JSON 500."),
+    "api.accept_failed": (
+        "error",
+        "The API could not accept connections: out of file descriptors (at most every 10 s).",
+    ),
+    "api.connection_limit": (
+        "warning",
+        "The API held its cap of connections and closed new ones (at most once a minute).",
+    ),
     "api.store_failed": ("error", "An API request could not reach the state store (503)."),
     "store.prune_failed": ("error", "Old check records and events could not be pruned."),
     "provider.tls_insecure": ("warning", "A provider skips TLS verification (insecureSkipVerify)."),
     "config.warning": ("warning", "The configuration has a warning (e.g. ignored fields)."),
+    "daemon.fd_limit": (
+        "warning",
+        "RLIMIT_NOFILE leaves little room for API connections (raise LimitNOFILE=).",
+    ),
     "daemon.failed": ("error", "The daemon could not start or stopped on an error."),
     "state.persist_failed": ("error", "The state store could not be written; the canary holds."),
     "config.loaded": ("info", "The configuration was loaded."),

@@ -67,6 +67,7 @@ class Snapshot:
     now: float = 0.0
     schedule_lag: float = 0.0
     ticking: int = 0
+    api_refused: int = 0
 
 
 class DaemonMetrics:
@@ -171,6 +172,7 @@ class DaemonMetrics:
             now=time.time(),
             schedule_lag=daemon.schedule_lag(),
             ticking=daemon.scheduler.ticking,
+            api_refused=daemon.api_refused.total if daemon.api_refused is not None else 0,
         )
 
     def render(self) -> bytes:
@@ -264,6 +266,12 @@ class _SnapshotCollector(Collector):
             [([], snap.schedule_lag)],
         )
         yield _gauge("canaryd_ticks_in_flight", "Ticks running now.", [], [([], snap.ticking)])
+        refused = CounterMetricFamily(
+            "canaryd_api_connections_refused",
+            "API connections closed on arrival because the API held its cap already.",
+        )
+        refused.add_metric([], snap.api_refused)
+        yield refused
         yield from _canary_families(snap.canaries)
         yield from _outbox_families(snap)
 
