@@ -55,6 +55,7 @@ from canaryd.providers.transport import (
     PoolTimeoutError,
     TLSError,
     TransportError,
+    UnreadAnswerError,
 )
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -272,6 +273,10 @@ class Prometheus:
             ) from None
         except OutOfResourcesError as exc:
             raise _OwnTroubleError(f"canaryd could not open a connection: {exc}") from exc
+        except UnreadAnswerError as exc:
+            raise _OwnTroubleError(
+                f"prometheus answered, but canaryd was too busy to read it within {limit:g}s"
+            ) from exc
         except AnswerTimeoutError as exc:
             raise _TransientError(f"prometheus did not answer within {limit:g}s") from exc
         except TLSError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import select
 import ssl
 import time
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EN
 
 class AnswerTimeoutError(TransportError):
     """No complete answer within the request's timeout."""
+
+
+class UnreadAnswerError(AnswerTimeoutError):
+    """The answer came in time but sat unread: the event loop was too busy (overloaded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +184,25 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def expire(self) -> None:
-        """The request's time is up: fail it and drop the connection (its state is unknown)."""
-        self._fail(AnswerTimeoutError("no complete answer in time"))
+        """The request's time is up: fail it and drop the connection (its state is unknown).
+
+        If bytes of the answer wait unread on the socket, the server did answer and
+        canaryd was too busy to read it in time: that is canaryd's own trouble
+        (:class:`UnreadAnswerError`), not a slow server.
+        """
+        if self._unread():
+            self._fail(UnreadAnswerError("the answer arrived but canaryd was too busy to read it"))
+        else:
+            self._fail(AnswerTimeoutError("no complete answer in time"))
+
+    def _unread(self) -> bool:
+        """Whether bytes wait on the socket that the event loop has not read yet."""
+        sock = None if self.transport is None else self.transport.get_extra_info("socket")
+        if sock is None or sock.fileno() < 0:
+            return False
+        poller = select.poll()  # no descriptor of its own, unlike epoll or a dup()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     @property
     def busy(self) -> bool:
