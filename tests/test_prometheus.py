@@ -6,19 +6,18 @@ import asyncio
 import base64
 import contextlib
 import math
-import os
 import re
-import resource
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from aiohttp import web
+from fdlimits import out_of_file_descriptors
 from prom import PrometheusServer, eventually, free_port, open_provider, seed_openmetrics
 from structlog.testing import capture_logs
 
@@ -585,24 +584,6 @@ async def test_factory_builds_prometheus(anyio_backend: str) -> None:
 def test_form_body_is_urlencode(form: dict[str, str]) -> None:
     """The request body is byte for byte what ``urlencode`` makes of the form."""
     assert _form_body(form) == urlencode(form).encode()
-
-
-@contextlib.contextmanager
-def out_of_file_descriptors() -> Iterator[None]:
-    """This process really runs out of file descriptors (RLIMIT_NOFILE lowered, then filled)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
-    held: list[int] = []
-    try:
-        with contextlib.suppress(OSError):
-            while len(held) < 64:
-                held.append(os.open("/dev/null", os.O_RDONLY))
-        assert len(held) < 64, "the lowered limit was not reached"
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.anyio

@@ -1,0 +1,333 @@
+"""canaryd's own trouble is never a canary's: file descriptors, a busy event loop, overload.
+
+The faults are real: a daemon subprocess started under a low ``RLIMIT_NOFILE``
+and flooded with idle connections; this process really out of descriptors while
+a client connects to its in-process daemon; an answer really left unread on a
+socket; a daemon really given more checks per second than it can run. Every
+load here is bounded and ends by itself (docs/reliability.md, "canaryd's own
+trouble").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from daemons import TOKEN, api_url, running_daemon, write_config
+from fdlimits import fd_limit_at_least, out_of_file_descriptors
+from prom import PrometheusServer, eventually, open_provider
+from receiver import Receiver
+from structlog.testing import capture_logs
+
+from canaryd.limits import fd_reserve
+from canaryd.providers import transport
+
+UNREACHABLE = "http://127.0.0.1:9"
+
+REQUEST = b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+
+# --------------------------------------------------------------------------- an unread answer
+
+
+@asynccontextmanager
+async def raw_server(answer: bool) -> AsyncIterator[int]:
+    """A TCP server on 127.0.0.1 that answers each request at once (or never); yields its port."""
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        if answer:
+            writer.write(ANSWER)
+            await writer.drain()
+        with suppress(ConnectionError):
+            await reader.read()  # hold the connection until the client drops it
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+            with suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+def readable(conn: transport._Connection) -> bool:
+    """Whether bytes wait on the connection's socket."""
+    assert conn.transport is not None
+    poller = select.poll()
+    poller.register(conn.transport.get_extra_info("socket").fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [(True, transport.UnreadAnswerError), (False, transport.AnswerTimeoutError)],
+    ids=["answered-but-unread", "never-answered"],
+)
+async def test_an_answer_left_unread_by_a_busy_loop_is_canaryds_own_trouble(
+    answer: bool, error: type[Exception]
+) -> None:
+    """An answer unread when its time ran out is canaryd's trouble; no answer is the server's."""
+    async with raw_server(answer) as port:
+        loop = asyncio.get_running_loop()
+        sock, conn = await loop.create_connection(
+            lambda: transport._Connection(1024), "127.0.0.1", port
+        )
+        try:
+            waiter = conn.send(REQUEST)
+            sock.pause_reading()  # what an event loop too busy to read amounts to
+            deadline = time.monotonic() + 0.5
+            while not readable(conn) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            conn.expire()
+            with pytest.raises(transport.AnswerTimeoutError) as raised:
+                await waiter
+            assert type(raised.value) is error
+        finally:
+            sock.close()
+
+
+# --------------------------------------------------------------------------- accept() errors
+
+CONNECT = """
+import socket, sys, time
+time.sleep(1.0)
+held = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) for _ in range(40)]
+time.sleep(4.0)
+"""
+
+
+@pytest.mark.anyio
+async def test_accept_errors_are_logged_once_per_period_without_tracebacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the daemon is out of descriptors, failing accept()s make one log line, no traceback."""
+    config = write_config(
+        tmp_path,
+        [idle_canary("web")],
+        providers={"prom": {"type": "prometheus", "address": UNREACHABLE, "timeout": "1s"}},
+        routers={"lb": {"type": "webhook", "url": UNREACHABLE, "timeout": "1s"}},
+    )
+    host, port = api_url(config).removeprefix("http://").rsplit(":", 1)
+    with capture_logs() as logs, caplog.at_level(logging.ERROR):
+        async with (
+            running_daemon(config),
+            await anyio.open_process([sys.executable, "-c", CONNECT, host, port]) as client,
+        ):
+            with out_of_file_descriptors():
+                await anyio.sleep(4.0)  # the client connects meanwhile; accept() fails
+            await eventually(lambda: readyz_async(api_url(config)), lambda s: s == 200)
+            with anyio.fail_after(15):
+                assert await client.wait() == 0
+    failed = [e for e in logs if e["event"] == "api.accept_failed"]
+    assert len(failed) == 1, failed
+    assert failed[0]["error"] == "Too many open files"
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def readyz_async(base: str) -> int:
+    """``GET /readyz``'s status (0 when the connection fails)."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{base}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as resp,
+        ):
+            return resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
+
+
+def idle_canary(name: str) -> dict[str, Any]:
+    """A canary whose loop has nothing to do until a rollout starts."""
+    analysis = {"interval": "1s", "threshold": 1, "stepWeight": 10, "maxWeight": 50}
+    return {"name": name, "namespace": "prod", "router": "lb", "analysis": analysis}
+
+
+# --------------------------------------------------------------------------- fd exhaustion
+
+FLOOD = 1050
+"""Idle connections of the report in issue #12 (no request, no token)."""
+
+LIMIT = 1024
+"""systemd's default soft RLIMIT_NOFILE, under which they exhausted canaryd."""
+
+
+@contextmanager
+def daemon_limited(
+    config: Path, log: Path, nofile: int, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``canaryd run`` as a subprocess whose RLIMIT_NOFILE (soft and hard) is ``nofile``."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "canaryd", "run", "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "CANARYD_LOG_FORMAT": "json", **env},
+            preexec_fn=limit,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def call(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One API call with the test token (blocking; the daemon is another process)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{base}{path}", data=data, method=method)
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+async def api_up(base: str, within: float) -> None:
+    """Wait until the API answers ``/readyz`` with 200."""
+    await eventually(lambda: readyz_async(base), lambda s: s == 200, within=within)
+
+
+async def seed(prom: PrometheusServer, samples: dict[str, float]) -> None:
+    """Set ``ovl_success`` of each job and wait until Prometheus answers every value."""
+    assert prom.app is not None
+    prom.app.set_many([("ovl_success", {"job": job}, v) for job, v in samples.items()])
+    async with open_provider(prom.provider_config()) as provider:
+        for job, value in samples.items():
+            await eventually(
+                lambda job=job: provider.query(f'max(ovl_success{{job="{job}"}})', budget=2.0),
+                lambda v, value=value: v == value,
+                within=15,
+            )
+
+
+def flood_canary(name: str, job: str) -> dict[str, Any]:
+    """A canary on ``ovl_success`` of ``job`` (>= 99), one small step per 0.5 s tick."""
+    metric = {
+        "name": "success",
+        "query": f'max(ovl_success{{job="{job}"}})',
+        "thresholdRange": {"min": 99},
+    }
+    analysis = {
+        "interval": "0.5s",
+        "threshold": 1,
+        "stepWeight": 1,
+        "maxWeight": 99,
+        "metrics": [metric],
+    }
+    return {"name": name, "namespace": "prod", "router": "lb", "analysis": analysis}
+
+
+def open_idle(base: str, count: int) -> list[socket.socket]:
+    """``count`` TCP connections to the API that never send a byte."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    return [socket.create_connection((host, int(port)), timeout=5) for _ in range(count)]
+
+
+def events(log: Path, name: str) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines of event ``name``."""
+    out = []
+    for line in log.read_text().splitlines():
+        with suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("event") == name:
+                out.append(entry)
+    return out
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+async def test_idle_connections_leave_descriptors_for_checks_and_the_rollback_route(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str
+) -> None:
+    """1,050 idle connections under a limit of 1,024 fail no check and block no rollback route.
+
+    Every query opens a connection of its own (``Connection: close``, as behind some
+    proxies), so each check needs a free descriptor while the flood holds the API's.
+    """
+    good, bad = f"{unique_job}-good", f"{unique_job}-bad"
+    await seed(prometheus, {good: 99.9, bad: 99.9})
+    prom = {**prometheus_config(prometheus), "headers": {"Connection": "close"}}
+    log = tmp_path / "canaryd.log"
+    async with Receiver() as router:
+        config = write_config(
+            tmp_path,
+            [flood_canary("web", good), flood_canary("api", bad)],
+            providers={"prom": prom},
+            routers={"lb": {"type": "webhook", "url": f"{router.url}/routes", "timeout": "2s"}},
+        )
+        base = api_url(config)
+        assert LIMIT - fd_reserve(1) > 0, "the reserve alone must fit under the limit"
+        with daemon_limited(config, log, LIMIT), fd_limit_at_least(FLOOD + 256):
+            await api_up(base, within=20)
+            for name in ("web", "api"):
+                call(base, "POST", f"/api/v1/canaries/prod/{name}/rollouts", {"revision": "v2"})
+            flood = open_idle(base, FLOOD)
+            try:
+                await anyio.sleep(3.0)  # the good canary keeps checking through the flood
+                prometheus.app.set("ovl_success", {"job": bad}, 50.0)  # type: ignore[union-attr]
+
+                async def routed() -> bool:
+                    return rolled_back(router)
+
+                await eventually(routed, bool, within=30)
+                await anyio.sleep(2.0)
+            finally:
+                for sock in flood:
+                    sock.close()
+            await api_up(base, within=30)
+            web = call(base, "GET", "/api/v1/canaries/prod/web")
+            api = call(base, "GET", "/api/v1/canaries/prod/api")
+    assert api["phase"] == "Failed", api
+    assert web["failedChecks"] == 0, web
+    assert [c for c in web["checks"] if c["outcome"] == "fail"] == []
+    assert len(web["checks"]) >= 5  # it did check through the flood
+    assert [e for e in events(log, "check.failed") if e.get("canary") == "web"] == []
+    assert "Traceback" not in log.read_text()
+    assert 1 <= len(events(log, "api.connection_limit")) <= 2
+
+
+def prometheus_config(prom: PrometheusServer) -> dict[str, Any]:
+    """The session Prometheus as a provider entry of a config file."""
+    return {"type": "prometheus", "address": prom.url, "timeout": "2s"}
+
+
+def rolled_back(router: Receiver) -> bool:
+    """Whether the router got a rollback of ``prod/api``."""
+    return any(
+        isinstance(r.json, dict) and r.json.get("action") == "rollback" for r in router.requests
+    )
