@@ -79,6 +79,8 @@ class _Entry:
     """Waiting for the tick in flight of the entry it replaced (one key never ticks twice)."""
     successor: _Entry | None = None
     """The entry that replaced this one while it ticked: scheduled once this tick ends."""
+    started: bool = False
+    """Has ticked before: a first tick's lateness is start-up time (spread, not lag)."""
 
 
 @dataclass(eq=False)
@@ -192,8 +194,10 @@ class Scheduler:
                 await self._abandon_all()
 
     def _start(self, entry: _Entry, loop: asyncio.AbstractEventLoop, now: float) -> None:
-        self._roll_lag(now)
-        self._lag = max(self._lag, now - entry.due)
+        if entry.started:
+            self._roll_lag(now)
+            self._lag = max(self._lag, now - entry.due)
+        entry.started = True
         task = loop.create_task(self._tick(entry))
         entry.ticking = task
         self._ticks.add(task)

@@ -331,3 +331,149 @@ def rolled_back(router: Receiver) -> bool:
     return any(
         isinstance(r.json, dict) and r.json.get("action") == "rollback" for r in router.requests
     )
+
+
+# --------------------------------------------------------------------------- overload
+
+CANARIES = 1200
+"""Healthy canaries, each checking three metrics twice a second: 2,400 ticks a second,
+about four times what one daemon process runs on the test machines (about 580 on
+2 shared cores), so ticks fall behind schedule by well over a second."""
+
+OVERLOAD_SECONDS = 25.0
+"""How long the test keeps the daemon overloaded at most (it then stops it)."""
+
+
+def busy_canary(i: int, job: str) -> dict[str, Any]:
+    """A healthy blue/green canary (no route per tick) checking three metrics twice a second."""
+    metrics = [
+        {
+            "name": f"success-{n}",
+            "query": f'max(ovl_success{{job="{job}"}})',
+            "thresholdRange": {"min": 99},
+        }
+        for n in range(3)
+    ]
+    analysis = {"interval": "0.5s", "threshold": 1, "iterations": 10000, "metrics": metrics}
+    return {"name": f"c{i:04d}", "namespace": "load", "router": "lb", "analysis": analysis}
+
+
+async def start_rollouts(base: str, names: list[str]) -> None:
+    """Start a rollout of every canary in ``names`` (16 requests at a time)."""
+    limit = anyio.Semaphore(16)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+
+        async def one(name: str) -> None:
+            async with limit:
+                url = f"{base}/api/v1/canaries/load/{name}/rollouts"
+                async with session.post(url, json={"revision": "v2"}) as resp:
+                    assert resp.status == 201, await resp.text()
+
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(one, name)
+
+
+class Behind:
+    """What the test saw of the daemon falling behind: /readyz, /metrics and STATUS=."""
+
+    def __init__(self, notify: socket.socket) -> None:
+        self.notify = notify
+        self.readyz: dict[str, Any] | None = None
+        self.lag = 0.0
+        self.status: str | None = None
+
+    @property
+    def seen(self) -> bool:
+        """All three said behind."""
+        return self.readyz is not None and self.lag > 1.0 and self.status is not None
+
+    async def watch(self, base: str) -> None:
+        """Look every half second until all three said behind (or the caller cancels)."""
+        while not self.seen:
+            self.drain()
+            await self.look(base)
+            await anyio.sleep(0.5)
+
+    async def look(self, base: str) -> None:
+        """One look at /readyz and /metrics."""
+        timeout = aiohttp.ClientTimeout(total=20)  # /metrics reads every canary's last check
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            with suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"{base}/readyz") as resp:
+                    body = await resp.json()
+                    if resp.status == 503 and body.get("status") == "behind":
+                        self.readyz = body
+            with suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"{base}/metrics") as resp:
+                    for line in (await resp.text()).splitlines():
+                        if line.startswith("canaryd_schedule_lag_seconds "):
+                            self.lag = max(self.lag, float(line.split()[1]))
+
+    def drain(self) -> None:
+        """Read every datagram systemd would have got; keep a STATUS= that says behind."""
+        while True:
+            try:
+                data = self.notify.recv(4096).decode()
+            except BlockingIOError:
+                break
+            for line in data.splitlines():
+                if line.startswith("STATUS=") and "behind schedule by" in line:
+                    self.status = line
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str
+) -> None:
+    """More checks than canaryd can run: none fails, each canary ticks, and it says it is behind."""
+    await seed(prometheus, {unique_job: 99.9})
+    log = tmp_path / "canaryd.log"
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(address)
+        notify.setblocking(False)
+        behind = Behind(notify)
+        async with Receiver() as router:
+            config = write_config(
+                tmp_path,
+                [busy_canary(i, unique_job) for i in range(CANARIES)],
+                providers={"prom": prometheus_config(prometheus)},
+                routers={"lb": {"type": "webhook", "url": f"{router.url}/routes", "timeout": "5s"}},
+            )
+            base = api_url(config)
+            env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"}
+            with daemon_limited(config, log, 8192, **env) as proc:
+                await api_up(base, within=60)  # 1,200 canaries take a while to validate
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(drained, behind)
+                    await start_rollouts(base, [f"c{i:04d}" for i in range(CANARIES)])
+                    with anyio.move_on_after(OVERLOAD_SECONDS):
+                        await behind.watch(base)
+                    proc.send_signal(signal.SIGTERM)
+                    with anyio.fail_after(60):
+                        await anyio.to_thread.run_sync(proc.wait)
+                    tg.cancel_scope.cancel()
+    assert behind.readyz is not None, "/readyz never said behind"
+    assert behind.lag > 1.0, behind.lag
+    assert behind.status is not None, "STATUS= never said behind"
+    assert events(log, "check.failed") == []
+    ticks = events(log, "analysis.tick")
+    per = {f"c{i:04d}": 0 for i in range(CANARIES)}
+    for tick in ticks:
+        per[tick["canary"]] += 1
+    assert min(per.values()) >= 2, sorted(per.values())[:10]  # nobody starved
+    lines = events(log, "scheduler.behind")
+    assert len(lines) == 1, lines  # at most once a minute; the test lasts less
+    assert lines[0]["lag_seconds"] > 1.0
+    assert proc.returncode == 0
+
+
+async def drained(behind: Behind) -> None:
+    """Keep the notify socket drained, as systemd does (until cancelled)."""
+    while True:
+        behind.drain()
+        await anyio.sleep(0.05)
