@@ -17,6 +17,7 @@ a state only changes once persisted, so an abandoned tick leaves no trace).
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -50,7 +51,7 @@ from canaryd.runtime import (
 )
 from canaryd.scheduler import Scheduler
 from canaryd.sdnotify import Notifier, watchdog_period
-from canaryd.store import SqliteStore
+from canaryd.store import SqliteStore, dumps
 
 log = structlog.get_logger()
 
@@ -430,6 +431,9 @@ class Daemon:
         Raises:
             StoreError: the history cannot be read.
         """
+        if runner.last_record is not None:  # saved by this process: no store read (a busy
+            saved: dict[str, Any] = json.loads(dumps(runner.last_record.as_dict()))  # store
+            return saved  # would stall /metrics under overload, when it matters most)
         version = runner.version  # read before the await: a tick may commit meanwhile
         cached = self._checks.get(runner.key)
         if cached is not None and cached[0] == version:

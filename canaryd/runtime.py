@@ -219,6 +219,8 @@ class CanaryRunner:
         self._next: tuple[CanaryConfig, list[ResolvedMetric], Services] | None = None
         self._woken = False  # woken before being scheduled: the first tick is due at once
         self._on_wake: Callable[[], None] | None = None  # set by schedule()
+        self.last_record: core.CheckRecord | None = None
+        """The newest check record this runner saved (None: read it from the store)."""
 
     @property
     def key(self) -> str:
@@ -556,6 +558,8 @@ class CanaryRunner:
                 raise
             return
         self.state = new
+        if decision.record is not None:
+            self.last_record = decision.record
         for effect in decision.effects:
             if isinstance(effect, Emit):
                 log_event(effect.event)

@@ -87,7 +87,7 @@ def readable(conn: transport._Connection) -> bool:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("answer", "error"),
-    [(True, transport.UnreadAnswerError), (False, transport.AnswerTimeoutError)],
+    [(True, transport.BusyLoopError), (False, transport.AnswerTimeoutError)],
     ids=["answered-but-unread", "never-answered"],
 )
 async def test_an_answer_left_unread_by_a_busy_loop_is_canaryds_own_trouble(
@@ -105,12 +105,30 @@ async def test_an_answer_left_unread_by_a_busy_loop_is_canaryds_own_trouble(
             deadline = time.monotonic() + 0.5
             while not readable(conn) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-            conn.expire()
+            now = loop.time()
+            conn.expire(now, 1.0)  # on time: only the unread bytes make it canaryd's trouble
             with pytest.raises(transport.AnswerTimeoutError) as raised:
                 await waiter
             assert type(raised.value) is error
         finally:
             sock.close()
+
+
+@pytest.mark.anyio
+async def test_a_timeout_seen_late_by_a_blocked_loop_is_canaryds_own_trouble() -> None:
+    """A timeout a blocked event loop saw late is canaryd's trouble, not the server's."""
+    async with raw_server(answer=False) as port:
+        pool = transport.Pool(f"http://127.0.0.1:{port}", limit=1, verify_tls=False, max_body=1024)
+        try:
+            # the loop is stuck for 0.6 s (CPU starvation, a long pause) while the 0.2 s run
+            asyncio.get_running_loop().call_later(0.05, time.sleep, 0.6)
+            with pytest.raises(transport.BusyLoopError, match="too busy"):
+                await pool.post("/api/v1/query", b"", timeout=0.2)
+            with pytest.raises(transport.AnswerTimeoutError) as on_time:
+                await pool.post("/api/v1/query", b"", timeout=0.2)
+            assert type(on_time.value) is transport.AnswerTimeoutError
+        finally:
+            await pool.aclose()
 
 
 # --------------------------------------------------------------------------- accept() errors

@@ -50,12 +50,12 @@ from canaryd.errors import ProviderError, ResourceError
 from canaryd.http import BODY_PREVIEW_BYTES, POOL_PER_HOST, USER_AGENT, redact_url
 from canaryd.providers.transport import (
     AnswerTimeoutError,
+    BusyLoopError,
     OutOfResourcesError,
     Pool,
     PoolTimeoutError,
     TLSError,
     TransportError,
-    UnreadAnswerError,
 )
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -273,10 +273,8 @@ class Prometheus:
             ) from None
         except OutOfResourcesError as exc:
             raise _OwnTroubleError(f"canaryd could not open a connection: {exc}") from exc
-        except UnreadAnswerError as exc:
-            raise _OwnTroubleError(
-                f"prometheus answered, but canaryd was too busy to read it within {limit:g}s"
-            ) from exc
+        except BusyLoopError as exc:
+            raise _OwnTroubleError(f"no answer seen within {limit:g}s: {exc}") from exc
         except AnswerTimeoutError as exc:
             raise _TransientError(f"prometheus did not answer within {limit:g}s") from exc
         except TLSError as exc:

@@ -62,8 +62,24 @@ class AnswerTimeoutError(TransportError):
     """No complete answer within the request's timeout."""
 
 
-class UnreadAnswerError(AnswerTimeoutError):
-    """The answer came in time but sat unread: the event loop was too busy (overloaded)."""
+class BusyLoopError(AnswerTimeoutError):
+    """Time ran out because canaryd's event loop was too busy, not the server too slow.
+
+    The answer sat unread on the socket, or the timer fired well after its time
+    (:func:`late`): canaryd was not looking when it should have been.
+    """
+
+
+LATE_SHARE = 0.25
+"""A timer that fires this share of its timeout late (and at least ``LATE_MIN_SECONDS``)
+was held up by an overloaded event loop: what it times cannot be judged."""
+
+LATE_MIN_SECONDS = 0.1
+
+
+def late(lateness: float, timeout: float) -> bool:
+    """Whether a timer ``lateness`` seconds late, of a ``timeout``, was held up by a busy loop."""
+    return lateness > max(LATE_MIN_SECONDS, LATE_SHARE * timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,15 +199,21 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
         self.close()
 
-    def expire(self) -> None:
-        """The request's time is up: fail it and drop the connection (its state is unknown).
+    def expire(self, when: float, timeout: float) -> None:
+        """The request's time (``timeout``, up at loop time ``when``) is up: fail it, drop the
+        connection (its state is unknown).
 
-        If bytes of the answer wait unread on the socket, the server did answer and
-        canaryd was too busy to read it in time: that is canaryd's own trouble
-        (:class:`UnreadAnswerError`), not a slow server.
+        If bytes of the answer wait unread on the socket, or this runs late
+        (:func:`late`), canaryd was too busy to see the answer in time: that is its
+        own trouble (:class:`BusyLoopError`), not a slow server.
         """
+        lateness = asyncio.get_running_loop().time() - when
         if self._unread():
-            self._fail(UnreadAnswerError("the answer arrived but canaryd was too busy to read it"))
+            self._fail(BusyLoopError("the answer arrived but canaryd was too busy to read it"))
+        elif late(lateness, timeout):
+            self._fail(
+                BusyLoopError(f"canaryd was too busy to look in time ({lateness:.1f}s late)")
+            )
         else:
             self._fail(AnswerTimeoutError("no complete answer in time"))
 
@@ -316,7 +338,9 @@ class Pool:
     async def _exchange(self, conn: _Connection, request: bytes, timeout: float) -> Response:
         """Send one request on ``conn`` and wait at most ``timeout`` for its answer."""
         waiter = conn.send(request)
-        timer = asyncio.get_running_loop().call_later(timeout, conn.expire)
+        loop = asyncio.get_running_loop()
+        when = loop.time() + timeout
+        timer = loop.call_at(when, conn.expire, when, timeout)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -359,13 +383,15 @@ class Pool:
         """Open a connection for a slot already counted.
 
         Raises:
-            AnswerTimeoutError: not connected within ``timeout``.
+            AnswerTimeoutError: not connected within ``timeout`` (:class:`BusyLoopError`
+                if canaryd's event loop was too busy to see it in time).
             TLSError: the TLS handshake failed.
             TransportError: the connection failed.
         """
         loop = asyncio.get_running_loop()
+        when = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(when):
                 transport, conn = await loop.create_connection(
                     lambda: _Connection(self._cap),
                     self._host,
@@ -374,6 +400,12 @@ class Pool:
                     server_hostname=self._host if self._ssl else None,
                 )
         except TimeoutError:
+            lateness = loop.time() - when
+            if late(lateness, timeout):
+                message = (
+                    f"canaryd was too busy to see the connection in time ({lateness:.1f}s late)"
+                )
+                raise BusyLoopError(message) from None
             raise AnswerTimeoutError("could not connect in time") from None
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise TLSError(str(exc)) from exc
