@@ -173,7 +173,12 @@ async def readyz(request: web.Request) -> web.Response:
         return error(503, "not ready")
     lag = daemon.schedule_lag()
     if lag > daemon.behind_seconds:
-        body = {"status": "behind", "lagSeconds": round(lag, 3), "canaries": len(daemon.runners)}
+        body = {
+            "error": f"behind schedule by {lag:.1f}s",
+            "status": "behind",
+            "lagSeconds": round(lag, 3),
+            "canaries": len(daemon.runners),
+        }
         return web.json_response(body, status=503)
     return web.json_response({"status": "ready", "canaries": len(daemon.runners)})
 

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from prom import PrometheusServer, eventually, open_provider
 from receiver import Receiver
 from structlog.testing import capture_logs
 
+from canaryd import scheduler as scheduler_module
 from canaryd.limits import fd_reserve
 from canaryd.providers import transport
 
@@ -187,6 +189,40 @@ def idle_canary(name: str) -> dict[str, Any]:
     return {"name": name, "namespace": "prod", "router": "lb", "analysis": analysis}
 
 
+@pytest.mark.anyio
+async def test_readyz_says_behind_while_ticks_start_late_then_ready_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stuck event loop makes ticks late: /readyz answers 503 behind, then 200 once on time."""
+    monkeypatch.setattr(scheduler_module, "LAG_WINDOW_SECONDS", 0.5)
+    config = write_config(
+        tmp_path,
+        [
+            {
+                **idle_canary(f"c{i}"),
+                "analysis": {**idle_canary("x")["analysis"], "interval": "0.1s"},
+            }
+            for i in range(3)
+        ],
+        providers={"prom": {"type": "prometheus", "address": UNREACHABLE, "timeout": "1s"}},
+        routers={"lb": {"type": "webhook", "url": UNREACHABLE, "timeout": "1s"}},
+    )
+    base = api_url(config)
+    async with running_daemon(config) as daemon:
+        await eventually(lambda: readyz_async(base), lambda s: s == 200)
+        await anyio.sleep(0.3)  # every loop has ticked: the next ticks are not first ticks
+        asyncio.get_running_loop().call_soon(time.sleep, 1.5)  # the event loop is stuck
+        await anyio.sleep(0.2)
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/readyz") as resp:
+            assert resp.status == 503
+            body = await resp.json()
+        assert body["status"] == "behind" and body["lagSeconds"] > 1.0, body
+        assert body["error"].startswith("behind schedule by ")
+        daemon._check_schedule()
+        assert "; behind schedule by " in daemon.status_line()
+        await eventually(lambda: readyz_async(base), lambda s: s == 200, within=5)
+
+
 # --------------------------------------------------------------------------- fd exhaustion
 
 FLOOD = 1050
@@ -246,11 +282,13 @@ async def seed(prom: PrometheusServer, samples: dict[str, float]) -> None:
     prom.app.set_many([("ovl_success", {"job": job}, v) for job, v in samples.items()])
     async with open_provider(prom.provider_config()) as provider:
         for job, value in samples.items():
-            await eventually(
-                lambda job=job: provider.query(f'max(ovl_success{{job="{job}"}})', budget=2.0),
-                lambda v, value=value: v == value,
-                within=15,
-            )
+            query = f'max(ovl_success{{job="{job}"}})'
+            await eventually(partial(provider.query, query, budget=2.0), partial(same, value))
+
+
+def same(expected: float, got: float | None) -> bool:
+    """Whether Prometheus answered ``expected``."""
+    return got == expected
 
 
 def flood_canary(name: str, job: str) -> dict[str, Any]:
