@@ -283,7 +283,9 @@ async def seed(prom: PrometheusServer, samples: dict[str, float]) -> None:
     async with open_provider(prom.provider_config()) as provider:
         for job, value in samples.items():
             query = f'max(ovl_success{{job="{job}"}})'
-            await eventually(partial(provider.query, query, budget=2.0), partial(same, value))
+            await eventually(
+                partial(provider.query, query, budget=2.0), partial(same, value), within=15
+            )
 
 
 def same(expected: float, got: float | None) -> bool:
@@ -392,25 +394,29 @@ def rolled_back(router: Receiver) -> bool:
 # --------------------------------------------------------------------------- overload
 
 CANARIES = 1200
-"""Healthy canaries, each checking three metrics twice a second: 2,400 ticks a second,
-about four times what one daemon process runs on the test machines (about 580 on
-2 shared cores), so ticks fall behind schedule by well over a second."""
+"""Healthy canaries, each checking six metrics every second: 7,200 queries a second,
+several times what one daemon process runs on the test machines (about 1,500 on 2
+shared cores), so ticks fall behind schedule by seconds. One second leaves each
+query 0.8 s: Prometheus, on the same loaded machine, answers well within that."""
 
 OVERLOAD_SECONDS = 25.0
 """How long the test keeps the daemon overloaded at most (it then stops it)."""
 
+FAIRNESS_SECONDS = 12.0
+"""How long the test keeps it overloaded at least, once every rollout has started."""
+
 
 def busy_canary(i: int, job: str) -> dict[str, Any]:
-    """A healthy blue/green canary (no route per tick) checking three metrics twice a second."""
+    """A healthy blue/green canary (no route per tick) checking six metrics every second."""
     metrics = [
         {
             "name": f"success-{n}",
             "query": f'max(ovl_success{{job="{job}"}})',
             "thresholdRange": {"min": 99},
         }
-        for n in range(3)
+        for n in range(6)
     ]
-    analysis = {"interval": "0.5s", "threshold": 1, "iterations": 10000, "metrics": metrics}
+    analysis = {"interval": "1s", "threshold": 1, "iterations": 10000, "metrics": metrics}
     return {"name": f"c{i:04d}", "namespace": "load", "router": "lb", "analysis": analysis}
 
 
@@ -507,8 +513,10 @@ async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(drained, behind)
                     await start_rollouts(base, [f"c{i:04d}" for i in range(CANARIES)])
+                    started = time.monotonic()
                     with anyio.move_on_after(OVERLOAD_SECONDS):
                         await behind.watch(base)
+                    await anyio.sleep(started + FAIRNESS_SECONDS - time.monotonic())
                     proc.send_signal(signal.SIGTERM)
                     with anyio.fail_after(60):
                         await anyio.to_thread.run_sync(proc.wait)
@@ -517,11 +525,13 @@ async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
     assert behind.lag > 1.0, behind.lag
     assert behind.status is not None, "STATUS= never said behind"
     assert events(log, "check.failed") == []
-    ticks = events(log, "analysis.tick")
+    all_started = max(e["timestamp"] for e in events(log, "rollout.started"))
     per = {f"c{i:04d}": 0 for i in range(CANARIES)}
-    for tick in ticks:
-        per[tick["canary"]] += 1
-    assert min(per.values()) >= 2, sorted(per.values())[:10]  # nobody starved
+    for tick in events(log, "analysis.tick"):
+        if tick["timestamp"] > all_started:
+            per[tick["canary"]] += 1
+    counts = sorted(per.values())
+    assert counts[0] >= 2 and counts[-1] <= 3 * counts[0], counts  # nobody starved, all stretched
     lines = events(log, "scheduler.behind")
     assert len(lines) == 1, lines  # at most once a minute; the test lasts less
     assert lines[0]["lag_seconds"] > 1.0
