@@ -1,7 +1,7 @@
 """Benchmark: time to judge two series of 1,000 points (issue 6: well under 50 ms).
 
-Runs the full judgement (cleaning, Mann-Whitney interval, Hodges-Lehmann estimate,
-effect size, scoring) on latency-like data and, on the same data in the same run,
+Runs the full judgement (cleaning, Mann-Whitney interval and estimate, effect size,
+scoring) on latency-like data and, on the same data in the same run,
 ``scipy.stats.mannwhitneyu`` alone, and reports both per call and their ratio::
 
     .venv/bin/python benchmarks/judge_bench.py [--points 1000] [--repeat 50]

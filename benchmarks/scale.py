@@ -15,8 +15,9 @@ What runs (see ``benchmarks/README.md``):
   :class:`~canaryd.runtime.CanaryRunner` loop per canary on one scheduler.
   Every canary is a blue/green rollout in progress (as after a daemon restart),
   so every tick checks every metric. ``--fail-share`` of them answer a failing
-  value: they roll back in each tick they run (threshold 1) and are restarted
-  right after, which measures the decision latency;
+  value: they roll back in the first tick that judges them (threshold 1) and
+  are restarted right after (a restarted blue/green rollout's first tick only
+  counts an iteration, as in Flagger), which measures the decision latency;
 - phase 1, ``--duration`` seconds on schedule: throughput, tick lateness, CPU,
   RSS, decision latency;
 - phase 2, saturation, ``--rounds`` times: a bare aiohttp client issuing the
@@ -52,7 +53,7 @@ import anyio.abc
 
 import canaryd
 from canaryd.analysis import CanaryState, Needs, Observation, Phase
-from canaryd.config import Settings
+from canaryd.config import MIN_INTERVAL_ENV, Settings
 from canaryd.http import POOL_PER_HOST, make_session
 from canaryd.logs import configure
 from canaryd.providers import MetricsProvider
@@ -225,6 +226,8 @@ def build_settings(opts: Options, prom: str, router: str, state: Path) -> Settin
         }
         for i in range(opts.canaries)
     ]
+    # a benchmark may tick faster than the production floor (docs/flagger.md, "Floors")
+    os.environ.setdefault(MIN_INTERVAL_ENV, "0.01")
     return Settings.model_validate(
         {
             "state": f"sqlite://{state}",
@@ -410,8 +413,12 @@ async def build_rig(opts: Options, stack: AsyncExitStack, prom: StandIn, receive
 
 def _runner(spec: Any, services: Services, probe: Probe, now: float, failing: bool) -> BenchRunner:
     """A runner resuming a blue/green rollout in progress (as after a restart)."""
-    state = CanaryState(
-        phase=Phase.PROGRESSING, revision="r0", rollout_id=f"{spec.name}-r0", started_at=now
+    state = CanaryState(  # past the first iteration: blue/green judges from the second tick
+        phase=Phase.PROGRESSING,
+        revision="r0",
+        rollout_id=f"{spec.name}-r0",
+        started_at=now,
+        iteration=1,
     )
     timed = None
     if failing:

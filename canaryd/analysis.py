@@ -8,10 +8,13 @@ commands (:func:`start_rollout`, :func:`abort`, ...) are pure in the same way.
 How one tick's check is judged lives in :mod:`canaryd.checks`; its names are
 re-exported here.
 
-Rules (DESIGN section 2): the failed-check counter is cumulative for the whole
+Rules (docs/flagger.md): the failed-check counter is cumulative for the whole
 rollout, grows by at most one per tick, and the rollout is rolled back in the
-tick in which it reaches ``threshold``; a closed gate waits without counting a
+tick in which it reaches ``threshold`` (or in the next tick, when a reload
+lowered ``threshold`` to or under it); a closed gate waits without counting a
 failure; no data fails a check unless the metric says ``onNoData: pass|hold``.
+Once promotion has begun nothing rolls it back: the primary already runs the
+new revision.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ __all__ = [
     "Verdict",
     "abort",
     "approve",
+    "closed_gate",
     "decide",
     "evaluate",
     "gate_open",
@@ -72,6 +76,7 @@ __all__ = [
     "promote",
     "resume",
     "router_failed",
+    "skipped_gates",
     "start_rollout",
 ]
 
@@ -259,9 +264,15 @@ def next_weight(analysis: Analysis, current: int) -> int | None:
 
 
 def _at_last_step(analysis: Analysis, state: CanaryState) -> bool:
-    """Whether a passing check now leads to promotion rather than another step."""
+    """Whether a passing check now asks the promotion gate rather than taking another step.
+
+    Blue/green asks it once ``iterations`` have passed, both before switching all
+    traffic to the canary and before promoting it (Flagger's ``runBlueGreen``).
+    """
     if analysis.strategy == "canary":
         return next_weight(analysis, state.canary_weight) is None
+    if analysis.strategy == "blue-green":
+        return state.iteration >= analysis.iterations
     return state.iteration + 1 >= analysis.iterations
 
 
@@ -275,25 +286,64 @@ def _gate_timeout(analysis: Analysis, kind: WebhookType) -> float | None:
     return min(limits) if limits else None
 
 
-def needs(spec: CanaryConfig, state: CanaryState) -> Needs:
-    """What the runtime must observe for the next tick of ``state``."""
-    a = spec.analysis
-    if state.phase not in ACTIVE or state.phase is Phase.PAUSED:
-        return Needs()
-    if state.phase is Phase.WAITING:
-        return Needs(rollback_hooks=True, gate=WebhookType.CONFIRM_ROLLOUT)
-    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
-        return Needs(rollback_hooks=True)
-    gate = (
-        WebhookType.CONFIRM_PROMOTION
-        if _at_last_step(a, state)
-        else (WebhookType.CONFIRM_TRAFFIC_INCREASE if a.strategy == "canary" else None)
+def _gates(analysis: Analysis, state: CanaryState) -> tuple[WebhookType, ...]:
+    """The gates a passing check must pass, in the order Flagger asks them."""
+    promotion = WebhookType.CONFIRM_PROMOTION
+    if state.phase is Phase.WAITING_PROMOTION:
+        return (promotion,)
+    if analysis.strategy == "ab" and not state.match_routed:
+        return ()  # this tick only routes the matched users; nothing to judge yet
+    if analysis.strategy != "canary":
+        return (promotion,) if _at_last_step(analysis, state) else ()
+    increase = WebhookType.CONFIRM_TRAFFIC_INCREASE
+    return (increase, promotion) if _at_last_step(analysis, state) else (increase,)
+
+
+def _checks(analysis: Analysis, state: CanaryState) -> bool:
+    """Whether the canary has traffic to judge (never on a rollout's first tick)."""
+    if analysis.strategy == "canary":
+        return state.canary_weight > 0
+    if analysis.strategy == "blue-green":
+        return state.iteration > 0
+    return _has_traffic(analysis, state)
+
+
+def _confirming(state: CanaryState) -> bool:
+    """Whether the rollout still needs its confirm-rollout gate to open (Waiting, or just
+    started and not yet asked: it enters Waiting only once the gate answers closed)."""
+    return state.phase is Phase.WAITING or (
+        state.phase is Phase.PROGRESSING and state.gate == WebhookType.CONFIRM_ROLLOUT.value
     )
-    if a.strategy == "ab" and not state.match_routed:
-        gate = None  # this tick only routes the matched users; nothing to judge yet
-    checks = state.canary_weight > 0 if a.strategy == "canary" else _has_traffic(a, state)
+
+
+def needs(spec: CanaryConfig, state: CanaryState) -> Needs:
+    """What the runtime must observe for the next tick of ``state``.
+
+    Rollback webhooks are polled while Progressing, Waiting and WaitingPromotion,
+    never once promotion has begun (as in Flagger).
+    """
+    a = spec.analysis
+    if state.phase not in ACTIVE or state.phase is Phase.PAUSED or spec.suspend:
+        return Needs()  # suspend: nothing happens until it is unset, as in Flagger
+    if _confirming(state):
+        return Needs(rollback_hooks=True, gates=(WebhookType.CONFIRM_ROLLOUT,))
+    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
+        return Needs(promotion=True)  # rollback webhooks no longer apply (as in Flagger)
+    if spec.skipAnalysis and state.phase is Phase.PROGRESSING:
+        return Needs(rollback_hooks=True)  # promoted without analysis (docs/flagger.md)
     pre = not state.pre_rollout_done and bool(_hooks(a, WebhookType.PRE_ROLLOUT))
-    return Needs(rollback_hooks=True, gate=gate, pre_rollout=pre, checks=checks)
+    return Needs(
+        rollback_hooks=True, gates=_gates(a, state), pre_rollout=pre, checks=_checks(a, state)
+    )
+
+
+def closed_gate(spec: CanaryConfig, need: Needs, obs: Observation) -> WebhookType | None:
+    """The first closed gate of the tick, if any (see :class:`Observation`)."""
+    if obs.gate_open or not need.gates:
+        return None
+    if obs.closed_gate is not None:
+        return obs.closed_gate
+    return next((g for g in need.gates if _hooks(spec.analysis, g)), need.gates[-1])
 
 
 def gate_open(
@@ -304,8 +354,11 @@ def gate_open(
     A gate without webhooks is open; a manual gate (no url) is reported by the
     runtime as a failing result, so only ``canaryd approve`` opens it.
     """
-    name = next(n for n, t in GATES.items() if t is kind)
-    return name in state.approvals or all(r.ok for r in results)
+    return _gate_name(kind) in state.approvals or all(r.ok for r in results)
+
+
+def _gate_name(kind: WebhookType) -> str:
+    return next(n for n, t in GATES.items() if t is kind)
 
 
 # --------------------------------------------------------------------------- transitions
@@ -336,21 +389,39 @@ def _rollback(
 def _begin_promotion(
     spec: CanaryConfig, state: CanaryState, now: float, **fields: Any
 ) -> tuple[CanaryState, list[Effect]]:
-    effects: list[Effect] = []
     new = evolve(
         state,
         phase=Phase.PROMOTING,
         gate=None,
         gate_since=None,
-        approvals=state.approvals - {"promotion"},
+        approvals=state.approvals - {"promotion", "traffic-increase"},
         paused_phase=None,
     )
-    if spec.analysis.strategy == "blue-green":
-        new = evolve(new, canary_weight=100, primary_weight=0)
-        effects.append(Route("route", 0, 100))
-    effects.append(Route("promote", new.primary_weight, new.canary_weight))
-    effects.append(_event(spec, new, "rollout.promoting", now, **fields))
-    return new, effects
+    return new, [
+        Route("promote", new.primary_weight, new.canary_weight),
+        _event(spec, new, "rollout.promoting", now, **fields),
+    ]
+
+
+def _switch_blue_green(
+    spec: CanaryConfig, state: CanaryState, now: float
+) -> tuple[CanaryState, list[Effect]]:
+    """Blue/green after ``iterations``: all traffic to the canary, judged again, then promoted.
+
+    The promotion approval stays: the gate is asked again before promoting.
+    """
+    new = evolve(
+        state,
+        canary_weight=100,
+        primary_weight=0,
+        iteration=state.iteration + 1,
+        gate=None,
+        gate_since=None,
+    )
+    return new, [
+        Route("route", 0, 100),
+        _event(spec, new, "weight.advanced", now, previousWeight=state.canary_weight),
+    ]
 
 
 def _wait_gate(
@@ -359,8 +430,13 @@ def _wait_gate(
     kind: WebhookType,
     now: float,
     phase: Phase | None = None,
+    muted: bool = False,
 ) -> tuple[CanaryState, list[Effect]]:
-    """Keep waiting on a closed gate; fail the rollout once its gateTimeout has passed."""
+    """Keep waiting on a closed gate; fail the rollout once its gateTimeout has passed.
+
+    The waiting event is emitted once, when the wait begins; ``muted`` (the gate's
+    closing webhook has ``muteAlert``) marks it so that no alert is sent for it.
+    """
     gate = kind.value
     since = state.gate_since if state.gate == gate and state.gate_since is not None else now
     limit = _gate_timeout(spec.analysis, kind)
@@ -370,17 +446,11 @@ def _wait_gate(
         )
         return new, [_event(spec, state, "gate.timed_out", now, gate=gate, timeout=limit), *effects]
     new = evolve(state, gate=gate, gate_since=since, phase=phase or state.phase)
-    if state.gate == gate:
+    if state.gate == gate and state.phase is new.phase:
         return new, []
-    return new, [
-        _event(
-            spec,
-            new,
-            "rollout.waiting" if kind is WebhookType.CONFIRM_ROLLOUT else "gate.waiting",
-            now,
-            gate=gate,
-        )
-    ]
+    name = "rollout.waiting" if kind is WebhookType.CONFIRM_ROLLOUT else "gate.waiting"
+    mute = {"muteAlert": True} if muted else {}
+    return new, [_event(spec, new, name, now, gate=gate, **mute)]
 
 
 def _advance(
@@ -391,19 +461,21 @@ def _advance(
     if not _has_traffic(a, state):  # A/B: the first passing tick routes the matched users
         new = evolve(state, match_routed=True)
         return new, [Route("route", 100, 0, tuple(a.match))]
-    if need.gate is WebhookType.CONFIRM_PROMOTION:
-        if not obs.gate_open:
-            return _wait_gate(
-                spec, state, WebhookType.CONFIRM_PROMOTION, now, Phase.WAITING_PROMOTION
-            )
-        if a.strategy != "canary":
+    closed = closed_gate(spec, need, obs)
+    if closed is WebhookType.CONFIRM_PROMOTION:
+        waiting = evolve(state, approvals=state.approvals - {"traffic-increase"})
+        return _wait_gate(spec, waiting, closed, now, Phase.WAITING_PROMOTION, muted=obs.gate_muted)
+    if closed is not None:
+        return _wait_gate(spec, state, closed, now, muted=obs.gate_muted)
+    if WebhookType.CONFIRM_PROMOTION in need.gates:
+        if a.strategy == "blue-green" and state.iteration == a.iterations:
+            return _switch_blue_green(spec, state, now)
+        if a.strategy == "ab":
             state = evolve(state, iteration=state.iteration + 1)
         return _begin_promotion(spec, state, now)
     if a.strategy != "canary":
         new = evolve(state, iteration=state.iteration + 1)
         return new, [_event(spec, new, "iteration.advanced", now)]
-    if need.gate is WebhookType.CONFIRM_TRAFFIC_INCREASE and not obs.gate_open:
-        return _wait_gate(spec, state, WebhookType.CONFIRM_TRAFFIC_INCREASE, now)
     weight = next_weight(a, state.canary_weight)
     assert weight is not None  # _at_last_step would have chosen the promotion gate
     new = evolve(
@@ -430,18 +502,42 @@ def _apply_outcome(
 ) -> tuple[CanaryState, list[Effect]]:
     """Count a failure (rolling back at threshold), hold, or advance."""
     outcome, reason, fields = verdict
+    if outcome is Outcome.PASS:
+        return _advance(spec, state, need, obs, now)
+    effects: list[Effect] = []
     if outcome is Outcome.FAIL:
         state = evolve(state, failed_checks=state.failed_checks + 1, reason=reason)
         name = "pre_rollout.failed" if fields.get("stage") == "pre-rollout" else "check.failed"
-        effects: list[Effect] = [_event(spec, state, name, now, reason=reason, **fields)]
+        effects.append(_event(spec, state, name, now, reason=reason, **fields))
         if state.failed_checks >= spec.analysis.threshold:
             state, more = _rollback(spec, state, now, reason or "failed check", **fields)
-            effects += more
-        return state, effects
-    if outcome is Outcome.HOLD:
+            return state, effects + more
+    else:
         name = "check.held_by_canaryd" if fields.get("own") else "check.held"
-        return state, [_event(spec, state, name, now, reason=reason, **fields)]
-    return _advance(spec, state, need, obs, now)
+        effects.append(_event(spec, state, name, now, reason=reason, **fields))
+    expired = _gate_expired(spec, state, now)
+    return expired if expired is not None else (state, effects)
+
+
+def _gate_expired(
+    spec: CanaryConfig, state: CanaryState, now: float
+) -> tuple[CanaryState, list[Effect]] | None:
+    """Roll back when the gate the rollout waits on has been closed past its gateTimeout.
+
+    Checked on failing and held ticks too: a gate's timeout does not wait for a
+    passing check (docs/flagger.md).
+    """
+    if state.gate is None or state.gate_since is None:
+        return None
+    kind = WebhookType(state.gate)
+    limit = _gate_timeout(spec.analysis, kind)
+    if limit is None or now - state.gate_since < limit:
+        return None
+    new, effects = _rollback(
+        spec, state, now, f"gate {state.gate} timed out after {limit:g}s", gate=state.gate
+    )
+    timed_out = _event(spec, state, "gate.timed_out", now, gate=state.gate, timeout=limit)
+    return new, [timed_out, *effects]
 
 
 def _progress(
@@ -486,7 +582,9 @@ def _progress(
 def _promotion_step(spec: CanaryConfig, state: CanaryState, now: float) -> Decision:
     """Promoting: move traffic back to the (now promoted) primary; Finalising: finish."""
     if state.phase is Phase.FINALISING:
-        new = evolve(state, phase=Phase.SUCCEEDED, finished_at=now, reason=None)
+        new = evolve(
+            state, phase=Phase.SUCCEEDED, finished_at=now, reason=None, approvals=frozenset()
+        )
         return Decision(
             new, (RunHooks(WebhookType.POST_ROLLOUT), _event(spec, new, "rollout.promoted", now))
         )
@@ -520,7 +618,9 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
     if not need.anything:
         return Decision(state)
     state = evolve(state, ticks=state.ticks + 1)
-    hit = next((h for h in obs.rollback if h.ok), None)
+    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
+        return _promotion_step(spec, state, now)
+    hit = next((h for h in obs.rollback if h.ok), None) if need.rollback_hooks else None
     if hit is not None:
         new, effects = _rollback(
             spec,
@@ -530,7 +630,7 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
             webhook=hit.name,
         )
         return Decision(new, tuple(effects))
-    if state.phase is Phase.WAITING:
+    if _confirming(state):
         if obs.gate_open:
             new = evolve(
                 state,
@@ -540,23 +640,46 @@ def decide(spec: CanaryConfig, state: CanaryState, obs: Observation, now: float)
                 approvals=state.approvals - {"rollout"},
             )
             return Decision(new, (_event(spec, new, "gate.approved", now, gate="rollout"),))
-        new, effects = _wait_gate(spec, state, WebhookType.CONFIRM_ROLLOUT, now)
+        new, effects = _wait_gate(
+            spec, state, WebhookType.CONFIRM_ROLLOUT, now, Phase.WAITING, obs.gate_muted
+        )
         return Decision(new, tuple(effects))
-    if state.phase in (Phase.PROMOTING, Phase.FINALISING):
-        return _promotion_step(spec, state, now)
+    if state.failed_checks >= spec.analysis.threshold:  # a reload lowered the threshold
+        reason = f"failedChecks {state.failed_checks} reached threshold {spec.analysis.threshold}"
+        new, effects = _rollback(spec, state, now, reason)
+        return Decision(new, tuple(effects))
+    if spec.skipAnalysis:  # promote without analysis, as Flagger's skipAnalysis (docs/flagger.md)
+        new, effects = _begin_promotion(spec, state, now, skipped=True)
+        return Decision(new, tuple(effects))
     return _progress(spec, state, need, obs, now)
 
 
-def router_failed(spec: CanaryConfig, state: CanaryState, error: str, now: float) -> Decision:
+def router_failed(
+    spec: CanaryConfig,
+    state: CanaryState,
+    error: str,
+    now: float,
+    *,
+    weights: tuple[int, int] | None = None,
+) -> Decision:
     """The router did not apply a decision: a failed check on the state before it.
 
     A rollback whose route failed stays Failed with ``route_pending`` so the
-    runtime keeps retrying the rollback route; nothing else is recorded as applied.
+    runtime keeps retrying the rollback route, at ``weights`` (primary, canary:
+    what the router still has); nothing else is recorded as applied.
+    Once promotion has begun (Promoting, Finalising) the failure is only reported
+    and the step retried on the next tick: it never counts as a failed check nor
+    turns into a rollback, since the primary already runs the new revision.
     """
     reason = error  # adapters name themselves: "router mesh: ...", "haproxy web/x: ..."
     if state.phase is Phase.FAILED:
         new = evolve(state, route_pending=True)
+        if weights is not None:
+            new = evolve(new, primary_weight=weights[0], canary_weight=weights[1])
         return Decision(new, (_event(spec, new, "router.failed", now, error=error),))
+    if state.phase in (Phase.PROMOTING, Phase.FINALISING, Phase.SUCCEEDED):
+        event = _event(spec, state, "router.failed", now, error=error, retrying=True)
+        return Decision(state, (event,))
     new = evolve(state, failed_checks=state.failed_checks + 1, reason=reason)
     effects: list[Effect] = [
         _event(spec, new, "router.failed", now, error=error),
@@ -579,19 +702,60 @@ def start_rollout(
     rollout_id: str,
     now: float,
 ) -> Decision:
-    """Begin a rollout of ``revision``.
+    """Begin a rollout of ``revision``; a new revision mid-rollout restarts the analysis.
+
+    As in Flagger, a new revision while Progressing, Waiting or WaitingPromotion
+    (or Paused) sends all traffic back to the primary, resets the counters and
+    starts again with the new revision. The revision already under way is a
+    no-op (the state is returned unchanged, without effects).
+
+    With confirm-rollout webhooks the rollout starts Progressing with the gate
+    pending; the first tick asks the gate and enters Waiting only if it is closed
+    (as in Flagger).
 
     Raises:
-        CommandError: a rollout is already under way.
+        CommandError: a rollback is still waiting for the router, or a promotion
+            is under way.
     """
-    if state.active:
+    if state.route_pending:
         raise CommandError(
-            f"{spec.key} is {state.phase.value} with revision {state.revision}; "
-            "abort it first or wait for it to finish"
+            f"{spec.key}: the rollback of revision {state.revision} is not applied yet "
+            "(the router refused it; canaryd retries it every tick); start again once it is"
         )
+    if state.active and state.revision == revision:
+        return Decision(state)
+    if _promotion_begun(state):
+        raise CommandError(
+            f"{spec.key} is promoting revision {state.revision} (phase {state.phase.value}); "
+            "start the new revision once the promotion has finished"
+        )
+    fresh = _fresh_rollout(spec, revision, metadata, rollout_id, now)
+    if not state.active:
+        return fresh
+    return _restart(spec, state, fresh, now)
+
+
+def _restart(spec: CanaryConfig, state: CanaryState, fresh: Decision, now: float) -> Decision:
+    """Replace the revision under way: traffic back to the primary first, then start anew."""
+    new = evolve(fresh.state, seq=state.seq)
+    effects: list[Effect] = []
+    if state.canary_weight > 0 or state.primary_weight != 100 or state.match_routed:
+        effects.append(Route("route", 100, 0))
+    replaced = _event(spec, new, "rollout.restarted", now, previousRevision=state.revision)
+    return Decision(new, (*effects, replaced, *fresh.effects))
+
+
+def _fresh_rollout(
+    spec: CanaryConfig,
+    revision: str,
+    metadata: Mapping[str, str],
+    rollout_id: str,
+    now: float,
+) -> Decision:
+    """The state and events of a rollout that begins now."""
     gated = bool(_hooks(spec.analysis, WebhookType.CONFIRM_ROLLOUT))
     new = CanaryState(
-        phase=Phase.WAITING if gated else Phase.PROGRESSING,
+        phase=Phase.PROGRESSING,
         revision=revision,
         rollout_id=rollout_id,
         metadata=dict(metadata),
@@ -599,12 +763,15 @@ def start_rollout(
         gate=WebhookType.CONFIRM_ROLLOUT.value if gated else None,
         gate_since=now if gated else None,
     )
-    effects: list[Effect] = [_event(spec, new, "rollout.started", now, metadata=dict(metadata))]
-    if gated:
-        effects.append(
-            _event(spec, new, "rollout.waiting", now, gate=WebhookType.CONFIRM_ROLLOUT.value)
-        )
-    return Decision(new, tuple(effects))
+    return Decision(new, (_event(spec, new, "rollout.started", now, metadata=dict(metadata)),))
+
+
+def _promotion_begun(state: CanaryState) -> bool:
+    """Whether the primary already runs the new revision (Promoting, Finalising, paused there)."""
+    promoting = (Phase.PROMOTING, Phase.FINALISING)
+    return state.phase in promoting or (
+        state.phase is Phase.PAUSED and state.paused_phase in promoting
+    )
 
 
 def _require_active(spec: CanaryConfig, state: CanaryState, verb: str) -> None:
@@ -620,23 +787,47 @@ def abort(
     """Roll back now.
 
     Raises:
-        CommandError: no rollout is under way.
+        CommandError: no rollout is under way, or its promotion has begun (the
+            primary already runs the new revision: there is nothing to roll back to).
     """
     _require_active(spec, state, "abort")
+    if _promotion_begun(state):
+        raise CommandError(
+            f"cannot abort {spec.key}: its promotion has begun (phase {state.phase.value}); "
+            f"the primary already runs revision {state.revision}"
+        )
     new, effects = _rollback(spec, state, now, reason, manual=True)
     return Decision(new, tuple(effects))
 
 
-def promote(spec: CanaryConfig, state: CanaryState, now: float) -> Decision:
-    """Promote now, skipping the remaining steps and gates.
+def skipped_gates(spec: CanaryConfig, state: CanaryState) -> list[str]:
+    """The gates a manual promotion would skip: configured, not approved, still ahead."""
+    kinds = [WebhookType.CONFIRM_PROMOTION]
+    if state.gate == WebhookType.CONFIRM_ROLLOUT.value:  # not yet opened (paused or not)
+        kinds.insert(0, WebhookType.CONFIRM_ROLLOUT)
+    names = [_gate_name(k) for k in kinds if _hooks(spec.analysis, k)]
+    return [n for n in names if n not in state.approvals]
+
+
+def promote(spec: CanaryConfig, state: CanaryState, now: float, *, force: bool = False) -> Decision:
+    """Promote now, skipping the remaining steps; skipping a gate needs ``force``.
 
     Raises:
-        CommandError: no rollout is under way, or it is already promoting.
+        CommandError: no rollout is under way, it is already promoting, or it has
+            a gate that is not approved and ``force`` is not set.
     """
     _require_active(spec, state, "promote")
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
         raise CommandError(f"{spec.key} is already {state.phase.value}")
-    new, effects = _begin_promotion(spec, state, now, manual=True)
+    skipped = skipped_gates(spec, state)
+    if skipped and not force:
+        raise CommandError(
+            f"promoting {spec.key} would skip its gate(s) {', '.join(skipped)}: "
+            f"approve them (canaryd approve {spec.key} --gate {skipped[0]}) "
+            "or promote with --force"
+        )
+    extra: dict[str, Any] = {"forced": True, "skippedGates": skipped} if skipped else {}
+    new, effects = _begin_promotion(spec, state, now, manual=True, **extra)
     return Decision(new, tuple(effects))
 
 
@@ -671,10 +862,17 @@ def approve(spec: CanaryConfig, state: CanaryState, gate: str, now: float) -> De
     """Open a gate by hand (``rollout``, ``traffic-increase`` or ``promotion``).
 
     Raises:
-        CommandError: unknown gate or no rollout under way.
+        CommandError: unknown gate, a gate this canary does not have, or no
+            rollout under way.
     """
     if gate not in GATES:
         raise CommandError(f"unknown gate {gate!r}; expected one of: {', '.join(GATES)}")
+    if not _hooks(spec.analysis, GATES[gate]):
+        have = [n for n, k in GATES.items() if _hooks(spec.analysis, k)]
+        raise CommandError(
+            f"{spec.key} has no {gate} gate (no {GATES[gate].value} webhook); "
+            + (f"its gates: {', '.join(have)}" if have else "it has no gates")
+        )
     _require_active(spec, state, "approve a gate of")
     new = evolve(state, approvals=state.approvals | {gate})
     return Decision(new, (_event(spec, new, "gate.approved", now, gate=gate, manual=True),))

@@ -14,6 +14,7 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -24,7 +25,7 @@ from aiohttp import web
 from canaryd import analysis as core
 from canaryd.analysis import CanaryState
 from canaryd.config import CanaryConfig
-from canaryd.errors import CommandError, NotFoundError, StoreError
+from canaryd.errors import CommandError, NotFoundError, RouterError, StoreError
 from canaryd.limits import LISTEN_BACKLOG, AcceptErrors, RefusedCount, api_connection_cap
 from canaryd.metrics import CONTENT_TYPE
 from canaryd.openapi import document
@@ -68,6 +69,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error(404, str(exc))
     except CommandError as exc:
         return error(409, str(exc))
+    except RouterError as exc:  # an operator command's route was refused; nothing counted
+        return error(502, f"router refused the command: {exc}")
     except StoreError as exc:
         log.error("api.store_failed", error=str(exc))
         return error(503, f"state store unavailable: {exc}")
@@ -156,6 +159,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         data = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from exc
+    except RecursionError:  # the decoder nests one frame per level: bad input, not a crash
+        raise web.HTTPBadRequest(reason="body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(reason="body must be a JSON object")
     return data
@@ -251,8 +256,12 @@ async def start_rollout(request: web.Request) -> web.Response:
     unknown = sorted(set(body) - {"revision", "metadata"})
     if unknown:
         raise web.HTTPBadRequest(reason=f"unknown keys: {', '.join(unknown)}")
+    before = runner.state.rollout_id
     state = await runner.start_rollout(revision, metadata)
-    return web.json_response(canary_summary(runner.spec, state), status=201)
+    # the revision already under way: 200 with the rollout as it is; else a new one, 201
+    return web.json_response(
+        canary_summary(runner.spec, state), status=200 if state.rollout_id == before else 201
+    )
 
 
 _COMMANDS: dict[str, Callable[[CanaryConfig, CanaryState, float], core.Decision]] = {
@@ -263,6 +272,24 @@ _COMMANDS: dict[str, Callable[[CanaryConfig, CanaryState, float], core.Decision]
 }
 
 
+async def _force(request: web.Request, action: str) -> bool:
+    """``promote``'s optional ``{"force": true}`` (overrides closed gates); no other keys.
+
+    Raises:
+        HTTPBadRequest: unknown keys, or ``force`` that is not a boolean.
+    """
+    if action != "promote":
+        return False
+    body = await _json_body(request)
+    unknown = sorted(set(body) - {"force"})
+    if unknown:
+        raise web.HTTPBadRequest(reason=f"unknown keys: {', '.join(unknown)}")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise web.HTTPBadRequest(reason="force must be true or false")
+    return force
+
+
 def command(action: str) -> Handler:
     """The handler of one operator command: promote / abort / pause / resume."""
     fn = _COMMANDS[action]
@@ -270,8 +297,18 @@ def command(action: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         _authorize(request)
         runner = _runner(request)
-        state = await runner.command(lambda s, now: fn(runner.spec, s, now))
-        return web.json_response(canary_summary(runner.spec, state))
+        force = await _force(request, action)
+        skipped = core.skipped_gates(runner.spec, runner.state) if force else []
+        if force:
+            chosen = partial(core.promote, runner.spec, force=True)
+        else:
+            chosen = partial(fn, runner.spec)
+        # abort/pause/promote need not wait for a tick held by a slow webhook
+        state = await runner.command(chosen, interrupt=action != "resume")
+        body = canary_summary(runner.spec, state)
+        if skipped:  # said in the answer as in the rollout.promoting event
+            body["forced"], body["skippedGates"] = True, skipped
+        return web.json_response(body)
 
     handle.__doc__ = f"POST .../{action}"
     return handle

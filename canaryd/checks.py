@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from canaryd.config import JudgeSpec, OnNoData, WebhookType
-from canaryd.judge import MetricConfig, MetricPair, judge
+from canaryd.judgemodel import MetricConfig, MetricPair
 from canaryd.scoring import Thresholds
 
 
@@ -94,10 +94,18 @@ class CompareSeries:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """Everything the runtime observed for one tick."""
+    """Everything the runtime observed for one tick.
+
+    ``gate_open`` is whether every gate :class:`Needs` asked for is open;
+    ``closed_gate`` names the first closed one (when None and a gate is closed,
+    the core takes the first asked-for gate that has webhooks).
+    """
 
     rollback: tuple[HookResult, ...] = ()
     gate_open: bool = True
+    closed_gate: WebhookType | None = None
+    gate_muted: bool = False
+    """The gate is closed by a webhook with ``muteAlert``: its waiting alert is not sent."""
     pre_rollout: tuple[HookResult, ...] = ()
     rollout: tuple[HookResult, ...] = ()
     metrics: tuple[MetricValue, ...] = ()
@@ -106,17 +114,28 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Needs:
-    """What the runtime must observe before calling :func:`canaryd.analysis.decide`."""
+    """What the runtime must observe before calling :func:`canaryd.analysis.decide`.
+
+    ``gates`` are asked in order (Flagger asks confirm-traffic-increase, then
+    confirm-promotion, at a canary's last step).
+    """
 
     rollback_hooks: bool = False
-    gate: WebhookType | None = None
+    gates: tuple[WebhookType, ...] = ()
     pre_rollout: bool = False
     checks: bool = False
+    promotion: bool = False
+    """Promoting or Finalising: the tick moves traffic; no webhook is polled (as in Flagger)."""
+
+    @property
+    def gate(self) -> WebhookType | None:
+        """The first gate to ask, if any."""
+        return self.gates[0] if self.gates else None
 
     @property
     def anything(self) -> bool:
         """Whether a tick has any work at all."""
-        return self.rollback_hooks
+        return self.rollback_hooks or self.promotion
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -186,6 +205,8 @@ def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[V
             reason = f"{broken.config.name}: {OWN_TROUBLE}: {broken.error}"
             return (Outcome.HOLD, reason, {**fields, "own": True}), None
         return (Outcome.FAIL, f"{broken.config.name}: {broken.error}", fields), None
+    from canaryd.judge import judge  # numpy on first use only (docs/judge.md, start-up cost)
+
     thresholds = Thresholds(spec.thresholds.passing, spec.thresholds.marginal)
     pairs = [MetricPair(c.config, c.control, c.experiment) for c in series]
     judgement = judge(pairs, spec.groupWeights or None, thresholds)

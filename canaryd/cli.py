@@ -20,6 +20,7 @@ import anyio
 
 from canaryd import __version__
 from canaryd.errors import ClientError, ConfigError
+from canaryd.terminal import escape, escape_lines
 
 DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
 DEFAULT_URL = "http://127.0.0.1:9879"
@@ -63,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("promote", "abort", "pause", "resume"):
         v = sub.add_parser(verb, parents=[client], help=f"{verb} a rollout")
         v.add_argument("canary", metavar="NS/NAME")
+        if verb == "promote":
+            v.add_argument(
+                "--force", action="store_true", help="also skip gates that are not approved"
+            )
     a = sub.add_parser("approve", parents=[client], help="open a gate by hand")
     a.add_argument("canary", metavar="NS/NAME")
     a.add_argument("--gate", required=True, choices=["rollout", "traffic-increase", "promotion"])
@@ -87,12 +92,26 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``canaryd`` command."""
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as an ignored exception
     except ClientError as exc:
-        print(f"canaryd: {exc}", file=sys.stderr)
+        _say(f"canaryd: {escape(str(exc))}", err=True)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `canaryd status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
+    return code
+
+
+SIGPIPE_EXIT = 141
+"""Exit code when stdout's reader went away (as a shell reports a process killed by SIGPIPE)."""
+
+
+def _say(text: str, *, err: bool = False, flush: bool = False) -> None:
+    """Print a human-readable line: control characters escaped (docs/reliability.md)."""
+    print(escape_lines(text), file=sys.stderr if err else sys.stdout, flush=flush)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -121,12 +140,12 @@ def check(path: Path) -> int:
         check_queries(loaded.settings)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+            _say(escape(str(problem)), err=True)
+        _say(f"{len(exc.problems)} problem(s) found", err=True)
         return 1
     for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(summary(loaded))
+        _say(f"warning: {escape(str(warning))}", err=True)
+    _say(summary(loaded))
     return 0
 
 
@@ -140,7 +159,7 @@ def run(path: Path) -> int:
 
 
 def loop_options() -> dict[str, bool]:
-    """anyio backend options: uvloop when installed (``pip install canaryd[fast]``)."""
+    """anyio backend options: uvloop when installed (a dependency wherever it is built)."""
     return {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
 
 
@@ -177,7 +196,7 @@ async def _client_command(args: argparse.Namespace) -> int:
             state = await client.post(
                 f"{key}/rollouts", {"revision": args.revision, "metadata": meta}
             )
-            print(f"{key}: rollout of {args.revision} started ({state['phase']})")
+            _say(f"{key}: rollout of {args.revision} started ({escape(str(state['phase']))})")
             if args.wait:
                 return await _follow(client, key, args.timeout, state.get("rolloutId"))
             return 0
@@ -186,8 +205,13 @@ async def _client_command(args: argparse.Namespace) -> int:
             if args.command == "approve"
             else (f"{key}/{args.command}")
         )
-        state = await client.post(path, {})
-        print(f"{key}: {state['phase']} (revision {state['revision']})")
+        body = {"force": True} if getattr(args, "force", False) else {}
+        state = await client.post(path, body)
+        phase, revision = escape(str(state["phase"])), escape(str(state["revision"]))
+        _say(f"{key}: {phase} (revision {revision})")
+        skipped = state.get("skippedGates")
+        if isinstance(skipped, list) and skipped:
+            _say(f"{key}: forced past gate(s) {escape(', '.join(map(str, skipped)))}")
         return 0
 
 
@@ -207,7 +231,7 @@ async def _status(client: Any, args: argparse.Namespace) -> int:
     else:
         rows = (await client.get(""))["canaries"]
         data = {"canaries": rows}
-    print(json.dumps(data, indent=2) if args.json else render_table(rows))
+    _say(json.dumps(data, indent=2) if args.json else render_table(rows))  # JSON escapes too
     return 0
 
 
@@ -228,7 +252,7 @@ async def _poll(client: Any, key: str, lost: list[float]) -> dict[str, Any] | No
             raise
         if not lost:
             lost.append(time.monotonic())
-            print(f"{key}: lost contact with canaryd; retrying ({exc})", file=sys.stderr)
+            _say(f"{key}: lost contact with canaryd; retrying ({escape(str(exc))})", err=True)
         if time.monotonic() - lost[0] > FOLLOW_OUTAGE_SECONDS:
             raise
         return None
@@ -251,23 +275,24 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
             await anyio.sleep(1.0)
             continue
         if rollout_id and state.get("rolloutId") != rollout_id:
-            print(
-                f"{key}: this rollout was replaced by rollout {state.get('rolloutId')} "
-                f"of revision {state.get('revision')}"
+            rollout, revision = (
+                escape(str(state.get("rolloutId"))),
+                escape(str(state.get("revision"))),
             )
+            _say(f"{key}: this rollout was replaced by rollout {rollout} of revision {revision}")
             return 1
         line = progress_line(state)
         if line != last:
-            print(line, flush=True)
+            _say(line, flush=True)
             last = line
         if state["phase"] == "Succeeded":
-            print(f"{key}: promoted revision {state['revision']}")
+            _say(f"{key}: promoted revision {escape(str(state['revision']))}")
             return 0
         if state["phase"] == "Failed":
-            print(f"{key}: rolled back: {state['reason']}")
+            _say(f"{key}: rolled back: {escape(str(state['reason']))}")
             return 1
         await anyio.sleep(1.0)
-    print(f"{key}: still {last} after {wait_for:g}s; giving up waiting", file=sys.stderr)
+    _say(f"{key}: still {last} after {wait_for:g}s; giving up waiting", err=True)
     return 3
 
 

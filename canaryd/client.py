@@ -9,6 +9,8 @@ from typing import Any
 import aiohttp
 
 from canaryd.errors import ClientError
+from canaryd.http import describe_redirect, redirect_target
+from canaryd.terminal import escape
 
 BAR_WIDTH = 20
 
@@ -56,9 +58,14 @@ class Client:
         url = f"{self.base}/{path}" if path else self.base
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            async with self._session.request(method, url, json=body, headers=headers) as resp:
+            async with self._session.request(
+                method, url, json=body, headers=headers, allow_redirects=False
+            ) as resp:
                 text = (await resp.read()).decode("utf-8", "replace")
                 status = resp.status
+                if 300 <= status < 400:  # never followed: docs/reliability.md
+                    target = redirect_target(url, resp.headers.get("Location"))
+                    raise ClientError(f"{self.base}: {describe_redirect(status, target)}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ClientError(
                 f"cannot reach canaryd at {self.base}: {exc or 'timeout'}"
@@ -66,7 +73,7 @@ class Client:
             ) from exc
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
             data = None
         if status >= 400:
             message = data.get("error", text[:200]) if isinstance(data, dict) else text[:200]
@@ -84,18 +91,24 @@ def weight_bar(canary_weight: int) -> str:
 
 
 def progress_line(s: dict[str, Any]) -> str:
-    """One line of ``rollout --wait`` progress."""
+    """One line of ``rollout --wait`` progress (the daemon's values escaped for a terminal)."""
     line = (
-        f"{s['namespace']}/{s['name']} {s['phase']:<16} {s['revision'] or '-'}  "
-        f"{weight_bar(s['canaryWeight'])}  failed {s['failedChecks']}/{s['threshold']}"
+        f"{_cell(s['namespace'])}/{_cell(s['name'])} {_cell(s['phase']):<16} "
+        f"{_cell(s['revision'] or '-')}  {weight_bar(s['canaryWeight'])}  "
+        f"failed {_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
     )
     if s.get("iterations"):
-        line += f"  iteration {s['iteration']}/{s['iterations']}"
+        line += f"  iteration {_cell(s['iteration'])}/{_cell(s['iterations'])}"
     if s.get("gate"):
-        line += f"  waiting for gate {s['gate']}"
+        line += f"  waiting for gate {_cell(s['gate'])}"
     if s.get("reason"):
-        line += f"  last failure: {s['reason']}"
+        line += f"  last failure: {_cell(s['reason'])}"
     return line
+
+
+def _cell(value: Any) -> str:
+    """A value from the daemon as printable text: controls escaped (:mod:`canaryd.terminal`)."""
+    return escape(str(value))
 
 
 def last_check(s: dict[str, Any]) -> str:
@@ -104,23 +117,25 @@ def last_check(s: dict[str, Any]) -> str:
     if not check:
         return "-"
     if check.get("outcome") == "pass" or not check.get("reason"):
-        return str(check.get("outcome", "-"))
-    return f"{check['outcome']}: {check['reason']}"
+        return _cell(check.get("outcome", "-"))
+    return f"{_cell(check['outcome'])}: {_cell(check['reason'])}"
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    """The ``canaryd status`` table: one canary per line."""
+    """The ``canaryd status`` table: one canary per line, every value escaped."""
     if not rows:
         return "no canaries configured"
-    width = max(len("CANARY"), *(len(f"{s['namespace']}/{s['name']}") for s in rows))
+    names = [f"{_cell(s['namespace'])}/{_cell(s['name'])}" for s in rows]
+    width = max(len("CANARY"), *(len(name) for name in names))
     lines = [
         f"{'CANARY':<{width}}  {'PHASE':<16} {'REVISION':<14} {'CANARY WEIGHT':<27} "
         f"{'FAILED':<7} LAST CHECK"
     ]
-    for s in rows:
+    for name, s in zip(names, rows, strict=True):
+        failed = f"{_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
         lines.append(
-            f"{s['namespace'] + '/' + s['name']:<{width}}  {s['phase']:<16} "
-            f"{(s['revision'] or '-')[:14]:<14} {weight_bar(s['canaryWeight']):<27} "
-            f"{str(s['failedChecks']) + '/' + str(s['threshold']):<7} {last_check(s)}"
+            f"{name:<{width}}  {_cell(s['phase']):<16} "
+            f"{_cell(s['revision'] or '-')[:14]:<14} {weight_bar(s['canaryWeight']):<27} "
+            f"{failed:<7} {last_check(s)}"
         )
     return "\n".join(line.rstrip() for line in lines)

@@ -34,8 +34,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from canaryd import logs
 from canaryd.durations import parse_duration
-from canaryd.judgecli import MetricSettings, ThresholdsInput
+from canaryd.events import ALERTABLE
+from canaryd.judgeinput import MetricSettings, ThresholdsInput
 
 
 def _finite(value: float) -> float:
@@ -46,6 +48,62 @@ def _finite(value: float) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_finite)]
 """Seconds; accepts ``30s``, ``1m``, ``1h30m``, ``500ms`` or a number of seconds."""
+
+MIN_INTERVAL = 1.0
+"""Floor of ``analysis.interval`` and ``metrics[].interval`` (seconds); see docs/flagger.md."""
+
+MIN_INTERVAL_ENV = "UNSAFE_CANARYD_MIN_INTERVAL"
+"""Environment variable lowering :data:`MIN_INTERVAL` (test suites only; never below 10 ms)."""
+
+
+def min_interval() -> float:
+    """The interval floor in force: :data:`MIN_INTERVAL` unless lowered for a test suite.
+
+    Test suites drive real daemons with sub-second intervals; they set
+    ``UNSAFE_CANARYD_MIN_INTERVAL`` (seconds, at least 0.01). Anything
+    unparsable is ignored. See docs/flagger.md, "Floors".
+    """
+    text = os.environ.get(MIN_INTERVAL_ENV)
+    if not text:
+        return MIN_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        return MIN_INTERVAL
+    return max(0.01, min(value, MIN_INTERVAL)) if math.isfinite(value) else MIN_INTERVAL
+
+
+def _interval_floor(value: float) -> float:
+    floor = min_interval()
+    if value < floor:
+        raise ValueError(f"must be at least {floor:g}s (the floor; docs/flagger.md)")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0s")
+    return value
+
+
+Interval = Annotated[Duration, AfterValidator(_interval_floor)]
+"""An analysis or metric interval: a :data:`Duration` of at least :func:`min_interval`."""
+
+Timeout = Annotated[Duration, AfterValidator(_positive)]
+"""A timeout or delay: a :data:`Duration` greater than zero."""
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+"""A URL with an ``http://`` or ``https://`` scheme (``hooks.slack.com/...`` is refused)."""
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+"""A number that is neither NaN nor infinite."""
 
 DEFAULT_HTTP_TIMEOUT = 10.0
 """Default timeout (seconds) of every outgoing HTTP call that does not set its own."""
@@ -58,6 +116,18 @@ def _check_name(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _check_template_key(value: str) -> str:
+    namespace, _, name = value.rpartition("/")
+    if namespace:
+        _check_name(namespace)
+    _check_name(name)
+    return value
+
+
+TemplateKey = Annotated[str, AfterValidator(_check_template_key)]
+"""A template's name, or ``NAMESPACE/NAME`` for a namespaced MetricTemplate."""
 
 
 class Model(BaseModel):
@@ -85,15 +155,18 @@ def read_secret(
             mode = p.stat().st_mode
             if mode & 0o004:
                 raise ValueError(f"secret file {path} is readable by others; run: chmod o-r {path}")
-            return SecretStr(p.read_text(encoding="utf-8").strip())
+            value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from exc
-    if env:
-        value = (os.environ if environ is None else environ).get(env)
-        if value is None:
+    elif env:
+        found = (os.environ if environ is None else environ).get(env)
+        if found is None:
             raise ValueError(f"environment variable {env} is not set")
-        return SecretStr(value)
-    return None
+        value = found
+    else:
+        return None
+    logs.protect(value)  # never in a log line: docs/reliability.md, "Log lines"
+    return SecretStr(value)
 
 
 # --------------------------------------------------------------------------- providers
@@ -104,7 +177,7 @@ class PrometheusProvider(Model):
 
     type: Literal["prometheus"]
     address: str = "http://127.0.0.1:9090"
-    timeout: Duration = 5.0
+    timeout: Timeout = 5.0
     headers: dict[str, str] = Field(default_factory=dict)
     bearer_token_file: str | None = None
     username: str | None = None
@@ -143,8 +216,8 @@ class WebhookRouter(Model):
     """The generic mesh controller: canaryd POSTs route/promote/rollback actions."""
 
     type: Literal["webhook"]
-    url: str
-    timeout: Duration = DEFAULT_HTTP_TIMEOUT
+    url: HttpUrl
+    timeout: Timeout = DEFAULT_HTTP_TIMEOUT
     secret_file: str | None = None
     secret_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -158,7 +231,7 @@ class HAProxyRouter(Model):
     backend: str
     primary: str
     canary: str
-    timeout: Duration = 5.0
+    timeout: Timeout = 5.0
 
 
 RouterConfig = Annotated[WebhookRouter | HAProxyRouter, Field(discriminator="type")]
@@ -178,14 +251,14 @@ class Severity(StrEnum):
 class Notifier(Model):
     """Where alerts go: chat webhooks, a generic JSON webhook, or CloudEvents."""
 
-    type: Literal["slack", "msteams", "discord", "gchat", "webhook", "cloudevents"]
-    url: str | None = None
+    type: Literal["slack", "msteams", "discord", "gchat", "rocket", "webhook", "cloudevents"]
+    url: HttpUrl | None = None
     url_file: str | None = None
     secret_file: str | None = None
     secret_env: str | None = None
     channel: str | None = None
     username: str | None = None
-    timeout: Duration = DEFAULT_HTTP_TIMEOUT
+    timeout: Timeout = DEFAULT_HTTP_TIMEOUT
 
     @model_validator(mode="after")
     def _one_url(self) -> Notifier:
@@ -198,10 +271,15 @@ class Notifier(Model):
 
 
 class Template(Model):
-    """A metric template (Flagger's MetricTemplate): a query for one provider."""
+    """A metric template (Flagger's MetricTemplate): a query for one provider.
+
+    ``namespace`` (set for MetricTemplate manifests) makes ``templateRef``
+    lookups namespaced, as in Flagger; a template without one matches any.
+    """
 
     provider: Name
     query: str
+    namespace: str | None = None
 
 
 # --------------------------------------------------------------------------- canaries
@@ -210,8 +288,8 @@ class Template(Model):
 class ThresholdRange(Model):
     """Inclusive bounds a metric value must stay within to pass."""
 
-    min: float | None = None
-    max: float | None = None
+    min: Finite | None = None
+    max: Finite | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> ThresholdRange:
@@ -246,8 +324,8 @@ class CompareSpec(MetricSettings):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    lookback: Duration = 300.0
-    step: Duration = 10.0
+    lookback: Interval = 300.0
+    step: Interval = 10.0
     primaryQuery: str | None = None
     canaryQuery: str | None = None
 
@@ -267,6 +345,15 @@ class JudgeSpec(Model):
     groupWeights: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(default_factory=dict)
     onMarginal: OnMarginal = OnMarginal.HOLD
 
+    @field_validator("groupWeights")
+    @classmethod
+    def _weights_fit(cls, weights: dict[str, float]) -> dict[str, float]:
+        """All configured weights count against 100 (Kayenta's scoring, docs/judge.md)."""
+        total = sum(weights.values())
+        if total > 100.0:
+            raise ValueError(f"groupWeights add up to {total:g}, more than 100")
+        return weights
+
 
 class MetricSpec(Model):
     """One metric check of an analysis (Flagger's ``analysis.metrics[]``).
@@ -276,14 +363,29 @@ class MetricSpec(Model):
     """
 
     name: Name
+    threshold: Finite | None = None
     thresholdRange: ThresholdRange | None = None
     templateRef: TemplateRef | None = None
     query: str | None = None
     provider: Name | None = None
-    interval: Duration = 60.0
+    interval: Interval = 60.0
     onNoData: OnNoData = OnNoData.FAIL
     templateVariables: dict[str, str] = Field(default_factory=dict)
     compare: CompareSpec | None = None
+
+    @model_validator(mode="after")
+    def _deprecated_threshold(self) -> MetricSpec:
+        """Flagger's deprecated ``threshold``, read as Flagger reads it (docs/flagger.md).
+
+        Without ``thresholdRange`` it is the minimum of ``request-success-rate``
+        and the maximum of every other metric; with one it is ignored.
+        """
+        if self.threshold is None or self.thresholdRange is not None:
+            return self
+        bound = "min" if self.name == "request-success-rate" else "max"
+        derived = ThresholdRange.model_validate({bound: self.threshold})
+        object.__setattr__(self, "thresholdRange", derived)
+        return self
 
     @model_validator(mode="after")
     def _source(self) -> MetricSpec:
@@ -294,7 +396,7 @@ class MetricSpec(Model):
         if self.thresholdRange is None or (
             self.thresholdRange.min is None and self.thresholdRange.max is None
         ):
-            raise ValueError("thresholdRange needs min, max or both")
+            raise ValueError("thresholdRange needs min, max or both (or the deprecated threshold)")
         return self
 
 
@@ -323,20 +425,26 @@ GATE_TYPES = frozenset(
 class WebhookSpec(Model):
     """One webhook of an analysis.
 
-    ``timeout`` is the HTTP timeout of one call, as in Flagger. ``gateTimeout``
-    (gates only) is how long a gate may stay closed before the rollout fails.
-    A gate without ``url`` is a manual gate opened by ``canaryd approve``.
+    ``timeout`` is the HTTP timeout of one call, as in Flagger, and is honoured
+    even when it is longer than the tick's observation budget (the tick then
+    waits for the hook; docs/flagger.md). ``gateTimeout`` (gates only) is how
+    long a gate may stay closed before the rollout fails. A gate without
+    ``url`` is a manual gate opened by ``canaryd approve``. ``muteAlert``
+    (gates) keeps the "waiting for approval" alert of this hook off the chat
+    channels; ``disableTLS`` skips certificate verification for this hook.
     """
 
     name: Name
     type: WebhookType = WebhookType.ROLLOUT
-    url: str | None = None
-    timeout: Duration = DEFAULT_HTTP_TIMEOUT
-    gateTimeout: Duration | None = None
+    url: HttpUrl | None = None
+    timeout: Timeout = DEFAULT_HTTP_TIMEOUT
+    gateTimeout: Timeout | None = None
     retries: int = Field(default=0, ge=0, le=10)
     metadata: dict[str, str] = Field(default_factory=dict)
     secret_file: str | None = None
     secret_env: str | None = None
+    muteAlert: bool = False
+    disableTLS: bool = False
 
     @model_validator(mode="after")
     def _gate_fields(self) -> WebhookSpec:
@@ -351,8 +459,8 @@ class WebhookSpec(Model):
 class Analysis(Model):
     """Flagger's ``spec.analysis`` plus canaryd's extensions."""
 
-    interval: Duration = 60.0
-    threshold: int = Field(default=5, ge=1)
+    interval: Interval = 60.0
+    threshold: int = Field(default=1, ge=0)
     maxWeight: int | None = Field(default=None, ge=1, le=100)
     stepWeight: int | None = Field(default=None, ge=1, le=100)
     stepWeights: list[Annotated[int, Field(ge=1, le=100)]] | None = None
@@ -363,12 +471,11 @@ class Analysis(Model):
     webhooks: list[WebhookSpec] = Field(default_factory=list)
     judge: JudgeSpec = Field(default_factory=JudgeSpec)
 
-    @field_validator("interval")
+    @field_validator("threshold")
     @classmethod
-    def _positive_interval(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be greater than 0s")
-        return v
+    def _flagger_threshold(cls, v: int) -> int:
+        """Unset or 0 means 1, as Flagger's ``GetAnalysisThreshold`` (docs/flagger.md)."""
+        return v or 1
 
     @field_validator("stepWeights")
     @classmethod
@@ -383,8 +490,6 @@ class Analysis(Model):
 
     @model_validator(mode="after")
     def _strategy(self) -> Analysis:
-        if self.stepWeight is not None and self.stepWeights is not None:
-            raise ValueError("set stepWeight or stepWeights, not both")
         if self.iterations == 0 and self.stepWeight is None and self.stepWeights is None:
             raise ValueError(
                 "set stepWeight or stepWeights (canary), or iterations (blue/green, A/B)"
@@ -409,25 +514,83 @@ class Analysis(Model):
         return "canary"
 
     @property
+    def weight_notes(self) -> list[str]:
+        """Where the weight keys do not mean what they say, as Flagger reads them."""
+        notes = []
+        if self.stepWeight is not None and self.stepWeights is not None:
+            notes.append(
+                f"stepWeight and stepWeights are both set: steps of {self.stepWeight}% "
+                f"up to {self.stepWeights[-1]}% (the last of stepWeights), as in Flagger"
+            )
+        if self.stepWeights and self.maxWeight not in (None, self.stepWeights[-1]):
+            notes.append(
+                f"maxWeight {self.maxWeight} is ignored: stepWeights go up to "
+                f"{self.stepWeights[-1]}%, as in Flagger"
+            )
+        return notes
+
+    @property
+    def weight_differences(self) -> list[str]:
+        """Where canaryd's weights deliberately differ from Flagger's (docs/flagger.md)."""
+        weights = self.weights
+        if not self.stepWeight or not weights:
+            return []
+        flagger = min(100, -(-weights[-1] // self.stepWeight) * self.stepWeight)
+        if flagger == weights[-1]:
+            return []
+        return [
+            f"the last step stops at {weights[-1]}% where Flagger would overshoot to "
+            f"{flagger}% (stepWeight {self.stepWeight})"
+        ]
+
+    @property
     def weights(self) -> list[int]:
-        """The canary weights to walk through, ending at the effective maxWeight."""
-        if self.stepWeights:
-            cap = self.maxWeight or self.stepWeights[-1]
-            return [w for w in self.stepWeights if w <= cap]
+        """The canary weights to walk through, ending at the effective maxWeight.
+
+        As in Flagger, ``stepWeights`` win over ``maxWeight`` (their last entry is
+        the maximum), and ``stepWeight`` with ``stepWeights`` takes steps of
+        ``stepWeight`` up to that maximum. Unlike Flagger, the last step stops at
+        the maximum instead of overshooting it (docs/flagger.md).
+        """
+        if self.stepWeights and not self.stepWeight:
+            return list(self.stepWeights)
         step = self.stepWeight or 0
-        cap = self.maxWeight or 100
+        cap = self.stepWeights[-1] if self.stepWeights else (self.maxWeight or 100)
         if not step:
             return []
         weights = list(range(step, cap + 1, step))
         return weights if weights and weights[-1] == cap else [*weights, cap]
 
 
+def _alert_events(value: str | list[str]) -> str | list[str]:
+    if isinstance(value, str):
+        if value not in ("flagger", "all"):
+            raise ValueError("must be flagger, all or a list of event names")
+        return value
+    for name in value:
+        if name not in ALERTABLE:
+            raise ValueError(
+                f"unknown alert event {name!r}; expected one of: {', '.join(sorted(ALERTABLE))}"
+            )
+    return value
+
+
+AlertEvents = Annotated[str | list[str], AfterValidator(_alert_events)]
+"""``flagger``, ``all`` or a list of alertable event names."""
+
+
 class AlertSpec(Model):
-    """Send this canary's events to a notifier, filtered by severity."""
+    """Send this canary's events to a notifier, filtered by severity.
+
+    ``events`` chooses which events: ``flagger`` (the default: the moments
+    Flagger alerts on), ``all``, or a list of event names (docs/events.md,
+    "Alerts"). ``severity`` filters them as in Flagger.
+    """
 
     name: Name
     notifier: Name
     severity: Severity = Severity.INFO
+    events: AlertEvents = "flagger"
 
 
 SHARED_ANALYSES_MAX = 4096
@@ -446,7 +609,12 @@ class CanaryConfig(Model):
     router: Name
     provider: Name | None = None
     meshProvider: str | None = None
+    service: str | None = None
+    ingress: str | None = None
+    route: str | None = None
     variables: dict[str, str] = Field(default_factory=dict)
+    skipAnalysis: bool = False
+    suspend: bool = False
     analysis: Analysis
     alerts: list[AlertSpec] = Field(default_factory=list)
 
@@ -483,6 +651,21 @@ class CanaryConfig(Model):
         return self.target or self.name
 
     @property
+    def service_name(self) -> str:
+        """The ``service`` template variable: ``service`` or, as in Flagger, the target."""
+        return self.service or self.target_name
+
+    @property
+    def ingress_name(self) -> str:
+        """The ``ingress`` variable: ``ingress``, else ``variables.ingress``, else the target."""
+        return self.ingress or self.variables.get("ingress") or self.target_name
+
+    @property
+    def route_name(self) -> str:
+        """The ``route`` variable: ``route``, else ``variables.route``, else the target."""
+        return self.route or self.variables.get("route") or self.target_name
+
+    @property
     def primary_target_name(self) -> str:
         """What compare metrics select on for the primary: ``<target>-primary`` by default."""
         return self.primaryTarget or f"{self.target_name}-primary"
@@ -500,10 +683,10 @@ class ApiConfig(Model):
 class OutboxConfig(Model):
     """Delivery of alerts and webhooks: retried with backoff, dead-lettered after ``maxAge``."""
 
-    maxAge: Duration = 3600.0
-    initialBackoff: Duration = 1.0
-    maxBackoff: Duration = 60.0
-    pollInterval: Duration = 0.5
+    maxAge: Timeout = 3600.0
+    initialBackoff: Timeout = 1.0
+    maxBackoff: Timeout = 60.0
+    pollInterval: Timeout = 0.5
 
 
 class LogConfig(Model):
@@ -511,6 +694,11 @@ class LogConfig(Model):
 
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+DEFAULT_STATE = "sqlite:///var/lib/canaryd/state.db"
+"""The documented state file; its directory is created when missing (systemd's
+``StateDirectory=`` normally provides it)."""
 
 
 class Settings(BaseSettings):
@@ -531,7 +719,7 @@ class Settings(BaseSettings):
 
     include: list[str] = Field(default_factory=list)
     listen: str = "127.0.0.1:9879"
-    state: str = "sqlite:///var/lib/canaryd/state.db"
+    state: str = DEFAULT_STATE
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
@@ -539,7 +727,7 @@ class Settings(BaseSettings):
     providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
     routers: dict[Name, RouterConfig] = Field(default_factory=dict)
     notifiers: dict[Name, Notifier] = Field(default_factory=dict)
-    templates: dict[Name, Template] = Field(default_factory=dict)
+    templates: dict[TemplateKey, Template] = Field(default_factory=dict)
     canaries: list[CanaryConfig] = Field(default_factory=list)
 
     @classmethod
@@ -567,6 +755,14 @@ class Settings(BaseSettings):
     def _state_url(cls, v: str) -> str:
         if not v.startswith("sqlite://"):
             raise ValueError("must be sqlite:///ABSOLUTE/PATH or sqlite://RELATIVE/PATH")
+        # a typo must not start an empty history elsewhere: only the default's directory
+        # is created (docs/reliability.md, "State path")
+        folder = Path(v.removeprefix("sqlite://")).parent
+        if v != DEFAULT_STATE and not folder.is_dir():
+            raise ValueError(
+                f"directory {folder} does not exist (canaryd creates the state file, not its "
+                f"directory; the default {DEFAULT_STATE} is the exception)"
+            )
         return v
 
     @property
@@ -579,6 +775,20 @@ class Settings(BaseSettings):
         """``listen`` split into host and port."""
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def template_for(self, ref: TemplateRef, namespace: str) -> tuple[str, Template] | None:
+        """The template a ``templateRef`` names, and its key, looked up as Flagger does.
+
+        The reference's namespace (default: the canary's ``namespace``) and
+        name select a namespaced template; a template without a namespace
+        matches by name alone.
+        """
+        wanted = ref.namespace or namespace
+        for key in (f"{wanted}/{ref.name}", ref.name):
+            tpl = self.templates.get(key)
+            if tpl is not None and tpl.namespace in (None, wanted):
+                return key, tpl
+        return None
 
     def canary(self, key: str) -> CanaryConfig | None:
         """The canary named ``namespace/name``, if configured."""

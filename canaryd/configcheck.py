@@ -64,7 +64,9 @@ def check_secrets(raw: dict[str, Any], environ: Mapping[str, str], ctx: Report) 
             if not isinstance(key, str) or not isinstance(value, str) or not value:
                 continue
             try:
-                if key.endswith("_file"):
+                if key == "url_file":
+                    _check_url_file(value)
+                elif key.endswith("_file"):
                     read_secret(value)
                 elif key.endswith("_env"):
                     read_secret(None, value, environ=environ)
@@ -72,6 +74,17 @@ def check_secrets(raw: dict[str, Any], environ: Mapping[str, str], ctx: Report) 
                         raise ValueError(f"set {key[:-4]}_file or {key}, not both")
             except ValueError as exc:
                 ctx.problem((*path, key), str(exc))
+
+
+def _check_url_file(path: str) -> None:
+    """A URL kept in a secret file needs a scheme too (its text is never shown).
+
+    Raises:
+        ValueError: the file cannot be read, is readable by others, or holds no http(s) URL.
+    """
+    url = read_secret(path)
+    if url is not None and not url.get_secret_value().startswith(("http://", "https://")):
+        raise ValueError(f"the URL in {path} must start with http:// or https://")
 
 
 # --------------------------------------------------------------------------- cross references
@@ -156,8 +169,10 @@ def _check_metric(
     _check_ref(ctx, (*here, "provider"), metric, "provider", defined)
     ref = metric.get("templateRef")
     if isinstance(ref, dict):
-        named = {"template": ref.get("name")}
-        _check_ref(ctx, (*here, "templateRef", "name"), named, "template", defined)
+        name, names = ref.get("name"), {str(k).rpartition("/")[2] for k in defined["templates"]}
+        if not isinstance(name, str) or name not in names:
+            named = {"template": name}
+            _check_ref(ctx, (*here, "templateRef", "name"), named, "template", defined)
         return
     name = metric.get("name")
     if "query" not in metric and isinstance(name, str) and name not in BUILTIN_METRICS:
@@ -174,17 +189,13 @@ def _check_metric(
 
 
 def _check_weights(analysis: dict[str, Any], here: KeyPath, ctx: Report) -> None:
-    """``maxWeight`` must leave room for the first step."""
+    """``maxWeight`` must leave room for the first step (with stepWeights it is ignored,
+    as in Flagger; the loader warns about it)."""
     cap = analysis.get("maxWeight")
-    if not _is_int(cap):
+    if not _is_int(cap) or analysis.get("stepWeights") is not None:
         return
-    steps, step = analysis.get("stepWeights"), analysis.get("stepWeight")
-    if isinstance(steps, list) and steps and _is_int(steps[0]) and cap < steps[0]:
-        ctx.problem(
-            (*here, "maxWeight"),
-            f"maxWeight ({cap}) is below the first of stepWeights ({steps[0]})",
-        )
-    elif _is_int(step) and cap < step:
+    step = analysis.get("stepWeight")
+    if _is_int(step) and cap < step:
         ctx.problem((*here, "maxWeight"), f"maxWeight ({cap}) is below stepWeight ({step})")
 
 

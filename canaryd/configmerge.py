@@ -15,14 +15,18 @@ when only one is defined.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from canaryd import flagger
-from canaryd.config import Settings
+from canaryd.config import Settings, read_secret
 from canaryd.configcheck import SECTIONS, section
 from canaryd.flagger import KeyPath, is_manifest, unknown_key
-from canaryd.yamlpos import Doc, Report, got
+from canaryd.yamlpos import Doc, Report, format_path, got
+
+DOC = "docs/flagger.md"
+"""Where the deliberate differences from Flagger are listed."""
 
 
 @dataclass
@@ -49,6 +53,8 @@ class Gathered(Report):
     ignored: list[tuple[str, str, list[str]]] = field(default_factory=list)
     pending: list[Pending] = field(default_factory=list)
     created: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    """Located warnings found while merging (manifests kept out of the configuration)."""
 
     @property
     def manifest_canaries(self) -> set[KeyPath]:
@@ -165,13 +171,24 @@ def _merge_manifest(doc: Doc, merged: dict[str, Any], ctx: Gathered) -> None:
         ctx.in_doc(doc, path, message)
     if mapped.ignored:
         ctx.ignored.append((doc.file, f"{mapped.kind}/{mapped.name}", mapped.ignored))
+    for path, message in mapped.differences:
+        shown = format_path(path)
+        ctx.notes.append(f"{doc.locate(path)}: {shown}: differs from Flagger: {message} ({DOC})")
     if mapped.section is None or mapped.name is None:
         return
+    if mapped.unsupported is not None:
+        loc = doc.locate(("spec", "provider", "type"))
+        ctx.notes.append(f"{loc}: spec.provider.type: {mapped.unsupported}")
+        return
+    if mapped.section == "notifiers" and mapped.secret_ref is not None:
+        _address_file(mapped, doc, ctx)
     if mapped.section == "canaries":
         prefix: KeyPath = ("canaries", len(merged["canaries"]))
         merged["canaries"].append(mapped.entry)
     else:
         section = merged.setdefault(mapped.section, {})
+        if mapped.section == "templates" and _other_namespace(section, mapped):
+            mapped.name = f"{mapped.entry['namespace']}/{mapped.name}"
         if mapped.name in section:
             where = ctx.where((mapped.section, mapped.name))
             what = SECTIONS[mapped.section]
@@ -184,6 +201,20 @@ def _merge_manifest(doc: Doc, merged: dict[str, Any], ctx: Gathered) -> None:
     _move_locs(doc, prefix, mapped.moves, ctx)
     ctx.suppress.update(prefix + path for path in mapped.suppress)
     ctx.pending.append(Pending(prefix, mapped, doc))
+
+
+def _other_namespace(templates: dict[str, Any], mapped: flagger.Mapped) -> bool:
+    """Whether a MetricTemplate's name is taken by a template of another namespace.
+
+    Flagger's templates are namespaced: the second one is keyed ``NAMESPACE/NAME``.
+    """
+    existing = templates.get(str(mapped.name))
+    namespace = mapped.entry.get("namespace")
+    return (
+        isinstance(existing, dict)
+        and isinstance(namespace, str)
+        and existing.get("namespace") not in (None, namespace)
+    )
 
 
 def _move_locs(
@@ -219,12 +250,17 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
     providers = raw.setdefault("providers", {})
     if not isinstance(providers, dict):
         return
+    if mapped.secret_ref is not None and mapped.provider_entry is not None:
+        _secret_files(mapped.provider_entry, mapped.secret_ref, pending.doc, ctx)
+    own = mapped.provider_entry is not None and (
+        "headers" in mapped.provider_entry or mapped.secret_ref is not None
+    )
     if mapped.prometheus_address is None or mapped.provider_entry is None:
         name = _only(providers, "provider", "spec.provider.address", here, ctx)
     else:
-        name = flagger.find_provider(providers, mapped.prometheus_address)
+        name = None if own else flagger.find_provider(providers, mapped.prometheus_address)
     if name is None and mapped.provider_entry is not None:
-        name = f"{mapped.name}-provider"
+        name = f"{str(mapped.name).replace('/', '-')}-provider"
         if name in providers:
             ctx.problem(here, f"provider {name!r} exists with another address; rename one")
             return
@@ -233,6 +269,62 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
         _move_locs(pending.doc, ("providers", name), [((), ("spec", "provider"))], ctx)
     if name is not None:
         mapped.entry["provider"] = name
+
+
+FLAGGER_DEFAULT_MESH = "istio"
+"""The mesh of a Canary without ``spec.provider`` unless the config sets ``meshProvider``."""
+
+SECRET_DIR = "secrets"
+"""Where a MetricTemplate's ``secretRef: {name: N}`` is looked for: ``secrets/N/`` beside it."""
+
+
+def _secret_files(provider: dict[str, Any], name: str, doc: Doc, ctx: Gathered) -> None:
+    """Map Flagger's ``secretRef`` onto secret files (docs/flagger.md, MetricTemplate).
+
+    The Kubernetes Secret's keys become files of ``secrets/NAME/`` next to the
+    manifest: ``token`` (bearer token), or ``username`` and ``password``.
+    """
+    directory = os.path.abspath(os.path.join(os.path.dirname(doc.file), SECRET_DIR, name))
+    token, user = os.path.join(directory, "token"), os.path.join(directory, "username")
+    if os.path.isfile(token):
+        provider["bearer_token_file"] = token
+    elif os.path.isfile(user):
+        try:
+            username = read_secret(user)
+        except ValueError as exc:
+            ctx.in_doc(doc, ("spec", "provider", "secretRef"), str(exc))
+            return
+        provider["username"] = username.get_secret_value() if username else ""
+        provider["password_file"] = os.path.join(directory, "password")
+    else:
+        ctx.in_doc(
+            doc,
+            ("spec", "provider", "secretRef"),
+            f"secretRef {name!r}: put the secret's keys in files: {token}, or {user} and "
+            f"{os.path.join(directory, 'password')} (docs/flagger.md)",
+        )
+
+
+def _address_file(mapped: flagger.Mapped, doc: Doc, ctx: Gathered) -> None:
+    """An AlertProvider's ``secretRef``: its ``address`` key is the file ``secrets/NAME/address``.
+
+    As in Flagger the secret's address wins over ``spec.address``
+    (docs/flagger.md, AlertProvider).
+    """
+    name = str(mapped.secret_ref)
+    path = os.path.abspath(os.path.join(os.path.dirname(doc.file), SECRET_DIR, name, "address"))
+    if os.path.isfile(path):
+        mapped.entry.pop("url", None)
+        mapped.entry["url_file"] = path
+        mapped.moves.append((("url_file",), ("spec", "secretRef")))
+    elif "url" not in mapped.entry:
+        ctx.in_doc(
+            doc,
+            ("spec", "secretRef"),
+            f"secretRef {name!r}: put the webhook address in the file {path}, or set "
+            "spec.address (docs/flagger.md)",
+        )
+        mapped.suppress.append(())
 
 
 def _only(
@@ -275,6 +367,8 @@ def _resolve_canary(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> Non
         return
     if canaries[index] is not mapped.entry:
         return
+    if "meshProvider" not in mapped.entry and "meshProvider" not in raw:
+        mapped.entry["meshProvider"] = FLAGGER_DEFAULT_MESH
     if mapped.needs_router:
         hint = f"annotation {flagger.ROUTER_ANNOTATION}"
         router = _only(section(raw, "routers"), "router", hint, (*prefix, "router"), ctx)

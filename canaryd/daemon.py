@@ -44,7 +44,6 @@ from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import Router, build_router
 from canaryd.runtime import (
     MAX_OBSERVE_SECONDS,
-    OBSERVE_SHARE,
     CanaryRunner,
     Services,
     freeze_heap,
@@ -401,9 +400,10 @@ class Daemon:
             if self.scheduler.queued(key, loop_now):
                 continue  # waits its turn behind schedule: late, not stalled
             interval = runner.spec.analysis.interval
-            budget = min(interval * OBSERVE_SHARE, MAX_OBSERVE_SECONDS)
+            # a webhook's own timeout may hold a tick beyond the interval (docs/flagger.md)
+            limit = runner.observe_limit()
             since = max(runner.last_tick, self._since.get(key, now))
-            if now - since > interval + budget + self.stall_grace:
+            if now - since > interval + limit + self.stall_grace:
                 out.append(key)
         return sorted(out)
 

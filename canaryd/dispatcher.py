@@ -314,6 +314,7 @@ class Dispatcher:
                 timeout=hook.timeout,
                 idempotency_key=message.idempotency_key,
                 secret=secret,
+                verify_tls=not hook.disableTLS,
             )
         except WebhookError as exc:
             raise WebhookError(redact(f"webhook {hook.name} {exc}", url, secret)) from None

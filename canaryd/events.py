@@ -14,6 +14,10 @@ Level = Literal["debug", "info", "warning", "error"]
 
 EVENTS: dict[str, tuple[Level, str]] = {
     "rollout.started": ("info", "A rollout of a new revision began."),
+    "rollout.restarted": (
+        "warning",
+        "A new revision replaced the one under analysis; traffic went back to the primary.",
+    ),
     "rollout.waiting": ("info", "The confirm-rollout gate is closed; the rollout waits."),
     "pre_rollout.failed": ("warning", "A pre-rollout webhook failed; counted as a failed check."),
     "check.failed": ("warning", "A check failed (metric out of range, no data, webhook, error)."),
@@ -27,7 +31,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "gate.waiting": ("info", "A confirm-* gate is closed; the rollout waits without failing."),
     "gate.approved": ("info", "An operator approved a gate."),
     "gate.timed_out": ("error", "A gate stayed closed longer than its gateTimeout."),
-    "rollout.promoting": ("info", "The canary passed; the primary is being promoted."),
+    "rollout.promoting": (
+        "info",
+        "The canary passed (or skipAnalysis skipped its analysis: `skipped: true`); "
+        "the primary is being promoted.",
+    ),
     "rollout.promoted": ("info", "The rollout succeeded; all traffic is on the new primary."),
     "rollout.rolled_back": ("error", "The rollout failed and traffic went back to the primary."),
     "rollout.paused": ("info", "An operator paused the analysis."),
@@ -71,8 +79,46 @@ EVENTS: dict[str, tuple[Level, str]] = {
     ),
     "scheduler.caught_up": ("info", "Ticks start on time again."),
     "sdnotify.failed": ("warning", "A message to systemd's notify socket could not be sent."),
+    "library.log": (
+        "warning",
+        "A library (aiohttp, asyncio, ...) logged a line, a warning or an uncaught exception: "
+        "its text in `message`, its logger in `logger`, its own level (often not warning).",
+    ),
 }
 """Event name -> (level, meaning). The stable vocabulary for log-based alerting."""
+
+FLAGGER_ALERTS: dict[str, str] = {
+    "rollout.started": "info",
+    "rollout.waiting": "warn",
+    "gate.waiting": "warn",
+    "rollout.promoted": "info",
+    "rollout.rolled_back": "error",
+}
+"""The events an alert sends by default (``events: flagger``) and their alert severity: the
+moments Flagger alerts on, with Flagger's severities. A rollback that a ``rollback``
+webhook or an operator asked for is ``warn``, as in Flagger (docs/flagger.md)."""
+
+ALERTABLE = frozenset(
+    {
+        *FLAGGER_ALERTS,
+        "rollout.restarted",
+        "gate.approved",
+        "gate.timed_out",
+        "weight.advanced",
+        "iteration.advanced",
+        "check.failed",
+        "check.held_by_canaryd",
+        "pre_rollout.failed",
+        "rollout.promoting",
+        "rollout.paused",
+        "rollout.resumed",
+        "router.failed",
+    }
+)
+"""The events an alert can send: those of ``events: all``, and the names an explicit list may
+use. Not ``analysis.tick`` (one per tick is noise), nor daemon/config events or
+``notification.failed`` (an alert about alerts failing would loop); ``event`` webhooks still
+receive every event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +185,9 @@ DECISION_FIELDS = {
 }
 
 
+_ALERT_LEVELS = {"debug": "info", "info": "info", "warning": "warn", "error": "error"}
+
+
 def events_markdown() -> str:
     """The body of ``docs/events.md``, generated from :data:`EVENTS`."""
     lines = [
@@ -165,6 +214,24 @@ def events_markdown() -> str:
         "| event | level | meaning |",
         "|---|---|---|",
         *(f"| `{name}` | {level} | {text} |" for name, (level, text) in sorted(EVENTS.items())),
+        "",
+        "## Alerts",
+        "",
+        "An alert (`canaries[].alerts[]`) sends, by default (`events: flagger`), the events",
+        "Flagger alerts on, with Flagger's severities; `events: all` sends every event below;",
+        "`events: [names]` sends the events listed. The `severity` filter applies on top",
+        "(`info`: all, `warn`: warn and error, `error`: error only).",
+        "",
+        "| event | by default | alert severity |",
+        "|---|---|---|",
+        *(
+            f"| `{name}` | {'yes' if name in FLAGGER_ALERTS else 'no'} | "
+            f"{FLAGGER_ALERTS.get(name) or _ALERT_LEVELS[EVENTS[name][0]]} |"
+            for name in sorted(ALERTABLE)
+        ),
+        "",
+        "A rollback asked for by a `rollback` webhook or by `canaryd abort` is `warn`;",
+        "a waiting alert of a gate whose closing webhook has `muteAlert: true` is not sent.",
         "",
         "## Alerting examples",
         "",

@@ -40,21 +40,19 @@ NOTIFIER_TYPES = {
     "discord": "discord",
     "gchat": "gchat",
     "googlechat": "gchat",
+    "rocket": "rocket",
 }
 """Flagger AlertProvider types canaryd can deliver to, and their canaryd name."""
 
 _CANARY_SPEC_K8S = (
     "autoscalerRef",
-    "ingressRef",
-    "metricsServer",
     "progressDeadlineSeconds",
     "revertOnDeletion",
-    "routeRef",
-    "service",
-    "skipAnalysis",
-    "suspend",
     "upstreamRef",
 )
+_CANARY_SPEC_FLAGS = ("skipAnalysis", "suspend")
+_CANARY_SPEC_REFS = {"ingressRef": "ingress", "routeRef": "route", "service": "service"}
+"""Kubernetes references whose ``name`` becomes a template variable (docs/flagger.md)."""
 _ANALYSIS_K8S = (
     "canaryReadyThreshold",
     "mirror",
@@ -62,9 +60,9 @@ _ANALYSIS_K8S = (
     "primaryReadyThreshold",
     "sessionAffinity",
 )
-_WEBHOOK_K8S = ("muteAlert",)
-_TEMPLATE_PROVIDER_K8S = ("secretRef",)
-_ALERT_PROVIDER_K8S = ("certSecretRef", "proxy", "secretRef")
+_WEBHOOK_K8S: tuple[str, ...] = ()  # muteAlert and disableTLS are supported
+_TEMPLATE_PROVIDER_K8S = ("region",)
+_ALERT_PROVIDER_K8S = ("certSecretRef", "proxy")
 
 
 @dataclass
@@ -85,6 +83,11 @@ class Mapped:
         needs_router: the canary's router is the only one defined (no annotation).
         prometheus_address: a MetricTemplate's provider address (find or create).
         provider_entry: the provider to create when no provider has that address.
+        secret_ref: a MetricTemplate's ``secretRef`` name (mapped to secret files).
+        unsupported: why the manifest is kept out of the configuration (a warning),
+            e.g. a MetricTemplate for a provider other than Prometheus.
+        differences: ``(path in manifest, message)`` of the deliberate differences
+            from Flagger this manifest meets (one warning line each).
     """
 
     kind: str
@@ -98,6 +101,9 @@ class Mapped:
     needs_router: bool = False
     prometheus_address: str | None = None
     provider_entry: dict[str, Any] | None = None
+    secret_ref: str | None = None
+    unsupported: str | None = None
+    differences: list[tuple[KeyPath, str]] = field(default_factory=list)
 
     def problem(self, path: KeyPath, message: str) -> None:
         """Record a problem at ``path`` of the manifest."""
@@ -215,21 +221,66 @@ def _map_canary(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> None
         out.moves.append((("namespace",), ("metadata", "namespace")))
     _canary_refs(meta, entry, out)
     for key, value in spec.items():
-        if key in _CANARY_SPEC_K8S:
-            out.ignored.append(f"spec.{key}")
-        elif key == "provider":
-            entry["meshProvider"] = value
-            out.moves.append((("meshProvider",), ("spec", "provider")))
-        elif key == "targetRef":
-            _target(value, entry, out)
-        elif key == "analysis":
-            _analysis(value, entry, out)
-        else:
-            out.problem(
-                ("spec", key),
-                unknown_key(str(key), (*_CANARY_SPEC_K8S, "analysis", "provider", "targetRef")),
-            )
+        _canary_key(str(key), value, spec, entry, out)
+    if "analysis" not in entry:
+        # Flagger skips the analysis of a Canary without one (Canary.SkipAnalysis)
+        entry["analysis"] = {"iterations": 1}
+        entry["skipAnalysis"] = True
+        out.moves.append((("analysis",), ("spec",)))
     out.entry = entry
+
+
+def _canary_key(
+    key: str, value: Any, spec: dict[str, Any], entry: dict[str, Any], out: Mapped
+) -> None:
+    """Map one key of a Canary's ``spec``."""
+    if key in _CANARY_SPEC_K8S:
+        out.ignored.append(f"spec.{key}")
+    elif key in _CANARY_SPEC_FLAGS:
+        entry[key] = value
+        out.moves.append(((key,), ("spec", key)))
+    elif key == "metricsServer":
+        message = "built-in metrics query the canary's provider, not metricsServer"
+        out.differences.append((("spec", key), message))
+    elif key in _CANARY_SPEC_REFS:
+        _reference(key, value, entry, out)
+    elif key == "provider":
+        _mesh(value, spec, entry, out)
+    elif key == "targetRef":
+        _target(value, entry, out)
+    elif key == "analysis" or (key == "canaryAnalysis" and "analysis" not in spec):
+        _analysis(value, entry, out, key)
+    elif key == "canaryAnalysis":
+        out.ignored.append("spec.canaryAnalysis (spec.analysis is set)")
+    else:
+        valid = (*_CANARY_SPEC_K8S, *_CANARY_SPEC_FLAGS, *_CANARY_SPEC_REFS, "metricsServer")
+        valid_all = (*valid, "analysis", "canaryAnalysis", "provider", "targetRef")
+        out.problem(("spec", key), unknown_key(key, valid_all))
+
+
+def _mesh(value: Any, spec: dict[str, Any], entry: dict[str, Any], out: Mapped) -> None:
+    """``spec.provider`` -> ``meshProvider``."""
+    entry["meshProvider"] = value
+    out.moves.append((("meshProvider",), ("spec", "provider")))
+    if value == "knative" and "routeRef" not in spec:
+        message = (
+            "{{ route }} is the target's name (set canaryd's route), "
+            "not the latest Knative revision"
+        )
+        out.differences.append((("spec", "provider"), message))
+
+
+def _reference(key: str, value: Any, entry: dict[str, Any], out: Mapped) -> None:
+    """``service``/``ingressRef``/``routeRef``: the name becomes a template variable."""
+    if not isinstance(value, dict):
+        out.problem(("spec", key), "must be a mapping")
+        return
+    for item in value:
+        if item == "name":
+            entry[_CANARY_SPEC_REFS[key]] = value["name"]
+            out.moves.append(((_CANARY_SPEC_REFS[key],), ("spec", key, "name")))
+        else:
+            out.ignored.append(f"spec.{key}.{item}")
 
 
 def _canary_refs(meta: dict[str, Any], entry: dict[str, Any], out: Mapped) -> None:
@@ -256,9 +307,12 @@ def _target(value: Any, entry: dict[str, Any], out: Mapped) -> None:
             out.ignored.append(f"spec.targetRef.{key}")
 
 
-def _analysis(value: Any, entry: dict[str, Any], out: Mapped) -> None:
-    """``spec.analysis`` -> ``analysis`` (minus Kubernetes-only keys) and ``alerts``."""
-    out.moves.append((("analysis",), ("spec", "analysis")))
+def _analysis(value: Any, entry: dict[str, Any], out: Mapped, spelling: str = "analysis") -> None:
+    """``spec.analysis`` -> ``analysis`` (minus Kubernetes-only keys) and ``alerts``.
+
+    ``spelling`` is ``canaryAnalysis`` for Flagger's deprecated spelling.
+    """
+    out.moves.append((("analysis",), ("spec", spelling)))
     if not isinstance(value, dict):
         entry["analysis"] = value
         return
@@ -267,7 +321,7 @@ def _analysis(value: Any, entry: dict[str, Any], out: Mapped) -> None:
         if key in _ANALYSIS_K8S:
             out.ignored.append(f"spec.analysis.{key}")
         elif key == "alerts":
-            _alerts(item, entry, out)
+            _alerts(item, entry, out, spelling)
         elif key == "webhooks" and isinstance(item, list):
             analysis[key] = [_webhook(i, hook, out) for i, hook in enumerate(item)]
         else:
@@ -284,15 +338,15 @@ def _webhook(index: int, hook: Any, out: Mapped) -> Any:
     return {k: v for k, v in hook.items() if k not in _WEBHOOK_K8S}
 
 
-def _alerts(value: Any, entry: dict[str, Any], out: Mapped) -> None:
+def _alerts(value: Any, entry: dict[str, Any], out: Mapped, key: str = "analysis") -> None:
     """``analysis.alerts[]`` ({name, severity, providerRef}) -> ``alerts[]`` (notifier=ref name)."""
-    out.moves.append((("alerts",), ("spec", "analysis", "alerts")))
+    out.moves.append((("alerts",), ("spec", key, "alerts")))
     if not isinstance(value, list):
         entry["alerts"] = value
         return
     alerts: list[Any] = []
     for i, alert in enumerate(value):
-        here: KeyPath = ("spec", "analysis", "alerts", i)
+        here: KeyPath = ("spec", key, "alerts", i)
         if not isinstance(alert, dict):
             alerts.append(alert)
             continue
@@ -319,6 +373,9 @@ def _map_template(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> No
     out.section = "templates"
     entry: dict[str, Any] = {}
     out.moves.append(((), ("spec",)))
+    if isinstance(meta.get("namespace"), str):
+        entry["namespace"] = meta["namespace"]
+        out.moves.append((("namespace",), ("metadata", "namespace")))
     for key, value in spec.items():
         if key == "query":
             entry["query"] = value
@@ -332,6 +389,7 @@ def _map_template(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> No
 
 
 def _template_provider(value: Any, out: Mapped) -> None:
+    """A MetricTemplate's provider: Prometheus only; headers kept, secretRef mapped to files."""
     here: KeyPath = ("spec", "provider")
     if not isinstance(value, dict):
         out.problem(here, "must be a mapping")
@@ -340,22 +398,43 @@ def _template_provider(value: Any, out: Mapped) -> None:
     for key, item in value.items():
         if key == "type":
             if item != "prometheus":
-                out.problem(
-                    (*here, "type"), f"unknown provider type {item!r}; expected one of: prometheus"
+                out.unsupported = (
+                    f"MetricTemplate {out.name}: provider type {item!r} is not supported "
+                    "(canaryd queries Prometheus only); a canary that uses it is refused"
                 )
         elif key in ("address", "insecureSkipVerify"):
             provider[key] = item
+        elif key == "headers":
+            provider["headers"] = _headers(item, out)
+            out.moves.append((("headers",), (*here, "headers")))
+        elif key == "secretRef":
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name:
+                out.problem((*here, key), "must be a mapping with a name")
+            else:
+                out.secret_ref = name
         elif key in _TEMPLATE_PROVIDER_K8S:
             out.ignored.append(f"spec.provider.{key}")
         else:
-            out.problem(
-                (*here, key),
-                unknown_key(str(key), ("address", "insecureSkipVerify", "type", "secretRef")),
-            )
+            valid = ("address", "headers", "insecureSkipVerify", "type", "secretRef", "region")
+            out.problem((*here, key), unknown_key(str(key), valid))
     address = provider.get("address")
     if isinstance(address, str):
         out.prometheus_address = address
         out.provider_entry = provider
+
+
+def _headers(value: Any, out: Mapped) -> Any:
+    """Flagger's ``http.Header`` (name -> list of values) as canaryd's name -> one value."""
+    if not isinstance(value, dict):
+        return value
+    joined: dict[Any, Any] = {}
+    for name, item in value.items():
+        if isinstance(item, list) and all(isinstance(v, str) for v in item):
+            joined[name] = ", ".join(item)
+        else:
+            joined[name] = item
+    return joined
 
 
 def _map_alert_provider(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> None:
@@ -372,14 +451,15 @@ def _map_alert_provider(spec: dict[str, Any], meta: dict[str, Any], out: Mapped)
         elif key in ("channel", "username"):
             entry[key] = value
             out.moves.append(((key,), ("spec", key)))
+        elif key == "secretRef" and isinstance(value, dict) and isinstance(value.get("name"), str):
+            out.secret_ref = value["name"]
         elif key in _ALERT_PROVIDER_K8S:
             out.ignored.append(f"spec.{key}")
         else:
-            valid = ("address", "channel", "type", "username", *_ALERT_PROVIDER_K8S)
+            valid = ("address", "channel", "type", "username", "secretRef", *_ALERT_PROVIDER_K8S)
             out.problem(("spec", key), unknown_key(str(key), valid))
-    if "address" not in spec:
-        hint = " (secretRef is Kubernetes-only; put the webhook URL in spec.address)"
-        out.problem(("spec",), "missing key 'address'" + (hint if "secretRef" in spec else ""))
+    if "address" not in spec and out.secret_ref is None:
+        out.problem(("spec",), "missing key 'address'")
         out.suppress.append(())
     if "type" not in spec:
         out.problem(("spec",), "missing key 'type'")

@@ -1,5 +1,9 @@
 """Outgoing HTTP: one shared client session, signed JSON posts, bounded answers.
 
+:func:`post_json` is the one place routers, webhooks and notifiers make a request;
+it never follows a redirect: a 3xx answer is a failure naming the status and the
+host it points to (docs/reliability.md, "No redirects followed").
+
 Every outgoing request carries an ``Idempotency-Key`` and, when a secret is
 configured, ``X-Canaryd-Signature: t=<unix>,v1=<hex>`` with
 ``v1 = HMAC-SHA256(secret, "<t>.<raw body>")`` (DESIGN section 6).
@@ -16,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from pydantic import SecretStr
+from yarl import URL
 
 from canaryd import __version__
 from canaryd.errors import WebhookError
@@ -69,20 +74,52 @@ def encode(payload: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What a receiver answered: status and the first bytes of its body."""
+    """What a receiver answered: status, the first bytes of its body, where it redirects.
+
+    Attributes:
+        location: for a 3xx, the scheme and host its ``Location`` points to
+            (:func:`redirect_target`); empty otherwise.
+    """
 
     status: int
     body: bytes
+    location: str = ""
 
     @property
     def ok(self) -> bool:
-        """Any 2xx is success."""
+        """Any 2xx is success; a 3xx is a failure (redirects are never followed)."""
         return 200 <= self.status < 300
 
     def describe(self) -> str:
-        """``HTTP 503: <first bytes of body>`` for events and logs."""
+        """``HTTP 503: <first bytes of body>`` for events and logs.
+
+        A redirect names where it points instead: ``HTTP 302 redirect to
+        https://sso.example/… (redirects are not followed)``.
+        """
+        if 300 <= self.status < 400:
+            return describe_redirect(self.status, self.location)
         preview = self.body[:BODY_PREVIEW_BYTES].decode("utf-8", "replace").strip()
         return f"HTTP {self.status}: {preview}" if preview else f"HTTP {self.status}"
+
+
+def redirect_target(url: str, location: str | None) -> str:
+    """Scheme and host a redirect's ``Location`` points to, resolved against ``url``.
+
+    The path and query are dropped (a sign-in redirect may carry tokens); an
+    unparseable or missing ``Location`` is named as such.
+    """
+    if not location:
+        return "no Location"
+    try:
+        target = str(URL(url).join(URL(location)))
+    except ValueError:
+        return "an unparseable Location"
+    return redact_url(target)
+
+
+def describe_redirect(status: int, target: str) -> str:
+    """The failure reason of a 3xx answer (docs/reliability.md, "No redirects followed")."""
+    return f"HTTP {status} redirect to {target or 'no Location'} (redirects are not followed)"
 
 
 async def post_json(
@@ -95,8 +132,11 @@ async def post_json(
     secret: SecretStr | None = None,
     headers: dict[str, str] | None = None,
     content_type: str = "application/json",
+    verify_tls: bool = True,
 ) -> Answer:
     """POST ``payload`` as JSON and return the answer (any status).
+
+    ``verify_tls=False`` (a webhook's ``disableTLS``) accepts any certificate.
 
     Raises:
         WebhookError: connection failure or timeout; the message names the
@@ -110,10 +150,18 @@ async def post_json(
         hdrs["X-Canaryd-Signature"] = sign(secret, body)
     try:
         async with session.post(
-            url, data=body, headers=hdrs, timeout=aiohttp.ClientTimeout(total=timeout)
+            url,
+            data=body,
+            headers=hdrs,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            ssl=verify_tls,
+            allow_redirects=False,  # a 3xx is a failure: docs/reliability.md
         ) as resp:
             data = await resp.content.read(MAX_ANSWER_BYTES)
-            return Answer(resp.status, data)
+            location = ""
+            if 300 <= resp.status < 400:
+                location = redirect_target(url, resp.headers.get("Location"))
+            return Answer(resp.status, data, location)
     except TimeoutError as exc:
         raise WebhookError(f"{redact_url(url)}: no answer within {timeout:g}s") from exc
     except aiohttp.ClientError as exc:

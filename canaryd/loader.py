@@ -28,7 +28,7 @@ Decisions worth knowing:
   (``listen``, ``api``, ...) may appear in the main file only.
 - Relative ``*_file`` paths are resolved against the file that names them.
 - Environment values (``CANARYD_PROVIDERS__PROM__ADDRESS``) override the file;
-  their problems are located at ``<env>:0:0``.
+  their problems are located at ``<env NAME>:0:0``, naming the variable.
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ from pydantic_settings.sources.utils import parse_env_vars
 from canaryd import flagger
 from canaryd.config import Settings
 from canaryd.configcheck import check_references, check_secrets, secret_holders, validate
+from canaryd.configlint import check_queries, lint
 from canaryd.configmerge import Gathered, merge, resolve_flagger
 from canaryd.errors import ConfigError
 from canaryd.flagger import KeyPath, is_manifest
 from canaryd.modeltypes import keys_at
+from canaryd.webhooks import flagger_differences as differences
+from canaryd.webhooks import unverified_tls
 from canaryd.yamlpos import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
@@ -73,7 +76,16 @@ __all__ = [
 ]
 
 ENV_FILE = "<env>"
-"""The ``file`` of problems caused by environment variables."""
+"""The ``file`` of problems caused by environment variables (``<env NAME>`` names the variable)."""
+
+
+def env_file(name: str | None) -> str:
+    """The ``file`` of a problem caused by the environment variable ``name``."""
+    return f"<env {name}>" if name else ENV_FILE
+
+
+def _is_env(file: str) -> bool:
+    return file == ENV_FILE or file.startswith("<env ")
 
 
 @dataclass(frozen=True)
@@ -82,8 +94,12 @@ class Loaded:
 
     Attributes:
         settings: the validated configuration.
-        warnings: things worth telling the operator that are not errors (at most
-            one: the Kubernetes-only fields of Flagger manifests that were ignored).
+        warnings: things worth telling the operator that are not errors: the
+            Kubernetes-only fields of Flagger manifests that were ignored (one line),
+            then one line per deliberate difference from Flagger that affects a
+            canary (docs/flagger.md), then one per webhook with ``disableTLS``, then
+            one per canary whose weight keys Flagger reads differently than they
+            look (stepWeights win over maxWeight and set stepWeight's maximum).
         files: every file read, the main file first.
     """
 
@@ -129,10 +145,22 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         check_references(raw, ctx, ctx.manifest_canaries)
     check_secrets(raw, env, ctx)
     settings = validate(raw, ctx)
+    if settings is not None and not ctx.problems:
+        check_queries(settings, raw, ctx)
     if ctx.problems or settings is None:
         raise ConfigError(list(dict.fromkeys(ctx.problems)))
-    warning = flagger.format_ignored(ctx.ignored)
-    return Loaded(settings=settings, warnings=[warning] if warning else [], files=ctx.files)
+    warnings = lint(settings, raw, ctx, ctx.manifest_canaries)
+    ignored = flagger.format_ignored(ctx.ignored)
+    warnings = [*ctx.notes, *warnings, *([ignored] if ignored else [])]
+    warnings += [f"differs from Flagger: {d}" for c in settings.canaries for d in differences(c)]
+    warnings += [
+        f"differs from Flagger: {c.key}: {d}"
+        for c in settings.canaries
+        for d in c.analysis.weight_differences
+    ]
+    warnings += [line for c in settings.canaries for line in unverified_tls(c)]
+    warnings += [f"{c.key}: {n}" for c in settings.canaries for n in c.analysis.weight_notes]
+    return Loaded(settings=settings, warnings=warnings, files=ctx.files)
 
 
 def summary(loaded: Loaded) -> str:
@@ -245,7 +273,7 @@ def _env_values(environ: Mapping[str, str], ctx: _Context) -> dict[str, Any]:
             values = _deep_merge(values, _EnvSource({name: ours[name]})())
         except SettingsError:
             shown = tuple(name[len("CANARYD_") :].lower().split("__"))
-            ctx.at(Loc(ENV_FILE, 0, 0, shown), shown, f"{name} must hold JSON for this key")
+            ctx.at(Loc(env_file(name), 0, 0, shown), shown, f"{name} must hold JSON for this key")
     return values
 
 
@@ -259,23 +287,42 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], ctx: _Context) -> None:
-    """Overlay environment values on the file's (env wins), positions set to ``<env>``."""
-    _overlay(raw, _env_values(environ, ctx), (), raw, ctx)
+    """Overlay environment values on the file's (env wins), positions set to ``<env NAME>``."""
+    names = {
+        tuple(k[len("CANARYD_") :].lower().split("__")): k
+        for k in environ
+        if k.upper().startswith("CANARYD_")
+    }
+    _overlay(raw, _env_values(environ, ctx), (), raw, ctx, names)
 
 
 def _overlay(
-    target: dict[str, Any], values: dict[str, Any], path: KeyPath, raw: Any, ctx: _Context
+    target: dict[str, Any],
+    values: dict[str, Any],
+    path: KeyPath,
+    raw: Any,
+    ctx: _Context,
+    names: dict[tuple[str, ...], str],
 ) -> None:
     for env_key, value in values.items():
         key = _match_key(target, env_key, path, raw)
         here = (*path, key)
         if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _overlay(target[key], value, here, raw, ctx)
+            _overlay(target[key], value, here, raw, ctx, names)
             continue
         target[key] = value
         for old in [p for p in ctx.locs if p[: len(here)] == here]:
             del ctx.locs[old]
-        ctx.locs[here] = Loc(ENV_FILE, 0, 0, here)
+        ctx.locs[here] = Loc(env_file(_variable(here, names)), 0, 0, here)
+
+
+def _variable(here: KeyPath, names: dict[tuple[str, ...], str]) -> str | None:
+    """The environment variable that set the value at ``here`` (or one of its ancestors)."""
+    lowered = tuple(str(part).lower() for part in here)
+    for end in range(len(lowered), 0, -1):
+        if lowered[:end] in names:
+            return names[lowered[:end]]
+    return None
 
 
 def _match_key(target: dict[str, Any], key: str, path: KeyPath, raw: Any) -> str:
@@ -302,7 +349,7 @@ def _resolve_relative_files(raw: dict[str, Any], ctx: _Context, environ: Mapping
             value = _expand_credentials(value, environ)
             holder[key] = value
             loc = ctx.locs.get((*path, key))
-            if value and not os.path.isabs(value) and loc is not None and loc.file != ENV_FILE:
+            if value and not os.path.isabs(value) and loc is not None and not _is_env(loc.file):
                 holder[key] = os.path.normpath(os.path.join(os.path.dirname(loc.file), value))
 
 

@@ -2,16 +2,28 @@
 
 Every line has ``event``, ``level`` and ``timestamp``; lines about a canary carry
 ``canary``, ``namespace``, ``revision`` and ``phase`` (see :func:`log_event`).
+
+Libraries' logging (aiohttp, asyncio, ...), Python warnings and uncaught
+exceptions go through the same renderer as ``event="library.log"`` lines, so
+every line the process writes is one JSON object. Every line is scrubbed of
+secrets first: the values of :func:`protect` (every secret canaryd reads) and
+anything that looks like a credential (``Authorization``/``Cookie`` header
+values, ``Bearer``/``Basic`` credentials, a URL's user info). See
+docs/reliability.md, "Log lines".
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
+import types
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 from canaryd.events import Event
 from canaryd.jsonenc import make_encoder
@@ -43,6 +55,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         structlog.processors.add_log_level,
         stamper,
         structlog.processors.format_exc_info,
+        redact,
         renderer,
     ]
     factory = structlog.PrintLoggerFactory(out)
@@ -56,6 +69,126 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     _fast = (
         None if console else _FastPath(tuple(processors), factory, factory(), min_level, stamper)
     )
+    _route_libraries(out, renderer, stamper, min_level)
+
+
+def _route_libraries(out: TextIO, renderer: Any, stamper: Any, min_level: int) -> None:
+    """Send the stdlib logging of every library, warnings and uncaught exceptions to ``out``.
+
+    One handler on the root logger replaces any other (``logging.lastResort``
+    would print plain text on stderr).
+    """
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            stamper,
+            _library_event,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(min_level, logging.INFO))  # libraries' debug chatter stays off
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_uncaught
+
+
+def _library_event(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """A library's record: its text becomes ``message``, the event is ``library.log``."""
+    event_dict["message"] = event_dict.pop("event", "")
+    event_dict["event"] = "library.log"
+    return event_dict
+
+
+def _log_uncaught(
+    kind: type[BaseException], exc: BaseException, tb: types.TracebackType | None
+) -> None:
+    """``sys.excepthook``: an exception nobody caught, as one JSON line."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("canaryd").error("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: a thread's uncaught exception, as one JSON line."""
+    if args.exc_value is None:
+        return
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    name = args.thread.name if args.thread else "?"
+    logging.getLogger("threading").error("uncaught exception in thread %s", name, exc_info=exc_info)
+
+
+# --------------------------------------------------------------------------- redaction
+
+_SECRETS: dict[str, None] = {}
+"""Secret values canaryd has read (an ordered set, newest last), scrubbed from every line."""
+
+MAX_SECRETS = 256
+"""Secrets remembered at most (rotation adds new values; the oldest are forgotten)."""
+
+MIN_SECRET_CHARS = 6
+"""Shorter values are not scrubbed by value (they would blank ordinary words)."""
+
+_CREDENTIALS = (
+    # a header's value, to the end of the line or quote: Authorization: Bearer x\x01y
+    re.compile(
+        r"(?i)(?P<keep>\b(?:proxy-authorization|authorization|set-cookie|cookie|x-api-key)"
+        r"['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"
+    ),
+    re.compile(r"(?i)(?P<keep>\b(?:bearer|basic)\s+)[^\s'\",;]+"),  # Bearer x, Basic x
+    re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://)[^/\s@'\"]+@"),  # https://user:pass@
+)
+"""What looks like a credential: the part after ``keep`` is replaced."""
+
+REDACTED = "***"
+
+
+def protect(secret: str) -> None:
+    """Scrub ``secret`` from every log line from now on (docs/reliability.md)."""
+    if len(secret) < MIN_SECRET_CHARS or secret in _SECRETS:
+        return
+    _SECRETS[secret] = None
+    if len(_SECRETS) > MAX_SECRETS:
+        del _SECRETS[next(iter(_SECRETS))]
+
+
+def scrub(text: str) -> str:
+    """``text`` with protected secrets and credential-looking values replaced by ``***``."""
+    for secret in tuple(_SECRETS):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for pattern in _CREDENTIALS:
+        text = pattern.sub(_keep_redacted, text)
+    return text
+
+
+def _keep_redacted(match: re.Match[str]) -> str:
+    return match["keep"] + REDACTED + ("@" if match[0].endswith("@") else "")
+
+
+def redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Processor: scrub every string value of a line (exception text included)."""
+    return {key: _scrub_value(value) for key, value in event_dict.items()}
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +254,11 @@ def log_event(event: Event) -> None:
         structlog.contextvars.merge_contextvars(None, event.level, line)
         line["level"] = event.level
         fast.stamper(None, event.level, line)
-        fast.printer.msg(_ENCODE(line))
+        text = _ENCODE(line)
+        for secret in _SECRETS:  # canary events carry scrubbed errors already: values only
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        fast.printer.msg(text)
         return
     log = structlog.get_logger()
     getattr(log, event.level)(

@@ -15,7 +15,10 @@ from canaryd.analysis import GATES, Phase
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
 REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 ACTIONS = {
-    "promote": "Promote the canary now: skip the remaining analysis.",
+    "promote": (
+        "Promote the canary now: skip the remaining analysis. A gate that is not approved "
+        'is skipped only with {"force": true}.'
+    ),
     "abort": "Roll the rollout back now (traffic returns to the primary).",
     "pause": "Pause the analysis: ticks stop judging until resumed.",
     "resume": "Resume a paused analysis.",
@@ -41,6 +44,7 @@ _ERRORS = {
     "401": "Missing or wrong bearer token.",
     "404": "No such canary.",
     "409": "The command does not fit the canary's current state.",
+    "502": "The router refused the command's route (its message is in the error).",
     "413": "The request body is larger than api.max_body_bytes.",
     "503": "The state store is unavailable.",
 }
@@ -71,20 +75,39 @@ _PARAMS = [
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-def _command(summary: str, operation_id: str, *, extra: list[Schema] | None = None) -> Schema:
-    return {
-        "post": {
-            "summary": summary,
-            "operationId": operation_id,
-            "tags": ["commands"],
-            "security": _BEARER,
-            "parameters": _PARAMS + (extra or []),
-            "responses": {
-                "200": _json(_ref("Canary"), "The canary's state after the command."),
-                **_errors(401, 404, 409, 413, 503),
-            },
-        }
+def _command(
+    summary: str,
+    operation_id: str,
+    *,
+    extra: list[Schema] | None = None,
+    body: Schema | None = None,
+) -> Schema:
+    post: Schema = {
+        "summary": summary,
+        "operationId": operation_id,
+        "tags": ["commands"],
+        "security": _BEARER,
+        "parameters": _PARAMS + (extra or []),
+        "responses": {
+            "200": _json(_ref("Canary"), "The canary's state after the command."),
+            **_errors(400, 401, 404, 409, 413, 502, 503),
+        },
     }
+    if body is not None:
+        post["requestBody"] = {
+            "required": False,
+            "content": {"application/json": {"schema": body}},
+        }
+    return {"post": post}
+
+
+PROMOTE_BODY: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "force": {"type": "boolean", "description": "Skip gates that are not approved."}
+    },
+}
 
 
 def _paths() -> Schema:
@@ -176,14 +199,19 @@ def _paths() -> Schema:
                     "content": {"application/json": {"schema": _ref("RolloutRequest")}},
                 },
                 "responses": {
-                    "201": _json(_ref("Canary"), "The rollout started."),
-                    **_errors(400, 401, 404, 409, 413, 503),
+                    "200": _json(_ref("Canary"), "That revision is already under way."),
+                    "201": _json(
+                        _ref("Canary"),
+                        "The rollout started (a new revision mid-rollout restarts it).",
+                    ),
+                    **_errors(400, 401, 404, 409, 413, 502, 503),
                 },
             }
         },
     }
     for action, summary in ACTIONS.items():
-        paths[f"{base}/{action}"] = _command(summary, f"{action}Canary")
+        body = PROMOTE_BODY if action == "promote" else None
+        paths[f"{base}/{action}"] = _command(summary, f"{action}Canary", body=body)
     gate = {
         "name": "gate",
         "in": "path",
@@ -257,10 +285,16 @@ def _canary_schema() -> Schema:
             "anyOf": [_ref("CheckSummary"), {"type": "null"}],
             "description": "The most recent check (lists and details only).",
         },
+        "forced": {"type": "boolean", "description": "promote with force skipped a gate."},
+        "skippedGates": {
+            "type": "array",
+            "items": {"type": "string", "enum": sorted(GATES)},
+            "description": "The gates a forced promote skipped.",
+        },
     }
     return {
         "type": "object",
-        "required": sorted(set(props) - {"lastCheck"}),
+        "required": sorted(set(props) - {"lastCheck", "forced", "skippedGates"}),
         "properties": props,
     }
 

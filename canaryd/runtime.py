@@ -47,14 +47,15 @@ from canaryd.errors import (
     StoreError,
     TemplateError,
 )
-from canaryd.judge import MetricConfig
+from canaryd.judgemodel import MetricConfig
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.scheduler import Scheduler
 from canaryd.store import OutboxMessage, SqliteStore, event_to_dict
-from canaryd.templates import builtin_query, render, template_variables
+from canaryd.templates import builtin_query, builtin_variables, render, template_variables
 from canaryd.webhooks import call as call_webhook
+from canaryd.webhooks import event_payload, longest_call
 from canaryd.webhooks import payload as webhook_payload
 
 log = structlog.get_logger()
@@ -89,19 +90,57 @@ def compare_config(spec: MetricSpec) -> MetricConfig:
 
 def _metric_source(
     settings: Settings, canary: CanaryConfig, m: MetricSpec
-) -> tuple[str, str | None]:
-    """The metric's query template and the provider it names, if any."""
+) -> tuple[str, str | None, str | None]:
+    """The metric's query template, the provider it names, and its mesh (built-ins only)."""
     if m.query is not None:
-        return m.query, m.provider
+        return m.query, m.provider, None
     if m.templateRef is not None:
         ref = m.templateRef
-        tpl = settings.templates.get(f"{ref.namespace}/{ref.name}") or settings.templates.get(
-            ref.name
+        found = settings.template_for(ref, canary.namespace)
+        if found is None:
+            where = ref.namespace or canary.namespace
+            raise TemplateError(
+                f"metric {m.name}: template {ref.name!r} is not defined in namespace {where!r}"
+            )
+        tpl = found[1]
+        return tpl.query, m.provider or tpl.provider, None
+    mesh = canary.meshProvider or settings.meshProvider
+    return builtin_query(m.name, mesh), m.provider, mesh
+
+
+def resolve_metric(settings: Settings, canary: CanaryConfig, m: MetricSpec) -> ResolvedMetric:
+    """Pick one metric's provider and render its query (both sides for a compare metric).
+
+    Raises:
+        TemplateError: the template names an unknown variable or mesh, or no provider fits.
+    """
+    text, provider, mesh = _metric_source(settings, canary, m)
+    provider = (
+        provider
+        or canary.provider
+        or (next(iter(settings.providers)) if len(settings.providers) == 1 else None)
+    )
+    if provider is None or provider not in settings.providers:
+        raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
+
+    def rendered(template: str, target: str) -> str:
+        values = template_variables(
+            namespace=canary.namespace,
+            name=canary.name,
+            target=target,
+            interval=m.interval,
+            variables={**canary.variables, **m.templateVariables},
+            service=canary.service_name,
+            ingress=canary.ingress_name,
+            route=canary.route_name,
         )
-        if tpl is None:
-            raise TemplateError(f"metric {m.name}: template {ref.name!r} is not defined")
-        return tpl.query, m.provider or tpl.provider
-    return builtin_query(m.name, canary.meshProvider or settings.meshProvider), m.provider
+        return render(template, builtin_variables(mesh, values) if mesh else values)
+
+    primary = None
+    if m.compare is not None:
+        primary = rendered(m.compare.primaryQuery or text, canary.primary_target_name)
+        text = m.compare.canaryQuery or text
+    return ResolvedMetric(m, provider, rendered(text, canary.target_name), primary)
 
 
 def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMetric]:
@@ -110,35 +149,7 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
     Raises:
         TemplateError: a template names an unknown variable, or no provider fits.
     """
-    out = []
-    for m in canary.analysis.metrics:
-        text, provider = _metric_source(settings, canary, m)
-        provider = (
-            provider
-            or canary.provider
-            or (next(iter(settings.providers)) if len(settings.providers) == 1 else None)
-        )
-        if provider is None or provider not in settings.providers:
-            raise TemplateError(f"metric {m.name}: no provider (set provider on the canary)")
-
-        def rendered(template: str, target: str, m: MetricSpec = m) -> str:
-            return render(
-                template,
-                template_variables(
-                    namespace=canary.namespace,
-                    name=canary.name,
-                    target=target,
-                    interval=m.interval,
-                    variables={**canary.variables, **m.templateVariables},
-                ),
-            )
-
-        primary = None
-        if m.compare is not None:
-            primary = rendered(m.compare.primaryQuery or text, canary.primary_target_name)
-            text = m.compare.canaryQuery or text
-        out.append(ResolvedMetric(m, provider, rendered(text, canary.target_name), primary))
-    return out
+    return [resolve_metric(settings, canary, m) for m in canary.analysis.metrics]
 
 
 def first_delay(key: str, interval: float) -> float:
@@ -218,6 +229,9 @@ class CanaryRunner:
         self._lock = asyncio.Lock()
         self._next: tuple[CanaryConfig, list[ResolvedMetric], Services] | None = None
         self._woken = False  # woken before being scheduled: the first tick is due at once
+        # the deadline of the observation in flight, for a command that cuts it short
+        self._observing: asyncio.Timeout | None = None
+        self._interrupted = False
         self._on_wake: Callable[[], None] | None = None  # set by schedule()
         self.last_record: core.CheckRecord | None = None
         """The newest check record this runner saved (None: read it from the store)."""
@@ -259,6 +273,7 @@ class CanaryRunner:
         """Sort the config's webhooks and metrics the way every tick asks for them."""
         hooks = self.spec.analysis.webhooks
         self._hooks = {h.type: tuple(w for w in hooks if w.type == h.type) for h in hooks}
+        self._hook_limits = {k: max(map(longest_call, ws)) for k, ws in self._hooks.items()}
         self._plain = tuple(m for m in self.metrics if m.primary_query is None)
         self._pairs = tuple(m for m in self.metrics if m.primary_query is not None)
 
@@ -313,26 +328,50 @@ class CanaryRunner:
             need = core.needs(self.spec, self.state)
             if not need.anything:
                 return
+            self._interrupted = False
             obs = await self.observe(need)
+            if self._interrupted:
+                return  # an operator's abort/pause/promote decides instead; nothing is counted
             decision = core.decide(self.spec, self.state, obs, self.services.clock())
             await self._commit(decision)
 
-    async def command(self, fn: Callable[[CanaryState, float], Decision]) -> CanaryState:
+    async def command(
+        self, fn: Callable[[CanaryState, float], Decision], *, interrupt: bool = False
+    ) -> CanaryState:
         """Apply an operator command (a pure core function) and persist it.
+
+        A command waits for the tick in flight. With ``interrupt`` (abort, pause,
+        promote) it first cuts short the tick's observation, which a webhook's own
+        timeout may stretch to minutes: that tick then decides nothing and counts
+        nothing, and the command applies at once (docs/flagger.md).
+
+        A rollback still waiting for the router is tried first, so that a command
+        never builds on traffic that has not gone back to the primary.
 
         Raises:
             CommandError: the command does not fit the current state.
+            RouterError: the router refused the command's route; nothing changed,
+                except that a refused rollback stays pending (retried every tick).
             StoreError: it could not be persisted (nothing changed).
         """
+        observing = self._observing
+        if interrupt and observing is not None and not observing.expired():
+            self._interrupted = True
+            observing.reschedule(asyncio.get_running_loop().time())
         async with self._lock:
             self._adopt()
+            if self.state.route_pending:
+                await self._retry_rollback_route()
             decision = fn(self.state, self.services.clock())
-            await self._commit(decision, raise_store_errors=True)
+            if not decision.effects:
+                return self.state  # a no-op (the same revision started again)
+            await self._commit(decision, raise_store_errors=True, command=True)
         self.wake()
         return self.state
 
     async def start_rollout(self, revision: str, metadata: Mapping[str, str]) -> CanaryState:
-        """Begin a rollout (see :func:`canaryd.analysis.start_rollout`)."""
+        """Begin a rollout, or restart it with a new revision (see
+        :func:`canaryd.analysis.start_rollout`)."""
         rollout_id = uuid.uuid4().hex[:12]
         return await self.command(
             lambda s, now: core.start_rollout(self.spec, s, revision, metadata, rollout_id, now)
@@ -343,29 +382,42 @@ class CanaryRunner:
     def _budget(self) -> float:
         return min(self.spec.analysis.interval * OBSERVE_SHARE, MAX_OBSERVE_SECONDS)
 
-    async def observe(self, need: Needs) -> Observation:
-        """Gather what ``need`` asks for, concurrently, within the tick's budget.
+    def observe_limit(self) -> float:
+        """The longest a tick may observe: its budget, or longer for a webhook whose own
+        ``timeout`` (times its attempts) is longer. A hook's timeout is honoured, as in
+        Flagger; the tick then waits for it and stays bounded by it (docs/flagger.md)."""
+        return max((self._budget(), *self._hook_limits.values()))
 
-        Every webhook call and metric query of the tick runs in one task group
-        (the last one in the tick's own task), not a task group per kind: at
-        thousands of ticks per second each task and task group costs.
+    async def observe(self, need: Needs) -> Observation:
+        """Gather what ``need`` asks for, concurrently, within the tick's deadline.
+
+        Metric queries keep to the tick's budget; webhooks get their own timeout, so
+        the deadline is the longest of the two (plus 5 s of slack). Every webhook
+        call and metric query of the tick runs in one task group (the last one in
+        the tick's own task), not a task group per kind: at thousands of ticks per
+        second each task and task group costs.
         """
         results: dict[str, Any] = {}
         budget = self._budget()
         calls: list[Callable[[], Coroutine[Any, Any, None]]] = []
-        self._plan_hooks(calls, results, WebhookType.ROLLBACK, "rollback")
-        if need.gate is not None:
-            self._plan_hooks(calls, results, need.gate, "gate")
+        kinds = [(WebhookType.ROLLBACK, "rollback")] if need.rollback_hooks else []
+        kinds += [(kind, f"gate:{kind.value}") for kind in need.gates]
         if need.pre_rollout:
-            self._plan_hooks(calls, results, WebhookType.PRE_ROLLOUT, "pre")
+            kinds.append((WebhookType.PRE_ROLLOUT, "pre"))
         if need.checks:
-            self._plan_hooks(calls, results, WebhookType.ROLLOUT, "rollout")
+            kinds.append((WebhookType.ROLLOUT, "rollout"))
             self._plan_metrics(calls, results, budget)
+        for kind, slot in kinds:
+            self._plan_hooks(calls, results, kind, slot)
+        deadline = max((budget, *(self._hook_limits.get(k, 0.0) for k, _ in kinds))) + 5.0
         if calls:
-            with contextlib.suppress(TimeoutError):  # what is unanswered by then counts as failed
-                async with asyncio.timeout(budget + 5.0):  # cheaper than anyio's cancel scope
-                    await gather(calls)
-        return self._observation(need, results)
+            try:
+                with contextlib.suppress(TimeoutError):  # unanswered by then counts as failed
+                    async with asyncio.timeout(deadline) as self._observing:  # cheaper than anyio's
+                        await gather(calls)
+            finally:
+                self._observing = None
+        return self._observation(need, results, deadline)
 
     def _plan_hooks(
         self,
@@ -426,15 +478,18 @@ class CanaryRunner:
         calls += [partial(one, i, m) for i, m in enumerate(plain)]
         calls += [partial(both, i, m) for i, m in enumerate(pairs)]
 
-    def _observation(self, need: Needs, results: dict[str, Any]) -> Observation:
+    def _observation(self, need: Needs, results: dict[str, Any], deadline: float) -> Observation:
         """Assemble an observation; a webhook missing at the deadline counts as failed.
 
         A metric query missing at the deadline is canaryd's own trouble: the provider
         gives up within the budget itself, so a query still running 5 s later means
         canaryd could not run it (an overloaded event loop), and the check holds.
         """
-        timeout = HookResult("deadline", False, f"no answer within {self._budget():g}s")
-        gate = results.get("gate", (timeout,)) if need.gate is not None else ()
+        timeout = HookResult("deadline", False, f"no answer within {deadline:g}s")
+        gates = {kind: results.get(f"gate:{kind.value}", (timeout,)) for kind in need.gates}
+        closed = next(
+            (k for k, r in gates.items() if not core.gate_open(self.spec, self.state, k, r)), None
+        )
         late = "canaryd did not finish the query within the tick's deadline"
         if "metrics" in results:
             metrics, compare = results["metrics"], results["compare"]
@@ -447,12 +502,20 @@ class CanaryRunner:
             )
         return Observation(
             rollback=results.get("rollback", ()),
-            gate_open=need.gate is None or core.gate_open(self.spec, self.state, need.gate, gate),
+            gate_open=closed is None,
+            closed_gate=closed,
+            gate_muted=closed is not None and self._muted(closed, gates[closed]),
             pre_rollout=results.get("pre", (timeout,)) if need.pre_rollout else (),
             rollout=results.get("rollout", (timeout,)) if need.checks else (),
             metrics=metrics if need.checks else (),
             compare=compare if need.checks else (),
         )
+
+    def _muted(self, kind: WebhookType | None, results: tuple[HookResult, ...]) -> bool:
+        """Whether the first gate webhook that kept the gate closed has ``muteAlert``."""
+        closing = next((r.name for r in results if not r.ok), None)
+        hooks = self._hooks.get(kind, ()) if kind is not None else ()
+        return any(h.name == closing and h.muteAlert for h in hooks)
 
     async def _call_hook(self, hook: WebhookSpec, slot: str) -> HookResult:
         key = f"{self.key}:{self.state.rollout_id}:{self.state.ticks}:{slot}"
@@ -504,30 +567,63 @@ class CanaryRunner:
         )
         await self.services.routers[self.spec.router].apply(request)
 
-    async def _apply_routes(self, decision: Decision) -> Decision:
+    async def _apply_routes(
+        self, decision: Decision, *, command: bool = False, held: Route | None = None
+    ) -> Decision:
         """Carry out the decision's routes; a router failure becomes a failed check.
 
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
-        retries the route); any other decision is replaced by a failed check on
-        the state before it, so nothing is recorded as applied that was not.
+        retries the route) at the weights the router still has (``held``: the
+        last route it confirmed, by default the recorded state's); any other
+        decision is replaced by a failed check on the state before it
+        (:func:`canaryd.analysis.router_failed`), holding the weights of the last
+        route the router confirmed, so nothing is recorded as applied that was not.
+
+        Raises:
+            RouterError: with ``command``, a route other than a rollback failed
+                (an operator command never adds a failed check).
         """
         routes = [e for e in decision.effects if isinstance(e, Route)]
+        confirmed: Route | None = None
         for seq, route in enumerate(routes):
             try:
                 await self._route(route, decision.state, seq)
             except RouterError as exc:
-                now = self.services.clock()
                 if decision.state.phase is core.Phase.FAILED:
-                    failed = core.router_failed(self.spec, decision.state, str(exc), now)
+                    now = self.services.clock()
+                    kept = confirmed or held
+                    weights = (
+                        (kept.primary_weight, kept.canary_weight)
+                        if kept is not None
+                        else (self.state.primary_weight, self.state.canary_weight)
+                    )
+                    failed = core.router_failed(
+                        self.spec, decision.state, str(exc), now, weights=weights
+                    )
                     return Decision(
                         failed.state, decision.effects + failed.effects, decision.record
                     )
-                before = replace(self.state, ticks=decision.state.ticks)
-                failed = core.router_failed(self.spec, before, str(exc), now)
-                if failed.state.phase is core.Phase.FAILED:
-                    return await self._apply_routes(failed)
-                return Decision(failed.state, failed.effects, decision.record)
+                if command and confirmed is None:
+                    raise
+                return await self._route_failed(decision, confirmed, exc)
+            confirmed = route
         return decision
+
+    async def _route_failed(
+        self, decision: Decision, confirmed: Route | None, exc: RouterError
+    ) -> Decision:
+        """The state before ``decision``, at the weights the router last confirmed, judged."""
+        before = replace(self.state, ticks=decision.state.ticks)
+        if confirmed is not None:
+            before = replace(
+                before,
+                primary_weight=confirmed.primary_weight,
+                canary_weight=confirmed.canary_weight,
+            )
+        failed = core.router_failed(self.spec, before, str(exc), self.services.clock())
+        if failed.state.phase is core.Phase.FAILED:
+            return await self._apply_routes(failed, held=confirmed)
+        return Decision(failed.state, failed.effects, decision.record)
 
     async def _retry_rollback_route(self) -> None:
         try:
@@ -535,9 +631,19 @@ class CanaryRunner:
         except RouterError as exc:
             log.error("router.failed", error=str(exc), retrying=True)
             return
-        await self._commit(Decision(replace(self.state, route_pending=False)))
+        applied = replace(self.state, route_pending=False, primary_weight=100, canary_weight=0)
+        await self._commit(Decision(applied))
 
-    async def _commit(self, decision: Decision, *, raise_store_errors: bool = False) -> None:
+    async def _commit(
+        self, decision: Decision, *, raise_store_errors: bool = False, command: bool = False
+    ) -> None:
+        """Route, persist, then adopt a decision (see the module docstring).
+
+        Raises:
+            StoreError: with ``raise_store_errors``, it could not be persisted.
+            RouterError: with ``command``, the router refused the command's route
+                (a refused rollback is persisted as pending first).
+        """
         try:
             if any(isinstance(e, Route) and e.action != "rollback" for e in decision.effects):
                 # A store that cannot record a move towards the canary must not see the
@@ -545,7 +651,7 @@ class CanaryRunner:
                 # full, locked store). A rollback always goes out: when unsure, traffic
                 # goes back to the primary, and the next tick re-decides it idempotently.
                 await self._persist(decision, rehearse=True)
-            decision = await self._apply_routes(decision)
+            decision = await self._apply_routes(decision, command=command)
             new = await self._persist(decision)
         except StoreError as exc:
             log.error(
@@ -564,6 +670,16 @@ class CanaryRunner:
             if isinstance(effect, Emit):
                 log_event(effect.event)
         self.services.on_change(self.key, new)
+        if command and new.route_pending:
+            error = next(
+                (
+                    str(e.event.fields.get("error"))
+                    for e in decision.effects
+                    if isinstance(e, Emit) and e.event.name == "router.failed"
+                ),
+                "the router refused it",
+            )
+            raise RouterError(f"rollback pending (retried every tick): {error}")
 
     async def _persist(self, decision: Decision, *, rehearse: bool = False) -> CanaryState:
         """Save the decision (or only rehearse the save) and return the state saved.
@@ -581,7 +697,7 @@ class CanaryRunner:
 
     def _outbox(self, decision: Decision, version: int) -> list[OutboxMessage]:
         """Alerts, event webhooks and post-rollout hooks caused by a decision."""
-        from canaryd.notifiers import ALERT_EVENTS, passes
+        from canaryd.notifiers import wanted
 
         out: list[OutboxMessage] = []
         prefix = f"{self.key}:{decision.state.rollout_id}:{version}"
@@ -601,22 +717,16 @@ class CanaryRunner:
                 continue  # event webhooks get every event, analysis.tick included
             event = effect.event
             for hook in (h for h in hooks if h.type == WebhookType.EVENT):
-                body = webhook_payload(self.spec, decision.state, hook)
+                body = event_payload(self.spec, decision.state, hook, event)
                 body["event"] = event_to_dict(event)
                 out.append(
                     OutboxMessage(
                         self.key, f"{prefix}:{n}:hook:{hook.name}", f"hook:{hook.name}", body
                     )
                 )
-            if event.name in ALERT_EVENTS:
-                out += [
-                    OutboxMessage(
-                        self.key,
-                        f"{prefix}:{n}:alert:{a.name}",
-                        f"alert:{a.name}",
-                        event_to_dict(event),
-                    )
-                    for a in self.spec.alerts
-                    if passes(a.severity, event)
-                ]
+            for a in (a for a in self.spec.alerts if wanted(a, event)):
+                body = event_to_dict(event)
+                out.append(
+                    OutboxMessage(self.key, f"{prefix}:{n}:alert:{a.name}", f"alert:{a.name}", body)
+                )
         return out

@@ -2,11 +2,12 @@
 
 Every metric result belongs to one or more groups. A group's score is
 ``100 x pass / (pass + high + low + nodata-fail)``; metrics classified ``Nodata``
-do not count, and a group made only of them has no data (it counts as 100 in the
-summary). The summary score is the weighted sum of the group scores, where groups
-without a configured weight share equally what the configured weights leave of
-100, rounded half-up to two decimals. A failed critical metric, or half or more
-of the metrics without data, forces the score to 0 and the canary to Fail.
+or ``Error`` do not count, and a group made only of them has no data (it counts
+as 100 in the summary). The summary score is the weighted sum of the group scores,
+where groups without a configured weight share equally what the configured weights
+(of all groups, present or not) leave of 100, rounded half-up to two decimals.
+A failed critical metric, or half or more of the metrics without data, forces the
+score to 0 and the canary to Fail (whatever the thresholds: ``docs/judge.md``).
 The summary score is then compared with the ``pass`` and ``marginal`` thresholds.
 
 Pure functions, no I/O: :func:`score` is what :func:`canaryd.judge.judge` calls.
@@ -14,7 +15,6 @@ Pure functions, no I/O: :func:`score` is what :func:`canaryd.judge.judge` calls.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -33,6 +33,7 @@ class Classification(StrEnum):
     LOW = "Low"
     NODATA = "Nodata"
     NODATA_FAIL_METRIC = "NodataFailMetric"
+    ERROR = "Error"
 
 
 class ScoreClassification(StrEnum):
@@ -136,25 +137,24 @@ def round_half_up(value: float, digits: int = 2) -> float:
 
 
 def group_weights(names: Sequence[str], configured: Mapping[str, float]) -> dict[str, float]:
-    """Give every group its weight; unweighted groups share what is left of 100 equally.
+    """Give every group its weight; unweighted groups share what the configured weights leave.
 
-    Weights configured for groups that no metric belongs to are ignored.
+    As Kayenta: the configured weights are all subtracted from 100, also those of groups
+    that no metric belongs to, and the rest is shared equally by the groups without one.
+    Weights that do not reach 100 are not scaled up (the summary cannot reach 100).
 
     Raises:
-        ValueError: a weight is negative, the weights of the present groups exceed 100, or
-            every group has a weight and they do not add up to 100.
+        ValueError: a weight is negative, or the configured weights exceed 100 (the groups
+            without a weight would weigh less than nothing).
     """
     if any(w < 0 for w in configured.values()):
         raise ValueError("group weights must not be negative")
-    fixed = {n: configured[n] for n in names if n in configured}
-    total = sum(fixed.values())
+    total = sum(configured.values())
     if total > 100.0 + 1e-9:
         raise ValueError(f"group weights add up to {total:g}, more than 100")
     free = [n for n in names if n not in configured]
-    if names and not free and not math.isclose(total, 100.0):
-        raise ValueError(f"group weights weigh every group but add up to {total:g}, not 100")
     share = (100.0 - total) / len(free) if free else 0.0
-    return {n: fixed.get(n, share) for n in names}
+    return {n: configured.get(n, share) for n in names}
 
 
 def group_scores(
@@ -174,7 +174,7 @@ def group_scores(
     for name, labels in members.items():
         counted = [label for label in labels if label in _COUNTED]
         passed = sum(1 for label in counted if label is Classification.PASS)
-        value = 100.0 * passed / len(counted) if counted else None
+        value = (passed / len(counted)) * 100 if counted else None
         scores.append(GroupScore(name=name, score=value, weight=shares[name]))
     return tuple(scores)
 
@@ -202,7 +202,7 @@ def _forced_failure(results: Sequence[Scorable]) -> str | None:
         first = critical[0]
         return f"critical metric {first.name} failed: {first.reason}"
     nodata = sum(1 for r in results if r.classification is Classification.NODATA)
-    if 100.0 * nodata / len(results) >= NODATA_THRESHOLD:
+    if nodata / len(results) * 100 >= NODATA_THRESHOLD:
         return (
             f"{nodata} of {len(results)} metrics have no data "
             f"({NODATA_THRESHOLD:g}% or more fails the canary)"
@@ -232,7 +232,9 @@ def score(
     forced = _forced_failure(results)
     if forced is not None:
         return Score(0.0, ScoreClassification.FAIL, forced, groups)
-    total = sum((100.0 if g.score is None else g.score) * g.weight / 100.0 for g in groups)
+    total = 0.0
+    for group in groups:  # Kayenta's arithmetic, to the last bit but for the order of groups
+        total += (100.0 if group.score is None else group.score) * (group.weight / 100)
     value = round_half_up(total)
     verdict, reason = classify_score(value, limits)
     return Score(value, verdict, reason, groups)

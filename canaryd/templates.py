@@ -1,27 +1,27 @@
-"""Query templates: Flagger's ``{{ var }}`` syntax and the built-in metrics.
+"""Query templates: Flagger's Go-template subset and the built-in metrics.
 
-Rendering is plain substitution, never code execution: ``{{ name }}`` (any
-whitespace inside the braces, an optional Go-style leading dot as in
-``{{ .name }}``) is replaced by the variable's value. The variables a canary
-defines are ``namespace``, ``name``, ``target``, ``interval`` and
-``variables.X`` for every entry ``X`` of the canary's (or metric's)
-``variables``; see :func:`template_variables`. An unknown variable or an
-unclosed ``{{`` is a :class:`~canaryd.errors.TemplateError`, never an empty string.
+Rendering never executes code. :func:`render` supports the template language
+Flagger's documents and examples use (docs/flagger.md, "Templates"): the
+variables ``name``, ``namespace``, ``target``, ``service``, ``ingress``,
+``route``, ``interval`` and ``variables.X`` (also spelled ``.name``),
+``printf``, ``index variables "X"``, ``$x :=`` assignments, ``{{-``/``-}}``
+trimming and comments. An unknown variable or an unclosed ``{{`` is a
+:class:`~canaryd.errors.TemplateError`, never an empty string.
 
 Built-in metrics (:data:`BUILTIN_METRICS`) need no template: their PromQL comes
-from the canary's ``meshProvider`` (:func:`builtin_query`). The queries are
-Flagger's, so the same dashboards and thresholds carry over:
+from the canary's ``meshProvider`` (:func:`builtin_query`) and is Flagger's, so
+the same dashboards and thresholds carry over (``tests/test_flagger_queries.py``
+compares each mesh's two queries with Flagger's text):
 
 - ``request-success-rate``: percent (0-100) of requests not answered with 5xx;
 - ``request-duration``: p99 latency in milliseconds (``nginx`` and ``skipper``:
   mean latency, as in Flagger; ``haproxy``: see below).
 
-Meshes whose queries need more than the standard variables:
-
-- ``nginx`` selects on the ingress: set ``variables: {ingress: NAME}``;
-- ``skipper`` needs ``variables.ingress`` too (route names are built from
-  namespace, ingress and target, which must be made of word characters);
-- ``apisix`` selects on the route: set ``variables: {route: NAME}``.
+``contour`` and ``skipper`` select on ``service``, ``nginx`` and ``skipper`` on
+``ingress``, ``apisix`` and ``knative`` on ``route``; each defaults to the
+target, as in Flagger. Skipper's variables are encoded as Skipper names routes
+(:func:`builtin_variables`). ``kubernetes`` and ``gatewayapi`` use Flagger's
+HTTP observer (the application's own histogram).
 
 canaryd's own additions (no Flagger equivalent):
 
@@ -35,10 +35,6 @@ canaryd's own additions (no Flagger equivalent):
 - ``haproxy``: HAProxy's built-in exporter, canary server ``server="<target>"``.
   HAProxy exports no latency histogram, so ``request-duration`` is its average
   response time over the last 1024 requests, in milliseconds (not p99).
-
-``gatewayapi`` has no built-in metrics (the series depend on the Gateway
-implementation; Flagger has none either): use a template, or set
-``meshProvider`` to the implementation (``istio``, ``contour``, ``envoy``, ...).
 """
 
 from __future__ import annotations
@@ -54,12 +50,22 @@ BUILTIN_METRICS = ("request-success-rate", "request-duration")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_-]*)?")
 
 
-def _ratio(series: str, selector: str, ok: str) -> str:
-    """``sum(rate(ok)) / sum(rate(all)) * 100`` for one counter and its selector."""
-    ok_selector = f"{selector},{ok}" if selector else ok
+def _ratio(series: str, selector: str, ok: str, extra: str = "", *, ok_first: bool = False) -> str:
+    """``sum(rate(ok)) / sum(rate(all)) * 100`` for one counter and its selector.
+
+    ``extra`` is appended to the denominator's selector (the numerator's ``ok``
+    repeats it); ``ok_first`` puts ``ok`` before the selector's last matcher,
+    where Flagger's Linkerd query has it.
+    """
+    if ok_first:
+        head, _, last = selector.rpartition(",")
+        ok_selector = f"{head},{ok},{last}"
+    else:
+        ok_selector = f"{selector},{ok}"
+    all_selector = f"{selector},{extra}" if extra else selector
     return (
         f"sum(rate({series}{{{ok_selector}}}[{{{{ interval }}}}]))\n"
-        f"/\nsum(rate({series}{{{selector}}}[{{{{ interval }}}}]))\n* 100"
+        f"/\nsum(rate({series}{{{all_selector}}}[{{{{ interval }}}}]))\n* 100"
     )
 
 
@@ -87,12 +93,14 @@ _ISTIO = (
     'reporter="destination",destination_workload_namespace="{{ namespace }}",'
     'destination_workload=~"{{ target }}"'
 )
-_LINKERD = 'namespace="{{ namespace }}",deployment=~"{{ target }}",direction="inbound"'
-_NGINX = 'namespace="{{ namespace }}",ingress="{{ variables.ingress }}"'
-_CONTOUR = 'envoy_cluster_name=~"{{ namespace }}_{{ target }}-canary_[0-9a-zA-Z-]+"'
-_GLOO = 'envoy_cluster_name=~"{{ namespace }}-{{ target }}-canary-[0-9a-zA-Z-]+_[0-9a-zA-Z-]+"'
+_LINKERD = 'namespace="{{ namespace }}",deployment=~"{{ target }}"'
+_NGINX = 'namespace="{{ namespace }}",ingress="{{ ingress }}",canary!=""'
+_CONTOUR = 'envoy_cluster_name=~"{{ namespace }}_{{ service }}-canary_[0-9a-zA-Z-]+"'
+_GLOO = (
+    'envoy_cluster_name=~"{{ namespace }}-{{ target }}-canaryupstream-[0-9a-zA-Z-]+_[0-9a-zA-Z-]+"'
+)
 _KUMA = 'service=~"{{ target }}-canary_{{ namespace }}_svc_[0-9a-zA-Z-]+"'
-_APPMESH = (
+_PODS = (
     'kubernetes_namespace="{{ namespace }}",'
     'kubernetes_pod_name=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)"'
 )
@@ -102,35 +110,39 @@ _OSM = (
 )
 _TRAEFIK = 'service=~"{{ namespace }}-{{ target }}-canary-[0-9a-zA-Z-]+@kubernetescrd"'
 _SKIPPER = (
-    'route=~"kube(ew)?_{{ namespace }}__{{ variables.ingress }}_canary__.*__'
-    '{{ target }}_canary(_[0-9]+)?"'
+    'route=~"kube(ew)?_{{ namespace }}__{{ ingress }}_canary__.*__{{ service }}_canary(_[0-9]+)?"'
 )
-_APISIX = 'route=~"{{ namespace }}_{{ variables.route }}-{{ target }}-canary_.+"'
+_APISIX = 'route=~"{{ namespace }}_{{ route }}-{{ target }}-canary_.+"'
+_KNATIVE = 'envoy_cluster_name=~"{{ namespace }}/{{ route }}"'
 _ENVOY = 'envoy_cluster_name="{{ target }}"'
 _HAPROXY = 'server="{{ target }}"'
 _PROMETHEUS = 'job="{{ target }}"'
+
+
+def _envoy(selector: str) -> dict[str, str]:
+    """Flagger's queries over Envoy's upstream cluster statistics."""
+    return _mesh(
+        _ratio("envoy_cluster_upstream_rq", selector, 'envoy_response_code!~"5.*"'),
+        _p99("envoy_cluster_upstream_rq_time_bucket", selector),
+    )
+
+
+_HTTP = _mesh(
+    _ratio("http_request_duration_seconds_count", _PODS, 'status!~"5.*"'),
+    _p99("http_request_duration_seconds_bucket", _PODS),
+)
+"""Flagger's ``HttpObserver`` (``kubernetes`` and ``gatewayapi``): the application's histogram."""
 
 _QUERIES: dict[str, dict[str, str]] = {
     "apisix": _mesh(
         _ratio("apisix_http_status", _APISIX, 'code!~"5.."'),
         _p99("apisix_http_latency_bucket", f'type=~"request",{_APISIX}'),
     ),
-    "appmesh": _mesh(
-        _ratio("envoy_cluster_upstream_rq", _APPMESH, 'envoy_response_code!~"5.*"'),
-        _p99("envoy_cluster_upstream_rq_time_bucket", _APPMESH),
-    ),
-    "contour": _mesh(
-        _ratio("envoy_cluster_upstream_rq", _CONTOUR, 'envoy_response_code!~"5.*"'),
-        _p99("envoy_cluster_upstream_rq_time_bucket", _CONTOUR),
-    ),
-    "envoy": _mesh(
-        _ratio("envoy_cluster_upstream_rq", _ENVOY, 'envoy_response_code!~"5.*"'),
-        _p99("envoy_cluster_upstream_rq_time_bucket", _ENVOY),
-    ),
-    "gloo": _mesh(
-        _ratio("envoy_cluster_upstream_rq", _GLOO, 'envoy_response_code!~"5.*"'),
-        _p99("envoy_cluster_upstream_rq_time_bucket", _GLOO),
-    ),
+    "appmesh": _envoy(_PODS),
+    "contour": _envoy(_CONTOUR),
+    "envoy": _envoy(_ENVOY),
+    "gatewayapi": _HTTP,
+    "gloo": _envoy(_GLOO),
     "haproxy": _mesh(
         _ratio("haproxy_server_http_responses_total", _HAPROXY, 'code!="5xx"'),
         f"max(haproxy_server_response_time_average_seconds{{{_HAPROXY}}}) * 1000",
@@ -139,17 +151,21 @@ _QUERIES: dict[str, dict[str, str]] = {
         _ratio("istio_requests_total", _ISTIO, 'response_code!~"5.*"'),
         _p99("istio_request_duration_milliseconds_bucket", _ISTIO),
     ),
-    "kuma": _mesh(
-        _ratio("envoy_cluster_upstream_rq", _KUMA, 'envoy_response_code!~"5.*"'),
-        _p99("envoy_cluster_upstream_rq_time_bucket", _KUMA),
-    ),
+    "knative": _envoy(_KNATIVE),
+    "kubernetes": _HTTP,
+    "kuma": _envoy(_KUMA),
     "linkerd": _mesh(
-        _ratio("response_total", _LINKERD, 'classification!="failure"'),
-        _p99("response_latency_ms_bucket", _LINKERD),
+        _ratio(
+            "response_total",
+            f'{_LINKERD},direction="inbound"',
+            'classification!="failure"',
+            ok_first=True,
+        ),
+        _p99("response_latency_ms_bucket", f'{_LINKERD},direction="inbound"'),
     ),
     "nginx": _mesh(
         _ratio("nginx_ingress_controller_requests", _NGINX, 'status!~"5.*"'),
-        _mean_ms("nginx_ingress_controller_ingress_upstream_latency_seconds", _NGINX),
+        _mean_ms("nginx_ingress_controller_response_duration_seconds", _NGINX),
     ),
     "osm": _mesh(
         _ratio("osm_request_total", _OSM, 'response_code!~"5.*"'),
@@ -160,14 +176,20 @@ _QUERIES: dict[str, dict[str, str]] = {
         _p99("http_request_duration_seconds_bucket", _PROMETHEUS, "1000"),
     ),
     "skipper": _mesh(
-        _ratio("skipper_response_duration_seconds_bucket", f'{_SKIPPER},le="+Inf"', 'code!~"5.."'),
+        _ratio(
+            "skipper_response_duration_seconds_bucket",
+            _SKIPPER,
+            'code!~"5..",le="+Inf"',
+            'le="+Inf"',
+        ),
         _mean_ms("skipper_serve_route_duration_seconds", _SKIPPER),
     ),
     "traefik": _mesh(
         _ratio(
             "traefik_service_request_duration_seconds_bucket",
-            f'{_TRAEFIK},le="+Inf"',
-            'code!~"5.."',
+            _TRAEFIK,
+            'code!~"5..",le="+Inf"',
+            'le="+Inf"',
         ),
         _p99("traefik_service_request_duration_seconds_bucket", _TRAEFIK, "1000"),
     ),
@@ -175,13 +197,6 @@ _QUERIES: dict[str, dict[str, str]] = {
 
 MESH_PROVIDERS: tuple[str, ...] = tuple(sorted(_QUERIES))
 """meshProvider values with built-in metrics (Flagger's ``name:version`` spelling is accepted)."""
-
-_WITHOUT_BUILTINS = {
-    "gatewayapi": (
-        "the series depend on the Gateway implementation; use a template, or set "
-        "meshProvider to the implementation (e.g. istio, contour, envoy)"
-    ),
-}
 
 
 def _mesh_name(mesh: str) -> str:
@@ -210,10 +225,6 @@ def builtin_query(metric: str, mesh: str) -> str:
             "(other metrics need templateRef or query)"
         )
     name = _mesh_name(mesh)
-    if name in _WITHOUT_BUILTINS:
-        raise TemplateError(
-            f"meshProvider {mesh!r} has no built-in metrics: {_WITHOUT_BUILTINS[name]}"
-        )
     if name not in _QUERIES:
         raise TemplateError(
             f"unknown meshProvider {mesh!r}; supported: {', '.join(MESH_PROVIDERS)}"
@@ -222,43 +233,128 @@ def builtin_query(metric: str, mesh: str) -> str:
 
 
 def render(template: str, variables: Mapping[str, str]) -> str:
-    """Substitute ``{{ var }}`` placeholders with their values.
+    """Render a query template: Flagger's Go-template subset, without code execution.
+
+    An action ``{{ ... }}`` (``{{-`` and ``-}}`` trim the whitespace beside
+    it, ``{{/* ... */}}`` is a comment) holds one of:
+
+    - a variable: ``name``, ``.name`` or ``variables.X`` (``X`` from the
+      canary's or metric's ``variables``);
+    - ``printf "FORMAT" ARG...`` (verbs ``%s``, ``%v``, ``%d``, ``%q``, ``%%``);
+    - ``index variables "X"``;
+    - a string literal, or ``$x`` of an earlier ``{{ $x := ... }}``.
 
     Args:
-        template: query text with ``{{ name }}``, ``{{ .name }}`` or
-            ``{{ variables.X }}`` placeholders (any whitespace inside the braces).
+        template: the query text.
         variables: flat mapping of defined names (``variables.X`` keys included),
             as built by :func:`template_variables`.
 
     Returns:
-        The query with every placeholder replaced.
+        The query with every action replaced.
 
     Raises:
-        TemplateError: a ``{{`` is not closed, a placeholder is not a plain
-            variable name, or it names a variable that is not defined (the
-            message lists the defined ones).
+        TemplateError: an unclosed ``{{``, an action outside the subset, or an
+            unknown variable (the message lists the defined ones).
     """
     out: list[str] = []
+    local: dict[str, str] = {}
     pos = 0
     while (start := template.find("{{", pos)) >= 0:
         end = template.find("}}", start + 2)
         if end < 0:
             raise TemplateError(f"unclosed '{{{{' at {_where(template, start)}")
-        out.append(template[pos:start])
-        out.append(_lookup(template[start + 2 : end], variables, _where(template, start)))
+        text, inner = template[pos:start], template[start + 2 : end]
         pos = end + 2
+        if inner.startswith("-") and inner[1:2].isspace():
+            text, inner = text.rstrip(), inner[1:]
+        if inner.endswith("-") and inner[-2:-1].isspace():
+            inner = inner[:-1]
+            pos = len(template) - len(template[pos:].lstrip())
+        out.append(text)
+        out.append(_action(inner, variables, local, _where(template, start)))
     out.append(template[pos:])
     return "".join(out)
 
 
-def _lookup(expr: str, variables: Mapping[str, str], where: str) -> str:
-    """The value of one placeholder's inner text."""
-    name = expr.strip().removeprefix(".").strip()
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|`[^`]*`|:=|\S+')
+_VERB = re.compile(r"%[-+# 0-9.]*[a-zA-Z%]")
+
+
+def _action(inner: str, variables: Mapping[str, str], local: dict[str, str], where: str) -> str:
+    """The output of one action; an assignment stores its value and outputs nothing."""
+    body = inner.strip()
+    if body.startswith("/*") and body.endswith("*/"):
+        return ""
+    words = _TOKEN.findall(body)
+    if len(words) >= 3 and words[1] == ":=" and re.fullmatch(r"\$\w+", words[0]):
+        local[words[0]] = _call(words[2:], inner, variables, local, where)
+        return ""
+    return _call(words, inner, variables, local, where)
+
+
+def _call(
+    words: list[str],
+    inner: str,
+    variables: Mapping[str, str],
+    local: dict[str, str],
+    where: str,
+) -> str:
+    """Evaluate a command: one operand, ``printf`` or ``index variables "X"``."""
+    if words and words[0] == "printf" and len(words) >= 2:
+        args = [_operand(w, inner, variables, local, where) for w in words[1:]]
+        return _printf(args[0], args[1:], where)
+    if len(words) == 3 and words[0] == "index" and words[1] == "variables":
+        key = _operand(words[2], inner, variables, local, where)
+        return _lookup(f"variables.{key}", variables, where)
+    if len(words) == 1:
+        return _operand(words[0], inner, variables, local, where)
+    raise TemplateError(
+        f"{{{{{inner}}}}} at {where} is not supported; use a variable such as "
+        "{{ target }} or {{ variables.X }}, printf or index (see docs/flagger.md)"
+    )
+
+
+def _operand(
+    word: str, inner: str, variables: Mapping[str, str], local: dict[str, str], where: str
+) -> str:
+    """A string literal, a ``$local`` or a template variable."""
+    if word.startswith("`") and word.endswith("`") and len(word) >= 2:
+        return word[1:-1]
+    if word.startswith('"') and word.endswith('"') and len(word) >= 2:
+        return re.sub(r"\\(.)", r"\1", word[1:-1])
+    if word.startswith("$"):
+        if word not in local:
+            raise TemplateError(f"undefined {word} at {where}")
+        return local[word]
+    name = word.removeprefix(".")
     if not _VARIABLE.fullmatch(name):
         raise TemplateError(
-            f"{{{{{expr}}}}} at {where} is not a variable name; only "
+            f"{{{{{inner}}}}} at {where} is not a variable name; only "
             "{{ name }} and {{ variables.X }} placeholders are supported"
         )
+    return _lookup(name, variables, where)
+
+
+def _printf(fmt: str, args: list[str], where: str) -> str:
+    """Go's ``printf`` for string arguments."""
+    rest = iter(args)
+
+    def verb(match: re.Match[str]) -> str:
+        if match.group() == "%%":
+            return "%"
+        value = next(rest, None)
+        if value is None:
+            return f"%!{match.group()[-1]}(MISSING)"
+        return repr(value).replace("'", '"') if match.group().endswith("q") else value
+
+    text = _VERB.sub(verb, fmt)
+    if next(rest, None) is not None:
+        raise TemplateError(f"printf at {where} has more arguments than verbs")
+    return text
+
+
+def _lookup(name: str, variables: Mapping[str, str], where: str) -> str:
+    """The value of one variable."""
     if name not in variables:
         defined = ", ".join(sorted(variables)) or "none"
         raise TemplateError(f"unknown variable {name!r} at {where}; defined: {defined}")
@@ -279,6 +375,9 @@ def template_variables(
     target: str,
     interval: float,
     variables: Mapping[str, str] | None = None,
+    service: str | None = None,
+    ingress: str | None = None,
+    route: str | None = None,
 ) -> dict[str, str]:
     """Build the variables a query template can use.
 
@@ -288,6 +387,9 @@ def template_variables(
         target: what built-in queries select on (``CanaryConfig.target_name``).
         interval: the metric's interval in seconds, rendered as a PromQL duration.
         variables: the canary's and metric's extra variables (``variables.X``).
+        service: the ``service`` variable (default: ``target``, as in Flagger).
+        ingress: the ``ingress`` variable (default: ``target``).
+        route: the ``route`` variable (default: ``target``).
 
     Returns:
         A flat mapping for :func:`render`.
@@ -299,10 +401,28 @@ def template_variables(
         "namespace": namespace,
         "name": name,
         "target": target,
+        "service": service or target,
+        "ingress": ingress or target,
+        "route": route or target,
         "interval": promql_duration(interval),
     }
     values.update({f"variables.{k}": v for k, v in (variables or {}).items()})
     return values
+
+
+def builtin_variables(mesh: str, values: Mapping[str, str]) -> dict[str, str]:
+    """The variables a mesh's built-in queries see (Skipper's route-name encoding).
+
+    Skipper names routes with every non-word character of the namespace,
+    ingress, service and target replaced by ``_``; Flagger encodes the
+    variables the same way before rendering (see docs/flagger.md).
+    """
+    out = dict(values)
+    if _mesh_name(mesh) == "skipper":
+        for key in ("name", "namespace", "target", "service", "ingress"):
+            if key in out:
+                out[key] = re.sub(r"\W", "_", out[key])
+    return out
 
 
 def promql_duration(seconds: float) -> str:

@@ -1,7 +1,11 @@
-"""Analysis webhooks (gates, pre-rollout, rollout, rollback): payload and one call.
+"""Analysis webhooks (gates, pre-rollout, rollout, rollback, event): payloads and one call.
 
-The payload is Flagger's plus what its users asked for (DESIGN section 6):
-weights, iteration, failedChecks and threshold. Success is any 2xx.
+The payload is Flagger's plus what its users asked for (docs/design.md,
+"Outgoing calls"): weights, iteration, failedChecks and threshold; ``event``
+hooks also get Flagger's event metadata. Success is any 2xx. A call keeps the
+hook's own ``timeout`` per attempt, even beyond the tick's metric budget
+(docs/flagger.md). Also here: the ``canaryd check`` lines about deliberate
+differences from Flagger in webhooks and alerts.
 """
 
 from __future__ import annotations
@@ -20,9 +24,27 @@ from tenacity import (
 )
 
 from canaryd.analysis import CanaryState, HookResult
-from canaryd.config import CanaryConfig, WebhookSpec, read_secret
+from canaryd.config import CanaryConfig, Severity, WebhookSpec, WebhookType, read_secret
 from canaryd.errors import WebhookError
+from canaryd.events import Event
 from canaryd.http import Answer, post_json
+from canaryd.notifiers import wanted
+from canaryd.notifiers.text import describe, severity_of
+
+BACKOFF_MAX = 2.0
+"""Longest pause (seconds) between two attempts of one call, before jitter."""
+
+JITTER_MAX = 0.2
+"""Random extra pause (seconds) added to each backoff."""
+
+
+def longest_call(hook: WebhookSpec) -> float:
+    """The longest one :func:`call` of ``hook`` may take: every attempt times out, plus backoff.
+
+    The tick that polls the hook waits this long for it, even beyond its own
+    observation budget (a hook's ``timeout`` is honoured; docs/flagger.md).
+    """
+    return hook.timeout * (hook.retries + 1) + (BACKOFF_MAX + JITTER_MAX) * hook.retries
 
 
 def payload(spec: CanaryConfig, state: CanaryState, hook: WebhookSpec) -> dict[str, Any]:
@@ -42,6 +64,26 @@ def payload(spec: CanaryConfig, state: CanaryState, hook: WebhookSpec) -> dict[s
         "failedChecks": state.failed_checks,
         "threshold": spec.analysis.threshold,
     }
+
+
+def event_payload(
+    spec: CanaryConfig, state: CanaryState, hook: WebhookSpec, event: Event
+) -> dict[str, Any]:
+    """The JSON body sent to an ``event`` webhook for ``event``.
+
+    As in Flagger, ``metadata`` carries ``eventMessage`` (the one-line summary),
+    ``eventType`` (``Normal``, or ``Warning`` for anything alerted above info)
+    and ``timestamp`` (Unix milliseconds, as a string); the hook's own metadata
+    never overrides these three keys. The whole event is in ``event``.
+    """
+    body = payload(spec, state, hook)
+    body["metadata"] = {
+        **body["metadata"],
+        "eventMessage": describe(event),
+        "eventType": "Normal" if severity_of(event) is Severity.INFO else "Warning",
+        "timestamp": str(int(event.time * 1000)),
+    }
+    return body
 
 
 async def call(
@@ -74,13 +116,14 @@ async def call(
                 timeout=hook.timeout,
                 idempotency_key=idempotency_key,
                 secret=secret,
+                verify_tls=not hook.disableTLS,
             )
         except WebhookError as exc:
             return exc
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(hook.retries + 1),
-        wait=wait_exponential(multiplier=0.2, max=2.0) + wait_random(0, 0.2),
+        wait=wait_exponential(multiplier=0.2, max=BACKOFF_MAX) + wait_random(0, JITTER_MAX),
         retry=retry_if_result(lambda r: not (isinstance(r, Answer) and r.ok)),
         retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else None,
         sleep=anyio.sleep,
@@ -89,3 +132,47 @@ async def call(
     if isinstance(result, Answer):
         return HookResult(hook.name, result.ok, "" if result.ok else result.describe())
     return HookResult(hook.name, False, str(result))
+
+
+def _alerted(spec: CanaryConfig, name: str) -> bool:
+    """Whether any alert of the canary sends event ``name`` (by its events and severity)."""
+    event = Event(name, spec.key, None, "Progressing", 0.0, {})
+    return any(wanted(a, event) for a in spec.alerts)
+
+
+def flagger_differences(spec: CanaryConfig) -> list[str]:
+    """One line per deliberate difference from Flagger that changes what this canary's
+    webhooks and alerts do, for ``canaryd check`` (docs/flagger.md, "Deliberate differences")."""
+    out = []
+    for hook in spec.analysis.webhooks:
+        where = f"{spec.key}: webhook {hook.name}"
+        if (
+            hook.type is WebhookType.CONFIRM_TRAFFIC_INCREASE
+            and not hook.muteAlert
+            and _alerted(spec, "gate.waiting")
+        ):
+            out.append(
+                f"{where}: waiting for approval is alerted once per wait, not on every tick "
+                "the gate stays closed as in Flagger"
+            )
+        if hook.type is WebhookType.CONFIRM_ROLLOUT and _alerted(spec, "rollout.started"):
+            out.append(
+                f"{where}: the start is alerted when the rollout is submitted, before this "
+                "gate opens; Flagger alerts it once the gate opens"
+            )
+        if hook.type is WebhookType.EVENT:
+            out.append(
+                f"{where}: gets canaryd's events (one per tick included) with canaryd's "
+                "wording in metadata.eventMessage, not Flagger's Kubernetes event texts"
+            )
+    return out
+
+
+def unverified_tls(spec: CanaryConfig) -> list[str]:
+    """One line per webhook of the canary whose TLS certificate is not verified (``disableTLS``),
+    for ``canaryd check`` and the daemon's ``config.warning`` at start and reload."""
+    return [
+        f"{spec.key}: webhook {h.name}: disableTLS: its TLS certificate is not verified"
+        for h in spec.analysis.webhooks
+        if h.disableTLS
+    ]

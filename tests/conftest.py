@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os as _os
+
 import pytest
+
+# Tests drive real daemons with sub-second intervals: lower the interval floor
+# (docs/flagger.md, "Floors") for this process and the daemons it starts.
+_os.environ.setdefault("UNSAFE_CANARYD_MIN_INTERVAL", "0.01")
 
 
 @pytest.fixture

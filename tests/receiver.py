@@ -12,19 +12,52 @@ Any method and any path are accepted. The n-th request gets ``statuses[n]``;
 after the list runs out the last status repeats. ``delay`` holds each answer
 back (to test client timeouts); leaving the ``async with`` block releases
 held answers at once, so a test never waits for a delay it no longer needs.
+With ``tls=`` (see :func:`self_signed`) it serves HTTPS and ``url`` starts with
+``https://``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import ssl
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
+import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
+
+
+def self_signed(folder: Path) -> ssl.SSLContext:
+    """A server TLS context with a fresh self-signed certificate for 127.0.0.1 (openssl CLI).
+
+    Without openssl the test is skipped, or fails under ``CI=true``.
+    """
+    if shutil.which("openssl") is None:
+        message = "openssl is not installed (apt-get install openssl)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +106,7 @@ class Receiver:
         delay: seconds to hold each answer back (released early on exit).
         port: the port to listen on (0: a free one); a test that needs a receiver
             "down, then back" reserves a port and starts the receiver on it later.
+        tls: serve HTTPS with this server context (e.g. :func:`self_signed`).
     """
 
     wait_limit: float = 5.0
@@ -86,6 +120,7 @@ class Receiver:
         content_type: str = "text/plain",
         delay: float = 0.0,
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not statuses:
             raise ValueError("statuses must not be empty")
@@ -98,20 +133,21 @@ class Receiver:
         self._closing = anyio.Event()
         self._runner: web.AppRunner | None = None
         self._port = port
+        self._tls = tls
 
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>`` (no trailing slash); append any path."""
         if self._runner is None:
             raise RuntimeError("the receiver is not running; use `async with Receiver() as r`")
-        return f"http://127.0.0.1:{self._port}"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self._port}"
 
     async def __aenter__(self) -> Receiver:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self._port)
+        site = web.TCPSite(runner, "127.0.0.1", self._port, ssl_context=self._tls)
         await site.start()
         self._runner = runner
         self._port = runner.addresses[0][1]

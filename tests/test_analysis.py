@@ -296,12 +296,79 @@ def test_confirm_rollout_gate_waits_then_progresses() -> None:
     """A closed confirm-rollout gate keeps the rollout Waiting without counting failures."""
     spec = canary(webhooks=[{"name": "go", "type": "confirm-rollout", "url": "http://h/"}])
     state = started(spec)
-    assert state.phase is Phase.WAITING
     assert core.needs(spec, state).gate is WebhookType.CONFIRM_ROLLOUT
     ds = run(spec, state, Observation(gate_open=False), 5)
     assert all(d.state.phase is Phase.WAITING and d.state.failed_checks == 0 for d in ds)
     d = core.decide(spec, ds[-1].state, Observation(gate_open=True), 9.0)
     assert d.state.phase is Phase.PROGRESSING
+
+
+@pytest.mark.parametrize(
+    ("gate_open", "phase", "events"),
+    [
+        (True, Phase.PROGRESSING, ["gate.approved"]),
+        (False, Phase.WAITING, ["rollout.waiting"]),
+    ],
+    ids=["open-never-waits", "closed-waits"],
+)
+def test_confirm_rollout_enters_waiting_only_when_the_gate_is_closed(
+    gate_open: bool, phase: Phase, events: list[str]
+) -> None:
+    """A gated rollout starts unconfirmed, not Waiting; its first tick asks the gate and only a
+    closed gate makes it Waiting (as in Flagger)."""
+    spec = canary(webhooks=[{"name": "go", "type": "confirm-rollout", "url": "http://h/"}])
+    start = core.start_rollout(spec, CanaryState(), "v2", {}, "r1", 0.0)
+    assert start.state.phase is not Phase.WAITING and names(start) == ["rollout.started"]
+    need = core.needs(spec, start.state)
+    assert (need.gate, need.checks) == (WebhookType.CONFIRM_ROLLOUT, False)
+    d = core.decide(spec, start.state, Observation(gate_open=gate_open), 1.0)
+    assert (d.state.phase, names(d), d.state.canary_weight) == (phase, events, 0)
+
+
+@pytest.mark.parametrize(
+    ("phase", "polled"),
+    [
+        (Phase.PROGRESSING, True),
+        (Phase.WAITING, True),
+        (Phase.WAITING_PROMOTION, True),
+        (Phase.PROMOTING, False),
+        (Phase.FINALISING, False),
+    ],
+    ids=lambda v: str(v),
+)
+def test_rollback_hooks_are_not_polled_once_promotion_has_begun(phase: Phase, polled: bool) -> None:
+    """Rollback webhooks are asked while Progressing/Waiting/WaitingPromotion, never while
+    Promoting or Finalising, where a stray 2xx cannot roll the promotion back."""
+    spec = canary(webhooks=[{"name": "stop", "type": "rollback", "url": "http://h/"}])
+    state = replace(started(spec), phase=phase, canary_weight=50, primary_weight=50)
+    assert core.needs(spec, state).rollback_hooks is polled
+    d = core.decide(spec, state, Observation(rollback=(HookResult("stop", True),)), 1.0)
+    assert (d.state.phase is Phase.FAILED) is polled
+
+
+@pytest.mark.parametrize(
+    ("gate", "muted"),
+    [
+        ("confirm-rollout", True),
+        ("confirm-rollout", False),
+        ("confirm-traffic-increase", True),
+        ("confirm-promotion", True),
+        ("confirm-promotion", False),
+    ],
+    ids=lambda v: str(v),
+)
+def test_waiting_event_of_a_muted_gate_says_so(gate: str, muted: bool) -> None:
+    """The waiting event carries muteAlert exactly when the gate's closing webhook is muted."""
+    spec = canary(maxWeight=20, webhooks=[{"name": "g", "type": gate, "url": "http://h/"}])
+    state = started(spec)
+    if gate != "confirm-rollout":
+        state = core.decide(spec, state, Observation(), 1.0).state  # weight 10
+    if gate == "confirm-promotion":
+        state = core.decide(spec, state, ok(), 2.0).state  # weight 20 = maxWeight
+    d = core.decide(spec, state, replace(ok(), gate_open=False, gate_muted=muted), 3.0)
+    waiting = [e.event for e in d.effects if isinstance(e, Emit) and "waiting" in e.event.name]
+    assert len(waiting) == 1
+    assert waiting[0].fields.get("muteAlert", False) is muted
 
 
 def test_traffic_increase_gate_holds_the_weight() -> None:
@@ -363,7 +430,9 @@ def test_confirm_rollout_gate_times_out_from_the_start_and_is_announced_once() -
         ]
     )
     d = core.decide(spec, started(spec), Observation(gate_open=False), 5.0)
-    assert names(d) == [] and d.state.gate_since == 0.0
+    assert names(d) == ["rollout.waiting"] and d.state.gate_since == 0.0
+    d = core.decide(spec, d.state, Observation(gate_open=False), 7.0)
+    assert names(d) == [] and d.state.phase is Phase.WAITING
     d = core.decide(spec, d.state, Observation(gate_open=False), 10.0)
     assert d.state.phase is Phase.FAILED
 
@@ -404,17 +473,21 @@ def test_manual_approval_opens_a_gate_once() -> None:
 
 
 def test_blue_green_runs_iterations_then_switches_and_promotes() -> None:
-    """iterations without match: canary keeps 0% user traffic, then all traffic switches."""
+    """Blue/green: no analysis on the first tick, iterations at 0%, a judged tick at 100%, then
+    promotion (Flagger's runBlueGreen)."""
     spec = canary(stepWeight=None, maxWeight=None, iterations=3)
     state = started(spec)
-    assert core.needs(spec, state).checks
-    ds = run(spec, state, ok(), 6)
-    assert [d.state.iteration for d in ds[:3]] == [1, 2, 3]
-    assert all(d.state.canary_weight == 0 for d in ds[:2])
-    assert ds[2].state.phase is Phase.PROMOTING
-    assert routes(ds[2]) == [Route("route", 0, 100), Route("promote", 0, 100)]
-    assert routes(ds[3]) == [Route("route", 100, 0)]
-    assert ds[4].state.phase is Phase.SUCCEEDED
+    assert not core.needs(spec, state).checks
+    ds = run(spec, state, ok(), 8)
+    assert [d.state.iteration for d in ds[:5]] == [1, 2, 3, 4, 4]
+    assert [d.state.canary_weight for d in ds[:5]] == [0, 0, 0, 100, 100]
+    assert routes(ds[3]) == [Route("route", 0, 100)]
+    assert ds[3].state.phase is Phase.PROGRESSING
+    assert core.needs(spec, ds[3].state).checks, "judged under full traffic before promotion"
+    assert ds[4].state.phase is Phase.PROMOTING
+    assert routes(ds[4]) == [Route("promote", 0, 100)]
+    assert routes(ds[5]) == [Route("route", 100, 0)]
+    assert ds[6].state.phase is Phase.SUCCEEDED
 
 
 def test_ab_routes_matched_users_to_the_canary() -> None:
@@ -500,11 +573,12 @@ def test_failed_rollback_route_stays_pending() -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def test_start_rollout_refuses_while_one_is_active() -> None:
-    """A second rollout while one is under way is a conflict, not a silent restart."""
+def test_start_rollout_refuses_while_promoting() -> None:
+    """A new revision while the primary is being promoted is refused until promotion ends."""
     spec = canary()
-    with pytest.raises(CommandError, match="abort it first"):
-        core.start_rollout(spec, started(spec), "v3", {}, "r2", 1.0)
+    promoting = replace(started(spec), phase=Phase.PROMOTING, canary_weight=50, primary_weight=50)
+    with pytest.raises(CommandError, match=r"promoting revision v2 .* once the promotion"):
+        core.start_rollout(spec, promoting, "v3", {}, "r2", 1.0)
 
 
 def test_new_rollout_after_a_finished_one_starts_clean() -> None:
@@ -659,12 +733,24 @@ def test_compare_query_canaryd_could_not_make_holds() -> None:
         ({"stepWeight": 10, "maxWeight": 50}, [10, 20, 30, 40, 50]),
         ({"stepWeight": 30, "maxWeight": 50}, [30, 50]),
         ({"stepWeight": 40}, [40, 80, 100]),
-        ({"stepWeights": [5, 25, 60], "maxWeight": 30}, [5, 25]),
+        ({"stepWeights": [5, 25, 60], "maxWeight": 30}, [5, 25, 60]),
+        ({"stepWeights": [1, 2, 10, 80], "maxWeight": 50}, [1, 2, 10, 80]),
+        ({"stepWeight": 10, "stepWeights": [5, 25, 60]}, [10, 20, 30, 40, 50, 60]),
+        ({"stepWeight": 25, "stepWeights": [5, 60], "maxWeight": 90}, [25, 50, 60]),
     ],
-    ids=["dividing-step", "step-stops-at-maxWeight", "default-max-100", "stepWeights-capped"],
+    ids=[
+        "dividing-step",
+        "step-stops-at-maxWeight",
+        "default-max-100",
+        "stepWeights-win-over-maxWeight",
+        "stepWeights-win-over-a-lower-maxWeight",
+        "stepWeight-steps-up-to-the-last-stepWeights",
+        "stepWeight-capped-at-the-last-stepWeights",
+    ],
 )
 def test_weights_end_exactly_at_max_weight(keys: dict[str, Any], weights: list[int]) -> None:
-    """The walk never exceeds maxWeight and always reaches it with stepWeight."""
+    """stepWeights win over maxWeight; stepWeight steps stop exactly at the maximum (Flagger's
+    precedence, without its overshoot)."""
     assert canary(**{"stepWeight": None, "maxWeight": None, **keys}).analysis.weights == weights
 
 
@@ -693,3 +779,194 @@ def test_evolve_is_dataclasses_replace() -> None:
     assert core.evolve(base) == base and core.evolve(base) is not base
     with pytest.raises(TypeError, match="no field wieght"):
         core.evolve(base, wieght=3)
+
+
+# --------------------------------------------------------------------------- issue 12: verdicts
+
+
+def promoting(spec: CanaryConfig) -> CanaryState:
+    """A rollout whose promotion was accepted: the primary already runs the new revision."""
+    return replace(started(spec), phase=Phase.PROMOTING, canary_weight=50, primary_weight=50)
+
+
+@pytest.mark.parametrize("phase", [Phase.PROMOTING, Phase.FINALISING], ids=["promoting", "final"])
+def test_router_errors_after_promotion_retry_and_never_roll_back(phase: Phase) -> None:
+    """Once promotion began, router errors are reported and retried: no failed check, no
+    rollback, however many there are."""
+    spec = canary(threshold=2)
+    state = replace(promoting(spec), phase=phase)
+    for t in range(5):
+        d = core.router_failed(spec, state, "router lb: HTTP 500", float(t))
+        assert d.state == state and routes(d) == []
+        assert names(d) == ["router.failed"]
+        state = d.state
+    assert state.failed_checks == 0 and state.phase is phase
+
+
+def test_rollback_webhook_is_not_consulted_once_promotion_began() -> None:
+    """A rollback webhook answering 2xx during Promoting does not roll the promoted primary back."""
+    spec = canary(webhooks=[{"name": "stop", "type": "rollback", "url": "http://h/"}])
+    assert not core.needs(spec, promoting(spec)).rollback_hooks
+    d = core.decide(spec, promoting(spec), Observation(rollback=(HookResult("stop", True),)), 1.0)
+    assert d.state.phase is Phase.FINALISING and "rollout.rolled_back" not in names(d)
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["promoting", "paused-while-promoting"])
+def test_abort_is_refused_once_promotion_began(paused: bool) -> None:
+    """abort during Promoting (paused there or not) is refused: there is no old revision left to
+    roll back to."""
+    spec = canary()
+    state = promoting(spec)
+    if paused:
+        state = core.pause(spec, state, 0.5).state
+    with pytest.raises(CommandError, match="primary already runs revision v2"):
+        core.abort(spec, state, 1.0)
+
+
+def test_start_is_refused_while_a_rollback_is_pending() -> None:
+    """A Failed rollout whose rollback the router has not applied yet blocks a new start."""
+    spec = canary()
+    failed = core.abort(spec, core.decide(spec, started(spec), Observation(), 1.0).state, 2.0)
+    pending = core.router_failed(spec, failed.state, "down", 2.0).state
+    assert pending.route_pending
+    with pytest.raises(CommandError, match="rollback of revision v2 is not applied yet"):
+        core.start_rollout(spec, pending, "v3", {}, "r2", 3.0)
+
+
+def test_a_reload_lowering_threshold_under_failed_checks_rolls_back_next_tick() -> None:
+    """failedChecks 3 with threshold lowered from 5 to 2 rolls back on the next tick, even a
+    passing one."""
+    spec = canary(threshold=5, maxWeight=100)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    for t in range(3):
+        state = core.decide(spec, state, bad(), 2.0 + t).state
+    assert state.failed_checks == 3 and state.phase is Phase.PROGRESSING
+    d = core.decide(canary(threshold=2, maxWeight=100), state, ok(), 9.0)
+    assert d.state.phase is Phase.FAILED and routes(d) == [Route("rollback", 100, 0)]
+    assert d.state.reason == "failedChecks 3 reached threshold 2"
+
+
+@pytest.mark.parametrize("obs", [bad(), Observation()], ids=["failing", "held-no-data-hold"])
+def test_gate_timeout_is_checked_on_ticks_that_do_not_pass(obs: Observation) -> None:
+    """A gate closed past its gateTimeout fails the rollout on a failing or held tick too."""
+    spec = canary(
+        threshold=10,
+        webhooks=[
+            {
+                "name": "g",
+                "type": "confirm-traffic-increase",
+                "url": "http://h/",
+                "gateTimeout": "10s",
+            }
+        ],
+    )
+    state = core.decide(spec, started(spec), Observation(), 0.0).state
+    state = core.decide(spec, state, replace(ok(), gate_open=False), 1.0).state
+    assert state.gate == "confirm-traffic-increase"
+    if not obs.metrics:
+        obs = Observation(metrics=(MetricValue("sr", None, 99, None, on_no_data=OnNoData.HOLD),))
+    d = core.decide(spec, state, replace(obs, gate_open=False), 12.0)
+    assert d.state.phase is Phase.FAILED
+    assert "gate.timed_out" in names(d)
+
+
+# --------------------------------------------------------------------------- issue 12: commands
+
+
+def test_approving_a_gate_the_canary_does_not_have_is_refused() -> None:
+    """approve --gate rollout on a canary without a confirm-rollout webhook is a conflict."""
+    spec = canary(webhooks=[{"name": "p", "type": "confirm-promotion"}])
+    with pytest.raises(CommandError, match=r"has no rollout gate.*its gates: promotion"):
+        core.approve(spec, started(spec), "rollout", 1.0)
+    assert core.approve(spec, started(spec), "promotion", 1.0).state.approvals == {"promotion"}
+
+
+def test_promote_refuses_to_skip_a_closed_promotion_gate_without_force() -> None:
+    """promote past a confirm-promotion gate needs approval or force; force is said in the
+    event."""
+    spec = canary(webhooks=[{"name": "p", "type": "confirm-promotion"}])
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    with pytest.raises(CommandError, match=r"would skip its gate.*promotion.*--force"):
+        core.promote(spec, state, 2.0)
+    d = core.promote(spec, state, 2.0, force=True)
+    event = next(e.event for e in d.effects if isinstance(e, Emit))
+    assert (event.name, event.fields["forced"], event.fields["skippedGates"]) == (
+        "rollout.promoting",
+        True,
+        ["promotion"],
+    )
+    approved = core.approve(spec, state, "promotion", 2.0).state
+    assert core.promote(spec, approved, 3.0).state.phase is Phase.PROMOTING
+
+
+def test_succeeded_rollout_keeps_no_approval() -> None:
+    """An approval the rollout never used ends with it (Succeeded keeps none)."""
+    spec = canary(maxWeight=10, webhooks=[{"name": "r", "type": "confirm-rollout"}])
+    state = replace(started(spec), gate=None, gate_since=None, approvals=frozenset({"rollout"}))
+    ds = run(spec, state, ok(), 4)
+    assert ds[-1].state.phase is Phase.SUCCEEDED and ds[-1].state.approvals == frozenset()
+
+
+# --------------------------------------------------------------------------- issue 13: Flagger
+
+
+def test_a_new_revision_mid_rollout_restarts_the_analysis() -> None:
+    """A new revision sends traffic back to the primary, resets the counters and says which
+    revision replaced which."""
+    spec = canary(threshold=5)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    state = core.decide(spec, state, ok(), 2.0).state
+    state = core.decide(spec, state, bad(), 3.0).state
+    assert (state.canary_weight, state.failed_checks) == (20, 1)
+    d = core.start_rollout(spec, state, "v3", {"by": "ci"}, "r2", 4.0)
+    assert routes(d) == [Route("route", 100, 0)]
+    assert (d.state.revision, d.state.rollout_id, d.state.phase) == ("v3", "r2", Phase.PROGRESSING)
+    assert (d.state.canary_weight, d.state.failed_checks, d.state.ticks) == (0, 0, 0)
+    assert names(d) == ["rollout.restarted", "rollout.started"]
+    restarted = next(e.event for e in d.effects if isinstance(e, Emit))
+    assert (restarted.revision, restarted.fields["previousRevision"]) == ("v3", "v2")
+
+
+def test_the_same_revision_again_is_a_no_op() -> None:
+    """Starting the revision already under way changes nothing and has no effects."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.start_rollout(spec, state, "v2", {}, "r2", 2.0)
+    assert d.state == state and d.effects == ()
+
+
+def test_the_last_step_asks_traffic_increase_then_promotion() -> None:
+    """At maxWeight a closed confirm-traffic-increase gate holds before confirm-promotion is
+    asked (Flagger asks both, in that order)."""
+    spec = canary(
+        maxWeight=20,
+        webhooks=[
+            {"name": "t", "type": "confirm-traffic-increase", "url": "http://h/"},
+            {"name": "p", "type": "confirm-promotion", "url": "http://h/"},
+        ],
+    )
+    state = run(spec, started(spec), ok(), 2)[-1].state
+    assert state.canary_weight == 20
+    need = core.needs(spec, state)
+    assert need.gates == (WebhookType.CONFIRM_TRAFFIC_INCREASE, WebhookType.CONFIRM_PROMOTION)
+    closed = WebhookType.CONFIRM_TRAFFIC_INCREASE
+    d = core.decide(spec, state, replace(ok(), gate_open=False, closed_gate=closed), 3.0)
+    assert (d.state.phase, d.state.gate) == (Phase.PROGRESSING, "confirm-traffic-increase")
+    closed = WebhookType.CONFIRM_PROMOTION
+    d = core.decide(spec, d.state, replace(ok(), gate_open=False, closed_gate=closed), 4.0)
+    assert (d.state.phase, d.state.gate) == (Phase.WAITING_PROMOTION, "confirm-promotion")
+    assert core.needs(spec, d.state).gates == (WebhookType.CONFIRM_PROMOTION,)
+
+
+def test_a_restart_asks_the_confirm_rollout_gate_again() -> None:
+    """The new revision of a restart waits for confirm-rollout like any new rollout."""
+    spec = canary(webhooks=[{"name": "go", "type": "confirm-rollout", "url": "http://h/"}])
+    state = core.decide(spec, started(spec), Observation(gate_open=True), 1.0).state
+    state = core.decide(spec, state, Observation(), 2.0).state
+    assert (state.phase, state.canary_weight) == (Phase.PROGRESSING, 10)
+    d = core.start_rollout(spec, state, "v3", {}, "r2", 3.0)
+    assert (d.state.phase, d.state.gate) == (Phase.PROGRESSING, "confirm-rollout")
+    assert core.needs(spec, d.state).gates == (WebhookType.CONFIRM_ROLLOUT,)
+    assert routes(d) == [Route("route", 100, 0)]
+    waiting = core.decide(spec, d.state, Observation(gate_open=False), 4.0).state
+    assert (waiting.phase, waiting.canary_weight) == (Phase.WAITING, 0)

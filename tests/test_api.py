@@ -201,6 +201,20 @@ async def test_token_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
         (
             "POST",
             "/api/v1/canaries/prod/web/rollouts",
+            {"data": b"[" * 30_000, "headers": {"Content-Type": "application/json"}},
+            400,
+            "body is not valid JSON: nested too deeply",
+        ),
+        (
+            "POST",
+            "/api/v1/canaries/prod/web/rollouts",
+            {"data": b'{"revision": "v2", "metadata": ' + b'{"a":' * 6_000 + b"1" + b"}" * 6_001},
+            400,
+            "body is not valid JSON: nested too deeply",
+        ),
+        (
+            "POST",
+            "/api/v1/canaries/prod/web/rollouts",
             {"json": {"revision": "v2", "extra": 1}},
             400,
             "unknown keys: extra",
@@ -236,6 +250,8 @@ async def test_token_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
         "wrong-method",
         "invalid-json",
         "not-an-object",
+        "nested-30000-deep",
+        "nested-metadata",
         "unknown-key",
         "revision-with-newline",
         "metadata-not-strings",
@@ -262,7 +278,8 @@ async def test_errors_are_json(
 
 
 async def test_rollout_and_commands_change_the_state(api: Api) -> None:
-    """A rollout starts with 201; pause, resume and abort answer the new state."""
+    """A rollout starts with 201, the same revision again answers 200, a new one restarts with
+    201; pause, resume and abort answer the new state."""
     base = "/api/v1/canaries/prod/web"
     status, body, _ = await api.call(
         "POST", base + "/rollouts", json={"revision": "v2", "metadata": {"by": "ci"}}
@@ -273,9 +290,10 @@ async def test_rollout_and_commands_change_the_state(api: Api) -> None:
         "v2",
         {"by": "ci"},
     )
+    status, body, _ = await api.call("POST", base + "/rollouts", json={"revision": "v2"})
+    assert (status, body["revision"]) == (200, "v2"), "the same revision again is a no-op"
     status, body, _ = await api.call("POST", base + "/rollouts", json={"revision": "v3"})
-    assert status == 409
-    assert body["error"].startswith("prod/web is Progressing with revision v2")
+    assert (status, body["revision"], body["canaryWeight"]) == (201, "v3", 0), "restarted"
     for action, phase in (("pause", "Paused"), ("resume", "Progressing"), ("abort", "Failed")):
         status, body, _ = await api.call("POST", f"{base}/{action}")
         assert (status, body["phase"]) == (200, phase), action
@@ -301,3 +319,58 @@ async def test_readyz_is_503_when_not_ready(api: Api) -> None:
     api.daemon.ready = False
     status, body, _ = await api.call("GET", "/readyz", auth=False)
     assert (status, body) == (503, {"error": "not ready"})
+
+
+async def test_promote_needs_force_to_skip_a_closed_gate(api: Api) -> None:
+    """promote past the closed confirm-promotion gate is 409 unless forced; the forced answer
+    and event say which gate was skipped."""
+    base = "/api/v1/canaries/prod/web"
+    await api.call("POST", base + "/rollouts", json={"revision": "v2"})
+    status, body, _ = await api.call("POST", base + "/promote")
+    assert status == 409 and "--force" in body["error"]
+    status, body, _ = await api.call("POST", base + "/promote", json={"force": "yes"})
+    assert (status, body["error"]) == (400, "force must be true or false")
+    status, body, _ = await api.call("POST", base + "/promote", json={"force": True})
+    assert (status, body["phase"], body["forced"], body["skippedGates"]) == (
+        200,
+        "Promoting",
+        True,
+        ["promotion"],
+    )
+    _, detail, _ = await api.call("GET", base)
+    promoting = next(e for e in detail["events"] if e["event"] == "rollout.promoting")
+    assert promoting["forced"] is True and promoting["skippedGates"] == ["promotion"]
+
+
+async def test_approving_a_gate_the_canary_lacks_is_refused(api: Api) -> None:
+    """approve --gate rollout on a canary with only a promotion gate answers 409 and records
+    nothing."""
+    base = "/api/v1/canaries/prod/web"
+    await api.call("POST", base + "/rollouts", json={"revision": "v2"})
+    status, body, _ = await api.call("POST", base + "/gates/rollout/approve")
+    assert status == 409 and body["error"].startswith("prod/web has no rollout gate")
+    _, detail, _ = await api.call("GET", base)
+    assert detail["approvals"] == []
+
+
+async def test_a_command_whose_route_fails_answers_the_router_error(tmp_path: Path) -> None:
+    """promote while the router answers 500 is a 502 carrying the router's message, and adds
+    no failed check."""
+    async with backends() as (prom, router):
+        cfg = service_config(tmp_path, prom, router, [canary(interval="1h")])
+        async with running_daemon(cfg) as daemon, aiohttp.ClientSession() as session:
+            api = Api(daemon, api_url(cfg), session)
+            base = "/api/v1/canaries/prod/web"
+            await api.call("POST", base + "/rollouts", json={"revision": "v2"})
+
+            async def advanced() -> Any:
+                _, detail, _ = await api.call("GET", base)
+                return detail["canaryWeight"] == 10  # the tick the start woke is done
+
+            await eventually(advanced, what="the first step")
+            router.statuses = [500]
+            status, body, _ = await api.call("POST", base + "/promote")
+            assert status == 502 and "500" in body["error"]
+            assert body["error"].startswith("router refused the command: ")
+            _, detail, _ = await api.call("GET", base)
+            assert (detail["phase"], detail["failedChecks"]) == ("Progressing", 0)

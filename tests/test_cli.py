@@ -108,17 +108,29 @@ async def test_status_json(cli: Cli) -> None:
         (("pause", "prod/web"), "prod/web: Paused (revision v2)\n"),
         (("promote", "prod/web"), "prod/web: Promoting (revision v2)\n"),
         (("abort", "prod/web"), "prod/web: Failed (revision v2)\n"),
-        (
-            ("approve", "prod/web", "--gate", "promotion"),
-            "prod/web: Progressing (revision v2)\n",
-        ),
     ],
-    ids=["pause", "promote", "abort", "approve"],
+    ids=["pause", "promote", "abort"],
 )
 async def test_commands_print_the_new_phase(cli: Cli, argv: tuple[str, ...], expected: str) -> None:
     """Each operator command prints the canary's phase after it and exits 0."""
     await _rollout_at_10(cli)
     assert await cli(*argv) == (0, expected, "")
+
+
+async def test_gates_are_approved_or_forced_explicitly(cli: Cli) -> None:
+    """approve refuses a gate the canary lacks; promote past a closed gate needs --force and
+    says which gate it skipped."""
+    await _rollout_at_10(cli)
+    code, _, err = await cli("approve", "prod/web", "--gate", "promotion")
+    assert code == 2 and "prod/web has no promotion gate" in err
+    assert (await cli("rollout", "prod/api", "--revision", "v2"))[0] == 0
+    code, _, err = await cli("promote", "prod/api")
+    assert code == 2 and "--force" in err
+    assert await cli("promote", "prod/api", "--force") == (
+        0,
+        "prod/api: Promoting (revision v2)\nprod/api: forced past gate(s) promotion\n",
+        "",
+    )
 
 
 async def test_pause_then_resume(cli: Cli) -> None:

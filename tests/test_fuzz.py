@@ -66,7 +66,7 @@ FUZZ = settings(
 
 BASE: dict[str, Any] = {
     "listen": "127.0.0.1:9879",
-    "state": "sqlite:///tmp/canaryd-fuzz/state.db",
+    "state": "sqlite:///tmp/state.db",
     "api": {"anonymous_read": False, "max_body_bytes": 65536},
     "log": {"format": "json", "level": "info"},
     "outbox": {"maxAge": "1h", "initialBackoff": "1s", "maxBackoff": "1m", "pollInterval": "0.5s"},

@@ -7,16 +7,20 @@ hand computation (shown in comments), published examples, and scipy as an oracle
 
 from __future__ import annotations
 
+import json
 import math
 
+import kayenta_reference as kayenta
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given, reject, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import stats
 
 from canaryd.judge import (
+    BRENT_TOLERANCE,
+    LARGEST_VALUE,
     Direction,
     EffectSize,
     MetricConfig,
@@ -24,11 +28,12 @@ from canaryd.judge import (
     NanStrategy,
     Outliers,
     OutlierStrategy,
+    TiedObservationsError,
     classify_metric,
     clean_series,
     cles,
-    hodges_lehmann,
     judge,
+    mean,
     mean_ratio,
     outlier_fences,
     shift_interval,
@@ -88,6 +93,26 @@ def brute_force_interval(x: Array, y: Array, confidence: float) -> tuple[float, 
     return float(diffs[accepted[0]]), float(diffs[accepted[-1] + 1])
 
 
+def close_to(found: float, exact: float) -> bool:
+    """Whether a root found by the Brent solver is within its tolerance of the exact one."""
+    eps = float(np.finfo(np.float64).eps)
+    return abs(found - exact) <= BRENT_TOLERANCE + 8 * eps * max(abs(found), abs(exact))
+
+
+def estimate_window(x: Array, y: Array) -> tuple[float, float]:
+    """Where the rank statistic is 0: around the middle pairwise difference(s) x_i - y_j.
+
+    The continuity-corrected score is 0 while at most half a pair separates the counts of
+    differences above and below the shift: between the two middle differences (an even
+    number of pairs), or between the neighbours of the middle one (odd).
+    """
+    diffs = np.sort(np.subtract.outer(x, y).ravel())
+    half = diffs.size // 2
+    if diffs.size % 2 == 0:
+        return float(diffs[half - 1]), float(diffs[half])
+    return float(diffs[max(half - 1, 0)]), float(diffs[min(half + 1, diffs.size - 1)])
+
+
 def _arrays(name: str) -> tuple[Array, Array]:
     experiment, control = DATASETS[name]
     return np.asarray(experiment, dtype=np.float64), np.asarray(control, dtype=np.float64)
@@ -116,18 +141,21 @@ def test_interval_clamps_to_extreme_differences_when_samples_are_tiny() -> None:
 @pytest.mark.parametrize("name", list(DATASETS), ids=list(DATASETS))
 @pytest.mark.parametrize("confidence", [0.8, 0.95, 0.98], ids=["80%", "95%", "98%"])
 def test_interval_matches_scipy_inversion(name: str, confidence: float) -> None:
-    """The interval ends are where scipy's Mann-Whitney test stops rejecting the shift."""
+    """The interval ends are within 1e-4 of where scipy's test stops rejecting the shift."""
     x, y = _arrays(name)
     result = shift_interval(x, y, confidence)
-    assert (result.low, result.high) == brute_force_interval(x, y, confidence)
+    exact_low, exact_high = brute_force_interval(x, y, confidence)
+    assert close_to(result.low, exact_low)
+    assert close_to(result.high, exact_high)
 
 
 @pytest.mark.parametrize("name", list(DATASETS), ids=list(DATASETS))
-def test_estimate_is_median_of_pairwise_differences(name: str) -> None:
-    """The Hodges-Lehmann estimate equals numpy's median of all pairwise differences."""
+def test_estimate_is_at_the_median_of_pairwise_differences(name: str) -> None:
+    """The estimate is where the statistic is 0: next to the middle pairwise differences."""
     x, y = _arrays(name)
-    expected = float(np.median(np.subtract.outer(x, y)))
-    assert hodges_lehmann(x, y) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    low, high = estimate_window(x, y)
+    estimate = shift_interval(x, y, 0.95).estimate
+    assert low - BRENT_TOLERANCE <= estimate <= high + BRENT_TOLERANCE
 
 
 @pytest.mark.parametrize("name", list(DATASETS), ids=list(DATASETS))
@@ -141,9 +169,16 @@ def test_statistic_matches_scipy_pvalue(name: str, shift: float) -> None:
 
 
 def test_constant_samples_have_an_exact_shift() -> None:
-    """Two constant samples (every rank tied) give the difference itself, not an error."""
-    result = shift_interval([5.0, 5.0, 5.0], [2.0, 2.0], 0.98)
-    assert (result.low, result.high, result.estimate) == (3.0, 3.0, 3.0)
+    """Two constant samples give the difference itself (where Kayenta adds noise)."""
+    result = classify_metric(MetricConfig("m"), [2.0, 2.0], [5.0, 5.0, 5.0])
+    assert (result.interval, result.estimate) == ((3.0, 3.0), 3.0)
+    assert result.classification is Classification.HIGH
+
+
+def test_every_value_tied_is_an_error_for_the_interval() -> None:
+    """With one value a side every rank ties and the interval raises (Kayenta: Error)."""
+    with pytest.raises(TiedObservationsError):
+        shift_interval([5.0], [2.0], 0.98)
 
 
 @pytest.mark.parametrize(
@@ -181,11 +216,11 @@ def test_cles_matches_scipy_u(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("control", "experiment", "expected"),
-    [([2.0, 4.0], [6.0, 6.0], 2.0), ([0.0, 0.0], [1.0], None), ([1.0], [0.0, 0.0], 0.0)],
-    ids=["ratio", "zero-primary-undefined", "zero-canary"],
+    [([2.0, 4.0], [6.0, 6.0], 2.0), ([0.0, 0.0], [1.0], None), ([1.0], [0.0, 0.0], None)],
+    ids=["ratio", "zero-primary-undefined", "zero-canary-undefined"],
 )
 def test_mean_ratio(control: list[float], experiment: list[float], expected: float | None) -> None:
-    """The mean ratio is canary mean / primary mean, undefined when the primary's mean is 0."""
+    """The mean ratio is canary mean / primary mean, undefined when either mean is 0."""
     assert mean_ratio(np.asarray(control), np.asarray(experiment)) == expected
 
 
@@ -214,6 +249,47 @@ def test_outlier_fences_use_r7_percentiles() -> None:
     low, high = outlier_fences(values, 3.0)
     assert low == pytest.approx(-12.75)
     assert high == pytest.approx(38.9)
+
+
+def _commons_fences(values: list[float], factor: float) -> tuple[float, float]:
+    """Kayenta's fences from the reference model's R-7 percentiles."""
+    q1, q3 = kayenta.r7_percentile(values, 25), kayenta.r7_percentile(values, 75)
+    low = min(kayenta.r7_percentile(values, 1), q1 - factor * (q3 - q1))
+    return low, max(kayenta.r7_percentile(values, 99), q3 + factor * (q3 - q1))
+
+
+def test_outlier_fences_match_kayenta_to_the_last_bit() -> None:
+    """The fences are Kayenta's to the bit, where numpy's linear percentile differs by ulps."""
+    rng = np.random.default_rng(77)
+    numpy_differs = 0
+    for _ in range(300):
+        values = list(rng.uniform(0.0, 1.0, int(rng.integers(2, 40))))
+        expected = _commons_fences(values, 3.0)
+        assert outlier_fences(np.asarray(values), 3.0) == expected
+        numpy_p1 = float(np.percentile(values, 1.0, method="linear"))
+        numpy_differs += numpy_p1 != kayenta.r7_percentile(values, 1)
+    assert numpy_differs > 0  # so this test tells the two apart
+
+
+def test_mean_is_kayentas_two_pass_mean() -> None:
+    """The mean sums in order and corrects by the residuals, as Kayenta; numpy's differs."""
+    # Cancelling 1e16s: Kayenta's arithmetic gives -0.01953125, numpy's pairwise sum +0.25,
+    # so the ratio to a primary mean of 1 would change sign.
+    values = [-1e16, -1.0, 0.5, 1e16, 1e16, -1e16, 3.0, 0.5, -1.0, -1.0, 1e16, 1.0, -1.0, -1.0]
+    values += [-1e16, 1.0]
+    array = np.asarray(values)
+    assert mean(array) == kayenta.commons_mean(values) == -0.01953125
+    assert float(np.mean(array)) > 0
+    ratio = mean_ratio(np.asarray([1.0]), array)
+    assert ratio is not None and ratio < 0
+
+
+def test_negative_zero_is_zero() -> None:
+    """-0.0 is the value 0 (Kayenta's ranking would order it below 0.0; docs/judge.md)."""
+    cleaned = clean_series([-0.0, 0.0], NanStrategy.REMOVE, Outliers())
+    assert [math.copysign(1.0, v) for v in cleaned] == [1.0, 1.0]
+    result = classify_metric(BASE, [0.0, 0.0, 0.0], [-0.0, 0.0, -0.0])
+    assert result.reason == "canary and primary data are identical"
 
 
 def test_outliers_removed_only_when_asked() -> None:
@@ -362,7 +438,7 @@ CASES: list[tuple[str, MetricConfig, list[float], list[float], Classification, b
         [2.0, 3.0, 1.0, 4.0, 2.0, 5.0],
         Classification.HIGH,
         False,
-        "mean ratio 1 reaches",
+        "mean ratio is undefined (a mean is 0), so no effect-size threshold applies",
     ),
     (
         "canary-drops-to-zero",
@@ -371,7 +447,7 @@ CASES: list[tuple[str, MetricConfig, list[float], list[float], Classification, b
         [0.0] * 6,
         Classification.LOW,
         False,
-        "mean ratio 0 reaches",
+        "mean ratio is undefined (a mean is 0), so no effect-size threshold applies",
     ),
     (
         "cles-high",
@@ -497,12 +573,13 @@ series = st.lists(st.one_of(values, st.just(math.nan)), max_size=40)
 def test_random_series_never_raise_and_interval_holds_estimate(
     control: list[float], experiment: list[float], confidence: float
 ) -> None:
-    """Any series is classified without error, with lo <= estimate <= hi when compared."""
+    """Any series is classified without an exception, lo <= estimate <= hi (to 1e-4)."""
     result = classify_metric(MetricConfig("m", confidence=confidence), control, experiment)
     assert result.reason
     if result.interval is not None:
         assert result.estimate is not None
-        assert result.interval[0] <= result.estimate <= result.interval[1]
+        slack = 2 * BRENT_TOLERANCE + 1e-9 * abs(result.estimate)
+        assert result.interval[0] - slack <= result.estimate <= result.interval[1] + slack
 
 
 @settings(max_examples=100, deadline=None)
@@ -510,10 +587,34 @@ def test_random_series_never_raise_and_interval_holds_estimate(
     x=st.lists(values, min_size=1, max_size=30),
     y=st.lists(values, min_size=1, max_size=30),
 )
-def test_estimate_equals_numpy_median_for_random_samples(x: list[float], y: list[float]) -> None:
-    """The root-finding Hodges-Lehmann estimate equals the brute-force median for any samples."""
-    expected = float(np.median(np.subtract.outer(np.asarray(x), np.asarray(y))))
-    assert hodges_lehmann(np.asarray(x), np.asarray(y)) == pytest.approx(expected, abs=1e-9)
+def test_estimate_is_at_the_median_for_random_samples(x: list[float], y: list[float]) -> None:
+    """For any samples the estimate is within 1e-4 of the middle pairwise differences."""
+    xs, ys = np.asarray(x), np.asarray(y)
+    assume(np.unique(np.concatenate((xs, ys))).size > 1 and xs.size + ys.size > 2)
+    low, high = estimate_window(xs, ys)
+    try:
+        estimate = shift_interval(xs, ys, 0.95).estimate
+    except TiedObservationsError:  # constant samples: classify_metric handles those
+        reject()
+    slack = BRENT_TOLERANCE + 1e-15 * max(abs(low), abs(high))
+    assert low - slack <= estimate <= high + slack
+
+
+any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=150, deadline=None)
+@given(control=st.lists(any_float, max_size=12), experiment=st.lists(any_float, max_size=12))
+def test_any_finite_or_huge_values_give_a_json_verdict(
+    control: list[float], experiment: list[float]
+) -> None:
+    """Values up to the float limits give a verdict that is valid JSON (no NaN, no overflow)."""
+    judgement = judge([MetricPair(MetricConfig("m"), control, experiment)])
+    json.dumps(judgement.to_json(), allow_nan=False)
+    (result,) = judgement.results
+    too_large = [v for v in control + experiment if math.isfinite(v) and abs(v) > LARGEST_VALUE]
+    if too_large and result.classification is not Classification.NODATA:
+        assert result.classification in (Classification.ERROR, Classification.PASS)
 
 
 small_ints = st.lists(st.integers(0, 8).map(float), min_size=3, max_size=12)
@@ -524,7 +625,7 @@ small_ints = st.lists(st.integers(0, 8).map(float), min_size=3, max_size=12)
 def test_interval_matches_scipy_inversion_for_random_tied_samples(
     x: list[float], y: list[float], confidence: float
 ) -> None:
-    """On random heavily tied samples the interval still matches scipy's inverted test."""
+    """On random heavily tied samples the interval is within 1e-4 of scipy's inverted test."""
     xs, ys = np.asarray(x), np.asarray(y)
     diffs = np.unique(np.subtract.outer(xs, ys))
     assume(diffs.size > 1)
@@ -535,4 +636,6 @@ def test_interval_matches_scipy_inversion_for_random_tied_samples(
     ]
     assume(max(pvalues) > 1.0 - confidence)  # some shift is not rejected
     result = shift_interval(xs, ys, confidence)
-    assert (result.low, result.high) == brute_force_interval(xs, ys, confidence)
+    exact_low, exact_high = brute_force_interval(xs, ys, confidence)
+    assert close_to(result.low, exact_low)
+    assert close_to(result.high, exact_high)

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from canaryd.config import JudgeSpec
 from canaryd.judgecli import judge_main
 
 REFERENCE_METRIC = {
@@ -183,6 +185,10 @@ def test_all_settings_are_accepted(tmp_path: Path) -> None:
             "in.json: groupWeights add up to 110, more than 100",
         ),
         (
+            {"metrics": [REFERENCE_METRIC], "groupWeights": {"absent": 70, "other": 40}},
+            "in.json: groupWeights add up to 110, more than 100",
+        ),
+        (
             {"metrics": [REFERENCE_METRIC], "thresholds": {"pass": 50, "marginal": 60}},
             "in.json: thresholds: marginal (60) must not be above pass (50)",
         ),
@@ -206,6 +212,7 @@ def test_all_settings_are_accepted(tmp_path: Path) -> None:
         "duplicate-names",
         "weights-not-100",
         "weights-over-100",
+        "weights-of-absent-groups-over-100",
         "thresholds-order",
         "threshold-over-100",
     ],
@@ -241,3 +248,12 @@ def test_infinite_values_count_as_missing(tmp_path: Path) -> None:
     assert code == 0
     assert json.loads(out)["results"][0]["reason"] == "canary and primary data are identical"
     assert not math.isnan(json.loads(out)["score"])
+
+
+def test_daemon_judge_settings_refuse_weights_over_100() -> None:
+    """The daemon's ``analysis.judge.groupWeights`` count every weight against 100, as Kayenta."""
+    with pytest.raises(ValidationError, match="groupWeights add up to 110, more than 100"):
+        JudgeSpec.model_validate({"groupWeights": {"latency": 70, "unused": 40}})
+    assert JudgeSpec.model_validate({"groupWeights": {"latency": 70}}).groupWeights == {
+        "latency": 70
+    }

@@ -78,14 +78,22 @@ def test_example_config_loads() -> None:
     """The shipped example loads, includes the Flagger file and warns once about k8s fields."""
     loaded = load_config(EXAMPLE, environ={"PATH": "/usr/bin"})
     assert summary(loaded) == (
-        "config OK: 5 canaries, 2 providers, 2 routers, 7 notifiers, 3 templates (2 files)"
+        "config OK: 5 canaries, 2 providers, 2 routers, 8 notifiers, 3 templates (2 files)"
     )
     assert [Path(f).name for f in loaded.files] == ["canaryd.example.yaml", "flagger-canary.yaml"]
-    assert len(loaded.warnings) == 1
+    assert len(loaded.warnings) == 4  # ignored fields, two differences from Flagger, disableTLS
     assert loaded.warnings[0].startswith("Kubernetes-only fields ignored: ")
+    assert [w.split(": ")[:3] for w in loaded.warnings[1:3]] == [
+        ["differs from Flagger", "prod/web", "webhook approve-start"],
+        ["differs from Flagger", "prod/web", "webhook audit-log"],
+    ]
+    assert loaded.warnings[3] == (
+        "prod/web: webhook audit-log: disableTLS: its TLS certificate is not verified"
+    )
     assert loaded.warnings[0].endswith(
         "flagger-canary.yaml: Canary/podinfo: metadata.labels, spec.targetRef.apiVersion, "
-        "spec.targetRef.kind, spec.autoscalerRef, spec.progressDeadlineSeconds, spec.service, "
+        "spec.targetRef.kind, spec.autoscalerRef, spec.progressDeadlineSeconds, spec.service.port, "
+        "spec.service.targetPort, "
         "spec.analysis.alerts[0].providerRef.namespace"
     )
     strategies = {c.key: c.analysis.strategy for c in loaded.settings.canaries}
@@ -132,6 +140,7 @@ def test_example_exercises_every_type() -> None:
         "msteams",
         "discord",
         "gchat",
+        "rocket",
         "webhook",
         "cloudevents",
     }
@@ -147,8 +156,8 @@ def test_example_exercises_every_type() -> None:
 MODEL_CASES = [
     (
         "threshold",
-        canary("threshold: 0\nstepWeight: 10"),
-        "c.yaml:7:7: canaries[0].analysis.threshold: must be >= 1 (got 0)",
+        canary("threshold: -1\nstepWeight: 10"),
+        "c.yaml:7:7: canaries[0].analysis.threshold: must be >= 0 (got -1)",
     ),
     (
         "unknown-key-close",
@@ -196,7 +205,7 @@ MODEL_CASES = [
         "notifiers:\n  n: {type: pager, url: http://x}\n",
         "c.yaml:2:7: notifiers.n.type: unknown notifier type 'pager'; "
         "expected one of: cloudevents, "
-        "discord, gchat, msteams, slack, webhook",
+        "discord, gchat, msteams, rocket, slack, webhook",
     ),
     (
         "router-missing-key",
@@ -230,7 +239,8 @@ MODEL_CASES = [
     (
         "no-bounds",
         canary("stepWeight: 10\nmetrics:\n  - {name: request-success-rate}"),
-        "c.yaml:9:11: canaries[0].analysis.metrics[0]: thresholdRange needs min, max or both",
+        "c.yaml:9:11: canaries[0].analysis.metrics[0]: thresholdRange needs min, max or both "
+        "(or the deprecated threshold)",
     ),
     (
         "ref-and-query",
@@ -268,7 +278,8 @@ MODEL_CASES = [
     (
         "interval-zero",
         canary("interval: 0\nstepWeight: 10"),
-        "c.yaml:7:7: canaries[0].analysis.interval: must be greater than 0s (got 0)",
+        "c.yaml:7:7: canaries[0].analysis.interval: must be at least 0.01s (the floor; "
+        "docs/flagger.md) (got 0)",
     ),
     (
         "interval-bad",
@@ -280,11 +291,6 @@ MODEL_CASES = [
         "interval-infinite",
         canary("interval: .inf\nstepWeight: 10"),
         "c.yaml:7:7: canaries[0].analysis.interval: must be a finite duration (got inf)",
-    ),
-    (
-        "both-step-kinds",
-        canary("stepWeight: 10\nstepWeights: [10, 20]"),
-        "c.yaml:6:5: canaries[0].analysis: set stepWeight or stepWeights, not both",
     ),
     (
         "no-strategy",
@@ -505,12 +511,6 @@ REF_CASES = [
         "c.yaml:8:5: canaries[1]: duplicate canary 'default/web' (first at c.yaml:4:5)",
     ),
     (
-        "max-below-steps",
-        canary("stepWeights: [10, 20]\nmaxWeight: 5"),
-        "c.yaml:8:7: canaries[0].analysis.maxWeight: maxWeight (5) is below the first of "
-        "stepWeights (10)",
-    ),
-    (
         "max-below-step",
         canary("stepWeight: 10\nmaxWeight: 5"),
         "c.yaml:8:7: canaries[0].analysis.maxWeight: maxWeight (5) is below stepWeight (10)",
@@ -547,12 +547,12 @@ def test_metric_provider_from_template_or_single_provider(tmp_path: Path) -> Non
 
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:
     """Type errors, unknown keys and broken references come out together, in file order."""
-    text = canary("threshold: 0\nstepWeigt: 10\niterations: 2", provider="nope") + (
+    text = canary("threshold: -1\nstepWeigt: 10\niterations: 2", provider="nope") + (
         "notifiers: {n: {type: slack}}\nlisten: nowhere\n"
     )
     assert problems(tmp_path, text) == [
         "c.yaml:6:5: canaries[0].provider: unknown provider 'nope'; defined providers: prom",
-        "c.yaml:8:7: canaries[0].analysis.threshold: must be >= 1 (got 0)",
+        "c.yaml:8:7: canaries[0].analysis.threshold: must be >= 0 (got -1)",
         "c.yaml:9:7: canaries[0].analysis.stepWeigt: unknown key 'stepWeigt'; "
         "did you mean 'stepWeight'?",
         "c.yaml:11:13: notifiers.n: set exactly one of url or url_file",
@@ -892,7 +892,7 @@ apiVersion: flagger.app/v1beta1
 kind: MetricTemplate
 metadata: {name: latency, namespace: istio-system}
 spec:
-  provider: {type: prometheus, address: "http://prom.example:9090", secretRef: {name: s}}
+  provider: {type: prometheus, address: "http://prom.example:9090", region: r}
   query: histogram_quantile(0.99, rate(x[{{ interval }}]))
 ---
 apiVersion: flagger.app/v1beta1
@@ -937,11 +937,79 @@ def test_flagger_ignored_fields_in_one_warning(tmp_path: Path) -> None:
     loaded = load(tmp_path, PRE + "include: [k8s/*.yaml]\n")
     assert loaded.warnings == [
         f"Kubernetes-only fields ignored: {tmp_path}/k8s/podinfo.yaml: Canary/podinfo: "
-        "metadata.labels, spec.targetRef.apiVersion, spec.targetRef.kind, spec.service, "
-        "spec.skipAnalysis, spec.analysis.sessionAffinity, "
+        "metadata.labels, spec.targetRef.apiVersion, spec.targetRef.kind, spec.service.port, "
+        "spec.analysis.sessionAffinity, "
         "spec.analysis.alerts[0].providerRef.namespace; "
-        f"{tmp_path}/k8s/podinfo.yaml: MetricTemplate/latency: spec.provider.secretRef"
+        f"{tmp_path}/k8s/podinfo.yaml: MetricTemplate/latency: spec.provider.region"
     ]
+
+
+def test_flagger_mute_alert_disable_tls_and_rocket_are_supported(tmp_path: Path) -> None:
+    """A Canary's muteAlert/disableTLS webhooks and a rocket AlertProvider map onto the model
+    instead of being ignored or refused."""
+    hooks = (
+        "    webhooks:\n"
+        "      - {name: gate, type: confirm-traffic-increase, url: 'https://g.example/',"
+        " muteAlert: true, disableTLS: true}\n"
+    )
+    text = FLAGGER_CANARY.replace("    alerts:\n", hooks + "    alerts:\n").replace(
+        "type: googlechat", "type: rocket"
+    )
+    write(tmp_path, "k8s/podinfo.yaml", text)
+    loaded = load(tmp_path, PRE + "include: [k8s/*.yaml]\n")
+    podinfo = loaded.settings.canary("test/podinfo")
+    assert podinfo is not None
+    (hook,) = podinfo.analysis.webhooks
+    assert (hook.muteAlert, hook.disableTLS) == (True, True)
+    assert loaded.settings.notifiers["on-call"].type == "rocket"
+    assert "muteAlert" not in loaded.warnings[0] and "disableTLS" not in loaded.warnings[0]
+    assert loaded.warnings[-1] == (
+        "test/podinfo: webhook gate: disableTLS: its TLS certificate is not verified"
+    )
+
+
+@pytest.mark.parametrize(
+    ("hooks", "alerts", "expected"),
+    [
+        ([{"name": "g", "type": "confirm-traffic-increase"}], [{}], ["g: waiting for approval"]),
+        ([{"name": "g", "type": "confirm-traffic-increase", "muteAlert": True}], [{}], []),
+        ([{"name": "g", "type": "confirm-traffic-increase"}], [{"severity": "error"}], []),
+        ([{"name": "g", "type": "confirm-traffic-increase"}], [], []),
+        ([{"name": "go", "type": "confirm-rollout"}], [{}], ["go: the start is alerted"]),
+        ([{"name": "go", "type": "confirm-rollout"}], [{"severity": "warn"}], []),
+        ([{"name": "e", "type": "event", "url": "http://x/"}], [], ["e: gets canaryd's events"]),
+        ([{"name": "r", "type": "rollout", "url": "http://x/"}], [{"events": "all"}], []),
+    ],
+    ids=[
+        "traffic-gate-alerted",
+        "traffic-gate-muted",
+        "traffic-gate-not-alerted",
+        "no-alerts",
+        "confirm-rollout",
+        "confirm-rollout-start-not-alerted",
+        "event-hook",
+        "no-difference",
+    ],
+)
+def test_check_names_each_difference_from_flagger_once(
+    hooks: list[dict[str, object]], alerts: list[dict[str, object]], expected: list[str]
+) -> None:
+    """canaryd check says, one line each, where a canary's hooks and alerts deliberately behave
+    differently from Flagger, and says nothing when they do not."""
+    from canaryd.webhooks import flagger_differences
+
+    spec = config.CanaryConfig.model_validate(
+        {
+            "name": "web",
+            "router": "lb",
+            "analysis": {"stepWeight": 10, "webhooks": hooks},
+            "alerts": [{"name": f"a{i}", "notifier": "n", **a} for i, a in enumerate(alerts)],
+        }
+    )
+    lines = flagger_differences(spec)
+    assert len(lines) == len(expected)
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(f"default/web: webhook {start}"), line
 
 
 def test_flagger_template_reuses_provider_with_same_address(tmp_path: Path) -> None:
@@ -987,33 +1055,30 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
         ),
         (
             "    threshold: 5",
-            "    threshold: 0",
-            ["k8s.yaml:14:5: spec.analysis.threshold: must be >= 1 (got 0)"],
+            "    threshold: -1",
+            ["k8s.yaml:14:5: spec.analysis.threshold: must be >= 0 (got -1)"],
         ),
         (
             "type: googlechat",
-            "type: rocket",
+            "type: pagerduty",
             [
-                "k8s.yaml:39:8: spec.type: unknown notifier type 'rocket'; "
+                "k8s.yaml:39:8: spec.type: unknown notifier type 'pagerduty'; "
                 "expected one of: discord, "
-                "gchat, googlechat, msteams, slack"
+                "gchat, googlechat, msteams, rocket, slack"
             ],
         ),
         (
             'address: "https://chat.example/x"',
             "secretRef: {name: s}",
             [
-                "k8s.yaml:39:1: spec: missing key 'address' (secretRef is Kubernetes-only; put the "
-                "webhook URL in spec.address)"
+                "k8s.yaml:39:26: spec.secretRef: secretRef 's': put the webhook address in the "
+                "file secrets/s/address, or set spec.address (docs/flagger.md)"
             ],
         ),
         (
             "  analysis:\n",
             "  anlysis:\n",
-            [
-                "k8s.yaml:7:1: spec: missing key 'analysis'",
-                "k8s.yaml:12:3: spec.anlysis: unknown key 'anlysis'; did you mean 'analysis'?",
-            ],
+            ["k8s.yaml:12:3: spec.anlysis: unknown key 'anlysis'; did you mean 'analysis'?"],
         ),
         (
             "providerRef: {name: on-call, namespace: flagger}",
@@ -1028,9 +1093,8 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
             "{type: prometheus, address",
             "{type: datadog, address",
             [
-                "k8s.yaml:33:14: spec.provider.type: unknown provider type 'datadog'; "
-                "expected one of: "
-                "prometheus"
+                "k8s.yaml:22:23: spec.analysis.metrics[1].templateRef.name: unknown template "
+                "'latency'; no templates are defined"
             ],
         ),
         (
@@ -1098,23 +1162,27 @@ def test_env_overrides_nested_key(tmp_path: Path) -> None:
     [
         (
             {"CANARYD_LISTEN": "nowhere"},
-            "<env>:0:0: listen: must be HOST:PORT, e.g. 127.0.0.1:9879 (got 'nowhere')",
+            "<env CANARYD_LISTEN>:0:0: listen: must be HOST:PORT, e.g. 127.0.0.1:9879 "
+            "(got 'nowhere')",
         ),
         (
             {"CANARYD_PROVIDERS__PROM__TIMEOUT": "soon"},
-            "<env>:0:0: providers.prom.timeout: invalid duration 'soon': expected e.g. 30s, 1m, "
-            "1h30m or 500ms",
+            "<env CANARYD_PROVIDERS__PROM__TIMEOUT>:0:0: providers.prom.timeout: "
+            "invalid duration 'soon': expected e.g. 30s, 1m, 1h30m or 500ms",
         ),
         (
             {"CANARYD_CANARIES": "[{oops"},
-            "<env>:0:0: canaries: CANARYD_CANARIES must hold JSON for this key",
+            "<env CANARYD_CANARIES>:0:0: canaries: CANARYD_CANARIES must hold JSON for this key",
         ),
-        ({"CANARYD_CANARIES": "[{}]"}, "<env>:0:0: canaries[0]: missing key 'name'"),
+        (
+            {"CANARYD_CANARIES": "[{}]"},
+            "<env CANARYD_CANARIES>:0:0: canaries[0]: missing key 'name'",
+        ),
     ],
     ids=["scalar", "nested", "not-json", "json-replaces-list"],
 )
 def test_env_bad_value(tmp_path: Path, env: dict[str, str], expected: str) -> None:
-    """Problems from environment values are located at <env>:0:0."""
+    """Problems from environment values are located at <env NAME>:0:0, naming the variable."""
     assert problems(tmp_path, canary(), environ=env)[:1] == [expected]
 
 
@@ -1201,3 +1269,36 @@ def test_random_structures_never_crash(
     path.write_text(text, encoding="utf-8")
     with contextlib.suppress(ConfigError):
         load_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("keys", "warnings"),
+    [
+        (
+            "stepWeight: 10\nstepWeights: [10, 20]",
+            [
+                "default/web: stepWeight and stepWeights are both set: steps of 10% up to 20% "
+                "(the last of stepWeights), as in Flagger"
+            ],
+        ),
+        (
+            "stepWeights: [10, 20]\nmaxWeight: 5",
+            ["default/web: maxWeight 5 is ignored: stepWeights go up to 20%, as in Flagger"],
+        ),
+        (
+            "stepWeight: 30\nmaxWeight: 70",
+            [
+                "differs from Flagger: default/web: the last step stops at 70% where Flagger "
+                "would overshoot to 90% (stepWeight 30)"
+            ],
+        ),
+        ("stepWeight: 10\nmaxWeight: 50", []),
+    ],
+    ids=["both-step-kinds", "maxWeight-with-stepWeights", "step-overshoot", "plain"],
+)
+def test_weight_keys_flagger_reads_differently_are_warned(
+    tmp_path: Path, keys: str, warnings: list[str]
+) -> None:
+    """Weight keys Flagger reads differently (stepWeight with stepWeights, maxWeight with
+    stepWeights, a step overshooting the maximum) load with one warning line each."""
+    assert load(tmp_path, canary(keys)).warnings == warnings

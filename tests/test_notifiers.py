@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 from cloudevents.v1.http import from_http
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from receiver import Receiver
 
-from canaryd.config import Notifier, Severity
+from canaryd.config import AlertSpec, Notifier, Severity
 from canaryd.errors import WebhookError
 from canaryd.events import EVENTS, Event
 from canaryd.http import make_session
@@ -28,6 +28,7 @@ from canaryd.notifiers import (
     passes,
     render,
     severity_of,
+    wanted,
 )
 from canaryd.notifiers.text import number
 
@@ -110,12 +111,104 @@ def url_file(tmp_path: Path, url: str) -> str:
         ("pre_rollout.failed", Severity.WARN),
         ("rollout.rolled_back", Severity.ERROR),
         ("gate.timed_out", Severity.ERROR),
+        ("rollout.waiting", Severity.WARN),
+        ("gate.waiting", Severity.WARN),
+        ("rollout.promoted", Severity.INFO),
     ],
     ids=lambda v: str(v),
 )
-def test_severity_follows_event_level(name: str, expected: Severity) -> None:
-    """An event's severity is its vocabulary level: info, warning -> warn, error."""
+def test_severity_follows_flagger_then_event_level(name: str, expected: Severity) -> None:
+    """Flagger's severity where Flagger alerts (waiting for approval is warn), else the
+    vocabulary level: info, warning -> warn, error."""
     assert severity_of(ev(name)) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"reason": "failed checks threshold reached"}, Severity.ERROR),
+        ({"webhook": "kill-switch"}, Severity.WARN),
+        ({"manual": True}, Severity.WARN),
+    ],
+    ids=["threshold", "rollback-webhook", "operator-abort"],
+)
+def test_rollback_severity_depends_on_who_asked(fields: dict[str, Any], expected: Severity) -> None:
+    """A rollback is error, but warn when a rollback webhook or an operator asked for it, as in
+    Flagger ("Rolling back manual webhook invoked" is warn)."""
+    assert severity_of(ev("rollout.rolled_back", phase="Failed", **fields)) == expected
+
+
+def alert(severity: str = "info", events: Any = "flagger") -> AlertSpec:
+    """An alert on notifier ``n`` with the given filters."""
+    return AlertSpec(name="a", notifier="n", severity=Severity(severity), events=events)
+
+
+@pytest.mark.parametrize(
+    ("spec", "event", "expected"),
+    [
+        (alert(), ev("rollout.started"), True),
+        (alert(), ev("rollout.waiting", gate="confirm-rollout"), True),
+        (alert(), ev("gate.waiting", gate="confirm-promotion"), True),
+        (alert(), ev("rollout.promoted"), True),
+        (alert(), ev("rollout.rolled_back"), True),
+        (alert(), ev("weight.advanced"), False),
+        (alert(), ev("check.failed"), False),
+        (alert(), ev("router.failed"), False),
+        (alert(), ev("analysis.tick"), False),
+        (alert("warn"), ev("gate.waiting", gate="confirm-promotion"), True),
+        (alert("warn"), ev("rollout.started"), False),
+        (alert("error"), ev("rollout.rolled_back", webhook="stop"), False),
+        (alert(), ev("gate.waiting", gate="confirm-promotion", muteAlert=True), False),
+        (alert(events="all"), ev("weight.advanced"), True),
+        (alert(events="all"), ev("check.failed"), True),
+        (alert(events="all"), ev("analysis.tick"), False),
+        (alert(events="all"), ev("rollout.waiting", gate="confirm-rollout", muteAlert=True), False),
+        (alert(events=["weight.advanced"]), ev("weight.advanced"), True),
+        (alert(events=["weight.advanced"]), ev("rollout.rolled_back"), False),
+        (alert("warn", ["weight.advanced"]), ev("weight.advanced"), False),
+    ],
+    ids=[
+        "default-started",
+        "default-waiting",
+        "default-gate-waiting",
+        "default-promoted",
+        "default-rolled-back",
+        "default-no-weight-steps",
+        "default-no-check-failed",
+        "default-no-router-failed",
+        "default-no-ticks",
+        "warn-waiting",
+        "warn-not-started",
+        "error-not-manual-rollback",
+        "muted",
+        "all-weight-steps",
+        "all-check-failed",
+        "all-no-ticks",
+        "all-muted",
+        "list-listed",
+        "list-unlisted",
+        "list-and-severity",
+    ],
+)
+def test_alert_selection(spec: AlertSpec, event: Event, expected: bool) -> None:
+    """By default an alert sends Flagger's events; ``all`` or a list widen or pick them; the
+    severity filter applies on top, and a muted waiting event is never sent."""
+    assert wanted(spec, event) is expected
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        (["weight.advance"], "unknown alert event 'weight.advance'"),
+        (["analysis.tick"], "unknown alert event 'analysis.tick'"),
+        ("some", "must be flagger, all or a list of event names"),
+    ],
+    ids=["typo", "not-alertable", "bad-word"],
+)
+def test_alert_events_setting_is_validated(events: Any, message: str) -> None:
+    """An events setting naming anything but flagger, all or alertable events is refused."""
+    with pytest.raises(ValidationError, match=message):
+        alert(events=events)
 
 
 @pytest.mark.parametrize(
@@ -327,6 +420,45 @@ async def test_discord_embed(session: aiohttp.ClientSession) -> None:
     assert fields["Value"] == "0.07 > max 0.01"
     assert fields["Failed checks"] == "1/5"
     assert msg["allowed_mentions"] == {"parse": []}
+
+
+@pytest.mark.anyio
+async def test_rocket_attachment(session: aiohttp.ClientSession) -> None:
+    """Rocket.Chat gets a summary line and one Slack-style attachment: colour bar, the canary as
+    name.namespace, title, facts as fields and the time; channel and username when set."""
+    async with Receiver() as r:
+        payload, _ = render("rocket", ROLLED_BACK, channel="#deploys", username="canaryd")
+        notifier = Notifier(type="rocket", url=r.url + "/hooks/abc/def")
+        await deliver(
+            session, notifier, payload, "application/json", idempotency_key="k", secret=None
+        )
+    msg = r.requests[0].json
+    assert msg["text"] == "🚨 " + describe(ROLLED_BACK)
+    assert (msg["channel"], msg["username"], msg["icon_emoji"]) == (
+        "#deploys",
+        "canaryd",
+        ":rocket:",
+    )
+    (att,) = msg["attachments"]
+    assert (att["color"], att["author_name"], att["title"]) == (
+        "#D1242F",
+        "web.prod",
+        "🚨 Rolled back",
+    )
+    assert att["ts"] == "2024-05-01T12:00:00.500Z"
+    fields = {f["title"]: (f["value"], f["short"]) for f in att["fields"]}
+    assert fields["Value"] == ("91.8 < min 99", True)
+    assert fields["Failed checks"] == ("5/5", True)
+
+
+def test_rocket_mentions_and_limits() -> None:
+    """An @all in an event's text notifies nobody on Rocket.Chat, and long texts are clipped."""
+    event = ev("check.failed", reason="@all " + "x" * 9000, metric="m" * 3000)
+    msg = render("rocket", event)[0]
+    assert "@all" not in msg["text"] and "@\u200ball" in msg["text"]
+    assert len(msg["text"]) <= 5000
+    assert all(len(f["value"]) <= 1000 for f in msg["attachments"][0]["fields"])
+    assert "channel" not in msg and "username" not in msg
 
 
 def test_discord_total_limit() -> None:

@@ -249,6 +249,49 @@ async def test_router_refusing_the_promotion_never_records_it(
     assert router.applied[KEY] == (100, 0)
 
 
+async def test_router_failing_after_promote_never_rolls_back(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str
+) -> None:
+    """Once the router accepted promote, its 503s are retried and alerted: never counted as
+    failed checks, never a rollback; the promotion finishes when the router is back."""
+    await seed(prometheus, unique_job)
+    async with StandIn() as server:
+        router = DedupRouter(server)
+        dedupe = server.handler
+        refused: list[str] = []
+
+        async def fail_after_promote(request: web.Request, body: bytes) -> web.StreamResponse:
+            if request.path == "/routes" and any(
+                b["action"] == "promote" for b in router.keys.values()
+            ):
+                refused.append(json.loads(body)["action"])
+                return web.Response(status=503, text="lb reloading")
+            return await dedupe(request, body)
+
+        server.handler = fail_after_promote
+        cfg = config(tmp_path, unique_job, prometheus.url, server.url, threshold=2)
+        async with running_daemon(cfg), client_for(cfg) as client:
+            await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+            await wait_for_state(client, KEY, lambda s: s["phase"] == "Promoting")
+            # 4 ticks of 3 attempts each: twice what threshold 2 would have rolled back on
+            await eventually(lambda: _refusals(refused), lambda n: n >= 4 * 3, within=20)
+            promoting = await client.get(KEY)
+            server.handler = dedupe
+            final = await finished(client, "v2")
+            events = [e["event"] for e in (await client.get(KEY))["events"]]
+    assert (promoting["phase"], promoting["failedChecks"]) == ("Promoting", 0), promoting
+    assert set(refused) == {"route"}
+    assert (final["phase"], final["failedChecks"], final["canaryWeight"]) == ("Succeeded", 0, 0)
+    assert "router.failed" in events and "rollout.rolled_back" not in events
+    assert "rollback" not in [b["action"] for b in router.keys.values()]
+    assert router.applied[KEY] == (100, 0)
+
+
+async def _refusals(refused: list[str]) -> int:
+    """How many route requests the router refused so far."""
+    return len(refused)
+
+
 # --------------------------------------------------------------------------- receivers
 
 

@@ -22,7 +22,7 @@ import aiohttp
 import anyio
 import pytest
 import structlog
-from receiver import Receiver, Request
+from receiver import Receiver, Request, self_signed
 
 from canaryd.analysis import CanaryState, Phase
 from canaryd.config import Settings
@@ -490,26 +490,37 @@ async def rollout(runner: CanaryRunner, ticks: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("severity", "expected"),
+    ("severity", "events", "expected"),
     [
-        ("info", ["rollout.started", "weight.advanced", "check.failed", "rollout.rolled_back"]),
-        ("warn", ["check.failed", "rollout.rolled_back"]),
-        ("error", ["rollout.rolled_back"]),
+        (
+            "info",
+            "all",
+            ["rollout.started", "weight.advanced", "check.failed", "rollout.rolled_back"],
+        ),
+        ("warn", "all", ["check.failed", "rollout.rolled_back"]),
+        ("error", "all", ["rollout.rolled_back"]),
+        ("info", "flagger", ["rollout.started", "rollout.rolled_back"]),
+        ("warn", "flagger", ["rollout.rolled_back"]),
+        ("info", ["check.failed", "weight.advanced"], ["weight.advanced", "check.failed"]),
+        ("error", ["check.failed", "weight.advanced"], []),
     ],
-    ids=["info", "warn", "error"],
+    ids=["info-all", "warn-all", "error-all", "info-flagger", "warn-flagger", "list", "list-error"],
 )
 async def test_alerts_are_filtered_by_severity(
     tmp_path: Path,
     store: SqliteStore,
     session: aiohttp.ClientSession,
     severity: str,
+    events: Any,
     expected: list[str],
 ) -> None:
-    """An alert lets through the events at or above its severity, in order."""
+    """An alert sends the events its ``events`` setting chooses (Flagger's by default) that are
+    at or above its severity, in order."""
+    alert = {"name": "a", "notifier": "n", "severity": severity, "events": events}
     async with Receiver() as r:
         cfg = config(
             tmp_path,
-            [{"name": "web", "alerts": [{"name": "a", "notifier": "n", "severity": severity}]}],
+            [{"name": "web", "alerts": [alert]}],
             notifiers={"n": {"type": "webhook", "url": r.url + "/alerts"}},
         )
         provider = FakeProvider([50.0])  # tick 1 only moves to 25%; tick 2 fails: rollback
@@ -545,6 +556,29 @@ async def test_event_webhooks_receive_every_event_in_order(
     assert {"analysis.tick", "rollout.promoted"} <= set(events)
     assert {q.json["type"] for q in r.requests} == {"event"}
     assert all(verify(q, SECRET) for q in r.requests)
+
+
+@pytest.mark.parametrize("disable_tls", [True, False], ids=["disableTLS", "verified"])
+async def test_event_hook_with_disable_tls_reaches_a_self_signed_receiver(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, disable_tls: bool
+) -> None:
+    """An outbox-delivered hook with disableTLS reaches an HTTPS receiver whose certificate does
+    not verify, with Flagger's event metadata; without it nothing is delivered."""
+    async with Receiver(tls=self_signed(tmp_path)) as r:
+        cfg = config(tmp_path, audited(["web"], r.url, disableTLS=disable_tls))
+        runner = CanaryRunner(cfg.canaries[0], CanaryState(), services(cfg, store, session))
+        await runner.start_rollout("v2", {})
+        clock = Clock()
+        d = dispatcher(runner.services, clock)
+        for _ in range(3):
+            await d.drain_once()
+            clock.advance(1.0)
+    assert len(r.requests) == (1 if disable_tls else 0)
+    if disable_tls:
+        metadata = r.requests[0].json["metadata"]
+        assert metadata["eventType"] == "Normal"
+        assert metadata["eventMessage"].startswith("prod/web v2: rollout started")
+        assert metadata["timestamp"].isdigit()
 
 
 @pytest.mark.parametrize(
@@ -584,7 +618,7 @@ async def test_alerts_after_a_restart_mid_rollout_are_not_lost(
     async with Receiver() as r:
         cfg = config(
             tmp_path,
-            [{"name": "web", "alerts": [{"name": "a", "notifier": "n"}]}],
+            [{"name": "web", "alerts": [{"name": "a", "notifier": "n", "events": "all"}]}],
             notifiers={"n": {"type": "webhook", "url": r.url}},
         )
         svc = services(cfg, store, session)

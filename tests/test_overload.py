@@ -169,6 +169,7 @@ async def test_accept_errors_are_logged_once_per_period_without_tracebacks(
     assert len(failed) == 1, failed
     assert failed[0]["error"] == "Too many open files"
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+    assert [e for e in logs if e["event"] == "library.log"] == []
 
 
 async def readyz_async(base: str) -> int:

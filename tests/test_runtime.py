@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from receiver import Receiver
 
 from canaryd import analysis as core
 from canaryd.analysis import CanaryState, Phase
 from canaryd.config import Settings
-from canaryd.errors import ProviderError, RouterError, StoreError
+from canaryd.errors import CommandError, ProviderError, RouterError, StoreError
 from canaryd.routers import RouteRequest
 from canaryd.runtime import CanaryRunner, Services
 from canaryd.store import SqliteStore
@@ -193,17 +196,21 @@ async def test_router_down_never_records_an_unapplied_weight(
 async def test_rollback_route_is_retried_until_applied(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
-    """An abort whose rollback route fails stays pending and is retried on the next tick."""
+    """An abort whose rollback route fails answers the router's error, stays pending at the
+    weights the router still has, and is retried on the next tick."""
     router = FakeRouter()
     r = runner(settings(tmp_path), store, session, FakeProvider(), router)
     await r.start_rollout("v2", {})
     await r.tick()
     router.down = True
-    await r.command(lambda s, now: core.abort(r.spec, s, now))
+    with pytest.raises(RouterError, match=r"rollback pending.*connection refused"):
+        await r.command(lambda s, now: core.abort(r.spec, s, now))
     assert r.state.phase is Phase.FAILED and r.state.route_pending
+    assert r.state.canary_weight == 25, "the weight the router still has, not the refused 0"
     router.down = False
     await r.tick()
     assert not r.state.route_pending
+    assert (r.state.primary_weight, r.state.canary_weight) == (100, 0)
     assert router.requests[-1].action == "rollback"
 
 
@@ -304,3 +311,292 @@ async def test_a_reload_mid_tick_applies_from_the_next_tick(
     second = r.state
     assert second.phase is Phase.FAILED  # judged by min 99
     assert r.spec.analysis.metrics[0].thresholdRange.min == 99
+
+
+@dataclass
+class PickyRouter(FakeRouter):
+    """A router that refuses some actions (``refuse``) while applying the others."""
+
+    refuse: set[str] = field(default_factory=set)
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Refuse a listed action like a router answering 500; apply anything else."""
+        if request.action in self.refuse:
+            raise RouterError(f"router lb: HTTP 500 on {request.action}")
+        await super().apply(request)
+
+
+async def test_router_down_after_promote_never_rolls_back(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """After the router accepted promote, its errors are retried and alerted, never counted
+    as failed checks nor turned into a rollback; the promotion finishes once it is back."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path, threshold=2), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    for _ in range(3):  # 25, 50, promote
+        await r.tick()
+    assert r.state.phase is Phase.PROMOTING
+    router.down = True
+    for _ in range(5):
+        await r.tick()
+    assert (r.state.phase, r.state.failed_checks, r.state.canary_weight) == (Phase.PROMOTING, 0, 50)
+    assert "rollback" not in [q.action for q in router.requests]
+    events = [e["event"] for e in await store.events("prod/web", 50)]
+    assert "router.failed" in events and "rollout.rolled_back" not in events
+    router.down = False
+    await r.tick()
+    await r.tick()
+    final: CanaryState = r.state  # mypy narrowed r.state.phase above
+    assert final.phase is Phase.SUCCEEDED
+
+
+async def test_a_new_rollout_applies_the_pending_rollback_first(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """A start while a rollback is pending is refused until the router takes the rollback; then
+    the rollback goes out before the new rollout starts."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    router.down = True
+    with pytest.raises(RouterError):
+        await r.command(lambda s, now: core.abort(r.spec, s, now))
+    with pytest.raises(CommandError, match="rollback of revision v2 is not applied yet"):
+        await r.start_rollout("v3", {})
+    assert r.state.route_pending and r.state.revision == "v2"
+    router.down = False
+    await r.start_rollout("v3", {})
+    assert (r.state.revision, r.state.phase, r.state.route_pending) == (
+        "v3",
+        Phase.PROGRESSING,
+        False,
+    )
+    assert router.requests[-1].action == "rollback"
+
+
+async def test_recorded_weights_are_the_last_the_router_confirmed(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """Blue/green whose router takes ``route 0/100`` but refuses ``promote``: the recorded
+    weights are the confirmed 0/100 on every tick, and the failed promote counts as a check."""
+    router = PickyRouter(refuse={"promote"})
+    cfg = settings(tmp_path, stepWeight=None, maxWeight=None, iterations=1, threshold=3)
+    r = runner(cfg, store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    for _ in range(4):
+        await r.tick()
+        last = router.requests[-1] if router.requests else None
+        confirmed = (last.primary_weight, last.canary_weight) if last else (100, 0)
+        assert (r.state.primary_weight, r.state.canary_weight) == confirmed
+    assert confirmed == (0, 100) and r.state.failed_checks == 2
+
+
+async def test_promote_with_the_router_down_answers_its_error_and_counts_nothing(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """An operator's promote whose route fails raises the router's error; no failed check is
+    added and nothing changes."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    before = r.state
+    router.down = True
+    with pytest.raises(RouterError, match="connection refused"):
+        await r.command(lambda s, now: core.promote(r.spec, s, now))
+    assert r.state == before and r.state.failed_checks == 0
+    assert (await store.load_states())["prod/web"] == before
+
+
+async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """threshold 5 -> 2 with 3 failed checks: the next tick rolls back instead of going on."""
+    provider, router = FakeProvider([90.0, 90.0, 90.0, 99.9]), FakeRouter()
+    r = runner(settings(tmp_path, threshold=5), store, session, provider, router)
+    await r.start_rollout("v2", {})
+    for _ in range(4):
+        await r.tick()
+    assert (r.state.failed_checks, r.state.phase) == (3, Phase.PROGRESSING)
+    lowered = settings(tmp_path, threshold=2)
+    r.reconfigure(lowered.canaries[0], lowered)
+    await r.tick()
+    assert r.state.phase is Phase.FAILED
+    assert router.requests[-1].action == "rollback"
+
+
+async def test_a_new_revision_restarts_with_traffic_back_on_the_primary(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """A new revision mid-rollout routes 100/0 first and starts over; the same revision again
+    changes nothing."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path), store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    first = r.state.rollout_id
+    await r.start_rollout("v3", {})
+    last = router.requests[-1]
+    assert (last.action, last.primary_weight, last.canary_weight) == ("route", 100, 0)
+    assert (r.state.revision, r.state.canary_weight) == ("v3", 0)
+    assert r.state.rollout_id != first
+    again = r.state
+    await r.start_rollout("v3", {})
+    assert r.state == again and len(router.requests) == 2
+    events = [e["event"] for e in await store.events("prod/web", 10)]
+    assert events[:2] == ["rollout.started", "rollout.restarted"]
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def outbox(tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The outbox rows (target, payload) in the order they were written."""
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        rows = db.execute("SELECT target, payload FROM outbox ORDER BY rowid").fetchall()
+    return [(target, json.loads(body)) for target, body in rows]
+
+
+async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """A rollout hook that answers after the tick's budget (+5 s) but within its own timeout
+    passes: the tick waits for it, as Flagger waits for a `helm test` with timeout: 3m."""
+    async with Receiver(delay=5.6) as r:
+        hooks = [{"name": "helm-test", "type": "rollout", "url": r.url, "timeout": "20s"}]
+        cfg = settings(tmp_path, interval="100ms", webhooks=hooks)
+        run = runner(cfg, store, session, FakeProvider(), FakeRouter())
+        await run.start_rollout("v2", {})
+        await run.tick()  # weight 0 -> 25: no checks yet
+        started = time.monotonic()
+        await run.tick()
+        waited = time.monotonic() - started
+    assert (run.state.failed_checks, run.state.canary_weight) == (0, 50)
+    assert len(r.requests) == 1 and 5.5 < waited < 20
+
+
+async def test_a_tick_is_bounded_by_its_hooks_own_timeout(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """A hook that never answers fails the check once its own timeout has passed, no later."""
+    async with Receiver(delay=60) as r:
+        hooks = [{"name": "helm-test", "type": "rollout", "url": r.url, "timeout": "1s"}]
+        run = runner(
+            settings(tmp_path, webhooks=hooks), store, session, FakeProvider(), FakeRouter()
+        )
+        await run.start_rollout("v2", {})
+        await run.tick()
+        started = time.monotonic()
+        await run.tick()
+        waited = time.monotonic() - started
+    assert run.state.failed_checks == 1 and waited < 3
+    assert "no answer within 1s" in (run.state.reason or "")
+
+
+async def test_rollback_hooks_are_not_called_while_promoting(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """Once promotion has begun a rollback webhook is not called, so its 2xx cannot roll back."""
+    async with Receiver() as r:
+        hooks = [{"name": "stop", "type": "rollback", "url": r.url}]
+        promoting = CanaryState(
+            phase=Phase.PROMOTING,
+            revision="v2",
+            rollout_id="r1",
+            canary_weight=50,
+            primary_weight=50,
+        )
+        cfg = settings(tmp_path, webhooks=hooks)
+        run = runner(cfg, store, session, FakeProvider(), FakeRouter(), promoting)
+        await run.tick()
+        await run.tick()
+    assert r.requests == []
+    assert run.state.phase is Phase.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("status", "phases"),
+    [(200, ["Progressing", "Progressing"]), (403, ["Progressing", "Waiting"])],
+    ids=["open", "closed"],
+)
+async def test_confirm_rollout_waits_only_when_the_gate_answers_closed(
+    tmp_path: Path,
+    store: SqliteStore,
+    session: aiohttp.ClientSession,
+    status: int,
+    phases: list[str],
+) -> None:
+    """A rollout behind a confirm-rollout webhook is Waiting only once the webhook said no."""
+    async with Receiver(statuses=[status]) as r:
+        hooks = [{"name": "go", "type": "confirm-rollout", "url": r.url}]
+        run = runner(
+            settings(tmp_path, webhooks=hooks), store, session, FakeProvider(), FakeRouter()
+        )
+        seen = [(await run.start_rollout("v2", {})).phase.value]
+        await run.tick()
+        seen.append(run.state.phase.value)
+    events = [e["event"] for e in await store.events("prod/web")]
+    assert seen == phases and len(r.requests) == 1
+    assert ("rollout.waiting" in events) is (status != 200)
+
+
+@pytest.mark.parametrize("mute", [True, False], ids=["muted", "not-muted"])
+async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hooks(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, mute: bool
+) -> None:
+    """muteAlert on the gate webhook that said no drops the waiting alert; event hooks still
+    get the event, with Flagger's metadata."""
+    async with Receiver(statuses=[403]) as gate:
+        hooks = [
+            {"name": "go", "type": "confirm-rollout", "url": gate.url, "muteAlert": mute},
+            {"name": "audit", "type": "event", "url": "http://127.0.0.1:9/"},
+        ]
+        cfg = settings(tmp_path, webhooks=hooks)
+        raw = cfg.model_dump(mode="json", by_alias=True)
+        raw["notifiers"] = {"chat": {"type": "rocket", "url": "http://127.0.0.1:9/"}}
+        raw["canaries"][0]["alerts"] = [{"name": "chat", "notifier": "chat"}]
+        cfg = Settings.model_validate(raw)
+        run = runner(cfg, store, session, FakeProvider(), FakeRouter())
+        await run.start_rollout("v2", {})
+        await run.tick()
+    rows = outbox(tmp_path)
+    alerts = [body["event"] for target, body in rows if target == "alert:chat"]
+    hooked = [body for target, body in rows if target == "hook:audit"]
+    waiting = next(b for b in hooked if b["event"]["event"] == "rollout.waiting")
+    assert alerts == (["rollout.started"] if mute else ["rollout.started", "rollout.waiting"])
+    assert waiting["metadata"]["eventType"] == "Warning"
+    assert waiting["metadata"]["eventMessage"].startswith("prod/web v2: waiting for approval")
+
+
+@pytest.mark.parametrize(
+    ("verb", "phase"),
+    [("abort", Phase.FAILED), ("pause", Phase.PAUSED), ("promote", Phase.PROMOTING)],
+    ids=["abort", "pause", "promote"],
+)
+async def test_abort_pause_promote_do_not_wait_for_a_slow_hook(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, verb: str, phase: Phase
+) -> None:
+    """An operator's abort, pause or promote cuts short a tick waiting minutes for a hook; that
+    tick decides and counts nothing, and the command applies at once."""
+    async with Receiver(delay=60) as r:
+        hooks = [{"name": "helm-test", "type": "rollout", "url": r.url, "timeout": "3m"}]
+        run = runner(
+            settings(tmp_path, webhooks=hooks), store, session, FakeProvider(), FakeRouter()
+        )
+        await run.start_rollout("v2", {})
+        await run.tick()  # weight 0 -> 25
+        tick = asyncio.ensure_future(run.tick())
+        await r.wait_for(1)
+        fn = {"abort": core.abort, "pause": core.pause, "promote": core.promote}[verb]
+        started = time.monotonic()
+        state = await asyncio.wait_for(
+            run.command(lambda s, now: fn(run.spec, s, now), interrupt=True), 5
+        )
+        await asyncio.wait_for(tick, 5)
+        waited = time.monotonic() - started
+    events = [e["event"] for e in await store.events("prod/web")]
+    assert state.phase is phase and waited < 3
+    assert state.failed_checks == 0 and "check.failed" not in events
+    assert events.count("analysis.tick") == 1  # the first tick's only

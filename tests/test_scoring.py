@@ -23,6 +23,7 @@ from canaryd.scoring import (
 
 P, H, L = Classification.PASS, Classification.HIGH, Classification.LOW
 N, F = Classification.NODATA, Classification.NODATA_FAIL_METRIC
+E = Classification.ERROR
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,48 @@ def test_group_of_only_nodata_has_no_score_and_counts_full_in_summary() -> None:
 
 
 def test_unweighted_groups_share_what_is_left_of_100() -> None:
-    """Groups without a weight share 100 minus the configured weights equally."""
+    """Groups without a weight share 100 minus every configured weight, used or not (Kayenta)."""
+    # Kayenta subtracts all configured weights (60 + 30), so b and c share 10.
     assert group_weights(["a", "b", "c"], {"a": 60, "unused": 30}) == {
         "a": 60,
-        "b": 20.0,
-        "c": 20.0,
+        "b": 5.0,
+        "c": 5.0,
     }
+
+
+def test_weight_of_an_absent_group_lowers_the_summary() -> None:
+    """A weight configured for a group without metrics is not handed to the other groups."""
+    # a: 100 x 0.5; b (unweighted) gets (100 - 50 - 50) / 1 = 0, so all Pass scores 50.
+    data = [*results(P, group="a"), *results(P, group="b")]
+    verdict = score(data, {"a": 50, "absent": 50})
+    assert (verdict.score, verdict.classification) == (50.0, ScoreClassification.FAIL)
+
+
+def test_weights_not_reaching_100_are_not_scaled() -> None:
+    """When every group is weighted and the weights add up to less than 100, so does the score."""
+    # 100 x 0.3 + 100 x 0.3 = 60: Kayenta does not normalise the weights.
+    data = [*results(P, group="a"), *results(P, group="b")]
+    assert score(data, {"a": 30, "b": 30}).score == 60.0
+
+
+def test_group_score_and_weight_arithmetic_is_kayentas() -> None:
+    """Group score is (pass / counted) x 100 and the summary adds score x (weight / 100)."""
+    # a: 1 of 3 pass -> (1/3)*100 = 33.33333333333333 (100*1/3 would be ...336).
+    (group,) = group_scores(results(P, H, H))
+    assert group.score == (1 / 3) * 100
+    # a: 1 of 2 pass -> 50 with weight 7.25: 50 * (7.25/100) = 3.6249999999999996 -> 3.62,
+    # where 50 * 7.25 / 100 = 3.625 would round to 3.63; b: 0 with the rest.
+    data = [*results(P, H, group="a"), *results(H, group="b")]
+    assert score(data, {"a": 7.25, "b": 92.75}).score == 3.62
+
+
+def test_error_results_do_not_count() -> None:
+    """Error metrics (every value tied) count neither in a group nor as missing data."""
+    # a: Pass + Error -> 100; b: only Error -> no data, 100; 2 Error of 3 is not Nodata.
+    data = [*results(P, E, group="a"), *results(E, group="b")]
+    verdict = score(data)
+    assert [g.score for g in verdict.groups] == [100.0, None]
+    assert (verdict.score, verdict.classification) == (100.0, ScoreClassification.PASS)
 
 
 def test_summary_is_weighted_sum_of_group_scores() -> None:
@@ -143,7 +180,7 @@ def test_thresholds_classify_score(value: float, expected: ScoreClassification) 
 
 
 def test_forced_failure_stays_fail_with_zero_thresholds() -> None:
-    """A critical failure is Fail even when the thresholds would call 0 a pass."""
+    """A critical failure is Fail even when the thresholds would call 0 a pass (deliberate)."""
     data = [Result("x", L, critical=True)]
     assert score(data, thresholds=Thresholds(0.0, 0.0)).classification == ScoreClassification.FAIL
 
@@ -153,12 +190,12 @@ def test_forced_failure_stays_fail_with_zero_thresholds() -> None:
     [
         ({"a": -1.0}, "must not be negative"),
         ({"a": 70.0, "b": 40.0}, "add up to 110, more than 100"),
-        ({"a": 30.0, "b": 30.0}, "weigh every group but add up to 60, not 100"),
+        ({"a": 70.0, "absent": 40.0}, "add up to 110, more than 100"),
     ],
-    ids=["negative", "over-100", "all-weighted-not-100"],
+    ids=["negative", "over-100", "over-100-with-absent-group"],
 )
 def test_group_weights_rejects_bad_weights(weights: dict[str, float], message: str) -> None:
-    """Negative weights, weights above 100, or full weights not adding to 100 are refused."""
+    """Negative weights, or configured weights (present groups or not) above 100, are refused."""
     with pytest.raises(ValueError, match=message):
         group_weights(["a", "b"], weights)
 

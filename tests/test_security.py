@@ -84,7 +84,7 @@ def one_canary() -> list[dict[str, Any]]:
             "name": "web",
             "namespace": "prod",
             "router": "mesh",
-            "analysis": {"stepWeight": 50, "interval": "1h"},
+            "analysis": {"stepWeight": 50, "interval": "1h", "threshold": 5},
         }
     ]
 
@@ -323,11 +323,12 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
 
 
-def test_insecure_skip_verify_is_the_only_key_that_touches_tls_verification() -> None:
-    """No other config key can turn verification off (or point it at another trust store)."""
+def test_insecure_skip_verify_and_disable_tls_are_the_only_keys_that_touch_tls() -> None:
+    """No config key but a provider's insecureSkipVerify and a webhook's disableTLS (Flagger's
+    two) can turn verification off (or point it at another trust store)."""
     names = _fields(Settings, set())
     tls = {n for n in names if re.search(r"verify|insecure|ssl|tls|cert|cafile|ca_file", n, re.I)}
-    assert tls == {"PrometheusProvider.insecureSkipVerify"}
+    assert tls == {"PrometheusProvider.insecureSkipVerify", "WebhookSpec.disableTLS"}
 
 
 PROM_ANSWER = json.dumps(

@@ -179,7 +179,7 @@ async def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     """SIGTERM during a slow tick: the tick commits, due alerts go out, run() returns."""
     async with Receiver() as audit:
         web = canary(**SLOW, interval="1s")
-        web["alerts"] = [{"name": "audit", "notifier": "audit"}]
+        web["alerts"] = [{"name": "audit", "notifier": "audit", "events": "all"}]
         notifiers = {"audit": {"type": "webhook", "url": audit.url + "/events"}}
         async with backends() as (prom, router):
             config = write_config(

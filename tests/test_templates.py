@@ -22,7 +22,10 @@ VARIABLES = template_variables(
     interval=60,
     variables={"env": "eu", "ingress": "web-ingress", "route": "web-route"},
 )
-DEFINED = "interval, name, namespace, target, variables.env, variables.ingress, variables.route"
+DEFINED = (
+    "ingress, interval, name, namespace, route, service, target, variables.env, "
+    "variables.ingress, variables.route"
+)
 
 
 @pytest.mark.parametrize(
@@ -37,6 +40,13 @@ DEFINED = "interval, name, namespace, target, variables.env, variables.ingress, 
         ('sum(\n  x{ns="{{ namespace }}"}\n)', 'sum(\n  x{ns="prod"}\n)'),
         ('no placeholders {a="b"}', 'no placeholders {a="b"}'),
         ("{{ target }}}", "web-canary}"),
+        ("{{ service }}|{{ ingress }}|{{ route }}", "web-canary|web-canary|web-canary"),
+        ('{{ printf "%s_%s-%d" namespace target name }}', "prod_web-canary-web"),
+        ('{{- $r := printf "a%sb" namespace -}}\n x{r="{{ $r }}"}', 'x{r="aprodb"}'),
+        ('{{ index variables "env" }}', "eu"),
+        ("a  {{- target -}}  b", "aweb-canaryb"),
+        ('{{/* a comment */}}{{ "lit" }}{{ `raw` }}', "litraw"),
+        ('{{ printf "%q 100%%" target }}', '"web-canary" 100%'),
     ],
     ids=[
         "selector",
@@ -48,6 +58,13 @@ DEFINED = "interval, name, namespace, target, variables.env, variables.ingress, 
         "multiline",
         "no-placeholders",
         "brace-after",
+        "service-ingress-route",
+        "printf",
+        "assignment",
+        "index",
+        "trim-markers",
+        "comment-and-literals",
+        "printf-q-percent",
     ],
 )
 def test_render_substitutes_variables(template: str, expected: str) -> None:
@@ -74,16 +91,34 @@ def test_render_does_not_render_values() -> None:
         ("x\n  {{ target ", "unclosed '{{' at line 2, column 3"),
         (
             "{{ .Values | quote }}",
-            "{{ .Values | quote }} at line 1, column 1 is not a variable name; "
-            "only {{ name }} and {{ variables.X }} placeholders are supported",
+            "{{ .Values | quote }} at line 1, column 1 is not supported; use a variable such as "
+            "{{ target }} or {{ variables.X }}, printf or index (see docs/flagger.md)",
         ),
         (
             "{{}}",
-            "{{}} at line 1, column 1 is not a variable name; "
-            "only {{ name }} and {{ variables.X }} placeholders are supported",
+            "{{}} at line 1, column 1 is not supported; use a variable such as "
+            "{{ target }} or {{ variables.X }}, printf or index (see docs/flagger.md)",
+        ),
+        ("{{ $route }}", "undefined $route at line 1, column 1"),
+        (
+            '{{ printf "%s" target name }}',
+            "printf at line 1, column 1 has more arguments than verbs",
+        ),
+        (
+            '{{ index variables "nope" }}',
+            f"unknown variable 'variables.nope' at line 1, column 1; defined: {DEFINED}",
         ),
     ],
-    ids=["unknown", "unknown-variables-x", "unclosed", "expression", "empty"],
+    ids=[
+        "unknown",
+        "unknown-variables-x",
+        "unclosed",
+        "expression",
+        "empty",
+        "undefined-local",
+        "printf-extra-argument",
+        "index-missing",
+    ],
 )
 def test_render_errors_name_the_problem(template: str, message: str) -> None:
     """Unknown variables, unclosed braces and expressions are TemplateErrors that say where."""
@@ -119,19 +154,31 @@ def test_template_variables_are_flat() -> None:
     """Canary fields and extra variables become one flat mapping for render()."""
     assert template_variables(
         namespace="n", name="a", target="t", interval=30, variables={"k": "v"}
-    ) == {"namespace": "n", "name": "a", "target": "t", "interval": "30s", "variables.k": "v"}
+    ) == {
+        "namespace": "n",
+        "name": "a",
+        "target": "t",
+        "service": "t",
+        "ingress": "t",
+        "route": "t",
+        "interval": "30s",
+        "variables.k": "v",
+    }
 
 
 def test_supported_meshes() -> None:
-    """The meshes Flagger has built-ins for, plus canaryd's envoy, haproxy and prometheus."""
+    """The meshes Flagger has observers for, plus canaryd's envoy, haproxy and prometheus."""
     assert MESH_PROVIDERS == (
         "apisix",
         "appmesh",
         "contour",
         "envoy",
+        "gatewayapi",
         "gloo",
         "haproxy",
         "istio",
+        "knative",
+        "kubernetes",
         "kuma",
         "linkerd",
         "nginx",
@@ -174,20 +221,13 @@ def test_flagger_mesh_spellings(mesh: str, same_as: str) -> None:
             f"unknown meshProvider 'consul'; supported: {', '.join(MESH_PROVIDERS)}",
         ),
         (
-            "request-duration",
-            "gatewayapi:v1beta1",
-            "meshProvider 'gatewayapi:v1beta1' has no built-in metrics: the series depend on "
-            "the Gateway implementation; use a template, or set meshProvider to the "
-            "implementation (e.g. istio, contour, envoy)",
-        ),
-        (
             "error-rate",
             "istio",
             "unknown built-in metric 'error-rate'; built-ins: request-success-rate, "
             "request-duration (other metrics need templateRef or query)",
         ),
     ],
-    ids=["unknown-mesh", "gatewayapi", "unknown-metric"],
+    ids=["unknown-mesh", "unknown-metric"],
 )
 def test_builtin_query_errors(metric: str, mesh: str, message: str) -> None:
     """Unknown meshes list the supported ones; unknown built-ins list the built-ins."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
-from receiver import Receiver
+from receiver import Receiver, self_signed
 
 from canaryd.analysis import CanaryState, Phase
 from canaryd.config import CanaryConfig, WebhookSpec
-from canaryd.webhooks import call
+from canaryd.events import Event
+from canaryd.webhooks import call, event_payload, longest_call
 
 pytestmark = pytest.mark.anyio
 
@@ -86,3 +89,56 @@ async def test_manual_gate_waits_for_approval() -> None:
     async with aiohttp.ClientSession() as s:
         result = await call(s, SPEC, STATE, hook(None), "k4")
     assert (result.ok, result.detail) == (False, "waiting for manual approval (canaryd approve)")
+
+
+@pytest.mark.parametrize(
+    ("name", "event_type"),
+    [
+        ("gate.waiting", "Warning"),
+        ("check.failed", "Warning"),
+        ("rollout.rolled_back", "Warning"),
+        ("weight.advanced", "Normal"),
+        ("rollout.promoted", "Normal"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_event_hook_gets_flaggers_event_metadata(name: str, event_type: str) -> None:
+    """An event hook's metadata has Flagger's eventMessage, eventType and timestamp (ms, a
+    string); the hook's own metadata keeps its other keys but cannot override these three."""
+    event = Event(name, "prod/web", "v2.4.1", "Progressing", 1714564800.5, {"gate": "x"})
+    spec = hook("http://x", type="event", metadata={"eventType": "mine", "team": "sre"})
+    body = event_payload(SPEC, STATE, spec, event)
+    message = body["metadata"].pop("eventMessage")
+    assert message.startswith("prod/web v2.4.1: ")
+    assert body["metadata"] == {
+        "team": "sre",
+        "ticket": "OPS-7",
+        "eventType": event_type,
+        "timestamp": "1714564800500",
+    }
+    assert (body["name"], body["namespace"], body["type"]) == ("web", "prod", "event")
+
+
+async def test_disable_tls_reaches_a_self_signed_hook(tmp_path: Path) -> None:
+    """disableTLS: true calls an HTTPS hook whose certificate does not verify; without it the
+    call fails on the certificate and never reaches the receiver."""
+    async with Receiver(tls=self_signed(tmp_path)) as r, aiohttp.ClientSession() as s:
+        strict = await call(s, SPEC, STATE, hook(r.url), "k5")
+        lax = await call(s, SPEC, STATE, hook(r.url, disableTLS=True), "k6")
+    assert not strict.ok and "Certificate" in strict.detail
+    assert lax.ok
+    assert [q.headers["Idempotency-Key"] for q in r.requests] == ["k6"]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "retries", "expected"),
+    [("10s", 0, 10.0), ("3m", 0, 180.0), ("3m", 2, 540.0 + 2 * 2.2)],
+    ids=["default", "helm-test", "with-retries"],
+)
+def test_longest_call_covers_every_attempt_and_backoff(
+    timeout: str, retries: int, expected: float
+) -> None:
+    """A hook's longest call is its timeout per attempt plus the longest backoff between them."""
+    assert longest_call(hook("http://x", timeout=timeout, retries=retries)) == pytest.approx(
+        expected
+    )

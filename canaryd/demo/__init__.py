@@ -32,6 +32,7 @@ from canaryd.demo.procs import DemoError
 from canaryd.demo.results import ScenarioResult
 from canaryd.demo.scenarios import SCENARIOS, Timings
 from canaryd.demo.view import TerminalView, View
+from canaryd.terminal import escape_lines
 
 INSTALL_HINT = "sudo apt-get install prometheus haproxy"
 
@@ -155,7 +156,7 @@ def main(
     try:
         results = anyio.run(_until_signal, names, tools, timings or Timings(), view)
     except DemoError as exc:
-        print(f"canaryd demo: {exc}", file=sys.stderr)
+        print(f"canaryd demo: {escape_lines(str(exc))}", file=sys.stderr)
         return 2
     if results is None:
         print("\ninterrupted: every process the demo started has been stopped", file=stream)

@@ -135,7 +135,15 @@ def canaryd_config(
                     "maxWeight": timings.max_weight,
                     "metrics": _metrics(timings),
                 },
-                "alerts": [{"name": "receiver", "notifier": "receiver", "severity": "info"}],
+                # the demo shows every step, not only the Flagger-default alerts
+                "alerts": [
+                    {
+                        "name": "receiver",
+                        "notifier": "receiver",
+                        "severity": "info",
+                        "events": "all",
+                    }
+                ],
             }
         ],
     }

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TextIO
 from canaryd.client import weight_bar
 from canaryd.demo.results import Bound, ScenarioResult, fmt_value, number, verdict
 from canaryd.demo.scenarios import Scenario
+from canaryd.terminal import escape, escape_lines
 
 CLEAR_LINE = "\r\x1b[2K"
 
@@ -100,7 +101,7 @@ class TerminalView:
     def _line(self, text: str) -> None:
         if self.live and self._status:
             self.out.write(CLEAR_LINE)
-        self.out.write(text + "\n")
+        self.out.write(escape_lines(text) + "\n")
         if self.live and self._status:
             self.out.write(self._status)
         self.out.flush()
@@ -116,8 +117,8 @@ class TerminalView:
     def event(self, elapsed: float, event: dict[str, Any], bounds: list[Bound]) -> None:
         """Print an event line (if it is worth one)."""
         text = describe_event(event, bounds)
-        if text is not None:
-            self._line(f"  {elapsed:5.1f}s  {text}")
+        if text is not None:  # one line, whatever the reason's text holds
+            self._line(f"  {elapsed:5.1f}s  {escape(text)}")
 
     def status(
         self, state: dict[str, Any], live: dict[str, float | None], bounds: list[Bound]
@@ -126,7 +127,7 @@ class TerminalView:
         if not self.live:
             return
         values = "  ".join(metric_text(b, live.get(b.name)) for b in bounds)
-        self._status = (
+        self._status = escape(
             f"  canary {weight_bar(int(state.get('canaryWeight', 0)))}  {values}  "
             f"failed {state.get('failedChecks')}/{state.get('threshold')}  {state.get('phase')}"
         )
@@ -146,7 +147,8 @@ class TerminalView:
         self._line(f"     alerts received ({len(result.alerts)}): {alerts or 'none'}")
         if not result.as_expected and result.log_tail:
             self._line(
-                "     canaryd's last log lines:\n       " + "\n       ".join(result.log_tail)
+                "     canaryd's last log lines:\n       "
+                + "\n       ".join(escape(line) for line in result.log_tail)
             )
 
     def summary(self, results: list[ScenarioResult]) -> None:

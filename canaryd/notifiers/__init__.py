@@ -7,24 +7,26 @@ backoff and ordering belong to the outbox dispatcher, not here.
 
 Formats, one module each: :mod:`.slack` (Block Kit), :mod:`.msteams`
 (Adaptive Card), :mod:`.discord` (embed), :mod:`.gchat` (cardsV2),
-:mod:`.webhook` (generic JSON, Flagger-compatible keys), :mod:`.cloudevents`
-(CloudEvents 1.0, structured mode). Shared wording lives in :mod:`.text`.
+:mod:`.rocket` (Rocket.Chat, Slack-style attachment), :mod:`.webhook` (generic
+JSON, Flagger-compatible keys), :mod:`.cloudevents` (CloudEvents 1.0, structured
+mode). Shared wording lives in :mod:`.text`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 import aiohttp
 import anyio.to_thread
 from pydantic import SecretStr
 
-from canaryd.config import Notifier, Severity, read_secret
+from canaryd.config import AlertSpec, Notifier, Severity, read_secret
 from canaryd.errors import WebhookError
-from canaryd.events import EVENTS, Event
-from canaryd.http import Answer, post_json, redact_url
-from canaryd.notifiers import cloudevents, discord, gchat, msteams, slack, webhook
+from canaryd.events import ALERTABLE, EVENTS, FLAGGER_ALERTS, Event
+from canaryd.http import post_json, redact_url
+from canaryd.notifiers import cloudevents, discord, gchat, msteams, rocket, slack, webhook
 from canaryd.notifiers.text import RenderOptions, describe, severity_of
 
 __all__ = [
@@ -37,30 +39,11 @@ __all__ = [
     "passes",
     "render",
     "severity_of",
+    "wanted",
 ]
 
-ALERT_EVENTS: Final = frozenset(
-    {
-        "rollout.started",
-        "rollout.waiting",
-        "gate.waiting",
-        "gate.approved",
-        "gate.timed_out",
-        "weight.advanced",
-        "iteration.advanced",
-        "check.failed",
-        "check.held_by_canaryd",
-        "pre_rollout.failed",
-        "rollout.promoted",
-        "rollout.rolled_back",
-        "rollout.paused",
-        "rollout.resumed",
-        "router.failed",
-    }
-)
-"""Events that become chat alerts. Not ``analysis.tick`` (one per tick is noise),
-nor daemon/config events or ``notification.failed`` (an alert about alerts
-failing would loop); ``event`` webhooks still receive every event."""
+ALERT_EVENTS: Final = ALERTABLE
+"""Events that can become chat alerts (``events: all``); see :data:`canaryd.events.ALERTABLE`."""
 
 Renderer = Callable[[Event, RenderOptions], dict[str, Any]]
 
@@ -69,6 +52,7 @@ FORMATS: Final[dict[str, tuple[Renderer, str]]] = {
     "msteams": (msteams.render, msteams.CONTENT_TYPE),
     "discord": (discord.render, discord.CONTENT_TYPE),
     "gchat": (gchat.render, gchat.CONTENT_TYPE),
+    "rocket": (rocket.render, rocket.CONTENT_TYPE),
     "webhook": (webhook.render, webhook.CONTENT_TYPE),
     "cloudevents": (cloudevents.render, cloudevents.CONTENT_TYPE),
 }
@@ -86,6 +70,26 @@ def passes(filter: Severity, event: Event) -> bool:
         KeyError: the event's name is not in the vocabulary.
     """
     return _RANK[severity_of(event)] >= _RANK[filter]
+
+
+def wanted(alert: AlertSpec, event: Event) -> bool:
+    """Whether ``alert`` sends ``event``: chosen by its ``events``, let through by its severity.
+
+    ``events: flagger`` (the default) chooses the events Flagger alerts on, ``all``
+    every alertable event, a list the events named. A waiting event whose closing
+    webhook has ``muteAlert`` is never sent (docs/events.md, "Alerts").
+
+    Raises:
+        KeyError: the event's name is not in the vocabulary.
+    """
+    if event.fields.get("muteAlert"):
+        return False
+    chosen: Collection[str] = alert.events
+    if chosen == "flagger":
+        chosen = FLAGGER_ALERTS.keys()
+    elif chosen == "all":
+        chosen = ALERTABLE
+    return event.name in chosen and passes(alert.severity, event)
 
 
 def render(
@@ -192,5 +196,5 @@ async def deliver(
         # scrub the whole body before the preview is cut: a cut token would survive in part
         body = _scrub(answer.body.decode("utf-8", "replace"), url).encode()
         raise WebhookError(
-            f"{notifier.type} notifier {where}: {Answer(answer.status, body).describe()}"
+            f"{notifier.type} notifier {where}: {dataclasses.replace(answer, body=body).describe()}"
         )

@@ -47,7 +47,14 @@ from yarl import URL
 
 from canaryd.config import PrometheusProvider, read_secret
 from canaryd.errors import ProviderError, ResourceError
-from canaryd.http import BODY_PREVIEW_BYTES, POOL_PER_HOST, USER_AGENT, redact_url
+from canaryd.http import (
+    BODY_PREVIEW_BYTES,
+    POOL_PER_HOST,
+    USER_AGENT,
+    describe_redirect,
+    redact_url,
+    redirect_target,
+)
 from canaryd.providers.transport import (
     AnswerTimeoutError,
     BusyLoopError,
@@ -285,6 +292,9 @@ class Prometheus:
             ) from exc
         except TransportError as exc:
             raise _TransientError(f"cannot reach prometheus at {self._where}: {exc}") from exc
+        if 300 <= resp.status < 400:  # never followed: docs/reliability.md
+            target = redirect_target(self._cfg.address, resp.location)
+            raise ProviderError(f"prometheus answered {describe_redirect(resp.status, target)}")
         return _answer_data(resp.status, _scrub(resp.body, headers), resp.complete)
 
     def _headers(self) -> dict[str, str]:
@@ -401,7 +411,7 @@ def _answer_data(status: int, body: bytes, complete: bool) -> Any:
         raise ProviderError(_http_error(status, body, f" with more than {MAX_BODY_BYTES} bytes"))
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
         doc = None
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
         kind = _TransientError if retryable else ProviderError

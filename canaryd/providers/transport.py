@@ -11,7 +11,20 @@ per request.
 
 What it does not do, on purpose: redirects, proxies, cookies, compression
 (no ``Accept-Encoding`` is sent), HTTP/2. A metrics endpoint needs none of
-them; a redirect is reported as the status it is.
+them; a redirect is reported as the status it is, with its ``Location``.
+
+Hostile or broken answers are refused the way aiohttp refuses them, or more
+strictly (docs/reliability.md, "The query transport"; ``tests/test_transport_differential.py``
+holds the two clients side by side):
+
+- interim ``1xx`` answers are skipped, the final answer is the one returned;
+  ``101 Switching Protocols`` (never asked for) is an error;
+- what is not body (status lines, headers, interim answers, chunk framing,
+  trailers) is capped at :data:`MAX_HEAD_BYTES` plus an eighth of the body;
+  the body is cut at the cap;
+- a ``Content-Encoding`` other than ``identity`` (never asked for) is an error;
+- bytes after a complete answer would be read as the next query's answer: in
+  the same read they fail the request, later they retire the connection.
 """
 
 from __future__ import annotations
@@ -31,6 +44,9 @@ from canaryd.errors import CanarydError
 
 IDLE_SECONDS = 15.0
 """A connection unused for longer is closed rather than reused (servers drop idle ones)."""
+
+MAX_HEAD_BYTES = 8 * 1024
+"""Status lines and headers of one answer, interim ``1xx`` answers included, at most."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -89,18 +105,27 @@ class Response:
     status: int
     body: bytes
     complete: bool
+    location: str = ""
+    """The ``Location`` header (redirects), as sent."""
 
 
 class _Connection(asyncio.Protocol):
     """One persistent connection; carries one request at a time."""
 
     __slots__ = (
+        "_answered",
         "_body",
         "_cap",
         "_delimited",
+        "_encoded",
         "_headers_done",
+        "_keep_alive",
+        "_location",
         "_parser",
+        "_seen",
         "_size",
+        "_status",
+        "_stray",
         "_waiter",
         "closed",
         "last_used",
@@ -116,6 +141,13 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._headers_done = False
         self._delimited = False  # Content-Length or chunked: the end is known without EOF
+        self._answered = False  # the final answer to the request in flight is complete
+        self._stray = False  # bytes came after it
+        self._status = 0
+        self._keep_alive = False
+        self._encoded = False  # a Content-Encoding other than identity
+        self._location = b""
+        self._seen = 0  # bytes received for the request in flight
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.last_used = 0.0
@@ -126,13 +158,53 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # a stream transport
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for (a server's 408 on an idle line, say):
-            self.close()  # whatever follows would be misread as the next answer
-            return
+        # Fed in pieces no larger than what the caps still allow: the parser buffers
+        # a header until its end, so an endless one must be stopped before it is fed.
+        while data:
+            if self._waiter is None:  # bytes nobody asked for (a server's 408 on an idle
+                self.close()  # line, say): whatever follows would be misread as an answer
+                return
+            room = self._room()
+            if room <= 0:
+                what = "head" if not self._headers_done else "answer"
+                self._fail(TransportError(f"{what} larger than the client accepts"))
+                return
+            piece, data = data[:room], data[room:]
+            self._seen += len(piece)
+            self._feed(piece)
+            if self._answered and self._waiter is not None:
+                self._settle(stray=bool(data))
+                return
+
+    def _feed(self, piece: bytes) -> None:
+        """Parse ``piece``; a parse error fails the request."""
         try:
-            self._parser.feed_data(data)
+            self._parser.feed_data(piece)
+        except httptools.HttpParserUpgrade:
+            self._fail(TransportError("answer switches protocols, which was not asked for"))
         except httptools.HttpParserError as exc:
+            self._stray = self._stray or self._answered
             self._fail(TransportError(f"not an HTTP answer: {exc}"))
+
+    def _settle(self, *, stray: bool) -> None:
+        """The answer is complete: return it, unless bytes came after it in the same read.
+
+        Such bytes would be parsed as the next query's answer; neither the answer
+        they follow nor the connection is trusted (docs/reliability.md).
+        """
+        if stray or self._stray:
+            self._fail(TransportError("bytes after the end of the answer"))
+        else:
+            self._finish(complete=True)
+
+    def _room(self) -> int:
+        """Bytes the request in flight may still receive before a cap is passed.
+
+        Whatever is not body (status lines, headers, interim answers, chunk
+        framing, trailers): :data:`MAX_HEAD_BYTES` plus an eighth of the body
+        received so far; the body itself is cut at the cap by :meth:`on_body`.
+        """
+        return MAX_HEAD_BYTES + self._size // 8 - (self._seen - self._size)
 
     def eof_received(self) -> bool | None:
         return False  # close the transport: one side done means the connection is done
@@ -143,21 +215,36 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         if self._headers_done and not self._delimited:  # an answer delimited by the close
-            self._finish(complete=True)
+            self.on_message_complete()
+            if self._answered:
+                self._settle(stray=False)
             return
         reason = f": {exc}" if exc else ""
         self._fail(TransportError(f"connection closed before the answer was complete{reason}"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._answered:  # a second answer to one request
+            self._stray = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a trailer: framing and type come from the head only
         lowered = name.lower()
         if lowered == b"content-length" or (
             lowered == b"transfer-encoding" and b"chunked" in value.lower()
         ):
             self._delimited = True
+        elif lowered == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            self._encoded = True
+        elif lowered == b"location":
+            self._location = value
 
     def on_headers_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:
+            return  # an interim answer: the final one follows
         self._headers_done = True
+        self._status = self._parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
         if self._waiter is None:  # cut at the cap already
@@ -169,15 +256,25 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def on_message_complete(self) -> None:
-        self._finish(complete=True)
+        if not self._headers_done:  # the end of an interim answer (100 Continue, 103 ...)
+            self._delimited = self._encoded = False
+            self._location = b""
+            return
+        if self._encoded:
+            self._fail(TransportError("answer has a Content-Encoding that was not asked for"))
+            return
+        self._answered = True  # returned by data_received once the read is parsed
+        self._keep_alive = self._parser.should_keep_alive()  # before the parser resets
 
     # requests
     def send(self, request: bytes) -> asyncio.Future[Response]:
         """Write a request; the future gets its answer."""
         assert self.transport is not None and self._waiter is None
         self.requests += 1
-        self._body, self._size = [], 0
-        self._headers_done = self._delimited = False
+        self._body, self._size, self._seen = [], 0, 0
+        self._headers_done = self._delimited = self._answered = self._encoded = False
+        self._stray = False
+        self._location = b""
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return waiter
@@ -189,8 +286,9 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self._body)
         if not complete:
             body = body[: self._cap]
-        waiter.set_result(Response(self._parser.get_status_code(), body, complete))
-        if not self._parser.should_keep_alive():
+        location = self._location.decode("latin-1")
+        waiter.set_result(Response(self._status, body, complete, location))
+        if not (complete and self._keep_alive):
             self.close()
 
     def _fail(self, exc: TransportError) -> None:
