@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.abc
 import pytest
 from daemons import TOKEN, api_url, running_daemon, write_config
 from fdlimits import fd_limit_at_least, out_of_file_descriptors
@@ -38,6 +39,7 @@ from prom import PrometheusServer, eventually, open_provider
 from receiver import Receiver
 from structlog.testing import capture_logs
 
+from canaryd import api as api_module
 from canaryd import scheduler as scheduler_module
 from canaryd.limits import fd_reserve
 from canaryd.providers import transport
@@ -222,6 +224,47 @@ async def test_readyz_says_behind_while_ticks_start_late_then_ready_again(
         daemon._check_schedule()
         assert "; behind schedule by " in daemon.status_line()
         await eventually(lambda: readyz_async(base), lambda s: s == 200, within=5)
+
+
+async def closed_by_peer(stream: anyio.abc.SocketStream) -> bool:
+    """Wait (2 s at most) for the daemon to close or reset ``stream``; True when it did."""
+    with anyio.move_on_after(2.0):
+        try:
+            await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return True
+    return False
+
+
+@pytest.mark.anyio
+async def test_api_connections_beyond_the_cap_are_reset_and_silent_ones_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection past the cap is reset on arrival; one with no complete request is closed."""
+    monkeypatch.setattr(api_module, "api_connection_cap", lambda providers: 3)
+    monkeypatch.setattr(api_module, "IDLE_SECONDS", 1.0)
+    config = write_config(
+        tmp_path,
+        [idle_canary("web")],
+        providers={"prom": {"type": "prometheus", "address": UNREACHABLE, "timeout": "1s"}},
+        routers={"lb": {"type": "webhook", "url": UNREACHABLE, "timeout": "1s"}},
+    )
+    base = api_url(config)
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    async with running_daemon(config) as daemon:
+        held = [await anyio.connect_tcp(host, int(port)) for _ in range(3)]
+        await anyio.sleep(0.1)
+        extra = await anyio.connect_tcp(host, int(port))
+        assert await closed_by_peer(extra), "a fourth connection was kept"
+        assert daemon.api_refused is not None and daemon.api_refused.total == 1
+        await held[0].send(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")  # headers, never ended
+        started = time.monotonic()
+        for stream in held:
+            assert await closed_by_peer(stream), "a silent connection stayed open"
+        assert time.monotonic() - started < 2.5
+        assert await readyz_async(base) == 200  # the slots are free again
+        for stream in (*held, extra):
+            await stream.aclose()
 
 
 # --------------------------------------------------------------------------- fd exhaustion
