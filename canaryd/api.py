@@ -363,7 +363,7 @@ async def serve(daemon: Daemon, *, task_status: anyio.abc.TaskStatus[None]) -> N
     host, port = daemon.settings.listen_host_port
     loop = asyncio.get_running_loop()
     handler = loop.get_exception_handler()
-    loop.set_exception_handler(AcceptErrors())
+    loop.set_exception_handler(AcceptErrors(handler))
     server: asyncio.Server | None = None
     try:
         capped = _Capped(

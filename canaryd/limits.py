@@ -25,6 +25,7 @@ import asyncio
 import math
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -33,6 +34,9 @@ from canaryd.http import POOL_PER_HOST
 from canaryd.providers.transport import OUT_OF_RESOURCES
 
 log = structlog.get_logger()
+
+Handler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+"""An event loop exception handler."""
 
 FD_WANTED = 65536
 """The soft ``RLIMIT_NOFILE`` canaryd raises itself to, if the hard limit allows."""
@@ -106,10 +110,11 @@ def api_connection_cap(providers: int) -> int:
 class AcceptErrors:
     """An event loop exception handler that rate-limits ``accept()`` resource errors.
 
-    Everything else goes to the loop's default handler.
+    Everything else goes to the handler it replaced (the loop's default if none).
     """
 
-    def __init__(self, every: float = ACCEPT_LOG_SECONDS) -> None:
+    def __init__(self, inner: Handler | None = None, every: float = ACCEPT_LOG_SECONDS) -> None:
+        self.inner = inner
         self.every = every
         self.failed = 0
         """``accept()`` calls that failed since the last line logged."""
@@ -120,7 +125,10 @@ class AcceptErrors:
         exc = context.get("exception")
         message = str(context.get("message", ""))
         if not (isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES and "accept" in message):
-            loop.default_exception_handler(context)
+            if self.inner is not None:
+                self.inner(loop, context)
+            else:
+                loop.default_exception_handler(context)
             return
         self.failed += 1
         now = time.monotonic()

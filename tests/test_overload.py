@@ -11,6 +11,7 @@ trouble").
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from structlog.testing import capture_logs
 
 from canaryd import api as api_module
 from canaryd import scheduler as scheduler_module
-from canaryd.limits import fd_reserve
+from canaryd.limits import AcceptErrors, fd_reserve
 from canaryd.providers import transport
 
 UNREACHABLE = "http://127.0.0.1:9"
@@ -184,6 +185,24 @@ async def readyz_async(base: str) -> int:
             return resp.status
     except (aiohttp.ClientError, TimeoutError):
         return 0
+
+
+@pytest.mark.anyio
+async def test_other_loop_errors_go_to_the_handler_accept_errors_replaced() -> None:
+    """Only accept() resource errors are rate-limited; the rest reach the previous handler."""
+    seen: list[dict[str, Any]] = []
+    handler = AcceptErrors(lambda loop, context: seen.append(context), every=60.0)
+    loop = asyncio.get_running_loop()
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    with capture_logs() as logs:
+        for _ in range(5):
+            handler(
+                loop, {"message": "socket.accept() out of system resource", "exception": emfile}
+            )
+        handler(loop, {"message": "Task exception was never retrieved", "exception": emfile})
+    assert [c["message"] for c in seen] == ["Task exception was never retrieved"]
+    assert [e["failed"] for e in logs if e["event"] == "api.accept_failed"] == [1]
+    assert handler.failed == 4  # counted, to be said in the next line
 
 
 def idle_canary(name: str) -> dict[str, Any]:
