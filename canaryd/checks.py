@@ -73,11 +73,16 @@ class MetricValue:
 
 @dataclass(frozen=True, slots=True)
 class HookResult:
-    """One webhook call: ``ok`` is any 2xx; ``detail`` is status and body preview or error."""
+    """One webhook call: ``ok`` is any 2xx; ``detail`` is status and body preview or error.
+
+    ``own``: the call could not be made for canaryd's own trouble (out of file
+    descriptors or memory), which says nothing about the receiver or the canary.
+    """
 
     name: str
     ok: bool
     detail: str = ""
+    own: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +178,18 @@ PASSED: Verdict = (Outcome.PASS, None, {})
 
 
 def _failed_hook(results: tuple[HookResult, ...], what: str, **extra: Any) -> Verdict | None:
-    hook = next((h for h in results if not h.ok), None)
+    """The first failed webhook's verdict: Fail, or Hold if only canaryd's trouble failed one."""
+    hook = next((h for h in results if not h.ok and not h.own), None)
+    hook = hook or next((h for h in results if not h.ok), None)
     if hook is None:
         return None
     fields = {"webhook": hook.name, "error": hook.detail, **extra}
+    if hook.own:
+        return (
+            Outcome.HOLD,
+            f"{what} {hook.name}: {OWN_TROUBLE}: {hook.detail}",
+            {**fields, "own": True},
+        )
     return Outcome.FAIL, f"{what} {hook.name}: {hook.detail}", fields
 
 
@@ -235,10 +248,11 @@ def evaluate(need: Needs, obs: Observation, judged: Verdict | None = None) -> Ve
             return failed
     if not need.checks:
         return PASSED
-    failed = _failed_hook(obs.rollout, "webhook")
-    if failed is not None:
-        return failed
-    verdicts = [_metric_verdict(m) for m in obs.metrics]
+    hooks = _failed_hook(obs.rollout, "webhook")
+    if hooks is not None and hooks[0] is Outcome.FAIL:
+        return hooks
+    verdicts = [] if hooks is None else [hooks]  # held: a metric may still fail the check
+    verdicts += [_metric_verdict(m) for m in obs.metrics]
     if judged is not None:
         verdicts.append(judged)
     for outcome in (Outcome.FAIL, Outcome.HOLD):

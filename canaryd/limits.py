@@ -107,6 +107,18 @@ def api_connection_cap(providers: int) -> int:
     return max(MIN_API_CONNECTIONS, min(MAX_API_CONNECTIONS, room))
 
 
+def out_of_resources(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or what caused it says this process ran out (fds, memory)."""
+    seen = 0
+    while exc is not None and seen < 8:  # a short chain: WebhookError <- aiohttp <- OSError
+        if isinstance(exc, MemoryError) or (
+            isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES
+        ):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class AcceptErrors:
     """An event loop exception handler that rate-limits ``accept()`` resource errors.
 

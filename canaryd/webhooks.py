@@ -28,6 +28,7 @@ from canaryd.config import CanaryConfig, Severity, WebhookSpec, WebhookType, rea
 from canaryd.errors import WebhookError
 from canaryd.events import Event
 from canaryd.http import Answer, post_json
+from canaryd.limits import out_of_resources
 from canaryd.notifiers import wanted
 from canaryd.notifiers.text import describe, severity_of
 
@@ -131,7 +132,7 @@ async def call(
     result: Answer | WebhookError = await retrying(attempt)
     if isinstance(result, Answer):
         return HookResult(hook.name, result.ok, "" if result.ok else result.describe())
-    return HookResult(hook.name, False, str(result))
+    return HookResult(hook.name, False, str(result), own=out_of_resources(result))
 
 
 def _alerted(spec: CanaryConfig, name: str) -> bool:

@@ -225,6 +225,21 @@ def test_canaryds_own_trouble_holds_and_alerts() -> None:
     assert ds[0].record.reason == f"sr: canaryd's own trouble, not the canary's: {emfile}"
 
 
+def test_a_webhook_canaryd_could_not_call_holds() -> None:
+    """A rollout webhook not called for want of descriptors holds, unless a metric fails."""
+    spec = canary(webhooks=[{"name": "load", "type": "rollout", "url": "http://127.0.0.1:9"}])
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    held = (HookResult("load", False, "ClientConnectorError: Too many open files", own=True),)
+    d = core.decide(spec, state, Observation(rollout=held, metrics=ok().metrics), 2.0)
+    assert (d.state.failed_checks, d.state.canary_weight, names(d)) == (
+        0,
+        10,
+        ["check.held_by_canaryd"],
+    )
+    d = core.decide(spec, state, Observation(rollout=held, metrics=bad().metrics), 2.0)
+    assert d.state.failed_checks == 1 and names(d) == ["check.failed"]
+
+
 def test_a_real_failure_beside_canaryds_own_trouble_still_counts() -> None:
     """A metric out of range fails the check even when another one held for canaryd's trouble."""
     spec = canary()

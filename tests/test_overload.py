@@ -42,6 +42,9 @@ from structlog.testing import capture_logs
 
 from canaryd import api as api_module
 from canaryd import scheduler as scheduler_module
+from canaryd import webhooks
+from canaryd.analysis import CanaryState
+from canaryd.config import CanaryConfig
 from canaryd.limits import AcceptErrors, fd_reserve
 from canaryd.providers import transport
 
@@ -134,6 +137,36 @@ async def test_a_timeout_seen_late_by_a_blocked_loop_is_canaryds_own_trouble() -
             assert type(on_time.value) is transport.AnswerTimeoutError
         finally:
             await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_webhook_canaryd_has_no_descriptor_for_is_its_own_trouble() -> None:
+    """A rollout webhook call that meets EMFILE is canaryd's trouble; a refused one is not."""
+    async with Receiver() as receiver, aiohttp.ClientSession() as session:
+        spec = CanaryConfig.model_validate(
+            {
+                "name": "web",
+                "namespace": "prod",
+                "router": "lb",
+                "analysis": {
+                    "interval": "1s",
+                    "stepWeight": 10,
+                    "webhooks": [
+                        {"name": "load", "type": "rollout", "url": f"{receiver.url}/load"},
+                        {"name": "down", "type": "rollout", "url": f"{UNREACHABLE}/x"},
+                    ],
+                },
+            }
+        )
+        load, down = spec.analysis.webhooks
+        with out_of_file_descriptors():
+            starved = await webhooks.call(session, spec, CanaryState(), load, "k1")
+        refused = await webhooks.call(session, spec, CanaryState(), down, "k2")
+        served = await webhooks.call(session, spec, CanaryState(), load, "k3")
+    assert (starved.ok, starved.own) == (False, True), starved
+    assert "Too many open files" in starved.detail
+    assert (refused.ok, refused.own) == (False, False), refused
+    assert served.ok and receiver.requests  # the receiver was there all along
 
 
 # --------------------------------------------------------------------------- accept() errors
