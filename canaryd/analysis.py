@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from canaryd.checks import (
+    OWN_TROUBLE,
     PASSED,
     CompareSeries,
     HookResult,
@@ -661,8 +662,12 @@ def router_failed(
     now: float,
     *,
     weights: tuple[int, int] | None = None,
+    own: bool = False,
 ) -> Decision:
     """The router did not apply a decision: a failed check on the state before it.
+
+    With ``own`` the route could not even be sent for canaryd's own trouble (out of
+    file descriptors or memory): the check holds instead (docs/reliability.md).
 
     A rollback whose route failed stays Failed with ``route_pending`` so the
     runtime keeps retrying the rollback route, at ``weights`` (primary, canary:
@@ -680,6 +685,15 @@ def router_failed(
     if state.phase in (Phase.PROMOTING, Phase.FINALISING, Phase.SUCCEEDED):
         event = _event(spec, state, "router.failed", now, error=error, retrying=True)
         return Decision(state, (event,))
+    if own:
+        held = f"{OWN_TROUBLE}: {error}"
+        return Decision(
+            state,
+            (
+                _event(spec, state, "router.failed", now, error=error, retrying=True),
+                _event(spec, state, "check.held_by_canaryd", now, reason=held, error=error),
+            ),
+        )
     new = evolve(state, failed_checks=state.failed_checks + 1, reason=reason)
     effects: list[Effect] = [
         _event(spec, new, "router.failed", now, error=error),

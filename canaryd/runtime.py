@@ -48,6 +48,7 @@ from canaryd.errors import (
     TemplateError,
 )
 from canaryd.judgemodel import MetricConfig
+from canaryd.limits import out_of_resources
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
@@ -620,7 +621,9 @@ class CanaryRunner:
                 primary_weight=confirmed.primary_weight,
                 canary_weight=confirmed.canary_weight,
             )
-        failed = core.router_failed(self.spec, before, str(exc), self.services.clock())
+        failed = core.router_failed(
+            self.spec, before, str(exc), self.services.clock(), own=out_of_resources(exc)
+        )
         if failed.state.phase is core.Phase.FAILED:
             return await self._apply_routes(failed, held=confirmed)
         return Decision(failed.state, failed.effects, decision.record)

@@ -577,6 +577,22 @@ def test_router_failure_reaching_threshold_rolls_back() -> None:
     assert d.state.phase is Phase.FAILED and routes(d) == [Route("rollback", 100, 0)]
 
 
+def test_a_route_canaryd_could_not_send_holds() -> None:
+    """A route canaryd had no descriptor for holds the canary; it is not counted."""
+    spec = canary(threshold=1)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.router_failed(spec, state, "router lb: Too many open files", 2.0, own=True)
+    assert (d.state.phase, d.state.canary_weight, d.state.failed_checks) == (
+        Phase.PROGRESSING,
+        10,
+        0,
+    )
+    assert names(d) == ["router.failed", "check.held_by_canaryd"]
+    failed = core.abort(spec, started(spec), 1.0).state
+    d = core.router_failed(spec, failed, "Too many open files", 2.0, own=True)
+    assert d.state.route_pending  # a rollback's route is retried as ever
+
+
 def test_failed_rollback_route_stays_pending() -> None:
     """If even the rollback route fails, the canary stays Failed with the route pending."""
     spec = canary()

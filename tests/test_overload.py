@@ -44,9 +44,11 @@ from canaryd import api as api_module
 from canaryd import scheduler as scheduler_module
 from canaryd import webhooks
 from canaryd.analysis import CanaryState
-from canaryd.config import CanaryConfig
-from canaryd.limits import AcceptErrors, fd_reserve
+from canaryd.config import CanaryConfig, WebhookRouter
+from canaryd.errors import RouterError
+from canaryd.limits import AcceptErrors, fd_reserve, out_of_resources
 from canaryd.providers import transport
+from canaryd.routers import RouteRequest, build_router
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -167,6 +169,24 @@ async def test_a_webhook_canaryd_has_no_descriptor_for_is_its_own_trouble() -> N
     assert "Too many open files" in starved.detail
     assert (refused.ok, refused.own) == (False, False), refused
     assert served.ok and receiver.requests  # the receiver was there all along
+
+
+@pytest.mark.anyio
+async def test_a_route_canaryd_has_no_descriptor_for_is_its_own_trouble() -> None:
+    """A route that meets EMFILE is known as canaryd's trouble (the check holds); a refusal not."""
+    async with Receiver() as receiver, aiohttp.ClientSession() as session:
+        cfg = WebhookRouter.model_validate({"type": "webhook", "url": f"{receiver.url}/routes"})
+        down = WebhookRouter.model_validate({"type": "webhook", "url": f"{UNREACHABLE}/r"})
+        request = RouteRequest("prod/web", "v2", "route", 90, 10, "k")
+        router = build_router("lb", cfg, session)
+        with out_of_file_descriptors(), pytest.raises(RouterError) as starved:
+            await router.apply(request)
+        with pytest.raises(RouterError) as refused:
+            await build_router("down", down, session).apply(request)
+        await router.apply(request)
+    assert out_of_resources(starved.value), starved.value
+    assert not out_of_resources(refused.value), refused.value
+    assert len(receiver.requests) == 1  # the receiver was there all along
 
 
 # --------------------------------------------------------------------------- accept() errors
@@ -473,6 +493,57 @@ async def test_idle_connections_leave_descriptors_for_checks_and_the_rollback_ro
     assert [e for e in events(log, "check.failed") if e.get("canary") == "web"] == []
     assert "Traceback" not in log.read_text()
     assert 1 <= len(events(log, "api.connection_limit")) <= 2
+
+
+STARVED = 48
+"""A limit so low that the API's minimum share and a flood leave no descriptor to spare."""
+
+
+@pytest.mark.anyio
+@pytest.mark.integration
+async def test_checks_hold_while_the_daemon_has_no_descriptor_left(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str
+) -> None:
+    """A daemon really out of descriptors holds its healthy canary's checks, never fails them."""
+    await seed(prometheus, {unique_job: 99.9})
+    prom = {**prometheus_config(prometheus), "headers": {"Connection": "close"}}
+    log = tmp_path / "canaryd.log"
+    async with Receiver() as router:
+        config = write_config(
+            tmp_path,
+            [flood_canary("web", unique_job)],
+            providers={"prom": prom},
+            routers={"lb": {"type": "webhook", "url": f"{router.url}/routes", "timeout": "2s"}},
+        )
+        base = api_url(config)
+        with daemon_limited(config, log, STARVED):
+            await api_up(base, within=20)
+            call(base, "POST", "/api/v1/canaries/prod/web/rollouts", {"revision": "v2"})
+            host, port = base.removeprefix("http://").rsplit(":", 1)
+            flood = []
+            try:
+                for _ in range(200):  # far more than the daemon has descriptors for
+                    sock = socket.socket()
+                    sock.setblocking(False)
+                    with suppress(BlockingIOError):
+                        sock.connect((host, int(port)))
+                    flood.append(sock)
+                await eventually(
+                    partial(asyncio.to_thread, lambda: len(events(log, "check.held_by_canaryd"))),
+                    lambda n: n >= 2,
+                    within=20,
+                )
+            finally:
+                for sock in flood:
+                    sock.close()
+            await api_up(base, within=30)
+            web = call(base, "GET", "/api/v1/canaries/prod/web")
+    assert web["failedChecks"] == 0 and web["phase"] == "Progressing", web
+    held = events(log, "check.held_by_canaryd")
+    assert "Too many open files" in held[0]["reason"], held[0]
+    assert events(log, "check.failed") == []
+    assert "Traceback" not in log.read_text()
+    assert len(events(log, "api.accept_failed")) <= 3  # at most every 10 s
 
 
 def prometheus_config(prom: PrometheusServer) -> dict[str, Any]:
