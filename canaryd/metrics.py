@@ -261,7 +261,7 @@ class _SnapshotCollector(Collector):
         yield _gauge("canaryd_canaries", "Configured canaries.", [], [([], len(snap.canaries))])
         yield _gauge(
             "canaryd_schedule_lag_seconds",
-            "How late ticks start after their due time (worst of the last 10-20 s).",
+            "How late ticks start after their due time (90th percentile of the last 10-20 s).",
             [],
             [([], snap.schedule_lag)],
         )

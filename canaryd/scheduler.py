@@ -44,7 +44,11 @@ more would only queue for a connection inside the ticks, where the wait eats the
 deadline, instead of in the heap, where it is fair and measured."""
 
 LAG_WINDOW_SECONDS = 10.0
-""":meth:`Scheduler.lag` reports the worst start lag of this long a window."""
+""":meth:`Scheduler.lag` looks at the ticks started in the last one or two such windows."""
+
+LAG_QUANTILE = 0.9
+""":meth:`Scheduler.lag` is this quantile of their start lags: one stall of the event loop
+(a long garbage collection, a busy machine) makes a few ticks late, not the scheduler."""
 
 
 class Tickable(Protocol):
@@ -94,9 +98,9 @@ class Scheduler:
     _alarm: asyncio.Future[None] | None = None
     _stopping: bool = False
     max_ticking: int = MAX_TICKING
-    _lag: float = 0.0  # worst start lag since _lag_since
+    _lags: list[float] = field(default_factory=list)  # start lags since _lag_since
     _lag_since: float = 0.0
-    _lag_before: float = 0.0  # worst start lag of the window before
+    _lags_before: list[float] = field(default_factory=list)  # of the window before
 
     def add(self, runner: Tickable, first_delay: float) -> Callable[[], None]:
         """Schedule a runner's first tick ``first_delay`` seconds from now.
@@ -130,17 +134,19 @@ class Scheduler:
     def lag(self, now: float) -> float:
         """How far behind schedule ticks start, in seconds (0 when on time).
 
-        The worst lag of the ticks started in the last :data:`LAG_WINDOW_SECONDS`
-        or so, or how long the most overdue waiting entry has waited, if longer.
+        :data:`LAG_QUANTILE` of the start lags of the ticks started in the last
+        :data:`LAG_WINDOW_SECONDS` or so (a loop's first tick is spread over its
+        interval on purpose and does not count), or how long the most overdue
+        waiting entry has waited, if longer.
 
         Args:
             now: the event loop's clock.
         """
         self._roll_lag(now)
-        overdue = 0.0
-        if self._heap and not self._stopping:
-            overdue = now - self._heap[0][0]
-        return max(self._lag, self._lag_before, overdue, 0.0)
+        lags = sorted(self._lags + self._lags_before)
+        quantile = lags[min(len(lags) - 1, int(len(lags) * LAG_QUANTILE))] if lags else 0.0
+        overdue = now - self._heap[0][0] if self._heap and not self._stopping else 0.0
+        return max(quantile, overdue, 0.0)
 
     def queued(self, key: str, now: float) -> bool:
         """Whether ``key``'s tick is due and waits for a free slot (not ticking, not stalled)."""
@@ -153,8 +159,9 @@ class Scheduler:
 
     def _roll_lag(self, now: float) -> None:
         if now - self._lag_since >= LAG_WINDOW_SECONDS:
-            self._lag_before = self._lag if now - self._lag_since < 2 * LAG_WINDOW_SECONDS else 0.0
-            self._lag, self._lag_since = 0.0, now
+            recent = now - self._lag_since < 2 * LAG_WINDOW_SECONDS
+            self._lags_before = self._lags if recent else []
+            self._lags, self._lag_since = [], now
 
     def _wake(self, entry: _Entry) -> None:
         if entry.removed:
@@ -196,7 +203,7 @@ class Scheduler:
     def _start(self, entry: _Entry, loop: asyncio.AbstractEventLoop, now: float) -> None:
         if entry.started:
             self._roll_lag(now)
-            self._lag = max(self._lag, now - entry.due)
+            self._lags.append(now - entry.due)
         entry.started = True
         task = loop.create_task(self._tick(entry))
         entry.ticking = task
