@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="watch canaries get promoted and rolled back for real")
     d.add_argument("--scenario", choices=["healthy", "errors", "slow", "no-traffic"])
     d.add_argument("--report", metavar="FILE.html")
+    d.add_argument(
+        "--router",
+        choices=["haproxy", "nginx", "envoy", "traefik", "caddy"],
+        default="haproxy",
+        help="the real proxy the traffic goes through (default haproxy)",
+    )
     return p
 
 
@@ -126,7 +132,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from canaryd.demo import main as demo_main
 
-        return demo_main(args.scenario, args.report)
+        return demo_main(args.scenario, args.report, router=args.router)
     return anyio.run(_client_command, args)
 
 

@@ -206,7 +206,98 @@ class PrometheusProvider(Model):
         return v
 
 
-ProviderConfig = Annotated[PrometheusProvider, Field(discriminator="type")]
+class _HttpProvider(Model):
+    """What every HTTP metrics provider other than Prometheus has (docs/providers.md)."""
+
+    address: str
+    timeout: Duration = 5.0
+    headers: dict[str, str] = Field(default_factory=dict)
+    insecureSkipVerify: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        return PrometheusProvider._http_url(v)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_lines(cls, v: dict[str, str]) -> dict[str, str]:
+        return PrometheusProvider._header_lines(v)
+
+
+class GraphiteProvider(_HttpProvider):
+    """Graphite's render API (graphite-web, carbonapi, Grafana Cloud Graphite)."""
+
+    type: Literal["graphite"]
+    bearer_token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+class InfluxDBProvider(_HttpProvider):
+    """InfluxDB: InfluxQL over ``/query`` (1.x, 2.x/Cloud v1 API) or Flux (2.x)."""
+
+    type: Literal["influxdb"]
+    language: Literal["influxql", "flux"] = "influxql"
+    database: str | None = None
+    retentionPolicy: str | None = None
+    org: str | None = None
+    org_file: str | None = None
+    token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+class SecretHeader(Model):
+    """A request header whose value is read from a secret file on every request."""
+
+    name: str
+    value_file: str
+
+    @field_validator("name")
+    @classmethod
+    def _one_word(cls, v: str) -> str:
+        if not v or any(c in v for c in "\r\n: "):
+            raise ValueError("a header name is one word without ':'")
+        return v
+
+
+class WebProvider(_HttpProvider):
+    """Any HTTP endpoint answering JSON, the value picked by a JSONPath (docs/providers.md)."""
+
+    type: Literal["web"]
+    method: Literal["GET", "POST"] = "GET"
+    jsonPath: str
+    contentType: str = "application/json"
+    secret_headers: list[SecretHeader] = Field(default_factory=list)
+
+    @field_validator("address")
+    @classmethod
+    def _no_query(cls, v: str) -> str:
+        if "?" in v or "#" in v:
+            raise ValueError("no query string here: put parameters in the template's query")
+        return v
+
+    @field_validator("contentType")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        if not v or "\r" in v or "\n" in v or not v.isascii():
+            raise ValueError("a content type is one line of ASCII text")
+        return v
+
+    @field_validator("jsonPath")
+    @classmethod
+    def _json_path(cls, v: str) -> str:
+        from canaryd.providers.jsonpath import parse_path
+
+        parse_path(v)  # ValueError names the problem
+        return v
+
+
+ProviderConfig = Annotated[
+    PrometheusProvider | GraphiteProvider | InfluxDBProvider | WebProvider,
+    Field(discriminator="type"),
+]
 
 
 # --------------------------------------------------------------------------- routers
@@ -232,9 +323,106 @@ class HAProxyRouter(Model):
     primary: str
     canary: str
     timeout: Timeout = 5.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address``: promote points the primary server at the canary's address
+    (``set server ... addr``); ``verify``: promote only checks both servers exist
+    (the deploy pipeline redeploys the primary itself). See docs/routers.md."""
 
 
-RouterConfig = Annotated[WebhookRouter | HAProxyRouter, Field(discriminator="type")]
+def _http_base(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+HttpBase = Annotated[str, AfterValidator(_http_base)]
+
+
+class CaddyRouter(Model):
+    """Caddy's admin API: weighted_round_robin weights of one reverse_proxy handler.
+
+    ``handler`` is the handler's ``@id`` or its config path (``/config/apps/...``);
+    ``primary``/``canary`` are upstream ``dial`` addresses (docs/routers.md, "Caddy").
+    """
+
+    type: Literal["caddy"]
+    admin: HttpBase = "http://127.0.0.1:2019"
+    handler: str = Field(min_length=1)
+    primary: str = Field(min_length=1)
+    canary: str = Field(min_length=1)
+    timeout: Timeout = 5.0
+
+    @field_validator("handler")
+    @classmethod
+    def _id_or_path(cls, v: str) -> str:
+        if v.startswith("/") and not v.startswith("/config/"):
+            raise ValueError("must be an @id or a path starting with /config/")
+        if any(c in v for c in "?#") or any(c.isspace() for c in v):
+            raise ValueError("must not contain '?', '#' or whitespace")
+        return v.rstrip("/")
+
+
+class ConsulRouter(Model):
+    """Consul service mesh: a ``service-splitter`` config entry (docs/routers.md, "Consul")."""
+
+    type: Literal["consul"]
+    address: HttpBase = "http://127.0.0.1:8500"
+    service: Name
+    primary_subset: str | None = None
+    canary_subset: str | None = None
+    primary_service: Name | None = None
+    canary_service: Name | None = None
+    datacenter: str | None = None
+    namespace: str | None = None
+    partition: str | None = None
+    token_file: str | None = None
+    timeout: Timeout = 5.0
+
+    @model_validator(mode="after")
+    def _two_targets(self) -> ConsulRouter:
+        primary = (self.primary_service or self.service, self.primary_subset)
+        if primary == (self.canary_service or self.service, self.canary_subset):
+            raise ValueError(
+                "primary and canary are the same split target; set primary_subset/"
+                "canary_subset or primary_service/canary_service"
+            )
+        return self
+
+
+class AlbRouter(Model):
+    """AWS Application Load Balancer: target-group weights of a listener's forward action."""
+
+    type: Literal["alb"]
+    listener_arn: str = Field(min_length=1)
+    rule_arn: str | None = None
+    primary_target_group_arn: str = Field(min_length=1)
+    canary_target_group_arn: str = Field(min_length=1)
+    region: str | None = None
+    endpoint_url: HttpBase | None = None
+    timeout: Timeout = 10.0
+
+
+class ExecRouter(Model):
+    """Any other router: runs ``command`` (an argv, no shell) with the action and weights."""
+
+    type: Literal["exec"]
+    command: list[str] = Field(min_length=1)
+    timeout: Timeout = 30.0
+    env: dict[str, str] = Field(default_factory=dict)
+    retry_exit_codes: list[int] = Field(default_factory=lambda: [75])
+
+    @field_validator("command")
+    @classmethod
+    def _program(cls, v: list[str]) -> list[str]:
+        if not v[0] or any("\x00" in arg for arg in v):
+            raise ValueError("the first item is the program; no item may contain NUL")
+        return v
+
+
+RouterConfig = Annotated[
+    WebhookRouter | HAProxyRouter | CaddyRouter | ConsulRouter | AlbRouter | ExecRouter,
+    Field(discriminator="type"),
+]
 
 
 # --------------------------------------------------------------------------- notifiers

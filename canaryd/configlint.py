@@ -44,10 +44,17 @@ def check_queries(settings: Settings, raw: dict[str, Any], ctx: Report) -> None:
     for i, canary in enumerate(settings.canaries):
         for j, metric in enumerate(canary.analysis.metrics):
             try:
-                resolve_metric(settings, canary, metric)
+                resolved = resolve_metric(settings, canary, metric)
             except TemplateError as exc:
                 here = _query_key(settings, raw, canary, metric, (i, j))
                 ctx.problem(here, f"{canary.key}: {exc}")
+                continue
+            if metric.compare is not None and settings.providers[resolved.provider].type == "web":
+                ctx.problem(
+                    ("canaries", i, "analysis", "metrics", j, "compare"),
+                    f"{canary.key}: compare: needs range queries, which the web provider "
+                    f"{resolved.provider!r} has none of (docs/providers.md)",
+                )
 
 
 def _query_key(

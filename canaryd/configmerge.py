@@ -250,15 +250,18 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
     providers = raw.setdefault("providers", {})
     if not isinstance(providers, dict):
         return
+    kind = mapped.provider_type
     if mapped.secret_ref is not None and mapped.provider_entry is not None:
         _secret_files(mapped.provider_entry, mapped.secret_ref, pending.doc, ctx)
     own = mapped.provider_entry is not None and (
         "headers" in mapped.provider_entry or mapped.secret_ref is not None
     )
     if mapped.prometheus_address is None or mapped.provider_entry is None:
-        name = _only(providers, "provider", "spec.provider.address", here, ctx)
+        same = {k: p for k, p in providers.items() if kind == "prometheus" or _typed(p, kind)}
+        what = "provider" if kind == "prometheus" else f"{kind} provider"
+        name = _only(same, what, "spec.provider.address", here, ctx)
     else:
-        name = None if own else flagger.find_provider(providers, mapped.prometheus_address)
+        name = None if own else flagger.find_provider(providers, mapped.prometheus_address, kind)
     if name is None and mapped.provider_entry is not None:
         name = f"{str(mapped.name).replace('/', '-')}-provider"
         if name in providers:
@@ -269,6 +272,11 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
         _move_locs(pending.doc, ("providers", name), [((), ("spec", "provider"))], ctx)
     if name is not None:
         mapped.entry["provider"] = name
+
+
+def _typed(provider: Any, kind: str) -> bool:
+    """Whether a raw provider entry is of type ``kind``."""
+    return isinstance(provider, dict) and provider.get("type") == kind
 
 
 FLAGGER_DEFAULT_MESH = "istio"
@@ -282,11 +290,20 @@ def _secret_files(provider: dict[str, Any], name: str, doc: Doc, ctx: Gathered) 
     """Map Flagger's ``secretRef`` onto secret files (docs/flagger.md, MetricTemplate).
 
     The Kubernetes Secret's keys become files of ``secrets/NAME/`` next to the
-    manifest: ``token`` (bearer token), or ``username`` and ``password``.
+    manifest: ``token`` (bearer token), or ``username`` and ``password``; for
+    InfluxDB, ``token`` and ``org``, as Flagger reads them (docs/providers.md).
     """
     directory = os.path.abspath(os.path.join(os.path.dirname(doc.file), SECRET_DIR, name))
     token, user = os.path.join(directory, "token"), os.path.join(directory, "username")
-    if os.path.isfile(token):
+    org = os.path.join(directory, "org")
+    if os.path.isfile(token) and provider.get("type") == "influxdb":
+        provider["token_file"] = token
+        if os.path.isfile(org):
+            provider["org_file"] = org
+        else:
+            message = f"secretRef {name!r}: put the InfluxDB organization in the file {org}"
+            ctx.in_doc(doc, ("spec", "provider", "secretRef"), message)
+    elif os.path.isfile(token):
         provider["bearer_token_file"] = token
     elif os.path.isfile(user):
         try:

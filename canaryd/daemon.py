@@ -39,8 +39,7 @@ from canaryd.http import make_session
 from canaryd.limits import RefusedCount, raise_fd_limit
 from canaryd.loader import Loaded, load_config
 from canaryd.metrics import DaemonMetrics
-from canaryd.providers import MetricsProvider, build_provider
-from canaryd.providers.prometheus import Prometheus
+from canaryd.providers import ClosableProvider, MetricsProvider, build_provider
 from canaryd.routers import Router, build_router
 from canaryd.runtime import (
     MAX_OBSERVE_SECONDS,
@@ -115,7 +114,7 @@ class Daemon:
     stall_grace: float = STALL_GRACE_SECONDS
     api_token: str | None = None
     scheduler: Scheduler = field(default_factory=Scheduler)
-    _built: dict[str, tuple[ProviderConfig, Prometheus]] = field(default_factory=dict)
+    _built: dict[str, tuple[ProviderConfig, ClosableProvider]] = field(default_factory=dict)
     """Providers this daemon built (it closes them), by name, with their config."""
     _since: dict[str, float] = field(default_factory=dict)
     _checks: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
@@ -129,6 +128,8 @@ class Daemon:
     _behind: float = 0.0
     """How far behind schedule the last heartbeat found the ticks (0: on time)."""
     _behind_logged: float = -math.inf
+    _removed: dict[str, CanaryRunner] = field(default_factory=dict)
+    """Loops a reload removed, by key: a canary added back continues from its old loop."""
 
     def __post_init__(self) -> None:
         """Read the API token of the initial config.
@@ -175,12 +176,14 @@ class Daemon:
             async with make_session() as session:
                 self.services = self._services(self.settings, session, store)
                 states = await store.load_states()
+                pending = await store.load_pending()
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     if self.handle_signals:
                         await tg.start(self._signals)
                     for canary in self.settings.canaries:
                         self._start_runner(canary.key, states.get(canary.key))
+                        self.runners[canary.key].restore(pending.get(canary.key))
                     freeze_heap()
                     tg.start_soon(self.scheduler.run)
                     self.dispatcher = Dispatcher(lambda: self.services, store, time.time)
@@ -243,7 +246,7 @@ class Daemon:
         Providers replaced or removed by a new config are closed a while later
         (:meth:`_retire`), once ticks that started with them are over.
         """
-        built: dict[str, tuple[ProviderConfig, Prometheus]] = {}
+        built: dict[str, tuple[ProviderConfig, ClosableProvider]] = {}
         providers: dict[str, MetricsProvider] = {}
         for name, cfg in settings.providers.items():
             override = self.provider_overrides.get(name)
@@ -263,7 +266,7 @@ class Daemon:
             self._tg.start_soon(self._retire, retired)
         return Services(settings, session, providers, routers, store, on_change=self._changed)
 
-    async def _retire(self, providers: list[Prometheus]) -> None:
+    async def _retire(self, providers: list[ClosableProvider]) -> None:
         """Close providers a new config replaced, after the longest a tick may observe."""
         try:
             await anyio.sleep(MAX_OBSERVE_SECONDS + self.tick_grace)
@@ -282,6 +285,9 @@ class Daemon:
         spec = self.services.settings.canary(key)
         assert spec is not None
         runner = _Runner(spec, state or CanaryState(), self.services)
+        predecessor = self._removed.pop(key, None)
+        if predecessor is not None:  # its state is read once its last tick has ended
+            runner.succeed(predecessor)
         runner.on_tick = self.metrics.tick_seconds.observe
         self.runners[key] = runner
         self._since[key] = self.services.clock()
@@ -318,7 +324,9 @@ class Daemon:
 
         New canaries start, removed ones stop after their tick (their state
         stays in the store), changed ones use the new config from their next
-        tick on, keeping their rollout.
+        tick on, keeping their rollout. A canary added back continues from
+        its removed loop's state, read once that loop's last tick has ended
+        (see docs/reliability.md).
         """
         try:
             loaded = load_config(self.config_path)
@@ -336,15 +344,20 @@ class Daemon:
         self.loaded, self.services, self.api_token = loaded, services, token
         for key in old - new:
             self.scheduler.remove(key)
-            self.runners.pop(key)
+            self._removed[key] = removed = self.runners.pop(key)
+            removed.retire()
+        for key in [k for k, r in self._removed.items() if r.settled and k not in new]:
+            del self._removed[key]  # retired and idle: its last decision is in the store
         for key in old & new:
             runner = self.runners[key]
             spec = loaded.settings.canary(key)
             assert spec is not None
             runner.reconfigure(spec, loaded.settings, self.services)
         states = await self.services.store.load_states()
+        pending = await self.services.store.load_pending()
         for key in sorted(new - old):
             self._start_runner(key, states.get(key))
+            self.runners[key].restore(pending.get(key))
         log.info("config.loaded", canaries=len(self.runners), reloaded=True)
         return True
 
@@ -518,7 +531,7 @@ async def run_daemon(config_path: Path) -> int:
     return 0
 
 
-async def _close_providers(providers: list[Prometheus]) -> None:
+async def _close_providers(providers: list[ClosableProvider]) -> None:
     """Close providers' connections (each within a second: nothing waits on them)."""
     for provider in providers:
         with anyio.move_on_after(1.0):

@@ -65,7 +65,20 @@ EVENTS: dict[str, tuple[Level, str]] = {
         "RLIMIT_NOFILE leaves little room for API connections (raise LimitNOFILE=).",
     ),
     "daemon.failed": ("error", "The daemon could not start or stopped on an error."),
-    "state.persist_failed": ("error", "The state store could not be written; the canary holds."),
+    "state.persist_failed": (
+        "error",
+        "The state store could not record a decision: traffic does not move towards the "
+        "canary; failing checks count in memory and are recorded later.",
+    ),
+    "state.unrecorded_dropped": (
+        "error",
+        "A canary kept more decisions in memory than it may while the store could not "
+        "record them; the oldest was dropped.",
+    ),
+    "reload.takeover_late": (
+        "error",
+        "A re-added canary's previous loop did not finish its tick in time; it waits.",
+    ),
     "config.loaded": ("info", "The configuration was loaded."),
     "config.rejected": ("error", "A configuration reload was rejected; the last good one stays."),
     "daemon.started": ("info", "The daemon is ready."),

@@ -9,7 +9,9 @@ Included files may hold Flagger manifests (``apiVersion: flagger.app/v1beta1``):
   come from the annotations ``canaryd.io/router``/``canaryd.io/provider``, or
   default to the only router/provider defined (resolved by the loader).
 - ``MetricTemplate`` becomes ``templates[name]``; its ``spec.provider`` becomes
-  a Prometheus provider, reused when one with the same address exists.
+  a provider of the mapped type (:data:`TEMPLATE_PROVIDER_TYPES`), reused when
+  one of that type with the same address exists; without an address, the only
+  provider of that type.
 - ``AlertProvider`` becomes ``notifiers[name]`` (``spec.address`` -> ``url``).
 
 Kubernetes-only fields are collected in :attr:`Mapped.ignored` (the loader
@@ -43,6 +45,13 @@ NOTIFIER_TYPES = {
     "rocket": "rocket",
 }
 """Flagger AlertProvider types canaryd can deliver to, and their canaryd name."""
+
+TEMPLATE_PROVIDER_TYPES: dict[str, dict[str, Any]] = {
+    "prometheus": {"type": "prometheus"},
+    "graphite": {"type": "graphite"},
+    "influxdb": {"type": "influxdb", "language": "flux"},  # Flagger's influxdb speaks Flux
+}
+"""Flagger MetricTemplate provider types canaryd queries, and the canaryd provider they become."""
 
 _CANARY_SPEC_K8S = (
     "autoscalerRef",
@@ -83,9 +92,10 @@ class Mapped:
         needs_router: the canary's router is the only one defined (no annotation).
         prometheus_address: a MetricTemplate's provider address (find or create).
         provider_entry: the provider to create when no provider has that address.
+        provider_type: the canaryd provider type a MetricTemplate's provider maps to.
         secret_ref: a MetricTemplate's ``secretRef`` name (mapped to secret files).
         unsupported: why the manifest is kept out of the configuration (a warning),
-            e.g. a MetricTemplate for a provider other than Prometheus.
+            e.g. a MetricTemplate for a provider type canaryd does not query.
         differences: ``(path in manifest, message)`` of the deliberate differences
             from Flagger this manifest meets (one warning line each).
     """
@@ -101,6 +111,7 @@ class Mapped:
     needs_router: bool = False
     prometheus_address: str | None = None
     provider_entry: dict[str, Any] | None = None
+    provider_type: str = "prometheus"
     secret_ref: str | None = None
     unsupported: str | None = None
     differences: list[tuple[KeyPath, str]] = field(default_factory=list)
@@ -389,7 +400,7 @@ def _map_template(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> No
 
 
 def _template_provider(value: Any, out: Mapped) -> None:
-    """A MetricTemplate's provider: Prometheus only; headers kept, secretRef mapped to files."""
+    """A MetricTemplate's provider (of TEMPLATE_PROVIDER_TYPES); secretRef mapped to files."""
     here: KeyPath = ("spec", "provider")
     if not isinstance(value, dict):
         out.problem(here, "must be a mapping")
@@ -397,10 +408,14 @@ def _template_provider(value: Any, out: Mapped) -> None:
     provider: dict[str, Any] = {"type": "prometheus"}
     for key, item in value.items():
         if key == "type":
-            if item != "prometheus":
+            if isinstance(item, str) and item in TEMPLATE_PROVIDER_TYPES:
+                provider.update(TEMPLATE_PROVIDER_TYPES[item])
+                out.provider_type = provider["type"]
+            else:
+                expected = ", ".join(sorted(TEMPLATE_PROVIDER_TYPES))
                 out.unsupported = (
                     f"MetricTemplate {out.name}: provider type {item!r} is not supported "
-                    "(canaryd queries Prometheus only); a canary that uses it is refused"
+                    f"(canaryd queries: {expected}); a canary that uses it is refused"
                 )
         elif key in ("address", "insecureSkipVerify"):
             provider[key] = item
@@ -486,13 +501,13 @@ _MAPPERS: dict[str, Callable[[dict[str, Any], dict[str, Any], Mapped], None]] = 
 }
 
 
-def find_provider(providers: dict[str, Any], address: str) -> str | None:
-    """The name of a Prometheus provider with this address (trailing ``/`` ignored), if any."""
+def find_provider(providers: dict[str, Any], address: str, kind: str = "prometheus") -> str | None:
+    """The name of a ``kind`` provider with this address (trailing ``/`` ignored), if any."""
     wanted = address.rstrip("/")
     for name, provider in providers.items():
         if (
             isinstance(provider, dict)
-            and provider.get("type") == "prometheus"
+            and provider.get("type") == kind
             and isinstance(provider.get("address"), str)
             and provider["address"].rstrip("/") == wanted
         ):

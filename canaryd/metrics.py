@@ -372,10 +372,11 @@ def _number(value: Any) -> float | None:
 
 
 def _outbox_families(snap: Snapshot) -> Iterator[Metric]:
-    statuses = {"pending": 0, "sent": 0, "dead": 0, **snap.outbox_counts}
+    statuses = {"pending": 0, "held": 0, "sent": 0, "dead": 0, **snap.outbox_counts}
     yield _gauge(
         "canaryd_outbox_messages",
-        "Outbox messages by status (pending, sent, dead).",
+        "Outbox messages by status (pending, held until their decision's routes apply, sent, "
+        "dead).",
         ["status"],
         [([k], v) for k, v in sorted(statuses.items())],
     )

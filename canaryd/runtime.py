@@ -2,11 +2,14 @@
 
 A :class:`CanaryRunner` owns one canary. Each tick it asks the core what to
 observe, gathers it concurrently (webhooks, metric queries) within a deadline
-well inside the interval, asks the core to decide, applies the routes, and
-persists the new state together with its events and outbox messages in one
-transaction. Only then does the in-memory state change: a canary never advances
-on state that is not on disk. A :class:`~canaryd.scheduler.Scheduler` runs the
-loops: ticks keep their cadence and never overlap.
+well inside the interval, asks the core to decide, and records the new state
+together with its events and outbox messages in one transaction. A decision
+that moves traffic towards the canary is recorded before its routes are sent
+(and reverted if the router refuses them); a rollback is sent first, always.
+When the store cannot record, failing checks still count in memory and roll
+back, and are recorded once it can (docs/reliability.md, "Decisions and
+state"). A :class:`~canaryd.scheduler.Scheduler` runs the loops: ticks keep
+their cadence and never overlap.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import structlog
 from canaryd import analysis as core
 from canaryd.analysis import (
     CanaryState,
+    CheckRecord,
     CompareSeries,
     Decision,
     Emit,
@@ -41,19 +45,21 @@ from canaryd.analysis import (
 from canaryd.config import CanaryConfig, CompareSpec, MetricSpec, Settings, WebhookSpec, WebhookType
 from canaryd.errors import (
     CanarydError,
+    NotFoundError,
     ProviderError,
     ResourceError,
     RouterError,
     StoreError,
     TemplateError,
 )
+from canaryd.events import Event
 from canaryd.judgemodel import MetricConfig
 from canaryd.limits import out_of_resources
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.scheduler import Scheduler
-from canaryd.store import OutboxMessage, SqliteStore, event_to_dict
+from canaryd.store import DROP, RELEASE, OutboxMessage, SqliteStore, event_to_dict
 from canaryd.templates import builtin_query, builtin_variables, render, template_variables
 from canaryd.webhooks import call as call_webhook
 from canaryd.webhooks import event_payload, longest_call
@@ -66,6 +72,52 @@ OBSERVE_SHARE = 0.8
 
 MAX_OBSERVE_SECONDS = 60.0
 """Upper bound on one tick's observation, whatever the interval."""
+
+BACKLOG_KEEP = 1000
+"""Decisions a canary keeps in memory while the store cannot record them (oldest dropped)."""
+
+TAKEOVER_SECONDS = 120.0
+"""How long a re-added canary's loop waits for its previous loop's last tick or command."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """Routes of a recorded decision not yet applied by the router."""
+
+    seq: int
+    routes: tuple[Route, ...]
+    state: CanaryState
+    """The state the decision recorded (shown once the routes are applied)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsaved:
+    """A decision that took effect while the store could not record it."""
+
+    state: CanaryState
+    record: CheckRecord | None
+    events: list[Event]
+    outbox: list[OutboxMessage]
+
+
+def route_to_dict(route: Route) -> dict[str, Any]:
+    """A route as recorded with the decision that sends it."""
+    return {
+        "action": route.action,
+        "primaryWeight": route.primary_weight,
+        "canaryWeight": route.canary_weight,
+        "match": [dict(m) for m in route.match],
+    }
+
+
+def route_from_dict(data: Mapping[str, Any]) -> Route:
+    """A route recorded by :func:`route_to_dict`."""
+    return Route(
+        data["action"],
+        int(data["primaryWeight"]),
+        int(data["canaryWeight"]),
+        tuple(data.get("match", ())),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +186,7 @@ def resolve_metric(settings: Settings, canary: CanaryConfig, m: MetricSpec) -> R
             service=canary.service_name,
             ingress=canary.ingress_name,
             route=canary.route_name,
+            provider_type=settings.providers[str(provider)].type,
         )
         return render(template, builtin_variables(mesh, values) if mesh else values)
 
@@ -151,6 +204,18 @@ def resolve_metrics(settings: Settings, canary: CanaryConfig) -> list[ResolvedMe
         TemplateError: a template names an unknown variable, or no provider fits.
     """
     return [resolve_metric(settings, canary, m) for m in canary.analysis.metrics]
+
+
+def _router_error(decision: Decision) -> str:
+    """The router's error in a decision that recorded a refused rollback."""
+    return next(
+        (
+            str(e.event.fields.get("error"))
+            for e in decision.effects
+            if isinstance(e, Emit) and e.event.name == "router.failed"
+        ),
+        "the router refused it",
+    )
 
 
 def first_delay(key: str, interval: float) -> float:
@@ -234,8 +299,14 @@ class CanaryRunner:
         self._observing: asyncio.Timeout | None = None
         self._interrupted = False
         self._on_wake: Callable[[], None] | None = None  # set by schedule()
-        self.last_record: core.CheckRecord | None = None
-        """The newest check record this runner saved (None: read it from the store)."""
+        self._backlog: list[_Unsaved] = []  # decisions the store could not record yet
+        self._pending: _Pending | None = None  # recorded routes the router has not confirmed
+        self._settle: str | None = None  # owed to the store by the next save of this canary
+        self._predecessor: CanaryRunner | None = None  # the loop this one replaces (a reload)
+        self._retired = False  # removed by a reload: decides nothing more
+        self._seq = 0  # number of the last decision made, shown or not yet (routes pending)
+        self.last_record: CheckRecord | None = None
+        """The newest check record this runner applied (None: read it from the store)."""
 
     @property
     def key(self) -> str:
@@ -244,8 +315,8 @@ class CanaryRunner:
 
     @property
     def version(self) -> int:
-        """Decisions persisted so far; stored with the state, so it survives restarts."""
-        return self.state.seq
+        """Decisions made so far (recorded, or waiting for the store); stored with the state."""
+        return max(self.state.seq, self._seq)
 
     def reconfigure(
         self, spec: CanaryConfig, settings: Settings, services: Services | None = None
@@ -316,7 +387,8 @@ class CanaryRunner:
     async def tick(self) -> None:
         """Observe, decide, route, persist."""
         async with self._lock:
-            self._adopt()
+            if not await self._prepare():
+                return
             self.last_tick = self.services.clock()
             structlog.contextvars.bind_contextvars(
                 canary=self.spec.name,
@@ -326,6 +398,9 @@ class CanaryRunner:
             )
             if self.state.route_pending:
                 await self._retry_rollback_route()
+            await self._catch_up()
+            if self._pending is not None and not await self._send_pending(None):
+                return
             need = core.needs(self.spec, self.state)
             if not need.anything:
                 return
@@ -351,16 +426,19 @@ class CanaryRunner:
 
         Raises:
             CommandError: the command does not fit the current state.
+            NotFoundError: the canary was removed from the config meanwhile.
             RouterError: the router refused the command's route; nothing changed,
                 except that a refused rollback stays pending (retried every tick).
-            StoreError: it could not be persisted (nothing changed).
+            StoreError: it could not be persisted (nothing changed, except that a
+                rollback command still rolled the traffic back).
         """
         observing = self._observing
         if interrupt and observing is not None and not observing.expired():
             self._interrupted = True
             observing.reschedule(asyncio.get_running_loop().time())
         async with self._lock:
-            self._adopt()
+            if not await self._prepare():
+                raise NotFoundError(f"no canary {self.key} (removed from the config)")
             if self.state.route_pending:
                 await self._retry_rollback_route()
             decision = fn(self.state, self.services.clock())
@@ -369,6 +447,70 @@ class CanaryRunner:
             await self._commit(decision, raise_store_errors=True, command=True)
         self.wake()
         return self.state
+
+    async def _prepare(self) -> bool:
+        """Under the lock: adopt a new config; take over from the loop this one replaces.
+
+        Returns:
+            False if this loop was removed (it decides nothing more), or its
+            predecessor's last tick did not end in time (try again next tick).
+        """
+        if self._retired:
+            return False
+        self._adopt()
+        pred = self._predecessor
+        if pred is None:
+            return True
+        try:
+            async with asyncio.timeout(TAKEOVER_SECONDS):
+                await pred._lock.acquire()
+        except TimeoutError:
+            log.error("reload.takeover_late", canary=self.spec.name, namespace=self.spec.namespace)
+            return False
+        try:  # the state after the previous loop's last decision, recorded or not
+            pred._retired = True
+            self.state, self._backlog, self._pending, self._settle, self._seq = (
+                pred.state,
+                pred._backlog,
+                pred._pending,
+                pred._settle,
+                pred._seq,
+            )
+            self._predecessor = None
+        finally:
+            pred._lock.release()
+        self.services.on_change(self.key, self.state)
+        return True
+
+    def succeed(self, predecessor: CanaryRunner) -> None:
+        """Continue the canary of a loop a reload removed (see docs/reliability.md).
+
+        The loop's state is read only once the predecessor's tick or command in
+        flight has ended, so a tick committed after the reload is not lost.
+        """
+        predecessor._retired = True
+        self._predecessor = predecessor
+        self.state = predecessor.state
+
+    def retire(self) -> None:
+        """Decide nothing more (removed by a reload); a tick in flight still ends."""
+        self._retired = True
+
+    @property
+    def settled(self) -> bool:
+        """Idle, with everything it decided recorded and routed: the store alone tells its state."""
+        return not (self._lock.locked() or self._backlog or self._pending or self._settle)
+
+    async def _catch_up(self) -> None:
+        """Record what the store could not take before (a no-op when nothing waits)."""
+        if not (self._backlog or self._settle):
+            return
+        try:
+            await self._flush_backlog()
+            if self._settle is not None:
+                await self._store_save(self.state, None, [], [])
+        except StoreError as exc:
+            self._persist_failed(exc)
 
     async def start_rollout(self, revision: str, metadata: Mapping[str, str]) -> CanaryState:
         """Begin a rollout, or restart it with a new revision (see
@@ -552,10 +694,13 @@ class CanaryRunner:
 
     # ------------------------------------------------------------------ commit
 
-    async def _route(self, route: Route, state: CanaryState, seq: int) -> None:
-        # The key names the route itself, not only its slot: a decision re-made after a
-        # crash or a failed save (same version) may route differently, and a router that
-        # dedupes by key must not answer a rollback with the replay of an advance.
+    async def _route(self, route: Route, state: CanaryState, seq: int, n: int) -> None:
+        """Send one route of decision number ``seq`` (its ``n``-th).
+
+        The key names the route itself, not only its slot: a decision re-made after a
+        crash or a failed save (same number) may route differently, and a router that
+        dedupes by key must not answer a rollback with the replay of an advance.
+        """
         what = f"{route.action}:{route.primary_weight}-{route.canary_weight}"
         request = RouteRequest(
             canary=self.key,
@@ -563,74 +708,39 @@ class CanaryRunner:
             action=route.action,
             primary_weight=route.primary_weight,
             canary_weight=route.canary_weight,
-            idempotency_key=f"{self.key}:{state.rollout_id}:{self.version + 1}:route:{seq}:{what}",
+            idempotency_key=f"{self.key}:{state.rollout_id}:{seq}:route:{n}:{what}",
             match=[dict(m) for m in route.match],
         )
         await self.services.routers[self.spec.router].apply(request)
 
-    async def _apply_routes(
-        self, decision: Decision, *, command: bool = False, held: Route | None = None
-    ) -> Decision:
-        """Carry out the decision's routes; a router failure becomes a failed check.
+    async def _apply_routes(self, decision: Decision, *, held: Route | None = None) -> Decision:
+        """Carry out a decision's rollback route (sent before its state is recorded).
 
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
-        retries the route) at the weights the router still has (``held``: the
-        last route it confirmed, by default the recorded state's); any other
-        decision is replaced by a failed check on the state before it
-        (:func:`canaryd.analysis.router_failed`), holding the weights of the last
-        route the router confirmed, so nothing is recorded as applied that was not.
-
-        Raises:
-            RouterError: with ``command``, a route other than a rollback failed
-                (an operator command never adds a failed check).
+        retries the route) at the weights the router still has (``held``: the last
+        route it confirmed, by default the recorded state's). Routes towards the
+        canary never come here: they are sent only once recorded
+        (:meth:`_commit_forward`).
         """
         routes = [e for e in decision.effects if isinstance(e, Route)]
-        confirmed: Route | None = None
-        for seq, route in enumerate(routes):
+        for n, route in enumerate(routes):
             try:
-                await self._route(route, decision.state, seq)
+                await self._route(route, decision.state, self.version + 1, n)
             except RouterError as exc:
-                if decision.state.phase is core.Phase.FAILED:
-                    now = self.services.clock()
-                    kept = confirmed or held
-                    weights = (
-                        (kept.primary_weight, kept.canary_weight)
-                        if kept is not None
-                        else (self.state.primary_weight, self.state.canary_weight)
-                    )
-                    failed = core.router_failed(
-                        self.spec, decision.state, str(exc), now, weights=weights
-                    )
-                    return Decision(
-                        failed.state, decision.effects + failed.effects, decision.record
-                    )
-                if command and confirmed is None:
-                    raise
-                return await self._route_failed(decision, confirmed, exc)
-            confirmed = route
+                weights = (
+                    (held.primary_weight, held.canary_weight)
+                    if held is not None
+                    else (self.state.primary_weight, self.state.canary_weight)
+                )
+                failed = core.router_failed(
+                    self.spec, decision.state, str(exc), self.services.clock(), weights=weights
+                )
+                return Decision(failed.state, decision.effects + failed.effects, decision.record)
         return decision
-
-    async def _route_failed(
-        self, decision: Decision, confirmed: Route | None, exc: RouterError
-    ) -> Decision:
-        """The state before ``decision``, at the weights the router last confirmed, judged."""
-        before = replace(self.state, ticks=decision.state.ticks)
-        if confirmed is not None:
-            before = replace(
-                before,
-                primary_weight=confirmed.primary_weight,
-                canary_weight=confirmed.canary_weight,
-            )
-        failed = core.router_failed(
-            self.spec, before, str(exc), self.services.clock(), own=out_of_resources(exc)
-        )
-        if failed.state.phase is core.Phase.FAILED:
-            return await self._apply_routes(failed, held=confirmed)
-        return Decision(failed.state, failed.effects, decision.record)
 
     async def _retry_rollback_route(self) -> None:
         try:
-            await self._route(Route("rollback", 100, 0), self.state, 0)
+            await self._route(Route("rollback", 100, 0), self.state, self.version + 1, 0)
         except RouterError as exc:
             log.error("router.failed", error=str(exc), retrying=True)
             return
@@ -638,34 +748,213 @@ class CanaryRunner:
         await self._commit(Decision(applied))
 
     async def _commit(
-        self, decision: Decision, *, raise_store_errors: bool = False, command: bool = False
+        self,
+        decision: Decision,
+        *,
+        raise_store_errors: bool = False,
+        command: bool = False,
+        held: Route | None = None,
     ) -> None:
-        """Route, persist, then adopt a decision (see the module docstring).
+        """Route and record a decision (see docs/reliability.md, "Decisions and state").
+
+        A decision that moves traffic anywhere but back to the primary is recorded
+        first and routed after (:meth:`_commit_forward`). Any other decision is
+        routed first (a rollback always goes out) and then recorded; if the store
+        cannot record it, a tick's decision still takes effect in memory and waits
+        in :attr:`_backlog` until the store takes it, so failing checks keep
+        counting towards the rollback whatever the store does.
 
         Raises:
-            StoreError: with ``raise_store_errors``, it could not be persisted.
-            RouterError: with ``command``, the router refused the command's route
-                (a refused rollback is persisted as pending first).
+            StoreError: (``raise_store_errors`` only) the decision could not be recorded;
+                nothing changed unless it rolled traffic back.
+            RouterError: (``command`` only) the router refused the command's route
+                (a refused rollback is recorded as pending first).
         """
+        routes = tuple(e for e in decision.effects if isinstance(e, Route))
+        if any(r.action != "rollback" for r in routes):
+            await self._commit_forward(decision, routes, raise_store_errors, command)
+            return
+        rollback = bool(routes)
+        decision = await self._apply_routes(decision, held=held)
+        if rollback and self._pending is not None:
+            self._pending, self._settle = None, self._settle or DROP  # never sent: forget them
         try:
-            if any(isinstance(e, Route) and e.action != "rollback" for e in decision.effects):
-                # A store that cannot record a move towards the canary must not see the
-                # traffic move: the canary holds where the store says it is (read-only,
-                # full, locked store). A rollback always goes out: when unsure, traffic
-                # goes back to the primary, and the next tick re-decides it idempotently.
-                await self._persist(decision, rehearse=True)
-            decision = await self._apply_routes(decision, command=command)
+            await self._flush_backlog()
             new = await self._persist(decision)
         except StoreError as exc:
-            log.error(
-                "state.persist_failed",
-                error=str(exc),
-                canary=self.spec.name,
-                namespace=self.spec.namespace,
-            )
+            self._persist_failed(exc)
+            if raise_store_errors and not rollback:
+                raise
+            new = self._remember(decision)
+            self._applied(decision, new)
+            if raise_store_errors:
+                raise StoreError(f"traffic rolled back, not yet recorded: {exc}") from exc
+            return
+        self._applied(decision, new)
+        if command and new.route_pending:
+            raise RouterError(f"rollback pending (retried every tick): {_router_error(decision)}")
+
+    async def _commit_forward(
+        self,
+        decision: Decision,
+        routes: tuple[Route, ...],
+        raise_store_errors: bool,
+        command: bool,
+    ) -> None:
+        """Record a decision that moves traffic, then send its routes (revert if they fail).
+
+        Raises:
+            StoreError: (``raise_store_errors`` only) it could not be recorded; nothing moved.
+            RouterError: (``command`` only) the router refused its first route; the
+                decision was reverted without a failed check.
+        """
+        before = self.state
+        try:
+            await self._flush_backlog()
+            new = await self._persist(decision, routes)
+        except StoreError as exc:  # hold: nothing recorded, nothing moves
+            self._persist_failed(exc)
             if raise_store_errors:
                 raise
             return
+        self._pending = _Pending(new.seq, routes, new)  # shown once routed
+        if await self._send_pending(before, command=command):
+            self._applied(decision, new)
+
+    async def _send_pending(self, before: CanaryState | None, *, command: bool = False) -> bool:
+        """Send the recorded routes not yet applied; settle them in the store.
+
+        If the router fails, the decision is reverted: a failed check on the state
+        ``before`` it, at the weights of the last route the router confirmed (an
+        operator command's first route refused: no failed check, and the error is
+        raised); when ``before`` is unknown (after a restart) the failed check is
+        on the recorded state and the routes are sent again next tick.
+
+        Returns:
+            Whether the routes were applied.
+
+        Raises:
+            RouterError: (``command`` only) the router refused the first route.
+        """
+        pending = self._pending
+        assert pending is not None
+        confirmed: Route | None = None
+        try:
+            for n, route in enumerate(pending.routes):
+                await self._route(route, pending.state, pending.seq, n)
+                confirmed = route
+        except RouterError as exc:
+            now = self.services.clock()
+            own = out_of_resources(exc)  # canaryd had no fd or memory: the check holds
+            if before is None:
+                await self._commit(
+                    core.router_failed(self.spec, self.state, str(exc), now, own=own)
+                )
+                return False
+            self._pending, self._settle = None, DROP
+            base = replace(before, ticks=pending.state.ticks)
+            if confirmed is not None:
+                base = replace(
+                    base,
+                    primary_weight=confirmed.primary_weight,
+                    canary_weight=confirmed.canary_weight,
+                )
+            elif command:
+                await self._commit(Decision(base))
+                raise
+            failed = core.router_failed(self.spec, base, str(exc), now, own=own)
+            await self._commit(failed, held=confirmed)
+            return False
+        self._pending, self._settle = None, RELEASE
+        with contextlib.suppress(StoreError):  # else the next save of this canary settles
+            await self._flush_backlog()
+            await self._store_save(pending.state, None, [], [])
+        return True
+
+    def restore(self, pending: tuple[int, list[dict[str, Any]]] | None) -> None:
+        """Take the routes a previous run recorded but may not have sent (sent next tick).
+
+        A loop that continues a removed one takes that one's instead (:meth:`succeed`).
+        """
+        if pending is not None and self._predecessor is None:
+            seq, routes = pending
+            self._pending = _Pending(seq, tuple(route_from_dict(r) for r in routes), self.state)
+
+    async def _flush_backlog(self) -> None:
+        """Record the decisions the store could not take, oldest first.
+
+        Raises:
+            StoreError: the store still cannot record them (what is left stays queued).
+        """
+        while self._backlog:
+            u = self._backlog[0]
+            await self._store_save(u.state, u.record, u.events, u.outbox)
+            self._backlog.pop(0)
+
+    async def _store_save(
+        self,
+        state: CanaryState,
+        record: CheckRecord | None,
+        events: Sequence[Event],
+        outbox: Sequence[OutboxMessage],
+        routes: Sequence[Route] | None = None,
+    ) -> None:
+        """One save of this canary, settling what an earlier one left held.
+
+        Raises:
+            StoreError: it could not be written.
+        """
+        await self.services.store.save(
+            self.key,
+            state,
+            record,
+            events,
+            outbox,
+            routes=None if routes is None else [route_to_dict(r) for r in routes],
+            settle=self._settle,
+        )
+        self._settle = None
+
+    def _persist_failed(self, exc: StoreError) -> None:
+        log.error(
+            "state.persist_failed",
+            error=str(exc),
+            canary=self.spec.name,
+            namespace=self.spec.namespace,
+            unrecorded=len(self._backlog),
+        )
+
+    async def _persist(
+        self, decision: Decision, routes: Sequence[Route] | None = None
+    ) -> CanaryState:
+        """Save the decision (and the routes it will send) and return the state saved.
+
+        Raises:
+            StoreError: it could not be written.
+        """
+        new = replace(decision.state, seq=self.version + 1)
+        events = [e.event for e in decision.effects if isinstance(e, Emit)]
+        await self._store_save(
+            new, decision.record, events, self._outbox(decision, new.seq), routes
+        )
+        self._seq = new.seq
+        return new
+
+    def _remember(self, decision: Decision) -> CanaryState:
+        """Keep a decision the store could not record, to record it later; return its state."""
+        new = replace(decision.state, seq=self.version + 1)
+        self._seq = new.seq
+        events = [e.event for e in decision.effects if isinstance(e, Emit)]
+        self._backlog.append(
+            _Unsaved(new, decision.record, events, self._outbox(decision, new.seq))
+        )
+        if len(self._backlog) > BACKLOG_KEEP:
+            dropped = self._backlog.pop(0)
+            log.error("state.unrecorded_dropped", seq=dropped.state.seq, kept=BACKLOG_KEEP)
+        return new
+
+    def _applied(self, decision: Decision, new: CanaryState) -> None:
+        """The decision took effect: show it, log its events."""
         self.state = new
         if decision.record is not None:
             self.last_record = decision.record
@@ -673,30 +962,6 @@ class CanaryRunner:
             if isinstance(effect, Emit):
                 log_event(effect.event)
         self.services.on_change(self.key, new)
-        if command and new.route_pending:
-            error = next(
-                (
-                    str(e.event.fields.get("error"))
-                    for e in decision.effects
-                    if isinstance(e, Emit) and e.event.name == "router.failed"
-                ),
-                "the router refused it",
-            )
-            raise RouterError(f"rollback pending (retried every tick): {error}")
-
-    async def _persist(self, decision: Decision, *, rehearse: bool = False) -> CanaryState:
-        """Save the decision (or only rehearse the save) and return the state saved.
-
-        Raises:
-            StoreError: it could not be written.
-        """
-        new = replace(decision.state, seq=self.version + 1)
-        events = [e.event for e in decision.effects if isinstance(e, Emit)]
-        outbox = self._outbox(decision, self.version + 1)
-        store = self.services.store
-        write = store.rehearse if rehearse else store.save
-        await write(self.key, new, decision.record, events, outbox)
-        return new
 
     def _outbox(self, decision: Decision, version: int) -> list[OutboxMessage]:
         """Alerts, event webhooks and post-rollout hooks caused by a decision."""

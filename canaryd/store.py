@@ -54,7 +54,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     status TEXT NOT NULL DEFAULT 'pending', last_error TEXT);
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, next_at);
+CREATE TABLE IF NOT EXISTS pending_routes (
+    key TEXT PRIMARY KEY, seq INTEGER NOT NULL, routes TEXT NOT NULL);
 """
+
+RELEASE = "release"
+"""Settle: the routes a decision asked for were applied; its held messages may go out."""
+
+DROP = "drop"
+"""Settle: the routes a decision asked for were never applied; its held messages are deleted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,30 +102,25 @@ class StateStore(Protocol):
         record: CheckRecord | None,
         events: Sequence[Event],
         outbox: Sequence[OutboxMessage],
+        *,
+        routes: Sequence[dict[str, Any]] | None = None,
+        settle: str | None = None,
     ) -> None:
         """Persist a decision atomically.
+
+        A decision that moves traffic is saved with its ``routes`` before they are
+        sent: its outbox messages are held until a later save of the canary
+        settles them (``RELEASE`` once the routes were applied, ``DROP`` if they
+        never were), and the routes stay recorded until then (see
+        docs/reliability.md).
 
         Raises:
             StoreError: nothing was written.
         """
         ...
 
-    async def rehearse(
-        self,
-        key: str,
-        state: CanaryState,
-        record: CheckRecord | None,
-        events: Sequence[Event],
-        outbox: Sequence[OutboxMessage],
-    ) -> None:
-        """Check that :meth:`save` could write this decision now, writing nothing.
-
-        The runtime rehearses a decision before it moves traffic, so that a read-only
-        or full store holds the canary instead of letting the router run ahead of it.
-
-        Raises:
-            StoreError: the writes fail (read-only, full, locked, closed).
-        """
+    async def load_pending(self) -> dict[str, tuple[int, list[dict[str, Any]]]]:
+        """Routes saved but not yet settled, by key: (decision number, routes)."""
         ...
 
     async def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -196,6 +199,15 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sqlite
 
 
+def _settle(db: sqlite3.Connection, key: str, how: str) -> None:
+    """Release (``RELEASE``) or delete (``DROP``) a canary's held messages; forget its routes."""
+    if how == RELEASE:
+        db.execute("UPDATE outbox SET status='pending' WHERE status='held' AND key=?", (key,))
+    else:
+        db.execute("DELETE FROM outbox WHERE status='held' AND key=?", (key,))
+    db.execute("DELETE FROM pending_routes WHERE key=?", (key,))
+
+
 @dataclass(frozen=True, slots=True)
 class _Rows:
     """A decision as the rows it writes, JSON already encoded.
@@ -211,6 +223,11 @@ class _Rows:
     record: tuple[float, str] | None
     events: list[tuple[str, float, str, str, str]]
     outbox: list[tuple[str, str, str, str]]
+    seq: int = 0
+    routes: str | None = None
+    """JSON of the routes this decision will send (its messages are held meanwhile)."""
+    settle: str | None = None
+    """``RELEASE`` or ``DROP`` the held messages and recorded routes of an earlier save."""
 
     @classmethod
     def encode(
@@ -220,6 +237,8 @@ class _Rows:
         record: CheckRecord | None,
         events: Sequence[Event],
         outbox: Sequence[OutboxMessage],
+        routes: Sequence[dict[str, Any]] | None = None,
+        settle: str | None = None,
     ) -> _Rows:
         return cls(
             key,
@@ -228,6 +247,9 @@ class _Rows:
             None if record is None else (record.time, dumps(record.as_dict())),
             [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
             [(m.key, m.idempotency_key, m.target, dumps(m.payload)) for m in outbox],
+            state.seq,
+            None if routes is None else dumps(list(routes)),
+            settle,
         )
 
 
@@ -342,6 +364,9 @@ class SqliteStore:
         record: CheckRecord | None,
         events: Sequence[Event],
         outbox: Sequence[OutboxMessage],
+        *,
+        routes: Sequence[dict[str, Any]] | None = None,
+        settle: str | None = None,
     ) -> None:
         """Persist a decision atomically (see :class:`StateStore`); return once committed.
 
@@ -353,7 +378,7 @@ class SqliteStore:
         Raises:
             StoreError: nothing of this decision was written.
         """
-        write = _Write(_Rows.encode(key, state, record, events, outbox))
+        write = _Write(_Rows.encode(key, state, record, events, outbox, routes, settle))
         self._queue.append(write)
         if not self._writing:
             self._flush()
@@ -437,6 +462,8 @@ class SqliteStore:
 
     @staticmethod
     def _write(db: sqlite3.Connection, now: float, rows: _Rows) -> None:
+        if rows.settle is not None:
+            _settle(db, rows.key, rows.settle)
         db.execute(
             "INSERT INTO canaries(key, state, updated) VALUES (?,?,?) "
             "ON CONFLICT(key) DO UPDATE SET state=excluded.state, "
@@ -454,30 +481,25 @@ class SqliteStore:
                 rows.events,
             )
         if rows.outbox:
+            status = "pending" if rows.routes is None else "held"
             db.executemany(
-                "INSERT OR IGNORE INTO outbox(key, idem, target, payload, created, next_at) "
-                "VALUES (?,?,?,?,?,?)",
-                [(*m, now, now) for m in rows.outbox],
+                "INSERT OR IGNORE INTO outbox(key, idem, target, payload, created, next_at, "
+                "status) VALUES (?,?,?,?,?,?,?)",
+                [(*m, now, now, status) for m in rows.outbox],
+            )
+        if rows.routes is not None:
+            db.execute(
+                "INSERT INTO pending_routes(key, seq, routes) VALUES (?,?,?) ON CONFLICT(key) "
+                "DO UPDATE SET seq=excluded.seq, routes=excluded.routes",
+                (rows.key, rows.seq, rows.routes),
             )
 
-    async def rehearse(
-        self,
-        key: str,
-        state: CanaryState,
-        record: CheckRecord | None,
-        events: Sequence[Event],
-        outbox: Sequence[OutboxMessage],
-    ) -> None:
-        """Write a decision as :meth:`save` would, then roll it back (see :class:`StateStore`)."""
-        await self._run(self._rehearse, _Rows.encode(key, state, record, events, outbox))
-
-    def _rehearse(self, rows: _Rows) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._write(db, time.time(), rows)
-        finally:
-            db.execute("ROLLBACK")
+    async def load_pending(self) -> dict[str, tuple[int, list[dict[str, Any]]]]:
+        """Routes saved but not yet settled, by key (see :class:`StateStore`)."""
+        rows = await self._run(
+            lambda: self.db.execute("SELECT key, seq, routes FROM pending_routes").fetchall()
+        )
+        return {key: (seq, json.loads(raw)) for key, seq, raw in rows}
 
     async def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent check records of a canary, newest first."""

@@ -39,6 +39,7 @@ canaryd's own additions (no Flagger equivalent):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -378,6 +379,7 @@ def template_variables(
     service: str | None = None,
     ingress: str | None = None,
     route: str | None = None,
+    provider_type: str = "prometheus",
 ) -> dict[str, str]:
     """Build the variables a query template can use.
 
@@ -385,11 +387,13 @@ def template_variables(
         namespace: the canary's namespace.
         name: the canary's name.
         target: what built-in queries select on (``CanaryConfig.target_name``).
-        interval: the metric's interval in seconds, rendered as a PromQL duration.
+        interval: the metric's interval in seconds, rendered as a duration of
+            the query language of ``provider_type`` (:func:`interval_text`).
         variables: the canary's and metric's extra variables (``variables.X``).
         service: the ``service`` variable (default: ``target``, as in Flagger).
         ingress: the ``ingress`` variable (default: ``target``).
         route: the ``route`` variable (default: ``target``).
+        provider_type: the type of the provider the query goes to.
 
     Returns:
         A flat mapping for :func:`render`.
@@ -404,7 +408,7 @@ def template_variables(
         "service": service or target,
         "ingress": ingress or target,
         "route": route or target,
-        "interval": promql_duration(interval),
+        "interval": interval_text(interval, provider_type),
     }
     values.update({f"variables.{k}": v for k, v in (variables or {}).items()})
     return values
@@ -442,3 +446,28 @@ def promql_duration(seconds: float) -> str:
     if ms:
         parts.append(f"{ms}ms")
     return "".join(parts)
+
+
+def interval_text(seconds: float, provider_type: str) -> str:
+    """``{{ interval }}`` as the provider's query language writes a duration.
+
+    PromQL's ``1m30s`` everywhere (``web`` included), except where the language
+    cannot read it (docs/providers.md): Graphite writes minutes ``min``
+    (``1min30s``; it reads ``1m`` as an error) and has no milliseconds (rounded
+    up to a second); InfluxQL takes one unit only, so InfluxDB gets the largest
+    unit that is exact (``90s``, ``1m``, ``500ms``), which Flux reads too.
+
+    Raises:
+        TemplateError: the duration is not positive or is below one millisecond.
+    """
+    text = promql_duration(seconds)
+    if provider_type == "graphite":
+        whole = promql_duration(max(1, math.ceil(seconds)))
+        return re.sub(r"(\d+)m(?!s)", r"\1min", whole)
+    if provider_type == "influxdb":
+        ms = round(seconds * 1000)
+        for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+            if ms % size == 0:
+                return f"{ms // size}{unit}"
+        return f"{ms}ms"
+    return text

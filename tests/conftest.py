@@ -127,3 +127,31 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client session, closed after the test."""
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+# --------------------------------------------------------------------------- other metric servers
+
+from graphite import GraphiteServer, start_graphite  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def graphite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphiteServer]:
+    """A real carbon-cache + graphite-web shared by the session (tests write their own metrics)."""
+    server = start_graphite(tmp_path_factory.mktemp("graphite"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+from influx import InfluxServer, start_influxdb  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """A real influxd (1.x, auth on, database ``canaryd``) shared by the session."""
+    server = start_influxdb(tmp_path_factory.mktemp("influxdb"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -53,8 +53,10 @@ STOP_TIMEOUT = 10.0
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def require_binary(name: str) -> str:
+def require_binary(name: str, package: str = "prometheus") -> str:
     """Return the path of a server binary; fail in CI, skip elsewhere, when missing.
+
+    ``package`` is the Debian package to name in the message.
 
     Raises:
         pytest.fail.Exception: the binary is missing and ``CI=true``.
@@ -63,7 +65,7 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed (install it with: apt-get install prometheus)"
+    message = f"{name} is not installed (install it with: apt-get install {package})"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)

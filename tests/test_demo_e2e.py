@@ -15,13 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import anyio
 import pytest
 
 from canaryd.demo import run_scenarios
-from canaryd.demo.harness import STANDINS_ENV, Tools
+from canaryd.demo.harness import PROBE_REQUESTS, STANDINS_ENV, Tools
 from canaryd.demo.infra import find_binary
 from canaryd.demo.report import write_report
 from canaryd.demo.results import ScenarioResult, alert_counts, verdict
@@ -73,6 +74,12 @@ def test_outcome_and_reason(results: dict[str, ScenarioResult], name: str) -> No
     assert r.parts[0].startswith("HAProxy (real)") and r.parts[1].startswith("Prometheus (real)")
     assert r.failed_checks == (0 if name == "healthy" else 3)
     assert r.threshold == 3
+
+
+def test_promotion_made_haproxy_serve_v2(results: dict[str, ScenarioResult]) -> None:
+    """After the healthy rollout's promotion every probe request through HAProxy reaches v2."""
+    assert results["healthy"].served_after == Counter(v2=PROBE_REQUESTS)
+    assert all(r.served_after is None for n, r in results.items() if n != "healthy")
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS), ids=list(SCENARIOS))

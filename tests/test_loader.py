@@ -176,7 +176,7 @@ MODEL_CASES = [
         "routers: {lb: {type: haproxy, socket: /s, backend: b, "
         "primary: p, canary: c, wieght: 1}}\n",
         "c.yaml:1:78: routers.lb.wieght: unknown key 'wieght'; valid keys: backend, canary, "
-        "primary, socket, timeout, type",
+        "primary, promotion, socket, timeout, type",
     ),
     (
         "unknown-top-level-key",
@@ -187,7 +187,7 @@ MODEL_CASES = [
         "router-type",
         "routers:\n  r: {type: nginx}\n",
         "c.yaml:2:7: routers.r.type: unknown router type 'nginx'; "
-        "expected one of: haproxy, webhook",
+        "expected one of: alb, caddy, consul, exec, haproxy, webhook",
     ),
     (
         "router-missing-type",
@@ -196,9 +196,9 @@ MODEL_CASES = [
     ),
     (
         "provider-type",
-        "providers:\n  p: {type: datadog}\n",
-        "c.yaml:2:7: providers.p.type: unknown provider type 'datadog'; "
-        "expected one of: prometheus",
+        "providers:\n  p: {type: splunk}\n",
+        "c.yaml:2:7: providers.p.type: unknown provider type 'splunk'; "
+        "expected one of: graphite, influxdb, prometheus, web",
     ),
     (
         "notifier-type",
@@ -1091,7 +1091,7 @@ def test_flagger_annotations_choose_router_and_provider(tmp_path: Path) -> None:
         ),
         (
             "{type: prometheus, address",
-            "{type: datadog, address",
+            "{type: splunk, address",
             [
                 "k8s.yaml:22:23: spec.analysis.metrics[1].templateRef.name: unknown template "
                 "'latency'; no templates are defined"

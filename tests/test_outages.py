@@ -3,9 +3,11 @@
 Each test runs a real daemon (in-process, real HTTP) against the session's real
 Prometheus, reached through a :class:`~faults.PromProxy` that can go down, answer
 slowly or answer garbage, and against stand-in routers and receivers on
-127.0.0.1 that can refuse, fail or hang. The state store is made unwritable on
-its own connection (``PRAGMA query_only``, or a database filled up to its
-``max_page_count``): both work as root, where ``chmod`` stops nothing.
+127.0.0.1 that can refuse, fail or hang. The state store lives on a small tmpfs
+the test mounts, which it fills for real (``tests/disks.py``), or is made
+read-only on its own connection (``PRAGMA query_only``); both work as root,
+where ``chmod`` stops nothing. The store on a filesystem the kernel turns
+read-only is in ``test_disk_faults.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import anyio
 import pytest
 from aiohttp import web
 from daemons import TOKEN, api_url, client_for, running_daemon, wait_for_state, write_config
+from disks import Disk, small_tmpfs
 from faults import DedupRouter, PromProxy, StandIn
 from prom import PrometheusServer, eventually, open_provider
 from structlog.testing import capture_logs
@@ -46,6 +49,7 @@ def config(
     hooks_url: str | None = None,
     threshold: int = THRESHOLD,
     max_weight: int = 50,
+    state_dir: Path | None = None,
 ) -> Path:
     """One canary on two gauges of ``job``; alerts and outbox hooks go to ``hooks_url``."""
     analysis: dict[str, Any] = {
@@ -71,6 +75,8 @@ def config(
         },
         "outbox": {"initialBackoff": "0.1s", "maxBackoff": "0.5s", "pollInterval": "0.1s"},
     }
+    if state_dir is not None:
+        top["state"] = f"sqlite://{state_dir}/state.db"
     canary: dict[str, Any] = {
         "name": "web",
         "namespace": "prod",
@@ -371,45 +377,16 @@ def _read_only(db: sqlite3.Connection, on: bool) -> None:
     db.execute(f"PRAGMA query_only = {'ON' if on else 'OFF'}")
 
 
-def _disk_full(db: sqlite3.Connection, on: bool) -> None:
-    """Cap the file at its size and fill the free room of the history tables (on), or undo it.
+STORE_FAULTS = ("read-only", "disk-full")
 
-    SQLite answers SQLITE_FULL ("database or disk is full") once a write needs a
-    page beyond ``max_page_count``, as it does when the disk itself is full.
-    """
-    if not on:
-        db.execute("PRAGMA max_page_count = 1073741823")
-        for table in FILLED:
-            db.execute(f"DELETE FROM {table} WHERE key = '~filler'")
+
+async def _store_fault(daemon: Daemon, disk: Disk, fault: str, on: bool) -> None:
+    """Fill or free the store's filesystem, or make its connection read-only or not."""
+    if fault == "disk-full":
+        await anyio.to_thread.run_sync(disk.fill if on else disk.free)
         return
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count = {pages}")
-    for insert in FILLED.values():
-        size = 4096
-        while size:
-            try:
-                db.execute(insert, (size,))
-            except sqlite3.OperationalError as exc:
-                if "full" not in str(exc):
-                    raise
-                size //= 2
-
-
-FILLED = {
-    "checks": "INSERT INTO checks(key, time, record) VALUES ('~filler', 0, zeroblob(?))",
-    "events": "INSERT INTO events(key, time, name, level, event) "
-    "VALUES ('~filler', 0, 'filler', 'info', zeroblob(?))",
-}
-"""Tables a decision writes to, and how to fill the room left in their pages."""
-
-
-STORE_FAULTS = {"read-only": _read_only, "disk-full": _disk_full}
-
-
-async def _store_fault(daemon: Daemon, fault: str, on: bool) -> None:
-    """Apply or lift a fault on the daemon's own store connection (its worker thread)."""
     store: SqliteStore = daemon.services.store
-    await store._run(STORE_FAULTS[fault], store.db, on)
+    await store._run(_read_only, store.db, on)
 
 
 def _stored(db: Path) -> dict[str, Any]:
@@ -419,7 +396,7 @@ def _stored(db: Path) -> dict[str, Any]:
     return state
 
 
-@pytest.mark.parametrize("fault", list(STORE_FAULTS), ids=list(STORE_FAULTS))
+@pytest.mark.parametrize("fault", STORE_FAULTS)
 async def test_unwritable_store_holds_the_canary_then_recovers(
     tmp_path: Path, prometheus: PrometheusServer, unique_job: str, fault: str
 ) -> None:
@@ -427,17 +404,19 @@ async def test_unwritable_store_holds_the_canary_then_recovers(
     await seed(prometheus, unique_job)
     async with StandIn() as server:
         router = DedupRouter(server)
-        cfg = config(tmp_path, unique_job, prometheus.url, server.url, max_weight=75)
-        db = tmp_path / "state.db"
-        with capture_logs() as logs:
+        with small_tmpfs(tmp_path, "4m") as disk, capture_logs() as logs:
+            cfg = config(
+                tmp_path, unique_job, prometheus.url, server.url, max_weight=75, state_dir=disk.path
+            )
+            db = disk.path / "state.db"
             async with running_daemon(cfg) as daemon, client_for(cfg) as client:
                 await client.post(f"{KEY}/rollouts", {"revision": "v2"})
                 held = await wait_for_state(client, KEY, lambda s: s["canaryWeight"] == 25)
-                await _store_fault(daemon, fault, True)
+                await _store_fault(daemon, disk, fault, True)
                 during = await _watch(client, router, seconds=1.5)
                 on_disk = await anyio.to_thread.run_sync(_stored, db)
                 status, body = await _post(api_url(cfg), f"{KEY}/pause")
-                await _store_fault(daemon, fault, False)
+                await _store_fault(daemon, disk, fault, False)
                 final = await finished(client, "v2")
     assert {(s["phase"], s["canaryWeight"], s["failedChecks"]) for s, _ in during} == {
         (held["phase"], 25, held["failedChecks"])

@@ -566,8 +566,11 @@ async def test_insecure_skip_verify_works_and_warns_once(tls_stand_in: StandIn) 
 @pytest.mark.anyio
 async def test_factory_builds_prometheus(anyio_backend: str) -> None:
     """build_provider returns a Prometheus for a prometheus config."""
-    async with build_provider(PrometheusProvider(type="prometheus")) as provider:
+    provider = build_provider(PrometheusProvider(type="prometheus"))
+    try:
         assert isinstance(provider, Prometheus)
+    finally:
+        await provider.aclose()
 
 
 @pytest.mark.parametrize(

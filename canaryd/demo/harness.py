@@ -18,11 +18,13 @@ import contextlib
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import anyio
 import anyio.abc
 import yaml
@@ -61,31 +63,69 @@ ALERT_WAIT = 10.0
 API_TIMEOUT = 5.0
 """Timeout of each request to canaryd's API."""
 
+PROBE_REQUESTS = 50
+"""Requests sent through the traffic path after a promotion to see which version answers."""
+
 STANDINS_ENV = "CANARYD_DEMO_STANDINS"
 """Set to 1 to use the in-process stand-ins even where Prometheus and HAProxy exist."""
 
 
+ROUTERS = ("haproxy", "nginx", "envoy", "traefik", "caddy")
+"""The proxies ``canaryd demo --router`` names."""
+
+NOT_YET = {
+    name: f"--router {name}: not yet: canaryd has no {name} router on this branch "
+    "(issue #15; it is being built separately); use --router haproxy or --router caddy"
+    for name in ("nginx", "envoy", "traefik")
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Tools:
-    """Paths of the real Prometheus and HAProxy (None: missing, use the stand-in)."""
+    """Paths of the real Prometheus and proxy (None: missing, use the stand-in).
+
+    Attributes:
+        prometheus: the Prometheus binary.
+        haproxy: the HAProxy binary (``router="haproxy"``).
+        router: which proxy the traffic goes through (:data:`ROUTERS`).
+        caddy: the Caddy binary (``router="caddy"``).
+    """
 
     prometheus: str | None
     haproxy: str | None
+    router: str = "haproxy"
+    caddy: str | None = None
 
     @classmethod
-    def find(cls) -> Tools:
-        """Look for both binaries (none when ``CANARYD_DEMO_STANDINS=1``)."""
+    def find(cls, router: str = "haproxy") -> Tools:
+        """Look for the binaries (none when ``CANARYD_DEMO_STANDINS=1``).
+
+        Raises:
+            DemoError: ``router`` has no router in canaryd yet.
+        """
+        if router in NOT_YET:
+            raise DemoError(NOT_YET[router])
         if os.environ.get(STANDINS_ENV) == "1":
-            return cls(None, None)
-        return cls(infra.find_binary("prometheus"), infra.find_binary("haproxy"))
+            return cls(None, None, router)
+        prometheus = infra.find_binary("prometheus")
+        if router == "caddy":
+            return cls(prometheus, None, router, infra.find_binary("caddy"))
+        return cls(prometheus, infra.find_binary("haproxy"), router)
+
+    @property
+    def proxy(self) -> str | None:
+        """The chosen proxy's binary, None if missing."""
+        return self.caddy if self.router == "caddy" else self.haproxy
 
 
 class Traffic(Protocol):
-    """The traffic path: HAProxy or the stand-in splitter."""
+    """The traffic path: HAProxy, Caddy or the stand-in splitter."""
 
     url: str
     label: str
     scale: int
+    promotes: bool
+    """Whether promotion makes the primary serve the new version (else the pipeline must)."""
 
     @property
     def router(self) -> dict[str, Any]:
@@ -202,13 +242,19 @@ class _Run:
 
     async def _traffic(self, primary: int, canary: int) -> Traffic:
         down = self.scenario.no_traffic
-        if self.tools.haproxy is not None:
+        binary, workdir = self.tools.proxy, self.workdir
+        if binary is not None and self.tools.router == "caddy":
             return await self.stack.enter_async_context(
-                infra.run_haproxy(
-                    self.tools.haproxy, self.workdir, primary, canary, canary_down=down
-                )
+                infra.run_caddy(binary, workdir, primary, canary, canary_down=down)
+            )
+        if binary is not None:
+            return await self.stack.enter_async_context(
+                infra.run_haproxy(binary, workdir, primary, canary, canary_down=down)
             )
         splitter = Splitter(f"http://127.0.0.1:{primary}", f"http://127.0.0.1:{canary}", down)
+        splitter.label = (
+            f"[stand-in] in-process weighted splitter ({self.tools.router} not installed)"
+        )
         return await self.stack.enter_async_context(run_splitter(splitter, free_port()))
 
     async def _metrics(
@@ -306,6 +352,9 @@ class _Follow:
         await self.receiver.wait_for(final, ALERT_WAIT)
         self.result.alerts = list(self.receiver.alerts)
         self.result.final_raw = await self._raw_weights()
+        self.result.promotes = self.traffic.promotes
+        if self.result.outcome == "promoted":
+            self.result.served_after = await probe_versions(self.traffic.url, PROBE_REQUESTS)
         view.end(self.result)
 
     async def _step(self, client: Client) -> bool:
@@ -346,6 +395,27 @@ class _Follow:
         now = time.time() - self.started
         self.result.samples.append(Sample(now, primary, canary, raw, live))
         return live
+
+
+async def probe_versions(url: str, requests: int) -> Counter[str]:
+    """Send ``requests`` GETs through the traffic path; count the versions that answered.
+
+    The demo apps answer ``"<name> <version>"``; anything else counts as
+    ``HTTP <status>`` or ``no answer``.
+    """
+    counts: Counter[str] = Counter()
+    timeout = aiohttp.ClientTimeout(total=API_TIMEOUT)
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        for _ in range(requests):
+            try:
+                async with session.get(url) as resp:
+                    body = (await resp.text()).split()
+                    ok = resp.status == 200 and len(body) == 2
+                    counts[body[1] if ok else f"HTTP {resp.status}"] += 1
+            except (aiohttp.ClientError, TimeoutError):
+                counts["no answer"] += 1
+    return counts
 
 
 async def run_scenario(

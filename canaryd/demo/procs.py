@@ -122,8 +122,12 @@ def python_module(module: str, *args: str) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def child(name: str, argv: Sequence[str], log: Path) -> AsyncIterator[Child]:
+async def child(
+    name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[Child]:
     """Start ``argv`` in its own process group; stop it when the block ends.
+
+    ``env`` is added to the demo's own environment.
 
     Raises:
         DemoError: the program cannot be started.
@@ -136,6 +140,7 @@ async def child(name: str, argv: Sequence[str], log: Path) -> AsyncIterator[Chil
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         except OSError as exc:
             raise DemoError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from exc

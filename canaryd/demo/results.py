@@ -80,6 +80,9 @@ class ScenarioResult:
         log_tail: the daemon's last log lines (kept when something went wrong).
         pids: the child processes the scenario started (all stopped at its end).
         ports: the ports it used on 127.0.0.1 (all released at its end).
+        promotes: the router makes the primary serve the new version on promotion.
+        served_after: after a promotion, which version answered the demo's probe
+            requests through the traffic path (``v2``: 48, ...).
     """
 
     scenario: Scenario
@@ -99,6 +102,15 @@ class ScenarioResult:
     log_tail: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
+    promotes: bool = False
+    served_after: Counter[str] | None = None
+
+    @property
+    def new_version_serves(self) -> bool | None:
+        """After a promotion: did every probe request reach v2? None: not probed."""
+        if self.served_after is None:
+            return None
+        return set(self.served_after) == {"v2"}
 
     @property
     def outcome(self) -> Outcome:
@@ -110,6 +122,8 @@ class ScenarioResult:
         """Whether the outcome (and the rollback's reason) is what the scenario expects."""
         if self.outcome != self.scenario.expect:
             return False
+        if self.promotes and self.new_version_serves is False:
+            return False  # "promoted" while the old version still answers
         expected = self.scenario.expect_reason
         return expected is None or (self.reason or "").startswith(expected)
 

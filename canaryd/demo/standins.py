@@ -70,6 +70,7 @@ class Splitter:
     canary_weight: int = 0
     label: str = "[stand-in] in-process weighted splitter (HAProxy not installed)"
     scale: int = 100
+    promotes: bool = True
     url: str = ""
     control: str = ""
 
@@ -96,8 +97,9 @@ class Splitter:
             return web.json_response({"error": f"bad route request: {exc}"}, status=400)
         if body.get("action") == "rollback":
             primary, canary = 100, 0
-        if body.get("action") != "promote":
-            self.primary_weight, self.canary_weight = primary, canary
+        if body.get("action") == "promote":
+            self.primary = self.canary  # like HAProxy's router: the primary now runs v2
+        self.primary_weight, self.canary_weight = primary, canary
         return web.json_response({"primaryWeight": primary, "canaryWeight": canary})
 
     async def _proxy(self, request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ printed, so the output reads well in a log.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -72,12 +73,27 @@ def _describe_decision(name: str, event: dict[str, Any]) -> str | None:
     if name == "rollout.promoting":
         return "all checks passed at the last step: promoting the primary to v2"
     if name == "rollout.promoted":
-        return "PROMOTED: v2 is the primary, the canary gets no traffic"
+        return "PROMOTED: all traffic to the primary (which version it serves: see below)"
     if name == "rollout.rolled_back":
         return f"ROLLED BACK: {event.get('reason')}; all traffic back to v1"
     if name == "check.failed":
         return None  # the analysis.tick line of the same tick says it, with values
     return f"{name}: {event.get('reason') or ''}".rstrip(": ")
+
+
+def served_line(result: ScenarioResult) -> str:
+    """What answered the probe requests after a promotion, and whether that is right."""
+    counts = result.served_after or Counter()
+    total = sum(counts.values())
+    found = ", ".join(f"{n} {v}" for v, n in counts.most_common())
+    if result.new_version_serves:
+        return f"after promotion: {total} of {total} requests answered by v2 (checked)"
+    if result.promotes:
+        return f"after promotion: requests answered by {found}: the new version is NOT serving"
+    return (
+        f"after promotion: requests answered by {found}: this router only moves weights; "
+        "your deploy pipeline redeploys the primary (docs/routers.md)"
+    )
 
 
 @dataclass
@@ -143,6 +159,8 @@ class TerminalView:
         self._line(f"  => {result.scenario.name}: {verdict(result)}  [{mark}]")
         weights = " -> ".join(f"{w}%" for w in result.applied_weights())
         self._line(f"     canary weights applied by the router: {weights or 'none'}")
+        if result.served_after is not None:
+            self._line(f"     {served_line(result)}")
         alerts = ", ".join(dict.fromkeys(str(a.get("event")) for a in result.alerts))
         self._line(f"     alerts received ({len(result.alerts)}): {alerts or 'none'}")
         if not result.as_expected and result.log_tail:

@@ -1,13 +1,21 @@
-"""Metrics providers: the :class:`MetricsProvider` seam and its factory."""
+"""Metrics providers: the :class:`MetricsProvider` seam and its factory.
+
+One module per implementation (docs/providers.md): ``prometheus`` (and every
+Prometheus-compatible API), ``graphite``, ``influxdb``, ``web``; what they
+share (retries within the tick's budget, auth, timeouts) is ``base``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from canaryd.config import PrometheusProvider, ProviderConfig
-
-if TYPE_CHECKING:
-    from canaryd.providers.prometheus import Prometheus
+from canaryd.config import (
+    GraphiteProvider,
+    InfluxDBProvider,
+    PrometheusProvider,
+    ProviderConfig,
+    WebProvider,
+)
 
 
 class MetricsProvider(Protocol):
@@ -36,13 +44,33 @@ class MetricsProvider(Protocol):
         ...
 
 
-def build_provider(cfg: ProviderConfig) -> Prometheus:
+class ClosableProvider(MetricsProvider, Protocol):
+    """A provider holding connections of its own, closed with :meth:`aclose`."""
+
+    async def aclose(self) -> None:
+        """Close the provider's connections; queries in flight finish, new ones fail."""
+        ...
+
+
+def build_provider(cfg: ProviderConfig) -> ClosableProvider:
     """Create the provider for a config entry (the config's ``type`` picks the class).
 
     The provider holds connections of its own: close it with ``aclose()``.
     """
-    from canaryd.providers.prometheus import Prometheus
-
     if isinstance(cfg, PrometheusProvider):
+        from canaryd.providers.prometheus import Prometheus
+
         return Prometheus(cfg)
+    if isinstance(cfg, GraphiteProvider):
+        from canaryd.providers.graphite import Graphite
+
+        return Graphite(cfg)
+    if isinstance(cfg, InfluxDBProvider):
+        from canaryd.providers.influxdb import InfluxDB
+
+        return InfluxDB(cfg)
+    if isinstance(cfg, WebProvider):
+        from canaryd.providers.web import Web
+
+        return Web(cfg)
     raise AssertionError(f"unhandled provider type {cfg!r}")  # config validation prevents this

@@ -23,47 +23,30 @@ bodies, never a credential.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_before_delay,
-    wait_exponential,
-    wait_random,
+from canaryd.config import PrometheusProvider
+from canaryd.errors import ProviderError
+from canaryd.http import POOL_PER_HOST
+from canaryd.providers.base import (
+    RETRY_INITIAL_WAIT,
+    RETRY_MAX_WAIT,
+    ProviderStats,
+    Request,
+    TransientError,
+    auth_headers,
+    http_error,
+    is_transient,
+    open_endpoint,
+    preview,
 )
-from yarl import URL
+from canaryd.providers.transport import Response
 
-from canaryd.config import PrometheusProvider, read_secret
-from canaryd.errors import ProviderError, ResourceError
-from canaryd.http import (
-    BODY_PREVIEW_BYTES,
-    POOL_PER_HOST,
-    USER_AGENT,
-    describe_redirect,
-    redact_url,
-    redirect_target,
-)
-from canaryd.providers.transport import (
-    AnswerTimeoutError,
-    BusyLoopError,
-    OutOfResourcesError,
-    Pool,
-    PoolTimeoutError,
-    TLSError,
-    TransportError,
-)
+__all__ = ["RETRY_INITIAL_WAIT", "RETRY_MAX_WAIT", "Prometheus", "ProviderStats"]
 
 MAX_BODY_BYTES = 1024 * 1024
 """Answers larger than this are refused (a metric query answers a few hundred bytes)."""
@@ -71,47 +54,10 @@ MAX_BODY_BYTES = 1024 * 1024
 BODIES_KEPT = 65536
 """Encoded instant-query bodies a provider keeps (two per canary at 10,000 canaries: ~4 MB)."""
 
-RETRY_INITIAL_WAIT = 0.1
-"""First backoff between attempts, in seconds; doubles each time, plus up to as much jitter."""
-
-RETRY_MAX_WAIT = 2.0
-"""Longest backoff between two attempts, in seconds."""
-
 _PERMANENT_ERROR_TYPES = frozenset({"bad_data", "execution"})
 """Prometheus errors that say the query itself is wrong: retrying cannot help."""
 
-log = structlog.get_logger()
-
 T = TypeVar("T")
-
-
-class _TransientError(ProviderError):
-    """A failure worth another attempt (network, timeout, 429, 5xx)."""
-
-
-class _OwnTroubleError(_TransientError):
-    """canaryd could not send the request itself (no fd, no memory, no free connection).
-
-    Worth another attempt; if the last attempt meets it too, the query raises
-    :class:`~canaryd.errors.ResourceError` and the check holds.
-    """
-
-
-@dataclass(slots=True)
-class ProviderStats:
-    """Counters of one provider, for ``/metrics``.
-
-    Attributes:
-        queries: queries asked by callers (instant and range).
-        attempts: HTTP requests sent, retries included.
-        retries: attempts after the first one of a query.
-        failures: queries that ended with a ProviderError.
-    """
-
-    queries: int = 0
-    attempts: int = 0
-    retries: int = 0
-    failures: int = 0
 
 
 class Prometheus:
@@ -129,27 +75,19 @@ class Prometheus:
 
     def __init__(self, cfg: PrometheusProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
-        self._where = redact_url(cfg.address)
-        self.stats = ProviderStats()
-        url = URL(cfg.address)
-        self._url_auth = (
-            _basic(url.user or "", url.password or "") if url.user is not None else None
-        )
-        self._pool = Pool(
-            str(url.with_user(None)),
-            limit=pool,
-            verify_tls=not cfg.insecureSkipVerify,
-            max_body=MAX_BODY_BYTES,
-            head=f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n".encode(),
-        )
-        # Without secret files the request headers never change: built once, not per query.
         self._bodies: dict[str, bytes] = {}
-        self._static_headers = None if cfg.bearer_token_file or cfg.username else self._headers()
-        self._static_head = (
-            None if self._static_headers is None else _header_lines(self._static_headers)
+        self._endpoint = open_endpoint(
+            "prometheus",
+            cfg.address,
+            self._headers,
+            timeout=cfg.timeout,
+            limit=pool,
+            max_body=MAX_BODY_BYTES,
+            insecure=cfg.insecureSkipVerify,
+            # without secret files the request headers never change: built once, not per query
+            static=not (cfg.bearer_token_file or cfg.username),
         )
-        if cfg.insecureSkipVerify:
-            log.warning("provider.tls_insecure", address=self._where)
+        self.stats = self._endpoint.stats
 
     async def __aenter__(self) -> Prometheus:
         return self
@@ -159,7 +97,7 @@ class Prometheus:
 
     async def aclose(self) -> None:
         """Close the provider's connections; queries in flight finish, new ones fail."""
-        await self._pool.aclose()
+        await self._endpoint.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """Run an instant query and return its single value.
@@ -172,8 +110,6 @@ class Prometheus:
             The value, or ``None`` when there is no data (empty vector or NaN).
 
         Raises:
-            ResourceError: canaryd itself could not send it (out of file descriptors,
-                memory, or a free connection of its own pool).
             ProviderError: the request failed for good, Prometheus rejected the
                 query, or the answer is not exactly one scalar or series.
         """
@@ -200,8 +136,6 @@ class Prometheus:
             The series' values (NaN kept as ``float('nan')``); ``[]`` when no series.
 
         Raises:
-            ResourceError: canaryd itself could not send it (out of file descriptors,
-                memory, or a free connection of its own pool).
             ProviderError: the request failed for good, Prometheus rejected the
                 query, or the answer holds more than one series.
         """
@@ -212,90 +146,13 @@ class Prometheus:
         """POST a form body with retries on transient failures; ``parse`` the answer's ``data``.
 
         Raises:
-            ResourceError: the last attempt could not be sent for want of canaryd's own
-                resources (file descriptors, memory, a free connection).
             ProviderError: permanent failure, or transient ones until the budget ran out.
         """
-        self.stats.queries += 1
-        if budget <= 0:
-            self.stats.failures += 1
-            raise ProviderError(f"no time left to query prometheus (budget {budget:g}s)")
-        timeout = min(self._cfg.timeout, budget)
-        started = time.monotonic()
-        try:  # the first attempt without tenacity: most queries need no other (and it's costly)
-            return parse(await self._attempt(path, body, timeout))
-        except _TransientError as exc:
-            first: _TransientError | None = exc
-        except ProviderError:
-            self.stats.failures += 1
-            raise
-        left = budget - (time.monotonic() - started)
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_TransientError),
-            # the second condition: never start an attempt whose timeout ends after the budget
-            stop=stop_after_delay(left) | stop_before_delay(left - timeout),
-            wait=wait_exponential(multiplier=RETRY_INITIAL_WAIT, max=RETRY_MAX_WAIT)
-            + wait_random(0, RETRY_INITIAL_WAIT),
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    if first is not None:  # tenacity's attempt 1 is the one made above
-                        failure, first = first, None
-                        raise failure
-                    self.stats.retries += 1
-                    return parse(await self._attempt(path, body, timeout))
-        except RetryError as exc:
-            self.stats.failures += 1
-            n = exc.last_attempt.attempt_number
-            last = exc.last_attempt.exception()
-            kind = ResourceError if isinstance(last, _OwnTroubleError) else ProviderError
-            raise kind(
-                f"gave up after {n} attempt{'s' if n > 1 else ''} in "
-                f"{time.monotonic() - started:.1f}s (budget {budget:g}s): "
-                f"{exc.last_attempt.exception()}"
-            ) from exc.last_attempt.exception()
-        except ProviderError:
-            self.stats.failures += 1
-            raise
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _attempt(self, path: str, body: bytes, limit: float) -> Any:
-        """One HTTP request; classify its outcome.
+        def data(resp: Response) -> T:
+            return parse(_answer_data(resp.status, resp.body, resp.complete))
 
-        Raises:
-            _TransientError: worth retrying.
-            ProviderError: not worth retrying.
-        """
-        self.stats.attempts += 1
-        headers, head = self._static_headers, self._static_head
-        if headers is None or head is None:
-            headers = self._headers()
-            head = _header_lines(headers)
-        try:
-            resp = await self._pool.post(path, body, timeout=limit, headers=head)
-        except PoolTimeoutError:
-            raise _OwnTroubleError(
-                f"no connection to prometheus came free within {limit:g}s"
-            ) from None
-        except OutOfResourcesError as exc:
-            raise _OwnTroubleError(f"canaryd could not open a connection: {exc}") from exc
-        except BusyLoopError as exc:
-            raise _OwnTroubleError(f"no answer seen within {limit:g}s: {exc}") from exc
-        except AnswerTimeoutError as exc:
-            raise _TransientError(f"prometheus did not answer within {limit:g}s") from exc
-        except TLSError as exc:
-            # a certificate problem does not go away by asking again
-            raise ProviderError(
-                f"TLS error talking to prometheus at {self._where}: {exc} (insecureSkipVerify: "
-                "true turns verification off; use it only for a trusted self-signed endpoint)"
-            ) from exc
-        except TransportError as exc:
-            raise _TransientError(f"cannot reach prometheus at {self._where}: {exc}") from exc
-        if 300 <= resp.status < 400:  # never followed: docs/reliability.md
-            target = redirect_target(self._cfg.address, resp.location)
-            raise ProviderError(f"prometheus answered {describe_redirect(resp.status, target)}")
-        return _answer_data(resp.status, _scrub(resp.body, headers), resp.complete)
+        return await self._endpoint.call(Request(path, body), budget, data)
 
     def _headers(self) -> dict[str, str]:
         """Request headers: configured extras plus auth (secrets read on every call).
@@ -304,47 +161,14 @@ class Prometheus:
             ProviderError: a secret file cannot be read, or both kinds of auth are set.
         """
         cfg = self._cfg
-        headers = dict(cfg.headers)
-        if self._url_auth is not None:
-            headers["Authorization"] = self._url_auth
         if cfg.bearer_token_file and cfg.username:
             raise ProviderError("set bearer_token_file or username/password_file, not both")
-        try:
-            if cfg.bearer_token_file:
-                token = read_secret(cfg.bearer_token_file)
-                headers["Authorization"] = f"Bearer {token.get_secret_value() if token else ''}"
-            elif cfg.username:
-                password = read_secret(cfg.password_file)
-                secret = password.get_secret_value() if password else ""
-                headers["Authorization"] = _basic(cfg.username, secret)
-        except ValueError as exc:
-            raise ProviderError(str(exc)) from exc
-        return headers
-
-
-def _basic(username: str, password: str) -> str:
-    """The ``Authorization`` value of HTTP basic auth."""
-    pair = f"{username}:{password}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
-
-
-def _header_lines(headers: dict[str, str]) -> bytes:
-    """``Name: value\\r\\n`` lines; a header that would split the request is refused.
-
-    Raises:
-        ProviderError: a name or value holds a line break or is not Latin-1 (a secret
-            file with one, say); the message names the header, never its value.
-    """
-    lines = []
-    for name, value in headers.items():
-        line = f"{name}: {value}\r\n"
-        if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
-            raise ProviderError(f"header {name.strip()!r} holds a line break; not sent")
-        try:
-            lines.append(line.encode("latin-1"))
-        except UnicodeEncodeError:
-            raise ProviderError(f"header {name!r} is not Latin-1 text; not sent") from None
-    return b"".join(lines)
+        return auth_headers(
+            cfg.headers,
+            token_file=cfg.bearer_token_file,
+            username=cfg.username,
+            password_file=cfg.password_file,
+        )
 
 
 _FORM_QUOTED = [
@@ -370,43 +194,19 @@ def _form_body(form: dict[str, str]) -> bytes:
     return "&".join(f"{k}={v.translate(_FORM_QUOTED)}" for k, v in form.items()).encode()
 
 
-def _scrub(body: bytes, headers: dict[str, str]) -> bytes:
-    """The body without the credentials just sent: a proxy's error page may echo them.
-
-    Done on the whole body, before any preview is cut from it, so that no part
-    of a secret survives at the cut.
-    """
-    scheme, _, value = headers.get("Authorization", "").partition(" ")
-    found = [value]
-    if scheme == "Basic":
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            pair = base64.b64decode(value, validate=True).decode()
-            found += [pair, pair.partition(":")[2]]
-    for secret in sorted(found, key=len, reverse=True):
-        if len(secret) >= 4:
-            body = body.replace(secret.encode(), b"***")
-    return body
-
-
-def _preview(body: bytes) -> str:
-    """The first bytes of a body, printable, for error messages."""
-    return body[:BODY_PREVIEW_BYTES].decode("utf-8", "replace").strip()
-
-
 def _http_error(status: int, body: bytes, problem: str) -> str:
     """``prometheus answered HTTP 503, not JSON: <preview>`` style message."""
-    preview = _preview(body)
-    return f"prometheus answered HTTP {status}{problem}" + (f": {preview}" if preview else "")
+    return http_error("prometheus", status, body, problem)
 
 
 def _answer_data(status: int, body: bytes, complete: bool) -> Any:
     """Decode one answer and return its ``data``.
 
     Raises:
-        _TransientError: HTTP 429/5xx without a permanent Prometheus error.
+        TransientError: HTTP 429/5xx without a permanent Prometheus error.
         ProviderError: any other failure.
     """
-    retryable = status == 429 or status >= 500
+    retryable = is_transient(status)
     if not complete:
         raise ProviderError(_http_error(status, body, f" with more than {MAX_BODY_BYTES} bytes"))
     try:
@@ -414,15 +214,15 @@ def _answer_data(status: int, body: bytes, complete: bool) -> Any:
     except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
         doc = None
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
-        kind = _TransientError if retryable else ProviderError
+        kind = TransientError if retryable else ProviderError
         raise kind(_http_error(status, body, "" if retryable else ", not Prometheus JSON"))
     if doc["status"] == "error":
         error_type = str(doc.get("errorType", "error"))
         message = f"prometheus {error_type}: {doc.get('error', '')}"
         permanent = error_type in _PERMANENT_ERROR_TYPES or not retryable
-        raise (ProviderError if permanent else _TransientError)(message)
+        raise (ProviderError if permanent else TransientError)(message)
     if status != 200:
-        kind = _TransientError if retryable else ProviderError
+        kind = TransientError if retryable else ProviderError
         raise kind(_http_error(status, body, ""))
     return doc.get("data")
 
@@ -430,7 +230,7 @@ def _answer_data(status: int, body: bytes, complete: bool) -> Any:
 def _shape_error(data: Any) -> ProviderError:
     """The error for an answer whose ``data`` does not have the documented shape."""
     return ProviderError(
-        f"prometheus answered an unexpected result: {_preview(json.dumps(data).encode())}"
+        f"prometheus answered an unexpected result: {preview(json.dumps(data).encode())}"
     )
 
 

@@ -380,9 +380,20 @@ class Pool:
         return self._open
 
     async def post(
-        self, path: str, body: bytes, *, timeout: float, headers: bytes = b""
+        self,
+        path: str,
+        body: bytes,
+        *,
+        timeout: float,
+        headers: bytes = b"",
+        method: bytes = b"POST",
+        content_type: bytes = b"application/x-www-form-urlencoded",
     ) -> Response:
         """POST a form ``body`` to ``path``; ``headers`` are extra header lines for this request.
+
+        ``method`` and ``content_type`` serve the providers that need another
+        request (a ``GET`` with the query in ``path`` and an empty body, a JSON
+        body): see docs/providers.md.
 
         ``timeout`` bounds the wait for a connection, and then, separately, the
         connection and the answer together: waiting in the queue does not eat
@@ -396,14 +407,20 @@ class Pool:
             TLSError: the TLS handshake failed.
             TransportError: the connection failed or the answer is not HTTP.
         """
+        target = self._prefix + path
+        if not target.startswith("/"):  # "" or "?a=1" under an address without a path
+            target = "/" + target
         request = b"".join(
             (
-                b"POST ",
-                (self._prefix + path).encode("ascii"),
+                method,
+                b" ",
+                target.encode("ascii"),
                 b" HTTP/1.1\r\n",
                 self._host_line,
                 headers,
-                b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: ",
+                b"Content-Type: ",
+                content_type,
+                b"\r\nContent-Length: ",
                 str(len(body)).encode("ascii"),
                 b"\r\n\r\n",
                 body,

@@ -7,7 +7,15 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from canaryd.config import HAProxyRouter, RouterConfig, WebhookRouter
+from canaryd.config import (
+    AlbRouter,
+    CaddyRouter,
+    ConsulRouter,
+    ExecRouter,
+    HAProxyRouter,
+    RouterConfig,
+    WebhookRouter,
+)
 
 Action = Literal["route", "promote", "rollback"]
 
@@ -63,4 +71,29 @@ def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -
         from canaryd.routers.haproxy import HAProxyRuntime
 
         return HAProxyRuntime(cfg)
+    return _build_api_router(name, cfg, session)
+
+
+def _build_api_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
+    """The API- and command-driven routers (docs/routers.md); imported on first use.
+
+    Raises:
+        RouterError: the router's secret cannot be read.
+    """
+    if isinstance(cfg, CaddyRouter):
+        from canaryd.routers.caddy import CaddyAdmin
+
+        return CaddyAdmin(cfg, session)
+    if isinstance(cfg, ConsulRouter):
+        from canaryd.routers.consul import ConsulSplitter
+
+        return ConsulSplitter(cfg, session)
+    if isinstance(cfg, AlbRouter):
+        from canaryd.routers.alb import AlbListener
+
+        return AlbListener(cfg)
+    if isinstance(cfg, ExecRouter):
+        from canaryd.routers.exec import ExecCommand
+
+        return ExecCommand(cfg, name=name)
     raise AssertionError(f"unhandled router type {cfg!r}")  # config validation prevents this

@@ -11,12 +11,22 @@ path or ``host:port`` for TCP. Design choices:
 - **Absolute weights.** Percent ``p`` becomes HAProxy weight ``round(p * 256 / 100)``
   (``set weight <backend>/<server> <0..256>``), so the result does not depend on
   the weights in ``haproxy.cfg``. The larger weight is set first, so the backend
-  never has both servers at 0 in between. Both weights are then read back with
-  ``get weight`` (``"<current> (initial <initial>)"``); a mismatch is an error.
+  never has both servers at 0 in between. Both weights are read before (an
+  unknown server fails before anything changes) and after with ``get weight``
+  (``"<current> (initial <initial>)"``); a mismatch is an error, and on any
+  error the weights read before are set again, so the previous split keeps
+  serving.
 - **Actions.** ``route`` sets the requested weights; ``rollback`` sets canary 0 /
-  primary 100 whatever the request says; ``promote`` only verifies that both
-  servers exist, because HAProxy cannot change what the primary runs: a
-  ``promote`` hook or the ``confirm-promotion`` gate does the redeploy.
+  primary 100 whatever the request says. ``promote`` (``promotion: address``, the
+  default) reads the canary server's address from ``show servers state``, points
+  the primary server at it (``set server <backend>/<primary> addr <ip> port
+  <port>``), reads the address back, then sets the request's weights (the
+  analysis then moves the weight back to the primary, as Flagger does): from
+  then on the primary server sends traffic to the new version. A rollback after that
+  cannot bring the old version back (the old address is gone from HAProxy); the
+  deploy pipeline must know that the old primary machine is now free (see
+  docs/routers.md, "HAProxy"). With ``promotion: verify``, ``promote`` only
+  checks that both servers exist and the pipeline redeploys the primary itself.
 - **Retries.** Transient socket errors (refused, reset, missing socket during a
   restart, no answer within ``cfg.timeout``) are retried with tenacity
   (exponential backoff with jitter, :data:`ATTEMPTS` tries per command); a whole
@@ -28,6 +38,8 @@ Error messages (all :class:`~canaryd.errors.RouterError`)::
     haproxy web/web-canary: No such server.                       HAProxy's own text
     haproxy web/web-canary: weight is 0 after set weight 51       read-back mismatch
     haproxy web/web-canary: empty answer to get weight            nothing came back
+    haproxy web/web-primary: problem converting port ...           set server addr refused
+    haproxy web: Can't find backend.                               show servers state
     haproxy /run/haproxy/admin.sock: connection refused (after 3 attempts)
     haproxy 127.0.0.1:9999: no answer within 5s (after 3 attempts)
     haproxy /run/haproxy/admin.sock: no answer within 15s          the apply budget ran out
@@ -35,6 +47,7 @@ Error messages (all :class:`~canaryd.errors.RouterError`)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -120,6 +133,25 @@ def parse_weight(answer: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def parse_servers_state(answer: str) -> dict[str, tuple[str, str]] | None:
+    """Map server name -> (address, port) from a ``show servers state`` answer.
+
+    The answer is a version line, a ``# be_id be_name ...`` header naming the
+    columns, and one line per server. Returns None when it is not such a table
+    (HAProxy's error text, garbage).
+    """
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[1].startswith("# "):
+        return None
+    columns = lines[1][2:].split()
+    try:
+        name, addr, port = (columns.index(c) for c in ("srv_name", "srv_addr", "srv_port"))
+    except ValueError:
+        return None
+    rows = [line.split() for line in lines[2:]]
+    return {r[name]: (r[addr], r[port]) for r in rows if len(r) > max(name, addr, port)}
+
+
 def first_line(answer: str) -> str:
     """The first non-empty line of an answer, shortened for an error message."""
     line = next((ln.strip() for ln in answer.splitlines() if ln.strip()), "")
@@ -202,19 +234,100 @@ class HAProxyRuntime:
 
     async def _apply(self, request: RouteRequest) -> None:
         if request.action == "promote":
-            await self.get_weight(self._cfg.primary)
-            await self.get_weight(self._cfg.canary)
+            if self._cfg.promotion == "verify":
+                await self.get_weight(self._cfg.primary)
+                await self.get_weight(self._cfg.canary)
+                return
+            await self.point_primary_at_canary()
+        elif request.action == "rollback" and self._cfg.promotion == "address":
+            await self._refuse_rollback_after_promotion()
+        await self._set_weights(self._targets(request))
+
+    async def _refuse_rollback_after_promotion(self) -> None:
+        """A rollback cannot restore the old version once the primary points at the canary.
+
+        Reporting such a rollback as done would be false (docs/routers.md, "HAProxy").
+
+        Raises:
+            RouterError: both servers have the same address.
+        """
+        state = await self.servers_state()
+        primary = self._server(state, self._cfg.primary)
+        if primary == self._server(state, self._cfg.canary):
+            raise RouterError(
+                f"haproxy {self._cfg.backend}/{self._cfg.primary}: cannot roll back: the primary "
+                f"server already points at the canary's address {primary[0]}:{primary[1]} "
+                "(promoted); redeploy the old version to restore it"
+            )
+
+    async def point_primary_at_canary(self) -> None:
+        """Make the primary server send its traffic to the canary server's address.
+
+        Idempotent: when the primary already has the canary's address nothing is sent.
+
+        Raises:
+            RouterError: a server or the backend is unknown, HAProxy refused the
+                new address (its own text is in the message), or the address read
+                back afterwards is not the canary's.
+        """
+        where = f"{self._cfg.backend}/{self._cfg.primary}"
+        state = await self.servers_state()
+        target = self._server(state, self._cfg.canary)
+        if self._server(state, self._cfg.primary) == target:
             return
-        targets = self._targets(request)
-        for server, weight in targets:
-            await self.set_weight(server, weight)
-        for server, weight in targets:
-            actual = await self.get_weight(server)
-            if actual != weight:
-                raise RouterError(
-                    f"haproxy {self._cfg.backend}/{server}: "
-                    f"weight is {actual} after set weight {weight}"
-                )
+        answer = await self.command(f"set server {where} addr {target[0]} port {target[1]}")
+        if self._server(await self.servers_state(), self._cfg.primary) != target:
+            raise RouterError(f"haproxy {where}: {first_line(answer) or 'address unchanged'}")
+
+    def _server(self, state: dict[str, tuple[str, str]], name: str) -> tuple[str, str]:
+        """One server's (address, port) from :meth:`servers_state`'s answer.
+
+        Raises:
+            RouterError: the backend has no such server.
+        """
+        if name not in state:
+            raise RouterError(f"haproxy {self._cfg.backend}/{name}: No such server.")
+        return state[name]
+
+    async def servers_state(self) -> dict[str, tuple[str, str]]:
+        """Every server of the backend: name -> (address, port), from ``show servers state``.
+
+        Raises:
+            RouterError: HAProxy answered with an error (``Can't find backend.``)
+                or something that is not a servers-state table.
+        """
+        answer = await self.command(f"show servers state {self._cfg.backend}")
+        state = parse_servers_state(answer)
+        if state is None:
+            text = first_line(answer) or "empty answer to show servers state"
+            raise RouterError(f"haproxy {self._cfg.backend}: {text}")
+        return state
+
+    async def _set_weights(self, targets: list[tuple[str, int]]) -> None:
+        """Set and read back ``targets``; on failure put the weights found before back.
+
+        Both weights are read first, so an unknown server fails before anything
+        changes; a later failure restores the previous split (best effort).
+
+        Raises:
+            RouterError: a command failed or a weight read back differs.
+        """
+        before = [(server, await self.get_weight(server)) for server, _ in targets]
+        try:
+            for server, weight in targets:
+                await self.set_weight(server, weight)
+            for server, weight in targets:
+                actual = await self.get_weight(server)
+                if actual != weight:
+                    raise RouterError(
+                        f"haproxy {self._cfg.backend}/{server}: "
+                        f"weight is {actual} after set weight {weight}"
+                    )
+        except RouterError:
+            with contextlib.suppress(RouterError):
+                for server, weight in sorted(before, key=lambda t: t[1], reverse=True):
+                    await self.set_weight(server, weight)
+            raise
 
     def _targets(self, request: RouteRequest) -> list[tuple[str, int]]:
         """(server, HAProxy weight) pairs, the larger weight first so both are never 0.
