@@ -28,6 +28,7 @@ demo: $(STAMP) system-deps
 lint: $(STAMP)
 	$(BIN)/ruff check canaryd tests benchmarks
 	$(BIN)/ruff format --check canaryd tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from canaryd.judge import MetricConfig, MetricPair, judge
+from canaryd.core.judge import MetricConfig, MetricPair, judge
 
 
 def _best_of(func: Callable[[], object], repeat: int) -> float:

@@ -11,8 +11,8 @@ What runs (see ``benchmarks/README.md``):
 - in this process, canaryd as the daemon wires it: real ``Settings`` models, the
   shared client session (:func:`canaryd.http.make_session`), the real
   :class:`~canaryd.providers.prometheus.Prometheus` provider, the webhook
-  router, a :class:`~canaryd.store.SqliteStore` on a temporary file, and one
-  :class:`~canaryd.runtime.CanaryRunner` loop per canary on one scheduler.
+  router, a :class:`~canaryd.service.store.SqliteStore` on a temporary file, and one
+  :class:`~canaryd.service.runtime.CanaryRunner` loop per canary on one scheduler.
   Every canary is a blue/green rollout in progress (as after a daemon restart),
   so every tick checks every metric. ``--fail-share`` of them answer a failing
   value: they roll back in the first tick that judges them (threshold 1) and
@@ -52,16 +52,16 @@ import anyio
 import anyio.abc
 
 import canaryd
-from canaryd.analysis import CanaryState, Needs, Observation, Phase
 from canaryd.config import MIN_INTERVAL_ENV, Settings
+from canaryd.core.analysis import CanaryState, Needs, Observation, Phase
 from canaryd.http import POOL_PER_HOST, make_session
 from canaryd.logs import configure
 from canaryd.providers import MetricsProvider
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import build_router
-from canaryd.runtime import CanaryRunner, Services
-from canaryd.scheduler import Scheduler
-from canaryd.store import SqliteStore
+from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.scheduler import Scheduler
+from canaryd.service.store import SqliteStore
 
 HERE = Path(__file__).resolve().parent
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -610,7 +610,7 @@ async def bench(opts: Options) -> dict[str, Any]:
             t = time.monotonic()
             rig = await build_rig(opts, stack, prom, receiver)
             if opts.gc_freeze:
-                from canaryd.runtime import freeze_heap  # absent before the scale work
+                from canaryd.service.runtime import freeze_heap  # absent before the scale work
 
                 freeze_heap()  # as the daemon does once its runners are built
             setup = time.monotonic() - t

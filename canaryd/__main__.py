@@ -1,5 +1,5 @@
 """Allow ``python -m canaryd``."""
 
-from canaryd.cli import main
+from canaryd.cli.commands import main
 
 raise SystemExit(main())

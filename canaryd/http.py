@@ -6,7 +6,7 @@ host it points to (docs/reliability.md, "No redirects followed").
 
 Every outgoing request carries an ``Idempotency-Key`` and, when a secret is
 configured, ``X-Canaryd-Signature: t=<unix>,v1=<hex>`` with
-``v1 = HMAC-SHA256(secret, "<t>.<raw body>")`` (DESIGN section 6).
+``v1 = HMAC-SHA256(secret, "<t>.<raw body>")`` (docs/design.md, "Outgoing calls").
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from yarl import URL
 
 from canaryd import __version__
 from canaryd.errors import WebhookError
+from canaryd.redact import redact_url as redact_url
 
 MAX_ANSWER_BYTES = 64 * 1024
 """How much of an answer's body canaryd reads at most (the rest is discarded)."""
@@ -168,10 +169,3 @@ async def post_json(
         raise WebhookError(
             f"{redact_url(url)}: {type(exc).__name__}: {exc}".replace(url, redact_url(url))
         ) from exc
-
-
-def redact_url(url: str) -> str:
-    """Keep scheme, host and port of a URL; drop the path and query (may hold tokens)."""
-    scheme, sep, rest = url.partition("://")
-    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}{sep}{host}/…" if sep else "<url>"

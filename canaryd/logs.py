@@ -15,7 +15,6 @@ docs/reliability.md, "Log lines".
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import types
@@ -25,8 +24,12 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict
 
-from canaryd.events import Event
+from canaryd.core.events import Event
 from canaryd.jsonenc import make_encoder
+from canaryd.redact import REDACTED as REDACTED
+from canaryd.redact import protect as protect
+from canaryd.redact import scrub as scrub
+from canaryd.redact import scrub_protected
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -129,51 +132,7 @@ def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
 
 
 # --------------------------------------------------------------------------- redaction
-
-_SECRETS: dict[str, None] = {}
-"""Secret values canaryd has read (an ordered set, newest last), scrubbed from every line."""
-
-MAX_SECRETS = 256
-"""Secrets remembered at most (rotation adds new values; the oldest are forgotten)."""
-
-MIN_SECRET_CHARS = 6
-"""Shorter values are not scrubbed by value (they would blank ordinary words)."""
-
-_CREDENTIALS = (
-    # a header's value, to the end of the line or quote: Authorization: Bearer x\x01y
-    re.compile(
-        r"(?i)(?P<keep>\b(?:proxy-authorization|authorization|set-cookie|cookie|x-api-key)"
-        r"['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"
-    ),
-    re.compile(r"(?i)(?P<keep>\b(?:bearer|basic)\s+)[^\s'\",;]+"),  # Bearer x, Basic x
-    re.compile(r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://)[^/\s@'\"]+@"),  # https://user:pass@
-)
-"""What looks like a credential: the part after ``keep`` is replaced."""
-
-REDACTED = "***"
-
-
-def protect(secret: str) -> None:
-    """Scrub ``secret`` from every log line from now on (docs/reliability.md)."""
-    if len(secret) < MIN_SECRET_CHARS or secret in _SECRETS:
-        return
-    _SECRETS[secret] = None
-    if len(_SECRETS) > MAX_SECRETS:
-        del _SECRETS[next(iter(_SECRETS))]
-
-
-def scrub(text: str) -> str:
-    """``text`` with protected secrets and credential-looking values replaced by ``***``."""
-    for secret in tuple(_SECRETS):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    for pattern in _CREDENTIALS:
-        text = pattern.sub(_keep_redacted, text)
-    return text
-
-
-def _keep_redacted(match: re.Match[str]) -> str:
-    return match["keep"] + REDACTED + ("@" if match[0].endswith("@") else "")
+# What is redacted lives in canaryd.redact; this is the processor that applies it.
 
 
 def redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
@@ -255,9 +214,7 @@ def log_event(event: Event) -> None:
         line["level"] = event.level
         fast.stamper(None, event.level, line)
         text = _ENCODE(line)
-        for secret in _SECRETS:  # canary events carry scrubbed errors already: values only
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+        text = scrub_protected(text)  # canary events carry scrubbed errors already: values only
         fast.printer.msg(text)
         return
     log = structlog.get_logger()

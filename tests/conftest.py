@@ -110,7 +110,7 @@ def unique_job() -> str:
 
 import aiohttp  # noqa: E402
 
-from canaryd.store import SqliteStore  # noqa: E402
+from canaryd.service.store import SqliteStore  # noqa: E402
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import anyio
 import yaml
 
 from canaryd.client import Client
-from canaryd.daemon import Daemon
-from canaryd.loader import load_config
+from canaryd.config.loader import load_config
+from canaryd.service.daemon import Daemon
 
 TOKEN = "test-token-0123456789"
 

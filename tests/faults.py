@@ -7,8 +7,8 @@
 - :class:`PromProxy`: a handler in front of the real Prometheus that passes
   queries through, or answers slowly, or answers garbage.
 - :class:`DedupRouter`: a webhook-router handler that honours ``Idempotency-Key``
-  as DESIGN asks receivers to (a key seen before is answered 200 and not applied
-  again), and keeps the weights it applied per canary.
+  as docs/design.md ("Outgoing calls") asks receivers to (a key seen before is
+  answered 200 and not applied again), and keeps the weights it applied per canary.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Written for the tests from Kayenta's published semantics (NetflixACAJudge,
 MannWhitneyClassifier, MannWhitney with its Brent solver, EffectSizes, the IQR
 detector, WeightedSumScorer, ThresholdScoreClassifier): plain Python lists and
-loops, no numpy, nothing shared with :mod:`canaryd.judge`, so that the two can
+loops, no numpy, nothing shared with :mod:`canaryd.core.judge`, so that the two can
 disagree. Where Kayenta is random (Gaussian noise when both series are constant)
 the model is too, from a seeded generator.
 

@@ -16,7 +16,7 @@ import anyio
 from daemons import write_config
 from receiver import Receiver
 
-from canaryd.daemon import Daemon
+from canaryd.service.daemon import Daemon
 
 
 def prom_answer(value: float | None) -> bytes:

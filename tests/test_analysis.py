@@ -1,4 +1,4 @@
-"""The pure analysis core: one named case per rule of DESIGN section 2."""
+"""The pure analysis core: one named case per rule of docs/design.md, "Analysis rules"."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from canaryd import analysis as core
-from canaryd.analysis import (
+from canaryd.config import CanaryConfig, OnNoData, WebhookType
+from canaryd.core import analysis as core
+from canaryd.core.analysis import (
     CanaryState,
     Decision,
     Emit,
@@ -20,7 +21,6 @@ from canaryd.analysis import (
     Route,
     RunHooks,
 )
-from canaryd.config import CanaryConfig, OnNoData, WebhookType
 from canaryd.errors import CommandError
 
 

@@ -14,10 +14,10 @@ from daemons import TOKEN, api_url, running_daemon
 from openapi_spec_validator import validate
 from service_helpers import backends, canary, eventually, service_config
 
-from canaryd.api import make_app
-from canaryd.daemon import Daemon
-from canaryd.loader import load_config
-from canaryd.openapi import document
+from canaryd.config.loader import load_config
+from canaryd.service.api import make_app
+from canaryd.service.daemon import Daemon
+from canaryd.service.openapi import document
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,7 @@ from schemathesis.checks import (
 )
 from service_helpers import canary
 
-from canaryd.openapi import document
+from canaryd.service.openapi import document
 
 schema = schemathesis.openapi.from_dict(document())
 

@@ -17,7 +17,7 @@ from service_helpers import backends, canary, eventually, service_config
 
 from canaryd.cli import main
 from canaryd.client import render_table, weight_bar
-from canaryd.daemon import Daemon
+from canaryd.service.daemon import Daemon
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from canaryd.cli import _follow
+from canaryd.cli.commands import _follow
 from canaryd.errors import ClientError
 
 pytestmark = pytest.mark.anyio

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from canaryd.config import MIN_INTERVAL_ENV, PrometheusProvider
+from canaryd.config.loader import Loaded, load_config
 from canaryd.errors import ConfigError
-from canaryd.loader import Loaded, load_config
 
 PRE = """\
 providers: {prom: {type: prometheus}}
@@ -387,7 +387,7 @@ def test_template_ref_is_looked_up_by_namespace_and_name(tmp_path: Path) -> None
         )
     )
     loaded = manifest(tmp_path, text)
-    from canaryd.runtime import resolve_metrics
+    from canaryd.config.queries import resolve_metrics
 
     [metric] = resolve_metrics(loaded.settings, loaded.settings.canaries[0])
     assert metric.query == 'max(x{ns="prod"})'
@@ -405,7 +405,7 @@ def test_template_ref_namespace_selects_among_templates_of_one_name(tmp_path: Pa
     )
     dev = canary.replace("{name: web, namespace: prod}", "{name: web, namespace: dev}")
     loaded = manifest(tmp_path, "---\n".join([other, base, canary, dev]))
-    from canaryd.runtime import resolve_metrics
+    from canaryd.config.queries import resolve_metrics
 
     queries = [resolve_metrics(loaded.settings, c)[0].query for c in loaded.settings.canaries]
     assert queries == ['max(x{ns="prod"})', 'min(x{ns="dev"})']

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from canaryd.config.templates import builtin_query, render
 from canaryd.demo import main, missing_message, run_scenarios
 from canaryd.demo.app import Faults, make_app
 from canaryd.demo.harness import PROBE_REQUESTS, Tools, probe_versions
@@ -31,7 +32,6 @@ from canaryd.demo.standins import (
 from canaryd.demo.view import TerminalView, served_line
 from canaryd.errors import ProviderError
 from canaryd.providers import MetricsProvider
-from canaryd.templates import builtin_query, render
 
 BOUNDS = [Bound(SUCCESS_RATE, min=99.0), Bound(DURATION, max=200.0)]
 

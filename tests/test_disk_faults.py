@@ -20,9 +20,9 @@ import pytest
 from disks import Disk, small_ext4, small_tmpfs
 from test_runtime import FakeProvider, FakeRouter, runner, settings
 
-from canaryd.analysis import CanaryState, Phase
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.routers import RouteRequest
-from canaryd.store import SqliteStore
+from canaryd.service.store import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

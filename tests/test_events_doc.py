@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from canaryd.events import EVENTS, events_markdown
+from canaryd.core.events import EVENTS, events_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 

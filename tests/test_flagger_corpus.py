@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from canaryd import cli
+from canaryd.cli import commands as cli
 from canaryd.config import MIN_INTERVAL_ENV
-from canaryd.loader import load_config
+from canaryd.config.loader import load_config
 
 CORPUS = Path(__file__).parent / "flagger_corpus"
 FILES = sorted(p.name for p in CORPUS.glob("*.yaml"))
@@ -240,7 +240,7 @@ def test_corpus_maps_onto_flaggers_behaviour(corpus: Path) -> None:
 
 def test_every_mapped_field_is_in_the_moving_from_flagger_doc() -> None:
     """docs/flagger.md names every manifest field the mapping knows."""
-    from canaryd import flagger
+    from canaryd.config import flagger
 
     doc = (Path(__file__).parent.parent / "docs" / "flagger.md").read_text(encoding="utf-8")
     known = [

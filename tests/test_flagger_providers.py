@@ -9,8 +9,8 @@ import pytest
 
 from canaryd.cli import main
 from canaryd.config import GraphiteProvider, InfluxDBProvider
+from canaryd.config.loader import load_config
 from canaryd.errors import ConfigError
-from canaryd.loader import load_config
 
 GRAPHITE_TEMPLATE = """\
 apiVersion: flagger.app/v1beta1

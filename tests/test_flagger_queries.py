@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from canaryd.templates import builtin_query, builtin_variables, render, template_variables
+from canaryd.config.templates import builtin_query, builtin_variables, render, template_variables
 
 INPUTS = {
     "namespace": "prod",

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from canaryd import analysis as core
-from canaryd.analysis import (
+from canaryd.config import CanaryConfig, WebhookType
+from canaryd.core import analysis as core
+from canaryd.core.analysis import (
     CanaryState,
     Decision,
     Emit,
@@ -27,7 +28,6 @@ from canaryd.analysis import (
     Phase,
     Route,
 )
-from canaryd.config import CanaryConfig, WebhookType
 
 PASS = Observation(metrics=(MetricValue("request-success-rate", 99.9, 99, None),))
 FAIL = Observation(metrics=(MetricValue("request-success-rate", 42.0, 99, None),))

@@ -36,13 +36,12 @@ from faults import StandIn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from canaryd import cli
-from canaryd.analysis import CanaryState, Phase
+from canaryd.cli import commands as cli
 from canaryd.config import CanaryConfig, Notifier, PrometheusProvider, WebhookRouter, WebhookSpec
-from canaryd.daemon import check_queries
+from canaryd.config.loader import load_config
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import ConfigError, ProviderError, RouterError, WebhookError
 from canaryd.http import MAX_ANSWER_BYTES
-from canaryd.loader import load_config
 from canaryd.notifiers import deliver
 from canaryd.providers.prometheus import (
     MAX_BODY_BYTES,
@@ -53,7 +52,8 @@ from canaryd.providers.prometheus import (
 )
 from canaryd.routers import RouteRequest
 from canaryd.routers.webhook import WebhookRouterClient
-from canaryd.webhooks import call as call_webhook
+from canaryd.service.daemon import check_queries
+from canaryd.service.webhooks import call as call_webhook
 
 FUZZ = settings(
     max_examples=150,

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import stats
 
-from canaryd.judge import (
+from canaryd.core.judge import (
     BRENT_TOLERANCE,
     LARGEST_VALUE,
     Direction,
@@ -39,7 +39,7 @@ from canaryd.judge import (
     shift_interval,
     wilcoxon_z,
 )
-from canaryd.scoring import Classification, ScoreClassification
+from canaryd.core.scoring import Classification, ScoreClassification
 
 Array = NDArray[np.float64]
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from canaryd.cli.judge import judge_main
 from canaryd.config import JudgeSpec
-from canaryd.judgecli import judge_main
 
 REFERENCE_METRIC = {
     "name": "latency",

@@ -2,7 +2,7 @@
 
 Thousands of seeded random metrics (latencies in seconds, 0/1 error flags, counts,
 zeros against values, constants, single points, missing values, outliers) and
-scored documents are judged by :mod:`canaryd.judge` and by ``kayenta_reference``;
+scored documents are judged by :mod:`canaryd.core.judge` and by ``kayenta_reference``;
 the verdicts must be the same. The generators leave out what canaryd does
 differently on purpose (``docs/judge.md``, "Agreement with Kayenta"): infinities,
 ``-0.0`` and a tolerance of 1 or more on two constant series; a forced failure
@@ -18,7 +18,7 @@ from typing import Any
 import kayenta_reference as kayenta
 import pytest
 
-from canaryd.judge import (
+from canaryd.core.judge import (
     Direction,
     EffectSize,
     MetricConfig,
@@ -30,7 +30,7 @@ from canaryd.judge import (
     clean_series,
     judge,
 )
-from canaryd.scoring import ScoreClassification, Thresholds
+from canaryd.core.scoring import ScoreClassification, Thresholds
 
 METRICS = 3000
 DOCUMENTS = 400

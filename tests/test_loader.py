@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from canaryd import config
+from canaryd.config.loader import Loaded, load_config, summary
 from canaryd.errors import ConfigError
-from canaryd.loader import Loaded, load_config, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "canaryd.example.yaml"
@@ -996,7 +996,7 @@ def test_check_names_each_difference_from_flagger_once(
 ) -> None:
     """canaryd check says, one line each, where a canary's hooks and alerts deliberately behave
     differently from Flagger, and says nothing when they do not."""
-    from canaryd.webhooks import flagger_differences
+    from canaryd.config.notes import flagger_differences
 
     spec = config.CanaryConfig.model_validate(
         {

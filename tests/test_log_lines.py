@@ -145,7 +145,7 @@ def test_warnings_and_uncaught_exceptions_are_json_lines(captured: io.StringIO) 
 
 def test_protected_secret_is_scrubbed_from_canary_events(captured: io.StringIO) -> None:
     """A secret canaryd read never reaches a canary event line, even on the fast path."""
-    from canaryd.events import Event
+    from canaryd.core.events import Event
 
     logs.protect(SECRET)
     logs.log_event(Event("check.failed", "prod/web", "v2", "Progressing", 1.0, {"reason": SECRET}))

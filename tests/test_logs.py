@@ -11,7 +11,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from canaryd import logs
-from canaryd.events import Event
+from canaryd.core.events import Event
 
 
 class _Opaque:

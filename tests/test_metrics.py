@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver
 from service_helpers import backends, canary, eventually
 
-from canaryd.analysis import CanaryState, Phase
-from canaryd.metrics import CanarySample, DaemonMetrics, Snapshot
+from canaryd.core.analysis import CanaryState, Phase
+from canaryd.service.metrics import CanarySample, DaemonMetrics, Snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 

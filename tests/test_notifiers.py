@@ -17,8 +17,8 @@ from pydantic import SecretStr, ValidationError
 from receiver import Receiver
 
 from canaryd.config import AlertSpec, Notifier, Severity
+from canaryd.core.events import EVENTS, Event
 from canaryd.errors import WebhookError
-from canaryd.events import EVENTS, Event
 from canaryd.http import make_session
 from canaryd.notifiers import (
     ALERT_EVENTS,
@@ -81,7 +81,7 @@ async def send(
 
 
 def verify_signature(header: str, body: bytes, secret: SecretStr) -> bool:
-    """Check ``X-Canaryd-Signature`` the way a receiver would (DESIGN section 6)."""
+    """Check ``X-Canaryd-Signature`` the way a receiver would (docs/design.md, "Outgoing calls")."""
     parts = dict(item.split("=", 1) for item in header.split(","))
     if abs(time.time() - int(parts["t"])) > 300:
         return False

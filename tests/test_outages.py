@@ -31,8 +31,8 @@ from prom import PrometheusServer, eventually, open_provider
 from structlog.testing import capture_logs
 
 from canaryd.client import Client
-from canaryd.daemon import Daemon
-from canaryd.store import SqliteStore
+from canaryd.service.daemon import Daemon
+from canaryd.service.store import SqliteStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -385,7 +385,8 @@ async def _store_fault(daemon: Daemon, disk: Disk, fault: str, on: bool) -> None
     if fault == "disk-full":
         await anyio.to_thread.run_sync(disk.fill if on else disk.free)
         return
-    store: SqliteStore = daemon.services.store
+    store = daemon.services.store
+    assert isinstance(store, SqliteStore)
     await store._run(_read_only, store.db, on)
 
 

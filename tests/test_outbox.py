@@ -24,12 +24,12 @@ import pytest
 import structlog
 from receiver import Receiver, Request, self_signed
 
-from canaryd.analysis import CanaryState, Phase
 from canaryd.config import Settings
-from canaryd.dispatcher import Dispatcher
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.routers import RouteRequest
-from canaryd.runtime import CanaryRunner, Services
-from canaryd.store import OutboxMessage, SqliteStore
+from canaryd.service.dispatcher import Dispatcher
+from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.store import OutboxMessage, SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +55,9 @@ class FakeProvider:
         """Unused here."""
         return []
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 @dataclass
 class FakeRouter:
@@ -65,6 +68,9 @@ class FakeRouter:
     async def apply(self, request: RouteRequest) -> None:
         """Record the request."""
         self.requests.append(request)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 @dataclass
@@ -626,7 +632,7 @@ async def test_alerts_after_a_restart_mid_rollout_are_not_lost(
         await rollout(first, 1)
         stored = (await store.load_states())["prod/web"]
         second = CanaryRunner(cfg.canaries[0], stored, svc)
-        from canaryd import analysis as core
+        from canaryd.core import analysis as core
 
         await second.command(lambda s, now: core.pause(second.spec, s, now))
         clock = Clock()

@@ -42,15 +42,15 @@ from prom import PrometheusServer, eventually, open_provider
 from receiver import Receiver
 from structlog.testing import capture_logs
 
-from canaryd import api as api_module
-from canaryd import scheduler as scheduler_module
-from canaryd import webhooks
-from canaryd.analysis import CanaryState
-from canaryd.config import CanaryConfig, WebhookRouter
+from canaryd.config.models import CanaryConfig, WebhookRouter
+from canaryd.core.analysis import CanaryState
 from canaryd.errors import RouterError
-from canaryd.limits import AcceptErrors, fd_reserve, out_of_resources
 from canaryd.providers import transport
 from canaryd.routers import RouteRequest, build_router
+from canaryd.service import api as api_module
+from canaryd.service import scheduler as scheduler_module
+from canaryd.service import webhooks
+from canaryd.service.limits import AcceptErrors, fd_reserve, out_of_resources
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -398,6 +398,13 @@ def daemon_limited(
                 proc.wait(timeout=10)
 
 
+async def stopped(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the daemon and wait (60 s at most) without blocking this event loop."""
+    proc.send_signal(signal.SIGTERM)
+    with anyio.fail_after(60):
+        assert await anyio.to_thread.run_sync(proc.wait) == 0
+
+
 def call(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """One API call with the test token (blocking; the daemon is another process)."""
     data = None if body is None else json.dumps(body).encode()
@@ -487,7 +494,7 @@ async def test_idle_connections_leave_descriptors_for_checks_and_the_rollback_ro
         )
         base = api_url(config)
         assert LIMIT - fd_reserve(1) > 0, "the reserve alone must fit under the limit"
-        with daemon_limited(config, log, LIMIT), fd_limit_at_least(FLOOD + 256):
+        with daemon_limited(config, log, LIMIT) as proc, fd_limit_at_least(FLOOD + 256):
             await api_up(base, within=20)
             for name in ("web", "api"):
                 call(base, "POST", f"/api/v1/canaries/prod/{name}/rollouts", {"revision": "v2"})
@@ -507,6 +514,7 @@ async def test_idle_connections_leave_descriptors_for_checks_and_the_rollback_ro
             await api_up(base, within=30)
             web = call(base, "GET", "/api/v1/canaries/prod/web")
             api = call(base, "GET", "/api/v1/canaries/prod/api")
+            await stopped(proc)  # while the router still answers
     assert api["phase"] == "Failed", api
     assert web["failedChecks"] == 0, web
     assert [c for c in web["checks"] if c["outcome"] == "fail"] == []
@@ -538,7 +546,7 @@ async def test_checks_hold_while_the_daemon_has_no_descriptor_left(
             routers={"lb": {"type": "webhook", "url": f"{router.url}/routes", "timeout": "2s"}},
         )
         base = api_url(config)
-        with daemon_limited(config, log, STARVED):
+        with daemon_limited(config, log, STARVED) as proc:
             await api_up(base, within=20)
             call(base, "POST", "/api/v1/canaries/prod/web/rollouts", {"revision": "v2"})
             host, port = base.removeprefix("http://").rsplit(":", 1)
@@ -560,6 +568,7 @@ async def test_checks_hold_while_the_daemon_has_no_descriptor_left(
                     sock.close()
             await api_up(base, within=30)
             web = call(base, "GET", "/api/v1/canaries/prod/web")
+            await stopped(proc)  # while the router still answers
     assert web["failedChecks"] == 0 and web["phase"] == "Progressing", web
     held = events(log, "check.held_by_canaryd")
     assert "Too many open files" in held[0]["reason"], held[0]
@@ -706,9 +715,7 @@ async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
                     with anyio.move_on_after(OVERLOAD_SECONDS):
                         await behind.watch(base)
                     await anyio.sleep(started + FAIRNESS_SECONDS - time.monotonic())
-                    proc.send_signal(signal.SIGTERM)
-                    with anyio.fail_after(60):
-                        await anyio.to_thread.run_sync(proc.wait)
+                    await stopped(proc)
                     tg.cancel_scope.cancel()
     assert behind.readyz is not None, "/readyz never said behind"
     assert behind.lag > 1.0, behind.lag

@@ -23,7 +23,7 @@ from canaryd.notifiers import deliver, render
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import RouteRequest
 from canaryd.routers.webhook import WebhookRouterClient
-from canaryd.webhooks import call
+from canaryd.service.webhooks import call
 
 pytestmark = pytest.mark.anyio
 

@@ -20,10 +20,10 @@ from daemons import write_config
 from faults import DedupRouter, StandIn
 from prom import eventually
 
-from canaryd.analysis import CanaryState, Phase
-from canaryd.daemon import Daemon
-from canaryd.loader import load_config
-from canaryd.runtime import CanaryRunner
+from canaryd.config.loader import load_config
+from canaryd.core.analysis import CanaryState, Phase
+from canaryd.service.daemon import Daemon
+from canaryd.service.runtime import CanaryRunner
 
 pytestmark = pytest.mark.anyio
 
@@ -50,6 +50,9 @@ class HeldProvider:
     ) -> list[float]:
         """Unused."""
         return []
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 def _canary() -> dict[str, Any]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from canaryd.config.loader import load_config
 from canaryd.errors import ConfigError
-from canaryd.loader import load_config
 
 CASES = [
     (

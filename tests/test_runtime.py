@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 from receiver import Receiver
 
-from canaryd import analysis as core
-from canaryd.analysis import CanaryState, Phase
 from canaryd.config import Settings
+from canaryd.core import analysis as core
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import CommandError, ProviderError, RouterError, StoreError
 from canaryd.routers import RouteRequest
-from canaryd.runtime import CanaryRunner, Services
-from canaryd.store import SqliteStore
+from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.store import SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +46,9 @@ class FakeProvider:
         """Unused here."""
         return []
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 @dataclass
 class FakeRouter:
@@ -59,6 +62,9 @@ class FakeRouter:
         if self.down:
             raise RouterError("router lb: connection refused")
         self.requests.append(request)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 def settings(tmp_path: Path, **analysis: Any) -> Settings:

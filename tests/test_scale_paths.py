@@ -14,10 +14,16 @@ from typing import Any
 import anyio
 import pytest
 
-from canaryd.analysis import CanaryState, CheckRecord, Outcome, Phase
+from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.errors import StoreError
-from canaryd.runtime import first_delay
-from canaryd.store import SENT_KEEP_SECONDS, OutboxMessage, SqliteStore, dumps, state_to_dict
+from canaryd.service.runtime import first_delay
+from canaryd.service.store import (
+    SENT_KEEP_SECONDS,
+    OutboxMessage,
+    SqliteStore,
+    dumps,
+    state_to_dict,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -26,7 +26,7 @@ import anyio.lowlevel
 import pytest
 import structlog
 
-from canaryd.scheduler import Scheduler
+from canaryd.service.scheduler import Scheduler
 
 pytestmark = pytest.mark.anyio
 

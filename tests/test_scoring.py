@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from canaryd.scoring import (
+from canaryd.core.scoring import (
     Classification,
     GroupScore,
     ScoreClassification,

@@ -37,7 +37,6 @@ from prom import PrometheusServer, eventually
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from canaryd.analysis import CanaryState, Phase
 from canaryd.config import (
     CanaryConfig,
     Notifier,
@@ -46,14 +45,15 @@ from canaryd.config import (
     WebhookRouter,
     WebhookSpec,
 )
-from canaryd.daemon import run_daemon
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import ProviderError, RouterError, WebhookError
 from canaryd.notifiers import deliver
-from canaryd.openapi import document
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import RouteRequest
 from canaryd.routers.webhook import WebhookRouterClient
-from canaryd.webhooks import call as call_webhook
+from canaryd.service.daemon import run_daemon
+from canaryd.service.openapi import document
+from canaryd.service.webhooks import call as call_webhook
 
 pytestmark = pytest.mark.anyio
 
@@ -104,7 +104,7 @@ async def test_every_mutating_endpoint_refuses_requests_without_the_token(
         compared.append((a, b))
         return bool(real(a, b))
 
-    monkeypatch.setattr(hmac, "compare_digest", spy)  # canaryd.api calls hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the API calls it
     cfg = write_config(tmp_path, one_canary(), routers=MESH)
     body = json.dumps({"revision": "v2"})
     answers = []
@@ -446,7 +446,7 @@ async def test_request_bodies_beyond_the_limit_are_refused_with_413(
 
 def test_api_listens_on_loopback_unless_told_otherwise(tmp_path: Path) -> None:
     """Without ``listen`` (file or environment) the API address is 127.0.0.1:9879."""
-    from canaryd.loader import load_config
+    from canaryd.config.loader import load_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("routers: {mesh: {type: webhook, url: 'http://127.0.0.1:9/'}}\n")

@@ -18,11 +18,11 @@ from daemons import TOKEN, write_config
 from receiver import Receiver
 from service_helpers import backends, canary, eventually, service_config
 
-from canaryd.analysis import CanaryState, Phase
-from canaryd.cli import check
-from canaryd.daemon import Daemon
-from canaryd.loader import load_config
-from canaryd.store import SqliteStore
+from canaryd.cli.commands import check
+from canaryd.config.loader import load_config
+from canaryd.core.analysis import CanaryState, Phase
+from canaryd.service.daemon import Daemon
+from canaryd.service.store import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from canaryd import analysis as core
-from canaryd.analysis import (
+from canaryd.config import CanaryConfig, Settings, WebhookType
+from canaryd.core import analysis as core
+from canaryd.core.analysis import (
     CanaryState,
     Decision,
     Emit,
@@ -20,10 +21,9 @@ from canaryd.analysis import (
     Route,
     RunHooks,
 )
-from canaryd.config import CanaryConfig, Settings, WebhookType
 from canaryd.routers import RouteRequest
-from canaryd.runtime import CanaryRunner, Services
-from canaryd.store import SqliteStore
+from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.store import SqliteStore
 
 
 def canary(**keys: Any) -> CanaryConfig:
@@ -177,6 +177,9 @@ class _Provider:
         """Unused here."""
         return []
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 class _Router:
     """Records the route requests it is given."""
@@ -187,6 +190,9 @@ class _Router:
     async def apply(self, request: RouteRequest) -> None:
         """Record the request."""
         self.requests.append(request)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
 
 def _runner(

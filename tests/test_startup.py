@@ -34,7 +34,8 @@ def _loaded_after(code: str) -> tuple[list[str], subprocess.CompletedProcess[str
 def test_importing_the_cli_and_config_loads_no_numpy() -> None:
     """Importing the CLI, the configuration and the daemon's modules leaves numpy out."""
     loaded, _ = _loaded_after(
-        "import canaryd.cli, canaryd.config, canaryd.checks, canaryd.runtime, canaryd.daemon"
+        "import canaryd.cli, canaryd.config, canaryd.core.checks,"
+        " canaryd.service.runtime, canaryd.service.daemon"
     )
     assert loaded == []
 
@@ -59,3 +60,31 @@ def test_judge_needs_numpy_but_not_scipy(tmp_path: Path) -> None:
     )
     assert json.loads(done.stdout[: done.stdout.rindex("}") + 1])["results"][0]["name"] == "m"
     assert loaded == ["numpy"]
+
+
+def test_importing_the_config_package_loads_no_numpy_or_scipy() -> None:
+    """``import canaryd.config`` and its loader leave numpy and scipy out (docs/design.md)."""
+    loaded, _ = _loaded_after("import canaryd.config\nfrom canaryd.config import load_config")
+    assert loaded == []
+
+
+def test_the_core_loads_no_adapter_or_http_library() -> None:
+    """Importing every core module leaves aiohttp and the adapter packages out (docs/design.md)."""
+    code = (
+        "import pkgutil, importlib, canaryd.core\n"
+        "for m in pkgutil.iter_modules(canaryd.core.__path__):\n"
+        "    importlib.import_module('canaryd.core.' + m.name)\n"
+        "out = ('aiohttp', 'canaryd.routers', 'canaryd.providers', 'canaryd.notifiers',"
+        " 'canaryd.service', 'canaryd.config.loader')\n"
+        "print(json.dumps([m for m in out if m in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", f"import json, sys\n{code}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

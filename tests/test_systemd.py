@@ -19,9 +19,9 @@ import pytest
 from daemons import api_url, daemon_process, write_config
 from service_helpers import canary, eventually
 
-from canaryd.daemon import Daemon
-from canaryd.loader import load_config
-from canaryd.sdnotify import Notifier, socket_address, watchdog_period
+from canaryd.config.loader import load_config
+from canaryd.service.daemon import Daemon
+from canaryd.service.sdnotify import Notifier, socket_address, watchdog_period
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "canaryd.service"
@@ -316,8 +316,8 @@ def test_unit_file_has(line: str) -> None:
 
 def test_stop_timeout_leaves_room_for_a_graceful_stop() -> None:
     """TimeoutStopSec exceeds the tick grace, the outbox flush and the API shutdown together."""
-    from canaryd.api import SHUTDOWN_SECONDS
-    from canaryd.daemon import FLUSH_GRACE_SECONDS, TICK_GRACE_SECONDS
+    from canaryd.service.api import SHUTDOWN_SECONDS
+    from canaryd.service.daemon import FLUSH_GRACE_SECONDS, TICK_GRACE_SECONDS
 
     match = re.search(r"^TimeoutStopSec=(\d+)s$", UNIT.read_text(), re.MULTILINE)
     assert match is not None

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from prom import PrometheusServer, eventually, histogram_samples, open_provider
 
-from canaryd.errors import TemplateError
-from canaryd.templates import (
+from canaryd.config.templates import (
     BUILTIN_METRICS,
     MESH_PROVIDERS,
     builtin_query,
@@ -15,6 +14,7 @@ from canaryd.templates import (
     render,
     template_variables,
 )
+from canaryd.errors import TemplateError
 
 VARIABLES = template_variables(
     namespace="prod",

@@ -25,7 +25,7 @@ from daemons import TOKEN, api_url, running_daemon
 from receiver import Receiver
 from service_helpers import canary, service_config
 
-from canaryd.cli import SIGPIPE_EXIT, main
+from canaryd.cli.commands import SIGPIPE_EXIT, main
 from canaryd.demo.view import TerminalView
 from canaryd.terminal import escape, escape_lines
 

@@ -11,10 +11,10 @@ from pydantic import TypeAdapter, ValidationError
 from standin import stand_in
 
 from canaryd.config import ProviderConfig, WebProvider
+from canaryd.config.jsonpath import parse_path, select
+from canaryd.config.loader import load_config
 from canaryd.errors import ConfigError, ProviderError
-from canaryd.loader import load_config
 from canaryd.providers import build_provider
-from canaryd.providers.jsonpath import parse_path, select
 from canaryd.providers.web import Web, to_number
 
 # --------------------------------------------------------------------------- JSONPath subset

@@ -8,10 +8,10 @@ import aiohttp
 import pytest
 from receiver import Receiver, self_signed
 
-from canaryd.analysis import CanaryState, Phase
 from canaryd.config import CanaryConfig, WebhookSpec
-from canaryd.events import Event
-from canaryd.webhooks import call, event_payload, longest_call
+from canaryd.core.analysis import CanaryState, Phase
+from canaryd.core.events import Event
+from canaryd.service.webhooks import call, event_payload, longest_call
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,7 @@ Everything lives in a temporary directory and on free 127.0.0.1 ports, inside
 one :class:`contextlib.AsyncExitStack`: leaving it (normally, on an error or on
 Ctrl-C) stops every child process and server in reverse order of starting.
 
-canaryd runs in-process (:class:`~canaryd.daemon.Daemon`, signals left to the
+canaryd runs in-process (:class:`~canaryd.service.daemon.Daemon`, signals left to the
 demo) with a generated config: the ``prometheus`` mesh's built-in
 ``request-success-rate`` and ``request-duration`` metrics, the ``haproxy``
 router (or the generic ``webhook`` router aimed at the stand-in splitter), and
@@ -30,7 +30,7 @@ import anyio.abc
 import yaml
 
 from canaryd.client import Client
-from canaryd.daemon import Daemon
+from canaryd.config.loader import load_config
 from canaryd.demo import infra
 from canaryd.demo.loadgen import LoadStats, generate_load
 from canaryd.demo.procs import (
@@ -47,8 +47,8 @@ from canaryd.demo.scenarios import Scenario, Timings
 from canaryd.demo.standins import AppMetricsReader, Splitter, run_splitter
 from canaryd.demo.view import View
 from canaryd.errors import CanarydError, ConfigError, ProviderError, RouterError
-from canaryd.loader import load_config
 from canaryd.providers import MetricsProvider
+from canaryd.service.daemon import Daemon
 
 NAMESPACE = "demo"
 POLL_INTERVAL = 0.5

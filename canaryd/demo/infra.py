@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from canaryd.config import CaddyRouter, HAProxyRouter
+from canaryd.config.models import CaddyRouter, HAProxyRouter
 from canaryd.demo.procs import child, free_port, wait_ready
 from canaryd.routers.caddy import CaddyAdmin
 from canaryd.routers.haproxy import MAX_WEIGHT, HAProxyRuntime

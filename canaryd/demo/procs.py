@@ -23,7 +23,7 @@ import aiohttp
 import anyio
 import anyio.abc
 
-from canaryd.errors import CanarydError
+from canaryd.errors import DemoError as DemoError
 
 STOP_TIMEOUT = 3.0
 """Seconds a child gets to exit after SIGTERM before its group is killed."""
@@ -36,10 +36,6 @@ POLL_INTERVAL = 0.1
 
 PROBE_TIMEOUT = 1.0
 """Timeout of one readiness probe."""
-
-
-class DemoError(CanarydError):
-    """The demo could not set up or run a scenario (the message says which part and why)."""
 
 
 @dataclass

@@ -5,7 +5,7 @@
   ``{"action", "primaryWeight", "canaryWeight", ...}`` to ``/-/routes``.
 - :class:`AppMetricsReader` replaces Prometheus: it reads the apps' ``/metrics``
   every second and answers the two built-in ``prometheus``-mesh queries of
-  :mod:`canaryd.templates` (success rate and p99 latency over the query's
+  :mod:`canaryd.config.templates` (success rate and p99 latency over the query's
   ``[range]``). It implements :class:`~canaryd.providers.MetricsProvider`; any
   other query is a :class:`~canaryd.errors.ProviderError`.
 
@@ -265,3 +265,6 @@ class AppMetricsReader:
         newest = snaps[-1]
         oldest = next((s for s in snaps if s.time >= newest.time - seconds), snaps[0])
         return (oldest, newest) if oldest is not newest else None
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,6 +1,6 @@
 """Alerts: which events become alerts, how each notifier type renders them, one delivery.
 
-Rendering is pure: :func:`render` turns an :class:`~canaryd.events.Event` into
+Rendering is pure: :func:`render` turns an :class:`~canaryd.core.events.Event` into
 ``(payload, content_type)`` for a notifier type, and the outbox stores that.
 :func:`deliver` makes exactly one signed POST of a stored payload; retries,
 backoff and ordering belong to the outbox dispatcher, not here.
@@ -15,19 +15,23 @@ mode). Shared wording lives in :mod:`.text`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, Final
 
 import aiohttp
 import anyio.to_thread
 from pydantic import SecretStr
 
-from canaryd.config import AlertSpec, Notifier, Severity, read_secret
-from canaryd.errors import WebhookError
-from canaryd.events import ALERTABLE, EVENTS, FLAGGER_ALERTS, Event
-from canaryd.http import post_json, redact_url
+from canaryd.config.models import Notifier, read_secret
+from canaryd.core.alerts import passes as passes
+from canaryd.core.alerts import severity_of as severity_of
+from canaryd.core.alerts import wanted as wanted
+from canaryd.core.events import ALERTABLE, EVENTS, Event
+from canaryd.errors import SecretError, WebhookError
+from canaryd.http import post_json
 from canaryd.notifiers import cloudevents, discord, gchat, msteams, rocket, slack, webhook
-from canaryd.notifiers.text import RenderOptions, describe, severity_of
+from canaryd.notifiers.text import RenderOptions, describe
+from canaryd.redact import redact, redact_url
 
 __all__ = [
     "ALERT_EVENTS",
@@ -43,7 +47,8 @@ __all__ = [
 ]
 
 ALERT_EVENTS: Final = ALERTABLE
-"""Events that can become chat alerts (``events: all``); see :data:`canaryd.events.ALERTABLE`."""
+"""Events that can become chat alerts (``events: all``); see
+:data:`canaryd.core.events.ALERTABLE`."""
 
 Renderer = Callable[[Event, RenderOptions], dict[str, Any]]
 
@@ -57,39 +62,6 @@ FORMATS: Final[dict[str, tuple[Renderer, str]]] = {
     "cloudevents": (cloudevents.render, cloudevents.CONTENT_TYPE),
 }
 """Notifier ``type`` -> (renderer, content type), keyed like :class:`~canaryd.config.Notifier`."""
-
-_RANK: Final = {Severity.INFO: 0, Severity.WARN: 1, Severity.ERROR: 2}
-
-
-def passes(filter: Severity, event: Event) -> bool:
-    """Whether an alert with severity filter ``filter`` lets ``event`` through.
-
-    ``info`` lets everything through, ``warn`` lets warn and error, ``error`` only error.
-
-    Raises:
-        KeyError: the event's name is not in the vocabulary.
-    """
-    return _RANK[severity_of(event)] >= _RANK[filter]
-
-
-def wanted(alert: AlertSpec, event: Event) -> bool:
-    """Whether ``alert`` sends ``event``: chosen by its ``events``, let through by its severity.
-
-    ``events: flagger`` (the default) chooses the events Flagger alerts on, ``all``
-    every alertable event, a list the events named. A waiting event whose closing
-    webhook has ``muteAlert`` is never sent (docs/events.md, "Alerts").
-
-    Raises:
-        KeyError: the event's name is not in the vocabulary.
-    """
-    if event.fields.get("muteAlert"):
-        return False
-    chosen: Collection[str] = alert.events
-    if chosen == "flagger":
-        chosen = FLAGGER_ALERTS.keys()
-    elif chosen == "all":
-        chosen = ALERTABLE
-    return event.name in chosen and passes(alert.severity, event)
 
 
 def render(
@@ -138,24 +110,12 @@ def notifier_url(notifier: Notifier) -> str:
         return notifier.url
     try:
         secret = read_secret(notifier.url_file)
-    except ValueError as exc:
+    except SecretError as exc:
         raise WebhookError(f"{notifier.type} notifier: {exc}") from exc
     url = secret.get_secret_value() if secret is not None else ""
     if not url:
         raise WebhookError(f"{notifier.type} notifier: url_file {notifier.url_file} is empty")
     return url
-
-
-def _scrub(text: str, url: str) -> str:
-    """Remove the URL, its path and its query (tokens, signatures) from text echoing them."""
-    redacted = redact_url(url)
-    text = text.replace(url, redacted)
-    tail = url.partition("://")[2].partition("/")[2]
-    path, _, query = tail.partition("?")
-    for part in (tail, path, query):
-        if len(part) >= 8:  # short paths ("/", "/hook") hold no token and would over-match
-            text = text.replace(part, "…")
-    return text
 
 
 async def deliver(
@@ -190,11 +150,11 @@ async def deliver(
             content_type=content_type,
         )
     except WebhookError as exc:
-        raise WebhookError(f"{notifier.type} notifier {_scrub(str(exc), url)}") from exc
+        raise WebhookError(f"{notifier.type} notifier {redact(str(exc), url)}") from exc
     if not answer.ok:
         where = redact_url(url)
         # scrub the whole body before the preview is cut: a cut token would survive in part
-        body = _scrub(answer.body.decode("utf-8", "replace"), url).encode()
+        body = redact(answer.body.decode("utf-8", "replace"), url).encode()
         raise WebhookError(
             f"{notifier.type} notifier {where}: {dataclasses.replace(answer, body=body).describe()}"
         )

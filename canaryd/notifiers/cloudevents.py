@@ -11,7 +11,7 @@ import hashlib
 import socket
 from typing import Any
 
-from canaryd.events import Event
+from canaryd.core.events import Event
 from canaryd.notifiers import webhook
 from canaryd.notifiers.text import RenderOptions, rfc3339
 

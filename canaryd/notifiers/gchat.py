@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from canaryd.events import Event
+from canaryd.core.events import Event
 from canaryd.notifiers.text import RenderOptions, clip, describe, emoji, facts, rfc3339, title
 
 CONTENT_TYPE = "application/json; charset=UTF-8"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from canaryd.config import Severity
-from canaryd.events import Event
+from canaryd.config.models import Severity
+from canaryd.core.events import Event
 from canaryd.notifiers.text import (
     RenderOptions,
     clip,

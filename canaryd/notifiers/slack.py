@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from canaryd.events import Event
+from canaryd.core.events import Event
 from canaryd.notifiers.text import (
     RenderOptions,
     clip,

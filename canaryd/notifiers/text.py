@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from canaryd.config import Severity
-from canaryd.events import FLAGGER_ALERTS, Event
+from canaryd.config.models import Severity
+from canaryd.core.alerts import severity_of as severity_of
+from canaryd.core.events import Event
 
 ELLIPSIS = "…"
 
@@ -75,31 +76,6 @@ COLOURS: dict[Severity, int] = {
 """RGB colour per severity; a promotion is shown in :data:`PROMOTED_COLOUR`."""
 
 PROMOTED_COLOUR = 0x1F883D
-
-
-def severity_of(event: Event) -> Severity:
-    """An event's alert severity: Flagger's for the events Flagger alerts on, else its level.
-
-    Waiting for approval is ``warn``; a rollback is ``error``, or ``warn`` when a
-    ``rollback`` webhook or an operator asked for it (as Flagger's "manual webhook
-    invoked"). Other events: ``debug``/``info`` are info, ``warning`` is warn,
-    ``error`` is error (docs/events.md, "Alerts").
-
-    Raises:
-        KeyError: the event's name is not in the vocabulary.
-    """
-    level = event.level
-    if event.name == "rollout.rolled_back" and (
-        event.fields.get("webhook") or event.fields.get("manual")
-    ):
-        return Severity.WARN
-    if event.name in FLAGGER_ALERTS:
-        return Severity(FLAGGER_ALERTS[event.name])
-    if level == "error":
-        return Severity.ERROR
-    if level == "warning":
-        return Severity.WARN
-    return Severity.INFO
 
 
 def emoji(event: Event) -> str:

@@ -2,7 +2,7 @@
 
 The payload also carries Flagger's event-webhook keys (``name``, ``namespace``,
 ``phase``, ``metadata.eventMessage/eventType/timestamp``) and the analysis
-counters of DESIGN section 6 at the top level, so a receiver written for
+counters of docs/design.md ("Outgoing calls") at the top level, so a receiver written for
 Flagger keeps working.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from canaryd.config import Severity
-from canaryd.events import Event
-from canaryd.notifiers.text import RenderOptions, describe, rfc3339, severity_of
+from canaryd.config.models import Severity
+from canaryd.core.alerts import severity_of
+from canaryd.core.events import Event
+from canaryd.notifiers.text import RenderOptions, describe, rfc3339
 
 CONTENT_TYPE = "application/json"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from canaryd.config import (
+from canaryd.config.models import (
     GraphiteProvider,
     InfluxDBProvider,
     PrometheusProvider,
@@ -43,16 +43,17 @@ class MetricsProvider(Protocol):
         """
         ...
 
-
-class ClosableProvider(MetricsProvider, Protocol):
-    """A provider holding connections of its own, closed with :meth:`aclose`."""
-
     async def aclose(self) -> None:
-        """Close the provider's connections; queries in flight finish, new ones fail."""
+        """Release the provider's connections (idempotent); no query after it."""
         ...
 
 
-def build_provider(cfg: ProviderConfig) -> ClosableProvider:
+ClosableProvider = MetricsProvider
+"""The same Protocol: every provider has :meth:`~MetricsProvider.aclose` now. Kept for code
+written when it did not."""
+
+
+def build_provider(cfg: ProviderConfig) -> MetricsProvider:
     """Create the provider for a config entry (the config's ``type`` picks the class).
 
     The provider holds connections of its own: close it with ``aclose()``.

@@ -19,7 +19,6 @@ them (docs/providers.md, "Common behaviour"):
 from __future__ import annotations
 
 import base64
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ from tenacity import (
 )
 from yarl import URL
 
-from canaryd.config import read_secret
-from canaryd.errors import ProviderError, ResourceError
+from canaryd.config.models import read_secret
+from canaryd.errors import ProviderError, ResourceError, SecretError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,
     USER_AGENT,
@@ -57,6 +56,7 @@ from canaryd.providers.transport import (
     TLSError,
     TransportError,
 )
+from canaryd.redact import scrub_sent
 
 RETRY_INITIAL_WAIT = 0.1
 """First backoff between attempts, in seconds; doubles each time, plus up to as much jitter."""
@@ -243,7 +243,7 @@ class Endpoint:
         if 300 <= resp.status < 400:  # never followed: docs/reliability.md
             target = redirect_target(self.address, resp.location)
             raise ProviderError(f"{self.name} answered {describe_redirect(resp.status, target)}")
-        body = scrub(resp.body, headers, self.secret_headers)
+        body = scrub_sent(resp.body, headers, self.secret_headers)
         return parse(Response(resp.status, body, resp.complete))
 
     def _build_head(self) -> tuple[dict[str, str], bytes]:
@@ -321,7 +321,7 @@ def auth_headers(
             headers["Authorization"] = basic(
                 username, password.get_secret_value() if password else ""
             )
-    except ValueError as exc:
+    except SecretError as exc:
         raise ProviderError(str(exc)) from exc
     return headers
 
@@ -349,26 +349,6 @@ def header_lines(headers: dict[str, str]) -> bytes:
         except UnicodeEncodeError:
             raise ProviderError(f"header {name!r} is not Latin-1 text; not sent") from None
     return b"".join(lines)
-
-
-def scrub(body: bytes, headers: dict[str, str], secret: frozenset[str] = frozenset()) -> bytes:
-    """The body without the credentials just sent: a proxy's error page may echo them.
-
-    Removed: the ``Authorization`` value, with and without its scheme, a
-    basic-auth pair decoded, and the values of the headers named in ``secret``
-    (lower case; those read from secret files). Done on the whole body, before
-    any preview is cut from it, so that no part of a secret survives at the cut.
-    """
-    scheme, _, value = headers.get("Authorization", "").partition(" ")
-    found = [value, *(v for k, v in headers.items() if k.lower() in secret)]
-    if scheme == "Basic":
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            pair = base64.b64decode(value, validate=True).decode()
-            found += [pair, pair.partition(":")[2]]
-    for item in sorted(found, key=len, reverse=True):
-        if len(item) >= 4:
-            body = body.replace(item.encode(), b"***")
-    return body
 
 
 def preview(body: bytes) -> str:

@@ -30,7 +30,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
-from canaryd.config import GraphiteProvider
+from canaryd.config.models import GraphiteProvider
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (

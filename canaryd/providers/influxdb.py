@@ -31,8 +31,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from canaryd.config import InfluxDBProvider, read_secret
-from canaryd.errors import ProviderError
+from canaryd.config.models import InfluxDBProvider, read_secret
+from canaryd.errors import ProviderError, SecretError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     FORM,
@@ -152,7 +152,7 @@ class InfluxDB:
             return self._cfg.org
         try:
             secret = read_secret(self._cfg.org_file)
-        except ValueError as exc:
+        except SecretError as exc:
             raise ProviderError(str(exc)) from exc
         return secret.get_secret_value() if secret else ""
 

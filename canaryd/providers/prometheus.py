@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from canaryd.config import PrometheusProvider
+from canaryd.config.models import PrometheusProvider
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (

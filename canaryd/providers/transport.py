@@ -40,7 +40,12 @@ from dataclasses import dataclass
 import httptools
 from yarl import URL
 
-from canaryd.errors import CanarydError
+from canaryd.errors import AnswerTimeoutError as AnswerTimeoutError
+from canaryd.errors import BusyLoopError as BusyLoopError
+from canaryd.errors import OutOfResourcesError as OutOfResourcesError
+from canaryd.errors import PoolTimeoutError as PoolTimeoutError
+from canaryd.errors import TLSError as TLSError
+from canaryd.errors import TransportError as TransportError
 
 IDLE_SECONDS = 15.0
 """A connection unused for longer is closed rather than reused (servers drop idle ones)."""
@@ -51,40 +56,8 @@ MAX_HEAD_BYTES = 8 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class TransportError(CanarydError):
-    """A request failed below HTTP: no connection, connection lost, broken answer.
-
-    Internal to the provider, which turns it into a :class:`ProviderError`.
-    """
-
-
-class TLSError(TransportError):
-    """The TLS handshake failed (certificate not trusted, wrong host name, ...)."""
-
-
-class PoolTimeoutError(TransportError):
-    """No connection came free within the request's timeout."""
-
-
-class OutOfResourcesError(TransportError):
-    """This process could not open a connection: out of file descriptors or memory."""
-
-
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """``errno`` values that say this process (or the machine) ran out, not the server failed."""
-
-
-class AnswerTimeoutError(TransportError):
-    """No complete answer within the request's timeout."""
-
-
-class BusyLoopError(AnswerTimeoutError):
-    """Time ran out because canaryd's event loop was too busy, not the server too slow.
-
-    The answer sat unread on the socket, or the timer fired well after its time
-    (:func:`late`): canaryd was not looking when it should have been.
-    """
-
 
 LATE_SHARE = 0.25
 """A timer that fires this share of its timeout late (and at least ``LATE_MIN_SECONDS``)

@@ -7,7 +7,7 @@ The template's query, rendered with the usual variables, is the request:
 - ``method: POST``: the query is the body, sent to ``address`` with
   ``contentType`` (``application/json`` unless set).
 
-``jsonPath`` (:mod:`canaryd.providers.jsonpath`) picks the value from the
+``jsonPath`` (:mod:`canaryd.config.jsonpath`) picks the value from the
 answer. What it finds (docs/providers.md, "web"):
 
 - a number, or a string holding one (``"0.25"``): the value;
@@ -30,8 +30,9 @@ from typing import Any
 
 from yarl import URL
 
-from canaryd.config import WebProvider, read_secret
-from canaryd.errors import ProviderError
+from canaryd.config.jsonpath import parse_path, select
+from canaryd.config.models import WebProvider, read_secret
+from canaryd.errors import ProviderError, SecretError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     Request,
@@ -42,7 +43,6 @@ from canaryd.providers.base import (
     open_endpoint,
     preview,
 )
-from canaryd.providers.jsonpath import parse_path, select
 from canaryd.providers.transport import Response
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -147,7 +147,7 @@ class Web:
         for header in self._cfg.secret_headers:
             try:
                 secret = read_secret(header.value_file)
-            except ValueError as exc:
+            except SecretError as exc:
                 raise ProviderError(str(exc)) from exc
             headers[header.name] = secret.get_secret_value() if secret else ""
         return headers

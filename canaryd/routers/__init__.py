@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
-from canaryd.config import (
+from canaryd.config.models import (
     AlbRouter,
     CaddyRouter,
     ConsulRouter,
@@ -16,8 +16,7 @@ from canaryd.config import (
     RouterConfig,
     WebhookRouter,
 )
-
-Action = Literal["route", "promote", "rollback"]
+from canaryd.core.analysis import Action as Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +52,13 @@ class Router(Protocol):
         Raises:
             RouterError: not applied or not confirmed; the message carries the
                 router's own error text.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the router holds (idempotent); no request after it.
+
+        Routers that only borrow the daemon's HTTP session hold nothing.
         """
         ...
 

@@ -48,7 +48,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.config import AlbRouter
+from canaryd.config.models import AlbRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
 
@@ -146,6 +146,10 @@ class AlbListener:
             )
         except Exception as exc:  # botocore: NoRegionError, unknown endpoint, bad profile
             raise RouterError(f"alb {self.name}: {type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close the boto3 client's connection pool."""
+        self._client.close()
 
     async def apply(self, request: RouteRequest) -> None:
         """Write and verify the weights for ``request`` (see the module docstring).

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 import anyio
 
-from canaryd.config import CaddyRouter
+from canaryd.config.models import CaddyRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
 from canaryd.routers.httpapi import call, json_body
@@ -65,6 +65,9 @@ class CaddyAdmin:
         self.budget = cfg.timeout * BUDGET_FACTOR
         base = cfg.handler if cfg.handler.startswith("/config/") else f"/id/{cfg.handler}"
         self._handler_url = cfg.admin + base
+
+    async def aclose(self) -> None:
+        """Nothing to release: the router borrows the daemon's HTTP session."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Set and verify the weights for ``request`` (see the module docstring).

@@ -38,8 +38,8 @@ import aiohttp
 import anyio
 from yarl import URL
 
-from canaryd.config import ConsulRouter, read_secret
-from canaryd.errors import RouterError
+from canaryd.config.models import ConsulRouter, read_secret
+from canaryd.errors import RouterError, SecretError
 from canaryd.routers import RouteRequest
 from canaryd.routers.httpapi import call, json_body
 
@@ -95,7 +95,7 @@ class ConsulSplitter:
         self.budget = cfg.timeout * BUDGET_FACTOR
         try:
             token = read_secret(cfg.token_file)
-        except ValueError as exc:
+        except SecretError as exc:
             raise RouterError(f"consul {self.name}: {exc}") from exc
         self._headers = {"X-Consul-Token": token.get_secret_value()} if token else {}
         query = {"dc": cfg.datacenter, "ns": cfg.namespace, "partition": cfg.partition}
@@ -121,6 +121,9 @@ class ConsulSplitter:
                 split["ServiceSubset"] = subset
             out.append(split)
         return out
+
+    async def aclose(self) -> None:
+        """Nothing to release: the router borrows the daemon's HTTP session."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Write and verify the splits for ``request`` (see the module docstring).

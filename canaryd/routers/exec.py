@@ -44,7 +44,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.config import ExecRouter
+from canaryd.config.models import ExecRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
 from canaryd.terminal import escape
@@ -120,6 +120,9 @@ class ExecCommand:
         self._cfg = cfg
         self.name = name
         self.budget = cfg.timeout * ATTEMPTS + BACKOFF_MAX * (ATTEMPTS - 1)
+
+    async def aclose(self) -> None:
+        """Nothing to release: each route runs its own process, which ends with it."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Run the command until it exits 0, fails for good, or runs out of attempts.

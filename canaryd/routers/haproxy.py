@@ -62,7 +62,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.config import HAProxyRouter
+from canaryd.config.models import HAProxyRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
 
@@ -215,6 +215,9 @@ class HAProxyRuntime:
             raise RouterError(f"haproxy: {exc}") from exc
         self._cfg = cfg
         self.budget = cfg.timeout * BUDGET_FACTOR
+
+    async def aclose(self) -> None:
+        """Nothing to release: the router opens a connection per command and keeps none."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Set and verify the weights for ``request`` (see the module docstring).

@@ -1,6 +1,7 @@
 """The generic mesh-controller router: each decision is POSTed as (signed) JSON.
 
-Payload (DESIGN section 6); ``match`` is present only when the rollout has A/B rules::
+Payload (docs/design.md, "Outgoing calls"); ``match`` is present only when the rollout
+has A/B rules::
 
     {"canary": "prod/web", "revision": "v2.4.1", "action": "route",
      "primaryWeight": 80, "canaryWeight": 20, "match": [{"headers": {...}}]}
@@ -37,8 +38,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.config import WebhookRouter, read_secret
-from canaryd.errors import RouterError, WebhookError
+from canaryd.config.models import WebhookRouter, read_secret
+from canaryd.errors import RouterError, SecretError, WebhookError
 from canaryd.http import Answer, post_json
 from canaryd.routers import RouteRequest
 
@@ -113,8 +114,11 @@ class WebhookRouterClient:
         self._session = session
         try:
             self._secret = read_secret(cfg.secret_file, cfg.secret_env)
-        except ValueError as exc:
+        except SecretError as exc:
             raise RouterError(f"router {self.name}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Nothing to release: the router borrows the daemon's HTTP session."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Post the decision and return once the controller answers 2xx.

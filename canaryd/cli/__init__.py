@@ -1,0 +1,8 @@
+"""The ``canaryd`` command line (docs/design.md, "Layers"): :mod:`~canaryd.cli.commands` parses
+and dispatches, :mod:`~canaryd.cli.judge` is ``canaryd judge``."""
+
+from __future__ import annotations
+
+from canaryd.cli.commands import main
+
+__all__ = ["main"]
