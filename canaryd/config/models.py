@@ -333,6 +333,95 @@ class HAProxyRouter(Model):
     (the deploy pipeline redeploys the primary itself). See docs/routers.md."""
 
 
+def _one_or_more(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _proxy_words(values: list[str]) -> list[str]:
+    for value in values:
+        if not value or any(c.isspace() or c in ";{}#'\"\\" for c in value):
+            raise ValueError(f"{value!r}: one word without spaces, quotes, ';', '{{', '}}' or '#'")
+    return values
+
+
+ProxyWords = Annotated[
+    list[str], BeforeValidator(_one_or_more), AfterValidator(_proxy_words), Field(min_length=1)
+]
+"""One or more words that go into a proxy's config file (addresses, names)."""
+
+ProxyWord = Annotated[str, AfterValidator(lambda v: _proxy_words([v])[0])]
+"""One word that goes into a proxy's config file."""
+
+
+def _directive_text(value: str) -> str:
+    if any(c in ";{}#\r\n" for c in value):
+        raise ValueError(
+            f"{value!r}: one directive's text, without ';', '{{', '}}', '#' or newlines"
+        )
+    return value.strip()
+
+
+NginxText = Annotated[str, AfterValidator(_directive_text)]
+"""Text that goes into one NGINX directive (canaryd adds the ``;``)."""
+
+
+class NginxRouter(Model):
+    """NGINX: an ``upstream`` block in an include file (test, reload), or NGINX Plus's API."""
+
+    type: Literal["nginx"]
+    file: str | None = None
+    api: HttpUrl | None = None
+    upstream: Annotated[str, AfterValidator(_check_name)]
+    primary: ProxyWords
+    canary: ProxyWords
+    server_options: NginxText = ""
+    directives: list[NginxText] = Field(default_factory=list)
+    nginx_bin: str = "nginx"
+    conf: str | None = None
+    test_command: list[str] | None = Field(default=None, min_length=1)
+    reload_command: list[str] | None = Field(default=None, min_length=1)
+    pid_path: str | None = "/run/nginx.pid"
+    username: str | None = None
+    password_file: str | None = None
+    timeout: Timeout = 10.0
+
+    @model_validator(mode="after")
+    def _file_or_api(self) -> NginxRouter:
+        if (self.file is None) == (self.api is None):
+            raise ValueError("set exactly one of file (NGINX) or api (NGINX Plus)")
+        return self
+
+
+class EnvoyRouter(Model):
+    """Envoy: canaryd writes the RDS file Envoy watches and reads it back via the admin API."""
+
+    type: Literal["envoy"]
+    file: str
+    admin: HttpUrl = "http://127.0.0.1:9901"
+    route_config: ProxyWord
+    primary: ProxyWord
+    canary: ProxyWord
+    domains: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    prefix: str = "/"
+    log_path: str | None = None
+    timeout: Timeout = 10.0
+
+
+class TraefikRouter(Model):
+    """Traefik: canaryd writes a ``weighted`` service for the file provider, reads it back."""
+
+    type: Literal["traefik"]
+    file: str
+    api: HttpUrl = "http://127.0.0.1:8080"
+    service: Annotated[str, AfterValidator(_check_name)]
+    primary: ProxyWord
+    canary: ProxyWord
+    provider: Annotated[str, AfterValidator(_check_name)] = "file"
+    username: str | None = None
+    password_file: str | None = None
+    timeout: Timeout = 10.0
+
+
 def _http_base(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
@@ -424,7 +513,15 @@ class ExecRouter(Model):
 
 
 RouterConfig = Annotated[
-    WebhookRouter | HAProxyRouter | CaddyRouter | ConsulRouter | AlbRouter | ExecRouter,
+    WebhookRouter
+    | HAProxyRouter
+    | CaddyRouter
+    | ConsulRouter
+    | AlbRouter
+    | ExecRouter
+    | NginxRouter
+    | EnvoyRouter
+    | TraefikRouter,
     Field(discriminator="type"),
 ]
 
