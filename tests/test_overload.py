@@ -319,6 +319,30 @@ def poll_readyz(base: str, answers: list[tuple[int, dict[str, Any]]]) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.anyio
+async def test_scheduler_behind_is_logged_once_a_minute_even_when_the_lag_flaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lag flapping around the line logs one scheduler.behind and one caught_up a minute."""
+    config = write_config(
+        tmp_path,
+        [idle_canary("web")],
+        providers={"prom": {"type": "prometheus", "address": UNREACHABLE, "timeout": "1s"}},
+        routers={"lb": {"type": "webhook", "url": UNREACHABLE, "timeout": "1s"}},
+    )
+    lags = iter([2.0, 0.0, 3.0, 0.0, 2.5, 0.0])
+    with capture_logs() as logs:
+        async with running_daemon(config) as daemon:
+            monkeypatch.setattr(daemon, "schedule_lag", lambda: next(lags))
+            statuses = []
+            for _ in range(6):
+                daemon._check_schedule()
+                statuses.append(daemon.status_line())
+    said = [e["event"] for e in logs if e["event"].startswith("scheduler.")]
+    assert said == ["scheduler.behind", "scheduler.caught_up"]
+    assert ["behind schedule" in line for line in statuses] == [True, False] * 3
+
+
 async def closed_by_peer(stream: anyio.abc.SocketStream) -> bool:
     """Wait (2 s at most) for the daemon to close or reset ``stream``; True when it did."""
     with anyio.move_on_after(2.0):

@@ -128,6 +128,7 @@ class Daemon:
     _behind: float = 0.0
     """How far behind schedule the last heartbeat found the ticks (0: on time)."""
     _behind_logged: float = -math.inf
+    _said_behind: bool = False
     _removed: dict[str, CanaryRunner] = field(default_factory=dict)
     """Loops a reload removed, by key: a canary added back continues from its old loop."""
 
@@ -388,7 +389,7 @@ class Daemon:
         behind = lag if lag > self.behind_seconds else 0.0
         now = time.monotonic()
         if behind and now - self._behind_logged >= BEHIND_LOG_SECONDS:
-            self._behind_logged = now
+            self._behind_logged, self._said_behind = now, True
             log.warning(
                 "scheduler.behind",
                 lag_seconds=round(lag, 3),
@@ -396,8 +397,8 @@ class Daemon:
                 waiting=self.scheduler.overdue(anyio.current_time()),
                 canaries=len(self.runners),
             )
-        elif not behind and self._behind:
-            self._behind_logged = -math.inf
+        elif not behind and self._said_behind:  # flapping around the line: one pair a minute
+            self._said_behind = False
             log.info("scheduler.caught_up", lag_seconds=round(lag, 3))
         self._behind = behind
 
