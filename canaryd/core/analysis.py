@@ -36,6 +36,7 @@ from canaryd.core.checks import (
     Observation,
     Outcome,
     Verdict,
+    dry_run_findings,
     evaluate,
     judge_compare,
     judge_metric,
@@ -580,6 +581,9 @@ def _progress(
         judgement,
     )
     extra = {"judge": judgement} if judgement is not None else {}
+    dry = dry_run_findings(metrics)
+    if dry:
+        extra["dryRun"] = dry
     tick = _event(
         spec,
         state,

@@ -40,6 +40,8 @@ class MetricValue:
 
     ``value`` None means no data; ``error`` set means the query failed, and
     ``own`` that it failed for canaryd's own trouble, not the provider's.
+    ``dry_run``: judged and shown, never failing or holding a check (docs/design.md,
+    "Dry-run metrics").
     """
 
     name: str
@@ -48,6 +50,7 @@ class MetricValue:
     max: float | None = None
     error: str | None = None
     on_no_data: OnNoData = OnNoData.FAIL
+    dry_run: bool = False
     own: bool = False
 
     @property
@@ -66,6 +69,8 @@ class MetricValue:
         }
         if self.error:
             out["error"] = self.error
+        if self.dry_run:
+            out["dryRun"] = True
         if self.own:
             out["own"] = True
         return out
@@ -236,10 +241,21 @@ def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[V
     return (outcome, None if outcome is Outcome.PASS else reason, {"judge": body}), body
 
 
+def dry_run_findings(metrics: tuple[MetricValue, ...]) -> list[str]:
+    """What the dry-run metrics would have failed or held, in words (for the tick event)."""
+    found = []
+    for m in metrics:
+        outcome, reason = judge_metric(m) if m.dry_run else (Outcome.PASS, None)
+        if outcome is not Outcome.PASS and reason is not None:
+            found.append(f"{reason} (dry run, would {outcome.value})")
+    return found
+
+
 def evaluate(need: Needs, obs: Observation, judged: Verdict | None = None) -> Verdict:
     """Evaluate one tick's check; the first failure (in config order) is the reason.
 
     A failure anywhere fails the check; otherwise the first hold holds it.
+    Dry-run metrics are left out: they never fail or hold a check.
     ``judged`` is the verdict of the compare metrics, if any.
     """
     if need.pre_rollout:
@@ -252,7 +268,7 @@ def evaluate(need: Needs, obs: Observation, judged: Verdict | None = None) -> Ve
     if hooks is not None and hooks[0] is Outcome.FAIL:
         return hooks
     verdicts = [] if hooks is None else [hooks]  # held: a metric may still fail the check
-    verdicts += [_metric_verdict(m) for m in obs.metrics]
+    verdicts += [_metric_verdict(m) for m in obs.metrics if not m.dry_run]
     if judged is not None:
         verdicts.append(judged)
     for outcome in (Outcome.FAIL, Outcome.HOLD):

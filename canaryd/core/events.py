@@ -211,8 +211,10 @@ DECISION_FIELDS = {
     "retrying": "true: the route is sent again every tick (router.failed, rollback.pending)",
     "action": "the router action refused (router.failed of a promote)",
     "gate": "the gate concerned (gate.*, rollout.waiting)",
-    "metrics": "every metric as {name, value, min, max[, error]} (analysis.tick)",
+    "metrics": "every metric as {name, value, min, max[, error][, dryRun]} (analysis.tick)",
     "outcome": "pass, fail or hold (analysis.tick)",
+    "dryRun": "what the dryRun metrics would have failed or held, in words (analysis.tick);"
+    " a metric's `dryRun: true` marks it in `metrics`",
 }
 
 

@@ -2,9 +2,11 @@
 
 Each chart is inline SVG with three panels sharing the time axis: the weights
 the router applied (primary and canary), the canary's success rate and its p99
-latency, each with its threshold as a dashed line, the checks as dots (green
-passed, red failed) and the moment of promotion or rollback as a vertical line
-across all panels. No script, no external stylesheet, font or image.
+latency, each with its threshold as a dashed line, the checks as dots at the
+value each judged (green within the bound, red outside it; a hollow grey ring
+on the panel's floor when the check had no data), a labelled time axis and the
+moment of promotion or rollback as a vertical line across all panels. No
+script, no external stylesheet, font or image.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from canaryd.demo.results import Bound, ScenarioResult, alert_counts, fmt_value, verdict
+from canaryd.demo.results import (
+    Bound,
+    ScenarioResult,
+    alert_counts,
+    fmt_value,
+    number,
+    verdict,
+)
 from canaryd.demo.scenarios import DURATION, SUCCESS_RATE
 
 WIDTH, LEFT, RIGHT = 760, 70, 20
@@ -31,7 +40,8 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2.2rem}
 table{border-collapse:collapse}
 td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left}
 .ok{color:#1a7f37}.bad{color:#cf222e}.muted{color:#666;font-size:.9em}
-svg text{font:11px system-ui,sans-serif;fill:#444}
+svg text{font:11px system-ui,sans-serif}
+svg text:not([fill]){fill:#444}
 """
 
 
@@ -134,50 +144,111 @@ def _marker(result: ScenarioResult, end: float, height: float) -> str:
     )
 
 
-def _checks(result: ScenarioResult, panel: Panel, end: float, started: float) -> str:
+def _checks(result: ScenarioResult, panel: Panel, end: float, started: float, name: str) -> str:
+    """One dot per judged check at the value it judged for ``name``, red when out of its bound;
+    no data is a ring."""
     dots = []
     for c in result.judged:
         t = float(c.get("time", 0.0)) - started
-        color = "#1a7f37" if c.get("outcome") == "pass" else "#cf222e"
+        metric = next((m for m in c.get("metrics", []) if m.get("name") == name), None)
+        if metric is None:
+            continue
+        value = number(metric.get("value"))
+        x = _x(t, end)
+        if value is None:
+            dots.append(
+                f'<circle class="check nodata" cx="{x:.1f}" cy="{panel.top + PANEL_HEIGHT - 6}" '
+                'r="4" fill="none" stroke="#888" stroke-width="1.5"><title>no data</title></circle>'
+            )
+            continue
+        bound = _bound(result, name)  # the dot says whether this metric met its bound
+        out = (bound.min is not None and value < bound.min) or (
+            bound.max is not None and value > bound.max
+        )
+        outcome = "fail" if out else "pass"
+        color = "#cf222e" if out else "#1a7f37"
         dots.append(
-            f'<circle class="check {c.get("outcome")}" cx="{_x(t, end):.1f}" '
-            f'cy="{panel.top + PANEL_HEIGHT - 6}" r="4" fill="{color}"/>'
+            f'<circle class="check {html.escape(outcome)}" cx="{x:.1f}" '
+            f'cy="{panel.y(value):.1f}" r="4" fill="{color}">'
+            f"<title>{html.escape(fmt_value(name, value))}</title></circle>"
         )
     return "".join(dots)
+
+
+TIME_STEPS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600)
+"""Candidate spacings of the time axis labels, in seconds."""
+
+
+def _time_axis(end: float, y: float) -> str:
+    """Labels every few seconds along the bottom (at most about 8), the last one with units."""
+    step = next((s for s in TIME_STEPS if end / s <= 8), TIME_STEPS[-1])
+    parts = []
+    t = 0
+    while t <= end:
+        x = _x(t, end)
+        parts.append(
+            f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{y - 14}" y2="{y - 10}" '
+            'stroke="#888"/>'
+            f'<text class="time" x="{x:.1f}" y="{y}" text-anchor="middle">{t}s</text>'
+        )
+        t += step
+    parts.append(
+        f'<text x="{LEFT + PLOT_WIDTH}" y="{y + 14}" text-anchor="end">'
+        "seconds since the rollout started</text>"
+    )
+    return "".join(parts)
+
+
+def _legend() -> str:
+    y = TOP - 6
+    return (
+        f'<text x="{LEFT + PLOT_WIDTH - 330}" y="{y}" fill="#0969da">primary</text>'
+        f'<text x="{LEFT + PLOT_WIDTH - 275}" y="{y}" fill="#bf5700">canary</text>'
+        f'<circle cx="{LEFT + PLOT_WIDTH - 220}" cy="{y - 4}" r="4" fill="#1a7f37"/>'
+        f'<text x="{LEFT + PLOT_WIDTH - 212}" y="{y}" fill="#1a7f37">in bound</text>'
+        f'<circle cx="{LEFT + PLOT_WIDTH - 155}" cy="{y - 4}" r="4" fill="#cf222e"/>'
+        f'<text x="{LEFT + PLOT_WIDTH - 147}" y="{y}" fill="#cf222e">out of bound</text>'
+        f'<circle cx="{LEFT + PLOT_WIDTH - 68}" cy="{y - 4}" r="4" fill="none" stroke="#888" '
+        'stroke-width="1.5"/>'
+        f'<text x="{LEFT + PLOT_WIDTH - 60}" y="{y}" fill="#666">no data</text>'
+    )
+
+
+def _svg_open(result: ScenarioResult, height: float) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-scenario="'
+        f'{html.escape(result.scenario.name)}" viewBox="0 0 {WIDTH} {height}" '
+        f'width="{WIDTH}" height="{height}" role="img">'
+        "<style>.canary{fill:none;stroke:#bf5700;stroke-width:2}"
+        ".primary{fill:none;stroke:#0969da;stroke-width:2}"
+        ".metric{fill:none;stroke:#6639ba;stroke-width:1.5}</style>"
+    )
 
 
 def chart(result: ScenarioResult) -> str:
     """The inline SVG chart of one scenario."""
     weights, rate, p99 = _panels(result)
     end = max([s.time for s in result.samples] + [result.ended or 0.0, 1.0])
-    height = p99.top + PANEL_HEIGHT + 30
+    height = p99.top + PANEL_HEIGHT + 44
     started = _rollout_start(result)
     samples = result.samples
     rate_bound, p99_bound = _bound(result, SUCCESS_RATE), _bound(result, DURATION)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-scenario="'
-        f'{html.escape(result.scenario.name)}" viewBox="0 0 {WIDTH} {height}" '
-        f'width="{WIDTH}" height="{height}" role="img">',
-        "<style>.canary{fill:none;stroke:#bf5700;stroke-width:2}"
-        ".primary{fill:none;stroke:#0969da;stroke-width:2}"
-        ".metric{fill:none;stroke:#6639ba;stroke-width:1.5}</style>",
+        _svg_open(result, height),
         _frame(weights, lambda v: f"{v:.0f}%"),
         _polylines(((s.time, s.primary) for s in samples), weights, end, "primary"),
         _polylines(((s.time, s.canary) for s in samples), weights, end, "canary"),
         _frame(rate, lambda v: f"{v:.0f}%"),
         _threshold(rate, rate_bound.min, f"min {fmt_value(SUCCESS_RATE, rate_bound.min)}"),
         _polylines(((s.time, s.metrics.get(SUCCESS_RATE)) for s in samples), rate, end, "metric"),
-        _checks(result, rate, end, started),
+        _checks(result, rate, end, started, SUCCESS_RATE),
         _frame(p99, lambda v: f"{v:.0f}ms"),
         _threshold(p99, p99_bound.max, f"max {fmt_value(DURATION, p99_bound.max)}"),
         _polylines(((s.time, s.metrics.get(DURATION)) for s in samples), p99, end, "metric"),
-        _checks(result, p99, end, started),
-        _marker(result, end, height - 24),
-        f'<text x="{LEFT}" y="{height - 6}">0s</text>'
-        f'<text x="{LEFT + PLOT_WIDTH}" y="{height - 6}" text-anchor="end">{end:.0f}s '
-        "since the rollout started</text>"
-        f'<text x="{LEFT + PLOT_WIDTH - 110}" y="{TOP - 6}" fill="#0969da">primary</text>'
-        f'<text x="{LEFT + PLOT_WIDTH - 50}" y="{TOP - 6}" fill="#bf5700">canary</text>',
+        _checks(result, p99, end, started, DURATION),
+        _marker(result, end, height - 38),
+        _time_axis(end, height - 20),
+        _legend(),
         "</svg>",
     ]
     return "".join(parts)

@@ -336,6 +336,10 @@ def _check_schema() -> Schema:
             "min": _nullable("number"),
             "max": _nullable("number"),
             "error": {"type": "string"},
+            "dryRun": {
+                "type": "boolean",
+                "description": "A dry-run metric: judged and shown, never failing a check.",
+            },
         },
     }
     return {

@@ -521,7 +521,9 @@ class CanaryRunner:
     ) -> None:
         """Add a call per metric query; ``results["metrics"/"compare"]`` once all have answered."""
         plain, pairs = self._plain, self._pairs
-        values: list[MetricValue] = [MetricValue(m.spec.name, None) for m in plain]
+        values: list[MetricValue] = [
+            MetricValue(m.spec.name, None, dry_run=m.spec.dryRun) for m in plain
+        ]
         series: list[CompareSeries] = [CompareSeries(compare_config(m.spec)) for m in pairs]
         pending = [len(plain) + len(pairs)]
 
@@ -560,7 +562,8 @@ class CanaryRunner:
             metrics, compare = results["metrics"], results["compare"]
         else:
             metrics = tuple(
-                MetricValue(m.spec.name, None, error=late, own=True) for m in self._plain
+                MetricValue(m.spec.name, None, error=late, dry_run=m.spec.dryRun, own=True)
+                for m in self._plain
             )
             compare = tuple(
                 CompareSeries(compare_config(m.spec), error=late, own=True) for m in self._pairs
@@ -611,8 +614,10 @@ class CanaryRunner:
             value = await self.services.providers[m.provider].query(m.query, budget=budget)
         except ProviderError as exc:
             own = isinstance(exc, ResourceError)
-            return MetricValue(m.spec.name, None, lo, hi, str(exc), m.spec.onNoData, own)
-        return MetricValue(m.spec.name, value, lo, hi, None, m.spec.onNoData)
+            return MetricValue(
+                m.spec.name, None, lo, hi, str(exc), m.spec.onNoData, m.spec.dryRun, own=own
+            )
+        return MetricValue(m.spec.name, value, lo, hi, None, m.spec.onNoData, m.spec.dryRun)
 
     # ------------------------------------------------------------------ commit
 
