@@ -795,6 +795,8 @@ class MetricSpec(Model):
     onNoData: OnNoData = OnNoData.FAIL
     templateVariables: dict[str, str] = Field(default_factory=dict)
     compare: CompareSpec | None = None
+    dryRun: bool = False
+    """Judged, recorded and shown, but never fails or holds a check (docs/flagger.md)."""
 
     @model_validator(mode="after")
     def _deprecated_threshold(self) -> MetricSpec:
@@ -815,6 +817,8 @@ class MetricSpec(Model):
         if self.templateRef is not None and self.query is not None:
             raise ValueError("set templateRef or query, not both")
         if self.compare is not None:
+            if self.dryRun:
+                raise ValueError("dryRun applies to thresholdRange metrics, not compare")
             return self
         if self.thresholdRange is None or (
             self.thresholdRange.min is None and self.thresholdRange.max is None
