@@ -130,7 +130,11 @@ def _paths() -> Schema:
                 "security": [],
                 "responses": {
                     "200": _json(_ref("Ready"), "Ready."),
-                    "503": _json(_ref("Error"), "Starting, reloading or stopping."),
+                    "503": _json(
+                        _ref("Error"),
+                        "Starting, reloading or stopping; or behind schedule by more than 1 s "
+                        '(then also `"status": "behind"`, `lagSeconds` and `canaries`).',
+                    ),
                 },
             }
         },
