@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -86,6 +87,9 @@ async def test_one_leads_the_other_follows_and_refuses_changes(
                 follower, leader = api_url(b_cfg), api_url(a_cfg)
                 assert (await readyz(follower))["leader"] == leader
                 assert (await readyz(leader))["role"] == "leader"
+                async with aiohttp.ClientSession() as http, http.get(f"{follower}/metrics") as m:
+                    assert m.status == 200
+                    assert 'name="web"' in await m.text()
                 async with Client(leader, TOKEN) as c:
                     await c.post(f"{KEY}/rollouts", {"revision": "v2"})
                 async with Client(follower, TOKEN) as c:
@@ -164,5 +168,9 @@ async def test_the_follower_takes_over_when_the_leader_stops(
                 what="the rollout finishes under the new leader",
             )
             stop_b.set()
+        keys = [r.headers["Idempotency-Key"] for r in router.requests]
     assert took < 1.0  # the stopped leader gave its lease up: no wait for the ttl
     assert b.runners[KEY].state.revision == "v2"
+    epochs = [int(m.group(1)) for k in keys if (m := re.search(r":epoch:(\d+)$", k))]
+    assert len(epochs) == len(keys) > 0, keys  # every router call carries its leader's epoch
+    assert epochs == sorted(epochs) and len(set(epochs)) == 2, keys
