@@ -1,6 +1,6 @@
 """State store on PostgreSQL: the SQLite store's contract, shared by several replicas.
 
-Same rows as :class:`canaryd.store.SqliteStore` (canary state, check history,
+Same rows as :class:`canaryd.service.store.SqliteStore` (canary state, check history,
 events, the outbox with its per-canary order and idempotency keys, dead letters,
 pending routes), in one transaction per decision. What differs is described in
 docs/ha.md:
@@ -119,7 +119,7 @@ Conn = psycopg.AsyncConnection[Any]
 
 
 class PostgresStore:
-    """:class:`canaryd.store.StateStore` on PostgreSQL (psycopg 3 and its pool)."""
+    """:class:`canaryd.service.store.StateStore` on PostgreSQL (psycopg 3 and its pool)."""
 
     def __init__(
         self, url: str, *, timeout: float = 5.0, fence: Fence | None = None, max_size: int = 8
@@ -252,7 +252,7 @@ class PostgresStore:
     # ------------------------------------------------------------------ state
 
     async def load_states(self) -> dict[str, CanaryState]:
-        """Every stored canary state, by key (see :class:`canaryd.store.StateStore`)."""
+        """Every stored canary state, by key (see :class:`canaryd.service.store.StateStore`)."""
         rows = await self._fetch("SELECT key, state FROM canaries")
         return {key: state_from_dict(json.loads(raw)) for key, raw in rows}
 
@@ -276,7 +276,7 @@ class PostgresStore:
         routes: Sequence[dict[str, Any]] | None = None,
         settle: str | None = None,
     ) -> None:
-        """Persist a decision atomically and fenced (see :class:`canaryd.store.StateStore`).
+        """Persist a decision atomically and fenced (see :class:`canaryd.service.store.StateStore`).
 
         Raises:
             FencedError: this replica no longer leads; nothing was written.
