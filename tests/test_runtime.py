@@ -17,7 +17,7 @@ from receiver import Receiver
 from canaryd.config import Settings
 from canaryd.core import analysis as core
 from canaryd.core.analysis import CanaryState, Phase
-from canaryd.errors import CommandError, ProviderError, RouterError, StoreError
+from canaryd.errors import CommandError, FencedError, ProviderError, RouterError, StoreError
 from canaryd.routers import RouteRequest
 from canaryd.service.runtime import CanaryRunner, Services
 from canaryd.service.store import StateStore
@@ -724,3 +724,20 @@ async def test_a_pending_rollback_survives_a_restart_and_is_reported_once_applie
     rolled = [e for e in await store.events("prod/web", 50) if e["event"] == "rollout.rolled_back"]
     assert [(e["reason"], e["manual"]) for e in rolled] == [("bad canary", True)]
     assert _reported(store)[2] == 1
+
+
+async def test_a_replica_that_no_longer_leads_sends_no_route(
+    tmp_path: Path, store: StateStore, session: aiohttp.ClientSession
+) -> None:
+    """Once the lease is lost a rollback is neither routed nor recorded (docs/ha.md)."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider([50.0]), router)
+    await r.start_rollout("v2", {})
+    await r.tick()  # 0 -> 25, routed while leading
+    sent = len(router.requests)
+    before = (await store.load_states())["prod/web"]
+    r.services.leading = lambda: False
+    with pytest.raises(FencedError):
+        await r.tick()  # the failed check would roll back
+    assert len(router.requests) == sent > 0
+    assert (await store.load_states())["prod/web"] == before

@@ -374,7 +374,14 @@ class Daemon:
         if retired:
             self._tg.start_soon(self._retire, retired)
         return Services(
-            settings, session, providers, routers, store, on_change=self._changed, epoch=self._epoch
+            settings,
+            session,
+            providers,
+            routers,
+            store,
+            on_change=self._changed,
+            epoch=self._epoch,
+            leading=lambda: self.role == "leader",
         )
 
     def _epoch(self) -> int | None:
