@@ -792,9 +792,15 @@ class CanaryRunner:
             await self._commit(failed, held=confirmed)
             return False
         self._pending, self._settle = None, RELEASE
+        state = pending.state
+        if before is None:  # resent after a restart or a reload: a later command may have
+            state = self.state if self.state.seq > pending.seq else pending.state
+            if state is not self.state:  # decided before, applied only now: show it
+                self.state = state
+                self.services.on_change(self.key, state)
         with contextlib.suppress(StoreError):  # else the next save of this canary settles
             await self._flush_backlog()
-            await self._store_save(pending.state, None, [], [])
+            await self._store_save(state, None, [], [])
         return True
 
     async def _promote_pending(

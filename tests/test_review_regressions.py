@@ -1,0 +1,51 @@
+"""Wrong recorded state found by hostile testing of the trust work (issues #12, #13)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+from test_runtime import FakeProvider, FakeRouter, runner, settings
+
+from canaryd.core import analysis as core
+from canaryd.core.analysis import Phase
+from canaryd.routers import RouteRequest
+from canaryd.service.store import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+class Died(Exception):  # noqa: N818 - the daemon's death, not an error of canaryd
+    """The daemon died (``kill -9``) while waiting for the router's answer."""
+
+
+class DiesAfterApplying(FakeRouter):
+    """Applies the first route, then the daemon dies before hearing the answer."""
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Apply, then die once."""
+        await super().apply(request)
+        if len(self.requests) == 1:
+            raise Died
+
+
+async def test_a_command_after_a_restart_is_not_overwritten_by_the_routes_resent(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """A pause recorded after a restart stays recorded when the recorded routes are resent."""
+    cfg = settings(tmp_path)
+    first = runner(cfg, store, session, FakeProvider(), DiesAfterApplying())
+    await first.start_rollout("v2", {})
+    with pytest.raises(Died):
+        await first.tick()  # 0 -> 25 recorded, applied, then the daemon dies
+    router = FakeRouter()
+    states, pending = await store.load_states(), await store.load_pending()
+    second = runner(cfg, store, session, FakeProvider(), router, states["prod/web"])
+    second.restore(pending.get("prod/web"))
+    await second.command(lambda s, now: core.pause(second.spec, s, now), interrupt=True)
+    await second.tick()  # resends the recorded 25 %, then nothing (paused)
+    assert [r.canary_weight for r in router.requests] == [25]
+    stored = (await store.load_states())["prod/web"]
+    assert stored.phase is Phase.PAUSED, stored
+    assert stored == second.state

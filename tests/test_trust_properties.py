@@ -1,0 +1,414 @@
+"""Property-based state-machine test of the runtime and core's trust invariants.
+
+Hypothesis drives one canary's :class:`CanaryRunner` (the real runtime, the real
+SQLite store, the pure core) through random sequences of ticks with healthy or
+failing metrics, a router that accepts, refuses, applies and then errors, or
+"dies" around a route (the daemon is rebuilt from the store, as after
+``kill -9``), a store that cannot write, reloads that change the threshold, and
+operator commands (start, promote with and without force, abort, pause,
+resume, approve). After every step it checks the promises of
+docs/reliability.md ("Decisions and state"):
+
+- the state shown (and, once settled, the state recorded) stands on the weights
+  the router last applied, apart from the documented windows (routes recorded
+  but not yet sent after a restart; a rollback sent but not recorded when the
+  daemon died);
+- ``rollout.rolled_back`` is reported at most once per rollout, and only while
+  the router has all traffic on the primary;
+- nothing moves traffic towards the canary, nor promotes, after the router
+  applied the rollout's rollback;
+- ``rollout.promoted`` only after the router applied that rollout's ``promote``;
+- failedChecks never decreases within a rollout and grows by at most one per
+  tick, and never grows on a tick whose metrics pass and whose router works
+  (canaryd's store trouble is not blamed on the canary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from canaryd.config import Settings
+from canaryd.core import analysis as core
+from canaryd.core.analysis import CanaryState, Phase
+from canaryd.core.events import Event
+from canaryd.errors import CommandError, RouterError, StoreError
+from canaryd.routers import RouteRequest
+from canaryd.service import runtime
+from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.store import SqliteStore
+
+KEY = "prod/web"
+
+
+class Killed(Exception):  # noqa: N818 - it plays the daemon's death, not an error
+    """The daemon died around a router call (``kill -9``)."""
+
+
+@dataclass
+class Router:
+    """A router whose next answers the test scripts; remembers what it really applied."""
+
+    mode: str = "ok"
+    """ok | refuse | apply-then-error | kill-before | kill-after"""
+    now: tuple[int, int] = (100, 0)
+    confirmed: tuple[int, int] = (100, 0)
+    """The weights of the last route the router answered with success."""
+    applied: list[RouteRequest] = field(default_factory=list)
+    killed_after: RouteRequest | None = None
+    unrecorded: list[RouteRequest] = field(default_factory=list)
+    """Rollbacks applied whose daemon died before recording them (docs/reliability.md)."""
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Apply the route, or fail the way ``mode`` says."""
+        if self.mode == "refuse":
+            raise RouterError("router lb: 503 refused")
+        if self.mode == "kill-before":
+            self.mode = "ok"
+            raise Killed
+        self.now = (request.primary_weight, request.canary_weight)
+        self.applied.append(request)
+        if self.mode == "apply-then-error":
+            raise RouterError("router lb: timed out after applying")
+        if self.mode == "kill-after":
+            self.mode = "ok"
+            self.killed_after = request
+            if request.action == "rollback":
+                self.unrecorded.append(request)
+            raise Killed
+        self.confirmed = self.now
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass
+class Provider:
+    """Answers every query with ``value``."""
+
+    value: float = 99.9
+
+    async def query(self, query: str, *, budget: float) -> float | None:
+        """The scripted value."""
+        return self.value
+
+    async def query_range(
+        self, query: str, *, start: float, end: float, step: float, budget: float
+    ) -> list[float]:
+        """Unused."""
+        return []
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+class Store:
+    """The real SQLite store, unable to write while ``full`` (a full disk's StoreError)."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.full = False
+        self.events: list[Event] = []  # every event recorded, in order
+
+    async def save(
+        self, key: str, state: CanaryState, record: Any, events: Any, *args: Any, **kw: Any
+    ) -> None:
+        """Save through the real store, or fail like a full disk."""
+        if self.full:
+            raise StoreError("state store: database or disk is full")
+        await self.inner.save(key, state, record, events, *args, **kw)
+        self.events += events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def make_settings(tmp: Path, shape: str, threshold: int) -> Settings:
+    """A one-canary config of the given shape (canary, gated, blue-green, ab)."""
+    a: dict[str, Any] = {"interval": "1s", "threshold": threshold}
+    if shape in ("canary", "gated"):
+        a.update(stepWeight=25, maxWeight=50, stepWeightPromotion=50)
+    else:
+        a["iterations"] = 2
+    if shape == "ab":
+        a["match"] = [{"headers": {"x-canary": {"exact": "1"}}}]
+    if shape == "gated":
+        a["webhooks"] = [{"name": "release", "type": "confirm-promotion"}]
+    a["metrics"] = [{"name": "sr", "query": "up", "thresholdRange": {"min": 99}, "interval": "30s"}]
+    canary = {"name": "web", "namespace": "prod", "router": "lb", "analysis": a}
+    return Settings.model_validate(
+        {
+            "state": f"sqlite://{tmp}/state.db",
+            "providers": {"prom": {"type": "prometheus"}},
+            "routers": {"lb": {"type": "webhook", "url": "http://127.0.0.1:9/"}},
+            "canaries": [canary],
+        }
+    )
+
+
+def _rollout_of(request: RouteRequest) -> str:
+    return request.idempotency_key.split(":")[1]
+
+
+class TrustMachine(RuleBasedStateMachine):
+    """One canary under hostile sequences of faults and commands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.tmp = Path(tempfile.mkdtemp(prefix="canaryd-props-"))
+        self.router = Router()
+        self.provider = Provider()
+        self.clock = 1000.0
+        self.events: list[tuple[Event, tuple[int, int]]] = []
+        self.max_failed: dict[str | None, int] = {}
+        self.gap: int | None = None  # routes applied when the record fell behind the router
+        self.revisions = 0
+        self.runner: CanaryRunner | None = None
+        self._orig_log = runtime.log_event
+        runtime.log_event = self._log
+
+    def _log(self, event: Event) -> None:
+        self.events.append((event, self.router.now))
+
+    def teardown(self) -> None:
+        """Close the store and the loop; restore the event logger."""
+        runtime.log_event = self._orig_log
+        if self.runner is not None:
+            self.loop.run_until_complete(self.store.inner.close())
+        self.loop.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine; a Killed daemon is rebuilt from the store."""
+        try:
+            return self.loop.run_until_complete(coro)
+        except Killed:
+            self.router.killed_after = None
+            self.loop.run_until_complete(self._restart())
+            return None
+
+    async def _open(self) -> None:
+        inner = SqliteStore(self.tmp / "state.db")
+        await inner.open()
+        self.store = Store(inner)
+
+    async def _restart(self) -> None:
+        """Rebuild the runner from the store, as a restarted daemon does.
+
+        What the dead daemon had not recorded is lost (docs/reliability.md): a rollback
+        sent but not recorded, decisions waiting for a full disk. Until the router
+        applies the next route, the record may lag behind it, and failedChecks restarts
+        from the record.
+        """
+        states = await self.store.inner.load_states()
+        pending = await self.store.inner.load_pending()
+        state = states.get(KEY, CanaryState())
+        self.runner = self._runner(state)
+        self.runner.restore(pending.get(KEY))
+        self.router.confirmed = self.router.now  # the dead daemon's route went through
+        if (state.primary_weight, state.canary_weight) != self.router.now:
+            self.gap = len(self.router.applied)
+        if state.rollout_id is not None:
+            self.max_failed[state.rollout_id] = state.failed_checks
+
+    def _runner(self, state: CanaryState) -> CanaryRunner:
+        services = Services(
+            self.cfg,
+            None,  # type: ignore[arg-type]  # no webhook has a URL
+            {"prom": self.provider},
+            {"lb": self.router},
+            self.store,  # type: ignore[arg-type]
+            clock=lambda: self.clock,
+        )
+        return CanaryRunner(self.cfg.canaries[0], state, services)
+
+    @initialize(shape=st.sampled_from(["canary", "gated", "blue-green", "ab"]), t=st.integers(1, 3))
+    def setup(self, shape: str, t: int) -> None:
+        """Build the daemon for a canary of one shape and threshold."""
+        self.shape = shape
+        self.cfg = make_settings(self.tmp, shape, t)
+        self.loop.run_until_complete(self._open())
+        self.runner = self._runner(CanaryState())
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(
+        metric=st.sampled_from([99.9, 99.9, 50.0]),
+        router=st.sampled_from(
+            ["ok", "ok", "ok", "refuse", "apply-then-error", "kill-before", "kill-after"]
+        ),
+        full=st.booleans(),
+    )
+    def tick(self, metric: float, router: str, full: bool) -> None:
+        """One tick with the given metric value, router behaviour and disk."""
+        assert self.runner is not None
+        self.provider.value, self.router.mode, self.store.full = metric, router, full and not router.startswith("kill")
+        before = self.runner.state
+        applied = len(self.router.applied)
+        self.clock += 1.0
+        self.run(self.runner.tick())
+        self.router.mode, self.store.full = "ok", False
+        after = self.runner.state
+        if after.rollout_id == before.rollout_id and router != "kill-before":
+            assert after.failed_checks <= before.failed_checks + 1, (before, after)
+            healthy = metric > 99 and router == "ok" and len(self.router.applied) >= applied
+            if healthy and self.gap is None:
+                assert after.failed_checks == before.failed_checks, (
+                    "a healthy canary was blamed",
+                    before,
+                    after,
+                )
+
+    @rule()
+    def start(self) -> None:
+        """Start a new revision (possibly mid-rollout, or while a rollback is pending)."""
+        assert self.runner is not None
+        self.revisions += 1
+        self._command(self.runner.start_rollout(f"v{self.revisions}", {}))
+
+    @rule(
+        verb=st.sampled_from(["promote", "force", "abort", "pause", "resume", "approve"]),
+        router=st.sampled_from(["ok", "ok", "refuse", "apply-then-error", "kill-after"]),
+        full=st.booleans(),
+    )
+    def command(self, verb: str, router: str, full: bool) -> None:
+        """An operator command while the router and the disk misbehave."""
+        assert self.runner is not None
+        spec = self.runner.spec
+        fns = {
+            "promote": lambda s, now: core.promote(spec, s, now),
+            "force": lambda s, now: core.promote(spec, s, now, force=True),
+            "abort": lambda s, now: core.abort(spec, s, now),
+            "pause": lambda s, now: core.pause(spec, s, now),
+            "resume": lambda s, now: core.resume(spec, s, now),
+            "approve": lambda s, now: core.approve(spec, s, "promotion", now),
+        }
+        self.router.mode, self.store.full = router, full and not router.startswith("kill")
+        interrupt = verb in ("promote", "force", "abort", "pause")
+        self.clock += 0.1
+        self._command(self.runner.command(fns[verb], interrupt=interrupt))
+        self.router.mode, self.store.full = "ok", False
+
+    def _command(self, coro: Any) -> None:
+        try:
+            self.run(coro)
+        except (CommandError, RouterError, StoreError):
+            pass
+
+    @rule(t=st.integers(1, 4))
+    def reload(self, t: int) -> None:
+        """A reload that changes the threshold (SIGHUP)."""
+        assert self.runner is not None
+        self.cfg = make_settings(self.tmp, self.shape, t)
+        self.runner.reconfigure(self.cfg.canaries[0], self.cfg)
+
+    @rule()
+    def restart(self) -> None:
+        """A restart (graceful: nothing in flight) from the store."""
+        self.loop.run_until_complete(self._restart())
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def shown_weights_are_the_routers(self) -> None:
+        """The state shown stands on the weights the router last applied."""
+        r = self.runner
+        if r is None or r._pending is not None:
+            return
+        if self.gap is not None and len(self.router.applied) > self.gap:
+            self.gap = None
+        if self.gap is not None:
+            return
+        state = r.state
+        assert (state.primary_weight, state.canary_weight) == self.router.confirmed, (
+            state,
+            self.router.confirmed,
+            self.router.applied[-3:],
+        )
+
+    @invariant()
+    def settled_record_is_the_shown_state(self) -> None:
+        """Once settled, the store holds exactly the state shown."""
+        r = self.runner
+        if r is None or not r.settled:
+            return
+        stored = self.loop.run_until_complete(self.store.inner.load_states()).get(KEY)
+        if stored is None:
+            assert r.state == CanaryState()
+            return
+        assert stored == r.state
+
+    @invariant()
+    def rollbacks_reported_only_when_applied(self) -> None:
+        """rollout.rolled_back is reported only while the router has all traffic on the primary."""
+        for event, router_now in self.events:
+            if event.name == "rollout.rolled_back":
+                assert router_now == (100, 0), (event, router_now)
+
+    @invariant()
+    def rollbacks_recorded_once(self) -> None:
+        """rollout.rolled_back is recorded at most once per rollout (one revision each here)."""
+        rolled = [e.revision for e in self.store.events if e.name == "rollout.rolled_back"]
+        assert len(rolled) == len(set(rolled)), rolled
+
+    @invariant()
+    def nothing_forward_after_rollback(self) -> None:
+        """After the router applied a rollout's rollback, nothing of it moves forward."""
+        rolled: set[str] = set()
+        for req in self.router.applied:
+            rid = _rollout_of(req)
+            if rid in rolled:
+                assert req.action == "rollback" or req.canary_weight == 0, req
+                assert req.action != "promote", req
+            if req.action == "rollback" and not any(req is u for u in self.router.unrecorded):
+                rolled.add(rid)
+
+    @invariant()
+    def promoted_only_after_promote(self) -> None:
+        """rollout.promoted follows a promote the router applied, for that revision."""
+        promoted = {req.revision for req in self.router.applied if req.action == "promote"}
+        for event, _ in self.events:
+            if event.name == "rollout.promoted":
+                assert event.revision in promoted, event
+
+    @invariant()
+    def failed_checks_never_decrease(self) -> None:
+        """failedChecks never decreases within a rollout (in the state shown)."""
+        r = self.runner
+        if r is None or r.state.rollout_id is None:
+            return
+        rid = r.state.rollout_id
+        seen = self.max_failed.get(rid, 0)
+        if self.gap is None:
+            assert r.state.failed_checks >= seen, (rid, seen, r.state)
+        self.max_failed[rid] = max(seen, r.state.failed_checks)
+
+    @invariant()
+    def finished_states_are_on_the_primary(self) -> None:
+        """Succeeded, or Failed with the rollback applied: all traffic on the primary."""
+        r = self.runner
+        if r is None:
+            return
+        s = r.state
+        if s.phase is Phase.SUCCEEDED or (s.phase is Phase.FAILED and not s.route_pending):
+            assert (s.primary_weight, s.canary_weight) == (100, 0), s
+
+
+TrustMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("CANARYD_PROPERTY_EXAMPLES", "60")),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_trust_invariants = TrustMachine.TestCase
+test_trust_invariants.__doc__ = "Random faults and commands never break a trust invariant."
