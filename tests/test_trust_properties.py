@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -174,6 +174,7 @@ class TrustMachine(RuleBasedStateMachine):
         self.clock = 1000.0
         self.events: list[tuple[Event, tuple[int, int]]] = []
         self.max_failed: dict[str | None, int] = {}
+        self.failed: set[str] = set()  # rollouts shown Failed
         self.gap: int | None = None  # routes applied when the record fell behind the router
         self.revisions = 0
         self.runner: CanaryRunner | None = None
@@ -227,6 +228,8 @@ class TrustMachine(RuleBasedStateMachine):
                 self.router.unrecorded.append(req)
         if state.rollout_id is not None:
             self.max_failed[state.rollout_id] = state.failed_checks
+            if state.phase is not Phase.FAILED:  # a rollback the record lost
+                self.failed.discard(state.rollout_id)
 
     def _runner(self, state: CanaryState) -> CanaryRunner:
         services = Services(
@@ -246,38 +249,52 @@ class TrustMachine(RuleBasedStateMachine):
         self.cfg = make_settings(self.tmp, shape, t)
         self.loop.run_until_complete(self._open())
         self.runner = self._runner(CanaryState())
+        self.start()
 
     # ------------------------------------------------------------------ rules
 
-    @rule(
-        metric=st.sampled_from([99.9, 99.9, 50.0]),
-        router=st.sampled_from(
-            ["ok", "ok", "refuse", "apply-then-error", "kill-before", "kill-after", "kill-after"]
-        ),
-        full=st.booleans(),
-    )
-    def tick(self, metric: float, router: str, full: bool) -> None:
-        """One tick with the given metric value, router behaviour and disk."""
+    @rule(metric=st.sampled_from([99.9, 50.0]))
+    def metrics_change(self, metric: float) -> None:
+        """The canary's success rate changes (99.9 passes, 50 fails), for the next ticks."""
+        self.provider.value = metric
+
+    @rule(mode=st.sampled_from(["ok", "refuse", "apply-then-error", "kill-before", "kill-after"]))
+    def router_changes(self, mode: str) -> None:
+        """The router starts to behave this way (a kill happens once, then it works)."""
+        self.router.mode = mode
+
+    @rule(full=st.booleans())
+    def disk_changes(self, full: bool) -> None:
+        """The state store's disk fills up, or is freed."""
+        self.store.full = full
+
+    @rule()
+    def tick(self) -> None:
+        """One tick with the current metrics, router and disk."""
         assert self.runner is not None
-        self.provider.value, self.router.mode, self.store.full = (
-            metric,
-            router,
-            full and not router.startswith("kill"),
-        )
-        before = self.runner.state
+        before, mode, healthy = self.runner.state, self.router.mode, self.provider.value > 99
         self.clock += 1.0
         self.run(self.runner.tick())
-        self.router.mode, self.store.full = "ok", False
         after = self.runner.state
-        if after.rollout_id == before.rollout_id and router != "kill-before":
+        event(f"{after.phase.value}{' pending' if after.route_pending else ''}")
+        if after.rollout_id == before.rollout_id and mode != "kill-before":
             assert after.failed_checks <= before.failed_checks + 1, (before, after)
-            healthy = metric > 99 and router == "ok"
-            if healthy and self.gap is None:
+            if healthy and mode == "ok" and self.gap is None:
                 assert after.failed_checks == before.failed_checks, (
                     "a healthy canary was blamed",
                     before,
                     after,
                 )
+
+    @rule()
+    def tick_more(self) -> None:
+        """Ticks are the common step (rollouts get far enough for faults to matter)."""
+        self.tick()
+
+    @rule()
+    def tick_again(self) -> None:
+        """Ticks are the common step (rollouts get far enough for faults to matter)."""
+        self.tick()
 
     @rule()
     def start(self) -> None:
@@ -286,13 +303,9 @@ class TrustMachine(RuleBasedStateMachine):
         self.revisions += 1
         self._command(self.runner.start_rollout(f"v{self.revisions}", {}))
 
-    @rule(
-        verb=st.sampled_from(["promote", "force", "abort", "pause", "resume", "approve"]),
-        router=st.sampled_from(["ok", "ok", "refuse", "apply-then-error", "kill-after"]),
-        full=st.booleans(),
-    )
-    def command(self, verb: str, router: str, full: bool) -> None:
-        """An operator command while the router and the disk misbehave."""
+    @rule(verb=st.sampled_from(["promote", "force", "abort", "pause", "resume", "approve"]))
+    def command(self, verb: str) -> None:
+        """An operator command, whatever the router and the disk are doing."""
         assert self.runner is not None
         spec = self.runner.spec
         fns = {
@@ -303,11 +316,9 @@ class TrustMachine(RuleBasedStateMachine):
             "resume": lambda s, now: core.resume(spec, s, now),
             "approve": lambda s, now: core.approve(spec, s, "promotion", now),
         }
-        self.router.mode, self.store.full = router, full and not router.startswith("kill")
         interrupt = verb in ("promote", "force", "abort", "pause")
         self.clock += 0.1
         self._command(self.runner.command(fns[verb], interrupt=interrupt))
-        self.router.mode, self.store.full = "ok", False
 
     def _command(self, coro: Any) -> None:
         with contextlib.suppress(CommandError, RouterError, StoreError):  # refused: fine
@@ -359,9 +370,9 @@ class TrustMachine(RuleBasedStateMachine):
     @invariant()
     def rollbacks_reported_only_when_applied(self) -> None:
         """rollout.rolled_back is reported only while the router has all traffic on the primary."""
-        for event, router_now in self.events:
-            if event.name == "rollout.rolled_back":
-                assert router_now == (100, 0), (event, router_now)
+        for ev, router_now in self.events:
+            if ev.name == "rollout.rolled_back":
+                assert router_now == (100, 0), (ev, router_now)
 
     @invariant()
     def rollbacks_recorded_once(self) -> None:
@@ -385,9 +396,9 @@ class TrustMachine(RuleBasedStateMachine):
     def promoted_only_after_promote(self) -> None:
         """rollout.promoted follows a promote the router applied, for that revision."""
         promoted = {req.revision for req in self.router.applied if req.action == "promote"}
-        for event, _ in self.events:
-            if event.name == "rollout.promoted":
-                assert event.revision in promoted, event
+        for ev, _ in self.events:
+            if ev.name == "rollout.promoted":
+                assert ev.revision in promoted, ev
 
     @invariant()
     def failed_checks_never_decrease(self) -> None:
@@ -402,6 +413,17 @@ class TrustMachine(RuleBasedStateMachine):
         self.max_failed[rid] = max(seen, r.state.failed_checks)
 
     @invariant()
+    def no_way_back_from_a_rollback(self) -> None:
+        """A rollout once shown Failed is never shown in any other phase again."""
+        r = self.runner
+        if r is None or r.state.rollout_id is None:
+            return
+        if r.state.phase is Phase.FAILED:
+            self.failed.add(r.state.rollout_id)
+        else:
+            assert r.state.rollout_id not in self.failed, r.state
+
+    @invariant()
     def finished_states_are_on_the_primary(self) -> None:
         """Succeeded, or Failed with the rollback applied: all traffic on the primary."""
         r = self.runner
@@ -413,8 +435,8 @@ class TrustMachine(RuleBasedStateMachine):
 
 
 TrustMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("CANARYD_PROPERTY_EXAMPLES", "60")),
-    stateful_step_count=30,
+    max_examples=int(os.environ.get("CANARYD_PROPERTY_EXAMPLES", "120")),
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
