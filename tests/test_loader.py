@@ -222,7 +222,8 @@ MODEL_CASES = [
         "provider-type",
         "providers:\n  p: {type: splunk}\n",
         "c.yaml:2:7: providers.p.type: unknown provider type 'splunk'; "
-        "expected one of: graphite, influxdb, prometheus, web",
+        "expected one of: cloudwatch, datadog, dynatrace, graphite, influxdb, newrelic, "
+        "prometheus, web",
     ),
     (
         "notifier-type",
@@ -637,7 +638,7 @@ def test_secret_env(tmp_path: Path, text: str, expected: str) -> None:
 
 
 UNKNOWN_TOP = (
-    "valid keys: api, canaries, include, listen, log, meshProvider, notifiers, outbox, "
+    "valid keys: api, canaries, history, include, listen, log, meshProvider, notifiers, outbox, "
     "providers, routers, state, templates"
 )
 
@@ -945,7 +946,10 @@ def test_flagger_manifests_map_onto_the_model(tmp_path: Path) -> None:
         ("on-call", "on-call", "error")
     ]
     assert loaded.settings.templates["latency"].provider == "latency-provider"
-    assert loaded.settings.providers["latency-provider"].address == "http://prom.example:9090"
+    assert (
+        loaded.settings.providers["latency-provider"].model_dump()["address"]
+        == "http://prom.example:9090"
+    )
     notifier = loaded.settings.notifiers["on-call"]
     assert (notifier.type, notifier.url, notifier.channel, notifier.username) == (
         "gchat",
@@ -1176,8 +1180,8 @@ def test_env_overrides_nested_key(tmp_path: Path) -> None:
         "CANARYD_LOG__LEVEL": "debug",
     }
     settings = load(tmp_path, canary(), environ=env).settings
-    assert settings.providers["prom"].address == "http://thanos:9090"
-    assert settings.providers["prom"].insecureSkipVerify is True
+    assert settings.providers["prom"].model_dump()["address"] == "http://thanos:9090"
+    assert settings.providers["prom"].model_dump()["insecureSkipVerify"] is True
     assert settings.log.level == "debug"
 
 

@@ -19,6 +19,7 @@ them (docs/providers.md, "Common behaviour"):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from tenacity import (
 from yarl import URL
 
 from canaryd.config.models import read_secret
-from canaryd.errors import ProviderError, SecretError
+from canaryd.errors import ProviderError, ResourceError, SecretError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,
     USER_AGENT,
@@ -48,6 +49,8 @@ from canaryd.http import (
 )
 from canaryd.providers.transport import (
     AnswerTimeoutError,
+    BusyLoopError,
+    OutOfResourcesError,
     Pool,
     PoolTimeoutError,
     Response,
@@ -72,6 +75,15 @@ log = structlog.get_logger()
 
 class TransientError(ProviderError):
     """A failure worth another attempt (network, timeout, 429, 5xx)."""
+
+
+class OwnTroubleError(TransientError):
+    """canaryd could not send the request itself (no fd, no memory, no free connection,
+    an event loop too busy to see the answer).
+
+    Worth another attempt; if the last attempt meets it too, the query raises
+    :class:`~canaryd.errors.ResourceError` and the check holds (docs/reliability.md).
+    """
 
 
 @dataclass(slots=True)
@@ -137,6 +149,7 @@ class Endpoint:
         raises :class:`TransientError` for answers worth another attempt.
 
         Raises:
+            ResourceError: the last attempt could not be made for canaryd's own trouble.
             ProviderError: permanent failure, or transient ones until the budget ran out.
         """
         return await self.retrying(lambda limit: self.attempt(request, limit, parse), budget)
@@ -145,6 +158,7 @@ class Endpoint:
         """Run ``attempt(timeout)`` until it succeeds, fails for good, or the budget runs out.
 
         Raises:
+            ResourceError: the last attempt could not be made for canaryd's own trouble.
             ProviderError: permanent failure, or transient ones until the budget ran out.
         """
         self.stats.queries += 1
@@ -179,7 +193,9 @@ class Endpoint:
         except RetryError as exc:
             self.stats.failures += 1
             n = exc.last_attempt.attempt_number
-            raise ProviderError(
+            last = exc.last_attempt.exception()
+            kind = ResourceError if isinstance(last, OwnTroubleError) else ProviderError
+            raise kind(
                 f"gave up after {n} attempt{'s' if n > 1 else ''} in "
                 f"{time.monotonic() - started:.1f}s (budget {budget:g}s): "
                 f"{exc.last_attempt.exception()}"
@@ -208,9 +224,13 @@ class Endpoint:
                 content_type=request.content_type,
             )
         except PoolTimeoutError:
-            raise TransientError(
+            raise OwnTroubleError(
                 f"no connection to {self.name} came free within {limit:g}s"
             ) from None
+        except OutOfResourcesError as exc:
+            raise OwnTroubleError(f"canaryd could not open a connection: {exc}") from exc
+        except BusyLoopError as exc:
+            raise OwnTroubleError(f"no answer seen within {limit:g}s: {exc}") from exc
         except AnswerTimeoutError as exc:
             raise TransientError(f"{self.name} did not answer within {limit:g}s") from exc
         except TLSError as exc:
@@ -225,7 +245,7 @@ class Endpoint:
             target = redirect_target(self.address, resp.location)
             raise ProviderError(f"{self.name} answered {describe_redirect(resp.status, target)}")
         body = scrub_sent(resp.body, headers, self.secret_headers)
-        return parse(Response(resp.status, body, resp.complete))
+        return parse(dataclasses.replace(resp, body=body))  # rate-limit headers kept
 
     def _build_head(self) -> tuple[dict[str, str], bytes]:
         """The headers and their encoded lines (kept when ``static``)."""
