@@ -10,10 +10,9 @@ from test_runtime import FakeProvider, FakeRouter, runner, settings
 
 from canaryd.core import analysis as core
 from canaryd.core.analysis import Phase
+from canaryd.errors import CommandError
 from canaryd.routers import RouteRequest
 from canaryd.service.store import SqliteStore
-
-pytestmark = pytest.mark.anyio
 
 
 class Died(Exception):  # noqa: N818 - the daemon's death, not an error of canaryd
@@ -30,6 +29,7 @@ class DiesAfterApplying(FakeRouter):
             raise Died
 
 
+@pytest.mark.anyio
 async def test_a_command_after_a_restart_is_not_overwritten_by_the_routes_resent(
     tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
 ) -> None:
@@ -49,3 +49,15 @@ async def test_a_command_after_a_restart_is_not_overwritten_by_the_routes_resent
     stored = (await store.load_states())["prod/web"]
     assert stored.phase is Phase.PAUSED, stored
     assert stored == second.state
+
+
+@pytest.mark.parametrize("phase", [Phase.PROMOTING, Phase.FINALISING])
+def test_promote_refuses_a_promotion_paused_under_way(phase: Phase, tmp_path: Path) -> None:
+    """Promoting a rollout paused while promoting is refused, not begun again."""
+    spec = settings(tmp_path).canaries[0]
+    state = core.start_rollout(spec, core.CanaryState(), "v2", {}, "r1", 0.0).state
+    state = core.evolve(state, phase=phase, canary_weight=50, primary_weight=50)
+    paused = core.pause(spec, state, 1.0).state
+    for force in (False, True):
+        with pytest.raises(CommandError, match="resume"):
+            core.promote(spec, paused, 2.0, force=force)

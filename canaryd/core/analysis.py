@@ -946,6 +946,11 @@ def promote(spec: CanaryConfig, state: CanaryState, now: float, *, force: bool =
     _require_active(spec, state, "promote")
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
         raise CommandError(f"{spec.key} is already {state.phase.value}")
+    if _promotion_begun(state):  # paused while promoting: resume finishes it
+        raise CommandError(
+            f"{spec.key} is already {state.paused_phase} (paused): "
+            f"canaryd resume {spec.key} finishes the promotion"
+        )
     skipped = skipped_gates(spec, state)
     if skipped and not force:
         raise CommandError(
