@@ -135,8 +135,9 @@ class Store:
         return getattr(self.inner, name)
 
 
-def make_settings(tmp: Path, shape: str, threshold: int) -> Settings:
-    """A one-canary config of the given shape (canary, gated, blue-green, ab)."""
+def make_settings(tmp: Path, shape: str, threshold: int, flag: str | None = None) -> Settings:
+    """A one-canary config of the given shape (canary, gated, blue-green, ab); ``flag``:
+    ``skipAnalysis`` or ``suspend`` set."""
     a: dict[str, Any] = {"interval": "1s", "threshold": threshold}
     if shape in ("canary", "gated"):
         a.update(stepWeight=25, maxWeight=50, stepWeightPromotion=50)
@@ -147,7 +148,9 @@ def make_settings(tmp: Path, shape: str, threshold: int) -> Settings:
     if shape == "gated":
         a["webhooks"] = [{"name": "release", "type": "confirm-promotion"}]
     a["metrics"] = [{"name": "sr", "query": "up", "thresholdRange": {"min": 99}, "interval": "30s"}]
-    canary = {"name": "web", "namespace": "prod", "router": "lb", "analysis": a}
+    canary: dict[str, Any] = {"name": "web", "namespace": "prod", "router": "lb", "analysis": a}
+    if flag is not None:
+        canary[flag] = True
     return Settings.model_validate(
         {
             "state": f"sqlite://{tmp}/state.db",
@@ -324,11 +327,11 @@ class TrustMachine(RuleBasedStateMachine):
         with contextlib.suppress(CommandError, RouterError, StoreError):  # refused: fine
             self.run(coro)
 
-    @rule(t=st.integers(1, 4))
-    def reload(self, t: int) -> None:
-        """A reload that changes the threshold (SIGHUP)."""
+    @rule(t=st.integers(1, 4), flag=st.sampled_from([None, None, "skipAnalysis", "suspend"]))
+    def reload(self, t: int, flag: str | None) -> None:
+        """A reload that changes the threshold, skipAnalysis or suspend (SIGHUP)."""
         assert self.runner is not None
-        self.cfg = make_settings(self.tmp, self.shape, t)
+        self.cfg = make_settings(self.tmp, self.shape, t, flag)
         self.runner.reconfigure(self.cfg.canaries[0], self.cfg)
 
     @rule()
