@@ -6,6 +6,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from daemons import client_for, daemon_process, wait_for_state
+from prom import eventually
+from service_helpers import backends, canary, service_config
 from test_runtime import FakeProvider, FakeRouter, runner, settings
 
 from canaryd.core import analysis as core
@@ -61,3 +64,32 @@ def test_promote_refuses_a_promotion_paused_under_way(phase: Phase, tmp_path: Pa
     for force in (False, True):
         with pytest.raises(CommandError, match="resume"):
             core.promote(spec, paused, 2.0, force=force)
+
+
+@pytest.mark.anyio
+async def test_a_pause_between_a_restart_and_the_resend_survives_the_next_restart(
+    tmp_path: Path,
+) -> None:
+    """canaryd run killed while the router holds an advance: a pause made after the
+    restart is still in force after the resend and another kill -9."""
+    async with backends() as (prom, router):
+        router.delay = 30.0  # the advance's route is held: the daemon dies waiting for it
+        cfg = service_config(tmp_path, prom, router, [canary(interval="10s")])
+        log = tmp_path / "daemon.log"
+        async with client_for(cfg) as client:
+            with daemon_process(cfg, log):
+                await eventually(lambda: client.get(""), lambda v: True, within=20)
+                await client.post("prod/web/rollouts", {"revision": "v2"})
+                await router.wait_for(1)  # 0 -> 10 % recorded, sent; then kill -9
+            router.delay = 0.0
+            with daemon_process(cfg, log):  # its first tick comes ~7 s later, or on a command
+                await eventually(lambda: client.get(""), lambda v: True, within=20)
+                await client.post("prod/web/pause", {})  # recorded, then wakes the tick
+                sent = await router.wait_for(2)  # the recorded route, sent again
+                assert sent[1].json["canaryWeight"] == 10
+                await wait_for_state(client, "prod/web", lambda s: s["phase"] == "Paused")
+            with daemon_process(cfg, log):
+                await eventually(lambda: client.get(""), lambda v: True, within=20)
+                state = await client.get("prod/web")
+    assert state["phase"] == "Paused", state
+    assert state["canaryWeight"] == 10, state
