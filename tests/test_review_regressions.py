@@ -93,3 +93,41 @@ async def test_a_pause_between_a_restart_and_the_resend_survives_the_next_restar
                 state = await client.get("prod/web")
     assert state["phase"] == "Paused", state
     assert state["canaryWeight"] == 10, state
+
+
+class DiesBeforeTheStep(FakeRouter):
+    """Applies routes until the first promotion step, where the daemon dies before it."""
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Die once on the route after ``promote``; refuse while ``down``."""
+        promoted = any(r.action == "promote" for r in self.requests)
+        if promoted and not getattr(self, "died", False):
+            self.died = True
+            raise Died
+        await super().apply(request)
+
+
+@pytest.mark.anyio
+async def test_a_refused_promotion_step_on_a_paused_promotion_never_rolls_back(
+    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+) -> None:
+    """After kill -9 mid-promotion and a pause, a refused resend is no failed check, no rollback."""
+    cfg = settings(tmp_path, threshold=1)
+    router = DiesBeforeTheStep()
+    first = runner(cfg, store, session, FakeProvider(), router)
+    await first.start_rollout("v2", {})
+    for _ in range(3):  # 25, 50, promote
+        await first.tick()
+    with pytest.raises(Died):
+        await first.tick()  # the step to the primary, recorded: dies before sending it
+    states, pending = await store.load_states(), await store.load_pending()
+    second = runner(cfg, store, session, FakeProvider(), router, states["prod/web"])
+    second.restore(pending.get("prod/web"))
+    router.down = True
+    await second.command(lambda s, now: core.pause(second.spec, s, now))
+    await second.tick()  # the recorded step sent again, refused
+    assert second.state.phase is Phase.PAUSED, second.state
+    assert second.state.failed_checks == 0
+    assert all(r.action != "rollback" for r in router.requests)
+    events = [e["event"] for e in await store.events("prod/web")]
+    assert "rollout.rolled_back" not in events and "rollback.pending" not in events

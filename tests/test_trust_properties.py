@@ -17,7 +17,8 @@ docs/reliability.md ("Decisions and state"):
   the router has all traffic on the primary;
 - nothing moves traffic towards the canary, nor promotes, after the router
   applied the rollout's rollback;
-- ``rollout.promoted`` only after the router applied that rollout's ``promote``;
+- ``rollout.promoted`` only after the router applied that rollout's ``promote``,
+  and nothing rolls back a rollout whose ``promote`` the router applied;
 - failedChecks never decreases within a rollout and grows by at most one per
   tick, and never grows on a tick whose metrics pass and whose router works
   (canaryd's store trouble is not blamed on the canary).
@@ -394,6 +395,19 @@ class TrustMachine(RuleBasedStateMachine):
                 assert req.action != "promote", req
             if req.action == "rollback" and not any(req is u for u in self.router.unrecorded):
                 rolled.add(rid)
+
+    @invariant()
+    def a_promoted_primary_is_never_rolled_back(self) -> None:
+        """Once the router applied a rollout's promote, nothing rolls that rollout back."""
+        promoted = set()
+        for req in self.router.applied:
+            rid = _rollout_of(req)
+            assert not (rid in promoted and req.action == "rollback"), req
+            if req.action == "promote":
+                promoted.add(rid)
+        r = self.runner
+        if r is not None and r.state.rollout_id in promoted:
+            assert r.state.phase is not Phase.FAILED, r.state
 
     @invariant()
     def promoted_only_after_promote(self) -> None:
