@@ -486,11 +486,21 @@ class NginxRouter(Model):
     username: str | None = None
     password_file: str | None = None
     timeout: Timeout = 10.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address`` (file mode): promote points the primary's server lines at the
+    canary's addresses; ``verify``: promote only sets weights (the deploy
+    pipeline redeploys the primary). See docs/routers.md, "NGINX"."""
 
     @model_validator(mode="after")
     def _file_or_api(self) -> NginxRouter:
         if (self.file is None) == (self.api is None):
             raise ValueError("set exactly one of file (NGINX) or api (NGINX Plus)")
+        if (
+            self.api is not None
+            and self.promotion == "address"
+            and "promotion" in self.model_fields_set
+        ):
+            raise ValueError("promotion: address needs file; through NGINX Plus's api it is verify")
         return self
 
 
@@ -507,6 +517,20 @@ class EnvoyRouter(Model):
     prefix: str = "/"
     log_path: str | None = None
     timeout: Timeout = 10.0
+    promotion: Literal["address", "verify"] = "verify"
+    """``address``: promote points the primary cluster at the canary cluster's
+    endpoints by replacing ``primary_eds`` (the primary cluster is an EDS
+    cluster reading that file); ``verify``: promote only sets weights. See
+    docs/routers.md, "Envoy"."""
+    primary_eds: str | None = None
+
+    @model_validator(mode="after")
+    def _eds_for_address(self) -> EnvoyRouter:
+        if self.promotion == "address" and self.primary_eds is None:
+            raise ValueError(
+                "promotion: address needs primary_eds (the EDS file of the primary cluster)"
+            )
+        return self
 
 
 class TraefikRouter(Model):
@@ -522,6 +546,10 @@ class TraefikRouter(Model):
     username: str | None = None
     password_file: str | None = None
     timeout: Timeout = 10.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address``: promote points the weighted service's primary side at the
+    canary service's server URLs (a service in canaryd's file); ``verify``:
+    promote only sets weights. See docs/routers.md, "Traefik"."""
 
 
 def _http_base(value: str) -> str:
@@ -546,6 +574,10 @@ class CaddyRouter(Model):
     primary: str = Field(min_length=1)
     canary: str = Field(min_length=1)
     timeout: Timeout = 5.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address``: promote points the primary upstream's ``dial`` at the canary's
+    (and tags it ``@id`` ``<handler>-canaryd-primary``); ``verify``: promote only
+    sets weights. See docs/routers.md, "Caddy"."""
 
     @field_validator("handler")
     @classmethod
