@@ -106,10 +106,10 @@ def unique_job() -> str:
 
 
 # --------------------------------------------------------------------------- shared seams
-# A real SQLite store and an HTTP session, for tests that drive runners and the outbox.
+# A real SQLite store and the real outgoing-HTTP transport, for tests that drive runners
+# and the outbox.
 
-import aiohttp  # noqa: E402
-
+from canaryd.http import HttpTransport, make_transport  # noqa: E402
 from canaryd.service.store import SqliteStore  # noqa: E402
 
 
@@ -123,9 +123,9 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session, closed after the test."""
-    async with aiohttp.ClientSession() as s:
+async def session() -> AsyncIterator[HttpTransport]:
+    """The real outgoing-HTTP transport (canaryd.http.make_transport), closed after the test."""
+    async with make_transport() as s:
         yield s
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 import pytest
 import yaml
@@ -41,7 +40,7 @@ from canaryd.config import CanaryConfig, Notifier, PrometheusProvider, WebhookRo
 from canaryd.config.loader import load_config
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import ConfigError, ProviderError, RouterError, WebhookError
-from canaryd.http import MAX_ANSWER_BYTES
+from canaryd.http import MAX_ANSWER_BYTES, HttpTransport, make_transport
 from canaryd.notifiers import deliver
 from canaryd.providers.prometheus import (
     MAX_BODY_BYTES,
@@ -531,7 +530,7 @@ SPEC = CanaryConfig.model_validate(
 STATE = CanaryState(phase=Phase.PROGRESSING, revision="v2", rollout_id="r1")
 
 
-async def _webhook(url: str, session: aiohttp.ClientSession) -> Any:
+async def _webhook(url: str, session: HttpTransport) -> Any:
     hook = WebhookSpec.model_validate(
         {"name": "load", "type": "rollout", "url": url, "timeout": TIMEOUT}
     )
@@ -539,20 +538,20 @@ async def _webhook(url: str, session: aiohttp.ClientSession) -> Any:
     return result
 
 
-async def _router(url: str, session: aiohttp.ClientSession) -> Any:
+async def _router(url: str, session: HttpTransport) -> Any:
     cfg = WebhookRouter.model_validate({"type": "webhook", "url": url, "timeout": TIMEOUT})
     request = RouteRequest("default/web", "v2", "route", 90, 10, "k")
     await WebhookRouterClient(cfg, session, name="mesh").apply(request)
 
 
-async def _notifier(url: str, session: aiohttp.ClientSession) -> Any:
+async def _notifier(url: str, session: HttpTransport) -> Any:
     notifier = Notifier.model_validate({"type": "webhook", "url": url, "timeout": TIMEOUT})
     await deliver(
         session, notifier, {"text": "hi"}, "application/json", idempotency_key="k", secret=None
     )
 
 
-async def _provider(url: str, session: aiohttp.ClientSession) -> Any:
+async def _provider(url: str, session: HttpTransport) -> Any:
     cfg = PrometheusProvider.model_validate(
         {"type": "prometheus", "address": url, "timeout": TIMEOUT}
     )
@@ -570,7 +569,7 @@ ATTEMPTS = {"webhook": 1, "router": 3, "notifier": 1, "provider": 2}
 @pytest.mark.parametrize("caller", list(CALLERS), ids=list(CALLERS))
 async def test_hostile_answers_cost_bounded_time_and_memory(caller: str, kind: str) -> None:
     """Huge, endless, trickling or slow answers end within the timeouts, memory capped."""
-    async with hostile(kind) as server, aiohttp.ClientSession() as session:
+    async with hostile(kind) as server, make_transport() as session:
         result, took, peak = await bounded(
             lambda: CALLERS[caller](server.url + "/x", session), TIMEOUT * ATTEMPTS[caller]
         )

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
-
 from canaryd.config.models import (
     AlbRouter,
     CaddyRouter,
@@ -17,6 +15,7 @@ from canaryd.config.models import (
     WebhookRouter,
 )
 from canaryd.core.analysis import Action as Action
+from canaryd.http import HttpTransport
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +57,12 @@ class Router(Protocol):
     async def aclose(self) -> None:
         """Release what the router holds (idempotent); no request after it.
 
-        Routers that only borrow the daemon's HTTP session hold nothing.
+        Routers that only borrow the daemon's HTTP transport hold nothing.
         """
         ...
 
 
-def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
+def build_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
     """Create the router for a config entry (the config's ``type`` picks the class).
 
     Raises:
@@ -72,15 +71,15 @@ def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -
     if isinstance(cfg, WebhookRouter):
         from canaryd.routers.webhook import WebhookRouterClient
 
-        return WebhookRouterClient(cfg, session, name=name)
+        return WebhookRouterClient(cfg, http, name=name)
     if isinstance(cfg, HAProxyRouter):
         from canaryd.routers.haproxy import HAProxyRuntime
 
         return HAProxyRuntime(cfg)
-    return _build_api_router(name, cfg, session)
+    return _build_api_router(name, cfg, http)
 
 
-def _build_api_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
+def _build_api_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
     """The API- and command-driven routers (docs/routers.md); imported on first use.
 
     Raises:
@@ -89,11 +88,11 @@ def _build_api_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSessi
     if isinstance(cfg, CaddyRouter):
         from canaryd.routers.caddy import CaddyAdmin
 
-        return CaddyAdmin(cfg, session)
+        return CaddyAdmin(cfg, http)
     if isinstance(cfg, ConsulRouter):
         from canaryd.routers.consul import ConsulSplitter
 
-        return ConsulSplitter(cfg, session)
+        return ConsulSplitter(cfg, http)
     if isinstance(cfg, AlbRouter):
         from canaryd.routers.alb import AlbListener
 
