@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from haproxy import free_port
+from support import free_port
 
 from canaryd.config import CaddyRouter
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from haproxy import free_port
+from support import free_port
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 from disks import Disk, small_ext4, small_tmpfs
-from test_runtime import FakeProvider, FakeRouter, runner, settings
+from test_runtime import runner, settings
 
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
 from canaryd.service.store import SqliteStore
+from canaryd.testing import FakeProvider, FakeRouter
 
 pytestmark = pytest.mark.anyio
 

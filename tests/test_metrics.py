@@ -16,7 +16,8 @@ import yaml
 from daemons import api_url, running_daemon, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver
-from service_helpers import backends, canary, eventually
+from service_helpers import backends, canary
+from support import eventually
 
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.service.metrics import CanarySample, DaemonMetrics, Snapshot

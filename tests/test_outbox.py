@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import socket
 import sqlite3
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ import anyio
 import pytest
 import structlog
 from receiver import Receiver, Request, self_signed
+from support import free_port, refused_port
 
 from canaryd.config import Settings
 from canaryd.core.analysis import CanaryState, Phase
@@ -130,13 +130,6 @@ def delivered(r: Receiver) -> list[Request]:
 def keys(requests: list[Request]) -> list[str]:
     """The Idempotency-Key of each request."""
     return [q.headers["Idempotency-Key"] for q in requests]
-
-
-def free_port() -> int:
-    """A port nothing listens on (connection refused until a receiver takes it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def verify(request: Request, secret: str, *, max_age: float = 300.0) -> bool:
@@ -269,7 +262,7 @@ async def test_receiver_down_past_max_age_dead_letters_are_counted_and_logged(
 ) -> None:
     """Past maxAge a message is dead, counted and logged (notification.failed); the next goes."""
     async with Receiver([503], body="overloaded, try later") as down, Receiver() as up:
-        url = down.url if outage == "503" else f"http://127.0.0.1:{free_port()}"
+        url = down.url if outage == "503" else f"http://127.0.0.1:{refused_port()}"
         cfg = config(
             tmp_path,
             [
@@ -420,7 +413,7 @@ async def test_unreachable_chat_url_from_url_file_never_reaches_the_error(
     tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A connection error of a url_file notifier names its host only."""
-    port = free_port()
+    port = refused_port()
     url_file = tmp_path / "chat-url"
     url_file.write_text(f"http://127.0.0.1:{port}/services/T000/B000/XXXXchat-tokenXXXX")
     url_file.chmod(0o600)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from daemons import write_config
 from faults import DedupRouter, StandIn
-from prom import eventually
+from support import eventually
 
 from canaryd.config.loader import load_config
 from canaryd.core.analysis import CanaryState, Phase

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from caddy import CaddyInstance, find_caddy, run_caddy
-from haproxy import free_port, named_backend
+from haproxy import named_backend
+from support import refused_port
 from traffic import STEPS, assert_split
 
 from canaryd.errors import RouterError
@@ -141,7 +142,7 @@ async def test_frozen_admin_api_times_out_and_the_split_stays(
 
 async def test_unreachable_admin_api_is_a_router_error(session: HttpTransport) -> None:
     """An admin address nobody listens on gives a RouterError naming the host after retries."""
-    port = free_port()
+    port = refused_port()
     cfg = CaddyInstance(f"http://127.0.0.1:{port}", "", "a:1", "b:1").router_config(timeout=0.5)
 
     with pytest.raises(RouterError) as info:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from haproxy import free_port
 from receiver import Receiver
+from support import refused_port
 
 from canaryd.config import WebhookRouter
 from canaryd.errors import RouterError
@@ -182,7 +182,7 @@ async def test_unreadable_secret_is_a_router_error(session: HttpTransport, tmp_p
 @pytest.mark.anyio
 async def test_unreachable_receiver_is_a_router_error(session: HttpTransport) -> None:
     """Connection refused on every attempt ends in a RouterError naming the host only."""
-    port = free_port()
+    port = refused_port()
     router = WebhookRouterClient(
         config(f"http://127.0.0.1:{port}/secret-path"), session, name="mesh"
     )

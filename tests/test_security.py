@@ -33,9 +33,10 @@ import pytest
 from aiohttp import web
 from daemons import TOKEN, api_url, client_for, running_daemon, write_config
 from faults import StandIn
-from prom import PrometheusServer, eventually
+from prom import PrometheusServer
 from pydantic import BaseModel
 from structlog.testing import capture_logs
+from support import eventually
 
 from canaryd.config import (
     CanaryConfig,

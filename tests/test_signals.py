@@ -16,7 +16,8 @@ import structlog
 import yaml
 from daemons import TOKEN, write_config
 from receiver import Receiver
-from service_helpers import backends, canary, eventually, service_config
+from service_helpers import backends, canary, service_config
+from support import eventually
 
 from canaryd.cli.commands import check
 from canaryd.config.loader import load_config

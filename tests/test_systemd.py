@@ -17,7 +17,8 @@ from pathlib import Path
 import anyio
 import pytest
 from daemons import api_url, daemon_process, write_config
-from service_helpers import canary, eventually
+from service_helpers import canary
+from support import eventually
 
 from canaryd.config.loader import load_config
 from canaryd.service.daemon import Daemon

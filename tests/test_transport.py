@@ -26,8 +26,8 @@ from pathlib import Path
 import anyio
 import pytest
 from aiohttp import web
-from prom import free_port
 from pydantic import ValidationError
+from support import refused_port
 
 from canaryd.config import PrometheusProvider
 from canaryd.errors import ProviderError
@@ -751,7 +751,7 @@ async def test_garbage_answer_is_a_transport_error() -> None:
 
 async def test_connection_refused_names_the_error_and_gives_the_slot_back() -> None:
     """Nothing listening: TransportError naming ConnectionRefusedError; the slot is free again."""
-    async with pool_for(f"http://127.0.0.1:{free_port()}", limit=1) as pool:
+    async with pool_for(f"http://127.0.0.1:{refused_port()}", limit=1) as pool:
         for _ in range(3):  # with limit=1, a slot kept would make the next a pool timeout
             with pytest.raises(TransportError, match=r"^ConnectionRefusedError: ") as err:
                 await pool.post("/q", b"", timeout=0.5)
@@ -1028,7 +1028,7 @@ async def test_url_userinfo_is_basic_auth_and_scrubbed_from_errors() -> None:
 
 async def test_url_userinfo_stays_out_of_connection_errors() -> None:
     """A connection error names the host and port, never the address's user info."""
-    port = free_port()
+    port = refused_port()
     cfg = provider_config(f"http://canaryd:s3cr3t-pw@127.0.0.1:{port}", timeout=0.2)
     async with Prometheus(cfg) as prov:
         with pytest.raises(ProviderError) as err:

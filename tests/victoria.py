@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prom import free_port, require_binary
+from prom import require_binary
+from support import free_port
 
 from canaryd.config import PrometheusProvider
 
