@@ -26,9 +26,11 @@ def anyio_backend() -> str:
 import os  # noqa: E402
 import shutil  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from haproxy import HAProxyInstance, find_haproxy, named_backend, run_haproxy, write_config  # noqa: E402
+from support import entered_on_free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +58,19 @@ def haproxy(
 ) -> Iterator[HAProxyInstance]:
     """A running HAProxy (foreground subprocess) in front of ``haproxy_backends``."""
     primary_port, canary_port = haproxy_backends
-    instance = write_config(tmp_path, primary_port=primary_port, canary_port=canary_port)
-    try:
-        with run_haproxy(haproxy_binary, instance):
-            yield instance
-    finally:
-        if not instance.unix_socket.is_relative_to(tmp_path):  # path-length fallback dir
-            shutil.rmtree(instance.unix_socket.parent, ignore_errors=True)
+
+    @contextmanager
+    def start() -> Iterator[HAProxyInstance]:
+        instance = write_config(tmp_path, primary_port=primary_port, canary_port=canary_port)
+        try:
+            with run_haproxy(haproxy_binary, instance):
+                yield instance
+        finally:
+            if not instance.unix_socket.is_relative_to(tmp_path):  # path-length fallback dir
+                shutil.rmtree(instance.unix_socket.parent, ignore_errors=True)
+
+    with entered_on_free_port(start) as instance:  # a port taken meanwhile: new ports
+        yield instance
 
 
 # --------------------------------------------------------------------------- Prometheus

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
-from support import free_port
+from support import free_port, retry_on_port_clash
 
 from canaryd.config import PrometheusProvider
 from canaryd.providers.prometheus import Prometheus
@@ -255,7 +255,7 @@ def _write_config(workdir: Path, target: str | None) -> Path:
     return config
 
 
-def start_prometheus(
+def _start_prometheus_once(
     workdir: Path, *, app: MetricsApp | None = None, data_dir: Path | None = None
 ) -> PrometheusServer:
     """Start ``prometheus`` on a free 127.0.0.1 port and wait until it is ready.
@@ -295,6 +295,13 @@ def start_prometheus(
         server.stop()
         raise
     return server
+
+
+def start_prometheus(
+    workdir: Path, *, app: MetricsApp | None = None, data_dir: Path | None = None
+) -> PrometheusServer:
+    """:func:`_start_prometheus_once`, again on a new port if another process took it."""
+    return retry_on_port_clash(lambda: _start_prometheus_once(workdir, app=app, data_dir=data_dir))
 
 
 def _wait_until(server: PrometheusServer, path: str, accept: Callable[[bytes], bool]) -> None:

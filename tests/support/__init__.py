@@ -3,7 +3,20 @@
 Import as ``from support import eventually, refused_port, retry_on_port_clash``.
 """
 
-from support.ports import free_port, refused_port, retry_on_port_clash, start_on_free_port
+from support.ports import (
+    entered_on_free_port,
+    free_port,
+    refused_port,
+    retry_on_port_clash,
+    start_on_free_port,
+)
 from support.wait import eventually
 
-__all__ = ["eventually", "free_port", "refused_port", "retry_on_port_clash", "start_on_free_port"]
+__all__ = [
+    "entered_on_free_port",
+    "eventually",
+    "free_port",
+    "refused_port",
+    "retry_on_port_clash",
+    "start_on_free_port",
+]

@@ -6,6 +6,7 @@
   is started through :func:`retry_on_port_clash` (or :func:`start_on_free_port`): when
   another process took the port in between, the start fails with "address already in
   use" and is retried with a new port.
+  A context manager that starts a binary is entered through :func:`entered_on_free_port`.
 - A test that needs a port where nothing listens (connection refused) uses
   :func:`refused_port`: the port stays bound (not listening) for the test run, so no
   other server can get it.
@@ -17,7 +18,8 @@ import errno
 import inspect
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -85,3 +87,25 @@ async def start_on_free_port(
             if attempt == attempts or not is_port_clash(exc):
                 raise
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def entered_on_free_port(
+    start: Callable[[], AbstractContextManager[T]], *, attempts: int = ATTEMPTS
+) -> Iterator[T]:
+    """Enter ``start()`` (which picks its own ports), again while entering it clashes.
+
+    Raises:
+        Whatever entering raised, at once unless it was a port clash; the last clash
+        after ``attempts`` tries.
+    """
+    for attempt in range(1, attempts + 1):
+        with ExitStack() as stack:
+            try:
+                value = stack.enter_context(start())
+            except (OSError, RuntimeError) as exc:
+                if attempt == attempts or not is_port_clash(exc):
+                    raise
+                continue
+            yield value
+            return
