@@ -999,7 +999,9 @@ async def test_token_with_a_line_break_is_refused_without_sending(tmp_path: Path
         with pytest.raises(ProviderError) as err:
             await prov.query("up", budget=2)
         assert prov.stats.attempts == 1
-    assert str(err.value) == "header 'Authorization' holds a line break; not sent"
+    assert str(err.value) == (
+        "header 'Authorization': a name is one word without ':', a value one line; not sent"
+    )
     assert "s3cr3t" not in str(err.value)
     assert srv.paths == []
 
@@ -1052,7 +1054,8 @@ async def test_secret_that_is_not_latin1_is_refused_without_sending(tmp_path: Pa
     async with web_server(replying(OK_42)) as srv:
         cfg = provider_config(srv.url, bearer_token_file=token)
         with pytest.raises(
-            ProviderError, match=r"^header 'Authorization' is not Latin-1 text"
+            ProviderError,
+            match=r"^header 'Authorization': only Latin-1 text can be sent; not sent$",
         ) as e:
             async with Prometheus(cfg) as prov:
                 await prov.query("up", budget=2)
