@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from support import entered_on_free_port, free_port
+from support.procs import stop_process
 
 from canaryd.config import CaddyRouter
 
@@ -145,9 +146,4 @@ def _run_caddy_once(
             wait_ready(proc, instance.admin, log)
             yield instance
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, STOP_TIMEOUT)

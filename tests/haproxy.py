@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from support import free_port
+from support.procs import stop_process
 
 from canaryd.config import HAProxyRouter
 
@@ -194,12 +195,7 @@ def run_haproxy(binary: str, instance: HAProxyInstance) -> Iterator[subprocess.P
             wait_ready(proc, instance, log)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, STOP_TIMEOUT)
 
 
 @asynccontextmanager
