@@ -45,7 +45,7 @@ USER_AGENT = f"canaryd/{__version__}"
 
 
 POOL_PER_HOST = 256
-"""Connections per host: of the shared session (routers, webhooks, notifiers) and of each
+"""Connections per host: of the shared transport (routers, webhooks, notifiers) and of each
 Prometheus provider's own pool. 10,000 canaries of 2 metrics at 10 s keep about 2,000
 queries/s in flight against one Prometheus; providers queue their queries for a free
 connection (the request timeout starts once they have one). 512 showed no consistent

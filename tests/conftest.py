@@ -17,6 +17,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+REAL_SERVER_FIXTURES = frozenset(
+    {"haproxy", "haproxy_binary", "prometheus", "graphite", "influxdb"}
+    | {"caddy", "caddy_binary", "moto_endpoint", "alb"}
+)
+"""Fixtures that start a real external server: a test using one is an integration test."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test using a real server's fixture ``integration`` (``make unit`` skips it)."""
+    for item in items:
+        if REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 # --------------------------------------------------------------------------- HAProxy
 # A real HAProxy per test (tests/haproxy.py): `haproxy` yields an HAProxyInstance
 # with .unix_socket, .tcp_socket, .url (frontend), .backend/.primary/.canary and

@@ -58,7 +58,7 @@ class CaddyAdmin:
     """
 
     def __init__(self, cfg: CaddyRouter, http: HttpTransport) -> None:
-        """Keep the config and the shared session (no request is made)."""
+        """Keep the config and the shared HTTP transport (no request is made)."""
         self._cfg = cfg
         self._http = http
         self.name = cfg.handler

@@ -84,7 +84,7 @@ class ConsulSplitter:
     """
 
     def __init__(self, cfg: ConsulRouter, http: HttpTransport) -> None:
-        """Keep the config and session; read the ACL token once.
+        """Keep the config and the shared HTTP transport; read the ACL token once.
 
         Raises:
             RouterError: the token file cannot be read or is readable by others.
