@@ -23,6 +23,8 @@ from service_helpers import canary
 
 from canaryd.service.openapi import document
 
+pytestmark = pytest.mark.slow  # a real daemon and hundreds of generated requests
+
 schema = schemathesis.openapi.from_dict(document())
 
 

@@ -50,6 +50,7 @@ def state(phase: str, rollout: str = "r1", **kw: Any) -> dict[str, Any]:
 DOWN = ClientError("cannot reach canaryd at http://127.0.0.1:9879/api/v1/canaries: refused")
 
 
+@pytest.mark.slow
 async def test_wait_rides_out_a_daemon_restart(capsys: pytest.CaptureFixture[str]) -> None:
     """An unreachable daemon for a moment (a restart) does not fail the pipeline."""
     client = ScriptedClient([state("Progressing"), DOWN, DOWN, state("Succeeded")])
@@ -58,6 +59,7 @@ async def test_wait_rides_out_a_daemon_restart(capsys: pytest.CaptureFixture[str
     assert err.count("lost contact with canaryd") == 1
 
 
+@pytest.mark.slow
 async def test_wait_fails_when_the_rollout_is_replaced(capsys: pytest.CaptureFixture[str]) -> None:
     """A different rollout taking over the canary ends the wait with exit 1, saying so."""
     client = ScriptedClient([state("Progressing"), state("Progressing", rollout="r2")])

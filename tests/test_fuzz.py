@@ -225,6 +225,7 @@ def _check_never_crashes(path: Path) -> None:
     how=st.sampled_from(["replace", "delete", "stray"]),
     value=_values,
 )
+@pytest.mark.slow
 def test_mutated_valid_config_is_a_config_or_a_config_error(
     tmp_path: Path, path: tuple[Any, ...], how: str, value: Any
 ) -> None:
@@ -247,6 +248,7 @@ def test_mutated_valid_config_is_a_config_or_a_config_error(
     path=st.sampled_from(PATHS),
     value=_values,
 )
+@pytest.mark.slow
 def test_canaryd_check_answers_problems_never_a_traceback(
     tmp_path: Path, query: str, path: tuple[Any, ...], value: Any
 ) -> None:
@@ -290,6 +292,7 @@ _env_keys = st.sampled_from(
         _env_keys, st.text(max_size=30) | st.just("{}") | st.just("[1]"), max_size=3
     )
 )
+@pytest.mark.slow
 def test_random_environment_overrides_are_a_config_or_a_config_error(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
@@ -403,6 +406,7 @@ def _assert_value(value: float | None) -> None:
     garbage=st.binary(max_size=40),
     raw=st.booleans(),
 )
+@pytest.mark.slow
 def test_any_prometheus_answer_is_a_value_no_data_or_a_provider_error(
     doc: Any, status: int, garbage: bytes, raw: bool
 ) -> None:
@@ -567,6 +571,7 @@ ATTEMPTS = {"webhook": 1, "router": 3, "notifier": 1, "provider": 2}
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", list(HOSTILE), ids=list(HOSTILE))
 @pytest.mark.parametrize("caller", list(CALLERS), ids=list(CALLERS))
+@pytest.mark.slow
 async def test_hostile_answers_cost_bounded_time_and_memory(caller: str, kind: str) -> None:
     """Huge, endless, trickling or slow answers end within the timeouts, memory capped."""
     async with hostile(kind) as server, make_transport() as session:
@@ -686,6 +691,7 @@ def _request(
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_random_api_requests_never_get_a_5xx(tmp_path: Path) -> None:
     """Random methods, paths, tokens, content types and bodies: never 5xx, errors are JSON."""
     cfg = write_config(

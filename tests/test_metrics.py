@@ -61,6 +61,7 @@ async def scrape(url: str) -> str:
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_metrics_after_a_rollout_pass_promtool(tmp_path: Path) -> None:
     """After real ticks, /metrics has every family the issue lists and promtool accepts it."""
     tool = promtool()

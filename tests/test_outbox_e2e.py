@@ -132,6 +132,7 @@ def log_lines(log: Path) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.slow
 async def test_alert_pending_at_sigkill_is_delivered_after_restart(tmp_path: Path) -> None:
     """A rollback's alert still pending when the daemon is SIGKILLed goes out after a restart."""
     listen, chat_port = free_port(), free_port()

@@ -431,6 +431,7 @@ def outbox(tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(target, json.loads(body)) for target, body in rows]
 
 
+@pytest.mark.slow
 async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
     tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
@@ -449,6 +450,7 @@ async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
     assert len(r.requests) == 1 and 5.5 < waited < 20
 
 
+@pytest.mark.slow
 async def test_a_tick_is_bounded_by_its_hooks_own_timeout(
     tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:

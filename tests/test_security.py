@@ -205,6 +205,7 @@ async def test_daemon_refuses_to_start_with_a_secret_file_readable_by_others(
     assert value not in text and "Traceback" not in text
 
 
+@pytest.mark.slow
 def test_canaryd_run_with_a_world_readable_token_file_exits_with_a_clear_message(
     tmp_path: Path,
 ) -> None:

@@ -176,6 +176,7 @@ async def test_sighup_rejects_an_invalid_config_and_keeps_running(
 # --------------------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.slow
 async def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     """SIGTERM during a slow tick: the tick commits, due alerts go out, run() returns."""
     async with Receiver() as audit:
