@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check canaryd tests benchmarks
 	$(BIN)/ruff format --check canaryd tests benchmarks
 	$(BIN)/lint-imports
+	@! git grep -nE '^(<<<<<<<|>>>>>>>)( |$$)' -- . ':!*.md' || { echo 'merge conflict markers committed'; exit 1; }
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -103,7 +103,21 @@ def progress_line(s: dict[str, Any]) -> str:
         line += f"  waiting for gate {_cell(s['gate'])}"
     if s.get("reason"):
         line += f"  last failure: {_cell(s['reason'])}"
+    if s.get("routePending"):
+        line += f"  {pending_note(s)}"
     return line
+
+
+def pending_note(s: dict[str, Any]) -> str:
+    """What a pending route means: the router has not confirmed it (docs/reliability.md)."""
+    if s.get("phase") == "Failed":
+        return "rollback not applied yet: the router refused it (retried every tick)"
+    return "promote not confirmed by the router yet (retried every tick)"
+
+
+def phase_cell(s: dict[str, Any]) -> str:
+    """The ``PHASE`` cell: the phase, marked while its route waits for the router."""
+    return _cell(s["phase"]) + (" (pending)" if s.get("routePending") else "")
 
 
 def _cell(value: Any) -> str:
@@ -127,14 +141,16 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         return "no canaries configured"
     names = [f"{_cell(s['namespace'])}/{_cell(s['name'])}" for s in rows]
     width = max(len("CANARY"), *(len(name) for name in names))
+    phases = [phase_cell(s) for s in rows]
+    wide = max(16, *(len(p) for p in phases))
     lines = [
-        f"{'CANARY':<{width}}  {'PHASE':<16} {'REVISION':<14} {'CANARY WEIGHT':<27} "
+        f"{'CANARY':<{width}}  {'PHASE':<{wide}} {'REVISION':<14} {'CANARY WEIGHT':<27} "
         f"{'FAILED':<7} LAST CHECK"
     ]
-    for name, s in zip(names, rows, strict=True):
+    for name, phase, s in zip(names, phases, rows, strict=True):
         failed = f"{_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
         lines.append(
-            f"{name:<{width}}  {_cell(s['phase']):<16} "
+            f"{name:<{width}}  {phase:<{wide}} "
             f"{_cell(s['revision'] or '-')[:14]:<14} {weight_bar(s['canaryWeight']):<27} "
             f"{failed:<7} {last_check(s)}"
         )

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaryd.core.analysis import CanaryState, CheckRecord
+from canaryd.core.analysis import CanaryState, CheckRecord, Phase
 from canaryd.core.events import Event
 from canaryd.errors import RouterError, WebhookError
 from canaryd.http import HttpRequest, HttpResponse
@@ -30,6 +30,7 @@ from canaryd.routers import RouteRequest
 from canaryd.service.store import (
     RELEASE,
     OutboxMessage,
+    Retention,
     event_to_dict,
     state_from_dict,
     state_to_dict,
@@ -128,6 +129,7 @@ class FakeStore:
     logged: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     outbox: list[_Stored] = field(default_factory=list)
     pending_routes: dict[str, tuple[int, list[dict[str, Any]]]] = field(default_factory=dict)
+    rollout_log: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     saves: int = 0
     closed: bool = False
 
@@ -154,6 +156,7 @@ class FakeStore:
         if record is not None:
             self.records.setdefault(key, []).append(record.as_dict())
         self.logged.setdefault(key, []).extend(event_to_dict(e) for e in events)
+        self._log_rollout(key, state, record, events)
         known = {s.message.idempotency_key for s in self.outbox}
         status = "pending" if routes is None else "held"
         for m in outbox:
@@ -164,6 +167,19 @@ class FakeStore:
                 self.outbox.append(_Stored(stored, status, 0.0))
         if routes is not None:
             self.pending_routes[key] = (state.seq, list(routes))
+
+    def _log_rollout(
+        self, key: str, state: CanaryState, record: CheckRecord | None, events: Sequence[Event]
+    ) -> None:
+        if not state.rollout_id:
+            return
+        entry = self.rollout_log.setdefault(key, {}).setdefault(
+            state.rollout_id, {"id": state.rollout_id, "checks": [], "events": []}
+        )
+        entry.update(revision=state.revision, phase=state.phase.value, metadata=state.metadata)
+        if record is not None:
+            entry["checks"].append(record.as_dict())
+        entry["events"].extend(event_to_dict(e) for e in events)
 
     def _settle(self, key: str, how: str) -> None:
         for s in list(self.outbox):
@@ -186,8 +202,39 @@ class FakeStore:
         """The newest events of a canary, newest first."""
         return self.logged.get(key, [])[::-1][:limit]
 
-    async def prune(self, now: float | None = None) -> None:
-        """Forget delivered messages."""
+    async def rollouts(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        """A canary's rollouts, newest first: id, revision, phase, outcome, metadata, checkCount.
+
+        A subset of the real store's ``RolloutSummary`` (no times, no failed-check count).
+        """
+        entries = list(self.rollout_log.get(key, {}).values())[::-1][:limit]
+        return [self._summary(e, current=i == 0) for i, e in enumerate(entries)]
+
+    async def rollout(self, key: str, rollout: str, limit: int = 1000) -> dict[str, Any] | None:
+        """One rollout's summary with its checks and events (oldest first); None if unknown."""
+        entries = self.rollout_log.get(key, {})
+        if rollout not in entries:
+            return None
+        entry = entries[rollout]
+        body = self._summary(entry, current=list(entries)[-1] == rollout)
+        body["checks"], body["events"] = entry["checks"][-limit:], entry["events"][-limit:]
+        return body
+
+    @staticmethod
+    def _summary(entry: dict[str, Any], *, current: bool) -> dict[str, Any]:
+        outcomes = {Phase.SUCCEEDED.value: "promoted", Phase.FAILED.value: "rolled_back"}
+        outcome = outcomes.get(entry["phase"]) or ("running" if current else "superseded")
+        return {
+            "id": entry["id"],
+            "revision": entry["revision"],
+            "phase": entry["phase"],
+            "outcome": outcome,
+            "metadata": entry["metadata"],
+            "checkCount": len(entry["checks"]),
+        }
+
+    async def prune(self, now: float | None = None, keep: Retention | None = None) -> None:
+        """Forget delivered messages (rollouts are all kept)."""
         self.outbox = [s for s in self.outbox if s.status != "sent"]
 
     async def due(self, now: float, limit: int = 100) -> list[OutboxMessage]:

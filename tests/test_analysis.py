@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -934,3 +935,187 @@ def test_a_restart_asks_the_confirm_rollout_gate_again() -> None:
     assert routes(d) == [Route("route", 100, 0)]
     waiting = core.decide(spec, d.state, Observation(gate_open=False), 4.0).state
     assert (waiting.phase, waiting.canary_weight) == (Phase.WAITING, 0)
+
+
+# ---------------------------------------------------------------- routes the router refused
+
+
+def _by_threshold(spec: CanaryConfig) -> Decision:
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    return run(spec, state, bad(), 3)[-1]
+
+
+def _by_webhook(spec: CanaryConfig) -> Decision:
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    return core.decide(spec, state, replace(ok(), rollback=(HookResult("stop", True),)), 2.0)
+
+
+def _by_abort(spec: CanaryConfig) -> Decision:
+    return core.abort(spec, core.decide(spec, started(spec), Observation(), 1.0).state, 2.0)
+
+
+def _by_gate_timeout(spec: CanaryConfig) -> Decision:
+    closed = replace(ok(), gate_open=False)
+    state = core.decide(spec, started(spec), closed, 1.0).state
+    return core.decide(spec, state, closed, 20.0)
+
+
+def _by_router_errors(spec: CanaryConfig) -> Decision:
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    for t in range(2):
+        state = core.router_failed(spec, state, "router lb: HTTP 503", 2.0 + t).state
+    return core.router_failed(spec, state, "router lb: HTTP 503", 4.0)
+
+
+ROLLBACKS: dict[str, tuple[Callable[[CanaryConfig], Decision], dict[str, Any]]] = {
+    "threshold": (_by_threshold, {"reason": "request-success-rate 90 < min 99"}),
+    "rollback-webhook": (_by_webhook, {"webhook": "stop"}),
+    "abort": (_by_abort, {"manual": True, "reason": "aborted by operator"}),
+    "gate-timeout": (_by_gate_timeout, {"gate": "confirm-rollout"}),
+    "router-errors": (_by_router_errors, {"error": "router lb: HTTP 503"}),
+}
+
+
+def _rolled_back(d: Decision) -> list[Emit]:
+    return [e for e in d.effects if isinstance(e, Emit) and e.event.name == "rollout.rolled_back"]
+
+
+def _post_rollout(d: Decision) -> list[RunHooks]:
+    return [e for e in d.effects if isinstance(e, RunHooks) and e.type is WebhookType.POST_ROLLOUT]
+
+
+@pytest.mark.parametrize("cause", list(ROLLBACKS))
+def test_a_refused_rollback_is_pending_and_reported_rolled_back_only_once_applied(
+    cause: str,
+) -> None:
+    """Whatever decided a rollback, while the router refuses its route it is reported as
+    rollback.pending (never rolled_back, no post-rollout hooks) at the router's weights; once the
+    router confirms it, rolled_back (with the fields it was decided with) and the post-rollout
+    hooks come exactly once."""
+    spec = canary(
+        webhooks=[
+            {"name": "g", "type": "confirm-rollout", "url": "http://h/", "gateTimeout": "10s"}
+        ]
+        if cause == "gate-timeout"
+        else []
+    )
+    make, expected = ROLLBACKS[cause]
+    decided = make(spec)
+    assert decided.state.phase is Phase.FAILED and routes(decided)[-1] == Route("rollback", 100, 0)
+    original = _rolled_back(decided)[0].event.fields
+    error = "router lb: refused"
+    held = core.route_refused(spec, decided, "rollback", error, 5.0, weights=(90, 10))
+    assert held is not None
+    assert (held.state.phase, held.state.route_pending) == (Phase.FAILED, True)
+    assert (held.state.primary_weight, held.state.canary_weight) == (90, 10)
+    assert _rolled_back(held) == [] and _post_rollout(held) == []
+    pending = [e.event for e in held.effects if isinstance(e, Emit)][-1]
+    assert (pending.name, pending.level) == ("rollback.pending", "error")
+    assert pending.fields["error"] == "router lb: refused" and pending.fields["retrying"] is True
+    assert pending.fields["reason"] == decided.state.reason
+    assert core.needs(spec, held.state) == core.Needs()
+    state = held.state
+    for t in range(4):  # refused again and again: retried, never rolled back
+        assert core.pending_route(state) == Route("rollback", 100, 0)
+        again = core.router_failed(spec, state, "router lb: refused", 6.0 + t)
+        assert names(again) == ["router.failed"] and _post_rollout(again) == []
+        state = again.state
+    applied = core.route_applied(spec, state, 20.0)
+    assert (applied.state.primary_weight, applied.state.canary_weight) == (100, 0)
+    assert not applied.state.route_pending and core.pending_route(applied.state) is None
+    assert len(_rolled_back(applied)) == 1 and len(_post_rollout(applied)) == 1
+    fields = _rolled_back(applied)[0].event.fields
+    assert fields["reason"] == original["reason"] == decided.state.reason
+    for key, value in expected.items():
+        assert fields[key] == original[key] == value, key
+    assert (fields["canaryWeight"], fields["primaryWeight"]) == (0, 100)
+
+
+def _promote_at_last_step(spec: CanaryConfig) -> Decision:
+    return run(spec, started(spec), ok(), 6)[-1]
+
+
+def _promote_after_gate(spec: CanaryConfig) -> Decision:
+    state = run(spec, started(spec), ok(), 5)[-1].state
+    waiting = core.decide(spec, state, replace(ok(), gate_open=False), 6.0).state
+    assert waiting.phase is Phase.WAITING_PROMOTION
+    return core.decide(spec, waiting, ok(), 7.0)
+
+
+def _promote_blue_green(spec: CanaryConfig) -> Decision:
+    return run(spec, started(spec), ok(), 3)[-1]
+
+
+def _promote_by_operator(spec: CanaryConfig) -> Decision:
+    return core.promote(spec, core.decide(spec, started(spec), Observation(), 1.0).state, 2.0)
+
+
+PROMOTIONS: dict[str, tuple[Callable[[CanaryConfig], Decision], dict[str, Any]]] = {
+    "last-step": (_promote_at_last_step, {}),
+    "promotion-gate": (
+        _promote_after_gate,
+        {"webhooks": [{"name": "p", "type": "confirm-promotion", "url": "http://h/"}]},
+    ),
+    "blue-green": (_promote_blue_green, {"stepWeight": None, "maxWeight": None, "iterations": 1}),
+    "operator": (_promote_by_operator, {}),
+}
+
+
+@pytest.mark.parametrize("path", list(PROMOTIONS))
+def test_a_promote_the_router_answered_with_an_error_is_a_promotion_under_way(path: str) -> None:
+    """However promote was sent, an error answer (the router may have applied it) leaves the
+    rollout Promoting with the route pending: no failed check and no rollback however often it is
+    refused; once confirmed the promotion continues."""
+    make, keys = PROMOTIONS[path]
+    spec = canary(threshold=1, **keys)
+    decided = make(spec)
+    promote = routes(decided)[-1]
+    assert promote.action == "promote", routes(decided)
+    held = core.route_refused(spec, decided, "promote", "router lb: timeout", 9.0)
+    assert held is not None
+    assert (held.state.phase, held.state.route_pending) == (Phase.PROMOTING, True)
+    assert held.state.failed_checks == decided.state.failed_checks == 0
+    assert "check.failed" not in names(held) and names(held)[-1] == "router.failed"
+    state = held.state
+    for t in range(5):
+        assert core.needs(spec, state) == core.Needs(), "nothing is judged or advanced"
+        assert core.pending_route(state) == promote
+        again = core.router_failed(spec, state, "router lb: timeout", 10.0 + t)
+        assert again.state == state and routes(again) == []
+        state = again.state
+    assert state.failed_checks == 0 and state.phase is Phase.PROMOTING
+    applied = core.route_applied(spec, state, 20.0).state
+    assert not applied.route_pending and core.needs(spec, applied).promotion
+    after = core.decide(spec, applied, Observation(), 21.0)
+    assert routes(after) == [Route("route", 100, 0)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda spec: core.decide(spec, started(spec), Observation(), 1.0),
+        lambda spec: run(spec, started(spec), ok(), 2)[-1],
+    ],
+    ids=["first-step", "next-step"],
+)
+def test_a_route_towards_the_canary_the_router_refused_is_judged_as_a_failed_check(
+    make: Any,
+) -> None:
+    """A refused route towards the canary is not one of the routes held as pending: the caller
+    records a failed check on the state before it (router_failed)."""
+    spec = canary()
+    decided = make(spec)
+    assert routes(decided)[-1].action == "route"
+    assert core.route_refused(spec, decided, "route", "router lb: refused", 3.0) is None
+
+
+def test_a_paused_promotion_sends_its_pending_promote_again_once_resumed() -> None:
+    """Paused with promote pending, nothing is sent; resumed, the promote is sent first."""
+    spec = canary()
+    decided = core.promote(spec, core.decide(spec, started(spec), Observation(), 1.0).state, 2.0)
+    held = core.route_refused(spec, decided, "promote", "router lb: refused", 3.0)
+    assert held is not None
+    paused = core.pause(spec, held.state, 4.0).state
+    assert core.pending_route(paused) is None and core.needs(spec, paused) == core.Needs()
+    resumed = core.resume(spec, paused, 5.0).state
+    assert core.pending_route(resumed) == Route("promote", 90, 10)

@@ -78,14 +78,19 @@ def test_openapi_document_is_valid() -> None:
 
 
 async def test_openapi_paths_are_the_app_routes(tmp_path: Path) -> None:
-    """Every route of the app is documented with its method, and nothing else is."""
+    """Every API route of the app is documented with its method, and nothing else is.
+
+    The dashboard's pages under ``/ui`` are not API (docs/api.md, "Dashboard").
+    """
     async with backends() as (prom, router):
         cfg = service_config(tmp_path, prom, router, [canary()])
         app = make_app(Daemon(cfg, load_config(cfg)))
     routes = {
         (route.method.lower(), re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.resource.canonical))
         for route in app.router.routes()
-        if route.method != "HEAD" and route.resource is not None
+        if route.method != "HEAD"
+        and route.resource is not None
+        and not route.resource.canonical.startswith("/ui")
     }
     documented = {(m, p) for p, ops in document()["paths"].items() for m in ops}
     assert routes == documented
@@ -355,8 +360,8 @@ async def test_approving_a_gate_the_canary_lacks_is_refused(api: Api) -> None:
 
 
 async def test_a_command_whose_route_fails_answers_the_router_error(tmp_path: Path) -> None:
-    """promote while the router answers 500 is a 502 carrying the router's message, and adds
-    no failed check."""
+    """promote while the router answers 500 is a 502 carrying the router's message, adds no
+    failed check, and says the promotion has begun (the router may have applied it)."""
     async with backends() as (prom, router):
         cfg = service_config(tmp_path, prom, router, [canary(interval="1h")])
         async with running_daemon(cfg) as daemon, aiohttp.ClientSession() as session:
@@ -372,6 +377,7 @@ async def test_a_command_whose_route_fails_answers_the_router_error(tmp_path: Pa
             router.statuses = [500]
             status, body, _ = await api.call("POST", base + "/promote")
             assert status == 502 and "500" in body["error"]
-            assert body["error"].startswith("router refused the command: ")
+            assert body["error"].startswith("router refused the command: promotion begun")
             _, detail, _ = await api.call("GET", base)
-            assert (detail["phase"], detail["failedChecks"]) == ("Progressing", 0)
+            assert (detail["phase"], detail["failedChecks"]) == ("Promoting", 0)
+            assert detail["routePending"] is True

@@ -212,3 +212,27 @@ def test_status_table_shows_the_failing_metric() -> None:
         "lastCheck": {"time": 1.0, "outcome": "fail", "reason": "success 97.2 < min 99"},
     }
     assert render_table([row]).splitlines()[1].endswith("1/5     fail: success 97.2 < min 99")
+
+
+@pytest.mark.parametrize(
+    ("phase", "shown"),
+    [("Failed", "Failed (pending)"), ("Promoting", "Promoting (pending)")],
+)
+def test_status_table_marks_a_route_the_router_has_not_confirmed(phase: str, shown: str) -> None:
+    """A rollback or promote whose route is pending shows as pending, columns still aligned."""
+    rows = [
+        {
+            "namespace": "prod",
+            "name": name,
+            "phase": p,
+            "revision": "v2",
+            "canaryWeight": 20,
+            "failedChecks": 0,
+            "threshold": 5,
+            "routePending": p != "Progressing",
+        }
+        for name, p in (("web", phase), ("api", "Progressing"))
+    ]
+    lines = render_table(rows).splitlines()
+    assert lines[1][len("prod/web  ") :].startswith(f"{shown} v2")
+    assert len({line.index("v2") for line in lines[1:]} | {lines[0].index("REVISION")}) == 1

@@ -72,3 +72,32 @@ async def test_wait_reports_an_error_answer_at_once() -> None:
     client = ScriptedClient([ClientError("no canary prod/web (HTTP 404)")])
     with pytest.raises(ClientError, match="HTTP 404"):
         await _follow(client, "prod/web", 30, "r1")
+
+
+PENDING: dict[str, Any] = {"routePending": True, "reason": "sr 90 < min 99", "failedChecks": 5}
+
+
+async def test_wait_says_rolled_back_only_once_the_router_applied_the_rollback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rollback the router has not confirmed keeps the wait going, shown as not applied yet;
+    "rolled back" and exit 1 come once it is applied."""
+    applied = state("Failed", canaryWeight=0, reason="sr 90 < min 99", failedChecks=5)
+    client = ScriptedClient([state("Failed", **PENDING), state("Failed", **PENDING), applied])
+    assert await _follow(client, "prod/web", 30, "r1") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "rollback not applied yet" in lines[0] and "rolled back" not in lines[0]
+    assert lines[-1] == "prod/web: rolled back: sr 90 < min 99"
+    assert sum("rolled back" in line for line in lines) == 1
+
+
+async def test_wait_times_out_with_its_own_code_while_the_rollback_is_not_applied(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rollback still refused by the router when --timeout runs out exits 4, never claiming
+    it was rolled back."""
+    client = ScriptedClient([state("Failed", **PENDING)])
+    assert await _follow(client, "prod/web", 1.5, "r1") == 4
+    out, err = capsys.readouterr()
+    assert "rolled back" not in out
+    assert "rollback decided (sr 90 < min 99) but not applied yet" in err

@@ -439,3 +439,29 @@ def test_url_file_without_a_scheme_is_refused_without_showing_it(tmp_path: Path)
         "with http:// or https://"
     ]
     assert "SECRET" not in found[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nul", None, "contains a NUL byte"),
+        ("latin1", b"caf\xe9-token\n", "is not UTF-8 text"),
+    ],
+    ids=["nul-in-path", "not-utf8"],
+)
+def test_unreadable_secrets_are_secret_errors(
+    tmp_path: Path, name: str, content: bytes | None, message: str
+) -> None:
+    """A secret path with a NUL byte or a secret file that is not UTF-8 is a SecretError."""
+    from canaryd.config.models import read_secret
+    from canaryd.errors import SecretError
+
+    path = tmp_path / name
+    if content is None:
+        target = str(path) + "\x00x"
+    else:
+        path.write_bytes(content)
+        path.chmod(0o600)
+        target = str(path)
+    with pytest.raises(SecretError, match=message):
+        read_secret(target)

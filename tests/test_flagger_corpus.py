@@ -235,7 +235,11 @@ def test_corpus_maps_onto_flaggers_behaviour(corpus: Path) -> None:
     assert blog is not None
     ranges = [m.thresholdRange for m in blog.analysis.metrics][:2]
     assert [(r.min, r.max) for r in ranges if r is not None] == [(97.0, None), (None, 400.0)]
-    assert "cart-errors-datadog" not in settings.templates
+    datadog = settings.templates["cart-errors-datadog"].provider  # secretRef: files
+    assert settings.providers[datadog].model_dump(include={"type", "api_key_file"}) == {
+        "type": "datadog",
+        "api_key_file": str(corpus / "corpus" / "secrets" / "datadog" / "datadog_api_key"),
+    }
 
 
 def test_every_mapped_field_is_in_the_moving_from_flagger_doc() -> None:

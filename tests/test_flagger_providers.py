@@ -148,8 +148,8 @@ def test_unknown_template_provider_type_is_a_warning_naming_the_supported_ones(
     loaded = load_config(write(tmp_path, "c.yaml", only_influx), environ={})
     assert "graphite-request-success-rate" not in loaded.settings.templates
     assert any(
-        "provider type 'splunk' is not supported (canaryd queries: graphite, influxdb, "
-        "prometheus)" in w
+        "provider type 'splunk' is not supported (canaryd queries: cloudwatch, datadog, "
+        "dynatrace, graphite, influxdb, newrelic, prometheus)" in w
         for w in loaded.warnings
     ), loaded.warnings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from canaryd.core.analysis import CanaryState
+from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import RouterError, WebhookError
 from canaryd.http import HttpRequest, HttpResponse, post_json
 from canaryd.routers.httpapi import ATTEMPTS, call
@@ -137,3 +137,17 @@ def test_fake_clock_moves_only_when_told() -> None:
     assert clock() == 1000.0
     clock.advance(30)
     assert clock() == 1030.0
+
+
+async def test_store_lists_rollouts_newest_first(any_store: StateStore) -> None:
+    """Both stores list a canary's rollouts newest first with id, revision, phase, outcome."""
+    first = CanaryState(phase=Phase.FAILED, revision="v1", rollout_id="r1")
+    second = CanaryState(phase=Phase.PROGRESSING, revision="v2", rollout_id="r2")
+    await any_store.save("p/a", first, None, [], [])
+    await any_store.save("p/a", second, None, [], [])
+    fields = ("id", "revision", "phase", "outcome")
+    listed = [tuple(r[f] for f in fields) for r in await any_store.rollouts("p/a")]
+    assert listed == [("r2", "v2", "Progressing", "running"), ("r1", "v1", "Failed", "rolled_back")]
+    one = await any_store.rollout("p/a", "r1")
+    assert one is not None and (one["id"], one["checks"], one["events"]) == ("r1", [], [])
+    assert await any_store.rollout("p/a", "nope") is None

@@ -78,7 +78,7 @@ def test_example_config_loads() -> None:
     """The shipped example loads, includes the Flagger file and warns once about k8s fields."""
     loaded = load_config(EXAMPLE, environ={"PATH": "/usr/bin"})
     assert summary(loaded) == (
-        "config OK: 5 canaries, 2 providers, 2 routers, 8 notifiers, 3 templates (2 files)"
+        "config OK: 5 canaries, 2 providers, 5 routers, 8 notifiers, 3 templates (2 files)"
     )
     assert [Path(f).name for f in loaded.files] == ["canaryd.example.yaml", "flagger-canary.yaml"]
     assert len(loaded.warnings) == 4  # ignored fields, two differences from Flagger, disableTLS
@@ -132,9 +132,15 @@ def test_example_mentions_every_key() -> None:
 
 
 def test_example_exercises_every_type() -> None:
-    """The example uses both router types, every notifier type and every webhook type."""
+    """The example uses every router type, every notifier type and every webhook type."""
     s = load_config(EXAMPLE, environ={"PATH": "/usr/bin"}).settings
-    assert {r.type for r in s.routers.values()} == {"haproxy", "webhook"}
+    assert {r.type for r in s.routers.values()} == {
+        "haproxy",
+        "webhook",
+        "nginx",
+        "envoy",
+        "traefik",
+    }
     assert {n.type for n in s.notifiers.values()} == {
         "slack",
         "msteams",
@@ -185,9 +191,27 @@ MODEL_CASES = [
     ),
     (
         "router-type",
-        "routers:\n  r: {type: nginx}\n",
-        "c.yaml:2:7: routers.r.type: unknown router type 'nginx'; "
-        "expected one of: alb, caddy, consul, exec, haproxy, webhook",
+        "routers:\n  r: {type: lighttpd}\n",
+        "c.yaml:2:7: routers.r.type: unknown router type 'lighttpd'; "
+        "expected one of: alb, caddy, consul, envoy, exec, haproxy, nginx, traefik, webhook",
+    ),
+    (
+        "nginx-server-word",
+        "routers:\n  r: {type: nginx, file: /f, upstream: web, primary: [a:80], "
+        "canary: 'b:80; down'}\n",
+        "c.yaml:2:62: routers.r.canary: 'b:80; down': one word without spaces, quotes, "
+        "';', '{', '}' or '#'",
+    ),
+    (
+        "envoy-admin-url",
+        "routers:\n  r: {type: envoy, file: /f, route_config: web, primary: p, canary: c, "
+        "admin: 'localhost:9901'}\n",
+        "c.yaml:2:72: routers.r.admin: must be an http:// or https:// URL (got 'localhost:9901')",
+    ),
+    (
+        "traefik-missing-service",
+        "routers:\n  r: {type: traefik, file: /f, primary: p, canary: c}\n",
+        "c.yaml:2:3: routers.r: missing key 'service'",
     ),
     (
         "router-missing-type",
@@ -198,7 +222,8 @@ MODEL_CASES = [
         "provider-type",
         "providers:\n  p: {type: splunk}\n",
         "c.yaml:2:7: providers.p.type: unknown provider type 'splunk'; "
-        "expected one of: graphite, influxdb, prometheus, web",
+        "expected one of: cloudwatch, datadog, dynatrace, graphite, influxdb, newrelic, "
+        "prometheus, web",
     ),
     (
         "notifier-type",
@@ -613,7 +638,7 @@ def test_secret_env(tmp_path: Path, text: str, expected: str) -> None:
 
 
 UNKNOWN_TOP = (
-    "valid keys: api, canaries, include, listen, log, meshProvider, notifiers, outbox, "
+    "valid keys: api, canaries, history, include, listen, log, meshProvider, notifiers, outbox, "
     "providers, routers, state, templates"
 )
 
@@ -921,7 +946,10 @@ def test_flagger_manifests_map_onto_the_model(tmp_path: Path) -> None:
         ("on-call", "on-call", "error")
     ]
     assert loaded.settings.templates["latency"].provider == "latency-provider"
-    assert loaded.settings.providers["latency-provider"].address == "http://prom.example:9090"
+    assert (
+        loaded.settings.providers["latency-provider"].model_dump()["address"]
+        == "http://prom.example:9090"
+    )
     notifier = loaded.settings.notifiers["on-call"]
     assert (notifier.type, notifier.url, notifier.channel, notifier.username) == (
         "gchat",
@@ -1152,8 +1180,8 @@ def test_env_overrides_nested_key(tmp_path: Path) -> None:
         "CANARYD_LOG__LEVEL": "debug",
     }
     settings = load(tmp_path, canary(), environ=env).settings
-    assert settings.providers["prom"].address == "http://thanos:9090"
-    assert settings.providers["prom"].insecureSkipVerify is True
+    assert settings.providers["prom"].model_dump()["address"] == "http://thanos:9090"
+    assert settings.providers["prom"].model_dump()["insecureSkipVerify"] is True
     assert settings.log.level == "debug"
 
 

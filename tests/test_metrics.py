@@ -161,6 +161,27 @@ def test_rollouts_finished_counts_transitions(
     )
 
 
+def test_a_rollback_is_counted_once_the_router_applied_it() -> None:
+    """A Failed rollout whose rollback route is pending is not counted as rolled back (and
+    shows as pending); it is counted once, when the router confirms the route."""
+    metrics = DaemonMetrics()
+    metrics.track("prod/web", CanaryState(phase=Phase.PROGRESSING))
+    labels = {"namespace": "prod", "name": "web"}
+    pending = CanaryState(phase=Phase.FAILED, route_pending=True)
+    metrics.changed("prod/web", pending)
+    metrics.changed("prod/web", pending)
+    metrics.snapshot = Snapshot(
+        canaries=(CanarySample("prod", "web", pending, 5, "canary", 0.0, None),)
+    )
+    got = samples(metrics.render().decode())
+    assert value(got, "canaryd_rollouts_finished_total", **labels, result="rolled_back") == 0
+    assert value(got, "canaryd_canary_route_pending", **labels) == 1
+    metrics.changed("prod/web", CanaryState(phase=Phase.FAILED))
+    metrics.changed("prod/web", CanaryState(phase=Phase.FAILED))
+    got = samples(metrics.render().decode())
+    assert value(got, "canaryd_rollouts_finished_total", **labels, result="rolled_back") == 1
+
+
 def test_shipped_alerting_rules_pass_promtool() -> None:
     """``promtool check rules`` accepts config/prometheus-rules.yaml."""
     result = subprocess.run(
@@ -170,11 +191,12 @@ def test_shipped_alerting_rules_pass_promtool() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_shipped_alerting_rules_fire_as_intended() -> None:
-    """``promtool test rules``: rolled back, down, outbox stuck and provider failing fire."""
+    """``promtool test rules``: rolled back, route not applied, down, outbox stuck and provider
+    failing fire."""
     result = subprocess.run(
         [promtool(), "test", "rules", str(ROOT / "tests" / "prometheus_rules_test.yaml")],
         capture_output=True,

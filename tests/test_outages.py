@@ -224,36 +224,121 @@ async def test_router_down_counts_failed_checks_and_never_records_unapplied_weig
     assert [b["action"] for b in router.keys.values()] == ["rollback"]
 
 
-async def test_router_refusing_the_promotion_never_records_it(
+async def test_router_refusing_the_promotion_keeps_it_under_way_and_never_fails_a_check(
     tmp_path: Path, prometheus: PrometheusServer, unique_job: str
 ) -> None:
-    """While the router answers 503 to promote, the canary is never Promoting nor Succeeded."""
+    """While the router answers 503 to promote (it may have applied it), the rollout is Promoting
+    with the route pending: never a failed check, never a rollback, never Succeeded; once the
+    router takes promote the promotion finishes."""
     await seed(prometheus, unique_job)
     async with StandIn() as server:
         router = DedupRouter(server)
         dedupe = server.handler
+        refused: list[str] = []
 
         async def refuse_promote(request: web.Request, body: bytes) -> web.StreamResponse:
             if request.path == "/routes" and json.loads(body)["action"] == "promote":
+                refused.append("promote")
                 return web.Response(status=503, text="deployer busy")
             return await dedupe(request, body)
 
         server.handler = refuse_promote
-        cfg = config(tmp_path, unique_job, prometheus.url, server.url, threshold=10)
+        cfg = config(tmp_path, unique_job, prometheus.url, server.url, threshold=2)
         seen: list[dict[str, Any]] = []
         async with running_daemon(cfg), client_for(cfg) as client:
             await client.post(f"{KEY}/rollouts", {"revision": "v2"})
-            refused = await wait_for_state(
-                client, KEY, lambda s: _note(seen, s) and s["failedChecks"] >= 3
-            )
+            await wait_for_state(client, KEY, lambda s: _note(seen, s) and s["routePending"])
+            # 4 ticks of 3 attempts each: twice what threshold 2 would have rolled back on
+            await eventually(lambda: _refusals(refused), lambda n: n >= 4 * 3, within=20)
+            pending = await client.get(KEY)
             server.handler = dedupe
             final = await finished(client, "v2")
-    assert {s["phase"] for s in seen} == {"Progressing"}, {s["phase"] for s in seen}
-    assert refused["canaryWeight"] == 50 and "HTTP 503: deployer busy" in refused["reason"]
-    assert (final["phase"], final["canaryWeight"]) == ("Succeeded", 0)
+            events = [e["event"] for e in (await client.get(KEY))["events"]]
+    assert {s["phase"] for s in seen} <= {"Progressing", "Promoting"}
+    assert (pending["phase"], pending["routePending"]) == ("Promoting", True), pending
+    assert (pending["canaryWeight"], pending["failedChecks"]) == (50, 0), pending
+    assert (final["phase"], final["canaryWeight"], final["failedChecks"]) == ("Succeeded", 0, 0)
+    assert "check.failed" not in events and "rollout.rolled_back" not in events
     actions = [(b["action"], b["canaryWeight"]) for b in router.keys.values()]
     assert actions == [("route", 25), ("route", 50), ("promote", 50), ("route", 0)]
     assert router.applied[KEY] == (100, 0)
+
+
+async def test_router_refusing_the_rollback_reports_it_only_once_applied(
+    tmp_path: Path, prometheus: PrometheusServer, unique_job: str
+) -> None:
+    """While the router answers 503 to the rollback route, no rollout.rolled_back event, alert
+    or event hook and no post-rollout hook exist (rollback.pending is alerted instead) and
+    `status` says the rollback is pending; once the router takes it, each arrives exactly once."""
+    await seed(prometheus, unique_job, success=90.0)
+    async with StandIn() as server, StandIn() as hooks:
+        router = DedupRouter(server)
+        dedupe = server.handler
+        refused: list[str] = []
+
+        async def refuse_rollback(request: web.Request, body: bytes) -> web.StreamResponse:
+            if request.path == "/routes" and json.loads(body)["action"] == "rollback":
+                refused.append("rollback")
+                return web.Response(status=503, text="lb reloading")
+            return await dedupe(request, body)
+
+        server.handler = refuse_rollback
+        cfg = config(tmp_path, unique_job, prometheus.url, server.url, hooks_url=hooks.url)
+        with capture_logs() as logs:
+            async with running_daemon(cfg), client_for(cfg) as client:
+                await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+                # 4 ticks of 3 attempts each after the rollback was decided
+                await eventually(lambda: _refusals(refused), lambda n: n >= 4 * 3, within=20)
+                pending = await client.get(KEY)
+                await eventually(  # the pending alert was delivered: so would a rolled_back be
+                    lambda: _seen(hooks, "/alerts"),
+                    lambda seen: "rollback.pending" in seen,
+                    within=10,
+                )
+                before = {path: _delivered(hooks, path) for path in ("/alerts", "/events")}
+                posts_before = _delivered(hooks, "/post")
+                server.handler = dedupe
+                final = await wait_for_state(client, KEY, lambda s: not s["routePending"])
+                await eventually(
+                    lambda: _seen(hooks, "/post"), lambda seen: len(seen) == 1, within=10
+                )
+                await anyio.sleep(1.0)  # three more ticks: nothing is reported twice
+                after = {path: _delivered(hooks, path) for path in ("/alerts", "/events", "/post")}
+                recorded = [e["event"] for e in (await client.get(KEY))["events"]]
+    assert (pending["phase"], pending["routePending"], pending["canaryWeight"]) == (
+        "Failed",
+        True,
+        25,
+    ), pending
+    assert all("rollout.rolled_back" not in seen for seen in before.values()), before
+    assert "rollout.rolled_back" not in [e["event"] for e in pending["events"]]
+    assert "rollback.pending" in [e["event"] for e in pending["events"]]
+    assert posts_before == []
+    assert recorded.count("rollout.rolled_back") == 1, recorded
+    assert (final["phase"], final["canaryWeight"], final["primaryWeight"]) == ("Failed", 0, 100)
+    assert after["/alerts"].count("rollout.rolled_back") == 1, after["/alerts"]
+    assert after["/events"].count("rollout.rolled_back") == 1, after["/events"]
+    assert len(after["/post"]) == 1
+    assert [b["action"] for b in router.keys.values()][-1] == "rollback"
+    assert router.applied[KEY] == (100, 0)
+    assert not crashes(logs)
+
+
+async def _seen(server: StandIn, path: str) -> list[str]:
+    """:func:`_delivered`, for :func:`eventually`."""
+    return _delivered(server, path)
+
+
+def _delivered(server: StandIn, path: str) -> list[str]:
+    """The event names delivered to ``path``, one per idempotency key (redeliveries once)."""
+    names: dict[str, str] = {}
+    for r in server.requests:
+        if r.path == path:
+            body = json.loads(r.body)
+            event = body.get("event")
+            name = event.get("event") if isinstance(event, dict) else event
+            names.setdefault(r.headers["Idempotency-Key"], str(name))
+    return list(names.values())
 
 
 async def test_router_failing_after_promote_never_rolls_back(

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -349,7 +349,8 @@ async def test_recorded_weights_are_the_last_the_router_confirmed(
     tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Blue/green whose router takes ``route 0/100`` but refuses ``promote``: the recorded
-    weights are the confirmed 0/100 on every tick, and the failed promote counts as a check."""
+    weights are the confirmed 0/100 on every tick, and the refused promote (which the router
+    may have applied) is a promotion under way, never a failed check."""
     router = PickyRouter(refuse={"promote"})
     cfg = settings(tmp_path, stepWeight=None, maxWeight=None, iterations=1, threshold=3)
     r = runner(cfg, store, session, FakeProvider(), router)
@@ -359,27 +360,45 @@ async def test_recorded_weights_are_the_last_the_router_confirmed(
         last = router.requests[-1] if router.requests else None
         confirmed = (last.primary_weight, last.canary_weight) if last else (100, 0)
         assert (r.state.primary_weight, r.state.canary_weight) == confirmed
-    assert confirmed == (0, 100) and r.state.failed_checks == 2
+    assert confirmed == (0, 100) and r.state.failed_checks == 0
+    assert (r.state.phase, r.state.route_pending) == (Phase.PROMOTING, True)
+    assert [q.action for q in router.requests] == ["route"]
 
 
-async def test_promote_with_the_router_down_answers_its_error_and_counts_nothing(
+async def test_promote_with_the_router_down_begins_the_promotion_and_retries_it(
     tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
-    """An operator's promote whose route fails raises the router's error; no failed check is
-    added and nothing changes."""
+    """An operator's promote whose route fails raises the router's error, but the promotion has
+    begun (the router may have applied it): Promoting with the route pending, no failed check,
+    and the promote is sent again each tick until the router takes it."""
     router = FakeRouter()
     r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider(), router)
     await r.start_rollout("v2", {})
     await r.tick()
-    before = r.state
     router.down = True
-    with pytest.raises(RouterError, match="connection refused"):
+    with pytest.raises(RouterError, match=r"promote pending.*connection refused"):
         await r.command(lambda s, now: core.promote(r.spec, s, now))
-    # the promotion was recorded before its route, then reverted: only the decision
-    # number moved on (docs/reliability.md, "Decisions and state")
-    assert replace(r.state, seq=0) == replace(before, seq=0) and r.state.failed_checks == 0
-    stored = (await store.load_states())["prod/web"]
-    assert replace(stored, seq=0) == replace(before, seq=0)
+    pending = r.state
+    assert (pending.phase, pending.route_pending, pending.failed_checks) == (
+        Phase.PROMOTING,
+        True,
+        0,
+    )
+    assert pending.canary_weight == 25, "the weights the router confirmed last"
+    assert (await store.load_states())["prod/web"] == pending
+    for _ in range(3):
+        await r.tick()
+    assert r.state.phase is Phase.PROMOTING and r.state.failed_checks == 0
+    router.down = False
+    await r.tick()
+    assert [q.action for q in router.requests] == ["route", "promote"]
+    assert not r.state.route_pending
+    await r.tick()
+    await r.tick()
+    final: CanaryState = r.state
+    assert (final.phase, final.canary_weight) == (Phase.SUCCEEDED, 0)
+    events = [e["event"] for e in await store.events("prod/web", 50)]
+    assert events.count("router.failed") == 4 and "rollout.rolled_back" not in events
 
 
 async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
@@ -574,3 +593,97 @@ async def test_abort_pause_promote_do_not_wait_for_a_slow_hook(
     assert state.phase is phase and waited < 3
     assert state.failed_checks == 0 and "check.failed" not in events
     assert events.count("analysis.tick") == 1  # the first tick's only
+
+
+# --------------------------------------------------------------------------- refused rollbacks
+
+
+def _alerting(tmp_path: Path, **analysis: Any) -> Settings:
+    """``settings`` plus a post-rollout hook, an event hook and a default (Flagger) alert."""
+    hooks = [
+        {"name": "notify", "type": "post-rollout", "url": "http://127.0.0.1:9/"},
+        {"name": "audit", "type": "event", "url": "http://127.0.0.1:9/"},
+    ]
+    raw = settings(tmp_path, webhooks=hooks, **analysis).model_dump(mode="json", by_alias=True)
+    raw["notifiers"] = {"pager": {"type": "webhook", "url": "http://127.0.0.1:9/"}}
+    raw["canaries"][0]["alerts"] = [{"name": "pager", "notifier": "pager"}]
+    return Settings.model_validate(raw)
+
+
+def _reported(tmp_path: Path) -> tuple[list[str], list[str], int]:
+    """Alerted event names, events sent to the event hook, and post-rollout hook messages."""
+    rows = outbox(tmp_path)
+    alerts = [body["event"] for target, body in rows if target == "alert:pager"]
+    hooked = [body["event"]["event"] for target, body in rows if target == "hook:audit"]
+    return alerts, hooked, sum(target == "hook:notify" for target, _ in rows)
+
+
+@pytest.mark.parametrize("cause", ["threshold", "abort"])
+async def test_a_refused_rollback_is_reported_only_once_the_router_confirms_it(
+    tmp_path: Path, store: SqliteStore, session: HttpTransport, cause: str
+) -> None:
+    """While the router refuses the rollback route, rollback.pending is stored and alerted but no
+    rollout.rolled_back event, alert or post-rollout hook exists; the tick that gets the route
+    through reports each exactly once, with the decision's reason (and manual flag)."""
+    router = PickyRouter(refuse={"rollback"})
+    provider = FakeProvider([90.0])
+    r = runner(_alerting(tmp_path, threshold=1), store, session, provider, router)
+    await r.start_rollout("v2", {})
+    await r.tick()  # 0 -> 25, not judged yet
+    if cause == "abort":
+        with pytest.raises(RouterError, match="rollback pending"):
+            await r.command(lambda s, now: core.abort(r.spec, s, now))
+    else:
+        await r.tick()  # sr 90 < min 99 at threshold 1: rollback, refused
+    for _ in range(3):
+        await r.tick()
+        assert (r.state.phase, r.state.route_pending, r.state.canary_weight) == (
+            Phase.FAILED,
+            True,
+            25,
+        )
+    events = [e["event"] for e in await store.events("prod/web", 50)]
+    alerts, hooked, post = _reported(tmp_path)
+    assert "rollout.rolled_back" not in events + alerts + hooked and post == 0
+    assert events.count("rollback.pending") == 1 and "rollback.pending" in alerts
+    assert events.count("router.failed") == 3
+    router.refuse.clear()
+    await r.tick()
+    assert (r.state.route_pending, r.state.primary_weight, r.state.canary_weight) == (
+        False,
+        100,
+        0,
+    )
+    stored = await store.events("prod/web", 50)
+    alerts, hooked, post = _reported(tmp_path)
+    assert [e["event"] for e in stored].count("rollout.rolled_back") == 1
+    assert alerts.count("rollout.rolled_back") == 1 and hooked.count("rollout.rolled_back") == 1
+    assert post == 1
+    rolled = next(e for e in stored if e["event"] == "rollout.rolled_back")
+    reason = "aborted by operator" if cause == "abort" else "sr 90 < min 99"
+    assert rolled["reason"] == reason and rolled.get("manual", False) is (cause == "abort")
+    await r.tick()
+    alerts, _, post = _reported(tmp_path)
+    assert alerts.count("rollout.rolled_back") == 1 and post == 1, "reported once, not again"
+
+
+async def test_a_pending_rollback_survives_a_restart_and_is_reported_once_applied(
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
+) -> None:
+    """The held-back rolled_back fields are stored with the state: a new runner from the store
+    applies the rollback and reports it with the reason and manual flag decided before."""
+    router = PickyRouter(refuse={"rollback"})
+    cfg = _alerting(tmp_path)
+    r = runner(cfg, store, session, FakeProvider(), router)
+    await r.start_rollout("v2", {})
+    await r.tick()
+    with pytest.raises(RouterError):
+        await r.command(lambda s, now: core.abort(r.spec, s, now, "bad canary"))
+    stored = (await store.load_states())["prod/web"]
+    assert stored.route_pending and stored.rollback_fields["manual"] is True
+    router.refuse.clear()
+    again = runner(cfg, store, session, FakeProvider(), router, state=stored)
+    await again.tick()
+    rolled = [e for e in await store.events("prod/web", 50) if e["event"] == "rollout.rolled_back"]
+    assert [(e["reason"], e["manual"]) for e in rolled] == [("bad canary", True)]
+    assert _reported(tmp_path)[2] == 1

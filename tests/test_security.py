@@ -331,7 +331,7 @@ def test_insecure_skip_verify_and_disable_tls_are_the_only_keys_that_touch_tls()
     two) can turn verification off (or point it at another trust store)."""
     names = _fields(Settings, set())
     tls = {n for n in names if re.search(r"verify|insecure|ssl|tls|cert|cafile|ca_file", n, re.I)}
-    providers = ("Prometheus", "Graphite", "InfluxDB", "Web")
+    providers = ("Prometheus", "Graphite", "InfluxDB", "Web", "Datadog", "NewRelic", "Dynatrace")
     assert tls == {f"{p}Provider.insecureSkipVerify" for p in providers} | {
         "WebhookSpec.disableTLS"
     }

@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_duration,
         default=3600.0,
         metavar="D",
-        help="with --wait: give up after D (exit 3), e.g. 30m",
+        help="with --wait: give up after D (exit 3; 4 if a rollback is decided but the router "
+        "has not applied it yet), e.g. 30m",
     )
     for verb in ("promote", "abort", "pause", "resume"):
         v = sub.add_parser(verb, parents=[client], help=f"{verb} a rollout")
@@ -267,14 +268,18 @@ async def _poll(client: Any, key: str, lost: list[float]) -> dict[str, Any] | No
 
 
 async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None) -> int:
-    """Print progress until the rollout ends; 0 promoted, 1 rolled back or replaced, 3 timeout.
+    """Print progress until the rollout ends; 0 promoted, 1 rolled back or replaced, 3 timeout,
+    4 timeout while a rollback is decided but not applied by the router yet.
 
-    A daemon restart during the wait is ridden out (the rollout resumes after it).
+    A rollback the router has not confirmed (``routePending``) is not "rolled back": the wait
+    goes on until it is (docs/reliability.md). A daemon restart during the wait is ridden out
+    (the rollout resumes after it).
     """
     from canaryd.client import progress_line
 
     deadline, last = time.monotonic() + wait_for, ""
     lost: list[float] = []
+    pending: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         state = await _poll(client, key, lost)
         if state is None:
@@ -291,13 +296,21 @@ async def _follow(client: Any, key: str, wait_for: float, rollout_id: str | None
         if line != last:
             _say(line, flush=True)
             last = line
+        pending = state if state["phase"] == "Failed" and state.get("routePending") else None
         if state["phase"] == "Succeeded":
             _say(f"{key}: promoted revision {escape(str(state['revision']))}")
             return 0
-        if state["phase"] == "Failed":
+        if state["phase"] == "Failed" and pending is None:
             _say(f"{key}: rolled back: {escape(str(state['reason']))}")
             return 1
         await anyio.sleep(1.0)
+    if pending is not None:
+        _say(
+            f"{key}: rollback decided ({escape(str(pending['reason']))}) but not applied yet "
+            f"after {wait_for:g}s: the router refuses it; canaryd retries it every tick",
+            err=True,
+        )
+        return 4
     _say(f"{key}: still {last} after {wait_for:g}s; giving up waiting", err=True)
     return 3
 

@@ -12,6 +12,10 @@ Included files may hold Flagger manifests (``apiVersion: flagger.app/v1beta1``):
   a provider of the mapped type (:data:`TEMPLATE_PROVIDER_TYPES`), reused when
   one of that type with the same address exists; without an address, the only
   provider of that type.
+  Datadog, CloudWatch, New Relic and Dynatrace templates become a provider of
+  that type, reused when an equal one exists; their ``secretRef`` keys are
+  files of ``secrets/NAME/`` next to the manifest (docs/providers.md,
+  "Flagger MetricTemplates").
 - ``AlertProvider`` becomes ``notifiers[name]`` (``spec.address`` -> ``url``).
 
 Kubernetes-only fields are collected in :attr:`Mapped.ignored` (the loader
@@ -52,6 +56,23 @@ TEMPLATE_PROVIDER_TYPES: dict[str, dict[str, Any]] = {
     "influxdb": {"type": "influxdb", "language": "flux"},  # Flagger's influxdb speaks Flux
 }
 """Flagger MetricTemplate provider types canaryd queries, and the canaryd provider they become."""
+
+SECRET_KEYS = {
+    "datadog": {
+        "api_key_file": "datadog_api_key",
+        "application_key_file": "datadog_application_key",
+    },
+    "newrelic": {"api_key_file": "newrelic_query_key", "account_id_file": "newrelic_account_id"},
+    "dynatrace": {"api_token_file": "dynatrace_token"},
+}
+"""The Flagger secret keys of each SaaS provider type, by the canaryd setting reading them."""
+
+SECRET_FILES = sorted({setting for keys in SECRET_KEYS.values() for setting in keys})
+
+SAAS_TYPES = ("cloudwatch", "datadog", "dynatrace", "newrelic")
+"""Flagger MetricTemplate provider types mapped onto canaryd's SaaS providers (same names)."""
+
+_FLAGGER_PROVIDER_KEYS = ("address", "insecureSkipVerify", "region", "secretRef", "type")
 
 _CANARY_SPEC_K8S = (
     "autoscalerRef",
@@ -405,6 +426,9 @@ def _template_provider(value: Any, out: Mapped) -> None:
     if not isinstance(value, dict):
         out.problem(here, "must be a mapping")
         return
+    if value.get("type") in SAAS_TYPES:
+        _saas_provider(str(value["type"]), value, out)
+        return
     provider: dict[str, Any] = {"type": "prometheus"}
     for key, item in value.items():
         if key == "type":
@@ -412,7 +436,7 @@ def _template_provider(value: Any, out: Mapped) -> None:
                 provider.update(TEMPLATE_PROVIDER_TYPES[item])
                 out.provider_type = provider["type"]
             else:
-                expected = ", ".join(sorted(TEMPLATE_PROVIDER_TYPES))
+                expected = ", ".join(sorted((*TEMPLATE_PROVIDER_TYPES, *SAAS_TYPES)))
                 out.unsupported = (
                     f"MetricTemplate {out.name}: provider type {item!r} is not supported "
                     f"(canaryd queries: {expected}); a canary that uses it is refused"
@@ -437,6 +461,42 @@ def _template_provider(value: Any, out: Mapped) -> None:
     if isinstance(address, str):
         out.prometheus_address = address
         out.provider_entry = provider
+
+
+def _saas_provider(kind: str, value: dict[str, Any], out: Mapped) -> None:
+    """A datadog/cloudwatch/newrelic/dynatrace ``spec.provider`` (docs/providers.md).
+
+    The provider is created whether or not an address is set (each type has a
+    default, or needs none); ``secretRef`` becomes files (configmerge).
+    """
+    here: KeyPath = ("spec", "provider")
+    provider: dict[str, Any] = {"type": kind}
+    out.provider_type = kind
+    used = ("region",) if kind == "cloudwatch" else ("address", "insecureSkipVerify")
+    for key, item in value.items():
+        if key in used:
+            provider[key] = _nerdgraph(item) if kind == "newrelic" and key == "address" else item
+        elif key == "secretRef" and kind in SECRET_KEYS:
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name:
+                out.problem((*here, key), "must be a mapping with a name")
+            else:
+                out.secret_ref = name
+        elif key in _FLAGGER_PROVIDER_KEYS:
+            if key != "type":
+                out.ignored.append(f"spec.provider.{key}")  # not used by this type
+        else:
+            out.problem((*here, key), unknown_key(str(key), _FLAGGER_PROVIDER_KEYS))
+    if kind in SECRET_KEYS and "secretRef" not in value:
+        out.problem(here, f"missing key 'secretRef' ({kind} reads its keys from a secret)")
+    out.provider_entry = provider
+
+
+def _nerdgraph(address: Any) -> Any:
+    """Flagger's New Relic address is the Insights API's; canaryd asks NerdGraph on ``api.``."""
+    if isinstance(address, str):
+        return address.replace("://insights-api.", "://api.", 1)
+    return address
 
 
 def _headers(value: Any, out: Mapped) -> Any:
@@ -499,6 +559,11 @@ _MAPPERS: dict[str, Callable[[dict[str, Any], dict[str, Any], Mapped], None]] = 
     "MetricTemplate": _map_template,
     "AlertProvider": _map_alert_provider,
 }
+
+
+def find_same(providers: dict[str, Any], entry: dict[str, Any]) -> str | None:
+    """The name of a provider whose entry equals ``entry``, if any."""
+    return next((str(name) for name, p in providers.items() if p == entry), None)
 
 
 def find_provider(providers: dict[str, Any], address: str, kind: str = "prometheus") -> str | None:

@@ -257,7 +257,9 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
     own = mapped.provider_entry is not None and (
         "headers" in mapped.provider_entry or mapped.secret_ref is not None
     )
-    if mapped.prometheus_address is None or mapped.provider_entry is None:
+    if mapped.provider_entry is not None and kind in flagger.SAAS_TYPES:  # docs/providers.md
+        name = flagger.find_same(providers, mapped.provider_entry)
+    elif mapped.prometheus_address is None or mapped.provider_entry is None:
         same = {k: p for k, p in providers.items() if kind == "prometheus" or _typed(p, kind)}
         what = "provider" if kind == "prometheus" else f"{kind} provider"
         name = _only(same, what, "spec.provider.address", here, ctx)
@@ -270,7 +272,14 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
             return
         providers[name] = mapped.provider_entry
         ctx.created.add(name)
-        _move_locs(pending.doc, ("providers", name), [((), ("spec", "provider"))], ctx)
+        moves: list[tuple[KeyPath, KeyPath]] = [((), ("spec", "provider"))]
+        entry = mapped.provider_entry  # secretRef's files are reported at secretRef
+        moves += [
+            ((k,), ("spec", "provider", "secretRef")) for k in flagger.SECRET_FILES if k in entry
+        ]
+        _move_locs(pending.doc, ("providers", name), moves, ctx)
+        if entry.get("type") in flagger.SECRET_KEYS and mapped.secret_ref is None:
+            ctx.suppress.add(("providers", name))  # the missing secretRef is the problem
     if name is not None:
         mapped.entry["provider"] = name
 
@@ -295,6 +304,10 @@ def _secret_files(provider: dict[str, Any], name: str, doc: Doc, ctx: Gathered) 
     InfluxDB, ``token`` and ``org``, as Flagger reads them (docs/providers.md).
     """
     directory = os.path.abspath(os.path.join(os.path.dirname(doc.file), SECRET_DIR, name))
+    keys = flagger.SECRET_KEYS.get(str(provider.get("type")))
+    if keys is not None:  # datadog, newrelic, dynatrace: Flagger's key names (docs/providers.md)
+        provider.update({setting: os.path.join(directory, key) for setting, key in keys.items()})
+        return
     token, user = os.path.join(directory, "token"), os.path.join(directory, "username")
     org = os.path.join(directory, "org")
     if os.path.isfile(token) and provider.get("type") == "influxdb":

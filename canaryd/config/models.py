@@ -152,6 +152,8 @@ def read_secret(
             not set.
     """
     if path:
+        if "\x00" in path:
+            raise SecretError("secret file path contains a NUL byte")
         p = Path(path)
         try:
             mode = p.stat().st_mode
@@ -162,6 +164,8 @@ def read_secret(
             value = p.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise SecretError(f"secret file {path} is not UTF-8 text") from exc
     elif env:
         found = (os.environ if environ is None else environ).get(env)
         if found is None:
@@ -321,8 +325,106 @@ class WebProvider(_HttpProvider):
         return v
 
 
+# SaaS metric APIs (docs/providers.md): one number from a window ending now.
+
+
+class _VendorProvider(Model):
+    """What the Datadog, New Relic and Dynatrace providers share."""
+
+    address: str
+    timeout: Duration = 5.0
+    lookback: Duration = 600.0
+    """Seconds of data an instant query covers, ending now (Flagger: 10 intervals of 1m)."""
+    insecureSkipVerify: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        return PrometheusProvider._http_url(v)
+
+    @field_validator("lookback")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("must be at least 1s")
+        return v
+
+
+class DatadogProvider(_VendorProvider):
+    """Datadog's metrics query API: v1 ``/api/v1/query`` or v2 scalar/timeseries formulas."""
+
+    type: Literal["datadog"]
+    address: str = "https://api.datadoghq.com"
+    api: Literal["v1", "v2"] = "v1"
+    aggregator: Literal["avg", "min", "max", "sum", "last", "area", "l2norm", "percentile"] = "avg"
+    """How v2 scalar queries reduce the window to one number."""
+    api_key_file: str
+    application_key_file: str
+
+
+class NewRelicProvider(_VendorProvider):
+    """New Relic NRQL through NerdGraph (``POST /graphql``)."""
+
+    type: Literal["newrelic"]
+    address: str = "https://api.newrelic.com"
+    lookback: Duration = 60.0
+    account_id: int | None = None
+    account_id_file: str | None = None
+    api_key_file: str
+
+    @model_validator(mode="after")
+    def _one_account(self) -> NewRelicProvider:
+        if (self.account_id is None) == (self.account_id_file is None):
+            raise ValueError("set exactly one of account_id or account_id_file")
+        return self
+
+
+class DynatraceProvider(_VendorProvider):
+    """Dynatrace metrics API v2 (``/api/v2/metrics/query``)."""
+
+    type: Literal["dynatrace"]
+    api_token_file: str
+
+
+class CloudWatchProvider(Model):
+    """Amazon CloudWatch ``GetMetricData``; credentials from the standard AWS chain."""
+
+    type: Literal["cloudwatch"]
+    region: str
+    endpoint_url: str | None = None
+    """Another endpoint than AWS's (a VPC endpoint, a local test server)."""
+    profile: str | None = None
+    """A profile of the shared AWS config/credentials files (default: the chain's choice)."""
+    timeout: Duration = 5.0
+    lookback: Duration = 600.0
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return None if v is None else PrometheusProvider._http_url(v)
+
+    @field_validator("lookback")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        return _VendorProvider._positive(v)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c == "-" for c in v):
+            raise ValueError("must be an AWS region name such as us-east-1")
+        return v
+
+
 ProviderConfig = Annotated[
-    PrometheusProvider | GraphiteProvider | InfluxDBProvider | WebProvider,
+    PrometheusProvider
+    | GraphiteProvider
+    | InfluxDBProvider
+    | WebProvider
+    | DatadogProvider
+    | NewRelicProvider
+    | DynatraceProvider
+    | CloudWatchProvider,
     Field(discriminator="type"),
 ]
 
@@ -354,6 +456,95 @@ class HAProxyRouter(Model):
     """``address``: promote points the primary server at the canary's address
     (``set server ... addr``); ``verify``: promote only checks both servers exist
     (the deploy pipeline redeploys the primary itself). See docs/routers.md."""
+
+
+def _one_or_more(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _proxy_words(values: list[str]) -> list[str]:
+    for value in values:
+        if not value or any(c.isspace() or c in ";{}#'\"\\" for c in value):
+            raise ValueError(f"{value!r}: one word without spaces, quotes, ';', '{{', '}}' or '#'")
+    return values
+
+
+ProxyWords = Annotated[
+    list[str], BeforeValidator(_one_or_more), AfterValidator(_proxy_words), Field(min_length=1)
+]
+"""One or more words that go into a proxy's config file (addresses, names)."""
+
+ProxyWord = Annotated[str, AfterValidator(lambda v: _proxy_words([v])[0])]
+"""One word that goes into a proxy's config file."""
+
+
+def _directive_text(value: str) -> str:
+    if any(c in ";{}#\r\n" for c in value):
+        raise ValueError(
+            f"{value!r}: one directive's text, without ';', '{{', '}}', '#' or newlines"
+        )
+    return value.strip()
+
+
+NginxText = Annotated[str, AfterValidator(_directive_text)]
+"""Text that goes into one NGINX directive (canaryd adds the ``;``)."""
+
+
+class NginxRouter(Model):
+    """NGINX: an ``upstream`` block in an include file (test, reload), or NGINX Plus's API."""
+
+    type: Literal["nginx"]
+    file: str | None = None
+    api: HttpUrl | None = None
+    upstream: Annotated[str, AfterValidator(_check_name)]
+    primary: ProxyWords
+    canary: ProxyWords
+    server_options: NginxText = ""
+    directives: list[NginxText] = Field(default_factory=list)
+    nginx_bin: str = "nginx"
+    conf: str | None = None
+    test_command: list[str] | None = Field(default=None, min_length=1)
+    reload_command: list[str] | None = Field(default=None, min_length=1)
+    pid_path: str | None = "/run/nginx.pid"
+    username: str | None = None
+    password_file: str | None = None
+    timeout: Timeout = 10.0
+
+    @model_validator(mode="after")
+    def _file_or_api(self) -> NginxRouter:
+        if (self.file is None) == (self.api is None):
+            raise ValueError("set exactly one of file (NGINX) or api (NGINX Plus)")
+        return self
+
+
+class EnvoyRouter(Model):
+    """Envoy: canaryd writes the RDS file Envoy watches and reads it back via the admin API."""
+
+    type: Literal["envoy"]
+    file: str
+    admin: HttpUrl = "http://127.0.0.1:9901"
+    route_config: ProxyWord
+    primary: ProxyWord
+    canary: ProxyWord
+    domains: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    prefix: str = "/"
+    log_path: str | None = None
+    timeout: Timeout = 10.0
+
+
+class TraefikRouter(Model):
+    """Traefik: canaryd writes a ``weighted`` service for the file provider, reads it back."""
+
+    type: Literal["traefik"]
+    file: str
+    api: HttpUrl = "http://127.0.0.1:8080"
+    service: Annotated[str, AfterValidator(_check_name)]
+    primary: ProxyWord
+    canary: ProxyWord
+    provider: Annotated[str, AfterValidator(_check_name)] = "file"
+    username: str | None = None
+    password_file: str | None = None
+    timeout: Timeout = 10.0
 
 
 def _http_base(value: str) -> str:
@@ -447,7 +638,15 @@ class ExecRouter(Model):
 
 
 RouterConfig = Annotated[
-    WebhookRouter | HAProxyRouter | CaddyRouter | ConsulRouter | AlbRouter | ExecRouter,
+    WebhookRouter
+    | HAProxyRouter
+    | CaddyRouter
+    | ConsulRouter
+    | AlbRouter
+    | ExecRouter
+    | NginxRouter
+    | EnvoyRouter
+    | TraefikRouter,
     Field(discriminator="type"),
 ]
 
@@ -904,6 +1103,23 @@ class OutboxConfig(Model):
     pollInterval: Timeout = 0.5
 
 
+class HistoryConfig(Model):
+    """How long past rollouts (their checks and events) are kept; see docs/api.md, "History".
+
+    A canary's current rollout is always kept. A finished rollout goes when it
+    is beyond the newest ``keep`` of its canary or older than ``maxAge``; a
+    rolled-back one only beyond the newest ``failedKeep`` failed ones or older
+    than ``failedMaxAge``. A long rollout keeps its newest ``checksPerRollout``
+    check records (and as many events).
+    """
+
+    keep: int = Field(default=20, ge=1)
+    maxAge: Timeout = 30 * 86400.0
+    failedKeep: int = Field(default=50, ge=1)
+    failedMaxAge: Timeout = 90 * 86400.0
+    checksPerRollout: int = Field(default=1000, ge=10)
+
+
 class LogConfig(Model):
     """Logging: JSON lines (journald) or console; ``auto`` picks console on a terminal."""
 
@@ -938,6 +1154,7 @@ class Settings(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     meshProvider: str = "prometheus"
     providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
     routers: dict[Name, RouterConfig] = Field(default_factory=dict)

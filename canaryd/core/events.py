@@ -33,10 +33,22 @@ EVENTS: dict[str, tuple[Level, str]] = {
         "the primary is being promoted.",
     ),
     "rollout.promoted": ("info", "The rollout succeeded; all traffic is on the new primary."),
-    "rollout.rolled_back": ("error", "The rollout failed and traffic went back to the primary."),
+    "rollout.rolled_back": (
+        "error",
+        "The rollout failed and the router confirmed that all traffic went back to the primary.",
+    ),
+    "rollback.pending": (
+        "error",
+        "A rollback was decided but the router refused its route (`error`); canaryd sends it "
+        "again every tick and reports `rollout.rolled_back` once the router confirms it.",
+    ),
     "rollout.paused": ("info", "An operator paused the analysis."),
     "rollout.resumed": ("info", "An operator resumed the analysis."),
-    "router.failed": ("error", "The router did not apply the requested weights."),
+    "router.failed": (
+        "error",
+        "The router answered a route with an error or not at all (`error`); with `retrying` "
+        "the route is sent again every tick (a pending rollback, a promotion under way).",
+    ),
     "analysis.tick": ("info", "One analysis tick, with every metric's value and bounds."),
     "notification.failed": ("error", "An alert or webhook could not be delivered in time."),
     "notification.retrying": ("warning", "A delivery failed and will be retried with backoff."),
@@ -85,9 +97,12 @@ FLAGGER_ALERTS: dict[str, str] = {
     "gate.waiting": "warn",
     "rollout.promoted": "info",
     "rollout.rolled_back": "error",
+    "rollback.pending": "error",
 }
 """The events an alert sends by default (``events: flagger``) and their alert severity: the
-moments Flagger alerts on, with Flagger's severities. A rollback that a ``rollback``
+moments Flagger alerts on, with Flagger's severities (Flagger alerts a threshold rollback when
+it decides it, before routing: canaryd's ``rollback.pending`` when the router refuses that
+route). A rollback that a ``rollback``
 webhook or an operator asked for is ``warn``, as in Flagger (docs/flagger.md)."""
 
 ALERTABLE = frozenset(
@@ -164,12 +179,15 @@ DECISION_FIELDS = {
     "failedChecks": "failed checks so far in this rollout",
     "threshold": "failed checks that roll back",
     "iteration": "passed iterations (blue/green, A/B)",
-    "reason": "why a check failed or the rollout ended (check.failed, rollout.rolled_back)",
+    "reason": "why a check failed or the rollout ended (check.failed, rollout.rolled_back, "
+    "rollback.pending)",
     "metric": "the failing metric's name (check.failed, rollout.rolled_back)",
     "value": "its value, null for no data (check.failed, rollout.rolled_back)",
     "min": "its lower bound, inclusive (check.failed, rollout.rolled_back)",
     "max": "its upper bound, inclusive (check.failed, rollout.rolled_back)",
     "error": "provider, webhook or router error text",
+    "retrying": "true: the route is sent again every tick (router.failed, rollback.pending)",
+    "action": "the router action refused (router.failed of a promote)",
     "gate": "the gate concerned (gate.*, rollout.waiting)",
     "metrics": "every metric as {name, value, min, max[, error]} (analysis.tick)",
     "outcome": "pass, fail or hold (analysis.tick)",
@@ -227,6 +245,7 @@ def events_markdown() -> str:
         "## Alerting examples",
         "",
         '- rolled back: `event="rollout.rolled_back"` (level error; `reason` says why)',
+        '- rollback refused by the router: `event="rollback.pending"` (`error` says why)',
         '- stuck gate: `event="gate.timed_out"`',
         '- lost alerts: `event="notification.failed"`',
         '- disk trouble: `event="state.persist_failed"`',

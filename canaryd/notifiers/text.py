@@ -54,6 +54,7 @@ _TITLES: dict[str, str] = {
     "rollout.promoting": "Promoting",
     "rollout.promoted": "Promoted",
     "rollout.rolled_back": "Rolled back",
+    "rollback.pending": "Rollback not applied yet",
     "rollout.paused": "Paused",
     "rollout.resumed": "Resumed",
     "router.failed": "Router failed",

@@ -1,7 +1,8 @@
 """Metrics providers: the :class:`MetricsProvider` seam and its factory.
 
 One module per implementation (docs/providers.md): ``prometheus`` (and every
-Prometheus-compatible API), ``graphite``, ``influxdb``, ``web``; what they
+Prometheus-compatible API), ``graphite``, ``influxdb``, ``web``, ``datadog``,
+``newrelic``, ``dynatrace``, ``cloudwatch``; what they
 share (retries within the tick's budget, auth, timeouts) is ``base``.
 """
 
@@ -10,8 +11,12 @@ from __future__ import annotations
 from typing import Protocol
 
 from canaryd.config.models import (
+    CloudWatchProvider,
+    DatadogProvider,
+    DynatraceProvider,
     GraphiteProvider,
     InfluxDBProvider,
+    NewRelicProvider,
     PrometheusProvider,
     ProviderConfig,
     WebProvider,
@@ -74,4 +79,25 @@ def build_provider(cfg: ProviderConfig) -> MetricsProvider:
         from canaryd.providers.web import Web
 
         return Web(cfg)
+    return _build_saas(cfg)
+
+
+def _build_saas(cfg: ProviderConfig) -> ClosableProvider:
+    """The SaaS providers (docs/providers.md): Datadog, New Relic, Dynatrace, CloudWatch."""
+    if isinstance(cfg, DatadogProvider):
+        from canaryd.providers.datadog import Datadog
+
+        return Datadog(cfg)
+    if isinstance(cfg, NewRelicProvider):
+        from canaryd.providers.newrelic import NewRelic
+
+        return NewRelic(cfg)
+    if isinstance(cfg, DynatraceProvider):
+        from canaryd.providers.dynatrace import Dynatrace
+
+        return Dynatrace(cfg)
+    if isinstance(cfg, CloudWatchProvider):
+        from canaryd.providers.cloudwatch import CloudWatch
+
+        return CloudWatch(cfg)
     raise AssertionError(f"unhandled provider type {cfg!r}")  # config validation prevents this

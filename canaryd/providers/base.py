@@ -19,6 +19,7 @@ them (docs/providers.md, "Common behaviour"):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -225,7 +226,7 @@ class Endpoint:
             target = redirect_target(self.address, resp.location)
             raise ProviderError(f"{self.name} answered {describe_redirect(resp.status, target)}")
         body = scrub_sent(resp.body, headers, self.secret_headers)
-        return parse(Response(resp.status, body, resp.complete))
+        return parse(dataclasses.replace(resp, body=body))  # rate-limit headers kept
 
     def _build_head(self) -> tuple[dict[str, str], bytes]:
         """The headers and their encoded lines (kept when ``static``)."""

@@ -61,6 +61,10 @@ class Response:
     complete: bool
     location: str = ""
     """The ``Location`` header (redirects), as sent."""
+    retry_after: str = ""
+    """The ``Retry-After`` header (rate limits), as sent."""
+    ratelimit_reset: str = ""
+    """The ``X-RateLimit-Reset`` header (vendors' rate limits: docs/providers.md), as sent."""
 
 
 class _Connection(asyncio.Protocol):
@@ -76,6 +80,7 @@ class _Connection(asyncio.Protocol):
         "_keep_alive",
         "_location",
         "_parser",
+        "_rate",
         "_seen",
         "_size",
         "_status",
@@ -101,6 +106,7 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._encoded = False  # a Content-Encoding other than identity
         self._location = b""
+        self._rate: dict[bytes, bytes] = {}  # Retry-After, X-RateLimit-Reset
         self._seen = 0  # bytes received for the request in flight
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -193,6 +199,8 @@ class _Connection(asyncio.Protocol):
             self._encoded = True
         elif lowered == b"location":
             self._location = value
+        elif lowered in (b"retry-after", b"x-ratelimit-reset"):
+            self._rate[lowered] = value
 
     def on_headers_complete(self) -> None:
         if 100 <= self._parser.get_status_code() < 200:
@@ -213,6 +221,7 @@ class _Connection(asyncio.Protocol):
         if not self._headers_done:  # the end of an interim answer (100 Continue, 103 ...)
             self._delimited = self._encoded = False
             self._location = b""
+            self._rate = {}
             return
         if self._encoded:
             self._fail(TransportError("answer has a Content-Encoding that was not asked for"))
@@ -229,6 +238,7 @@ class _Connection(asyncio.Protocol):
         self._headers_done = self._delimited = self._answered = self._encoded = False
         self._stray = False
         self._location = b""
+        self._rate = {}
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return waiter
@@ -241,7 +251,17 @@ class _Connection(asyncio.Protocol):
         if not complete:
             body = body[: self._cap]
         location = self._location.decode("latin-1")
-        waiter.set_result(Response(self._status, body, complete, location))
+        rate = {k: v.decode("latin-1") for k, v in self._rate.items()}
+        waiter.set_result(
+            Response(
+                self._status,
+                body,
+                complete,
+                location,
+                rate.get(b"retry-after", ""),
+                rate.get(b"x-ratelimit-reset", ""),
+            )
+        )
         if not (complete and self._keep_alive):
             self.close()
 

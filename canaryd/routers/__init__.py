@@ -9,9 +9,12 @@ from canaryd.config.models import (
     AlbRouter,
     CaddyRouter,
     ConsulRouter,
+    EnvoyRouter,
     ExecRouter,
     HAProxyRouter,
+    NginxRouter,
     RouterConfig,
+    TraefikRouter,
     WebhookRouter,
 )
 from canaryd.core.analysis import Action as Action
@@ -76,6 +79,8 @@ def build_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
         from canaryd.routers.haproxy import HAProxyRuntime
 
         return HAProxyRuntime(cfg)
+    if isinstance(cfg, NginxRouter | EnvoyRouter | TraefikRouter):
+        return _build_file_router(cfg, http)
     return _build_api_router(name, cfg, http)
 
 
@@ -102,3 +107,24 @@ def _build_api_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Rout
 
         return ExecCommand(cfg, name=name)
     raise AssertionError(f"unhandled router type {cfg!r}")  # config validation prevents this
+
+
+def _build_file_router(
+    cfg: NginxRouter | EnvoyRouter | TraefikRouter, http: HttpTransport
+) -> Router:
+    """The routers that write a file for a proxy (``docs/routers.md``)."""
+    if isinstance(cfg, NginxRouter) and cfg.api is not None:
+        from canaryd.routers.nginx_plus import NginxPlusRouter
+
+        return NginxPlusRouter(cfg, http)
+    if isinstance(cfg, NginxRouter):
+        from canaryd.routers.nginx import NginxFileRouter
+
+        return NginxFileRouter(cfg)
+    if isinstance(cfg, EnvoyRouter):
+        from canaryd.routers.envoy import EnvoyFileRouter
+
+        return EnvoyFileRouter(cfg, http)
+    from canaryd.routers.traefik import TraefikFileRouter
+
+    return TraefikFileRouter(cfg, http)

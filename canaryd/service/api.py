@@ -21,6 +21,7 @@ import anyio.abc
 import structlog
 from aiohttp import web
 
+from canaryd import ui
 from canaryd.config.models import CanaryConfig
 from canaryd.core import analysis as core
 from canaryd.core.analysis import CanaryState
@@ -219,6 +220,42 @@ async def get_canary(request: web.Request) -> web.Response:
     return web.json_response(body, dumps=_dumps)
 
 
+ROLLOUTS_LIMIT = 200
+"""The most rollouts one history answer lists (``?limit=``, default 50)."""
+
+
+def _limit(request: web.Request, default: int = 50) -> int:
+    """The ``limit`` query parameter, 1..``ROLLOUTS_LIMIT``.
+
+    Raises:
+        HTTPBadRequest: not a whole number in range.
+    """
+    raw = request.query.get("limit", str(default))
+    # str.isdigit() accepts digits int() refuses (superscripts): ASCII digits only
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= ROLLOUTS_LIMIT:
+        raise web.HTTPBadRequest(reason=f"limit must be a whole number from 1 to {ROLLOUTS_LIMIT}")
+    return int(raw)
+
+
+async def list_rollouts(request: web.Request) -> web.Response:
+    """A canary's rollouts, newest first (docs/api.md, "History")."""
+    _authorize_read(request)
+    runner = _runner(request)
+    rows = await runner.services.store.rollouts(runner.key, _limit(request))
+    return web.json_response({"rollouts": rows}, dumps=_dumps)
+
+
+async def get_rollout(request: web.Request) -> web.Response:
+    """One rollout of a canary with its checks and events, oldest first."""
+    _authorize_read(request)
+    runner = _runner(request)
+    rollout_id = request.match_info["rollout"]
+    body = await runner.services.store.rollout(runner.key, rollout_id)
+    if body is None:
+        raise NotFoundError(f"no rollout {rollout_id} of {runner.key}")
+    return web.json_response(body, dumps=_dumps)
+
+
 def _dumps(value: Any) -> str:
     from canaryd.service.store import dumps
 
@@ -323,12 +360,21 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/api/v1/canaries", list_canaries)
     app.router.add_get(base, get_canary)
     app.router.add_post(base + "/rollouts", start_rollout)
+    app.router.add_get(base + "/rollouts", list_rollouts)
+    app.router.add_get(base + "/rollouts/{rollout:[A-Za-z0-9._-]+}", get_rollout)
     for action in _COMMANDS:
         app.router.add_post(f"{base}/{action}", command(action))
     app.router.add_post(
         base + "/gates/{gate:rollout|traffic-increase|promotion}/approve", approve_gate
     )
+    ui.setup(app, daemon.live, _authorize_read, partial(_describe, daemon))
     return app
+
+
+def _describe(daemon: Daemon, key: str) -> dict[str, Any] | None:
+    """What the API says about canary ``key`` now (the live stream's ``canary`` event)."""
+    runner = daemon.runner(key)
+    return None if runner is None else canary_summary(runner.spec, runner.state)
 
 
 async def serve(daemon: Daemon, *, task_status: anyio.abc.TaskStatus[None]) -> None:

@@ -45,7 +45,8 @@ from canaryd.service.runtime import (
 )
 from canaryd.service.scheduler import Scheduler
 from canaryd.service.sdnotify import Notifier, watchdog_period
-from canaryd.service.store import SqliteStore, StateStore
+from canaryd.service.store import Retention, SqliteStore, StateStore
+from canaryd.ui.live import LiveHub
 
 log = structlog.get_logger()
 
@@ -103,6 +104,8 @@ class Daemon:
     stall_grace: float = STALL_GRACE_SECONDS
     api_token: str | None = None
     scheduler: Scheduler = field(default_factory=Scheduler)
+    live: LiveHub = field(default_factory=LiveHub)
+    """Canary changes for the event stream and the dashboard (docs/api.md, "Live updates")."""
     _built: dict[str, tuple[ProviderConfig, MetricsProvider]] = field(default_factory=dict)
     """Providers this daemon built (it closes them), by name, with their config."""
     _since: dict[str, float] = field(default_factory=dict)
@@ -257,6 +260,7 @@ class Daemon:
 
     def _changed(self, key: str, state: CanaryState) -> None:
         self.metrics.changed(key, state)
+        self.live.publish(key)
         status = self.status_line()
         if status != self._status:  # one datagram per change of the summary, not per tick
             self._status = status
@@ -280,7 +284,7 @@ class Daemon:
         while True:
             await anyio.sleep(HOUSEKEEPING_SECONDS)
             try:
-                await store.prune()
+                await store.prune(keep=retention(self.settings))
             except CanarydError as exc:
                 log.error("store.prune_failed", error=str(exc))
 
@@ -400,6 +404,12 @@ class Daemon:
         record = rows[0] if rows else None
         self._checks[runner.key] = (version, record)
         return record
+
+
+def retention(settings: Settings) -> Retention:
+    """The store's retention from the config's ``history`` section."""
+    h = settings.history
+    return Retention(h.keep, h.maxAge, h.failedKeep, h.failedMaxAge, h.checksPerRollout)
 
 
 def _token(settings: Settings) -> str | None:

@@ -42,6 +42,12 @@ RESULTS = {Phase.SUCCEEDED: "promoted", Phase.FAILED: "rolled_back"}
 """Terminal phases -> the ``result`` label of ``canaryd_rollouts_finished_total``."""
 
 
+def _settled(state: CanaryState) -> Phase | None:
+    """The phase the router confirmed: None while a route is pending (a rollback the router
+    has not confirmed has not happened yet, docs/reliability.md)."""
+    return None if state.route_pending else state.phase
+
+
 @dataclass(frozen=True, slots=True)
 class CanarySample:
     """One canary as seen at scrape time."""
@@ -105,7 +111,7 @@ class DaemonMetrics:
             registry=self.registry,
         )
         self.snapshot = Snapshot()
-        self._phases: dict[str, Phase] = {}
+        self._phases: dict[str, Phase | None] = {}
         self.registry.register(_SnapshotCollector(self))
 
     def track(self, key: str, state: CanaryState) -> None:
@@ -113,14 +119,14 @@ class DaemonMetrics:
         namespace, _, name = key.partition("/")
         for result in RESULTS.values():
             self.rollouts_finished.labels(namespace, name, result)
-        self._phases[key] = state.phase
+        self._phases[key] = _settled(state)
 
     def changed(self, key: str, state: CanaryState) -> None:
         """Record a canary's new state: count a rollout that just ended."""
-        before = self._phases.get(key)
-        self._phases[key] = state.phase
-        result = RESULTS.get(state.phase)
-        if result is not None and before is not None and before != state.phase:
+        tracked, before = key in self._phases, self._phases.get(key)
+        self._phases[key] = _settled(state)
+        result = RESULTS.get(state.phase) if _settled(state) is not None else None
+        if result is not None and tracked and before != state.phase:
             namespace, _, name = key.partition("/")
             self.rollouts_finished.labels(namespace, name, result).inc()
 
@@ -276,6 +282,12 @@ def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
         "1 for the canary's current phase, 0 for the others.",
         [*_CANARY, "phase"],
         [([s.namespace, s.name, p.value], s.state.phase is p) for s in samples for p in Phase],
+    )
+    yield _gauge(
+        "canaryd_canary_route_pending",
+        "1 while the router has not confirmed the route of the phase (a rollback, a promote).",
+        _CANARY,
+        per(lambda s: s.state.route_pending),
     )
     yield _gauge(
         "canaryd_canary_weight",

@@ -205,6 +205,9 @@ def _paths() -> Schema:
             }
         },
     }
+    paths[base + "/rollouts"]["get"] = _history_list()
+    paths[base + "/rollouts/{rollout}"] = _history_one()
+    paths["/api/v1/events/stream"] = _stream()
     for action, summary in ACTIONS.items():
         body = PROMOTE_BODY if action == "promote" else None
         paths[f"{base}/{action}"] = _command(summary, f"{action}Canary", body=body)
@@ -221,6 +224,99 @@ def _paths() -> Schema:
         extra=[gate],
     )
     return paths
+
+
+_ROLLOUT_PARAM: Schema = {
+    "name": "rollout",
+    "in": "path",
+    "required": True,
+    "description": "The rollout's id (rolloutId of the canary, id in the history).",
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,64}$"},
+    "example": "3f2a9c01d4e5",
+}
+_LIMIT_PARAM: Schema = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": "How many rollouts at most (default 50).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+}
+
+
+def _history_list() -> Schema:
+    return {
+        "summary": "The canary's rollouts, newest first (past ones as long as history keeps them).",
+        "operationId": "listRollouts",
+        "tags": ["history"],
+        "security": _BEARER,
+        "parameters": [*_PARAMS, _LIMIT_PARAM],
+        "responses": {
+            "200": _json(_ref("RolloutList"), "The rollouts."),
+            **_errors(400, 401, 404, 503),
+        },
+    }
+
+
+def _history_one() -> Schema:
+    return {
+        "get": {
+            "summary": "One rollout with its checks and events, oldest first.",
+            "operationId": "getRollout",
+            "tags": ["history"],
+            "security": _BEARER,
+            "parameters": [*_PARAMS, _ROLLOUT_PARAM],
+            "responses": {
+                "200": _json(_ref("RolloutDetail"), "The rollout."),
+                **_errors(401, 404, 503),
+            },
+        }
+    }
+
+
+def _stream() -> Schema:
+    return {
+        "get": {
+            "summary": (
+                "Server-sent events: a `canary` event (a Canary) whenever a canary changes, "
+                "a `hello` event first, comments as heartbeats."
+            ),
+            "operationId": "streamEvents",
+            "tags": ["canaries"],
+            "security": _BEARER,
+            "responses": {
+                "200": {
+                    "description": "An endless text/event-stream.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **_errors(401),
+                "503": _json(_ref("Error"), "Too many open streams, or stopping."),
+            },
+        }
+    }
+
+
+def _rollout_schema() -> Schema:
+    props: Schema = {
+        "id": {"type": "string"},
+        "revision": _nullable("string"),
+        "outcome": {
+            "type": "string",
+            "enum": ["running", "promoted", "rolled_back", "superseded"],
+            "description": "superseded: a newer rollout started before this one ended.",
+        },
+        "phase": {"type": "string", "enum": [p.value for p in Phase]},
+        "reason": _nullable("string", description="Why it failed (the last failure)."),
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "startedAt": _nullable("number"),
+        "endedAt": _nullable("number"),
+        "checkCount": {"type": "integer", "minimum": 0, "description": "Checks recorded."},
+        "failedCheckCount": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Checks that failed.",
+        },
+    }
+    return {"type": "object", "required": sorted(props), "properties": props}
 
 
 def _check_schema() -> Schema:
@@ -276,7 +372,11 @@ def _canary_schema() -> Schema:
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         "startedAt": _nullable("number"),
         "finishedAt": _nullable("number"),
-        "routePending": {"type": "boolean"},
+        "routePending": {
+            "type": "boolean",
+            "description": "The router has not confirmed the route of this phase yet: a "
+            "Failed rollout's rollback (not applied yet), a Promoting rollout's promote.",
+        },
         "lastCheck": {
             "anyOf": [_ref("CheckSummary"), {"type": "null"}],
             "description": "The most recent check (lists and details only).",
@@ -353,6 +453,25 @@ def _schemas() -> Schema:
                 "time": {"type": "number"},
             },
             "additionalProperties": True,
+        },
+        "Rollout": _rollout_schema(),
+        "RolloutList": {
+            "type": "object",
+            "required": ["rollouts"],
+            "properties": {"rollouts": {"type": "array", "items": _ref("Rollout")}},
+        },
+        "RolloutDetail": {
+            "allOf": [
+                _ref("Rollout"),
+                {
+                    "type": "object",
+                    "required": ["checks", "events"],
+                    "properties": {
+                        "checks": {"type": "array", "items": _ref("Check")},
+                        "events": {"type": "array", "items": _ref("Event")},
+                    },
+                },
+            ]
         },
         "RolloutRequest": {
             "type": "object",

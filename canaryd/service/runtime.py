@@ -130,7 +130,7 @@ def _router_error(decision: Decision) -> str:
         (
             str(e.event.fields.get("error"))
             for e in decision.effects
-            if isinstance(e, Emit) and e.event.name == "router.failed"
+            if isinstance(e, Emit) and e.event.name in ("router.failed", "rollback.pending")
         ),
         "the router refused it",
     )
@@ -312,8 +312,9 @@ class CanaryRunner:
                 revision=self.state.revision,
                 phase=self.state.phase.value,
             )
-            if self.state.route_pending:
-                await self._retry_rollback_route()
+            if core.pending_route(self.state) is not None:
+                await self._retry_pending_route()
+                return  # the tick after the router confirmed it goes on from there
             await self._catch_up()
             if self._pending is not None and not await self._send_pending(None):
                 return
@@ -337,14 +338,15 @@ class CanaryRunner:
         timeout may stretch to minutes: that tick then decides nothing and counts
         nothing, and the command applies at once (docs/flagger.md).
 
-        A rollback still waiting for the router is tried first, so that a command
-        never builds on traffic that has not gone back to the primary.
+        A route still waiting for the router (a rollback, a promote) is tried first, so
+        that a command never builds on traffic that has not gone back to the primary.
 
         Raises:
             CommandError: the command does not fit the current state.
             NotFoundError: the canary was removed from the config meanwhile.
             RouterError: the router refused the command's route; nothing changed,
-                except that a refused rollback stays pending (retried every tick).
+                except that a refused rollback or promote stays pending (retried
+                every tick).
             StoreError: it could not be persisted (nothing changed, except that a
                 rollback command still rolled the traffic back).
         """
@@ -355,8 +357,8 @@ class CanaryRunner:
         async with self._lock:
             if not await self._prepare():
                 raise NotFoundError(f"no canary {self.key} (removed from the config)")
-            if self.state.route_pending:
-                await self._retry_rollback_route()
+            if core.pending_route(self.state) is not None:
+                await self._retry_pending_route()
             decision = fn(self.state, self.services.clock())
             if not decision.effects:
                 return self.state  # a no-op (the same revision started again)
@@ -624,8 +626,9 @@ class CanaryRunner:
 
         A rollback whose route fails stays Failed with ``route_pending`` (the loop
         retries the route) at the weights the router still has (``held``: the last
-        route it confirmed, by default the recorded state's). Routes towards the
-        canary never come here: they are sent only once recorded
+        route it confirmed, by default the recorded state's), reported as pending and
+        not as rolled back (:func:`canaryd.core.analysis.route_refused`). Routes towards
+        the canary never come here: they are sent only once recorded
         (:meth:`_commit_forward`).
         """
         routes = [e for e in decision.effects if isinstance(e, Route)]
@@ -638,20 +641,29 @@ class CanaryRunner:
                     if held is not None
                     else (self.state.primary_weight, self.state.canary_weight)
                 )
-                failed = core.router_failed(
-                    self.spec, decision.state, str(exc), self.services.clock(), weights=weights
+                now = self.services.clock()
+                refused = core.route_refused(
+                    self.spec, decision, route.action, str(exc), now, weights=weights
                 )
-                return Decision(failed.state, decision.effects + failed.effects, decision.record)
+                assert refused is not None  # only rollbacks come here
+                return refused
         return decision
 
-    async def _retry_rollback_route(self) -> None:
+    async def _retry_pending_route(self) -> None:
+        """Send the route the router has not confirmed again; record what it answered.
+
+        Confirmed, a rollback is reported as done only now (``rollout.rolled_back``,
+        post-rollout hooks); refused again, ``router.failed`` is recorded and alerted.
+        """
+        route = core.pending_route(self.state)
+        assert route is not None
         try:
-            await self._route(Route("rollback", 100, 0), self.state, self.version + 1, 0)
+            await self._route(route, self.state, self.version + 1, 0)
         except RouterError as exc:
-            log.error("router.failed", error=str(exc), retrying=True)
+            failed = core.router_failed(self.spec, self.state, str(exc), self.services.clock())
+            await self._commit(failed)
             return
-        applied = replace(self.state, route_pending=False, primary_weight=100, canary_weight=0)
-        await self._commit(Decision(applied))
+        await self._commit(core.route_applied(self.spec, self.state, self.services.clock()))
 
     async def _commit(
         self,
@@ -674,7 +686,7 @@ class CanaryRunner:
             StoreError: (``raise_store_errors`` only) the decision could not be recorded;
                 nothing changed unless it rolled traffic back.
             RouterError: (``command`` only) the router refused the command's route
-                (a refused rollback is recorded as pending first).
+                (a refused rollback or promote is recorded as pending first).
         """
         routes = tuple(e for e in decision.effects if isinstance(e, Route))
         if any(r.action != "rollback" for r in routes):
@@ -697,7 +709,7 @@ class CanaryRunner:
                 raise StoreError(f"traffic rolled back, not yet recorded: {exc}") from exc
             return
         self._applied(decision, new)
-        if command and new.route_pending:
+        if command and rollback and new.route_pending:
             raise RouterError(f"rollback pending (retried every tick): {_router_error(decision)}")
 
     async def _commit_forward(
@@ -724,13 +736,21 @@ class CanaryRunner:
                 raise
             return
         self._pending = _Pending(new.seq, routes, new)  # shown once routed
-        if await self._send_pending(before, command=command):
+        if await self._send_pending(before, command=command, decision=decision):
             self._applied(decision, new)
 
-    async def _send_pending(self, before: CanaryState | None, *, command: bool = False) -> bool:
+    async def _send_pending(
+        self,
+        before: CanaryState | None,
+        *,
+        command: bool = False,
+        decision: Decision | None = None,
+    ) -> bool:
         """Send the recorded routes not yet applied; settle them in the store.
 
-        If the router fails, the decision is reverted: a failed check on the state
+        A ``promote`` the router answered with an error (it may have applied it) is
+        not reverted: the promotion has begun (:meth:`_promote_pending`).
+        Otherwise, if the router fails, the decision is reverted: a failed check on the state
         ``before`` it, at the weights of the last route the router confirmed (an
         operator command's first route refused: no failed check, and the error is
         raised); when ``before`` is unknown (after a restart) the failed check is
@@ -751,6 +771,9 @@ class CanaryRunner:
                 confirmed = route
         except RouterError as exc:
             now = self.services.clock()
+            if route.action == "promote":
+                await self._promote_pending(pending, str(exc), command, decision)
+                return False
             if before is None:
                 await self._commit(core.router_failed(self.spec, self.state, str(exc), now))
                 return False
@@ -773,6 +796,29 @@ class CanaryRunner:
             await self._flush_backlog()
             await self._store_save(pending.state, None, [], [])
         return True
+
+    async def _promote_pending(
+        self, pending: _Pending, error: str, command: bool, decision: Decision | None
+    ) -> None:
+        """Keep a promotion whose ``promote`` the router answered with an error: recorded
+        (its events released) and Promoting with the route pending, retried every tick
+        (docs/reliability.md).
+
+        Raises:
+            RouterError: (``command`` only) saying the promotion has begun.
+        """
+        self._pending, self._settle = None, RELEASE
+        if decision is not None:
+            for effect in decision.effects:
+                if isinstance(effect, Emit):
+                    log_event(effect.event)
+        held = core.route_refused(
+            self.spec, Decision(pending.state), "promote", error, self.services.clock()
+        )
+        assert held is not None
+        await self._commit(held)
+        if command:
+            raise RouterError(f"promotion begun, promote pending (retried every tick): {error}")
 
     def restore(self, pending: tuple[int, list[dict[str, Any]]] | None) -> None:
         """Take the routes a previous run recorded but may not have sent (sent next tick).

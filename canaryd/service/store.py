@@ -28,11 +28,8 @@ from canaryd.jsonenc import make_encoder
 
 T = TypeVar("T")
 
-HISTORY_KEEP = 100
-"""Check records kept per canary."""
-
 EVENTS_KEEP = 500
-"""Events kept per canary."""
+"""Events kept per canary outside any rollout (config, reload, daemon events)."""
 
 SENT_KEEP_SECONDS = 7 * 86400.0
 """How long delivered outbox messages are kept (dead letters are kept until removed by hand)."""
@@ -56,7 +53,17 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(status, next_at);
 CREATE TABLE IF NOT EXISTS pending_routes (
     key TEXT PRIMARY KEY, seq INTEGER NOT NULL, routes TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rollouts (
+    key TEXT NOT NULL, rollout TEXT NOT NULL, revision TEXT, phase TEXT NOT NULL,
+    reason TEXT, metadata TEXT NOT NULL, started REAL, ended REAL,
+    checks INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL, PRIMARY KEY (key, rollout));
+CREATE INDEX IF NOT EXISTS checks_rollout ON checks(key, rollout, id);
 """
+
+_MIGRATIONS = (("events", "rollout", "ALTER TABLE events ADD COLUMN rollout TEXT"),)
+"""Columns added since the first schema: (table, column, statement adding it)."""
+
 
 RELEASE = "release"
 """Settle: the routes a decision asked for were applied; its held messages may go out."""
@@ -131,8 +138,16 @@ class StateStore(Protocol):
         """The most recent events of a canary, newest first."""
         ...
 
-    async def prune(self, now: float | None = None) -> None:
-        """Forget delivered outbox messages, old check records and old events.
+    async def rollouts(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        """A canary's rollouts, newest first (docs/api.md, "History")."""
+        ...
+
+    async def rollout(self, key: str, rollout: str, limit: int = 1000) -> dict[str, Any] | None:
+        """One rollout with its checks and events, oldest first; None if not kept."""
+        ...
+
+    async def prune(self, now: float | None = None, keep: Retention | None = None) -> None:
+        """Forget delivered outbox messages and the rollouts ``keep`` no longer keeps.
 
         Raises:
             StoreError: nothing was pruned.
@@ -192,6 +207,7 @@ def state_to_dict(state: CanaryState) -> dict[str, Any]:
     data = {f.name: getattr(state, f.name) for f in _STATE_FIELDS}  # asdict deep-copies
     data["approvals"] = sorted(state.approvals)
     data["metadata"] = dict(state.metadata)
+    data["rollback_fields"] = dict(state.rollback_fields)
     return data
 
 
@@ -229,6 +245,92 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sqlite
 
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What :meth:`SqliteStore.prune` keeps (the config's ``history``, docs/api.md "History").
+
+    Attributes:
+        keep: newest rollouts kept per canary.
+        max_age: seconds a finished rollout is kept after it ended.
+        failed_keep: newest rolled-back rollouts kept per canary.
+        failed_max_age: seconds a rolled-back rollout is kept after it ended.
+        checks_per_rollout: newest check records kept per rollout.
+    """
+
+    keep: int = 20
+    max_age: float = 30 * 86400.0
+    failed_keep: int = 50
+    failed_max_age: float = 90 * 86400.0
+    checks_per_rollout: int = 1000
+
+
+_EXPIRED = """
+SELECT key, rollout FROM (
+    SELECT key, rollout, phase, COALESCE(ended, updated) AS ended,
+        ROW_NUMBER() OVER (PARTITION BY key ORDER BY started DESC, updated DESC) AS n,
+        ROW_NUMBER() OVER (PARTITION BY key, phase = 'Failed'
+                           ORDER BY started DESC, updated DESC) AS m
+    FROM rollouts)
+WHERE n > 1 AND (
+    (phase = 'Failed' AND (m > :failed_keep OR ended < :now - :failed_max_age))
+    OR (phase != 'Failed' AND (n > :keep OR ended < :now - :max_age)))
+"""
+"""Rollouts past their retention. The newest of a canary (``n = 1``) always stays; an
+older one that never ended was superseded: its age counts from its last record."""
+
+
+def _prune(db: sqlite3.Connection, now: float, keep: Retention) -> None:
+    """Drop what :class:`Retention` no longer keeps, and sent messages older than a week.
+
+    Every delete goes through an index: the history holds many rows per canary.
+    """
+    db.execute("DELETE FROM outbox WHERE status='sent' AND created < ?", (now - SENT_KEEP_SECONDS,))
+    args = {
+        "now": now,
+        "keep": keep.keep,
+        "max_age": keep.max_age,
+        "failed_keep": keep.failed_keep,
+        "failed_max_age": keep.failed_max_age,
+    }
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        expired = db.execute(_EXPIRED, args).fetchall()
+        for table in ("checks", "events", "rollouts"):
+            db.executemany(f"DELETE FROM {table} WHERE key=? AND rollout=?", expired)
+        cap = keep.checks_per_rollout
+        long = db.execute("SELECT key, rollout FROM rollouts WHERE checks > ?", (cap,)).fetchall()
+        for key, rollout in long:  # a long rollout keeps its newest checks and events
+            _keep_newest(db, "checks", "key=? AND rollout=?", (key, rollout), cap)
+            _keep_newest(db, "events", "key=? AND rollout=?", (key, rollout), cap)
+        for (key,) in db.execute("SELECT key FROM canaries").fetchall():
+            _keep_newest(db, "events", "key=? AND rollout IS NULL", (key,), EVENTS_KEEP)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _keep_newest(
+    db: sqlite3.Connection, table: str, where: str, args: tuple[Any, ...], n: int
+) -> None:
+    """Delete the rows of ``table`` matching ``where`` except the newest ``n``."""
+    row = db.execute(
+        f"SELECT id FROM {table} WHERE {where} ORDER BY id DESC LIMIT 1 OFFSET ?", (*args, n - 1)
+    ).fetchone()
+    if row is not None:
+        db.execute(f"DELETE FROM {table} WHERE {where} AND id < ?", (*args, row[0]))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns a database made by an older canaryd lacks."""
+    for table, column, statement in _MIGRATIONS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(statement)
+    db.execute("CREATE INDEX IF NOT EXISTS events_rollout ON events(key, rollout, id)")
+
+
 def _settle(db: sqlite3.Connection, key: str, how: str) -> None:
     """Release (``RELEASE``) or delete (``DROP``) a canary's held messages; forget its routes."""
     if how == RELEASE:
@@ -236,6 +338,15 @@ def _settle(db: sqlite3.Connection, key: str, how: str) -> None:
     else:
         db.execute("DELETE FROM outbox WHERE status='held' AND key=?", (key,))
     db.execute("DELETE FROM pending_routes WHERE key=?", (key,))
+
+
+_UPSERT_ROLLOUT = (
+    "INSERT INTO rollouts(key, rollout, revision, phase, reason, metadata, started, ended, "
+    "checks, failed, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key, rollout) DO UPDATE "
+    "SET revision=excluded.revision, phase=excluded.phase, reason=excluded.reason, "
+    "metadata=excluded.metadata, started=excluded.started, ended=excluded.ended, "
+    "checks=checks+excluded.checks, failed=failed+excluded.failed, updated=excluded.updated"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,13 +362,16 @@ class _Rows:
     state: str
     rollout: str | None
     record: tuple[float, str] | None
-    events: list[tuple[str, float, str, str, str]]
+    events: list[tuple[str, float, str, str, str, str | None]]
+    """Event rows; the last value is the rollout the event belongs to (see :func:`_rollout_of`)."""
     outbox: list[tuple[str, str, str, str]]
     seq: int = 0
     routes: str | None = None
     """JSON of the routes this decision will send (its messages are held meanwhile)."""
     settle: str | None = None
     """``RELEASE`` or ``DROP`` the held messages and recorded routes of an earlier save."""
+    summary: tuple[Any, ...] | None = None
+    """The rollout's row in ``rollouts`` (see :func:`_rollout_row`), if the state has one."""
 
     @classmethod
     def encode(
@@ -275,12 +389,66 @@ class _Rows:
             dumps(state_to_dict(state)),
             state.rollout_id,
             None if record is None else (record.time, dumps(record.as_dict())),
-            [(key, e.time, e.name, e.level, dumps(event_to_dict(e))) for e in events],
+            [
+                (key, e.time, e.name, e.level, dumps(event_to_dict(e)), _rollout_of(state, e))
+                for e in events
+            ],
             [(m.key, m.idempotency_key, m.target, dumps(m.payload)) for m in outbox],
             state.seq,
             None if routes is None else dumps(list(routes)),
             settle,
+            _rollout_row(key, state, record),
         )
+
+
+def _rollout_of(state: CanaryState, event: Event) -> str | None:
+    """The rollout an event belongs to: the state's, unless that one had ended before it."""
+    if state.finished_at is not None and event.time > state.finished_at:
+        return None  # e.g. a reload after a promotion: not part of that rollout's story
+    return state.rollout_id
+
+
+def _rollout_row(
+    key: str, state: CanaryState, record: CheckRecord | None
+) -> tuple[Any, ...] | None:
+    """The upsert values of a rollout's summary row after a decision (None: no rollout)."""
+    if state.rollout_id is None:
+        return None
+    return (
+        key,
+        state.rollout_id,
+        state.revision,
+        state.phase.value,
+        state.reason,
+        dumps(dict(state.metadata)),
+        state.started_at,
+        state.finished_at,
+        0 if record is None else 1,
+        int(record is not None and record.outcome == "fail"),
+    )
+
+
+_ROLLOUT_COLUMNS = "rollout, revision, phase, reason, metadata, started, ended, checks, failed"
+_NEWEST = "started DESC, updated DESC"
+_OUTCOMES = {Phase.SUCCEEDED.value: "promoted", Phase.FAILED.value: "rolled_back"}
+
+
+def _rollout_dict(row: tuple[Any, ...], *, current: bool) -> dict[str, Any]:
+    """A ``rollouts`` row as the API shows it; an older rollout that never ended was superseded."""
+    rollout, revision, phase, reason, metadata, started, ended, checks, failed = row
+    outcome = _OUTCOMES.get(phase) or ("running" if current else "superseded")
+    return {
+        "id": rollout,
+        "revision": revision,
+        "outcome": outcome,
+        "phase": phase,
+        "reason": reason,
+        "metadata": json.loads(metadata),
+        "startedAt": started,
+        "endedAt": ended,
+        "checkCount": checks,
+        "failedCheckCount": failed,
+    }
 
 
 @dataclass(eq=False)
@@ -332,6 +500,7 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            _migrate(db)
         except sqlite3.Error:
             db.close()
             raise
@@ -507,9 +676,11 @@ class SqliteStore:
             )
         if rows.events:  # a statement costs even with no rows
             db.executemany(
-                "INSERT INTO events(key, time, name, level, event) VALUES (?,?,?,?,?)",
+                "INSERT INTO events(key, time, name, level, event, rollout) VALUES (?,?,?,?,?,?)",
                 rows.events,
             )
+        if rows.summary is not None:
+            db.execute(_UPSERT_ROLLOUT, (*rows.summary, now))
         if rows.outbox:
             status = "pending" if rows.routes is None else "held"
             db.executemany(
@@ -539,27 +710,57 @@ class SqliteStore:
         """The most recent events of a canary, newest first."""
         return await self._newest("event", "events", key, limit)
 
+    async def rollouts(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
+        """A canary's rollouts, newest first, as the API's ``RolloutSummary``."""
+        sql = f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE key=? ORDER BY {_NEWEST} LIMIT ?"
+        rows = await self._run(lambda: self.db.execute(sql, (key, limit)).fetchall())
+        return [_rollout_dict(row, current=i == 0) for i, row in enumerate(rows)]
+
+    async def rollout(self, key: str, rollout: str, limit: int = 2000) -> dict[str, Any] | None:
+        """One rollout with its checks and events (oldest first), or None if unknown."""
+
+        def _read() -> tuple[Any, ...] | None:
+            row = self.db.execute(
+                f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE key=? AND rollout=?", (key, rollout)
+            ).fetchone()
+            if row is None:
+                return None
+            newest = self.db.execute(
+                f"SELECT rollout FROM rollouts WHERE key=? ORDER BY {_NEWEST} LIMIT 1", (key,)
+            ).fetchone()
+            checks, events = (
+                self.db.execute(
+                    f"SELECT {col} FROM (SELECT id, {col} FROM {table} WHERE key=? AND rollout=? "
+                    "ORDER BY id DESC LIMIT ?) ORDER BY id",
+                    (key, rollout, limit),
+                ).fetchall()
+                for col, table in (("record", "checks"), ("event", "events"))
+            )
+            return row, newest[0] == rollout, checks, events
+
+        found = await self._run(_read)
+        if found is None:
+            return None
+        row, current, checks, events = found
+        body = _rollout_dict(row, current=current)
+        body["checks"] = [json.loads(r[0]) for r in checks]
+        body["events"] = [json.loads(r[0]) for r in events]
+        return body
+
     async def _newest(self, column: str, table: str, key: str, limit: int) -> list[dict[str, Any]]:
         """The JSON ``column`` of a canary's newest ``limit`` rows of ``table``, newest first."""
         sql = f"SELECT {column} FROM {table} WHERE key=? ORDER BY id DESC LIMIT ?"
         rows = await self._run(lambda: self.db.execute(sql, (key, limit)).fetchall())
         return [json.loads(r[0]) for r in rows]
 
-    async def prune(self, now: float | None = None) -> None:
-        """Drop check records and events beyond what is kept per canary, and old sent messages."""
-        cutoff = (time.time() if now is None else now) - SENT_KEEP_SECONDS
+    async def prune(self, now: float | None = None, keep: Retention | None = None) -> None:
+        """Drop past rollouts beyond ``keep`` (with their checks and events), and old sent messages.
 
-        def _prune() -> None:
-            self.db.execute("DELETE FROM outbox WHERE status='sent' AND created < ?", (cutoff,))
-            for table, keep in (("checks", HISTORY_KEEP), ("events", EVENTS_KEEP)):
-                self.db.execute(
-                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, "
-                    f"ROW_NUMBER() OVER (PARTITION BY key ORDER BY id DESC) AS n FROM {table}) "
-                    "WHERE n > ?)",
-                    (keep,),
-                )
-
-        await self._run(_prune)
+        See :class:`Retention`; a canary's newest rollout is never dropped.
+        """
+        now = time.time() if now is None else now
+        keep = keep or Retention()
+        await self._run(partial(_prune, self.db, now, keep))
 
     # ------------------------------------------------------------------ outbox
 
