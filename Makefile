@@ -24,11 +24,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) -e '.[test]'
 	@touch $(SERVICE) $(STAMP)
 
-# Rewrite constraints.txt from a working, fully installed .venv (after changing dependencies).
-constraints: $(STAMP)
+# Rewrite constraints.txt after changing dependencies in pyproject.toml: resolve them
+# afresh (no constraints), install, and record what got installed.
+constraints: | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
 	@{ sed -n '1,/^# Regenerate/p' $(CONSTRAINTS); \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^canaryd'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	@touch $(SERVICE) $(STAMP)
 
 # Prometheus and HAProxy from Debian where we can (root on Debian/Ubuntu); the demo
 # falls back to labelled in-process stand-ins where they are missing.
