@@ -77,6 +77,7 @@ async def test_wait_reports_an_error_answer_at_once() -> None:
 PENDING: dict[str, Any] = {"routePending": True, "reason": "sr 90 < min 99", "failedChecks": 5}
 
 
+@pytest.mark.slow
 async def test_wait_says_rolled_back_only_once_the_router_applied_the_rollback(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -91,6 +92,7 @@ async def test_wait_says_rolled_back_only_once_the_router_applied_the_rollback(
     assert sum("rolled back" in line for line in lines) == 1
 
 
+@pytest.mark.slow
 async def test_wait_times_out_with_its_own_code_while_the_rollback_is_not_applied(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -118,6 +118,7 @@ async def test_streams_are_bounded(live: Live) -> None:
         assert len(live.daemon.live.listeners) == 1
 
 
+@pytest.mark.slow
 async def test_a_reader_that_leaves_frees_its_place_before_the_heartbeat(live: Live) -> None:
     """A stream whose reader disconnected is dropped within seconds, though nothing is written."""
     assert live.daemon.live.heartbeat >= 15
