@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import time
 from types import TracebackType
 from typing import Any
 
@@ -90,8 +93,13 @@ def weight_bar(canary_weight: int) -> str:
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {canary_weight:3d}%"
 
 
-def progress_line(s: dict[str, Any]) -> str:
-    """One line of ``rollout --wait`` progress (the daemon's values escaped for a terminal)."""
+def progress_line(s: dict[str, Any], now: float | None = None) -> str:
+    """One line of ``rollout --wait`` progress: the time (now when None), then :func:`progress`."""
+    return f"{clock(now)}  {progress(s)}"
+
+
+def progress(s: dict[str, Any]) -> str:
+    """Where a rollout is, on one line: phase, weight, failures, why (values escaped)."""
     line = (
         f"{_cell(s['namespace'])}/{_cell(s['name'])} {_cell(s['phase']):<16} "
         f"{_cell(s['revision'] or '-')}  {weight_bar(s['canaryWeight'])}  "
@@ -99,10 +107,11 @@ def progress_line(s: dict[str, Any]) -> str:
     )
     if s.get("iterations"):
         line += f"  iteration {_cell(s['iteration'])}/{_cell(s['iterations'])}"
-    if s.get("gate"):
-        line += f"  waiting for gate {_cell(s['gate'])}"
+    wait = waiting_for(s)
+    if wait:
+        line += f"  {wait}"
     if s.get("reason"):
-        line += f"  last failure: {_cell(s['reason'])}"
+        line += f"  last failure: {_cell(rounded(s['reason']))}"
     if s.get("routePending"):
         line += f"  {pending_note(s)}"
     return line
@@ -120,19 +129,93 @@ def phase_cell(s: dict[str, Any]) -> str:
     return _cell(s["phase"]) + (" (pending)" if s.get("routePending") else "")
 
 
+def clock(when: float | None = None) -> str:
+    """``HH:MM:SS`` of Unix time ``when`` (now when None), in local time."""
+    return time.strftime("%H:%M:%S", time.localtime(time.time() if when is None else when))
+
+
+def finite(value: Any) -> float | None:
+    """A number from the daemon as a finite float; None for anything else (huge, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def stamp(when: Any) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` local time of a Unix time from the daemon, ``-`` if absent."""
+    seconds = finite(when)
+    if seconds is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+        return "-"
+
+
+_LONG_NUMBER = re.compile(r"(?<![\w.])(-?\d+\.\d{4,})(?:e[-+]?\d+)?")
+
+
+def rounded(text: Any) -> str:
+    """``text`` with long decimals cut to 4 significant digits (``97.23456789`` -> ``97.23``)."""
+    return _LONG_NUMBER.sub(lambda m: f"{float(m[0]):.4g}", str(text))
+
+
+def gate_flag(gate: Any) -> str:
+    """A gate as ``canaryd approve --gate`` names it (``confirm-promotion`` -> ``promotion``)."""
+    name = str(gate)
+    return name.removeprefix("confirm-")
+
+
+def waiting_for(s: dict[str, Any]) -> str:
+    """What a running rollout waits for (a gate, a resume), with the command; else ``""``."""
+    key = f"{_cell(s['namespace'])}/{_cell(s['name'])}"
+    if s.get("phase") == "Paused":
+        return f"paused (resume: canaryd resume {key})"
+    if s.get("gate"):
+        flag = _cell(gate_flag(s["gate"]))
+        return f"waiting for gate {flag} (open: canaryd approve {key} --gate {flag})"
+    return ""
+
+
+def situation(s: dict[str, Any]) -> str:
+    """Why a canary is where it is: how its rollout ended, or what it waits for, else ``""``.
+
+    A rollback the router has not applied yet (``routePending``) is not called
+    rolled back (docs/reliability.md).
+    """
+    phase, reason = s.get("phase"), _cell(rounded(s.get("reason") or "no reason recorded"))
+    if phase == "Failed":
+        if s.get("routePending"):
+            return f"{pending_note(s)}; why: {reason}"
+        return f"rolled back: {reason}"
+    if phase == "Succeeded":
+        return f"promoted {_cell(s.get('revision') or '-')}"
+    return waiting_for(s)
+
+
 def _cell(value: Any) -> str:
     """A value from the daemon as printable text: controls escaped (:mod:`canaryd.terminal`)."""
     return escape(str(value))
 
 
 def last_check(s: dict[str, Any]) -> str:
-    """The ``LAST CHECK`` cell: ``pass``, or the outcome and what failed (metric, value, bound)."""
+    """The ``LAST CHECK`` cell: why the rollout ended or what it waits for, else the last check.
+
+    The last check is ``pass``, or its outcome and what failed (metric, value, bound).
+    """
+    why = situation(s)
+    if why:
+        return why
     check = s.get("lastCheck")
     if not check:
         return "-"
     if check.get("outcome") == "pass" or not check.get("reason"):
         return _cell(check.get("outcome", "-"))
-    return f"{_cell(check['outcome'])}: {_cell(check['reason'])}"
+    return f"{_cell(check['outcome'])}: {_cell(rounded(check['reason']))}"
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -145,7 +228,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     wide = max(16, *(len(p) for p in phases))
     lines = [
         f"{'CANARY':<{width}}  {'PHASE':<{wide}} {'REVISION':<14} {'CANARY WEIGHT':<27} "
-        f"{'FAILED':<7} LAST CHECK"
+        f"{'FAILED':<7} WHY / LAST CHECK"
     ]
     for name, phase, s in zip(names, phases, rows, strict=True):
         failed = f"{_cell(s['failedChecks'])}/{_cell(s['threshold'])}"

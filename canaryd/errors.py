@@ -6,11 +6,15 @@
     ├── ConfigError              the configuration is invalid; carries every Problem found
     ├── TemplateError            a query template names an unknown variable or is malformed
     ├── ProviderError            a metrics provider failed (network, HTTP status, bad answer)
+    │   └── ResourceError        canaryd itself ran out of something (file descriptors,
+    │                            memory, its own connection queue): the check holds
     ├── TransportError           the providers' HTTP transport failed below HTTP; the provider
     │   │                        turns it into a ProviderError, so it never leaves the provider
     │   ├── TLSError             the TLS handshake failed
     │   ├── PoolTimeoutError     no connection came free in time
+    │   ├── OutOfResourcesError  no file descriptor or memory to open a connection
     │   └── AnswerTimeoutError   no complete answer in time
+    │       └── BusyLoopError    ... because canaryd's event loop was too busy to see it
     ├── RouterError              a traffic router did not apply (or confirm) the requested weights
     ├── WebhookError             an outgoing call failed (network, timeout, or a non-2xx
     │                            answer where the caller treats that as failure)
@@ -83,6 +87,15 @@ class ProviderError(CanarydError):
     """A metrics provider failed to answer a query usefully."""
 
 
+class ResourceError(ProviderError):
+    """canaryd could not ask the provider because it ran out of a resource itself.
+
+    File descriptors (``EMFILE``/``ENFILE``), memory (``ENOMEM``/``ENOBUFS``) or a free
+    connection of its own pool: canaryd's trouble, not the provider's nor the canary's.
+    A check that meets it holds (docs/reliability.md, "canaryd's own trouble").
+    """
+
+
 class RouterError(CanarydError):
     """A traffic router failed to apply or to confirm the requested weights."""
 
@@ -134,6 +147,18 @@ class PoolTimeoutError(TransportError):
 
 class AnswerTimeoutError(TransportError):
     """No complete answer within the request's timeout."""
+
+
+class OutOfResourcesError(TransportError):
+    """This process could not open a connection: out of file descriptors or memory."""
+
+
+class BusyLoopError(AnswerTimeoutError):
+    """Time ran out because canaryd's event loop was too busy, not the server too slow.
+
+    The answer sat unread on the socket, or the timer fired well after its time: canaryd
+    was not looking when it should have been (docs/reliability.md).
+    """
 
 
 class BadInputError(CanarydError):

@@ -212,6 +212,45 @@ def test_hold_neither_advances_nor_counts() -> None:
     assert names(ds[0]) == ["check.held"]
 
 
+def test_canaryds_own_trouble_holds_and_alerts() -> None:
+    """A query canaryd could not make (out of fds) holds tick after tick, never counts."""
+    spec = canary(threshold=1)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    emfile = "gave up after 1 attempt: OSError: Too many open files"
+    obs = Observation(metrics=(MetricValue("sr", None, 99, None, error=emfile, own=True),))
+    ds = run(spec, state, obs, 10)
+    assert all(d.state.canary_weight == 10 and d.state.failed_checks == 0 for d in ds)
+    assert all(d.state.phase is Phase.PROGRESSING for d in ds)
+    assert names(ds[0]) == ["check.held_by_canaryd"]
+    assert ds[0].record is not None and ds[0].record.outcome is Outcome.HOLD
+    assert ds[0].record.reason == f"sr: canaryd's own trouble, not the canary's: {emfile}"
+
+
+def test_a_webhook_canaryd_could_not_call_holds() -> None:
+    """A rollout webhook not called for want of descriptors holds, unless a metric fails."""
+    spec = canary(webhooks=[{"name": "load", "type": "rollout", "url": "http://127.0.0.1:9"}])
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    held = (HookResult("load", False, "ClientConnectorError: Too many open files", own=True),)
+    d = core.decide(spec, state, Observation(rollout=held, metrics=ok().metrics), 2.0)
+    assert (d.state.failed_checks, d.state.canary_weight, names(d)) == (
+        0,
+        10,
+        ["check.held_by_canaryd"],
+    )
+    d = core.decide(spec, state, Observation(rollout=held, metrics=bad().metrics), 2.0)
+    assert d.state.failed_checks == 1 and names(d) == ["check.failed"]
+
+
+def test_a_real_failure_beside_canaryds_own_trouble_still_counts() -> None:
+    """A metric out of range fails the check even when another one held for canaryd's trouble."""
+    spec = canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    held = MetricValue("sr", None, 99, None, error="out of fds", own=True)
+    obs = Observation(metrics=(held, MetricValue("lat", 900.0, None, 500)))
+    d = core.decide(spec, state, obs, 2.0)
+    assert (d.state.failed_checks, d.state.reason) == (1, "lat 900 > max 500")
+
+
 def test_no_data_rolls_back_after_threshold() -> None:
     """A canary with no traffic (no data) is rolled back, as Flagger teaches."""
     spec = canary(threshold=2)
@@ -539,6 +578,22 @@ def test_router_failure_reaching_threshold_rolls_back() -> None:
     assert d.state.phase is Phase.FAILED and routes(d) == [Route("rollback", 100, 0)]
 
 
+def test_a_route_canaryd_could_not_send_holds() -> None:
+    """A route canaryd had no descriptor for holds the canary; it is not counted."""
+    spec = canary(threshold=1)
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    d = core.router_failed(spec, state, "router lb: Too many open files", 2.0, own=True)
+    assert (d.state.phase, d.state.canary_weight, d.state.failed_checks) == (
+        Phase.PROGRESSING,
+        10,
+        0,
+    )
+    assert names(d) == ["router.failed", "check.held_by_canaryd"]
+    failed = core.abort(spec, started(spec), 1.0).state
+    d = core.router_failed(spec, failed, "Too many open files", 2.0, own=True)
+    assert d.state.route_pending  # a rollback's route is retried as ever
+
+
 def test_failed_rollback_route_stays_pending() -> None:
     """If even the rollback route fails, the canary stays Failed with the route pending."""
     spec = canary()
@@ -690,6 +745,18 @@ def test_compare_query_error_fails_the_check() -> None:
     obs = Observation(compare=(core.CompareSeries(cfg.to_config("latency"), error="timeout"),))
     d = core.decide(spec, state, obs, 2.0)
     assert d.state.reason == "latency: timeout"
+
+
+def test_compare_query_canaryd_could_not_make_holds() -> None:
+    """A compare query canaryd itself could not make holds the check instead of failing it."""
+    spec = compare_canary()
+    state = core.decide(spec, started(spec), Observation(), 1.0).state
+    cfg = spec.analysis.metrics[0].compare
+    assert cfg is not None
+    held = core.CompareSeries(cfg.to_config("latency"), error="no free connection", own=True)
+    d = core.decide(spec, state, Observation(compare=(held,)), 2.0)
+    assert (d.state.failed_checks, d.state.canary_weight) == (0, 10)
+    assert names(d) == ["check.held_by_canaryd"]
 
 
 @pytest.mark.parametrize(

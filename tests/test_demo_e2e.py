@@ -24,7 +24,7 @@ import pytest
 from canaryd.demo import run_scenarios
 from canaryd.demo.harness import PROBE_REQUESTS, STANDINS_ENV, Tools
 from canaryd.demo.infra import find_binary
-from canaryd.demo.report import write_report
+from canaryd.demo.report import chart, write_report
 from canaryd.demo.results import ScenarioResult, alert_counts, verdict
 from canaryd.demo.scenarios import SCENARIOS, Timings
 from canaryd.demo.view import TerminalView
@@ -133,13 +133,22 @@ def _alive(pid: int) -> bool:
 def test_report_opens_in_headless_chromium(
     results: dict[str, ScenarioResult], tmp_path: Path
 ) -> None:
-    """The real report has one marked chart per scenario and loads in Chromium without errors."""
+    """The real report has one marked chart per scenario and loads in Chromium without errors.
+
+    Each chart labels its time axis more than twice; the no-traffic one marks its checks'
+    missing data (two metrics, three checks) and draws no check dot.
+    """
     path = tmp_path / "demo.html"
     write_report(path, list(results.values()))
     page = path.read_text()
     assert page.count("<svg") == 4
     assert page.count('class="marker promoted"') == 1
     assert page.count('class="marker rolled-back"') == 3
+    charts = {r.scenario.name: chart(r) for r in results.values()}
+    for name, svg in charts.items():
+        assert len(re.findall(r'<text class="time"[^>]*>\d+s</text>', svg)) > 2, name
+    assert charts["no-traffic"].count('class="check nodata"') == 6
+    assert not re.search(r'class="check (pass|fail)"', charts["no-traffic"])
     chromium = require("chromium")
     done = subprocess.run(
         [

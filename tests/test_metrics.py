@@ -191,12 +191,11 @@ def test_shipped_alerting_rules_pass_promtool() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_shipped_alerting_rules_fire_as_intended() -> None:
-    """``promtool test rules``: rolled back, route not applied, down, outbox stuck and provider
-    failing fire."""
+    """``promtool test rules``: every shipped alert fires when, and only when, it should."""
     result = subprocess.run(
         [promtool(), "test", "rules", str(ROOT / "tests" / "prometheus_rules_test.yaml")],
         capture_output=True,

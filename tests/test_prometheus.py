@@ -17,12 +17,13 @@ from urllib.parse import urlencode
 
 import pytest
 from aiohttp import web
+from fdlimits import out_of_file_descriptors
 from prom import PrometheusServer, open_provider, seed_openmetrics
 from structlog.testing import capture_logs
 from support import eventually, refused_port
 
 from canaryd.config import PrometheusProvider
-from canaryd.errors import ProviderError
+from canaryd.errors import ProviderError, ResourceError
 from canaryd.providers import build_provider
 from canaryd.providers.prometheus import MAX_BODY_BYTES, Prometheus, _form_body
 
@@ -587,3 +588,40 @@ async def test_factory_builds_prometheus(anyio_backend: str) -> None:
 def test_form_body_is_urlencode(form: dict[str, str]) -> None:
     """The request body is byte for byte what ``urlencode`` makes of the form."""
     assert _form_body(form) == urlencode(form).encode()
+
+
+@pytest.mark.anyio
+async def test_out_of_file_descriptors_is_canaryds_own_trouble(stand_in: StandIn) -> None:
+    """A query canaryd cannot send for want of file descriptors raises ResourceError."""
+    stand_in.script = [(200, OK_42, 0.0)]
+    async with open_provider(stand_in.config()) as prov:
+        with out_of_file_descriptors(), pytest.raises(ResourceError) as err:
+            await prov.query("up", budget=0.5)
+        assert "Too many open files" in str(err.value)
+        assert await prov.query("up", budget=5) == 42.0  # and works again once fds are free
+    assert len(stand_in.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_no_free_connection_of_its_own_pool_is_canaryds_own_trouble(
+    stand_in: StandIn,
+) -> None:
+    """A query that never got one of canaryd's own connections raises ResourceError."""
+    stand_in.script = [(200, OK_42, 30.0)]
+    async with Prometheus(stand_in.config(timeout=5.0), pool=1) as prov:
+        slow = asyncio.ensure_future(prov.query("up", budget=10))
+        await asyncio.sleep(0.2)
+        with pytest.raises(ResourceError, match="no connection to prometheus came free"):
+            await prov.query("up", budget=0.5)
+        stand_in.release.set()
+        assert await slow == 42.0
+
+
+@pytest.mark.anyio
+async def test_a_slow_prometheus_is_not_canaryds_own_trouble(stand_in: StandIn) -> None:
+    """A Prometheus that does not answer in time is the provider's failure, not a hold."""
+    stand_in.script = [(200, OK_42, 30.0)]
+    async with open_provider(stand_in.config(timeout=0.3)) as prov:
+        with pytest.raises(ProviderError) as err:
+            await prov.query("up", budget=0.5)
+    assert not isinstance(err.value, ResourceError)

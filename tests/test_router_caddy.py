@@ -84,13 +84,32 @@ async def test_route_steps_and_rollback_split_real_traffic(
 async def test_promote_applies_the_requested_weights(
     caddy: CaddyInstance, session: HttpTransport
 ) -> None:
-    """Promote checks both upstreams exist and sets the request's weights, twice alike."""
-    router = CaddyAdmin(caddy.router_config(), session)
+    """With promotion: verify, promote checks both upstreams and sets the weights, twice alike."""
+    router = CaddyAdmin(caddy.router_config(promotion="verify"), session)
 
     await router.apply(route("promote", 30, 70))
     await router.apply(route("promote", 30, 70))
 
     assert caddy.policy() == {"policy": "weighted_round_robin", "weights": [30, 70]}
+
+
+@pytest.mark.integration
+async def test_promote_points_the_primary_upstream_at_the_canary(
+    caddy: CaddyInstance, session: HttpTransport
+) -> None:
+    """After promote, primary 100 % sends every request to the new version; rollback is refused."""
+    router = CaddyAdmin(caddy.router_config(), session)
+    await router.apply(route("route", 50, 50))
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("promote", 50, 50))  # idempotent
+    await router.apply(route("route", 100, 0))
+
+    assert await router.read_weights() == (100, 0)
+    await assert_split(caddy.url, 100)
+    with pytest.raises(RouterError, match=r"^caddy web: cannot roll back: the primary upstream"):
+        await router.apply(route("rollback", 100, 0))
+    await assert_split(caddy.url, 100)
 
 
 @pytest.mark.integration

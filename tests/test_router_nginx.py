@@ -306,3 +306,43 @@ async def test_canaries_sharing_nginx_do_not_test_each_others_files(nginx: Nginx
     assert "no-such-host.invalid" in errors[0]
     assert not nginx.include.with_name("api.conf").exists()
     await assert_split(nginx.url, 50)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promote_points_the_primary_at_the_canary_for_real_traffic(nginx: Nginx) -> None:
+    """After promote, primary 100 % sends every request to the new version; rollback is refused."""
+    router = NginxFileRouter(nginx.router_config())
+    await router.apply(route("route", 50, 50))
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("promote", 50, 50))  # idempotent
+    await router.apply(route("route", 100, 0))
+
+    counts = await assert_split(nginx.url, 100)  # every answer from the canary's backend
+    assert counts["canary"] == sum(counts.values())
+    with pytest.raises(RouterError, match=r"^nginx web: cannot roll back: the primary's servers"):
+        await router.apply(route("rollback", 100, 0))
+    await assert_split(nginx.url, 100)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promotion_verify_only_sets_weights(nginx: Nginx) -> None:
+    """With promotion: verify, promote then primary 100 % leaves the old version serving."""
+    router = NginxFileRouter(nginx.router_config(promotion="verify"))
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("route", 100, 0))
+
+    await assert_split(nginx.url, 0)
+    await router.apply(route("rollback", 100, 0))
+
+
+def test_address_promotion_is_refused_for_nginx_plus() -> None:
+    """promotion: address set on an NGINX Plus (api) entry is a config error, not ignored."""
+    entry = {"type": "nginx", "api": "http://127.0.0.1:8080/api/9", "upstream": "web"}
+    entry |= {"primary": "10.0.0.1:80", "canary": "10.0.0.2:80"}
+    NginxRouter.model_validate(entry)  # the default is fine: the API sets weights only
+    with pytest.raises(ValueError, match="promotion: address needs file"):
+        NginxRouter.model_validate(entry | {"promotion": "address"})

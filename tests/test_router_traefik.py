@@ -275,3 +275,37 @@ async def test_same_route_twice_changes_nothing(traefik: Traefik, session: HttpT
 
     assert traefik.file.read_bytes() == first
     await assert_split(traefik.url, 20)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promote_points_the_primary_side_at_the_canary(
+    traefik: Traefik, session: HttpTransport
+) -> None:
+    """After promote, primary 100 % sends every request to the new version; rollback is refused."""
+    router = TraefikFileRouter(traefik.router_config(), session)
+    await router.apply(route("route", 50, 50))
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("promote", 50, 50))  # idempotent
+    await router.apply(route("route", 100, 0))
+
+    await assert_split(traefik.url, 100)
+    with pytest.raises(RouterError, match=r"^traefik web@file: cannot roll back: the primary side"):
+        await router.apply(route("rollback", 100, 0))
+    await assert_split(traefik.url, 100)
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_promotion_verify_leaves_the_primary_service(
+    traefik: Traefik, session: HttpTransport
+) -> None:
+    """With promotion: verify, promote then primary 100 % leaves the old version serving."""
+    router = TraefikFileRouter(traefik.router_config(promotion="verify"), session)
+
+    await router.apply(route("promote", 50, 50))
+    await router.apply(route("route", 100, 0))
+
+    await assert_split(traefik.url, 0)
+    await router.apply(route("rollback", 100, 0))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -429,3 +430,59 @@ async def test_a_raising_tick_is_logged_and_every_loop_goes_on() -> None:
     assert crashed[0]["log_level"] == "error"
     assert_on_cadence(bad)
     assert_on_cadence(good)
+
+
+# --------------------------------------------------------------------------- overload
+
+
+async def test_overload_waits_in_order_of_due_time_within_the_cap() -> None:
+    """With more ticks due than slots, at most ``max_ticking`` run; the rest start by due time."""
+    runners = [FakeRunner(f"ns/{i}", 0.05, durations=[0.1] * 3) for i in range(6)]
+    async with running(Scheduler(max_ticking=2)) as scheduler:
+        for i, runner in enumerate(runners):
+            scheduler.add(runner, 0.01 * i)
+        await until(lambda: all(len(r.ends) >= 2 for r in runners))
+        lag = scheduler.lag(anyio.current_time())
+    starts = [r.starts[0] for r in runners]
+    assert starts == sorted(starts)  # first due, first started: nobody is overtaken
+    spans = [(s, e) for r in runners for s, e in zip(r.starts, r.ends, strict=False)]
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) == 2
+    assert lag >= 0.1  # 0.1 s ticks of 6 loops on 2 slots: every 0.3 s, not every 0.05 s
+
+
+async def test_no_canary_starves_when_the_scheduler_is_behind() -> None:
+    """Loops that ask for more than the slots can give all tick, each about as often."""
+    runners = [FakeRunner(f"ns/{i}", 0.02, durations=[0.01] * 1000) for i in range(20)]
+    async with running(Scheduler(max_ticking=2)) as scheduler:
+        for runner in runners:
+            scheduler.add(runner, 0.0)
+        await anyio.sleep(1.0)
+        behind = scheduler.lag(anyio.current_time())
+    counts = [len(r.starts) for r in runners]
+    assert min(counts) >= 3 and max(counts) - min(counts) <= 2, counts
+    assert all(r.most_active == 1 for r in runners)
+    assert behind > 0.05  # 20 loops of 0.02 s on 2 slots of 0.01 s ticks: 0.1 s a round
+
+
+async def test_lag_is_zero_when_on_time() -> None:
+    """A scheduler that keeps up reports no lag."""
+    runners = [FakeRunner(f"ns/{i}", 0.05) for i in range(5)]
+    async with running(Scheduler()) as scheduler:
+        for runner in runners:
+            scheduler.add(runner, 0.0)
+        await until(lambda: all(len(r.starts) >= 3 for r in runners))
+        assert scheduler.lag(anyio.current_time()) < 0.05
+
+
+async def test_one_stall_of_the_event_loop_is_not_lag() -> None:
+    """One stall makes a few ticks late; the lag (90th percentile) stays near zero."""
+    runners = [FakeRunner(f"ns/{i}", 0.1) for i in range(10)]
+    async with running(Scheduler()) as scheduler:
+        for i, runner in enumerate(runners):
+            scheduler.add(runner, 0.01 * i)
+        await anyio.sleep(1.5)
+        asyncio.get_running_loop().call_soon(time.sleep, 0.3)  # a long GC pause, say
+        await anyio.sleep(0.6)
+        lag = scheduler.lag(anyio.current_time())
+    assert lag < 0.1
+    assert max(s - d for r in runners for s, d in zip(r.starts, r.dues, strict=True)) >= 0.25

@@ -301,6 +301,7 @@ def test_unit_file_security_score(tmp_path: Path) -> None:
     [
         "Type=notify",
         "WatchdogSec=30s",
+        "LimitNOFILE=65536",
         "Restart=on-failure",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "DynamicUser=yes",
@@ -312,7 +313,7 @@ def test_unit_file_security_score(tmp_path: Path) -> None:
     ids=lambda line: line.split("=")[0],
 )
 def test_unit_file_has(line: str) -> None:
-    """The unit sets what the issue asks for (notify, watchdog, reload, user, dirs, secrets)."""
+    """The unit sets notify, watchdog, fd limit, reload, user, dirs and secrets as asked."""
     assert line in UNIT.read_text().splitlines()
 
 

@@ -117,7 +117,7 @@ async def test_rollout_wait_prints_the_failure_reason_escaped(hostile: Cli) -> N
     """``rollout --wait`` shows the rollback with Prometheus's text escaped, exit 1."""
     code, out, err = await hostile("rollout", "prod/web", "--revision", "v2", "--wait")
     assert code == 1, (out, err)
-    assert out.splitlines()[-1].startswith("prod/web: rolled back: ")
+    assert re.match(r"\d\d:\d\d:\d\d  prod/web: rolled back: ", out.splitlines()[-1])
     assert_escaped(out)
 
 

@@ -57,6 +57,7 @@ from canaryd.config.yamlpos import (
     MAX_NODES,
     Doc,
     Loc,
+    Report,
     format_path,
     got,
     read_file,
@@ -105,6 +106,8 @@ class Loaded:
     settings: Settings
     warnings: list[str]
     files: list[str]
+    report: Report | None = field(default=None, compare=False, repr=False)
+    """Where each key was written, to locate later problems (``check --online``)."""
 
 
 @dataclass
@@ -159,7 +162,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     ]
     warnings += [line for c in settings.canaries for line in unverified_tls(c)]
     warnings += [f"{c.key}: {n}" for c in settings.canaries for n in c.analysis.weight_notes]
-    return Loaded(settings=settings, warnings=warnings, files=ctx.files)
+    return Loaded(settings=settings, warnings=warnings, files=ctx.files, report=ctx)
 
 
 def summary(loaded: Loaded) -> str:

@@ -509,11 +509,21 @@ class NginxRouter(Model):
     username: str | None = None
     password_file: str | None = None
     timeout: Timeout = 10.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address`` (file mode): promote points the primary's server lines at the
+    canary's addresses; ``verify``: promote only sets weights (the deploy
+    pipeline redeploys the primary). See docs/routers.md, "NGINX"."""
 
     @model_validator(mode="after")
     def _file_or_api(self) -> NginxRouter:
         if (self.file is None) == (self.api is None):
             raise ValueError("set exactly one of file (NGINX) or api (NGINX Plus)")
+        if (
+            self.api is not None
+            and self.promotion == "address"
+            and "promotion" in self.model_fields_set
+        ):
+            raise ValueError("promotion: address needs file; through NGINX Plus's api it is verify")
         return self
 
 
@@ -530,6 +540,20 @@ class EnvoyRouter(Model):
     prefix: str = "/"
     log_path: str | None = None
     timeout: Timeout = 10.0
+    promotion: Literal["address", "verify"] = "verify"
+    """``address``: promote points the primary cluster at the canary cluster's
+    endpoints by replacing ``primary_eds`` (the primary cluster is an EDS
+    cluster reading that file); ``verify``: promote only sets weights. See
+    docs/routers.md, "Envoy"."""
+    primary_eds: str | None = None
+
+    @model_validator(mode="after")
+    def _eds_for_address(self) -> EnvoyRouter:
+        if self.promotion == "address" and self.primary_eds is None:
+            raise ValueError(
+                "promotion: address needs primary_eds (the EDS file of the primary cluster)"
+            )
+        return self
 
 
 class TraefikRouter(Model):
@@ -545,6 +569,10 @@ class TraefikRouter(Model):
     username: str | None = None
     password_file: str | None = None
     timeout: Timeout = 10.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address``: promote points the weighted service's primary side at the
+    canary service's server URLs (a service in canaryd's file); ``verify``:
+    promote only sets weights. See docs/routers.md, "Traefik"."""
 
 
 def _http_base(value: str) -> str:
@@ -569,6 +597,10 @@ class CaddyRouter(Model):
     primary: str = Field(min_length=1)
     canary: str = Field(min_length=1)
     timeout: Timeout = 5.0
+    promotion: Literal["address", "verify"] = "address"
+    """``address``: promote points the primary upstream's ``dial`` at the canary's
+    (and tags it ``@id`` ``<handler>-canaryd-primary``); ``verify``: promote only
+    sets weights. See docs/routers.md, "Caddy"."""
 
     @field_validator("handler")
     @classmethod
@@ -786,6 +818,8 @@ class MetricSpec(Model):
     onNoData: OnNoData = OnNoData.FAIL
     templateVariables: dict[str, str] = Field(default_factory=dict)
     compare: CompareSpec | None = None
+    dryRun: bool = False
+    """Judged, recorded and shown, but never fails or holds a check (docs/flagger.md)."""
 
     @model_validator(mode="after")
     def _deprecated_threshold(self) -> MetricSpec:
@@ -806,6 +840,8 @@ class MetricSpec(Model):
         if self.templateRef is not None and self.query is not None:
             raise ValueError("set templateRef or query, not both")
         if self.compare is not None:
+            if self.dryRun:
+                raise ValueError("dryRun applies to thresholdRange metrics, not compare")
             return self
         if self.thresholdRange is None or (
             self.thresholdRange.min is None and self.thresholdRange.max is None

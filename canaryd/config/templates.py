@@ -31,7 +31,11 @@ canaryd's own additions (no Flagger equivalent):
   ``http_request_duration_seconds_bucket{job, le}`` (seconds, as the Prometheus
   client libraries export it);
 - ``envoy``: a standalone Envoy whose cluster for the canary is named
-  ``<target>`` (Flagger's Crossover queries without the Kubernetes label);
+  ``<target>`` (Flagger's Crossover queries without the Kubernetes label), its
+  statistics scraped from the admin API's ``/stats/prometheus``;
+- ``traefik-file``: Traefik's file provider, canary service ``<target>@file``
+  (Flagger's ``traefik`` queries, which only match Kubernetes CRD service
+  names, with that selector);
 - ``haproxy``: HAProxy's built-in exporter, canary server ``server="<target>"``.
   HAProxy exports no latency histogram, so ``request-duration`` is its average
   response time over the last 1024 requests, in milliseconds (not p99).
@@ -116,6 +120,7 @@ _SKIPPER = (
 _APISIX = 'route=~"{{ namespace }}_{{ route }}-{{ target }}-canary_.+"'
 _KNATIVE = 'envoy_cluster_name=~"{{ namespace }}/{{ route }}"'
 _ENVOY = 'envoy_cluster_name="{{ target }}"'
+_TRAEFIK_FILE = 'service="{{ target }}@file"'
 _HAPROXY = 'server="{{ target }}"'
 _PROMETHEUS = 'job="{{ target }}"'
 
@@ -193,6 +198,15 @@ _QUERIES: dict[str, dict[str, str]] = {
             'le="+Inf"',
         ),
         _p99("traefik_service_request_duration_seconds_bucket", _TRAEFIK, "1000"),
+    ),
+    "traefik-file": _mesh(
+        _ratio(
+            "traefik_service_request_duration_seconds_bucket",
+            _TRAEFIK_FILE,
+            'code!~"5..",le="+Inf"',
+            'le="+Inf"',
+        ),
+        _p99("traefik_service_request_duration_seconds_bucket", _TRAEFIK_FILE, "1000"),
     ),
 }
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from canaryd.config.models import Analysis, CanaryConfig, WebhookType
 from canaryd.core.checks import (
+    OWN_TROUBLE,
     PASSED,
     CompareSeries,
     HookResult,
@@ -35,6 +36,7 @@ from canaryd.core.checks import (
     Observation,
     Outcome,
     Verdict,
+    dry_run_findings,
     evaluate,
     judge_compare,
     judge_metric,
@@ -526,7 +528,8 @@ def _apply_outcome(
             state, more = _rollback(spec, state, now, reason or "failed check", **fields)
             return state, effects + more
     else:
-        effects.append(_event(spec, state, "check.held", now, reason=reason, **fields))
+        name = "check.held_by_canaryd" if fields.get("own") else "check.held"
+        effects.append(_event(spec, state, name, now, reason=reason, **fields))
     expired = _gate_expired(spec, state, now)
     return expired if expired is not None else (state, effects)
 
@@ -578,6 +581,9 @@ def _progress(
         judgement,
     )
     extra = {"judge": judgement} if judgement is not None else {}
+    dry = dry_run_findings(metrics)
+    if dry:
+        extra["dryRun"] = dry
     tick = _event(
         spec,
         state,
@@ -673,8 +679,12 @@ def router_failed(
     now: float,
     *,
     weights: tuple[int, int] | None = None,
+    own: bool = False,
 ) -> Decision:
     """The router did not apply a decision: a failed check on the state before it.
+
+    With ``own`` the route could not even be sent for canaryd's own trouble (out of
+    file descriptors or memory): the check holds instead (docs/reliability.md).
 
     A rollback whose route failed stays Failed with ``route_pending`` so the
     runtime keeps retrying the rollback route, at ``weights`` (primary, canary:
@@ -699,6 +709,15 @@ def router_failed(
             new = evolve(new, primary_weight=weights[0], canary_weight=weights[1])
         report = {**fields, "error": error, "retrying": True}
         return Decision(new, (_event(spec, new, "rollback.pending", now, **report),))
+    if own:
+        held = f"{OWN_TROUBLE}: {error}"
+        return Decision(
+            state,
+            (
+                _event(spec, state, "router.failed", now, error=error, retrying=True),
+                _event(spec, state, "check.held_by_canaryd", now, reason=held, error=error),
+            ),
+        )
     new = evolve(state, failed_checks=state.failed_checks + 1, reason=reason)
     effects: list[Effect] = [
         _event(spec, new, "router.failed", now, error=error),

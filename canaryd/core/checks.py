@@ -8,7 +8,10 @@ Pure like it: no I/O, no clock.
 Rules (docs/design.md, "Analysis rules"): webhooks and metrics are judged in config order and
 the first failure is the reason; a failure anywhere fails the check, otherwise
 the first hold holds it; no data fails a check unless the metric says
-``onNoData: pass|hold``; bounds are inclusive.
+``onNoData: pass|hold``; bounds are inclusive. An error marked ``own`` is
+canaryd's own trouble (out of file descriptors or memory, its own queue, a tick
+it could not finish in time): it holds, never fails (docs/reliability.md,
+"canaryd's own trouble").
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ class Outcome(StrEnum):
 class MetricValue:
     """One metric's observation in a tick, with its bounds.
 
-    ``value`` None means no data; ``error`` set means the provider failed.
+    ``value`` None means no data; ``error`` set means the query failed, and
+    ``own`` that it failed for canaryd's own trouble, not the provider's.
+    ``dry_run``: judged and shown, never failing or holding a check (docs/design.md,
+    "Dry-run metrics").
     """
 
     name: str
@@ -44,6 +50,8 @@ class MetricValue:
     max: float | None = None
     error: str | None = None
     on_no_data: OnNoData = OnNoData.FAIL
+    dry_run: bool = False
+    own: bool = False
 
     @property
     def json_value(self) -> float | str | None:
@@ -61,16 +69,25 @@ class MetricValue:
         }
         if self.error:
             out["error"] = self.error
+        if self.dry_run:
+            out["dryRun"] = True
+        if self.own:
+            out["own"] = True
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class HookResult:
-    """One webhook call: ``ok`` is any 2xx; ``detail`` is status and body preview or error."""
+    """One webhook call: ``ok`` is any 2xx; ``detail`` is status and body preview or error.
+
+    ``own``: the call could not be made for canaryd's own trouble (out of file
+    descriptors or memory), which says nothing about the receiver or the canary.
+    """
 
     name: str
     ok: bool
     detail: str = ""
+    own: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +98,8 @@ class CompareSeries:
     control: tuple[float, ...] = ()
     experiment: tuple[float, ...] = ()
     error: str | None = None
+    own: bool = False
+    """The error is canaryd's own trouble (see :class:`MetricValue`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +158,8 @@ def judge_metric(m: MetricValue) -> tuple[Outcome, str | None]:
         The outcome and, unless it passed, the reason in words.
     """
     if m.error is not None:
+        if m.own:
+            return Outcome.HOLD, f"{m.name}: {OWN_TROUBLE}: {m.error}"
         return Outcome.FAIL, f"{m.name}: {m.error}"
     if m.value is None or math.isnan(m.value):
         if m.on_no_data is OnNoData.PASS:
@@ -152,6 +173,9 @@ def judge_metric(m: MetricValue) -> tuple[Outcome, str | None]:
     return Outcome.PASS, None
 
 
+OWN_TROUBLE = "canaryd's own trouble, not the canary's"
+"""Said in the reason of a check held because canaryd itself failed."""
+
 Verdict = tuple[Outcome, str | None, dict[str, Any]]
 """Outcome, reason, and event fields describing what failed or held."""
 
@@ -159,10 +183,18 @@ PASSED: Verdict = (Outcome.PASS, None, {})
 
 
 def _failed_hook(results: tuple[HookResult, ...], what: str, **extra: Any) -> Verdict | None:
-    hook = next((h for h in results if not h.ok), None)
+    """The first failed webhook's verdict: Fail, or Hold if only canaryd's trouble failed one."""
+    hook = next((h for h in results if not h.ok and not h.own), None)
+    hook = hook or next((h for h in results if not h.ok), None)
     if hook is None:
         return None
     fields = {"webhook": hook.name, "error": hook.detail, **extra}
+    if hook.own:
+        return (
+            Outcome.HOLD,
+            f"{what} {hook.name}: {OWN_TROUBLE}: {hook.detail}",
+            {**fields, "own": True},
+        )
     return Outcome.FAIL, f"{what} {hook.name}: {hook.detail}", fields
 
 
@@ -171,6 +203,8 @@ def _metric_verdict(m: MetricValue) -> Verdict:
     fields = {"metric": m.name, "value": m.json_value, "min": m.min, "max": m.max}
     if m.error:
         fields["error"] = m.error
+    if m.own and m.error is not None:
+        fields["own"] = True
     return outcome, reason, fields
 
 
@@ -181,10 +215,14 @@ def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[V
         The verdict (Fail fails the check; Marginal follows ``onMarginal``) and
         the judgement as JSON for the tick event and the API (None on a query error).
     """
-    broken = next((c for c in series if c.error is not None), None)
+    broken = next((c for c in series if c.error is not None and not c.own), None)
+    broken = broken or next((c for c in series if c.error is not None), None)
     if broken is not None:
-        reason = f"{broken.config.name}: {broken.error}"
-        return (Outcome.FAIL, reason, {"metric": broken.config.name, "error": broken.error}), None
+        fields: dict[str, Any] = {"metric": broken.config.name, "error": broken.error}
+        if broken.own:
+            reason = f"{broken.config.name}: {OWN_TROUBLE}: {broken.error}"
+            return (Outcome.HOLD, reason, {**fields, "own": True}), None
+        return (Outcome.FAIL, f"{broken.config.name}: {broken.error}", fields), None
     from canaryd.core.judge import judge  # numpy on first use only (docs/judge.md, start-up cost)
 
     thresholds = Thresholds(spec.thresholds.passing, spec.thresholds.marginal)
@@ -203,10 +241,21 @@ def judge_compare(spec: JudgeSpec, series: tuple[CompareSeries, ...]) -> tuple[V
     return (outcome, None if outcome is Outcome.PASS else reason, {"judge": body}), body
 
 
+def dry_run_findings(metrics: tuple[MetricValue, ...]) -> list[str]:
+    """What the dry-run metrics would have failed or held, in words (for the tick event)."""
+    found = []
+    for m in metrics:
+        outcome, reason = judge_metric(m) if m.dry_run else (Outcome.PASS, None)
+        if outcome is not Outcome.PASS and reason is not None:
+            found.append(f"{reason} (dry run, would {outcome.value})")
+    return found
+
+
 def evaluate(need: Needs, obs: Observation, judged: Verdict | None = None) -> Verdict:
     """Evaluate one tick's check; the first failure (in config order) is the reason.
 
     A failure anywhere fails the check; otherwise the first hold holds it.
+    Dry-run metrics are left out: they never fail or hold a check.
     ``judged`` is the verdict of the compare metrics, if any.
     """
     if need.pre_rollout:
@@ -215,10 +264,11 @@ def evaluate(need: Needs, obs: Observation, judged: Verdict | None = None) -> Ve
             return failed
     if not need.checks:
         return PASSED
-    failed = _failed_hook(obs.rollout, "webhook")
-    if failed is not None:
-        return failed
-    verdicts = [_metric_verdict(m) for m in obs.metrics]
+    hooks = _failed_hook(obs.rollout, "webhook")
+    if hooks is not None and hooks[0] is Outcome.FAIL:
+        return hooks
+    verdicts = [] if hooks is None else [hooks]  # held: a metric may still fail the check
+    verdicts += [_metric_verdict(m) for m in obs.metrics if not m.dry_run]
     if judged is not None:
         verdicts.append(judged)
     for outcome in (Outcome.FAIL, Outcome.HOLD):

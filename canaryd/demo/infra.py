@@ -173,8 +173,8 @@ class CaddyPath:
     canary: str
     label: str = "Caddy (real), weights set through its admin API"
     scale: int = 100
-    promotes: bool = False
-    """Caddy's router sets weights only; the deploy pipeline redeploys the primary."""
+    promotes: bool = True
+    """Promotion points the primary upstream at the canary's address (``promotion: address``)."""
 
     @property
     def router(self) -> dict[str, Any]:
@@ -268,11 +268,20 @@ class PrometheusMetrics:
         return None
 
 
+def _scrape_job(job: str, target: str) -> str:
+    """One scrape config; ``target`` is ``host:port`` or ``host:port/metrics/path``."""
+    address, slash, path = target.partition("/")
+    metrics_path = f"    metrics_path: /{path}\n" if slash else ""
+    return (
+        f"  - job_name: {job}\n{metrics_path}    static_configs:\n      - targets: ['{address}']\n"
+    )
+
+
 @asynccontextmanager
 async def run_prometheus(
     binary: str, workdir: Path, jobs: Mapping[str, str]
 ) -> AsyncIterator[PrometheusMetrics]:
-    """Start Prometheus scraping ``jobs`` (job name -> host:port) every second.
+    """Start Prometheus scraping ``jobs`` (job name -> host:port[/path]) every second.
 
     Returns once every job has been scraped successfully at least once.
 
@@ -282,11 +291,7 @@ async def run_prometheus(
     port = free_port()
     config = workdir / "prometheus.yml"
     config.write_text(
-        PROMETHEUS_CONFIG
-        + "".join(
-            f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-            for job, target in jobs.items()
-        )
+        PROMETHEUS_CONFIG + "".join(_scrape_job(job, target) for job, target in jobs.items())
     )
     argv = [
         binary,

@@ -174,6 +174,12 @@ def _metric(check: dict[str, Any], name: str) -> dict[str, Any]:
     return next((m for m in check.get("metrics", []) if m.get("name") == name), {})
 
 
+def check_value(check: dict[str, Any], name: str) -> tuple[bool, float | None]:
+    """Whether the check judged metric ``name``, and the value it saw (None: no data)."""
+    record = _metric(check, name)
+    return bool(record), number(record.get("value"))
+
+
 def _failure_phrase(bound: Bound, value: float | None, error: str | None) -> str:
     if error:
         return f"{bound.name} failed ({error})"

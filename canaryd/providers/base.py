@@ -39,7 +39,7 @@ from tenacity import (
 from yarl import URL
 
 from canaryd.config.models import header_problem, read_secret
-from canaryd.errors import ProviderError, SecretError
+from canaryd.errors import ProviderError, ResourceError, SecretError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,
     USER_AGENT,
@@ -49,6 +49,8 @@ from canaryd.http import (
 )
 from canaryd.providers.transport import (
     AnswerTimeoutError,
+    BusyLoopError,
+    OutOfResourcesError,
     Pool,
     PoolTimeoutError,
     Response,
@@ -73,6 +75,15 @@ log = structlog.get_logger()
 
 class TransientError(ProviderError):
     """A failure worth another attempt (network, timeout, 429, 5xx)."""
+
+
+class OwnTroubleError(TransientError):
+    """canaryd could not send the request itself (no fd, no memory, no free connection,
+    an event loop too busy to see the answer).
+
+    Worth another attempt; if the last attempt meets it too, the query raises
+    :class:`~canaryd.errors.ResourceError` and the check holds (docs/reliability.md).
+    """
 
 
 @dataclass(slots=True)
@@ -138,6 +149,7 @@ class Endpoint:
         raises :class:`TransientError` for answers worth another attempt.
 
         Raises:
+            ResourceError: the last attempt could not be made for canaryd's own trouble.
             ProviderError: permanent failure, or transient ones until the budget ran out.
         """
         return await self.retrying(lambda limit: self.attempt(request, limit, parse), budget)
@@ -146,6 +158,7 @@ class Endpoint:
         """Run ``attempt(timeout)`` until it succeeds, fails for good, or the budget runs out.
 
         Raises:
+            ResourceError: the last attempt could not be made for canaryd's own trouble.
             ProviderError: permanent failure, or transient ones until the budget ran out.
         """
         self.stats.queries += 1
@@ -180,7 +193,9 @@ class Endpoint:
         except RetryError as exc:
             self.stats.failures += 1
             n = exc.last_attempt.attempt_number
-            raise ProviderError(
+            last = exc.last_attempt.exception()
+            kind = ResourceError if isinstance(last, OwnTroubleError) else ProviderError
+            raise kind(
                 f"gave up after {n} attempt{'s' if n > 1 else ''} in "
                 f"{time.monotonic() - started:.1f}s (budget {budget:g}s): "
                 f"{exc.last_attempt.exception()}"
@@ -209,9 +224,13 @@ class Endpoint:
                 content_type=request.content_type,
             )
         except PoolTimeoutError:
-            raise TransientError(
+            raise OwnTroubleError(
                 f"no connection to {self.name} came free within {limit:g}s"
             ) from None
+        except OutOfResourcesError as exc:
+            raise OwnTroubleError(f"canaryd could not open a connection: {exc}") from exc
+        except BusyLoopError as exc:
+            raise OwnTroubleError(f"no answer seen within {limit:g}s: {exc}") from exc
         except AnswerTimeoutError as exc:
             raise TransientError(f"{self.name} did not answer within {limit:g}s") from exc
         except TLSError as exc:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import select
 import ssl
 import time
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ import httptools
 from yarl import URL
 
 from canaryd.errors import AnswerTimeoutError as AnswerTimeoutError
+from canaryd.errors import BusyLoopError as BusyLoopError
+from canaryd.errors import OutOfResourcesError as OutOfResourcesError
 from canaryd.errors import PoolTimeoutError as PoolTimeoutError
 from canaryd.errors import TLSError as TLSError
 from canaryd.errors import TransportError as TransportError
@@ -50,6 +54,21 @@ MAX_HEAD_BYTES = 8 * 1024
 """Status lines and headers of one answer, interim ``1xx`` answers included, at most."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""``errno`` values that say this process (or the machine) ran out, not the server failed."""
+
+LATE_SHARE = 0.25
+"""A timer that fires this share of its timeout late (and at least ``LATE_MIN_SECONDS``)
+was held up by an overloaded event loop: what it times cannot be judged."""
+
+LATE_MIN_SECONDS = 0.1
+
+
+def late(lateness: float, timeout: float) -> bool:
+    """Whether a timer ``lateness`` seconds late, of a ``timeout``, was held up by a busy loop."""
+    return lateness > max(LATE_MIN_SECONDS, LATE_SHARE * timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,9 +290,32 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
         self.close()
 
-    def expire(self) -> None:
-        """The request's time is up: fail it and drop the connection (its state is unknown)."""
-        self._fail(AnswerTimeoutError("no complete answer in time"))
+    def expire(self, when: float, timeout: float) -> None:
+        """The request's time (``timeout``, up at loop time ``when``) is up: fail it, drop the
+        connection (its state is unknown).
+
+        If bytes of the answer wait unread on the socket, or this runs late
+        (:func:`late`), canaryd was too busy to see the answer in time: that is its
+        own trouble (:class:`BusyLoopError`), not a slow server.
+        """
+        lateness = asyncio.get_running_loop().time() - when
+        if self._unread():
+            self._fail(BusyLoopError("the answer arrived but canaryd was too busy to read it"))
+        elif late(lateness, timeout):
+            self._fail(
+                BusyLoopError(f"canaryd was too busy to look in time ({lateness:.1f}s late)")
+            )
+        else:
+            self._fail(AnswerTimeoutError("no complete answer in time"))
+
+    def _unread(self) -> bool:
+        """Whether bytes wait on the socket that the event loop has not read yet."""
+        sock = None if self.transport is None else self.transport.get_extra_info("socket")
+        if sock is None or sock.fileno() < 0:
+            return False
+        poller = select.poll()  # no descriptor of its own, unlike epoll or a dup()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     @property
     def busy(self) -> bool:
@@ -353,6 +395,8 @@ class Pool:
         Raises:
             PoolTimeoutError: no connection came free within ``timeout``.
             AnswerTimeoutError: no complete answer within ``timeout`` once connected.
+            OutOfResourcesError: no connection could be opened for want of file
+                descriptors or memory.
             TLSError: the TLS handshake failed.
             TransportError: the connection failed or the answer is not HTTP.
         """
@@ -402,7 +446,9 @@ class Pool:
     async def _exchange(self, conn: _Connection, request: bytes, timeout: float) -> Response:
         """Send one request on ``conn`` and wait at most ``timeout`` for its answer."""
         waiter = conn.send(request)
-        timer = asyncio.get_running_loop().call_later(timeout, conn.expire)
+        loop = asyncio.get_running_loop()
+        when = loop.time() + timeout
+        timer = loop.call_at(when, conn.expire, when, timeout)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -445,13 +491,15 @@ class Pool:
         """Open a connection for a slot already counted.
 
         Raises:
-            AnswerTimeoutError: not connected within ``timeout``.
+            AnswerTimeoutError: not connected within ``timeout`` (:class:`BusyLoopError`
+                if canaryd's event loop was too busy to see it in time).
             TLSError: the TLS handshake failed.
             TransportError: the connection failed.
         """
         loop = asyncio.get_running_loop()
+        when = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(when):
                 transport, conn = await loop.create_connection(
                     lambda: _Connection(self._cap),
                     self._host,
@@ -460,11 +508,20 @@ class Pool:
                     server_hostname=self._host if self._ssl else None,
                 )
         except TimeoutError:
+            lateness = loop.time() - when
+            if late(lateness, timeout):
+                message = (
+                    f"canaryd was too busy to see the connection in time ({lateness:.1f}s late)"
+                )
+                raise BusyLoopError(message) from None
             raise AnswerTimeoutError("could not connect in time") from None
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise TLSError(str(exc)) from exc
         except OSError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+            kind = OutOfResourcesError if exc.errno in OUT_OF_RESOURCES else TransportError
+            raise kind(f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+        except MemoryError as exc:
+            raise OutOfResourcesError("out of memory") from exc
         conn.transport = transport  # uvloop may call connection_made after returning
         return conn
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from canaryd.config.models import (
     AlbRouter,
@@ -61,6 +61,22 @@ class Router(Protocol):
         """Release what the router holds (idempotent); no request after it.
 
         Routers that only borrow the daemon's HTTP transport hold nothing.
+        """
+        ...
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """A router that can verify cheaply that it is reachable and set up (``check --online``).
+
+    Routers without such a check are reported as "not checked".
+    """
+
+    async def check(self) -> str:
+        """Verify the router without changing anything; say what was found.
+
+        Raises:
+            RouterError: unreachable, or what the configuration names is not there.
         """
         ...
 

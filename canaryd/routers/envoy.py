@@ -18,8 +18,13 @@ from its log (``cfg.log_path``, Envoy's ``--log-path``) when configured. After
 any failure canaryd waits until the config dump shows the previous version
 again, so the error is reported once Envoy serves the previous split. The
 admin API not answering (Envoy down) is an error before anything is written.
-``promote`` writes the request's weights like ``route``; ``rollback`` always
-writes primary 100 %. See ``docs/routers.md``.
+``promote`` writes the request's weights like ``route``; with ``promotion:
+address`` it first points the primary cluster at the canary cluster's endpoints
+(as ``/clusters`` shows them) by replacing the primary's EDS file
+(``primary_eds``, same atomic rename) and waits until ``/clusters`` shows
+them; a ``rollback`` while both clusters have the same endpoints is refused
+(the old version is no longer in Envoy). ``rollback`` always writes primary
+100 %. See ``docs/routers.md``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ LOG_WAIT = 2.0
 """Seconds to wait for Envoy's rejection line to reach its (buffered) log."""
 
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINTS_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+Host = tuple[str, int]
+"""An endpoint's (address, port)."""
 
 _REJECTED = re.compile(r"update rejected: (?P<reason>.*)$")
 
@@ -85,6 +94,33 @@ def rds_file(resource: dict[str, Any]) -> tuple[str, bytes]:
     return version, (json.dumps(document, indent=2) + "\n").encode()
 
 
+def eds_file(cluster: str, hosts: list[Host]) -> bytes:
+    """An EDS file (``ClusterLoadAssignment``) giving ``cluster`` these endpoints."""
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+        for host, port in hosts
+    ]
+    resource = {
+        "@type": ENDPOINTS_TYPE,
+        "cluster_name": cluster,
+        "endpoints": [{"lb_endpoints": endpoints}],
+    }
+    return rds_file(resource)[1]
+
+
+def cluster_hosts(answer: Any, name: str) -> list[Host] | None:
+    """The sorted endpoints of cluster ``name`` in a ``/clusters?format=json`` answer."""
+    statuses = answer.get("cluster_statuses", []) if isinstance(answer, dict) else []
+    for status in statuses:
+        if isinstance(status, dict) and status.get("name") == name:
+            hosts = []
+            for host in status.get("host_statuses", []):
+                socket = host.get("address", {}).get("socket_address", {})
+                hosts.append((str(socket.get("address")), int(socket.get("port_value", 0))))
+            return sorted(hosts)
+    return None
+
+
 def dumped_version(dump: Any, name: str) -> str | None:
     """``version_info`` of route configuration ``name`` in a ``/config_dump`` answer."""
     configs = dump.get("configs", []) if isinstance(dump, dict) else []
@@ -103,6 +139,10 @@ def rejection_reason(log: str) -> str | None:
         if match:
             return match["reason"]
     return None
+
+
+def _hosts_text(hosts: list[Host]) -> str:
+    return " ".join(f"{host}:{port}" for host, port in hosts) or "(none)"
 
 
 def _log_size(path: str | None) -> int | None:
@@ -158,6 +198,8 @@ class EnvoyFileRouter:
         previous: str | None = None
         try:
             with anyio.fail_after(self.budget):
+                if self._cfg.promotion == "address" and request.action != "route":
+                    await self._promotion(request)
                 rejected = await self._rejections()
                 previous = await self._version()
                 offset = await anyio.to_thread.run_sync(_log_size, self._cfg.log_path)
@@ -173,6 +215,56 @@ class EnvoyFileRouter:
         except RouterError as exc:
             error = exc
         raise await self._back_to(previous, error)
+
+    async def _promotion(self, request: RouteRequest) -> None:
+        """``promotion: address``: point the primary cluster at the canary's endpoints
+        (promote), or refuse a rollback once it does (docs/routers.md, "Envoy").
+
+        Raises:
+            RouterError: a cluster is unknown or the canary has no endpoint, the
+                EDS file cannot be written or Envoy did not load it (the previous
+                file is back), or a rollback cannot restore the old version.
+        """
+        primary, canary = await self._hosts()
+        if request.action == "rollback":
+            if primary == canary:
+                raise RouterError(
+                    f"{self._label}: cannot roll back: the primary cluster {self._cfg.primary} "
+                    f"already points at the canary's endpoints {_hosts_text(canary)} "
+                    "(promoted); redeploy the old version to restore it"
+                )
+            return
+        if primary == canary:
+            return  # promoted already: idempotent
+        if not canary:
+            raise RouterError(
+                f"{self._label}: the canary cluster {self._cfg.canary} has no endpoint"
+            )
+
+        async def confirm() -> None:
+            async def check() -> str | None:
+                now = (await self._hosts())[0]
+                return None if now == canary else f"primary endpoints {_hosts_text(now)}"
+
+            await poll(check, self._cfg.timeout, f"{self._label}: primary cluster endpoints")
+
+        path = Path(str(self._cfg.primary_eds))
+        await apply_file("envoy", path, eds_file(self._cfg.primary, canary), confirm)
+
+    async def _hosts(self) -> tuple[list[Host], list[Host]]:
+        """The primary and canary clusters' endpoints, from the admin API's ``/clusters``.
+
+        Raises:
+            RouterError: Envoy does not know one of the clusters.
+        """
+        answer = await self._get("/clusters?format=json")
+        found = []
+        for name in (self._cfg.primary, self._cfg.canary):
+            hosts = cluster_hosts(answer, name)
+            if hosts is None:
+                raise RouterError(f"{self._label}: Envoy has no cluster {name}")
+            found.append(hosts)
+        return found[0], found[1]
 
     async def _back_to(self, previous: str | None, error: RouterError) -> RouterError:
         """Wait until Envoy shows the version from before (the file is back); the error to raise.

@@ -235,6 +235,19 @@ class HAProxyRuntime:
                 f"haproxy {self._cfg.socket}: no answer within {self.budget:g}s"
             ) from exc
 
+    async def check(self) -> str:
+        """The backend and both servers exist (``show servers state``); nothing is changed.
+
+        Raises:
+            RouterError: the socket does not answer, or the backend or a server is unknown.
+        """
+        state = await self.servers_state()
+        found = [f"{n} at {':'.join(self._server(state, n))}" for n in self._primary_canary()]
+        return f"backend {self._cfg.backend}: {', '.join(found)}"
+
+    def _primary_canary(self) -> tuple[str, str]:
+        return self._cfg.primary, self._cfg.canary
+
     async def _apply(self, request: RouteRequest) -> None:
         if request.action == "promote":
             if self._cfg.promotion == "verify":

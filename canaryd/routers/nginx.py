@@ -24,9 +24,14 @@ after all) and the RouterError quotes NGINX's own message, e.g. ``nginx: [emerg]
 found in upstream "web-v2:80" in /etc/nginx/canaryd/web.conf:4``.
 Changes to one NGINX (one test command) are applied one at a time, so canaries
 sharing an NGINX never test or reload each other's half-applied files.
-``promote`` writes the request's weights like ``route`` (NGINX cannot
-change what the primary runs; a ``promote`` webhook redeploys it);
-``rollback`` always writes primary 100 %. See ``docs/routers.md``.
+``promote`` (``promotion: address``, the default) points the primary's server
+lines at the canary's addresses and writes the request's weights; the file
+records it (a ``# promoted:`` line), so the promotion steps that follow move the
+weight back to a primary that runs the new version, and a ``rollback`` while
+the primary points at the canary's addresses is refused (the old version is no
+longer in NGINX). With ``promotion: verify`` ``promote`` only writes the
+weights (a ``promote`` webhook redeploys the primary). ``rollback`` always
+writes primary 100 %. See ``docs/routers.md``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import anyio
 from canaryd.config import NginxRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import apply_file, poll, preview, run_command
+from canaryd.routers.files import apply_file, poll, preview, read_current, run_command
 
 _LOG_LINE = re.compile(
     r"^(?:nginx: )?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d )?"  # prefix and timestamp
@@ -68,21 +73,44 @@ def split_weights(primary: int, canary: int, n_primary: int, n_canary: int) -> t
     return wp // divisor, wc // divisor
 
 
-def render_upstream(cfg: NginxRouter, canary: str, primary_pct: int, canary_pct: int) -> str:
+PROMOTED = "# promoted: the primary's servers point at the canary's addresses:"
+"""The include file's marker line after a promotion (followed by the addresses)."""
+
+
+def promoted_servers(text: str | None) -> list[str] | None:
+    """The addresses the primary's server lines point at after a promotion, from the file."""
+    for line in (text or "").splitlines():
+        if line.startswith(PROMOTED):
+            return line.removeprefix(PROMOTED).split()
+    return None
+
+
+def render_upstream(
+    cfg: NginxRouter,
+    canary: str,
+    primary_pct: int,
+    canary_pct: int,
+    promoted: list[str] | None = None,
+) -> str:
     """The include file's text for one split.
+
+    ``promoted``: the primary's server lines point at these addresses (the
+    canary's, since a promotion) instead of ``cfg.primary``; the file says so.
 
     Raises:
         ValueError: the percents are not a split (see :func:`split_weights`).
     """
-    wp, wc = split_weights(primary_pct, canary_pct, len(cfg.primary), len(cfg.canary))
+    primary_servers = promoted or cfg.primary
+    wp, wc = split_weights(primary_pct, canary_pct, len(primary_servers), len(cfg.canary))
     lines = [
         f"# Written by canaryd for {canary}: primary {primary_pct}%, canary {canary_pct}%.",
         "# canaryd replaces this file on every traffic change; do not edit it.",
+        *([f"{PROMOTED} {' '.join(promoted)}"] if promoted else []),
         f"upstream {cfg.upstream} {{",
         *(f"    {directive};" for directive in cfg.directives),
     ]
     options = f" {cfg.server_options}" if cfg.server_options else ""
-    for servers, weight in ((cfg.primary, wp), (cfg.canary, wc)):
+    for servers, weight in ((primary_servers, wp), (cfg.canary, wc)):
         if weight:
             lines += [f"    server {server} weight={weight}{options};" for server in servers]
     return "\n".join([*lines, "}", ""])
@@ -196,8 +224,9 @@ class NginxFileRouter:
         primary, canary = request.primary_weight, request.canary_weight
         if request.action == "rollback":
             primary, canary = 100, 0
+        promoted = await self._promoted(request)
         try:
-            text = render_upstream(self._cfg, request.canary, primary, canary)
+            text = render_upstream(self._cfg, request.canary, primary, canary, promoted)
         except ValueError as exc:
             raise RouterError(f"nginx {self._cfg.upstream}: {exc}") from exc
         signalled = False
@@ -222,6 +251,35 @@ class NginxFileRouter:
                     )
         except TimeoutError as exc:
             raise RouterError(f"nginx: not applied within {self.budget:g}s") from exc
+
+    async def _promoted(self, request: RouteRequest) -> list[str] | None:
+        """Where the primary's server lines point (None: ``cfg.primary``), for ``request``.
+
+        With ``promotion: address`` a ``promote`` points them at the canary's
+        addresses, and every later change keeps them there (the file records
+        it), like HAProxy's ``set server ... addr`` (docs/routers.md, "NGINX").
+
+        Raises:
+            RouterError: the file cannot be read, or a rollback was asked while the
+                primary already points at the canary's addresses: the old version
+                is gone from NGINX, so reporting the rollback as done would be false.
+        """
+        if self._cfg.promotion != "address":
+            return None
+        if request.action == "promote":
+            return list(self._cfg.canary)
+        try:
+            current = await anyio.to_thread.run_sync(read_current, self._path)
+        except OSError as exc:
+            raise RouterError(f"nginx {self._path}: cannot read: {exc.strerror}") from exc
+        promoted = promoted_servers(current.decode(errors="replace") if current else None)
+        if request.action == "rollback" and promoted == list(self._cfg.canary):
+            raise RouterError(
+                f"nginx {self._cfg.upstream}: cannot roll back: the primary's servers already "
+                f"point at the canary's addresses {' '.join(promoted)} (promoted); "
+                "redeploy the old version to restore it"
+            )
+        return promoted
 
     async def _workers_now(self) -> dict[int, str] | None:
         """The master's workers before the reload (None: no pid_path, or NGINX is down)."""

@@ -21,8 +21,14 @@ provider with ``name@provider``). For each decision canaryd:
    is reported once Traefik serves the previous split.
 
 Traefik applies provider changes at most every ``providersThrottleDuration``
-(2 s by default), so ``timeout`` must be longer. ``promote`` writes the
-request's weights like ``route``; ``rollback`` always writes primary 100 %.
+(2 s by default), so ``timeout`` must be longer. ``promote`` (``promotion:
+address``, the default) also points the weighted service's primary side at the
+canary service's server URLs: a service ``<service>-canaryd-primary`` in
+canaryd's file, with the URLs Traefik's API shows for the canary; the file
+records it, so the weights that follow go back to a primary running the new
+version, and a ``rollback`` while it points there is refused (the old version
+is no longer in Traefik). With ``promotion: verify`` ``promote`` writes the
+request's weights like ``route``. ``rollback`` always writes primary 100 %.
 See ``docs/routers.md``.
 """
 
@@ -39,7 +45,7 @@ from canaryd.config import TraefikRouter, read_secret
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import apply_file, basic_auth, get_json, poll, preview
+from canaryd.routers.files import apply_file, basic_auth, get_json, poll, preview, read_current
 
 BUDGET_FACTOR = 3
 """One :meth:`TraefikFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
@@ -50,25 +56,47 @@ def qualified(name: str, provider: str) -> str:
     return name if "@" in name else f"{name}@{provider}"
 
 
-def weighted_services(cfg: TraefikRouter, primary: int, canary: int) -> list[dict[str, Any]]:
-    """The weighted service's children with their weights."""
-    return [{"name": cfg.primary, "weight": primary}, {"name": cfg.canary, "weight": canary}]
+PROMOTED_SUFFIX = "-canaryd-primary"
+"""canaryd's primary service after a promotion is ``<service>-canaryd-primary``."""
 
 
-def dynamic_config(cfg: TraefikRouter, primary: int, canary: int, canary_name: str) -> bytes:
-    """The file's YAML for one split."""
+def weighted_services(
+    cfg: TraefikRouter, primary: int, canary: int, *, promoted: bool = False
+) -> list[dict[str, Any]]:
+    """The weighted service's children with their weights (the promoted primary if promoted)."""
+    first = cfg.service + PROMOTED_SUFFIX if promoted else cfg.primary
+    return [{"name": first, "weight": primary}, {"name": cfg.canary, "weight": canary}]
+
+
+def dynamic_config(
+    cfg: TraefikRouter,
+    primary: int,
+    canary: int,
+    canary_name: str,
+    promoted: list[str] | None = None,
+) -> bytes:
+    """The file's YAML for one split; ``promoted``: the primary side's server URLs."""
     header = (
         f"# Written by canaryd for {canary_name}: primary {primary}%, canary {canary}%.\n"
         "# canaryd replaces this file on every traffic change; do not edit it.\n"
     )
-    document = {
-        "http": {
-            "services": {
-                cfg.service: {"weighted": {"services": weighted_services(cfg, primary, canary)}}
-            }
-        }
-    }
+    children = weighted_services(cfg, primary, canary, promoted=promoted is not None)
+    services: dict[str, Any] = {cfg.service: {"weighted": {"services": children}}}
+    if promoted is not None:
+        servers = [{"url": url} for url in promoted]
+        services[cfg.service + PROMOTED_SUFFIX] = {"loadBalancer": {"servers": servers}}
+    document = {"http": {"services": services}}
     return (header + yaml.safe_dump(document, sort_keys=False)).encode()
+
+
+def promoted_urls(cfg: TraefikRouter, data: bytes | None) -> list[str] | None:
+    """The promoted primary's server URLs in canaryd's file (None: not promoted)."""
+    try:
+        document = yaml.safe_load(data or b"")
+        service = document["http"]["services"][cfg.service + PROMOTED_SUFFIX]
+        return [str(server["url"]) for server in service["loadBalancer"]["servers"]]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def service_state(answer: Any, expected: list[dict[str, Any]]) -> str | None:
@@ -138,13 +166,16 @@ class TraefikFileRouter:
             primary, canary = 100, 0
         if not (0 <= primary <= 100 and 0 <= canary <= 100 and primary + canary == 100):
             raise RouterError(f"{self._label}: weights {primary}/{canary} are not a split")
-        data = dynamic_config(self._cfg, primary, canary, request.canary)
-        expected = weighted_services(self._cfg, primary, canary)
         before: Any = None
         try:
             with anyio.fail_after(self.budget):
                 for child in (self._cfg.primary, self._cfg.canary):
                     await self._service(qualified(child, self._cfg.provider), missing_ok=False)
+                promoted = await self._promoted(request)
+                data = dynamic_config(self._cfg, primary, canary, request.canary, promoted)
+                expected = weighted_services(
+                    self._cfg, primary, canary, promoted=promoted is not None
+                )
                 before = await self._service(self._name, missing_ok=True)
 
                 async def confirm() -> None:
@@ -158,6 +189,54 @@ class TraefikFileRouter:
         except RouterError as exc:
             error = exc
         raise await self._back_to(before, error)
+
+    async def _promoted(self, request: RouteRequest) -> list[str] | None:
+        """The primary side's server URLs (None: ``cfg.primary`` itself) for ``request``.
+
+        With ``promotion: address`` a ``promote`` points the primary side at the
+        canary service's URLs, and later changes keep it there (canaryd's file
+        records it); a rollback while it points there is refused
+        (docs/routers.md, "Traefik").
+
+        Raises:
+            RouterError: the file cannot be read, the canary service has no
+                server URLs, or a rollback cannot restore the old version.
+        """
+        if self._cfg.promotion != "address":
+            return None
+        if request.action == "promote":
+            return await self._canary_urls()
+        try:
+            current = await anyio.to_thread.run_sync(read_current, self._path)
+        except OSError as exc:
+            raise RouterError(f"traefik {self._path}: cannot read: {exc.strerror}") from exc
+        promoted = promoted_urls(self._cfg, current)
+        if request.action == "rollback" and promoted and promoted == await self._canary_urls():
+            raise RouterError(
+                f"{self._label}: cannot roll back: the primary side already points at the "
+                f"canary's URLs {' '.join(promoted)} (promoted); "
+                "redeploy the old version to restore it"
+            )
+        return promoted
+
+    async def _canary_urls(self) -> list[str]:
+        """The canary service's server URLs, as Traefik's API shows them.
+
+        Raises:
+            RouterError: the API did not answer, or the service has no server URLs.
+        """
+        name = qualified(self._cfg.canary, self._cfg.provider)
+        answer = await self._service(name, missing_ok=False)
+        servers = (
+            answer.get("loadBalancer", {}).get("servers", []) if isinstance(answer, dict) else []
+        )
+        urls = [str(s["url"]) for s in servers if isinstance(s, dict) and "url" in s]
+        if not urls:
+            raise RouterError(
+                f"traefik {name}: no loadBalancer server URLs to promote to "
+                "(promotion: address needs them; or set promotion: verify)"
+            )
+        return urls
 
     async def _back_to(self, before: Any, error: RouterError) -> RouterError:
         """Wait until Traefik shows its weights from before (the file is back); the error to raise.

@@ -9,6 +9,7 @@ described by :mod:`canaryd.service.openapi`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -26,6 +27,7 @@ from canaryd.config.models import CanaryConfig
 from canaryd.core import analysis as core
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import CommandError, NotFoundError, RouterError, StoreError
+from canaryd.service.limits import LISTEN_BACKLOG, AcceptErrors, RefusedCount, api_connection_cap
 from canaryd.service.metrics import CONTENT_TYPE
 from canaryd.service.openapi import document
 from canaryd.service.runtime import CanaryRunner
@@ -40,6 +42,9 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", object)  # type: ignore[arg-ty
 REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 SHUTDOWN_SECONDS = 2.0
 """On stop, how long requests in flight may take before their connections are closed."""
+IDLE_SECONDS = 15.0
+"""A connection without a complete request for this long is closed: idle, kept alive
+after an answer, or sending its headers too slowly (docs/reliability.md)."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -168,10 +173,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Config loaded, store open, loops running."""
+    """Config loaded, store open, loops running and on schedule (503 when behind)."""
     daemon = request.app[DAEMON]
     if not daemon.ready:
         return error(503, "not ready")
+    lag = daemon.schedule_lag()
+    if lag > daemon.behind_seconds:
+        body = {
+            "error": f"behind schedule by {lag:.1f}s",
+            "status": "behind",
+            "lagSeconds": round(lag, 3),
+            "canaries": len(daemon.runners),
+        }
+        return web.json_response(body, status=503)
     return web.json_response({"status": "ready", "canaries": len(daemon.runners)})
 
 
@@ -385,15 +399,59 @@ async def serve(daemon: Daemon, *, task_status: anyio.abc.TaskStatus[None]) -> N
     """
     app = make_app(daemon)
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_SECONDS,
+        keepalive_timeout=IDLE_SECONDS,
     )
     await runner.setup()
     host, port = daemon.settings.listen_host_port
+    loop = asyncio.get_running_loop()
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptErrors(handler))
+    server: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        capped = _Capped(
+            runner.server, RefusedCount(api_connection_cap(len(daemon.settings.providers)))
+        )
+        server = await loop.create_server(
+            capped, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+        )
+        daemon.api_refused = capped.refused
         task_status.started()
         await anyio.sleep_forever()
     finally:
         with anyio.CancelScope(shield=True):
+            if server is not None:
+                server.close()
             await runner.cleanup()
+            loop.set_exception_handler(handler)
+
+
+class _Capped:
+    """The API's protocol factory: aiohttp's, until ``refused.cap`` connections are open.
+
+    A connection beyond the cap is closed (reset) as soon as it is accepted, so the
+    API never holds more descriptors than :func:`canaryd.service.limits.api_connection_cap`.
+    """
+
+    def __init__(self, server: web.Server | None, refused: RefusedCount) -> None:
+        assert server is not None  # AppRunner.setup() made it
+        self.server = server
+        self.refused = refused
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        """aiohttp's handler for a new connection, or one that closes it at once."""
+        if len(self.server.connections) >= self.refused.cap:
+            self.refused.refused()
+            return _Refuse()
+        return self.server()
+
+
+class _Refuse(asyncio.Protocol):
+    """Closes the connection it is given, at once, with a reset (no lingering state)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Drop the connection."""
+        transport.abort()  # type: ignore[attr-defined]  # a stream transport

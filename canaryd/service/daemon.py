@@ -17,6 +17,8 @@ a state only changes once persisted, so an abandoned tick leaves no trace).
 
 from __future__ import annotations
 
+import json
+import math
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +38,7 @@ from canaryd.http import HttpTransport, make_transport
 from canaryd.providers import MetricsProvider, build_provider
 from canaryd.routers import Router, build_router
 from canaryd.service.dispatcher import Dispatcher
+from canaryd.service.limits import RefusedCount, raise_fd_limit
 from canaryd.service.metrics import DaemonMetrics
 from canaryd.service.runtime import (
     MAX_OBSERVE_SECONDS,
@@ -45,7 +48,7 @@ from canaryd.service.runtime import (
 )
 from canaryd.service.scheduler import Scheduler
 from canaryd.service.sdnotify import Notifier, watchdog_period
-from canaryd.service.store import Retention, SqliteStore, StateStore
+from canaryd.service.store import Retention, SqliteStore, StateStore, dumps
 from canaryd.ui.live import LiveHub
 
 log = structlog.get_logger()
@@ -67,6 +70,13 @@ STALL_GRACE_SECONDS = 35.0
 timeouts) before a loop whose next tick is late counts as stalled."""
 
 FLUSH_POLL_SECONDS = 0.05
+
+BEHIND_SECONDS = 1.0
+"""Ticks starting later than this after their due time: the daemon is behind schedule
+(``/readyz`` 503, ``STATUS=``, ``scheduler.behind``; docs/reliability.md)."""
+
+BEHIND_LOG_SECONDS = 60.0
+"""While behind, ``scheduler.behind`` is logged at most this often."""
 
 
 @dataclass
@@ -114,6 +124,13 @@ class Daemon:
     _stop_asked: bool = False
     _stalled: list[str] = field(default_factory=list)
     _status: str = ""
+    behind_seconds: float = BEHIND_SECONDS
+    api_refused: RefusedCount | None = None
+    """Connections the API closed at its cap (set once it listens)."""
+    _behind: float = 0.0
+    """How far behind schedule the last heartbeat found the ticks (0: on time)."""
+    _behind_logged: float = -math.inf
+    _said_behind: bool = False
     _removed: dict[str, CanaryRunner] = field(default_factory=dict)
     """Loops a reload removed, by key: a canary added back continues from its old loop."""
 
@@ -357,14 +374,46 @@ class Daemon:
             f"{sum(s.active for s in states)} progressing, "
             f"{sum(s.phase is Phase.FAILED for s in states)} failed"
         )
+        if self._behind:
+            line += f"; behind schedule by {self._behind:.1f}s"
         if self._stalled:
             line += f"; stalled: {', '.join(self._stalled)}"
         return line
 
+    def schedule_lag(self) -> float:
+        """How far behind their due time ticks start now, in seconds (see the scheduler)."""
+        return self.scheduler.lag(anyio.current_time())
+
+    def _check_schedule(self) -> None:
+        """Note whether the ticks are behind schedule; log it at most once a minute."""
+        lag = self.schedule_lag()
+        behind = lag if lag > self.behind_seconds else 0.0
+        now = time.monotonic()
+        if behind and now - self._behind_logged >= BEHIND_LOG_SECONDS:
+            self._behind_logged, self._said_behind = now, True
+            log.warning(
+                "scheduler.behind",
+                lag_seconds=round(lag, 3),
+                ticking=self.scheduler.ticking,
+                waiting=self.scheduler.overdue(anyio.current_time()),
+                canaries=len(self.runners),
+            )
+        elif not behind and self._said_behind:  # flapping around the line: one pair a minute
+            self._said_behind = False
+            log.info("scheduler.caught_up", lag_seconds=round(lag, 3))
+        self._behind = behind
+
     def stalled(self, now: float) -> list[str]:
-        """Canaries whose loop has not started a tick for longer than it possibly could."""
+        """Canaries whose loop has not started a tick for longer than it possibly could.
+
+        A canary whose tick is due and waits for a free slot (the daemon is behind
+        schedule) is late, not stalled: the scheduler starts it in its turn.
+        """
         out = []
+        loop_now = anyio.current_time()
         for key, runner in self.runners.items():
+            if self.scheduler.queued(key, loop_now):
+                continue  # waits its turn behind schedule: late, not stalled
             interval = runner.spec.analysis.interval
             # a webhook's own timeout may hold a tick beyond the interval (docs/flagger.md)
             limit = runner.observe_limit()
@@ -377,6 +426,7 @@ class Daemon:
         """``WATCHDOG=1`` at half systemd's period while the loops tick; ``STATUS=`` always."""
         period = watchdog_period()
         while True:
+            self._check_schedule()
             stalled = self.stalled(self.services.clock())
             if stalled != self._stalled:
                 if stalled:
@@ -396,6 +446,9 @@ class Daemon:
         Raises:
             StoreError: the history cannot be read.
         """
+        if runner.last_record is not None:  # saved by this process: no store read (a busy
+            saved: dict[str, Any] = json.loads(dumps(runner.last_record.as_dict()))  # store
+            return saved  # would stall /metrics under overload, when it matters most)
         version = runner.version  # read before the await: a tick may commit meanwhile
         cached = self._checks.get(runner.key)
         if cached is not None and cached[0] == version:
@@ -473,6 +526,7 @@ async def run_daemon(config_path: Path) -> int:
     for warning in loaded.warnings:
         log.warning("config.warning", warning=warning)
     log.info("config.loaded", canaries=len(loaded.settings.canaries), files=loaded.files)
+    raise_fd_limit()
     try:
         await Daemon(config_path, loaded).run()
     except (*_EXPECTED, BaseExceptionGroup) as exc:

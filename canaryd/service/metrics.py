@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from canaryd import __version__
 from canaryd.core.analysis import CanaryState, Phase
-from canaryd.errors import ProviderError
+from canaryd.errors import ProviderError, ResourceError
 from canaryd.providers import MetricsProvider
 
 if TYPE_CHECKING:
@@ -71,6 +71,9 @@ class Snapshot:
     oldest_pending: float | None = None
     deliveries: dict[str, int] = field(default_factory=dict)
     now: float = 0.0
+    schedule_lag: float = 0.0
+    ticking: int = 0
+    api_refused: int = 0
 
 
 class DaemonMetrics:
@@ -104,6 +107,13 @@ class DaemonMetrics:
             ["provider"],
             registry=self.registry,
         )
+        self.provider_own_trouble = Counter(
+            "canaryd_provider_own_trouble",
+            "Metric queries canaryd could not make itself (out of file descriptors or memory, "
+            "no free connection of its own); their checks held.",
+            ["provider"],
+            registry=self.registry,
+        )
         self.rollouts_finished = Counter(
             "canaryd_rollouts_finished",
             "Rollouts that ended, by result (promoted or rolled_back).",
@@ -134,6 +144,7 @@ class DaemonMetrics:
         """Wrap a provider so its queries are timed and counted (its series start at 0)."""
         self.provider_requests.labels(name)
         self.provider_errors.labels(name)
+        self.provider_own_trouble.labels(name)
         return InstrumentedProvider(name, inner, self)
 
     async def refresh(self, daemon: Daemon) -> None:
@@ -165,6 +176,9 @@ class DaemonMetrics:
             oldest_pending=stats["oldest_pending"],
             deliveries=dict(dispatcher.counters) if dispatcher is not None else {},
             now=time.time(),
+            schedule_lag=daemon.schedule_lag(),
+            ticking=daemon.scheduler.ticking,
+            api_refused=daemon.api_refused.total if daemon.api_refused is not None else 0,
         )
 
     def render(self) -> bytes:
@@ -179,7 +193,7 @@ class InstrumentedProvider:
     name: str
     inner: MetricsProvider
     metrics: DaemonMetrics
-    _children: tuple[Any, Any, Any] = field(init=False, repr=False, compare=False)
+    _children: tuple[Any, Any, Any, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Look the provider's series up once: ``labels()`` costs on every query otherwise."""
@@ -188,6 +202,7 @@ class InstrumentedProvider:
             m.provider_requests.labels(self.name),
             m.provider_errors.labels(self.name),
             m.provider_seconds.labels(self.name),
+            m.provider_own_trouble.labels(self.name),
         )
 
     async def query(self, query: str, *, budget: float) -> float | None:
@@ -215,10 +230,13 @@ class InstrumentedProvider:
     @contextmanager
     def _counted(self) -> Iterator[None]:
         """Count and time one request (whatever its end); count its failure as an error."""
-        requests, errors, seconds = self._children
+        requests, errors, seconds, own = self._children
         started = time.monotonic()
         try:
             yield
+        except ResourceError:
+            own.inc()
+            raise
         except ProviderError:
             errors.inc()
             raise
@@ -251,6 +269,19 @@ class _SnapshotCollector(Collector):
             "canaryd_ready", "1 once config, store, API and loops are up.", [], [([], snap.ready)]
         )
         yield _gauge("canaryd_canaries", "Configured canaries.", [], [([], len(snap.canaries))])
+        yield _gauge(
+            "canaryd_schedule_lag_seconds",
+            "How late ticks start after their due time (90th percentile of the last 10-20 s).",
+            [],
+            [([], snap.schedule_lag)],
+        )
+        yield _gauge("canaryd_ticks_in_flight", "Ticks running now.", [], [([], snap.ticking)])
+        refused = CounterMetricFamily(
+            "canaryd_api_connections_refused",
+            "API connections closed on arrival because the API held its cap already.",
+        )
+        refused.add_metric([], snap.api_refused)
+        yield refused
         yield from _canary_families(snap.canaries)
         yield from _outbox_families(snap)
 

@@ -130,7 +130,11 @@ def _paths() -> Schema:
                 "security": [],
                 "responses": {
                     "200": _json(_ref("Ready"), "Ready."),
-                    "503": _json(_ref("Error"), "Starting, reloading or stopping."),
+                    "503": _json(
+                        _ref("Error"),
+                        "Starting, reloading or stopping; or behind schedule by more than 1 s "
+                        '(then also `"status": "behind"`, `lagSeconds` and `canaries`).',
+                    ),
                 },
             }
         },
@@ -332,6 +336,10 @@ def _check_schema() -> Schema:
             "min": _nullable("number"),
             "max": _nullable("number"),
             "error": {"type": "string"},
+            "dryRun": {
+                "type": "boolean",
+                "description": "A dry-run metric: judged and shown, never failing a check.",
+            },
         },
     }
     return {

@@ -56,6 +56,7 @@ from canaryd.errors import (
     CanarydError,
     NotFoundError,
     ProviderError,
+    ResourceError,
     RouterError,
     StoreError,
 )
@@ -63,6 +64,7 @@ from canaryd.http import HttpTransport
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
+from canaryd.service.limits import out_of_resources
 from canaryd.service.scheduler import Scheduler
 from canaryd.service.store import DROP, RELEASE, OutboxMessage, StateStore, event_to_dict
 from canaryd.service.webhooks import call as call_webhook
@@ -223,6 +225,8 @@ class CanaryRunner:
         self._predecessor: CanaryRunner | None = None  # the loop this one replaces (a reload)
         self._retired = False  # removed by a reload: decides nothing more
         self._seq = 0  # number of the last decision made, shown or not yet (routes pending)
+        self.last_record: CheckRecord | None = None
+        """The newest check record this runner applied (None: read it from the store)."""
 
     @property
     def key(self) -> str:
@@ -517,7 +521,9 @@ class CanaryRunner:
     ) -> None:
         """Add a call per metric query; ``results["metrics"/"compare"]`` once all have answered."""
         plain, pairs = self._plain, self._pairs
-        values: list[MetricValue] = [MetricValue(m.spec.name, None) for m in plain]
+        values: list[MetricValue] = [
+            MetricValue(m.spec.name, None, dry_run=m.spec.dryRun) for m in plain
+        ]
         series: list[CompareSeries] = [CompareSeries(compare_config(m.spec)) for m in pairs]
         pending = [len(plain) + len(pairs)]
 
@@ -540,18 +546,28 @@ class CanaryRunner:
         calls += [partial(both, i, m) for i, m in enumerate(pairs)]
 
     def _observation(self, need: Needs, results: dict[str, Any], deadline: float) -> Observation:
-        """Assemble an observation; anything missing (deadline hit) counts as failed."""
+        """Assemble an observation; a webhook missing at the deadline counts as failed.
+
+        A metric query missing at the deadline is canaryd's own trouble: the provider
+        gives up within the budget itself, so a query still running 5 s later means
+        canaryd could not run it (an overloaded event loop), and the check holds.
+        """
         timeout = HookResult("deadline", False, f"no answer within {deadline:g}s")
         gates = {kind: results.get(f"gate:{kind.value}", (timeout,)) for kind in need.gates}
         closed = next(
             (k for k, r in gates.items() if not core.gate_open(self.spec, self.state, k, r)), None
         )
-        late = "no answer within the tick's deadline"
+        late = "canaryd did not finish the query within the tick's deadline"
         if "metrics" in results:
             metrics, compare = results["metrics"], results["compare"]
         else:
-            metrics = tuple(MetricValue(m.spec.name, None, error=late) for m in self._plain)
-            compare = tuple(CompareSeries(compare_config(m.spec), error=late) for m in self._pairs)
+            metrics = tuple(
+                MetricValue(m.spec.name, None, error=late, dry_run=m.spec.dryRun, own=True)
+                for m in self._plain
+            )
+            compare = tuple(
+                CompareSeries(compare_config(m.spec), error=late, own=True) for m in self._pairs
+            )
         return Observation(
             rollback=results.get("rollback", ()),
             gate_open=closed is None,
@@ -588,7 +604,7 @@ class CanaryRunner:
                 m.query, start=start, end=end, step=step, budget=budget / 2
             )
         except ProviderError as exc:
-            return CompareSeries(config, error=str(exc))
+            return CompareSeries(config, error=str(exc), own=isinstance(exc, ResourceError))
         return CompareSeries(config, tuple(control), tuple(experiment))
 
     async def _query(self, m: ResolvedMetric, budget: float) -> MetricValue:
@@ -597,8 +613,11 @@ class CanaryRunner:
         try:
             value = await self.services.providers[m.provider].query(m.query, budget=budget)
         except ProviderError as exc:
-            return MetricValue(m.spec.name, None, lo, hi, str(exc), m.spec.onNoData)
-        return MetricValue(m.spec.name, value, lo, hi, None, m.spec.onNoData)
+            own = isinstance(exc, ResourceError)
+            return MetricValue(
+                m.spec.name, None, lo, hi, str(exc), m.spec.onNoData, m.spec.dryRun, own=own
+            )
+        return MetricValue(m.spec.name, value, lo, hi, None, m.spec.onNoData, m.spec.dryRun)
 
     # ------------------------------------------------------------------ commit
 
@@ -774,8 +793,11 @@ class CanaryRunner:
             if route.action == "promote":
                 await self._promote_pending(pending, str(exc), command, decision)
                 return False
+            own = out_of_resources(exc)  # canaryd had no fd or memory: the check holds
             if before is None:
-                await self._commit(core.router_failed(self.spec, self.state, str(exc), now))
+                await self._commit(
+                    core.router_failed(self.spec, self.state, str(exc), now, own=own)
+                )
                 return False
             self._pending, self._settle = None, DROP
             base = replace(before, ticks=pending.state.ticks)
@@ -788,7 +810,7 @@ class CanaryRunner:
             elif command:
                 await self._commit(Decision(base))
                 raise
-            failed = core.router_failed(self.spec, base, str(exc), now)
+            failed = core.router_failed(self.spec, base, str(exc), now, own=own)
             await self._commit(failed, held=confirmed)
             return False
         self._pending, self._settle = None, RELEASE
@@ -905,6 +927,8 @@ class CanaryRunner:
     def _applied(self, decision: Decision, new: CanaryState) -> None:
         """The decision took effect: show it, log its events."""
         self.state = new
+        if decision.record is not None:
+            self.last_record = decision.record
         for effect in decision.effects:
             if isinstance(effect, Emit):
                 log_event(effect.event)

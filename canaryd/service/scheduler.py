@@ -10,6 +10,13 @@ A canary's ticks never overlap, not even when its loop is replaced (a reload
 removes and adds it again) while a tick is in flight: the new loop's first
 tick waits for the old one's.
 
+At most :data:`MAX_TICKING` ticks run at once. When more are due (canaryd is
+overloaded: more checks per second than it, its connections or its event loop can
+carry) the others wait in the heap in order of their due time: no canary starves,
+every interval stretches by the same lag, and the lag is measured
+(:meth:`Scheduler.lag`) instead of piling up as queries that canaryd would then
+fail to send in time (docs/reliability.md, "Overload is visible and fair").
+
 Stopping is graceful: :meth:`Scheduler.stop` starts no new tick, lets the ticks
 in flight finish within a grace period and only then cancels ("abandons")
 them. A tick is cancelled at no other time (removing a canary lets its tick in
@@ -30,6 +37,18 @@ import anyio
 import structlog
 
 log = structlog.get_logger()
+
+MAX_TICKING = 512
+"""Ticks in flight at most (twice a provider's connection pool, see canaryd/http.py):
+more would only queue for a connection inside the ticks, where the wait eats their
+deadline, instead of in the heap, where it is fair and measured."""
+
+LAG_WINDOW_SECONDS = 10.0
+""":meth:`Scheduler.lag` looks at the ticks started in the last one or two such windows."""
+
+LAG_QUANTILE = 0.9
+""":meth:`Scheduler.lag` is this quantile of their start lags: one stall of the event loop
+(a long garbage collection, a busy machine) makes a few ticks late, not the scheduler."""
 
 
 class Tickable(Protocol):
@@ -64,6 +83,8 @@ class _Entry:
     """Waiting for the tick in flight of the entry it replaced (one key never ticks twice)."""
     successor: _Entry | None = None
     """The entry that replaced this one while it ticked: scheduled once this tick ends."""
+    started: bool = False
+    """Has ticked before: a first tick's lateness is start-up time (spread, not lag)."""
 
 
 @dataclass(eq=False)
@@ -76,6 +97,10 @@ class Scheduler:
     _ticks: set[asyncio.Task[None]] = field(default_factory=set)
     _alarm: asyncio.Future[None] | None = None
     _stopping: bool = False
+    max_ticking: int = MAX_TICKING
+    _lags: list[float] = field(default_factory=list)  # start lags since _lag_since
+    _lag_since: float = 0.0
+    _lags_before: list[float] = field(default_factory=list)  # of the window before
 
     def add(self, runner: Tickable, first_delay: float) -> Callable[[], None]:
         """Schedule a runner's first tick ``first_delay`` seconds from now.
@@ -106,6 +131,38 @@ class Scheduler:
         """Ticks in flight."""
         return len(self._ticks)
 
+    def lag(self, now: float) -> float:
+        """How far behind schedule ticks start, in seconds (0 when on time).
+
+        :data:`LAG_QUANTILE` of the start lags of the ticks started in the last
+        :data:`LAG_WINDOW_SECONDS` or so (a loop's first tick is spread over its
+        interval on purpose and does not count), or how long the most overdue
+        waiting entry has waited, if longer.
+
+        Args:
+            now: the event loop's clock.
+        """
+        self._roll_lag(now)
+        lags = sorted(self._lags + self._lags_before)
+        quantile = lags[min(len(lags) - 1, int(len(lags) * LAG_QUANTILE))] if lags else 0.0
+        overdue = now - self._heap[0][0] if self._heap and not self._stopping else 0.0
+        return max(quantile, overdue, 0.0)
+
+    def queued(self, key: str, now: float) -> bool:
+        """Whether ``key``'s tick is due and waits for a free slot (not ticking, not stalled)."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.ticking is None and entry.due <= now
+
+    def overdue(self, now: float) -> int:
+        """Entries due by ``now`` that have not started (O(n): for reports, not per tick)."""
+        return sum(1 for e in self._entries.values() if e.ticking is None and e.due <= now)
+
+    def _roll_lag(self, now: float) -> None:
+        if now - self._lag_since >= LAG_WINDOW_SECONDS:
+            recent = now - self._lag_since < 2 * LAG_WINDOW_SECONDS
+            self._lags_before = self._lags if recent else []
+            self._lags, self._lag_since = [], now
+
     def _wake(self, entry: _Entry) -> None:
         if entry.removed:
             return
@@ -130,21 +187,35 @@ class Scheduler:
         try:
             while True:
                 now = loop.time()
-                while heap and heap[0][0] <= now and not self._stopping:
+                free = self.max_ticking - len(self._ticks)
+                while heap and heap[0][0] <= now and not self._stopping and free > 0:
                     due, _, entry = heapq.heappop(heap)
                     if entry.removed or entry.ticking is not None or entry.due != due:
                         continue  # stale: removed, rescheduled by a wake-up, or ticking
-                    self._start(entry, loop)
-                await self._sleep(loop, None if self._stopping or not heap else heap[0][0])
+                    self._start(entry, loop, now)
+                    free -= 1
+                idle = self._stopping or not heap or free <= 0  # full: a tick's end wakes us
+                await self._sleep(loop, None if idle else heap[0][0])
         finally:
             with anyio.CancelScope(shield=True):
                 await self._abandon_all()
 
-    def _start(self, entry: _Entry, loop: asyncio.AbstractEventLoop) -> None:
+    def _start(self, entry: _Entry, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        if entry.started:
+            self._roll_lag(now)
+            self._lags.append(now - entry.due)
+        entry.started = True
         task = loop.create_task(self._tick(entry))
         entry.ticking = task
         self._ticks.add(task)
-        task.add_done_callback(self._ticks.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A tick is over: its slot is free (wake :meth:`run` if it waits for one)."""
+        full = len(self._ticks) >= self.max_ticking
+        self._ticks.discard(task)
+        if full and self._alarm is not None and not self._alarm.done():
+            self._alarm.set_result(None)
 
     async def _tick(self, entry: _Entry) -> None:
         runner = entry.runner

@@ -29,6 +29,7 @@ from canaryd.core.events import Event
 from canaryd.errors import SecretError, WebhookError
 from canaryd.http import Answer, HttpTransport, post_json
 from canaryd.notifiers.text import describe
+from canaryd.service.limits import out_of_resources
 
 BACKOFF_MAX = 2.0
 """Longest pause (seconds) between two attempts of one call, before jitter."""
@@ -130,4 +131,4 @@ async def call(
     result: Answer | WebhookError = await retrying(attempt)
     if isinstance(result, Answer):
         return HookResult(hook.name, result.ok, "" if result.ok else result.describe())
-    return HookResult(hook.name, False, str(result))
+    return HookResult(hook.name, False, str(result), own=out_of_resources(result))
