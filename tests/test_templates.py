@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from prom import PrometheusServer, eventually, histogram_samples, open_provider
+from prom import PrometheusServer, histogram_samples, open_provider
+from support import eventually
 
 from canaryd.config.templates import (
     BUILTIN_METRICS,
