@@ -19,11 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import psycopg
 import pytest
-from prom import free_port
+from support import free_port
+
+if TYPE_CHECKING:
+    from canaryd.service.pgstore import PostgresStore
+    from canaryd.service.store import SqliteStore
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 """Debian puts the server binaries under /usr/lib/postgresql/<version>/bin."""
@@ -117,6 +121,10 @@ def start_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+AnyStore = Union["SqliteStore", "PostgresStore"]
+"""What the ``store`` fixture yields: either store, with ``open`` and ``close``."""
 
 
 def query(store: object, sql: str) -> list[tuple[Any, ...]]:

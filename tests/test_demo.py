@@ -116,6 +116,7 @@ def test_success_rate_counts_only_5xx_as_failures() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_metrics_reader_answers_the_builtin_queries() -> None:
     """The reader is a MetricsProvider giving success rate, p99 and no data per job."""
     async with (
@@ -144,6 +145,7 @@ async def test_metrics_reader_answers_the_builtin_queries() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_splitter_follows_the_webhook_router() -> None:
     """Route requests set the split; rollback forces 100/0; maintenance keeps the canary idle."""
     async with (
@@ -402,3 +404,36 @@ def test_live_view_redraws_the_status_line_under_events() -> None:
     assert "failed 1/3" in text
     assert text.rstrip().endswith("Progressing")  # redrawn after the event line
     assert "ROLLED BACK: request-success-rate 91.8" in text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("taken", "started"), [(1, True), (3, False)], ids=["once", "always"])
+async def test_a_port_taken_while_starting_starts_the_scenario_again(
+    monkeypatch: pytest.MonkeyPatch, taken: int, started: bool
+) -> None:
+    """A port another process took between choosing and binding it restarts the scenario,
+    at most three times in all; other failures are not retried."""
+    import errno
+
+    from canaryd.demo import harness
+
+    calls: list[int] = []
+    sentinel = ScenarioResult(SCENARIOS["healthy"], [])
+
+    async def run(self: Any) -> ScenarioResult:
+        calls.append(1)
+        if len(calls) <= taken:
+            raise ExceptionGroup("start", [OSError(errno.EADDRINUSE, "address already in use")])
+        return sentinel
+
+    monkeypatch.setattr(harness._Run, "run", run)
+    timings = Timings(interval=1.5, metric_interval=6.0, rate=100.0, deadline=40.0)
+    tools = Tools(prometheus=None, haproxy=None)
+    go = harness.run_scenario(SCENARIOS["healthy"], tools, timings, TerminalView(live=False))
+    if started:
+        assert await go is sentinel
+        assert len(calls) == 2
+    else:
+        with pytest.raises(ExceptionGroup):
+            await go
+        assert len(calls) == harness.START_ATTEMPTS

@@ -143,7 +143,7 @@ def replica_config(base: Path, url: str, index: int) -> Path:
     data = yaml.safe_load(base.read_text())
     folder = base.parent / f"r{index}"
     folder.mkdir()
-    from daemons import free_port
+    from support import free_port
 
     data["listen"] = f"127.0.0.1:{free_port()}"
     data["state"] = url

@@ -14,7 +14,8 @@ import pytest
 from daemons import TOKEN, api_url
 from postgres import PostgresServer
 from receiver import Receiver
-from service_helpers import backends, canary, eventually, service_config
+from service_helpers import backends, canary, service_config
+from support import eventually
 
 from canaryd.cli.commands import main
 from canaryd.client import Client

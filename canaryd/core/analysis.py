@@ -692,12 +692,12 @@ def router_failed(
     itself (``rollout.rolled_back``, post-rollout hooks) is reported only once the
     router confirms it (:func:`route_applied`). A pending route refused again is
     reported as ``router.failed`` with ``retrying``.
-    Once promotion has begun (Promoting, Finalising) the failure is only reported
-    and the step retried on the next tick: it never counts as a failed check nor
+    Once promotion has begun (Promoting, Finalising, paused there) the failure is
+    only reported and the step retried on the next tick: it never counts as a failed check nor
     turns into a rollback, since the primary already runs the new revision.
     """
     reason = error  # adapters name themselves: "router mesh: ...", "haproxy web/x: ..."
-    if state.route_pending or state.phase in (Phase.PROMOTING, Phase.FINALISING, Phase.SUCCEEDED):
+    if state.route_pending or _promotion_begun(state) or state.phase is Phase.SUCCEEDED:
         route = pending_route(state)
         action = {"action": route.action} if route is not None else {}
         event = _event(spec, state, "router.failed", now, error=error, retrying=True, **action)
@@ -946,6 +946,11 @@ def promote(spec: CanaryConfig, state: CanaryState, now: float, *, force: bool =
     _require_active(spec, state, "promote")
     if state.phase in (Phase.PROMOTING, Phase.FINALISING):
         raise CommandError(f"{spec.key} is already {state.phase.value}")
+    if _promotion_begun(state):  # paused while promoting: resume finishes it
+        raise CommandError(
+            f"{spec.key} is already {state.paused_phase} (paused): "
+            f"canaryd resume {spec.key} finishes the promotion"
+        )
     skipped = skipped_gates(spec, state)
     if skipped and not force:
         raise CommandError(

@@ -15,6 +15,7 @@ started and followed through canaryd's own HTTP API.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -447,16 +448,30 @@ async def run_scenario(
     Raises:
         DemoError: a part could not be started; the message says which and why.
     """
-    with tempfile.TemporaryDirectory(prefix="canaryd-demo-") as workdir, tracking() as tracked:
-        try:
-            result = await _Run(scenario, tools, timings, Path(workdir), view).run()
-            result.pids, result.ports = tracked.pids, tracked.ports
-            return result
-        except BaseExceptionGroup as group:
-            leaves = list(_leaves(group))
-            if len(leaves) == 1 and isinstance(leaves[0], CanarydError):
-                raise leaves[0] from None
-            raise
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with tempfile.TemporaryDirectory(prefix="canaryd-demo-") as workdir, tracking() as tracked:
+            try:
+                result = await _Run(scenario, tools, timings, Path(workdir), view).run()
+                result.pids, result.ports = tracked.pids, tracked.ports
+                return result
+            except BaseExceptionGroup as group:
+                leaves = list(_leaves(group))
+                if attempt < START_ATTEMPTS and _port_taken(leaves):
+                    continue  # another process took a port between choosing and binding it
+                if len(leaves) == 1 and isinstance(leaves[0], CanarydError):
+                    raise leaves[0] from None
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+START_ATTEMPTS = 3
+"""A scenario whose port was taken by another process while it started is started again."""
+
+
+def _port_taken(leaves: list[BaseException]) -> bool:
+    return len(leaves) == 1 and (
+        isinstance(leaves[0], OSError) and leaves[0].errno == errno.EADDRINUSE
+    )
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:

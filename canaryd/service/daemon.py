@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import anyio
 import anyio.abc
 import structlog
@@ -35,7 +34,7 @@ from canaryd.config.loader import Loaded, load_config
 from canaryd.config.models import ProviderConfig, Settings, read_secret
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import CanarydError, ConfigError, StoreError, TemplateError
-from canaryd.http import make_session
+from canaryd.http import HttpTransport, make_transport
 from canaryd.providers import MetricsProvider, build_provider
 from canaryd.routers import Router, build_router
 from canaryd.service.dispatcher import Dispatcher
@@ -54,6 +53,7 @@ from canaryd.ui.live import LiveHub
 
 if TYPE_CHECKING:
     from canaryd.service.lease import Lease
+    from canaryd.service.pgstore import PostgresStore
 
 log = structlog.get_logger()
 
@@ -187,7 +187,7 @@ class Daemon:
         store = self._open_store()
         await store.open()
         try:
-            async with make_session() as session:
+            async with make_transport() as session:
                 self.services = self._services(self.settings, session, store)
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
@@ -230,7 +230,7 @@ class Daemon:
         if self.lease is not None and self.lease.lost:
             raise StoreError("lost the leader lease: stopped deciding (docs/ha.md)")
 
-    def _open_store(self) -> StateStore:
+    def _open_store(self) -> SqliteStore | PostgresStore:
         """The configured store: SQLite, or PostgreSQL fenced by a new leader lease."""
         if not self.settings.postgres:
             return SqliteStore(self.settings.state_path)
@@ -347,9 +347,7 @@ class Daemon:
             log.error("outbox.store_failed", error=str(exc))
             return -1
 
-    def _services(
-        self, settings: Settings, session: aiohttp.ClientSession, store: StateStore
-    ) -> Services:
+    def _services(self, settings: Settings, session: HttpTransport, store: StateStore) -> Services:
         """What the runners of ``settings`` share; providers of unchanged config are kept.
 
         Providers replaced or removed by a new config are closed a while later

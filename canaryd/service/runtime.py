@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-import aiohttp
 import structlog
 
 from canaryd.config.models import (
@@ -62,6 +61,7 @@ from canaryd.errors import (
     RouterError,
     StoreError,
 )
+from canaryd.http import HttpTransport
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
@@ -186,7 +186,7 @@ class Services:
     """What runners share: HTTP session, adapters, store, clock."""
 
     settings: Settings
-    session: aiohttp.ClientSession
+    session: HttpTransport  # outgoing HTTP of routers, webhooks, notifiers
     providers: Mapping[str, MetricsProvider]
     routers: Mapping[str, Router]
     store: StateStore
@@ -824,9 +824,15 @@ class CanaryRunner:
             await self._commit(failed, held=confirmed)
             return False
         self._pending, self._settle = None, RELEASE
+        state = pending.state
+        if before is None:  # resent after a restart or a reload: a later command may have
+            state = self.state if self.state.seq > pending.seq else pending.state
+            if state is not self.state:  # decided before, applied only now: show it
+                self.state = state
+                self.services.on_change(self.key, state)
         with contextlib.suppress(StoreError):  # else the next save of this canary settles
             await self._flush_backlog()
-            await self._store_save(pending.state, None, [], [])
+            await self._store_save(state, None, [], [])
         return True
 
     async def _promote_pending(

@@ -134,10 +134,6 @@ class StateStore(Protocol):
         """The most recent check records of a canary, newest first."""
         ...
 
-    async def open(self) -> None:
-        """Open the store (creating or migrating its schema)."""
-        ...
-
     async def events(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
         """The most recent events of a canary, newest first."""
         ...
