@@ -82,7 +82,7 @@ def configs() -> list[Any]:
 
 
 def sandboxed(text: str, root: Path) -> str:
-    """The configuration with /etc/canaryd moved under `root` and every secret file it names created."""
+    """The config with /etc/canaryd moved under `root` and every secret file it names created."""
     text = text.replace("/etc/canaryd/", f"{root}/etc/")
     text = text.replace("${CREDENTIALS_DIRECTORY}", f"{root}/credentials")
     for path in re.findall(r"_file: *\"?([^\s\"},]+)", text):
@@ -93,7 +93,7 @@ def sandboxed(text: str, root: Path) -> str:
 
 
 def test_every_yaml_block_of_the_readme_is_marked() -> None:
-    """Each YAML block in README.md says whether it is a configuration, so none escapes the check below."""
+    """Each YAML block of README.md says whether it is a config, so none escapes the check."""
     blocks = readme_blocks()
     assert any(marker == "config" for _, marker, _ in blocks)
     assert [(line + 1, marker) for line, marker, _ in blocks if marker not in MARKERS] == []
