@@ -99,6 +99,7 @@ def test_every_yaml_block_of_the_readme_is_marked() -> None:
     assert [(line + 1, marker) for line, marker, _ in blocks if marker not in MARKERS] == []
 
 
+@pytest.mark.slow  # a `canaryd check` process per example
 @pytest.mark.parametrize("text", configs())
 def test_readme_config_passes_canaryd_check(text: str, tmp_path: Path) -> None:
     """`canaryd check` accepts the README's configuration example without a problem."""
