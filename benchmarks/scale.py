@@ -9,7 +9,7 @@ What runs (see ``benchmarks/README.md``):
 - a stand-in Prometheus and a stand-in mesh controller, each in its own process
   (``benchmarks/standins.py``);
 - in this process, canaryd as the daemon wires it: real ``Settings`` models, the
-  shared client session (:func:`canaryd.http.make_session`), the real
+  shared outgoing-HTTP transport (:func:`canaryd.http.make_transport`), the real
   :class:`~canaryd.providers.prometheus.Prometheus` provider, the webhook
   router, a :class:`~canaryd.service.store.SqliteStore` on a temporary file, and one
   :class:`~canaryd.service.runtime.CanaryRunner` loop per canary on one scheduler.
@@ -52,9 +52,9 @@ import anyio
 import anyio.abc
 
 import canaryd
-from canaryd.config import MIN_INTERVAL_ENV, Settings
+from canaryd.config import MIN_INTERVAL_ENV, PrometheusProvider, Settings
 from canaryd.core.analysis import CanaryState, Needs, Observation, Phase
-from canaryd.http import POOL_PER_HOST, make_session
+from canaryd.http import POOL_PER_HOST, make_transport
 from canaryd.logs import configure
 from canaryd.providers import MetricsProvider
 from canaryd.providers.prometheus import Prometheus
@@ -289,6 +289,9 @@ class TimedProvider:
         finally:
             self.last = time.time()
 
+    async def aclose(self) -> None:
+        """The inner provider is closed by whoever opened it."""
+
     async def query_range(
         self, query: str, *, start: float, end: float, step: float, budget: float
     ) -> list[float]:
@@ -400,11 +403,13 @@ async def build_rig(opts: Options, stack: AsyncExitStack, prom: StandIn, receive
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="canaryd-bench-")))
     store = await _open_store(opts, tmp)
     stack.push_async_callback(store.close)
-    session = await stack.enter_async_context(make_session(opts.pool))
+    session = make_transport(opts.pool)
+    stack.push_async_callback(session.aclose)
     rss_empty = rss_bytes()  # the empty daemon: imports, store, session
     settings = build_settings(opts, prom.url, receiver.url, tmp / "state.db")
     providers: dict[str, MetricsProvider] = {}
     for name, cfg in settings.providers.items():
+        assert isinstance(cfg, PrometheusProvider)  # the benchmark configures only Prometheus
         provider = Prometheus(cfg, pool=opts.pool)  # what build_provider builds, pool sized
         stack.push_async_callback(provider.aclose)
         providers[name] = provider

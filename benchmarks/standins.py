@@ -117,7 +117,12 @@ async def _stdin_closed() -> None:
 
     def watch() -> None:  # a daemon thread: never holds up the process's exit
         sys.stdin.buffer.read()
-        loop.call_soon_threadsafe(lambda: closed.done() or closed.set_result(None))
+
+        def close() -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        loop.call_soon_threadsafe(close)
 
     threading.Thread(target=watch, daemon=True).start()
     await closed
