@@ -300,6 +300,17 @@ class Daemon:
         self.metrics.track(key, runner.state)
         runner.schedule(self.scheduler)
 
+    def _drained(self, key: str, runner: CanaryRunner) -> Callable[[], None]:
+        """What a removed loop calls once its pending rollback went out: stop ticking it
+        (unless the canary was added back meanwhile; docs/reliability.md)."""
+
+        def done() -> None:
+            if self._removed.get(key) is runner:
+                self.scheduler.remove(key)
+                del self._removed[key]
+
+        return done
+
     async def _housekeeping(self, store: StateStore) -> None:
         while True:
             await anyio.sleep(HOUSEKEEPING_SECONDS)
@@ -348,9 +359,9 @@ class Daemon:
         new = {c.key for c in loaded.settings.canaries}
         self.loaded, self.services, self.api_token = loaded, services, token
         for key in old - new:
-            self.scheduler.remove(key)
             self._removed[key] = removed = self.runners.pop(key)
-            removed.retire()
+            if not removed.retire(on_drained=self._drained(key, removed)):
+                self.scheduler.remove(key)
         for key in [k for k, r in self._removed.items() if r.settled and k not in new]:
             del self._removed[key]  # retired and idle: its last decision is in the store
         for key in old & new:

@@ -224,6 +224,8 @@ class CanaryRunner:
         self._settle: str | None = None  # owed to the store by the next save of this canary
         self._predecessor: CanaryRunner | None = None  # the loop this one replaces (a reload)
         self._retired = False  # removed by a reload: decides nothing more
+        self._draining = False  # removed with a rollback pending: retries only that rollback
+        self._on_drained: Callable[[], None] | None = None
         self._seq = 0  # number of the last decision made, shown or not yet (routes pending)
         self.last_record: CheckRecord | None = None
         """The newest check record this runner applied (None: read it from the store)."""
@@ -309,6 +311,9 @@ class CanaryRunner:
         async with self._lock:
             if not await self._prepare():
                 return
+            if self._draining:
+                await self._drain()
+                return
             self.last_tick = self.services.clock()
             structlog.contextvars.bind_contextvars(
                 canary=self.spec.name,
@@ -359,7 +364,7 @@ class CanaryRunner:
             self._interrupted = True
             observing.reschedule(asyncio.get_running_loop().time())
         async with self._lock:
-            if not await self._prepare():
+            if not await self._prepare() or self._draining:
                 raise NotFoundError(f"no canary {self.key} (removed from the config)")
             if core.pending_route(self.state) is not None:
                 await self._retry_pending_route()
@@ -414,14 +419,48 @@ class CanaryRunner:
         self._predecessor = predecessor
         self.state = predecessor.state
 
-    def retire(self) -> None:
-        """Decide nothing more (removed by a reload); a tick in flight still ends."""
-        self._retired = True
+    def retire(self, on_drained: Callable[[], None] | None = None) -> bool:
+        """Decide nothing more (removed by a reload); a tick in flight still ends.
+
+        A canary whose rollback the router has not applied yet keeps ticking, only
+        to send that rollback until the router confirms it, then calls ``on_drained``
+        (docs/reliability.md, "A canary removed with a rollback pending").
+
+        Returns:
+            Whether the loop keeps ticking for its pending rollback.
+        """
+        route = core.pending_route(self.state)
+        if route is None or route.action != "rollback":
+            self._retired = True
+            return False
+        self._draining, self._on_drained = True, on_drained
+        log.error(
+            "reload.rollback_pending",
+            canary=self.spec.name,
+            namespace=self.spec.namespace,
+            detail="removed from the config; its rollback is retried until the router applies it",
+        )
+        return True
+
+    async def _drain(self) -> None:
+        """Retry the pending rollback of a removed canary; retire once the router took it."""
+        if core.pending_route(self.state) is not None:
+            await self._catch_up()
+            await self._retry_pending_route()
+        if core.pending_route(self.state) is None:
+            log.info(
+                "reload.rollback_applied", canary=self.spec.name, namespace=self.spec.namespace
+            )
+            self._draining, self._retired = False, True
+            if self._on_drained is not None:
+                self._on_drained()
 
     @property
     def settled(self) -> bool:
         """Idle, with everything it decided recorded and routed: the store alone tells its state."""
-        return not (self._lock.locked() or self._backlog or self._pending or self._settle)
+        return not (
+            self._lock.locked() or self._backlog or self._pending or self._settle or self._draining
+        )
 
     async def _catch_up(self) -> None:
         """Record what the store could not take before (a no-op when nothing waits)."""
