@@ -1,8 +1,8 @@
-"""Reloads and restarts that must not lose a rollback the router has not applied yet.
+"""Reloads and restarts that must not lose a rollback.
 
-Real ``canaryd run`` processes, a webhook router stand-in over HTTP and real
-signals (SIGHUP, SIGKILL). See docs/reliability.md ("A canary removed with a
-rollback pending").
+Real ``canaryd run`` processes, a webhook router stand-in over HTTP, real
+signals (SIGHUP, SIGKILL) and a really full tmpfs. See docs/reliability.md ("A
+canary removed with a rollback pending", "A rollback the store never recorded").
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import yaml
 from daemons import client_for, daemon_process, wait_for_state
+from disks import small_tmpfs
 from prom import eventually
 from service_helpers import backends, canary, prom_answer, service_config
+
+from canaryd.errors import ClientError
 
 pytestmark = pytest.mark.anyio
 
@@ -55,3 +59,39 @@ async def test_a_canary_removed_with_its_rollback_pending_is_still_rolled_back(
                 assert rollback["canaryWeight"] == 0, rollback
                 assert proc.poll() is None
     assert "reload.rollback_pending" in log.read_text()
+
+
+async def test_an_abort_on_a_full_disk_survives_kill_9(tmp_path: Path) -> None:
+    """An abort that rolled traffic back but could not be recorded (really full disk) is not
+    undone by kill -9: the restarted daemon never routes towards the canary again."""
+    with small_tmpfs(tmp_path, "16m") as disk:
+        async with backends() as (prom, router):
+            spec = canary(interval="2s", stepWeight=25, maxWeight=75)
+            cfg = service_config(
+                tmp_path, prom, router, [spec], state=f"sqlite://{disk.path}/state.db"
+            )
+            log = tmp_path / "daemon.log"
+            async with client_for(cfg) as client:
+                with daemon_process(cfg, log):
+                    await eventually(lambda: client.get(""), lambda v: True, within=20)
+                    await client.post("prod/web/rollouts", {"revision": "v2"})
+                    await wait_for_state(client, "prod/web", lambda s: s["canaryWeight"] == 25)
+                    disk.fill()
+                    with pytest.raises(ClientError, match="not yet recorded"):
+                        await client.post("prod/web/abort", {})
+                    aborted = len(router.requests)
+                    assert router.requests[-1].json["action"] == "rollback"
+                # kill -9 while the disk is full; then it frees and canaryd starts again
+                disk.free()
+                with daemon_process(cfg, log):
+                    await eventually(lambda: client.get(""), lambda v: True, within=20)
+                    await wait_for_state(
+                        client, "prod/web", lambda s: s["phase"] != "Progressing", within=15
+                    )
+                    await anyio.sleep(5)  # two more intervals: nothing moves forward
+                    state = await client.get("prod/web")
+    after = [r.json for r in router.requests[aborted:]]
+    assert all(r["canaryWeight"] == 0 for r in after), after
+    assert state["phase"] == "Failed", state
+    assert state["canaryWeight"] == 0, state
+    assert "rollback.unrecorded_resent" in log.read_text()

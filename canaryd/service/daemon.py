@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import anyio
 import anyio.abc
+import anyio.to_thread
 import structlog
 
 from canaryd.config.loader import Loaded, load_config
@@ -41,6 +42,7 @@ from canaryd.routers import Router, build_router
 from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.limits import RefusedCount, raise_fd_limit
 from canaryd.service.metrics import DaemonMetrics
+from canaryd.service.rollbacks import WRITE_SECONDS, Entry, RollbackJournal, journal_path
 from canaryd.service.runtime import (
     MAX_OBSERVE_SECONDS,
     CanaryRunner,
@@ -132,6 +134,8 @@ class Daemon:
     """How far behind schedule the last heartbeat found the ticks (0: on time)."""
     _behind_logged: float = -math.inf
     _said_behind: bool = False
+    journal: RollbackJournal | None = None
+    """Rollbacks written before they are sent (None: it could not be opened)."""
     _removed: dict[str, CanaryRunner] = field(default_factory=dict)
     """Loops a reload removed, by key: a canary added back continues from its old loop."""
 
@@ -176,6 +180,7 @@ class Daemon:
             self._stop.set()
         store = SqliteStore(self.settings.state_path)
         await store.open()
+        self.journal, journalled = await _open_journal(self.settings.state_path)
         try:
             async with make_session() as session:
                 self.services = self._services(self.settings, session, store)
@@ -188,6 +193,7 @@ class Daemon:
                     for canary in self.settings.canaries:
                         self._start_runner(canary.key, states.get(canary.key))
                         self.runners[canary.key].restore(pending.get(canary.key))
+                        self.runners[canary.key].recover(journalled.get(canary.key))
                     freeze_heap()
                     tg.start_soon(self.scheduler.run)
                     self.dispatcher = Dispatcher(lambda: self.services, store, time.time)
@@ -210,6 +216,8 @@ class Daemon:
                 await _close_providers([p for _, p in self._built.values()])
                 self._built.clear()
                 await store.close()
+                if self.journal is not None:
+                    self.journal.close()
 
     async def _shutdown(self) -> None:
         """Stop the loops after their ticks, then let the outbox send what is due."""
@@ -268,7 +276,15 @@ class Daemon:
         self._built = built
         if retired:
             self._tg.start_soon(self._retire, retired)
-        return Services(settings, session, providers, routers, store, on_change=self._changed)
+        return Services(
+            settings,
+            session,
+            providers,
+            routers,
+            store,
+            on_change=self._changed,
+            journal=self.journal,
+        )
 
     async def _retire(self, providers: list[MetricsProvider]) -> None:
         """Close providers a new config replaced, after the longest a tick may observe."""
@@ -551,6 +567,19 @@ async def run_daemon(config_path: Path) -> int:
             log.error("daemon.failed", error=str(failure))
         return 1
     return 0
+
+
+async def _open_journal(state_path: Path) -> tuple[RollbackJournal | None, dict[str, Entry]]:
+    """Open the rollback journal next to the state file and read it (docs/reliability.md);
+    without it (logged at error) rollbacks still go out, only unjournalled."""
+    journal = RollbackJournal(journal_path(state_path))
+    try:
+        with anyio.fail_after(WRITE_SECONDS):
+            entries = await anyio.to_thread.run_sync(journal.open, abandon_on_cancel=True)
+    except (OSError, TimeoutError) as exc:
+        log.error("rollback.journal_unavailable", error=str(exc))
+        return None, {}
+    return journal, entries
 
 
 async def _close_providers(providers: list[MetricsProvider]) -> None:
