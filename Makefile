@@ -2,15 +2,36 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# Exact versions, so that an install next year gets what was tested (README, "Two commands").
+CONSTRAINTS = constraints.txt
+PIP     = $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
 STAMP   = $(VENV)/.installed
+SERVICE = $(VENV)/.installed-service
 
-.PHONY: demo test lint typecheck unit check-config bench clean system-deps
+.PHONY: demo test lint typecheck unit tests check-config bench clean system-deps constraints
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+# canaryd and its run-time dependencies only: what the service and the demo need.
+$(SERVICE): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) -e .
+	@touch $(SERVICE)
+
+# Plus the test and lint tools (the `test` extra).
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) -e '.[test]'
+	@touch $(SERVICE) $(STAMP)
+
+# Rewrite constraints.txt after changing dependencies in pyproject.toml: resolve them
+# afresh (no constraints), install, and record what got installed.
+constraints: | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
-	@touch $(STAMP)
+	@{ sed -n '1,/^# Regenerate/p' $(CONSTRAINTS); \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^canaryd'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	@touch $(SERVICE) $(STAMP)
 
 # Prometheus and HAProxy from Debian where we can (root on Debian/Ubuntu); the demo
 # falls back to labelled in-process stand-ins where they are missing.
@@ -22,7 +43,7 @@ system-deps:
 
 # e.g. make demo DEMO_ARGS='--scenario errors --report demo.html'
 DEMO_ARGS ?=
-demo: $(STAMP) system-deps
+demo: $(SERVICE) system-deps
 	$(BIN)/canaryd demo $(DEMO_ARGS)
 
 lint: $(STAMP)
@@ -34,13 +55,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The fast tests: no real external server, nothing slow (well under a minute).
 unit: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not integration"
+
+# Every test, the slow and integration ones too.
+tests: $(STAMP)
 	$(BIN)/pytest -q
 
 check-config: $(STAMP)
 	$(BIN)/canaryd check -c config/canaryd.example.yaml
 
-test: lint typecheck check-config unit
+test: lint typecheck check-config tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --canaries 1000 --interval 10 --duration 30

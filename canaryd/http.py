@@ -1,8 +1,15 @@
-"""Outgoing HTTP: one shared client session, signed JSON posts, bounded answers.
+"""Outgoing HTTP: one seam, signed JSON posts, bounded answers.
 
-:func:`post_json` is the one place routers, webhooks and notifiers make a request;
-it never follows a redirect: a 3xx answer is a failure naming the status and the
-host it points to (docs/reliability.md, "No redirects followed").
+Routers, webhooks and notifiers send every request through an :class:`HttpTransport`
+(docs/design.md, "Seams"): one method, :meth:`HttpTransport.send`, that sends an
+:class:`HttpRequest` and returns an :class:`HttpResponse`, plus ``aclose``. The daemon
+uses :class:`AiohttpTransport` (one shared connection pool; created by
+:func:`make_transport`); tests of logic use :class:`canaryd.testing.FakeHttp`.
+
+The transport never follows a redirect: a 3xx answer is a failure naming the status and
+the host it points to (docs/reliability.md, "No redirects followed"); it reads at most
+:data:`MAX_ANSWER_BYTES` of an answer. :func:`post_json` is the one place a JSON post is
+built, signed and sent.
 
 Every outgoing request carries an ``Idempotency-Key`` and, when a secret is
 configured, ``X-Canaryd-Signature: t=<unix>,v1=<hex>`` with
@@ -15,8 +22,10 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import aiohttp
 from pydantic import SecretStr
@@ -36,7 +45,7 @@ USER_AGENT = f"canaryd/{__version__}"
 
 
 POOL_PER_HOST = 256
-"""Connections per host: of the shared session (routers, webhooks, notifiers) and of each
+"""Connections per host: of the shared transport (routers, webhooks, notifiers) and of each
 Prometheus provider's own pool. 10,000 canaries of 2 metrics at 10 s keep about 2,000
 queries/s in flight against one Prometheus; providers queue their queries for a free
 connection (the request timeout starts once they have one). 512 showed no consistent
@@ -45,8 +54,104 @@ queries at a time by default (``--query.max-concurrency``): a bigger pool would 
 the queue into Prometheus, where it eats the request timeout."""
 
 
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One outgoing request.
+
+    Attributes:
+        method: ``GET``, ``POST``, ``PUT``, ``PATCH``, ...
+        url: the full URL (may carry a secret: never logged as is).
+        body: the exact bytes to send (None: no body).
+        headers: request headers (``User-Agent`` is added by the transport).
+        timeout: seconds for the whole exchange.
+        verify_tls: False accepts any certificate (a webhook's ``disableTLS``).
+    """
+
+    method: str
+    url: str
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 30.0
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What the server answered: status, headers and at most :data:`MAX_ANSWER_BYTES`."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class HttpTransport(Protocol):
+    """The outgoing-HTTP seam of routers, webhooks and notifiers (docs/design.md, "Seams")."""
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        """Send ``request`` once and return the answer, whatever its status.
+
+        Implementations never follow redirects and read at most
+        :data:`MAX_ANSWER_BYTES` of the body.
+
+        Raises:
+            WebhookError: no answer (connection failure, TLS failure or timeout);
+                the message names the host only, never the full URL.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the transport is not used afterwards."""
+        ...
+
+
+class AiohttpTransport:
+    """:class:`HttpTransport` over one aiohttp client session (one connection pool)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        """Wrap ``session``; :meth:`aclose` closes it."""
+        self._session = session
+
+    async def __aenter__(self) -> Self:
+        """Use as ``async with make_transport() as http:``."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the session."""
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session and its connections."""
+        await self._session.close()
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        """Send once, no redirects followed, the answer read up to the bound."""
+        url = request.url
+        try:
+            async with self._session.request(
+                request.method,
+                url,
+                data=request.body,
+                headers=dict(request.headers),
+                timeout=aiohttp.ClientTimeout(total=request.timeout),
+                ssl=request.verify_tls,
+                allow_redirects=False,  # a 3xx is a failure: docs/reliability.md
+            ) as resp:
+                body = await resp.content.read(MAX_ANSWER_BYTES)
+                return HttpResponse(resp.status, resp.headers.copy(), body)  # case-insensitive
+        except TimeoutError as exc:
+            raise WebhookError(f"{redact_url(url)}: no answer within {request.timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            reason = str(exc).replace(url, redact_url(url))
+            raise WebhookError(f"{redact_url(url)}: {type(exc).__name__}: {reason}") from exc
+
+
 def make_session(limit: int = POOL_PER_HOST) -> aiohttp.ClientSession:
-    """Create the client session shared by all adapters (one connection pool).
+    """Create an aiohttp client session with canaryd's pool and defaults.
 
     Args:
         limit: connections per host. There is no total limit on purpose: a busy
@@ -59,6 +164,11 @@ def make_session(limit: int = POOL_PER_HOST) -> aiohttp.ClientSession:
         headers={"User-Agent": USER_AGENT},
         timeout=aiohttp.ClientTimeout(total=30),
     )
+
+
+def make_transport(limit: int = POOL_PER_HOST) -> AiohttpTransport:
+    """Create the transport shared by all routers, webhooks and notifiers (one pool)."""
+    return AiohttpTransport(make_session(limit))
 
 
 def sign(secret: SecretStr, body: bytes, timestamp: int | None = None) -> str:
@@ -123,8 +233,16 @@ def describe_redirect(status: int, target: str) -> str:
     return f"HTTP {status} redirect to {target or 'no Location'} (redirects are not followed)"
 
 
+def answer_of(url: str, response: HttpResponse) -> Answer:
+    """The :class:`Answer` of ``response`` to a request for ``url`` (redirects named)."""
+    location = ""
+    if 300 <= response.status < 400:
+        location = redirect_target(url, response.headers.get("Location"))
+    return Answer(response.status, response.body, location)
+
+
 async def post_json(
-    session: aiohttp.ClientSession,
+    http: HttpTransport,
     url: str,
     payload: Any,
     *,
@@ -135,7 +253,7 @@ async def post_json(
     content_type: str = "application/json",
     verify_tls: bool = True,
 ) -> Answer:
-    """POST ``payload`` as JSON and return the answer (any status).
+    """POST ``payload`` as JSON through ``http`` and return the answer (any status).
 
     ``verify_tls=False`` (a webhook's ``disableTLS``) accepts any certificate.
 
@@ -149,23 +267,5 @@ async def post_json(
         hdrs.update(headers)
     if secret is not None:
         hdrs["X-Canaryd-Signature"] = sign(secret, body)
-    try:
-        async with session.post(
-            url,
-            data=body,
-            headers=hdrs,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            ssl=verify_tls,
-            allow_redirects=False,  # a 3xx is a failure: docs/reliability.md
-        ) as resp:
-            data = await resp.content.read(MAX_ANSWER_BYTES)
-            location = ""
-            if 300 <= resp.status < 400:
-                location = redirect_target(url, resp.headers.get("Location"))
-            return Answer(resp.status, data, location)
-    except TimeoutError as exc:
-        raise WebhookError(f"{redact_url(url)}: no answer within {timeout:g}s") from exc
-    except aiohttp.ClientError as exc:
-        raise WebhookError(
-            f"{redact_url(url)}: {type(exc).__name__}: {exc}".replace(url, redact_url(url))
-        ) from exc
+    request = HttpRequest("POST", url, body, hdrs, timeout, verify_tls)
+    return answer_of(url, await http.send(request))

@@ -17,11 +17,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from haproxy import free_port
+from support import entered_on_free_port, free_port
+from support.procs import stop_process
 
 from canaryd.config import CaddyRouter
 
@@ -113,8 +114,15 @@ def wait_ready(proc: subprocess.Popen[bytes], admin: str, log: Path) -> None:
     raise RuntimeError(f"caddy not ready within {READY_TIMEOUT:g}s:\n{log.read_text()}")
 
 
-@contextmanager
 def run_caddy(
+    binary: str, workdir: Path, primary_port: int, canary_port: int
+) -> AbstractContextManager[CaddyInstance]:
+    """:func:`_run_caddy_once`, again on new ports if another process took one."""
+    return entered_on_free_port(lambda: _run_caddy_once(binary, workdir, primary_port, canary_port))
+
+
+@contextmanager
+def _run_caddy_once(
     binary: str, workdir: Path, primary_port: int, canary_port: int
 ) -> Iterator[CaddyInstance]:
     """Run ``caddy run --config caddy.json`` until the block ends (terminate, then kill).
@@ -138,9 +146,4 @@ def run_caddy(
             wait_ready(proc, instance.admin, log)
             yield instance
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, STOP_TIMEOUT)

@@ -17,6 +17,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+REAL_SERVER_FIXTURES = frozenset(
+    {"haproxy", "haproxy_binary", "prometheus", "graphite", "influxdb"}
+    | {"caddy", "caddy_binary", "moto_endpoint", "alb"}
+)
+"""Fixtures that start a real external server: a test using one is an integration test."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test using a real server's fixture ``integration`` (``make unit`` skips it)."""
+    for item in items:
+        if REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 # --------------------------------------------------------------------------- HAProxy
 # A real HAProxy per test (tests/haproxy.py): `haproxy` yields an HAProxyInstance
 # with .unix_socket, .tcp_socket, .url (frontend), .backend/.primary/.canary and
@@ -26,9 +40,11 @@ def anyio_backend() -> str:
 import os  # noqa: E402
 import shutil  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from haproxy import HAProxyInstance, find_haproxy, named_backend, run_haproxy, write_config  # noqa: E402
+from support import entered_on_free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +72,19 @@ def haproxy(
 ) -> Iterator[HAProxyInstance]:
     """A running HAProxy (foreground subprocess) in front of ``haproxy_backends``."""
     primary_port, canary_port = haproxy_backends
-    instance = write_config(tmp_path, primary_port=primary_port, canary_port=canary_port)
-    try:
-        with run_haproxy(haproxy_binary, instance):
-            yield instance
-    finally:
-        if not instance.unix_socket.is_relative_to(tmp_path):  # path-length fallback dir
-            shutil.rmtree(instance.unix_socket.parent, ignore_errors=True)
+
+    @contextmanager
+    def start() -> Iterator[HAProxyInstance]:
+        instance = write_config(tmp_path, primary_port=primary_port, canary_port=canary_port)
+        try:
+            with run_haproxy(haproxy_binary, instance):
+                yield instance
+        finally:
+            if not instance.unix_socket.is_relative_to(tmp_path):  # path-length fallback dir
+                shutil.rmtree(instance.unix_socket.parent, ignore_errors=True)
+
+    with entered_on_free_port(start) as instance:  # a port taken meanwhile: new ports
+        yield instance
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -106,10 +128,10 @@ def unique_job() -> str:
 
 
 # --------------------------------------------------------------------------- shared seams
-# A real SQLite store and an HTTP session, for tests that drive runners and the outbox.
+# A real SQLite store and the real outgoing-HTTP transport, for tests that drive runners
+# and the outbox.
 
-import aiohttp  # noqa: E402
-
+from canaryd.http import HttpTransport, make_transport  # noqa: E402
 from canaryd.service.store import SqliteStore  # noqa: E402
 
 
@@ -123,9 +145,9 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session, closed after the test."""
-    async with aiohttp.ClientSession() as s:
+async def session() -> AsyncIterator[HttpTransport]:
+    """The real outgoing-HTTP transport (canaryd.http.make_transport), closed after the test."""
+    async with make_transport() as s:
         yield s
 
 

@@ -14,21 +14,13 @@ from typing import Any
 
 import anyio
 import yaml
+from support import free_port
 
 from canaryd.client import Client
 from canaryd.config.loader import load_config
 from canaryd.service.daemon import Daemon
 
 TOKEN = "test-token-0123456789"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path, canaries: list[dict[str, Any]], **top: Any) -> Path:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prom import free_port, require_binary
+from prom import require_binary
+from support import free_port, retry_on_port_clash
 
 from canaryd.config import GraphiteProvider
 
@@ -124,7 +125,7 @@ class GraphiteServer:
                     process.wait()
 
 
-def start_graphite(workdir: Path) -> GraphiteServer:
+def _start_graphite_once(workdir: Path) -> GraphiteServer:
     """Start carbon-cache and graphite-web on free 127.0.0.1 ports; wait until both answer.
 
     Raises:
@@ -170,6 +171,11 @@ def start_graphite(workdir: Path) -> GraphiteServer:
         server.stop()
         raise
     return server
+
+
+def start_graphite(workdir: Path) -> GraphiteServer:
+    """:func:`_start_graphite_once`, again on new ports if another process took one."""
+    return retry_on_port_clash(lambda: _start_graphite_once(workdir))
 
 
 def _spawn(log_path: Path, env: dict[str, str], argv: list[str]) -> subprocess.Popen[bytes]:

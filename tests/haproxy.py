@@ -26,6 +26,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from support import free_port
+from support.procs import stop_process
 
 from canaryd.config import HAProxyRouter
 
@@ -107,14 +109,6 @@ def find_haproxy() -> str | None:
     """Path of the haproxy binary (``$HAPROXY``, ``PATH``, ``/usr/sbin``), or None."""
     candidates = [os.environ.get("HAPROXY"), shutil.which("haproxy"), "/usr/sbin/haproxy"]
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def short_socket_dir(preferred: Path) -> Path:
@@ -201,12 +195,7 @@ def run_haproxy(binary: str, instance: HAProxyInstance) -> Iterator[subprocess.P
             wait_ready(proc, instance, log)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, STOP_TIMEOUT)
 
 
 @asynccontextmanager

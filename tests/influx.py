@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prom import free_port, require_binary
+from prom import require_binary
+from support import free_port, retry_on_port_clash
 
 from canaryd.config import InfluxDBProvider
 
@@ -130,7 +131,7 @@ class InfluxServer:
                 self.process.wait()
 
 
-def start_influxdb(workdir: Path) -> InfluxServer:
+def _start_influxdb_once(workdir: Path) -> InfluxServer:
     """Start ``influxd`` on free 127.0.0.1 ports with auth on, an admin user and a database.
 
     Raises:
@@ -166,6 +167,11 @@ def start_influxdb(workdir: Path) -> InfluxServer:
         server.stop()
         raise
     return server
+
+
+def start_influxdb(workdir: Path) -> InfluxServer:
+    """:func:`_start_influxdb_once`, again on new ports if another process took one."""
+    return retry_on_port_clash(lambda: _start_influxdb_once(workdir))
 
 
 def _wait_ready(server: InfluxServer) -> None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from haproxy import free_port
+from support import free_port
+from support.procs import stop_process
 
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
@@ -48,12 +49,7 @@ def run_moto() -> Iterator[str]:
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, STOP_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)

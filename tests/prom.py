@@ -23,14 +23,13 @@ import asyncio
 import math
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
+from support import free_port, retry_on_port_clash
 
 from canaryd.config import PrometheusProvider
 from canaryd.providers.prometheus import Prometheus
@@ -69,14 +69,6 @@ def require_binary(name: str, package: str = "prometheus") -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _format_value(value: float) -> str:
@@ -263,7 +255,7 @@ def _write_config(workdir: Path, target: str | None) -> Path:
     return config
 
 
-def start_prometheus(
+def _start_prometheus_once(
     workdir: Path, *, app: MetricsApp | None = None, data_dir: Path | None = None
 ) -> PrometheusServer:
     """Start ``prometheus`` on a free 127.0.0.1 port and wait until it is ready.
@@ -303,6 +295,13 @@ def start_prometheus(
         server.stop()
         raise
     return server
+
+
+def start_prometheus(
+    workdir: Path, *, app: MetricsApp | None = None, data_dir: Path | None = None
+) -> PrometheusServer:
+    """:func:`_start_prometheus_once`, again on a new port if another process took it."""
+    return retry_on_port_clash(lambda: _start_prometheus_once(workdir, app=app, data_dir=data_dir))
 
 
 def _wait_until(server: PrometheusServer, path: str, accept: Callable[[bytes], bool]) -> None:
@@ -360,37 +359,6 @@ def seed_openmetrics(text: str, data_dir: Path | None = None) -> Path:
     if done.returncode != 0:
         raise RuntimeError(f"promtool failed ({done.returncode}): {done.stderr or done.stdout}")
     return target
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]],
-    accept: Callable[[T], bool],
-    *,
-    within: float = 10.0,
-    interval: float = 0.2,
-) -> T:
-    """Call ``probe`` until ``accept`` holds for its result, at most ``within`` seconds.
-
-    Returns:
-        The accepted result.
-
-    Raises:
-        AssertionError: the time ran out (the message shows the last result or error).
-    """
-    deadline = time.monotonic() + within
-    last: object = None
-    while True:
-        try:
-            value = await probe()
-        except Exception as exc:  # shown if the time runs out
-            last = exc
-        else:
-            if accept(value):
-                return value
-            last = value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {within:g}s; last: {last!r}")
-        await asyncio.sleep(interval)
 
 
 @asynccontextmanager

@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from haproxy import free_port
+from support import free_port
+from support.procs import stop_process
 
 READY_TIMEOUT = 20.0
 """Seconds a proxy gets to become ready after it was started."""
@@ -123,12 +124,7 @@ def run_proxy(
                 time.sleep(0.05)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, STOP_TIMEOUT)
 
 
 __all__ = ["free_port", "port_open", "require", "run_proxy"]

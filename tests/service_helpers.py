@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 from daemons import write_config
 from receiver import Receiver
 
@@ -66,19 +65,6 @@ def service_config(
         routers={"lb": {"type": "webhook", "url": router.url + "/route", "timeout": "2s"}},
         **top,
     )
-
-
-async def eventually(check: Any, within: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check()`` (sync or async) until it returns a truthy value; bounded by ``within``."""
-    with anyio.move_on_after(within):
-        while True:
-            result = check()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return result
-            await anyio.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {within:g}s")
 
 
 def phase_of(daemon: Daemon, key: str) -> str:

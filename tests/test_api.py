@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 from daemons import TOKEN, api_url, running_daemon
 from openapi_spec_validator import validate
-from service_helpers import backends, canary, eventually, service_config
+from service_helpers import backends, canary, service_config
+from support import eventually
 
 from canaryd.config.loader import load_config
 from canaryd.service.api import make_app

@@ -23,6 +23,8 @@ from service_helpers import canary
 
 from canaryd.service.openapi import document
 
+pytestmark = pytest.mark.slow  # a real daemon and hundreds of generated requests
+
 schema = schemathesis.openapi.from_dict(document()).exclude(operation_id="streamEvents")
 """Every operation but the event stream, which never ends by design (tests/test_live.py)."""
 

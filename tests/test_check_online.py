@@ -10,7 +10,8 @@ import anyio.to_thread
 import pytest
 import yaml
 from haproxy import HAProxyInstance
-from prom import PrometheusServer, eventually, open_provider
+from prom import PrometheusServer, open_provider
+from support import eventually
 
 from canaryd.cli import main
 

@@ -15,7 +15,8 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from daemons import api_url, running_daemon
-from service_helpers import backends, canary, eventually, service_config
+from service_helpers import backends, canary, service_config
+from support import eventually
 
 from canaryd.cli import main
 from canaryd.cli.commands import _parser

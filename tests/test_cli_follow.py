@@ -51,6 +51,7 @@ def state(phase: str, rollout: str = "r1", **kw: Any) -> dict[str, Any]:
 DOWN = ClientError("cannot reach canaryd at http://127.0.0.1:9879/api/v1/canaries: refused")
 
 
+@pytest.mark.slow
 async def test_wait_rides_out_a_daemon_restart(capsys: pytest.CaptureFixture[str]) -> None:
     """An unreachable daemon for a moment (a restart) does not fail the pipeline."""
     client = ScriptedClient([state("Progressing"), DOWN, DOWN, state("Succeeded")])
@@ -59,6 +60,7 @@ async def test_wait_rides_out_a_daemon_restart(capsys: pytest.CaptureFixture[str
     assert err.count("lost contact with canaryd") == 1
 
 
+@pytest.mark.slow
 async def test_wait_fails_when_the_rollout_is_replaced(capsys: pytest.CaptureFixture[str]) -> None:
     """A different rollout taking over the canary ends the wait with exit 1, saying so."""
     client = ScriptedClient([state("Progressing"), state("Progressing", rollout="r2")])
@@ -85,6 +87,7 @@ async def test_wait_lines_start_with_the_time(capsys: pytest.CaptureFixture[str]
 PENDING: dict[str, Any] = {"routePending": True, "reason": "sr 90 < min 99", "failedChecks": 5}
 
 
+@pytest.mark.slow
 async def test_wait_says_rolled_back_only_once_the_router_applied_the_rollback(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -99,6 +102,7 @@ async def test_wait_says_rolled_back_only_once_the_router_applied_the_rollback(
     assert sum("rolled back" in line for line in lines) == 1
 
 
+@pytest.mark.slow
 async def test_wait_times_out_with_its_own_code_while_the_rollback_is_not_applied(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

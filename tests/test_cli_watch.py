@@ -17,8 +17,8 @@ from typing import IO
 import anyio.to_thread
 import pytest
 from daemons import TOKEN, api_url, client_for, daemon_process, wait_for_state
-from prom import eventually
 from service_helpers import backends, canary, service_config
+from support import eventually
 
 from canaryd.cli.views import Watch
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from cloudwatch_server import FAKE_CREDENTIALS, MotoServer, put_metric, start_moto
-from daemons import free_port
+from support import free_port
 from vendorfake import opened
 
 from canaryd.errors import ProviderError

@@ -41,11 +41,12 @@ import anyio
 import pytest
 import yaml
 from aiohttp import web
-from daemons import TOKEN, api_url, free_port, wait_for_state, write_config
+from daemons import TOKEN, api_url, wait_for_state, write_config
 from disks import small_tmpfs
 from faults import DedupRouter, StandIn
-from prom import PrometheusServer, eventually, open_provider
+from prom import PrometheusServer, open_provider
 from receiver import Receiver, Request
+from support import eventually, free_port
 
 from canaryd.client import Client
 from canaryd.errors import ClientError

@@ -161,6 +161,7 @@ async def test_echoed_keys_are_scrubbed_from_errors(fake: DatadogFake, tmp_path:
     assert API_KEY not in str(err.value) and APP_KEY not in str(err.value)
 
 
+@pytest.mark.slow
 async def test_rate_limit_waits_for_the_advertised_reset(fake: DatadogFake, tmp_path: Path) -> None:
     """A 429 with X-RateLimit-Reset 1 is retried once the reset has passed, within the budget."""
     fake.put_now(Q, 7.0)

@@ -116,6 +116,7 @@ def test_success_rate_counts_only_5xx_as_failures() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_metrics_reader_answers_the_builtin_queries() -> None:
     """The reader is a MetricsProvider giving success rate, p99 and no data per job."""
     async with (
@@ -144,6 +145,7 @@ async def test_metrics_reader_answers_the_builtin_queries() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_splitter_follows_the_webhook_router() -> None:
     """Route requests set the split; rollback forces 100/0; maintenance keeps the canary idle."""
     async with (

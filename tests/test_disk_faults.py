@@ -15,14 +15,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import pytest
 from disks import Disk, small_ext4, small_tmpfs
-from test_runtime import FakeProvider, FakeRouter, runner, settings
+from test_runtime import runner, settings
 
 from canaryd.core.analysis import CanaryState, Phase
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
 from canaryd.service.store import SqliteStore
+from canaryd.testing import FakeProvider, FakeRouter
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +60,7 @@ async def full_disk(tmp_path: Path) -> AsyncIterator[tuple[Disk, SqliteStore]]:
 
 
 async def test_failing_checks_roll_back_on_a_really_full_disk(
-    tmp_path: Path, full_disk: tuple[Disk, SqliteStore], session: aiohttp.ClientSession
+    tmp_path: Path, full_disk: tuple[Disk, SqliteStore], session: HttpTransport
 ) -> None:
     """On a full disk failing checks still count and roll back at threshold; recorded once freed."""
     disk, store = full_disk
@@ -85,7 +86,7 @@ async def test_failing_checks_roll_back_on_a_really_full_disk(
 
 
 async def test_traffic_never_moves_ahead_of_the_record_on_a_really_full_disk(
-    tmp_path: Path, full_disk: tuple[Disk, SqliteStore], session: aiohttp.ClientSession
+    tmp_path: Path, full_disk: tuple[Disk, SqliteStore], session: HttpTransport
 ) -> None:
     """On a full disk a healthy canary holds (no route, no failed check), then continues."""
     disk, store = full_disk
@@ -106,7 +107,7 @@ async def test_traffic_never_moves_ahead_of_the_record_on_a_really_full_disk(
 
 
 async def test_a_filesystem_gone_read_only_holds_healthy_and_rolls_back_failing(
-    tmp_path: Path, session: aiohttp.ClientSession
+    tmp_path: Path, session: HttpTransport
 ) -> None:
     """After the kernel turns the state filesystem read-only, no traffic moves forward and
     failing checks still roll back at threshold."""
@@ -134,7 +135,7 @@ async def test_a_filesystem_gone_read_only_holds_healthy_and_rolls_back_failing(
 
 
 async def test_a_route_that_fails_after_its_record_is_reverted_in_the_store(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A recorded advance whose route then fails is reverted: the store keeps the old weight
     with a failed check, and the advance's held messages never go out."""
@@ -175,7 +176,7 @@ class HangingRouter(FakeRouter):
 
 
 async def test_a_recorded_promotion_cut_short_is_sent_again_after_a_restart(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A promotion recorded but not confirmed by the router is sent again, same key, on restart."""
     router = HangingRouter()

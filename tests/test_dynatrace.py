@@ -138,6 +138,7 @@ async def test_echoed_token_is_scrubbed(fake: DynatraceFake, tmp_path: Path) -> 
     assert TOKEN not in str(err.value)
 
 
+@pytest.mark.slow
 async def test_rate_limit_reset_in_microseconds(fake: DynatraceFake, tmp_path: Path) -> None:
     """X-RateLimit-Reset is microseconds since the epoch: 1s ahead is waited for, then retried."""
     fake.put(SEL, [(time.time() - 5, 2.0)])

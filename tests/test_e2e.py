@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from daemons import client_for, daemon_process, running_daemon, wait_for_state, write_config
-from prom import PrometheusServer, eventually, open_provider
+from prom import PrometheusServer, open_provider
 from receiver import Receiver
+from support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -11,8 +11,9 @@ from typing import Any
 import anyio
 import pytest
 from daemons import client_for, running_daemon, wait_for_state, write_config
-from prom import PrometheusServer, eventually, open_provider
+from prom import PrometheusServer, open_provider
 from receiver import Receiver
+from support import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -17,9 +17,9 @@ import pytest
 from daemons import client_for, running_daemon, wait_for_state, write_config
 from graphite import GraphiteServer
 from influx import InfluxServer
-from prom import eventually
 from receiver import Receiver
 from standin import stand_in
+from support import eventually
 from victoria import start_victoria
 
 from canaryd.providers.graphite import Graphite

@@ -285,6 +285,7 @@ async def router(anyio_backend: str) -> AsyncIterator[Receiver]:
         yield r
 
 
+@pytest.mark.slow
 async def test_datadog_metric_rolls_back(tmp_path: Path, router: Receiver) -> None:
     """A Datadog 404 percentage above its bound fails the checks and rolls the canary back."""
     async with DatadogFake() as fake:
@@ -300,6 +301,7 @@ async def test_datadog_metric_rolls_back(tmp_path: Path, router: Receiver) -> No
     assert (final["phase"], final["reason"]) == ("Failed", "404s-percentage 12.5 > max 5")
 
 
+@pytest.mark.slow
 async def test_newrelic_metric_rolls_back(tmp_path: Path, router: Receiver) -> None:
     """A New Relic error rate above its bound fails the checks and rolls the canary back."""
     async with NewRelicFake() as fake:
@@ -316,6 +318,7 @@ async def test_newrelic_metric_rolls_back(tmp_path: Path, router: Receiver) -> N
     assert (final["phase"], final["reason"]) == ("Failed", "error-rate 7 > max 5")
 
 
+@pytest.mark.slow
 async def test_dynatrace_metric_rolls_back(tmp_path: Path, router: Receiver) -> None:
     """A Dynatrace p95 response time above its bound fails the checks and rolls back."""
     async with DynatraceFake() as fake:
@@ -380,6 +383,7 @@ async def started(client: Any, within: float = 20.0) -> None:
                 await anyio.sleep(0.2)
 
 
+@pytest.mark.slow
 async def test_keys_never_reach_the_log(tmp_path: Path, router: Receiver) -> None:
     """A real daemon whose Datadog, New Relic and Dynatrace answers echo their keys logs none."""
     from daemons import daemon_process

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 import pytest
 import yaml
@@ -41,7 +40,7 @@ from canaryd.config import CanaryConfig, Notifier, PrometheusProvider, WebhookRo
 from canaryd.config.loader import load_config
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import ConfigError, ProviderError, RouterError, WebhookError
-from canaryd.http import MAX_ANSWER_BYTES
+from canaryd.http import MAX_ANSWER_BYTES, HttpTransport, make_transport
 from canaryd.notifiers import deliver
 from canaryd.providers.prometheus import (
     MAX_BODY_BYTES,
@@ -226,6 +225,7 @@ def _check_never_crashes(path: Path) -> None:
     how=st.sampled_from(["replace", "delete", "stray"]),
     value=_values,
 )
+@pytest.mark.slow
 def test_mutated_valid_config_is_a_config_or_a_config_error(
     tmp_path: Path, path: tuple[Any, ...], how: str, value: Any
 ) -> None:
@@ -248,6 +248,7 @@ def test_mutated_valid_config_is_a_config_or_a_config_error(
     path=st.sampled_from(PATHS),
     value=_values,
 )
+@pytest.mark.slow
 def test_canaryd_check_answers_problems_never_a_traceback(
     tmp_path: Path, query: str, path: tuple[Any, ...], value: Any
 ) -> None:
@@ -291,6 +292,7 @@ _env_keys = st.sampled_from(
         _env_keys, st.text(max_size=30) | st.just("{}") | st.just("[1]"), max_size=3
     )
 )
+@pytest.mark.slow
 def test_random_environment_overrides_are_a_config_or_a_config_error(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
@@ -404,6 +406,7 @@ def _assert_value(value: float | None) -> None:
     garbage=st.binary(max_size=40),
     raw=st.booleans(),
 )
+@pytest.mark.slow
 def test_any_prometheus_answer_is_a_value_no_data_or_a_provider_error(
     doc: Any, status: int, garbage: bytes, raw: bool
 ) -> None:
@@ -531,7 +534,7 @@ SPEC = CanaryConfig.model_validate(
 STATE = CanaryState(phase=Phase.PROGRESSING, revision="v2", rollout_id="r1")
 
 
-async def _webhook(url: str, session: aiohttp.ClientSession) -> Any:
+async def _webhook(url: str, session: HttpTransport) -> Any:
     hook = WebhookSpec.model_validate(
         {"name": "load", "type": "rollout", "url": url, "timeout": TIMEOUT}
     )
@@ -539,20 +542,20 @@ async def _webhook(url: str, session: aiohttp.ClientSession) -> Any:
     return result
 
 
-async def _router(url: str, session: aiohttp.ClientSession) -> Any:
+async def _router(url: str, session: HttpTransport) -> Any:
     cfg = WebhookRouter.model_validate({"type": "webhook", "url": url, "timeout": TIMEOUT})
     request = RouteRequest("default/web", "v2", "route", 90, 10, "k")
     await WebhookRouterClient(cfg, session, name="mesh").apply(request)
 
 
-async def _notifier(url: str, session: aiohttp.ClientSession) -> Any:
+async def _notifier(url: str, session: HttpTransport) -> Any:
     notifier = Notifier.model_validate({"type": "webhook", "url": url, "timeout": TIMEOUT})
     await deliver(
         session, notifier, {"text": "hi"}, "application/json", idempotency_key="k", secret=None
     )
 
 
-async def _provider(url: str, session: aiohttp.ClientSession) -> Any:
+async def _provider(url: str, session: HttpTransport) -> Any:
     cfg = PrometheusProvider.model_validate(
         {"type": "prometheus", "address": url, "timeout": TIMEOUT}
     )
@@ -568,9 +571,10 @@ ATTEMPTS = {"webhook": 1, "router": 3, "notifier": 1, "provider": 2}
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", list(HOSTILE), ids=list(HOSTILE))
 @pytest.mark.parametrize("caller", list(CALLERS), ids=list(CALLERS))
+@pytest.mark.slow
 async def test_hostile_answers_cost_bounded_time_and_memory(caller: str, kind: str) -> None:
     """Huge, endless, trickling or slow answers end within the timeouts, memory capped."""
-    async with hostile(kind) as server, aiohttp.ClientSession() as session:
+    async with hostile(kind) as server, make_transport() as session:
         result, took, peak = await bounded(
             lambda: CALLERS[caller](server.url + "/x", session), TIMEOUT * ATTEMPTS[caller]
         )
@@ -687,6 +691,7 @@ def _request(
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_random_api_requests_never_get_a_5xx(tmp_path: Path) -> None:
     """Random methods, paths, tokens, content types and bodies: never 5xx, errors are JSON."""
     cfg = write_config(

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from graphite import GraphiteServer
-from prom import eventually
 from standin import stand_in
+from support import eventually
 
 from canaryd.config import GraphiteProvider
 from canaryd.errors import ProviderError

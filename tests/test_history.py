@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from daemons import api_url, running_daemon
-from service_helpers import backends, canary, eventually, service_config
+from service_helpers import backends, canary, service_config
+from support import eventually
 from test_api import Api
 
 from canaryd.config.loader import load_config

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs
 
 import pytest
 from influx import InfluxServer
-from prom import eventually
 from standin import stand_in
+from support import eventually
 
 from canaryd.config import InfluxDBProvider
 from canaryd.errors import ProviderError

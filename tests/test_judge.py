@@ -140,6 +140,7 @@ def test_interval_clamps_to_extreme_differences_when_samples_are_tiny() -> None:
 
 @pytest.mark.parametrize("name", list(DATASETS), ids=list(DATASETS))
 @pytest.mark.parametrize("confidence", [0.8, 0.95, 0.98], ids=["80%", "95%", "98%"])
+@pytest.mark.slow
 def test_interval_matches_scipy_inversion(name: str, confidence: float) -> None:
     """The interval ends are within 1e-4 of where scipy's test stops rejecting the shift."""
     x, y = _arrays(name)
@@ -570,6 +571,7 @@ series = st.lists(st.one_of(values, st.just(math.nan)), max_size=40)
 
 @settings(max_examples=200, deadline=None)
 @given(control=series, experiment=series, confidence=st.floats(0.5, 0.999))
+@pytest.mark.slow
 def test_random_series_never_raise_and_interval_holds_estimate(
     control: list[float], experiment: list[float], confidence: float
 ) -> None:
@@ -605,6 +607,7 @@ any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
 @settings(max_examples=150, deadline=None)
 @given(control=st.lists(any_float, max_size=12), experiment=st.lists(any_float, max_size=12))
+@pytest.mark.slow
 def test_any_finite_or_huge_values_give_a_json_verdict(
     control: list[float], experiment: list[float]
 ) -> None:
@@ -622,6 +625,7 @@ small_ints = st.lists(st.integers(0, 8).map(float), min_size=3, max_size=12)
 
 @settings(max_examples=60, deadline=None)
 @given(x=small_ints, y=small_ints, confidence=st.sampled_from([0.5, 0.8, 0.95, 0.98]))
+@pytest.mark.slow
 def test_interval_matches_scipy_inversion_for_random_tied_samples(
     x: list[float], y: list[float], confidence: float
 ) -> None:

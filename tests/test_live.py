@@ -12,7 +12,8 @@ import aiohttp
 import anyio
 import pytest
 from daemons import TOKEN, api_url
-from service_helpers import backends, canary, eventually, service_config
+from service_helpers import backends, canary, service_config
+from support import eventually
 
 from canaryd.config.loader import load_config
 from canaryd.service.api import SHUTDOWN_SECONDS
@@ -117,6 +118,7 @@ async def test_streams_are_bounded(live: Live) -> None:
         assert len(live.daemon.live.listeners) == 1
 
 
+@pytest.mark.slow
 async def test_a_reader_that_leaves_frees_its_place_before_the_heartbeat(live: Live) -> None:
     """A stream whose reader disconnected is dropped within seconds, though nothing is written."""
     assert live.daemon.live.heartbeat >= 15

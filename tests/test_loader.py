@@ -1268,6 +1268,7 @@ _trees = st.recursive(
 @given(
     text=st.text(alphabet=st.sampled_from([*"ab:- \n\t[]{}&*!|>'\"#%@`,?~0.", "\x00"]), max_size=80)
 )
+@pytest.mark.slow
 def test_random_text_never_crashes(tmp_path: Path, text: str) -> None:
     """Arbitrary YAML-ish text either loads or raises ConfigError, nothing else."""
     path = tmp_path / "fuzz.yaml"
@@ -1283,6 +1284,7 @@ def test_random_text_never_crashes(tmp_path: Path, text: str) -> None:
     top=st.dictionaries(_keys, _trees, max_size=6),
     flagger=st.booleans(),
 )
+@pytest.mark.slow
 def test_random_structures_never_crash(
     tmp_path: Path, top: dict[str, object], flagger: bool
 ) -> None:

@@ -65,6 +65,7 @@ def send_raw(address: tuple[str, int], header: bytes) -> bytes:
         return s.recv(200)
 
 
+@pytest.mark.slow
 def test_hostile_authorization_headers_leave_only_json_lines_without_secrets(
     tmp_path: Path,
 ) -> None:

@@ -16,7 +16,8 @@ import yaml
 from daemons import api_url, running_daemon, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import Receiver
-from service_helpers import backends, canary, eventually
+from service_helpers import backends, canary
+from support import eventually
 
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.service.metrics import CanarySample, DaemonMetrics, Snapshot
@@ -60,6 +61,7 @@ async def scrape(url: str) -> str:
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_metrics_after_a_rollout_pass_promtool(tmp_path: Path) -> None:
     """After real ticks, /metrics has every family the issue lists and promtool accepts it."""
     tool = promtool()

@@ -128,6 +128,7 @@ async def test_timeout_error_class_is_retried(fake: NewRelicFake, tmp_path: Path
     assert len(fake.requests) == 3
 
 
+@pytest.mark.slow
 async def test_rate_limit_retry_after(fake: NewRelicFake, tmp_path: Path) -> None:
     """A 429 with Retry-After 1 is retried after a second, within the budget."""
     fake.put_now(Q, 6.0)

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from cloudevents.v1.http import from_http
 from pydantic import SecretStr, ValidationError
@@ -19,7 +18,7 @@ from receiver import Receiver
 from canaryd.config import AlertSpec, Notifier, Severity
 from canaryd.core.events import EVENTS, Event
 from canaryd.errors import WebhookError
-from canaryd.http import make_session
+from canaryd.http import HttpTransport, make_transport
 from canaryd.notifiers import (
     ALERT_EVENTS,
     FORMATS,
@@ -57,14 +56,14 @@ ROLLED_BACK = ev(
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[HttpTransport]:
     """One client session per test, closed afterwards."""
-    async with make_session() as s:
+    async with make_transport() as s:
         yield s
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     receiver: Receiver,
     kind: str,
     event: Event = ROLLED_BACK,
@@ -337,7 +336,7 @@ def test_render_rejects_unknown_type_and_event() -> None:
 
 
 @pytest.mark.anyio
-async def test_slack_blocks(session: aiohttp.ClientSession) -> None:
+async def test_slack_blocks(session: HttpTransport) -> None:
     """Slack gets a header, a summary, and fields with revision, weights, checks and bound."""
     async with Receiver() as r:
         msg = await send(session, r, "slack")
@@ -387,7 +386,7 @@ def test_slack_limits() -> None:
 
 
 @pytest.mark.anyio
-async def test_teams_adaptive_card(session: aiohttp.ClientSession) -> None:
+async def test_teams_adaptive_card(session: HttpTransport) -> None:
     """Teams gets a message with one Adaptive Card: coloured title, summary and a FactSet."""
     async with Receiver() as r:
         msg = await send(session, r, "msteams")
@@ -404,7 +403,7 @@ async def test_teams_adaptive_card(session: aiohttp.ClientSession) -> None:
 
 
 @pytest.mark.anyio
-async def test_discord_embed(session: aiohttp.ClientSession) -> None:
+async def test_discord_embed(session: HttpTransport) -> None:
     """Discord gets one red embed with fields, a timestamp, and mentions disabled."""
     event = ev(
         "check.failed", metric="http_5xx_ratio", value=0.07, max=0.01, failedChecks=1, threshold=5
@@ -423,7 +422,7 @@ async def test_discord_embed(session: aiohttp.ClientSession) -> None:
 
 
 @pytest.mark.anyio
-async def test_rocket_attachment(session: aiohttp.ClientSession) -> None:
+async def test_rocket_attachment(session: HttpTransport) -> None:
     """Rocket.Chat gets a summary line and one Slack-style attachment: colour bar, the canary as
     name.namespace, title, facts as fields and the time; channel and username when set."""
     async with Receiver() as r:
@@ -472,7 +471,7 @@ def test_discord_total_limit() -> None:
 
 
 @pytest.mark.anyio
-async def test_gchat_card(session: aiohttp.ClientSession) -> None:
+async def test_gchat_card(session: HttpTransport) -> None:
     """Google Chat gets a text line and a cardsV2 card with an HTML-escaped bound."""
     async with Receiver() as r:
         msg = await send(session, r, "gchat")
@@ -491,7 +490,7 @@ async def test_gchat_card(session: aiohttp.ClientSession) -> None:
 
 
 @pytest.mark.anyio
-async def test_generic_webhook_json(session: aiohttp.ClientSession) -> None:
+async def test_generic_webhook_json(session: HttpTransport) -> None:
     """The generic webhook gets a flat JSON object with Flagger-compatible keys."""
     async with Receiver() as r:
         msg = await send(session, r, "webhook")
@@ -519,7 +518,7 @@ def test_generic_webhook_is_strict_json() -> None:
 
 
 @pytest.mark.anyio
-async def test_cloudevents_structured(session: aiohttp.ClientSession) -> None:
+async def test_cloudevents_structured(session: HttpTransport) -> None:
     """A CloudEvent parsed back with the SDK has the right type, source, subject, id and data."""
     async with Receiver(statuses=[202]) as r:
         await send(session, r, "cloudevents", key="outbox-42")
@@ -549,9 +548,7 @@ def test_cloudevents_defaults() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", sorted(FORMATS), ids=sorted(FORMATS))
-async def test_delivery_is_signed_with_idempotency_key(
-    session: aiohttp.ClientSession, kind: str
-) -> None:
+async def test_delivery_is_signed_with_idempotency_key(session: HttpTransport, kind: str) -> None:
     """Every format is POSTed with its content type, the Idempotency-Key and a valid signature."""
     async with Receiver() as r:
         await send(session, r, kind, key=f"idem-{kind}", secret=SECRET)
@@ -564,7 +561,7 @@ async def test_delivery_is_signed_with_idempotency_key(
 
 
 @pytest.mark.anyio
-async def test_no_secret_no_signature(session: aiohttp.ClientSession) -> None:
+async def test_no_secret_no_signature(session: HttpTransport) -> None:
     """Without a secret no signature header is sent."""
     async with Receiver() as r:
         await send(session, r, "webhook")
@@ -572,7 +569,7 @@ async def test_no_secret_no_signature(session: aiohttp.ClientSession) -> None:
 
 
 @pytest.mark.anyio
-async def test_retries_keep_the_idempotency_key(session: aiohttp.ClientSession) -> None:
+async def test_retries_keep_the_idempotency_key(session: HttpTransport) -> None:
     """Each call is one attempt; a caller retrying with the same key sends the same key."""
     payload, content_type = render("slack", ROLLED_BACK)
     async with Receiver(statuses=[503, 503, 200]) as r:
@@ -597,9 +594,7 @@ async def test_retries_keep_the_idempotency_key(session: aiohttp.ClientSession) 
     [(400, "invalid_blocks"), (404, "no_service"), (500, "x" * 500), (503, "")],
     ids=["400", "404", "500-long-body", "503-empty"],
 )
-async def test_non_2xx_is_webhook_error(
-    session: aiohttp.ClientSession, status: int, body: str
-) -> None:
+async def test_non_2xx_is_webhook_error(session: HttpTransport, status: int, body: str) -> None:
     """A non-2xx answer raises WebhookError with the status and the first bytes of the body."""
     async with Receiver(statuses=[status], body=body) as r:
         with pytest.raises(WebhookError) as info:
@@ -612,9 +607,7 @@ async def test_non_2xx_is_webhook_error(
 
 
 @pytest.mark.anyio
-async def test_url_file_secret_never_in_error(
-    session: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_url_file_secret_never_in_error(session: HttpTransport, tmp_path: Path) -> None:
     """A URL read from url_file is used, and neither it nor its token leaks into errors."""
     async with Receiver(statuses=[403], body=f"bad token for {SECRET_PATH}") as r:
         secret_url = r.url + SECRET_PATH
@@ -633,9 +626,7 @@ async def test_url_file_secret_never_in_error(
 
 
 @pytest.mark.anyio
-async def test_unreachable_receiver_hides_url(
-    session: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_unreachable_receiver_hides_url(session: HttpTransport, tmp_path: Path) -> None:
     """A refused connection is a WebhookError naming the host only."""
     async with Receiver() as r:
         secret_url = r.url + SECRET_PATH
@@ -648,7 +639,7 @@ async def test_unreachable_receiver_hides_url(
 
 
 @pytest.mark.anyio
-async def test_timeout_is_webhook_error(session: aiohttp.ClientSession) -> None:
+async def test_timeout_is_webhook_error(session: HttpTransport) -> None:
     """A receiver slower than notifier.timeout gives a WebhookError after one attempt."""
     payload, content_type = render("webhook", ROLLED_BACK)
     async with Receiver(delay=30) as r:
@@ -663,7 +654,7 @@ async def test_timeout_is_webhook_error(session: aiohttp.ClientSession) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", [0o644, None], ids=["world-readable", "missing"])
 async def test_bad_url_file_is_webhook_error(
-    session: aiohttp.ClientSession, tmp_path: Path, mode: int | None
+    session: HttpTransport, tmp_path: Path, mode: int | None
 ) -> None:
     """An unreadable or world-readable url_file is a WebhookError, not a crash."""
     path = tmp_path / "url"

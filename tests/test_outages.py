@@ -27,8 +27,9 @@ from aiohttp import web
 from daemons import TOKEN, api_url, client_for, running_daemon, wait_for_state, write_config
 from disks import Disk, small_tmpfs
 from faults import DedupRouter, PromProxy, StandIn
-from prom import PrometheusServer, eventually, open_provider
+from prom import PrometheusServer, open_provider
 from structlog.testing import capture_logs
+from support import eventually
 
 from canaryd.client import Client
 from canaryd.service.daemon import Daemon

@@ -9,27 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import socket
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import pytest
 import structlog
 from receiver import Receiver, Request, self_signed
+from support import free_port, refused_port
 
 from canaryd.config import Settings
 from canaryd.core.analysis import CanaryState, Phase
-from canaryd.routers import RouteRequest
+from canaryd.http import HttpTransport
 from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.runtime import CanaryRunner, Services
 from canaryd.service.store import OutboxMessage, SqliteStore
+from canaryd.testing import FakeClock as Clock
+from canaryd.testing import FakeProvider, FakeRouter
 
 pytestmark = pytest.mark.anyio
 
@@ -37,55 +37,6 @@ SECRET = "s3cret-signing-key"
 
 
 # --------------------------------------------------------------------------- fakes and helpers
-
-
-@dataclass
-class FakeProvider:
-    """Answers every query with the next value of a script (the last one repeats)."""
-
-    values: list[float | None] = field(default_factory=lambda: [99.9])
-
-    async def query(self, query: str, *, budget: float) -> float | None:
-        """Return the next scripted value."""
-        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
-
-    async def query_range(
-        self, query: str, *, start: float, end: float, step: float, budget: float
-    ) -> list[float]:
-        """Unused here."""
-        return []
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-
-@dataclass
-class FakeRouter:
-    """Accepts every route request."""
-
-    requests: list[RouteRequest] = field(default_factory=list)
-
-    async def apply(self, request: RouteRequest) -> None:
-        """Record the request."""
-        self.requests.append(request)
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-
-@dataclass
-class Clock:
-    """Unix time plus an offset the test moves forward (backoff and maxAge without waiting)."""
-
-    offset: float = 0.0
-
-    def __call__(self) -> float:
-        """Now, as the dispatcher sees it."""
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        """Jump ``seconds`` into the future."""
-        self.offset += seconds
 
 
 def config(tmp_path: Path, canaries: list[dict[str, Any]], **top: Any) -> Settings:
@@ -130,7 +81,7 @@ def audited(names: list[str], url: str, **hook: Any) -> list[dict[str, Any]]:
 def services(
     cfg: Settings,
     store: SqliteStore,
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     provider: FakeProvider | None = None,
 ) -> Services:
     """Services with fakes at the provider and router seams."""
@@ -181,13 +132,6 @@ def keys(requests: list[Request]) -> list[str]:
     return [q.headers["Idempotency-Key"] for q in requests]
 
 
-def free_port() -> int:
-    """A port nothing listens on (connection refused until a receiver takes it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def verify(request: Request, secret: str, *, max_age: float = 300.0) -> bool:
     """Check X-Canaryd-Signature as a receiver would: HMAC of "<t>.<raw body>", fresh t."""
     fields = dict(p.split("=", 1) for p in request.headers["X-Canaryd-Signature"].split(","))
@@ -203,7 +147,7 @@ def verify(request: Request, secret: str, *, max_age: float = 300.0) -> bool:
 
 @pytest.mark.parametrize("outage", ["503", "refused"], ids=["answering-503", "connection-refused"])
 async def test_receiver_down_then_back_gets_each_message_once_in_order(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, outage: str
+    tmp_path: Path, store: SqliteStore, session: HttpTransport, outage: str
 ) -> None:
     """A receiver down for a while, then back, gets every message exactly once per key, in order."""
     port = free_port()
@@ -226,7 +170,7 @@ async def test_receiver_down_then_back_gets_each_message_once_in_order(
 
 
 async def test_idempotency_key_is_the_same_on_every_retry_and_after_a_restart(
-    tmp_path: Path, session: aiohttp.ClientSession
+    tmp_path: Path, session: HttpTransport
 ) -> None:
     """Retries, including those after the store is reopened by a new dispatcher, reuse the key."""
     async with Receiver([500, 502, 503, 200]) as r:
@@ -252,7 +196,7 @@ async def test_idempotency_key_is_the_same_on_every_retry_and_after_a_restart(
 
 
 async def test_failing_canary_blocks_only_its_own_later_messages(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Two canaries interleaved: a failing head holds only its own queue; both stay in order."""
     async with Receiver([503, 503, 503, 200]) as slow, Receiver() as fast:
@@ -278,7 +222,7 @@ async def test_failing_canary_blocks_only_its_own_later_messages(
 
 
 async def test_a_hanging_receiver_delays_neither_analysis_nor_other_canaries(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """While one canary's receiver hangs, its analysis ticks on and another's alerts arrive."""
     async with Receiver(delay=30.0) as hanging, Receiver() as ok:
@@ -314,11 +258,11 @@ async def test_a_hanging_receiver_delays_neither_analysis_nor_other_canaries(
 
 @pytest.mark.parametrize("outage", ["503", "refused"], ids=["answering-503", "connection-refused"])
 async def test_receiver_down_past_max_age_dead_letters_are_counted_and_logged(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, outage: str
+    tmp_path: Path, store: SqliteStore, session: HttpTransport, outage: str
 ) -> None:
     """Past maxAge a message is dead, counted and logged (notification.failed); the next goes."""
     async with Receiver([503], body="overloaded, try later") as down, Receiver() as up:
-        url = down.url if outage == "503" else f"http://127.0.0.1:{free_port()}"
+        url = down.url if outage == "503" else f"http://127.0.0.1:{refused_port()}"
         cfg = config(
             tmp_path,
             [
@@ -366,7 +310,7 @@ async def test_receiver_down_past_max_age_dead_letters_are_counted_and_logged(
 async def test_message_whose_target_was_removed_is_dead_lettered_at_once(
     tmp_path: Path,
     store: SqliteStore,
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     target: str,
     removed: str,
     reason: str,
@@ -417,7 +361,7 @@ async def test_messages_of_a_canary_removed_for_a_while_wait_for_it_until_max_ag
 
 
 async def test_unrenderable_message_is_retried_without_stopping_the_dispatcher(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A stored alert that cannot be rendered fails like a delivery; other canaries still go out."""
     async with Receiver() as r:
@@ -444,7 +388,7 @@ async def test_unrenderable_message_is_retried_without_stopping_the_dispatcher(
 
 
 async def test_failure_shows_status_and_body_but_never_a_signed_url_or_secret(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Stored errors and log lines name the status and the answer's first bytes, not URL tokens."""
     hook_path, hook_query = "/audit/T0KEN-in-the-path", "sig=abcdef0123456789&exp=99"
@@ -492,10 +436,10 @@ async def test_failure_shows_status_and_body_but_never_a_signed_url_or_secret(
 
 
 async def test_unreachable_chat_url_from_url_file_never_reaches_the_error(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A connection error of a url_file notifier names its host only."""
-    port = free_port()
+    port = refused_port()
     url_file = tmp_path / "chat-url"
     url_file.write_text(f"http://127.0.0.1:{port}/services/T000/B000/XXXXchat-tokenXXXX")
     url_file.chmod(0o600)
@@ -541,7 +485,7 @@ async def rollout(runner: CanaryRunner, ticks: int) -> None:
 async def test_alerts_are_filtered_by_severity(
     tmp_path: Path,
     store: SqliteStore,
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     severity: str,
     events: Any,
     expected: list[str],
@@ -569,7 +513,7 @@ async def test_alerts_are_filtered_by_severity(
 
 
 async def test_event_webhooks_receive_every_event_in_order(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """An ``event`` webhook gets each stored event, analysis ticks included, in order, signed."""
     async with Receiver() as r:
@@ -592,7 +536,7 @@ async def test_event_webhooks_receive_every_event_in_order(
 
 @pytest.mark.parametrize("disable_tls", [True, False], ids=["disableTLS", "verified"])
 async def test_event_hook_with_disable_tls_reaches_a_self_signed_receiver(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, disable_tls: bool
+    tmp_path: Path, store: SqliteStore, session: HttpTransport, disable_tls: bool
 ) -> None:
     """An outbox-delivered hook with disableTLS reaches an HTTPS receiver whose certificate does
     not verify, with Flagger's event metadata; without it nothing is delivered."""
@@ -621,7 +565,7 @@ async def test_event_hook_with_disable_tls_reaches_a_self_signed_receiver(
 async def test_post_rollout_hook_fires_once_at_the_end(
     tmp_path: Path,
     store: SqliteStore,
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     values: list[float | None],
     ticks: int,
     phase: str,
@@ -630,7 +574,7 @@ async def test_post_rollout_hook_fires_once_at_the_end(
     async with Receiver() as r:
         hook = {"name": "post", "type": "post-rollout", "url": r.url + "/post"}
         cfg = config(tmp_path, [{"name": "web", "analysis": {"webhooks": [hook]}}])
-        svc = services(cfg, store, session, FakeProvider(values))
+        svc = services(cfg, store, session, FakeProvider([*values]))
         runner = CanaryRunner(cfg.canaries[0], CanaryState(), svc)
         await rollout(runner, ticks)  # a few ticks more than needed: the end is idle
         assert runner.state.phase.value == phase
@@ -644,7 +588,7 @@ async def test_post_rollout_hook_fires_once_at_the_end(
 
 
 async def test_alerts_after_a_restart_mid_rollout_are_not_lost(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A runner rebuilt from the store (a restart) writes new messages under new keys."""
     async with Receiver() as r:
@@ -676,7 +620,7 @@ async def test_alerts_after_a_restart_mid_rollout_are_not_lost(
 
 
 async def test_flush_delivers_what_is_due_within_the_grace_period(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """flush() sends every due message in order and reports none left."""
     async with Receiver() as r:
@@ -689,7 +633,7 @@ async def test_flush_delivers_what_is_due_within_the_grace_period(
 
 
 async def test_flush_while_running_waits_for_deliveries_in_flight(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """flush() during run() waits for the delivery run() has in flight, then sends the rest."""
     async with Receiver(delay=0.3) as r:
@@ -707,7 +651,7 @@ async def test_flush_while_running_waits_for_deliveries_in_flight(
 
 
 async def test_flush_is_bounded_by_its_grace_even_when_cancelled(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """flush() against a hanging receiver returns after the grace, even inside a cancelled scope."""
     async with Receiver(delay=30.0) as r:

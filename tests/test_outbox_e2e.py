@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +23,7 @@ import anyio
 import pytest
 from daemons import daemon_process
 from receiver import Receiver
+from support import eventually, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -38,26 +37,9 @@ FAILING = {
 }
 
 
-def free_port() -> int:
-    """A port nothing listens on yet."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def eventually(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
-    """Poll ``probe`` every 0.1 s until it returns something other than None; bounded.
-
-    Raises:
-        TimeoutError: ``probe`` still returned None after ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value is not None:
-            return value
-        await anyio.sleep(0.1)
-    raise TimeoutError(f"gave up waiting for {what} after {timeout:g}s")
+def NOT_NONE(value: object) -> bool:  # noqa: N802 - reads as a constant in calls
+    """Accept any result but None."""
+    return value is not None
 
 
 def write_config(tmp_path: Path, *, listen: int, prom: str, router: str, chat_port: int) -> Path:
@@ -150,6 +132,7 @@ def log_lines(log: Path) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.slow
 async def test_alert_pending_at_sigkill_is_delivered_after_restart(tmp_path: Path) -> None:
     """A rollback's alert still pending when the daemon is SIGKILLed goes out after a restart."""
     listen, chat_port = free_port(), free_port()
@@ -178,9 +161,12 @@ async def test_alert_pending_at_sigkill_is_delivered_after_restart(tmp_path: Pat
                 tried = [r for r in rows if r["status"] == "pending" and r["attempts"] >= 1]
                 return tried[0] if phase == "Failed" and tried else None
 
-            pending = await eventually("Failed with a tried alert", failed_with_alert_tried)
+            pending = await eventually(
+                failed_with_alert_tried, NOT_NONE, within=15, what="Failed with a tried alert"
+            )
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
+        assert pending is not None
         assert pending["target"] == "alert:oncall"
         assert json.loads(pending["payload"])["event"] == "rollout.rolled_back"
         assert "Connect" in pending["last_error"] and "chat-token" not in pending["last_error"]
@@ -196,7 +182,8 @@ async def test_alert_pending_at_sigkill_is_delivered_after_restart(tmp_path: Pat
                     rows = state_db(tmp_path)[1]
                     return rows if all(r["status"] == "sent" for r in rows) else None
 
-                rows = await eventually("the alert marked sent", sent)
+                rows = await eventually(sent, NOT_NONE, within=15, what="the alert marked sent")
+                assert rows is not None
                 second.send_signal(signal.SIGTERM)
                 assert second.wait(timeout=10) == 0
     assert len(chat.requests) == 1

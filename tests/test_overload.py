@@ -38,13 +38,15 @@ import anyio.abc
 import pytest
 from daemons import TOKEN, api_url, running_daemon, write_config
 from fdlimits import fd_limit_at_least, out_of_file_descriptors
-from prom import PrometheusServer, eventually, open_provider
+from prom import PrometheusServer, open_provider
 from receiver import Receiver
 from structlog.testing import capture_logs
+from support import eventually
 
 from canaryd.config.models import CanaryConfig, WebhookRouter
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import RouterError
+from canaryd.http import make_transport
 from canaryd.providers import transport
 from canaryd.routers import RouteRequest, build_router
 from canaryd.service import api as api_module
@@ -146,7 +148,7 @@ async def test_a_timeout_seen_late_by_a_blocked_loop_is_canaryds_own_trouble() -
 @pytest.mark.anyio
 async def test_a_webhook_canaryd_has_no_descriptor_for_is_its_own_trouble() -> None:
     """A rollout webhook call that meets EMFILE is canaryd's trouble; a refused one is not."""
-    async with Receiver() as receiver, aiohttp.ClientSession() as session:
+    async with Receiver() as receiver, make_transport() as session:
         spec = CanaryConfig.model_validate(
             {
                 "name": "web",
@@ -176,7 +178,7 @@ async def test_a_webhook_canaryd_has_no_descriptor_for_is_its_own_trouble() -> N
 @pytest.mark.anyio
 async def test_a_route_canaryd_has_no_descriptor_for_is_its_own_trouble() -> None:
     """A route that meets EMFILE is known as canaryd's trouble (the check holds); a refusal not."""
-    async with Receiver() as receiver, aiohttp.ClientSession() as session:
+    async with Receiver() as receiver, make_transport() as session:
         cfg = WebhookRouter.model_validate({"type": "webhook", "url": f"{receiver.url}/routes"})
         down = WebhookRouter.model_validate({"type": "webhook", "url": f"{UNREACHABLE}/r"})
         request = RouteRequest("prod/web", "v2", "route", 90, 10, "k")

@@ -18,8 +18,9 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp import web
 from fdlimits import out_of_file_descriptors
-from prom import PrometheusServer, eventually, free_port, open_provider, seed_openmetrics
+from prom import PrometheusServer, open_provider, seed_openmetrics
 from structlog.testing import capture_logs
+from support import eventually, refused_port
 
 from canaryd.config import PrometheusProvider
 from canaryd.errors import ProviderError, ResourceError
@@ -407,7 +408,7 @@ async def test_budget_below_timeout_makes_one_attempt(stand_in: StandIn) -> None
 @pytest.mark.anyio
 async def test_connection_refused_is_retried_then_reported(anyio_backend: str) -> None:
     """Nothing listening is transient: retried, then reported with the host, not the path."""
-    port = free_port()
+    port = refused_port()
     cfg = PrometheusProvider(
         type="prometheus", address=f"http://127.0.0.1:{port}/prom", timeout=0.2
     )

@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,8 @@ from canaryd.providers.influxdb import flux_rows, influxql_rows
 from canaryd.providers.influxdb import last_value as influx_last
 from canaryd.providers.transport import Response
 from canaryd.providers.web import Web
+
+pytestmark = pytest.mark.slow  # hundreds of generated answers per test
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prom import eventually
+from support import eventually
 
 from canaryd.config.models import EnvoyRouter, TraefikRouter
 from canaryd.config.templates import builtin_query, render, template_variables
@@ -25,6 +25,7 @@ from canaryd.demo import fileproxies
 from canaryd.demo.harness import find_envoy
 from canaryd.demo.infra import find_binary, run_prometheus
 from canaryd.demo.procs import child, free_port, python_module, wait_ready
+from canaryd.http import HttpTransport, make_transport
 from canaryd.routers import RouteRequest
 from canaryd.routers.envoy import EnvoyFileRouter
 from canaryd.routers.traefik import TraefikFileRouter
@@ -76,7 +77,7 @@ PROXIES: dict[str, tuple[Callable[[], str | None], Any, str]] = {
 }
 
 
-async def route_half(path: Any, session: aiohttp.ClientSession) -> None:
+async def route_half(path: Any, session: HttpTransport) -> None:
     """50/50 through canaryd's own router for the proxy."""
     request = RouteRequest("demo/web", "v2", "route", 50, 50, idempotency_key="half")
     if isinstance(path, fileproxies.TraefikPath):
@@ -107,8 +108,9 @@ async def setup(mesh: str, workdir: Path) -> AsyncIterator[tuple[Any, str]]:
         prom = await stack.enter_async_context(
             run_prometheus(prometheus, workdir, {name: exporter(path)})
         )
+        async with make_transport() as http:
+            await route_half(path, http)
         async with aiohttp.ClientSession() as session:
-            await route_half(path, session)
             for _ in range(REQUESTS):
                 async with session.get(path.url) as resp:
                     await resp.read()

@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import aiohttp
 import pytest
 from aiohttp import web
 from test_webhooks import SPEC, STATE, hook
 
 from canaryd.config import Notifier, PrometheusProvider, WebhookRouter
 from canaryd.errors import ProviderError, RouterError, WebhookError
-from canaryd.http import make_session
+from canaryd.http import HttpTransport, make_transport
 from canaryd.notifiers import deliver, render
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import RouteRequest
@@ -56,14 +55,14 @@ async def redirecting(status: int, location: str) -> AsyncIterator[tuple[str, li
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[HttpTransport]:
     """The daemon's shared client session."""
-    async with make_session() as s:
+    async with make_transport() as s:
         yield s
 
 
 @pytest.mark.parametrize("status", STATUSES, ids=[str(s) for s in STATUSES])
-async def test_router_redirect_is_not_applied(session: aiohttp.ClientSession, status: int) -> None:
+async def test_router_redirect_is_not_applied(session: HttpTransport, status: int) -> None:
     """A router answering a redirect has not applied the route: RouterError naming the target."""
     async with redirecting(status, "/login?token=s3cr3t") as (url, gets):
         router = WebhookRouterClient(WebhookRouter(type="webhook", url=url + "/route"), session)
@@ -75,7 +74,7 @@ async def test_router_redirect_is_not_applied(session: aiohttp.ClientSession, st
     assert gets == []
 
 
-async def test_webhook_redirect_is_a_failed_hook(session: aiohttp.ClientSession) -> None:
+async def test_webhook_redirect_is_a_failed_hook(session: HttpTransport) -> None:
     """A webhook answering 302 to another host failed; the reason names that host only."""
     async with redirecting(302, "https://sso.example.com/auth?next=/x") as (url, gets):
         result = await call(session, SPEC, STATE, hook(url + "/hook"), "k1")
@@ -87,7 +86,7 @@ async def test_webhook_redirect_is_a_failed_hook(session: aiohttp.ClientSession)
     assert gets == []
 
 
-async def test_notifier_redirect_is_not_sent(session: aiohttp.ClientSession) -> None:
+async def test_notifier_redirect_is_not_sent(session: HttpTransport) -> None:
     """A notifier answering 307 (http to https, say) was not sent: WebhookError naming it."""
     from test_notifiers import ROLLED_BACK
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from daemons import write_config
 from faults import DedupRouter, StandIn
-from prom import eventually
+from support import eventually
 
 from canaryd.config.loader import load_config
 from canaryd.core.analysis import CanaryState, Phase
@@ -88,6 +88,7 @@ async def _state(daemon: Daemon) -> CanaryState:
     return _runner(daemon).state
 
 
+@pytest.mark.slow
 async def test_a_canary_added_back_mid_tick_continues_from_that_ticks_decision(
     tmp_path: Path,
 ) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from haproxy import free_port
 from moto_server import REGION, Alb, make_alb, run_moto
+from support import refused_port
 
 from canaryd.config import AlbRouter
 from canaryd.errors import RouterError
@@ -166,7 +166,7 @@ async def test_unreachable_endpoint_is_retried_then_an_error() -> None:
         primary_target_group_arn="arn:p",
         canary_target_group_arn="arn:c",
         region=REGION,
-        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        endpoint_url=f"http://127.0.0.1:{refused_port()}",
         timeout=0.5,
     )
     lb = AlbListener(cfg)

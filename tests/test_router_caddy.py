@@ -8,13 +8,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from caddy import CaddyInstance, find_caddy, run_caddy
-from haproxy import free_port, named_backend
+from haproxy import named_backend
+from support import refused_port
 from traffic import STEPS, assert_split
 
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport, make_transport
 from canaryd.routers import Action, RouteRequest
 from canaryd.routers.caddy import CaddyAdmin
 
@@ -53,15 +54,15 @@ def caddy(caddy_binary: str, backends: tuple[int, int], tmp_path: Path) -> Itera
 
 
 @pytest.fixture
-async def session(anyio_backend: str) -> AsyncIterator[aiohttp.ClientSession]:
+async def session(anyio_backend: str) -> AsyncIterator[HttpTransport]:
     """A client session for canaryd's router."""
-    async with aiohttp.ClientSession() as client:
+    async with make_transport() as client:
         yield client
 
 
 @pytest.mark.integration
 async def test_route_steps_and_rollback_split_real_traffic(
-    caddy: CaddyInstance, session: aiohttp.ClientSession
+    caddy: CaddyInstance, session: HttpTransport
 ) -> None:
     """0/20/50/100 percent and a rollback land within 7 points of the weight (0/100 exact)."""
     router = CaddyAdmin(caddy.router_config(), session)
@@ -81,7 +82,7 @@ async def test_route_steps_and_rollback_split_real_traffic(
 
 @pytest.mark.integration
 async def test_promote_applies_the_requested_weights(
-    caddy: CaddyInstance, session: aiohttp.ClientSession
+    caddy: CaddyInstance, session: HttpTransport
 ) -> None:
     """With promotion: verify, promote checks both upstreams and sets the weights, twice alike."""
     router = CaddyAdmin(caddy.router_config(promotion="verify"), session)
@@ -94,7 +95,7 @@ async def test_promote_applies_the_requested_weights(
 
 @pytest.mark.integration
 async def test_promote_points_the_primary_upstream_at_the_canary(
-    caddy: CaddyInstance, session: aiohttp.ClientSession
+    caddy: CaddyInstance, session: HttpTransport
 ) -> None:
     """After promote, primary 100 % sends every request to the new version; rollback is refused."""
     router = CaddyAdmin(caddy.router_config(), session)
@@ -124,7 +125,7 @@ async def test_promote_points_the_primary_upstream_at_the_canary(
     ids=["unknown-handler", "unknown-upstream"],
 )
 async def test_refused_apply_keeps_the_previous_split(
-    caddy: CaddyInstance, session: aiohttp.ClientSession, override: dict[str, str], message: str
+    caddy: CaddyInstance, session: HttpTransport, override: dict[str, str], message: str
 ) -> None:
     """An apply Caddy cannot take names the reason (Caddy's own text) and the split stays."""
     await CaddyAdmin(caddy.router_config(), session).apply(route("route", 80, 20))
@@ -140,7 +141,7 @@ async def test_refused_apply_keeps_the_previous_split(
 
 @pytest.mark.integration
 async def test_frozen_admin_api_times_out_and_the_split_stays(
-    caddy_binary: str, backends: tuple[int, int], tmp_path: Path, session: aiohttp.ClientSession
+    caddy_binary: str, backends: tuple[int, int], tmp_path: Path, session: HttpTransport
 ) -> None:
     """A Caddy that stops answering (SIGSTOP) gives a bounded timeout error; the split survives."""
     with run_caddy(caddy_binary, tmp_path, *backends) as instance:
@@ -158,9 +159,9 @@ async def test_frozen_admin_api_times_out_and_the_split_stays(
         await assert_split(instance.url, 20)
 
 
-async def test_unreachable_admin_api_is_a_router_error(session: aiohttp.ClientSession) -> None:
+async def test_unreachable_admin_api_is_a_router_error(session: HttpTransport) -> None:
     """An admin address nobody listens on gives a RouterError naming the host after retries."""
-    port = free_port()
+    port = refused_port()
     cfg = CaddyInstance(f"http://127.0.0.1:{port}", "", "a:1", "b:1").router_config(timeout=0.5)
 
     with pytest.raises(RouterError) as info:

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from consul_fake import FakeConsul, running_consul
 
 from canaryd.config import ConsulRouter
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport, make_transport
 from canaryd.routers import Action, RouteRequest
 from canaryd.routers.consul import CAS_ATTEMPTS, ConsulSplitter
 
@@ -39,13 +39,13 @@ async def consul(anyio_backend: str) -> AsyncIterator[FakeConsul]:
 
 
 @pytest.fixture
-async def session(anyio_backend: str) -> AsyncIterator[aiohttp.ClientSession]:
+async def session(anyio_backend: str) -> AsyncIterator[HttpTransport]:
     """A client session for canaryd's router."""
-    async with aiohttp.ClientSession() as client:
+    async with make_transport() as client:
         yield client
 
 
-def splitter(consul: FakeConsul, session: aiohttp.ClientSession, **extra: Any) -> ConsulSplitter:
+def splitter(consul: FakeConsul, session: HttpTransport, **extra: Any) -> ConsulSplitter:
     """A consul router for service ``web`` with subsets primary/canary."""
     fields = {"type": "consul", "address": consul.url, "service": "web", "timeout": 1.0}
     fields |= {"primary_subset": "primary", "canary_subset": "canary", **extra}
@@ -53,7 +53,7 @@ def splitter(consul: FakeConsul, session: aiohttp.ClientSession, **extra: Any) -
 
 
 async def test_route_steps_and_rollback_write_the_splits(
-    consul: FakeConsul, session: aiohttp.ClientSession
+    consul: FakeConsul, session: HttpTransport
 ) -> None:
     """Each step creates or updates the service-splitter; rollback writes 100/0."""
     router = splitter(consul, session)
@@ -67,9 +67,7 @@ async def test_route_steps_and_rollback_write_the_splits(
     assert consul.entries[("service-splitter", "web")]["Kind"] == "service-splitter"
 
 
-async def test_same_split_twice_writes_once(
-    consul: FakeConsul, session: aiohttp.ClientSession
-) -> None:
+async def test_same_split_twice_writes_once(consul: FakeConsul, session: HttpTransport) -> None:
     """Applying a split that is already there writes nothing (idempotent)."""
     router = splitter(consul, session)
 
@@ -79,9 +77,7 @@ async def test_same_split_twice_writes_once(
     assert consul.puts == 1
 
 
-async def test_services_instead_of_subsets(
-    consul: FakeConsul, session: aiohttp.ClientSession
-) -> None:
+async def test_services_instead_of_subsets(consul: FakeConsul, session: HttpTransport) -> None:
     """primary_service/canary_service split between two services; other entry fields are kept."""
     consul.store({"Kind": "service-splitter", "Name": "web", "Splits": [], "Meta": {"team": "a"}})
     extra = {"primary_subset": None, "canary_subset": None}
@@ -97,7 +93,7 @@ async def test_services_instead_of_subsets(
 
 
 async def test_cas_conflict_is_read_again_and_retried(
-    consul: FakeConsul, session: aiohttp.ClientSession
+    consul: FakeConsul, session: HttpTransport
 ) -> None:
     """A write that loses the cas race reads the entry again and writes on top of the new one."""
     consul.store({"Kind": "service-splitter", "Name": "web", "Splits": subsets(100, 0), "Meta": {}})
@@ -125,7 +121,7 @@ async def test_cas_conflict_is_read_again_and_retried(
 
 
 async def test_endless_cas_conflicts_are_an_error(
-    consul: FakeConsul, session: aiohttp.ClientSession
+    consul: FakeConsul, session: HttpTransport
 ) -> None:
     """An entry that changes before every write gives up after a bounded number of rounds."""
     consul.store({"Kind": "service-splitter", "Name": "web", "Splits": subsets(100, 0)})
@@ -144,7 +140,7 @@ async def test_endless_cas_conflicts_are_an_error(
 
 
 async def test_refused_entry_quotes_consul_and_keeps_the_previous_split(
-    consul: FakeConsul, session: aiohttp.ClientSession
+    consul: FakeConsul, session: HttpTransport
 ) -> None:
     """An entry Consul refuses is a RouterError with Consul's text; the stored split stays."""
     router = splitter(consul, session)
@@ -162,7 +158,7 @@ async def test_refused_entry_quotes_consul_and_keeps_the_previous_split(
 
 
 async def test_token_comes_from_the_file_and_is_sent(
-    consul: FakeConsul, session: aiohttp.ClientSession, tmp_path: Path
+    consul: FakeConsul, session: HttpTransport, tmp_path: Path
 ) -> None:
     """The ACL token from token_file is sent; without it Consul's 403 is the error."""
     consul.token = "s3cr3t-token"
@@ -178,9 +174,7 @@ async def test_token_comes_from_the_file_and_is_sent(
     assert str(info.value) == "consul web: HTTP 403: ACL not found"
 
 
-async def test_world_readable_token_file_is_refused(
-    tmp_path: Path, session: aiohttp.ClientSession
-) -> None:
+async def test_world_readable_token_file_is_refused(tmp_path: Path, session: HttpTransport) -> None:
     """A token file others can read is a RouterError naming the fix."""
     token_file = tmp_path / "token"
     token_file.write_text("t")
@@ -193,7 +187,7 @@ async def test_world_readable_token_file_is_refused(
         ConsulSplitter(cfg, session)
 
 
-async def test_no_leader_is_retried(consul: FakeConsul, session: aiohttp.ClientSession) -> None:
+async def test_no_leader_is_retried(consul: FakeConsul, session: HttpTransport) -> None:
     """A transient 500 (No cluster leader) is retried and the write then succeeds."""
     consul.fail_next = [500]
 
@@ -203,7 +197,7 @@ async def test_no_leader_is_retried(consul: FakeConsul, session: aiohttp.ClientS
 
 
 async def test_datacenter_namespace_and_partition_are_passed(
-    consul: FakeConsul, session: aiohttp.ClientSession
+    consul: FakeConsul, session: HttpTransport
 ) -> None:
     """dc, ns and partition go into every request's query; cas into the write's."""
     router = splitter(consul, session, datacenter="dc2", namespace="team", partition="p1")
@@ -215,7 +209,7 @@ async def test_datacenter_namespace_and_partition_are_passed(
     assert consul.entries[("service-splitter", "web")]["Namespace"] == "team"
 
 
-async def test_unreachable_consul_is_a_bounded_error(session: aiohttp.ClientSession) -> None:
+async def test_unreachable_consul_is_a_bounded_error(session: HttpTransport) -> None:
     """An address nobody listens on gives a RouterError naming the host, after retries."""
     async with running_consul() as gone:
         url = gone.url

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from haproxy import named_backend
 from proxies import (
@@ -25,6 +24,7 @@ from traffic import assert_split
 
 from canaryd.config import EnvoyRouter
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport
 from canaryd.routers import Action, RouteRequest
 from canaryd.routers.envoy import (
     EnvoyFileRouter,
@@ -232,9 +232,7 @@ def test_dumped_version_ignores_other_route_configurations() -> None:
 
 @pytest.mark.integration
 @pytest.mark.anyio
-async def test_steps_and_rollback_split_real_traffic(
-    envoy: Envoy, session: aiohttp.ClientSession
-) -> None:
+async def test_steps_and_rollback_split_real_traffic(envoy: Envoy, session: HttpTransport) -> None:
     """0/20/50/100 % and rollback, each measured with real requests through Envoy."""
     router = EnvoyFileRouter(envoy.router_config(), session)
 
@@ -248,7 +246,7 @@ async def test_steps_and_rollback_split_real_traffic(
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_rejected_file_is_undone_with_envoys_reason(
-    envoy: Envoy, session: aiohttp.ClientSession
+    envoy: Envoy, session: HttpTransport
 ) -> None:
     """A cluster Envoy does not know: Envoy's own reason, the old file back, the old split."""
     await EnvoyFileRouter(envoy.router_config(), session).apply(route("route", 80, 20))
@@ -265,7 +263,7 @@ async def test_rejected_file_is_undone_with_envoys_reason(
 
 @pytest.mark.integration
 @pytest.mark.anyio
-async def test_envoy_down_writes_nothing(envoy: Envoy, session: aiohttp.ClientSession) -> None:
+async def test_envoy_down_writes_nothing(envoy: Envoy, session: HttpTransport) -> None:
     """With Envoy's admin API down the apply fails before the file is touched."""
     router = EnvoyFileRouter(envoy.router_config(timeout=0.5), session)
     await router.apply(route("route", 80, 20))
@@ -285,7 +283,7 @@ async def test_envoy_down_writes_nothing(envoy: Envoy, session: aiohttp.ClientSe
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_frozen_envoy_times_out_and_writes_nothing(
-    envoy: Envoy, session: aiohttp.ClientSession
+    envoy: Envoy, session: HttpTransport
 ) -> None:
     """Envoy stopped (SIGSTOP) answers nothing: the budget ends the apply, nothing changes."""
     await EnvoyFileRouter(envoy.router_config(), session).apply(route("route", 80, 20))
@@ -304,7 +302,7 @@ async def test_frozen_envoy_times_out_and_writes_nothing(
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_file_envoy_does_not_watch_times_out_and_is_removed(
-    envoy: Envoy, session: aiohttp.ClientSession
+    envoy: Envoy, session: HttpTransport
 ) -> None:
     """A file Envoy never loads is not confirmed within the timeout and is removed again."""
     other = envoy.rds.with_name("other.json")
@@ -321,9 +319,7 @@ async def test_file_envoy_does_not_watch_times_out_and_is_removed(
 
 @pytest.mark.integration
 @pytest.mark.anyio
-async def test_same_route_twice_is_the_same_version(
-    envoy: Envoy, session: aiohttp.ClientSession
-) -> None:
+async def test_same_route_twice_is_the_same_version(envoy: Envoy, session: HttpTransport) -> None:
     """Applying a route again (a retry, a restart) writes the same version and changes nothing."""
     router = EnvoyFileRouter(envoy.router_config(), session)
     await router.apply(route("route", 80, 20))
@@ -362,7 +358,7 @@ async def envoy_eds(tmp_path: Path) -> AsyncIterator[Envoy]:
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_promote_points_the_primary_cluster_at_the_canary(
-    envoy_eds: Envoy, session: aiohttp.ClientSession
+    envoy_eds: Envoy, session: HttpTransport
 ) -> None:
     """After promote, primary 100 % sends every request to the new version; rollback is refused."""
     router = EnvoyFileRouter(envoy_eds.router_config(), session)
@@ -381,7 +377,7 @@ async def test_promote_points_the_primary_cluster_at_the_canary(
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_promotion_verify_leaves_the_primary_cluster(
-    envoy_eds: Envoy, session: aiohttp.ClientSession
+    envoy_eds: Envoy, session: HttpTransport
 ) -> None:
     """With promotion: verify, promote then primary 100 % leaves the old version serving."""
     router = EnvoyFileRouter(envoy_eds.router_config(promotion="verify"), session)
@@ -403,7 +399,7 @@ def test_address_promotion_needs_the_eds_file() -> None:
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_promotion_envoy_does_not_load_fails_and_keeps_the_primary(
-    envoy_eds: Envoy, session: aiohttp.ClientSession, tmp_path: Path
+    envoy_eds: Envoy, session: HttpTransport, tmp_path: Path
 ) -> None:
     """An EDS file Envoy does not watch: promote fails naming it, the file goes, v1 still serves."""
     await EnvoyFileRouter(envoy_eds.router_config(), session).apply(route("route", 100, 0))

@@ -9,13 +9,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import anyio
 import pytest
 from aiohttp import web
 
 from canaryd.config import EnvoyRouter, NginxRouter, RouterConfig, TraefikRouter
 from canaryd.errors import RouterError
+from canaryd.http import make_transport
 from canaryd.routers import build_router
 from canaryd.routers.envoy import EnvoyFileRouter
 from canaryd.routers.files import (
@@ -159,7 +159,7 @@ async def test_factory_builds_each_file_router(tmp_path: Path) -> None:
         (EnvoyRouter(type="envoy", route_config="web", **common), EnvoyFileRouter),
         (TraefikRouter(type="traefik", service="web", **common), TraefikFileRouter),
     ]
-    async with aiohttp.ClientSession() as session:
+    async with make_transport() as session:
         for cfg, kind in configs:
             assert isinstance(build_router("r", cfg, session), kind)
 
@@ -202,7 +202,7 @@ async def test_admin_api_redirect_is_not_followed() -> None:
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     url = f"{base}/api/http/services/web@file"
     try:
-        async with aiohttp.ClientSession() as session:
+        async with make_transport() as session:
             with pytest.raises(RouterError) as info:
                 await get_json("traefik", session, url, 2.0)
     finally:

@@ -10,7 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import SocketStream
-from haproxy import HAProxyInstance, count_responses, free_port, short_socket_dir
+from haproxy import HAProxyInstance, count_responses, short_socket_dir
+from support import refused_port
 from traffic import STEPS, assert_split
 
 from canaryd.config import HAProxyRouter
@@ -279,7 +280,7 @@ def unreachable(kind: str, tmp_path: Path) -> str:
     """A socket setting nothing listens on."""
     if kind == "missing-unix-socket":
         return str(short_socket_dir(tmp_path) / "absent.sock")
-    return f"127.0.0.1:{free_port()}"
+    return f"127.0.0.1:{refused_port()}"
 
 
 @pytest.mark.anyio

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from canaryd.config import CaddyRouter
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport, make_transport
 from canaryd.routers import RouteRequest
 from canaryd.routers.caddy import CaddyAdmin
 
@@ -73,13 +73,13 @@ async def serve(fake: FakeCaddy) -> AsyncIterator[CaddyRouter]:
 
 
 @pytest.fixture
-async def session(anyio_backend: str) -> AsyncIterator[aiohttp.ClientSession]:
+async def session(anyio_backend: str) -> AsyncIterator[HttpTransport]:
     """A client session for canaryd's router."""
-    async with aiohttp.ClientSession() as client:
+    async with make_transport() as client:
         yield client
 
 
-async def test_same_weights_twice_patch_once(session: aiohttp.ClientSession) -> None:
+async def test_same_weights_twice_patch_once(session: HttpTransport) -> None:
     """Weights already in force are not written again (no config reload)."""
     fake = FakeCaddy(lambda body: None)
     async with serve(fake) as cfg:
@@ -91,7 +91,7 @@ async def test_same_weights_twice_patch_once(session: aiohttp.ClientSession) -> 
     assert fake.policy["weights"] == [80, 20]
 
 
-async def test_redirect_is_not_followed(session: aiohttp.ClientSession) -> None:
+async def test_redirect_is_not_followed(session: HttpTransport) -> None:
     """A 3xx answer is an error naming where it points; the redirect is not followed."""
     location = {"Location": "https://sso.example/login?token=t"}
     fake = FakeCaddy(lambda body: web.Response(status=302, headers=location))
@@ -105,7 +105,7 @@ async def test_redirect_is_not_followed(session: aiohttp.ClientSession) -> None:
     assert fake.patches == 1
 
 
-async def test_refused_config_is_quoted_and_not_retried(session: aiohttp.ClientSession) -> None:
+async def test_refused_config_is_quoted_and_not_retried(session: HttpTransport) -> None:
     """Caddy's 500 for a config it refuses is its final word: quoted, sent once."""
     refusal = '{"error":"loading new config: invalid configuration"}'
     fake = FakeCaddy(lambda body: web.Response(status=500, text=refusal))
@@ -117,7 +117,7 @@ async def test_refused_config_is_quoted_and_not_retried(session: aiohttp.ClientS
     assert fake.patches == 1
 
 
-async def test_read_back_mismatch_is_an_error(session: aiohttp.ClientSession) -> None:
+async def test_read_back_mismatch_is_an_error(session: HttpTransport) -> None:
     """A PATCH that is accepted but not in force afterwards is an error naming both."""
     fake = FakeCaddy(lambda body: web.Response(status=200))  # accepted, not stored
     async with serve(fake) as cfg:
@@ -127,7 +127,7 @@ async def test_read_back_mismatch_is_an_error(session: aiohttp.ClientSession) ->
     assert str(info.value) == "caddy web: weights are [100, 0] after setting [80, 20]"
 
 
-async def test_overload_answer_is_retried(session: aiohttp.ClientSession) -> None:
+async def test_overload_answer_is_retried(session: HttpTransport) -> None:
     """A 429 is retried; the next attempt's success counts."""
     answers = [web.Response(status=429, text="slow down")]
     fake = FakeCaddy(lambda body: answers.pop() if answers else None)

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from canaryd.config import NginxRouter
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport
 from canaryd.routers import Action, RouteRequest, build_router
 from canaryd.routers.nginx_plus import NginxPlusRouter
 
@@ -119,7 +119,7 @@ def route(action: Action = "route", primary: int = 80, canary: int = 20) -> Rout
 
 @pytest.mark.anyio
 async def test_weights_follow_the_split_and_zero_is_down(
-    plus: tuple[FakePlus, str], session: aiohttp.ClientSession
+    plus: tuple[FakePlus, str], session: HttpTransport
 ) -> None:
     """80/20 over two primaries and one canary is 2/2/1; rollback marks the canary down."""
     fake, api = plus
@@ -140,7 +140,7 @@ async def test_weights_follow_the_split_and_zero_is_down(
 
 @pytest.mark.anyio
 async def test_side_getting_traffic_is_set_before_the_other_goes_down(
-    plus: tuple[FakePlus, str], session: aiohttp.ClientSession
+    plus: tuple[FakePlus, str], session: HttpTransport
 ) -> None:
     """All to the canary: the canary is patched up first, so the upstream never is all down."""
     fake, api = plus
@@ -153,7 +153,7 @@ async def test_side_getting_traffic_is_set_before_the_other_goes_down(
 
 @pytest.mark.anyio
 async def test_refused_change_is_undone_and_quoted(
-    plus: tuple[FakePlus, str], session: aiohttp.ClientSession
+    plus: tuple[FakePlus, str], session: HttpTransport
 ) -> None:
     """A PATCH refused midway: the API's text and code in the error, earlier changes undone."""
     fake, api = plus
@@ -173,7 +173,7 @@ async def test_refused_change_is_undone_and_quoted(
 
 @pytest.mark.anyio
 async def test_unknown_upstream_quotes_the_api(
-    plus: tuple[FakePlus, str], session: aiohttp.ClientSession
+    plus: tuple[FakePlus, str], session: HttpTransport
 ) -> None:
     """An upstream the API does not know: its documented answer names it."""
     _, api = plus
@@ -187,9 +187,7 @@ async def test_unknown_upstream_quotes_the_api(
 
 
 @pytest.mark.anyio
-async def test_missing_server_is_named(
-    plus: tuple[FakePlus, str], session: aiohttp.ClientSession
-) -> None:
+async def test_missing_server_is_named(plus: tuple[FakePlus, str], session: HttpTransport) -> None:
     """A configured address that is not in the upstream is an error before any change."""
     fake, api = plus
 
@@ -200,9 +198,7 @@ async def test_missing_server_is_named(
 
 
 @pytest.mark.anyio
-async def test_transient_5xx_is_retried(
-    plus: tuple[FakePlus, str], session: aiohttp.ClientSession
-) -> None:
+async def test_transient_5xx_is_retried(plus: tuple[FakePlus, str], session: HttpTransport) -> None:
     """A 502 on a PATCH is tried again (a PATCH to absolute values is safe to repeat)."""
     fake, api = plus
     fake.fail_next_patch = 1

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import pytest
 import yaml
@@ -26,6 +25,7 @@ from traffic import assert_split
 
 from canaryd.config import TraefikRouter
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport
 from canaryd.routers import Action, RouteRequest
 from canaryd.routers.traefik import TraefikFileRouter, dynamic_config, service_state
 
@@ -146,7 +146,7 @@ def test_service_state_compares_names_and_weights() -> None:
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_steps_and_rollback_split_real_traffic(
-    traefik: Traefik, session: aiohttp.ClientSession
+    traefik: Traefik, session: HttpTransport
 ) -> None:
     """0/20/50/100 % and rollback, each measured with real requests through Traefik."""
     router = TraefikFileRouter(traefik.router_config(), session)
@@ -161,7 +161,7 @@ async def test_steps_and_rollback_split_real_traffic(
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_unknown_child_service_is_refused_before_writing(
-    traefik: Traefik, session: aiohttp.ClientSession
+    traefik: Traefik, session: HttpTransport
 ) -> None:
     """A canary service Traefik does not know: Traefik's answer, the file untouched, old split."""
     await TraefikFileRouter(traefik.router_config(), session).apply(route("route", 80, 20))
@@ -178,9 +178,7 @@ async def test_unknown_child_service_is_refused_before_writing(
 
 @pytest.mark.integration
 @pytest.mark.anyio
-async def test_service_error_after_load_is_undone(
-    traefik: Traefik, session: aiohttp.ClientSession
-) -> None:
+async def test_service_error_after_load_is_undone(traefik: Traefik, session: HttpTransport) -> None:
     """A file Traefik loads with an error is replaced; apply returns once the old split is on."""
     await TraefikFileRouter(traefik.router_config(), session).apply(route("route", 80, 20))
     before = traefik.file.read_bytes()
@@ -211,9 +209,7 @@ def _pretend_exists(router: TraefikFileRouter) -> Any:
 
 @pytest.mark.integration
 @pytest.mark.anyio
-async def test_traefik_down_writes_nothing(
-    traefik: Traefik, session: aiohttp.ClientSession
-) -> None:
+async def test_traefik_down_writes_nothing(traefik: Traefik, session: HttpTransport) -> None:
     """With Traefik's API down the apply fails before the file is touched."""
     router = TraefikFileRouter(traefik.router_config(timeout=0.5), session)
     await TraefikFileRouter(traefik.router_config(), session).apply(route("route", 80, 20))
@@ -233,7 +229,7 @@ async def test_traefik_down_writes_nothing(
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_frozen_traefik_times_out_and_writes_nothing(
-    traefik: Traefik, session: aiohttp.ClientSession
+    traefik: Traefik, session: HttpTransport
 ) -> None:
     """Traefik stopped (SIGSTOP) answers nothing: the budget ends the apply, nothing changes."""
     await TraefikFileRouter(traefik.router_config(), session).apply(route("route", 80, 20))
@@ -252,7 +248,7 @@ async def test_frozen_traefik_times_out_and_writes_nothing(
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_file_traefik_does_not_watch_times_out_and_is_removed(
-    traefik: Traefik, session: aiohttp.ClientSession
+    traefik: Traefik, session: HttpTransport
 ) -> None:
     """A file outside the watched directory is not confirmed within the timeout and is removed."""
     other = traefik.dir / "canaryd-web.yml"
@@ -268,9 +264,7 @@ async def test_file_traefik_does_not_watch_times_out_and_is_removed(
 
 @pytest.mark.integration
 @pytest.mark.anyio
-async def test_same_route_twice_changes_nothing(
-    traefik: Traefik, session: aiohttp.ClientSession
-) -> None:
+async def test_same_route_twice_changes_nothing(traefik: Traefik, session: HttpTransport) -> None:
     """Applying a route again (a retry, a restart) writes the same file and is confirmed at once."""
     router = TraefikFileRouter(traefik.router_config(), session)
     await router.apply(route("route", 80, 20))
@@ -286,7 +280,7 @@ async def test_same_route_twice_changes_nothing(
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_promote_points_the_primary_side_at_the_canary(
-    traefik: Traefik, session: aiohttp.ClientSession
+    traefik: Traefik, session: HttpTransport
 ) -> None:
     """After promote, primary 100 % sends every request to the new version; rollback is refused."""
     router = TraefikFileRouter(traefik.router_config(), session)
@@ -305,7 +299,7 @@ async def test_promote_points_the_primary_side_at_the_canary(
 @pytest.mark.integration
 @pytest.mark.anyio
 async def test_promotion_verify_leaves_the_primary_service(
-    traefik: Traefik, session: aiohttp.ClientSession
+    traefik: Traefik, session: HttpTransport
 ) -> None:
     """With promotion: verify, promote then primary 100 % leaves the old version serving."""
     router = TraefikFileRouter(traefik.router_config(promotion="verify"), session)

@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from haproxy import free_port
 from receiver import Receiver
+from support import refused_port
 
 from canaryd.config import WebhookRouter
 from canaryd.errors import RouterError
-from canaryd.http import make_session
+from canaryd.http import HttpTransport, make_transport
 from canaryd.routers import Action, RouteRequest
 from canaryd.routers.webhook import WebhookRouterClient
 
@@ -25,9 +24,9 @@ AB_MATCH = [{"headers": {"x-canary": {"exact": "insider"}}}]
 
 
 @pytest.fixture
-async def session(anyio_backend: str) -> AsyncIterator[aiohttp.ClientSession]:
+async def session(anyio_backend: str) -> AsyncIterator[HttpTransport]:
     """canaryd's shared client session."""
-    async with make_session() as client:
+    async with make_transport() as client:
         yield client
 
 
@@ -63,7 +62,7 @@ def verify(signature: str, body: bytes, secret: str) -> bool:
     ids=["route", "promote", "rollback", "route-with-match"],
 )
 async def test_payload_shape(
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     action: Action,
     match: list[dict[str, Any]] | None,
     expected_extra: dict[str, Any],
@@ -89,7 +88,7 @@ async def test_payload_shape(
 
 
 @pytest.mark.anyio
-async def test_retries_keep_idempotency_key(session: aiohttp.ClientSession) -> None:
+async def test_retries_keep_idempotency_key(session: HttpTransport) -> None:
     """Two 503s then a 200: applied, and all three attempts carry the request's key."""
     async with Receiver(statuses=[503, 503, 200]) as receiver:
         await WebhookRouterClient(config(receiver.url), session).apply(route(key="decision-7"))
@@ -100,7 +99,7 @@ async def test_retries_keep_idempotency_key(session: aiohttp.ClientSession) -> N
 @pytest.mark.anyio
 @pytest.mark.parametrize("source", ["secret_file", "secret_env"], ids=["file", "env"])
 async def test_signature_verifies_against_raw_body(
-    session: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+    session: HttpTransport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
 ) -> None:
     """With a secret configured, every request is signed over its raw body."""
     secret_file = tmp_path / "mesh.key"
@@ -119,7 +118,7 @@ async def test_signature_verifies_against_raw_body(
 
 
 @pytest.mark.anyio
-async def test_configured_headers_are_sent(session: aiohttp.ClientSession) -> None:
+async def test_configured_headers_are_sent(session: HttpTransport) -> None:
     """Headers from the config go out with every request; no signature without a secret."""
     async with Receiver() as receiver:
         cfg = config(receiver.url, headers={"X-Team": "payments"})
@@ -141,7 +140,7 @@ async def test_configured_headers_are_sent(session: aiohttp.ClientSession) -> No
     ids=["503-every-time", "5xx-then-429", "422-not-retried"],
 )
 async def test_failure_reports_status_and_body(
-    session: aiohttp.ClientSession, statuses: list[int], message: str, attempts: int
+    session: HttpTransport, statuses: list[int], message: str, attempts: int
 ) -> None:
     """A non-2xx answer ends in a RouterError with status and body, never the URL path."""
     async with Receiver(statuses=statuses, body="overloaded\n") as receiver:
@@ -154,7 +153,7 @@ async def test_failure_reports_status_and_body(
 
 
 @pytest.mark.anyio
-async def test_silent_receiver_fails_within_budget(session: aiohttp.ClientSession) -> None:
+async def test_silent_receiver_fails_within_budget(session: HttpTransport) -> None:
     """A receiver that never answers gives a RouterError within timeout * 3."""
     async with Receiver(delay=30) as receiver:
         router = WebhookRouterClient(config(receiver.url + "/secret-path", timeout=0.3), session)
@@ -168,9 +167,7 @@ async def test_silent_receiver_fails_within_budget(session: aiohttp.ClientSessio
 
 
 @pytest.mark.anyio
-async def test_unreadable_secret_is_a_router_error(
-    session: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_unreadable_secret_is_a_router_error(session: HttpTransport, tmp_path: Path) -> None:
     """A secret file readable by others is refused when the router is built."""
     secret_file = tmp_path / "mesh.key"
     secret_file.write_text(SECRET)
@@ -183,9 +180,9 @@ async def test_unreadable_secret_is_a_router_error(
 
 
 @pytest.mark.anyio
-async def test_unreachable_receiver_is_a_router_error(session: aiohttp.ClientSession) -> None:
+async def test_unreachable_receiver_is_a_router_error(session: HttpTransport) -> None:
     """Connection refused on every attempt ends in a RouterError naming the host only."""
-    port = free_port()
+    port = refused_port()
     router = WebhookRouterClient(
         config(f"http://127.0.0.1:{port}/secret-path"), session, name="mesh"
     )

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from receiver import Receiver
 
@@ -18,53 +17,13 @@ from canaryd.config import Settings
 from canaryd.core import analysis as core
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import CommandError, ProviderError, RouterError, StoreError
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
 from canaryd.service.runtime import CanaryRunner, Services
 from canaryd.service.store import SqliteStore
+from canaryd.testing import FakeProvider, FakeRouter
 
 pytestmark = pytest.mark.anyio
-
-
-@dataclass
-class FakeProvider:
-    """Answers every query with the next value of a script (None = no data)."""
-
-    values: list[float | Exception | None] = field(default_factory=lambda: [99.9])
-    queries: list[str] = field(default_factory=list)
-
-    async def query(self, query: str, *, budget: float) -> float | None:
-        """Return the next scripted value (the last one repeats)."""
-        self.queries.append(query)
-        value = self.values.pop(0) if len(self.values) > 1 else self.values[0]
-        if isinstance(value, Exception):
-            raise value
-        return value
-
-    async def query_range(
-        self, query: str, *, start: float, end: float, step: float, budget: float
-    ) -> list[float]:
-        """Unused here."""
-        return []
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-
-@dataclass
-class FakeRouter:
-    """Records route requests; fails while ``down`` is set."""
-
-    requests: list[RouteRequest] = field(default_factory=list)
-    down: bool = False
-
-    async def apply(self, request: RouteRequest) -> None:
-        """Record the request, or fail like an unreachable router."""
-        if self.down:
-            raise RouterError("router lb: connection refused")
-        self.requests.append(request)
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
 
 
 def settings(tmp_path: Path, **analysis: Any) -> Settings:
@@ -103,7 +62,7 @@ def settings(tmp_path: Path, **analysis: Any) -> Settings:
 def runner(
     cfg: Settings,
     store: SqliteStore,
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     provider: FakeProvider,
     router: FakeRouter,
     state: CanaryState | None = None,
@@ -116,7 +75,7 @@ def runner(
 
 
 async def test_query_is_rendered_with_target_and_interval(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """The metric's template gets the canary's target and the metric's interval."""
     provider, router = FakeProvider(), FakeRouter()
@@ -128,7 +87,7 @@ async def test_query_is_rendered_with_target_and_interval(
 
 
 async def test_rollout_progresses_and_is_persisted(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Each tick's state is in the store, and a new runner from the store continues it."""
     provider, router = FakeProvider(), FakeRouter()
@@ -155,7 +114,7 @@ async def test_rollout_progresses_and_is_persisted(
 
 
 async def test_failing_metric_rolls_back_and_tells_the_router(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """threshold failing ticks roll back, and the router receives the rollback action."""
     provider, router = FakeProvider([90.0]), FakeRouter()
@@ -172,7 +131,7 @@ async def test_failing_metric_rolls_back_and_tells_the_router(
 
 
 async def test_provider_error_is_a_failed_check_with_its_message(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A provider that keeps failing fails the check with the provider's message."""
     provider = FakeProvider([ProviderError("prometheus: connection refused")])
@@ -185,7 +144,7 @@ async def test_provider_error_is_a_failed_check_with_its_message(
 
 
 async def test_router_down_never_records_an_unapplied_weight(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A router failure keeps the old weight and counts a failed check."""
     router = FakeRouter(down=True)
@@ -200,7 +159,7 @@ async def test_router_down_never_records_an_unapplied_weight(
 
 
 async def test_rollback_route_is_retried_until_applied(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """An abort whose rollback route fails answers the router's error, stays pending at the
     weights the router still has, and is retried on the next tick."""
@@ -221,7 +180,7 @@ async def test_rollback_route_is_retried_until_applied(
 
 
 async def test_unwritable_store_holds_the_canary(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """If the decision cannot be persisted, the in-memory state does not advance."""
     r = runner(settings(tmp_path), store, session, FakeProvider(), FakeRouter())
@@ -235,7 +194,7 @@ async def test_unwritable_store_holds_the_canary(
 
 
 async def test_outbox_rows_are_written_with_the_decision(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Post-rollout hooks land in the outbox in the same transaction as the rollback."""
     hooks = [{"name": "notify", "type": "post-rollout", "url": "http://127.0.0.1:9/"}]
@@ -257,7 +216,7 @@ async def test_outbox_rows_are_written_with_the_decision(
 
 
 async def test_rollback_goes_out_even_when_the_store_is_down(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """With the store down a failing check still rolls back, and is recorded once it is back."""
     router = FakeRouter()
@@ -289,7 +248,7 @@ class BlockingProvider(FakeProvider):
 
 
 async def test_a_reload_mid_tick_applies_from_the_next_tick(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A tick in flight decides with the config it observed with; the next uses the new one."""
     provider, router = BlockingProvider(values=[95.0]), FakeRouter()
@@ -337,7 +296,7 @@ class PickyRouter(FakeRouter):
 
 
 async def test_router_down_after_promote_never_rolls_back(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """After the router accepted promote, its errors are retried and alerted, never counted
     as failed checks nor turned into a rollback; the promotion finishes once it is back."""
@@ -362,7 +321,7 @@ async def test_router_down_after_promote_never_rolls_back(
 
 
 async def test_a_new_rollout_applies_the_pending_rollback_first(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A start while a rollback is pending is refused until the router takes the rollback; then
     the rollback goes out before the new rollout starts."""
@@ -387,7 +346,7 @@ async def test_a_new_rollout_applies_the_pending_rollback_first(
 
 
 async def test_recorded_weights_are_the_last_the_router_confirmed(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Blue/green whose router takes ``route 0/100`` but refuses ``promote``: the recorded
     weights are the confirmed 0/100 on every tick, and the refused promote (which the router
@@ -407,7 +366,7 @@ async def test_recorded_weights_are_the_last_the_router_confirmed(
 
 
 async def test_promote_with_the_router_down_begins_the_promotion_and_retries_it(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """An operator's promote whose route fails raises the router's error, but the promotion has
     begun (the router may have applied it): Promoting with the route pending, no failed check,
@@ -443,7 +402,7 @@ async def test_promote_with_the_router_down_begins_the_promotion_and_retries_it(
 
 
 async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """threshold 5 -> 2 with 3 failed checks: the next tick rolls back instead of going on."""
     provider, router = FakeProvider([90.0, 90.0, 90.0, 99.9]), FakeRouter()
@@ -460,7 +419,7 @@ async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
 
 
 async def test_a_new_revision_restarts_with_traffic_back_on_the_primary(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A new revision mid-rollout routes 100/0 first and starts over; the same revision again
     changes nothing."""
@@ -491,8 +450,9 @@ def outbox(tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(target, json.loads(body)) for target, body in rows]
 
 
+@pytest.mark.slow
 async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A rollout hook that answers after the tick's budget (+5 s) but within its own timeout
     passes: the tick waits for it, as Flagger waits for a `helm test` with timeout: 3m."""
@@ -509,8 +469,9 @@ async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
     assert len(r.requests) == 1 and 5.5 < waited < 20
 
 
+@pytest.mark.slow
 async def test_a_tick_is_bounded_by_its_hooks_own_timeout(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A hook that never answers fails the check once its own timeout has passed, no later."""
     async with Receiver(delay=60) as r:
@@ -528,7 +489,7 @@ async def test_a_tick_is_bounded_by_its_hooks_own_timeout(
 
 
 async def test_rollback_hooks_are_not_called_while_promoting(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Once promotion has begun a rollback webhook is not called, so its 2xx cannot roll back."""
     async with Receiver() as r:
@@ -556,7 +517,7 @@ async def test_rollback_hooks_are_not_called_while_promoting(
 async def test_confirm_rollout_waits_only_when_the_gate_answers_closed(
     tmp_path: Path,
     store: SqliteStore,
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     status: int,
     phases: list[str],
 ) -> None:
@@ -576,7 +537,7 @@ async def test_confirm_rollout_waits_only_when_the_gate_answers_closed(
 
 @pytest.mark.parametrize("mute", [True, False], ids=["muted", "not-muted"])
 async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hooks(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, mute: bool
+    tmp_path: Path, store: SqliteStore, session: HttpTransport, mute: bool
 ) -> None:
     """muteAlert on the gate webhook that said no drops the waiting alert; event hooks still
     get the event, with Flagger's metadata."""
@@ -608,7 +569,7 @@ async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hoo
     ids=["abort", "pause", "promote"],
 )
 async def test_abort_pause_promote_do_not_wait_for_a_slow_hook(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, verb: str, phase: Phase
+    tmp_path: Path, store: SqliteStore, session: HttpTransport, verb: str, phase: Phase
 ) -> None:
     """An operator's abort, pause or promote cuts short a tick waiting minutes for a hook; that
     tick decides and counts nothing, and the command applies at once."""
@@ -659,7 +620,7 @@ def _reported(tmp_path: Path) -> tuple[list[str], list[str], int]:
 
 @pytest.mark.parametrize("cause", ["threshold", "abort"])
 async def test_a_refused_rollback_is_reported_only_once_the_router_confirms_it(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession, cause: str
+    tmp_path: Path, store: SqliteStore, session: HttpTransport, cause: str
 ) -> None:
     """While the router refuses the rollback route, rollback.pending is stored and alerted but no
     rollout.rolled_back event, alert or post-rollout hook exists; the tick that gets the route
@@ -707,7 +668,7 @@ async def test_a_refused_rollback_is_reported_only_once_the_router_confirms_it(
 
 
 async def test_a_pending_rollback_survives_a_restart_and_is_reported_once_applied(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """The held-back rolled_back fields are stored with the state: a new runner from the store
     applies the rollback and reports it with the reason and manual flag decided before."""

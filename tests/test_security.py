@@ -33,9 +33,10 @@ import pytest
 from aiohttp import web
 from daemons import TOKEN, api_url, client_for, running_daemon, write_config
 from faults import StandIn
-from prom import PrometheusServer, eventually
+from prom import PrometheusServer
 from pydantic import BaseModel
 from structlog.testing import capture_logs
+from support import eventually
 
 from canaryd.config import (
     CanaryConfig,
@@ -47,6 +48,7 @@ from canaryd.config import (
 )
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import ProviderError, RouterError, WebhookError
+from canaryd.http import HttpTransport, make_transport
 from canaryd.notifiers import deliver
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import RouteRequest
@@ -203,6 +205,7 @@ async def test_daemon_refuses_to_start_with_a_secret_file_readable_by_others(
     assert value not in text and "Traceback" not in text
 
 
+@pytest.mark.slow
 def test_canaryd_run_with_a_world_readable_token_file_exits_with_a_clear_message(
     tmp_path: Path,
 ) -> None:
@@ -364,7 +367,7 @@ async def test_provider_verifies_tls_unless_insecure_skip_verify_and_then_warns(
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
 
 
-async def _hook(url: str, session: aiohttp.ClientSession) -> Any:
+async def _hook(url: str, session: HttpTransport) -> Any:
     spec = CanaryConfig.model_validate(
         {"name": "web", "router": "mesh", "analysis": {"stepWeight": 10}}
     )
@@ -374,19 +377,19 @@ async def _hook(url: str, session: aiohttp.ClientSession) -> Any:
     )
 
 
-async def _route(url: str, session: aiohttp.ClientSession) -> Any:
+async def _route(url: str, session: HttpTransport) -> Any:
     cfg = WebhookRouter.model_validate({"type": "webhook", "url": url, "timeout": "3s"})
     await WebhookRouterClient(cfg, session, name="mesh").apply(
         RouteRequest("default/web", "v2", "route", 90, 10, "k")
     )
 
 
-async def _alert(url: str, session: aiohttp.ClientSession) -> Any:
+async def _alert(url: str, session: HttpTransport) -> Any:
     notifier = Notifier.model_validate({"type": "webhook", "url": url})
     await deliver(session, notifier, {}, "application/json", idempotency_key="k", secret=None)
 
 
-OUTGOING: dict[str, Callable[[str, aiohttp.ClientSession], Awaitable[Any]]] = {
+OUTGOING: dict[str, Callable[[str, HttpTransport], Awaitable[Any]]] = {
     "webhook": _hook,
     "router": _route,
     "notifier": _alert,
@@ -396,7 +399,7 @@ OUTGOING: dict[str, Callable[[str, aiohttp.ClientSession], Awaitable[Any]]] = {
 @pytest.mark.parametrize("caller", list(OUTGOING), ids=list(OUTGOING))
 async def test_other_outgoing_calls_always_verify_tls(tmp_path: Path, caller: str) -> None:
     """Webhooks, the webhook router and notifiers refuse a self-signed certificate."""
-    async with https_server(tmp_path, b"{}") as url, aiohttp.ClientSession() as session:
+    async with https_server(tmp_path, b"{}") as url, make_transport() as session:
         try:
             result = await OUTGOING[caller](url + "/x", session)
         except (RouterError, WebhookError) as exc:
@@ -734,7 +737,7 @@ async def test_a_signed_url_echoed_at_the_preview_cut_leaves_no_part_of_it(offse
     async def echo(request: web.Request, body: bytes) -> web.StreamResponse:
         return web.Response(status=500, text="x" * offset + request.path_qs)
 
-    async with StandIn(echo) as server, aiohttp.ClientSession() as session:
+    async with StandIn(echo) as server, make_transport() as session:
         url = f"{server.url}/services/{token}?sig={token[::-1]}"
         notifier = Notifier.model_validate({"type": "slack", "url": url})
         with pytest.raises(WebhookError) as info:

@@ -16,7 +16,8 @@ import structlog
 import yaml
 from daemons import TOKEN, write_config
 from receiver import Receiver
-from service_helpers import backends, canary, eventually, service_config
+from service_helpers import backends, canary, service_config
+from support import eventually
 
 from canaryd.cli.commands import check
 from canaryd.config.loader import load_config
@@ -175,6 +176,7 @@ async def test_sighup_rejects_an_invalid_config_and_keeps_running(
 # --------------------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.slow
 async def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     """SIGTERM during a slow tick: the tick commits, due alerts go out, run() returns."""
     async with Receiver() as audit:

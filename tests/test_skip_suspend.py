@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from canaryd.config import CanaryConfig, Settings, WebhookType
@@ -21,9 +20,10 @@ from canaryd.core.analysis import (
     Route,
     RunHooks,
 )
-from canaryd.routers import RouteRequest
+from canaryd.http import HttpTransport
 from canaryd.service.runtime import CanaryRunner, Services
 from canaryd.service.store import SqliteStore
+from canaryd.testing import FakeProvider, FakeRouter
 
 
 def canary(**keys: Any) -> CanaryConfig:
@@ -160,44 +160,17 @@ def _runtime_settings(tmp_path: Path, **canary_keys: Any) -> Settings:
     )
 
 
-class _Provider:
-    """Counts queries and answers each with a failing value."""
-
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-
-    async def query(self, query: str, *, budget: float) -> float | None:
-        """Record the query; 1.0 is far below the metric's minimum."""
-        self.queries.append(query)
-        return 1.0
-
-    async def query_range(
-        self, query: str, *, start: float, end: float, step: float, budget: float
-    ) -> list[float]:
-        """Unused here."""
-        return []
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
+def _Provider() -> FakeProvider:  # noqa: N802 - the name the tests below use
+    """A provider whose every answer, 1.0, is far below the metric's minimum."""
+    return FakeProvider([1.0])
 
 
-class _Router:
-    """Records the route requests it is given."""
-
-    def __init__(self) -> None:
-        self.requests: list[RouteRequest] = []
-
-    async def apply(self, request: RouteRequest) -> None:
-        """Record the request."""
-        self.requests.append(request)
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
+_Router = FakeRouter
 
 
 def _runner(
-    cfg: Settings, store: SqliteStore, session: aiohttp.ClientSession
-) -> tuple[CanaryRunner, _Provider, _Router]:
+    cfg: Settings, store: SqliteStore, session: HttpTransport
+) -> tuple[CanaryRunner, FakeProvider, FakeRouter]:
     provider, router = _Provider(), _Router()
     services = Services(
         cfg, session, {"prom": provider}, {"lb": router}, store, clock=lambda: 1000.0
@@ -207,7 +180,7 @@ def _runner(
 
 @pytest.mark.anyio
 async def test_runtime_skip_analysis_promotes_without_a_single_query(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Through the runtime, skipAnalysis promotes with the router and never queries a metric."""
     runner, provider, router = _runner(
@@ -227,7 +200,7 @@ async def test_runtime_skip_analysis_promotes_without_a_single_query(
 
 @pytest.mark.anyio
 async def test_runtime_suspend_neither_queries_nor_routes(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """Through the runtime, a suspended canary's ticks query nothing and move no traffic."""
     runner, provider, router = _runner(_runtime_settings(tmp_path, suspend=True), store, session)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "canaryd.example.yaml"
 HEAVY = ("numpy", "scipy")
@@ -31,6 +33,7 @@ def _loaded_after(code: str) -> tuple[list[str], subprocess.CompletedProcess[str
     return json.loads(done.stdout.strip().splitlines()[-1]), done
 
 
+@pytest.mark.slow
 def test_importing_the_cli_and_config_loads_no_numpy() -> None:
     """Importing the CLI, the configuration and the daemon's modules leaves numpy out."""
     loaded, _ = _loaded_after(
@@ -40,6 +43,7 @@ def test_importing_the_cli_and_config_loads_no_numpy() -> None:
     assert loaded == []
 
 
+@pytest.mark.slow
 def test_check_runs_without_numpy_or_scipy() -> None:
     """``canaryd check`` validates the example configuration without importing numpy or scipy."""
     loaded, done = _loaded_after(
@@ -49,6 +53,7 @@ def test_check_runs_without_numpy_or_scipy() -> None:
     assert loaded == []
 
 
+@pytest.mark.slow
 def test_judge_needs_numpy_but_not_scipy(tmp_path: Path) -> None:
     """``canaryd judge`` imports numpy for the arithmetic, and scipy not at all."""
     document = tmp_path / "in.json"

@@ -17,7 +17,8 @@ from pathlib import Path
 import anyio
 import pytest
 from daemons import api_url, daemon_process, write_config
-from service_helpers import canary, eventually
+from service_helpers import canary
+from support import eventually
 
 from canaryd.config.loader import load_config
 from canaryd.service.daemon import Daemon
@@ -119,6 +120,7 @@ def _readyz(url: str) -> int:
         return int(answer.status)
 
 
+@pytest.mark.slow
 def test_daemon_speaks_the_notify_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """READY=1 after the API answers, WATCHDOG=1 periodically, RELOADING/READY on SIGHUP,
     STOPPING=1 on SIGTERM, then exit 0."""
@@ -206,6 +208,7 @@ async def test_watchdog_stops_when_a_loop_stalls(
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_a_tick_waiting_for_a_slow_hook_within_its_timeout_is_not_a_stall(
     tmp_path: Path,
 ) -> None:

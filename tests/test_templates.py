@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from prom import PrometheusServer, eventually, histogram_samples, open_provider
+from prom import PrometheusServer, histogram_samples, open_provider
+from support import eventually
 
 from canaryd.config.templates import (
     BUILTIN_METRICS,
@@ -168,7 +169,8 @@ def test_template_variables_are_flat() -> None:
 
 
 def test_supported_meshes() -> None:
-    """The meshes Flagger has observers for, plus canaryd's envoy, haproxy and prometheus."""
+    """The meshes Flagger has observers for, plus canaryd's envoy, haproxy, prometheus and
+    traefik-file (Traefik's file provider outside Kubernetes)."""
     assert MESH_PROVIDERS == (
         "apisix",
         "appmesh",
@@ -187,6 +189,7 @@ def test_supported_meshes() -> None:
         "prometheus",
         "skipper",
         "traefik",
+        "traefik-file",
     )
 
 

@@ -112,6 +112,7 @@ def assert_escaped(text: str) -> None:
     assert "\\x1b[32mprod/web: promoted revision v2\\x1b[0m" in text
 
 
+@pytest.mark.slow
 async def test_rollout_wait_prints_the_failure_reason_escaped(hostile: Cli) -> None:
     """``rollout --wait`` shows the rollback with Prometheus's text escaped, exit 1."""
     code, out, err = await hostile("rollout", "prod/web", "--revision", "v2", "--wait")
@@ -120,6 +121,7 @@ async def test_rollout_wait_prints_the_failure_reason_escaped(hostile: Cli) -> N
     assert_escaped(out)
 
 
+@pytest.mark.slow
 async def test_status_table_prints_the_last_check_escaped(hostile: Cli) -> None:
     """``canaryd status`` (table and one canary) shows the failed check's reason escaped."""
     code, out, err = await hostile("rollout", "prod/web", "--revision", "v2", "--wait")
@@ -152,6 +154,7 @@ def test_error_answer_is_printed_escaped(
     assert "\\x1b[2J" in err and "\x1b" not in err
 
 
+@pytest.mark.slow
 async def test_status_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     """``canaryd status --json | head`` (the reader gone): no traceback, exit 141 like SIGPIPE."""
     async with Receiver(body=b"{}") as prom, Receiver() as router:

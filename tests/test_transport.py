@@ -26,8 +26,8 @@ from pathlib import Path
 import anyio
 import pytest
 from aiohttp import web
-from prom import free_port
 from pydantic import ValidationError
+from support import refused_port
 
 from canaryd.config import PrometheusProvider
 from canaryd.errors import ProviderError
@@ -751,7 +751,7 @@ async def test_garbage_answer_is_a_transport_error() -> None:
 
 async def test_connection_refused_names_the_error_and_gives_the_slot_back() -> None:
     """Nothing listening: TransportError naming ConnectionRefusedError; the slot is free again."""
-    async with pool_for(f"http://127.0.0.1:{free_port()}", limit=1) as pool:
+    async with pool_for(f"http://127.0.0.1:{refused_port()}", limit=1) as pool:
         for _ in range(3):  # with limit=1, a slot kept would make the next a pool timeout
             with pytest.raises(TransportError, match=r"^ConnectionRefusedError: ") as err:
                 await pool.post("/q", b"", timeout=0.5)
@@ -999,7 +999,9 @@ async def test_token_with_a_line_break_is_refused_without_sending(tmp_path: Path
         with pytest.raises(ProviderError) as err:
             await prov.query("up", budget=2)
         assert prov.stats.attempts == 1
-    assert str(err.value) == "header 'Authorization' holds a line break; not sent"
+    assert str(err.value) == (
+        "header 'Authorization': a name is one word without ':', a value one line; not sent"
+    )
     assert "s3cr3t" not in str(err.value)
     assert srv.paths == []
 
@@ -1028,7 +1030,7 @@ async def test_url_userinfo_is_basic_auth_and_scrubbed_from_errors() -> None:
 
 async def test_url_userinfo_stays_out_of_connection_errors() -> None:
     """A connection error names the host and port, never the address's user info."""
-    port = free_port()
+    port = refused_port()
     cfg = provider_config(f"http://canaryd:s3cr3t-pw@127.0.0.1:{port}", timeout=0.2)
     async with Prometheus(cfg) as prov:
         with pytest.raises(ProviderError) as err:
@@ -1052,7 +1054,8 @@ async def test_secret_that_is_not_latin1_is_refused_without_sending(tmp_path: Pa
     async with web_server(replying(OK_42)) as srv:
         cfg = provider_config(srv.url, bearer_token_file=token)
         with pytest.raises(
-            ProviderError, match=r"^header 'Authorization' is not Latin-1 text"
+            ProviderError,
+            match=r"^header 'Authorization': only Latin-1 text can be sent; not sent$",
         ) as e:
             async with Prometheus(cfg) as prov:
                 await prov.query("up", budget=2)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from prom import eventually
+from support import eventually
 from victoria import start_victoria
 
 from canaryd.providers.prometheus import Prometheus

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import aiohttp
 import pytest
 from receiver import Receiver, self_signed
 
 from canaryd.config import CanaryConfig, WebhookSpec
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.core.events import Event
+from canaryd.http import make_transport
 from canaryd.service.webhooks import call, event_payload, longest_call
+from canaryd.testing import FakeHttp, answer
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +36,9 @@ STATE = CanaryState(
     iteration=0,
 )
 
+URL = "https://hooks.example/load"
+"""Where the fake-HTTP tests post (nothing listens: the transport is a fake)."""
+
 
 def hook(url: str | None, **kw: object) -> WebhookSpec:
     """A webhook spec of the given url (None: a manual gate)."""
@@ -46,10 +51,10 @@ def hook(url: str | None, **kw: object) -> WebhookSpec:
 
 async def test_payload_carries_flagger_fields_and_weights() -> None:
     """The body has Flagger's fields plus revision, weights, iteration, failedChecks, threshold."""
-    async with Receiver() as r, aiohttp.ClientSession() as s:
-        result = await call(s, SPEC, STATE, hook(r.url, metadata={"cmd": "hey"}), "k1")
+    http = FakeHttp()
+    result = await call(http, SPEC, STATE, hook(URL, metadata={"cmd": "hey"}), "k1")
     assert result.ok
-    body = r.requests[0].json
+    body = json.loads(http.requests[0].body or b"")
     checksum = body.pop("checksum")
     assert len(checksum) == 16
     assert body == {
@@ -65,28 +70,28 @@ async def test_payload_carries_flagger_fields_and_weights() -> None:
         "failedChecks": 1,
         "threshold": 4,
     }
-    assert r.requests[0].headers["Idempotency-Key"] == "k1"
+    assert http.requests[0].headers["Idempotency-Key"] == "k1"
 
 
 async def test_retries_until_2xx_with_the_same_key() -> None:
     """retries: 2 calls a failing receiver again, with one idempotency key, until a 2xx."""
-    async with Receiver(statuses=[503, 500, 200]) as r, aiohttp.ClientSession() as s:
-        result = await call(s, SPEC, STATE, hook(r.url, retries=2), "k2")
+    http = FakeHttp([answer(503), answer(500), answer(200)])
+    result = await call(http, SPEC, STATE, hook(URL, retries=2), "k2")
     assert result.ok
-    assert [q.headers["Idempotency-Key"] for q in r.requests] == ["k2", "k2", "k2"]
+    assert [q.headers["Idempotency-Key"] for q in http.requests] == ["k2", "k2", "k2"]
 
 
 async def test_failure_reports_status_and_body() -> None:
     """A non-2xx after the retries fails with the status and the first bytes of the body."""
-    async with Receiver(statuses=[500], body="load test failed") as r, aiohttp.ClientSession() as s:
-        result = await call(s, SPEC, STATE, hook(r.url, retries=1), "k3")
+    http = FakeHttp([answer(500, b"load test failed")])
+    result = await call(http, SPEC, STATE, hook(URL, retries=1), "k3")
     assert (result.ok, result.detail) == (False, "HTTP 500: load test failed")
-    assert len(r.requests) == 2
+    assert len(http.requests) == 2
 
 
 async def test_manual_gate_waits_for_approval() -> None:
     """A gate without url never opens by itself; it says how to open it."""
-    async with aiohttp.ClientSession() as s:
+    async with make_transport() as s:
         result = await call(s, SPEC, STATE, hook(None), "k4")
     assert (result.ok, result.detail) == (False, "waiting for manual approval (canaryd approve)")
 
@@ -122,7 +127,7 @@ def test_event_hook_gets_flaggers_event_metadata(name: str, event_type: str) -> 
 async def test_disable_tls_reaches_a_self_signed_hook(tmp_path: Path) -> None:
     """disableTLS: true calls an HTTPS hook whose certificate does not verify; without it the
     call fails on the certificate and never reaches the receiver."""
-    async with Receiver(tls=self_signed(tmp_path)) as r, aiohttp.ClientSession() as s:
+    async with Receiver(tls=self_signed(tmp_path)) as r, make_transport() as s:
         strict = await call(s, SPEC, STATE, hook(r.url), "k5")
         lax = await call(s, SPEC, STATE, hook(r.url, disableTLS=True), "k6")
     assert not strict.ok and "Certificate" in strict.detail

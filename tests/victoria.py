@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prom import free_port, require_binary
+from prom import require_binary
+from support import free_port, retry_on_port_clash
 
 from canaryd.config import PrometheusProvider
 
@@ -74,7 +75,7 @@ class VictoriaServer:
                 self.process.wait()
 
 
-def start_victoria(workdir: Path) -> VictoriaServer:
+def _start_victoria_once(workdir: Path) -> VictoriaServer:
     """Start victoria-metrics on a free 127.0.0.1 port and wait until it is healthy.
 
     Raises:
@@ -114,3 +115,8 @@ def start_victoria(workdir: Path) -> VictoriaServer:
     raise RuntimeError(
         f"victoria-metrics not ready within {READY_TIMEOUT:g}s:\n{server.log_tail()}"
     )
+
+
+def start_victoria(workdir: Path) -> VictoriaServer:
+    """:func:`_start_victoria_once`, again on a new port if another process took it."""
+    return retry_on_port_clash(lambda: _start_victoria_once(workdir))

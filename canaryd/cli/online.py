@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aiohttp
 import anyio
 
 from canaryd.errors import CanarydError, Problem, RouterError, TemplateError
+from canaryd.http import HttpTransport, make_transport
 from canaryd.routers import Checkable, Router, build_router
 from canaryd.terminal import escape
 
@@ -132,7 +132,7 @@ def build_providers(loaded: Loaded, out: Findings) -> dict[str, MetricsProvider]
 
 
 async def check_routers(
-    loaded: Loaded, session: aiohttp.ClientSession, out: Findings, timeout: float
+    loaded: Loaded, session: HttpTransport, out: Findings, timeout: float
 ) -> None:
     """Ask every router that can check itself cheaply whether it is reachable and set up."""
     for name, cfg in loaded.settings.routers.items():
@@ -172,7 +172,7 @@ async def online_check(loaded: Loaded, timeout: float = QUERY_TIMEOUT) -> Findin
     out = Findings()
     built = build_providers(loaded, out)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with make_transport() as session:
             await check_metrics(loaded, dict(built), out, timeout)
             await check_routers(loaded, session, out, timeout)
     finally:

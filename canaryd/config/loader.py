@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_settings import EnvSettingsSource, SettingsError
-from pydantic_settings.sources.utils import parse_env_vars
 
 from canaryd.config import flagger
 from canaryd.config.check import check_references, check_secrets, secret_holders, validate
@@ -250,30 +249,36 @@ def _include_matches(doc: Doc, ctx: _Context, main: bool) -> list[str]:
 # --------------------------------------------------------------------------- environment
 
 
-class _EnvSource(EnvSettingsSource):
-    """pydantic-settings' own parsing of ``CANARYD_*`` variables, from a given environment."""
+def _env_source(environ: Mapping[str, str]) -> EnvSettingsSource:
+    """pydantic-settings' own parsing of ``CANARYD_*`` variables, from ``environ``.
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(Settings)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(
-            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
+    Public API only: the source is built with its constructor (it takes prefix, nesting
+    and case rules from ``Settings.model_config``), then reads ``environ`` through its
+    public ``env_vars`` mapping instead of the process environment (names folded and
+    empty values treated as that config says, as the source does for ``os.environ``).
+    """
+    source = EnvSettingsSource(Settings)
+    fold = str if source.case_sensitive else str.lower
+    none = source.env_parse_none_str
+    source.env_vars = {
+        fold(name): None if none is not None and value == none else value
+        for name, value in environ.items()
+        if not (source.env_ignore_empty and value == "")
+    }
+    return source
 
 
 def _env_values(environ: Mapping[str, str], ctx: _Context) -> dict[str, Any]:
     """Settings values from ``CANARYD_*`` variables; undecodable JSON values are problems."""
     ours = {k: v for k, v in environ.items() if k.upper().startswith("CANARYD_")}
     try:
-        return _EnvSource(ours)()
+        return _env_source(ours)()
     except SettingsError:
         pass
     values: dict[str, Any] = {}
     for name in sorted(ours):
         try:
-            values = _deep_merge(values, _EnvSource({name: ours[name]})())
+            values = _deep_merge(values, _env_source({name: ours[name]})())
         except SettingsError:
             shown = tuple(name[len("CANARYD_") :].lower().split("__"))
             ctx.at(Loc(env_file(name), 0, 0, shown), shown, f"{name} must hold JSON for this key")

@@ -180,6 +180,38 @@ def read_secret(
 # --------------------------------------------------------------------------- providers
 
 
+HEADER_SHAPE = "a name is one word without ':', a value one line"
+HEADER_LATIN1 = "only Latin-1 text can be sent"
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why ``name: value`` cannot be sent as one HTTP request header; None if it can.
+
+    The one header rule of canaryd: the config checks configured headers with it, the
+    providers check headers built from secret files with it before sending.
+    """
+    if not name or any(c in name for c in "\r\n: ") or "\r" in value or "\n" in value:
+        return HEADER_SHAPE
+    try:
+        f"{name}{value}".encode("latin-1")
+    except UnicodeEncodeError:
+        return HEADER_LATIN1
+    return None
+
+
+def checked_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` unchanged if every one can be sent.
+
+    Raises:
+        ValueError: ``header '<name>': <problem>`` for the first that cannot.
+    """
+    for name, value in headers.items():
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise ValueError(f"header {name!r}: {problem}")
+    return headers
+
+
 class PrometheusProvider(Model):
     """A Prometheus-compatible HTTP API (Prometheus, Thanos, Mimir, VictoriaMetrics)."""
 
@@ -202,16 +234,7 @@ class PrometheusProvider(Model):
     @field_validator("headers")
     @classmethod
     def _header_lines(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
-            if not name or any(c in name for c in "\r\n: ") or "\r" in value or "\n" in value:
-                raise ValueError(
-                    f"header {name!r}: a name is one word without ':', a value one line"
-                )
-            try:
-                f"{name}{value}".encode("latin-1")
-            except UnicodeEncodeError:
-                raise ValueError(f"header {name!r}: only Latin-1 text can be sent") from None
-        return v
+        return checked_headers(v)
 
 
 class _HttpProvider(Model):
@@ -230,7 +253,7 @@ class _HttpProvider(Model):
     @field_validator("headers")
     @classmethod
     def _header_lines(cls, v: dict[str, str]) -> dict[str, str]:
-        return PrometheusProvider._header_lines(v)
+        return checked_headers(v)
 
 
 class GraphiteProvider(_HttpProvider):

@@ -194,10 +194,10 @@ class CaddyPath:
         Raises:
             RouterError: the admin API did not answer.
         """
-        import aiohttp
+        from canaryd.http import make_transport
 
-        async with aiohttp.ClientSession() as session:
-            admin = CaddyAdmin(CaddyRouter.model_validate(self.router), session)
+        async with make_transport() as http:
+            admin = CaddyAdmin(CaddyRouter.model_validate(self.router), http)
             return await admin.read_weights()
 
 

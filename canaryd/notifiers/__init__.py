@@ -18,7 +18,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Final
 
-import aiohttp
 import anyio.to_thread
 from pydantic import SecretStr
 
@@ -28,7 +27,7 @@ from canaryd.core.alerts import severity_of as severity_of
 from canaryd.core.alerts import wanted as wanted
 from canaryd.core.events import ALERTABLE, EVENTS, Event
 from canaryd.errors import SecretError, WebhookError
-from canaryd.http import post_json
+from canaryd.http import HttpTransport, post_json
 from canaryd.notifiers import cloudevents, discord, gchat, msteams, rocket, slack, webhook
 from canaryd.notifiers.text import RenderOptions, describe
 from canaryd.redact import redact, redact_url
@@ -119,7 +118,7 @@ def notifier_url(notifier: Notifier) -> str:
 
 
 async def deliver(
-    session: aiohttp.ClientSession,
+    http: HttpTransport,
     notifier: Notifier,
     payload: dict[str, Any],
     content_type: str,
@@ -141,7 +140,7 @@ async def deliver(
     url = await anyio.to_thread.run_sync(notifier_url, notifier)
     try:
         answer = await post_json(
-            session,
+            http,
             url,
             payload,
             timeout=notifier.timeout,

@@ -38,7 +38,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from canaryd.config.models import read_secret
+from canaryd.config.models import header_problem, read_secret
 from canaryd.errors import ProviderError, ResourceError, SecretError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,
@@ -334,22 +334,20 @@ def basic(username: str, password: str) -> str:
 
 
 def header_lines(headers: dict[str, str]) -> bytes:
-    """``Name: value\\r\\n`` lines; a header that would split the request is refused.
+    """``Name: value\\r\\n`` lines; a header that cannot be sent is refused.
+
+    The rule is the config's (:func:`canaryd.config.models.header_problem`): here it
+    catches values read from secret files, which the config never sees.
 
     Raises:
         ProviderError: a name or value holds a line break or is not Latin-1 (a secret
             file with one, say); the message names the header, never its value.
     """
-    lines = []
     for name, value in headers.items():
-        line = f"{name}: {value}\r\n"
-        if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
-            raise ProviderError(f"header {name.strip()!r} holds a line break; not sent")
-        try:
-            lines.append(line.encode("latin-1"))
-        except UnicodeEncodeError:
-            raise ProviderError(f"header {name!r} is not Latin-1 text; not sent") from None
-    return b"".join(lines)
+        problem = header_problem(name, value)
+        if problem is not None:
+            raise ProviderError(f"header {name.strip()!r}: {problem}; not sent")
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
 
 
 def preview(body: bytes) -> str:

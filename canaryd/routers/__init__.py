@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-import aiohttp
-
 from canaryd.config.models import (
     AlbRouter,
     CaddyRouter,
@@ -20,6 +18,7 @@ from canaryd.config.models import (
     WebhookRouter,
 )
 from canaryd.core.analysis import Action as Action
+from canaryd.http import HttpTransport
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +60,7 @@ class Router(Protocol):
     async def aclose(self) -> None:
         """Release what the router holds (idempotent); no request after it.
 
-        Routers that only borrow the daemon's HTTP session hold nothing.
+        Routers that only borrow the daemon's HTTP transport hold nothing.
         """
         ...
 
@@ -82,7 +81,7 @@ class Checkable(Protocol):
         ...
 
 
-def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
+def build_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
     """Create the router for a config entry (the config's ``type`` picks the class).
 
     Raises:
@@ -91,17 +90,17 @@ def build_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -
     if isinstance(cfg, WebhookRouter):
         from canaryd.routers.webhook import WebhookRouterClient
 
-        return WebhookRouterClient(cfg, session, name=name)
+        return WebhookRouterClient(cfg, http, name=name)
     if isinstance(cfg, HAProxyRouter):
         from canaryd.routers.haproxy import HAProxyRuntime
 
         return HAProxyRuntime(cfg)
     if isinstance(cfg, NginxRouter | EnvoyRouter | TraefikRouter):
-        return _build_file_router(cfg, session)
-    return _build_api_router(name, cfg, session)
+        return _build_file_router(cfg, http)
+    return _build_api_router(name, cfg, http)
 
 
-def _build_api_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSession) -> Router:
+def _build_api_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
     """The API- and command-driven routers (docs/routers.md); imported on first use.
 
     Raises:
@@ -110,11 +109,11 @@ def _build_api_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSessi
     if isinstance(cfg, CaddyRouter):
         from canaryd.routers.caddy import CaddyAdmin
 
-        return CaddyAdmin(cfg, session)
+        return CaddyAdmin(cfg, http)
     if isinstance(cfg, ConsulRouter):
         from canaryd.routers.consul import ConsulSplitter
 
-        return ConsulSplitter(cfg, session)
+        return ConsulSplitter(cfg, http)
     if isinstance(cfg, AlbRouter):
         from canaryd.routers.alb import AlbListener
 
@@ -127,13 +126,13 @@ def _build_api_router(name: str, cfg: RouterConfig, session: aiohttp.ClientSessi
 
 
 def _build_file_router(
-    cfg: NginxRouter | EnvoyRouter | TraefikRouter, session: aiohttp.ClientSession
+    cfg: NginxRouter | EnvoyRouter | TraefikRouter, http: HttpTransport
 ) -> Router:
     """The routers that write a file for a proxy (``docs/routers.md``)."""
     if isinstance(cfg, NginxRouter) and cfg.api is not None:
         from canaryd.routers.nginx_plus import NginxPlusRouter
 
-        return NginxPlusRouter(cfg, session)
+        return NginxPlusRouter(cfg, http)
     if isinstance(cfg, NginxRouter):
         from canaryd.routers.nginx import NginxFileRouter
 
@@ -141,7 +140,7 @@ def _build_file_router(
     if isinstance(cfg, EnvoyRouter):
         from canaryd.routers.envoy import EnvoyFileRouter
 
-        return EnvoyFileRouter(cfg, session)
+        return EnvoyFileRouter(cfg, http)
     from canaryd.routers.traefik import TraefikFileRouter
 
-    return TraefikFileRouter(cfg, session)
+    return TraefikFileRouter(cfg, http)

@@ -41,11 +41,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import anyio
 
 from canaryd.config.models import CaddyRouter
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
 from canaryd.routers.httpapi import call, json_body
 
@@ -63,10 +63,10 @@ class CaddyAdmin:
         budget: seconds one :meth:`apply` may take at most, retries included.
     """
 
-    def __init__(self, cfg: CaddyRouter, session: aiohttp.ClientSession) -> None:
-        """Keep the config and the shared session (no request is made)."""
+    def __init__(self, cfg: CaddyRouter, http: HttpTransport) -> None:
+        """Keep the config and the shared HTTP transport (no request is made)."""
         self._cfg = cfg
-        self._session = session
+        self._http = http
         self.name = cfg.handler
         self.budget = cfg.timeout * BUDGET_FACTOR
         base = cfg.handler if cfg.handler.startswith("/config/") else f"/id/{cfg.handler}"
@@ -75,7 +75,7 @@ class CaddyAdmin:
         self._primary_id = f"{tag}-canaryd-primary"
 
     async def aclose(self) -> None:
-        """Nothing to release: the router borrows the daemon's HTTP session."""
+        """Nothing to release: the router borrows the daemon's HTTP transport."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Set and verify the weights for ``request`` (see the module docstring).
@@ -115,7 +115,7 @@ class CaddyAdmin:
             return  # promoted already: idempotent
         changed = {**upstreams[p], "@id": self._primary_id, "dial": self._cfg.canary}
         url = f"{self._handler_url}/upstreams/{p}"
-        answer = await call(self._session, "PATCH", url, **self._opts(changed))
+        answer = await call(self._http, "PATCH", url, **self._opts(changed))
         if not answer.ok:
             raise RouterError(answer.describe())
         now = await self._upstream_objects()
@@ -164,7 +164,7 @@ class CaddyAdmin:
         url = f"{self._handler_url}/load_balancing/selection_policy"
         if await self._get(url) == wanted:
             return
-        answer = await call(self._session, "PATCH", url, **self._opts(wanted))
+        answer = await call(self._http, "PATCH", url, **self._opts(wanted))
         if not answer.ok:
             raise RouterError(answer.describe())
         actual = await self._get(url)
@@ -213,7 +213,7 @@ class CaddyAdmin:
         return [u for u in found if isinstance(u, dict)]
 
     async def _get(self, url: str) -> Any:
-        answer = await call(self._session, "GET", url, **self._opts(None))
+        answer = await call(self._http, "GET", url, **self._opts(None))
         if not answer.ok:
             raise RouterError(answer.describe())
         return json_body(answer)

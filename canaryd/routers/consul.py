@@ -34,12 +34,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import anyio
 from yarl import URL
 
 from canaryd.config.models import ConsulRouter, read_secret
 from canaryd.errors import RouterError, SecretError
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
 from canaryd.routers.httpapi import call, json_body
 
@@ -83,14 +83,14 @@ class ConsulSplitter:
         budget: seconds one :meth:`apply` may take at most, retries included.
     """
 
-    def __init__(self, cfg: ConsulRouter, session: aiohttp.ClientSession) -> None:
-        """Keep the config and session; read the ACL token once.
+    def __init__(self, cfg: ConsulRouter, http: HttpTransport) -> None:
+        """Keep the config and the shared HTTP transport; read the ACL token once.
 
         Raises:
             RouterError: the token file cannot be read or is readable by others.
         """
         self._cfg = cfg
-        self._session = session
+        self._http = http
         self.name = cfg.service
         self.budget = cfg.timeout * BUDGET_FACTOR
         try:
@@ -123,7 +123,7 @@ class ConsulSplitter:
         return out
 
     async def aclose(self) -> None:
-        """Nothing to release: the router borrows the daemon's HTTP session."""
+        """Nothing to release: the router borrows the daemon's HTTP transport."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Write and verify the splits for ``request`` (see the module docstring).
@@ -166,7 +166,7 @@ class ConsulSplitter:
             RouterError: any other non-200 answer, or not a JSON object.
         """
         answer = await call(
-            self._session, "GET", str(self._entry_url.with_query(self._query)), **self._opts(None)
+            self._http, "GET", str(self._entry_url.with_query(self._query)), **self._opts(None)
         )
         if answer.status == 404:
             return None
@@ -193,7 +193,7 @@ class ConsulSplitter:
         if not isinstance(cas, int) or isinstance(cas, bool):
             raise RouterError(f"config entry has no numeric ModifyIndex: {str(cas)[:50]}")
         url = URL(f"{self._cfg.address}/v1/config").with_query({**self._query, "cas": str(cas)})
-        answer = await call(self._session, "PUT", str(url), **self._opts(body))
+        answer = await call(self._http, "PUT", str(url), **self._opts(body))
         if not answer.ok:
             raise RouterError(answer.describe())
         result = json_body(answer)

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 
 from canaryd.config import EnvoyRouter
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
 from canaryd.routers.files import POLL_INTERVAL, apply_file, get_json, poll, preview
 
@@ -170,16 +170,16 @@ class EnvoyFileRouter:
         budget: seconds one :meth:`apply` may take at most.
     """
 
-    def __init__(self, cfg: EnvoyRouter, session: aiohttp.ClientSession) -> None:
-        """Keep the config and the shared HTTP session; nothing is sent yet."""
+    def __init__(self, cfg: EnvoyRouter, http: HttpTransport) -> None:
+        """Keep the config and the shared HTTP transport; nothing is sent yet."""
         self._cfg = cfg
-        self._session = session
+        self._http = http
         self._path = Path(cfg.file)
         self._label = f"envoy {cfg.route_config}"
         self.budget = cfg.timeout * BUDGET_FACTOR
 
     async def aclose(self) -> None:
-        """Nothing to release: the router borrows the daemon's HTTP session."""
+        """Nothing to release: the router borrows the daemon's HTTP transport."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Write the split for ``request`` and wait until Envoy serves it.
@@ -327,7 +327,7 @@ class EnvoyFileRouter:
 
     async def _get(self, path: str) -> Any:
         status, body = await get_json(
-            "envoy", self._session, self._cfg.admin.rstrip("/") + path, self._cfg.timeout
+            "envoy", self._http, self._cfg.admin.rstrip("/") + path, self._cfg.timeout
         )
         if status != 200:
             text = preview(str(body.get("message") if isinstance(body, dict) else body))

@@ -15,6 +15,7 @@ carries the proxy's own text where there is one.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -23,7 +24,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 from anyio.to_thread import run_sync
 from tenacity import (
@@ -33,8 +33,15 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.errors import RouterError
-from canaryd.http import describe_redirect, redirect_target
+from canaryd.errors import RouterError, WebhookError
+from canaryd.http import (
+    USER_AGENT,
+    HttpRequest,
+    HttpTransport,
+    describe_redirect,
+    redact_url,
+    redirect_target,
+)
 
 TEMP_SUFFIX = ".canaryd-tmp"
 """Suffix of the temporary file (no ``.conf``/``.yml``/``.json``: no proxy loads it)."""
@@ -232,28 +239,34 @@ class _RedirectError(Exception):
     """A 3xx answer: never followed, never retried (docs/reliability.md)."""
 
 
+def basic_auth(username: str, password: str) -> str:
+    """The ``Authorization`` header value of HTTP basic auth (for :func:`request_json`)."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
 async def get_json(
     proxy: str,
-    session: aiohttp.ClientSession,
+    http: HttpTransport,
     url: str,
     timeout: float,
-    auth: aiohttp.BasicAuth | None = None,
+    auth: str | None = None,
 ) -> tuple[int, Any]:
     """GET ``url`` from a proxy's admin API; see :func:`request_json`.
 
     Raises:
         RouterError: no usable answer after the retries.
     """
-    return await request_json(proxy, session, "GET", url, timeout, auth)
+    return await request_json(proxy, http, "GET", url, timeout, auth)
 
 
 async def request_json(
     proxy: str,
-    session: aiohttp.ClientSession,
+    http: HttpTransport,
     method: str,
     url: str,
     timeout: float,
-    auth: aiohttp.BasicAuth | None = None,
+    auth: str | None = None,
     body: Any = None,
 ) -> tuple[int, Any]:
     """Send an idempotent request to a proxy's admin API (no redirects followed, bounded answer).
@@ -262,6 +275,9 @@ async def request_json(
     only use it for requests that may be repeated (GET, PATCH to absolute values).
     A 3xx answer is an error naming where it points (docs/reliability.md, "No
     redirects followed").
+
+    Args:
+        auth: an ``Authorization`` header value (:func:`basic_auth`), or None.
 
     Returns:
         The HTTP status and the decoded JSON answer (for a non-JSON error answer
@@ -273,39 +289,38 @@ async def request_json(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(ATTEMPTS),
         wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-        retry=retry_if_exception_type((aiohttp.ClientError, TimeoutError, _TransientError)),
+        retry=retry_if_exception_type((WebhookError, _TransientError)),
         reraise=True,
         sleep=anyio.sleep,
     )
     try:
-        return await retrying(_request_once, session, method, url, timeout, auth, body)
+        return await retrying(_request_once, http, method, url, timeout, auth, body)
     except _TransientError as exc:
         raise RouterError(f"{proxy} {url}: {exc} (after {ATTEMPTS} attempts)") from exc
     except _RedirectError as exc:
         raise RouterError(f"{proxy} {url}: {exc}") from exc
-    except TimeoutError as exc:
-        raise RouterError(
-            f"{proxy} {url}: no answer within {timeout:g}s (after {ATTEMPTS} attempts)"
-        ) from exc
-    except aiohttp.ClientError as exc:
-        reason = preview(str(exc)) or type(exc).__name__
+    except WebhookError as exc:  # no answer: the transport's reason, without its host prefix
+        reason = str(exc).removeprefix(f"{redact_url(url)}: ")
         raise RouterError(f"{proxy} {url}: {reason} (after {ATTEMPTS} attempts)") from exc
 
 
 async def _request_once(
-    session: aiohttp.ClientSession,
+    http: HttpTransport,
     method: str,
     url: str,
     timeout: float,
-    auth: aiohttp.BasicAuth | None,
+    auth: str | None,
     body: Any,
 ) -> tuple[int, Any]:
-    with anyio.fail_after(timeout):
-        async with session.request(
-            method, url, allow_redirects=False, auth=auth, json=body
-        ) as resp:
-            raw = await resp.content.read(MAX_ANSWER_BYTES)
-    text = raw.decode("utf-8", "replace")
+    headers = {"User-Agent": USER_AGENT}
+    data = None
+    if auth is not None:
+        headers["Authorization"] = auth
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        data = json.dumps(body).encode()
+    resp = await http.send(HttpRequest(method, url, data, headers, timeout))
+    text = resp.body.decode("utf-8", "replace")
     if 300 <= resp.status < 400:
         target = redirect_target(url, resp.headers.get("Location"))
         raise _RedirectError(describe_redirect(resp.status, target))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp
 import anyio
 from tenacity import (
     AsyncRetrying,
@@ -27,8 +26,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from canaryd.errors import RouterError
-from canaryd.http import MAX_ANSWER_BYTES, USER_AGENT, Answer, redact_url, redirect_target
+from canaryd.errors import RouterError, WebhookError
+from canaryd.http import USER_AGENT, Answer, HttpRequest, HttpTransport, answer_of
 
 ATTEMPTS = 3
 """How often one API call is tried before the router gives up."""
@@ -52,7 +51,7 @@ class _TransientError(Exception):
 
 
 async def call(
-    session: aiohttp.ClientSession,
+    http: HttpTransport,
     method: str,
     url: str,
     *,
@@ -64,7 +63,7 @@ async def call(
     """Send one JSON request with retries and return the final answer (any status).
 
     Args:
-        session: the shared client session.
+        http: the shared outgoing-HTTP transport.
         method: ``GET``, ``PUT``, ``PATCH``, ...
         url: the full URL.
         timeout: seconds per attempt.
@@ -82,7 +81,7 @@ async def call(
     async def once() -> Answer:
         nonlocal attempts
         attempts += 1
-        answer = await _send(session, method, url, timeout, payload, headers)
+        answer = await _send(http, method, url, timeout, payload, headers)
         if answer.status in RETRY_STATUSES or (retry_5xx and answer.status >= 500):
             raise _TransientError(answer.describe(), answer)
         return answer
@@ -104,7 +103,7 @@ async def call(
 
 
 async def _send(
-    session: aiohttp.ClientSession,
+    http: HttpTransport,
     method: str,
     url: str,
     timeout: float,
@@ -117,24 +116,10 @@ async def _send(
         hdrs["Content-Type"] = "application/json"
         data = json.dumps(payload, separators=(",", ":")).encode()
     try:
-        async with session.request(
-            method,
-            url,
-            data=data,
-            headers=hdrs,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            allow_redirects=False,  # a 3xx is a failure: docs/reliability.md
-        ) as resp:
-            body = await resp.content.read(MAX_ANSWER_BYTES)
-            location = ""
-            if 300 <= resp.status < 400:
-                location = redirect_target(url, resp.headers.get("Location"))
-            return Answer(resp.status, body, location)
-    except TimeoutError as exc:
-        raise _TransientError(f"{redact_url(url)}: no answer within {timeout:g}s") from exc
-    except aiohttp.ClientError as exc:
-        reason = str(exc).replace(url, redact_url(url))
-        raise _TransientError(f"{redact_url(url)}: {type(exc).__name__}: {reason}") from exc
+        response = await http.send(HttpRequest(method, url, data, hdrs, timeout))
+    except WebhookError as exc:  # no answer: names the host only
+        raise _TransientError(str(exc)) from exc
+    return answer_of(url, response)
 
 
 def json_body(answer: Answer) -> Any:

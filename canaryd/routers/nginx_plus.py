@@ -27,13 +27,13 @@ import contextlib
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 
 from canaryd.config import NginxRouter, read_secret
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import preview, request_json
+from canaryd.routers.files import basic_auth, preview, request_json
 from canaryd.routers.nginx import BUDGET_FACTOR, split_weights
 
 Setting = dict[str, Any]
@@ -73,14 +73,14 @@ class NginxPlusRouter:
         budget: seconds one :meth:`apply` may take at most.
     """
 
-    def __init__(self, cfg: NginxRouter, session: aiohttp.ClientSession) -> None:
+    def __init__(self, cfg: NginxRouter, http: HttpTransport) -> None:
         """Read the API password (``password_file``); nothing is sent yet.
 
         Raises:
             RouterError: the password file cannot be read or is readable by others.
         """
         self._cfg = cfg
-        self._session = session
+        self._http = http
         self._base = (
             f"{(cfg.api or '').rstrip('/')}/http/upstreams/{quote(cfg.upstream, safe='')}/servers"
         )
@@ -92,11 +92,11 @@ class NginxPlusRouter:
         self._auth = None
         if cfg.username is not None:
             secret = password.get_secret_value() if password else ""
-            self._auth = aiohttp.BasicAuth(cfg.username, secret)
+            self._auth = basic_auth(cfg.username, secret)
         self.budget = cfg.timeout * BUDGET_FACTOR
 
     async def aclose(self) -> None:
-        """Nothing to release: the router borrows the daemon's HTTP session."""
+        """Nothing to release: the router borrows the daemon's HTTP transport."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Set and read back the server weights for ``request``.
@@ -142,7 +142,7 @@ class NginxPlusRouter:
             RouterError: the API refused or a configured address is missing.
         """
         status, body = await request_json(
-            "nginx plus", self._session, "GET", self._base, self._cfg.timeout, self._auth
+            "nginx plus", self._http, "GET", self._base, self._cfg.timeout, self._auth
         )
         if status != 200 or not isinstance(body, list):
             raise RouterError(f"{self._label}: GET servers: HTTP {status}: {api_error(body)}")
@@ -164,7 +164,7 @@ class NginxPlusRouter:
     async def _patch(self, server_id: int, setting: Setting) -> None:
         url = f"{self._base}/{server_id}"
         status, body = await request_json(
-            "nginx plus", self._session, "PATCH", url, self._cfg.timeout, self._auth, setting
+            "nginx plus", self._http, "PATCH", url, self._cfg.timeout, self._auth, setting
         )
         if status != 200:
             raise RouterError(

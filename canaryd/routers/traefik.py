@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 import yaml
 
 from canaryd.config import TraefikRouter, read_secret
 from canaryd.errors import RouterError
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import apply_file, get_json, poll, preview, read_current
+from canaryd.routers.files import apply_file, basic_auth, get_json, poll, preview, read_current
 
 BUDGET_FACTOR = 3
 """One :meth:`TraefikFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
@@ -128,29 +128,29 @@ class TraefikFileRouter:
         budget: seconds one :meth:`apply` may take at most.
     """
 
-    def __init__(self, cfg: TraefikRouter, session: aiohttp.ClientSession) -> None:
+    def __init__(self, cfg: TraefikRouter, http: HttpTransport) -> None:
         """Read the API password (``password_file``); nothing is sent yet.
 
         Raises:
             RouterError: the password file cannot be read or is readable by others.
         """
         self._cfg = cfg
-        self._session = session
+        self._http = http
         self._path = Path(cfg.file)
         self._name = qualified(cfg.service, cfg.provider)
         self._label = f"traefik {self._name}"
-        self._auth: aiohttp.BasicAuth | None = None
+        self._auth: str | None = None
         try:
             password = read_secret(cfg.password_file)
         except ValueError as exc:
             raise RouterError(f"traefik: {exc}") from exc
         if cfg.username is not None:
             secret = password.get_secret_value() if password else ""
-            self._auth = aiohttp.BasicAuth(cfg.username, secret)
+            self._auth = basic_auth(cfg.username, secret)
         self.budget = cfg.timeout * BUDGET_FACTOR
 
     async def aclose(self) -> None:
-        """Nothing to release: the router borrows the daemon's HTTP session."""
+        """Nothing to release: the router borrows the daemon's HTTP transport."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Check the children, write the split for ``request``, wait until Traefik shows it.
@@ -275,7 +275,7 @@ class TraefikFileRouter:
             RouterError: the API did not answer, or the service is missing.
         """
         url = f"{self._cfg.api.rstrip('/')}/api/http/services/{quote(name, safe='@')}"
-        status, body = await get_json("traefik", self._session, url, self._cfg.timeout, self._auth)
+        status, body = await get_json("traefik", self._http, url, self._cfg.timeout, self._auth)
         if status == 200:
             return body
         if status == 404 and missing_ok:

@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import anyio
 from tenacity import (
     AsyncRetrying,
@@ -40,7 +39,7 @@ from tenacity import (
 
 from canaryd.config.models import WebhookRouter, read_secret
 from canaryd.errors import RouterError, SecretError, WebhookError
-from canaryd.http import Answer, post_json
+from canaryd.http import Answer, HttpTransport, post_json
 from canaryd.routers import RouteRequest
 
 ATTEMPTS = 3
@@ -94,14 +93,12 @@ class WebhookRouterClient:
         budget: seconds one :meth:`apply` may take at most, retries included.
     """
 
-    def __init__(
-        self, cfg: WebhookRouter, session: aiohttp.ClientSession, *, name: str | None = None
-    ) -> None:
-        """Keep the config and session; read the signing secret once.
+    def __init__(self, cfg: WebhookRouter, http: HttpTransport, *, name: str | None = None) -> None:
+        """Keep the config and transport; read the signing secret once.
 
         Args:
             cfg: the router's config entry.
-            session: the shared client session (:func:`canaryd.http.make_session`).
+            http: the shared outgoing-HTTP transport (:func:`canaryd.http.make_transport`).
             name: the router's config key, for error messages.
 
         Raises:
@@ -111,14 +108,14 @@ class WebhookRouterClient:
         self.name = name or urlsplit(cfg.url).hostname or "webhook"
         self.budget = cfg.timeout * BUDGET_FACTOR
         self._cfg = cfg
-        self._session = session
+        self._http = http
         try:
             self._secret = read_secret(cfg.secret_file, cfg.secret_env)
         except SecretError as exc:
             raise RouterError(f"router {self.name}: {exc}") from exc
 
     async def aclose(self) -> None:
-        """Nothing to release: the router borrows the daemon's HTTP session."""
+        """Nothing to release: the router borrows the daemon's HTTP transport."""
 
     async def apply(self, request: RouteRequest) -> None:
         """Post the decision and return once the controller answers 2xx.
@@ -149,7 +146,7 @@ class WebhookRouterClient:
 
     async def _post(self, request: RouteRequest) -> Answer:
         answer = await post_json(
-            self._session,
+            self._http,
             self._cfg.url,
             route_payload(request),
             timeout=self._cfg.timeout,

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import anyio.abc
 import anyio.to_thread
@@ -36,7 +35,7 @@ from canaryd.config.loader import Loaded, load_config
 from canaryd.config.models import ProviderConfig, Settings, read_secret
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import CanarydError, ConfigError, TemplateError
-from canaryd.http import make_session
+from canaryd.http import HttpTransport, make_transport
 from canaryd.providers import MetricsProvider, build_provider
 from canaryd.routers import Router, build_router
 from canaryd.service.dispatcher import Dispatcher
@@ -182,7 +181,7 @@ class Daemon:
         await store.open()
         self.journal, journalled = await _open_journal(self.settings.state_path)
         try:
-            async with make_session() as session:
+            async with make_transport() as session:
                 self.services = self._services(self.settings, session, store)
                 states = await store.load_states()
                 pending = await store.load_pending()
@@ -250,9 +249,7 @@ class Daemon:
             log.error("outbox.store_failed", error=str(exc))
             return -1
 
-    def _services(
-        self, settings: Settings, session: aiohttp.ClientSession, store: StateStore
-    ) -> Services:
+    def _services(self, settings: Settings, session: HttpTransport, store: StateStore) -> Services:
         """What the runners of ``settings`` share; providers of unchanged config are kept.
 
         Providers replaced or removed by a new config are closed a while later

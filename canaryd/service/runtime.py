@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-import aiohttp
 import structlog
 
 from canaryd.config.models import (
@@ -61,6 +60,7 @@ from canaryd.errors import (
     RouterError,
     StoreError,
 )
+from canaryd.http import HttpTransport
 from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
@@ -195,7 +195,7 @@ class Services:
     """What runners share: HTTP session, adapters, store, clock."""
 
     settings: Settings
-    session: aiohttp.ClientSession
+    session: HttpTransport  # outgoing HTTP of routers, webhooks, notifiers
     providers: Mapping[str, MetricsProvider]
     routers: Mapping[str, Router]
     store: StateStore

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import aiohttp
 import anyio
 from tenacity import (
     AsyncRetrying,
@@ -28,7 +27,7 @@ from canaryd.core.alerts import severity_of
 from canaryd.core.analysis import CanaryState, HookResult
 from canaryd.core.events import Event
 from canaryd.errors import SecretError, WebhookError
-from canaryd.http import Answer, post_json
+from canaryd.http import Answer, HttpTransport, post_json
 from canaryd.notifiers.text import describe
 from canaryd.service.limits import out_of_resources
 
@@ -88,7 +87,7 @@ def event_payload(
 
 
 async def call(
-    session: aiohttp.ClientSession,
+    http: HttpTransport,
     spec: CanaryConfig,
     state: CanaryState,
     hook: WebhookSpec,
@@ -111,7 +110,7 @@ async def call(
     async def attempt() -> Answer | WebhookError:
         try:
             return await post_json(
-                session,
+                http,
                 url,
                 body,
                 timeout=hook.timeout,

@@ -1,0 +1,86 @@
+"""The shared test helpers (tests/support) wait and allocate ports as documented."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from support import entered_on_free_port, eventually, refused_port, retry_on_port_clash
+
+pytestmark = pytest.mark.anyio
+
+
+def test_refused_port_refuses_and_cannot_be_taken() -> None:
+    """Connecting to a refused port is refused, and no server can bind it meanwhile."""
+    port = refused_port()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    with socket.socket() as other, pytest.raises(OSError) as info:
+        other.bind(("127.0.0.1", port))
+    assert info.value.errno == errno.EADDRINUSE
+
+
+def test_retry_on_port_clash_retries_only_clashes() -> None:
+    """A start that clashes is tried again; any other failure is raised at once."""
+    tries: list[int] = []
+
+    def clashing_twice() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            raise RuntimeError("server exited:\nlisten tcp: bind: address already in use")
+        return "up"
+
+    assert retry_on_port_clash(clashing_twice) == "up"
+    assert len(tries) == 3
+
+    def broken() -> str:
+        tries.append(1)
+        raise RuntimeError("config invalid")
+
+    tries.clear()
+    with pytest.raises(RuntimeError, match="config invalid"):
+        retry_on_port_clash(broken)
+    assert len(tries) == 1
+
+
+def test_entered_on_free_port_enters_again_after_a_clash() -> None:
+    """A context manager whose start clashes is entered again; the good one is yielded."""
+    entered: list[int] = []
+
+    @contextmanager
+    def start() -> Iterator[int]:
+        entered.append(1)
+        if len(entered) == 1:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        yield len(entered)
+
+    with entered_on_free_port(start) as value:
+        assert value == 2
+
+
+async def test_eventually_returns_the_accepted_value() -> None:
+    """Sync and async probes are polled until accepted; the accepted value is returned."""
+    seen: list[int] = []
+
+    def probe() -> int:
+        seen.append(len(seen))
+        return seen[-1]
+
+    async def aprobe() -> int:
+        return probe()
+
+    assert await eventually(probe, lambda v: v >= 2, interval=0) == 2
+    assert await eventually(aprobe, lambda v: v >= 5, interval=0) == 5
+
+
+async def test_eventually_fails_naming_what_and_the_last_result() -> None:
+    """Past ``within`` it raises AssertionError with ``what`` and the last result or error."""
+
+    def failing() -> int:
+        raise KeyError("prod/web")
+
+    with pytest.raises(AssertionError, match=r"the runner not met within 0\.1s; last: KeyError"):
+        await eventually(failing, within=0.1, what="the runner")
