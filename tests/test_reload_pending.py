@@ -17,12 +17,12 @@ import pytest
 import yaml
 from daemons import client_for, daemon_process, wait_for_state
 from disks import small_tmpfs
-from prom import eventually
 from service_helpers import backends, canary, prom_answer, service_config
+from support import eventually
 
 from canaryd.errors import ClientError
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # real daemon processes
 
 
 def _set_canaries(config: Path, canaries: list[dict[str, Any]]) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from daemons import client_for, daemon_process, wait_for_state
-from prom import eventually
 from service_helpers import backends, canary, service_config
+from support import eventually
 from test_runtime import FakeProvider, FakeRouter, runner, settings
 
 from canaryd.core import analysis as core
