@@ -334,7 +334,7 @@ async def test_message_whose_target_was_removed_is_dead_lettered_at_once(
 
 
 async def test_messages_of_a_canary_removed_for_a_while_wait_for_it_until_max_age(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A message of a canary not configured at the moment waits (no dead letter) and goes out
     once a reload adds the canary back; one whose canary stays away dies at maxAge."""

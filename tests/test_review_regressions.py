@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiohttp
 import pytest
 from daemons import client_for, daemon_process, wait_for_state
 from service_helpers import backends, canary, service_config
 from support import eventually
-from test_runtime import FakeProvider, FakeRouter, runner, settings
+from test_runtime import runner, settings
 
 from canaryd.core import analysis as core
 from canaryd.core.analysis import Phase
 from canaryd.errors import CommandError
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
 from canaryd.service.store import SqliteStore
+from canaryd.testing import FakeProvider, FakeRouter
 
 
 class Died(Exception):  # noqa: N818 - the daemon's death, not an error of canaryd
@@ -34,7 +35,7 @@ class DiesAfterApplying(FakeRouter):
 
 @pytest.mark.anyio
 async def test_a_command_after_a_restart_is_not_overwritten_by_the_routes_resent(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """A pause recorded after a restart stays recorded when the recorded routes are resent."""
     cfg = settings(tmp_path)
@@ -109,7 +110,7 @@ class DiesBeforeTheStep(FakeRouter):
 
 @pytest.mark.anyio
 async def test_a_refused_promotion_step_on_a_paused_promotion_never_rolls_back(
-    tmp_path: Path, store: SqliteStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
 ) -> None:
     """After kill -9 mid-promotion and a pause, a refused resend is no failed check, no rollback."""
     cfg = settings(tmp_path, threshold=1)

@@ -6,14 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import aiohttp
 import pytest
 from disks import small_tmpfs
-from test_runtime import FakeProvider, FakeRouter, runner, settings
+from test_runtime import runner, settings
 
 from canaryd.core.analysis import Phase
+from canaryd.http import HttpTransport
 from canaryd.service.rollbacks import SLOT, SLOTS, Entry, RollbackJournal
 from canaryd.service.store import SqliteStore
+from canaryd.testing import FakeProvider, FakeRouter
 
 
 def _entry(key: str, seq: int, rollout: str = "r1") -> Entry:
@@ -66,7 +67,7 @@ def test_an_entry_is_written_on_a_really_full_disk(tmp_path: Path) -> None:
 async def test_only_a_rollback_the_store_never_recorded_is_sent_again(
     tmp_path: Path,
     store: SqliteStore,
-    session: aiohttp.ClientSession,
+    session: HttpTransport,
     rollout: str,
     seq: int,
     resent: bool,
