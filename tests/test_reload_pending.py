@@ -19,10 +19,14 @@ from daemons import client_for, daemon_process, wait_for_state
 from disks import small_tmpfs
 from service_helpers import backends, canary, prom_answer, service_config
 from support import eventually
+from test_signals import running, start_rollout
 
+from canaryd.core.analysis import Phase
 from canaryd.errors import ClientError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # real daemon processes
+
+KEY = "prod/web"
 
 
 def _set_canaries(config: Path, canaries: list[dict[str, Any]]) -> None:
@@ -95,3 +99,37 @@ async def test_an_abort_on_a_full_disk_survives_kill_9(tmp_path: Path) -> None:
     assert state["phase"] == "Failed", state
     assert state["canaryWeight"] == 0, state
     assert "rollback.unrecorded_resent" in log.read_text()
+
+
+@pytest.mark.parametrize("added_back", [False, True], ids=["stays-removed", "added-back"])
+async def test_a_removed_canary_stops_ticking_once_its_pending_rollback_is_applied(
+    tmp_path: Path, added_back: bool
+) -> None:
+    """The loop of a canary removed with its rollback pending stops once the router applied
+    it; added back meanwhile, the canary continues from that loop, rollback still pending."""
+    other = canary("other", interval="1h")
+    async with running(tmp_path, [canary(interval="200ms"), other]) as r:
+        await start_rollout(r)
+        r.router.statuses = [500]
+        r.prom.body = prom_answer(1.0)
+        await eventually(lambda: r.state().route_pending, within=15, what="rollback pending")
+        old = r.daemon.runner(KEY)
+        r.rewrite(lambda data: data.update(canaries=[other]))
+        assert await r.daemon.reload()
+        if added_back:
+            r.rewrite(lambda data: data.update(canaries=[canary(interval="200ms"), other]))
+            assert await r.daemon.reload()
+            await eventually(lambda: r.state().route_pending, what="the rollback taken over")
+        r.router.statuses = [500] * len(r.router.requests) + [200]
+        await r.router.wait_for(len(r.router.statuses))
+        gone = KEY not in r.daemon.runners
+        await eventually(lambda: KEY not in r.daemon._removed, what="the removed loop let go")
+        assert old is not None
+        await eventually(lambda: old.settled, what="the removed loop idle, owing nothing")
+        if added_back:
+            await eventually(lambda: not r.state().route_pending, what="the rollback applied")
+            assert r.state().phase is Phase.FAILED and r.state().canary_weight == 0
+        else:
+            assert gone and not r.daemon.scheduler.remove(KEY)  # no longer scheduled
+            stored = (await r.daemon.services.store.load_states())[KEY]
+            assert stored.phase is Phase.FAILED and not stored.route_pending, stored

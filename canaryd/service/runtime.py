@@ -434,6 +434,7 @@ class CanaryRunner:
         flight has ended, so a tick committed after the reload is not lost.
         """
         predecessor._retired = True
+        predecessor._draining = False  # its pending rollback is this loop's now
         self._predecessor = predecessor
         self.state = predecessor.state
 
