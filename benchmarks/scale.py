@@ -61,7 +61,7 @@ from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import build_router
 from canaryd.service.runtime import CanaryRunner, Services
 from canaryd.service.scheduler import Scheduler
-from canaryd.service.store import SqliteStore
+from canaryd.service.store import SqliteStore, StateStore
 
 HERE = Path(__file__).resolve().parent
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -94,6 +94,8 @@ class Options:
     loop: str = "uvloop"
     gc_freeze: bool = True
     json_path: Path | None = None
+    state: str | None = None
+    """``postgresql://…``: the PostgreSQL store, fenced by a held lease (docs/ha.md)."""
 
     @property
     def failing(self) -> int:
@@ -119,6 +121,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sat-canaries", type=int, default=500, help="canaries ticking back to back at saturation"
     )
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default=_default_loop())
+    p.add_argument(
+        "--state",
+        metavar="postgresql://…",
+        help="state in PostgreSQL, writes fenced by a lease (default: SQLite in a temp dir)",
+    )
     p.add_argument("--no-gc-freeze", action="store_true", help="leave the heap unfrozen")
     p.add_argument("--json", type=Path, help="result file (default benchmarks/results/…)")
     p.add_argument("--markdown", nargs="+", type=Path, help="print the README table and exit")
@@ -156,6 +163,7 @@ def options(args: argparse.Namespace) -> Options:
         args.loop,
         not args.no_gc_freeze,
         args.json or default,
+        args.state,
     )
 
 
@@ -390,8 +398,7 @@ class Rig:
 async def build_rig(opts: Options, stack: AsyncExitStack, prom: StandIn, receiver: StandIn) -> Rig:
     """Open the store and session and build one instrumented runner per canary."""
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="canaryd-bench-")))
-    store = SqliteStore(tmp / "state.db")
-    await store.open()
+    store = await _open_store(opts, tmp)
     stack.push_async_callback(store.close)
     session = await stack.enter_async_context(make_session(opts.pool))
     rss_empty = rss_bytes()  # the empty daemon: imports, store, session
@@ -409,6 +416,26 @@ async def build_rig(opts: Options, stack: AsyncExitStack, prom: StandIn, receive
         _runner(c, services, probe, now, i < opts.failing) for i, c in enumerate(settings.canaries)
     ]
     return Rig(opts, services, runners, probe, rss_empty)
+
+
+async def _open_store(opts: Options, tmp: Path) -> StateStore:
+    """SQLite in ``tmp``, or PostgreSQL (``--state``) fenced by a lease held for the run."""
+    if not opts.state:
+        lite = SqliteStore(tmp / "state.db")
+        await lite.open()
+        return lite
+    import psycopg
+
+    from canaryd.service.lease import Lease
+    from canaryd.service.pgstore import PostgresStore
+
+    lease = Lease(opts.state, cluster=f"bench-{os.getpid()}", ttl=24 * 3600.0)
+    store = PostgresStore(opts.state, fence=lease, max_size=16)
+    await store.open()  # creates the schema, lease table included
+    async with await psycopg.AsyncConnection.connect(opts.state, autocommit=True) as conn:
+        if await lease.attempt(conn) is None:
+            raise SystemExit(f"lease {lease.cluster} is held by another process")
+    return store
 
 
 def _runner(spec: Any, services: Services, probe: Probe, now: float, failing: bool) -> BenchRunner:

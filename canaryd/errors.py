@@ -108,6 +108,10 @@ class StoreError(CanarydError):
     """The state store failed to read or write."""
 
 
+class FencedError(StoreError):
+    """A write was refused: this replica's lease epoch is stale (see docs/ha.md)."""
+
+
 class CommandError(CanarydError):
     """An operator command does not fit the canary's current state (HTTP 409)."""
 

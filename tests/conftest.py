@@ -131,14 +131,38 @@ def unique_job() -> str:
 # A real SQLite store and the real outgoing-HTTP transport, for tests that drive runners
 # and the outbox.
 
+from postgres import PostgresServer, start_postgres  # noqa: E402
+
 from canaryd.http import HttpTransport, make_transport  # noqa: E402
-from canaryd.service.store import SqliteStore  # noqa: E402
+from canaryd.service.pgstore import PostgresStore  # noqa: E402
+from canaryd.service.store import SqliteStore, StateStore  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster shared by the session (each test makes its own database)."""
+    with start_postgres() as server:
+        yield server
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     """A real SQLite store in a temporary directory."""
     s = SqliteStore(tmp_path / "state.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    """A real store: SQLite in a temporary directory, then PostgreSQL in a new database."""
+    s: StateStore
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "state.db")
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        s = PostgresStore(server.create_database())
     await s.open()
     yield s
     await s.close()

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from disks import Disk, small_ext4, small_tmpfs
+from postgres import query
 from test_runtime import runner, settings
 
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.service.store import SqliteStore
+from canaryd.service.store import SqliteStore, StateStore
 from canaryd.testing import FakeProvider, FakeRouter
 
 pytestmark = pytest.mark.anyio
@@ -37,14 +37,13 @@ async def _store_on(disk: Disk) -> SqliteStore:
     return store
 
 
-async def _stored(store: SqliteStore) -> CanaryState:
+async def _stored(store: StateStore) -> CanaryState:
     return (await store.load_states())[KEY]
 
 
-def _outbox(db: Path) -> list[tuple[str, str]]:
+def _outbox(store: StateStore) -> list[tuple[str, str]]:
     """(status, event name or target) of every outbox row, oldest first."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT status, target, payload FROM outbox ORDER BY id").fetchall()
+    rows = query(store, "SELECT status, target, payload FROM outbox ORDER BY id")
     return [(s, json.loads(p).get("event", {}).get("event", t)) for s, t, p in rows]
 
 
@@ -81,7 +80,7 @@ async def test_failing_checks_roll_back_on_a_really_full_disk(
     await r.tick()
     stored = await _stored(store)
     assert (stored.phase, stored.failed_checks, stored.seq) == (Phase.FAILED, 2, r.state.seq)
-    events = [e for _, e in _outbox(store.path)]
+    events = [e for _, e in _outbox(store)]
     assert events.count("check.failed") == 2 and events[-1] == "rollout.rolled_back", events
 
 
@@ -135,7 +134,7 @@ async def test_a_filesystem_gone_read_only_holds_healthy_and_rolls_back_failing(
 
 
 async def test_a_route_that_fails_after_its_record_is_reverted_in_the_store(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A recorded advance whose route then fails is reverted: the store keeps the old weight
     with a failed check, and the advance's held messages never go out."""
@@ -154,7 +153,7 @@ async def test_a_route_that_fails_after_its_record_is_reverted_in_the_store(
             r.state.failed_checks,
         )
     )
-    rows = _outbox(store.path)
+    rows = _outbox(store)
     assert "weight.advanced" not in [e for _, e in rows], rows
     assert {s for s, _ in rows} == {"pending"}
     assert await store.load_pending() == {}
@@ -176,7 +175,7 @@ class HangingRouter(FakeRouter):
 
 
 async def test_a_recorded_promotion_cut_short_is_sent_again_after_a_restart(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A promotion recorded but not confirmed by the router is sent again, same key, on restart."""
     router = HangingRouter()
@@ -190,13 +189,13 @@ async def test_a_recorded_promotion_cut_short_is_sent_again_after_a_restart(
     await asyncio.gather(tick, return_exceptions=True)
     stored = await _stored(store)
     assert stored.phase is Phase.PROMOTING
-    assert "held" in {s for s, _ in _outbox(store.path)}
+    assert "held" in {s for s, _ in _outbox(store)}
     again = runner(cfg, store, session, FakeProvider([99.9]), router, stored)
     again.restore((await store.load_pending()).get(KEY))
     await again.tick()
     promotes = [q for q in router.requests if q.action == "promote"]
     assert len(promotes) == 2 and promotes[0].idempotency_key == promotes[1].idempotency_key
-    assert {s for s, _ in _outbox(store.path)} == {"pending"}
+    assert {s for s, _ in _outbox(store)} == {"pending"}
     assert await store.load_pending() == {}
     while again.state.active:
         await again.tick()

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from daemons import api_url, running_daemon
+from postgres import query
 from service_helpers import backends, canary, service_config
 from support import eventually
 from test_api import Api
@@ -20,7 +21,7 @@ from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.core.events import Event
 from canaryd.service import store as store_module
 from canaryd.service.daemon import retention
-from canaryd.service.store import Retention, SqliteStore
+from canaryd.service.store import Retention, SqliteStore, StateStore
 
 pytestmark = pytest.mark.anyio
 
@@ -28,17 +29,8 @@ KEY = "prod/web"
 DAY = 86400.0
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """A real SQLite store in a temporary directory."""
-    s = SqliteStore(tmp_path / "state.db")
-    await s.open()
-    yield s
-    await s.close()
-
-
 async def rollout(
-    store: SqliteStore,
+    store: StateStore,
     rid: str,
     *,
     started: float,
@@ -73,12 +65,12 @@ async def rollout(
         await store.save(key, done, None, [], [])
 
 
-async def ids(store: SqliteStore, key: str = KEY) -> list[str]:
+async def ids(store: StateStore, key: str = KEY) -> list[str]:
     """The ids of a canary's stored rollouts, newest first."""
     return [r["id"] for r in await store.rollouts(key)]
 
 
-async def test_rollouts_list_outcome_reason_and_counts(store: SqliteStore) -> None:
+async def test_rollouts_list_outcome_reason_and_counts(store: StateStore) -> None:
     """A promoted, a rolled-back, a superseded and a running rollout are listed newest first."""
     await rollout(store, "a", started=100, ended=110)
     await rollout(store, "b", started=200, ended=210, phase=Phase.FAILED, checks=3)
@@ -100,7 +92,7 @@ async def test_rollouts_list_outcome_reason_and_counts(store: SqliteStore) -> No
     assert (failed["revision"], failed["startedAt"], failed["endedAt"]) == ("rev-b", 200, 210)
 
 
-async def test_rollout_detail_has_only_its_checks_and_events(store: SqliteStore) -> None:
+async def test_rollout_detail_has_only_its_checks_and_events(store: StateStore) -> None:
     """One rollout's detail holds its own checks and events, oldest first, and no other's."""
     await rollout(store, "a", started=100, ended=110, checks=2)
     await rollout(store, "b", started=200, ended=None, checks=3)
@@ -113,7 +105,7 @@ async def test_rollout_detail_has_only_its_checks_and_events(store: SqliteStore)
     assert await store.rollout("prod/other", "a") is None
 
 
-async def test_events_after_a_rollout_ended_are_not_part_of_it(store: SqliteStore) -> None:
+async def test_events_after_a_rollout_ended_are_not_part_of_it(store: StateStore) -> None:
     """An event recorded after the rollout ended (a reload, say) stays out of its detail."""
     await rollout(store, "a", started=100, ended=110)
     ended = CanaryState(
@@ -126,7 +118,7 @@ async def test_events_after_a_rollout_ended_are_not_part_of_it(store: SqliteStor
     assert (await store.events(KEY))[0]["event"] == "config.loaded"
 
 
-async def test_prune_keeps_the_newest_rollouts_and_failed_ones_longer(store: SqliteStore) -> None:
+async def test_prune_keeps_the_newest_rollouts_and_failed_ones_longer(store: StateStore) -> None:
     """Beyond ``keep`` rollouts the oldest go, but failed ones stay up to ``failed_keep``."""
     await rollout(store, "f1", started=100, ended=101, phase=Phase.FAILED)
     for i in range(4):
@@ -136,17 +128,16 @@ async def test_prune_keeps_the_newest_rollouts_and_failed_ones_longer(store: Sql
 
 
 async def test_prune_drops_the_checks_and_events_of_dropped_rollouts(
-    store: SqliteStore, tmp_path: Path
+    store: StateStore, tmp_path: Path
 ) -> None:
     """A dropped rollout leaves no check record or event behind."""
     await rollout(store, "old", started=100, ended=101)
     await rollout(store, "new", started=200, ended=None)
     await store.prune(now=1000, keep=Retention(keep=1))
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        left = {
-            table: {r for (r,) in db.execute(f"SELECT DISTINCT rollout FROM {table}")}
-            for table in ("checks", "events", "rollouts")
-        }
+    left = {
+        table: {r for (r,) in query(store, f"SELECT DISTINCT rollout FROM {table}")}
+        for table in ("checks", "events", "rollouts")
+    }
     assert left == {"checks": {"new"}, "events": {"new"}, "rollouts": {"new"}}
 
 
@@ -160,7 +151,7 @@ async def test_prune_drops_the_checks_and_events_of_dropped_rollouts(
     ],
     ids=["young-promoted", "old-promoted", "failed-kept-longer", "old-failed"],
 )
-async def test_prune_by_age(store: SqliteStore, age_days: int, phase: Phase, kept: bool) -> None:
+async def test_prune_by_age(store: StateStore, age_days: int, phase: Phase, kept: bool) -> None:
     """Finished rollouts go after ``max_age``; rolled-back ones after ``failed_max_age``."""
     now = 1000 * DAY
     await rollout(
@@ -171,14 +162,14 @@ async def test_prune_by_age(store: SqliteStore, age_days: int, phase: Phase, kep
     assert ("past" in await ids(store)) is kept
 
 
-async def test_prune_never_drops_the_current_rollout(store: SqliteStore) -> None:
+async def test_prune_never_drops_the_current_rollout(store: StateStore) -> None:
     """A canary's newest rollout stays, however old (its loop may still be at a gate)."""
     await rollout(store, "only", started=100, ended=None)
     await store.prune(now=1000 * DAY, keep=Retention(keep=1, max_age=1))
     assert await ids(store) == ["only"]
 
 
-async def test_superseded_rollout_ages_from_its_last_record(store: SqliteStore) -> None:
+async def test_superseded_rollout_ages_from_its_last_record(store: StateStore) -> None:
     """A rollout replaced before it ended is kept while younger than ``max_age``."""
     await rollout(store, "replaced", started=time.time() - 60, ended=None)
     await rollout(store, "current", started=time.time(), ended=None)
@@ -186,7 +177,7 @@ async def test_superseded_rollout_ages_from_its_last_record(store: SqliteStore) 
     assert await ids(store) == ["current", "replaced"]
 
 
-async def test_prune_caps_checks_per_rollout(store: SqliteStore) -> None:
+async def test_prune_caps_checks_per_rollout(store: StateStore) -> None:
     """A long rollout keeps only its newest ``checks_per_rollout`` check records."""
     await rollout(store, "long", started=100, ended=None, checks=25)
     await store.prune(now=200, keep=Retention(checks_per_rollout=10))
@@ -196,7 +187,7 @@ async def test_prune_caps_checks_per_rollout(store: SqliteStore) -> None:
 
 
 async def test_prune_caps_events_outside_rollouts(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Events of no rollout (config, reload) keep the newest ``EVENTS_KEEP`` per canary."""
     monkeypatch.setattr(store_module, "EVENTS_KEEP", 3)

@@ -382,9 +382,9 @@ MODEL_CASES = [
     ),
     (
         "state",
-        PRE + "state: postgres://db\n",
-        "c.yaml:3:1: state: must be sqlite:///ABSOLUTE/PATH or sqlite://RELATIVE/PATH "
-        "(got 'postgres://db')",
+        PRE + "state: mysql://db\n",
+        "c.yaml:3:1: state: must be sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH or "
+        "postgresql://… (got 'mysql://db')",
     ),
     (
         "log-level",
@@ -638,8 +638,8 @@ def test_secret_env(tmp_path: Path, text: str, expected: str) -> None:
 
 
 UNKNOWN_TOP = (
-    "valid keys: api, canaries, history, include, listen, log, meshProvider, notifiers, outbox, "
-    "providers, routers, state, templates"
+    "valid keys: api, canaries, ha, history, include, listen, log, meshProvider, notifiers, "
+    "outbox, providers, routers, state, templates"
 )
 
 
@@ -676,10 +676,10 @@ UNKNOWN_TOP = (
         ),
         (b"listen: !secret x\n", ["c.yaml:1:9: listen: unsupported tag !secret"]),
         (
-            b"a: &a [*a]\n",
+            b"qq: &a [*a]\n",
             [
-                f"c.yaml:1:1: a: unknown key 'a'; {UNKNOWN_TOP}",
-                "c.yaml:1:4: a[0]: an alias refers to a value that contains it",
+                f"c.yaml:1:1: qq: unknown key 'qq'; {UNKNOWN_TOP}",
+                "c.yaml:1:5: qq[0]: an alias refers to a value that contains it",
             ],
         ),
         (
@@ -687,10 +687,10 @@ UNKNOWN_TOP = (
             ["c.yaml:1:23: api.max_body_bytes: invalid value 'nope' for tag tag:yaml.org,2002:int"],
         ),
         (
-            b"x: " + b"[" * 80 + b"]" * 80 + b"\n",
+            b"zz: " + b"[" * 80 + b"]" * 80 + b"\n",
             [
-                f"c.yaml:1:1: x: unknown key 'x'; {UNKNOWN_TOP}",
-                "c.yaml:1:68: x" + "[0]" * 64 + ": nested more than 64 levels deep",
+                f"c.yaml:1:1: zz: unknown key 'zz'; {UNKNOWN_TOP}",
+                "c.yaml:1:69: zz" + "[0]" * 64 + ": nested more than 64 levels deep",
             ],
         ),
     ],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from postgres import query
 from receiver import Receiver, Request, self_signed
 from support import free_port, refused_port
 
@@ -27,7 +27,7 @@ from canaryd.core.analysis import CanaryState, Phase
 from canaryd.http import HttpTransport
 from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.runtime import CanaryRunner, Services
-from canaryd.service.store import OutboxMessage, SqliteStore
+from canaryd.service.store import OutboxMessage, SqliteStore, StateStore
 from canaryd.testing import FakeClock as Clock
 from canaryd.testing import FakeProvider, FakeRouter
 
@@ -80,7 +80,7 @@ def audited(names: list[str], url: str, **hook: Any) -> list[dict[str, Any]]:
 
 def services(
     cfg: Settings,
-    store: SqliteStore,
+    store: StateStore,
     session: HttpTransport,
     provider: FakeProvider | None = None,
 ) -> Services:
@@ -98,18 +98,15 @@ def message(key: str, n: int, target: str = "hook:audit") -> OutboxMessage:
     return OutboxMessage(key, f"{key}:r1:{n}:0:{target}", target, {"canary": key, "n": n})
 
 
-async def put(store: SqliteStore, *messages: OutboxMessage) -> None:
+async def put(store: StateStore, *messages: OutboxMessage) -> None:
     """Write messages the way the runtime does: each with a decision, in this order."""
     for m in messages:
         await store.save(m.key, CanaryState(), None, [], [m])
 
 
-def rows(tmp_path: Path) -> list[tuple[str, str, int, str | None]]:
+def rows(store: StateStore) -> list[tuple[str, str, int, str | None]]:
     """Every outbox row as (idempotency key, status, attempts, last error), oldest first."""
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        return db.execute(
-            "SELECT idem, status, attempts, last_error FROM outbox ORDER BY id"
-        ).fetchall()
+    return query(store, "SELECT idem, status, attempts, last_error FROM outbox ORDER BY id")
 
 
 async def drain(d: Dispatcher, clock: Clock, until: Callable[[], bool], polls: int = 50) -> None:
@@ -147,7 +144,7 @@ def verify(request: Request, secret: str, *, max_age: float = 300.0) -> bool:
 
 @pytest.mark.parametrize("outage", ["503", "refused"], ids=["answering-503", "connection-refused"])
 async def test_receiver_down_then_back_gets_each_message_once_in_order(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport, outage: str
+    tmp_path: Path, store: StateStore, session: HttpTransport, outage: str
 ) -> None:
     """A receiver down for a while, then back, gets every message exactly once per key, in order."""
     port = free_port()
@@ -161,9 +158,9 @@ async def test_receiver_down_then_back_gets_each_message_once_in_order(
         for _ in range(3):
             await d.drain_once()
             clock.advance(1.0)
-        assert rows(tmp_path)[0][1:3] == ("pending", 3)
+        assert rows(store)[0][1:3] == ("pending", 3)
     async with Receiver(statuses, port=port) as r:
-        await drain(d, clock, lambda: all(s == "sent" for _, s, _, _ in rows(tmp_path)))
+        await drain(d, clock, lambda: all(s == "sent" for _, s, _, _ in rows(store)))
     assert keys(delivered(r)) == [m.idempotency_key for m in msgs]
     assert [q.json["n"] for q in delivered(r)] == [0, 1, 2, 3]
     assert d.counters == {"sent": 4, "failed": 3, "dead": 0}
@@ -188,15 +185,15 @@ async def test_idempotency_key_is_the_same_on_every_retry_and_after_a_restart(
             again = SqliteStore(tmp_path / "state.db")
             await again.open()
             d = dispatcher(services(cfg, again, session), clock)
-            await drain(d, clock, lambda: rows(tmp_path)[0][1] == "sent")
+            await drain(d, clock, lambda: rows(again)[0][1] == "sent")
             await again.close()
     assert keys(r.requests) == ["prod/web:r1:0:0:hook:audit"] * 4
     assert all(verify(q, SECRET) for q in r.requests)
-    assert rows(tmp_path) == [("prod/web:r1:0:0:hook:audit", "sent", 4, None)]
+    assert rows(again) == [("prod/web:r1:0:0:hook:audit", "sent", 4, None)]
 
 
 async def test_failing_canary_blocks_only_its_own_later_messages(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """Two canaries interleaved: a failing head holds only its own queue; both stay in order."""
     async with Receiver([503, 503, 503, 200]) as slow, Receiver() as fast:
@@ -222,7 +219,7 @@ async def test_failing_canary_blocks_only_its_own_later_messages(
 
 
 async def test_a_hanging_receiver_delays_neither_analysis_nor_other_canaries(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """While one canary's receiver hangs, its analysis ticks on and another's alerts arrive."""
     async with Receiver(delay=30.0) as hanging, Receiver() as ok:
@@ -258,7 +255,7 @@ async def test_a_hanging_receiver_delays_neither_analysis_nor_other_canaries(
 
 @pytest.mark.parametrize("outage", ["503", "refused"], ids=["answering-503", "connection-refused"])
 async def test_receiver_down_past_max_age_dead_letters_are_counted_and_logged(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport, outage: str
+    tmp_path: Path, store: StateStore, session: HttpTransport, outage: str
 ) -> None:
     """Past maxAge a message is dead, counted and logged (notification.failed); the next goes."""
     async with Receiver([503], body="overloaded, try later") as down, Receiver() as up:
@@ -291,9 +288,9 @@ async def test_receiver_down_past_max_age_dead_letters_are_counted_and_logged(
         ("error", True, "hook:audit")
     ]
     assert d.counters == {"sent": 1, "failed": 2, "dead": 1}
-    status = [(s, a) for _, s, a, _ in rows(tmp_path)]
+    status = [(s, a) for _, s, a, _ in rows(store)]
     assert status == [("dead", 2), ("sent", 1)]
-    error = rows(tmp_path)[0][3] or ""
+    error = rows(store)[0][3] or ""
     expected = "HTTP 503: overloaded, try later" if outage == "503" else "127.0.0.1:"
     assert expected in error and dead[0]["error"] == error
 
@@ -309,7 +306,7 @@ async def test_receiver_down_past_max_age_dead_letters_are_counted_and_logged(
 )
 async def test_message_whose_target_was_removed_is_dead_lettered_at_once(
     tmp_path: Path,
-    store: SqliteStore,
+    store: StateStore,
     session: HttpTransport,
     target: str,
     removed: str,
@@ -327,8 +324,8 @@ async def test_message_whose_target_was_removed_is_dead_lettered_at_once(
     d = dispatcher(services(cfg, store, session))
     with structlog.testing.capture_logs() as logs:
         await d.drain_once()
-    assert rows(tmp_path)[0][1] == "dead"
-    assert rows(tmp_path)[0][3] == f"target removed from the configuration: {reason}"
+    assert rows(store)[0][1] == "dead"
+    assert rows(store)[0][3] == f"target removed from the configuration: {reason}"
     assert d.counters["dead"] == 1
     assert [e["event"] for e in logs] == ["notification.failed"]
 
@@ -348,20 +345,20 @@ async def test_messages_of_a_canary_removed_for_a_while_wait_for_it_until_max_ag
             for _ in range(3):  # removed: both wait
                 await d.drain_once()
                 clock.advance(1.0)
-            assert [s for _, s, _, _ in rows(tmp_path)] == ["pending", "pending"]
+            assert [s for _, s, _, _ in rows(store)] == ["pending", "pending"]
             current["svc"] = services(back, store, session)  # prod/web added back
             await drain(d, clock, lambda: len(r.requests) == 1)
             clock.advance(60.0)  # past maxAge: prod/gone is dead
-            await drain(d, clock, lambda: rows(tmp_path)[1][1] == "dead")
+            await drain(d, clock, lambda: rows(store)[1][1] == "dead")
     assert keys(r.requests) == ["prod/web:r1:0:0:hook:audit"]
-    assert [s for _, s, _, _ in rows(tmp_path)] == ["sent", "dead"]
-    assert "canary prod/gone is no longer configured" in (rows(tmp_path)[1][3] or "")
+    assert [s for _, s, _, _ in rows(store)] == ["sent", "dead"]
+    assert "canary prod/gone is no longer configured" in (rows(store)[1][3] or "")
     assert d.counters["dead"] == 1
     assert {e["event"] for e in logs} >= {"notification.waiting", "notification.failed"}
 
 
 async def test_unrenderable_message_is_retried_without_stopping_the_dispatcher(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A stored alert that cannot be rendered fails like a delivery; other canaries still go out."""
     async with Receiver() as r:
@@ -377,7 +374,7 @@ async def test_unrenderable_message_is_retried_without_stopping_the_dispatcher(
         await put(store, broken, message("prod/api", 0))
         d = dispatcher(services(cfg, store, session))
         await d.drain_once()
-    assert [(s, e) for _, s, _, e in rows(tmp_path)] == [
+    assert [(s, e) for _, s, _, e in rows(store)] == [
         ("pending", "unexpected KeyError: 'event'"),
         ("sent", None),
     ]
@@ -388,7 +385,7 @@ async def test_unrenderable_message_is_retried_without_stopping_the_dispatcher(
 
 
 async def test_failure_shows_status_and_body_but_never_a_signed_url_or_secret(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """Stored errors and log lines name the status and the answer's first bytes, not URL tokens."""
     hook_path, hook_query = "/audit/T0KEN-in-the-path", "sig=abcdef0123456789&exp=99"
@@ -425,7 +422,7 @@ async def test_failure_shows_status_and_body_but_never_a_signed_url_or_secret(
             await d.drain_once()
             clock.advance(1.0)
             await d.drain_once()  # the retries
-    hook_error, alert_error = (e or "" for _, _, _, e in rows(tmp_path))
+    hook_error, alert_error = (e or "" for _, _, _, e in rows(store))
     assert hook_error == f"webhook audit {hooks.url}/…: HTTP 500: no such hook /…"
     assert alert_error == f"slack notifier {chat.url}/…: HTTP 500: no such hook /…"
     logged = " ".join(str(e) for e in logs)
@@ -436,7 +433,7 @@ async def test_failure_shows_status_and_body_but_never_a_signed_url_or_secret(
 
 
 async def test_unreachable_chat_url_from_url_file_never_reaches_the_error(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A connection error of a url_file notifier names its host only."""
     port = refused_port()
@@ -451,7 +448,7 @@ async def test_unreachable_chat_url_from_url_file_never_reaches_the_error(
     runner = CanaryRunner(cfg.canaries[0], CanaryState(), services(cfg, store, session))
     await runner.start_rollout("v2", {})
     await dispatcher(runner.services).drain_once()
-    error = rows(tmp_path)[0][3] or ""
+    error = rows(store)[0][3] or ""
     assert f"127.0.0.1:{port}" in error and "chat-token" not in error and "T000" not in error
 
 
@@ -484,7 +481,7 @@ async def rollout(runner: CanaryRunner, ticks: int) -> None:
 )
 async def test_alerts_are_filtered_by_severity(
     tmp_path: Path,
-    store: SqliteStore,
+    store: StateStore,
     session: HttpTransport,
     severity: str,
     events: Any,
@@ -513,7 +510,7 @@ async def test_alerts_are_filtered_by_severity(
 
 
 async def test_event_webhooks_receive_every_event_in_order(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """An ``event`` webhook gets each stored event, analysis ticks included, in order, signed."""
     async with Receiver() as r:
@@ -536,7 +533,7 @@ async def test_event_webhooks_receive_every_event_in_order(
 
 @pytest.mark.parametrize("disable_tls", [True, False], ids=["disableTLS", "verified"])
 async def test_event_hook_with_disable_tls_reaches_a_self_signed_receiver(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport, disable_tls: bool
+    tmp_path: Path, store: StateStore, session: HttpTransport, disable_tls: bool
 ) -> None:
     """An outbox-delivered hook with disableTLS reaches an HTTPS receiver whose certificate does
     not verify, with Flagger's event metadata; without it nothing is delivered."""
@@ -564,7 +561,7 @@ async def test_event_hook_with_disable_tls_reaches_a_self_signed_receiver(
 )
 async def test_post_rollout_hook_fires_once_at_the_end(
     tmp_path: Path,
-    store: SqliteStore,
+    store: StateStore,
     session: HttpTransport,
     values: list[float | None],
     ticks: int,
@@ -588,7 +585,7 @@ async def test_post_rollout_hook_fires_once_at_the_end(
 
 
 async def test_alerts_after_a_restart_mid_rollout_are_not_lost(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A runner rebuilt from the store (a restart) writes new messages under new keys."""
     async with Receiver() as r:
@@ -620,7 +617,7 @@ async def test_alerts_after_a_restart_mid_rollout_are_not_lost(
 
 
 async def test_flush_delivers_what_is_due_within_the_grace_period(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """flush() sends every due message in order and reports none left."""
     async with Receiver() as r:
@@ -633,7 +630,7 @@ async def test_flush_delivers_what_is_due_within_the_grace_period(
 
 
 async def test_flush_while_running_waits_for_deliveries_in_flight(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """flush() during run() waits for the delivery run() has in flight, then sends the rest."""
     async with Receiver(delay=0.3) as r:
@@ -647,11 +644,11 @@ async def test_flush_while_running_waits_for_deliveries_in_flight(
             tg.cancel_scope.cancel()
     assert left == 0
     assert [q.json["n"] for q in r.requests] == [0, 1]
-    assert [s for _, s, _, _ in rows(tmp_path)] == ["sent", "sent"]
+    assert [s for _, s, _, _ in rows(store)] == ["sent", "sent"]
 
 
 async def test_flush_is_bounded_by_its_grace_even_when_cancelled(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """flush() against a hanging receiver returns after the grace, even inside a cancelled scope."""
     async with Receiver(delay=30.0) as r:
@@ -661,4 +658,4 @@ async def test_flush_is_bounded_by_its_grace_even_when_cancelled(
             scope.cancel()
             left = await dispatcher(services(cfg, store, session)).flush(0.3)
     assert left == 2 and len(r.requests) == 1
-    assert [s for _, s, _, _ in rows(tmp_path)] == ["pending", "pending"]
+    assert [s for _, s, _, _ in rows(store)] == ["pending", "pending"]

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres import AnyStore, query
 from receiver import Receiver
 
 from canaryd.config import Settings
 from canaryd.core import analysis as core
 from canaryd.core.analysis import CanaryState, Phase
-from canaryd.errors import CommandError, ProviderError, RouterError, StoreError
+from canaryd.errors import CommandError, FencedError, ProviderError, RouterError, StoreError
 from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
 from canaryd.service.runtime import CanaryRunner, Services
-from canaryd.service.store import SqliteStore
+from canaryd.service.store import StateStore
 from canaryd.testing import FakeProvider, FakeRouter
 
 pytestmark = pytest.mark.anyio
@@ -61,7 +61,7 @@ def settings(tmp_path: Path, **analysis: Any) -> Settings:
 
 def runner(
     cfg: Settings,
-    store: SqliteStore,
+    store: StateStore,
     session: HttpTransport,
     provider: FakeProvider,
     router: FakeRouter,
@@ -75,7 +75,7 @@ def runner(
 
 
 async def test_query_is_rendered_with_target_and_interval(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """The metric's template gets the canary's target and the metric's interval."""
     provider, router = FakeProvider(), FakeRouter()
@@ -87,7 +87,7 @@ async def test_query_is_rendered_with_target_and_interval(
 
 
 async def test_rollout_progresses_and_is_persisted(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """Each tick's state is in the store, and a new runner from the store continues it."""
     provider, router = FakeProvider(), FakeRouter()
@@ -114,7 +114,7 @@ async def test_rollout_progresses_and_is_persisted(
 
 
 async def test_failing_metric_rolls_back_and_tells_the_router(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """threshold failing ticks roll back, and the router receives the rollback action."""
     provider, router = FakeProvider([90.0]), FakeRouter()
@@ -131,7 +131,7 @@ async def test_failing_metric_rolls_back_and_tells_the_router(
 
 
 async def test_provider_error_is_a_failed_check_with_its_message(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A provider that keeps failing fails the check with the provider's message."""
     provider = FakeProvider([ProviderError("prometheus: connection refused")])
@@ -144,7 +144,7 @@ async def test_provider_error_is_a_failed_check_with_its_message(
 
 
 async def test_router_down_never_records_an_unapplied_weight(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A router failure keeps the old weight and counts a failed check."""
     router = FakeRouter(down=True)
@@ -159,7 +159,7 @@ async def test_router_down_never_records_an_unapplied_weight(
 
 
 async def test_rollback_route_is_retried_until_applied(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """An abort whose rollback route fails answers the router's error, stays pending at the
     weights the router still has, and is retried on the next tick."""
@@ -180,7 +180,7 @@ async def test_rollback_route_is_retried_until_applied(
 
 
 async def test_unwritable_store_holds_the_canary(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """If the decision cannot be persisted, the in-memory state does not advance."""
     r = runner(settings(tmp_path), store, session, FakeProvider(), FakeRouter())
@@ -194,7 +194,7 @@ async def test_unwritable_store_holds_the_canary(
 
 
 async def test_outbox_rows_are_written_with_the_decision(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """Post-rollout hooks land in the outbox in the same transaction as the rollback."""
     hooks = [{"name": "notify", "type": "post-rollout", "url": "http://127.0.0.1:9/"}]
@@ -209,14 +209,13 @@ async def test_outbox_rows_are_written_with_the_decision(
     await r.tick()
     await r.tick()
     assert r.state.phase is Phase.FAILED
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        rows = db.execute("SELECT target, idem FROM outbox").fetchall()
+    rows = query(r.services.store, "SELECT target, idem FROM outbox ORDER BY id")
     assert [t for t, _ in rows] == ["hook:notify"]
     assert rows[0][1].startswith("prod/web:")
 
 
 async def test_rollback_goes_out_even_when_the_store_is_down(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: AnyStore, session: HttpTransport
 ) -> None:
     """With the store down a failing check still rolls back, and is recorded once it is back."""
     router = FakeRouter()
@@ -248,7 +247,7 @@ class BlockingProvider(FakeProvider):
 
 
 async def test_a_reload_mid_tick_applies_from_the_next_tick(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A tick in flight decides with the config it observed with; the next uses the new one."""
     provider, router = BlockingProvider(values=[95.0]), FakeRouter()
@@ -296,7 +295,7 @@ class PickyRouter(FakeRouter):
 
 
 async def test_router_down_after_promote_never_rolls_back(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """After the router accepted promote, its errors are retried and alerted, never counted
     as failed checks nor turned into a rollback; the promotion finishes once it is back."""
@@ -321,7 +320,7 @@ async def test_router_down_after_promote_never_rolls_back(
 
 
 async def test_a_new_rollout_applies_the_pending_rollback_first(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A start while a rollback is pending is refused until the router takes the rollback; then
     the rollback goes out before the new rollout starts."""
@@ -346,7 +345,7 @@ async def test_a_new_rollout_applies_the_pending_rollback_first(
 
 
 async def test_recorded_weights_are_the_last_the_router_confirmed(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """Blue/green whose router takes ``route 0/100`` but refuses ``promote``: the recorded
     weights are the confirmed 0/100 on every tick, and the refused promote (which the router
@@ -366,7 +365,7 @@ async def test_recorded_weights_are_the_last_the_router_confirmed(
 
 
 async def test_promote_with_the_router_down_begins_the_promotion_and_retries_it(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """An operator's promote whose route fails raises the router's error, but the promotion has
     begun (the router may have applied it): Promoting with the route pending, no failed check,
@@ -402,7 +401,7 @@ async def test_promote_with_the_router_down_begins_the_promotion_and_retries_it(
 
 
 async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """threshold 5 -> 2 with 3 failed checks: the next tick rolls back instead of going on."""
     provider, router = FakeProvider([90.0, 90.0, 90.0, 99.9]), FakeRouter()
@@ -419,7 +418,7 @@ async def test_a_reload_lowering_threshold_rolls_back_on_the_next_tick(
 
 
 async def test_a_new_revision_restarts_with_traffic_back_on_the_primary(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A new revision mid-rollout routes 100/0 first and starts over; the same revision again
     changes nothing."""
@@ -443,16 +442,15 @@ async def test_a_new_revision_restarts_with_traffic_back_on_the_primary(
 # --------------------------------------------------------------------------- webhooks
 
 
-def outbox(tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
+def outbox(store: StateStore) -> list[tuple[str, dict[str, Any]]]:
     """The outbox rows (target, payload) in the order they were written."""
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        rows = db.execute("SELECT target, payload FROM outbox ORDER BY rowid").fetchall()
+    rows = query(store, "SELECT target, payload FROM outbox ORDER BY id")
     return [(target, json.loads(body)) for target, body in rows]
 
 
 @pytest.mark.slow
 async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A rollout hook that answers after the tick's budget (+5 s) but within its own timeout
     passes: the tick waits for it, as Flagger waits for a `helm test` with timeout: 3m."""
@@ -471,7 +469,7 @@ async def test_a_hooks_own_timeout_is_honoured_beyond_the_ticks_budget(
 
 @pytest.mark.slow
 async def test_a_tick_is_bounded_by_its_hooks_own_timeout(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A hook that never answers fails the check once its own timeout has passed, no later."""
     async with Receiver(delay=60) as r:
@@ -489,7 +487,7 @@ async def test_a_tick_is_bounded_by_its_hooks_own_timeout(
 
 
 async def test_rollback_hooks_are_not_called_while_promoting(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """Once promotion has begun a rollback webhook is not called, so its 2xx cannot roll back."""
     async with Receiver() as r:
@@ -516,7 +514,7 @@ async def test_rollback_hooks_are_not_called_while_promoting(
 )
 async def test_confirm_rollout_waits_only_when_the_gate_answers_closed(
     tmp_path: Path,
-    store: SqliteStore,
+    store: StateStore,
     session: HttpTransport,
     status: int,
     phases: list[str],
@@ -537,7 +535,7 @@ async def test_confirm_rollout_waits_only_when_the_gate_answers_closed(
 
 @pytest.mark.parametrize("mute", [True, False], ids=["muted", "not-muted"])
 async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hooks(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport, mute: bool
+    tmp_path: Path, store: StateStore, session: HttpTransport, mute: bool
 ) -> None:
     """muteAlert on the gate webhook that said no drops the waiting alert; event hooks still
     get the event, with Flagger's metadata."""
@@ -554,7 +552,7 @@ async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hoo
         run = runner(cfg, store, session, FakeProvider(), FakeRouter())
         await run.start_rollout("v2", {})
         await run.tick()
-    rows = outbox(tmp_path)
+    rows = outbox(store)
     alerts = [body["event"] for target, body in rows if target == "alert:chat"]
     hooked = [body for target, body in rows if target == "hook:audit"]
     waiting = next(b for b in hooked if b["event"]["event"] == "rollout.waiting")
@@ -569,7 +567,7 @@ async def test_mute_alert_keeps_the_waiting_alert_off_chat_but_not_off_event_hoo
     ids=["abort", "pause", "promote"],
 )
 async def test_abort_pause_promote_do_not_wait_for_a_slow_hook(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport, verb: str, phase: Phase
+    tmp_path: Path, store: StateStore, session: HttpTransport, verb: str, phase: Phase
 ) -> None:
     """An operator's abort, pause or promote cuts short a tick waiting minutes for a hook; that
     tick decides and counts nothing, and the command applies at once."""
@@ -610,9 +608,9 @@ def _alerting(tmp_path: Path, **analysis: Any) -> Settings:
     return Settings.model_validate(raw)
 
 
-def _reported(tmp_path: Path) -> tuple[list[str], list[str], int]:
+def _reported(store: StateStore) -> tuple[list[str], list[str], int]:
     """Alerted event names, events sent to the event hook, and post-rollout hook messages."""
-    rows = outbox(tmp_path)
+    rows = outbox(store)
     alerts = [body["event"] for target, body in rows if target == "alert:pager"]
     hooked = [body["event"]["event"] for target, body in rows if target == "hook:audit"]
     return alerts, hooked, sum(target == "hook:notify" for target, _ in rows)
@@ -620,7 +618,7 @@ def _reported(tmp_path: Path) -> tuple[list[str], list[str], int]:
 
 @pytest.mark.parametrize("cause", ["threshold", "abort"])
 async def test_a_refused_rollback_is_reported_only_once_the_router_confirms_it(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport, cause: str
+    tmp_path: Path, store: StateStore, session: HttpTransport, cause: str
 ) -> None:
     """While the router refuses the rollback route, rollback.pending is stored and alerted but no
     rollout.rolled_back event, alert or post-rollout hook exists; the tick that gets the route
@@ -643,7 +641,7 @@ async def test_a_refused_rollback_is_reported_only_once_the_router_confirms_it(
             25,
         )
     events = [e["event"] for e in await store.events("prod/web", 50)]
-    alerts, hooked, post = _reported(tmp_path)
+    alerts, hooked, post = _reported(store)
     assert "rollout.rolled_back" not in events + alerts + hooked and post == 0
     assert events.count("rollback.pending") == 1 and "rollback.pending" in alerts
     assert events.count("router.failed") == 3
@@ -655,7 +653,7 @@ async def test_a_refused_rollback_is_reported_only_once_the_router_confirms_it(
         0,
     )
     stored = await store.events("prod/web", 50)
-    alerts, hooked, post = _reported(tmp_path)
+    alerts, hooked, post = _reported(store)
     assert [e["event"] for e in stored].count("rollout.rolled_back") == 1
     assert alerts.count("rollout.rolled_back") == 1 and hooked.count("rollout.rolled_back") == 1
     assert post == 1
@@ -663,12 +661,12 @@ async def test_a_refused_rollback_is_reported_only_once_the_router_confirms_it(
     reason = "aborted by operator" if cause == "abort" else "sr 90 < min 99"
     assert rolled["reason"] == reason and rolled.get("manual", False) is (cause == "abort")
     await r.tick()
-    alerts, _, post = _reported(tmp_path)
+    alerts, _, post = _reported(store)
     assert alerts.count("rollout.rolled_back") == 1 and post == 1, "reported once, not again"
 
 
 async def test_a_pending_rollback_survives_a_restart_and_is_reported_once_applied(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """The held-back rolled_back fields are stored with the state: a new runner from the store
     applies the rollback and reports it with the reason and manual flag decided before."""
@@ -686,4 +684,21 @@ async def test_a_pending_rollback_survives_a_restart_and_is_reported_once_applie
     await again.tick()
     rolled = [e for e in await store.events("prod/web", 50) if e["event"] == "rollout.rolled_back"]
     assert [(e["reason"], e["manual"]) for e in rolled] == [("bad canary", True)]
-    assert _reported(tmp_path)[2] == 1
+    assert _reported(store)[2] == 1
+
+
+async def test_a_replica_that_no_longer_leads_sends_no_route(
+    tmp_path: Path, store: StateStore, session: HttpTransport
+) -> None:
+    """Once the lease is lost a rollback is neither routed nor recorded (docs/ha.md)."""
+    router = FakeRouter()
+    r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider([50.0]), router)
+    await r.start_rollout("v2", {})
+    await r.tick()  # 0 -> 25, routed while leading
+    sent = len(router.requests)
+    before = (await store.load_states())["prod/web"]
+    r.services.leading = lambda: False
+    with pytest.raises(FencedError):
+        await r.tick()  # the failed check would roll back
+    assert len(router.requests) == sent > 0
+    assert (await store.load_states())["prod/web"] == before

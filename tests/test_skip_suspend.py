@@ -22,7 +22,7 @@ from canaryd.core.analysis import (
 )
 from canaryd.http import HttpTransport
 from canaryd.service.runtime import CanaryRunner, Services
-from canaryd.service.store import SqliteStore
+from canaryd.service.store import StateStore
 from canaryd.testing import FakeProvider, FakeRouter
 
 
@@ -169,7 +169,7 @@ _Router = FakeRouter
 
 
 def _runner(
-    cfg: Settings, store: SqliteStore, session: HttpTransport
+    cfg: Settings, store: StateStore, session: HttpTransport
 ) -> tuple[CanaryRunner, FakeProvider, FakeRouter]:
     provider, router = _Provider(), _Router()
     services = Services(
@@ -180,7 +180,7 @@ def _runner(
 
 @pytest.mark.anyio
 async def test_runtime_skip_analysis_promotes_without_a_single_query(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """Through the runtime, skipAnalysis promotes with the router and never queries a metric."""
     runner, provider, router = _runner(
@@ -200,7 +200,7 @@ async def test_runtime_skip_analysis_promotes_without_a_single_query(
 
 @pytest.mark.anyio
 async def test_runtime_suspend_neither_queries_nor_routes(
-    tmp_path: Path, store: SqliteStore, session: HttpTransport
+    tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """Through the runtime, a suspended canary's ticks query nothing and move no traffic."""
     runner, provider, router = _runner(_runtime_settings(tmp_path, suspend=True), store, session)

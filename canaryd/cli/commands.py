@@ -90,6 +90,11 @@ def _operator_parsers(sub: Any, client: argparse.ArgumentParser) -> None:
 
 def _offline_parsers(sub: Any) -> None:
     """``judge`` and ``demo``: commands that need no daemon."""
+    st = sub.add_parser("state", help="the state store (docs/ha.md)")
+    actions = st.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    cp = actions.add_parser("copy", help="copy all state into an empty store (canaryd stopped)")
+    cp.add_argument("src", metavar="SRC", help="sqlite:///PATH, a path, or postgresql://…")
+    cp.add_argument("dst", metavar="DST", help="sqlite:///PATH, a path, or postgresql://…")
     j = sub.add_parser("judge", help="offline statistical comparison (JSON in, JSON out)")
     j.add_argument("file", help="input JSON file, or - for stdin")
     d = sub.add_parser("demo", help="watch canaries get promoted and rolled back for real")
@@ -260,6 +265,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from canaryd.cli.judge import judge_main
 
         return judge_main(args.file, sys.stdout, sys.stderr)
+    if args.command == "state":
+        return state_copy(args.src, args.dst)
     if args.command == "demo":
         from canaryd.demo import main as demo_main
 
@@ -300,6 +307,29 @@ def _problems(problems: list[Any]) -> int:
         _say(escape(str(problem)), err=True)
     _say(f"{len(problems)} problem(s) found", err=True)
     return 1
+
+
+def _store_url(text: str) -> str:
+    """A store argument as a URL (a bare path is a SQLite file)."""
+    if text.startswith(("sqlite://", "postgresql://", "postgres://")):
+        return text
+    return f"sqlite://{Path(text).absolute()}"
+
+
+def state_copy(src: str, dst: str) -> int:
+    """``canaryd state copy SRC DST``: every row of SRC into the empty store DST."""
+    from canaryd.errors import StoreError
+    from canaryd.service.pgstore import redact
+    from canaryd.service.statecopy import copy_state
+
+    try:
+        counts = copy_state(_store_url(src), _store_url(dst))
+    except StoreError as exc:
+        _say(f"canaryd: {escape(str(exc))}", err=True)
+        return 1
+    rows = ", ".join(f"{n} {table}" for table, n in counts.items())
+    _say(f"copied {rows} into {escape(redact(_store_url(dst)))}")
+    return 0
 
 
 def run(path: Path) -> int:

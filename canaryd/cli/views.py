@@ -49,16 +49,29 @@ def _cell(value: Any) -> str:
     return escape(str(value))
 
 
-async def _rows(client: Any, canary: str | None) -> list[dict[str, Any]]:
-    """The canaries ``status`` shows: one (with its checks and events) or all."""
+async def _rows(
+    client: Any, canary: str | None, roles: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The canaries ``status`` shows: one (with its checks and events) or all.
+
+    With several replicas (docs/ha.md) the listing says who leads: that line goes
+    to ``roles``.
+    """
     if canary:
         return [await client.get(canary_key(canary))]
-    rows: list[dict[str, Any]] = (await client.get(""))["canaries"]
+    body = await client.get("")
+    if "role" in body and roles is not None:
+        leader = _cell(body.get("leader") or "unknown")
+        roles.append(f"this replica is the {_cell(body['role'])}; leader: {leader}")
+    rows: list[dict[str, Any]] = body["canaries"]
     return rows
 
 
 async def status(client: Any, args: argparse.Namespace) -> int:
-    rows = await _rows(client, args.canary)
+    roles: list[str] = []
+    rows = await _rows(client, args.canary, roles)
+    for line in roles if not args.json else ():
+        _say(line)
     if args.json:
         _say(json.dumps(rows[0] if args.canary else {"canaries": rows}, indent=2))
     else:

@@ -1163,6 +1163,19 @@ class LogConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class HaConfig(Model):
+    """High availability with ``state: postgresql://…``: the leader lease (docs/ha.md)."""
+
+    cluster: str = Field("default", min_length=1, max_length=200)
+    """The lease row's name: replicas of one cluster share it."""
+    leaseTtl: Timeout = 15.0
+    """Seconds a lease lasts unrenewed; renewed every ``leaseTtl / 3``."""
+    advertise: str = ""
+    """This replica's API URL as others reach it (default ``http://`` + ``listen``)."""
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 DEFAULT_STATE = "sqlite:///var/lib/canaryd/state.db"
 """The documented state file; its directory is created when missing (systemd's
 ``StateDirectory=`` normally provides it)."""
@@ -1191,6 +1204,7 @@ class Settings(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
+    ha: HaConfig = Field(default_factory=HaConfig)
     meshProvider: str = "prometheus"
     providers: dict[Name, ProviderConfig] = Field(default_factory=dict)
     routers: dict[Name, RouterConfig] = Field(default_factory=dict)
@@ -1221,8 +1235,12 @@ class Settings(BaseSettings):
     @field_validator("state")
     @classmethod
     def _state_url(cls, v: str) -> str:
+        if v.startswith(POSTGRES_SCHEMES):  # several replicas, one leader (docs/ha.md)
+            return v
         if not v.startswith("sqlite://"):
-            raise ValueError("must be sqlite:///ABSOLUTE/PATH or sqlite://RELATIVE/PATH")
+            raise ValueError(
+                "must be sqlite:///ABSOLUTE/PATH, sqlite://RELATIVE/PATH or postgresql://…"
+            )
         # a typo must not start an empty history elsewhere: only the default's directory
         # is created (docs/reliability.md, "State path")
         folder = Path(v.removeprefix("sqlite://")).parent
@@ -1232,6 +1250,11 @@ class Settings(BaseSettings):
                 f"directory; the default {DEFAULT_STATE} is the exception)"
             )
         return v
+
+    @property
+    def postgres(self) -> bool:
+        """Whether the state is in PostgreSQL (high availability, docs/ha.md)."""
+        return self.state.startswith(POSTGRES_SCHEMES)
 
     @property
     def state_path(self) -> Path:

@@ -91,6 +91,21 @@ EVENTS: dict[str, tuple[Level, str]] = {
         "error",
         "A re-added canary's previous loop did not finish its tick in time; it waits.",
     ),
+    "lease.acquired": (
+        "info",
+        "This replica took the leader lease (docs/ha.md): it decides from now on.",
+    ),
+    "lease.renew_failed": (
+        "warning",
+        "The leader could not renew its lease; it stops deciding before the lease can expire.",
+    ),
+    "lease.lost": ("error", "This replica lost the leader lease and stops (systemd restarts it)."),
+    "lease.release_failed": ("warning", "The lease could not be handed back on shutdown."),
+    "store.fenced": (
+        "warning",
+        "A write carried a stale lease epoch and was refused: another replica leads.",
+    ),
+    "state.read_failed": ("error", "A follower could not read the canaries' state from the store."),
     "config.loaded": ("info", "The configuration was loaded."),
     "config.rejected": ("error", "A configuration reload was rejected; the last good one stays."),
     "daemon.started": ("info", "The daemon is ready."),

@@ -57,6 +57,20 @@ _KEPT_HEADERS = ("Allow", "WWW-Authenticate")
 
 
 @web.middleware
+async def followers_refuse_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A follower answers changes 503 with the leader's address (docs/ha.md)."""
+    daemon = request.app[DAEMON]
+    if request.method == "POST" and daemon.role == "follower":
+        leader = daemon.leader_address
+        return web.json_response(
+            {"error": "this replica follows; send changes to the leader", "leader": leader},
+            status=503,
+            headers={"Retry-After": "1", **({"Location": leader} if leader else {})},
+        )
+    return await handler(request)
+
+
+@web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into a JSON error with the right status."""
     limit = request.app[DAEMON].settings.api.max_body_bytes
@@ -186,7 +200,10 @@ async def readyz(request: web.Request) -> web.Response:
             "canaries": len(daemon.runners),
         }
         return web.json_response(body, status=503)
-    return web.json_response({"status": "ready", "canaries": len(daemon.runners)})
+    ready: dict[str, Any] = {"status": "ready", "canaries": len(daemon.runners)}
+    if daemon.lease is not None:  # several replicas (docs/ha.md)
+        ready |= {"role": daemon.role, "leader": daemon.leader_address}
+    return web.json_response(ready)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -219,7 +236,10 @@ async def list_canaries(request: web.Request) -> web.Response:
     _authorize_read(request)
     daemon = request.app[DAEMON]
     rows = [await _with_last_check(daemon, r) for r in list(daemon.runners.values())]
-    return web.json_response({"canaries": rows}, dumps=_dumps)
+    body: dict[str, Any] = {"canaries": rows}
+    if daemon.lease is not None:  # several replicas (docs/ha.md)
+        body |= {"role": daemon.role, "leader": daemon.leader_address}
+    return web.json_response(body, dumps=_dumps)
 
 
 async def get_canary(request: web.Request) -> web.Response:
@@ -363,7 +383,9 @@ async def approve_gate(request: web.Request) -> web.Response:
 def make_app(daemon: Daemon) -> web.Application:
     """Build the aiohttp application for ``daemon`` (routes: :mod:`canaryd.service.openapi`)."""
     api = daemon.settings.api
-    app = web.Application(middlewares=[errors_as_json], client_max_size=api.max_body_bytes)
+    app = web.Application(
+        middlewares=[errors_as_json, followers_refuse_changes], client_max_size=api.max_body_bytes
+    )
     app[DAEMON] = daemon
     name = r"{name:[A-Za-z0-9._-]+}"
     base = "/api/v1/canaries/{ns:[A-Za-z0-9._-]+}/" + name

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -34,7 +34,7 @@ import structlog
 from canaryd.config.loader import Loaded, load_config
 from canaryd.config.models import ProviderConfig, Settings, read_secret
 from canaryd.core.analysis import CanaryState, Phase
-from canaryd.errors import CanarydError, ConfigError, TemplateError
+from canaryd.errors import CanarydError, ConfigError, StoreError, TemplateError
 from canaryd.http import HttpTransport, make_transport
 from canaryd.providers import MetricsProvider, build_provider
 from canaryd.routers import Router, build_router
@@ -52,6 +52,10 @@ from canaryd.service.scheduler import Scheduler
 from canaryd.service.sdnotify import Notifier, watchdog_period
 from canaryd.service.store import Retention, SqliteStore, StateStore, dumps
 from canaryd.ui.live import LiveHub
+
+if TYPE_CHECKING:
+    from canaryd.service.lease import Lease
+    from canaryd.service.pgstore import PostgresStore
 
 log = structlog.get_logger()
 
@@ -79,6 +83,9 @@ BEHIND_SECONDS = 1.0
 
 BEHIND_LOG_SECONDS = 60.0
 """While behind, ``scheduler.behind`` is logged at most this often."""
+
+LEASE_GUARD_SECONDS = 0.05
+"""How often a replica checks its lease's local deadline (docs/ha.md)."""
 
 
 @dataclass
@@ -137,6 +144,10 @@ class Daemon:
     """Rollbacks written before they are sent (None: it could not be opened)."""
     _removed: dict[str, CanaryRunner] = field(default_factory=dict)
     """Loops a reload removed, by key: a canary added back continues from its old loop."""
+    lease: Lease | None = None
+    """The leader lease when the state is in PostgreSQL (docs/ha.md); None with SQLite."""
+    _lease_event: anyio.Event | None = None
+    """Set when the lease changes hands (wakes a follower waiting to lead)."""
 
     def __post_init__(self) -> None:
         """Read the API token of the initial config.
@@ -177,18 +188,23 @@ class Daemon:
         self._stop = anyio.Event()
         if self._stop_asked:
             self._stop.set()
-        store = SqliteStore(self.settings.state_path)
+        store = self._open_store()
         await store.open()
-        self.journal, journalled = await _open_journal(self.settings.state_path)
+        journalled: dict[str, Entry] = {}
+        if not self.settings.postgres:  # SQLite: its filesystem may fill (docs/reliability.md)
+            self.journal, journalled = await _open_journal(self.settings.state_path)
         try:
             async with make_transport() as session:
                 self.services = self._services(self.settings, session, store)
-                states = await store.load_states()
-                pending = await store.load_pending()
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     if self.handle_signals:
                         await tg.start(self._signals)
+                    if self.lease is not None and not await self._follow(tg):
+                        tg.cancel_scope.cancel()  # stopped while a follower
+                        return
+                    states = await store.load_states()
+                    pending = await store.load_pending()
                     for canary in self.settings.canaries:
                         self._start_runner(canary.key, states.get(canary.key))
                         self.runners[canary.key].restore(pending.get(canary.key))
@@ -196,12 +212,14 @@ class Daemon:
                     freeze_heap()
                     tg.start_soon(self.scheduler.run)
                     self.dispatcher = Dispatcher(lambda: self.services, store, time.time)
-                    await tg.start(serve, self)
+                    if self.lease is None:  # a follower serves the API already
+                        await tg.start(serve, self)
                     tg.start_soon(self.dispatcher.run)
                     tg.start_soon(self._housekeeping, store)
                     self.ready = True
                     self.notifier.ready(self.status_line())
-                    tg.start_soon(self._heartbeat)
+                    if self.lease is None:  # a follower's heartbeat runs already
+                        tg.start_soon(self._heartbeat)
                     log.info(
                         "daemon.started", canaries=len(self.runners), listen=self.settings.listen
                     )
@@ -214,9 +232,99 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await _close_providers([p for _, p in self._built.values()])
                 self._built.clear()
+                if self.lease is not None:
+                    await self.lease.release()
                 await store.close()
                 if self.journal is not None:
                     self.journal.close()
+        if self.lease is not None and self.lease.lost:
+            raise StoreError("lost the leader lease: stopped deciding (docs/ha.md)")
+
+    def _open_store(self) -> SqliteStore | PostgresStore:
+        """The configured store: SQLite, or PostgreSQL fenced by a new leader lease."""
+        if not self.settings.postgres:
+            return SqliteStore(self.settings.state_path)
+        from canaryd.service.lease import Lease
+        from canaryd.service.pgstore import PostgresStore
+
+        ha = self.settings.ha
+        address = ha.advertise or f"http://{self.settings.listen}"
+        self.lease = Lease(self.settings.state, ha.cluster, address, ha.leaseTtl)
+        return PostgresStore(self.settings.state, fence=self.lease)
+
+    async def _follow(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Serve reads from the database until this replica leads; False if stopped first."""
+        from canaryd.service.api import serve
+
+        assert self.lease is not None and self._stop is not None
+        lease = self.lease
+        await self._refresh_views()
+        await tg.start(serve, self)
+        self._lease_event = first = anyio.Event()
+        tg.start_soon(lease.run, self._on_lease)
+        tg.start_soon(self._guard_lease)
+        with anyio.move_on_after(lease.renew_every):  # ready once it knows who leads
+            await first.wait()
+        self.ready = True
+        self.notifier.ready(self.status_line())
+        tg.start_soon(self._heartbeat)
+        while not lease.leading:
+            self._lease_event = changed = anyio.Event()
+            with anyio.move_on_after(lease.renew_every):
+                async with anyio.create_task_group() as waits:  # whichever comes first
+                    for event in (self._stop, changed):
+                        waits.start_soon(_set_then_cancel, event, waits.cancel_scope)
+            if self._stop.is_set():
+                return False
+            if not lease.leading:
+                await self._refresh_views()
+        log.info("lease.acquired", epoch=lease.epoch, cluster=lease.cluster)
+        return True
+
+    async def _guard_lease(self) -> None:
+        """Stop at the lease's local deadline even if renewals hang (no database I/O here)."""
+        assert self.lease is not None
+        while not self.lease.lost:  # noqa: ASYNC110 - a clock deadline, no event to wait on
+            await anyio.sleep(LEASE_GUARD_SECONDS)
+        self._on_lease()
+
+    def _on_lease(self) -> None:
+        """The lease changed hands: tell systemd; a leader that lost it stops at once."""
+        assert self.lease is not None
+        self._status = self.status_line()
+        self.notifier.status(self._status)
+        if self._lease_event is not None:
+            self._lease_event.set()
+        if self.lease.lost:
+            log.error("lease.lost", cluster=self.lease.cluster)
+            self._tg.cancel_scope.cancel()
+
+    async def _refresh_views(self) -> None:
+        """A follower's copies of the canaries, read from the database (not scheduled)."""
+        try:
+            states = await self.services.store.load_states()
+        except CanarydError as exc:
+            log.error("state.read_failed", error=str(exc))
+            return
+        for canary in self.settings.canaries:
+            state = states.get(canary.key) or CanaryState()
+            view = self.runners.get(canary.key)
+            if view is None:
+                view = self.runners[canary.key] = _Runner(canary, state, self.services)
+            view.state = state
+            self.metrics.track(canary.key, state)
+
+    @property
+    def role(self) -> str:
+        """``leader`` or ``follower`` (a daemon on SQLite always leads)."""
+        return "leader" if self.lease is None or self.lease.leading else "follower"
+
+    @property
+    def leader_address(self) -> str | None:
+        """The API address of the replica that leads, when known."""
+        if self.lease is None:
+            return None
+        return self.lease.leader.address if self.lease.leader is not None else None
 
     async def _shutdown(self) -> None:
         """Stop the loops after their ticks, then let the outbox send what is due."""
@@ -281,7 +389,13 @@ class Daemon:
             store,
             on_change=self._changed,
             journal=self.journal,
+            epoch=self._epoch,
+            leading=lambda: self.role == "leader",
         )
+
+    def _epoch(self) -> int | None:
+        """The lease epoch this replica decides under (None without a lease)."""
+        return None if self.lease is None else self.lease.epoch
 
     async def _retire(self, providers: list[MetricsProvider]) -> None:
         """Close providers a new config replaced, after the longest a tick may observe."""
@@ -405,6 +519,10 @@ class Daemon:
             line += f"; behind schedule by {self._behind:.1f}s"
         if self._stalled:
             line += f"; stalled: {', '.join(self._stalled)}"
+        if self.lease is not None:  # docs/ha.md
+            if self.lease.leading:
+                return f"leader (epoch {self.lease.epoch}): {line}"
+            return f"follower of {self.leader_address or 'nobody yet'}: {line}"
         return line
 
     def schedule_lag(self) -> float:
@@ -577,6 +695,12 @@ async def _open_journal(state_path: Path) -> tuple[RollbackJournal | None, dict[
         log.error("rollback.journal_unavailable", error=str(exc))
         return None, {}
     return journal, entries
+
+
+async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    """Wait for ``event``, then cancel ``scope`` (the first of several waits to end)."""
+    await event.wait()
+    scope.cancel()
 
 
 async def _close_providers(providers: list[MetricsProvider]) -> None:

@@ -418,7 +418,12 @@ def _schemas() -> Schema:
         "Ready": {
             "type": "object",
             "required": ["status", "canaries"],
-            "properties": {"status": {"const": "ready"}, "canaries": {"type": "integer"}},
+            "properties": {
+                "status": {"const": "ready"},
+                "canaries": {"type": "integer"},
+                "role": {"enum": ["leader", "follower"]},  # several replicas (docs/ha.md)
+                "leader": {"type": ["string", "null"]},
+            },
         },
         "CheckSummary": {
             "type": "object",
@@ -434,7 +439,11 @@ def _schemas() -> Schema:
         "CanaryList": {
             "type": "object",
             "required": ["canaries"],
-            "properties": {"canaries": {"type": "array", "items": _ref("Canary")}},
+            "properties": {
+                "canaries": {"type": "array", "items": _ref("Canary")},
+                "role": {"enum": ["leader", "follower"]},  # several replicas (docs/ha.md)
+                "leader": {"type": ["string", "null"]},
+            },
         },
         "CanaryDetail": {
             "allOf": [

@@ -54,6 +54,7 @@ from canaryd.core.analysis import (
 from canaryd.core.events import Event
 from canaryd.errors import (
     CanarydError,
+    FencedError,
     NotFoundError,
     ProviderError,
     ResourceError,
@@ -203,6 +204,11 @@ class Services:
     on_change: Callable[[str, CanaryState], None] = lambda key, state: None
     journal: RollbackJournal | None = None
     """Where rollbacks are written before they are sent (docs/reliability.md)."""
+    epoch: Callable[[], int | None] = lambda: None
+    """The leader lease's epoch, put in router idempotency keys (docs/ha.md); None: no lease."""
+    leading: Callable[[], bool] = lambda: True
+    """Whether this replica may act (it holds the leader lease, docs/ha.md); routes are not
+    sent otherwise."""
 
 
 @dataclass
@@ -721,14 +727,18 @@ class CanaryRunner:
         crash or a failed save (same number) may route differently, and a router that
         dedupes by key must not answer a rollback with the replay of an advance.
         """
+        if not self.services.leading():  # a replica that lost its lease sends nothing
+            raise FencedError(f"{self.key}: route not sent: this replica no longer leads")
         what = f"{route.action}:{route.primary_weight}-{route.canary_weight}"
+        epoch = self.services.epoch()
+        term = "" if epoch is None else f":epoch:{epoch}"
         request = RouteRequest(
             canary=self.key,
             revision=state.revision,
             action=route.action,
             primary_weight=route.primary_weight,
             canary_weight=route.canary_weight,
-            idempotency_key=f"{self.key}:{state.rollout_id}:{seq}:route:{n}:{what}",
+            idempotency_key=f"{self.key}:{state.rollout_id}:{seq}:route:{n}:{what}{term}",
             match=[dict(m) for m in route.match],
         )
         await self.services.routers[self.spec.router].apply(request)
