@@ -298,12 +298,11 @@ async def test_receiver_down_past_max_age_dead_letters_are_counted_and_logged(
 @pytest.mark.parametrize(
     ("target", "removed", "reason"),
     [
-        ("alert:oncall", "canary", "canary prod/gone is no longer configured"),
         ("alert:oncall", "alert", "alert oncall of prod/gone is no longer configured"),
         ("alert:oncall", "notifier", "notifier chat (alert oncall) is no longer configured"),
         ("hook:audit", "webhook", "webhook audit of prod/gone is no longer configured"),
     ],
-    ids=["canary", "alert", "notifier", "webhook"],
+    ids=["alert", "notifier", "webhook"],
 )
 async def test_message_whose_target_was_removed_is_dead_lettered_at_once(
     tmp_path: Path,
@@ -320,7 +319,7 @@ async def test_message_whose_target_was_removed_is_dead_lettered_at_once(
         "analysis": {"webhooks": []},
     }
     notifiers = {} if removed == "notifier" else {"chat": {"type": "slack", "url": "http://x/"}}
-    cfg = config(tmp_path, [] if removed == "canary" else [canary], notifiers=notifiers)
+    cfg = config(tmp_path, [canary], notifiers=notifiers)
     await put(store, message("prod/gone", 0, target))
     d = dispatcher(services(cfg, store, session))
     with structlog.testing.capture_logs() as logs:
@@ -329,6 +328,33 @@ async def test_message_whose_target_was_removed_is_dead_lettered_at_once(
     assert rows(store)[0][3] == f"target removed from the configuration: {reason}"
     assert d.counters["dead"] == 1
     assert [e["event"] for e in logs] == ["notification.failed"]
+
+
+async def test_messages_of_a_canary_removed_for_a_while_wait_for_it_until_max_age(
+    tmp_path: Path, store: SqliteStore, session: HttpTransport
+) -> None:
+    """A message of a canary not configured at the moment waits (no dead letter) and goes out
+    once a reload adds the canary back; one whose canary stays away dies at maxAge."""
+    async with Receiver() as r:
+        back = config(tmp_path, audited(["web"], r.url))
+        current = {"svc": services(config(tmp_path, []), store, session)}
+        clock = Clock()
+        d = Dispatcher(lambda: current["svc"], store, clock)
+        await put(store, message("prod/web", 0), message("prod/gone", 0))
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):  # removed: both wait
+                await d.drain_once()
+                clock.advance(1.0)
+            assert [s for _, s, _, _ in rows(store)] == ["pending", "pending"]
+            current["svc"] = services(back, store, session)  # prod/web added back
+            await drain(d, clock, lambda: len(r.requests) == 1)
+            clock.advance(60.0)  # past maxAge: prod/gone is dead
+            await drain(d, clock, lambda: rows(store)[1][1] == "dead")
+    assert keys(r.requests) == ["prod/web:r1:0:0:hook:audit"]
+    assert [s for _, s, _, _ in rows(store)] == ["sent", "dead"]
+    assert "canary prod/gone is no longer configured" in (rows(store)[1][3] or "")
+    assert d.counters["dead"] == 1
+    assert {e["event"] for e in logs} >= {"notification.waiting", "notification.failed"}
 
 
 async def test_unrenderable_message_is_retried_without_stopping_the_dispatcher(

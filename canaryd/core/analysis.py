@@ -927,6 +927,23 @@ def abort(
     return Decision(new, tuple(effects))
 
 
+def rollback_again(
+    spec: CanaryConfig, state: CanaryState, now: float, reason: str, fields: Mapping[str, Any]
+) -> Decision:
+    """Decide again a rollback that was sent before a restart but never recorded.
+
+    The recorded ``state`` is from before that rollback; the traffic already went
+    back, so the rollout must not go on from it (docs/reliability.md, "A rollback
+    the store never recorded"). A rollout no longer under way, or whose promotion
+    has begun, is left as recorded.
+    """
+    if not state.active or _promotion_begun(state):
+        return Decision(state)
+    extra = {k: v for k, v in fields.items() if k != "reason"}
+    new, effects = _rollback(spec, state, now, reason, **extra)
+    return Decision(new, tuple(effects))
+
+
 def skipped_gates(spec: CanaryConfig, state: CanaryState) -> list[str]:
     """The gates a manual promotion would skip: configured, not approved, still ahead."""
     kinds = [WebhookType.CONFIRM_PROMOTION]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import structlog
 
 from canaryd.config.loader import Loaded, load_config
@@ -40,6 +41,7 @@ from canaryd.routers import Router, build_router
 from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.limits import RefusedCount, raise_fd_limit
 from canaryd.service.metrics import DaemonMetrics
+from canaryd.service.rollbacks import WRITE_SECONDS, Entry, RollbackJournal, journal_path
 from canaryd.service.runtime import (
     MAX_OBSERVE_SECONDS,
     CanaryRunner,
@@ -138,6 +140,8 @@ class Daemon:
     """How far behind schedule the last heartbeat found the ticks (0: on time)."""
     _behind_logged: float = -math.inf
     _said_behind: bool = False
+    journal: RollbackJournal | None = None
+    """Rollbacks written before they are sent (None: it could not be opened)."""
     _removed: dict[str, CanaryRunner] = field(default_factory=dict)
     """Loops a reload removed, by key: a canary added back continues from its old loop."""
     lease: Lease | None = None
@@ -186,6 +190,9 @@ class Daemon:
             self._stop.set()
         store = self._open_store()
         await store.open()
+        journalled: dict[str, Entry] = {}
+        if not self.settings.postgres:  # SQLite: its filesystem may fill (docs/reliability.md)
+            self.journal, journalled = await _open_journal(self.settings.state_path)
         try:
             async with make_transport() as session:
                 self.services = self._services(self.settings, session, store)
@@ -201,6 +208,7 @@ class Daemon:
                     for canary in self.settings.canaries:
                         self._start_runner(canary.key, states.get(canary.key))
                         self.runners[canary.key].restore(pending.get(canary.key))
+                        self.runners[canary.key].recover(journalled.get(canary.key))
                     freeze_heap()
                     tg.start_soon(self.scheduler.run)
                     self.dispatcher = Dispatcher(lambda: self.services, store, time.time)
@@ -227,6 +235,8 @@ class Daemon:
                 if self.lease is not None:
                     await self.lease.release()
                 await store.close()
+                if self.journal is not None:
+                    self.journal.close()
         if self.lease is not None and self.lease.lost:
             raise StoreError("lost the leader lease: stopped deciding (docs/ha.md)")
 
@@ -378,6 +388,7 @@ class Daemon:
             routers,
             store,
             on_change=self._changed,
+            journal=self.journal,
             epoch=self._epoch,
             leading=lambda: self.role == "leader",
         )
@@ -415,6 +426,17 @@ class Daemon:
         self._checks.pop(key, None)
         self.metrics.track(key, runner.state)
         runner.schedule(self.scheduler)
+
+    def _drained(self, key: str, runner: CanaryRunner) -> Callable[[], None]:
+        """What a removed loop calls once its pending rollback went out: stop ticking it
+        (unless the canary was added back meanwhile; docs/reliability.md)."""
+
+        def done() -> None:
+            if self._removed.get(key) is runner:
+                self.scheduler.remove(key)
+                del self._removed[key]
+
+        return done
 
     async def _housekeeping(self, store: StateStore) -> None:
         while True:
@@ -464,9 +486,9 @@ class Daemon:
         new = {c.key for c in loaded.settings.canaries}
         self.loaded, self.services, self.api_token = loaded, services, token
         for key in old - new:
-            self.scheduler.remove(key)
             self._removed[key] = removed = self.runners.pop(key)
-            removed.retire()
+            if not removed.retire(on_drained=self._drained(key, removed)):
+                self.scheduler.remove(key)
         for key in [k for k, r in self._removed.items() if r.settled and k not in new]:
             del self._removed[key]  # retired and idle: its last decision is in the store
         for key in old & new:
@@ -660,6 +682,19 @@ async def run_daemon(config_path: Path) -> int:
             log.error("daemon.failed", error=str(failure))
         return 1
     return 0
+
+
+async def _open_journal(state_path: Path) -> tuple[RollbackJournal | None, dict[str, Entry]]:
+    """Open the rollback journal next to the state file and read it (docs/reliability.md);
+    without it (logged at error) rollbacks still go out, only unjournalled."""
+    journal = RollbackJournal(journal_path(state_path))
+    try:
+        with anyio.fail_after(WRITE_SECONDS):
+            entries = await anyio.to_thread.run_sync(journal.open, abandon_on_cancel=True)
+    except (OSError, TimeoutError) as exc:
+        log.error("rollback.journal_unavailable", error=str(exc))
+        return None, {}
+    return journal, entries
 
 
 async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:

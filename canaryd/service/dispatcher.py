@@ -12,9 +12,13 @@ dispatcher works through them as follows:
   a restart. The idempotency key is part of the stored row, so every retry,
   before or after a restart, carries the same ``Idempotency-Key``.
 - **Dead letters.** A message still failing ``outbox.maxAge`` after it was
-  written, or whose target (canary, alert, notifier or webhook) was removed
-  from the configuration, is kept with status ``dead``, counted in
+  written, or whose alert, notifier or webhook was removed from the
+  configuration, is kept with status ``dead``, counted in
   :attr:`Dispatcher.counters` and logged at error as ``notification.failed``.
+  A message whose whole canary is not configured waits instead (retried with
+  backoff, ``notification.waiting``): a canary removed and added back across
+  reloads still gets it; it dies only once ``outbox.maxAge`` old
+  (docs/reliability.md, "Delivery").
 - **At least once.** A receiver that got a message but whose 2xx never came
   back (timeout, crash, ``kill -9`` of canaryd) gets it again with the same
   key; receivers dedupe by ``Idempotency-Key``.
@@ -229,7 +233,11 @@ class Dispatcher:
         try:
             target = resolve(svc.settings, message)
         except LookupError as exc:
-            await self._dead(message, f"target removed from the configuration: {exc.args[0]}")
+            reason = f"target removed from the configuration: {exc.args[0]}"
+            if svc.settings.canary(message.key) is None:
+                await self._unconfigured(svc.settings, message, reason)
+            else:
+                await self._dead(message, reason)
             return
         try:
             await self.send(svc, target, message)
@@ -253,6 +261,23 @@ class Dispatcher:
         await self.store.mark(message.id, "pending", next_at=next_at, error=error)
         log.warning(
             "notification.retrying",
+            **_attempt_fields(message),
+            retry_in=round(next_at - now, 2),
+            error=error,
+        )
+
+    async def _unconfigured(self, settings: Settings, message: OutboxMessage, error: str) -> None:
+        """Keep a message of a canary not configured now pending, in case a reload adds the
+        canary back, until it is ``outbox.maxAge`` old (then a dead letter)."""
+        now = self.clock()
+        deadline = message.created + settings.outbox.maxAge
+        if now >= deadline:
+            await self._dead(message, error)
+            return
+        next_at = min(now + backoff(settings, message.attempts + 1), deadline)
+        await self.store.mark(message.id, "pending", next_at=next_at, error=error)
+        log.warning(
+            "notification.waiting",
             **_attempt_fields(message),
             retry_in=round(next_at - now, 2),
             error=error,

@@ -66,6 +66,8 @@ from canaryd.logs import log_event
 from canaryd.providers import MetricsProvider
 from canaryd.routers import Router, RouteRequest
 from canaryd.service.limits import out_of_resources
+from canaryd.service.rollbacks import Entry as JournalEntry
+from canaryd.service.rollbacks import RollbackJournal
 from canaryd.service.scheduler import Scheduler
 from canaryd.service.store import DROP, RELEASE, OutboxMessage, StateStore, event_to_dict
 from canaryd.service.webhooks import call as call_webhook
@@ -139,6 +141,14 @@ def _router_error(decision: Decision) -> str:
     )
 
 
+def _rollback_why(decision: Decision) -> tuple[str, Mapping[str, Any]]:
+    """The reason and ``rollout.rolled_back`` fields of a decision that rolls back."""
+    for effect in decision.effects:
+        if isinstance(effect, Emit) and effect.event.name == "rollout.rolled_back":
+            return decision.state.reason or "", effect.event.fields
+    return decision.state.reason or "", decision.state.rollback_fields
+
+
 def first_delay(key: str, interval: float) -> float:
     """Seconds from the start of a canary's loop to its first tick, in ``[0, interval)``.
 
@@ -192,6 +202,8 @@ class Services:
     store: StateStore
     clock: Callable[[], float] = time.time
     on_change: Callable[[str, CanaryState], None] = lambda key, state: None
+    journal: RollbackJournal | None = None
+    """Where rollbacks are written before they are sent (docs/reliability.md)."""
     epoch: Callable[[], int | None] = lambda: None
     """The leader lease's epoch, put in router idempotency keys (docs/ha.md); None: no lease."""
     leading: Callable[[], bool] = lambda: True
@@ -230,6 +242,9 @@ class CanaryRunner:
         self._settle: str | None = None  # owed to the store by the next save of this canary
         self._predecessor: CanaryRunner | None = None  # the loop this one replaces (a reload)
         self._retired = False  # removed by a reload: decides nothing more
+        self._draining = False  # removed with a rollback pending: retries only that rollback
+        self._on_drained: Callable[[], None] | None = None
+        self._lost_rollback: JournalEntry | None = None  # sent before a restart, unrecorded
         self._seq = 0  # number of the last decision made, shown or not yet (routes pending)
         self.last_record: CheckRecord | None = None
         """The newest check record this runner applied (None: read it from the store)."""
@@ -315,6 +330,12 @@ class CanaryRunner:
         async with self._lock:
             if not await self._prepare():
                 return
+            if self._draining:
+                await self._drain()
+                return
+            if self._lost_rollback is not None:
+                await self._rollback_again()
+                return
             self.last_tick = self.services.clock()
             structlog.contextvars.bind_contextvars(
                 canary=self.spec.name,
@@ -365,8 +386,10 @@ class CanaryRunner:
             self._interrupted = True
             observing.reschedule(asyncio.get_running_loop().time())
         async with self._lock:
-            if not await self._prepare():
+            if not await self._prepare() or self._draining:
                 raise NotFoundError(f"no canary {self.key} (removed from the config)")
+            if self._lost_rollback is not None:
+                await self._rollback_again()
             if core.pending_route(self.state) is not None:
                 await self._retry_pending_route()
             decision = fn(self.state, self.services.clock())
@@ -417,17 +440,87 @@ class CanaryRunner:
         flight has ended, so a tick committed after the reload is not lost.
         """
         predecessor._retired = True
+        predecessor._draining = False  # its pending rollback is this loop's now
         self._predecessor = predecessor
         self.state = predecessor.state
 
-    def retire(self) -> None:
-        """Decide nothing more (removed by a reload); a tick in flight still ends."""
-        self._retired = True
+    def retire(self, on_drained: Callable[[], None] | None = None) -> bool:
+        """Decide nothing more (removed by a reload); a tick in flight still ends.
+
+        A canary whose rollback the router has not applied yet keeps ticking, only
+        to send that rollback until the router confirms it, then calls ``on_drained``
+        (docs/reliability.md, "A canary removed with a rollback pending").
+
+        Returns:
+            Whether the loop keeps ticking for its pending rollback.
+        """
+        route = core.pending_route(self.state)
+        if route is None or route.action != "rollback":
+            self._retired = True
+            return False
+        self._draining, self._on_drained = True, on_drained
+        log.error(
+            "reload.rollback_pending",
+            canary=self.spec.name,
+            namespace=self.spec.namespace,
+            detail="removed from the config; its rollback is retried until the router applies it",
+        )
+        return True
+
+    async def _drain(self) -> None:
+        """Retry the pending rollback of a removed canary; retire once the router took it."""
+        if core.pending_route(self.state) is not None:
+            await self._catch_up()
+            await self._retry_pending_route()
+        if core.pending_route(self.state) is None:
+            log.info(
+                "reload.rollback_applied", canary=self.spec.name, namespace=self.spec.namespace
+            )
+            self._draining, self._retired = False, True
+            if self._on_drained is not None:
+                self._on_drained()
 
     @property
     def settled(self) -> bool:
         """Idle, with everything it decided recorded and routed: the store alone tells its state."""
-        return not (self._lock.locked() or self._backlog or self._pending or self._settle)
+        return not (
+            self._lock.locked() or self._backlog or self._pending or self._settle or self._draining
+        )
+
+    def recover(self, entry: JournalEntry | None) -> None:
+        """Take the newest journalled rollback of this canary (read at start): one the
+        store has not recorded is decided again before anything else (docs/reliability.md,
+        "A rollback the store never recorded")."""
+        if (
+            entry is not None
+            and entry.rollout == self.state.rollout_id
+            and entry.seq > self.state.seq
+            and self.state.active
+        ):
+            self._lost_rollback = entry
+
+    async def _rollback_again(self) -> None:
+        """Send and record again the rollback the store lost to a restart."""
+        entry, self._lost_rollback = self._lost_rollback, None
+        assert entry is not None
+        decision = core.rollback_again(
+            self.spec, self.state, self.services.clock(), entry.reason, entry.fields
+        )
+        log.warning(
+            "rollback.unrecorded_resent",
+            canary=self.spec.name,
+            namespace=self.spec.namespace,
+            revision=self.state.revision,
+            reason=entry.reason,
+        )
+        await self._commit(decision)
+
+    async def _journal(self, state: CanaryState, reason: str, fields: Mapping[str, Any]) -> None:
+        """Write a rollback to the journal before it is sent (a no-op without a journal)."""
+        journal = self.services.journal
+        if journal is not None:
+            entry = JournalEntry(self.key, state.rollout_id, self.version + 1, reason, dict(fields))
+            await journal.record(entry)
 
     async def _catch_up(self) -> None:
         """Record what the store could not take before (a no-op when nothing waits)."""
@@ -686,6 +779,9 @@ class CanaryRunner:
         """
         route = core.pending_route(self.state)
         assert route is not None
+        if route.action == "rollback":
+            state = self.state
+            await self._journal(state, state.reason or "", state.rollback_fields)
         try:
             await self._route(route, self.state, self.version + 1, 0)
         except RouterError as exc:
@@ -722,6 +818,8 @@ class CanaryRunner:
             await self._commit_forward(decision, routes, raise_store_errors, command)
             return
         rollback = bool(routes)
+        if rollback:
+            await self._journal(decision.state, *_rollback_why(decision))
         decision = await self._apply_routes(decision, held=held)
         if rollback and self._pending is not None:
             self._pending, self._settle = None, self._settle or DROP  # never sent: forget them
