@@ -19,6 +19,7 @@
     ├── WebhookError             an outgoing call failed (network, timeout, or a non-2xx
     │                            answer where the caller treats that as failure)
     ├── StoreError               the state store could not read or write
+    │   └── FencedError          a write carried a stale lease epoch: another replica leads
     ├── SecretError              a secret (``*_file``, ``*_env``) cannot be read, is readable by
     │                            others, or is not set; each layer says which key or adapter
     │                            (also a ValueError, for code written before it)
