@@ -91,6 +91,38 @@ EVENTS: dict[str, tuple[Level, str]] = {
         "error",
         "A re-added canary's previous loop did not finish its tick in time; it waits.",
     ),
+    "reload.rollback_pending": (
+        "error",
+        "A reload removed a canary whose rollback the router has not applied; its loop keeps "
+        "sending the rollback until the router confirms it.",
+    ),
+    "reload.rollback_applied": (
+        "info",
+        "The pending rollback of a canary a reload removed was applied; its loop stops.",
+    ),
+    "rollback.unrecorded_resent": (
+        "warning",
+        "At start, a rollback the store never recorded (found in the rollback journal) was "
+        "sent again and recorded.",
+    ),
+    "rollback.journal_unavailable": (
+        "error",
+        "The rollback journal could not be opened: a rollback the store cannot record is not "
+        "remembered across a crash.",
+    ),
+    "rollback.journal_failed": (
+        "error",
+        "A rollback could not be written to the rollback journal; the rollback still goes out.",
+    ),
+    "rollback.journal_unreadable_entry": (
+        "warning",
+        "An entry of the rollback journal could not be read and was ignored.",
+    ),
+    "notification.waiting": (
+        "warning",
+        "A message for a canary that is not configured right now waits for it to come back "
+        "(until outbox.maxAge).",
+    ),
     "lease.acquired": (
         "info",
         "This replica took the leader lease (docs/ha.md): it decides from now on.",
