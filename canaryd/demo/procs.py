@@ -28,8 +28,8 @@ from canaryd.errors import DemoError as DemoError
 STOP_TIMEOUT = 3.0
 """Seconds a child gets to exit after SIGTERM before its group is killed."""
 
-READY_TIMEOUT = 15.0
-"""Seconds a child gets to answer its readiness URL."""
+READY_TIMEOUT = 30.0
+"""Seconds a child gets to answer its readiness URL (the wait ends as soon as it does)."""
 
 POLL_INTERVAL = 0.1
 """Seconds between readiness probes."""
