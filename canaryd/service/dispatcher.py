@@ -132,6 +132,11 @@ def _describe(exc: Exception) -> str:
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
+STALE_READS = 3
+"""Reads of the due list while deliveries keep finishing, before the last one is used (a
+message sent twice keeps its idempotency key: at least once still holds)."""
+
+
 @dataclass
 class Dispatcher:
     """Delivers the outbox until cancelled (see the module docstring for the guarantees).
@@ -150,6 +155,8 @@ class Dispatcher:
     counters: dict[str, int] = field(default_factory=lambda: {"sent": 0, "failed": 0, "dead": 0})
     _busy: set[str] = field(default_factory=set, init=False, repr=False)
     _done: anyio.Event | None = field(default=None, init=False, repr=False)
+    _finished: int = field(default=0, init=False, repr=False)
+    """Deliveries finished so far: a due list read while one finished may be stale."""
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -203,7 +210,13 @@ class Dispatcher:
 
     async def _start_due(self, tg: anyio.abc.TaskGroup) -> int:
         """Start delivering the head message of every canary with none in flight."""
-        due = await self.store.due(self.clock(), limit=len(self._busy) + BATCH)
+        for _ in range(STALE_READS):
+            before = self._finished
+            due = await self.store.due(self.clock(), limit=len(self._busy) + BATCH)
+            if self._finished == before:
+                break
+            # a delivery finished while the list was read (a pooled store answers out of
+            # order): its message may still show as due; read again rather than send it twice
         fresh = [m for m in due if m.key not in self._busy]
         for message in fresh:
             self._busy.add(message.key)
@@ -224,6 +237,7 @@ class Dispatcher:
         except StoreError as exc:  # stays pending; retried with the same key
             log.error("outbox.store_failed", error=str(exc), target=message.target)
         finally:
+            self._finished += 1
             self._busy.discard(message.key)
             if self._done is not None:
                 self._done.set()
