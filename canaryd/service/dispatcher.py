@@ -45,7 +45,7 @@ from canaryd.errors import CanarydError, StoreError, WebhookError
 from canaryd.http import post_json
 from canaryd.notifiers import deliver, render
 from canaryd.redact import redact, redact_url
-from canaryd.service.runtime import Services
+from canaryd.service.services import Services
 from canaryd.service.store import OutboxMessage, StateStore
 
 log = structlog.get_logger()
