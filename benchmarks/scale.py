@@ -457,7 +457,7 @@ def _runner(spec: Any, services: Services, probe: Probe, now: float, failing: bo
     if failing:
         timed = TimedProvider(services.providers["prom"])
         services = Services(
-            services.settings, services.session, {"prom": timed}, services.routers, services.store
+            services.settings, services.http, {"prom": timed}, services.routers, services.store
         )
     return BenchRunner(spec, state, services, probe=probe, timed=timed)
 

@@ -327,7 +327,7 @@ class Dispatcher:
         secret = await anyio.to_thread.run_sync(read_secret, hook.secret_file, hook.secret_env)
         try:
             answer = await post_json(
-                svc.session,
+                svc.http,
                 url,
                 message.payload,
                 timeout=hook.timeout,
@@ -354,7 +354,7 @@ class Dispatcher:
         )
         try:
             await deliver(
-                svc.session,
+                svc.http,
                 notifier,
                 payload,
                 content_type,

@@ -237,7 +237,7 @@ class Observer:
 
     async def _call_hook(self, hook: WebhookSpec, slot: str, state: CanaryState) -> HookResult:
         key = f"{self.spec.key}:{state.rollout_id}:{state.ticks}:{slot}"
-        return await call_webhook(self.services.session, self.spec, state, hook, key)
+        return await call_webhook(self.services.http, self.spec, state, hook, key)
 
     async def _query_range(self, m: ResolvedMetric, budget: float) -> CompareSeries:
         """Both sides of a compare metric over its lookback window."""

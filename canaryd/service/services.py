@@ -22,10 +22,11 @@ from canaryd.service.store import StateStore
 
 @dataclass
 class Services:
-    """What runners share: HTTP session, adapters, store, clock."""
+    """What runners share: outgoing HTTP, adapters, store, clock."""
 
     settings: Settings
-    session: HttpTransport  # outgoing HTTP of routers, webhooks, notifiers
+    http: HttpTransport
+    """The outgoing HTTP of routers, webhooks and notifiers (docs/design.md, "Seams")."""
     providers: Mapping[str, MetricsProvider]
     routers: Mapping[str, Router]
     store: StateStore
