@@ -203,30 +203,48 @@ class Committer(Ledger):
                 await self._route(route, pending.state, pending.seq, n)
                 confirmed = route
         except RouterError as exc:
-            now = self.services.clock()
             if route.action == "promote":
                 await self._promote_pending(pending, str(exc), command, decision)
-                return False
-            own = out_of_resources(exc)  # canaryd had no fd or memory: the check holds
-            if before is None:
-                await self._commit(
-                    core.router_failed(self.spec, self.state, str(exc), now, own=own)
-                )
-                return False
-            self._pending, self._settle = None, DROP
-            base = replace(before, ticks=pending.state.ticks)
-            if confirmed is not None:
-                base = replace(
-                    base,
-                    primary_weight=confirmed.primary_weight,
-                    canary_weight=confirmed.canary_weight,
-                )
-            elif command:
-                await self._commit(Decision(base))
-                raise
-            failed = core.router_failed(self.spec, base, str(exc), now, own=own)
-            await self._commit(failed, held=confirmed)
+            else:
+                await self._revert_pending(pending, before, confirmed, exc, command)
             return False
+        await self._pending_applied(pending, before)
+        return True
+
+    async def _revert_pending(
+        self,
+        pending: PendingRoutes,
+        before: CanaryState | None,
+        confirmed: Route | None,
+        exc: RouterError,
+        command: bool,
+    ) -> None:
+        """The router refused a recorded route: revert its decision (:meth:`_send_pending`).
+
+        Raises:
+            RouterError: (``command`` only) ``exc``, when the router refused the first route.
+        """
+        now = self.services.clock()
+        own = out_of_resources(exc)  # canaryd had no fd or memory: the check holds
+        if before is None:
+            await self._commit(core.router_failed(self.spec, self.state, str(exc), now, own=own))
+            return
+        self._pending, self._settle = None, DROP
+        base = replace(before, ticks=pending.state.ticks)
+        if confirmed is not None:
+            base = replace(
+                base,
+                primary_weight=confirmed.primary_weight,
+                canary_weight=confirmed.canary_weight,
+            )
+        elif command:
+            await self._commit(Decision(base))
+            raise exc
+        failed = core.router_failed(self.spec, base, str(exc), now, own=own)
+        await self._commit(failed, held=confirmed)
+
+    async def _pending_applied(self, pending: PendingRoutes, before: CanaryState | None) -> None:
+        """The router applied the recorded routes: show their state, settle them in the store."""
         self._pending, self._settle = None, RELEASE
         state = pending.state
         if before is None:  # resent after a restart or a reload: a later command may have
@@ -237,7 +255,6 @@ class Committer(Ledger):
         with contextlib.suppress(StoreError):  # else the next save of this canary settles
             await self._flush_backlog()
             await self._store_save(state, None, [], [])
-        return True
 
     async def _promote_pending(
         self, pending: PendingRoutes, error: str, command: bool, decision: Decision | None
