@@ -19,9 +19,9 @@ from pydantic_settings import PydanticBaseSettingsSource
 
 from canaryd.config import flagger
 from canaryd.config.flagger import KeyPath, did_you_mean, unknown_key
+from canaryd.config.meshqueries import BUILTIN_METRICS
 from canaryd.config.models import Settings, read_secret
 from canaryd.config.modeltypes import data_path, keys_at
-from canaryd.config.templates import BUILTIN_METRICS
 from canaryd.config.yamlpos import Report, got
 from canaryd.errors import SecretError
 
