@@ -42,9 +42,9 @@ from typing import Any
 
 from pydantic_settings import EnvSettingsSource, SettingsError
 
-from canaryd.config import flagger
 from canaryd.config.check import check_references, check_secrets, secret_holders, validate
-from canaryd.config.flagger import KeyPath, is_manifest
+from canaryd.config.flagger import format_ignored
+from canaryd.config.flaggermap import KeyPath, is_manifest
 from canaryd.config.lint import check_queries, lint
 from canaryd.config.merge import Gathered, merge, resolve_flagger
 from canaryd.config.models import Settings
@@ -152,7 +152,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     if ctx.problems or settings is None:
         raise ConfigError(list(dict.fromkeys(ctx.problems)))
     warnings = lint(settings, raw, ctx, ctx.manifest_canaries)
-    ignored = flagger.format_ignored(ctx.ignored)
+    ignored = format_ignored(ctx.ignored)
     warnings = [*ctx.notes, *warnings, *([ignored] if ignored else [])]
     warnings += [f"differs from Flagger: {d}" for c in settings.canaries for d in differences(c)]
     warnings += [

@@ -19,9 +19,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaryd.config import flagger
 from canaryd.config.check import SECTIONS, section
-from canaryd.config.flagger import KeyPath, is_manifest, unknown_key
+from canaryd.config.flagger import map_manifest
+from canaryd.config.flaggermap import (
+    ROUTER_ANNOTATION,
+    SAAS_TYPES,
+    SECRET_FILES,
+    SECRET_KEYS,
+    KeyPath,
+    Mapped,
+    is_manifest,
+    unknown_key,
+)
+from canaryd.config.flaggerproviders import find_provider, find_same
 from canaryd.config.models import Settings, read_secret
 from canaryd.config.yamlpos import Doc, Report, format_path, got
 from canaryd.errors import SecretError
@@ -35,7 +45,7 @@ class Pending:
     """A mapped Flagger manifest whose router/provider references are resolved after merging."""
 
     prefix: KeyPath
-    mapped: flagger.Mapped
+    mapped: Mapped
     doc: Doc
 
 
@@ -167,7 +177,7 @@ def _globalize(path: KeyPath, moves: dict[KeyPath, KeyPath]) -> KeyPath | None:
 
 def _merge_manifest(doc: Doc, merged: dict[str, Any], ctx: Gathered) -> None:
     """Map one Flagger manifest and merge the entry it becomes."""
-    mapped = flagger.map_manifest(doc.data)
+    mapped = map_manifest(doc.data)
     for path, message in mapped.problems:
         ctx.in_doc(doc, path, message)
     if mapped.ignored:
@@ -204,7 +214,7 @@ def _merge_manifest(doc: Doc, merged: dict[str, Any], ctx: Gathered) -> None:
     ctx.pending.append(Pending(prefix, mapped, doc))
 
 
-def _other_namespace(templates: dict[str, Any], mapped: flagger.Mapped) -> bool:
+def _other_namespace(templates: dict[str, Any], mapped: Mapped) -> bool:
     """Whether a MetricTemplate's name is taken by a template of another namespace.
 
     Flagger's templates are namespaced: the second one is keyed ``NAMESPACE/NAME``.
@@ -257,14 +267,14 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
     own = mapped.provider_entry is not None and (
         "headers" in mapped.provider_entry or mapped.secret_ref is not None
     )
-    if mapped.provider_entry is not None and kind in flagger.SAAS_TYPES:  # docs/providers.md
-        name = flagger.find_same(providers, mapped.provider_entry)
+    if mapped.provider_entry is not None and kind in SAAS_TYPES:  # docs/providers.md
+        name = find_same(providers, mapped.provider_entry)
     elif mapped.prometheus_address is None or mapped.provider_entry is None:
         same = {k: p for k, p in providers.items() if kind == "prometheus" or _typed(p, kind)}
         what = "provider" if kind == "prometheus" else f"{kind} provider"
         name = _only(same, what, "spec.provider.address", here, ctx)
     else:
-        name = None if own else flagger.find_provider(providers, mapped.prometheus_address, kind)
+        name = None if own else find_provider(providers, mapped.prometheus_address, kind)
     if name is None and mapped.provider_entry is not None:
         name = f"{str(mapped.name).replace('/', '-')}-provider"
         if name in providers:
@@ -274,11 +284,9 @@ def _resolve_template(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> N
         ctx.created.add(name)
         moves: list[tuple[KeyPath, KeyPath]] = [((), ("spec", "provider"))]
         entry = mapped.provider_entry  # secretRef's files are reported at secretRef
-        moves += [
-            ((k,), ("spec", "provider", "secretRef")) for k in flagger.SECRET_FILES if k in entry
-        ]
+        moves += [((k,), ("spec", "provider", "secretRef")) for k in SECRET_FILES if k in entry]
         _move_locs(pending.doc, ("providers", name), moves, ctx)
-        if entry.get("type") in flagger.SECRET_KEYS and mapped.secret_ref is None:
+        if entry.get("type") in SECRET_KEYS and mapped.secret_ref is None:
             ctx.suppress.add(("providers", name))  # the missing secretRef is the problem
     if name is not None:
         mapped.entry["provider"] = name
@@ -304,7 +312,7 @@ def _secret_files(provider: dict[str, Any], name: str, doc: Doc, ctx: Gathered) 
     InfluxDB, ``token`` and ``org``, as Flagger reads them (docs/providers.md).
     """
     directory = os.path.abspath(os.path.join(os.path.dirname(doc.file), SECRET_DIR, name))
-    keys = flagger.SECRET_KEYS.get(str(provider.get("type")))
+    keys = SECRET_KEYS.get(str(provider.get("type")))
     if keys is not None:  # datadog, newrelic, dynatrace: Flagger's key names (docs/providers.md)
         provider.update({setting: os.path.join(directory, key) for setting, key in keys.items()})
         return
@@ -336,7 +344,7 @@ def _secret_files(provider: dict[str, Any], name: str, doc: Doc, ctx: Gathered) 
         )
 
 
-def _address_file(mapped: flagger.Mapped, doc: Doc, ctx: Gathered) -> None:
+def _address_file(mapped: Mapped, doc: Doc, ctx: Gathered) -> None:
     """An AlertProvider's ``secretRef``: its ``address`` key is the file ``secrets/NAME/address``.
 
     As in Flagger the secret's address wins over ``spec.address``
@@ -401,7 +409,7 @@ def _resolve_canary(raw: dict[str, Any], pending: Pending, ctx: Gathered) -> Non
     if "meshProvider" not in mapped.entry and "meshProvider" not in raw:
         mapped.entry["meshProvider"] = FLAGGER_DEFAULT_MESH
     if mapped.needs_router:
-        hint = f"annotation {flagger.ROUTER_ANNOTATION}"
+        hint = f"annotation {ROUTER_ANNOTATION}"
         router = _only(section(raw, "routers"), "router", hint, (*prefix, "router"), ctx)
         if router is not None:
             mapped.entry["router"] = router
