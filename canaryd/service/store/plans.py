@@ -8,9 +8,9 @@ and does no I/O. Each store drives plans its own way: SQLite in its thread
 (:func:`canaryd.service.store.postgres.drive`). Statements use SQLite's ``?``
 markers; the PostgreSQL store rewrites them.
 
-:class:`PlannedStore` answers every :class:`~.contract.StateStore` call but
-``save`` with these plans; a store supplies how a plan runs (:meth:`~PlannedStore.read`,
-:meth:`~PlannedStore.change`).
+:class:`PlannedStore` answers every :class:`~.contract.StateStore` call with
+these plans; a store supplies how they run (:meth:`~PlannedStore.read`,
+:meth:`~PlannedStore.change`, and :meth:`~PlannedStore.commit` for a decision).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
-from canaryd.core.analysis import CanaryState
+from canaryd.core.analysis import CanaryState, CheckRecord
+from canaryd.core.events import Event
 from canaryd.service.store import retention
 from canaryd.service.store.codec import (
     DecisionRows,
@@ -260,6 +261,37 @@ class PlannedStore(ABC):
             FencedError: another replica leads; nothing was written.
             StoreError: the store is not open, or a statement failed; nothing was written.
         """
+
+    @abstractmethod
+    async def commit(self, rows: DecisionRows) -> None:
+        """Write one decision's rows (:func:`write_decision`) atomically.
+
+        Raises:
+            FencedError: another replica leads; nothing was written.
+            StoreError: nothing of this decision was written.
+        """
+
+    async def save(
+        self,
+        key: str,
+        state: CanaryState,
+        record: CheckRecord | None,
+        events: Sequence[Event],
+        outbox: Sequence[OutboxMessage],
+        *,
+        routes: Sequence[dict[str, Any]] | None = None,
+        settle: str | None = None,
+    ) -> None:
+        """Persist a decision atomically (see :meth:`~.contract.StateStore.save`).
+
+        The rows are encoded here, in the event loop's thread, before the store
+        queues them (see :class:`~.codec.DecisionRows`).
+
+        Raises:
+            FencedError: another replica leads; nothing was written.
+            StoreError: nothing of this decision was written.
+        """
+        await self.commit(DecisionRows.encode(key, state, record, events, outbox, routes, settle))
 
     async def load_states(self) -> dict[str, CanaryState]:
         """Every stored canary state, by key."""

@@ -17,7 +17,7 @@ docs/ha.md:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -27,12 +27,9 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from canaryd.core.analysis import CanaryState, CheckRecord
-from canaryd.core.events import Event
 from canaryd.errors import FencedError, StoreError
 from canaryd.service.store import plans
 from canaryd.service.store.codec import DecisionRows
-from canaryd.service.store.contract import OutboxMessage
 from canaryd.service.store.plans import Insert, Plan, PlannedStore
 
 T = TypeVar("T")
@@ -257,27 +254,16 @@ class PostgresStore(PlannedStore):
         """
         return await self._tx(partial(drive, plan=plan), fenced=True)
 
-    async def save(
-        self,
-        key: str,
-        state: CanaryState,
-        record: CheckRecord | None,
-        events: Sequence[Event],
-        outbox: Sequence[OutboxMessage],
-        *,
-        routes: Sequence[dict[str, Any]] | None = None,
-        settle: str | None = None,
-    ) -> None:
-        """Persist a decision atomically and fenced (see ``StateStore``).
+    async def commit(self, rows: DecisionRows) -> None:
+        """Write one decision's rows in one fenced transaction.
 
         Raises:
             FencedError: this replica no longer leads; nothing was written.
             StoreError: nothing of this decision was written.
         """
-        rows = DecisionRows.encode(key, state, record, events, outbox, routes, settle)
         epoch = self.epoch
 
-        async def write(conn: Conn) -> None:  # the time the transaction began
+        async def write(conn: Conn) -> None:  # `now` is read once the fence is checked
             await drive(conn, plans.write_decision(rows, time.time(), epoch))
 
         await self._tx(write, fenced=True)

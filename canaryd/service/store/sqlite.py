@@ -21,12 +21,9 @@ from typing import Any, TypeVar
 
 import anyio
 
-from canaryd.core.analysis import CanaryState, CheckRecord
-from canaryd.core.events import Event
 from canaryd.errors import StoreError
 from canaryd.service.store import plans
 from canaryd.service.store.codec import DecisionRows
-from canaryd.service.store.contract import OutboxMessage
 from canaryd.service.store.plans import Insert, Plan, PlannedStore
 
 T = TypeVar("T")
@@ -227,18 +224,8 @@ class SqliteStore(PlannedStore):
         with _transaction(self.db) as db:
             return drive(db, plan)
 
-    async def save(
-        self,
-        key: str,
-        state: CanaryState,
-        record: CheckRecord | None,
-        events: Sequence[Event],
-        outbox: Sequence[OutboxMessage],
-        *,
-        routes: Sequence[dict[str, Any]] | None = None,
-        settle: str | None = None,
-    ) -> None:
-        """Persist a decision atomically (see ``StateStore``); return once it is committed.
+    async def commit(self, rows: DecisionRows) -> None:
+        """Write one decision's rows; return once they are committed.
 
         Group commit: saves that arrive while a batch is being written wait and
         are then written together, each in its own savepoint of one transaction,
@@ -248,7 +235,7 @@ class SqliteStore(PlannedStore):
         Raises:
             StoreError: nothing of this decision was written.
         """
-        write = _Write(DecisionRows.encode(key, state, record, events, outbox, routes, settle))
+        write = _Write(rows)
         self._queue.append(write)
         if not self._writing:
             self._flush()
