@@ -9,30 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
-from canaryd.core.analysis import CanaryState, CheckRecord, Phase
+from canaryd.core.analysis import CanaryState, CheckRecord
 from canaryd.core.events import Event
 from canaryd.errors import StoreError
-from canaryd.jsonenc import make_encoder
+from canaryd.service.store import retention
+from canaryd.service.store.codec import (
+    _NEWEST,
+    _ROLLOUT_COLUMNS,
+    _rollout_dict,
+    _Rows,
+    state_from_dict,
+)
+from canaryd.service.store.contract import RELEASE, OutboxMessage
+from canaryd.service.store.retention import SENT_KEEP_SECONDS, Retention
 
 T = TypeVar("T")
-
-EVENTS_KEEP = 500
-"""Events kept per canary outside any rollout (config, reload, daemon events)."""
-
-SENT_KEEP_SECONDS = 7 * 86400.0
-"""How long delivered outbox messages are kept (dead letters are kept until removed by hand)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS canaries (
@@ -63,205 +65,6 @@ CREATE INDEX IF NOT EXISTS checks_rollout ON checks(key, rollout, id);
 
 _MIGRATIONS = (("events", "rollout", "ALTER TABLE events ADD COLUMN rollout TEXT"),)
 """Columns added since the first schema: (table, column, statement adding it)."""
-
-
-RELEASE = "release"
-"""Settle: the routes a decision asked for were applied; its held messages may go out."""
-
-DROP = "drop"
-"""Settle: the routes a decision asked for were never applied; its held messages are deleted."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """A message to deliver later: an alert or a webhook call.
-
-    Attributes:
-        key: canary ``namespace/name`` (messages of one canary go out in order).
-        idempotency_key: stable across retries and restarts.
-        target: ``alert:<alert name>`` or ``hook:<webhook name>``.
-        payload: the event (alerts) or the webhook body (hooks).
-        id: row id once stored.
-        attempts: delivery attempts so far.
-        created: Unix time it was stored.
-    """
-
-    key: str
-    idempotency_key: str
-    target: str
-    payload: dict[str, Any]
-    id: int = 0
-    attempts: int = 0
-    created: float = 0.0
-
-
-class StateStore(Protocol):
-    """Where canaryd keeps what must survive a restart."""
-
-    async def load_states(self) -> dict[str, CanaryState]:
-        """Every stored canary state, by key."""
-        ...
-
-    async def save(
-        self,
-        key: str,
-        state: CanaryState,
-        record: CheckRecord | None,
-        events: Sequence[Event],
-        outbox: Sequence[OutboxMessage],
-        *,
-        routes: Sequence[dict[str, Any]] | None = None,
-        settle: str | None = None,
-    ) -> None:
-        """Persist a decision atomically.
-
-        A decision that moves traffic is saved with its ``routes`` before they are
-        sent: its outbox messages are held until a later save of the canary
-        settles them (``RELEASE`` once the routes were applied, ``DROP`` if they
-        never were), and the routes stay recorded until then (see
-        docs/reliability.md).
-
-        Raises:
-            StoreError: nothing was written.
-        """
-        ...
-
-    async def load_pending(self) -> dict[str, tuple[int, list[dict[str, Any]]]]:
-        """Routes saved but not yet settled, by key: (decision number, routes)."""
-        ...
-
-    async def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The most recent check records of a canary, newest first."""
-        ...
-
-    async def events(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The most recent events of a canary, newest first."""
-        ...
-
-    async def rollouts(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
-        """A canary's rollouts, newest first (docs/api.md, "History")."""
-        ...
-
-    async def rollout(self, key: str, rollout: str, limit: int = 1000) -> dict[str, Any] | None:
-        """One rollout with its checks and events, oldest first; None if not kept."""
-        ...
-
-    async def prune(self, now: float | None = None, keep: Retention | None = None) -> None:
-        """Forget delivered outbox messages and the rollouts ``keep`` no longer keeps.
-
-        Raises:
-            StoreError: nothing was pruned.
-        """
-        ...
-
-    async def due(self, now: float, limit: int = 100) -> list[OutboxMessage]:
-        """Outbox messages to deliver now: the oldest pending one of each canary."""
-        ...
-
-    async def mark(
-        self, message_id: int, status: str, *, next_at: float = 0.0, error: str | None = None
-    ) -> None:
-        """Record a delivery attempt of an outbox message and its new status."""
-        ...
-
-    async def outbox_stats(self) -> dict[str, Any]:
-        """Counts of outbox messages by status, and the oldest pending one's age."""
-        ...
-
-    async def close(self) -> None:
-        """Release the store's resources (idempotent)."""
-        ...
-
-
-# --------------------------------------------------------------------------- codec
-
-
-def _clean(value: Any) -> Any:
-    """Make floats JSON-safe (NaN/Inf as strings)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
-_ENCODE_FINITE = make_encoder(str, separators=(",", ":"), allow_nan=False)
-_ENCODE = make_encoder(str, separators=(",", ":"))
-
-
-def dumps(value: Any) -> str:
-    """JSON for the store and the API: compact, NaN-safe."""
-    try:  # values are almost always finite: skip the copy that _clean makes
-        return _ENCODE_FINITE(value)
-    except ValueError:
-        return _ENCODE(_clean(value))
-
-
-_STATE_FIELDS = fields(CanaryState)
-
-
-def state_to_dict(state: CanaryState) -> dict[str, Any]:
-    """A state as plain JSON data."""
-    data = {f.name: getattr(state, f.name) for f in _STATE_FIELDS}  # asdict deep-copies
-    data["approvals"] = sorted(state.approvals)
-    data["metadata"] = dict(state.metadata)
-    data["rollback_fields"] = dict(state.rollback_fields)
-    return data
-
-
-def state_from_dict(data: dict[str, Any]) -> CanaryState:
-    """Rebuild a state; unknown keys (from a newer version) are ignored.
-
-    Raises:
-        StoreError: the data is not a valid state.
-    """
-    known = {f.name for f in fields(CanaryState)}
-    try:
-        kw = {k: v for k, v in data.items() if k in known}
-        kw["phase"] = Phase(kw.get("phase", Phase.INITIALIZED))
-        if kw.get("paused_phase"):
-            kw["paused_phase"] = Phase(kw["paused_phase"])
-        kw["approvals"] = frozenset(kw.get("approvals", ()))
-        return CanaryState(**kw)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"stored state is invalid: {exc}") from exc
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    """An event as plain JSON data (the shape stored, alerted and served)."""
-    return {
-        "event": event.name,
-        "level": event.level,
-        "canary": event.canary,
-        "revision": event.revision,
-        "phase": event.phase,
-        "time": event.time,
-        **event.fields,
-    }
-
-
-# --------------------------------------------------------------------------- sqlite
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """What :meth:`SqliteStore.prune` keeps (the config's ``history``, docs/api.md "History").
-
-    Attributes:
-        keep: newest rollouts kept per canary.
-        max_age: seconds a finished rollout is kept after it ended.
-        failed_keep: newest rolled-back rollouts kept per canary.
-        failed_max_age: seconds a rolled-back rollout is kept after it ended.
-        checks_per_rollout: newest check records kept per rollout.
-    """
-
-    keep: int = 20
-    max_age: float = 30 * 86400.0
-    failed_keep: int = 50
-    failed_max_age: float = 90 * 86400.0
-    checks_per_rollout: int = 1000
 
 
 _EXPIRED = """
@@ -303,7 +106,7 @@ def _prune(db: sqlite3.Connection, now: float, keep: Retention) -> None:
             _keep_newest(db, "checks", "key=? AND rollout=?", (key, rollout), cap)
             _keep_newest(db, "events", "key=? AND rollout=?", (key, rollout), cap)
         for (key,) in db.execute("SELECT key FROM canaries").fetchall():
-            _keep_newest(db, "events", "key=? AND rollout IS NULL", (key,), EVENTS_KEEP)
+            _keep_newest(db, "events", "key=? AND rollout IS NULL", (key,), retention.EVENTS_KEEP)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -347,108 +150,6 @@ _UPSERT_ROLLOUT = (
     "metadata=excluded.metadata, started=excluded.started, ended=excluded.ended, "
     "checks=checks+excluded.checks, failed=failed+excluded.failed, updated=excluded.updated"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _Rows:
-    """A decision as the rows it writes, JSON already encoded.
-
-    Encoding happens in the event loop's thread, before the save is queued: the
-    store's thread then runs little Python besides SQLite (which releases the
-    GIL), so it seldom holds the GIL while the event loop wants it.
-    """
-
-    key: str
-    state: str
-    rollout: str | None
-    record: tuple[float, str] | None
-    events: list[tuple[str, float, str, str, str, str | None]]
-    """Event rows; the last value is the rollout the event belongs to (see :func:`_rollout_of`)."""
-    outbox: list[tuple[str, str, str, str]]
-    seq: int = 0
-    routes: str | None = None
-    """JSON of the routes this decision will send (its messages are held meanwhile)."""
-    settle: str | None = None
-    """``RELEASE`` or ``DROP`` the held messages and recorded routes of an earlier save."""
-    summary: tuple[Any, ...] | None = None
-    """The rollout's row in ``rollouts`` (see :func:`_rollout_row`), if the state has one."""
-
-    @classmethod
-    def encode(
-        cls,
-        key: str,
-        state: CanaryState,
-        record: CheckRecord | None,
-        events: Sequence[Event],
-        outbox: Sequence[OutboxMessage],
-        routes: Sequence[dict[str, Any]] | None = None,
-        settle: str | None = None,
-    ) -> _Rows:
-        return cls(
-            key,
-            dumps(state_to_dict(state)),
-            state.rollout_id,
-            None if record is None else (record.time, dumps(record.as_dict())),
-            [
-                (key, e.time, e.name, e.level, dumps(event_to_dict(e)), _rollout_of(state, e))
-                for e in events
-            ],
-            [(m.key, m.idempotency_key, m.target, dumps(m.payload)) for m in outbox],
-            state.seq,
-            None if routes is None else dumps(list(routes)),
-            settle,
-            _rollout_row(key, state, record),
-        )
-
-
-def _rollout_of(state: CanaryState, event: Event) -> str | None:
-    """The rollout an event belongs to: the state's, unless that one had ended before it."""
-    if state.finished_at is not None and event.time > state.finished_at:
-        return None  # e.g. a reload after a promotion: not part of that rollout's story
-    return state.rollout_id
-
-
-def _rollout_row(
-    key: str, state: CanaryState, record: CheckRecord | None
-) -> tuple[Any, ...] | None:
-    """The upsert values of a rollout's summary row after a decision (None: no rollout)."""
-    if state.rollout_id is None:
-        return None
-    return (
-        key,
-        state.rollout_id,
-        state.revision,
-        state.phase.value,
-        state.reason,
-        dumps(dict(state.metadata)),
-        state.started_at,
-        state.finished_at,
-        0 if record is None else 1,
-        int(record is not None and record.outcome == "fail"),
-    )
-
-
-_ROLLOUT_COLUMNS = "rollout, revision, phase, reason, metadata, started, ended, checks, failed"
-_NEWEST = "started DESC, updated DESC"
-_OUTCOMES = {Phase.SUCCEEDED.value: "promoted", Phase.FAILED.value: "rolled_back"}
-
-
-def _rollout_dict(row: tuple[Any, ...], *, current: bool) -> dict[str, Any]:
-    """A ``rollouts`` row as the API shows it; an older rollout that never ended was superseded."""
-    rollout, revision, phase, reason, metadata, started, ended, checks, failed = row
-    outcome = _OUTCOMES.get(phase) or ("running" if current else "superseded")
-    return {
-        "id": rollout,
-        "revision": revision,
-        "outcome": outcome,
-        "phase": phase,
-        "reason": reason,
-        "metadata": json.loads(metadata),
-        "startedAt": started,
-        "endedAt": ended,
-        "checkCount": checks,
-        "failedCheckCount": failed,
-    }
 
 
 @dataclass(eq=False)
