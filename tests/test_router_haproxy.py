@@ -17,7 +17,8 @@ from traffic import STEPS, assert_split
 from canaryd.config import HAProxyRouter
 from canaryd.errors import RouterError
 from canaryd.routers import Action, RouteRequest
-from canaryd.routers.haproxy import HAProxyRuntime, parse_socket, to_haproxy_weight
+from canaryd.routers.haproxy import HAProxyRuntime, to_haproxy_weight
+from canaryd.routers.haproxy_socket import parse_socket
 
 REQUESTS = 400
 """Requests sent through the frontend to measure a split."""
