@@ -42,8 +42,9 @@ def anyio_backend() -> str:
 REAL_SERVER_FIXTURES = frozenset(
     {"haproxy", "haproxy_binary", "prometheus", "graphite", "influxdb", "postgres"}
     | {"caddy", "caddy_binary", "moto_endpoint", "alb", "chromium"}
+    | {"full_disk", "tiny_tmpfs"}  # mount a small filesystem
 )
-"""Fixtures that start a real external server: a test using one is an integration test."""
+"""Fixtures that start a real external server or process: a test using one is integration."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

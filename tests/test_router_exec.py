@@ -13,7 +13,7 @@ from canaryd.errors import RouterError
 from canaryd.routers import Action, RouteRequest
 from canaryd.routers.exec import STDERR_PREVIEW_CHARS, ExecCommand
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # they start processes
 
 
 def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:

@@ -13,6 +13,7 @@ import anyio
 import pytest
 from haproxy import named_backend
 from proxies import find_nginx, free_port, port_open, require, run_proxy
+from support import started_on_free_port
 from traffic import assert_split
 
 from canaryd.config import NginxRouter
@@ -91,8 +92,7 @@ async def nginx(tmp_path: Path) -> AsyncIterator[Nginx]:
     """A running NGINX in front of two real backends ("primary" and "canary")."""
     binary = require(find_nginx(), "nginx (apt-get install nginx)")
     async with named_backend("primary") as primary, named_backend("canary") as canary:
-        instance = Nginx(binary, tmp_path, (primary, canary))
-        instance.start()
+        instance = started_on_free_port(lambda d: Nginx(binary, d, (primary, canary)), tmp_path)
         try:
             yield instance
         finally:

