@@ -47,7 +47,7 @@ from canaryd.config.models import CanaryConfig, WebhookRouter
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import RouterError
 from canaryd.http import make_transport
-from canaryd.providers import transport
+from canaryd.providers import connection, transport
 from canaryd.routers import RouteRequest, build_router
 from canaryd.service import api as api_module
 from canaryd.service import scheduler as scheduler_module
@@ -90,7 +90,7 @@ async def raw_server(answer: bool) -> AsyncIterator[int]:
                 await writer.wait_closed()
 
 
-def readable(conn: transport._Connection) -> bool:
+def readable(conn: connection.Connection) -> bool:
     """Whether bytes wait on the connection's socket."""
     assert conn.transport is not None
     poller = select.poll()
@@ -111,7 +111,7 @@ async def test_an_answer_left_unread_by_a_busy_loop_is_canaryds_own_trouble(
     async with raw_server(answer) as port:
         loop = asyncio.get_running_loop()
         sock, conn = await loop.create_connection(
-            lambda: transport._Connection(1024), "127.0.0.1", port
+            lambda: connection.Connection(1024), "127.0.0.1", port
         )
         try:
             waiter = conn.send(REQUEST)
@@ -206,6 +206,7 @@ time.sleep(4.0)
 """
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 @pytest.mark.anyio
 async def test_accept_errors_are_logged_once_per_period_without_tracebacks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -45,8 +45,9 @@ from pydantic_settings import EnvSettingsSource, SettingsError
 from canaryd.config.check import check_references, check_secrets, secret_holders, validate
 from canaryd.config.flagger import format_ignored
 from canaryd.config.flaggermap import KeyPath, is_manifest
+from canaryd.config.flaggerrefs import resolve_flagger
 from canaryd.config.lint import check_queries, lint
-from canaryd.config.merge import Gathered, merge, resolve_flagger
+from canaryd.config.merge import Gathered, merge
 from canaryd.config.models import Settings
 from canaryd.config.modeltypes import keys_at
 from canaryd.config.notes import flagger_differences as differences

@@ -1,4 +1,10 @@
-"""Row encoding shared by both stores: states, events, checks, rollouts, outbox rows as JSON."""
+"""Rows as both stores write and read them: states, events, checks, rollouts, outbox messages.
+
+The one place where canaryd's values become the JSON text and column values
+stored (:func:`dumps`, :class:`DecisionRows`) and where stored rows become
+values again (:func:`loads` and the ``*_from_row`` functions), whichever store
+holds them (docs/design.md, "Where state lives").
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,11 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
+
+
+def loads(text: str) -> Any:
+    """The value of stored JSON (both stores read through it)."""
+    return json.loads(text)
 
 
 _ENCODE_FINITE = make_encoder(str, separators=(",", ":"), allow_nan=False)
@@ -82,7 +93,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Rows:
+class DecisionRows:
     """A decision as the rows it writes, JSON already encoded.
 
     Encoding happens in the event loop's thread, before the save is queued: the
@@ -95,7 +106,7 @@ class _Rows:
     rollout: str | None
     record: tuple[float, str] | None
     events: list[tuple[str, float, str, str, str, str | None]]
-    """Event rows; the last value is the rollout the event belongs to (see :func:`_rollout_of`)."""
+    """Event rows; the last value is the rollout the event belongs to (see :func:`rollout_of`)."""
     outbox: list[tuple[str, str, str, str]]
     seq: int = 0
     routes: str | None = None
@@ -103,7 +114,7 @@ class _Rows:
     settle: str | None = None
     """``RELEASE`` or ``DROP`` the held messages and recorded routes of an earlier save."""
     summary: tuple[Any, ...] | None = None
-    """The rollout's row in ``rollouts`` (see :func:`_rollout_row`), if the state has one."""
+    """The rollout's row in ``rollouts`` (see :func:`rollout_row`), if the state has one."""
 
     @classmethod
     def encode(
@@ -115,34 +126,33 @@ class _Rows:
         outbox: Sequence[OutboxMessage],
         routes: Sequence[dict[str, Any]] | None = None,
         settle: str | None = None,
-    ) -> _Rows:
+    ) -> DecisionRows:
+        """Encode a decision (the arguments of :meth:`StateStore.save`) as its rows."""
         return cls(
             key,
             dumps(state_to_dict(state)),
             state.rollout_id,
             None if record is None else (record.time, dumps(record.as_dict())),
             [
-                (key, e.time, e.name, e.level, dumps(event_to_dict(e)), _rollout_of(state, e))
+                (key, e.time, e.name, e.level, dumps(event_to_dict(e)), rollout_of(state, e))
                 for e in events
             ],
             [(m.key, m.idempotency_key, m.target, dumps(m.payload)) for m in outbox],
             state.seq,
             None if routes is None else dumps(list(routes)),
             settle,
-            _rollout_row(key, state, record),
+            rollout_row(key, state, record),
         )
 
 
-def _rollout_of(state: CanaryState, event: Event) -> str | None:
+def rollout_of(state: CanaryState, event: Event) -> str | None:
     """The rollout an event belongs to: the state's, unless that one had ended before it."""
     if state.finished_at is not None and event.time > state.finished_at:
         return None  # e.g. a reload after a promotion: not part of that rollout's story
     return state.rollout_id
 
 
-def _rollout_row(
-    key: str, state: CanaryState, record: CheckRecord | None
-) -> tuple[Any, ...] | None:
+def rollout_row(key: str, state: CanaryState, record: CheckRecord | None) -> tuple[Any, ...] | None:
     """The upsert values of a rollout's summary row after a decision (None: no rollout)."""
     if state.rollout_id is None:
         return None
@@ -160,12 +170,10 @@ def _rollout_row(
     )
 
 
-_ROLLOUT_COLUMNS = "rollout, revision, phase, reason, metadata, started, ended, checks, failed"
-_NEWEST = "started DESC, updated DESC"
 _OUTCOMES = {Phase.SUCCEEDED.value: "promoted", Phase.FAILED.value: "rolled_back"}
 
 
-def _rollout_dict(row: tuple[Any, ...], *, current: bool) -> dict[str, Any]:
+def rollout_summary(row: tuple[Any, ...], *, current: bool) -> dict[str, Any]:
     """A ``rollouts`` row as the API shows it; an older rollout that never ended was superseded."""
     rollout, revision, phase, reason, metadata, started, ended, checks, failed = row
     outcome = _OUTCOMES.get(phase) or ("running" if current else "superseded")
@@ -175,9 +183,17 @@ def _rollout_dict(row: tuple[Any, ...], *, current: bool) -> dict[str, Any]:
         "outcome": outcome,
         "phase": phase,
         "reason": reason,
-        "metadata": json.loads(metadata),
+        "metadata": loads(metadata),
         "startedAt": started,
         "endedAt": ended,
         "checkCount": checks,
         "failedCheckCount": failed,
     }
+
+
+def message_from_row(row: tuple[Any, ...]) -> OutboxMessage:
+    """An outbox row ``(id, key, idem, target, payload, attempts, created)`` as a message."""
+    message_id, key, idem, target, payload, attempts, created = row
+    return OutboxMessage(
+        key, idem, target, loads(payload), int(message_id), int(attempts), float(created)
+    )

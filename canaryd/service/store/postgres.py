@@ -16,9 +16,9 @@ docs/ha.md:
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,20 +27,10 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from canaryd.core.analysis import CanaryState, CheckRecord
-from canaryd.core.events import Event
 from canaryd.errors import FencedError, StoreError
-from canaryd.service.store import retention
-from canaryd.service.store.codec import (
-    _NEWEST,
-    _ROLLOUT_COLUMNS,
-    _rollout_dict,
-    _Rows,
-    state_from_dict,
-)
-from canaryd.service.store.contract import RELEASE, OutboxMessage
-from canaryd.service.store.retention import SENT_KEEP_SECONDS, Retention
-from canaryd.service.store.sqlite import _UPSERT_ROLLOUT
+from canaryd.service.store import plans
+from canaryd.service.store.codec import DecisionRows
+from canaryd.service.store.plans import Insert, Plan, PlannedStore
 
 T = TypeVar("T")
 
@@ -116,8 +106,8 @@ def redact(url: str) -> str:
 Conn = psycopg.AsyncConnection[Any]
 
 
-class PostgresStore:
-    """:class:`canaryd.service.store.contract.StateStore` on PostgreSQL (psycopg 3 and its pool)."""
+class PostgresStore(PlannedStore):
+    """:class:`~.contract.StateStore` on PostgreSQL (psycopg 3 and its pool)."""
 
     def __init__(
         self, url: str, *, timeout: float = 5.0, fence: Fence | None = None, max_size: int = 8
@@ -247,274 +237,71 @@ class PostgresStore:
         """The epoch written with each row (0 without a lease)."""
         return (self.fence.epoch if self.fence is not None else None) or 0
 
-    # ------------------------------------------------------------------ state
+    async def read(self, plan: Plan[T]) -> T:
+        """Run a plan that only reads, in one transaction (see :class:`~.plans.PlannedStore`).
 
-    async def load_states(self) -> dict[str, CanaryState]:
-        """Every stored canary state, by key (see :class:`~.contract.StateStore`)."""
-        rows = await self._fetch("SELECT key, state FROM canaries")
-        return {key: state_from_dict(json.loads(raw)) for key, raw in rows}
+        Raises:
+            StoreError: the store is not open, or a statement failed.
+        """
+        return await self._tx(partial(drive, plan=plan))
 
-    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one read-only query."""
+    async def change(self, plan: Plan[T]) -> T:
+        """Run a plan that writes, in one fenced transaction.
 
-        async def run(conn: Conn) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(sql, args)
-            return await cur.fetchall()
+        Raises:
+            FencedError: this replica no longer leads; nothing was written.
+            StoreError: the store is not open, or a statement failed; nothing was written.
+        """
+        return await self._tx(partial(drive, plan=plan), fenced=True)
 
-        return await self._tx(run)
-
-    async def save(
-        self,
-        key: str,
-        state: CanaryState,
-        record: CheckRecord | None,
-        events: Sequence[Event],
-        outbox: Sequence[OutboxMessage],
-        *,
-        routes: Sequence[dict[str, Any]] | None = None,
-        settle: str | None = None,
-    ) -> None:
-        """Persist a decision atomically and fenced (see :class:`~.contract.StateStore`).
+    async def commit(self, rows: DecisionRows) -> None:
+        """Write one decision's rows in one fenced transaction.
 
         Raises:
             FencedError: this replica no longer leads; nothing was written.
             StoreError: nothing of this decision was written.
         """
-        rows = _Rows.encode(key, state, record, events, outbox, routes, settle)
         epoch = self.epoch
 
-        async def write(conn: Conn) -> None:
-            await _write(conn, time.time(), rows, epoch)
+        async def write(conn: Conn) -> None:  # `now` is read once the fence is checked
+            await drive(conn, plans.write_decision(rows, time.time(), epoch))
 
         await self._tx(write, fenced=True)
 
-    async def load_pending(self) -> dict[str, tuple[int, list[dict[str, Any]]]]:
-        """Routes saved but not yet settled, by key."""
-        rows = await self._fetch("SELECT key, seq, routes FROM pending_routes")
-        return {key: (int(seq), json.loads(raw)) for key, seq, raw in rows}
 
-    async def history(self, key: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The most recent check records of a canary, newest first."""
-        return await self._newest("record", "checks", key, limit)
+async def drive(conn: Conn, plan: Plan[T]) -> T:
+    """Run a plan's statements on ``conn``; return its answer.
 
-    async def events(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The most recent events of a canary, newest first."""
-        return await self._newest("event", "events", key, limit)
-
-    async def _newest(self, column: str, table: str, key: str, limit: int) -> list[dict[str, Any]]:
-        sql = f"SELECT {column} FROM {table} WHERE key=%s ORDER BY id DESC LIMIT %s"
-        return [json.loads(r[0]) for r in await self._fetch(sql, (key, limit))]
-
-    async def rollouts(self, key: str, limit: int = 50) -> list[dict[str, Any]]:
-        """A canary's rollouts, newest first, as the API's ``RolloutSummary``."""
-        rows = await self._fetch(
-            f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE key=%s ORDER BY {_NEWEST} LIMIT %s",
-            (key, limit),
-        )
-        return [_rollout_dict(row, current=i == 0) for i, row in enumerate(rows)]
-
-    async def rollout(self, key: str, rollout: str, limit: int = 2000) -> dict[str, Any] | None:
-        """One rollout with its checks and events (oldest first), or None if unknown."""
-
-        async def read(conn: Conn) -> tuple[Any, ...] | None:
-            cur = await conn.execute(
-                f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE key=%s AND rollout=%s",
-                (key, rollout),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                return None
-            cur = await conn.execute(
-                f"SELECT rollout FROM rollouts WHERE key=%s ORDER BY {_NEWEST} LIMIT 1", (key,)
-            )
-            newest = await cur.fetchone()
-            found = []
-            for col, table in (("record", "checks"), ("event", "events")):
-                cur = await conn.execute(
-                    f"SELECT {col} FROM (SELECT id, {col} FROM {table} WHERE key=%s AND "
-                    "rollout=%s ORDER BY id DESC LIMIT %s) r ORDER BY id",
-                    (key, rollout, limit),
-                )
-                found.append(await cur.fetchall())
-            return row, newest is not None and newest[0] == rollout, found[0], found[1]
-
-        got = await self._tx(read)
-        if got is None:
-            return None
-        row, current, checks, events = got
-        body = _rollout_dict(row, current=current)
-        body["checks"] = [json.loads(r[0]) for r in checks]
-        body["events"] = [json.loads(r[0]) for r in events]
-        return body
-
-    async def prune(self, now: float | None = None, keep: Retention | None = None) -> None:
-        """Drop past rollouts beyond ``keep`` (with their checks and events), and old sent messages.
-
-        The same retention as the SQLite store's (see :class:`~.retention.Retention`).
-        """
-        now = time.time() if now is None else now
-        rules = keep or Retention()
-
-        async def run(conn: Conn) -> None:
-            await _prune(conn, now, rules)
-
-        await self._tx(run, fenced=True)
-
-    # ------------------------------------------------------------------ outbox
-
-    async def due(self, now: float, limit: int = 100) -> list[OutboxMessage]:
-        """Pending messages due for delivery: per canary, only its oldest pending one."""
-        rows = await self._fetch(
-            "SELECT o.id, o.key, o.idem, o.target, o.payload, o.attempts, o.created "
-            "FROM outbox o JOIN (SELECT key, MIN(id) AS id FROM outbox "
-            "WHERE status='pending' GROUP BY key) h ON o.id = h.id "
-            "WHERE o.next_at <= %s ORDER BY o.id LIMIT %s",
-            (now, limit),
-        )
-        return [
-            OutboxMessage(k, idem, target, json.loads(p), int(i), int(a), float(c))
-            for i, k, idem, target, p, a, c in rows
-        ]
-
-    async def mark(
-        self, message_id: int, status: str, *, next_at: float = 0.0, error: str | None = None
-    ) -> None:
-        """Record a delivery attempt: ``sent``, ``dead``, or ``pending`` with a retry time."""
-
-        async def run(conn: Conn) -> None:
-            await conn.execute(
-                "UPDATE outbox SET status=%s, next_at=%s, attempts=attempts+1, last_error=%s "
-                "WHERE id=%s",
-                (status, next_at, error, message_id),
-            )
-
-        await self._tx(run, fenced=True)
-
-    async def outbox_stats(self) -> dict[str, Any]:
-        """Counts by status and the age of the oldest pending message."""
-        counts = dict(await self._fetch("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
-        oldest = await self._fetch("SELECT MIN(created) FROM outbox WHERE status='pending'")
-        return {
-            "counts": {k: int(v) for k, v in counts.items()},
-            "oldest_pending": oldest[0][0],
-        }
+    Raises:
+        psycopg.Error: a statement failed.
+    """
+    try:
+        step = next(plan)
+        while True:
+            if isinstance(step, Insert):
+                await _insert(conn, step)
+                step = plan.send([])
+            else:
+                cur = await conn.execute(_dialect(step[0]), step[1])
+                step = plan.send(await cur.fetchall() if cur.description is not None else [])
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
-_EXPIRED = """
-SELECT key, rollout FROM (
-    SELECT key, rollout, phase, COALESCE(ended, updated) AS ended,
-        ROW_NUMBER() OVER (PARTITION BY key ORDER BY started DESC, updated DESC) AS n,
-        ROW_NUMBER() OVER (PARTITION BY key, phase = 'Failed'
-                           ORDER BY started DESC, updated DESC) AS m
-    FROM rollouts) r
-WHERE n > 1 AND (
-    (phase = 'Failed' AND (m > %(failed_keep)s OR ended < %(now)s - %(failed_max_age)s))
-    OR (phase != 'Failed' AND (n > %(keep)s OR ended < %(now)s - %(max_age)s)))
-"""
-"""Rollouts past their retention (the SQLite store's rule, in PostgreSQL's dialect)."""
+@lru_cache(maxsize=256)
+def _dialect(sql: str) -> bytes:
+    """A plan's statement with PostgreSQL's markers (``%s`` for ``?``)."""
+    return sql.replace("%", "%%").replace("?", "%s").encode()
 
 
-async def _prune(conn: Conn, now: float, keep: Retention) -> None:
-    """Drop what :class:`Retention` no longer keeps, and sent messages older than a week."""
-    await conn.execute(
-        "DELETE FROM outbox WHERE status='sent' AND created < %s", (now - SENT_KEEP_SECONDS,)
-    )
-    args = {
-        "now": now,
-        "keep": keep.keep,
-        "max_age": keep.max_age,
-        "failed_keep": keep.failed_keep,
-        "failed_max_age": keep.failed_max_age,
-    }
-    cur = await conn.execute(_EXPIRED, args)
-    for key, rollout in await cur.fetchall():
-        for table in ("checks", "events", "rollouts"):
-            await conn.execute(
-                f"DELETE FROM {table} WHERE key=%s AND rollout=%s".encode(), (key, rollout)
-            )
-    cap = keep.checks_per_rollout
-    cur = await conn.execute("SELECT key, rollout FROM rollouts WHERE checks > %s", (cap,))
-    for key, rollout in await cur.fetchall():  # a long rollout keeps its newest checks and events
-        for table in ("checks", "events"):
-            await _keep_newest(conn, table, "key=%s AND rollout=%s", (key, rollout), cap)
-    cur = await conn.execute("SELECT key FROM canaries")
-    for (key,) in await cur.fetchall():
-        kept = retention.EVENTS_KEEP  # read now: one limit for both stores
-        await _keep_newest(conn, "events", "key=%s AND rollout IS NULL", (key,), kept)
-
-
-async def _keep_newest(conn: Conn, table: str, where: str, args: tuple[Any, ...], n: int) -> None:
-    """Delete the rows of ``table`` matching ``where`` except the newest ``n``."""
-    cur = await conn.execute(
-        f"SELECT id FROM {table} WHERE {where} ORDER BY id DESC LIMIT 1 OFFSET %s".encode(),
-        (*args, n - 1),
-    )
-    row = await cur.fetchone()
-    if row is not None:
-        await conn.execute(
-            f"DELETE FROM {table} WHERE {where} AND id < %s".encode(), (*args, row[0])
-        )
-
-
-async def _insert_many(
-    conn: Conn, head: str, rows: Sequence[tuple[Any, ...]], tail: str = ""
-) -> None:
-    """Insert rows with one statement (not a pipeline: see below); nothing when there are none.
+async def _insert(conn: Conn, insert: Insert) -> None:
+    """Insert rows with one statement (not a pipeline: see below).
 
     psycopg's ``executemany`` pipelines its statements, and a session paused in
     the middle of a pipeline is *active*, not *idle in transaction*: the server
     would never end it, and its lock on the lease row would block the takeover
     (docs/ha.md).
     """
-    if not rows:
-        return
-    one = "(" + ",".join(["%s"] * len(rows[0])) + ")"
-    sql = f"{head} VALUES {','.join([one] * len(rows))}{tail}"
-    await conn.execute(sql.encode(), [v for row in rows for v in row])
-
-
-async def _write(conn: Conn, now: float, rows: _Rows, epoch: int) -> None:
-    """The rows of one decision (the SQLite store's ``_write``, in PostgreSQL's dialect)."""
-    if rows.settle is not None:
-        if rows.settle == RELEASE:
-            await conn.execute(
-                "UPDATE outbox SET status='pending' WHERE status='held' AND key=%s", (rows.key,)
-            )
-        else:
-            await conn.execute("DELETE FROM outbox WHERE status='held' AND key=%s", (rows.key,))
-        await conn.execute("DELETE FROM pending_routes WHERE key=%s", (rows.key,))
-    await conn.execute(
-        "INSERT INTO canaries(key, state, updated, epoch) VALUES (%s,%s,%s,%s) "
-        "ON CONFLICT(key) DO UPDATE SET state=excluded.state, updated=excluded.updated, "
-        "epoch=excluded.epoch",
-        (rows.key, rows.state, now, epoch),
-    )
-    if rows.record is not None:
-        await conn.execute(
-            "INSERT INTO checks(key, rollout, time, record, epoch) VALUES (%s,%s,%s,%s,%s)",
-            (rows.key, rows.rollout, *rows.record, epoch),
-        )
-    await _insert_many(
-        conn, "INSERT INTO events(key, time, name, level, event, rollout)", rows.events
-    )
-    if rows.summary is not None:
-        await conn.execute(
-            _UPSERT_ROLLOUT.replace("?", "%s")
-            .replace("checks=checks+", "checks=rollouts.checks+")
-            .replace("failed=failed+", "failed=rollouts.failed+")
-            .encode(),
-            (*rows.summary, now),
-        )
-    status = "pending" if rows.routes is None else "held"
-    await _insert_many(
-        conn,
-        "INSERT INTO outbox(key, idem, target, payload, created, next_at, status, epoch)",
-        [(*m, now, now, status, epoch) for m in rows.outbox],
-        " ON CONFLICT(idem) DO NOTHING",
-    )
-    if rows.routes is not None:
-        await conn.execute(
-            "INSERT INTO pending_routes(key, seq, routes) VALUES (%s,%s,%s) ON CONFLICT(key) "
-            "DO UPDATE SET seq=excluded.seq, routes=excluded.routes",
-            (rows.key, rows.seq, rows.routes),
-        )
+    one = "(" + ",".join(["%s"] * len(insert.rows[0])) + ")"
+    sql = f"{insert.head} VALUES {','.join([one] * len(insert.rows))}{insert.tail}"
+    await conn.execute(sql.encode(), [v for row in insert.rows for v in row])
