@@ -484,7 +484,7 @@ class Daemon:
             loaded = load_config(self.config_path)
             check_queries(loaded.settings)
             token = _token(loaded.settings)
-            services = self._services(loaded.settings, self.services.session, self.services.store)
+            services = self._services(loaded.settings, self.services.http, self.services.store)
         except ConfigError as exc:
             log.error("config.rejected", problems=[str(p) for p in exc.problems])
             return False
