@@ -20,8 +20,8 @@ from canaryd.config.loader import load_config
 from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.core.events import Event
 from canaryd.service import store as store_module
-from canaryd.service.daemon import retention
 from canaryd.service.store import Retention, SqliteStore, StateStore
+from canaryd.service.supervisor import retention
 
 pytestmark = pytest.mark.anyio
 

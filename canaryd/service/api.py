@@ -60,8 +60,8 @@ _KEPT_HEADERS = ("Allow", "WWW-Authenticate")
 async def followers_refuse_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A follower answers changes 503 with the leader's address (docs/ha.md)."""
     daemon = request.app[DAEMON]
-    if request.method == "POST" and daemon.role == "follower":
-        leader = daemon.leader_address
+    if request.method == "POST" and daemon.health.role == "follower":
+        leader = daemon.health.leader_address
         return web.json_response(
             {"error": "this replica follows; send changes to the leader", "leader": leader},
             status=503,
@@ -188,22 +188,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Config loaded, store open, loops running and on schedule (503 when behind)."""
-    daemon = request.app[DAEMON]
-    if not daemon.ready:
-        return error(503, "not ready")
-    lag = daemon.schedule_lag()
-    if lag > daemon.behind_seconds:
-        body = {
-            "error": f"behind schedule by {lag:.1f}s",
-            "status": "behind",
-            "lagSeconds": round(lag, 3),
-            "canaries": len(daemon.runners),
-        }
-        return web.json_response(body, status=503)
-    ready: dict[str, Any] = {"status": "ready", "canaries": len(daemon.runners)}
-    if daemon.lease is not None:  # several replicas (docs/ha.md)
-        ready |= {"role": daemon.role, "leader": daemon.leader_address}
-    return web.json_response(ready)
+    status, body = request.app[DAEMON].health.readiness()
+    return web.json_response(body, status=status)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -236,9 +222,7 @@ async def list_canaries(request: web.Request) -> web.Response:
     _authorize_read(request)
     daemon = request.app[DAEMON]
     rows = [await _with_last_check(daemon, r) for r in list(daemon.runners.values())]
-    body: dict[str, Any] = {"canaries": rows}
-    if daemon.lease is not None:  # several replicas (docs/ha.md)
-        body |= {"role": daemon.role, "leader": daemon.leader_address}
+    body: dict[str, Any] = {"canaries": rows, **daemon.health.replica()}  # docs/ha.md
     return web.json_response(body, dumps=_dumps)
 
 

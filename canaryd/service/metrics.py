@@ -168,7 +168,7 @@ class DaemonMetrics:
                 )
             )
         stats = await daemon.services.store.outbox_stats()
-        dispatcher = getattr(daemon, "dispatcher", None)
+        dispatcher = daemon.dispatcher
         self.snapshot = Snapshot(
             ready=daemon.ready,
             canaries=tuple(samples),
@@ -176,7 +176,7 @@ class DaemonMetrics:
             oldest_pending=stats["oldest_pending"],
             deliveries=dict(dispatcher.counters) if dispatcher is not None else {},
             now=time.time(),
-            schedule_lag=daemon.schedule_lag(),
+            schedule_lag=daemon.health.schedule_lag(),
             ticking=daemon.scheduler.ticking,
             api_refused=daemon.api_refused.total if daemon.api_refused is not None else 0,
         )
