@@ -47,6 +47,7 @@ HOUSEKEEPING_SECONDS = 60.0
 """How often old check records and events are pruned."""
 
 FLUSH_POLL_SECONDS = 0.05
+"""How often the shutdown flush looks whether an outbox message is still due."""
 
 LEASE_GUARD_SECONDS = 0.05
 """How often a replica checks its lease's local deadline (docs/ha.md)."""
@@ -304,7 +305,7 @@ class Supervisor:
         d.ready = False
         d.notifier.stopping()
         abandoned = await d.scheduler.stop(d.tick_grace)
-        pending = await self._flush_outbox()
+        pending = await flush_outbox(d.services.store, d.flush_grace)
         log.info(
             "daemon.stopped",
             seconds=round(time.monotonic() - started, 3),
@@ -312,18 +313,23 @@ class Supervisor:
             outbox_due=pending,
         )
 
-    async def _flush_outbox(self) -> int:
-        """Wait (bounded) until no outbox message is due; return how many still are."""
-        store = self.daemon.services.store
-        try:
-            with anyio.move_on_after(self.daemon.flush_grace):
-                # the dispatcher delivers; this only watches the store until nothing is due
-                while await store.due(time.time()):  # noqa: ASYNC110
-                    await anyio.sleep(FLUSH_POLL_SECONDS)
-            return len(await store.due(time.time()))
-        except CanarydError as exc:
-            log.error("outbox.store_failed", error=str(exc))
-            return -1
+
+async def flush_outbox(store: StateStore, grace: float) -> int:
+    """Wait, at most ``grace`` seconds, until no outbox message is due; return how many
+    canaries still have one due (the store's ``due``: each canary's oldest pending
+    message; -1: the store could not tell).
+
+    The dispatcher, still running, delivers; this only watches the store. A second
+    signal cancels the wait like everything else (docs/design.md, "Service").
+    """
+    try:
+        with anyio.move_on_after(grace):
+            while await store.due(time.time()):  # noqa: ASYNC110
+                await anyio.sleep(FLUSH_POLL_SECONDS)
+        return len(await store.due(time.time()))
+    except CanarydError as exc:
+        log.error("outbox.store_failed", error=str(exc))
+        return -1
 
 
 def retention(settings: Settings) -> Retention:
