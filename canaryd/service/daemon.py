@@ -224,22 +224,17 @@ class Daemon:
         Providers replaced or removed by a new config are closed a while later
         (:meth:`Supervisor.retire`), once ticks that started with them are over.
         """
-        built: dict[str, tuple[ProviderConfig, MetricsProvider]] = {}
-        providers: dict[str, MetricsProvider] = {}
-        for name, cfg in settings.providers.items():
-            override = self.provider_overrides.get(name)
-            if override is None:
-                kept = self._built.get(name)
-                built[name] = (
-                    kept if kept is not None and kept[0] == cfg else (cfg, build_provider(cfg))
-                )
-            providers[name] = self.metrics.provider(name, override or built[name][1])
+        built = self._providers(settings)
+        providers = {
+            name: self.metrics.provider(name, self.provider_overrides.get(name) or built[name][1])
+            for name in settings.providers
+        }
         routers: Mapping[str, Router] = {
             name: build_router(name, cfg, session) for name, cfg in settings.routers.items()
         }
         current = {id(p) for _, p in built.values()}
         retired = [p for _, p in self._built.values() if id(p) not in current]
-        self._built = built
+        self._built = built  # only now: a config rejected above keeps the providers in use
         self.supervisor.retire(retired)
         return Services(
             settings,
@@ -252,6 +247,22 @@ class Daemon:
             epoch=self._epoch,
             leading=lambda: self.health.role == "leader",
         )
+
+    def _providers(self, settings: Settings) -> dict[str, tuple[ProviderConfig, MetricsProvider]]:
+        """The providers ``settings`` needs built (not the overridden ones), with their
+        config: the ones built before are kept when their config is unchanged.
+
+        Raises:
+            CanarydError: a provider cannot be built.
+        """
+        built: dict[str, tuple[ProviderConfig, MetricsProvider]] = {}
+        for name, cfg in settings.providers.items():
+            if name not in self.provider_overrides:
+                kept = self._built.get(name)
+                built[name] = (
+                    kept if kept is not None and kept[0] == cfg else (cfg, build_provider(cfg))
+                )
+        return built
 
     def new_runner(self, key: str, state: CanaryState) -> CanaryRunner:
         """A runner of the configured canary ``key`` from ``state``, reporting its ticks."""

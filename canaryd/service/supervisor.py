@@ -91,8 +91,6 @@ class Supervisor:
             StoreError: the state cannot be read.
             OSError: the API cannot listen on its address.
         """
-        from canaryd.service.api import serve
-
         d = self.daemon
         self._stop = stop = anyio.Event()
         if self._stop_asked:
@@ -104,28 +102,51 @@ class Supervisor:
             if d.lease is not None and not await self._follow(tg, stop):
                 tg.cancel_scope.cancel()  # stopped while a follower
                 return
-            states = await store.load_states()
-            pending = await store.load_pending()
-            for canary in d.settings.canaries:
-                self._start_runner(canary.key, states.get(canary.key))
-                d.runners[canary.key].restore(pending.get(canary.key))
-                d.runners[canary.key].recover(journalled.get(canary.key))
-            freeze_heap()
-            tg.start_soon(d.scheduler.run)
-            d.dispatcher = dispatcher = Dispatcher(lambda: d.services, store, time.time)
-            if d.lease is None:  # a follower serves the API already
-                await tg.start(serve, d)
-            tg.start_soon(dispatcher.run)
-            tg.start_soon(self._housekeeping, store)
-            d.ready = True
-            d.notifier.ready(d.health.status_line())
-            if d.lease is None:  # a follower's heartbeat runs already
-                tg.start_soon(d.health.heartbeat)
+            await self._start_loops(tg, store, journalled)
+            await self._start_services(tg, store)
             log.info("daemon.started", canaries=len(d.runners), listen=d.settings.listen)
             task_status.started()
             await stop.wait()  # cancelled from outside: the scheduler abandons ticks
             await self._shutdown()
             tg.cancel_scope.cancel()
+
+    async def _start_loops(
+        self, tg: anyio.abc.TaskGroup, store: StateStore, journalled: Mapping[str, Entry]
+    ) -> None:
+        """Start every canary's loop from its stored state, pending routes and journal.
+
+        Raises:
+            StoreError: the state cannot be read.
+        """
+        d = self.daemon
+        states = await store.load_states()
+        pending = await store.load_pending()
+        for canary in d.settings.canaries:
+            self._start_runner(canary.key, states.get(canary.key))
+            d.runners[canary.key].restore(pending.get(canary.key))
+            d.runners[canary.key].recover(journalled.get(canary.key))
+        freeze_heap()
+        tg.start_soon(d.scheduler.run)
+
+    async def _start_services(self, tg: anyio.abc.TaskGroup, store: StateStore) -> None:
+        """Start the API (a follower's runs already), the dispatcher, housekeeping and the
+        heartbeat; tell systemd the daemon is ready.
+
+        Raises:
+            OSError: the API cannot listen on its address.
+        """
+        from canaryd.service.api import serve
+
+        d = self.daemon
+        d.dispatcher = dispatcher = Dispatcher(lambda: d.services, store, time.time)
+        if d.lease is None:  # a follower serves the API already
+            await tg.start(serve, d)
+        tg.start_soon(dispatcher.run)
+        tg.start_soon(self._housekeeping, store)
+        d.ready = True
+        d.notifier.ready(d.health.status_line())
+        if d.lease is None:  # a follower's heartbeat runs already
+            tg.start_soon(d.health.heartbeat)
 
     # ------------------------------------------------------------------ follower (docs/ha.md)
 
@@ -278,12 +299,7 @@ class Supervisor:
         old = {c.key for c in d.settings.canaries}
         new = {c.key for c in loaded.settings.canaries}
         d.loaded, d.services, d.api_token = loaded, services, token
-        for key in old - new:
-            self.removed[key] = removed = d.runners.pop(key)
-            if not removed.retire(on_drained=self._drained(key, removed)):
-                d.scheduler.remove(key)
-        for key in [k for k, r in self.removed.items() if r.settled and k not in new]:
-            del self.removed[key]  # retired and idle: its last decision is in the store
+        self._remove_loops(old - new, new)
         for key in old & new:
             spec = loaded.settings.canary(key)
             assert spec is not None
@@ -295,6 +311,17 @@ class Supervisor:
             d.runners[key].restore(pending.get(key))
         log.info("config.loaded", canaries=len(d.runners), reloaded=True)
         return True
+
+    def _remove_loops(self, keys: set[str], kept: set[str]) -> None:
+        """Retire the loops of ``keys``: each stops after its tick, or once its pending
+        rollback went out; forget retired loops that are idle and not in ``kept``."""
+        d = self.daemon
+        for key in keys:
+            self.removed[key] = removed = d.runners.pop(key)
+            if not removed.retire(on_drained=self._drained(key, removed)):
+                d.scheduler.remove(key)
+        for key in [k for k, r in self.removed.items() if r.settled and k not in kept]:
+            del self.removed[key]  # retired and idle: its last decision is in the store
 
     # ------------------------------------------------------------------ shutdown
 
