@@ -34,7 +34,12 @@ from canaryd.errors import CanarydError, ConfigError
 from canaryd.providers import MetricsProvider
 from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.rollbacks import Entry
-from canaryd.service.runtime import MAX_OBSERVE_SECONDS, CanaryRunner, freeze_heap
+from canaryd.service.runtime import (
+    MAX_OBSERVE_SECONDS,
+    UNRECORDED_STOP_SECONDS,
+    CanaryRunner,
+    freeze_heap,
+)
 from canaryd.service.store import Retention, StateStore
 
 if TYPE_CHECKING:
@@ -331,7 +336,7 @@ class Supervisor:
         started = time.monotonic()
         d.ready = False
         d.notifier.stopping()
-        abandoned = await d.scheduler.stop(d.tick_grace)
+        abandoned = await self._stop_runners()
         pending = await flush_outbox(d.services.store, d.flush_grace)
         log.info(
             "daemon.stopped",
@@ -339,6 +344,19 @@ class Supervisor:
             abandoned_ticks=abandoned,
             outbox_due=pending,
         )
+
+    async def _stop_runners(self) -> int:
+        """Stop the loops after their ticks in flight; return how many were abandoned.
+
+        Then each loop tries to record what the store could not take before (all
+        together :data:`UNRECORDED_STOP_SECONDS` at most; docs/reliability.md).
+        """
+        d = self.daemon
+        abandoned = await d.scheduler.stop(d.tick_grace)
+        deadline = time.monotonic() + UNRECORDED_STOP_SECONDS
+        for runner in [*d.runners.values(), *self.removed.values()]:
+            await runner.close(max(0.0, deadline - time.monotonic()))
+        return abandoned
 
 
 async def flush_outbox(store: StateStore, grace: float) -> int:
