@@ -102,10 +102,14 @@ def _pending(s: CanarySample, phase: Phase) -> str:
     return "true" if s.state.route_pending and s.state.phase is phase else "false"
 
 
-def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
-    def per(fn: Any) -> list[tuple[list[str], float]]:
-        return [([s.namespace, s.name], fn(s)) for s in samples]
+def _per(
+    samples: tuple[CanarySample, ...], fn: Callable[[CanarySample], float]
+) -> list[tuple[list[str], float]]:
+    """One value per canary, labelled with its namespace and name."""
+    return [([s.namespace, s.name], fn(s)) for s in samples]
 
+
+def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
     yield _gauge(
         "canaryd_canary_info",
         "The canary's revision and strategy (always 1).",
@@ -127,7 +131,7 @@ def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
         "canaryd_canary_route_pending",
         "1 while the router has not confirmed the route of the phase (a rollback, a promote).",
         _CANARY,
-        per(lambda s: s.state.route_pending),
+        _per(samples, lambda s: s.state.route_pending),
     )
     yield from _progress_families(samples)
     yield from _check_families(samples)
@@ -136,38 +140,35 @@ def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
 def _progress_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
     """Weights, failed checks against the threshold, and when the last tick started."""
 
-    def per(fn: Any) -> list[tuple[list[str], float]]:
-        return [([s.namespace, s.name], fn(s)) for s in samples]
-
     yield _gauge(
         "canaryd_canary_weight",
         "Traffic share of the canary, in percent.",
         _CANARY,
-        per(lambda s: s.state.canary_weight),
+        _per(samples, lambda s: s.state.canary_weight),
     )
     yield _gauge(
         "canaryd_canary_primary_weight",
         "Traffic share of the primary, in percent.",
         _CANARY,
-        per(lambda s: s.state.primary_weight),
+        _per(samples, lambda s: s.state.primary_weight),
     )
     yield _gauge(
         "canaryd_canary_failed_checks",
         "Failed checks of the current rollout.",
         _CANARY,
-        per(lambda s: s.state.failed_checks),
+        _per(samples, lambda s: s.state.failed_checks),
     )
     yield _gauge(
         "canaryd_canary_threshold",
         "Failed checks that roll the canary back.",
         _CANARY,
-        per(lambda s: s.threshold),
+        _per(samples, lambda s: s.threshold),
     )
     yield _gauge(
         "canaryd_canary_last_tick_timestamp_seconds",
         "Unix time the canary's last tick started (0 before the first).",
         _CANARY,
-        per(lambda s: s.last_tick),
+        _per(samples, lambda s: s.last_tick),
     )
 
 

@@ -131,6 +131,23 @@ def schemas() -> Schema:
     return {**_health_schemas(), **_canary_schemas(), **_rollout_schemas()}
 
 
+def _with_history(name: str) -> Schema:
+    """Schema ``name`` with its ``checks`` and ``events`` (the detail answers)."""
+    return {
+        "allOf": [
+            ref(name),
+            {
+                "type": "object",
+                "required": ["checks", "events"],
+                "properties": {
+                    "checks": {"type": "array", "items": ref("Check")},
+                    "events": {"type": "array", "items": ref("Event")},
+                },
+            },
+        ]
+    }
+
+
 def _health_schemas() -> Schema:
     return {
         "Error": {
@@ -178,19 +195,7 @@ def _canary_schemas() -> Schema:
                 "leader": {"type": ["string", "null"]},
             },
         },
-        "CanaryDetail": {
-            "allOf": [
-                ref("Canary"),
-                {
-                    "type": "object",
-                    "required": ["checks", "events"],
-                    "properties": {
-                        "checks": {"type": "array", "items": ref("Check")},
-                        "events": {"type": "array", "items": ref("Event")},
-                    },
-                },
-            ]
-        },
+        "CanaryDetail": _with_history("Canary"),
         "Event": {
             "type": "object",
             "required": ["event", "level", "canary", "time"],
@@ -215,19 +220,7 @@ def _rollout_schemas() -> Schema:
             "required": ["rollouts"],
             "properties": {"rollouts": {"type": "array", "items": ref("Rollout")}},
         },
-        "RolloutDetail": {
-            "allOf": [
-                ref("Rollout"),
-                {
-                    "type": "object",
-                    "required": ["checks", "events"],
-                    "properties": {
-                        "checks": {"type": "array", "items": ref("Check")},
-                        "events": {"type": "array", "items": ref("Event")},
-                    },
-                },
-            ]
-        },
+        "RolloutDetail": _with_history("Rollout"),
         "RolloutRequest": {
             "type": "object",
             "required": ["revision"],
