@@ -207,6 +207,7 @@ def test_the_phase_of_a_pending_rollback_says_pending_as_the_api_does() -> None:
         ], current
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_shipped_alerting_rules_pass_promtool() -> None:
     """``promtool check rules`` accepts config/prometheus-rules.yaml."""
     result = subprocess.run(
@@ -219,6 +220,7 @@ def test_shipped_alerting_rules_pass_promtool() -> None:
     assert "SUCCESS: 9 rules found" in result.stdout
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_shipped_alerting_rules_fire_as_intended() -> None:
     """``promtool test rules``: every shipped alert fires when, and only when, it should."""
     result = subprocess.run(
@@ -250,6 +252,7 @@ def _canaryd_names(expr: str) -> set[str]:
     return set(re.findall(r"\bcanaryd_[a-z_]+\b", expr))
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_dashboard_queries_use_exported_metrics_and_parse(tmp_path: Path) -> None:
     """Every dashboard query names metrics canaryd exports and is valid PromQL (via promtool)."""
     dashboard = json.loads((ROOT / "config" / "grafana-dashboard.json").read_text())

@@ -206,6 +206,7 @@ time.sleep(4.0)
 """
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 @pytest.mark.anyio
 async def test_accept_errors_are_logged_once_per_period_without_tracebacks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
