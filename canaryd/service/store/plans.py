@@ -19,8 +19,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from typing import Any, TypeVar
+from functools import lru_cache
+from typing import Any, NamedTuple, TypeVar
 
 from canaryd.core.analysis import CanaryState, CheckRecord
 from canaryd.core.events import Event
@@ -75,44 +75,26 @@ Plan = Generator[Statement, list[Row], T]
 # ------------------------------------------------------------------ one decision
 
 
-def _columns(fenced: bool, *names: str) -> tuple[str, str]:
-    """``(columns, markers)`` of an insert; a fenced store adds its epoch column."""
-    names = (*names, "epoch") if fenced else names
-    return ", ".join(names), ",".join("?" * len(names))
-
-
-@dataclass(frozen=True)
-class _Writes:
+class _Writes(NamedTuple):
     """The statements of a decision that differ when rows carry the writer's epoch (docs/ha.md)."""
 
-    fenced: bool
-
-    @cached_property
-    def state(self) -> str:
-        """Upsert the canary's state."""
-        columns, marks = _columns(self.fenced, "key", "state", "updated")
-        epoch = ", epoch=excluded.epoch" if self.fenced else ""
-        return (
-            f"INSERT INTO canaries({columns}) VALUES ({marks}) ON CONFLICT(key) DO UPDATE "
-            f"SET state=excluded.state, updated=excluded.updated{epoch}"
-        )
-
-    @cached_property
-    def check(self) -> str:
-        """Insert the check record."""
-        columns, marks = _columns(self.fenced, "key", "rollout", "time", "record")
-        return f"INSERT INTO checks({columns}) VALUES ({marks})"
-
-    @cached_property
-    def outbox(self) -> str:
-        """The head of the outbox insert."""
-        columns, _ = _columns(
-            self.fenced, "key", "idem", "target", "payload", "created", "next_at", "status"
-        )
-        return f"INSERT INTO outbox({columns})"
+    state: str
+    check: str
+    outbox: str
 
 
-_PLAIN, _FENCED = _Writes(fenced=False), _Writes(fenced=True)
+_PLAIN = _Writes(
+    "INSERT INTO canaries(key, state, updated) VALUES (?,?,?) ON CONFLICT(key) DO UPDATE "
+    "SET state=excluded.state, updated=excluded.updated",
+    "INSERT INTO checks(key, rollout, time, record) VALUES (?,?,?,?)",
+    "INSERT INTO outbox(key, idem, target, payload, created, next_at, status)",
+)
+_FENCED = _Writes(
+    "INSERT INTO canaries(key, state, updated, epoch) VALUES (?,?,?,?) ON CONFLICT(key) "
+    "DO UPDATE SET state=excluded.state, updated=excluded.updated, epoch=excluded.epoch",
+    "INSERT INTO checks(key, rollout, time, record, epoch) VALUES (?,?,?,?,?)",
+    "INSERT INTO outbox(key, idem, target, payload, created, next_at, status, epoch)",
+)
 
 _EVENTS = "INSERT INTO events(key, time, name, level, event, rollout)"
 
