@@ -728,11 +728,32 @@ def terminal_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _tree(doc: dict[str, Any]) -> str:
+    """``old e02b1f5`` for a run of ``backtoback.sh`` (which tags its files), else ``-``."""
+    tree = doc.get("tree")
+    return f"{tree['label']} {tree['commit']}" if tree else "-"
+
+
+TREE_ROWS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("tree", "tree", _tree),
+    ("loop", "loop", lambda r: str(r["options"].get("loop", "?"))),
+]
+"""Leading columns when the results come from ``backtoback.sh``."""
+
+
 def markdown_table(docs: Sequence[dict[str, Any]]) -> str:
-    """Several results as one Markdown table (one row per run)."""
-    head = "| " + " | ".join(label for _, label, _ in ROWS) + " |"
-    rule = "|" + "|".join("---:" for _ in ROWS) + "|"
-    body = ["| " + " | ".join(fmt(d) for _, _, fmt in ROWS) + " |" for d in docs]
+    """Several results as one Markdown table (one row per run).
+
+    Results of ``backtoback.sh`` (tagged with their tree) get the tree and the event
+    loop first and ``cpu_ratio`` last.
+    """
+    rows = ROWS
+    if any("tree" in d for d in docs):
+        cpu_ratio = ("cpu_ratio", "`cpu_ratio`", lambda r: f"{r['result']['cpu_ratio']:.2f}")
+        rows = [*TREE_ROWS, *ROWS, cpu_ratio]
+    head = "| " + " | ".join(label for _, label, _ in rows) + " |"
+    rule = "|" + "|".join("---" if key in ("tree", "loop") else "---:" for key, _, _ in rows) + "|"
+    body = ["| " + " | ".join(fmt(d) for _, _, fmt in rows) + " |" for d in docs]
     return "\n".join([head, rule, *body])
 
 
