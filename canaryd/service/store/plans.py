@@ -1,12 +1,14 @@
-"""The SQL both stores run, written once as *plans* (docs/design.md, "Where state lives").
+"""The SQL both stores run, written once as *plans* (docs/design.md, "State").
 
 A plan is a generator: it yields the statements of one store operation and is
 sent back the rows each one returned, so what an operation does (which
 statements, in which order, how their rows become the answer) is written once
 and does no I/O. Each store drives plans its own way: SQLite in its thread
 (:func:`canaryd.service.store.sqlite.drive`), PostgreSQL on a pooled connection
-(:func:`canaryd.service.store.postgres.drive`). Statements use SQLite's ``?``
-markers; the PostgreSQL store rewrites them.
+(:func:`canaryd.service.store.postgres.drive`). A decision's writes read
+nothing: they are a plain list of statements (:func:`write_decision`, run by
+each store's ``execute``). Statements use SQLite's ``?`` markers; the
+PostgreSQL store rewrites them.
 
 :class:`PlannedStore` answers every :class:`~.contract.StateStore` call with
 these plans; a store supplies how they run (:meth:`~PlannedStore.read`,
