@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from canaryd.config.templates import builtin_query, render
+from canaryd.config.meshqueries import builtin_query
+from canaryd.config.templates import render
 from canaryd.demo import missing_message, run_scenarios
 from canaryd.demo.app import Faults, make_app
 from canaryd.demo.follow import PROBE_REQUESTS, probe_versions

