@@ -1,14 +1,36 @@
-"""Shared test settings: asyncio backend only (aiohttp runs on asyncio)."""
+"""Shared test settings and the fixtures for real servers.
+
+- asyncio is the only anyio backend (aiohttp runs on asyncio).
+- A test using a real server's fixture is marked ``integration``; a unit test (neither
+  ``integration`` nor ``slow``) that starts a process fails (tests/support/guard.py), so
+  ``make unit`` stays fast.
+"""
 
 from __future__ import annotations
 
-import os as _os
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+from graphite import GraphiteServer, start_graphite
+from haproxy import HAProxyInstance, find_haproxy, named_backend, run_haproxy, write_config
+from influx import InfluxServer, start_influxdb
+from postgres import PostgresServer, start_postgres
+from prom import MetricsApp, PrometheusServer, start_prometheus
+from support import entered_on_free_port
+from support.guard import ProcessInUnitTestError, SpawnGuard
+
+from canaryd.http import HttpTransport, make_transport
+from canaryd.service.pgstore import PostgresStore
+from canaryd.service.store import SqliteStore, StateStore
 
 # Tests drive real daemons with sub-second intervals: lower the interval floor
 # (docs/flagger.md, "Floors") for this process and the daemons it starts.
-_os.environ.setdefault("UNSAFE_CANARYD_MIN_INTERVAL", "0.01")
+os.environ.setdefault("UNSAFE_CANARYD_MIN_INTERVAL", "0.01")
 
 
 @pytest.fixture
@@ -18,10 +40,11 @@ def anyio_backend() -> str:
 
 
 REAL_SERVER_FIXTURES = frozenset(
-    {"haproxy", "haproxy_binary", "prometheus", "graphite", "influxdb"}
-    | {"caddy", "caddy_binary", "moto_endpoint", "alb"}
+    {"haproxy", "haproxy_binary", "prometheus", "graphite", "influxdb", "postgres"}
+    | {"caddy", "caddy_binary", "moto_endpoint", "alb", "chromium"}
+    | {"full_disk", "tiny_tmpfs"}  # mount a small filesystem
 )
-"""Fixtures that start a real external server: a test using one is an integration test."""
+"""Fixtures that start a real external server or process: a test using one is integration."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -31,20 +54,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+GUARD = SpawnGuard()
+"""Refuses processes in unit tests; one audit hook for the session."""
+
+
+def _is_unit(item: pytest.Item) -> bool:
+    return not any(item.iter_markers("integration")) and not any(item.iter_markers("slow"))
+
+
+def _guarded(item: pytest.Item) -> Generator[None, None, None]:
+    """Run a set-up or call phase; a unit test in it may start no process."""
+    if not _is_unit(item):
+        return (yield)
+    with GUARD.unit_test(item.nodeid):
+        result = yield
+    if GUARD.refused:  # refused even if the test caught the error
+        raise ProcessInUnitTestError(f"{item.nodeid} started a process: {GUARD.refused[0]}")
+    return result
+
+
+# Set-up and call only: a session fixture's tear-down runs in whichever test is last.
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_guarded)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_guarded)
+
+
 # --------------------------------------------------------------------------- HAProxy
 # A real HAProxy per test (tests/haproxy.py): `haproxy` yields an HAProxyInstance
 # with .unix_socket, .tcp_socket, .url (frontend), .backend/.primary/.canary and
 # .router_config(tcp=...); `haproxy_backends` are the two aiohttp backends behind it.
-# Imports stay in this block (not the header) so parallel additions do not collide.
-
-import os  # noqa: E402
-import shutil  # noqa: E402
-from collections.abc import AsyncIterator, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from haproxy import HAProxyInstance, find_haproxy, named_backend, run_haproxy, write_config  # noqa: E402
-from support import entered_on_free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -93,10 +130,6 @@ def haproxy(
 # `prometheus.app.set(name, {"job": unique_job, ...}, value)` and polls with
 # `prom.eventually(...)`; `prometheus.provider_config()` is a PrometheusProvider for it.
 
-import uuid  # noqa: E402
-
-from prom import MetricsApp, PrometheusServer, start_prometheus  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def metrics_app() -> Iterator[MetricsApp]:
@@ -131,12 +164,6 @@ def unique_job() -> str:
 # A real SQLite store and the real outgoing-HTTP transport, for tests that drive runners
 # and the outbox.
 
-from postgres import PostgresServer, start_postgres  # noqa: E402
-
-from canaryd.http import HttpTransport, make_transport  # noqa: E402
-from canaryd.service.pgstore import PostgresStore  # noqa: E402
-from canaryd.service.store import SqliteStore, StateStore  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
@@ -154,7 +181,7 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await s.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
     """A real store: SQLite in a temporary directory, then PostgreSQL in a new database."""
     s: StateStore
@@ -177,8 +204,6 @@ async def session() -> AsyncIterator[HttpTransport]:
 
 # --------------------------------------------------------------------------- other metric servers
 
-from graphite import GraphiteServer, start_graphite  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def graphite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphiteServer]:
@@ -188,9 +213,6 @@ def graphite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GraphiteServe
         yield server
     finally:
         server.stop()
-
-
-from influx import InfluxServer, start_influxdb  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import yaml
 from support import free_port
+from support.ports import ATTEMPTS, is_port_clash, listening
 
 from canaryd.client import Client
 from canaryd.config.loader import load_config
@@ -49,7 +50,26 @@ def api_url(config: Path) -> str:
 
 @asynccontextmanager
 async def running_daemon(config: Path) -> AsyncIterator[Daemon]:
-    """Run a daemon in-process for the duration of the block."""
+    """Run a daemon in-process for the duration of the block.
+
+    A listen port taken meanwhile (tests/support/ports.py): the config gets a new one
+    (:func:`new_listen_port`) and the daemon is started again.
+    """
+    async with AsyncExitStack() as stack:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                daemon = await stack.enter_async_context(_running_once(config))
+            except BaseException as exc:
+                if attempt == ATTEMPTS or not is_port_clash(exc) or not new_listen_port(config):
+                    raise
+                continue
+            yield daemon
+            return
+
+
+@asynccontextmanager
+async def _running_once(config: Path) -> AsyncIterator[Daemon]:
+    """Run a daemon in-process once for the duration of the block."""
     daemon = Daemon(config, load_config(config))
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(15):
@@ -58,6 +78,17 @@ async def running_daemon(config: Path) -> AsyncIterator[Daemon]:
             yield daemon
         finally:
             tg.cancel_scope.cancel()
+
+
+def new_listen_port(config: Path) -> bool:
+    """Give a config from :func:`write_config` a new free ``listen`` port; False if it has none."""
+    data = yaml.safe_load(config.read_text())
+    host, _, port = str(data.get("listen", "")).rpartition(":")
+    if host != "127.0.0.1" or not port.isdigit():
+        return False
+    data["listen"] = f"127.0.0.1:{free_port()}"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return True
 
 
 @asynccontextmanager
@@ -81,18 +112,55 @@ async def wait_for_state(client: Client, key: str, accept: Any, within: float = 
 
 @contextmanager
 def daemon_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``canaryd run -c config`` as a subprocess; kill it (if alive) on exit."""
-    env = {**os.environ, "CANARYD_LOG_FORMAT": "json"}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "canaryd", "run", "-c", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    """Run ``canaryd run -c config`` as a subprocess; kill it (if alive) on exit.
+
+    A daemon that exits at start because its listen port was taken meanwhile is started
+    again on a new port (:func:`new_listen_port`; its lines about the clash are removed
+    from ``log``). Other daemons are yielded as they are, running or not.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        size = log.stat().st_size if log.exists() else 0
+        proc = _spawn_daemon(config, log)
+        clashed = attempt < ATTEMPTS and _exited_on_clash(proc, config, log, size)
+        if not clashed or not new_listen_port(config):
+            break
+        with log.open("r+b") as out:
+            out.truncate(size)
     try:
         yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def _spawn_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``canaryd run -c config`` logging JSON to ``log`` (appended)."""
+    env = {**os.environ, "CANARYD_LOG_FORMAT": "json"}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "canaryd", "run", "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+CLASH_WAIT = 30.0
+"""Seconds :func:`daemon_process` waits for a daemon to listen or exit before yielding it."""
+
+
+def _exited_on_clash(proc: subprocess.Popen[bytes], config: Path, log: Path, size: int) -> bool:
+    """Wait until the daemon listens or exits (bounded); True if it exited on a port clash."""
+    listen = str(yaml.safe_load(config.read_text()).get("listen", ""))
+    port = int(listen.rpartition(":")[2]) if listen.rpartition(":")[2].isdigit() else None
+    deadline = time.monotonic() + CLASH_WAIT
+    while proc.poll() is None and time.monotonic() < deadline:
+        if port is None or listening(proc.pid, port):
+            return False
+        time.sleep(0.05)
+    if proc.poll() is None:
+        return False
+    with log.open("rb") as out:
+        out.seek(size)
+        return is_port_clash(RuntimeError(out.read().decode(errors="replace")))

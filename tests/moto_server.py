@@ -11,15 +11,16 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from support import free_port
+from support import entered_on_free_port, free_port
 from support.procs import stop_process
 
 READY_TIMEOUT = 30.0
@@ -27,29 +28,45 @@ STOP_TIMEOUT = 5.0
 REGION = "us-east-1"
 
 
-@contextmanager
-def run_moto() -> Iterator[str]:
+def run_moto() -> AbstractContextManager[str]:
     """Run ``python -m moto.server`` on a free 127.0.0.1 port; yield its URL.
+
+    A port taken meanwhile: started again on a new port (tests/support/ports.py).
 
     Raises:
         RuntimeError: the server did not accept connections in time.
     """
+    return entered_on_free_port(_run_moto_once)
+
+
+@contextmanager
+def _run_moto_once() -> Iterator[str]:
+    """Run the server once on a :func:`free_port`; its output goes to a temporary file.
+
+    Raises:
+        RuntimeError: it exited or was not ready in time; the message ends with its output.
+    """
     port = free_port()
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server not ready (exit code {proc.poll()})") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(proc, STOP_TIMEOUT)
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        out.seek(0)
+                        output = out.read()[-2000:].decode(errors="replace")
+                        raise RuntimeError(
+                            f"moto server not ready (exit code {proc.poll()}): {output}"
+                        ) from None
+                    time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_process(proc, STOP_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)

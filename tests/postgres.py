@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Union
 
 import psycopg
 import pytest
-from support import free_port
+from support import free_port, retry_on_port_clash
 
 if TYPE_CHECKING:
-    from canaryd.service.pgstore import PostgresStore
     from canaryd.service.store import SqliteStore
+    from canaryd.service.store.postgres import PostgresStore
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 """Debian puts the server binaries under /usr/lib/postgresql/<version>/bin."""
@@ -107,14 +107,9 @@ def start_postgres() -> Iterator[PostgresServer]:
          "-E", "UTF8", "--no-sync"],
         check=True, capture_output=True, timeout=START_TIMEOUT,
     )  # fmt: skip
-    server = PostgresServer(free_port(), data, bin_dir)
-    options = (
-        f"-p {server.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off "
-        "-c max_connections=200 -c shared_buffers=32MB"
-    )
     try:
-        server._ctl("start", "-w", "-l", str(root / "log"), "-o", options)
-    except subprocess.CalledProcessError:
+        server = retry_on_port_clash(lambda: _start_cluster(root, data, bin_dir))
+    except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
     try:
@@ -123,14 +118,36 @@ def start_postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
+def _start_cluster(root: Path, data: Path, bin_dir: Path) -> PostgresServer:
+    """Start the initialised cluster on a :func:`free_port`.
+
+    Raises:
+        RuntimeError: it did not start; the message ends with its log (a port taken
+            meanwhile shows as "Address already in use").
+    """
+    server = PostgresServer(free_port(), data, bin_dir)
+    options = (
+        f"-p {server.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off "
+        "-c max_connections=200 -c shared_buffers=32MB"
+    )
+    log = root / "log"
+    try:
+        server._ctl("start", "-w", "-l", str(log), "-o", options)
+    except subprocess.CalledProcessError as exc:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        log.unlink(missing_ok=True)
+        raise RuntimeError(f"PostgreSQL did not start: {exc.stderr!r}\n{tail}") from exc
+    return server
+
+
 AnyStore = Union["SqliteStore", "PostgresStore"]
 """What the ``store`` fixture yields: either store, with ``open`` and ``close``."""
 
 
 def query(store: object, sql: str) -> list[tuple[Any, ...]]:
     """Rows of ``sql`` read straight from a store's database, SQLite or PostgreSQL."""
-    from canaryd.service.pgstore import PostgresStore
     from canaryd.service.store import SqliteStore
+    from canaryd.service.store.postgres import PostgresStore
 
     if isinstance(store, PostgresStore):
         with psycopg.connect(store.url) as conn:

@@ -12,52 +12,23 @@ Any method and any path are accepted. The n-th request gets ``statuses[n]``;
 after the list runs out the last status repeats. ``delay`` holds each answer
 back (to test client timeouts); leaving the ``async with`` block releases
 held answers at once, so a test never waits for a delay it no longer needs.
-With ``tls=`` (see :func:`self_signed`) it serves HTTPS and ``url`` starts with
-``https://``.
+With ``tls=`` (see :func:`support.tls.self_signed`, re-exported here) it serves
+HTTPS and ``url`` starts with ``https://``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import ssl
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
-import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
-
-
-def self_signed(folder: Path) -> ssl.SSLContext:
-    """A server TLS context with a fresh self-signed certificate for 127.0.0.1 (openssl CLI).
-
-    Without openssl the test is skipped, or fails under ``CI=true``.
-    """
-    if shutil.which("openssl") is None:
-        message = "openssl is not installed (apt-get install openssl)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context
+from support.tls import self_signed as self_signed
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from support import eventually
 
 from canaryd.cli.views import Watch
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # they start processes
 
 CLEAR = "\x1b[H\x1b[2J"
 READ_SECONDS = 20.0

@@ -79,6 +79,7 @@ def test_the_time_axis_has_labels_along_it() -> None:
     assert labels == ["0", "10", "20", "30", "40", "50", "60"]
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_legend_and_labels_keep_their_colours_in_a_browser(tmp_path: Path) -> None:
     """In Chromium every SVG text with its own colour (legend, thresholds, marker) shows it."""
     chromium = find_binary("chromium")
@@ -246,6 +247,7 @@ COLOURS_JS = """() => {
 """Computed colours, as [text, the line or mark it names], in the rendered report."""
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_report_legend_and_labels_keep_their_colours_in_chromium() -> None:
     """In Chromium each legend entry and line label has its line's colour, not the page's grey."""
     results = [_result([(91.8, 9)] * 3)]

@@ -105,6 +105,7 @@ async def test_traffic_never_moves_ahead_of_the_record_on_a_really_full_disk(
     assert (await _stored(store)).canary_weight == 50 == r.state.canary_weight
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 async def test_a_filesystem_gone_read_only_holds_healthy_and_rolls_back_failing(
     tmp_path: Path, session: HttpTransport
 ) -> None:

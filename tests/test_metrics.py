@@ -86,8 +86,9 @@ async def test_metrics_after_a_rollout_pass_promtool(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     got = samples(text)
     web_labels = {"namespace": "prod", "name": "web"}
-    assert value(got, "canaryd_canary_phase", **web_labels, phase="Succeeded") == 1
-    assert value(got, "canaryd_canary_phase", **web_labels, phase="Progressing") == 0
+    settled = {**web_labels, "route_pending": "false"}
+    assert value(got, "canaryd_canary_phase", **settled, phase="Succeeded") == 1
+    assert value(got, "canaryd_canary_phase", **settled, phase="Progressing") == 0
     assert value(got, "canaryd_canary_weight", **web_labels) == 0
     assert value(got, "canaryd_canary_primary_weight", **web_labels) == 100
     assert value(got, "canaryd_canary_failed_checks", **web_labels) == 0
@@ -182,6 +183,30 @@ def test_a_rollback_is_counted_once_the_router_applied_it() -> None:
     assert value(got, "canaryd_rollouts_finished_total", **labels, result="rolled_back") == 1
 
 
+def test_the_phase_of_a_pending_rollback_says_pending_as_the_api_does() -> None:
+    """While a rollback waits for the router, the Failed phase series says route_pending
+    "true" (the API's ``routePending``), and "false" once the router applied it."""
+    labels = {"namespace": "prod", "name": "web"}
+    for state, pending in (
+        (CanaryState(phase=Phase.FAILED, route_pending=True), "true"),
+        (CanaryState(phase=Phase.FAILED), "false"),
+    ):
+        metrics = DaemonMetrics()
+        metrics.track("prod/web", state)
+        metrics.snapshot = Snapshot(
+            canaries=(CanarySample("prod", "web", state, 5, "canary", 0.0, None),)
+        )
+        got = samples(metrics.render().decode())
+        current = {k: v for k, v in got.items() if k[0] == "canaryd_canary_phase" and v == 1}
+        assert list(current) == [
+            (
+                "canaryd_canary_phase",
+                frozenset({**labels, "phase": "Failed", "route_pending": pending}.items()),
+            )
+        ], current
+
+
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_shipped_alerting_rules_pass_promtool() -> None:
     """``promtool check rules`` accepts config/prometheus-rules.yaml."""
     result = subprocess.run(
@@ -194,6 +219,7 @@ def test_shipped_alerting_rules_pass_promtool() -> None:
     assert "SUCCESS: 9 rules found" in result.stdout
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_shipped_alerting_rules_fire_as_intended() -> None:
     """``promtool test rules``: every shipped alert fires when, and only when, it should."""
     result = subprocess.run(
@@ -225,6 +251,7 @@ def _canaryd_names(expr: str) -> set[str]:
     return set(re.findall(r"\bcanaryd_[a-z_]+\b", expr))
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_dashboard_queries_use_exported_metrics_and_parse(tmp_path: Path) -> None:
     """Every dashboard query names metrics canaryd exports and is valid PromQL (via promtool)."""
     dashboard = json.loads((ROOT / "config" / "grafana-dashboard.json").read_text())

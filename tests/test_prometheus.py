@@ -7,8 +7,6 @@ import base64
 import contextlib
 import math
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from fdlimits import out_of_file_descriptors
 from prom import PrometheusServer, open_provider, seed_openmetrics
 from structlog.testing import capture_logs
 from support import eventually, refused_port
+from support.tls import self_signed
 
 from canaryd.config import PrometheusProvider
 from canaryd.errors import ProviderError, ResourceError
@@ -496,34 +495,10 @@ async def test_unreadable_secret_is_an_error(
     assert stand_in.requests == []
 
 
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate and key for 127.0.0.1 (made with the openssl CLI)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed (apt-get install openssl)")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
-
-
 @pytest.fixture
-async def tls_stand_in(
-    anyio_backend: str, self_signed: tuple[Path, Path]
-) -> AsyncIterator[StandIn]:
+async def tls_stand_in(anyio_backend: str, tmp_path: Path) -> AsyncIterator[StandIn]:
     """The scripted stand-in behind HTTPS with a self-signed certificate."""
-    import ssl
-
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*self_signed)
+    context = self_signed(tmp_path)
     fake = StandIn(script=[(200, OK_42, 0.0)])
     app = web.Application()
     app.router.add_post("/api/v1/query", fake.handle)

@@ -67,6 +67,7 @@ def test_promote_refuses_a_promotion_paused_under_way(phase: Phase, tmp_path: Pa
             core.promote(spec, paused, 2.0, force=force)
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 @pytest.mark.anyio
 async def test_a_pause_between_a_restart_and_the_resend_survives_the_next_restart(
     tmp_path: Path,

@@ -44,6 +44,7 @@ def test_the_newest_entry_of_each_canary_is_read_back_even_after_the_slots_wrap(
     assert RollbackJournal(tmp_path / "j").open()["prod/web"].seq == 999
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_an_entry_is_written_on_a_really_full_disk(tmp_path: Path) -> None:
     """Once opened, the journal takes entries on a filesystem filled to its last byte."""
     with small_tmpfs(tmp_path, "2m") as disk:

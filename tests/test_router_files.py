@@ -136,6 +136,7 @@ async def test_full_disk_keeps_old_file_and_names_the_cause(tiny_tmpfs: Path) ->
     assert leftovers(tiny_tmpfs) == []
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 @pytest.mark.anyio
 async def test_command_failure_quotes_its_output() -> None:
     """A failing command's output (stderr first) is the error; a missing one is named."""

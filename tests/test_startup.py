@@ -67,12 +67,14 @@ def test_judge_needs_numpy_but_not_scipy(tmp_path: Path) -> None:
     assert loaded == ["numpy"]
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_importing_the_config_package_loads_no_numpy_or_scipy() -> None:
     """``import canaryd.config`` and its loader leave numpy and scipy out (docs/design.md)."""
     loaded, _ = _loaded_after("import canaryd.config\nfrom canaryd.config import load_config")
     assert loaded == []
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_the_core_loads_no_adapter_or_http_library() -> None:
     """Importing every core module leaves aiohttp and the adapter packages out (docs/design.md)."""
     code = (

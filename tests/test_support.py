@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-from support import entered_on_free_port, eventually, refused_port, retry_on_port_clash
+from support import (
+    entered_on_free_port,
+    eventually,
+    refused_port,
+    retry_on_port_clash,
+    started_on_free_port,
+)
+from support.guard import SpawnGuard
 
 pytestmark = pytest.mark.anyio
 
@@ -59,6 +68,41 @@ def test_entered_on_free_port_enters_again_after_a_clash() -> None:
 
     with entered_on_free_port(start) as value:
         assert value == 2
+
+
+def test_started_on_free_port_makes_a_new_server_in_a_new_directory_after_a_clash(
+    tmp_path: Path,
+) -> None:
+    """A server whose start clashes is made again in a fresh subdirectory and started."""
+    made: list[Path] = []
+
+    class Server:
+        def __init__(self, directory: Path) -> None:
+            made.append(directory)
+            (directory / "config").mkdir()  # a second make in the same place would fail
+
+        def start(self) -> None:
+            if len(made) == 1:
+                raise RuntimeError("bind() to 127.0.0.1:1 failed (98: Address already in use)")
+
+    started_on_free_port(Server, tmp_path)
+    assert made[0] == tmp_path
+    assert len(made) == 2 and made[1].parent == tmp_path
+
+
+def test_spawn_guard_refuses_a_process_only_inside_a_unit_test() -> None:
+    """Inside ``unit_test`` a watched audit event raises and is remembered; outside it passes.
+
+    The guard under test watches an event of its own, so that the session's guard (which
+    watches the real process events) stays out of it.
+    """
+    guard = SpawnGuard(frozenset({"canaryd.test.spawn"}))
+    with guard.unit_test("t"), pytest.raises(RuntimeError, match="t started a process"):
+        sys.audit("canaryd.test.spawn", "true")
+    assert guard.refused == ["canaryd.test.spawn ('true',)"]
+    sys.audit("canaryd.test.spawn", "true")  # outside the block: allowed
+    with guard.unit_test("u"):
+        assert guard.refused == []  # each test starts afresh
 
 
 async def test_eventually_returns_the_accepted_value() -> None:

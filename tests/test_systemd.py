@@ -262,6 +262,7 @@ def _rendered_unit(tmp_path: Path) -> Path:
     return unit
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_unit_file_verifies(tmp_path: Path) -> None:
     """``systemd-analyze verify`` exits 0 and says nothing about canaryd's unit.
 
@@ -283,6 +284,7 @@ def test_unit_file_verifies(tmp_path: Path) -> None:
     assert (result.returncode, ours) == (0, [])
 
 
+@pytest.mark.integration  # starts a process (see tests/support/guard.py)
 def test_unit_file_security_score(tmp_path: Path) -> None:
     """``systemd-analyze security --offline=yes`` rates the unit at most 2.0."""
     result = subprocess.run(

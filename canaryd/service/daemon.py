@@ -44,6 +44,7 @@ from canaryd.service.metrics import DaemonMetrics
 from canaryd.service.rollbacks import WRITE_SECONDS, Entry, RollbackJournal, journal_path
 from canaryd.service.runtime import (
     MAX_OBSERVE_SECONDS,
+    UNRECORDED_STOP_SECONDS,
     CanaryRunner,
     Services,
     freeze_heap,
@@ -341,8 +342,16 @@ class Daemon:
         )
 
     async def _stop_runners(self) -> int:
-        """Stop the loops after their ticks in flight; return how many were abandoned."""
-        return await self.scheduler.stop(self.tick_grace)
+        """Stop the loops after their ticks in flight; return how many were abandoned.
+
+        Then each loop tries to record what the store could not take before (all
+        together :data:`UNRECORDED_STOP_SECONDS` at most; docs/reliability.md).
+        """
+        abandoned = await self.scheduler.stop(self.tick_grace)
+        deadline = time.monotonic() + UNRECORDED_STOP_SECONDS
+        for runner in [*self.runners.values(), *self._removed.values()]:
+            await runner.close(max(0.0, deadline - time.monotonic()))
+        return abandoned
 
     async def _flush_outbox(self) -> int:
         """Wait (bounded) until no outbox message is due; return how many still are."""

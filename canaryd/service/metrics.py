@@ -298,6 +298,12 @@ def _gauge(
 _CANARY = ["namespace", "name"]
 
 
+def _pending(s: CanarySample, phase: Phase) -> str:
+    """The ``route_pending`` label of one phase's series: as the API's ``routePending`` for
+    the current phase (docs/api.md), ``false`` for the others."""
+    return "true" if s.state.route_pending and s.state.phase is phase else "false"
+
+
 def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
     def per(fn: Any) -> list[tuple[list[str], float]]:
         return [([s.namespace, s.name], fn(s)) for s in samples]
@@ -310,9 +316,14 @@ def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
     )
     yield _gauge(
         "canaryd_canary_phase",
-        "1 for the canary's current phase, 0 for the others.",
-        [*_CANARY, "phase"],
-        [([s.namespace, s.name, p.value], s.state.phase is p) for s in samples for p in Phase],
+        "1 for the canary's current phase, 0 for the others; route_pending is true while the "
+        "router has not confirmed the phase's route (Failed: the rollback is not applied yet).",
+        [*_CANARY, "phase", "route_pending"],
+        [
+            ([s.namespace, s.name, p.value, _pending(s, p)], s.state.phase is p)
+            for s in samples
+            for p in Phase
+        ],
     )
     yield _gauge(
         "canaryd_canary_route_pending",

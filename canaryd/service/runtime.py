@@ -88,6 +88,17 @@ BACKLOG_KEEP = 1000
 TAKEOVER_SECONDS = 120.0
 """How long a re-added canary's loop waits for its previous loop's last tick or command."""
 
+UNRECORDED_GRACE_SECONDS = 60.0
+"""How long a removed canary's loop, or a stopping daemon, keeps trying to record the
+decisions the store could not take (then says in ``state.unrecorded_lost`` what is lost)."""
+
+UNRECORDED_RETRY_SECONDS = 0.5
+"""On stop, how often a loop tries again to record what the store did not take."""
+
+UNRECORDED_STOP_SECONDS = 10.0
+"""On stop, how long all loops together may try to record those (inside systemd's
+``TimeoutStopSec=60s`` with the tick and outbox graces)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
@@ -244,6 +255,7 @@ class CanaryRunner:
         self._retired = False  # removed by a reload: decides nothing more
         self._draining = False  # removed with a rollback pending: retries only that rollback
         self._on_drained: Callable[[], None] | None = None
+        self._drain_until = 0.0  # a removed loop's unrecorded decisions: given up after this
         self._lost_rollback: JournalEntry | None = None  # sent before a restart, unrecorded
         self._seq = 0  # number of the last decision made, shown or not yet (routes pending)
         self.last_record: CheckRecord | None = None
@@ -448,37 +460,82 @@ class CanaryRunner:
         """Decide nothing more (removed by a reload); a tick in flight still ends.
 
         A canary whose rollback the router has not applied yet keeps ticking, only
-        to send that rollback until the router confirms it, then calls ``on_drained``
-        (docs/reliability.md, "A canary removed with a rollback pending").
+        to send that rollback until the router confirms it; one whose decisions the
+        store has not recorded yet (or with a tick in flight that may leave some)
+        keeps ticking to record them, for :data:`UNRECORDED_GRACE_SECONDS` at most.
+        Then it calls ``on_drained`` (docs/reliability.md, "A canary removed with a
+        rollback pending"). A pending ``promote`` is not retried: the event
+        ``reload.promote_abandoned`` says so.
 
         Returns:
-            Whether the loop keeps ticking for its pending rollback.
+            Whether the loop keeps ticking for its pending rollback or unrecorded work.
         """
         route = core.pending_route(self.state)
-        if route is None or route.action != "rollback":
+        where = {"canary": self.spec.name, "namespace": self.spec.namespace}
+        if route is not None and route.action == "promote":
+            log.error("reload.promote_abandoned", **where, revision=self.state.revision)
+        rollback = route is not None and route.action == "rollback"
+        if not (rollback or self._lock.locked() or self._backlog or self._settle):
             self._retired = True
             return False
         self._draining, self._on_drained = True, on_drained
-        log.error(
-            "reload.rollback_pending",
-            canary=self.spec.name,
-            namespace=self.spec.namespace,
-            detail="removed from the config; its rollback is retried until the router applies it",
-        )
+        self._drain_until = self.services.clock() + UNRECORDED_GRACE_SECONDS
+        if rollback:
+            log.error(
+                "reload.rollback_pending",
+                **where,
+                detail="removed from the config; its rollback is retried until the router "
+                "applies it",
+            )
         return True
 
     async def _drain(self) -> None:
-        """Retry the pending rollback of a removed canary; retire once the router took it."""
-        if core.pending_route(self.state) is not None:
-            await self._catch_up()
+        """Retry the pending rollback of a removed canary, record what the store has not;
+        retire once the router took the rollback and the store the rest (or its time ran out).
+        """
+        rollback = core.pending_route(self.state) is not None
+        await self._catch_up()
+        if rollback:
             await self._retry_pending_route()
-        if core.pending_route(self.state) is None:
+            if core.pending_route(self.state) is not None:
+                return
             log.info(
                 "reload.rollback_applied", canary=self.spec.name, namespace=self.spec.namespace
             )
-            self._draining, self._retired = False, True
-            if self._on_drained is not None:
-                self._on_drained()
+        if self._backlog or self._settle:
+            if self.services.clock() < self._drain_until:
+                return
+            self.unrecorded_lost("removed from the config")
+        self._draining, self._retired = False, True
+        if self._on_drained is not None:
+            self._on_drained()
+
+    async def close(self, within: float = UNRECORDED_STOP_SECONDS) -> None:
+        """At stop: try to record what the store has not (``within`` seconds at most), and
+        say in ``state.unrecorded_lost`` what it still could not."""
+        if not (self._backlog or self._settle) or self._retired:
+            return  # a retired loop's successor owns its backlog
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within), self._lock:
+                await self._catch_up()
+                while self._backlog or self._settle:  # until it can, or the time is up
+                    await asyncio.sleep(UNRECORDED_RETRY_SECONDS)
+                    await self._catch_up()
+        if self._backlog or self._settle:
+            self.unrecorded_lost("daemon stopping")
+
+    def unrecorded_lost(self, why: str) -> None:
+        """Log the decisions this loop gives up recording (it stops owning them)."""
+        log.error(
+            "state.unrecorded_lost",
+            canary=self.spec.name,
+            namespace=self.spec.namespace,
+            reason=why,
+            unrecorded=len(self._backlog),
+            seqs=[u.state.seq for u in self._backlog],
+            failed_checks=self.state.failed_checks,
+            phase=self.state.phase.value,
+        )
 
     @property
     def settled(self) -> bool:

@@ -9,6 +9,7 @@ from support.ports import (
     refused_port,
     retry_on_port_clash,
     start_on_free_port,
+    started_on_free_port,
 )
 from support.wait import eventually
 
@@ -19,4 +20,5 @@ __all__ = [
     "refused_port",
     "retry_on_port_clash",
     "start_on_free_port",
+    "started_on_free_port",
 ]
