@@ -53,9 +53,6 @@ log = structlog.get_logger()
 BATCH = 100
 """How many canaries' head messages one poll picks up at most."""
 
-FLUSH_POLL = 0.05
-"""Seconds between looks while a flush waits for deliveries started by ``run()``."""
-
 Target = WebhookSpec | tuple[AlertSpec, Notifier]
 """What a message is delivered to: a webhook, or an alert and its notifier."""
 
@@ -182,31 +179,6 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             started = await self._start_due(tg)
         return started
-
-    async def flush(self, grace: float) -> int:
-        """Deliver what is due, message after message, for at most ``grace`` seconds.
-
-        For shutdown, once the analysis loops have stopped and before the HTTP
-        session and the store close. It runs shielded from an outer cancellation
-        and returns when nothing is due or in flight any more (messages waiting
-        for a retry keep their backoff) or when ``grace`` runs out. It may run
-        while :meth:`run` still does: it then also waits for run's deliveries.
-        A delivery cut short stays pending and goes out, same key, after restart.
-
-        Returns:
-            How many messages are still pending in the outbox.
-
-        Raises:
-            StoreError: the outbox cannot be read.
-        """
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + grace
-            while await self.drain_once() or self._busy:
-                if self._busy:  # in flight in run(): wait for one to finish
-                    await self._idle(FLUSH_POLL)
-        with anyio.CancelScope(shield=True):
-            stats = await self.store.outbox_stats()
-        return int(stats["counts"].get("pending", 0))
 
     async def _start_due(self, tg: anyio.abc.TaskGroup) -> int:
         """Start delivering the head message of every canary with none in flight."""
