@@ -170,8 +170,10 @@ def test_estimate_is_kayentas_where_rounding_removes_the_tie_at_an_end() -> None
     """When x - (max x - min y) rounds off min y the estimate is Kayenta's 8.6667, not 9."""
     # Hypothesis' counterexample. The differences are 8 and 3 x fl(9 - 3.02e-7) = 8.999999698,
     # their median 8.999999698 = max x - min y. But 9 - 8.999999698 = 3.0200000012e-7 > 3.02e-7:
-    # the tie that makes the score 0 there is gone, the score is +0.395 (rank 4 of 5) at both
-    # ends, and Kayenta's Brent solver, which does not check the bracket, stops at 8.66669.
+    # the tie that makes the score 0 there is gone, so the score is positive at both ends:
+    # at 8 the canary ties with 1.0 (dz = 1.5, corrected 1, sigma = sqrt(1/3 x (6 - 30/20)));
+    # at the top it ranks 4th (dz = 1, corrected 0.5, sigma = sqrt(1/3 x (6 - 24/20))).
+    # Kayenta's Brent solver, which does not check the bracket, stops at 8.66669.
     # Expected values from Kayenta's own BrentSolver.java and MannWhitney.wilcoxonDiff run on
     # Java 17 with commons-math3 3.6.1; R's uniroot refuses such a bracket.
     x, y = [9.0], [1.0, 3.02e-7, 3.02e-7, 3.02e-7]
