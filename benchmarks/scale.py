@@ -41,7 +41,7 @@ import tempfile
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,15 @@ from canaryd.logs import configure
 from canaryd.providers import MetricsProvider
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import build_router
-from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.runtime import CanaryRunner
 from canaryd.service.scheduler import Scheduler
+from canaryd.service.services import Services
 from canaryd.service.store import SqliteStore, StateStore
 
 HERE = Path(__file__).resolve().parent
+
+TEMP_POSTGRES = "postgresql-temp"
+"""``--state`` value: PostgreSQL on a cluster started for the run (:func:`temporary_postgres`)."""
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 LATE_LIMIT = 0.5
 """Seconds: a tick that starts later than this after its schedule counts as late."""
@@ -124,7 +128,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--state",
         metavar="postgresql://…",
-        help="state in PostgreSQL, writes fenced by a lease (default: SQLite in a temp dir)",
+        help=(
+            "state in PostgreSQL, writes fenced by a lease (default: SQLite in a temp dir); "
+            f"{TEMP_POSTGRES}: on a cluster started for the run (as root)"
+        ),
     )
     p.add_argument("--no-gc-freeze", action="store_true", help="leave the heap unfrozen")
     p.add_argument("--json", type=Path, help="result file (default benchmarks/results/…)")
@@ -401,7 +408,7 @@ class Rig:
 async def build_rig(opts: Options, stack: AsyncExitStack, prom: StandIn, receiver: StandIn) -> Rig:
     """Open the store and session and build one instrumented runner per canary."""
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="canaryd-bench-")))
-    store = await _open_store(opts, tmp)
+    store = await _open_store(opts, tmp, stack)
     stack.push_async_callback(store.close)
     session = make_transport(opts.pool)
     stack.push_async_callback(session.aclose)
@@ -423,7 +430,7 @@ async def build_rig(opts: Options, stack: AsyncExitStack, prom: StandIn, receive
     return Rig(opts, services, runners, probe, rss_empty)
 
 
-async def _open_store(opts: Options, tmp: Path) -> StateStore:
+async def _open_store(opts: Options, tmp: Path, stack: AsyncExitStack) -> StateStore:
     """SQLite in ``tmp``, or PostgreSQL (``--state``) fenced by a lease held for the run."""
     if not opts.state:
         lite = SqliteStore(tmp / "state.db")
@@ -432,15 +439,42 @@ async def _open_store(opts: Options, tmp: Path) -> StateStore:
     import psycopg
 
     from canaryd.service.lease import Lease
-    from canaryd.service.pgstore import PostgresStore
+    from canaryd.service.store.postgres import PostgresStore
 
-    lease = Lease(opts.state, cluster=f"bench-{os.getpid()}", ttl=24 * 3600.0)
-    store = PostgresStore(opts.state, fence=lease, max_size=16)
+    url = opts.state
+    if url == TEMP_POSTGRES:
+        url = stack.enter_context(temporary_postgres())
+    lease = Lease(url, cluster=f"bench-{os.getpid()}", ttl=24 * 3600.0)
+    store = PostgresStore(url, fence=lease, max_size=16)
     await store.open()  # creates the schema, lease table included
-    async with await psycopg.AsyncConnection.connect(opts.state, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         if await lease.attempt(conn) is None:
             raise SystemExit(f"lease {lease.cluster} is held by another process")
     return store
+
+
+@contextmanager
+def temporary_postgres() -> Iterator[str]:
+    """A PostgreSQL cluster for this run only, started as the tests start theirs; its URL.
+
+    Debian's server on a temporary directory and a free port on 127.0.0.1 (see
+    ``tests/postgres.py``: ``initdb``/``pg_ctl`` as the ``postgres`` user, hence
+    root), stopped and removed at the end.
+
+    Raises:
+        SystemExit: PostgreSQL (or ``runuser``) is not installed.
+    """
+    import pytest
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from postgres import start_postgres
+
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(start_postgres())
+        except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+            raise SystemExit(f"--state {TEMP_POSTGRES}: {exc}") from None
+        yield server.create_database()
 
 
 def _runner(spec: Any, services: Services, probe: Probe, now: float, failing: bool) -> BenchRunner:
@@ -456,7 +490,7 @@ def _runner(spec: Any, services: Services, probe: Probe, now: float, failing: bo
     if failing:
         timed = TimedProvider(services.providers["prom"])
         services = Services(
-            services.settings, services.session, {"prom": timed}, services.routers, services.store
+            services.settings, services.http, {"prom": timed}, services.routers, services.store
         )
     return BenchRunner(spec, state, services, probe=probe, timed=timed)
 
@@ -652,6 +686,10 @@ async def bench(opts: Options) -> dict[str, Any]:
             result["setup_s"] = setup
             result["prometheus_queries"] = (await prom.stats())["queries"]
     options_doc = {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()}
+    if opts.state and opts.state != TEMP_POSTGRES:
+        from canaryd.service.store.postgres import redact
+
+        options_doc["state"] = redact(opts.state)  # no password in the result file
     return {"options": options_doc, "machine": machine(), "result": result}
 
 
@@ -691,11 +729,32 @@ def terminal_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _tree(doc: dict[str, Any]) -> str:
+    """``old e02b1f5`` for a run of ``backtoback.sh`` (which tags its files), else ``-``."""
+    tree = doc.get("tree")
+    return f"{tree['label']} {tree['commit']}" if tree else "-"
+
+
+TREE_ROWS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("tree", "tree", _tree),
+    ("loop", "loop", lambda r: str(r["options"].get("loop", "?"))),
+]
+"""Leading columns when the results come from ``backtoback.sh``."""
+
+
 def markdown_table(docs: Sequence[dict[str, Any]]) -> str:
-    """Several results as one Markdown table (one row per run)."""
-    head = "| " + " | ".join(label for _, label, _ in ROWS) + " |"
-    rule = "|" + "|".join("---:" for _ in ROWS) + "|"
-    body = ["| " + " | ".join(fmt(d) for _, _, fmt in ROWS) + " |" for d in docs]
+    """Several results as one Markdown table (one row per run).
+
+    Results of ``backtoback.sh`` (tagged with their tree) get the tree and the event
+    loop first and ``cpu_ratio`` last.
+    """
+    rows = ROWS
+    if any("tree" in d for d in docs):
+        cpu_ratio = ("cpu_ratio", "`cpu_ratio`", lambda r: f"{r['result']['cpu_ratio']:.2f}")
+        rows = [*TREE_ROWS, *ROWS, cpu_ratio]
+    head = "| " + " | ".join(label for _, label, _ in rows) + " |"
+    rule = "|" + "|".join("---" if key in ("tree", "loop") else "---:" for key, _, _ in rows) + "|"
+    body = ["| " + " | ".join(fmt(d) for _, _, fmt in rows) + " |" for d in docs]
     return "\n".join([head, rule, *body])
 
 

@@ -87,10 +87,14 @@ class Client:
         return data
 
 
-def weight_bar(canary_weight: int) -> str:
-    """``[#####...............] 25%``: the canary's share of traffic."""
-    filled = round(canary_weight * BAR_WIDTH / 100)
-    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {canary_weight:3d}%"
+def weight_bar(canary_weight: Any) -> str:
+    """``[#####...............] 25%``: the canary's share of traffic (``-`` if not a number)."""
+    weight = finite(canary_weight)
+    if weight is None:
+        return f"[{'.' * BAR_WIDTH}]   -"
+    filled = min(max(round(weight * BAR_WIDTH / 100), 0), BAR_WIDTH)
+    shown = f"{canary_weight:3d}" if isinstance(canary_weight, int) else f"{weight:3.4g}"
+    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {shown}%"
 
 
 def progress_line(s: dict[str, Any], now: float | None = None) -> str:
@@ -101,12 +105,12 @@ def progress_line(s: dict[str, Any], now: float | None = None) -> str:
 def progress(s: dict[str, Any]) -> str:
     """Where a rollout is, on one line: phase, weight, failures, why (values escaped)."""
     line = (
-        f"{_cell(s['namespace'])}/{_cell(s['name'])} {_cell(s['phase']):<16} "
-        f"{_cell(s['revision'] or '-')}  {weight_bar(s['canaryWeight'])}  "
-        f"failed {_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
+        f"{_key(s)} {_cell(s.get('phase')):<16} "
+        f"{_cell(s.get('revision') or '-')}  {weight_bar(s.get('canaryWeight'))}  "
+        f"failed {_cell(s.get('failedChecks'))}/{_cell(s.get('threshold'))}"
     )
     if s.get("iterations"):
-        line += f"  iteration {_cell(s['iteration'])}/{_cell(s['iterations'])}"
+        line += f"  iteration {_cell(s.get('iteration'))}/{_cell(s['iterations'])}"
     wait = waiting_for(s)
     if wait:
         line += f"  {wait}"
@@ -126,7 +130,7 @@ def pending_note(s: dict[str, Any]) -> str:
 
 def phase_cell(s: dict[str, Any]) -> str:
     """The ``PHASE`` cell: the phase, marked while its route waits for the router."""
-    return _cell(s["phase"]) + (" (pending)" if s.get("routePending") else "")
+    return _cell(s.get("phase")) + (" (pending)" if s.get("routePending") else "")
 
 
 def clock(when: float | None = None) -> str:
@@ -172,7 +176,7 @@ def gate_flag(gate: Any) -> str:
 
 def waiting_for(s: dict[str, Any]) -> str:
     """What a running rollout waits for (a gate, a resume), with the command; else ``""``."""
-    key = f"{_cell(s['namespace'])}/{_cell(s['name'])}"
+    key = _key(s)
     if s.get("phase") == "Paused":
         return f"paused (resume: canaryd resume {key})"
     if s.get("gate"):
@@ -198,8 +202,14 @@ def situation(s: dict[str, Any]) -> str:
 
 
 def _cell(value: Any) -> str:
-    """A value from the daemon as printable text: controls escaped (:mod:`canaryd.terminal`)."""
-    return escape(str(value))
+    """A value from the daemon as printable text: controls escaped (:mod:`canaryd.terminal`);
+    ``-`` for a value the answer lacks."""
+    return "-" if value is None else escape(str(value))
+
+
+def _key(s: dict[str, Any]) -> str:
+    """``NAMESPACE/NAME`` of a listed canary, ``-`` for a part the answer lacks."""
+    return f"{_cell(s.get('namespace'))}/{_cell(s.get('name'))}"
 
 
 def last_check(s: dict[str, Any]) -> str:
@@ -211,18 +221,23 @@ def last_check(s: dict[str, Any]) -> str:
     if why:
         return why
     check = s.get("lastCheck")
-    if not check:
+    if not check or not isinstance(check, dict):
         return "-"
     if check.get("outcome") == "pass" or not check.get("reason"):
         return _cell(check.get("outcome", "-"))
-    return f"{_cell(check['outcome'])}: {_cell(rounded(check['reason']))}"
+    return f"{_cell(check.get('outcome'))}: {_cell(rounded(check['reason']))}"
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
-    """The ``canaryd status`` table: one canary per line, every value escaped."""
+    """The ``canaryd status`` table: one canary per line, every value escaped.
+
+    A field the answer lacks (a follower's, an older daemon's) shows as ``-``; an
+    entry that is not an object is left out.
+    """
+    rows = [s for s in rows if isinstance(s, dict)]
     if not rows:
         return "no canaries configured"
-    names = [f"{_cell(s['namespace'])}/{_cell(s['name'])}" for s in rows]
+    names = [_key(s) for s in rows]
     width = max(len("CANARY"), *(len(name) for name in names))
     phases = [phase_cell(s) for s in rows]
     wide = max(16, *(len(p) for p in phases))
@@ -231,10 +246,10 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         f"{'FAILED':<7} WHY / LAST CHECK"
     ]
     for name, phase, s in zip(names, phases, rows, strict=True):
-        failed = f"{_cell(s['failedChecks'])}/{_cell(s['threshold'])}"
+        failed = f"{_cell(s.get('failedChecks'))}/{_cell(s.get('threshold'))}"
         lines.append(
             f"{name:<{width}}  {phase:<{wide}} "
-            f"{_cell(s['revision'] or '-')[:14]:<14} {weight_bar(s['canaryWeight']):<27} "
+            f"{_cell(s.get('revision') or '-')[:14]:<14} {weight_bar(s.get('canaryWeight')):<27} "
             f"{failed:<7} {last_check(s)}"
         )
     return "\n".join(line.rstrip() for line in lines)

@@ -29,7 +29,7 @@
     ├── BadInputError            ``canaryd judge`` got input it cannot judge (one line for the user)
     └── DemoError                the demo could not set up or run a scenario
 
-Not in the tree, on purpose: ``canaryd.core.judge.TiedObservationsError`` (a ValueError the
+Not in the tree, on purpose: ``canaryd.core.judgestats.TiedObservationsError`` (a ValueError the
 judge's own callers handle, never seen outside it) and private retry markers inside adapters.
 
 Adapters translate library exceptions (``aiohttp.ClientError``, ``sqlite3.Error``,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import resource
 from collections.abc import Iterator
@@ -10,10 +11,18 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def out_of_file_descriptors() -> Iterator[None]:
-    """This process runs out of file descriptors for the block (limit lowered, then filled)."""
+    """This process runs out of file descriptors for the block (limit lowered, then filled).
+
+    Garbage is collected first and the collector is off for the block: a socket an
+    earlier test left to the collector, closed mid-block, would free a descriptor
+    and let a connection through.
+    """
+    gc.collect()
+    collecting = gc.isenabled()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
     held: list[int] = []
+    gc.disable()
     try:
         with contextlib.suppress(OSError):
             while len(held) < 64:
@@ -24,6 +33,8 @@ def out_of_file_descriptors() -> Iterator[None]:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if collecting:
+            gc.enable()
 
 
 @contextlib.contextmanager

@@ -26,8 +26,8 @@ import pytest
 from support import free_port, retry_on_port_clash
 
 if TYPE_CHECKING:
-    from canaryd.service.pgstore import PostgresStore
     from canaryd.service.store import SqliteStore
+    from canaryd.service.store.postgres import PostgresStore
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 """Debian puts the server binaries under /usr/lib/postgresql/<version>/bin."""
@@ -146,8 +146,8 @@ AnyStore = Union["SqliteStore", "PostgresStore"]
 
 def query(store: object, sql: str) -> list[tuple[Any, ...]]:
     """Rows of ``sql`` read straight from a store's database, SQLite or PostgreSQL."""
-    from canaryd.service.pgstore import PostgresStore
     from canaryd.service.store import SqliteStore
+    from canaryd.service.store.postgres import PostgresStore
 
     if isinstance(store, PostgresStore):
         with psycopg.connect(store.url) as conn:

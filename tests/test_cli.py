@@ -19,7 +19,7 @@ from service_helpers import backends, canary, service_config
 from support import eventually
 
 from canaryd.cli import main
-from canaryd.cli.commands import _parser
+from canaryd.cli.parser import build_parser
 from canaryd.cli.views import (
     metric_line,
     render_detail,
@@ -379,7 +379,7 @@ async def test_status_shows_a_dry_run_metric_that_did_not_stop_the_rollout(
 
 def _options() -> list[tuple[str, argparse.Action]]:
     """Every (command, option) of the ``canaryd`` parser."""
-    parser = _parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return [(name, action) for name, p in sub.choices.items() for action in p._actions]
 

@@ -15,10 +15,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from canaryd.config.templates import builtin_query, render
+from canaryd.config.meshqueries import builtin_query
+from canaryd.config.templates import render
 from canaryd.demo import missing_message, run_scenarios
 from canaryd.demo.app import Faults, make_app
-from canaryd.demo.harness import PROBE_REQUESTS, Tools, probe_versions
+from canaryd.demo.follow import PROBE_REQUESTS, probe_versions
+from canaryd.demo.parts import Tools
 from canaryd.demo.procs import DemoError
 from canaryd.demo.report import render_report
 from canaryd.demo.results import Bound, Sample, ScenarioResult, verdict

@@ -9,8 +9,9 @@ import anyio
 import pytest
 
 from canaryd.demo import run_scenarios
-from canaryd.demo.harness import PROBE_REQUESTS, Tools
+from canaryd.demo.follow import PROBE_REQUESTS
 from canaryd.demo.infra import find_binary
+from canaryd.demo.parts import Tools
 from canaryd.demo.results import verdict
 from canaryd.demo.scenarios import SCENARIOS, Timings
 from canaryd.demo.view import TerminalView, served_line

@@ -22,8 +22,9 @@ import anyio
 import pytest
 
 from canaryd.demo import run_scenarios
-from canaryd.demo.harness import PROBE_REQUESTS, STANDINS_ENV, Tools
+from canaryd.demo.follow import PROBE_REQUESTS
 from canaryd.demo.infra import find_binary
+from canaryd.demo.parts import STANDINS_ENV, Tools
 from canaryd.demo.report import chart, write_report
 from canaryd.demo.results import ScenarioResult, alert_counts, verdict
 from canaryd.demo.scenarios import SCENARIOS, Timings

@@ -16,7 +16,7 @@ from canaryd.config import read_secret
 from canaryd.errors import CanarydError, SecretError
 
 # Exceptions deliberately outside the tree (the errors.py docstring says why).
-OUTSIDE = {"canaryd.core.judge.TiedObservationsError"}
+OUTSIDE = {"canaryd.core.judgestats.TiedObservationsError"}
 
 
 def _exception_classes() -> dict[str, type[BaseException]]:

@@ -64,7 +64,7 @@ from test_crash_campaign import (
 
 from canaryd.client import Client
 from canaryd.errors import ClientError
-from canaryd.service.pgstore import PostgresStore
+from canaryd.service.store.postgres import PostgresStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration, pytest.mark.slow]
 

@@ -244,7 +244,7 @@ def test_corpus_maps_onto_flaggers_behaviour(corpus: Path) -> None:
 
 def test_every_mapped_field_is_in_the_moving_from_flagger_doc() -> None:
     """docs/flagger.md names every manifest field the mapping knows."""
-    from canaryd.config import flagger
+    from canaryd.config import flagger, flaggermap, flaggerproviders
 
     doc = (Path(__file__).parent.parent / "docs" / "flagger.md").read_text(encoding="utf-8")
     known = [
@@ -253,9 +253,9 @@ def test_every_mapped_field_is_in_the_moving_from_flagger_doc() -> None:
         *flagger._CANARY_SPEC_REFS,
         *flagger._ANALYSIS_K8S,
         *flagger._WEBHOOK_K8S,
-        *flagger._TEMPLATE_PROVIDER_K8S,
-        *flagger._ALERT_PROVIDER_K8S,
-        *flagger.NOTIFIER_TYPES,
+        *flaggerproviders._TEMPLATE_PROVIDER_K8S,
+        *flaggerproviders._ALERT_PROVIDER_K8S,
+        *flaggermap.NOTIFIER_TYPES,
         "metricsServer",
         "canaryAnalysis",
         "secretRef",

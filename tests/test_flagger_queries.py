@@ -12,7 +12,8 @@ import re
 
 import pytest
 
-from canaryd.config.templates import builtin_query, builtin_variables, render, template_variables
+from canaryd.config.meshqueries import builtin_query, builtin_variables
+from canaryd.config.templates import render, template_variables
 
 INPUTS = {
     "namespace": "prod",

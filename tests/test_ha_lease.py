@@ -12,8 +12,8 @@ from postgres import PostgresServer
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import FencedError
 from canaryd.service.lease import Lease
-from canaryd.service.pgstore import PostgresStore, redact
 from canaryd.service.store import OutboxMessage
+from canaryd.service.store.postgres import PostgresStore, redact
 
 pytestmark = pytest.mark.anyio
 

@@ -19,9 +19,9 @@ from test_api import Api
 from canaryd.config.loader import load_config
 from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.core.events import Event
-from canaryd.service import store as store_module
-from canaryd.service.daemon import retention
 from canaryd.service.store import Retention, SqliteStore, StateStore
+from canaryd.service.store import retention as store_retention
+from canaryd.service.supervisor import retention
 
 pytestmark = pytest.mark.anyio
 
@@ -190,7 +190,7 @@ async def test_prune_caps_events_outside_rollouts(
     store: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Events of no rollout (config, reload) keep the newest ``EVENTS_KEEP`` per canary."""
-    monkeypatch.setattr(store_module, "EVENTS_KEEP", 3)
+    monkeypatch.setattr(store_retention, "EVENTS_KEEP", 3)
     loaded = [Event("config.loaded", KEY, None, "Initialized", float(t)) for t in range(6)]
     await store.save(KEY, CanaryState(), None, loaded, [])
     await rollout(store, "a", started=100, ended=None)

@@ -19,8 +19,6 @@ from numpy.typing import NDArray
 from scipy import stats
 
 from canaryd.core.judge import (
-    BRENT_TOLERANCE,
-    LARGEST_VALUE,
     Direction,
     EffectSize,
     MetricConfig,
@@ -28,11 +26,15 @@ from canaryd.core.judge import (
     NanStrategy,
     Outliers,
     OutlierStrategy,
-    TiedObservationsError,
     classify_metric,
+    judge,
+)
+from canaryd.core.judgestats import (
+    BRENT_TOLERANCE,
+    LARGEST_VALUE,
+    TiedObservationsError,
     clean_series,
     cles,
-    judge,
     mean,
     mean_ratio,
     outlier_fences,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from canaryd.cli import main
-from canaryd.core.judge import shift_interval, wilcoxon_z
+from canaryd.core.judgestats import shift_interval, wilcoxon_z
 
 SUITES = json.loads((Path(__file__).parent / "kayenta_suites.json").read_text())
 CLASSIFIER = SUITES["ClassifierSuite"]

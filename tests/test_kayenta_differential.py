@@ -27,9 +27,9 @@ from canaryd.core.judge import (
     Outliers,
     OutlierStrategy,
     classify_metric,
-    clean_series,
     judge,
 )
+from canaryd.core.judgestats import clean_series
 from canaryd.core.scoring import ScoreClassification, Thresholds
 
 METRICS = 3000

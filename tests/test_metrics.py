@@ -20,7 +20,8 @@ from service_helpers import backends, canary
 from support import eventually
 
 from canaryd.core.analysis import CanaryState, Phase
-from canaryd.service.metrics import CanarySample, DaemonMetrics, Snapshot
+from canaryd.service.metrics import DaemonMetrics
+from canaryd.service.metrics_snapshot import CanarySample, Snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,8 +87,9 @@ async def test_metrics_after_a_rollout_pass_promtool(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     got = samples(text)
     web_labels = {"namespace": "prod", "name": "web"}
-    assert value(got, "canaryd_canary_phase", **web_labels, phase="Succeeded") == 1
-    assert value(got, "canaryd_canary_phase", **web_labels, phase="Progressing") == 0
+    settled = {**web_labels, "route_pending": "false"}
+    assert value(got, "canaryd_canary_phase", **settled, phase="Succeeded") == 1
+    assert value(got, "canaryd_canary_phase", **settled, phase="Progressing") == 0
     assert value(got, "canaryd_canary_weight", **web_labels) == 0
     assert value(got, "canaryd_canary_primary_weight", **web_labels) == 100
     assert value(got, "canaryd_canary_failed_checks", **web_labels) == 0
@@ -180,6 +182,29 @@ def test_a_rollback_is_counted_once_the_router_applied_it() -> None:
     metrics.changed("prod/web", CanaryState(phase=Phase.FAILED))
     got = samples(metrics.render().decode())
     assert value(got, "canaryd_rollouts_finished_total", **labels, result="rolled_back") == 1
+
+
+def test_the_phase_of_a_pending_rollback_says_pending_as_the_api_does() -> None:
+    """While a rollback waits for the router, the Failed phase series says route_pending
+    "true" (the API's ``routePending``), and "false" once the router applied it."""
+    labels = {"namespace": "prod", "name": "web"}
+    for state, pending in (
+        (CanaryState(phase=Phase.FAILED, route_pending=True), "true"),
+        (CanaryState(phase=Phase.FAILED), "false"),
+    ):
+        metrics = DaemonMetrics()
+        metrics.track("prod/web", state)
+        metrics.snapshot = Snapshot(
+            canaries=(CanarySample("prod", "web", state, 5, "canary", 0.0, None),)
+        )
+        got = samples(metrics.render().decode())
+        current = {k: v for k, v in got.items() if k[0] == "canaryd_canary_phase" and v == 1}
+        assert list(current) == [
+            (
+                "canaryd_canary_phase",
+                frozenset({**labels, "phase": "Failed", "route_pending": pending}.items()),
+            )
+        ], current
 
 
 @pytest.mark.integration  # starts a process (see tests/support/guard.py)

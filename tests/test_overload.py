@@ -47,7 +47,7 @@ from canaryd.config.models import CanaryConfig, WebhookRouter
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import RouterError
 from canaryd.http import make_transport
-from canaryd.providers import transport
+from canaryd.providers import connection, transport
 from canaryd.routers import RouteRequest, build_router
 from canaryd.service import api as api_module
 from canaryd.service import scheduler as scheduler_module
@@ -90,7 +90,7 @@ async def raw_server(answer: bool) -> AsyncIterator[int]:
                 await writer.wait_closed()
 
 
-def readable(conn: transport._Connection) -> bool:
+def readable(conn: connection.Connection) -> bool:
     """Whether bytes wait on the connection's socket."""
     assert conn.transport is not None
     poller = select.poll()
@@ -111,7 +111,7 @@ async def test_an_answer_left_unread_by_a_busy_loop_is_canaryds_own_trouble(
     async with raw_server(answer) as port:
         loop = asyncio.get_running_loop()
         sock, conn = await loop.create_connection(
-            lambda: transport._Connection(1024), "127.0.0.1", port
+            lambda: connection.Connection(1024), "127.0.0.1", port
         )
         try:
             waiter = conn.send(REQUEST)
@@ -148,7 +148,7 @@ async def test_a_timeout_seen_late_by_a_blocked_loop_is_canaryds_own_trouble() -
 @pytest.mark.anyio
 async def test_a_webhook_canaryd_has_no_descriptor_for_is_its_own_trouble() -> None:
     """A rollout webhook call that meets EMFILE is canaryd's trouble; a refused one is not."""
-    async with Receiver() as receiver, make_transport() as session:
+    async with Receiver() as receiver:
         spec = CanaryConfig.model_validate(
             {
                 "name": "web",
@@ -165,14 +165,17 @@ async def test_a_webhook_canaryd_has_no_descriptor_for_is_its_own_trouble() -> N
             }
         )
         load, down = spec.analysis.webhooks
-        with out_of_file_descriptors():
-            starved = await webhooks.call(session, spec, CanaryState(), load, "k1")
-        refused = await webhooks.call(session, spec, CanaryState(), down, "k2")
-        served = await webhooks.call(session, spec, CanaryState(), load, "k3")
+        # a transport of its own, used first: no pooled keep-alive connection to reuse
+        async with make_transport() as fresh:
+            with out_of_file_descriptors():
+                starved = await webhooks.call(fresh, spec, CanaryState(), load, "k1")
+        async with make_transport() as session:
+            refused = await webhooks.call(session, spec, CanaryState(), down, "k2")
+            served = await webhooks.call(session, spec, CanaryState(), load, "k3")
     assert (starved.ok, starved.own) == (False, True), starved
     assert "Too many open files" in starved.detail
     assert (refused.ok, refused.own) == (False, False), refused
-    assert served.ok and receiver.requests  # the receiver was there all along
+    assert served.ok and len(receiver.requests) == 1  # there all along; reached once, not starved
 
 
 @pytest.mark.anyio
@@ -299,8 +302,8 @@ async def test_readyz_says_behind_while_ticks_start_late_then_ready_again(
             for _ in range(5):  # starved: stuck 0.6 s out of every 0.65 s
                 loop.call_soon(time.sleep, 0.6)
                 await anyio.sleep(0.05)
-            daemon._check_schedule()
-            status = daemon.status_line()
+            daemon.health.check_schedule()
+            status = daemon.health.status_line()
         behind = [body for code, body in answers if code == 503]
         assert behind, answers
         assert behind[0]["status"] == "behind" and behind[0]["lagSeconds"] > 0.3
@@ -336,11 +339,11 @@ async def test_scheduler_behind_is_logged_once_a_minute_even_when_the_lag_flaps(
     lags = iter([2.0, 0.0, 3.0, 0.0, 2.5, 0.0])
     with capture_logs() as logs:
         async with running_daemon(config) as daemon:
-            monkeypatch.setattr(daemon, "schedule_lag", lambda: next(lags))
+            monkeypatch.setattr(daemon.health, "schedule_lag", lambda: next(lags))
             statuses = []
             for _ in range(6):
-                daemon._check_schedule()
-                statuses.append(daemon.status_line())
+                daemon.health.check_schedule()
+                statuses.append(daemon.health.status_line())
     said = [e["event"] for e in logs if e["event"].startswith("scheduler.")]
     assert said == ["scheduler.behind", "scheduler.caught_up"]
     assert ["behind schedule" in line for line in statuses] == [True, False] * 3
@@ -624,11 +627,14 @@ more than one daemon process runs on the test machines (about 1,500 on 2 shared 
 so ticks fall behind schedule by seconds. Two seconds leave each query 1.6 s: Prometheus,
 on the same loaded machine and flooded by the daemon, answers within that."""
 
-OVERLOAD_SECONDS = 25.0
-"""How long the test keeps the daemon overloaded at most (it then stops it)."""
+OVERLOAD_SECONDS = 90.0
+"""How long the test keeps the daemon overloaded at most (it then stops it): a bound for
+a slow machine; it stops as soon as it saw what it waits for."""
 
-FAIRNESS_SECONDS = 15.0
-"""How long the test keeps it overloaded at least, once every rollout has started."""
+LEAST_TICKS = 3
+"""Ticks every canary makes, once every rollout has started, before the test stops the
+daemon: the fairness window is counted in ticks of the slowest canary, not in seconds,
+so a slow machine stretches it instead of starving a canary of its share."""
 
 
 def busy_canary(i: int, job: str) -> dict[str, Any]:
@@ -661,6 +667,51 @@ async def start_rollouts(base: str, names: list[str]) -> None:
         async with anyio.create_task_group() as tg:
             for name in names:
                 tg.start_soon(one, name)
+
+
+class Ticks:
+    """The daemon's ``analysis.tick`` lines per canary since every rollout started, read
+    from its log as it grows (whole lines only)."""
+
+    def __init__(self, log: Path, names: list[str]) -> None:
+        self.log, self.offset = log, 0
+        self.per = dict.fromkeys(names, 0)
+        self.started: set[str] = set()
+        self.all_started = ""
+        """Timestamp of the last ``rollout.started`` ("": not every rollout started yet)."""
+
+    def read(self) -> None:
+        """Count the lines written since the last read."""
+        with self.log.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        for line in data[:end].splitlines():
+            with suppress(ValueError):
+                self.count(json.loads(line))
+
+    def count(self, entry: Any) -> None:
+        """Count one log line."""
+        if not isinstance(entry, dict):
+            return
+        if entry.get("event") == "rollout.started":
+            self.started.add(entry["canary"])
+            if len(self.started) == len(self.per) and not self.all_started:
+                self.all_started = entry["timestamp"]
+        elif (
+            entry.get("event") == "analysis.tick"
+            and self.all_started
+            and entry["timestamp"] > self.all_started
+        ):
+            self.per[entry["canary"]] += 1
+
+    async def wait(self, least: int) -> None:
+        """Return once every canary ticked ``least`` times since all started (the caller
+        bounds the wait)."""
+        while not (self.all_started and min(self.per.values()) >= least):
+            await anyio.to_thread.run_sync(self.read)
+            await anyio.sleep(0.5)
 
 
 class Behind:
@@ -713,6 +764,10 @@ class Behind:
 
 @pytest.mark.anyio
 @pytest.mark.integration
+# bounded by its parts: the API up (60 s), 1,200 starts through the overloaded API (115 s
+# measured on a loaded 2-core machine, beyond the default 120 s for the whole test),
+# overload (90 s), stop (60 s)
+@pytest.mark.timeout(420)
 async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
     tmp_path: Path, prometheus: PrometheusServer, unique_job: str
 ) -> None:
@@ -724,6 +779,8 @@ async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
         notify.bind(address)
         notify.setblocking(False)
         behind = Behind(notify)
+        names = [f"c{i:04d}" for i in range(CANARIES)]
+        ticks = Ticks(log, names)
         async with Receiver() as router:
             config = write_config(
                 tmp_path,
@@ -737,25 +794,20 @@ async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
                 await api_up(base, within=60)  # 1,200 canaries take a while to validate
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(drained, behind)
-                    await start_rollouts(base, [f"c{i:04d}" for i in range(CANARIES)])
-                    started = time.monotonic()
+                    await start_rollouts(base, names)
                     with anyio.move_on_after(OVERLOAD_SECONDS):
                         await behind.watch(base)
-                    await anyio.sleep(started + FAIRNESS_SECONDS - time.monotonic())
+                        await ticks.wait(LEAST_TICKS)
                     await stopped(proc)
                     tg.cancel_scope.cancel()
     assert behind.readyz is not None, "/readyz never said behind"
     assert behind.lag > 1.0, behind.lag
     assert behind.status is not None, "STATUS= never said behind"
     assert events(log, "check.failed") == []
-    all_started = max(e["timestamp"] for e in events(log, "rollout.started"))
-    per = {f"c{i:04d}": 0 for i in range(CANARIES)}
-    for tick in events(log, "analysis.tick"):
-        if tick["timestamp"] > all_started:
-            per[tick["canary"]] += 1
-    counts = sorted(per.values())
+    ticks.read()  # the whole log, the daemon stopped
+    counts = sorted(ticks.per.values())
     # nobody starved, every interval stretched alike (a tick of slack at the window's edges)
-    assert counts[0] >= 1 and counts[-1] <= 3 * counts[0] + 1, counts
+    assert counts[0] >= LEAST_TICKS and counts[-1] <= 3 * counts[0] + 1, counts
     lines = events(log, "scheduler.behind")
     assert lines and lines[0]["lag_seconds"] > 1.0, lines
     times = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in lines]

@@ -19,11 +19,12 @@ import aiohttp
 import pytest
 from support import eventually
 
+from canaryd.config.meshqueries import builtin_query
 from canaryd.config.models import EnvoyRouter, TraefikRouter
-from canaryd.config.templates import builtin_query, render, template_variables
-from canaryd.demo import fileproxies
-from canaryd.demo.harness import find_envoy
+from canaryd.config.templates import render, template_variables
+from canaryd.demo import envoyproxy, traefikproxy
 from canaryd.demo.infra import find_binary, run_prometheus
+from canaryd.demo.parts import find_envoy
 from canaryd.demo.procs import child, free_port, python_module, wait_ready
 from canaryd.http import HttpTransport, make_transport
 from canaryd.routers import RouteRequest
@@ -72,15 +73,15 @@ async def query(prometheus: str, mesh: str, metric: str, target: str) -> float:
 
 
 PROXIES: dict[str, tuple[Callable[[], str | None], Any, str]] = {
-    "traefik-file": (lambda: find_binary("traefik"), fileproxies.run_traefik, "traefik"),
-    "envoy": (find_envoy, fileproxies.run_envoy, "envoy"),
+    "traefik-file": (lambda: find_binary("traefik"), traefikproxy.run_traefik, "traefik"),
+    "envoy": (find_envoy, envoyproxy.run_envoy, "envoy"),
 }
 
 
 async def route_half(path: Any, session: HttpTransport) -> None:
     """50/50 through canaryd's own router for the proxy."""
     request = RouteRequest("demo/web", "v2", "route", 50, 50, idempotency_key="half")
-    if isinstance(path, fileproxies.TraefikPath):
+    if isinstance(path, traefikproxy.TraefikPath):
         await TraefikFileRouter(TraefikRouter.model_validate(path.router), session).apply(request)
     else:
         await EnvoyFileRouter(EnvoyRouter.model_validate(path.router), session).apply(request)
@@ -88,7 +89,7 @@ async def route_half(path: Any, session: HttpTransport) -> None:
 
 def exporter(path: Any) -> str:
     """``host:port/path`` of the proxy's Prometheus metrics."""
-    if isinstance(path, fileproxies.TraefikPath):
+    if isinstance(path, traefikproxy.TraefikPath):
         return f"{path.api.removeprefix('http://')}/metrics"
     return f"{path.admin.removeprefix('http://')}/stats/prometheus"
 

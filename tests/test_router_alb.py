@@ -10,18 +10,13 @@ from typing import Any
 import pytest
 from moto_server import REGION, Alb, make_alb, run_moto
 from support import refused_port
+from traffic import route
 
 from canaryd.config import AlbRouter
 from canaryd.errors import RouterError
-from canaryd.routers import Action, RouteRequest
 from canaryd.routers.alb import AlbListener
 
 pytestmark = pytest.mark.anyio
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
 
 
 @pytest.fixture(scope="session")

@@ -12,19 +12,13 @@ import pytest
 from caddy import CaddyInstance, find_caddy, run_caddy
 from haproxy import named_backend
 from support import refused_port
-from traffic import STEPS, assert_split
+from traffic import assert_split, route, step_and_roll_back
 
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport, make_transport
-from canaryd.routers import Action, RouteRequest
 from canaryd.routers.caddy import CaddyAdmin
 
 pytestmark = pytest.mark.anyio
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
 
 
 @pytest.fixture(scope="session")
@@ -67,17 +61,11 @@ async def test_route_steps_and_rollback_split_real_traffic(
     """0/20/50/100 percent and a rollback land within 7 points of the weight (0/100 exact)."""
     router = CaddyAdmin(caddy.router_config(), session)
 
-    for canary in STEPS:
-        await router.apply(route("route", 100 - canary, canary))
-        assert caddy.policy() == {
-            "policy": "weighted_round_robin",
-            "weights": [100 - canary, canary],
-        }
-        await assert_split(caddy.url, canary)
-    await router.apply(route("rollback", 0, 100))
+    def check(canary: int) -> None:
+        policy = {"policy": "weighted_round_robin", "weights": [100 - canary, canary]}
+        assert caddy.policy() == policy
 
-    assert caddy.policy() == {"policy": "weighted_round_robin", "weights": [100, 0]}
-    await assert_split(caddy.url, 0)
+    await step_and_roll_back(router, caddy.url, check=check)
 
 
 @pytest.mark.integration

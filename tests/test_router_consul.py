@@ -8,19 +8,14 @@ from typing import Any
 
 import pytest
 from consul_fake import FakeConsul, running_consul
+from traffic import route
 
 from canaryd.config import ConsulRouter
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport, make_transport
-from canaryd.routers import Action, RouteRequest
 from canaryd.routers.consul import CAS_ATTEMPTS, ConsulSplitter
 
 pytestmark = pytest.mark.anyio
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
 
 
 def subsets(primary: int, canary: int) -> list[dict[str, Any]]:

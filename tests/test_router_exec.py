@@ -7,18 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
+from traffic import route
 
 from canaryd.config import ExecRouter
 from canaryd.errors import RouterError
-from canaryd.routers import Action, RouteRequest
+from canaryd.routers import Action
 from canaryd.routers.exec import STDERR_PREVIEW_CHARS, ExecCommand
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # they start processes
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
 
 
 def script(tmp_path: Path, body: str) -> str:

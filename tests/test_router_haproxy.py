@@ -12,23 +12,19 @@ import pytest
 from anyio.abc import SocketStream
 from haproxy import HAProxyInstance, count_responses, short_socket_dir
 from support import refused_port
-from traffic import STEPS, assert_split
+from traffic import assert_split, route, step_and_roll_back
 
 from canaryd.config import HAProxyRouter
 from canaryd.errors import RouterError
-from canaryd.routers import Action, RouteRequest
-from canaryd.routers.haproxy import HAProxyRuntime, parse_socket, to_haproxy_weight
+from canaryd.routers import Action
+from canaryd.routers.haproxy import HAProxyRuntime, to_haproxy_weight
+from canaryd.routers.haproxy_socket import parse_socket
 
 REQUESTS = 400
 """Requests sent through the frontend to measure a split."""
 
 TOLERANCE = 0.03
 """Allowed deviation of the measured canary share (roundrobin is near-exact)."""
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
 
 
 def weights(instance: HAProxyInstance) -> tuple[str, str]:
@@ -207,12 +203,7 @@ async def test_route_steps_and_rollback_split_real_traffic(haproxy: HAProxyInsta
     """0/20/50/100 percent and a rollback land within 7 points of the weight (0/100 exact)."""
     router = HAProxyRuntime(haproxy.router_config())
 
-    for canary in STEPS:
-        await router.apply(route("route", 100 - canary, canary))
-        await assert_split(haproxy.url, canary)
-    await router.apply(route("rollback", 0, 100))
-
-    await assert_split(haproxy.url, 0)
+    await step_and_roll_back(router, haproxy.url)
 
 
 @pytest.mark.integration

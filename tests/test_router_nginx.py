@@ -11,14 +11,12 @@ from typing import Any
 
 import anyio
 import pytest
-from haproxy import named_backend
 from proxies import find_nginx, free_port, port_open, require, run_proxy
-from support import eventually, started_on_free_port
-from traffic import assert_split
+from support import eventually
+from traffic import assert_split, in_front_of_backends, route, step_and_roll_back
 
 from canaryd.config import NginxRouter
 from canaryd.errors import RouterError
-from canaryd.routers import Action, RouteRequest
 from canaryd.routers.nginx import NginxFileRouter, _workers, render_upstream, split_weights
 
 NGINX_CONF = """\
@@ -91,17 +89,8 @@ class Nginx:
 async def nginx(tmp_path: Path) -> AsyncIterator[Nginx]:
     """A running NGINX in front of two real backends ("primary" and "canary")."""
     binary = require(find_nginx(), "nginx (apt-get install nginx)")
-    async with named_backend("primary") as primary, named_backend("canary") as canary:
-        instance = started_on_free_port(lambda d: Nginx(binary, d, (primary, canary)), tmp_path)
-        try:
-            yield instance
-        finally:
-            instance.stop()
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
+    async with in_front_of_backends(lambda d, b: Nginx(binary, d, b), tmp_path) as proxy:
+        yield proxy
 
 
 @pytest.mark.parametrize(
@@ -157,11 +146,7 @@ async def test_steps_and_rollback_split_real_traffic(nginx: Nginx) -> None:
     """0/20/50/100 % and rollback, each measured with real requests through NGINX."""
     router = NginxFileRouter(nginx.router_config())
 
-    for canary in (0, 20, 50, 100):
-        await router.apply(route("route", 100 - canary, canary))
-        await assert_split(nginx.url, canary)
-    await router.apply(route("rollback", 0, 100))
-    await assert_split(nginx.url, 0)
+    await step_and_roll_back(router, nginx.url)
 
 
 @pytest.mark.integration

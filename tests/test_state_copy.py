@@ -15,9 +15,9 @@ from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.core.events import Event
 from canaryd.errors import StoreError
 from canaryd.service.lease import Lease
-from canaryd.service.pgstore import PostgresStore
 from canaryd.service.statecopy import copy_state
 from canaryd.service.store import SqliteStore, StateStore
+from canaryd.service.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.anyio
 

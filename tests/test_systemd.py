@@ -192,7 +192,9 @@ async def test_watchdog_stops_when_a_loop_stalls(
 
             runner = daemon.runner("prod/web")
             monkeypatch.setattr(runner, "tick", hang)
-            await eventually(lambda: daemon.stalled(time.time()), what="the loop counts as stalled")
+            await eventually(
+                lambda: daemon.health.stalled(time.time()), what="the loop counts as stalled"
+            )
             systemd.poll()
             withheld = len(systemd.messages)
 
@@ -233,7 +235,7 @@ async def test_a_tick_waiting_for_a_slow_hook_within_its_timeout_is_not_a_stall(
             await hook.wait_for(1)
             seen = []
             for _ in range(15):  # 1.5 s of the 2 s the hook holds its answer
-                seen += daemon.stalled(time.time())
+                seen += daemon.health.stalled(time.time())
                 await anyio.sleep(0.1)
             assert len(hook.requests) == 1, "the tick is still waiting for the hook"
             daemon.stop()

@@ -6,10 +6,8 @@ import pytest
 from prom import PrometheusServer, histogram_samples, open_provider
 from support import eventually
 
+from canaryd.config.meshqueries import BUILTIN_METRICS, MESH_PROVIDERS, builtin_query
 from canaryd.config.templates import (
-    BUILTIN_METRICS,
-    MESH_PROVIDERS,
-    builtin_query,
     interval_text,
     promql_duration,
     render,

@@ -9,8 +9,15 @@ the measured canary share against the weight canaryd set.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Protocol, TypeVar
 
-from haproxy import count_responses
+from haproxy import count_responses, named_backend
+from support import started_on_free_port
+
+from canaryd.routers import Action, RouteRequest
 
 REQUESTS = 200
 """Requests sent through the proxy per measured step."""
@@ -48,3 +55,75 @@ async def assert_split(url: str, canary: int, requests: int = REQUESTS) -> Count
     error = share_error(counts, canary)
     assert error is None, error
     return counts
+
+
+def route(action: Action = "route", primary: int = 80, canary: int = 20) -> RouteRequest:
+    """A router request for prod/web."""
+    return RouteRequest("prod/web", "v2", action, primary, canary, idempotency_key="key-1")
+
+
+class Applies(Protocol):
+    """A router under test: anything that applies a :class:`RouteRequest`."""
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Set the weights (or promote, or roll back) as ``request`` says."""
+        ...
+
+
+async def step_and_roll_back(
+    router: Applies,
+    url: str,
+    *,
+    requests: int = REQUESTS,
+    check: Callable[[int], None] | None = None,
+) -> None:
+    """Drive ``router`` through :data:`STEPS` and a rollback, measuring each split at ``url``.
+
+    ``check(canary)``, if given, runs after each apply and before the traffic is counted
+    (the proxy's own view of the weights, say).
+
+    Raises:
+        AssertionError: a measured split (or ``check``) is off.
+    """
+    for canary in STEPS:
+        await router.apply(route("route", 100 - canary, canary))
+        if check is not None:
+            check(canary)
+        await assert_split(url, canary, requests)
+    await router.apply(route("rollback", 0, 100))
+    if check is not None:
+        check(0)
+    await assert_split(url, 0, requests)
+
+
+class Proxy(Protocol):
+    """A proxy under test that starts in the foreground and stops."""
+
+    def start(self) -> None:
+        """Start it and wait until it is ready."""
+        ...
+
+    def stop(self) -> None:
+        """Stop it (and wait for it)."""
+        ...
+
+
+P = TypeVar("P", bound=Proxy)
+
+
+@asynccontextmanager
+async def in_front_of_backends(
+    make: Callable[[Path, tuple[int, int]], P], directory: Path
+) -> AsyncIterator[P]:
+    """``make(dir, (primary_port, canary_port))`` started in front of two real backends.
+
+    The backends answer "primary" and "canary" (:func:`haproxy.named_backend`); the
+    proxy is started by :func:`support.started_on_free_port` (again on a port clash,
+    in a fresh subdirectory of ``directory``) and stopped when the block ends.
+    """
+    async with named_backend("primary") as primary, named_backend("canary") as canary:
+        proxy = started_on_free_port(lambda d: make(d, (primary, canary)), directory)
+        try:
+            yield proxy
+        finally:
+            proxy.stop()

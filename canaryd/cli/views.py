@@ -62,9 +62,8 @@ async def _rows(
     body = await client.get("")
     if "role" in body and roles is not None:
         leader = _cell(body.get("leader") or "unknown")
-        roles.append(f"this replica is the {_cell(body['role'])}; leader: {leader}")
-    rows: list[dict[str, Any]] = body["canaries"]
-    return rows
+        roles.append(f"this replica is the {_cell(body.get('role'))}; leader: {leader}")
+    return _listed(body, "canaries")
 
 
 async def status(client: Any, args: argparse.Namespace) -> int:
@@ -124,14 +123,17 @@ async def history(client: Any, key: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _listed(data: dict[str, Any], field: str) -> list[dict[str, Any]]:
-    """The objects listed under ``field`` of an answer.
+def _listed(data: dict[str, Any], field: str, *, strict: bool = True) -> list[dict[str, Any]]:
+    """The objects listed under ``field`` of an answer (none when not ``strict`` and absent).
 
     Raises:
-        ClientError: the answer has no such list (not a canaryd of this version).
+        ClientError: (``strict`` only) the answer has no such list (not a canaryd of this
+            version).
     """
     items = data.get(field)
     if not isinstance(items, list):
+        if not strict:
+            return []
         raise ClientError(f"the daemon's answer has no {field!r} list")
     return [item for item in items if isinstance(item, dict)]
 
@@ -140,13 +142,11 @@ def render_detail(s: dict[str, Any]) -> str:
     """``canaryd status NS/NAME``: the table line, times, and the last check metric by metric."""
     lines = [render_table([s])]
     lines.append(f"started {stamp(s.get('startedAt'))}  finished {stamp(s.get('finishedAt'))}")
-    checks = s.get("checks") or []
-    if checks and isinstance(checks[0], dict):
+    checks = _listed(s, "checks", strict=False)
+    if checks:
         check = checks[0]
         lines.append(f"last check {stamp(check.get('time'))}: {_cell(check.get('outcome', '-'))}")
-        lines.extend(
-            f"  {metric_line(m)}" for m in check.get("metrics") or [] if isinstance(m, dict)
-        )
+        lines.extend(f"  {metric_line(m)}" for m in _listed(check, "metrics", strict=False))
     return "\n".join(lines)
 
 

@@ -17,11 +17,10 @@ from typing import Any, TypeGuard
 from pydantic import ValidationError
 from pydantic_settings import PydanticBaseSettingsSource
 
-from canaryd.config import flagger
-from canaryd.config.flagger import KeyPath, did_you_mean, unknown_key
+from canaryd.config.flaggermap import PROVIDER_ANNOTATION, KeyPath, did_you_mean, unknown_key
+from canaryd.config.meshqueries import BUILTIN_METRICS
 from canaryd.config.models import Settings, read_secret
 from canaryd.config.modeltypes import data_path, keys_at
-from canaryd.config.templates import BUILTIN_METRICS
 from canaryd.config.yamlpos import Report, got
 from canaryd.errors import SecretError
 
@@ -185,7 +184,7 @@ def _check_metric(
         return
     count = len(defined["providers"])
     reason = "no providers are defined" if not count else f"{count} providers are defined"
-    where = f"annotation {flagger.PROVIDER_ANNOTATION}" if manifest else "provider on the canary"
+    where = f"annotation {PROVIDER_ANNOTATION}" if manifest else "provider on the canary"
     ctx.problem(here, f"metric {name!r} has no provider ({reason}); set provider on it or {where}")
 
 

@@ -26,53 +26,20 @@ into file positions.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-KeyPath = tuple[str | int, ...]
-"""Path of a value in a YAML document: mapping keys and sequence indexes."""
-
-API_VERSION = "flagger.app/v1beta1"
-KINDS = ("AlertProvider", "Canary", "MetricTemplate")
-ROUTER_ANNOTATION = "canaryd.io/router"
-PROVIDER_ANNOTATION = "canaryd.io/provider"
-ANNOTATIONS = (PROVIDER_ANNOTATION, ROUTER_ANNOTATION)
-
-NOTIFIER_TYPES = {
-    "slack": "slack",
-    "msteams": "msteams",
-    "discord": "discord",
-    "gchat": "gchat",
-    "googlechat": "gchat",
-    "rocket": "rocket",
-}
-"""Flagger AlertProvider types canaryd can deliver to, and their canaryd name."""
-
-TEMPLATE_PROVIDER_TYPES: dict[str, dict[str, Any]] = {
-    "prometheus": {"type": "prometheus"},
-    "graphite": {"type": "graphite"},
-    "influxdb": {"type": "influxdb", "language": "flux"},  # Flagger's influxdb speaks Flux
-}
-"""Flagger MetricTemplate provider types canaryd queries, and the canaryd provider they become."""
-
-SECRET_KEYS = {
-    "datadog": {
-        "api_key_file": "datadog_api_key",
-        "application_key_file": "datadog_application_key",
-    },
-    "newrelic": {"api_key_file": "newrelic_query_key", "account_id_file": "newrelic_account_id"},
-    "dynatrace": {"api_token_file": "dynatrace_token"},
-}
-"""The Flagger secret keys of each SaaS provider type, by the canaryd setting reading them."""
-
-SECRET_FILES = sorted({setting for keys in SECRET_KEYS.values() for setting in keys})
-
-SAAS_TYPES = ("cloudwatch", "datadog", "dynatrace", "newrelic")
-"""Flagger MetricTemplate provider types mapped onto canaryd's SaaS providers (same names)."""
-
-_FLAGGER_PROVIDER_KEYS = ("address", "insecureSkipVerify", "region", "secretRef", "type")
+from canaryd.config.flaggermap import (
+    ANNOTATIONS,
+    API_VERSION,
+    KINDS,
+    PROVIDER_ANNOTATION,
+    ROUTER_ANNOTATION,
+    KeyPath,
+    Mapped,
+    unknown_key,
+)
+from canaryd.config.flaggerproviders import map_alert_provider, map_template
 
 _CANARY_SPEC_K8S = (
     "autoscalerRef",
@@ -91,75 +58,6 @@ _ANALYSIS_K8S = (
     "sessionAffinity",
 )
 _WEBHOOK_K8S: tuple[str, ...] = ()  # muteAlert and disableTLS are supported
-_TEMPLATE_PROVIDER_K8S = ("region",)
-_ALERT_PROVIDER_K8S = ("certSecretRef", "proxy")
-
-
-@dataclass
-class Mapped:
-    """One manifest mapped onto the canaryd model.
-
-    Attributes:
-        kind: the manifest's kind.
-        name: ``metadata.name`` (``None`` when missing).
-        section: where :attr:`entry` goes: ``canaries``, ``templates`` or
-            ``notifiers``; ``None`` when the manifest could not be mapped.
-        entry: the canaryd config entry.
-        moves: ``(path in entry, path in manifest)`` pairs: positions of the
-            manifest subtree are reported for the entry subtree.
-        ignored: Kubernetes-only fields, as dotted manifest paths.
-        problems: ``(path in manifest, message)`` pairs.
-        suppress: entry paths whose model errors are already covered by a problem.
-        needs_router: the canary's router is the only one defined (no annotation).
-        prometheus_address: a MetricTemplate's provider address (find or create).
-        provider_entry: the provider to create when no provider has that address.
-        provider_type: the canaryd provider type a MetricTemplate's provider maps to.
-        secret_ref: a MetricTemplate's ``secretRef`` name (mapped to secret files).
-        unsupported: why the manifest is kept out of the configuration (a warning),
-            e.g. a MetricTemplate for a provider type canaryd does not query.
-        differences: ``(path in manifest, message)`` of the deliberate differences
-            from Flagger this manifest meets (one warning line each).
-    """
-
-    kind: str
-    name: str | None = None
-    section: str | None = None
-    entry: dict[str, Any] = field(default_factory=dict)
-    moves: list[tuple[KeyPath, KeyPath]] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    problems: list[tuple[KeyPath, str]] = field(default_factory=list)
-    suppress: list[KeyPath] = field(default_factory=list)
-    needs_router: bool = False
-    prometheus_address: str | None = None
-    provider_entry: dict[str, Any] | None = None
-    provider_type: str = "prometheus"
-    secret_ref: str | None = None
-    unsupported: str | None = None
-    differences: list[tuple[KeyPath, str]] = field(default_factory=list)
-
-    def problem(self, path: KeyPath, message: str) -> None:
-        """Record a problem at ``path`` of the manifest."""
-        self.problems.append((path, message))
-
-
-def is_manifest(doc: object) -> bool:
-    """Whether a YAML document looks like a Kubernetes manifest (has ``apiVersion`` or ``kind``)."""
-    return isinstance(doc, dict) and ("apiVersion" in doc or "kind" in doc)
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
-    options = sorted(choices)
-    lowered = {c.lower(): c for c in options}
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return f"; did you mean {lowered[close[0]]!r}?" if close else ""
-
-
-def unknown_key(key: str, choices: Iterable[str]) -> str:
-    """The message for a key that is not valid at its place."""
-    options = sorted(choices)
-    hint = did_you_mean(key, options)
-    return f"unknown key {key!r}" + (hint or f"; valid keys: {', '.join(options)}")
 
 
 def map_manifest(doc: dict[str, Any]) -> Mapped:
@@ -400,184 +298,11 @@ def _alerts(value: Any, entry: dict[str, Any], out: Mapped, key: str = "analysis
     entry["alerts"] = alerts
 
 
-def _map_template(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> None:
-    """``MetricTemplate`` -> ``templates[name]`` (+ a provider found or created later)."""
-    out.section = "templates"
-    entry: dict[str, Any] = {}
-    out.moves.append(((), ("spec",)))
-    if isinstance(meta.get("namespace"), str):
-        entry["namespace"] = meta["namespace"]
-        out.moves.append((("namespace",), ("metadata", "namespace")))
-    for key, value in spec.items():
-        if key == "query":
-            entry["query"] = value
-            out.moves.append((("query",), ("spec", "query")))
-        elif key == "provider":
-            _template_provider(value, out)
-        else:
-            out.problem(("spec", key), unknown_key(str(key), ("provider", "query")))
-    out.moves.append((("provider",), ("spec", "provider") if "provider" in spec else ("spec",)))
-    out.entry = entry
-
-
-def _template_provider(value: Any, out: Mapped) -> None:
-    """A MetricTemplate's provider (of TEMPLATE_PROVIDER_TYPES); secretRef mapped to files."""
-    here: KeyPath = ("spec", "provider")
-    if not isinstance(value, dict):
-        out.problem(here, "must be a mapping")
-        return
-    if value.get("type") in SAAS_TYPES:
-        _saas_provider(str(value["type"]), value, out)
-        return
-    provider: dict[str, Any] = {"type": "prometheus"}
-    for key, item in value.items():
-        if key == "type":
-            if isinstance(item, str) and item in TEMPLATE_PROVIDER_TYPES:
-                provider.update(TEMPLATE_PROVIDER_TYPES[item])
-                out.provider_type = provider["type"]
-            else:
-                expected = ", ".join(sorted((*TEMPLATE_PROVIDER_TYPES, *SAAS_TYPES)))
-                out.unsupported = (
-                    f"MetricTemplate {out.name}: provider type {item!r} is not supported "
-                    f"(canaryd queries: {expected}); a canary that uses it is refused"
-                )
-        elif key in ("address", "insecureSkipVerify"):
-            provider[key] = item
-        elif key == "headers":
-            provider["headers"] = _headers(item, out)
-            out.moves.append((("headers",), (*here, "headers")))
-        elif key == "secretRef":
-            name = item.get("name") if isinstance(item, dict) else None
-            if not isinstance(name, str) or not name:
-                out.problem((*here, key), "must be a mapping with a name")
-            else:
-                out.secret_ref = name
-        elif key in _TEMPLATE_PROVIDER_K8S:
-            out.ignored.append(f"spec.provider.{key}")
-        else:
-            valid = ("address", "headers", "insecureSkipVerify", "type", "secretRef", "region")
-            out.problem((*here, key), unknown_key(str(key), valid))
-    address = provider.get("address")
-    if isinstance(address, str):
-        out.prometheus_address = address
-        out.provider_entry = provider
-
-
-def _saas_provider(kind: str, value: dict[str, Any], out: Mapped) -> None:
-    """A datadog/cloudwatch/newrelic/dynatrace ``spec.provider`` (docs/providers.md).
-
-    The provider is created whether or not an address is set (each type has a
-    default, or needs none); ``secretRef`` becomes files (configmerge).
-    """
-    here: KeyPath = ("spec", "provider")
-    provider: dict[str, Any] = {"type": kind}
-    out.provider_type = kind
-    used = ("region",) if kind == "cloudwatch" else ("address", "insecureSkipVerify")
-    for key, item in value.items():
-        if key in used:
-            provider[key] = _nerdgraph(item) if kind == "newrelic" and key == "address" else item
-        elif key == "secretRef" and kind in SECRET_KEYS:
-            name = item.get("name") if isinstance(item, dict) else None
-            if not isinstance(name, str) or not name:
-                out.problem((*here, key), "must be a mapping with a name")
-            else:
-                out.secret_ref = name
-        elif key in _FLAGGER_PROVIDER_KEYS:
-            if key != "type":
-                out.ignored.append(f"spec.provider.{key}")  # not used by this type
-        else:
-            out.problem((*here, key), unknown_key(str(key), _FLAGGER_PROVIDER_KEYS))
-    if kind in SECRET_KEYS and "secretRef" not in value:
-        out.problem(here, f"missing key 'secretRef' ({kind} reads its keys from a secret)")
-    out.provider_entry = provider
-
-
-def _nerdgraph(address: Any) -> Any:
-    """Flagger's New Relic address is the Insights API's; canaryd asks NerdGraph on ``api.``."""
-    if isinstance(address, str):
-        return address.replace("://insights-api.", "://api.", 1)
-    return address
-
-
-def _headers(value: Any, out: Mapped) -> Any:
-    """Flagger's ``http.Header`` (name -> list of values) as canaryd's name -> one value."""
-    if not isinstance(value, dict):
-        return value
-    joined: dict[Any, Any] = {}
-    for name, item in value.items():
-        if isinstance(item, list) and all(isinstance(v, str) for v in item):
-            joined[name] = ", ".join(item)
-        else:
-            joined[name] = item
-    return joined
-
-
-def _map_alert_provider(spec: dict[str, Any], meta: dict[str, Any], out: Mapped) -> None:
-    """``AlertProvider`` -> ``notifiers[name]``."""
-    out.section = "notifiers"
-    entry: dict[str, Any] = {}
-    out.moves.append(((), ("spec",)))
-    for key, value in spec.items():
-        if key == "type":
-            _notifier_type(value, entry, out)
-        elif key == "address":
-            entry["url"] = value
-            out.moves.append((("url",), ("spec", "address")))
-        elif key in ("channel", "username"):
-            entry[key] = value
-            out.moves.append(((key,), ("spec", key)))
-        elif key == "secretRef" and isinstance(value, dict) and isinstance(value.get("name"), str):
-            out.secret_ref = value["name"]
-        elif key in _ALERT_PROVIDER_K8S:
-            out.ignored.append(f"spec.{key}")
-        else:
-            valid = ("address", "channel", "type", "username", "secretRef", *_ALERT_PROVIDER_K8S)
-            out.problem(("spec", key), unknown_key(str(key), valid))
-    if "address" not in spec and out.secret_ref is None:
-        out.problem(("spec",), "missing key 'address'")
-        out.suppress.append(())
-    if "type" not in spec:
-        out.problem(("spec",), "missing key 'type'")
-        out.suppress.append(())
-    out.entry = entry
-
-
-def _notifier_type(value: Any, entry: dict[str, Any], out: Mapped) -> None:
-    if value in NOTIFIER_TYPES:
-        entry["type"] = NOTIFIER_TYPES[value]
-        out.moves.append((("type",), ("spec", "type")))
-    else:
-        expected = ", ".join(sorted(NOTIFIER_TYPES))
-        out.problem(
-            ("spec", "type"), f"unknown notifier type {value!r}; expected one of: {expected}"
-        )
-        out.suppress.append(())
-
-
 _MAPPERS: dict[str, Callable[[dict[str, Any], dict[str, Any], Mapped], None]] = {
     "Canary": _map_canary,
-    "MetricTemplate": _map_template,
-    "AlertProvider": _map_alert_provider,
+    "MetricTemplate": map_template,
+    "AlertProvider": map_alert_provider,
 }
-
-
-def find_same(providers: dict[str, Any], entry: dict[str, Any]) -> str | None:
-    """The name of a provider whose entry equals ``entry``, if any."""
-    return next((str(name) for name, p in providers.items() if p == entry), None)
-
-
-def find_provider(providers: dict[str, Any], address: str, kind: str = "prometheus") -> str | None:
-    """The name of a ``kind`` provider with this address (trailing ``/`` ignored), if any."""
-    wanted = address.rstrip("/")
-    for name, provider in providers.items():
-        if (
-            isinstance(provider, dict)
-            and provider.get("type") == kind
-            and isinstance(provider.get("address"), str)
-            and provider["address"].rstrip("/") == wanted
-        ):
-            return str(name)
-    return None
 
 
 def format_ignored(ignored: list[tuple[str, str, list[str]]]) -> str | None:

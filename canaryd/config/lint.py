@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from canaryd.config.check import NOT_SECRETS
-from canaryd.config.flagger import KeyPath
+from canaryd.config.flaggermap import KeyPath
 from canaryd.config.models import CanaryConfig, MetricSpec, Settings
 from canaryd.config.queries import resolve_metric
 from canaryd.config.yamlpos import Report, format_path

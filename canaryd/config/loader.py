@@ -42,11 +42,12 @@ from typing import Any
 
 from pydantic_settings import EnvSettingsSource, SettingsError
 
-from canaryd.config import flagger
 from canaryd.config.check import check_references, check_secrets, secret_holders, validate
-from canaryd.config.flagger import KeyPath, is_manifest
+from canaryd.config.flagger import format_ignored
+from canaryd.config.flaggermap import KeyPath, is_manifest
+from canaryd.config.flaggerrefs import resolve_flagger
 from canaryd.config.lint import check_queries, lint
-from canaryd.config.merge import Gathered, merge, resolve_flagger
+from canaryd.config.merge import Gathered, merge
 from canaryd.config.models import Settings
 from canaryd.config.modeltypes import keys_at
 from canaryd.config.notes import flagger_differences as differences
@@ -152,7 +153,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     if ctx.problems or settings is None:
         raise ConfigError(list(dict.fromkeys(ctx.problems)))
     warnings = lint(settings, raw, ctx, ctx.manifest_canaries)
-    ignored = flagger.format_ignored(ctx.ignored)
+    ignored = format_ignored(ctx.ignored)
     warnings = [*ctx.notes, *warnings, *([ignored] if ignored else [])]
     warnings += [f"differs from Flagger: {d}" for c in settings.canaries for d in differences(c)]
     warnings += [

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from canaryd.config.flagger import KeyPath
+from canaryd.config.flaggermap import KeyPath
 from canaryd.config.models import Settings
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from canaryd.config.meshqueries import builtin_query, builtin_variables
 from canaryd.config.models import CanaryConfig, CompareSpec, MetricSpec, Settings
-from canaryd.config.templates import builtin_query, builtin_variables, render, template_variables
+from canaryd.config.templates import render, template_variables
 from canaryd.core.judgemodel import MetricConfig
 from canaryd.errors import TemplateError
 

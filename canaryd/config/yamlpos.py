@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from canaryd.config.flagger import KeyPath
+from canaryd.config.flaggermap import KeyPath
 from canaryd.errors import Problem
 
 MAX_FILE_BYTES = 10 * 1024 * 1024

@@ -96,6 +96,18 @@ EVENTS: dict[str, tuple[Level, str]] = {
         "A reload removed a canary whose rollback the router has not applied; its loop keeps "
         "sending the rollback until the router confirms it.",
     ),
+    "reload.promote_abandoned": (
+        "error",
+        "A reload removed a canary whose promote the router has not confirmed; it is not "
+        "retried: traffic may be on either revision, and the recorded state says Promoting "
+        "with the route pending until the canary is added back.",
+    ),
+    "state.unrecorded_lost": (
+        "error",
+        "A canary removed by a reload, or a stopping daemon, could not record decisions the "
+        "store did not take in time; they are lost (their number and sequence numbers, the "
+        "failed checks and phase in memory are in the line).",
+    ),
     "reload.rollback_applied": (
         "info",
         "The pending rollback of a canary a reload removed was applied; its loop stops.",

@@ -11,7 +11,8 @@ their place (:mod:`canaryd.demo.standins`). After a promotion the demo sends
 requests through the proxy and checks which version answers.
 
 Modules: :mod:`~canaryd.demo.app` (the demo app), :mod:`~canaryd.demo.harness`
-(one scenario end to end), :mod:`~canaryd.demo.view` (the terminal),
+(one scenario end to end), :mod:`~canaryd.demo.parts` (the tools and proxies found),
+:mod:`~canaryd.demo.follow` (following the rollout), :mod:`~canaryd.demo.view` (the terminal),
 :mod:`~canaryd.demo.report` (the HTML report).
 """
 
@@ -30,7 +31,8 @@ from typing import Any, TextIO
 import anyio
 import structlog
 
-from canaryd.demo.harness import Tools, run_scenario
+from canaryd.demo.harness import run_scenario
+from canaryd.demo.parts import Tools
 from canaryd.demo.procs import DemoError
 from canaryd.demo.results import ScenarioResult
 from canaryd.demo.scenarios import SCENARIOS, Timings

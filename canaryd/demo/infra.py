@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from canaryd.config.models import CaddyRouter, HAProxyRouter
-from canaryd.demo.procs import child, free_port, wait_ready
+from canaryd.demo.procs import free_port, serving, wait_ready
 from canaryd.routers.caddy import CaddyAdmin
 from canaryd.routers.haproxy import MAX_WEIGHT, HAProxyRuntime
 
@@ -149,8 +149,8 @@ async def run_haproxy(
         )
     )
     argv = [binary, "-db", "-f", str(config)]
-    async with child("haproxy", argv, workdir / "haproxy.log") as proc:
-        await wait_ready(proc, f"http://{path.exporter}/metrics", expect="haproxy_")
+    ready = f"http://{path.exporter}/metrics"
+    async with serving("haproxy", argv, workdir / "haproxy.log", ready, expect="haproxy_"):
         yield path
 
 
@@ -247,8 +247,7 @@ async def run_caddy(
     config.write_text(json.dumps(caddy_config(path, frontend_port, canary_down=canary_down)))
     argv = [binary, "run", "--config", str(config)]
     env = {"XDG_DATA_HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir)}
-    async with child("caddy", argv, workdir / "caddy.log", env=env) as proc:
-        await wait_ready(proc, f"{path.admin}/config/")
+    async with serving("caddy", argv, workdir / "caddy.log", f"{path.admin}/config/", env=env):
         yield path
 
 
@@ -302,8 +301,9 @@ async def run_prometheus(
         "--log.level=warn",
     ]
     address = f"http://127.0.0.1:{port}"
-    async with child("prometheus", argv, workdir / "prometheus.log") as proc:
-        await wait_ready(proc, f"{address}/-/ready")
+    async with serving(
+        "prometheus", argv, workdir / "prometheus.log", f"{address}/-/ready"
+    ) as proc:
         query = f"{address}/api/v1/query?query=count(up%3D%3D1)"
         await wait_ready(proc, query, expect=f'"{len(jobs)}"]', within=SCRAPE_READY_TIMEOUT)
         scraped = " and ".join(["both apps", *(["HAProxy"] if "haproxy" in jobs else [])])

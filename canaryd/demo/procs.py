@@ -149,6 +149,27 @@ async def child(
         await proc.stop()
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    ready: str,
+    *,
+    expect: str = "",
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Child]:
+    """Start ``argv`` (:func:`child`) and wait until ``ready`` answers (:func:`wait_ready`);
+    stop it when the block ends.
+
+    Raises:
+        DemoError: the program cannot be started, exited, or was not ready in time.
+    """
+    async with child(name, argv, log, env) as proc:
+        await wait_ready(proc, ready, expect=expect)
+        yield proc
+
+
 async def wait_ready(
     proc: Child, url: str, *, expect: str = "", within: float = READY_TIMEOUT
 ) -> None:

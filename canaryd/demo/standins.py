@@ -5,7 +5,7 @@
   ``{"action", "primaryWeight", "canaryWeight", ...}`` to ``/-/routes``.
 - :class:`AppMetricsReader` replaces Prometheus: it reads the apps' ``/metrics``
   every second and answers the two built-in ``prometheus``-mesh queries of
-  :mod:`canaryd.config.templates` (success rate and p99 latency over the query's
+  :mod:`canaryd.config.meshqueries` (success rate and p99 latency over the query's
   ``[range]``). It implements :class:`~canaryd.providers.MetricsProvider`; any
   other query is a :class:`~canaryd.errors.ProviderError`.
 

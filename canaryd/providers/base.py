@@ -1,8 +1,9 @@
 """What every HTTP metrics provider shares: the request, its retries, its budget, its auth.
 
-Each provider (Prometheus, Graphite, InfluxDB, web) builds its request and
-parses the answer; :class:`Endpoint` does the rest, the same way for all of
-them (docs/providers.md, "Common behaviour"):
+Each provider (Prometheus, Graphite, InfluxDB, web; Datadog, New Relic,
+Dynatrace) builds its request and parses the answer; :class:`HTTPProvider` gives
+it its :class:`Endpoint`, its counters and its closing, and the endpoint does the
+rest, the same way for all of them (docs/providers.md, "Common behaviour"):
 
 - Transient failures (connection errors, timeouts, and whatever the provider's
   parser raises as :class:`TransientError`, typically HTTP 429 and 5xx) are
@@ -18,12 +19,11 @@ them (docs/providers.md, "Common behaviour"):
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, Self, TypeVar
 from urllib.parse import urlencode
 
 import structlog
@@ -38,8 +38,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from canaryd.config.models import header_problem, read_secret
-from canaryd.errors import ProviderError, ResourceError, SecretError
+from canaryd.errors import ProviderError, ResourceError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,
     USER_AGENT,
@@ -47,6 +46,7 @@ from canaryd.http import (
     redact_url,
     redirect_target,
 )
+from canaryd.providers.headers import basic, header_lines
 from canaryd.providers.transport import (
     AnswerTimeoutError,
     BusyLoopError,
@@ -297,57 +297,81 @@ def open_endpoint(
     return Endpoint(name, address, where, pool, timeout, headers, static, secret_headers)
 
 
-def auth_headers(
-    extra: dict[str, str],
-    *,
-    token_file: str | None = None,
-    username: str | None = None,
-    password_file: str | None = None,
-    scheme: str = "Bearer",
-) -> dict[str, str]:
-    """Configured headers plus ``Authorization`` from a token file or basic auth.
+class HTTPSettings(Protocol):
+    """The settings every HTTP provider's configuration has."""
 
-    Raises:
-        ProviderError: a secret file cannot be read, or both kinds of auth are set.
+    @property
+    def address(self) -> str:
+        """``http(s)://[user:pass@]host[/prefix]``."""
+        ...
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one attempt may take at most."""
+        ...
+
+    @property
+    def insecureSkipVerify(self) -> bool:  # noqa: N802  # the config's (Flagger's) name
+        """Whether TLS verification is off."""
+        ...
+
+
+class HTTPProvider:
+    """The shared part of an HTTP metrics provider: its endpoint, counters and closing.
+
+    A subclass builds requests and parses answers, and sends them with
+    ``self.endpoint.call``.
+
+    Args:
+        name: the kind of server, in messages (``"graphite"``).
+        cfg: the provider's configuration.
+        headers: the request headers (see :attr:`Endpoint.headers`).
+        pool: connections to the server at most.
+        max_body: answers longer than this are refused.
+        static: the headers never change (no secret files): built once.
+        secret_headers: names (lower case) of headers whose values are secrets.
+        accept: the ``Accept`` header.
+
+    Attributes:
+        endpoint: the server's :class:`Endpoint`.
+        stats: its counters, for ``/metrics``.
     """
-    headers = dict(extra)
-    if token_file and username:
-        raise ProviderError("set the token file or username/password_file, not both")
-    try:
-        if token_file:
-            token = read_secret(token_file)
-            headers["Authorization"] = f"{scheme} {token.get_secret_value() if token else ''}"
-        elif username:
-            password = read_secret(password_file)
-            headers["Authorization"] = basic(
-                username, password.get_secret_value() if password else ""
-            )
-    except SecretError as exc:
-        raise ProviderError(str(exc)) from exc
-    return headers
 
+    def __init__(
+        self,
+        name: str,
+        cfg: HTTPSettings,
+        headers: Callable[[], dict[str, str]],
+        *,
+        pool: int,
+        max_body: int,
+        static: bool = False,
+        secret_headers: frozenset[str] = frozenset(),
+        accept: str = "application/json",
+    ) -> None:
+        self.endpoint = open_endpoint(
+            name,
+            cfg.address,
+            headers,
+            timeout=cfg.timeout,
+            limit=pool,
+            max_body=max_body,
+            insecure=cfg.insecureSkipVerify,
+            static=static,
+            secret_headers=secret_headers,
+            accept=accept,
+        )
+        self.stats = self.endpoint.stats
 
-def basic(username: str, password: str) -> str:
-    """The ``Authorization`` value of HTTP basic auth."""
-    pair = f"{username}:{password}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
+    async def __aenter__(self) -> Self:
+        return self
 
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
-def header_lines(headers: dict[str, str]) -> bytes:
-    """``Name: value\\r\\n`` lines; a header that cannot be sent is refused.
-
-    The rule is the config's (:func:`canaryd.config.models.header_problem`): here it
-    catches values read from secret files, which the config never sees.
-
-    Raises:
-        ProviderError: a name or value holds a line break or is not Latin-1 (a secret
-            file with one, say); the message names the header, never its value.
-    """
-    for name, value in headers.items():
-        problem = header_problem(name, value)
-        if problem is not None:
-            raise ProviderError(f"header {name.strip()!r}: {problem}; not sent")
-    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("latin-1")
+    async def aclose(self) -> None:
+        """Close the provider's connections; queries in flight finish, new ones fail."""
+        await self.endpoint.aclose()
 
 
 def preview(body: bytes) -> str:

@@ -27,7 +27,7 @@ from canaryd.config.models import DatadogProvider, read_secret
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor
-from canaryd.providers.base import JSON, Endpoint, Request, open_endpoint
+from canaryd.providers.base import JSON, HTTPProvider, Request
 from canaryd.providers.transport import Response
 
 NAME = "datadog"
@@ -36,26 +36,19 @@ _ENTRY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*):\s+(.*)$")
 """A line starting a v2 entry: ``formula: a / b`` or ``a: sum:metric{*}`` (a space after ':')."""
 
 
-class Datadog:
+class Datadog(HTTPProvider):
     """A :class:`~canaryd.providers.MetricsProvider` backed by Datadog's query API."""
 
     def __init__(self, cfg: DatadogProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
-        self.endpoint: Endpoint = open_endpoint(
+        super().__init__(
             NAME,
-            cfg.address,
+            cfg,
             self._headers,
-            timeout=cfg.timeout,
-            limit=pool,
+            pool=pool,
             max_body=vendor.MAX_BODY_BYTES,
-            insecure=cfg.insecureSkipVerify,
             secret_headers=frozenset({"dd-api-key", "dd-application-key"}),
         )
-        self.stats = self.endpoint.stats
-
-    async def aclose(self) -> None:
-        """Close the provider's connections."""
-        await self.endpoint.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """One number over the last ``lookback`` seconds; ``None`` for no data.

@@ -25,31 +25,24 @@ from canaryd.config.models import DynatraceProvider, read_secret
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor
-from canaryd.providers.base import Endpoint, Request, open_endpoint
+from canaryd.providers.base import HTTPProvider, Request
 from canaryd.providers.transport import Response
 
 NAME = "dynatrace"
 
 
-class Dynatrace:
+class Dynatrace(HTTPProvider):
     """A :class:`~canaryd.providers.MetricsProvider` backed by Dynatrace's metrics API v2."""
 
     def __init__(self, cfg: DynatraceProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
-        self.endpoint: Endpoint = open_endpoint(
+        super().__init__(
             NAME,
-            cfg.address,
+            cfg,
             self._headers,
-            timeout=cfg.timeout,
-            limit=pool,
+            pool=pool,
             max_body=vendor.MAX_BODY_BYTES,
-            insecure=cfg.insecureSkipVerify,
         )
-        self.stats = self.endpoint.stats
-
-    async def aclose(self) -> None:
-        """Close the provider's connections."""
-        await self.endpoint.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """One number over the last ``lookback`` seconds; ``None`` for no data.

@@ -34,15 +34,15 @@ from canaryd.config.models import GraphiteProvider
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
+    HTTPProvider,
     Request,
     TransientError,
-    auth_headers,
     http_error,
     is_transient,
-    open_endpoint,
     preview,
     query_string,
 )
+from canaryd.providers.headers import auth_headers
 from canaryd.providers.transport import Response
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -52,7 +52,7 @@ _PARAM = re.compile(r"^[A-Za-z_]+=")
 _SPACE = re.compile(r"\s+")
 
 
-class Graphite:
+class Graphite(HTTPProvider):
     """A :class:`~canaryd.providers.MetricsProvider` backed by Graphite's ``/render``.
 
     Args:
@@ -62,27 +62,14 @@ class Graphite:
 
     def __init__(self, cfg: GraphiteProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
-        self._endpoint = open_endpoint(
+        super().__init__(
             "graphite",
-            cfg.address,
+            cfg,
             self._headers,
-            timeout=cfg.timeout,
-            limit=pool,
+            pool=pool,
             max_body=MAX_BODY_BYTES,
-            insecure=cfg.insecureSkipVerify,
             static=not (cfg.bearer_token_file or cfg.username),
         )
-        self.stats = self._endpoint.stats
-
-    async def __aenter__(self) -> Graphite:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the provider's connections."""
-        await self._endpoint.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """The last non-null value of the query's single series, or ``None`` for no data.
@@ -92,7 +79,7 @@ class Graphite:
                 query, or the answer holds several series.
         """
         request = Request(render_path(query), method=b"GET")
-        return await self._endpoint.call(request, budget, lambda r: last_value(_series(r)))
+        return await self.endpoint.call(request, budget, lambda r: last_value(_series(r)))
 
     async def query_range(
         self, query: str, *, start: float, end: float, step: float, budget: float
@@ -106,7 +93,7 @@ class Graphite:
         # earlier makes ``start`` the first point, as in Prometheus's range queries
         window = {"from": str(math.floor(start) - 1), "until": str(math.ceil(end))}
         request = Request(render_path(query, window), method=b"GET")
-        return await self._endpoint.call(request, budget, lambda r: all_values(_series(r)))
+        return await self.endpoint.call(request, budget, lambda r: all_values(_series(r)))
 
     def _headers(self) -> dict[str, str]:
         cfg = self._cfg

@@ -37,15 +37,15 @@ from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     FORM,
     JSON,
+    HTTPProvider,
     Request,
     TransientError,
-    auth_headers,
     http_error,
     is_transient,
-    open_endpoint,
     preview,
     query_string,
 )
+from canaryd.providers.headers import auth_headers
 from canaryd.providers.transport import Response
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -57,7 +57,7 @@ FLUX_DIALECT = {"header": True, "delimiter": ",", "annotations": ["datatype", "g
 _NUMERIC = frozenset({"double", "long", "unsignedLong"})
 
 
-class InfluxDB:
+class InfluxDB(HTTPProvider):
     """A :class:`~canaryd.providers.MetricsProvider` backed by InfluxDB.
 
     Args:
@@ -68,28 +68,15 @@ class InfluxDB:
     def __init__(self, cfg: InfluxDBProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
         flux = cfg.language == "flux"
-        self._endpoint = open_endpoint(
+        super().__init__(
             "influxdb",
-            cfg.address,
+            cfg,
             self._headers,
-            timeout=cfg.timeout,
-            limit=pool,
+            pool=pool,
             max_body=MAX_BODY_BYTES,
-            insecure=cfg.insecureSkipVerify,
             static=not (cfg.token_file or cfg.username),
             accept="application/csv" if flux else "application/json",
         )
-        self.stats = self._endpoint.stats
-
-    async def __aenter__(self) -> InfluxDB:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the provider's connections."""
-        await self._endpoint.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """The last non-null value of the query's single series, or ``None`` for no data.
@@ -98,7 +85,7 @@ class InfluxDB:
             ProviderError: the request failed for good, InfluxDB rejected the
                 query, or the answer is not exactly one series of one value column.
         """
-        rows = await self._endpoint.call(self._request(query), budget, self._parse)
+        rows = await self.endpoint.call(self._request(query), budget, self._parse)
         return last_value(rows)
 
     async def query_range(
@@ -110,7 +97,7 @@ class InfluxDB:
             ProviderError: the request failed for good, or not exactly one series.
         """
         window = (_rfc3339(start), _rfc3339(end), step)
-        rows = await self._endpoint.call(self._request(query, window), budget, self._parse)
+        rows = await self.endpoint.call(self._request(query, window), budget, self._parse)
         return [math.nan if v is None else v for v in rows]
 
     def _request(self, query: str, window: tuple[str, str, float] | None = None) -> Request:

@@ -27,11 +27,10 @@ from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor
 from canaryd.providers.base import (
     JSON,
-    Endpoint,
+    HTTPProvider,
     Request,
     TransientError,
     is_transient,
-    open_endpoint,
 )
 from canaryd.providers.transport import Response
 
@@ -52,26 +51,19 @@ _TRANSIENT_CLASSES = frozenset({"TIMEOUT", "SERVER_ERROR"})
 """NerdGraph ``errorClass`` values worth another attempt."""
 
 
-class NewRelic:
+class NewRelic(HTTPProvider):
     """A :class:`~canaryd.providers.MetricsProvider` backed by NerdGraph's NRQL field."""
 
     def __init__(self, cfg: NewRelicProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
-        self.endpoint: Endpoint = open_endpoint(
+        super().__init__(
             NAME,
-            cfg.address,
+            cfg,
             self._headers,
-            timeout=cfg.timeout,
-            limit=pool,
+            pool=pool,
             max_body=vendor.MAX_BODY_BYTES,
-            insecure=cfg.insecureSkipVerify,
             secret_headers=frozenset({"api-key"}),
         )
-        self.stats = self.endpoint.stats
-
-    async def aclose(self) -> None:
-        """Close the provider's connections."""
-        await self.endpoint.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """One number; ``None`` for no data.

@@ -35,15 +35,15 @@ from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     RETRY_INITIAL_WAIT,
     RETRY_MAX_WAIT,
+    HTTPProvider,
     ProviderStats,
     Request,
     TransientError,
-    auth_headers,
     http_error,
     is_transient,
-    open_endpoint,
     preview,
 )
+from canaryd.providers.headers import auth_headers
 from canaryd.providers.transport import Response
 
 __all__ = ["RETRY_INITIAL_WAIT", "RETRY_MAX_WAIT", "Prometheus", "ProviderStats"]
@@ -60,7 +60,7 @@ _PERMANENT_ERROR_TYPES = frozenset({"bad_data", "execution"})
 T = TypeVar("T")
 
 
-class Prometheus:
+class Prometheus(HTTPProvider):
     """A :class:`~canaryd.providers.MetricsProvider` backed by the Prometheus HTTP API.
 
     Queries go over the provider's own keep-alive connections
@@ -76,28 +76,15 @@ class Prometheus:
     def __init__(self, cfg: PrometheusProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
         self._bodies: dict[str, bytes] = {}
-        self._endpoint = open_endpoint(
+        super().__init__(
             "prometheus",
-            cfg.address,
+            cfg,
             self._headers,
-            timeout=cfg.timeout,
-            limit=pool,
+            pool=pool,
             max_body=MAX_BODY_BYTES,
-            insecure=cfg.insecureSkipVerify,
             # without secret files the request headers never change: built once, not per query
             static=not (cfg.bearer_token_file or cfg.username),
         )
-        self.stats = self._endpoint.stats
-
-    async def __aenter__(self) -> Prometheus:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the provider's connections; queries in flight finish, new ones fail."""
-        await self._endpoint.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """Run an instant query and return its single value.
@@ -152,7 +139,7 @@ class Prometheus:
         def data(resp: Response) -> T:
             return parse(_answer_data(resp.status, resp.body, resp.complete))
 
-        return await self._endpoint.call(Request(path, body), budget, data)
+        return await self.endpoint.call(Request(path, body), budget, data)
 
     def _headers(self) -> dict[str, str]:
         """Request headers: configured extras plus auth (secrets read on every call).

@@ -35,21 +35,21 @@ from canaryd.config.models import WebProvider, read_secret
 from canaryd.errors import ProviderError, SecretError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
+    HTTPProvider,
     Request,
     TransientError,
-    auth_headers,
     http_error,
     is_transient,
-    open_endpoint,
     preview,
 )
+from canaryd.providers.headers import auth_headers
 from canaryd.providers.transport import Response
 
 MAX_BODY_BYTES = 1024 * 1024
 """Answers larger than this are refused."""
 
 
-class Web:
+class Web(HTTPProvider):
     """A :class:`~canaryd.providers.MetricsProvider` reading one value from a JSON answer.
 
     Args:
@@ -60,28 +60,15 @@ class Web:
     def __init__(self, cfg: WebProvider, *, pool: int = POOL_PER_HOST) -> None:
         self._cfg = cfg
         self._path = parse_path(cfg.jsonPath)
-        self._endpoint = open_endpoint(
+        super().__init__(
             "web",
-            cfg.address,
+            cfg,
             self._headers,
-            timeout=cfg.timeout,
-            limit=pool,
+            pool=pool,
             max_body=MAX_BODY_BYTES,
-            insecure=cfg.insecureSkipVerify,
             static=not cfg.secret_headers,
             secret_headers=frozenset(h.name.lower() for h in cfg.secret_headers),
         )
-        self.stats = self._endpoint.stats
-
-    async def __aenter__(self) -> Web:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the provider's connections."""
-        await self._endpoint.aclose()
 
     async def query(self, query: str, *, budget: float) -> float | None:
         """The value at ``jsonPath`` in the answer to the request ``query`` describes.
@@ -89,7 +76,7 @@ class Web:
         Raises:
             ProviderError: the request failed for good, or the value is not a number.
         """
-        return await self._endpoint.call(self._request(query), budget, self._value)
+        return await self.endpoint.call(self._request(query), budget, self._value)
 
     async def query_range(
         self, query: str, *, start: float, end: float, step: float, budget: float

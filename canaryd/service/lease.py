@@ -11,7 +11,7 @@ every ``ttl / 3``. Locally, a leader counts its lease from *before* it sent the
 statement and stops deciding ``ttl / 6`` before that local deadline, so it stops
 before the database can consider the lease expired (clocks drift far less than
 ``ttl / 6`` over one ``ttl``). Past the deadline :attr:`Lease.epoch` is None and
-every write the store is asked for is refused (:mod:`canaryd.service.pgstore`); a write
+every write the store is asked for is refused (:mod:`canaryd.service.store.postgres`); a write
 that reaches the database with a stale epoch is refused there too.
 
 Leadership is one-way in a process: a replica that loses the lease stops (the
@@ -33,7 +33,7 @@ import anyio
 import psycopg
 import structlog
 
-from canaryd.service.pgstore import redact
+from canaryd.service.store.postgres import redact
 
 log = structlog.get_logger()
 

@@ -48,8 +48,8 @@ def _sqlite_path(url: str) -> Path:
 
 async def _create_schema(url: str) -> None:
     """Open the store once: it creates (or migrates) its schema."""
-    from canaryd.service.pgstore import PostgresStore
     from canaryd.service.store import SqliteStore
+    from canaryd.service.store.postgres import PostgresStore
 
     store = PostgresStore(url) if _is_postgres(url) else SqliteStore(_sqlite_path(url))
     await store.open()
@@ -74,7 +74,7 @@ def _marker(url: str) -> str:
 
 
 def _refuse_live_lease(url: str, conn: Any) -> None:
-    from canaryd.service.pgstore import redact
+    from canaryd.service.store.postgres import redact
 
     if _is_postgres(url):
         live = conn.execute("SELECT holder FROM lease WHERE expires_at > now()").fetchall()
@@ -102,7 +102,7 @@ def copy_state(src: str, dst: str) -> dict[str, int]:
     Raises:
         StoreError: a store cannot be opened, ``dst`` is not empty, a replica runs.
     """
-    from canaryd.service.pgstore import redact
+    from canaryd.service.store.postgres import redact
 
     if not _is_postgres(src) and not _sqlite_path(src).is_file():
         raise StoreError(f"no state file at {_sqlite_path(src)}")
