@@ -20,7 +20,7 @@ from support import eventually
 from test_signals import Running, running, start_rollout
 
 from canaryd.core.analysis import CanaryState
-from canaryd.service import lifecycle
+from canaryd.service import lifecycle, runtime
 from canaryd.service import supervisor as supervisor_module
 from canaryd.service.store import SqliteStore
 
