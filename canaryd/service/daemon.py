@@ -46,7 +46,7 @@ from canaryd.ui.live import LiveHub
 
 if TYPE_CHECKING:
     from canaryd.service.lease import Lease
-    from canaryd.service.pgstore import PostgresStore
+    from canaryd.service.store.postgres import PostgresStore
 
 log = structlog.get_logger()
 
@@ -195,7 +195,7 @@ class Daemon:
         if not self.settings.postgres:
             return SqliteStore(self.settings.state_path)
         from canaryd.service.lease import Lease
-        from canaryd.service.pgstore import PostgresStore
+        from canaryd.service.store.postgres import PostgresStore
 
         ha = self.settings.ha
         address = ha.advertise or f"http://{self.settings.listen}"
