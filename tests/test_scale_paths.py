@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
@@ -24,6 +26,7 @@ from canaryd.service.store import (
     dumps,
     state_to_dict,
 )
+from canaryd.service.store.codec import DecisionRows
 
 pytestmark = pytest.mark.anyio
 
@@ -204,24 +207,50 @@ async def test_prune_drops_old_sent_messages_but_keeps_pending_and_dead(
     assert left == [("k1", "dead"), ("k2", "pending")]
 
 
-class SlowStore(SqliteStore):
-    """A store whose batches take a while, and that notes batches running at once."""
+GATE_SECONDS = 10.0
+"""Bound of every wait on :class:`GatedStore`'s gate (a failing test still ends)."""
 
-    def __init__(self, path: Path) -> None:
+
+class GatedStore(SqliteStore):
+    """A store whose first batch waits in the store's thread until the test opens the gate,
+    and that notes batches started while another one is still running.
+
+    A batch runs from the moment it is handed to the store's thread until its end is
+    reported back to the event loop (``_flush`` to ``_flushed``), so a second batch
+    merely queued behind the first in the thread counts as an overlap too.
+    """
+
+    def __init__(self, path: Path, saves: int) -> None:
         super().__init__(path)
-        self.running = 0
-        self.overlaps = 0
-        self.batches = 0
+        self.started = self.finished = self.overlaps = 0
+        self.in_thread = threading.Event()
+        self.gate = threading.Event()
+        self.saves = saves
+        self.all_queued = asyncio.Event()
+        """Set once ``saves`` saves were queued (a save queues before its first await)."""
+
+    async def commit(self, rows: DecisionRows) -> None:
+        """Count the save, then save as the store does."""
+        self.saves -= 1
+        if self.saves == 0:
+            self.all_queued.set()
+        await super().commit(rows)
+
+    def _flush(self) -> None:
+        if self._queue:
+            self.started += 1
+            self.overlaps += self.started - self.finished > 1
+        super()._flush()
+
+    def _flushed(self, batch: list[Any], done: asyncio.Future[list[BaseException | None]]) -> None:
+        self.finished += 1
+        super()._flushed(batch, done)
 
     def _save_batch(self, writes: Sequence[Any]) -> list[BaseException | None]:
-        self.running += 1
-        self.overlaps += self.running > 1
-        try:
-            time.sleep(0.05)
-            return super()._save_batch(writes)
-        finally:
-            self.batches += 1
-            self.running -= 1
+        if not self.in_thread.is_set():  # the first batch: hold it until the gate opens
+            self.in_thread.set()
+            self.gate.wait(GATE_SECONDS)
+        return super()._save_batch(writes)
 
 
 async def test_a_saver_cancelled_mid_batch_neither_overlaps_batches_nor_strands_others(
@@ -230,21 +259,24 @@ async def test_a_saver_cancelled_mid_batch_neither_overlaps_batches_nor_strands_
     """A save whose batch is being written, cancelled natively (asyncio), as a scheduler
     abandoning a tick does: the batch still completes, the next one starts only after it,
     and the saves queued behind it are written."""
-    store = SlowStore(tmp_path / "state.db")
+    store = GatedStore(tmp_path / "state.db", saves=6)
     await store.open()
     try:
-        first = asyncio.ensure_future(store.save("ns/first", CanaryState(), None, [], []))
-        await asyncio.sleep(0.01)  # its batch is in the store's thread now
-        rest = [
-            asyncio.ensure_future(store.save(f"ns/c{i}", CanaryState(), None, [], []))
-            for i in range(5)
-        ]
-        await asyncio.sleep(0)
-        first.cancel()
-        with anyio.fail_after(5):
+        with anyio.fail_after(GATE_SECONDS):
+            first = asyncio.ensure_future(store.save("ns/first", CanaryState(), None, [], []))
+            await anyio.to_thread.run_sync(store.in_thread.wait, GATE_SECONDS)
+            rest = [
+                asyncio.ensure_future(store.save(f"ns/c{i}", CanaryState(), None, [], []))
+                for i in range(5)
+            ]
+            await store.all_queued.wait()
+            first.cancel()
+            await asyncio.wait([first])
+            assert first.cancelled() and store.started == 1  # nothing else started yet
+            store.gate.set()
             await asyncio.gather(*rest)
-        assert first.cancelled()
-        assert store.overlaps == 0 and store.batches == 2
+        assert store.overlaps == 0 and (store.started, store.finished) == (2, 2)
         assert stored_keys(tmp_path / "state.db") == {"ns/first"} | {f"ns/c{i}" for i in range(5)}
     finally:
+        store.gate.set()
         await store.close()
