@@ -129,11 +129,6 @@ def _describe(exc: Exception) -> str:
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
-STALE_READS = 3
-"""Reads of the due list while deliveries keep finishing, before the last one is used (a
-message sent twice keeps its idempotency key: at least once still holds)."""
-
-
 @dataclass
 class Dispatcher:
     """Delivers the outbox until cancelled (see the module docstring for the guarantees).
@@ -153,7 +148,11 @@ class Dispatcher:
     _busy: set[str] = field(default_factory=set, init=False, repr=False)
     _done: anyio.Event | None = field(default=None, init=False, repr=False)
     _finished: int = field(default=0, init=False, repr=False)
-    """Deliveries finished so far: a due list read while one finished may be stale."""
+    """Deliveries finished so far (a sequence number)."""
+    _ended: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    """Message id -> :attr:`_finished` when its delivery ended, while a due list is read."""
+    _reading: list[int] = field(default_factory=list, init=False, repr=False)
+    """:attr:`_finished` when each due list read in progress started."""
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -182,18 +181,34 @@ class Dispatcher:
 
     async def _start_due(self, tg: anyio.abc.TaskGroup) -> int:
         """Start delivering the head message of every canary with none in flight."""
-        for _ in range(STALE_READS):
-            before = self._finished
-            due = await self.store.due(self.clock(), limit=len(self._busy) + BATCH)
-            if self._finished == before:
-                break
-            # a delivery finished while the list was read (a pooled store answers out of
-            # order): its message may still show as due; read again rather than send it twice
+        due = await self._read_due()
         fresh = [m for m in due if m.key not in self._busy]
         for message in fresh:
             self._busy.add(message.key)
             tg.start_soon(self._deliver_guarded, message)
         return len(fresh)
+
+    async def _read_due(self) -> list[OutboxMessage]:
+        """The due list, less the messages whose delivery ended while it was read.
+
+        A pooled store may answer from a snapshot taken before such a delivery's mark,
+        so its message can still show as due: it is left for the next read (which
+        starts after the mark) instead of being sent twice (docs/reliability.md,
+        "Delivery").
+
+        Raises:
+            StoreError: the outbox cannot be read.
+        """
+        before = self._finished
+        self._reading.append(before)
+        try:
+            due = await self.store.due(self.clock(), limit=len(self._busy) + BATCH)
+        finally:
+            self._reading.remove(before)
+        ended = {i for i, n in self._ended.items() if n > before}
+        oldest = min(self._reading, default=self._finished)  # what reads still in progress need
+        self._ended = {i: n for i, n in self._ended.items() if n > oldest}
+        return [m for m in due if m.id not in ended]
 
     async def _idle(self, seconds: float) -> None:
         """Sleep until the poll interval passes or a delivery finishes."""
@@ -210,6 +225,8 @@ class Dispatcher:
             log.error("outbox.store_failed", error=str(exc), target=message.target)
         finally:
             self._finished += 1
+            if self._reading:
+                self._ended[message.id] = self._finished
             self._busy.discard(message.key)
             if self._done is not None:
                 self._done.set()
