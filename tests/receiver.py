@@ -10,7 +10,8 @@
 
 Any method and any path are accepted. The n-th request gets ``statuses[n]``;
 after the list runs out the last status repeats. ``delay`` holds each answer
-back (to test client timeouts); leaving the ``async with`` block releases
+back (to test client timeouts, or to keep a request in flight until the test
+calls :meth:`Receiver.release`); leaving the ``async with`` block releases
 held answers at once, so a test never waits for a delay it no longer needs.
 With ``tls=`` (see :func:`support.tls.self_signed`, re-exported here) it serves
 HTTPS and ``url`` starts with ``https://``.
@@ -101,7 +102,7 @@ class Receiver:
         self.delay = delay
         self.requests: list[Request] = []
         self._arrived = anyio.Event()
-        self._closing = anyio.Event()
+        self._released = anyio.Event()
         self._runner: web.AppRunner | None = None
         self._port = port
         self._tls = tls
@@ -130,7 +131,7 @@ class Receiver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._closing.set()
+        self._released.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -148,6 +149,10 @@ class Receiver:
                 await self._arrived.wait()
         return self.requests
 
+    def release(self) -> None:
+        """Answer every held request now, and later ones without ``delay``."""
+        self._released.set()
+
     def status_for(self, index: int) -> int:
         """The status the ``index``-th request (0-based) is answered with."""
         return self.statuses[min(index, len(self.statuses) - 1)]
@@ -162,7 +167,7 @@ class Receiver:
         self._arrived = anyio.Event()
         if self.delay > 0:
             with anyio.move_on_after(self.delay):
-                await self._closing.wait()
+                await self._released.wait()
         return web.Response(
             status=self.status_for(index),
             body=self.body,
