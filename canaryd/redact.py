@@ -7,6 +7,10 @@
 - :func:`redact_url` and :func:`redact`: a URL cut to scheme, host and port, and a text
   (a library's message, a receiver's answer) with a URL's path and query and given secrets
   removed, for error messages about outgoing calls.
+- :func:`redact_dsn`: a database address (a PostgreSQL URL or key=value string, a SQLite
+  URL) with its passwords removed and the rest kept, for messages, logs and result files.
+  An HTTP URL loses its path too (:func:`redact_url`: a webhook's path may be its token);
+  a database's path is its name, which an operator needs to see.
 - :func:`scrub_sent`: an answer's body without the credentials just sent with the request.
 """
 
@@ -77,6 +81,39 @@ def redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
     return f"{scheme}{sep}{host}/…" if sep else "<url>"
+
+
+_URL_SECRET = re.compile(r"(?i)(?P<keep>[?&][^=&]*(?:pass|secret|token)[^=&]*=)[^&]*")
+"""A URL parameter naming a password or its file (``password``, ``sslpassword``,
+``passfile``): its value is hidden."""
+
+_CONNINFO_PAIR = re.compile(r"(?P<key>[\w.-]+)\s*=\s*(?:'(?:\\.|[^'\\])*'?|(?:\\.|[^\s\\])*)")
+"""``key = value`` in a libpq key=value string (a value quoted with ``'``, or up to a blank)."""
+
+_CONNINFO_SECRET = re.compile(r"(?i)pass|secret|token")
+
+
+def redact_dsn(dsn: str) -> str:
+    """A database address fit to show: user, host, port and database kept, passwords gone.
+
+    Both forms libpq reads: a URL (``postgresql://user:pw@host:5432/db?sslmode=require``)
+    loses the password of its user part and the values of parameters that name a
+    password or its file (``password``, ``sslpassword``, ``passfile``); a key=value
+    string (``host=db user=u password='x y'``) loses the same values. The user part
+    ends at the last ``@``, so a password holding an unescaped ``@``, ``/`` or ``?``
+    is hidden too (at worst, more than the password is).
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return _CONNINFO_PAIR.sub(_hide_pair, dsn)
+    user, at, place = _URL_SECRET.sub(rf"\g<keep>{REDACTED}", rest).rpartition("@")
+    name = user.partition(":")[0]
+    return f"{scheme}://{name}@{place}" if at and name else f"{scheme}://{place}"
+
+
+def _hide_pair(match: re.Match[str]) -> str:
+    key = match["key"]
+    return f"{key}={REDACTED}" if _CONNINFO_SECRET.search(key) else match[0]
 
 
 def redact(text: str, url: str | None, *secrets: SecretStr | None) -> str:

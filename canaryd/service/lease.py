@@ -33,7 +33,7 @@ import anyio
 import psycopg
 import structlog
 
-from canaryd.service.store.postgres import redact
+from canaryd.redact import redact_dsn
 
 log = structlog.get_logger()
 
@@ -175,7 +175,7 @@ class Lease:
                     )
                 await self.attempt(conn)
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("lease.renew_failed", db=redact(self.url), error=_first_line(exc))
+            log.warning("lease.renew_failed", db=redact_dsn(self.url), error=_first_line(exc))
             if conn is not None:
                 with anyio.CancelScope(shield=True):
                     await conn.close()

@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import psycopg
@@ -28,6 +27,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from canaryd.errors import FencedError, StoreError
+from canaryd.redact import redact_dsn
 from canaryd.service.store import plans
 from canaryd.service.store.codec import DecisionRows
 from canaryd.service.store.plans import Insert, Plan, PlannedStore, Statement
@@ -91,18 +91,6 @@ class Fence(Protocol):
         ...
 
 
-def redact(url: str) -> str:
-    """A database URL without its password (for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        user = f"{parts.username}@" if parts.username else ""
-        return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, "", ""))
-    except ValueError:
-        return "postgresql://(invalid URL)"
-
-
 Conn = psycopg.AsyncConnection[Any]
 
 
@@ -123,7 +111,7 @@ class PostgresStore(PlannedStore):
 
     def __repr__(self) -> str:
         """Never shows the password."""
-        return f"PostgresStore({redact(self.url)!r})"
+        return f"PostgresStore({redact_dsn(self.url)!r})"
 
     async def open(self) -> None:
         """Connect and bring the schema up to date.
@@ -178,7 +166,7 @@ class PostgresStore(PlannedStore):
 
     def _error(self, exc: BaseException) -> StoreError:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StoreError(f"state store {redact(self.url)}: {text}")
+        return StoreError(f"state store {redact_dsn(self.url)}: {text}")
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, fenced: bool = False) -> T:
         """Run ``fn`` in one transaction (fenced first when asked), within the timeout.
@@ -200,7 +188,7 @@ class PostgresStore(PlannedStore):
             log.warning("store.fenced", error=str(exc), fenced_writes=self.fenced_writes)
             raise
         except TimeoutError as exc:
-            raise StoreError(f"state store {redact(self.url)}: timed out") from exc
+            raise StoreError(f"state store {redact_dsn(self.url)}: timed out") from exc
         except (psycopg.Error, OSError) as exc:
             raise self._error(exc) from exc
 
