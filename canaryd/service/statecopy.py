@@ -21,22 +21,11 @@ import anyio
 from canaryd.config.models import POSTGRES_SCHEMES
 from canaryd.errors import StoreError
 from canaryd.redact import redact_dsn
+from canaryd.service.store.sqlite import tables
 
-TABLES: dict[str, tuple[str, ...]] = {
-    "canaries": ("key", "state", "updated"),
-    "checks": ("id", "key", "rollout", "time", "record"),
-    "events": ("id", "key", "time", "name", "level", "event", "rollout"),
-    "rollouts": (
-        "key", "rollout", "revision", "phase", "reason", "metadata", "started", "ended",
-        "checks", "failed", "updated",
-    ),
-    "outbox": (
-        "id", "key", "idem", "target", "payload", "created", "next_at", "attempts", "status",
-        "last_error",
-    ),
-    "pending_routes": ("key", "seq", "routes"),
-}  # fmt: skip
-"""What is copied, table by table (the lease is not: it belongs to running replicas)."""
+TABLES = tables()
+"""What is copied, table by table, column by column: every table and column of the schema
+both stores share (the lease is not: it belongs to running replicas)."""
 
 
 def _is_postgres(url: str) -> bool:
