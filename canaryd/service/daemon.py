@@ -114,6 +114,8 @@ class Daemon:
     health: Health = field(init=False)
     supervisor: Supervisor = field(init=False)
     _services: Services | None = field(default=None, init=False)
+    _http: HttpTransport | None = field(default=None, init=False)
+    """The outgoing HTTP transport (one connection pool; open while :meth:`run` runs)."""
     _built: dict[str, tuple[ProviderConfig, MetricsProvider]] = field(
         default_factory=dict, init=False
     )
@@ -175,6 +177,7 @@ class Daemon:
             self.journal, journalled = await _open_journal(self.settings.state_path)
         try:
             async with make_transport() as http:
+                self._http = http
                 self.services = self.build_services(self.settings, http, store)
                 await self.supervisor.run(store, journalled, task_status)
         finally:
@@ -213,11 +216,12 @@ class Daemon:
         loaded = load_config(self.config_path)
         check_queries(loaded.settings)
         token = api_token(loaded.settings)
-        services = self.build_services(loaded.settings, self.services.session, self.services.store)
+        assert self._http is not None, "the daemon is not running"
+        services = self.build_services(loaded.settings, self._http, self.services.store)
         return loaded, services, token
 
     def build_services(
-        self, settings: Settings, session: HttpTransport, store: StateStore
+        self, settings: Settings, http: HttpTransport, store: StateStore
     ) -> Services:
         """What the runners of ``settings`` share; providers of unchanged config are kept.
 
@@ -230,7 +234,7 @@ class Daemon:
             for name in settings.providers
         }
         routers: Mapping[str, Router] = {
-            name: build_router(name, cfg, session) for name, cfg in settings.routers.items()
+            name: build_router(name, cfg, http) for name, cfg in settings.routers.items()
         }
         current = {id(p) for _, p in built.values()}
         retired = [p for _, p in self._built.values() if id(p) not in current]
@@ -238,7 +242,7 @@ class Daemon:
         self.supervisor.retire(retired)
         return Services(
             settings,
-            session,
+            http,
             providers,
             routers,
             store,
