@@ -26,7 +26,8 @@ from canaryd.config import Settings
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.http import HttpTransport
 from canaryd.service.dispatcher import Dispatcher
-from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.runtime import CanaryRunner
+from canaryd.service.services import Services
 from canaryd.service.store import OutboxMessage, SqliteStore, StateStore
 from canaryd.service.supervisor import flush_outbox
 from canaryd.testing import FakeClock as Clock

@@ -85,6 +85,12 @@ class Follow:
         ]
 
     async def run(self) -> None:
+        """Start the rollout, sample until it ends (and :data:`TAIL_SECONDS` more), then
+        wait for the final alert and, after a promotion, probe which version answers.
+
+        Raises:
+            ClientError: canaryd's API refused the rollout or stopped answering.
+        """
         view, run = self.run_.view, self.run_
         view.begin(run.scenario, self.result.parts)
         async with Client(run.api, run.token, API_TIMEOUT) as client:

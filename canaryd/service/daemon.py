@@ -46,7 +46,7 @@ from canaryd.ui.live import LiveHub
 
 if TYPE_CHECKING:
     from canaryd.service.lease import Lease
-    from canaryd.service.pgstore import PostgresStore
+    from canaryd.service.store.postgres import PostgresStore
 
 log = structlog.get_logger()
 
@@ -114,8 +114,6 @@ class Daemon:
     health: Health = field(init=False)
     supervisor: Supervisor = field(init=False)
     _services: Services | None = field(default=None, init=False)
-    _http: HttpTransport | None = field(default=None, init=False)
-    """The outgoing HTTP transport (one connection pool; open while :meth:`run` runs)."""
     _built: dict[str, tuple[ProviderConfig, MetricsProvider]] = field(
         default_factory=dict, init=False
     )
@@ -177,7 +175,6 @@ class Daemon:
             self.journal, journalled = await _open_journal(self.settings.state_path)
         try:
             async with make_transport() as http:
-                self._http = http
                 self.services = self.build_services(self.settings, http, store)
                 await self.supervisor.run(store, journalled, task_status)
         finally:
@@ -198,7 +195,7 @@ class Daemon:
         if not self.settings.postgres:
             return SqliteStore(self.settings.state_path)
         from canaryd.service.lease import Lease
-        from canaryd.service.pgstore import PostgresStore
+        from canaryd.service.store.postgres import PostgresStore
 
         ha = self.settings.ha
         address = ha.advertise or f"http://{self.settings.listen}"
@@ -216,8 +213,7 @@ class Daemon:
         loaded = load_config(self.config_path)
         check_queries(loaded.settings)
         token = api_token(loaded.settings)
-        assert self._http is not None, "the daemon is not running"
-        services = self.build_services(loaded.settings, self._http, self.services.store)
+        services = self.build_services(loaded.settings, self.services.http, self.services.store)
         return loaded, services, token
 
     def build_services(

@@ -45,7 +45,7 @@ from canaryd.errors import CanarydError, StoreError, WebhookError
 from canaryd.http import post_json
 from canaryd.notifiers import deliver, render
 from canaryd.redact import redact, redact_url
-from canaryd.service.runtime import Services
+from canaryd.service.services import Services
 from canaryd.service.store import OutboxMessage, StateStore
 
 log = structlog.get_logger()
@@ -299,7 +299,7 @@ class Dispatcher:
         secret = await anyio.to_thread.run_sync(read_secret, hook.secret_file, hook.secret_env)
         try:
             answer = await post_json(
-                svc.session,
+                svc.http,
                 url,
                 message.payload,
                 timeout=hook.timeout,
@@ -326,7 +326,7 @@ class Dispatcher:
         )
         try:
             await deliver(
-                svc.session,
+                svc.http,
                 notifier,
                 payload,
                 content_type,
