@@ -106,7 +106,8 @@ EVENTS: dict[str, tuple[Level, str]] = {
         "error",
         "A canary removed by a reload, or a stopping daemon, could not record decisions the "
         "store did not take in time; they are lost (their number and sequence numbers, the "
-        "failed checks and phase in memory are in the line).",
+        "failed checks and phase in memory are in the line) unless the canary is added back "
+        "before the daemon stops: its new loop then records them.",
     ),
     "reload.rollback_applied": (
         "info",

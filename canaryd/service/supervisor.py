@@ -167,12 +167,14 @@ class Supervisor:
 
     def _drained(self, key: str, runner: CanaryRunner) -> Callable[[], None]:
         """What a removed loop calls once its pending rollback went out: stop ticking it
-        (unless the canary was added back meanwhile; docs/reliability.md)."""
+        (unless the canary was added back meanwhile); forget it unless it gave up recording
+        decisions, which a loop adding the canary back takes over (docs/reliability.md)."""
 
         def done() -> None:
             if self.removed.get(key) is runner:
                 self.daemon.scheduler.remove(key)
-                del self.removed[key]
+                if not runner.unrecorded:
+                    del self.removed[key]
 
         return done
 
