@@ -18,7 +18,7 @@ from canaryd.errors import StoreError
 from canaryd.service.lease import Lease
 from canaryd.service.statecopy import TABLES, copy_state
 from canaryd.service.store import SqliteStore, StateStore
-from canaryd.service.store.postgres import PostgresStore
+from canaryd.service.store.postgres import PostgresStore, first_line
 
 pytestmark = pytest.mark.anyio
 
@@ -175,3 +175,23 @@ async def test_a_running_replica_is_refused(tmp_path: Path, postgres: PostgresSe
         assert await lease.attempt(conn) is not None
     with pytest.raises(StoreError, match="stop it first"):
         await anyio.to_thread.run_sync(copy_state, url, f"sqlite://{tmp_path}/c.db")
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (
+            psycopg.OperationalError("connection failed: refused\nDETAIL: more"),
+            "connection failed: refused",
+        ),
+        (psycopg.OperationalError(""), "OperationalError"),
+        (psycopg.OperationalError("  \n "), "OperationalError"),
+    ],
+    ids=["first-line", "empty", "blank"],
+)
+async def test_a_database_error_is_shown_by_its_first_line_or_its_type(
+    error: Exception, shown: str
+) -> None:
+    """Store, lease and copy messages show a database error's first line; one that says
+    nothing is named by its type (never an IndexError instead of the StoreError)."""
+    assert first_line(error) == shown

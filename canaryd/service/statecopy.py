@@ -105,5 +105,7 @@ def copy_state(src: str, dst: str) -> dict[str, int]:
         raise StoreError(f"state copy failed: {exc}") from exc
     except Exception as exc:
         if type(exc).__module__.startswith("psycopg"):
-            raise StoreError(f"state copy failed: {str(exc).splitlines()[0]}") from exc
+            from canaryd.service.store.postgres import first_line
+
+            raise StoreError(f"state copy failed: {first_line(exc)}") from exc
         raise

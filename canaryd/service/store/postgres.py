@@ -94,6 +94,13 @@ class Fence(Protocol):
 Conn = psycopg.AsyncConnection[Any]
 
 
+def first_line(exc: BaseException) -> str:
+    """What a message about a database error shows of it: its first line (psycopg's go on
+    with context lines), or its type when it says nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class PostgresStore(PlannedStore):
     """:class:`~.contract.StateStore` on PostgreSQL (psycopg 3 and its pool)."""
 
@@ -165,8 +172,7 @@ class PostgresStore(PlannedStore):
         return {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
 
     def _error(self, exc: BaseException) -> StoreError:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StoreError(f"state store {redact_dsn(self.url)}: {text}")
+        return StoreError(f"state store {redact_dsn(self.url)}: {first_line(exc)}")
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, fenced: bool = False) -> T:
         """Run ``fn`` in one transaction (fenced first when asked), within the timeout.
