@@ -11,6 +11,8 @@
   URL) with its passwords removed and the rest kept, for messages, logs and result files.
   An HTTP URL loses its path too (:func:`redact_url`: a webhook's path may be its token);
   a database's path is its name, which an operator needs to see.
+- :func:`scrub_dsn`: a database library's message without the passwords of the address
+  it was given (libpq repeats an address it cannot parse).
 - :func:`scrub_sent`: an answer's body without the credentials just sent with the request.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import re
+from urllib.parse import unquote
 
 from pydantic import SecretStr
 
@@ -87,7 +90,9 @@ _URL_SECRET = re.compile(r"(?i)(?P<keep>[?&][^=&]*(?:pass|secret|token)[^=&]*=)[
 """A URL parameter naming a password or its file (``password``, ``sslpassword``,
 ``passfile``): its value is hidden."""
 
-_CONNINFO_PAIR = re.compile(r"(?P<key>[\w.-]+)\s*=\s*(?:'(?:\\.|[^'\\])*'?|(?:\\.|[^\s\\])*)")
+_CONNINFO_PAIR = re.compile(
+    r"(?P<key>[\w.-]+)\s*=\s*(?P<value>'(?:\\.|[^'\\])*'?|(?:\\.|[^\s\\])*)"
+)
 """``key = value`` in a libpq key=value string (a value quoted with ``'``, or up to a blank)."""
 
 _CONNINFO_SECRET = re.compile(r"(?i)pass|secret|token")
@@ -111,9 +116,38 @@ def redact_dsn(dsn: str) -> str:
     return f"{scheme}://{name}@{place}" if at and name else f"{scheme}://{place}"
 
 
+def scrub_dsn(text: str, dsn: str) -> str:
+    """``text`` (a database library's message) without the passwords of ``dsn``.
+
+    libpq repeats a part of the address it cannot parse (``invalid percent-encoded
+    token: "<password>"``), so a message about a bad address may hold its password.
+    """
+    text = text.replace(dsn, redact_dsn(dsn)) if dsn else text
+    for secret in dsn_passwords(dsn):
+        if len(secret) >= 3:  # shorter would blank ordinary letters
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """The passwords a database address holds (as written, and decoded), longest first."""
+    _, sep, rest = dsn.partition("://")
+    if sep:
+        found = [rest.rpartition("@")[0].partition(":")[2]]
+        found += [m[0].partition("=")[2] for m in _URL_SECRET.finditer(rest)]
+    else:
+        found = [m["value"] for m in _CONNINFO_PAIR.finditer(dsn) if _hidden(m["key"])]
+    found += [unquote(s) for s in found] + [s.strip("'") for s in found]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def _hidden(key: str) -> bool:
+    return _CONNINFO_SECRET.search(key) is not None
+
+
 def _hide_pair(match: re.Match[str]) -> str:
     key = match["key"]
-    return f"{key}={REDACTED}" if _CONNINFO_SECRET.search(key) else match[0]
+    return f"{key}={REDACTED}" if _hidden(key) else match[0]
 
 
 def redact(text: str, url: str | None, *secrets: SecretStr | None) -> str:

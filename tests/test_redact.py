@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from canaryd.redact import redact_dsn
+from canaryd import redact
+from canaryd.config import Settings
+from canaryd.redact import redact_dsn, scrub, scrub_dsn
 
 CASES = [
     (
@@ -66,3 +68,26 @@ def test_a_database_address_keeps_user_host_port_and_database_but_no_password(
     """User, host, port, database and harmless parameters stay; every password goes."""
     assert redact_dsn(dsn) == shown
     assert "s3cret" not in redact_dsn(dsn)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "message"),
+    [
+        ("postgresql://u:s3cr%zzet@db/c", 'invalid percent-encoded token: "s3cr%zzet"'),
+        ("postgresql://u@db/c?password=s3cr%zzet", 'invalid percent-encoded token: "s3cr%zzet"'),
+        ("postgresql://u:s3cr%21et@db/c", "password s3cr!et refused"),
+        ("host=db password='s3cr et' x", 'missing "=" after "s3cr et"'),
+        ("postgresql://u:s3cret@db/c", "could not connect to postgresql://u:s3cret@db/c"),
+    ],
+    ids=["bad-escape", "query-bad-escape", "decoded", "conninfo", "whole-address"],
+)
+def test_a_database_message_loses_the_passwords_of_its_address(
+    dsn: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library's message that repeats (part of) a database address shows no password of it,
+    nor, once the settings hold that address, does any log line."""
+    monkeypatch.setattr(redact, "_SECRETS", {})  # protected values stay this test's
+    assert "s3cr" not in scrub_dsn(message, dsn)
+    if dsn.startswith("postgresql://"):
+        Settings.model_validate({"state": dsn})
+        assert "s3cr" not in scrub(f"error connecting in 'pool-1': {message}")

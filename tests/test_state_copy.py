@@ -164,6 +164,17 @@ async def test_a_destination_holding_state_is_refused(tmp_path: Path) -> None:
     await s.close()
 
 
+async def test_an_address_libpq_cannot_read_is_refused_without_its_password(
+    tmp_path: Path,
+) -> None:
+    """A source address libpq cannot parse (it repeats the bad part) is a StoreError that
+    does not show the password."""
+    url = "postgresql://canaryd:s3cr%zzet@127.0.0.1:9/c"
+    with pytest.raises(StoreError, match="state copy failed") as caught:
+        await anyio.to_thread.run_sync(copy_state, url, f"sqlite://{tmp_path}/b.db")
+    assert "s3cr" not in str(caught.value)
+
+
 async def test_a_running_replica_is_refused(tmp_path: Path, postgres: PostgresServer) -> None:
     """A PostgreSQL store whose leader lease is live is not copied from (a replica still writes)."""
     url = postgres.create_database()

@@ -176,7 +176,9 @@ class Lease:
                     )
                 await self.attempt(conn)
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("lease.renew_failed", db=redact_dsn(self.url), error=first_line(exc))
+            log.warning(
+                "lease.renew_failed", db=redact_dsn(self.url), error=first_line(exc, self.url)
+            )
             if conn is not None:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
@@ -210,7 +212,7 @@ class Lease:
                         (self.cluster, self.me, self._epoch),
                     )
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("lease.release_failed", error=first_line(exc))
+            log.warning("lease.release_failed", error=first_line(exc, self.url))
         self._epoch = None
 
 

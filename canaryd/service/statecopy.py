@@ -107,5 +107,5 @@ def copy_state(src: str, dst: str) -> dict[str, int]:
         if type(exc).__module__.startswith("psycopg"):
             from canaryd.service.store.postgres import first_line
 
-            raise StoreError(f"state copy failed: {first_line(exc)}") from exc
+            raise StoreError(f"state copy failed: {first_line(exc, src, dst)}") from exc
         raise

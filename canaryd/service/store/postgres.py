@@ -27,7 +27,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from canaryd.errors import FencedError, StoreError
-from canaryd.redact import redact_dsn
+from canaryd.redact import redact_dsn, scrub_dsn
 from canaryd.service.store import plans
 from canaryd.service.store.codec import DecisionRows
 from canaryd.service.store.plans import Insert, Plan, PlannedStore, Statement
@@ -94,10 +94,13 @@ class Fence(Protocol):
 Conn = psycopg.AsyncConnection[Any]
 
 
-def first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, *dsns: str) -> str:
     """What a message about a database error shows of it: its first line (psycopg's go on
-    with context lines), or its type when it says nothing."""
+    with context lines), or its type when it says nothing; without the passwords of
+    ``dsns``, the addresses it was given (libpq may repeat one it cannot parse)."""
     text = str(exc).strip()
+    for dsn in dsns:
+        text = scrub_dsn(text, dsn)
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -172,7 +175,7 @@ class PostgresStore(PlannedStore):
         return {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
 
     def _error(self, exc: BaseException) -> StoreError:
-        return StoreError(f"state store {redact_dsn(self.url)}: {first_line(exc)}")
+        return StoreError(f"state store {redact_dsn(self.url)}: {first_line(exc, self.url)}")
 
     async def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, fenced: bool = False) -> T:
         """Run ``fn`` in one transaction (fenced first when asked), within the timeout.
