@@ -175,6 +175,22 @@ async def test_an_address_libpq_cannot_read_is_refused_without_its_password(
     assert "s3cr" not in str(caught.value)
 
 
+async def test_a_destination_libpq_cannot_read_is_said_without_its_password(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``canaryd state copy`` to an address libpq cannot parse fails at once, and neither its
+    output nor any library's log line shows the password."""
+    lite = SqliteStore(tmp_path / "a.db")
+    await lite.open()
+    await lite.close()
+    url = "postgresql://canaryd:s3cr%zzet@127.0.0.1:9/c"
+    args = ["state", "copy", str(tmp_path / "a.db"), url]
+    assert await anyio.to_thread.run_sync(main, args) == 1
+    out, err = capfd.readouterr()
+    assert "invalid percent-encoded token" in err, err
+    assert "s3cr" not in out + err + caplog.text, (out, err, caplog.text)
+
+
 async def test_a_running_replica_is_refused(tmp_path: Path, postgres: PostgresServer) -> None:
     """A PostgreSQL store whose leader lease is live is not copied from (a replica still writes)."""
     url = postgres.create_database()

@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from canaryd.errors import FencedError, StoreError
@@ -127,8 +128,13 @@ class PostgresStore(PlannedStore):
         """Connect and bring the schema up to date.
 
         Raises:
-            StoreError: the database is unreachable or the migration failed.
+            StoreError: the address is not one libpq reads, the database is
+                unreachable or the migration failed.
         """
+        try:  # read first: the pool would log libpq's error, which repeats the bad part
+            conninfo_to_dict(self.url)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.url,
             min_size=1,
