@@ -59,8 +59,9 @@ from canaryd.logs import configure
 from canaryd.providers import MetricsProvider
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import build_router
-from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.runtime import CanaryRunner
 from canaryd.service.scheduler import Scheduler
+from canaryd.service.services import Services
 from canaryd.service.store import SqliteStore, StateStore
 
 HERE = Path(__file__).resolve().parent
@@ -489,7 +490,7 @@ def _runner(spec: Any, services: Services, probe: Probe, now: float, failing: bo
     if failing:
         timed = TimedProvider(services.providers["prom"])
         services = Services(
-            services.settings, services.session, {"prom": timed}, services.routers, services.store
+            services.settings, services.http, {"prom": timed}, services.routers, services.store
         )
     return BenchRunner(spec, state, services, probe=probe, timed=timed)
 

@@ -9,6 +9,8 @@ runner, the dispatcher or an adapter without a real server:
 - :class:`FakeStore` (:class:`canaryd.service.store.StateStore`): in memory, with the
   outbox's held/pending/sent life cycle.
 - :class:`FakeClock`: a wall clock a test moves forward (``Services.clock``).
+- :class:`FakeLoopClock` (:class:`canaryd.service.scheduler.Clock`): the scheduler's
+  clock, moved by hand; its timers fire only when the test moves it past them.
 - :class:`FakeHttp` (:class:`canaryd.http.HttpTransport`): records requests and answers
   with scripted responses (or raises, like an unreachable server).
 
@@ -17,6 +19,8 @@ Tests of real HTTP behaviour (redirects, TLS, timeouts, bounded bodies) use real
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +109,73 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Jump ``seconds`` into the future."""
         self.offset += seconds
+
+
+@dataclass(eq=False)
+class FakeTimer:
+    """A callback :class:`FakeLoopClock` calls at ``when`` unless cancelled."""
+
+    when: float
+    callback: Callable[[], object]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Do not call it."""
+        self.cancelled = True
+
+
+@dataclass(eq=False)
+class FakeLoopClock:
+    """A monotonic clock with timers, moved by hand (the scheduler's ``clock``).
+
+    Nothing happens until the test calls :meth:`advance`, which calls the timers due by
+    then in the order of their time, the clock reading each timer's time as it is
+    called; the tasks those callbacks wake run once the test yields to the event loop.
+    """
+
+    now: float = 1000.0
+    _timers: list[tuple[float, int, FakeTimer]] = field(default_factory=list)
+    _seq: int = 0
+
+    def time(self) -> float:
+        """Now."""
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> FakeTimer:
+        """Call ``callback(*args)`` once :meth:`advance` reaches ``when``."""
+        timer = FakeTimer(when, lambda: callback(*args))
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, timer))
+        return timer
+
+    def next_timer(self) -> float | None:
+        """When the earliest timer not cancelled is due (None: there is none)."""
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
+
+    def advance(self, seconds: float) -> None:
+        """Move ``seconds`` on, calling the timers due by then, earliest first."""
+        target = self.now + seconds
+        while (when := self.next_timer()) is not None and when <= target:
+            _, _, timer = heapq.heappop(self._timers)
+            self.now = max(self.now, when)
+            timer.callback()
+        self.now = target
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once :meth:`advance` has moved the clock ``seconds`` on."""
+        done = asyncio.get_running_loop().create_future()
+        timer = self.call_at(self.now + seconds, _resolve, done)
+        try:
+            await done
+        finally:
+            timer.cancel()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import yaml
-from support import free_port
+from support import eventually, free_port
 from support.ports import ATTEMPTS, is_port_clash, listening
 
 from canaryd.client import Client
@@ -100,14 +100,9 @@ async def client_for(config: Path) -> AsyncIterator[Client]:
 
 async def wait_for_state(client: Client, key: str, accept: Any, within: float = 30.0) -> Any:
     """Poll the API until ``accept(state)`` holds; fail with the last state otherwise."""
-    deadline = time.monotonic() + within
-    state: Any = None
-    while time.monotonic() < deadline:
-        state = await client.get(key)
-        if accept(state):
-            return state
-        await anyio.sleep(0.1)
-    raise AssertionError(f"state not reached within {within:g}s; last: {state}")
+    return await eventually(
+        lambda: client.get(key), accept, within=within, interval=0.1, what=f"state of {key}"
+    )
 
 
 @contextmanager

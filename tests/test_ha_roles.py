@@ -81,10 +81,10 @@ async def test_one_leads_the_other_follows_and_refuses_changes(
     async with backends() as (prom, router):
         a_cfg, b_cfg = configs(tmp_path, url, prom, router)
         async with replica(a_cfg) as a:
-            await eventually(lambda: a.role == "leader" and a.ready, what="a leads")
+            await eventually(lambda: a.health.role == "leader" and a.ready, what="a leads")
             async with replica(b_cfg) as b:
                 await eventually(lambda: b.ready, what="b serves")
-                assert b.role == "follower"
+                assert b.health.role == "follower"
                 follower, leader = api_url(b_cfg), api_url(a_cfg)
                 assert (await readyz(follower))["leader"] == leader
                 assert (await readyz(leader))["role"] == "leader"
@@ -153,7 +153,7 @@ async def test_the_follower_takes_over_when_the_leader_stops(
         stop_a, stop_b = anyio.Event(), anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_until, a, stop_a)
-            await eventually(lambda: a.ready and a.role == "leader", what="a leads")
+            await eventually(lambda: a.ready and a.health.role == "leader", what="a leads")
             tg.start_soon(run_until, b, stop_b)
             await eventually(lambda: b.ready, what="b follows")
             async with Client(api_url(a_cfg), TOKEN) as c:
@@ -161,7 +161,7 @@ async def test_the_follower_takes_over_when_the_leader_stops(
             await eventually(lambda: a.runners[KEY].state.canary_weight > 0, what="first step")
             stop_a.set()
             lost = anyio.current_time()
-            await eventually(lambda: b.role == "leader", within=5, what="takeover")
+            await eventually(lambda: b.health.role == "leader", within=5, what="takeover")
             took = anyio.current_time() - lost
             await eventually(
                 lambda: b.runners[KEY].state.phase.value == "Succeeded",

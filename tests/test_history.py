@@ -19,9 +19,9 @@ from test_api import Api
 from canaryd.config.loader import load_config
 from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.core.events import Event
-from canaryd.service.daemon import retention
 from canaryd.service.store import Retention, SqliteStore, StateStore
 from canaryd.service.store import retention as store_retention
+from canaryd.service.supervisor import retention
 
 pytestmark = pytest.mark.anyio
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 from collections.abc import Iterator
@@ -68,3 +69,16 @@ def test_captured_logs_see_events() -> None:
     with capture_logs() as captured:
         logs.log_event(EVENT)
     assert [e["event"] for e in captured] == ["analysis.tick"]
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [1_764_464_112_123_456_789, 1_764_464_112_000_000_000, 1_764_464_113_000_001_000, 0],
+    ids=["fraction", "on-the-second", "one-microsecond", "epoch"],
+)
+def test_timestamp_is_structlogs_iso_utc(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    """The fast path's timestamp is what ``TimeStamper(fmt="iso", utc=True)`` writes then."""
+    monkeypatch.setattr("canaryd.logs.time.time_ns", lambda: ns)
+    when = datetime.datetime.fromtimestamp(ns // 1000 / 1e6, datetime.UTC)
+    expected = when.replace(microsecond=ns // 1000 % 1_000_000).isoformat().replace("+00:00", "Z")
+    assert logs.iso_utc_now() == expected

@@ -20,7 +20,8 @@ from service_helpers import backends, canary
 from support import eventually
 
 from canaryd.core.analysis import CanaryState, Phase
-from canaryd.service.metrics import CanarySample, DaemonMetrics, Snapshot
+from canaryd.service.metrics import DaemonMetrics
+from canaryd.service.metrics_snapshot import CanarySample, Snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,8 +26,10 @@ from canaryd.config import Settings
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.http import HttpTransport
 from canaryd.service.dispatcher import Dispatcher
-from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.runtime import CanaryRunner
+from canaryd.service.services import Services
 from canaryd.service.store import OutboxMessage, SqliteStore, StateStore
+from canaryd.service.supervisor import flush_outbox
 from canaryd.testing import FakeClock as Clock
 from canaryd.testing import FakeProvider, FakeRouter
 
@@ -616,46 +618,51 @@ async def test_alerts_after_a_restart_mid_rollout_are_not_lost(
 # --------------------------------------------------------------------------- shutdown
 
 
-async def test_flush_delivers_what_is_due_within_the_grace_period(
+async def test_flush_returns_once_the_dispatcher_sent_everything_due(
     tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
-    """flush() sends every due message in order and reports none left."""
+    """The shutdown flush waits while the running dispatcher sends every due message in order."""
     async with Receiver() as r:
         cfg = config(tmp_path, audited(["web", "api"], r.url))
         await put(store, *[message(k, n) for n in range(3) for k in ("prod/web", "prod/api")])
-        left = await dispatcher(services(cfg, store, session)).flush(5.0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher(services(cfg, store, session)).run)
+            left = await flush_outbox(store, 5.0)
+            tg.cancel_scope.cancel()
     assert left == 0
     assert [q.json["n"] for q in r.requests if q.path == "/web"] == [0, 1, 2]
     assert [q.json["n"] for q in r.requests if q.path == "/api"] == [0, 1, 2]
 
 
-async def test_flush_while_running_waits_for_deliveries_in_flight(
+async def test_flush_waits_for_a_delivery_in_flight(
     tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
-    """flush() during run() waits for the delivery run() has in flight, then sends the rest."""
+    """The shutdown flush started while a delivery is in flight waits for it and the next."""
     async with Receiver(delay=0.3) as r:
         cfg = config(tmp_path, audited(["web"], r.url))
         await put(store, message("prod/web", 0), message("prod/web", 1))
-        d = dispatcher(services(cfg, store, session))
         async with anyio.create_task_group() as tg:
-            await tg.start(d.run)
+            await tg.start(dispatcher(services(cfg, store, session)).run)
             await r.wait_for(1)
-            left = await d.flush(5.0)
+            left = await flush_outbox(store, 5.0)
             tg.cancel_scope.cancel()
     assert left == 0
     assert [q.json["n"] for q in r.requests] == [0, 1]
     assert [s for _, s, _, _ in rows(store)] == ["sent", "sent"]
 
 
-async def test_flush_is_bounded_by_its_grace_even_when_cancelled(
+async def test_flush_is_bounded_by_its_grace(
     tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
-    """flush() against a hanging receiver returns after the grace, even inside a cancelled scope."""
+    """Against a hanging receiver the shutdown flush returns after its grace, the canary's
+    messages still pending (one canary with a message due)."""
     async with Receiver(delay=30.0) as r:
         cfg = config(tmp_path, audited(["web"], r.url, timeout="20s"))
         await put(store, message("prod/web", 0), message("prod/web", 1))
-        with anyio.fail_after(3), anyio.CancelScope() as scope:
-            scope.cancel()
-            left = await dispatcher(services(cfg, store, session)).flush(0.3)
-    assert left == 2 and len(r.requests) == 1
+        with anyio.fail_after(3):
+            async with anyio.create_task_group() as tg:
+                await tg.start(dispatcher(services(cfg, store, session)).run)
+                left = await flush_outbox(store, 0.3)
+                tg.cancel_scope.cancel()
+    assert left == 1 and len(r.requests) == 1
     assert [s for _, s, _, _ in rows(store)] == ["pending", "pending"]

@@ -126,7 +126,9 @@ async def test_a_removed_canary_stops_ticking_once_its_pending_rollback_is_appli
         r.router.statuses = [500] * len(r.router.requests) + [200]
         await r.router.wait_for(len(r.router.statuses))
         gone = KEY not in r.daemon.runners
-        await eventually(lambda: KEY not in r.daemon._removed, what="the removed loop let go")
+        await eventually(
+            lambda: KEY not in r.daemon.supervisor.removed, what="the removed loop let go"
+        )
         assert old is not None
         await eventually(lambda: old.settled, what="the removed loop idle, owing nothing")
         if added_back:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from proxies import find_nginx, free_port, port_open, require, run_proxy
+from support import eventually
 from traffic import assert_split, in_front_of_backends, route, step_and_roll_back
 
 from canaryd.config import NginxRouter
@@ -249,18 +250,11 @@ async def test_unconfirmed_reload_is_reloaded_back(nginx: Nginx, tmp_path: Path)
         await router.apply(route("route", 50, 50))
 
     assert nginx.include.read_bytes() == before
-    await wait_for(
+    await eventually(
         lambda: len(reloads(nginx.error_log)) == sent + 2 and reloads(nginx.error_log)[-1] > 0
     )
-    await wait_for(lambda: serving_only(nginx, reloads(nginx.error_log)[-1]))
+    await eventually(lambda: serving_only(nginx, reloads(nginx.error_log)[-1]))
     await assert_split(nginx.url, 20)
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``condition`` until true (NGINX reloads after the signal, with nothing to wait on)."""
-    with anyio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110 - a file and /proc, no event to wait for
-            await anyio.sleep(0.05)
 
 
 @pytest.mark.integration

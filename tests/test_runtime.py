@@ -19,7 +19,8 @@ from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import CommandError, FencedError, ProviderError, RouterError, StoreError
 from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.runtime import CanaryRunner
+from canaryd.service.services import Services
 from canaryd.service.store import StateStore
 from canaryd.testing import FakeProvider, FakeRouter
 

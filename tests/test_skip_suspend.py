@@ -21,7 +21,8 @@ from canaryd.core.analysis import (
     RunHooks,
 )
 from canaryd.http import HttpTransport
-from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.runtime import CanaryRunner
+from canaryd.service.services import Services
 from canaryd.service.store import StateStore
 from canaryd.testing import FakeProvider, FakeRouter
 

@@ -9,15 +9,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import postgres
+import psycopg
 import pytest
+import yaml
+from daemons import api_url, daemon_process, write_config
 from support import (
     entered_on_free_port,
     eventually,
+    free_port,
     refused_port,
     retry_on_port_clash,
     started_on_free_port,
 )
 from support.guard import SpawnGuard
+from support.ports import is_port_clash, listening
 
 pytestmark = pytest.mark.anyio
 
@@ -128,3 +134,38 @@ async def test_eventually_fails_naming_what_and_the_last_result() -> None:
 
     with pytest.raises(AssertionError, match=r"the runner not met within 0\.1s; last: KeyError"):
         await eventually(failing, within=0.1, what="the runner")
+
+
+def _taken() -> tuple[socket.socket, int]:
+    """A socket listening on a free 127.0.0.1 port, and the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, int(sock.getsockname()[1])
+
+
+@pytest.mark.integration
+def test_a_daemon_whose_port_is_taken_is_started_on_another(tmp_path: Path) -> None:
+    """``daemon_process`` starts a real daemon again on a new port when its port is taken,
+    and removes the clash from the log."""
+    config = write_config(tmp_path, [])
+    holder, port = _taken()
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump(data | {"listen": f"127.0.0.1:{port}"}))
+    log = tmp_path / "daemon.log"
+    with holder, daemon_process(config, log) as proc:
+        moved = int(api_url(config).rpartition(":")[2])
+        assert moved != port and proc.poll() is None
+        assert listening(proc.pid, moved)
+        assert not is_port_clash(RuntimeError(log.read_text()))
+
+
+@pytest.mark.integration
+def test_postgres_whose_port_is_taken_starts_on_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL whose first port is taken is started on the next one."""
+    holder, port = _taken()
+    ports = iter([port])
+    monkeypatch.setattr(postgres, "free_port", lambda: next(ports, None) or free_port())
+    with holder, postgres.start_postgres() as server, psycopg.connect(server.url()) as conn:
+        assert server.port != port
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -45,8 +45,9 @@ from canaryd.core.analysis import CanaryState, Phase
 from canaryd.core.events import Event
 from canaryd.errors import CommandError, RouterError, StoreError
 from canaryd.routers import RouteRequest
-from canaryd.service import runtime
-from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service import ledger
+from canaryd.service.runtime import CanaryRunner
+from canaryd.service.services import Services
 from canaryd.service.store import SqliteStore
 
 KEY = "prod/web"
@@ -182,15 +183,15 @@ class TrustMachine(RuleBasedStateMachine):
         self.gap: int | None = None  # routes applied when the record fell behind the router
         self.revisions = 0
         self.runner: CanaryRunner | None = None
-        self._orig_log = runtime.__dict__["log_event"]
-        runtime.__dict__["log_event"] = self._log
+        self._orig_log = ledger.__dict__["log_event"]
+        ledger.__dict__["log_event"] = self._log
 
     def _log(self, event: Event) -> None:
         self.events.append((event, self.router.now))
 
     def teardown(self) -> None:
         """Close the store and the loop; restore the event logger."""
-        runtime.__dict__["log_event"] = self._orig_log
+        ledger.__dict__["log_event"] = self._orig_log
         if self.runner is not None:
             self.loop.run_until_complete(self.store.inner.close())
         self.loop.close()

@@ -20,8 +20,8 @@ from support import eventually
 from test_signals import Running, running, start_rollout
 
 from canaryd.core.analysis import CanaryState
-from canaryd.service import daemon as daemon_module
-from canaryd.service import runtime
+from canaryd.service import lifecycle
+from canaryd.service import supervisor as supervisor_module
 from canaryd.service.store import SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -78,7 +78,9 @@ async def test_a_removed_canarys_unrecorded_failed_checks_are_recorded_once_it_c
         assert await r.daemon.reload()
         counted = runner.state.failed_checks
         await writable(r, True)
-        await eventually(lambda: KEY not in r.daemon._removed, what="the removed loop let go")
+        await eventually(
+            lambda: KEY not in r.daemon.supervisor.removed, what="the removed loop let go"
+        )
         assert runner.settled and not r.daemon.scheduler.remove(KEY)
         state = await stored(r)
         assert state.failed_checks == runner.state.failed_checks >= counted >= 2, state
@@ -88,14 +90,16 @@ async def test_a_removed_canary_that_cannot_record_says_what_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A removed canary whose store stays unwritable gives up after its grace and says so."""
-    monkeypatch.setattr(runtime, "UNRECORDED_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(lifecycle, "UNRECORDED_GRACE_SECONDS", 1.0)
     other = canary("other", interval="1h")
     with structlog.testing.capture_logs() as logs:
         async with running(tmp_path, [canary(**FAILING), other]) as r:
             await failing_unrecorded(r)
             r.rewrite(lambda data: data.update(canaries=[other]))
             assert await r.daemon.reload()
-            await eventually(lambda: KEY not in r.daemon._removed, what="the removed loop gave up")
+            await eventually(
+                lambda: KEY not in r.daemon.supervisor.removed, what="the removed loop gave up"
+            )
             assert not r.daemon.scheduler.remove(KEY)
             await writable(r, True)
     lost = [e for e in logs if e["event"] == "state.unrecorded_lost"]
@@ -109,7 +113,7 @@ async def test_a_stopping_daemon_records_what_waits_or_says_what_is_lost(
 ) -> None:
     """At stop, failed checks waiting in memory are recorded if the store takes them by then;
     if it does not, ``state.unrecorded_lost`` says what is lost."""
-    monkeypatch.setattr(daemon_module, "UNRECORDED_STOP_SECONDS", 1.0)
+    monkeypatch.setattr(supervisor_module, "UNRECORDED_STOP_SECONDS", 1.0)
     with structlog.testing.capture_logs() as logs:
         async with running(tmp_path, [canary(**FAILING)]) as r:
             runner = await failing_unrecorded(r)

@@ -5,15 +5,17 @@ time); so do reads unless ``api.anonymous_read`` is on. ``/healthz``,
 ``/readyz``, ``/metrics`` and ``/api/v1/openapi.json`` are always open. Every
 error is JSON ``{"error": "..."}``; a bad request is never a 500. The routes are
 described by :mod:`canaryd.service.openapi`.
+
+This module builds the application and serves it; the routes are grouped by
+concern: reads (:mod:`canaryd.service.api_reads`), operator commands
+(:mod:`canaryd.service.api_commands`), a follower's refusal of changes
+(:mod:`canaryd.service.api_ha`), and what they share
+(:mod:`canaryd.service.api_common`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
-import re
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,51 +25,25 @@ import structlog
 from aiohttp import web
 
 from canaryd import ui
-from canaryd.config.models import CanaryConfig
-from canaryd.core import analysis as core
-from canaryd.core.analysis import CanaryState
 from canaryd.errors import CommandError, NotFoundError, RouterError, StoreError
+from canaryd.service import api_commands, api_reads
+from canaryd.service.api_common import DAEMON, Handler, authorize_read, canary_summary, error
+from canaryd.service.api_ha import followers_refuse_changes
 from canaryd.service.limits import LISTEN_BACKLOG, AcceptErrors, RefusedCount, api_connection_cap
-from canaryd.service.metrics import CONTENT_TYPE
-from canaryd.service.openapi import document
-from canaryd.service.runtime import CanaryRunner
 
 if TYPE_CHECKING:
     from canaryd.service.daemon import Daemon
 
 log = structlog.get_logger()
 
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", object)  # type: ignore[arg-type]
-
-REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 SHUTDOWN_SECONDS = 2.0
 """On stop, how long requests in flight may take before their connections are closed."""
 IDLE_SECONDS = 15.0
 """A connection without a complete request for this long is closed: idle, kept alive
 after an answer, or sending its headers too slowly (docs/reliability.md)."""
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON error answer."""
-    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate")
-
-
-@web.middleware
-async def followers_refuse_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A follower answers changes 503 with the leader's address (docs/ha.md)."""
-    daemon = request.app[DAEMON]
-    if request.method == "POST" and daemon.role == "follower":
-        leader = daemon.leader_address
-        return web.json_response(
-            {"error": "this replica follows; send changes to the leader", "leader": leader},
-            status=503,
-            headers={"Retry-After": "1", **({"Location": leader} if leader else {})},
-        )
-    return await handler(request)
 
 
 @web.middleware
@@ -99,287 +75,6 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return error(500, "internal error (logged)")
 
 
-def canary_summary(spec: CanaryConfig, state: CanaryState) -> dict[str, Any]:
-    """What the API says about one canary."""
-    a = spec.analysis
-    return {
-        "name": spec.name,
-        "namespace": spec.namespace,
-        "phase": state.phase.value,
-        "revision": state.revision,
-        "rolloutId": state.rollout_id,
-        "strategy": a.strategy,
-        "canaryWeight": state.canary_weight,
-        "primaryWeight": state.primary_weight,
-        "maxWeight": (a.weights or [0])[-1],
-        "failedChecks": state.failed_checks,
-        "threshold": a.threshold,
-        "iteration": state.iteration,
-        "iterations": a.iterations,
-        "gate": state.gate,
-        "approvals": sorted(state.approvals),
-        "reason": state.reason,
-        "metadata": dict(state.metadata),
-        "startedAt": state.started_at,
-        "finishedAt": state.finished_at,
-        "routePending": state.route_pending,
-    }
-
-
-def _runner(request: web.Request) -> CanaryRunner:
-    key = f"{request.match_info['ns']}/{request.match_info['name']}"
-    runner = request.app[DAEMON].runner(key)
-    if runner is None:
-        raise NotFoundError(f"no canary {key}")
-    return runner
-
-
-def _authorize(request: web.Request) -> None:
-    """Require the bearer token.
-
-    Raises:
-        HTTPUnauthorized: no token is configured, or the request lacks the right one.
-    """
-    token = request.app[DAEMON].api_token
-    challenge = {"WWW-Authenticate": 'Bearer realm="canaryd"'}
-    if token is None:
-        raise web.HTTPUnauthorized(
-            reason="no API token configured (set api.token_file or api.token_env)",
-            headers=challenge,
-        )
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        # headers arrive as latin-1 text that may hold lone surrogates; never fail on them
-        value.strip().encode("utf-8", "surrogatepass"),
-        token.encode(),
-    ):
-        raise web.HTTPUnauthorized(reason="missing or wrong bearer token", headers=challenge)
-
-
-def _authorize_read(request: web.Request) -> None:
-    """Require the bearer token for reads, unless ``api.anonymous_read`` is on.
-
-    Raises:
-        HTTPUnauthorized: reads need the token and the request lacks it.
-    """
-    if not request.app[DAEMON].settings.api.anonymous_read:
-        _authorize(request)
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from exc
-    except RecursionError:  # the decoder nests one frame per level: bad input, not a crash
-        raise web.HTTPBadRequest(reason="body is not valid JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise web.HTTPBadRequest(reason="body must be a JSON object")
-    return data
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """Process alive."""
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Config loaded, store open, loops running and on schedule (503 when behind)."""
-    daemon = request.app[DAEMON]
-    if not daemon.ready:
-        return error(503, "not ready")
-    lag = daemon.schedule_lag()
-    if lag > daemon.behind_seconds:
-        body = {
-            "error": f"behind schedule by {lag:.1f}s",
-            "status": "behind",
-            "lagSeconds": round(lag, 3),
-            "canaries": len(daemon.runners),
-        }
-        return web.json_response(body, status=503)
-    ready: dict[str, Any] = {"status": "ready", "canaries": len(daemon.runners)}
-    if daemon.lease is not None:  # several replicas (docs/ha.md)
-        ready |= {"role": daemon.role, "leader": daemon.leader_address}
-    return web.json_response(ready)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """canaryd's own metrics, in the Prometheus text format."""
-    daemon = request.app[DAEMON]
-    await daemon.metrics.refresh(daemon)
-    return web.Response(body=daemon.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-
-async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI document of this API."""
-    return web.json_response(document())
-
-
-def _check_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A check record reduced to when, what and why (the failing metric or webhook)."""
-    if record is None:
-        return None
-    return {k: record.get(k) for k in ("time", "outcome", "reason")}
-
-
-async def _with_last_check(daemon: Daemon, runner: CanaryRunner) -> dict[str, Any]:
-    body = canary_summary(runner.spec, runner.state)
-    body["lastCheck"] = _check_summary(await daemon.last_check(runner))
-    return body
-
-
-async def list_canaries(request: web.Request) -> web.Response:
-    """Every configured canary with its state and last check."""
-    _authorize_read(request)
-    daemon = request.app[DAEMON]
-    rows = [await _with_last_check(daemon, r) for r in list(daemon.runners.values())]
-    body: dict[str, Any] = {"canaries": rows}
-    if daemon.lease is not None:  # several replicas (docs/ha.md)
-        body |= {"role": daemon.role, "leader": daemon.leader_address}
-    return web.json_response(body, dumps=_dumps)
-
-
-async def get_canary(request: web.Request) -> web.Response:
-    """One canary with its recent checks and events."""
-    _authorize_read(request)
-    runner = _runner(request)
-    body = canary_summary(runner.spec, runner.state)
-    store = runner.services.store
-    body["checks"] = await store.history(runner.key, 20)
-    body["events"] = await store.events(runner.key, 50)
-    body["lastCheck"] = _check_summary(body["checks"][0] if body["checks"] else None)
-    return web.json_response(body, dumps=_dumps)
-
-
-ROLLOUTS_LIMIT = 200
-"""The most rollouts one history answer lists (``?limit=``, default 50)."""
-
-
-def _limit(request: web.Request, default: int = 50) -> int:
-    """The ``limit`` query parameter, 1..``ROLLOUTS_LIMIT``.
-
-    Raises:
-        HTTPBadRequest: not a whole number in range.
-    """
-    raw = request.query.get("limit", str(default))
-    # str.isdigit() accepts digits int() refuses (superscripts): ASCII digits only
-    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= ROLLOUTS_LIMIT:
-        raise web.HTTPBadRequest(reason=f"limit must be a whole number from 1 to {ROLLOUTS_LIMIT}")
-    return int(raw)
-
-
-async def list_rollouts(request: web.Request) -> web.Response:
-    """A canary's rollouts, newest first (docs/api.md, "History")."""
-    _authorize_read(request)
-    runner = _runner(request)
-    rows = await runner.services.store.rollouts(runner.key, _limit(request))
-    return web.json_response({"rollouts": rows}, dumps=_dumps)
-
-
-async def get_rollout(request: web.Request) -> web.Response:
-    """One rollout of a canary with its checks and events, oldest first."""
-    _authorize_read(request)
-    runner = _runner(request)
-    rollout_id = request.match_info["rollout"]
-    body = await runner.services.store.rollout(runner.key, rollout_id)
-    if body is None:
-        raise NotFoundError(f"no rollout {rollout_id} of {runner.key}")
-    return web.json_response(body, dumps=_dumps)
-
-
-def _dumps(value: Any) -> str:
-    from canaryd.service.store import dumps
-
-    return dumps(value)
-
-
-async def start_rollout(request: web.Request) -> web.Response:
-    """Start a rollout of ``revision``."""
-    _authorize(request)
-    runner = _runner(request)
-    body = await _json_body(request)
-    revision, metadata = body.get("revision"), body.get("metadata", {})
-    if not isinstance(revision, str) or not REVISION.fullmatch(revision):
-        raise web.HTTPBadRequest(
-            reason="revision must be a string of 1-128 letters, digits or ._:/@+-"
-        )
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise web.HTTPBadRequest(reason="metadata must be an object of strings")
-    unknown = sorted(set(body) - {"revision", "metadata"})
-    if unknown:
-        raise web.HTTPBadRequest(reason=f"unknown keys: {', '.join(unknown)}")
-    before = runner.state.rollout_id
-    state = await runner.start_rollout(revision, metadata)
-    # the revision already under way: 200 with the rollout as it is; else a new one, 201
-    return web.json_response(
-        canary_summary(runner.spec, state), status=200 if state.rollout_id == before else 201
-    )
-
-
-_COMMANDS: dict[str, Callable[[CanaryConfig, CanaryState, float], core.Decision]] = {
-    "abort": core.abort,
-    "promote": core.promote,
-    "pause": core.pause,
-    "resume": core.resume,
-}
-
-
-async def _force(request: web.Request, action: str) -> bool:
-    """``promote``'s optional ``{"force": true}`` (overrides closed gates); no other keys.
-
-    Raises:
-        HTTPBadRequest: unknown keys, or ``force`` that is not a boolean.
-    """
-    if action != "promote":
-        return False
-    body = await _json_body(request)
-    unknown = sorted(set(body) - {"force"})
-    if unknown:
-        raise web.HTTPBadRequest(reason=f"unknown keys: {', '.join(unknown)}")
-    force = body.get("force", False)
-    if not isinstance(force, bool):
-        raise web.HTTPBadRequest(reason="force must be true or false")
-    return force
-
-
-def command(action: str) -> Handler:
-    """The handler of one operator command: promote / abort / pause / resume."""
-    fn = _COMMANDS[action]
-
-    async def handle(request: web.Request) -> web.Response:
-        _authorize(request)
-        runner = _runner(request)
-        force = await _force(request, action)
-        skipped = core.skipped_gates(runner.spec, runner.state) if force else []
-        if force:
-            chosen = partial(core.promote, runner.spec, force=True)
-        else:
-            chosen = partial(fn, runner.spec)
-        # abort/pause/promote need not wait for a tick held by a slow webhook
-        state = await runner.command(chosen, interrupt=action != "resume")
-        body = canary_summary(runner.spec, state)
-        if skipped:  # said in the answer as in the rollout.promoting event
-            body["forced"], body["skippedGates"] = True, skipped
-        return web.json_response(body)
-
-    handle.__doc__ = f"POST .../{action}"
-    return handle
-
-
-async def approve_gate(request: web.Request) -> web.Response:
-    """Open a gate by hand."""
-    _authorize(request)
-    runner = _runner(request)
-    gate = request.match_info["gate"]
-    state = await runner.command(lambda s, now: core.approve(runner.spec, s, gate, now))
-    return web.json_response(canary_summary(runner.spec, state))
-
-
 def make_app(daemon: Daemon) -> web.Application:
     """Build the aiohttp application for ``daemon`` (routes: :mod:`canaryd.service.openapi`)."""
     api = daemon.settings.api
@@ -387,24 +82,31 @@ def make_app(daemon: Daemon) -> web.Application:
         middlewares=[errors_as_json, followers_refuse_changes], client_max_size=api.max_body_bytes
     )
     app[DAEMON] = daemon
+    _add_routes(app)
+    ui.setup(app, daemon.live, authorize_read, partial(_describe, daemon))
+    return app
+
+
+def _add_routes(app: web.Application) -> None:
+    """Every route, reads (:mod:`~canaryd.service.api_reads`) and operator commands
+    (:mod:`~canaryd.service.api_commands`); a path's methods are registered together."""
     name = r"{name:[A-Za-z0-9._-]+}"
     base = "/api/v1/canaries/{ns:[A-Za-z0-9._-]+}/" + name
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/openapi.json", openapi)
-    app.router.add_get("/api/v1/canaries", list_canaries)
-    app.router.add_get(base, get_canary)
-    app.router.add_post(base + "/rollouts", start_rollout)
-    app.router.add_get(base + "/rollouts", list_rollouts)
-    app.router.add_get(base + "/rollouts/{rollout:[A-Za-z0-9._-]+}", get_rollout)
-    for action in _COMMANDS:
-        app.router.add_post(f"{base}/{action}", command(action))
+    app.router.add_get("/healthz", api_reads.healthz)
+    app.router.add_get("/readyz", api_reads.readyz)
+    app.router.add_get("/metrics", api_reads.metrics)
+    app.router.add_get("/api/v1/openapi.json", api_reads.openapi)
+    app.router.add_get("/api/v1/canaries", api_reads.list_canaries)
+    app.router.add_get(base, api_reads.get_canary)
+    app.router.add_post(base + "/rollouts", api_commands.start_rollout)
+    app.router.add_get(base + "/rollouts", api_reads.list_rollouts)
+    app.router.add_get(base + "/rollouts/{rollout:[A-Za-z0-9._-]+}", api_reads.get_rollout)
+    for action in api_commands.COMMANDS:
+        app.router.add_post(f"{base}/{action}", api_commands.command(action))
     app.router.add_post(
-        base + "/gates/{gate:rollout|traffic-increase|promotion}/approve", approve_gate
+        base + "/gates/{gate:rollout|traffic-increase|promotion}/approve",
+        api_commands.approve_gate,
     )
-    ui.setup(app, daemon.live, _authorize_read, partial(_describe, daemon))
-    return app
 
 
 def _describe(daemon: Daemon, key: str) -> dict[str, Any] | None:

@@ -45,16 +45,13 @@ from canaryd.errors import CanarydError, StoreError, WebhookError
 from canaryd.http import post_json
 from canaryd.notifiers import deliver, render
 from canaryd.redact import redact, redact_url
-from canaryd.service.runtime import Services
+from canaryd.service.services import Services
 from canaryd.service.store import OutboxMessage, StateStore
 
 log = structlog.get_logger()
 
 BATCH = 100
 """How many canaries' head messages one poll picks up at most."""
-
-FLUSH_POLL = 0.05
-"""Seconds between looks while a flush waits for deliveries started by ``run()``."""
 
 Target = WebhookSpec | tuple[AlertSpec, Notifier]
 """What a message is delivered to: a webhook, or an alert and its notifier."""
@@ -183,31 +180,6 @@ class Dispatcher:
             started = await self._start_due(tg)
         return started
 
-    async def flush(self, grace: float) -> int:
-        """Deliver what is due, message after message, for at most ``grace`` seconds.
-
-        For shutdown, once the analysis loops have stopped and before the HTTP
-        session and the store close. It runs shielded from an outer cancellation
-        and returns when nothing is due or in flight any more (messages waiting
-        for a retry keep their backoff) or when ``grace`` runs out. It may run
-        while :meth:`run` still does: it then also waits for run's deliveries.
-        A delivery cut short stays pending and goes out, same key, after restart.
-
-        Returns:
-            How many messages are still pending in the outbox.
-
-        Raises:
-            StoreError: the outbox cannot be read.
-        """
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + grace
-            while await self.drain_once() or self._busy:
-                if self._busy:  # in flight in run(): wait for one to finish
-                    await self._idle(FLUSH_POLL)
-        with anyio.CancelScope(shield=True):
-            stats = await self.store.outbox_stats()
-        return int(stats["counts"].get("pending", 0))
-
     async def _start_due(self, tg: anyio.abc.TaskGroup) -> int:
         """Start delivering the head message of every canary with none in flight."""
         for _ in range(STALE_READS):
@@ -327,7 +299,7 @@ class Dispatcher:
         secret = await anyio.to_thread.run_sync(read_secret, hook.secret_file, hook.secret_env)
         try:
             answer = await post_json(
-                svc.session,
+                svc.http,
                 url,
                 message.payload,
                 timeout=hook.timeout,
@@ -354,7 +326,7 @@ class Dispatcher:
         )
         try:
             await deliver(
-                svc.session,
+                svc.http,
                 notifier,
                 payload,
                 content_type,

@@ -6,7 +6,8 @@ Two kinds of series:
   rollouts finished by result), in ordinary prometheus-client instruments;
 - the state of each canary and of the outbox, read at scrape time:
   :meth:`DaemonMetrics.refresh` takes a :class:`Snapshot` (async: it reads the
-  store), and a collector turns the snapshot into metric families.
+  store), and a collector turns the snapshot into metric families
+  (:mod:`canaryd.service.metrics_snapshot`).
 
 Every per-canary series has the labels ``namespace`` and ``name``. The metric
 reference is the table in ``docs/api.md``; ``config/grafana-dashboard.json`` and
@@ -16,19 +17,17 @@ reference is the table in ``docs/api.md``; ``config/grafana-dashboard.json`` and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from canaryd import __version__
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import ProviderError, ResourceError
 from canaryd.providers import MetricsProvider
+from canaryd.service.metrics_snapshot import CanarySample, Snapshot, SnapshotCollector
 
 if TYPE_CHECKING:
     from canaryd.service.daemon import Daemon
@@ -46,34 +45,6 @@ def _settled(state: CanaryState) -> Phase | None:
     """The phase the router confirmed: None while a route is pending (a rollback the router
     has not confirmed has not happened yet, docs/reliability.md)."""
     return None if state.route_pending else state.phase
-
-
-@dataclass(frozen=True, slots=True)
-class CanarySample:
-    """One canary as seen at scrape time."""
-
-    namespace: str
-    name: str
-    state: CanaryState
-    threshold: int
-    strategy: str
-    last_tick: float
-    last_check: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything the scrape-time collector reports."""
-
-    ready: bool = False
-    canaries: tuple[CanarySample, ...] = ()
-    outbox_counts: dict[str, int] = field(default_factory=dict)
-    oldest_pending: float | None = None
-    deliveries: dict[str, int] = field(default_factory=dict)
-    now: float = 0.0
-    schedule_lag: float = 0.0
-    ticking: int = 0
-    api_refused: int = 0
 
 
 class DaemonMetrics:
@@ -122,7 +93,7 @@ class DaemonMetrics:
         )
         self.snapshot = Snapshot()
         self._phases: dict[str, Phase | None] = {}
-        self.registry.register(_SnapshotCollector(self))
+        self.registry.register(SnapshotCollector(lambda: self.snapshot))
 
     def track(self, key: str, state: CanaryState) -> None:
         """Start counting a canary's rollouts from ``state`` (its series start at 0)."""
@@ -168,7 +139,7 @@ class DaemonMetrics:
                 )
             )
         stats = await daemon.services.store.outbox_stats()
-        dispatcher = getattr(daemon, "dispatcher", None)
+        dispatcher = daemon.dispatcher
         self.snapshot = Snapshot(
             ready=daemon.ready,
             canaries=tuple(samples),
@@ -176,7 +147,7 @@ class DaemonMetrics:
             oldest_pending=stats["oldest_pending"],
             deliveries=dict(dispatcher.counters) if dispatcher is not None else {},
             now=time.time(),
-            schedule_lag=daemon.schedule_lag(),
+            schedule_lag=daemon.health.schedule_lag(),
             ticking=daemon.scheduler.ticking,
             api_refused=daemon.api_refused.total if daemon.api_refused is not None else 0,
         )
@@ -247,178 +218,3 @@ class InstrumentedProvider:
     async def aclose(self) -> None:
         """Close the provider it counts."""
         await self.inner.aclose()
-
-
-class _SnapshotCollector(Collector):
-    """Turns the latest :class:`Snapshot` into metric families."""
-
-    def __init__(self, owner: DaemonMetrics) -> None:
-        self.owner = owner
-
-    def describe(self) -> Iterable[Metric]:
-        """Nothing up front: the families depend on the configured canaries."""
-        return []
-
-    def collect(self) -> Iterable[Metric]:
-        """Every scrape-time family."""
-        snap = self.owner.snapshot
-        yield _gauge(
-            "canaryd_build_info", "canaryd version (always 1).", ["version"], [([__version__], 1)]
-        )
-        yield _gauge(
-            "canaryd_ready", "1 once config, store, API and loops are up.", [], [([], snap.ready)]
-        )
-        yield _gauge("canaryd_canaries", "Configured canaries.", [], [([], len(snap.canaries))])
-        yield _gauge(
-            "canaryd_schedule_lag_seconds",
-            "How late ticks start after their due time (90th percentile of the last 10-20 s).",
-            [],
-            [([], snap.schedule_lag)],
-        )
-        yield _gauge("canaryd_ticks_in_flight", "Ticks running now.", [], [([], snap.ticking)])
-        refused = CounterMetricFamily(
-            "canaryd_api_connections_refused",
-            "API connections closed on arrival because the API held its cap already.",
-        )
-        refused.add_metric([], snap.api_refused)
-        yield refused
-        yield from _canary_families(snap.canaries)
-        yield from _outbox_families(snap)
-
-
-def _gauge(
-    name: str, doc: str, labels: list[str], values: Iterable[tuple[list[str], float]]
-) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=labels)
-    for label_values, value in values:
-        family.add_metric(label_values, float(value))
-    return family
-
-
-_CANARY = ["namespace", "name"]
-
-
-def _pending(s: CanarySample, phase: Phase) -> str:
-    """The ``route_pending`` label of one phase's series: as the API's ``routePending`` for
-    the current phase (docs/api.md), ``false`` for the others."""
-    return "true" if s.state.route_pending and s.state.phase is phase else "false"
-
-
-def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
-    def per(fn: Any) -> list[tuple[list[str], float]]:
-        return [([s.namespace, s.name], fn(s)) for s in samples]
-
-    yield _gauge(
-        "canaryd_canary_info",
-        "The canary's revision and strategy (always 1).",
-        [*_CANARY, "revision", "strategy"],
-        [([s.namespace, s.name, s.state.revision or "", s.strategy], 1) for s in samples],
-    )
-    yield _gauge(
-        "canaryd_canary_phase",
-        "1 for the canary's current phase, 0 for the others; route_pending is true while the "
-        "router has not confirmed the phase's route (Failed: the rollback is not applied yet).",
-        [*_CANARY, "phase", "route_pending"],
-        [
-            ([s.namespace, s.name, p.value, _pending(s, p)], s.state.phase is p)
-            for s in samples
-            for p in Phase
-        ],
-    )
-    yield _gauge(
-        "canaryd_canary_route_pending",
-        "1 while the router has not confirmed the route of the phase (a rollback, a promote).",
-        _CANARY,
-        per(lambda s: s.state.route_pending),
-    )
-    yield _gauge(
-        "canaryd_canary_weight",
-        "Traffic share of the canary, in percent.",
-        _CANARY,
-        per(lambda s: s.state.canary_weight),
-    )
-    yield _gauge(
-        "canaryd_canary_primary_weight",
-        "Traffic share of the primary, in percent.",
-        _CANARY,
-        per(lambda s: s.state.primary_weight),
-    )
-    yield _gauge(
-        "canaryd_canary_failed_checks",
-        "Failed checks of the current rollout.",
-        _CANARY,
-        per(lambda s: s.state.failed_checks),
-    )
-    yield _gauge(
-        "canaryd_canary_threshold",
-        "Failed checks that roll the canary back.",
-        _CANARY,
-        per(lambda s: s.threshold),
-    )
-    yield _gauge(
-        "canaryd_canary_last_tick_timestamp_seconds",
-        "Unix time the canary's last tick started (0 before the first).",
-        _CANARY,
-        per(lambda s: s.last_tick),
-    )
-    yield from _check_families(samples)
-
-
-def _check_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
-    labels = [*_CANARY, "metric"]
-    value = GaugeMetricFamily(
-        "canaryd_canary_metric_value", "Last observed value of each analysis metric.", labels=labels
-    )
-    low = GaugeMetricFamily(
-        "canaryd_canary_metric_min", "Lower bound of each metric.", labels=labels
-    )
-    high = GaugeMetricFamily(
-        "canaryd_canary_metric_max", "Upper bound of each metric.", labels=labels
-    )
-    for s in samples:
-        for m in (s.last_check or {}).get("metrics", []):
-            where = [s.namespace, s.name, str(m.get("name"))]
-            number = _number(m.get("value"))
-            if number is not None:
-                value.add_metric(where, number)
-            for family, key in ((low, "min"), (high, "max")):
-                bound = _number(m.get(key))
-                if bound is not None:
-                    family.add_metric(where, bound)
-    yield from (value, low, high)
-
-
-def _number(value: Any) -> float | None:
-    """A stored metric value as a float (NaN/Inf are stored as strings); None for no data."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _outbox_families(snap: Snapshot) -> Iterator[Metric]:
-    statuses = {"pending": 0, "held": 0, "sent": 0, "dead": 0, **snap.outbox_counts}
-    yield _gauge(
-        "canaryd_outbox_messages",
-        "Outbox messages by status (pending, held until their decision's routes apply, sent, "
-        "dead).",
-        ["status"],
-        [([k], v) for k, v in sorted(statuses.items())],
-    )
-    age = snap.now - snap.oldest_pending if snap.oldest_pending is not None else 0.0
-    yield _gauge(
-        "canaryd_outbox_oldest_pending_age_seconds",
-        "Age of the oldest undelivered outbox message (0 when none).",
-        [],
-        [([], max(0.0, age))],
-    )
-    deliveries = CounterMetricFamily(
-        "canaryd_outbox_deliveries",
-        "Webhook and notifier delivery attempts by outcome (failed includes dead).",
-        labels=["outcome"],
-    )
-    for outcome in ("sent", "failed", "dead"):
-        deliveries.add_metric([outcome], float(snap.deliveries.get(outcome, 0)))
-    yield deliveries

@@ -1,6 +1,8 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``/api/v1/openapi.json``.
 
-Written by hand next to the handlers in :mod:`canaryd.service.api`; tests check that it
+Written by hand next to the handlers in :mod:`canaryd.service.api_reads` and
+:mod:`canaryd.service.api_commands` (the paths here, the component schemas in
+:mod:`canaryd.service.openapi_schemas`); tests check that it
 is a valid OpenAPI document, that its paths are exactly the app's routes, and
 (with schemathesis) that the live API answers as it says.
 """
@@ -10,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from canaryd import __version__
-from canaryd.core.analysis import GATES, Phase
+from canaryd.core.analysis import GATES
+from canaryd.service.openapi_schemas import Schema, ref, schemas
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
-REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 ACTIONS = {
     "promote": (
         "Promote the canary now: skip the remaining analysis. A gate that is not approved "
@@ -23,16 +25,6 @@ ACTIONS = {
     "pause": "Pause the analysis: ticks stop judging until resumed.",
     "resume": "Resume a paused analysis.",
 }
-
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra: Any) -> Schema:
-    return {"type": [kind, "null"], **extra}
 
 
 def _json(schema: Schema, description: str) -> Schema:
@@ -51,7 +43,7 @@ _ERRORS = {
 
 
 def _errors(*codes: int) -> dict[str, Schema]:
-    return {str(c): _json(_ref("Error"), _ERRORS[str(c)]) for c in codes}
+    return {str(c): _json(ref("Error"), _ERRORS[str(c)]) for c in codes}
 
 
 _PARAMS = [
@@ -89,7 +81,7 @@ def _command(
         "security": _BEARER,
         "parameters": _PARAMS + (extra or []),
         "responses": {
-            "200": _json(_ref("Canary"), "The canary's state after the command."),
+            "200": _json(ref("Canary"), "The canary's state after the command."),
             **_errors(400, 401, 404, 409, 413, 502, 503),
         },
     }
@@ -110,16 +102,16 @@ PROMOTE_BODY: Schema = {
 }
 
 
-def _paths() -> Schema:
-    base = "/api/v1/canaries/{ns}/{name}"
-    paths: Schema = {
+def _health_paths() -> Schema:
+    """Health, readiness, ``/metrics`` and this document: open to everyone."""
+    return {
         "/healthz": {
             "get": {
                 "summary": "The process is alive.",
                 "operationId": "healthz",
                 "tags": ["health"],
                 "security": [],
-                "responses": {"200": _json(_ref("Health"), "Alive.")},
+                "responses": {"200": _json(ref("Health"), "Alive.")},
             }
         },
         "/readyz": {
@@ -129,9 +121,9 @@ def _paths() -> Schema:
                 "tags": ["health"],
                 "security": [],
                 "responses": {
-                    "200": _json(_ref("Ready"), "Ready."),
+                    "200": _json(ref("Ready"), "Ready."),
                     "503": _json(
-                        _ref("Error"),
+                        ref("Error"),
                         "Starting, reloading or stopping; or behind schedule by more than 1 s "
                         '(then also `"status": "behind"`, `lagSeconds` and `canaries`).',
                     ),
@@ -162,6 +154,13 @@ def _paths() -> Schema:
                 "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
             }
         },
+    }
+
+
+def _paths() -> Schema:
+    base = "/api/v1/canaries/{ns}/{name}"
+    paths: Schema = {
+        **_health_paths(),
         "/api/v1/canaries": {
             "get": {
                 "summary": "Every configured canary with its state and last check.",
@@ -169,7 +168,7 @@ def _paths() -> Schema:
                 "tags": ["canaries"],
                 "security": _BEARER,
                 "responses": {
-                    "200": _json(_ref("CanaryList"), "The canaries, in config order."),
+                    "200": _json(ref("CanaryList"), "The canaries, in config order."),
                     **_errors(401, 503),
                 },
             }
@@ -182,34 +181,13 @@ def _paths() -> Schema:
                 "security": _BEARER,
                 "parameters": _PARAMS,
                 "responses": {
-                    "200": _json(_ref("CanaryDetail"), "The canary."),
+                    "200": _json(ref("CanaryDetail"), "The canary."),
                     **_errors(401, 404, 503),
                 },
             }
         },
-        base + "/rollouts": {
-            "post": {
-                "summary": "Start a rollout of a revision.",
-                "operationId": "startRollout",
-                "tags": ["commands"],
-                "security": _BEARER,
-                "parameters": _PARAMS,
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("RolloutRequest")}},
-                },
-                "responses": {
-                    "200": _json(_ref("Canary"), "That revision is already under way."),
-                    "201": _json(
-                        _ref("Canary"),
-                        "The rollout started (a new revision mid-rollout restarts it).",
-                    ),
-                    **_errors(400, 401, 404, 409, 413, 502, 503),
-                },
-            }
-        },
     }
-    paths[base + "/rollouts"]["get"] = _history_list()
+    paths[base + "/rollouts"] = {"post": _start_rollout(), "get": _history_list()}
     paths[base + "/rollouts/{rollout}"] = _history_one()
     paths["/api/v1/events/stream"] = _stream()
     for action, summary in ACTIONS.items():
@@ -228,6 +206,28 @@ def _paths() -> Schema:
         extra=[gate],
     )
     return paths
+
+
+def _start_rollout() -> Schema:
+    return {
+        "summary": "Start a rollout of a revision.",
+        "operationId": "startRollout",
+        "tags": ["commands"],
+        "security": _BEARER,
+        "parameters": _PARAMS,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ref("RolloutRequest")}},
+        },
+        "responses": {
+            "200": _json(ref("Canary"), "That revision is already under way."),
+            "201": _json(
+                ref("Canary"),
+                "The rollout started (a new revision mid-rollout restarts it).",
+            ),
+            **_errors(400, 401, 404, 409, 413, 502, 503),
+        },
+    }
 
 
 _ROLLOUT_PARAM: Schema = {
@@ -255,7 +255,7 @@ def _history_list() -> Schema:
         "security": _BEARER,
         "parameters": [*_PARAMS, _LIMIT_PARAM],
         "responses": {
-            "200": _json(_ref("RolloutList"), "The rollouts."),
+            "200": _json(ref("RolloutList"), "The rollouts."),
             **_errors(400, 401, 404, 503),
         },
     }
@@ -270,7 +270,7 @@ def _history_one() -> Schema:
             "security": _BEARER,
             "parameters": [*_PARAMS, _ROLLOUT_PARAM],
             "responses": {
-                "200": _json(_ref("RolloutDetail"), "The rollout."),
+                "200": _json(ref("RolloutDetail"), "The rollout."),
                 **_errors(401, 404, 503),
             },
         }
@@ -293,212 +293,9 @@ def _stream() -> Schema:
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
                 **_errors(401),
-                "503": _json(_ref("Error"), "Too many open streams, or stopping."),
+                "503": _json(ref("Error"), "Too many open streams, or stopping."),
             },
         }
-    }
-
-
-def _rollout_schema() -> Schema:
-    props: Schema = {
-        "id": {"type": "string"},
-        "revision": _nullable("string"),
-        "outcome": {
-            "type": "string",
-            "enum": ["running", "promoted", "rolled_back", "superseded"],
-            "description": "superseded: a newer rollout started before this one ended.",
-        },
-        "phase": {"type": "string", "enum": [p.value for p in Phase]},
-        "reason": _nullable("string", description="Why it failed (the last failure)."),
-        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-        "startedAt": _nullable("number"),
-        "endedAt": _nullable("number"),
-        "checkCount": {"type": "integer", "minimum": 0, "description": "Checks recorded."},
-        "failedCheckCount": {
-            "type": "integer",
-            "minimum": 0,
-            "description": "Checks that failed.",
-        },
-    }
-    return {"type": "object", "required": sorted(props), "properties": props}
-
-
-def _check_schema() -> Schema:
-    metric = {
-        "type": "object",
-        "required": ["name", "value", "min", "max"],
-        "properties": {
-            "name": {"type": "string"},
-            "value": {
-                "type": ["number", "string", "null"],
-                "description": "null: no data; 'nan'/'inf' as strings.",
-            },
-            "min": _nullable("number"),
-            "max": _nullable("number"),
-            "error": {"type": "string"},
-            "dryRun": {
-                "type": "boolean",
-                "description": "A dry-run metric: judged and shown, never failing a check.",
-            },
-        },
-    }
-    return {
-        "type": "object",
-        "required": ["time", "tick", "outcome", "failedChecks", "reason", "metrics"],
-        "properties": {
-            "time": {"type": "number"},
-            "tick": {"type": "integer"},
-            "outcome": {"type": "string", "enum": ["pass", "fail", "hold"]},
-            "canaryWeight": {"type": "integer"},
-            "iteration": {"type": "integer"},
-            "failedChecks": {"type": "integer"},
-            "reason": _nullable("string", description="What failed (first failure)."),
-            "metrics": {"type": "array", "items": metric},
-        },
-    }
-
-
-def _canary_schema() -> Schema:
-    integer = {"type": "integer", "minimum": 0}
-    props: Schema = {
-        "name": {"type": "string"},
-        "namespace": {"type": "string"},
-        "phase": {"type": "string", "enum": [p.value for p in Phase]},
-        "revision": _nullable("string"),
-        "rolloutId": _nullable("string"),
-        "strategy": {"type": "string", "enum": ["canary", "blue-green", "ab"]},
-        "canaryWeight": {"type": "integer", "minimum": 0, "maximum": 100},
-        "primaryWeight": {"type": "integer", "minimum": 0, "maximum": 100},
-        "maxWeight": {"type": "integer", "minimum": 0, "maximum": 100},
-        "failedChecks": integer,
-        "threshold": {"type": "integer", "minimum": 1},
-        "iteration": integer,
-        "iterations": integer,
-        "gate": _nullable("string"),
-        "approvals": {"type": "array", "items": {"type": "string"}},
-        "reason": _nullable("string", description="The last failure of the rollout."),
-        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-        "startedAt": _nullable("number"),
-        "finishedAt": _nullable("number"),
-        "routePending": {
-            "type": "boolean",
-            "description": "The router has not confirmed the route of this phase yet: a "
-            "Failed rollout's rollback (not applied yet), a Promoting rollout's promote.",
-        },
-        "lastCheck": {
-            "anyOf": [_ref("CheckSummary"), {"type": "null"}],
-            "description": "The most recent check (lists and details only).",
-        },
-        "forced": {"type": "boolean", "description": "promote with force skipped a gate."},
-        "skippedGates": {
-            "type": "array",
-            "items": {"type": "string", "enum": sorted(GATES)},
-            "description": "The gates a forced promote skipped.",
-        },
-    }
-    return {
-        "type": "object",
-        "required": sorted(set(props) - {"lastCheck", "forced", "skippedGates"}),
-        "properties": props,
-    }
-
-
-def _schemas() -> Schema:
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {"error": {"type": "string"}},
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"const": "ok"}},
-        },
-        "Ready": {
-            "type": "object",
-            "required": ["status", "canaries"],
-            "properties": {
-                "status": {"const": "ready"},
-                "canaries": {"type": "integer"},
-                "role": {"enum": ["leader", "follower"]},  # several replicas (docs/ha.md)
-                "leader": {"type": ["string", "null"]},
-            },
-        },
-        "CheckSummary": {
-            "type": "object",
-            "required": ["time", "outcome", "reason"],
-            "properties": {
-                "time": {"type": "number"},
-                "outcome": {"type": "string", "enum": ["pass", "fail", "hold"]},
-                "reason": _nullable("string", description="The failing metric or webhook."),
-            },
-        },
-        "Check": _check_schema(),
-        "Canary": _canary_schema(),
-        "CanaryList": {
-            "type": "object",
-            "required": ["canaries"],
-            "properties": {
-                "canaries": {"type": "array", "items": _ref("Canary")},
-                "role": {"enum": ["leader", "follower"]},  # several replicas (docs/ha.md)
-                "leader": {"type": ["string", "null"]},
-            },
-        },
-        "CanaryDetail": {
-            "allOf": [
-                _ref("Canary"),
-                {
-                    "type": "object",
-                    "required": ["checks", "events"],
-                    "properties": {
-                        "checks": {"type": "array", "items": _ref("Check")},
-                        "events": {"type": "array", "items": _ref("Event")},
-                    },
-                },
-            ]
-        },
-        "Event": {
-            "type": "object",
-            "required": ["event", "level", "canary", "time"],
-            "properties": {
-                "event": {"type": "string", "description": "A name from docs/events.md."},
-                "level": {"type": "string", "enum": ["debug", "info", "warning", "error"]},
-                "canary": {"type": "string"},
-                "revision": _nullable("string"),
-                "phase": {"type": "string"},
-                "time": {"type": "number"},
-            },
-            "additionalProperties": True,
-        },
-        "Rollout": _rollout_schema(),
-        "RolloutList": {
-            "type": "object",
-            "required": ["rollouts"],
-            "properties": {"rollouts": {"type": "array", "items": _ref("Rollout")}},
-        },
-        "RolloutDetail": {
-            "allOf": [
-                _ref("Rollout"),
-                {
-                    "type": "object",
-                    "required": ["checks", "events"],
-                    "properties": {
-                        "checks": {"type": "array", "items": _ref("Check")},
-                        "events": {"type": "array", "items": _ref("Event")},
-                    },
-                },
-            ]
-        },
-        "RolloutRequest": {
-            "type": "object",
-            "required": ["revision"],
-            "additionalProperties": False,
-            "properties": {
-                "revision": {"type": "string", "pattern": REVISION_PATTERN},
-                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
     }
 
 
@@ -519,7 +316,7 @@ def document() -> dict[str, Any]:
         "security": _BEARER,
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

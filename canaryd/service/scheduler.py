@@ -22,6 +22,11 @@ in flight finish within a grace period and only then cancels ("abandons")
 them. A tick is cancelled at no other time (removing a canary lets its tick in
 flight finish), and cancelling :meth:`Scheduler.run` from outside abandons the
 ticks at once.
+
+Time is read from a :class:`Clock`: the running event loop's own (``time()`` and
+``call_at()``), used as it is so that a tick costs no extra call, or a fake that a
+test moves by hand (:class:`canaryd.testing.FakeLoopClock`), so that cadence,
+overload and grace periods are tested without waiting for them.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,11 +56,37 @@ LAG_QUANTILE = 0.9
 (a long garbage collection, a busy machine) makes a few ticks late, not the scheduler."""
 
 
+class Timer(Protocol):
+    """A callback :meth:`Clock.call_at` will call (an :class:`asyncio.TimerHandle`)."""
+
+    def cancel(self) -> None:
+        """Do not call it (a no-op once called)."""
+        ...
+
+
+class Clock(Protocol):
+    """What the scheduler reads time from: the event loop (its default) or a fake."""
+
+    def time(self) -> float:
+        """Now, in seconds on a monotonic clock."""
+        ...
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[asyncio.Future[None]], object],
+        arg: asyncio.Future[None],
+        /,
+    ) -> Timer:
+        """Call ``callback(arg)`` once the clock reaches ``when``."""
+        ...
+
+
 class Tickable(Protocol):
     """What the scheduler drives: a runner (see :class:`canaryd.service.runtime.CanaryRunner`)."""
 
     next_at: float
-    """When the next tick is due (the event loop's clock); kept up to date by the scheduler."""
+    """When the next tick is due (the scheduler's clock); kept up to date by the scheduler."""
 
     @property
     def key(self) -> str:
@@ -89,8 +120,14 @@ class _Entry:
 
 @dataclass(eq=False)
 class Scheduler:
-    """Ticks many loops from one task; see the module docstring."""
+    """Ticks many loops from one task; see the module docstring.
 
+    Args:
+        clock: where time is read from; None: the running event loop.
+        max_ticking: ticks in flight at most.
+    """
+
+    clock: Clock | None = None
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _heap: list[tuple[float, int, _Entry]] = field(default_factory=list)
     _seq: int = 0  # tie-breaker: entries are never compared
@@ -108,8 +145,7 @@ class Scheduler:
         Returns:
             A function that makes the runner tick now (or right after its tick in flight).
         """
-        loop = asyncio.get_running_loop()
-        entry = _Entry(runner, loop.time() + first_delay)
+        entry = _Entry(runner, self.now() + first_delay)
         old = self._entries.get(runner.key)
         self.remove(runner.key)
         self._entries[runner.key] = entry
@@ -126,6 +162,13 @@ class Scheduler:
             entry.removed = True
         return entry is not None
 
+    def now(self) -> float:
+        """The scheduler's clock: due times, :meth:`lag` and :meth:`queued` are on it."""
+        return self._clock().time()
+
+    def _clock(self) -> Clock:
+        return asyncio.get_running_loop() if self.clock is None else self.clock
+
     @property
     def ticking(self) -> int:
         """Ticks in flight."""
@@ -140,7 +183,7 @@ class Scheduler:
         waiting entry has waited, if longer.
 
         Args:
-            now: the event loop's clock.
+            now: the scheduler's clock (:meth:`now`).
         """
         self._roll_lag(now)
         lags = sorted(self._lags + self._lags_before)
@@ -169,7 +212,7 @@ class Scheduler:
         if entry.ticking is not None or entry.held:
             entry.woken = True  # tick again as soon as this one ends
             return
-        entry.due = asyncio.get_running_loop().time()
+        entry.due = self._clock().time()
         self._push(entry)
 
     def _push(self, entry: _Entry) -> None:
@@ -183,10 +226,11 @@ class Scheduler:
     async def run(self) -> None:
         """Start ticks as they fall due until cancelled; then abandon the ticks in flight."""
         loop = asyncio.get_running_loop()
+        clock = self._clock()
         heap = self._heap
         try:
             while True:
-                now = loop.time()
+                now = clock.time()
                 free = self.max_ticking - len(self._ticks)
                 while heap and heap[0][0] <= now and not self._stopping and free > 0:
                     due, _, entry = heapq.heappop(heap)
@@ -195,7 +239,7 @@ class Scheduler:
                     self._start(entry, loop, now)
                     free -= 1
                 idle = self._stopping or not heap or free <= 0  # full: a tick's end wakes us
-                await self._sleep(loop, None if idle else heap[0][0])
+                await self._sleep(loop, clock, None if idle else heap[0][0])
         finally:
             with anyio.CancelScope(shield=True):
                 await self._abandon_all()
@@ -226,7 +270,7 @@ class Scheduler:
         finally:
             entry.ticking = None
             if not entry.removed:
-                now = asyncio.get_running_loop().time()
+                now = self._clock().time()
                 if entry.woken:
                     entry.woken, entry.due = False, now
                 else:
@@ -237,15 +281,17 @@ class Scheduler:
                 self._push(entry)
             elif (successor := entry.successor) is not None and not successor.removed:
                 successor.held = False  # the key's old tick is over: its new loop may start
-                now = asyncio.get_running_loop().time()
+                now = self._clock().time()
                 successor.due = now if successor.woken else max(successor.due, now)
                 successor.woken = False
                 self._push(successor)
 
-    async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
+    async def _sleep(
+        self, loop: asyncio.AbstractEventLoop, clock: Clock, until: float | None
+    ) -> None:
         """Wait until ``until`` (forever with None), or until an earlier entry is pushed."""
         alarm = self._alarm = loop.create_future()
-        timer = None if until is None else loop.call_at(until, _ring, alarm)
+        timer = None if until is None else clock.call_at(until, _ring, alarm)
         try:
             await alarm
         finally:
@@ -256,19 +302,51 @@ class Scheduler:
     async def stop(self, grace: float) -> int:
         """Start no more ticks; wait up to ``grace`` s for those in flight, then abandon them.
 
+        Both waits (for the ticks to end, then for the abandoned ones to finish
+        cancelling) are on the scheduler's clock and last ``grace`` at most.
+
         Returns:
             How many ticks were abandoned.
         """
         self._stopping = True
-        if not self._ticks:
-            return 0
-        _, pending = await asyncio.wait(set(self._ticks), timeout=grace)
+        pending = await self._wait(self._ticks, grace)
         if not pending:
             return 0
         for task in pending:
             task.cancel()
-        await asyncio.wait(pending, timeout=grace)
+        await self._wait(pending, grace)
         return len(pending)
+
+    async def _wait(
+        self, tasks: Iterable[asyncio.Task[None]], timeout: float
+    ) -> set[asyncio.Task[None]]:
+        """Wait until every task has ended or ``timeout`` s have passed on the clock.
+
+        Returns:
+            The tasks still running.
+        """
+        running = {task for task in tasks if not task.done()}
+        if not running:
+            return running
+        clock = self._clock()
+        alarm = asyncio.get_running_loop().create_future()
+        left = set(running)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            left.discard(task)
+            if not left:
+                _ring(alarm)
+
+        for task in running:
+            task.add_done_callback(ended)
+        timer = clock.call_at(clock.time() + timeout, _ring, alarm)
+        try:
+            await alarm
+        finally:
+            timer.cancel()
+            for task in running:
+                task.remove_done_callback(ended)
+        return {task for task in running if not task.done()}
 
     async def _abandon_all(self) -> None:
         ticks = set(self._ticks)

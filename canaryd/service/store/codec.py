@@ -2,8 +2,8 @@
 
 The one place where canaryd's values become the JSON text and column values
 stored (:func:`dumps`, :class:`DecisionRows`) and where stored rows become
-values again (:func:`loads` and the ``*_from_row`` functions), whichever store
-holds them (docs/design.md, "Where state lives").
+values again (:func:`loads`, :func:`state_from_dict`, :func:`rollout_summary`,
+:func:`message_from_row`), whichever store holds them (docs/design.md, "State").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :class:`StateStore` is what the runner, the dispatcher and the API use;
 :mod:`~canaryd.service.store.sqlite` and :mod:`~canaryd.service.store.postgres`
-implement it (docs/design.md, "Where state lives").
+implement it (docs/design.md, "State").
 """
 
 from __future__ import annotations

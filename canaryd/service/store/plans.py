@@ -1,12 +1,14 @@
-"""The SQL both stores run, written once as *plans* (docs/design.md, "Where state lives").
+"""The SQL both stores run, written once as *plans* (docs/design.md, "State").
 
 A plan is a generator: it yields the statements of one store operation and is
 sent back the rows each one returned, so what an operation does (which
 statements, in which order, how their rows become the answer) is written once
 and does no I/O. Each store drives plans its own way: SQLite in its thread
 (:func:`canaryd.service.store.sqlite.drive`), PostgreSQL on a pooled connection
-(:func:`canaryd.service.store.postgres.drive`). Statements use SQLite's ``?``
-markers; the PostgreSQL store rewrites them.
+(:func:`canaryd.service.store.postgres.drive`). A decision's writes read
+nothing: they are a plain list of statements (:func:`write_decision`, run by
+each store's ``execute``). Statements use SQLite's ``?`` markers; the
+PostgreSQL store rewrites them.
 
 :class:`PlannedStore` answers every :class:`~.contract.StateStore` call with
 these plans; a store supplies how they run (:meth:`~PlannedStore.read`,
@@ -19,8 +21,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, TypeVar
+from functools import lru_cache
+from typing import Any, NamedTuple, TypeVar
 
 from canaryd.core.analysis import CanaryState, CheckRecord
 from canaryd.core.events import Event
@@ -56,7 +58,13 @@ class Insert:
 
     def one(self) -> str:
         """The statement that inserts one row."""
-        return f"{self.head} VALUES ({','.join('?' * len(self.rows[0]))}){self.tail}"
+        return _one_row(self.head, len(self.rows[0]), self.tail)
+
+
+@lru_cache(maxsize=64)
+def _one_row(head: str, width: int, tail: str) -> str:
+    """``head VALUES (?,…)tail`` for ``width`` values."""
+    return f"{head} VALUES ({','.join('?' * width)}){tail}"
 
 
 Statement = tuple[str, Sequence[Any]] | Insert
@@ -69,44 +77,26 @@ Plan = Generator[Statement, list[Row], T]
 # ------------------------------------------------------------------ one decision
 
 
-def _columns(fenced: bool, *names: str) -> tuple[str, str]:
-    """``(columns, markers)`` of an insert; a fenced store adds its epoch column."""
-    names = (*names, "epoch") if fenced else names
-    return ", ".join(names), ",".join("?" * len(names))
-
-
-@dataclass(frozen=True)
-class _Writes:
+class _Writes(NamedTuple):
     """The statements of a decision that differ when rows carry the writer's epoch (docs/ha.md)."""
 
-    fenced: bool
-
-    @cached_property
-    def state(self) -> str:
-        """Upsert the canary's state."""
-        columns, marks = _columns(self.fenced, "key", "state", "updated")
-        epoch = ", epoch=excluded.epoch" if self.fenced else ""
-        return (
-            f"INSERT INTO canaries({columns}) VALUES ({marks}) ON CONFLICT(key) DO UPDATE "
-            f"SET state=excluded.state, updated=excluded.updated{epoch}"
-        )
-
-    @cached_property
-    def check(self) -> str:
-        """Insert the check record."""
-        columns, marks = _columns(self.fenced, "key", "rollout", "time", "record")
-        return f"INSERT INTO checks({columns}) VALUES ({marks})"
-
-    @cached_property
-    def outbox(self) -> str:
-        """The head of the outbox insert."""
-        columns, _ = _columns(
-            self.fenced, "key", "idem", "target", "payload", "created", "next_at", "status"
-        )
-        return f"INSERT INTO outbox({columns})"
+    state: str
+    check: str
+    outbox: str
 
 
-_PLAIN, _FENCED = _Writes(fenced=False), _Writes(fenced=True)
+_PLAIN = _Writes(
+    "INSERT INTO canaries(key, state, updated) VALUES (?,?,?) ON CONFLICT(key) DO UPDATE "
+    "SET state=excluded.state, updated=excluded.updated",
+    "INSERT INTO checks(key, rollout, time, record) VALUES (?,?,?,?)",
+    "INSERT INTO outbox(key, idem, target, payload, created, next_at, status)",
+)
+_FENCED = _Writes(
+    "INSERT INTO canaries(key, state, updated, epoch) VALUES (?,?,?,?) ON CONFLICT(key) "
+    "DO UPDATE SET state=excluded.state, updated=excluded.updated, epoch=excluded.epoch",
+    "INSERT INTO checks(key, rollout, time, record, epoch) VALUES (?,?,?,?,?)",
+    "INSERT INTO outbox(key, idem, target, payload, created, next_at, status, epoch)",
+)
 
 _EVENTS = "INSERT INTO events(key, time, name, level, event, rollout)"
 
@@ -125,39 +115,43 @@ _PENDING_ROUTES = (
 )
 
 
-def write_decision(rows: DecisionRows, now: float, epoch: int | None = None) -> Plan[None]:
-    """Write one decision's rows (see :meth:`~.contract.StateStore.save`).
+def write_decision(rows: DecisionRows, now: float, epoch: int | None = None) -> list[Statement]:
+    """The statements that write one decision's rows (see :meth:`~.contract.StateStore.save`).
+
+    A list, not a plan: they read nothing, and a store writes thousands of
+    decisions a second in a batch (run them with the store's ``execute``).
 
     Args:
         rows: the decision, encoded.
         now: the time written as ``updated``/``created``.
         epoch: the writer's lease epoch, written with its rows (None: the store has none).
     """
-    writes, tag = (_PLAIN, ()) if epoch is None else (_FENCED, (epoch,))
-    if rows.settle is not None:
-        yield from _settle(rows.key, rows.settle)
-    yield writes.state, (rows.key, rows.state, now, *tag)
+    tag: tuple[int, ...] = () if epoch is None else (epoch,)
+    writes = _PLAIN if epoch is None else _FENCED
+    steps: list[Statement] = [] if rows.settle is None else _settle(rows.key, rows.settle)
+    steps.append((writes.state, (rows.key, rows.state, now, *tag)))
     if rows.record is not None:
-        yield writes.check, (rows.key, rows.rollout, *rows.record, *tag)
+        steps.append((writes.check, (rows.key, rows.rollout, *rows.record, *tag)))
     if rows.events:  # a statement costs even with no rows
-        yield Insert(_EVENTS, rows.events)
+        steps.append(Insert(_EVENTS, rows.events))
     if rows.summary is not None:
-        yield _UPSERT_ROLLOUT, (*rows.summary, now)
+        steps.append((_UPSERT_ROLLOUT, (*rows.summary, now)))
     if rows.outbox:
         status = "pending" if rows.routes is None else "held"
         outbox = [(*m, now, now, status, *tag) for m in rows.outbox]
-        yield Insert(writes.outbox, outbox, " ON CONFLICT(idem) DO NOTHING")
+        steps.append(Insert(writes.outbox, outbox, " ON CONFLICT(idem) DO NOTHING"))
     if rows.routes is not None:
-        yield _PENDING_ROUTES, (rows.key, rows.seq, rows.routes)
+        steps.append((_PENDING_ROUTES, (rows.key, rows.seq, rows.routes)))
+    return steps
 
 
-def _settle(key: str, how: str) -> Plan[None]:
+def _settle(key: str, how: str) -> list[Statement]:
     """Release (``RELEASE``) or delete (``DROP``) a canary's held messages; forget its routes."""
     if how == RELEASE:
-        yield "UPDATE outbox SET status='pending' WHERE status='held' AND key=?", (key,)
+        held = "UPDATE outbox SET status='pending' WHERE status='held' AND key=?"
     else:
-        yield "DELETE FROM outbox WHERE status='held' AND key=?", (key,)
-    yield "DELETE FROM pending_routes WHERE key=?", (key,)
+        held = "DELETE FROM outbox WHERE status='held' AND key=?"
+    return [(held, (key,)), ("DELETE FROM pending_routes WHERE key=?", (key,))]
 
 
 # ------------------------------------------------------------------ reads

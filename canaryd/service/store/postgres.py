@@ -17,7 +17,7 @@ docs/ha.md:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from canaryd.errors import FencedError, StoreError
 from canaryd.service.store import plans
 from canaryd.service.store.codec import DecisionRows
-from canaryd.service.store.plans import Insert, Plan, PlannedStore
+from canaryd.service.store.plans import Insert, Plan, PlannedStore, Statement
 
 T = TypeVar("T")
 
@@ -264,7 +264,7 @@ class PostgresStore(PlannedStore):
         epoch = self.epoch
 
         async def write(conn: Conn) -> None:  # `now` is read once the fence is checked
-            await drive(conn, plans.write_decision(rows, time.time(), epoch))
+            await execute(conn, plans.write_decision(rows, time.time(), epoch))
 
         await self._tx(write, fenced=True)
 
@@ -286,6 +286,19 @@ async def drive(conn: Conn, plan: Plan[T]) -> T:
                 step = plan.send(await cur.fetchall() if cur.description is not None else [])
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+async def execute(conn: Conn, steps: Sequence[Statement]) -> None:
+    """Run statements that read nothing (:func:`~.plans.write_decision`) on ``conn``.
+
+    Raises:
+        psycopg.Error: a statement failed.
+    """
+    for step in steps:
+        if isinstance(step, Insert):
+            await _insert(conn, step)
+        else:
+            await conn.execute(_dialect(step[0]), step[1])
 
 
 @lru_cache(maxsize=256)

@@ -24,7 +24,7 @@ import anyio
 from canaryd.errors import StoreError
 from canaryd.service.store import plans
 from canaryd.service.store.codec import DecisionRows
-from canaryd.service.store.plans import Insert, Plan, PlannedStore
+from canaryd.service.store.plans import Insert, Plan, PlannedStore, Statement
 
 T = TypeVar("T")
 
@@ -92,6 +92,19 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def execute(db: sqlite3.Connection, steps: Sequence[Statement]) -> None:
+    """Run statements that read nothing (:func:`~.plans.write_decision`) on ``db``.
+
+    Raises:
+        sqlite3.Error: a statement failed.
+    """
+    for step in steps:
+        if isinstance(step, Insert):
+            db.executemany(step.one(), step.rows)
+        else:
+            db.execute(*step)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -302,7 +315,7 @@ class SqliteStore(PlannedStore):
         """One save in its own savepoint; a failure rolls back this save only."""
         db.execute("SAVEPOINT save")
         try:
-            drive(db, plans.write_decision(rows, now))
+            execute(db, plans.write_decision(rows, now))
         except Exception as exc:
             if not db.in_transaction:  # SQLite rolled it all back (disk full, I/O error)
                 raise
