@@ -25,8 +25,8 @@ from support import entered_on_free_port
 from support.guard import ProcessInUnitTestError, SpawnGuard
 
 from canaryd.http import HttpTransport, make_transport
-from canaryd.service.pgstore import PostgresStore
 from canaryd.service.store import SqliteStore, StateStore
+from canaryd.service.store.postgres import PostgresStore
 
 # Tests drive real daemons with sub-second intervals: lower the interval floor
 # (docs/flagger.md, "Floors") for this process and the daemons it starts.

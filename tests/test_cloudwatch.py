@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from cloudwatch_server import FAKE_CREDENTIALS, MotoServer, put_metric, start_moto
-from support import free_port
+from support import refused_port
 from vendorfake import opened
 
 from canaryd.errors import ProviderError
@@ -181,7 +181,7 @@ async def test_unreachable_endpoint_retries_within_budget(aws_env: None) -> None
         {
             "type": "cloudwatch",
             "region": "us-east-1",
-            "endpoint_url": f"http://127.0.0.1:{free_port()}",
+            "endpoint_url": f"http://127.0.0.1:{refused_port()}",
             "timeout": "0.5s",
         }
     )

@@ -13,7 +13,7 @@ import math
 import kayenta_reference as kayenta
 import numpy as np
 import pytest
-from hypothesis import assume, given, reject, settings
+from hypothesis import assume, example, given, reject, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import stats
@@ -115,6 +115,11 @@ def estimate_window(x: Array, y: Array) -> tuple[float, float]:
     return float(diffs[max(half - 1, 0)]), float(diffs[min(half + 1, diffs.size - 1)])
 
 
+def score_at_extreme_differences(x: Array, y: Array) -> tuple[float, float]:
+    """The score at min x - max y and at max x - min y: the bracket Kayenta's root finder gets."""
+    return wilcoxon_z(x, y, float(x.min() - y.max())), wilcoxon_z(x, y, float(x.max() - y.min()))
+
+
 def _arrays(name: str) -> tuple[Array, Array]:
     experiment, control = DATASETS[name]
     return np.asarray(experiment, dtype=np.float64), np.asarray(control, dtype=np.float64)
@@ -159,6 +164,31 @@ def test_estimate_is_at_the_median_of_pairwise_differences(name: str) -> None:
     low, high = estimate_window(x, y)
     estimate = shift_interval(x, y, 0.95).estimate
     assert low - BRENT_TOLERANCE <= estimate <= high + BRENT_TOLERANCE
+
+
+def test_estimate_is_kayentas_where_rounding_removes_the_tie_at_an_end() -> None:
+    """When x - (max x - min y) rounds off min y the estimate is Kayenta's 8.6667, not 9."""
+    # Hypothesis' counterexample. The differences are 8 and 3 x fl(9 - 3.02e-7) = 8.999999698,
+    # their median 8.999999698 = max x - min y. But 9 - 8.999999698 = 3.0200000012e-7 > 3.02e-7:
+    # the tie that makes the score 0 there is gone, so the score is positive at both ends:
+    # at 8 the canary ties with 1.0 (dz = 1.5, corrected 1, sigma = sqrt(1/3 x (6 - 30/20)));
+    # at the top it ranks 4th (dz = 1, corrected 0.5, sigma = sqrt(1/3 x (6 - 24/20))).
+    # Kayenta's Brent solver, which does not check the bracket, stops at 8.66669.
+    # Expected values from Kayenta's own BrentSolver.java and MannWhitney.wilcoxonDiff run on
+    # Java 17 with commons-math3 3.6.1; R's uniroot refuses such a bracket.
+    x, y = [9.0], [1.0, 3.02e-7, 3.02e-7, 3.02e-7]
+    at_low, at_high = score_at_extreme_differences(np.asarray(x), np.asarray(y))
+    assert (at_low, at_high) == (1.0 / math.sqrt(1.5), 0.5 / math.sqrt(1.6))
+    result = shift_interval(x, y, 0.95)
+    assert (result.low, result.high, result.estimate) == (8.0, 8.999999698, 8.666686810379273)
+
+
+def test_estimate_is_the_median_when_the_tie_at_an_end_is_exact() -> None:
+    """With differences that round to nothing the same shape gives the median difference."""
+    # 9 - 0.5 = 8.5 and 9 - 8.5 = 0.5 exactly: at d = 8.5 the canary value ties with the three
+    # 0.5s (average rank 2.5, dz = -0.5, corrected 0), so the score is 0 at that end.
+    result = shift_interval([9.0], [1.0, 0.5, 0.5, 0.5], 0.95)
+    assert (result.low, result.high, result.estimate) == (8.0, 8.5, 8.5)
 
 
 @pytest.mark.parametrize("name", list(DATASETS), ids=list(DATASETS))
@@ -586,13 +616,16 @@ def test_random_series_never_raise_and_interval_holds_estimate(
         assert result.interval[0] - slack <= result.estimate <= result.interval[1] + slack
 
 
+@example(x=[9.0], y=[1.0, 3.02e-7, 3.02e-7, 3.02e-7])  # the tie at max x - min y rounds off
 @settings(max_examples=100, deadline=None)
 @given(
     x=st.lists(values, min_size=1, max_size=30),
     y=st.lists(values, min_size=1, max_size=30),
 )
 def test_estimate_is_at_the_median_for_random_samples(x: list[float], y: list[float]) -> None:
-    """For any samples the estimate is within 1e-4 of the middle pairwise differences."""
+    """The estimate is within 1e-4 of the middle differences when the score brackets a zero."""
+    # Otherwise (docs/judge.md, step 6) the middle difference is the extreme one on the side
+    # where the score has the wrong sign, and the estimate is Kayenta's unbracketed answer.
     xs, ys = np.asarray(x), np.asarray(y)
     assume(np.unique(np.concatenate((xs, ys))).size > 1 and xs.size + ys.size > 2)
     low, high = estimate_window(xs, ys)
@@ -600,8 +633,14 @@ def test_estimate_is_at_the_median_for_random_samples(x: list[float], y: list[fl
         estimate = shift_interval(xs, ys, 0.95).estimate
     except TiedObservationsError:  # constant samples: classify_metric handles those
         reject()
-    slack = BRENT_TOLERANCE + 1e-15 * max(abs(low), abs(high))
-    assert low - slack <= estimate <= high + slack
+    at_low, at_high = score_at_extreme_differences(xs, ys)
+    if at_low * at_high <= 0.0:
+        slack = BRENT_TOLERANCE + 1e-15 * max(abs(low), abs(high))
+        assert low - slack <= estimate <= high + slack
+    else:
+        extreme = float(xs.max() - ys.min()) if at_low > 0 else float(xs.min() - ys.max())
+        assert (high if at_low > 0 else low) == extreme
+        assert estimate == kayenta.mann_whitney(x, y, 0.95)[2]
 
 
 any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)

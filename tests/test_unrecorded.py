@@ -20,7 +20,7 @@ from support import eventually
 from test_signals import Running, running, start_rollout
 
 from canaryd.core.analysis import CanaryState
-from canaryd.service import runtime
+from canaryd.service import lifecycle, runtime
 from canaryd.service import supervisor as supervisor_module
 from canaryd.service.store import SqliteStore
 
@@ -90,7 +90,7 @@ async def test_a_removed_canary_that_cannot_record_says_what_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A removed canary whose store stays unwritable gives up after its grace and says so."""
-    monkeypatch.setattr(runtime, "UNRECORDED_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(lifecycle, "UNRECORDED_GRACE_SECONDS", 1.0)
     other = canary("other", interval="1h")
     with structlog.testing.capture_logs() as logs:
         async with running(tmp_path, [canary(**FAILING), other]) as r:

@@ -107,8 +107,8 @@ def _store_url(text: str) -> str:
 def state_copy(src: str, dst: str) -> int:
     """``canaryd state copy SRC DST``: every row of SRC into the empty store DST."""
     from canaryd.errors import StoreError
-    from canaryd.service.pgstore import redact
     from canaryd.service.statecopy import copy_state
+    from canaryd.service.store.postgres import redact
 
     try:
         counts = copy_state(_store_url(src), _store_url(dst))

@@ -257,7 +257,10 @@ def shift_interval(
     exact=FALSE, correct=TRUE, conf.level=confidence)`` found by :func:`brent_root` (so each
     end is within about 1e-4 of R's), and as the estimate the root of the score itself
     (within the same tolerance of the two middle pairwise differences, whose mean is the
-    Hodges-Lehmann estimate).
+    Hodges-Lehmann estimate). When rounding in ``max x - min y`` (or ``min x - max y``)
+    breaks the tie that puts the score's zero at that end, the score has one sign on the
+    whole bracket and the estimate is wherever Kayenta's unchecked solver stops
+    (``docs/judge.md``, step 6).
 
     Raises:
         ValueError: a sample is empty or holds a non-finite value, or confidence is not in (0, 1).

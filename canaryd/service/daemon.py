@@ -46,7 +46,7 @@ from canaryd.ui.live import LiveHub
 
 if TYPE_CHECKING:
     from canaryd.service.lease import Lease
-    from canaryd.service.pgstore import PostgresStore
+    from canaryd.service.store.postgres import PostgresStore
 
 log = structlog.get_logger()
 
@@ -195,7 +195,7 @@ class Daemon:
         if not self.settings.postgres:
             return SqliteStore(self.settings.state_path)
         from canaryd.service.lease import Lease
-        from canaryd.service.pgstore import PostgresStore
+        from canaryd.service.store.postgres import PostgresStore
 
         ha = self.settings.ha
         address = ha.advertise or f"http://{self.settings.listen}"
@@ -217,7 +217,7 @@ class Daemon:
         return loaded, services, token
 
     def build_services(
-        self, settings: Settings, session: HttpTransport, store: StateStore
+        self, settings: Settings, http: HttpTransport, store: StateStore
     ) -> Services:
         """What the runners of ``settings`` share; providers of unchanged config are kept.
 
@@ -230,7 +230,7 @@ class Daemon:
             for name in settings.providers
         }
         routers: Mapping[str, Router] = {
-            name: build_router(name, cfg, session) for name, cfg in settings.routers.items()
+            name: build_router(name, cfg, http) for name, cfg in settings.routers.items()
         }
         current = {id(p) for _, p in built.values()}
         retired = [p for _, p in self._built.values() if id(p) not in current]
@@ -238,7 +238,7 @@ class Daemon:
         self.supervisor.retire(retired)
         return Services(
             settings,
-            session,
+            http,
             providers,
             routers,
             store,

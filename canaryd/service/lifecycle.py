@@ -14,10 +14,10 @@ docs/reliability.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import structlog
 
 from canaryd.core import analysis as core
@@ -70,7 +70,7 @@ class Lifecycle(Committer):
         if pred is None:
             return True
         try:
-            async with asyncio.timeout(TAKEOVER_SECONDS):
+            with anyio.fail_after(TAKEOVER_SECONDS):  # once per reload: anyio's (design.md)
                 await pred._lock.acquire()
         except TimeoutError:
             log.error("reload.takeover_late", canary=self.spec.name, namespace=self.spec.namespace)
@@ -160,11 +160,11 @@ class Lifecycle(Committer):
         say in ``state.unrecorded_lost`` what it still could not."""
         if not (self._backlog or self._settle) or self._retired:
             return  # a retired loop's successor owns its backlog
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within), self._lock:
+        with anyio.move_on_after(within):  # once, at stop: anyio's (docs/design.md)
+            async with self._lock:
                 await self._catch_up()
                 while self._backlog or self._settle:  # until it can, or the time is up
-                    await asyncio.sleep(UNRECORDED_RETRY_SECONDS)
+                    await anyio.sleep(UNRECORDED_RETRY_SECONDS)
                     await self._catch_up()
         if self._backlog or self._settle:
             self.unrecorded_lost("daemon stopping")
