@@ -168,8 +168,11 @@ async def test_a_router_refusing_forward_routes_is_counted_and_timed_until_it_re
                 lambda got: value(got, "canaryd_router_errors_total", router="lb") >= 2,
                 what="two refused routes",
             )
-            await anyio.sleep(0.3)  # the run of refusals goes on
-            later = samples(await scrape(url))
+            later = await eventually(
+                lambda: _scraped(url),
+                lambda got: _routes(got)[1] > _routes(first)[1],
+                what="one more refused route",
+            )
             held = (runner.state.phase, runner.state.canary_weight, runner.state.failed_checks)
             router.statuses = [200]
             back = await eventually(

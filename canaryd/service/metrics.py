@@ -140,8 +140,6 @@ class DaemonMetrics:
 
     def router(self, name: str, inner: Router) -> Router:
         """Wrap a router so its calls and refusals are counted (its series start at 0)."""
-        self.router_requests.labels(name)
-        self.router_errors.labels(name)
         return InstrumentedRouter(name, inner, self)
 
     async def refresh(self, daemon: Daemon) -> None:
@@ -256,6 +254,12 @@ class InstrumentedRouter:
     name: str
     inner: Router
     metrics: DaemonMetrics
+    _children: tuple[Any, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Look the router's series up once, as :class:`InstrumentedProvider` does."""
+        m = self.metrics
+        self._children = (m.router_requests.labels(self.name), m.router_errors.labels(self.name))
 
     async def apply(self, request: RouteRequest) -> None:
         """Send a route (see :class:`~canaryd.routers.Router`).
@@ -263,17 +267,18 @@ class InstrumentedRouter:
         Raises:
             RouterError: not applied or not confirmed.
         """
-        m = self.metrics
+        requests, errors = self._children
+        refused = self.metrics.refused_since
         try:
             await self.inner.apply(request)
         except RouterError as exc:
             if not out_of_resources(exc):  # canaryd's own trouble is not the router's
-                m.router_errors.labels(self.name).inc()
-                m.refused_since.setdefault(request.canary, time.time())
+                errors.inc()
+                refused.setdefault(request.canary, time.time())
             raise
         finally:
-            m.router_requests.labels(self.name).inc()
-        m.refused_since.pop(request.canary, None)
+            requests.inc()
+        refused.pop(request.canary, None)
 
     async def aclose(self) -> None:
         """Release what the router it counts holds."""
