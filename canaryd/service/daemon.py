@@ -230,7 +230,8 @@ class Daemon:
             for name in settings.providers
         }
         routers: Mapping[str, Router] = {
-            name: build_router(name, cfg, http) for name, cfg in settings.routers.items()
+            name: self.metrics.router(name, build_router(name, cfg, http))
+            for name, cfg in settings.routers.items()
         }
         current = {id(p) for _, p in built.values()}
         retired = [p for _, p in self._built.values() if id(p) not in current]
