@@ -71,6 +71,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     ),
     "api.store_failed": ("error", "An API request could not reach the state store (503)."),
     "store.prune_failed": ("error", "Old check records and events could not be pruned."),
+    "adapter.close_failed": (
+        "warning",
+        "A provider or router a reload replaced, or one closed at stop, could not be closed "
+        "within a second or raised while closing (`kind`, `name`, `error`); the daemon goes on.",
+    ),
     "provider.tls_insecure": ("warning", "A provider skips TLS verification (insecureSkipVerify)."),
     "config.warning": ("warning", "The configuration has a warning (e.g. ignored fields)."),
     "daemon.fd_limit": (

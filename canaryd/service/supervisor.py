@@ -32,16 +32,11 @@ import structlog
 
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import CanarydError, ConfigError
-from canaryd.providers import MetricsProvider
+from canaryd.service.adapters import Built
 from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.leadership import Leadership
 from canaryd.service.rollbacks import Entry
-from canaryd.service.runtime import (
-    MAX_OBSERVE_SECONDS,
-    UNRECORDED_STOP_SECONDS,
-    CanaryRunner,
-    freeze_heap,
-)
+from canaryd.service.runtime import UNRECORDED_STOP_SECONDS, CanaryRunner, freeze_heap
 from canaryd.service.store import Retention, StateStore
 
 if TYPE_CHECKING:
@@ -55,6 +50,9 @@ HOUSEKEEPING_SECONDS = 60.0
 
 FLUSH_POLL_SECONDS = 0.05
 """How often the shutdown flush looks whether an outbox message is still due."""
+
+RETIRE_POLL_SECONDS = 0.5
+"""After its grace, how often a retired adapter's close looks whether a loop still uses it."""
 
 
 class Supervisor:
@@ -186,18 +184,33 @@ class Supervisor:
             except CanarydError as exc:
                 log.error("store.prune_failed", error=str(exc))
 
-    def retire(self, providers: list[MetricsProvider]) -> None:
-        """Close providers a new config replaced, once ticks that started with them are over."""
-        if providers:
-            self.tg.start_soon(self._retire, providers)
+    def retire(self, retired: list[Built]) -> None:
+        """Close adapters a new config replaced or removed once no tick or command can
+        still use them: after ``retire_grace``, and once every loop that held them when
+        they were retired has let them go (docs/design.md, "Service").
 
-    async def _retire(self, providers: list[MetricsProvider]) -> None:
-        """Close ``providers`` after the longest a tick may observe."""
-        try:
-            await anyio.sleep(MAX_OBSERVE_SECONDS + self.daemon.tick_grace)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await close_providers(providers)
+        A loop lets them go when it is idle with everything recorded and routed, or
+        once it ticks with the new config; a removed loop still sending its pending
+        rollback keeps its old router open until the router took it. The loops are
+        read now, before the reload reconfigures them.
+        """
+        if not retired:
+            return
+        d = self.daemon
+        ids = {id(b.adapter) for b in retired}
+        holders = [r for r in (*d.runners.values(), *self.removed.values()) if _holds(r, ids)]
+        self.tg.start_soon(self._retire, retired, holders, ids)
+
+    async def _retire(
+        self, retired: list[Built], holders: list[CanaryRunner], ids: set[int]
+    ) -> None:
+        """Close ``retired`` once the grace has passed and no loop of ``holders`` uses them;
+        cancelled at stop, when the composition root closes them after the loops."""
+        await anyio.sleep(self.daemon.retire_grace)
+        while holders := [r for r in holders if not r.settled and _holds(r, ids)]:  # noqa: ASYNC110
+            await anyio.sleep(RETIRE_POLL_SECONDS)
+        with anyio.CancelScope(shield=True):  # bounded: each close within CLOSE_SECONDS
+            await self.daemon.adapters.close(retired)
 
     # ------------------------------------------------------------------ signals, reload
 
@@ -316,8 +329,8 @@ def retention(settings: Settings) -> Retention:
     return Retention(h.keep, h.maxAge, h.failedKeep, h.failedMaxAge, h.checksPerRollout)
 
 
-async def close_providers(providers: list[MetricsProvider]) -> None:
-    """Close providers' connections (each within a second: nothing waits on them)."""
-    for provider in providers:
-        with anyio.move_on_after(1.0):
-            await provider.aclose()
+def _holds(runner: CanaryRunner, ids: set[int]) -> bool:
+    """Whether the runner's services (the ones it ticks with now) include one of ``ids``."""
+    services = runner.services
+    adapters = (*services.providers.values(), *services.routers.values())
+    return any(id(adapter) in ids for adapter in adapters)
