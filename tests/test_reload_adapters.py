@@ -16,17 +16,15 @@ from typing import Any
 
 import anyio
 import pytest
-import yaml
-from daemons import write_config
+from service_helpers import canary
 from structlog.testing import capture_logs
 from support import eventually
+from test_signals import Running, running
 
-from canaryd.config.loader import load_config
 from canaryd.config.models import ProviderConfig, RouterConfig
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport
 from canaryd.routers import Router, RouteRequest
-from canaryd.service.daemon import Daemon
 from canaryd.service.metrics import InstrumentedRouter
 from canaryd.service.runtime import CanaryRunner
 from canaryd.testing import FakeProvider, FakeRouter
@@ -36,6 +34,8 @@ pytestmark = pytest.mark.anyio
 KEY = "prod/web"
 GRACE = 0.2
 """The daemon's ``retire_grace`` in these tests (seconds)."""
+
+Config = dict[str, Any]
 
 
 @dataclass
@@ -58,113 +58,64 @@ class HeldRouter(FakeRouter):
 
 @dataclass
 class Built:
-    """Every provider and router the daemon built, by name, in order."""
+    """Every provider and router the daemon built, in order."""
 
-    providers: dict[str, list[FakeProvider]] = field(default_factory=dict)
-    routers: dict[str, list[HeldRouter]] = field(default_factory=dict)
+    providers: list[FakeProvider] = field(default_factory=list)
+    routers: list[HeldRouter] = field(default_factory=list)
     failing: set[str] = field(default_factory=set)
     """URLs whose router cannot be built (a RouterError, like an unreadable secret)."""
 
     def provider(self, cfg: ProviderConfig) -> FakeProvider:
-        """A new fake provider, remembered under its address."""
-        made = FakeProvider()
-        self.providers.setdefault(str(getattr(cfg, "address", "")), []).append(made)
-        return made
+        """A new fake provider."""
+        self.providers.append(FakeProvider())
+        return self.providers[-1]
 
     def router(self, name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
-        """A new held router, remembered under its name."""
+        """A new held router (or a RouterError for a URL in :attr:`failing`)."""
         if getattr(cfg, "url", None) in self.failing:
             raise RouterError(f"router {name}: cannot be built")
-        made = HeldRouter()
-        self.routers.setdefault(name, []).append(made)
-        return made
+        self.routers.append(HeldRouter())
+        return self.routers[-1]
 
     def everything(self) -> list[FakeProvider | FakeRouter]:
         """Every adapter built so far."""
-        return [*(p for ps in self.providers.values() for p in ps)] + [
-            r for rs in self.routers.values() for r in rs
-        ]
+        return [*self.providers, *self.routers]
 
 
-def _canary() -> dict[str, Any]:
-    return {
-        "name": "web",
-        "namespace": "prod",
-        "target": "web-canary",
-        "router": "mesh",
-        "provider": "prom",
-        "analysis": {
-            "interval": "1h",  # the test wakes the loop; the cadence never ticks it
-            "threshold": 2,
-            "stepWeight": 25,
-            "maxWeight": 50,
-            "metrics": [{"name": "sr", "query": "sr", "thresholdRange": {"min": 99}}],
-        },
-    }
+def _change(url: str | None = None, address: str | None = None) -> Callable[[Config], None]:
+    """An edit of the config: the router's URL, the provider's address."""
+
+    def edit(data: Config) -> None:
+        if url is not None:
+            data["routers"]["lb"]["url"] = url
+        if address is not None:
+            data["providers"]["prom"]["address"] = address
+
+    return edit
 
 
-def _edit(config: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    data = yaml.safe_load(config.read_text())
-    change(data)
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
+async def _reload(r: Running, change: Callable[[Config], None]) -> bool:
+    """Rewrite the config and reload it (what SIGHUP does)."""
+    r.rewrite(change)
+    return await r.daemon.reload()
 
 
-def _router_url(url: str) -> Callable[[dict[str, Any]], None]:
-    return lambda data: data["routers"]["mesh"].update(url=url)
-
-
-@dataclass
-class Running:
-    """A daemon running in the test's task group, its config and what it built."""
-
-    daemon: Daemon
-    config: Path
-    built: Built
-    finished: anyio.Event
-
-    def runner(self) -> CanaryRunner:
-        """The canary's loop."""
-        runner = self.daemon.runner(KEY)
-        assert runner is not None
-        return runner
-
-    async def reload(self, change: Callable[[dict[str, Any]], None]) -> bool:
-        """Rewrite the config and reload it (what SIGHUP does)."""
-        _edit(self.config, change)
-        return await self.daemon.reload()
+def _runner(r: Running) -> CanaryRunner:
+    runner = r.daemon.runner(KEY)
+    assert runner is not None
+    return runner
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, **daemon: Any) -> AsyncIterator[Running]:
-    """Run a daemon with fake adapters until the block ends; cancel it if still running."""
+async def faked(tmp_path: Path, **daemon: Any) -> AsyncIterator[tuple[Running, Built]]:
+    """Run a daemon whose adapters are fakes until the block ends (test_signals.running)."""
     built = Built()
-    config = write_config(
-        tmp_path,
-        [_canary()],
-        providers={"prom": {"type": "prometheus", "address": "http://127.0.0.1:9"}},
-        routers={"mesh": {"type": "webhook", "url": "http://127.0.0.1:9/a"}},
-    )
-    d = Daemon(
-        config,
-        load_config(config),
-        handle_signals=False,
-        provider_factory=built.provider,
-        router_factory=built.router,
-        **{"retire_grace": GRACE, **daemon},
-    )
-    finished = anyio.Event()
-
-    async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-        await d.run(task_status=task_status)
-        finished.set()
-
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(15):
-            await tg.start(run)
-        try:
-            yield Running(d, config, built, finished)
-        finally:
-            tg.cancel_scope.cancel()
+    spec = canary(interval="1h", threshold=2, stepWeight=25, maxWeight=50)  # ticks when woken
+    options = {"retire_grace": GRACE, **daemon}
+    async with running(
+        tmp_path, [spec], provider_factory=built.provider, router_factory=built.router, **options
+    ) as r:
+        yield r, built
 
 
 def _inner(router: Router) -> Any:
@@ -173,37 +124,38 @@ def _inner(router: Router) -> Any:
     return router.inner
 
 
-async def _route_in_flight(r: Running) -> HeldRouter:
-    """Start a rollout and hold its first route in flight; return the router holding it."""
-    router = r.built.routers["mesh"][-1]
-    await r.runner().start_rollout("v2", {})
+async def _route_in_flight(r: Running, built: Built) -> HeldRouter:
+    """Start a rollout and hold its second route in flight; return the router holding it."""
+    router = built.routers[-1]
+    await _runner(r).start_rollout("v2", {})
     await eventually(lambda: router.requests, what="the rollout's first route")
     router.held.clear()
     router.applying.clear()
-    r.runner().wake()
+    _runner(r).wake()
     await asyncio.wait_for(router.applying.wait(), 10)
     return router
 
 
+async def _stop(r: Running) -> None:
+    r.daemon.stop()
+    await asyncio.wait_for(r.finished.wait(), 15)
+
+
 async def test_a_reload_keeps_the_adapters_whose_config_is_unchanged(tmp_path: Path) -> None:
     """A reload that changes neither the router's nor the provider's config keeps both
-    instances (counted, never closed), so ticks before and after it share them."""
-    async with running(tmp_path) as r:
-        router = r.daemon.services.routers["mesh"]
-        provider = r.daemon.services.providers["prom"]
-        assert await r.reload(lambda data: data["canaries"][0]["analysis"].update(threshold=3))
+    instances (counted once, never closed), so ticks before and after it share them."""
+    async with faked(tmp_path) as (r, built):
+        router, provider = r.daemon.services.routers["lb"], r.daemon.services.providers["prom"]
+        assert await _reload(r, lambda data: data["canaries"][0]["analysis"].update(threshold=3))
         await anyio.sleep(GRACE * 3)  # past the grace: a retired one would be closed by now
-        assert r.daemon.services.routers["mesh"] is router
+        assert r.daemon.services.routers["lb"] is router
         assert r.daemon.services.providers["prom"] is provider
-        assert [len(r.built.routers["mesh"]), len(r.built.providers["http://127.0.0.1:9"])] == [
-            1,
-            1,
-        ]
-        assert not any(a.closed for a in r.built.everything())
-        await r.runner().start_rollout("v2", {})
-        sent = await eventually(lambda: r.built.routers["mesh"][0].requests, what="a route")
+        assert (len(built.routers), len(built.providers)) == (1, 1)
+        assert not any(a.closed for a in built.everything())
+        await _runner(r).start_rollout("v2", {})
+        sent = await eventually(lambda: built.routers[0].requests, what="a route")
         counted = r.daemon.metrics.registry.get_sample_value(
-            "canaryd_router_requests_total", {"router": "mesh"}
+            "canaryd_router_requests_total", {"router": "lb"}
         )
         assert counted == len(sent)  # counted once each: wrapped once, and still counted
 
@@ -213,12 +165,12 @@ async def test_a_replaced_router_is_closed_once_the_tick_using_it_has_ended(
 ) -> None:
     """A router whose config a reload changed stays open past the grace while a tick's
     route through it is in flight, and is closed once that tick has ended."""
-    async with running(tmp_path) as r:
-        old = await _route_in_flight(r)
-        assert await r.reload(_router_url("http://127.0.0.1:9/b"))
-        new = r.built.routers["mesh"][-1]
+    async with faked(tmp_path) as (r, built):
+        old = await _route_in_flight(r, built)
+        assert await _reload(r, _change(url="http://127.0.0.1:9/b"))
+        new = built.routers[-1]
         assert new is not old
-        assert _inner(r.daemon.services.routers["mesh"]) is new
+        assert _inner(r.daemon.services.routers["lb"]) is new
         await anyio.sleep(GRACE * 5)  # the grace is over; the tick is not
         assert not old.closed
         old.held.set()
@@ -228,16 +180,15 @@ async def test_a_replaced_router_is_closed_once_the_tick_using_it_has_ended(
 
 
 async def test_a_replaced_router_stays_open_for_the_grace(tmp_path: Path) -> None:
-    """A router a reload replaced while no tick uses it is closed after the grace, not
-    at the reload."""
-    async with running(tmp_path, retire_grace=60.0) as r:
-        old = r.built.routers["mesh"][0]
-        assert await r.reload(_router_url("http://127.0.0.1:9/b"))
+    """A router a reload replaced while no tick uses it is not closed at the reload but
+    after the grace, or at stop at the latest."""
+    async with faked(tmp_path, retire_grace=60.0) as (r, built):
+        old = built.routers[0]
+        assert await _reload(r, _change(url="http://127.0.0.1:9/b"))
         await anyio.sleep(GRACE)
         assert not old.closed
-        r.daemon.stop()
-        await asyncio.wait_for(r.finished.wait(), 15)
-        assert old.closed  # at stop at the latest
+        await _stop(r)
+        assert old.closed
 
 
 async def test_a_removed_canary_keeps_its_router_open_until_its_rollback_went_out(
@@ -245,24 +196,23 @@ async def test_a_removed_canary_keeps_its_router_open_until_its_rollback_went_ou
 ) -> None:
     """A reload that removes a canary with its rollback pending and changes its router
     keeps the old router open while the removed loop retries that rollback through it."""
-    async with running(tmp_path) as r:
-        old = await _route_in_flight(r)
-        old.held.set()
-        await eventually(lambda: r.runner().state.canary_weight == 25, what="weight 25")
+    async with faked(tmp_path) as (r, built):
+        old = built.routers[0]
+        loop = _runner(r)
+        await loop.start_rollout("v2", {})
+        await eventually(lambda: loop.state.canary_weight == 25, what="weight 25")
         old.down = True
-        provider = r.built.providers["http://127.0.0.1:9"][0]
-        provider.values = [1.0]  # failing checks: the rollback comes at threshold 2
-        loop = r.runner()
+        built.providers[0].values = [1.0]  # failing checks: the rollback comes at threshold 2
         for failed in (1, 2):
             loop.wake()
             await eventually(lambda: loop.state.failed_checks >= failed)  # noqa: B023
         await eventually(lambda: loop.state.route_pending, what="the rollback pending")
 
-        def remove(data: dict[str, Any]) -> None:
+        def remove(data: Config) -> None:
             data["canaries"] = []
-            data["routers"]["mesh"]["url"] = "http://127.0.0.1:9/b"
+            _change(url="http://127.0.0.1:9/b")(data)
 
-        assert await r.reload(remove)
+        assert await _reload(r, remove)
         await anyio.sleep(GRACE * 5)
         assert not old.closed
         old.down = False
@@ -274,27 +224,18 @@ async def test_a_removed_canary_keeps_its_router_open_until_its_rollback_went_ou
 async def test_stop_closes_every_provider_and_router(tmp_path: Path) -> None:
     """A graceful stop closes every adapter built: in force, and replaced but still
     within its grace."""
-    async with running(tmp_path, retire_grace=60.0) as r:
-
-        def change(data: dict[str, Any]) -> None:
-            data["routers"]["mesh"]["url"] = "http://127.0.0.1:9/b"
-            data["providers"]["prom"]["address"] = "http://127.0.0.1:10"
-
-        assert await r.reload(change)
-        assert not any(a.closed for a in r.built.everything())
-        r.daemon.stop()
-        await asyncio.wait_for(r.finished.wait(), 15)
-        built = r.built.everything()
-        assert len(built) == 4
-        assert all(a.closed for a in built)
+    async with faked(tmp_path, retire_grace=60.0) as (r, built):
+        assert await _reload(r, _change("http://127.0.0.1:9/b", "http://127.0.0.1:10"))
+        assert not any(a.closed for a in built.everything())
+        await _stop(r)
+        assert len(built.everything()) == 4
+        assert all(a.closed for a in built.everything())
 
 
 async def test_a_failing_close_is_logged_and_the_stop_completes(tmp_path: Path) -> None:
     """A router whose close raises and a provider whose close hangs do not stop the stop:
     both are logged as adapter.close_failed."""
-    async with running(tmp_path) as r:
-        router = r.built.routers["mesh"][0]
-        provider = r.built.providers["http://127.0.0.1:9"][0]
+    async with faked(tmp_path) as (r, built):
 
         async def raising() -> None:
             raise OSError("socket gone")
@@ -302,41 +243,31 @@ async def test_a_failing_close_is_logged_and_the_stop_completes(tmp_path: Path) 
         async def hanging() -> None:
             await anyio.sleep_forever()
 
-        router.aclose = raising  # type: ignore[method-assign]
-        provider.aclose = hanging  # type: ignore[method-assign]
+        built.routers[0].aclose = raising  # type: ignore[method-assign]
+        built.providers[0].aclose = hanging  # type: ignore[method-assign]
         with capture_logs() as logs:
-            r.daemon.stop()
-            await asyncio.wait_for(r.finished.wait(), 15)
+            await _stop(r)
     failed = {
         (e["kind"], e["name"], e["error"]) for e in logs if e["event"] == "adapter.close_failed"
     }
     assert failed == {
-        ("router", "mesh", "OSError: socket gone"),
+        ("router", "lb", "OSError: socket gone"),
         ("provider", "prom", "not closed within 1s"),
     }
 
 
 async def test_adapters_built_for_a_rejected_config_are_closed(tmp_path: Path) -> None:
     """A reload rejected because a router cannot be built keeps the adapters in force and
-    closes the provider it had built for that config."""
-    async with running(tmp_path) as r:
-        r.built.failing.add("http://127.0.0.1:9/bad")
-
-        def change(data: dict[str, Any]) -> None:
-            data["routers"]["mesh"]["url"] = "http://127.0.0.1:9/bad"
-            data["providers"]["prom"]["address"] = "http://127.0.0.1:10"
-
-        assert not await r.reload(change)
-        unused = r.built.providers["http://127.0.0.1:10"][0]
-        assert _inner(r.daemon.services.routers["mesh"]) is r.built.routers["mesh"][0]
-
-        def back(data: dict[str, Any]) -> None:
-            data["routers"]["mesh"]["url"] = "http://127.0.0.1:9/c"
-            data["providers"]["prom"]["address"] = "http://127.0.0.1:9"
-
-        assert await r.reload(back)  # the provider in force is kept, the unused one closed
+    closes the provider it had built for that config with the next accepted one."""
+    async with faked(tmp_path) as (r, built):
+        built.failing.add("http://127.0.0.1:9/bad")
+        assert not await _reload(r, _change("http://127.0.0.1:9/bad", "http://127.0.0.1:10"))
+        first, unused = built.providers
+        assert _inner(r.daemon.services.routers["lb"]) is built.routers[0]
+        assert await _reload(r, _change("http://127.0.0.1:9/c", r.prom.url))
+        assert r.daemon.services.providers["prom"] is not unused  # the one in force is kept
         await eventually(lambda: unused.closed, what="the unused provider closed")
-        assert not r.built.providers["http://127.0.0.1:9"][0].closed
+        assert not first.closed
 
 
 async def test_a_reload_after_a_secret_rotation_builds_the_router_anew(tmp_path: Path) -> None:
@@ -345,12 +276,12 @@ async def test_a_reload_after_a_secret_rotation_builds_the_router_anew(tmp_path:
     secret = tmp_path / "router-secret"
     secret.write_text("first")
     secret.chmod(0o600)
-    async with running(tmp_path) as r:
-        assert await r.reload(lambda data: data["routers"]["mesh"].update(secret_file=str(secret)))
-        signing = r.daemon.services.routers["mesh"]
-        assert await r.reload(lambda data: None)
-        assert r.daemon.services.routers["mesh"] is signing
+    async with faked(tmp_path) as (r, built):
+        assert await _reload(r, lambda data: data["routers"]["lb"].update(secret_file=str(secret)))
+        signing = r.daemon.services.routers["lb"]
+        assert await _reload(r, lambda data: None)
+        assert r.daemon.services.routers["lb"] is signing
         secret.write_text("second")
-        assert await r.reload(lambda data: None)
-        assert r.daemon.services.routers["mesh"] is not signing
-        assert len(r.built.routers["mesh"]) == 3
+        assert await _reload(r, lambda data: None)
+        assert r.daemon.services.routers["lb"] is not signing
+        assert len(built.routers) == 3
