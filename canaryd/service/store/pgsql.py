@@ -43,32 +43,34 @@ async def drive(conn: Conn, plan: Plan[T]) -> T:
 async def execute_batch(conn: Conn, batch: Sequence[Sequence[Statement]]) -> None:
     """Run the statements of several decisions on ``conn`` in one round trip, in order.
 
-    One query of many statements, bound on the client (psycopg's
-    ``ClientCursor``): the server runs them one after the other as if sent
-    apart, and answers once. Not a pipeline, for the reason given in
-    :func:`_insert`.
+    One query of many statements, its values bound on the client as psycopg's
+    ``ClientCursor`` binds them (the connection's own quoting, ``as_literal``)
+    but into templates parsed once (:func:`_dialect`): psycopg would parse the
+    whole query again for each batch. The server runs the statements one after
+    the other as if sent apart, and answers once. Not a pipeline, for the
+    reason given in :func:`_insert`.
 
     Raises:
-        psycopg.Error: a statement failed (the transaction is then aborted).
+        psycopg.Error: a statement failed (the transaction is then aborted), or
+            a value cannot be written (``psycopg.DataError``).
     """
+    tx = psycopg.adapt.Transformer(conn)
+    literal = tx.as_literal
     sql: list[bytes] = []
-    args: list[Any] = []
     for steps in batch:
         for step in steps:
-            text, values = _composed(step)
-            sql.append(text)
-            args.extend(values)
-    async with psycopg.AsyncClientCursor(conn) as cur:
-        await cur.execute(b";".join(sql), args)
+            template, values = _composed(step)
+            sql.append(template % tuple(b"NULL" if v is None else literal(v) for v in values))
+    async with psycopg.AsyncClientCursor(conn) as cur:  # no values: sent as it is
+        await cur.execute(b";".join(sql))
 
 
 def _composed(step: Statement) -> tuple[bytes, Sequence[Any]]:
     """A statement's SQL with PostgreSQL's markers, and its values (an insert's in one)."""
     if not isinstance(step, Insert):
         return _dialect(step[0]), step[1]
-    return _values(step.head, len(step.rows[0]), len(step.rows), step.tail), [
-        v for row in step.rows for v in row
-    ]
+    rows = step.rows
+    return _values(step.head, len(rows[0]), len(rows), step.tail), [v for r in rows for v in r]
 
 
 @lru_cache(maxsize=256)
