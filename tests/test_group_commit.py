@@ -10,6 +10,7 @@ import anyio
 import psycopg
 import pytest
 from postgres import PostgresServer, query
+from structlog.testing import capture_logs
 
 from canaryd.core.analysis import CanaryState, CheckRecord, Outcome
 from canaryd.core.events import Event
@@ -192,7 +193,8 @@ async def test_concurrent_fenced_saves_share_transactions_and_are_all_read_back(
 
 @pytest.mark.integration
 async def test_a_stale_epoch_refuses_the_whole_batch(postgres: PostgresServer) -> None:
-    """Every save of a batch by a replica whose lease was taken over is refused, none written."""
+    """Every save of a batch by a replica whose lease was taken over is refused (and logged),
+    none written."""
     url = postgres.create_database()
     stale = await leading_store(url, ttl=1.0)
     old = stale.fence
@@ -202,8 +204,10 @@ async def test_a_stale_epoch_refuses_the_whole_batch(postgres: PostgresServer) -
         await take(Lease(url, ttl=30.0), url)
         old._deadline = float("inf")  # as if its local clock had not noticed the pause
         keys = [f"ns/c{i}" for i in range(30)]
-        assert await save_all(stale, keys) == dict.fromkeys(keys, "FencedError")
+        with capture_logs() as logs:
+            assert await save_all(stale, keys) == dict.fromkeys(keys, "FencedError")
         assert stale.fenced_writes == 30
+        assert [e["event"] for e in logs].count("store.fenced") == 30  # one per refused write
         assert await stale.load_states() == {}
         assert await stale.due(float("inf")) == []
     finally:

@@ -203,10 +203,9 @@ class PostgresStore(PlannedStore):
                         await self._check_fence(conn)
                     return await fn(conn)
         except FencedError as exc:
-            self.fenced_writes += writes
-            log.warning(
-                "store.fenced", error=str(exc), writes=writes, fenced_writes=self.fenced_writes
-            )
+            for _ in range(writes):  # one line per refused write, as before batches
+                self.fenced_writes += 1
+                log.warning("store.fenced", error=str(exc), fenced_writes=self.fenced_writes)
             raise
         except TimeoutError as exc:
             raise StoreError(f"state store {redact(self.url)}: timed out") from exc
