@@ -127,6 +127,16 @@ def test_library_log_is_a_scrubbed_json_line(captured: io.StringIO) -> None:
     assert "x\\x01y" not in str(line) and SECRET not in captured.getvalue()
 
 
+def test_library_line_is_written_as_canary_events_are(captured: io.StringIO) -> None:
+    """A library's line is compact JSON, written by the encoder of canary events."""
+    logging.getLogger("asyncio").warning("slow callback, took %.3f s", 0.25)
+    (text,) = captured.getvalue().splitlines()
+    line = json.loads(text)
+    assert list(line) == ["level", "logger", "timestamp", "message", "event"]
+    assert text == logs._ENCODE(line)
+    assert '"message":"slow callback, took 0.250 s","event":"library.log"' in text
+
+
 def test_warnings_and_uncaught_exceptions_are_json_lines(captured: io.StringIO) -> None:
     """A Python warning, an uncaught exception and a thread's one are each a JSON line."""
     with warnings.catch_warnings():
