@@ -165,6 +165,20 @@ def test_protected_secret_is_scrubbed_from_canary_events(captured: io.StringIO) 
 
 
 @pytest.mark.parametrize(
+    "secret",
+    ['pa"ss-Zq9x', "pa\\ss-Zq9x", "pass-Zq9\u00e9", "pass\x01Zq9x", "pass\u2028Zq9x"],
+    ids=["quote", "backslash", "non-ascii", "control", "line-separator"],
+)
+def test_protected_secret_escaped_in_json_is_scrubbed(captured: io.StringIO, secret: str) -> None:
+    """A secret with a character JSON escapes is scrubbed from a canary event's line too."""
+    from canaryd.core.events import Event
+
+    logs.protect(secret)
+    logs.log_event(Event("check.failed", "prod/web", "v2", "Progressing", 1.0, {"reason": secret}))
+    assert lines_of(captured)[0]["reason"] == "***"
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("b'Authorization: Bearer tok\\x01en'", "b'Authorization: ***'"),
