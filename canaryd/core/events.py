@@ -51,7 +51,8 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "router.failed": (
         "error",
         "The router answered a route with an error or not at all (`error`); with `retrying` "
-        "the route is sent again every tick (a pending rollback, a promotion under way).",
+        "it is tried again next tick (a pending rollback, a promotion under way, or a route "
+        "towards the canary: its check held, never failed).",
     ),
     "analysis.tick": ("info", "One analysis tick, with every metric's value and bounds."),
     "notification.failed": ("error", "An alert or webhook could not be delivered in time."),
@@ -267,7 +268,7 @@ DECISION_FIELDS = {
     "min": "its lower bound, inclusive (check.failed, rollout.rolled_back)",
     "max": "its upper bound, inclusive (check.failed, rollout.rolled_back)",
     "error": "provider, webhook or router error text",
-    "retrying": "true: the route is sent again every tick (router.failed, rollback.pending)",
+    "retrying": "true: the route is tried again next tick (router.failed, rollback.pending)",
     "action": "the router action refused (router.failed of a promote)",
     "gate": "the gate concerned (gate.*, rollout.waiting)",
     "metrics": "every metric as {name, value, min, max[, error][, dryRun]} (analysis.tick)",
