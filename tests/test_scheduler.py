@@ -576,12 +576,15 @@ async def test_without_a_clock_the_scheduler_runs_on_the_event_loops() -> None:
 
     @dataclass(eq=False)
     class Runner:
+        """A loop that notes the event loop's clock when it ticks."""
+
         key: str = "ns/real"
         interval: float = FAR
         next_at: float = 0.0
         at: float = 0.0
 
         async def safe_tick(self) -> None:
+            """Note the time; tell the test."""
             self.at = loop.time()
             started.set()
 
@@ -593,3 +596,35 @@ async def test_without_a_clock_the_scheduler_runs_on_the_event_loops() -> None:
         with anyio.fail_after(WAIT):
             await started.wait()
     assert before <= runner.next_at - FAR <= runner.at <= loop.time()
+
+
+# --------------------------------------------------------------------------- the fake clock
+
+
+async def test_the_fake_clock_fires_its_timers_in_order_each_at_its_time() -> None:
+    """advance() calls the timers due by then earliest first, each seeing its own time;
+    a cancelled timer is not called, and sleep() returns once the clock passed it."""
+    clock = FakeLoopClock(now=0.0)
+    seen: list[tuple[str, float]] = []
+    clock.call_at(2.0, lambda name: seen.append((name, clock.now)), "b")
+    clock.call_at(1.0, lambda name: seen.append((name, clock.now)), "a")
+    clock.call_at(1.5, lambda name: seen.append((name, clock.now)), "x").cancel()
+    clock.call_at(9.0, lambda name: seen.append((name, clock.now)), "late")
+    clock.advance(5.0)
+    assert seen == [("a", 1.0), ("b", 2.0)]
+    assert clock.now == 5.0
+    assert clock.next_timer() == 9.0
+    woke: list[float] = []
+
+    async def nap() -> None:
+        await clock.sleep(3.0)
+        woke.append(clock.now)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(nap)
+        await settle()
+        clock.advance(2.9)
+        await settle()
+        assert woke == []
+        clock.advance(0.1)
+    assert woke == [pytest.approx(8.0)]

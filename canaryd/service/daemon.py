@@ -217,7 +217,7 @@ class Daemon:
         return loaded, services, token
 
     def build_services(
-        self, settings: Settings, session: HttpTransport, store: StateStore
+        self, settings: Settings, http: HttpTransport, store: StateStore
     ) -> Services:
         """What the runners of ``settings`` share; providers of unchanged config are kept.
 
@@ -230,7 +230,8 @@ class Daemon:
             for name in settings.providers
         }
         routers: Mapping[str, Router] = {
-            name: build_router(name, cfg, session) for name, cfg in settings.routers.items()
+            name: self.metrics.router(name, build_router(name, cfg, http))
+            for name, cfg in settings.routers.items()
         }
         current = {id(p) for _, p in built.values()}
         retired = [p for _, p in self._built.values() if id(p) not in current]
@@ -238,7 +239,7 @@ class Daemon:
         self.supervisor.retire(retired)
         return Services(
             settings,
-            session,
+            http,
             providers,
             routers,
             store,

@@ -110,7 +110,7 @@ class Health:
 
     def schedule_lag(self) -> float:
         """How far behind their due time ticks start now, in seconds (see the scheduler)."""
-        return self.daemon.scheduler.lag(anyio.current_time())
+        return self.daemon.scheduler.lag(self.daemon.scheduler.now())
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """``/readyz``'s status and body: ready, not ready, or behind schedule."""
@@ -139,7 +139,7 @@ class Health:
                 "scheduler.behind",
                 lag_seconds=round(lag, 3),
                 ticking=scheduler.ticking,
-                waiting=scheduler.overdue(anyio.current_time()),
+                waiting=scheduler.overdue(scheduler.now()),
                 canaries=len(self.daemon.runners),
             )
         elif not behind and self._said_behind:  # flapping around the line: one pair a minute
@@ -154,7 +154,7 @@ class Health:
         schedule) is late, not stalled: the scheduler starts it in its turn.
         """
         out = []
-        loop_now = anyio.current_time()
+        loop_now = self.daemon.scheduler.now()
         for key, runner in self.daemon.runners.items():
             if self.daemon.scheduler.queued(key, loop_now):
                 continue  # waits its turn behind schedule: late, not stalled

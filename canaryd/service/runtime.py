@@ -11,8 +11,9 @@ a rollback is sent first, always. When the store cannot record, failing checks
 still count in memory and roll back, and are recorded once it can
 (docs/reliability.md, "Decisions and state"). A
 :class:`~canaryd.service.scheduler.Scheduler` runs the loops: ticks keep their
-cadence and never overlap. Operator commands and reloads go through the same
-lock as the tick (docs/design.md, "A tick").
+cadence and never overlap. Operator commands go through the same lock as the
+tick; restart recovery, reload takeover, removal and stop are
+:mod:`~canaryd.service.lifecycle`'s (docs/design.md, "A tick").
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class CanaryRunner(Lifecycle):
     metrics: list[ResolvedMetric] = field(default_factory=list)
     last_tick: float = 0.0
     next_at: float = 0.0
-    """When the next tick is due (the event loop's clock, ``anyio.current_time()``); kept by
-    the scheduler."""
+    """When the next tick is due (the scheduler's clock: the event loop's in the daemon);
+    kept by the scheduler."""
 
     def __post_init__(self) -> None:
         """Resolve metric queries once; they change only with the config."""
@@ -107,7 +108,7 @@ class CanaryRunner(Lifecycle):
             self._index()
 
     def _index(self) -> None:
-        """Sort the config's webhooks and metrics the way every tick asks for them."""
+        """Build the observer of the config (its webhooks and metrics sorted once)."""
         self._observer = Observer(self.spec, self.metrics, self.services)
 
     def wake(self) -> None:

@@ -34,7 +34,7 @@ from canaryd.service.store.codec import (
     rollout_summary,
     state_from_dict,
 )
-from canaryd.service.store.contract import RELEASE, OutboxMessage
+from canaryd.service.store.contract import RELEASE, ROLLOUT_LIMIT, OutboxMessage
 from canaryd.service.store.retention import Retention
 
 T = TypeVar("T")
@@ -307,7 +307,9 @@ class PlannedStore(ABC):
         """A canary's rollouts, newest first, as the API's ``RolloutSummary``."""
         return await self.read(read_rollouts(key, limit))
 
-    async def rollout(self, key: str, rollout: str, limit: int = 2000) -> dict[str, Any] | None:
+    async def rollout(
+        self, key: str, rollout: str, limit: int = ROLLOUT_LIMIT
+    ) -> dict[str, Any] | None:
         """One rollout with its checks and events (oldest first), or None if unknown."""
         return await self.read(read_rollout(key, rollout, limit))
 

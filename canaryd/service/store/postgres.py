@@ -20,14 +20,15 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from canaryd.errors import FencedError, StoreError
+from canaryd.redact import redact_dsn, scrub_dsn
 from canaryd.service.store import plans
 from canaryd.service.store.codec import DecisionRows
 from canaryd.service.store.group import GroupCommit, Outcomes
@@ -96,16 +97,14 @@ class Fence(Protocol):
         ...
 
 
-def redact(url: str) -> str:
-    """A database URL without its password (for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        user = f"{parts.username}@" if parts.username else ""
-        return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, "", ""))
-    except ValueError:
-        return "postgresql://(invalid URL)"
+def first_line(exc: BaseException, *dsns: str) -> str:
+    """What a message about a database error shows of it: its first line (psycopg's go on
+    with context lines), or its type when it says nothing; without the passwords of
+    ``dsns``, the addresses it was given (libpq may repeat one it cannot parse)."""
+    text = str(exc).strip()
+    for dsn in dsns:
+        text = scrub_dsn(text, dsn)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class PostgresStore(PlannedStore):
@@ -126,14 +125,19 @@ class PostgresStore(PlannedStore):
 
     def __repr__(self) -> str:
         """Never shows the password."""
-        return f"PostgresStore({redact(self.url)!r})"
+        return f"PostgresStore({redact_dsn(self.url)!r})"
 
     async def open(self) -> None:
         """Connect and bring the schema up to date.
 
         Raises:
-            StoreError: the database is unreachable or the migration failed.
+            StoreError: the address is not one libpq reads, the database is
+                unreachable or the migration failed.
         """
+        try:  # read first: the pool would log libpq's error, which repeats the bad part
+            conninfo_to_dict(self.url)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.url,
             min_size=1,
@@ -180,8 +184,7 @@ class PostgresStore(PlannedStore):
         return {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
 
     def _error(self, exc: BaseException) -> StoreError:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StoreError(f"state store {redact(self.url)}: {text}")
+        return StoreError(f"state store {redact_dsn(self.url)}: {first_line(exc, self.url)}")
 
     async def _tx(
         self, fn: Callable[[Conn], Awaitable[T]], *, fenced: bool = False, writes: int = 1
@@ -208,7 +211,7 @@ class PostgresStore(PlannedStore):
                 log.warning("store.fenced", error=str(exc), fenced_writes=self.fenced_writes)
             raise
         except TimeoutError as exc:
-            raise StoreError(f"state store {redact(self.url)}: timed out") from exc
+            raise StoreError(f"state store {redact_dsn(self.url)}: timed out") from exc
         except (psycopg.Error, OSError) as exc:
             raise self._error(exc) from exc
 
