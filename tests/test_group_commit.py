@@ -170,9 +170,9 @@ async def test_concurrent_fenced_saves_share_transactions_and_are_all_read_back(
     sizes: list[int] = []
     real = store._write
 
-    async def counting(batch: Sequence[DecisionRows], conn: Any) -> None:
+    async def counting(batch: Sequence[DecisionRows], epoch: int, conn: Any) -> None:
         sizes.append(len(batch))
-        await real(batch, conn)
+        await real(batch, epoch, conn)
 
     monkeypatch.setattr(store, "_write", counting)
     try:
@@ -239,7 +239,7 @@ async def test_a_lost_connection_fails_the_batch_without_retrying_each_save(
     store = await leading_store(url)
     calls: list[int] = []
 
-    async def broken(batch: Sequence[object], conn: object) -> None:
+    async def broken(batch: Sequence[object], epoch: int, conn: object) -> None:
         calls.append(len(batch))
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
@@ -250,3 +250,36 @@ async def test_a_lost_connection_fails_the_batch_without_retrying_each_save(
         assert sum(calls) == 10
     finally:
         await store.close()
+
+
+class FlickeringFence:
+    """A lease whose epoch is read as valid once, then as lost (the local deadline passing)."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease, self.cluster, self.ttl, self.reads = lease, lease.cluster, lease.ttl, 0
+
+    @property
+    def epoch(self) -> int | None:
+        """The lease's epoch on the first read, None on the later ones."""
+        self.reads += 1
+        return self.lease.epoch if self.reads == 1 else None
+
+
+@pytest.mark.integration
+async def test_rows_never_carry_an_epoch_the_fence_check_did_not_see(
+    postgres: PostgresServer,
+) -> None:
+    """A leader whose epoch is lost while its batch is being fenced writes nothing rather than
+    rows tagged with no epoch."""
+    url = postgres.create_database()
+    leader = await leading_store(url)
+    assert isinstance(leader.fence, Lease)
+    store = PostgresStore(url, fence=FlickeringFence(leader.fence))
+    await store.open()
+    try:
+        outcome = await save_all(store, ["ns/c0"])
+        rows = query(store, "SELECT epoch FROM canaries UNION ALL SELECT epoch FROM outbox")
+        assert (outcome, rows) == ({"ns/c0": "FencedError"}, [])
+    finally:
+        await store.close()
+        await leader.close()

@@ -288,7 +288,7 @@ class PostgresStore(PlannedStore):
             StoreError: the database failed (connection, disk): nothing was written.
         """
         try:
-            await self._tx(partial(self._write, batch), fenced=True, writes=len(batch))
+            await self._tx(partial(self._write, batch, self.epoch), fenced=True, writes=len(batch))
         except StoreError as exc:
             if len(batch) == 1 or not _one_saves_fault(exc):
                 raise
@@ -298,14 +298,19 @@ class PostgresStore(PlannedStore):
     async def _write_alone(self, rows: DecisionRows) -> BaseException | None:
         """Write one save of a failed batch in its own fenced transaction; its error or None."""
         try:
-            await self._tx(partial(self._write, [rows]), fenced=True)
+            await self._tx(partial(self._write, [rows], self.epoch), fenced=True)
         except StoreError as exc:
             return exc
         return None
 
-    async def _write(self, batch: Sequence[DecisionRows], conn: Conn) -> None:
-        """The batch's statements on ``conn`` (``now`` is read once the fence is checked)."""
-        now, epoch = time.time(), self.epoch
+    async def _write(self, batch: Sequence[DecisionRows], epoch: int, conn: Conn) -> None:
+        """The batch's statements on ``conn``, its rows tagged ``epoch``.
+
+        ``epoch`` is read before the transaction: the fence check reads it again
+        and refuses the batch unless it still holds, so rows never carry an epoch
+        the check did not see. ``now`` is read once the fence is checked.
+        """
+        now = time.time()
         await execute_batch(conn, [plans.write_decision(rows, now, epoch) for rows in batch])
 
 
