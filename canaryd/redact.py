@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import re
 from urllib.parse import unquote
 
@@ -29,7 +30,8 @@ _SECRETS: dict[str, None] = {}
 """Secret values canaryd has read (an ordered set, newest last), scrubbed from every line."""
 
 MAX_SECRETS = 256
-"""Secrets remembered at most (rotation adds new values; the oldest are forgotten)."""
+"""Spellings remembered at most: a secret and its JSON-escaped spelling, if another (rotation
+adds new values; the oldest are forgotten)."""
 
 MIN_SECRET_CHARS = 6
 """Shorter values are not scrubbed by value (they would blank ordinary words)."""
@@ -53,7 +55,10 @@ def protect(secret: str) -> None:
     if len(secret) < MIN_SECRET_CHARS or secret in _SECRETS:
         return
     _SECRETS[secret] = None
-    if len(_SECRETS) > MAX_SECRETS:
+    # a log line's fast path scrubs its JSON text, where a quote, a backslash, a control
+    # or non-ASCII character of the secret is escaped: scrub that spelling too
+    _SECRETS[json.dumps(secret)[1:-1]] = None
+    while len(_SECRETS) > MAX_SECRETS:
         del _SECRETS[next(iter(_SECRETS))]
 
 

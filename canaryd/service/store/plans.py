@@ -7,7 +7,7 @@ and does no I/O. Each store drives plans its own way: SQLite in its thread
 (:func:`canaryd.service.store.sqlite.drive`), PostgreSQL on a pooled connection
 (:func:`canaryd.service.store.postgres.drive`). A decision's writes read
 nothing: they are a plain list of statements (:func:`write_decision`, run by
-each store's ``execute``). Statements use SQLite's ``?`` markers; the
+SQLite's ``execute`` and PostgreSQL's ``execute_batch``). Statements use SQLite's ``?`` markers; the
 PostgreSQL store rewrites them.
 
 :class:`PlannedStore` answers every :class:`~.contract.StateStore` call with
@@ -119,7 +119,7 @@ def write_decision(rows: DecisionRows, now: float, epoch: int | None = None) -> 
     """The statements that write one decision's rows (see :meth:`~.contract.StateStore.save`).
 
     A list, not a plan: they read nothing, and a store writes thousands of
-    decisions a second in a batch (run them with the store's ``execute``).
+    decisions a second in a batch (see the module's docstring).
 
     Args:
         rows: the decision, encoded.
