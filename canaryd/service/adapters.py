@@ -135,16 +135,16 @@ class Adapters:
         """Close retired adapters (each within :data:`CLOSE_SECONDS`; failures logged)."""
         closing = {id(b) for b in retired}
         self._retiring = [b for b in self._retiring if id(b) not in closing]
-        await close_all(retired)
+        await _close_all(retired)
 
     async def aclose(self) -> None:
         """Close every adapter, in force or retired (at stop, once no tick runs)."""
         everything = [*self._retiring, *self._unused, *(b for _, b in self._kept.values())]
         self._kept, self._retiring, self._unused = {}, [], []
-        await close_all(everything)
+        await _close_all(everything)
 
 
-async def close_all(adapters: Sequence[Built]) -> None:
+async def _close_all(adapters: Sequence[Built]) -> None:
     """Close adapters together, each within :data:`CLOSE_SECONDS`; log failures."""
     async with anyio.create_task_group() as tg:
         for built in adapters:
