@@ -9,11 +9,14 @@ rollout in progress, two metrics): the state, the check record and the events
 the store writes (``canaryd.service.store.codec``), and the events' log lines.
 Each way of writing them runs in turn, round after round; the best round of
 each is printed in CPU microseconds per tick (benchmarks/README.md, round 5).
+Run it with ``PYTHONPATH`` pointing at another tree's copy (and that tree's
+copy of this file) to compare trees.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,8 +28,8 @@ from scale import Options, build_settings
 
 from canaryd.core import analysis as core
 from canaryd.core.analysis import CanaryState, Emit, MetricValue, Observation, Phase
-from canaryd.jsonenc import COMPACT, _stdlib_encoder
-from canaryd.logs import configure, iso_utc_now, log_event
+from canaryd.jsonenc import COMPACT
+from canaryd.logs import _ENCODE, configure, iso_utc_now, log_event
 from canaryd.service.store.codec import dumps, event_to_dict, state_to_dict
 
 UNUSED = "http://127.0.0.1:9"
@@ -49,16 +52,38 @@ def tick_documents() -> tuple[list[dict[str, Any]], list[Any]]:
     return [*docs, *(event_to_dict(e) for e in events)], events
 
 
+def log_lines(events: list[Any]) -> list[dict[str, Any]]:
+    """The objects ``log_event`` writes for ``events`` (no context variables bound)."""
+    return [
+        {
+            "canary": e.canary_name,
+            "namespace": e.namespace,
+            "revision": e.revision,
+            "phase": e.phase,
+            **e.fields,
+            "event": e.name,
+            "level": e.level,
+            "timestamp": iso_utc_now(),
+        }
+        for e in events
+    ]
+
+
 def ways(docs: list[dict[str, Any]], events: list[Any]) -> dict[str, Callable[[], object]]:
     """Each way of writing the tick's JSON, as a function that writes all of it once."""
-    stdlib = _stdlib_encoder(str, COMPACT, False)
+    stdlib = json.JSONEncoder(separators=COMPACT, default=str, allow_nan=False).encode
+    spaced = json.JSONEncoder(default=repr).encode
     stamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    lines = log_lines(events)
     return {
-        "store: C encoder of json (before)": lambda: [stdlib(d) for d in docs],
+        "store: json.JSONEncoder (the fallback)": lambda: [stdlib(d) for d in docs],
         "store: orjson, checked (codec.dumps)": lambda: [dumps(d) for d in docs],
         "store: orjson alone (no checks)": lambda: [orjson.dumps(d) for d in docs],
+        "store: events' fields alone": lambda: [dumps(e.fields) for e in events],
         "log: TimeStamper (before)": lambda: [stamper(None, "info", {}) for _ in events],
         "log: iso_utc_now": lambda: [iso_utc_now() for _ in events],
+        "log: JSON, json.JSONEncoder spaced": lambda: [spaced(line) for line in lines],
+        "log: JSON, orjson checked (logs._ENCODE)": lambda: [_ENCODE(line) for line in lines],
         "log: whole lines (log_event)": lambda: list(map(log_event, events)),
     }
 

@@ -687,9 +687,9 @@ async def bench(opts: Options) -> dict[str, Any]:
             result["prometheus_queries"] = (await prom.stats())["queries"]
     options_doc = {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()}
     if opts.state and opts.state != TEMP_POSTGRES:
-        from canaryd.service.store.postgres import redact
+        from canaryd.redact import redact_dsn
 
-        options_doc["state"] = redact(opts.state)  # no password in the result file
+        options_doc["state"] = redact_dsn(opts.state)  # no password in the result file
     return {"options": options_doc, "machine": machine(), "result": result}
 
 

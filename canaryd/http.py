@@ -18,6 +18,7 @@ configured, ``X-Canaryd-Signature: t=<unix>,v1=<hex>`` with
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -169,6 +170,12 @@ def make_session(limit: int = POOL_PER_HOST) -> aiohttp.ClientSession:
 def make_transport(limit: int = POOL_PER_HOST) -> AiohttpTransport:
     """Create the transport shared by all routers, webhooks and notifiers (one pool)."""
     return AiohttpTransport(make_session(limit))
+
+
+def basic_auth(username: str, password: str) -> str:
+    """The ``Authorization`` value of HTTP basic auth (providers' and routers' alike)."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
 
 
 def sign(secret: SecretStr, body: bytes, timestamp: int | None = None) -> str:

@@ -1,7 +1,9 @@
 """Logging, configured once: JSON lines on stdout (journald), readable on a terminal.
 
-Every line has ``event``, ``level`` and ``timestamp``; lines about a canary carry
-``canary``, ``namespace``, ``revision`` and ``phase`` (see :func:`log_event`).
+Every line is one compact JSON object (``{"canary":"web",...,"event":"analysis.tick",
+"level":"info","timestamp":"..."}``, written by :mod:`canaryd.jsonenc`) with ``event``,
+``level`` and ``timestamp``; lines about a canary carry ``canary``, ``namespace``,
+``revision`` and ``phase`` (see :func:`log_event`).
 
 Libraries' logging (aiohttp, asyncio, ...), Python warnings and uncaught
 exceptions go through the same renderer as ``event="library.log"`` lines, so
@@ -52,7 +54,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     global _fast
     out = stream or sys.stdout
     console = fmt == "console" or (fmt == "auto" and out.isatty())
-    json_renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    json_renderer = structlog.processors.JSONRenderer(serializer=_serialize)
     renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty()) if console else json_renderer
     stamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     processors = [
@@ -182,7 +184,16 @@ def _json_fallback(obj: Any) -> Any:
 
 
 _ENCODE = make_encoder(_json_fallback)
-"""``JSONRenderer(sort_keys=False)``'s ``json.dumps``, built once instead of per line."""
+"""Every line's JSON (docs/design.md, "JSON"): compact, keys in their order, NaN as ``NaN``."""
+
+
+def _serialize(event_dict: EventDict, **_: Any) -> str:
+    """``JSONRenderer``'s serializer: the line as :func:`log_event`'s fast path writes it.
+
+    Its keyword arguments (``default``) are ``json.dumps``'s; :data:`_ENCODE` has its own.
+    """
+    return _ENCODE(event_dict)
+
 
 _fast: _FastPath | None = None
 """Set by :func:`configure` for JSON output."""

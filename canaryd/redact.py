@@ -7,6 +7,12 @@
 - :func:`redact_url` and :func:`redact`: a URL cut to scheme, host and port, and a text
   (a library's message, a receiver's answer) with a URL's path and query and given secrets
   removed, for error messages about outgoing calls.
+- :func:`redact_dsn`: a database address (a PostgreSQL URL or key=value string, a SQLite
+  URL) with its passwords removed and the rest kept, for messages, logs and result files.
+  An HTTP URL loses its path too (:func:`redact_url`: a webhook's path may be its token);
+  a database's path is its name, which an operator needs to see.
+- :func:`scrub_dsn`: a database library's message without the passwords of the address
+  it was given (libpq repeats an address it cannot parse).
 - :func:`scrub_sent`: an answer's body without the credentials just sent with the request.
 """
 
@@ -14,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import re
+from urllib.parse import unquote
 
 from pydantic import SecretStr
 
@@ -22,7 +30,8 @@ _SECRETS: dict[str, None] = {}
 """Secret values canaryd has read (an ordered set, newest last), scrubbed from every line."""
 
 MAX_SECRETS = 256
-"""Secrets remembered at most (rotation adds new values; the oldest are forgotten)."""
+"""Spellings remembered at most: a secret and its JSON-escaped spelling, if another (rotation
+adds new values; the oldest are forgotten)."""
 
 MIN_SECRET_CHARS = 6
 """Shorter values are not scrubbed by value (they would blank ordinary words)."""
@@ -46,7 +55,10 @@ def protect(secret: str) -> None:
     if len(secret) < MIN_SECRET_CHARS or secret in _SECRETS:
         return
     _SECRETS[secret] = None
-    if len(_SECRETS) > MAX_SECRETS:
+    # a log line's fast path scrubs its JSON text, where a quote, a backslash, a control
+    # or non-ASCII character of the secret is escaped: scrub that spelling too
+    _SECRETS[json.dumps(secret)[1:-1]] = None
+    while len(_SECRETS) > MAX_SECRETS:
         del _SECRETS[next(iter(_SECRETS))]
 
 
@@ -77,6 +89,70 @@ def redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
     return f"{scheme}{sep}{host}/…" if sep else "<url>"
+
+
+_URL_SECRET = re.compile(r"(?i)(?P<keep>[?&][^=&]*(?:pass|secret|token)[^=&]*=)[^&]*")
+"""A URL parameter naming a password or its file (``password``, ``sslpassword``,
+``passfile``): its value is hidden."""
+
+_CONNINFO_PAIR = re.compile(
+    r"(?P<key>[\w.-]+)\s*=\s*(?P<value>'(?:\\.|[^'\\])*'?|(?:\\.|[^\s\\])*)"
+)
+"""``key = value`` in a libpq key=value string (a value quoted with ``'``, or up to a blank)."""
+
+_CONNINFO_SECRET = re.compile(r"(?i)pass|secret|token")
+
+
+def redact_dsn(dsn: str) -> str:
+    """A database address fit to show: user, host, port and database kept, passwords gone.
+
+    Both forms libpq reads: a URL (``postgresql://user:pw@host:5432/db?sslmode=require``)
+    loses the password of its user part and the values of parameters that name a
+    password or its file (``password``, ``sslpassword``, ``passfile``); a key=value
+    string (``host=db user=u password='x y'``) loses the same values. The user part
+    ends at the last ``@``, so a password holding an unescaped ``@``, ``/`` or ``?``
+    is hidden too (at worst, more than the password is).
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return _CONNINFO_PAIR.sub(_hide_pair, dsn)
+    user, at, place = _URL_SECRET.sub(rf"\g<keep>{REDACTED}", rest).rpartition("@")
+    name = user.partition(":")[0]
+    return f"{scheme}://{name}@{place}" if at and name else f"{scheme}://{place}"
+
+
+def scrub_dsn(text: str, dsn: str) -> str:
+    """``text`` (a database library's message) without the passwords of ``dsn``.
+
+    libpq repeats a part of the address it cannot parse (``invalid percent-encoded
+    token: "<password>"``), so a message about a bad address may hold its password.
+    """
+    text = text.replace(dsn, redact_dsn(dsn)) if dsn else text
+    for secret in dsn_passwords(dsn):
+        if len(secret) >= 3:  # shorter would blank ordinary letters
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """The passwords a database address holds (as written, and decoded), longest first."""
+    _, sep, rest = dsn.partition("://")
+    if sep:
+        found = [rest.rpartition("@")[0].partition(":")[2]]
+        found += [m[0].partition("=")[2] for m in _URL_SECRET.finditer(rest)]
+    else:
+        found = [m["value"] for m in _CONNINFO_PAIR.finditer(dsn) if _hidden(m["key"])]
+    found += [unquote(s) for s in found] + [s.strip("'") for s in found]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def _hidden(key: str) -> bool:
+    return _CONNINFO_SECRET.search(key) is not None
+
+
+def _hide_pair(match: re.Match[str]) -> str:
+    key = match["key"]
+    return f"{key}={REDACTED}" if _hidden(key) else match[0]
 
 
 def redact(text: str, url: str | None, *secrets: SecretStr | None) -> str:

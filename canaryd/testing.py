@@ -33,6 +33,7 @@ from canaryd.http import HttpRequest, HttpResponse
 from canaryd.routers import RouteRequest
 from canaryd.service.store import (
     RELEASE,
+    ROLLOUT_LIMIT,
     OutboxMessage,
     Retention,
     event_to_dict,
@@ -281,7 +282,9 @@ class FakeStore:
         entries = list(self.rollout_log.get(key, {}).values())[::-1][:limit]
         return [self._summary(e, current=i == 0) for i, e in enumerate(entries)]
 
-    async def rollout(self, key: str, rollout: str, limit: int = 1000) -> dict[str, Any] | None:
+    async def rollout(
+        self, key: str, rollout: str, limit: int = ROLLOUT_LIMIT
+    ) -> dict[str, Any] | None:
         """One rollout's summary with its checks and events (oldest first); None if unknown."""
         entries = self.rollout_log.get(key, {})
         if rollout not in entries:

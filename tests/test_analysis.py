@@ -562,20 +562,73 @@ def test_step_weight_promotion_moves_traffic_back_in_steps() -> None:
 # --------------------------------------------------------------------------- router failure
 
 
-def test_router_failure_is_a_failed_check_on_the_old_state() -> None:
-    """A route the router refused is not recorded: the weight stays, failedChecks grows."""
-    spec = canary()
-    state = core.decide(spec, started(spec), Observation(), 1.0).state
-    d = core.router_failed(spec, state, "HTTP 503", 2.0)
-    assert d.state.canary_weight == 10 and d.state.failed_checks == 1
-    assert names(d) == ["router.failed", "check.failed"]
+def _after_a_failed_check(spec: CanaryConfig) -> CanaryState:
+    state = core.decide(spec, started(spec), ok(), 1.0).state
+    return core.decide(spec, state, bad(), 2.0).state
 
 
-def test_router_failure_reaching_threshold_rolls_back() -> None:
-    """Router failures count towards the threshold like any failed check."""
-    spec = canary(threshold=1)
-    d = core.router_failed(spec, started(spec), "down", 2.0)
-    assert d.state.phase is Phase.FAILED and routes(d) == [Route("rollback", 100, 0)]
+FORWARD: dict[str, tuple[Callable[[CanaryConfig], CanaryState], dict[str, Any]]] = {
+    "first-step": (started, {}),
+    "next-step": (lambda spec: run(spec, started(spec), ok(), 2)[-1].state, {}),
+    "one-failed-check": (_after_a_failed_check, {}),
+    "blue-green-switch": (
+        lambda spec: run(spec, started(spec), ok(), 3)[-1].state,
+        {"stepWeight": None, "maxWeight": None, "iterations": 3},
+    ),
+    "ab-match": (
+        started,
+        {"stepWeight": None, "maxWeight": None, "iterations": 2, "match": [{"uri": {"x": "y"}}]},
+    ),
+}
+"""States whose next passing tick routes towards the canary, before promotion (threshold 2)."""
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["router", "canaryd"])
+@pytest.mark.parametrize("case", list(FORWARD))
+def test_a_router_error_towards_the_canary_holds_the_check(case: str, own: bool) -> None:
+    """A route towards the canary the router refused (or canaryd had no descriptor for) holds
+    the check, as in Flagger: the state before the decision stays, weights and failedChecks
+    included, router.failed says it is retried, and no number of errors fails a check."""
+    make, keys = FORWARD[case]
+    spec = canary(threshold=2, **keys)
+    before = make(spec)
+    decided = core.decide(spec, before, ok(), 5.0)
+    assert routes(decided) and {r.action for r in routes(decided)} == {"route"}, routes(decided)
+    assert core.route_refused(spec, decided, "route", "router lb: HTTP 503", 5.0) is None
+    base = replace(before, ticks=decided.state.ticks)  # what the runtime keeps (commit.py)
+    state = base
+    for t in range(4):
+        d = core.router_failed(spec, state, "router lb: HTTP 503", 6.0 + t, own=own)
+        assert d.state == base and routes(d) == []
+        assert names(d) == ["router.failed", *(["check.held_by_canaryd"] if own else [])]
+        failed = next(e.event for e in d.effects if isinstance(e, Emit))
+        assert failed.fields["error"] == "router lb: HTTP 503" and failed.fields["retrying"]
+        assert failed.fields["failedChecks"] == before.failed_checks
+        state = d.state
+    assert core.decide(spec, state, ok(), 20.0).effects, "decided again on the next tick"
+
+
+def test_failing_metrics_still_roll_back_while_the_router_refuses() -> None:
+    """Router errors on passing ticks never count, but failing metrics on the ticks between do:
+    the rollback comes in the tick that reaches threshold, and stays pending while the router
+    still refuses it."""
+    spec = canary(threshold=2)
+    state = core.decide(spec, started(spec), ok(), 1.0).state  # the router took 10%
+    counted = []
+    for t, obs in enumerate([ok(), bad(), ok(), ok(), bad()]):
+        d = core.decide(spec, state, obs, 2.0 + t)
+        if [r.action for r in routes(d)] == ["route"]:  # passing: the router refuses its route
+            base = replace(state, ticks=d.state.ticks)
+            d = core.router_failed(spec, base, "router lb: connection refused", 2.0 + t)
+        state = d.state
+        counted.append(state.failed_checks)
+    assert counted == [0, 1, 1, 1, 2]
+    assert state.phase is Phase.FAILED and routes(d) == [Route("rollback", 100, 0)]
+    assert state.reason is not None and state.reason.startswith("request-success-rate 90")
+    error = "router lb: connection refused"
+    held = core.route_refused(spec, d, "rollback", error, 8.0, weights=(90, 10))
+    assert held is not None and held.state.route_pending and held.state.canary_weight == 10
+    assert names(held)[-1] == "rollback.pending" and "rollout.rolled_back" not in names(held)
 
 
 def test_a_route_canaryd_could_not_send_holds() -> None:
@@ -821,14 +874,15 @@ def promoting(spec: CanaryConfig) -> CanaryState:
     return replace(started(spec), phase=Phase.PROMOTING, canary_weight=50, primary_weight=50)
 
 
+@pytest.mark.parametrize("own", [False, True], ids=["router", "canaryd"])
 @pytest.mark.parametrize("phase", [Phase.PROMOTING, Phase.FINALISING], ids=["promoting", "final"])
-def test_router_errors_after_promotion_retry_and_never_roll_back(phase: Phase) -> None:
-    """Once promotion began, router errors are reported and retried: no failed check, no
-    rollback, however many there are."""
+def test_router_errors_after_promotion_retry_and_never_roll_back(phase: Phase, own: bool) -> None:
+    """Once promotion began, router errors (canaryd's own trouble too) are reported and retried:
+    no failed check, no rollback, however many there are."""
     spec = canary(threshold=2)
     state = replace(promoting(spec), phase=phase)
     for t in range(5):
-        d = core.router_failed(spec, state, "router lb: HTTP 500", float(t))
+        d = core.router_failed(spec, state, "router lb: HTTP 500", float(t), own=own)
         assert d.state == state and routes(d) == []
         assert names(d) == ["router.failed"]
         state = d.state
@@ -1027,19 +1081,11 @@ def _by_gate_timeout(spec: CanaryConfig) -> Decision:
     return core.decide(spec, state, closed, 20.0)
 
 
-def _by_router_errors(spec: CanaryConfig) -> Decision:
-    state = core.decide(spec, started(spec), Observation(), 1.0).state
-    for t in range(2):
-        state = core.router_failed(spec, state, "router lb: HTTP 503", 2.0 + t).state
-    return core.router_failed(spec, state, "router lb: HTTP 503", 4.0)
-
-
 ROLLBACKS: dict[str, tuple[Callable[[CanaryConfig], Decision], dict[str, Any]]] = {
     "threshold": (_by_threshold, {"reason": "request-success-rate 90 < min 99"}),
     "rollback-webhook": (_by_webhook, {"webhook": "stop"}),
     "abort": (_by_abort, {"manual": True, "reason": "aborted by operator"}),
     "gate-timeout": (_by_gate_timeout, {"gate": "confirm-rollout"}),
-    "router-errors": (_by_router_errors, {"error": "router lb: HTTP 503"}),
 }
 
 
@@ -1155,25 +1201,6 @@ def test_a_promote_the_router_answered_with_an_error_is_a_promotion_under_way(pa
     assert not applied.route_pending and core.needs(spec, applied).promotion
     after = core.decide(spec, applied, Observation(), 21.0)
     assert routes(after) == [Route("route", 100, 0)]
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda spec: core.decide(spec, started(spec), Observation(), 1.0),
-        lambda spec: run(spec, started(spec), ok(), 2)[-1],
-    ],
-    ids=["first-step", "next-step"],
-)
-def test_a_route_towards_the_canary_the_router_refused_is_judged_as_a_failed_check(
-    make: Any,
-) -> None:
-    """A refused route towards the canary is not one of the routes held as pending: the caller
-    records a failed check on the state before it (router_failed)."""
-    spec = canary()
-    decided = make(spec)
-    assert routes(decided)[-1].action == "route"
-    assert core.route_refused(spec, decided, "route", "router lb: refused", 3.0) is None
 
 
 def test_a_paused_promotion_sends_its_pending_promote_again_once_resumed() -> None:

@@ -21,7 +21,7 @@ from canaryd.demo import missing_message, run_scenarios
 from canaryd.demo.app import Faults, make_app
 from canaryd.demo.follow import PROBE_REQUESTS, probe_versions
 from canaryd.demo.parts import Tools
-from canaryd.demo.procs import DemoError
+from canaryd.demo.procs import DemoError, free_port, python_module, serving
 from canaryd.demo.report import render_report
 from canaryd.demo.results import Bound, Sample, ScenarioResult, verdict
 from canaryd.demo.scenarios import DURATION, SCENARIOS, SUCCESS_RATE, Timings
@@ -439,3 +439,30 @@ async def test_a_port_taken_while_starting_starts_the_scenario_again(
         with pytest.raises(ExceptionGroup):
             await go
         assert len(calls) == harness.START_ATTEMPTS
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_serving_yields_once_ready_and_stops_the_child(tmp_path: Path) -> None:
+    """``serving`` enters its block once the readiness URL answers and stops the child after."""
+    port = free_port()
+    argv = python_module(
+        "http.server", "--bind", "127.0.0.1", "--directory", str(tmp_path), str(port)
+    )
+    async with serving(
+        "file server", argv, tmp_path / "server.log", f"http://127.0.0.1:{port}/"
+    ) as proc:
+        assert proc.process.returncode is None
+    assert proc.process.returncode is not None
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_serving_a_child_that_exits_is_a_demo_error_with_its_log(tmp_path: Path) -> None:
+    """A child that exits before it is ready is a DemoError quoting the end of its log."""
+    argv = python_module("canaryd.demo.no_such_module")
+    entered = False
+    with pytest.raises(DemoError, match=r"(?s)^broken exited with code 1 .*No module named"):
+        async with serving("broken", argv, tmp_path / "broken.log", "http://127.0.0.1:9/"):
+            entered = True
+    assert not entered

@@ -138,21 +138,19 @@ async def test_a_route_that_fails_after_its_record_is_reverted_in_the_store(
     tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
     """A recorded advance whose route then fails is reverted: the store keeps the old weight
-    with a failed check, and the advance's held messages never go out."""
+    with the check held (no failed check, even at threshold 1), and the advance's held messages
+    never go out."""
     router = FakeRouter()
-    cfg = settings(tmp_path, threshold=5, webhooks=EVENT_HOOK)
+    cfg = settings(tmp_path, threshold=1, webhooks=EVENT_HOOK)
     r = runner(cfg, store, session, FakeProvider([99.9]), router)
     await r.start_rollout("v2", {})
     router.down = True
     await r.tick()
     stored = await _stored(store)
     assert (
-        (stored.canary_weight, stored.failed_checks)
-        == (0, 1)
-        == (
-            r.state.canary_weight,
-            r.state.failed_checks,
-        )
+        (stored.phase, stored.canary_weight, stored.failed_checks)
+        == (Phase.PROGRESSING, 0, 0)
+        == (r.state.phase, r.state.canary_weight, r.state.failed_checks)
     )
     rows = _outbox(store)
     assert "weight.advanced" not in [e for _, e in rows], rows

@@ -199,6 +199,20 @@ async def test_on_no_data_hold_waits_instead_of_rolling_back(
             assert final["failedChecks"] == 0
 
 
+def first_event(log: Path, offset: int, name: str) -> dict[str, Any] | None:
+    """The first JSON log line named ``name`` written at or after byte ``offset`` of ``log``."""
+    with log.open("rb") as lines:
+        lines.seek(offset)
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut by the SIGKILL, or not JSON
+                continue
+            if isinstance(entry, dict) and entry.get("event") == name:
+                return entry
+    return None
+
+
 async def test_sigkill_mid_rollout_resumes_where_it_was(
     tmp_path: Path, prometheus: PrometheusServer, unique_job: str
 ) -> None:
@@ -222,9 +236,17 @@ async def test_sigkill_mid_rollout_resumes_where_it_was(
             before = stored_state(tmp_path / "state.db")
             assert before["revision"] == "v2" and before["phase"] == "Progressing"
             assert before["failed_checks"] >= 1 and before["canary_weight"] >= 30
+            restarted_at = log.stat().st_size
             with daemon_process(config, log):
-                after = await eventually(lambda: client.get(KEY), lambda v: True, within=20)
-                assert (after["revision"], after["canaryWeight"], after["failedChecks"]) == (
+                # the first step the new process takes starts from the stored weight (the
+                # API may answer after that step: the interval is 1 s and the machine slow)
+                step = await eventually(
+                    lambda: first_event(log, restarted_at, "weight.advanced"),
+                    lambda e: e is not None,
+                    within=20,
+                )
+                assert step is not None
+                assert (step["revision"], step["previousWeight"], step["failedChecks"]) == (
                     "v2",
                     before["canary_weight"],
                     before["failed_checks"],

@@ -11,9 +11,10 @@ from postgres import PostgresServer
 
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import FencedError
+from canaryd.redact import redact_dsn
 from canaryd.service.lease import Lease
 from canaryd.service.store import OutboxMessage
-from canaryd.service.store.postgres import PostgresStore, redact
+from canaryd.service.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.anyio
 
@@ -142,4 +143,4 @@ async def test_errors_and_repr_never_show_the_password(postgres: PostgresServer)
         await store.open()
     assert "s3cret-pw" not in str(caught.value)
     assert "s3cret-pw" not in repr(store)
-    assert "s3cret-pw" not in redact(url)
+    assert "s3cret-pw" not in redact_dsn(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,12 +16,13 @@ from daemons import TOKEN, api_url
 from postgres import PostgresServer
 from receiver import Receiver
 from service_helpers import backends, canary, service_config
+from structlog.testing import capture_logs
 from support import eventually
 
 from canaryd.cli.commands import main
 from canaryd.client import Client
 from canaryd.config.loader import load_config
-from canaryd.errors import ClientError
+from canaryd.errors import ClientError, StoreError
 from canaryd.service.daemon import Daemon
 from canaryd.service.sdnotify import Notifier
 
@@ -175,3 +177,32 @@ async def test_the_follower_takes_over_when_the_leader_stops(
     epochs = [int(m.group(1)) for k in keys if (m := re.search(r":epoch:(\d+)$", k))]
     assert len(epochs) == len(keys) > 0, keys  # every router call carries its leader's epoch
     assert epochs == sorted(epochs) and len(set(epochs)) == 2, keys
+
+
+async def test_a_leader_past_its_lease_deadline_stops_at_once(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """A leader whose lease's local deadline passes logs lease.lost and stops with an error."""
+    url = postgres.create_database()
+    async with backends() as (prom, router):
+        cfg = configs(tmp_path, url, prom, router)[0]
+        daemon = Daemon(cfg, load_config(cfg), handle_signals=False, notifier=Recorder())
+        failures: list[StoreError] = []
+
+        async def run() -> None:
+            try:
+                await daemon.run()
+            except StoreError as exc:
+                failures.append(exc)
+
+        with capture_logs() as logs, anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await eventually(
+                    lambda: daemon.ready and daemon.health.role == "leader", what="it leads"
+                )
+                assert daemon.lease is not None
+                daemon.lease.clock = lambda: time.monotonic() + 3600.0  # past any deadline
+    assert [str(f) for f in failures] == ["lost the leader lease: stopped deciding (docs/ha.md)"]
+    assert "lease.lost" in [e["event"] for e in logs]
+    assert not daemon.ready

@@ -9,7 +9,7 @@ import pytest
 
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.errors import RouterError, WebhookError
-from canaryd.http import HttpRequest, HttpResponse, post_json
+from canaryd.http import HttpRequest, HttpResponse, basic_auth, post_json
 from canaryd.routers.httpapi import ATTEMPTS, call
 from canaryd.service.store import DROP, RELEASE, OutboxMessage, SqliteStore, StateStore
 from canaryd.testing import FakeClock, FakeHttp, FakeStore, answer
@@ -129,6 +129,12 @@ async def test_fake_http_handler_sees_each_request() -> None:
     await http.aclose()
     with pytest.raises(WebhookError):
         await post_json(http, "https://h.example/y", {}, timeout=1, idempotency_key="k")
+
+
+def test_basic_auth_is_the_rfc_7617_value() -> None:
+    """Providers' and routers' basic auth is ``Basic`` and base64 of ``user:password``."""
+    assert basic_auth("Aladdin", "open sesame") == "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+    assert basic_auth("u", "p:ä") == "Basic dTpwOsOk"
 
 
 def test_fake_clock_moves_only_when_told() -> None:

@@ -127,6 +127,16 @@ def test_library_log_is_a_scrubbed_json_line(captured: io.StringIO) -> None:
     assert "x\\x01y" not in str(line) and SECRET not in captured.getvalue()
 
 
+def test_library_line_is_written_as_canary_events_are(captured: io.StringIO) -> None:
+    """A library's line is compact JSON, written by the encoder of canary events."""
+    logging.getLogger("asyncio").warning("slow callback, took %.3f s", 0.25)
+    (text,) = captured.getvalue().splitlines()
+    line = json.loads(text)
+    assert list(line) == ["level", "logger", "timestamp", "message", "event"]
+    assert text == logs._ENCODE(line)
+    assert '"message":"slow callback, took 0.250 s","event":"library.log"' in text
+
+
 def test_warnings_and_uncaught_exceptions_are_json_lines(captured: io.StringIO) -> None:
     """A Python warning, an uncaught exception and a thread's one are each a JSON line."""
     with warnings.catch_warnings():
@@ -151,6 +161,20 @@ def test_protected_secret_is_scrubbed_from_canary_events(captured: io.StringIO) 
     logs.protect(SECRET)
     logs.log_event(Event("check.failed", "prod/web", "v2", "Progressing", 1.0, {"reason": SECRET}))
     assert SECRET not in captured.getvalue()
+    assert lines_of(captured)[0]["reason"] == "***"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ['pa"ss-Zq9x', "pa\\ss-Zq9x", "pass-Zq9\u00e9", "pass\x01Zq9x", "pass\u2028Zq9x"],
+    ids=["quote", "backslash", "non-ascii", "control", "line-separator"],
+)
+def test_protected_secret_escaped_in_json_is_scrubbed(captured: io.StringIO, secret: str) -> None:
+    """A secret with a character JSON escapes is scrubbed from a canary event's line too."""
+    from canaryd.core.events import Event
+
+    logs.protect(secret)
+    logs.log_event(Event("check.failed", "prod/web", "v2", "Progressing", 1.0, {"reason": secret}))
     assert lines_of(captured)[0]["reason"] == "***"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from service_helpers import backends, canary
 from support import eventually
 
 from canaryd.core.analysis import CanaryState, Phase
+from canaryd.errors import RouterError
+from canaryd.routers import RouteRequest
 from canaryd.service.metrics import DaemonMetrics
 from canaryd.service.metrics_snapshot import CanarySample, Snapshot
 
@@ -102,6 +105,9 @@ async def test_metrics_after_a_rollout_pass_promtool(tmp_path: Path) -> None:
     assert value(got, "canaryd_provider_requests_total", provider="prom") >= 3
     assert value(got, "canaryd_provider_errors_total", provider="prom") == 0
     assert value(got, "canaryd_provider_request_duration_seconds_count", provider="prom") >= 3
+    assert value(got, "canaryd_router_requests_total", router="lb") >= 3
+    assert value(got, "canaryd_router_errors_total", router="lb") == 0
+    assert value(got, "canaryd_canary_route_refused_seconds", **web_labels) == 0
     assert value(got, "canaryd_outbox_messages", status="pending") >= 1
     assert value(got, "canaryd_outbox_oldest_pending_age_seconds") > 0
     assert value(got, "canaryd_outbox_deliveries_total", outcome="failed") >= 1
@@ -135,6 +141,116 @@ async def test_provider_errors_and_rollbacks_are_counted(tmp_path: Path) -> None
         "canaryd_canary_metric_value",
         frozenset({**labels, "metric": "success"}.items()),
     ) not in got
+
+
+@pytest.mark.anyio
+async def test_a_router_refusing_forward_routes_is_counted_and_timed_until_it_recovers(
+    tmp_path: Path,
+) -> None:
+    """While the router refuses a rollout's routes its errors count and the canary's
+    route_refused_seconds grows (the rollout held at 0 %); once the router takes a route
+    the gauge is 0 again and errors stop counting."""
+    async with backends() as (prom, router):
+        router.statuses = [400]  # refused, not retried
+        config = write_config(
+            tmp_path,
+            [canary()],
+            providers={"prom": {"type": "prometheus", "address": prom.url, "timeout": "1s"}},
+            routers={"lb": {"type": "webhook", "url": router.url, "timeout": "1s"}},
+        )
+        url, web = api_url(config), {"namespace": "prod", "name": "web"}
+        async with running_daemon(config) as daemon:
+            runner = daemon.runner("prod/web")
+            assert runner is not None
+            await runner.start_rollout("v2", {})
+            first = await eventually(
+                lambda: _scraped(url),
+                lambda got: value(got, "canaryd_router_errors_total", router="lb") >= 2,
+                what="two refused routes",
+            )
+            later = await eventually(
+                lambda: _scraped(url),
+                lambda got: _routes(got)[1] > _routes(first)[1],
+                what="one more refused route",
+            )
+            held = (runner.state.phase, runner.state.canary_weight, runner.state.failed_checks)
+            router.statuses = [200]
+            back = await eventually(
+                lambda: _scraped(url),
+                lambda got: value(got, "canaryd_canary_route_refused_seconds", **web) == 0,
+                what="the router taking a route",
+            )
+            after = await eventually(
+                lambda: _scraped(url),
+                lambda got: _routes(got)[0] >= _routes(back)[0] + 2,
+                what="two more routes",
+            )
+    assert held == (Phase.PROGRESSING, 0, 0)
+    refused = [value(g, "canaryd_canary_route_refused_seconds", **web) for g in (first, later)]
+    assert 0 < refused[0] < refused[1], refused
+    assert _routes(later)[0] == _routes(later)[1] >= 2  # every route so far refused
+    assert _routes(after)[1] == _routes(back)[1]
+    assert value(after, "canaryd_canary_route_refused_seconds", **web) == 0
+
+
+def _routes(got: Samples) -> tuple[float, float]:
+    """Routes sent to router ``lb`` and those it refused."""
+    requests = value(got, "canaryd_router_requests_total", router="lb")
+    return requests, value(got, "canaryd_router_errors_total", router="lb")
+
+
+async def _scraped(url: str) -> Samples:
+    """Every sample of one scrape of /metrics."""
+    return samples(await scrape(url))
+
+
+class _Answers:
+    """A router that answers each route with the next of ``errors`` (None: applied)."""
+
+    def __init__(self, *errors: RouterError | None) -> None:
+        self.errors = list(errors)
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Raise the next error, if any."""
+        error = self.errors.pop(0)
+        if error is not None:
+            raise error
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def _out_of_fds() -> RouterError:
+    """A route canaryd could not send: no file descriptor left (its own trouble)."""
+    exc = RouterError("router lb: canaryd could not open a connection")
+    exc.__cause__ = OSError(errno.EMFILE, "Too many open files")
+    return exc
+
+
+@pytest.mark.anyio
+async def test_router_refusals_start_a_run_that_a_confirmed_route_ends() -> None:
+    """Every route counts as a request and each refusal as an error; the canary's run of
+    refusals dates from its first refusal and ends with a confirmed route (or when the
+    canary is tracked anew); canaryd's own trouble is neither an error nor a refusal."""
+    metrics = DaemonMetrics()
+    refused = RouterError("router lb: HTTP 400: no such backend")
+    router = metrics.router("lb", _Answers(refused, refused, _out_of_fds(), None, refused))
+    route = RouteRequest("prod/web", "v2", "route", 90, 10, "prod/web:1:route:0")
+    runs = []
+    for _ in range(3):
+        with pytest.raises(RouterError):
+            await router.apply(route)
+        runs.append(metrics.refused_since.get("prod/web"))
+    counts = _routes(samples(metrics.render().decode()))
+    await router.apply(route)
+    ended = "prod/web" in metrics.refused_since
+    with pytest.raises(RouterError):
+        await router.apply(route)
+    again = "prod/web" in metrics.refused_since
+    metrics.track("prod/web", CanaryState())
+    assert runs[0] is not None and runs == [runs[0]] * 3
+    assert counts == (3, 2)
+    assert (ended, again, "prod/web" in metrics.refused_since) == (False, True, False)
 
 
 @pytest.mark.parametrize(
@@ -217,7 +333,7 @@ def test_shipped_alerting_rules_pass_promtool() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 @pytest.mark.integration  # starts a process (see tests/support/guard.py)
@@ -237,6 +353,7 @@ def _exported_names() -> set[str]:
     metrics = DaemonMetrics()
     metrics.track("prod/web", CanaryState())
     metrics.provider("prom", None)  # type: ignore[arg-type]  # only registers its series
+    metrics.router("lb", None)  # type: ignore[arg-type]  # only registers its series
     record = {"metrics": [{"name": "m", "value": 1.0, "min": 0.0, "max": 2.0}]}
     metrics.snapshot = Snapshot(
         canaries=(CanarySample("prod", "web", CanaryState(), 5, "canary", 0.0, record),)

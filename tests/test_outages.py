@@ -197,31 +197,58 @@ def _note(seen: list[dict[str, Any]], state: dict[str, Any]) -> bool:
     return True
 
 
-async def test_router_down_counts_failed_checks_and_never_records_unapplied_weights(
+async def test_router_down_holds_checks_and_never_records_unapplied_weights(
     tmp_path: Path, prometheus: PrometheusServer, unique_job: str
 ) -> None:
-    """With the router refusing connections, no weight is recorded; the rollback is retried."""
+    """With the router down after the first step, its errors hold the checks (as in Flagger): no
+    weight recorded that it did not apply, no failed check; metrics failing meanwhile still roll
+    back, pending until the router answers, and the rollback is then reported once."""
     await seed(prometheus, unique_job)
-    server = StandIn()  # not started: connection refused
-    router = DedupRouter(server)
-    cfg = config(tmp_path, unique_job, prometheus.url, server.url)
-    seen: list[dict[str, Any]] = []
-    try:
-        async with running_daemon(cfg), client_for(cfg) as client:
-            await client.post(f"{KEY}/rollouts", {"revision": "v2"})
-            state = await wait_for_state(
-                client, KEY, lambda s: _note(seen, s) and s["phase"] == "Failed"
-            )
-            assert state["routePending"] and state["reason"].startswith("router mesh: "), state
-            await server.start()
-            state = await wait_for_state(client, KEY, lambda s: not s["routePending"])
-    finally:
-        await server.stop()
-    assert all(s["canaryWeight"] == 0 for s in seen), [s["canaryWeight"] for s in seen]
+    async with StandIn() as server:
+        router = DedupRouter(server)
+        dedupe = server.handler
+
+        async def down_after_the_first_step(
+            request: web.Request, body: bytes
+        ) -> web.StreamResponse:
+            if router.applied.get(KEY, (100, 0)) != (100, 0):
+                return web.Response(status=503, text="down")  # until the test stops it for real
+            return await dedupe(request, body)
+
+        server.handler = down_after_the_first_step
+        cfg = config(tmp_path, unique_job, prometheus.url, server.url)
+        seen: list[dict[str, Any]] = []
+        with capture_logs() as logs:
+            async with running_daemon(cfg), client_for(cfg) as client:
+                await client.post(f"{KEY}/rollouts", {"revision": "v2"})
+                await wait_for_state(client, KEY, lambda s: s["canaryWeight"] == 25)
+                await server.stop()  # connection refused from now on
+                await eventually(  # more refused routes than threshold failed checks would take
+                    lambda: sum(e["event"] == "router.failed" for e in logs),
+                    lambda n: n > THRESHOLD,
+                    within=20,
+                )
+                held = await client.get(KEY)
+                await seed(prometheus, unique_job, success=90.0)
+                failed = await wait_for_state(
+                    client, KEY, lambda s: _note(seen, s) and s["phase"] == "Failed"
+                )
+                server.handler = dedupe
+                await server.start()
+                state = await wait_for_state(client, KEY, lambda s: not s["routePending"])
+                events = (await client.get(KEY))["events"]
+    assert (held["phase"], held["canaryWeight"], held["failedChecks"]) == ("Progressing", 25, 0)
+    errors = [e for e in logs if e["event"] == "router.failed"]
+    assert all(e["retrying"] and e["error"].startswith("router mesh: ") for e in errors), errors
+    assert all(s["canaryWeight"] == 25 for s in seen), [s["canaryWeight"] for s in seen]
     assert [s["failedChecks"] for s in seen] == sorted(s["failedChecks"] for s in seen)
-    assert state["failedChecks"] == THRESHOLD
+    assert failed["routePending"] and failed["reason"].startswith("success-rate 90"), failed
+    assert (state["failedChecks"], state["canaryWeight"]) == (THRESHOLD, 0), state
+    checks = [e.get("reason", "") for e in events if e["event"] == "check.failed"]
+    assert len(checks) == THRESHOLD and all(r.startswith("success-rate") for r in checks), checks
+    assert [e["event"] for e in events].count("rollout.rolled_back") == 1
     assert router.applied[KEY] == (100, 0)
-    assert [b["action"] for b in router.keys.values()] == ["rollback"]
+    assert [b["action"] for b in router.keys.values()] == ["route", "rollback"]
 
 
 async def test_router_refusing_the_promotion_keeps_it_under_way_and_never_fails_a_check(

@@ -180,7 +180,8 @@ async def test_a_webhook_canaryd_has_no_descriptor_for_is_its_own_trouble() -> N
 
 @pytest.mark.anyio
 async def test_a_route_canaryd_has_no_descriptor_for_is_its_own_trouble() -> None:
-    """A route that meets EMFILE is known as canaryd's trouble (the check holds); a refusal not."""
+    """A route that meets EMFILE is known as canaryd's trouble (check.held_by_canaryd); a refusal
+    is the router's."""
     async with Receiver() as receiver, make_transport() as session:
         cfg = WebhookRouter.model_validate({"type": "webhook", "url": f"{receiver.url}/routes"})
         down = WebhookRouter.model_validate({"type": "webhook", "url": f"{UNREACHABLE}/r"})

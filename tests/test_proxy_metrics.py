@@ -25,7 +25,7 @@ from canaryd.config.templates import render, template_variables
 from canaryd.demo import envoyproxy, traefikproxy
 from canaryd.demo.infra import find_binary, run_prometheus
 from canaryd.demo.parts import find_envoy
-from canaryd.demo.procs import child, free_port, python_module, wait_ready
+from canaryd.demo.procs import free_port, python_module, serving
 from canaryd.http import HttpTransport, make_transport
 from canaryd.routers import RouteRequest
 from canaryd.routers.envoy import EnvoyFileRouter
@@ -54,8 +54,8 @@ async def start_app(stack: contextlib.AsyncExitStack, workdir: Path, name: str, 
         "canaryd.demo.app", "--name", name, "--version", name, "--port", str(port),
         "--error-rate", str(err),
     )  # fmt: skip
-    proc = await stack.enter_async_context(child(name, argv, workdir / f"{name}.log"))
-    await wait_ready(proc, f"http://127.0.0.1:{port}/metrics")
+    ready = f"http://127.0.0.1:{port}/metrics"
+    await stack.enter_async_context(serving(name, argv, workdir / f"{name}.log", ready))
     return port
 
 

@@ -144,16 +144,24 @@ async def test_provider_error_is_a_failed_check_with_its_message(
     assert r.state.reason == "sr: prometheus: connection refused"
 
 
-async def test_router_down_never_records_an_unapplied_weight(
+async def test_router_down_holds_the_check_and_never_records_an_unapplied_weight(
     tmp_path: Path, store: StateStore, session: HttpTransport
 ) -> None:
-    """A router failure keeps the old weight and counts a failed check."""
+    """A router failure keeps (and records) the old weight and holds the check, as in Flagger:
+    no failed check however many ticks it lasts, even at threshold 1."""
     router = FakeRouter(down=True)
-    r = runner(settings(tmp_path, threshold=5), store, session, FakeProvider(), router)
+    r = runner(settings(tmp_path, threshold=1), store, session, FakeProvider(), router)
     await r.start_rollout("v2", {})
-    await r.tick()
-    assert r.state.canary_weight == 0 and r.state.failed_checks == 1
-    assert r.state.phase is Phase.PROGRESSING
+    for _ in range(3):
+        await r.tick()
+    assert (r.state.phase, r.state.canary_weight, r.state.failed_checks) == (
+        Phase.PROGRESSING,
+        0,
+        0,
+    )
+    assert (await store.load_states())["prod/web"] == r.state
+    events = [e["event"] for e in await store.events("prod/web", 50)]
+    assert events.count("router.failed") == 3 and "check.failed" not in events
     router.down = False
     await r.tick()
     assert r.state.canary_weight == 25

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.core.events import Event
 from canaryd.errors import StoreError
 from canaryd.service.lease import Lease
-from canaryd.service.statecopy import copy_state
+from canaryd.service.statecopy import TABLES, copy_state
 from canaryd.service.store import SqliteStore, StateStore
-from canaryd.service.store.postgres import PostgresStore
+from canaryd.service.store.postgres import PostgresStore, first_line
 
 pytestmark = pytest.mark.anyio
 
@@ -99,6 +100,51 @@ async def test_sqlite_to_postgresql_and_back_keeps_everything(
         await back.close()
 
 
+def rows(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every copied column of every row of every copied table, in key order."""
+    return {
+        table: conn.execute(
+            f"SELECT {', '.join(columns)} FROM {table} ORDER BY {', '.join(columns[:2])}"
+        ).fetchall()
+        for table, columns in TABLES.items()
+    }
+
+
+async def test_every_column_of_every_table_survives_a_round_trip(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """SQLite to PostgreSQL to SQLite gives back every row, column for column; the copy leaves
+    out no table or column of either schema but PostgreSQL's lease and writers' epochs."""
+    lite = SqliteStore(tmp_path / "a.db")
+    await lite.open()
+    await fill(lite)
+    await lite.close()
+    url = postgres.create_database()
+    await anyio.to_thread.run_sync(copy_state, f"sqlite://{tmp_path}/a.db", url)
+    await anyio.to_thread.run_sync(copy_state, url, f"sqlite://{tmp_path}/b.db")
+    with sqlite3.connect(tmp_path / "a.db") as a, sqlite3.connect(tmp_path / "b.db") as b:
+        before, after = rows(a), rows(b)
+        lite_columns = {
+            (t, c[1])
+            for (t,) in a.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            for c in a.execute(f"PRAGMA table_info({t})")
+        }
+    with psycopg.connect(url) as pg:
+        between = rows(pg)
+        pg_columns = set(
+            pg.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public'"
+            ).fetchall()
+        )
+    assert all(before.values()) and before == after
+    assert {t: [tuple(r) for r in v] for t, v in between.items()} == before
+    copied = {(t, c) for t, columns in TABLES.items() for c in columns}
+    assert lite_columns == copied
+    left_out = {(t, c) for t, c in pg_columns - copied if c != "epoch"}
+    assert {t for t, _ in left_out} == {"lease", "schema_version"}, left_out
+
+
 async def test_a_destination_holding_state_is_refused(tmp_path: Path) -> None:
     """Copying into a store that already has state changes nothing and says why."""
     for name in ("a.db", "b.db"):
@@ -118,6 +164,33 @@ async def test_a_destination_holding_state_is_refused(tmp_path: Path) -> None:
     await s.close()
 
 
+async def test_an_address_libpq_cannot_read_is_refused_without_its_password(
+    tmp_path: Path,
+) -> None:
+    """A source address libpq cannot parse (it repeats the bad part) is a StoreError that
+    does not show the password."""
+    url = "postgresql://canaryd:s3cr%zzet@127.0.0.1:9/c"
+    with pytest.raises(StoreError, match="state copy failed") as caught:
+        await anyio.to_thread.run_sync(copy_state, url, f"sqlite://{tmp_path}/b.db")
+    assert "s3cr" not in str(caught.value)
+
+
+async def test_a_destination_libpq_cannot_read_is_said_without_its_password(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``canaryd state copy`` to an address libpq cannot parse fails at once, and neither its
+    output nor any library's log line shows the password."""
+    lite = SqliteStore(tmp_path / "a.db")
+    await lite.open()
+    await lite.close()
+    url = "postgresql://canaryd:s3cr%zzet@127.0.0.1:9/c"
+    args = ["state", "copy", str(tmp_path / "a.db"), url]
+    assert await anyio.to_thread.run_sync(main, args) == 1
+    out, err = capfd.readouterr()
+    assert "invalid percent-encoded token" in err, err
+    assert "s3cr" not in out + err + caplog.text, (out, err, caplog.text)
+
+
 async def test_a_running_replica_is_refused(tmp_path: Path, postgres: PostgresServer) -> None:
     """A PostgreSQL store whose leader lease is live is not copied from (a replica still writes)."""
     url = postgres.create_database()
@@ -129,3 +202,23 @@ async def test_a_running_replica_is_refused(tmp_path: Path, postgres: PostgresSe
         assert await lease.attempt(conn) is not None
     with pytest.raises(StoreError, match="stop it first"):
         await anyio.to_thread.run_sync(copy_state, url, f"sqlite://{tmp_path}/c.db")
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (
+            psycopg.OperationalError("connection failed: refused\nDETAIL: more"),
+            "connection failed: refused",
+        ),
+        (psycopg.OperationalError(""), "OperationalError"),
+        (psycopg.OperationalError("  \n "), "OperationalError"),
+    ],
+    ids=["first-line", "empty", "blank"],
+)
+async def test_a_database_error_is_shown_by_its_first_line_or_its_type(
+    error: Exception, shown: str
+) -> None:
+    """Store, lease and copy messages show a database error's first line; one that says
+    nothing is named by its type (never an IndexError instead of the StoreError)."""
+    assert first_line(error) == shown

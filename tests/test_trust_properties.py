@@ -20,8 +20,9 @@ docs/reliability.md ("Decisions and state"):
 - ``rollout.promoted`` only after the router applied that rollout's ``promote``,
   and nothing rolls back a rollout whose ``promote`` the router applied;
 - failedChecks never decreases within a rollout and grows by at most one per
-  tick, and never grows on a tick whose metrics pass and whose router works
-  (canaryd's store trouble is not blamed on the canary).
+  tick, and never grows on a tick whose metrics pass, whatever the router
+  answers (its errors hold the check, as in Flagger) and whatever the store
+  does (canaryd's store trouble is not blamed on the canary).
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ class TrustMachine(RuleBasedStateMachine):
         event(f"{after.phase.value}{' pending' if after.route_pending else ''}")
         if after.rollout_id == before.rollout_id and mode != "kill-before":
             assert after.failed_checks <= before.failed_checks + 1, (before, after)
-            if healthy and mode == "ok" and self.gap is None:
+            if healthy and mode in ("ok", "refuse", "apply-then-error") and self.gap is None:
                 assert after.failed_checks == before.failed_checks, (
                     "a healthy canary was blamed",
                     before,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +98,45 @@ async def test_a_removed_canary_that_cannot_record_says_what_is_lost(
             await failing_unrecorded(r)
             r.rewrite(lambda data: data.update(canaries=[other]))
             assert await r.daemon.reload()
-            await eventually(
-                lambda: KEY not in r.daemon.supervisor.removed, what="the removed loop gave up"
-            )
+            await eventually(lambda: _gave_up(logs), what="the removed loop gave up")
             assert not r.daemon.scheduler.remove(KEY)
             await writable(r, True)
     lost = [e for e in logs if e["event"] == "state.unrecorded_lost"]
     assert len(lost) == 1 and lost[0]["reason"] == "removed from the config", lost
     assert lost[0]["unrecorded"] >= 2 and lost[0]["log_level"] == "error", lost
+
+
+def _gave_up(logs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a removed loop has said what it gave up recording."""
+    return any(e["event"] == "state.unrecorded_lost" for e in logs)
+
+
+async def test_a_canary_added_back_after_its_removed_loop_gave_up_records_what_waited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Added back after its removed loop gave up recording, a canary continues from that loop
+    and records the failed checks it kept, once the store can."""
+    monkeypatch.setattr(lifecycle, "UNRECORDED_GRACE_SECONDS", 1.0)
+    other = canary("other", interval="1h")
+    with structlog.testing.capture_logs() as logs:
+        async with running(tmp_path, [canary(**FAILING), other]) as r:
+            old = await failing_unrecorded(r)
+            r.rewrite(lambda data: data.update(canaries=[other]))
+            assert await r.daemon.reload()
+            await eventually(lambda: _gave_up(logs), what="the removed loop gave up")
+            waited = {u.record.time for u in old._backlog if u.record is not None}
+            counted = old.state.failed_checks
+            await writable(r, True)
+            r.rewrite(lambda data: data.update(canaries=[canary(**FAILING), other]))
+            assert await r.daemon.reload()
+            store = r.daemon.services.store
+            await eventually(
+                lambda: store.history(KEY, 1000),
+                lambda h: waited <= {c["time"] for c in h},
+                what="the failed checks the removed loop kept, recorded",
+            )
+            assert (await stored(r)).failed_checks >= counted >= 2
+    assert len(waited) >= 2
 
 
 @pytest.mark.parametrize("comes_back", [True, False], ids=["store-back", "store-down"])

@@ -107,8 +107,8 @@ def _store_url(text: str) -> str:
 def state_copy(src: str, dst: str) -> int:
     """``canaryd state copy SRC DST``: every row of SRC into the empty store DST."""
     from canaryd.errors import StoreError
+    from canaryd.redact import redact_dsn
     from canaryd.service.statecopy import copy_state
-    from canaryd.service.store.postgres import redact
 
     try:
         counts = copy_state(_store_url(src), _store_url(dst))
@@ -116,7 +116,7 @@ def state_copy(src: str, dst: str) -> int:
         _say(f"canaryd: {escape(str(exc))}", err=True)
         return 1
     rows = ", ".join(f"{n} {table}" for table, n in counts.items())
-    _say(f"copied {rows} into {escape(redact(_store_url(dst)))}")
+    _say(f"copied {rows} into {escape(redact_dsn(_store_url(dst)))}")
     return 0
 
 

@@ -15,7 +15,8 @@ Rules (docs/flagger.md): the failed-check counter is cumulative for the whole
 rollout, grows by at most one per tick, and the rollout is rolled back in the
 tick in which it reaches ``threshold`` (or in the next tick, when a reload
 lowered ``threshold`` to or under it); a closed gate waits without counting a
-failure; no data fails a check unless the metric says ``onNoData: pass|hold``.
+failure; no data fails a check unless the metric says ``onNoData: pass|hold``;
+a router error holds the check (as in Flagger), it never fails one.
 Once promotion has begun nothing rolls it back: the primary already runs the
 new revision.
 """

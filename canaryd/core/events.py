@@ -51,7 +51,8 @@ EVENTS: dict[str, tuple[Level, str]] = {
     "router.failed": (
         "error",
         "The router answered a route with an error or not at all (`error`); with `retrying` "
-        "the route is sent again every tick (a pending rollback, a promotion under way).",
+        "it is tried again next tick (a pending rollback, a promotion under way, or a route "
+        "towards the canary: its check held, never failed).",
     ),
     "analysis.tick": ("info", "One analysis tick, with every metric's value and bounds."),
     "notification.failed": ("error", "An alert or webhook could not be delivered in time."),
@@ -70,6 +71,11 @@ EVENTS: dict[str, tuple[Level, str]] = {
     ),
     "api.store_failed": ("error", "An API request could not reach the state store (503)."),
     "store.prune_failed": ("error", "Old check records and events could not be pruned."),
+    "adapter.close_failed": (
+        "warning",
+        "A provider or router a reload replaced, or one closed at stop, could not be closed "
+        "within a second or raised while closing (`kind`, `name`, `error`); the daemon goes on.",
+    ),
     "provider.tls_insecure": ("warning", "A provider skips TLS verification (insecureSkipVerify)."),
     "config.warning": ("warning", "The configuration has a warning (e.g. ignored fields)."),
     "daemon.fd_limit": (
@@ -106,7 +112,8 @@ EVENTS: dict[str, tuple[Level, str]] = {
         "error",
         "A canary removed by a reload, or a stopping daemon, could not record decisions the "
         "store did not take in time; they are lost (their number and sequence numbers, the "
-        "failed checks and phase in memory are in the line).",
+        "failed checks and phase in memory are in the line) unless the canary is added back "
+        "before the daemon stops: its new loop then records them.",
     ),
     "reload.rollback_applied": (
         "info",
@@ -267,7 +274,7 @@ DECISION_FIELDS = {
     "min": "its lower bound, inclusive (check.failed, rollout.rolled_back)",
     "max": "its upper bound, inclusive (check.failed, rollout.rolled_back)",
     "error": "provider, webhook or router error text",
-    "retrying": "true: the route is sent again every tick (router.failed, rollback.pending)",
+    "retrying": "true: the route is tried again next tick (router.failed, rollback.pending)",
     "action": "the router action refused (router.failed of a promote)",
     "gate": "the gate concerned (gate.*, rollout.waiting)",
     "metrics": "every metric as {name, value, min, max[, error][, dryRun]} (analysis.tick)",
@@ -288,6 +295,11 @@ def events_markdown() -> str:
         "canaryd writes one JSON object per line on stdout. This is the stable vocabulary",
         "for log-based alerting; it is generated from `canaryd/core/events.py`",
         "(`python -m canaryd.core.events > docs/events.md`) and a test keeps the two equal.",
+        "",
+        "Lines are compact JSON; a canary event's line starts with its canary and ends with",
+        '`event`, `level`, `timestamp` (`{"canary":"web",…,"event":"check.failed",…}`).',
+        "Select them by field, not by their text: the spacing is not part of the format",
+        "(`journalctl -u canaryd -o cat | jq 'select(.event == \"rollout.rolled_back\")'`).",
         "",
         "## Fields on every line",
         "",

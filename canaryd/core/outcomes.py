@@ -1,8 +1,9 @@
 """What the router answered to a decision's route (docs/reliability.md).
 
-A route the router refused or did not answer is judged here: a failed check on
-the state before it, a held check for canaryd's own trouble, or a rollback kept
-pending (and not reported as done) until the router confirms it.
+A route the router refused or did not answer is judged here: before promotion a
+held check on the state before it (never a failed one: the router's trouble is not
+the canary's), after it a step retried, or a rollback kept pending (and not
+reported as done) until the router confirms it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from canaryd.core.state import (
     evolve,
     promotion_begun,
 )
-from canaryd.core.tick import rollback
 
 
 def router_failed(
@@ -34,10 +34,16 @@ def router_failed(
     weights: tuple[int, int] | None = None,
     own: bool = False,
 ) -> Decision:
-    """The router did not apply a decision: a failed check on the state before it.
+    """The router did not apply a decision: the check holds on the state before it.
 
-    With ``own`` the route could not even be sent for canaryd's own trouble (out of
-    file descriptors or memory): the check holds instead (docs/reliability.md).
+    A route towards the canary before promotion that the router refused or did not
+    answer neither passes nor fails a check, as in Flagger (docs/flagger.md): the
+    state stays as it was (the caller passes the last weights the router
+    confirmed), ``router.failed`` with ``retrying`` is reported, and the next tick
+    judges the metrics again and decides again. Metrics that fail still count. With
+    ``own`` the route could not even be sent for canaryd's own trouble (out of file
+    descriptors or memory): ``check.held_by_canaryd`` says so too
+    (docs/reliability.md).
 
     A rollback whose route failed stays Failed with ``route_pending`` so the
     runtime keeps retrying the rollback route, at ``weights`` (primary, canary:
@@ -46,10 +52,9 @@ def router_failed(
     router confirms it (:func:`route_applied`). A pending route refused again is
     reported as ``router.failed`` with ``retrying``.
     Once promotion has begun (Promoting, Finalising, paused there) the failure is
-    only reported and the step retried on the next tick: it never counts as a failed check nor
-    turns into a rollback, since the primary already runs the new revision.
+    only reported and the step retried on the next tick, since the primary already
+    runs the new revision.
     """
-    reason = error  # adapters name themselves: "router mesh: ...", "haproxy web/x: ..."
     if state.route_pending or promotion_begun(state) or state.phase is Phase.SUCCEEDED:
         route = pending_route(state)
         action = {"action": route.action} if route is not None else {}
@@ -62,24 +67,11 @@ def router_failed(
             new = evolve(new, primary_weight=weights[0], canary_weight=weights[1])
         report = {**fields, "error": error, "retrying": True}
         return Decision(new, (emit(spec, new, "rollback.pending", now, **report),))
+    held: list[Effect] = [emit(spec, state, "router.failed", now, error=error, retrying=True)]
     if own:
-        held = f"{OWN_TROUBLE}: {error}"
-        return Decision(
-            state,
-            (
-                emit(spec, state, "router.failed", now, error=error, retrying=True),
-                emit(spec, state, "check.held_by_canaryd", now, reason=held, error=error),
-            ),
-        )
-    new = evolve(state, failed_checks=state.failed_checks + 1, reason=reason)
-    effects: list[Effect] = [
-        emit(spec, new, "router.failed", now, error=error),
-        emit(spec, new, "check.failed", now, reason=reason, error=error),
-    ]
-    if new.failed_checks >= spec.analysis.threshold:
-        new, more = rollback(spec, new, now, reason, error=error)
-        effects += more
-    return Decision(new, tuple(effects))
+        reason = f"{OWN_TROUBLE}: {error}"
+        held.append(emit(spec, state, "check.held_by_canaryd", now, reason=reason, error=error))
+    return Decision(state, tuple(held))
 
 
 _BASE_FIELDS = frozenset(
@@ -100,7 +92,7 @@ def route_refused(
     """A route of ``decision`` the router answered with an error, or did not answer.
 
     The router may have applied it anyway (an error after applying, a timeout),
-    so two routes never become a failed check (docs/reliability.md):
+    so two routes are not reverted but kept pending (docs/reliability.md):
 
     - a rollback: the decision stays Failed with ``route_pending`` at ``weights``
       (what the router still has) and reports ``rollback.pending``; its
@@ -110,8 +102,8 @@ def route_refused(
       ``route_pending``, reported as ``router.failed`` with ``retrying``.
 
     Returns:
-        The decision to record, or None for any other route (the caller judges
-        it with :func:`router_failed` on the state before the decision).
+        The decision to record, or None for any other route (the caller reverts
+        it: :func:`router_failed` holds the check on the state before the decision).
     """
     if decision.state.phase is Phase.FAILED:
         rolled = next(

@@ -24,7 +24,7 @@ import logging
 import signal
 import sys
 from collections import deque
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,9 +37,24 @@ from canaryd.demo.procs import DemoError
 from canaryd.demo.results import ScenarioResult
 from canaryd.demo.scenarios import SCENARIOS, Timings
 from canaryd.demo.view import TerminalView, View
+from canaryd.jsonenc import make_encoder
 from canaryd.terminal import escape_lines
 
 INSTALL_HINT = "sudo apt-get install prometheus haproxy"
+
+
+_ENCODE_LINE = make_encoder(str)
+"""The demo's log lines are written as the daemon's are (compact JSON, docs/design.md "JSON")."""
+
+
+def lines_about(lines: Iterable[str], canary: str) -> list[str]:
+    """The log lines whose ``canary`` field is ``canary`` (matched on the field, not the text)."""
+    mine = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            if json.loads(line).get("canary") == canary:
+                mine.append(line)
+    return mine
 
 
 @contextlib.contextmanager
@@ -49,7 +64,7 @@ def captured_logs(keep: int = 400) -> Iterator[deque[str]]:
     lines: deque[str] = deque(maxlen=keep)
 
     def sink(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
-        lines.append(json.dumps(event, default=str))
+        lines.append(_ENCODE_LINE(event))
         raise structlog.DropEvent
 
     structlog.configure(
@@ -127,8 +142,7 @@ async def run_scenarios(
             for name in names:
                 await one(name)
         for r in results.values():
-            mine = f'"canary": "{r.scenario.name}"'
-            r.log_tail = [line for line in lines if mine in line][-10:]
+            r.log_tail = lines_about(lines, r.scenario.name)[-10:]
     return [results[n] for n in names]
 
 

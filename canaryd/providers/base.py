@@ -42,11 +42,12 @@ from canaryd.errors import ProviderError, ResourceError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,
     USER_AGENT,
+    basic_auth,
     describe_redirect,
     redact_url,
     redirect_target,
 )
-from canaryd.providers.headers import basic, header_lines
+from canaryd.providers.headers import header_lines
 from canaryd.providers.transport import (
     AnswerTimeoutError,
     BusyLoopError,
@@ -281,7 +282,7 @@ def open_endpoint(
     """
     url = URL(address)
     if url.user is not None:
-        pair = basic(url.user or "", url.password or "")
+        pair = basic_auth(url.user or "", url.password or "")
         inner = headers
         headers = lambda: {"Authorization": pair, **inner()}  # noqa: E731
     where = redact_url(address)

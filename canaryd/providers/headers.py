@@ -7,10 +7,9 @@ never its value (docs/providers.md, "Common behaviour").
 
 from __future__ import annotations
 
-import base64
-
 from canaryd.config.models import header_problem, read_secret
 from canaryd.errors import ProviderError, SecretError
+from canaryd.http import basic_auth
 
 
 def auth_headers(
@@ -35,18 +34,12 @@ def auth_headers(
             headers["Authorization"] = f"{scheme} {token.get_secret_value() if token else ''}"
         elif username:
             password = read_secret(password_file)
-            headers["Authorization"] = basic(
+            headers["Authorization"] = basic_auth(
                 username, password.get_secret_value() if password else ""
             )
     except SecretError as exc:
         raise ProviderError(str(exc)) from exc
     return headers
-
-
-def basic(username: str, password: str) -> str:
-    """The ``Authorization`` value of HTTP basic auth."""
-    pair = f"{username}:{password}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def header_lines(headers: dict[str, str]) -> bytes:

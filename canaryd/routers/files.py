@@ -15,7 +15,6 @@ carries the proxy's own text where there is one.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -239,12 +238,6 @@ class _RedirectError(Exception):
     """A 3xx answer: never followed, never retried (docs/reliability.md)."""
 
 
-def basic_auth(username: str, password: str) -> str:
-    """The ``Authorization`` header value of HTTP basic auth (for :func:`request_json`)."""
-    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    return f"Basic {token}"
-
-
 async def get_json(
     proxy: str,
     http: HttpTransport,
@@ -277,7 +270,7 @@ async def request_json(
     redirects followed").
 
     Args:
-        auth: an ``Authorization`` header value (:func:`basic_auth`), or None.
+        auth: an ``Authorization`` header value (:func:`canaryd.http.basic_auth`), or None.
 
     Returns:
         The HTTP status and the decoded JSON answer (for a non-JSON error answer

@@ -31,9 +31,9 @@ import anyio
 
 from canaryd.config import NginxRouter, read_secret
 from canaryd.errors import RouterError
-from canaryd.http import HttpTransport
+from canaryd.http import HttpTransport, basic_auth
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import basic_auth, preview, request_json
+from canaryd.routers.files import preview, request_json
 from canaryd.routers.nginx import BUDGET_FACTOR, split_weights
 
 Setting = dict[str, Any]

@@ -43,9 +43,9 @@ import yaml
 
 from canaryd.config import TraefikRouter, read_secret
 from canaryd.errors import RouterError
-from canaryd.http import HttpTransport
+from canaryd.http import HttpTransport, basic_auth
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import apply_file, basic_auth, get_json, poll, preview, read_current
+from canaryd.routers.files import apply_file, get_json, poll, preview, read_current
 
 BUDGET_FACTOR = 3
 """One :meth:`TraefikFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""

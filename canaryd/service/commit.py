@@ -157,7 +157,7 @@ class Committer(Ledger):
         Raises:
             StoreError: (``raise_store_errors`` only) it could not be recorded; nothing moved.
             RouterError: (``command`` only) the router refused its first route; the
-                decision was reverted without a failed check.
+                decision was reverted.
         """
         before = self.state
         try:
@@ -183,11 +183,11 @@ class Committer(Ledger):
 
         A ``promote`` the router answered with an error (it may have applied it) is
         not reverted: the promotion has begun (:meth:`_promote_pending`).
-        Otherwise, if the router fails, the decision is reverted: a failed check on the state
+        Otherwise, if the router fails, the decision is reverted: a held check on the state
         ``before`` it, at the weights of the last route the router confirmed (an
-        operator command's first route refused: no failed check, and the error is
-        raised); when ``before`` is unknown (after a restart) the failed check is
-        on the recorded state and the routes are sent again next tick.
+        operator command's first route refused: the error is raised); when
+        ``before`` is unknown (after a restart) the check holds on the recorded
+        state and the routes are sent again next tick.
 
         Returns:
             Whether the routes were applied.

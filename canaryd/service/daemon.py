@@ -26,22 +26,23 @@ import anyio.to_thread
 import structlog
 
 from canaryd.config.loader import Loaded, load_config
-from canaryd.config.models import ProviderConfig, Settings, read_secret
+from canaryd.config.models import ProviderConfig, RouterConfig, Settings, read_secret
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import CanarydError, ConfigError, StoreError, TemplateError
 from canaryd.http import HttpTransport, make_transport
 from canaryd.providers import MetricsProvider, build_provider
 from canaryd.routers import Router, build_router
+from canaryd.service.adapters import Adapters, with_secret_files
 from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.health import Health
 from canaryd.service.limits import RefusedCount, raise_fd_limit
 from canaryd.service.metrics import DaemonMetrics
 from canaryd.service.rollbacks import WRITE_SECONDS, Entry, RollbackJournal, journal_path
-from canaryd.service.runtime import CanaryRunner, Services
+from canaryd.service.runtime import MAX_OBSERVE_SECONDS, CanaryRunner, Services
 from canaryd.service.scheduler import Scheduler
 from canaryd.service.sdnotify import Notifier
 from canaryd.service.store import SqliteStore, StateStore, dumps
-from canaryd.service.supervisor import Supervisor, close_providers
+from canaryd.service.supervisor import Supervisor
 from canaryd.ui.live import LiveHub
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ log = structlog.get_logger()
 
 TICK_GRACE_SECONDS = 20.0
 """On stop, how long the ticks in flight may take before they are abandoned."""
+
+RETIRE_GRACE_SECONDS = MAX_OBSERVE_SECONDS + TICK_GRACE_SECONDS
+"""After a reload, how long at least a replaced provider or router stays open (the longest
+a tick may observe, and then route); longer while a tick or command still uses it."""
 
 FLUSH_GRACE_SECONDS = 5.0
 """On stop, how long the outbox may keep sending what is due."""
@@ -93,9 +98,15 @@ class Daemon:
     """Stop on SIGTERM/SIGINT and reload on SIGHUP; False when embedded (the demo)."""
     provider_overrides: Mapping[str, MetricsProvider] = field(default_factory=dict)
     """Providers used instead of the configured ones of the same name (demo stand-ins)."""
+    provider_factory: Callable[[ProviderConfig], MetricsProvider] = build_provider
+    router_factory: Callable[[str, RouterConfig, HttpTransport], Router] = build_router
+    """How providers and routers are built from their config (tests pass fakes)."""
+    adapters: Adapters = field(default_factory=Adapters)
+    """The providers and routers built, kept across reloads and closed (docs/design.md)."""
     notifier: Notifier = field(default_factory=Notifier.from_environ)
     metrics: DaemonMetrics = field(default_factory=DaemonMetrics)
     tick_grace: float = TICK_GRACE_SECONDS
+    retire_grace: float = RETIRE_GRACE_SECONDS
     flush_grace: float = FLUSH_GRACE_SECONDS
     stall_grace: float = STALL_GRACE_SECONDS
     behind_seconds: float = BEHIND_SECONDS
@@ -114,10 +125,6 @@ class Daemon:
     health: Health = field(init=False)
     supervisor: Supervisor = field(init=False)
     _services: Services | None = field(default=None, init=False)
-    _built: dict[str, tuple[ProviderConfig, MetricsProvider]] = field(
-        default_factory=dict, init=False
-    )
-    """Providers this daemon built (it closes them), by name, with their config."""
     _checks: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict, init=False)
     """The last check record read from the store, by canary, with the runner's version."""
 
@@ -180,8 +187,7 @@ class Daemon:
         finally:
             self.ready = False
             with anyio.CancelScope(shield=True):
-                await close_providers([p for _, p in self._built.values()])
-                self._built.clear()
+                await self.adapters.aclose()
                 if self.lease is not None:
                     await self.lease.release()
                 await store.close()
@@ -217,28 +223,37 @@ class Daemon:
         return loaded, services, token
 
     def build_services(
-        self, settings: Settings, session: HttpTransport, store: StateStore
+        self, settings: Settings, http: HttpTransport, store: StateStore
     ) -> Services:
-        """What the runners of ``settings`` share; providers of unchanged config are kept.
+        """What the runners of ``settings`` share; adapters of unchanged config are kept.
 
-        Providers replaced or removed by a new config are closed a while later
-        (:meth:`Supervisor.retire`), once ticks that started with them are over.
+        Providers and routers replaced or removed by a new config are closed a while
+        later (:meth:`Supervisor.retire`), once no tick or command can still use them.
+
+        Raises:
+            CanarydError: a router cannot be built, or its secret not read.
+            ValueError: a provider or router cannot be built.
         """
-        built = self._providers(settings)
+        with self.adapters.replacing() as rebuild:
+            configured = {
+                name: cfg
+                for name, cfg in settings.providers.items()
+                if name not in self.provider_overrides
+            }
+            built = rebuild.build("provider", configured, self._provider)
+            routers = rebuild.build(
+                "router", settings.routers, self._router(http), with_secret_files
+            )
+        self.supervisor.retire(rebuild.retired)
         providers = {
-            name: self.metrics.provider(name, self.provider_overrides.get(name) or built[name][1])
+            name: built[name]
+            if name in built
+            else self.metrics.provider(name, self.provider_overrides[name])
             for name in settings.providers
         }
-        routers: Mapping[str, Router] = {
-            name: build_router(name, cfg, session) for name, cfg in settings.routers.items()
-        }
-        current = {id(p) for _, p in built.values()}
-        retired = [p for _, p in self._built.values() if id(p) not in current]
-        self._built = built  # only now: a config rejected above keeps the providers in use
-        self.supervisor.retire(retired)
         return Services(
             settings,
-            session,
+            http,
             providers,
             routers,
             store,
@@ -248,21 +263,13 @@ class Daemon:
             leading=lambda: self.health.role == "leader",
         )
 
-    def _providers(self, settings: Settings) -> dict[str, tuple[ProviderConfig, MetricsProvider]]:
-        """The providers ``settings`` needs built (not the overridden ones), with their
-        config: the ones built before are kept when their config is unchanged.
+    def _provider(self, name: str, cfg: ProviderConfig) -> MetricsProvider:
+        """A new provider, counted on ``/metrics``."""
+        return self.metrics.provider(name, self.provider_factory(cfg))
 
-        Raises:
-            CanarydError: a provider cannot be built.
-        """
-        built: dict[str, tuple[ProviderConfig, MetricsProvider]] = {}
-        for name, cfg in settings.providers.items():
-            if name not in self.provider_overrides:
-                kept = self._built.get(name)
-                built[name] = (
-                    kept if kept is not None and kept[0] == cfg else (cfg, build_provider(cfg))
-                )
-        return built
+    def _router(self, http: HttpTransport) -> Callable[[str, RouterConfig], Router]:
+        """How a new router is built on ``http``, counted on ``/metrics``."""
+        return lambda name, cfg: self.metrics.router(name, self.router_factory(name, cfg, http))
 
     def new_runner(self, key: str, state: CanaryState) -> CanaryRunner:
         """A runner of the configured canary ``key`` from ``state``, reporting its ticks."""

@@ -33,7 +33,8 @@ import anyio
 import psycopg
 import structlog
 
-from canaryd.service.store.postgres import redact
+from canaryd.redact import redact_dsn
+from canaryd.service.store.postgres import first_line
 
 log = structlog.get_logger()
 
@@ -175,7 +176,9 @@ class Lease:
                     )
                 await self.attempt(conn)
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("lease.renew_failed", db=redact(self.url), error=_first_line(exc))
+            log.warning(
+                "lease.renew_failed", db=redact_dsn(self.url), error=first_line(exc, self.url)
+            )
             if conn is not None:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
@@ -209,15 +212,10 @@ class Lease:
                         (self.cluster, self.me, self._epoch),
                     )
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("lease.release_failed", error=_first_line(exc))
+            log.warning("lease.release_failed", error=first_line(exc, self.url))
         self._epoch = None
 
 
 def replica_id() -> str:
     """A replica's id in the lease: ``host/pid/random`` (unique per process, readable)."""
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

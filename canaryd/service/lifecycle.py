@@ -58,6 +58,7 @@ class Lifecycle(Committer):
         self._on_drained: Callable[[], None] | None = None
         self._drain_until = 0.0  # a removed loop's unrecorded decisions: given up after this
         self._lost_rollback: JournalEntry | None = None  # sent before a restart, unrecorded
+        self._told: str | None = None  # the pending route a removal has logged (its action)
 
     async def _take_over(self) -> bool:
         """Under the lock: take the state of the loop this one replaces, once its last
@@ -110,35 +111,44 @@ class Lifecycle(Committer):
         keeps ticking to record them, for :data:`UNRECORDED_GRACE_SECONDS` at most.
         Then it calls ``on_drained`` (docs/reliability.md, "A canary removed with a
         rollback pending"). A pending ``promote`` is not retried: the event
-        ``reload.promote_abandoned`` says so.
+        ``reload.promote_abandoned`` says so. A tick in flight that leaves a route
+        pending says so once it has ended (:meth:`_drain`).
 
         Returns:
             Whether the loop keeps ticking for its pending rollback or unrecorded work.
         """
-        route = core.pending_route(self.state)
-        where = {"canary": self.spec.name, "namespace": self.spec.namespace}
-        if route is not None and route.action == "promote":
-            log.error("reload.promote_abandoned", **where, revision=self.state.revision)
-        rollback = route is not None and route.action == "rollback"
+        rollback = self._tell_pending()
         if not (rollback or self._lock.locked() or self._backlog or self._settle):
             self._retired = True
             return False
         self._draining, self._on_drained = True, on_drained
         self._drain_until = self.services.clock() + UNRECORDED_GRACE_SECONDS
-        if rollback:
-            log.error(
-                "reload.rollback_pending",
-                **where,
-                detail="removed from the config; its rollback is retried until the router "
-                "applies it",
-            )
+        return True
+
+    def _tell_pending(self) -> bool:
+        """Log the route a removed canary leaves pending, once (``reload.rollback_pending``
+        or ``reload.promote_abandoned``).
+
+        Returns:
+            Whether a rollback is pending (the removed loop retries it; a promote it does not).
+        """
+        route = core.pending_route(self.state)
+        if route is None or route.action == self._told:
+            return route is not None and route.action == "rollback"
+        self._told = route.action
+        where = {"canary": self.spec.name, "namespace": self.spec.namespace}
+        if route.action == "promote":
+            log.error("reload.promote_abandoned", **where, revision=self.state.revision)
+            return False
+        detail = "removed from the config; its rollback is retried until the router applies it"
+        log.error("reload.rollback_pending", **where, detail=detail)
         return True
 
     async def _drain(self) -> None:
         """Retry the pending rollback of a removed canary, record what the store has not;
         retire once the router took the rollback and the store the rest (or its time ran out).
         """
-        rollback = core.pending_route(self.state) is not None
+        rollback = self._tell_pending()  # a tick in flight at removal may have left one
         await self._catch_up()
         if rollback:
             await self._retry_pending_route()
@@ -153,7 +163,12 @@ class Lifecycle(Committer):
             self.unrecorded_lost("removed from the config")
         self._draining, self._retired = False, True
         if self._on_drained is not None:
-            self._on_drained()
+            self._on_drained()  # a loop still owing the store is kept for an add-back
+
+    @property
+    def unrecorded(self) -> bool:
+        """Whether decisions (or a settlement) wait for the store."""
+        return bool(self._backlog or self._settle)
 
     async def close(self, within: float = UNRECORDED_STOP_SECONDS) -> None:
         """At stop: try to record what the store has not (``within`` seconds at most), and

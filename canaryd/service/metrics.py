@@ -3,7 +3,8 @@
 Two kinds of series:
 
 - events counted as they happen (tick durations, provider requests and errors,
-  rollouts finished by result), in ordinary prometheus-client instruments;
+  router calls and refusals, rollouts finished by result), in ordinary
+  prometheus-client instruments;
 - the state of each canary and of the outbox, read at scrape time:
   :meth:`DaemonMetrics.refresh` takes a :class:`Snapshot` (async: it reads the
   store), and a collector turns the snapshot into metric families
@@ -25,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from canaryd.core.analysis import CanaryState, Phase
-from canaryd.errors import ProviderError, ResourceError
+from canaryd.errors import ProviderError, ResourceError, RouterError
 from canaryd.providers import MetricsProvider
+from canaryd.routers import Router, RouteRequest
+from canaryd.service.limits import out_of_resources
 from canaryd.service.metrics_snapshot import CanarySample, Snapshot, SnapshotCollector
 
 if TYPE_CHECKING:
@@ -85,6 +88,22 @@ class DaemonMetrics:
             ["provider"],
             registry=self.registry,
         )
+        self.router_requests = Counter(
+            "canaryd_router_requests",
+            "Routes sent to a router (route, promote, rollback), its client's retries included.",
+            ["router"],
+            registry=self.registry,
+        )
+        self.router_errors = Counter(
+            "canaryd_router_errors",
+            "Routes the router refused or did not answer (after its client's retries); not "
+            "those canaryd could not send for its own trouble (out of file descriptors, memory).",
+            ["router"],
+            registry=self.registry,
+        )
+        self.refused_since: dict[str, float] = {}
+        """Per canary key: when the router refused its first route of the current run of
+        refusals (removed once the router confirms one of its routes)."""
         self.rollouts_finished = Counter(
             "canaryd_rollouts_finished",
             "Rollouts that ended, by result (promoted or rolled_back).",
@@ -101,6 +120,7 @@ class DaemonMetrics:
         for result in RESULTS.values():
             self.rollouts_finished.labels(namespace, name, result)
         self._phases[key] = _settled(state)
+        self.refused_since.pop(key, None)  # a canary added back starts with a clean slate
 
     def changed(self, key: str, state: CanaryState) -> None:
         """Record a canary's new state: count a rollout that just ended."""
@@ -118,15 +138,20 @@ class DaemonMetrics:
         self.provider_own_trouble.labels(name)
         return InstrumentedProvider(name, inner, self)
 
+    def router(self, name: str, inner: Router) -> Router:
+        """Wrap a router so its calls and refusals are counted (its series start at 0)."""
+        return InstrumentedRouter(name, inner, self)
+
     async def refresh(self, daemon: Daemon) -> None:
         """Take the snapshot the next :meth:`render` reports.
 
         Raises:
             StoreError: the outbox statistics or check history cannot be read.
         """
-        samples = []
+        samples, now = [], time.time()
         for runner in list(daemon.runners.values()):
             spec = runner.spec
+            since = self.refused_since.get(runner.key)
             samples.append(
                 CanarySample(
                     spec.namespace,
@@ -136,6 +161,7 @@ class DaemonMetrics:
                     spec.analysis.strategy,
                     runner.last_tick,
                     await daemon.last_check(runner),
+                    0.0 if since is None else max(0.0, now - since),
                 )
             )
         stats = await daemon.services.store.outbox_stats()
@@ -146,7 +172,7 @@ class DaemonMetrics:
             outbox_counts={str(k): int(v) for k, v in stats["counts"].items()},
             oldest_pending=stats["oldest_pending"],
             deliveries=dict(dispatcher.counters) if dispatcher is not None else {},
-            now=time.time(),
+            now=now,
             schedule_lag=daemon.health.schedule_lag(),
             ticking=daemon.scheduler.ticking,
             api_refused=daemon.api_refused.total if daemon.api_refused is not None else 0,
@@ -217,4 +243,43 @@ class InstrumentedProvider:
 
     async def aclose(self) -> None:
         """Close the provider it counts."""
+        await self.inner.aclose()
+
+
+@dataclass
+class InstrumentedRouter:
+    """A :class:`~canaryd.routers.Router` whose calls are counted, and whose refusals of
+    each canary's routes are timed (``canaryd_canary_route_refused_seconds``)."""
+
+    name: str
+    inner: Router
+    metrics: DaemonMetrics
+    _children: tuple[Any, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Look the router's series up once, as :class:`InstrumentedProvider` does."""
+        m = self.metrics
+        self._children = (m.router_requests.labels(self.name), m.router_errors.labels(self.name))
+
+    async def apply(self, request: RouteRequest) -> None:
+        """Send a route (see :class:`~canaryd.routers.Router`).
+
+        Raises:
+            RouterError: not applied or not confirmed.
+        """
+        requests, errors = self._children
+        refused = self.metrics.refused_since
+        try:
+            await self.inner.apply(request)
+        except RouterError as exc:
+            if not out_of_resources(exc):  # canaryd's own trouble is not the router's
+                errors.inc()
+                refused.setdefault(request.canary, time.time())
+            raise
+        finally:
+            requests.inc()
+        refused.pop(request.canary, None)
+
+    async def aclose(self) -> None:
+        """Release what the router it counts holds."""
         await self.inner.aclose()

@@ -29,6 +29,8 @@ class CanarySample:
     strategy: str
     last_tick: float
     last_check: dict[str, Any] | None
+    route_refused_seconds: float = 0.0
+    """How long the router has refused every route of this canary (0: it confirmed the last)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,13 @@ def _canary_families(samples: tuple[CanarySample, ...]) -> Iterator[Metric]:
         "1 while the router has not confirmed the route of the phase (a rollback, a promote).",
         _CANARY,
         _per(samples, lambda s: s.state.route_pending),
+    )
+    yield _gauge(
+        "canaryd_canary_route_refused_seconds",
+        "How long the router has refused the canary's routes: seconds since the first refusal "
+        "not followed by a confirmed route (0 once it confirms one, and after a restart).",
+        _CANARY,
+        _per(samples, lambda s: s.route_refused_seconds),
     )
     yield from _progress_families(samples)
     yield from _check_families(samples)

@@ -20,22 +20,12 @@ import anyio
 
 from canaryd.config.models import POSTGRES_SCHEMES
 from canaryd.errors import StoreError
+from canaryd.redact import redact_dsn
+from canaryd.service.store.sqlite import tables
 
-TABLES: dict[str, tuple[str, ...]] = {
-    "canaries": ("key", "state", "updated"),
-    "checks": ("id", "key", "rollout", "time", "record"),
-    "events": ("id", "key", "time", "name", "level", "event", "rollout"),
-    "rollouts": (
-        "key", "rollout", "revision", "phase", "reason", "metadata", "started", "ended",
-        "checks", "failed", "updated",
-    ),
-    "outbox": (
-        "id", "key", "idem", "target", "payload", "created", "next_at", "attempts", "status",
-        "last_error",
-    ),
-    "pending_routes": ("key", "seq", "routes"),
-}  # fmt: skip
-"""What is copied, table by table (the lease is not: it belongs to running replicas)."""
+TABLES = tables()
+"""What is copied, table by table, column by column: every table and column of the schema
+both stores share (the lease is not: it belongs to running replicas)."""
 
 
 def _is_postgres(url: str) -> bool:
@@ -74,12 +64,10 @@ def _marker(url: str) -> str:
 
 
 def _refuse_live_lease(url: str, conn: Any) -> None:
-    from canaryd.service.store.postgres import redact
-
     if _is_postgres(url):
         live = conn.execute("SELECT holder FROM lease WHERE expires_at > now()").fetchall()
         if live:
-            where = redact(url)
+            where = redact_dsn(url)
             raise StoreError(f"a canaryd replica ({live[0][0]}) runs on {where}: stop it first")
 
 
@@ -102,8 +90,6 @@ def copy_state(src: str, dst: str) -> dict[str, int]:
     Raises:
         StoreError: a store cannot be opened, ``dst`` is not empty, a replica runs.
     """
-    from canaryd.service.store.postgres import redact
-
     if not _is_postgres(src) and not _sqlite_path(src).is_file():
         raise StoreError(f"no state file at {_sqlite_path(src)}")
     anyio.run(_create_schema, dst)
@@ -113,11 +99,13 @@ def copy_state(src: str, dst: str) -> dict[str, int]:
             _refuse_live_lease(dst, d)
             for table in TABLES:
                 if d.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall():
-                    raise StoreError(f"{redact(dst)} already holds state ({table}): not copied")
+                    raise StoreError(f"{redact_dsn(dst)} already holds state ({table}): not copied")
             return {table: _copy_table(s, d, dst, table) for table in TABLES}
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"state copy failed: {exc}") from exc
     except Exception as exc:
         if type(exc).__module__.startswith("psycopg"):
-            raise StoreError(f"state copy failed: {str(exc).splitlines()[0]}") from exc
+            from canaryd.service.store.postgres import first_line
+
+            raise StoreError(f"state copy failed: {first_line(exc, src, dst)}") from exc
         raise

@@ -5,7 +5,8 @@ starts every canary's loop, the API, the outbox dispatcher and housekeeping,
 then tells systemd ``READY=1`` (:mod:`canaryd.service.sdnotify`); the heartbeat
 (:mod:`canaryd.service.health`) sends ``STATUS=`` and, while every loop keeps
 ticking, ``WATCHDOG=1``. A replica that shares its state in PostgreSQL first
-follows: it serves reads until it holds the leader lease (docs/ha.md).
+follows: it serves reads until it holds the leader lease
+(:mod:`canaryd.service.leadership`, docs/ha.md).
 
 SIGHUP reloads the config (``RELOADING=1`` ... ``READY=1``; a bad config is
 rejected with the messages of ``canaryd check`` and the last good one kept).
@@ -31,15 +32,11 @@ import structlog
 
 from canaryd.core.analysis import CanaryState
 from canaryd.errors import CanarydError, ConfigError
-from canaryd.providers import MetricsProvider
+from canaryd.service.adapters import Built
 from canaryd.service.dispatcher import Dispatcher
+from canaryd.service.leadership import Leadership
 from canaryd.service.rollbacks import Entry
-from canaryd.service.runtime import (
-    MAX_OBSERVE_SECONDS,
-    UNRECORDED_STOP_SECONDS,
-    CanaryRunner,
-    freeze_heap,
-)
+from canaryd.service.runtime import UNRECORDED_STOP_SECONDS, CanaryRunner, freeze_heap
 from canaryd.service.store import Retention, StateStore
 
 if TYPE_CHECKING:
@@ -54,8 +51,8 @@ HOUSEKEEPING_SECONDS = 60.0
 FLUSH_POLL_SECONDS = 0.05
 """How often the shutdown flush looks whether an outbox message is still due."""
 
-LEASE_GUARD_SECONDS = 0.05
-"""How often a replica checks its lease's local deadline (docs/ha.md)."""
+RETIRE_POLL_SECONDS = 0.5
+"""After its grace, how often a retired adapter's close looks whether a loop still uses it."""
 
 
 class Supervisor:
@@ -69,8 +66,7 @@ class Supervisor:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop: anyio.Event | None = None
         self._stop_asked = False
-        self._lease_event: anyio.Event | None = None
-        """Set when the lease changes hands (wakes a follower waiting to lead)."""
+        self.leadership = Leadership(daemon)
 
     @property
     def tg(self) -> anyio.abc.TaskGroup:
@@ -104,7 +100,7 @@ class Supervisor:
             self._tg = tg
             if d.handle_signals:
                 await tg.start(self._signals)
-            if d.lease is not None and not await self._follow(tg, stop):
+            if d.lease is not None and not await self.leadership.follow(tg, stop):
                 tg.cancel_scope.cancel()  # stopped while a follower
                 return
             await self._start_loops(tg, store, journalled)
@@ -153,73 +149,6 @@ class Supervisor:
         if d.lease is None:  # a follower's heartbeat runs already
             tg.start_soon(d.health.heartbeat)
 
-    # ------------------------------------------------------------------ follower (docs/ha.md)
-
-    async def _follow(self, tg: anyio.abc.TaskGroup, stop: anyio.Event) -> bool:
-        """Serve reads from the database until this replica leads; False if stopped first."""
-        from canaryd.service.api import serve
-
-        d = self.daemon
-        assert d.lease is not None
-        lease = d.lease
-        await self._refresh_views()
-        await tg.start(serve, d)
-        self._lease_event = first = anyio.Event()
-        tg.start_soon(lease.run, self._on_lease)
-        tg.start_soon(self._guard_lease)
-        with anyio.move_on_after(lease.renew_every):  # ready once it knows who leads
-            await first.wait()
-        d.ready = True
-        d.notifier.ready(d.health.status_line())
-        tg.start_soon(d.health.heartbeat)
-        while not lease.leading:
-            self._lease_event = changed = anyio.Event()
-            with anyio.move_on_after(lease.renew_every):
-                async with anyio.create_task_group() as waits:  # whichever comes first
-                    for event in (stop, changed):
-                        waits.start_soon(_set_then_cancel, event, waits.cancel_scope)
-            if stop.is_set():
-                return False
-            if not lease.leading:
-                await self._refresh_views()
-        log.info("lease.acquired", epoch=lease.epoch, cluster=lease.cluster)
-        return True
-
-    async def _guard_lease(self) -> None:
-        """Stop at the lease's local deadline even if renewals hang (no database I/O here)."""
-        lease = self.daemon.lease
-        assert lease is not None
-        while not lease.lost:  # noqa: ASYNC110 - a clock deadline, no event to wait on
-            await anyio.sleep(LEASE_GUARD_SECONDS)
-        self._on_lease()
-
-    def _on_lease(self) -> None:
-        """The lease changed hands: tell systemd; a leader that lost it stops at once."""
-        lease = self.daemon.lease
-        assert lease is not None
-        self.daemon.health.send_status(changed_only=False)
-        if self._lease_event is not None:
-            self._lease_event.set()
-        if lease.lost:
-            log.error("lease.lost", cluster=lease.cluster)
-            self.tg.cancel_scope.cancel()
-
-    async def _refresh_views(self) -> None:
-        """A follower's copies of the canaries, read from the database (not scheduled)."""
-        d = self.daemon
-        try:
-            states = await d.services.store.load_states()
-        except CanarydError as exc:
-            log.error("state.read_failed", error=str(exc))
-            return
-        for canary in d.settings.canaries:
-            state = states.get(canary.key) or CanaryState()
-            view = d.runners.get(canary.key)
-            if view is None:
-                view = d.runners[canary.key] = d.new_runner(canary.key, state)
-            view.state = state
-            d.metrics.track(canary.key, state)
-
     # ------------------------------------------------------------------ loops
 
     def _start_runner(self, key: str, state: CanaryState | None) -> None:
@@ -236,12 +165,14 @@ class Supervisor:
 
     def _drained(self, key: str, runner: CanaryRunner) -> Callable[[], None]:
         """What a removed loop calls once its pending rollback went out: stop ticking it
-        (unless the canary was added back meanwhile; docs/reliability.md)."""
+        (unless the canary was added back meanwhile); forget it unless it gave up recording
+        decisions, which a loop adding the canary back takes over (docs/reliability.md)."""
 
         def done() -> None:
             if self.removed.get(key) is runner:
                 self.daemon.scheduler.remove(key)
-                del self.removed[key]
+                if not runner.unrecorded:
+                    del self.removed[key]
 
         return done
 
@@ -253,18 +184,33 @@ class Supervisor:
             except CanarydError as exc:
                 log.error("store.prune_failed", error=str(exc))
 
-    def retire(self, providers: list[MetricsProvider]) -> None:
-        """Close providers a new config replaced, once ticks that started with them are over."""
-        if providers:
-            self.tg.start_soon(self._retire, providers)
+    def retire(self, retired: list[Built]) -> None:
+        """Close adapters a new config replaced or removed once no tick or command can
+        still use them: after ``retire_grace``, and once every loop that held them when
+        they were retired has let them go (docs/design.md, "Service").
 
-    async def _retire(self, providers: list[MetricsProvider]) -> None:
-        """Close ``providers`` after the longest a tick may observe."""
-        try:
-            await anyio.sleep(MAX_OBSERVE_SECONDS + self.daemon.tick_grace)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await close_providers(providers)
+        A loop lets them go when it is idle with everything recorded and routed, or
+        once it ticks with the new config; a removed loop still sending its pending
+        rollback keeps its old router open until the router took it. The loops are
+        read now, before the reload reconfigures them.
+        """
+        if not retired:
+            return
+        d = self.daemon
+        ids = {id(b.adapter) for b in retired}
+        holders = [r for r in (*d.runners.values(), *self.removed.values()) if _holds(r, ids)]
+        self.tg.start_soon(self._retire, retired, holders, ids)
+
+    async def _retire(
+        self, retired: list[Built], holders: list[CanaryRunner], ids: set[int]
+    ) -> None:
+        """Close ``retired`` once the grace has passed and no loop of ``holders`` uses them;
+        cancelled at stop, when the composition root closes them after the loops."""
+        await anyio.sleep(self.daemon.retire_grace)
+        while holders := [r for r in holders if not r.settled and _holds(r, ids)]:  # noqa: ASYNC110
+            await anyio.sleep(RETIRE_POLL_SECONDS)
+        with anyio.CancelScope(shield=True):  # bounded: each close within CLOSE_SECONDS
+            await self.daemon.adapters.close(retired)
 
     # ------------------------------------------------------------------ signals, reload
 
@@ -383,14 +329,8 @@ def retention(settings: Settings) -> Retention:
     return Retention(h.keep, h.maxAge, h.failedKeep, h.failedMaxAge, h.checksPerRollout)
 
 
-async def close_providers(providers: list[MetricsProvider]) -> None:
-    """Close providers' connections (each within a second: nothing waits on them)."""
-    for provider in providers:
-        with anyio.move_on_after(1.0):
-            await provider.aclose()
-
-
-async def _set_then_cancel(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    """Wait for ``event``, then cancel ``scope`` (the first of several waits to end)."""
-    await event.wait()
-    scope.cancel()
+def _holds(runner: CanaryRunner, ids: set[int]) -> bool:
+    """Whether the runner's services (the ones it ticks with now) include one of ``ids``."""
+    services = runner.services
+    adapters = (*services.providers.values(), *services.routers.values())
+    return any(id(adapter) in ids for adapter in adapters)

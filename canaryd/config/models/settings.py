@@ -20,6 +20,7 @@ from canaryd.config.models.canary import CanaryConfig
 from canaryd.config.models.notifiers import Notifier
 from canaryd.config.models.providers import ProviderConfig
 from canaryd.config.models.routers import RouterConfig
+from canaryd.redact import dsn_passwords, protect
 
 
 class ApiConfig(Model):
@@ -137,6 +138,8 @@ class Settings(BaseSettings):
     @classmethod
     def _state_url(cls, v: str) -> str:
         if v.startswith(POSTGRES_SCHEMES):  # several replicas, one leader (docs/ha.md)
+            for password in dsn_passwords(v):
+                protect(password)  # never in a log line, a library's included
             return v
         if not v.startswith("sqlite://"):
             raise ValueError(

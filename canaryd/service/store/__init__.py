@@ -16,7 +16,13 @@ Modules:
 """
 
 from canaryd.service.store.codec import dumps, event_to_dict, state_from_dict, state_to_dict
-from canaryd.service.store.contract import DROP, RELEASE, OutboxMessage, StateStore
+from canaryd.service.store.contract import (
+    DROP,
+    RELEASE,
+    ROLLOUT_LIMIT,
+    OutboxMessage,
+    StateStore,
+)
 from canaryd.service.store.retention import EVENTS_KEEP, SENT_KEEP_SECONDS, Retention
 from canaryd.service.store.sqlite import SqliteStore
 
@@ -24,6 +30,7 @@ __all__ = [
     "DROP",
     "EVENTS_KEEP",
     "RELEASE",
+    "ROLLOUT_LIMIT",
     "SENT_KEEP_SECONDS",
     "OutboxMessage",
     "Retention",

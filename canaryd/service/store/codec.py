@@ -37,8 +37,8 @@ def loads(text: str) -> Any:
     return json.loads(text)
 
 
-_ENCODE_FINITE = make_encoder(str, separators=(",", ":"), allow_nan=False)
-_ENCODE = make_encoder(str, separators=(",", ":"))
+_ENCODE_FINITE = make_encoder(str, allow_nan=False)
+_ENCODE = make_encoder(str)
 
 
 def dumps(value: Any) -> str:

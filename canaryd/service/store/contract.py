@@ -23,6 +23,9 @@ RELEASE = "release"
 DROP = "drop"
 """Settle: the routes a decision asked for were never applied; its held messages are deleted."""
 
+ROLLOUT_LIMIT = 2000
+"""The newest checks and events one rollout is read with, each (:meth:`StateStore.rollout`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
@@ -94,7 +97,9 @@ class StateStore(Protocol):
         """A canary's rollouts, newest first (docs/api.md, "History")."""
         ...
 
-    async def rollout(self, key: str, rollout: str, limit: int = 1000) -> dict[str, Any] | None:
+    async def rollout(
+        self, key: str, rollout: str, limit: int = ROLLOUT_LIMIT
+    ) -> dict[str, Any] | None:
         """One rollout with its checks and events, oldest first; None if not kept."""
         ...
 

@@ -7,7 +7,7 @@ and does no I/O. Each store drives plans its own way: SQLite in its thread
 (:func:`canaryd.service.store.sqlite.drive`), PostgreSQL on a pooled connection
 (:func:`canaryd.service.store.postgres.drive`). A decision's writes read
 nothing: they are a plain list of statements (:func:`write_decision`, run by
-each store's ``execute``). Statements use SQLite's ``?`` markers; the
+SQLite's ``execute`` and PostgreSQL's ``execute_batch``). Statements use SQLite's ``?`` markers; the
 PostgreSQL store rewrites them.
 
 :class:`PlannedStore` answers every :class:`~.contract.StateStore` call with
@@ -34,7 +34,7 @@ from canaryd.service.store.codec import (
     rollout_summary,
     state_from_dict,
 )
-from canaryd.service.store.contract import RELEASE, OutboxMessage
+from canaryd.service.store.contract import RELEASE, ROLLOUT_LIMIT, OutboxMessage
 from canaryd.service.store.retention import Retention
 
 T = TypeVar("T")
@@ -119,7 +119,7 @@ def write_decision(rows: DecisionRows, now: float, epoch: int | None = None) -> 
     """The statements that write one decision's rows (see :meth:`~.contract.StateStore.save`).
 
     A list, not a plan: they read nothing, and a store writes thousands of
-    decisions a second in a batch (run them with the store's ``execute``).
+    decisions a second in a batch (see the module's docstring).
 
     Args:
         rows: the decision, encoded.
@@ -307,7 +307,9 @@ class PlannedStore(ABC):
         """A canary's rollouts, newest first, as the API's ``RolloutSummary``."""
         return await self.read(read_rollouts(key, limit))
 
-    async def rollout(self, key: str, rollout: str, limit: int = 2000) -> dict[str, Any] | None:
+    async def rollout(
+        self, key: str, rollout: str, limit: int = ROLLOUT_LIMIT
+    ) -> dict[str, Any] | None:
         """One rollout with its checks and events (oldest first), or None if unknown."""
         return await self.read(read_rollout(key, rollout, limit))
 

@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from functools import lru_cache, partial
-from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from functools import partial
+from typing import Protocol, TypeVar
 
 import anyio
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from canaryd.errors import FencedError, StoreError
+from canaryd.redact import redact_dsn, scrub_dsn
 from canaryd.service.store import plans
 from canaryd.service.store.codec import DecisionRows
-from canaryd.service.store.plans import Insert, Plan, PlannedStore, Statement
+from canaryd.service.store.group import GroupCommit, Outcomes
+from canaryd.service.store.pgsql import Conn, drive, execute_batch
+from canaryd.service.store.plans import Plan, PlannedStore
 
 T = TypeVar("T")
 
@@ -38,6 +41,9 @@ log = structlog.get_logger()
 
 LOCK_ID = 0x63616E617279
 """Advisory lock that serialises schema migrations between replicas."""
+
+BATCH = 200
+"""The most saves written in one transaction (group commit)."""
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -91,19 +97,14 @@ class Fence(Protocol):
         ...
 
 
-def redact(url: str) -> str:
-    """A database URL without its password (for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        user = f"{parts.username}@" if parts.username else ""
-        return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, "", ""))
-    except ValueError:
-        return "postgresql://(invalid URL)"
-
-
-Conn = psycopg.AsyncConnection[Any]
+def first_line(exc: BaseException, *dsns: str) -> str:
+    """What a message about a database error shows of it: its first line (psycopg's go on
+    with context lines), or its type when it says nothing; without the passwords of
+    ``dsns``, the addresses it was given (libpq may repeat one it cannot parse)."""
+    text = str(exc).strip()
+    for dsn in dsns:
+        text = scrub_dsn(text, dsn)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class PostgresStore(PlannedStore):
@@ -120,17 +121,23 @@ class PostgresStore(PlannedStore):
         """Writes refused because this replica's epoch was stale (see docs/ha.md)."""
         self._max_size = max_size
         self._pool: AsyncConnectionPool[Conn] | None = None
+        self._group = GroupCommit(self._write_batch, BATCH)
 
     def __repr__(self) -> str:
         """Never shows the password."""
-        return f"PostgresStore({redact(self.url)!r})"
+        return f"PostgresStore({redact_dsn(self.url)!r})"
 
     async def open(self) -> None:
         """Connect and bring the schema up to date.
 
         Raises:
-            StoreError: the database is unreachable or the migration failed.
+            StoreError: the address is not one libpq reads, the database is
+                unreachable or the migration failed.
         """
+        try:  # read first: the pool would log libpq's error, which repeats the bad part
+            conninfo_to_dict(self.url)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.url,
             min_size=1,
@@ -177,11 +184,14 @@ class PostgresStore(PlannedStore):
         return {"options": f"-c idle_in_transaction_session_timeout={idle_ms}"}
 
     def _error(self, exc: BaseException) -> StoreError:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return StoreError(f"state store {redact(self.url)}: {text}")
+        return StoreError(f"state store {redact_dsn(self.url)}: {first_line(exc, self.url)}")
 
-    async def _tx(self, fn: Callable[[Conn], Awaitable[T]], *, fenced: bool = False) -> T:
+    async def _tx(
+        self, fn: Callable[[Conn], Awaitable[T]], *, fenced: bool = False, writes: int = 1
+    ) -> T:
         """Run ``fn`` in one transaction (fenced first when asked), within the timeout.
+
+        ``writes`` is how many writes a refusal refuses (a batch's saves).
 
         Raises:
             FencedError: the write was refused (stale epoch); nothing was written.
@@ -196,11 +206,12 @@ class PostgresStore(PlannedStore):
                         await self._check_fence(conn)
                     return await fn(conn)
         except FencedError as exc:
-            self.fenced_writes += 1
-            log.warning("store.fenced", error=str(exc), fenced_writes=self.fenced_writes)
+            for _ in range(writes):  # one line per refused write, as before batches
+                self.fenced_writes += 1
+                log.warning("store.fenced", error=str(exc), fenced_writes=self.fenced_writes)
             raise
         except TimeoutError as exc:
-            raise StoreError(f"state store {redact(self.url)}: timed out") from exc
+            raise StoreError(f"state store {redact_dsn(self.url)}: timed out") from exc
         except (psycopg.Error, OSError) as exc:
             raise self._error(exc) from exc
 
@@ -255,66 +266,55 @@ class PostgresStore(PlannedStore):
         return await self._tx(partial(drive, plan=plan), fenced=True)
 
     async def commit(self, rows: DecisionRows) -> None:
-        """Write one decision's rows in one fenced transaction.
+        """Write one decision's rows; return once they are committed.
+
+        Group commit (:mod:`~.group`): saves arriving together are written in
+        one fenced transaction, one fence check for the batch, their statements
+        sent in one round trip (:func:`execute_batch`). A stale epoch refuses the
+        whole batch. A batch failing on one save's rows is written again one
+        save per transaction, so each saver is told its own outcome.
 
         Raises:
             FencedError: this replica no longer leads; nothing was written.
             StoreError: nothing of this decision was written.
         """
-        epoch = self.epoch
+        await self._group.submit(rows)
 
-        async def write(conn: Conn) -> None:  # `now` is read once the fence is checked
-            await execute(conn, plans.write_decision(rows, time.time(), epoch))
+    async def _write_batch(self, batch: Sequence[DecisionRows]) -> Outcomes:
+        """Write a batch in one fenced transaction; fall back to one per save on a save's error.
 
-        await self._tx(write, fenced=True)
+        Raises:
+            FencedError: this replica no longer leads; nothing was written.
+            StoreError: the database failed (connection, disk): nothing was written.
+        """
+        try:
+            await self._tx(partial(self._write, batch, self.epoch), fenced=True, writes=len(batch))
+        except StoreError as exc:
+            if len(batch) == 1 or not _one_saves_fault(exc):
+                raise
+            return [await self._write_alone(rows) for rows in batch]
+        return [None] * len(batch)
 
+    async def _write_alone(self, rows: DecisionRows) -> BaseException | None:
+        """Write one save of a failed batch in its own fenced transaction; its error or None."""
+        try:
+            await self._tx(partial(self._write, [rows], self.epoch), fenced=True)
+        except StoreError as exc:
+            return exc
+        return None
 
-async def drive(conn: Conn, plan: Plan[T]) -> T:
-    """Run a plan's statements on ``conn``; return its answer.
+    async def _write(self, batch: Sequence[DecisionRows], epoch: int, conn: Conn) -> None:
+        """The batch's statements on ``conn``, its rows tagged ``epoch``.
 
-    Raises:
-        psycopg.Error: a statement failed.
-    """
-    try:
-        step = next(plan)
-        while True:
-            if isinstance(step, Insert):
-                await _insert(conn, step)
-                step = plan.send([])
-            else:
-                cur = await conn.execute(_dialect(step[0]), step[1])
-                step = plan.send(await cur.fetchall() if cur.description is not None else [])
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-async def execute(conn: Conn, steps: Sequence[Statement]) -> None:
-    """Run statements that read nothing (:func:`~.plans.write_decision`) on ``conn``.
-
-    Raises:
-        psycopg.Error: a statement failed.
-    """
-    for step in steps:
-        if isinstance(step, Insert):
-            await _insert(conn, step)
-        else:
-            await conn.execute(_dialect(step[0]), step[1])
+        ``epoch`` is read before the transaction: the fence check reads it again
+        and refuses the batch unless it still holds, so rows never carry an epoch
+        the check did not see. ``now`` is read once the fence is checked.
+        """
+        now = time.time()
+        await execute_batch(conn, [plans.write_decision(rows, now, epoch) for rows in batch])
 
 
-@lru_cache(maxsize=256)
-def _dialect(sql: str) -> bytes:
-    """A plan's statement with PostgreSQL's markers (``%s`` for ``?``)."""
-    return sql.replace("%", "%%").replace("?", "%s").encode()
-
-
-async def _insert(conn: Conn, insert: Insert) -> None:
-    """Insert rows with one statement (not a pipeline: see below).
-
-    psycopg's ``executemany`` pipelines its statements, and a session paused in
-    the middle of a pipeline is *active*, not *idle in transaction*: the server
-    would never end it, and its lock on the lease row would block the takeover
-    (docs/ha.md).
-    """
-    one = "(" + ",".join(["%s"] * len(insert.rows[0])) + ")"
-    sql = f"{insert.head} VALUES {','.join([one] * len(insert.rows))}{insert.tail}"
-    await conn.execute(sql.encode(), [v for row in insert.rows for v in row])
+def _one_saves_fault(exc: StoreError) -> bool:
+    """Whether a batch failed on its rows (not the connection, the disk or the fence)."""
+    cause = exc.__cause__
+    return isinstance(cause, psycopg.Error) and not isinstance(cause, psycopg.OperationalError)

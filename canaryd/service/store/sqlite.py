@@ -13,9 +13,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,6 +114,24 @@ def _migrate(db: sqlite3.Connection) -> None:
         if column not in have:
             db.execute(statement)
     db.execute("CREATE INDEX IF NOT EXISTS events_rollout ON events(key, rollout, id)")
+
+
+@cache
+def tables() -> dict[str, tuple[str, ...]]:
+    """Every table of the schema both stores share, with its columns in order.
+
+    Read from :data:`_SCHEMA` and its migrations, so ``canaryd state copy`` copies a
+    column as soon as the stores have it (PostgreSQL adds only its ``lease``, its
+    ``schema_version`` and each row's writer ``epoch``: docs/ha.md).
+    """
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(_SCHEMA)
+        _migrate(db)
+        names = db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY rowid")
+        return {
+            table: tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+            for (table,) in names.fetchall()
+        }
 
 
 @dataclass(eq=False)
