@@ -61,9 +61,10 @@ PYTEST = PYTHONDONTWRITEBYTECODE= $(BIN)/pytest
 
 # The fast tests: no real external server, no process, nothing slow (well under a minute);
 # a unit test that starts a process fails (tests/support/guard.py). The stateful property
-# test runs 30 examples here and its full 120 in `make tests`.
+# test runs 30 examples here and its full 120 in `make tests`. Four pytest-xdist workers:
+# the unit tests mostly wait (timeouts, retries), so four share two cores well.
 unit: $(STAMP)
-	CANARYD_PROPERTY_EXAMPLES=30 $(PYTEST) -q -m "not slow and not integration" --durations=15
+	CANARYD_PROPERTY_EXAMPLES=30 $(PYTEST) -q -n 4 -m "not slow and not integration" --durations=15
 
 # Every test, the slow and integration ones too.
 tests: $(STAMP)
