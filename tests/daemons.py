@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -159,3 +160,19 @@ def _exited_on_clash(proc: subprocess.Popen[bytes], config: Path, log: Path, siz
     with log.open("rb") as out:
         out.seek(size)
         return is_port_clash(RuntimeError(out.read().decode(errors="replace")))
+
+
+def log_events(log: Path, name: str | None = None, *, offset: int = 0) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines written from byte ``offset`` of ``log`` on, of event
+    ``name`` when given; anything else (a line cut by a SIGKILL, not JSON) is skipped."""
+    out = []
+    with log.open("rb") as lines:
+        lines.seek(offset)
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and name in (None, entry.get("event")):
+                out.append(entry)
+    return out

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemons import client_for, daemon_process, running_daemon, wait_for_state, write_config
+from daemons import (
+    client_for,
+    daemon_process,
+    log_events,
+    running_daemon,
+    wait_for_state,
+    write_config,
+)
 from prom import PrometheusServer, open_provider
 from receiver import Receiver
 from support import eventually
@@ -199,20 +206,6 @@ async def test_on_no_data_hold_waits_instead_of_rolling_back(
             assert final["failedChecks"] == 0
 
 
-def first_event(log: Path, offset: int, name: str) -> dict[str, Any] | None:
-    """The first JSON log line named ``name`` written at or after byte ``offset`` of ``log``."""
-    with log.open("rb") as lines:
-        lines.seek(offset)
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:  # a line cut by the SIGKILL, or not JSON
-                continue
-            if isinstance(entry, dict) and entry.get("event") == name:
-                return entry
-    return None
-
-
 async def test_sigkill_mid_rollout_resumes_where_it_was(
     tmp_path: Path, prometheus: PrometheusServer, unique_job: str
 ) -> None:
@@ -240,12 +233,12 @@ async def test_sigkill_mid_rollout_resumes_where_it_was(
             with daemon_process(config, log):
                 # the first step the new process takes starts from the stored weight (the
                 # API may answer after that step: the interval is 1 s and the machine slow)
-                step = await eventually(
-                    lambda: first_event(log, restarted_at, "weight.advanced"),
-                    lambda e: e is not None,
+                advanced = await eventually(
+                    lambda: log_events(log, "weight.advanced", offset=restarted_at),
+                    lambda e: bool(e),
                     within=20,
                 )
-                assert step is not None
+                step = advanced[0]
                 assert (step["revision"], step["previousWeight"], step["failedChecks"]) == (
                     "v2",
                     before["canary_weight"],

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import aiohttp
 import anyio
 import pytest
-from daemons import daemon_process
+from daemons import daemon_process, log_events
 from receiver import Receiver
 from support import eventually, free_port
 
@@ -121,17 +121,6 @@ def state_db(tmp_path: Path) -> tuple[str | None, list[dict[str, Any]]]:
     return phase, [dict(r) for r in rows]
 
 
-def log_lines(log: Path) -> list[dict[str, Any]]:
-    """The daemon's JSON log lines (anything else is skipped)."""
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 @pytest.mark.slow
 async def test_alert_pending_at_sigkill_is_delivered_after_restart(tmp_path: Path) -> None:
     """A rollback's alert still pending when the daemon is SIGKILLed goes out after a restart."""
@@ -192,7 +181,7 @@ async def test_alert_pending_at_sigkill_is_delivered_after_restart(tmp_path: Pat
     assert alert.headers["Idempotency-Key"] == pending["idem"]
     assert "rolled back" in alert.json["text"].lower()
     assert [(r["idem"], r["status"]) for r in rows] == [(pending["idem"], "sent")]
-    lines = log_lines(log)
+    lines = log_events(log)
     assert any(e["event"] == "notification.retrying" for e in lines)
     assert "chat-token" not in log.read_text()
     assert TOKEN not in log.read_text()

@@ -36,7 +36,7 @@ import aiohttp
 import anyio
 import anyio.abc
 import pytest
-from daemons import TOKEN, api_url, running_daemon, write_config
+from daemons import TOKEN, api_url, log_events, running_daemon, write_config
 from fdlimits import fd_limit_at_least, out_of_file_descriptors
 from prom import PrometheusServer, open_provider
 from receiver import Receiver
@@ -491,17 +491,6 @@ def open_idle(base: str, count: int) -> list[socket.socket]:
     return [socket.create_connection((host, int(port)), timeout=5) for _ in range(count)]
 
 
-def events(log: Path, name: str) -> list[dict[str, Any]]:
-    """The daemon's JSON log lines of event ``name``."""
-    out = []
-    for line in log.read_text().splitlines():
-        with suppress(ValueError):
-            entry = json.loads(line)
-            if isinstance(entry, dict) and entry.get("event") == name:
-                out.append(entry)
-    return out
-
-
 @pytest.mark.anyio
 @pytest.mark.integration
 async def test_idle_connections_leave_descriptors_for_checks_and_the_rollback_route(
@@ -550,9 +539,9 @@ async def test_idle_connections_leave_descriptors_for_checks_and_the_rollback_ro
     assert web["failedChecks"] == 0, web
     assert [c for c in web["checks"] if c["outcome"] == "fail"] == []
     assert len(web["checks"]) >= 5  # it did check through the flood
-    assert [e for e in events(log, "check.failed") if e.get("canary") == "web"] == []
+    assert [e for e in log_events(log, "check.failed") if e.get("canary") == "web"] == []
     assert "Traceback" not in log.read_text()
-    assert 1 <= len(events(log, "api.connection_limit")) <= 2
+    assert 1 <= len(log_events(log, "api.connection_limit")) <= 2
 
 
 STARVED = 24
@@ -590,7 +579,9 @@ async def test_checks_hold_while_the_daemon_has_no_descriptor_left(
                         sock.connect((host, int(port)))
                     flood.append(sock)
                 await eventually(
-                    partial(asyncio.to_thread, lambda: len(events(log, "check.held_by_canaryd"))),
+                    partial(
+                        asyncio.to_thread, lambda: len(log_events(log, "check.held_by_canaryd"))
+                    ),
                     lambda n: n >= 2,
                     within=20,
                 )
@@ -601,11 +592,11 @@ async def test_checks_hold_while_the_daemon_has_no_descriptor_left(
             web = call(base, "GET", "/api/v1/canaries/prod/web")
             await stopped(proc)  # while the router still answers
     assert web["failedChecks"] == 0 and web["phase"] == "Progressing", web
-    held = events(log, "check.held_by_canaryd")
+    held = log_events(log, "check.held_by_canaryd")
     assert "Too many open files" in held[0]["reason"], held[0]
-    assert events(log, "check.failed") == []
+    assert log_events(log, "check.failed") == []
     assert "Traceback" not in log.read_text()
-    assert len(events(log, "api.accept_failed")) <= 3  # at most every 10 s
+    assert len(log_events(log, "api.accept_failed")) <= 3  # at most every 10 s
 
 
 def prometheus_config(prom: PrometheusServer) -> dict[str, Any]:
@@ -804,12 +795,12 @@ async def test_overload_stretches_intervals_fails_no_healthy_check_and_says_so(
     assert behind.readyz is not None, "/readyz never said behind"
     assert behind.lag > 1.0, behind.lag
     assert behind.status is not None, "STATUS= never said behind"
-    assert events(log, "check.failed") == []
+    assert log_events(log, "check.failed") == []
     ticks.read()  # the whole log, the daemon stopped
     counts = sorted(ticks.per.values())
     # nobody starved, every interval stretched alike (a tick of slack at the window's edges)
     assert counts[0] >= LEAST_TICKS and counts[-1] <= 3 * counts[0] + 1, counts
-    lines = events(log, "scheduler.behind")
+    lines = log_events(log, "scheduler.behind")
     assert lines and lines[0]["lag_seconds"] > 1.0, lines
     times = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in lines]
     assert all(b - a >= 59.0 for a, b in pairwise(times)), times  # at most once a minute
