@@ -28,7 +28,8 @@ import anyio
 from scale import Options, Probe, _runner, build_settings
 
 from canaryd.logs import configure
-from canaryd.service.runtime import CanaryRunner, Services, freeze_heap
+from canaryd.service.runtime import CanaryRunner, freeze_heap
+from canaryd.service.services import Services
 from canaryd.service.store import SqliteStore
 
 UNUSED = "http://127.0.0.1:9"

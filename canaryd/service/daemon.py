@@ -37,10 +37,12 @@ from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.health import Health
 from canaryd.service.limits import RefusedCount, raise_fd_limit
 from canaryd.service.metrics import DaemonMetrics
+from canaryd.service.observe import MAX_OBSERVE_SECONDS
 from canaryd.service.rollbacks import WRITE_SECONDS, Entry, RollbackJournal, journal_path
-from canaryd.service.runtime import MAX_OBSERVE_SECONDS, CanaryRunner, Services
+from canaryd.service.runtime import CanaryRunner
 from canaryd.service.scheduler import Scheduler
 from canaryd.service.sdnotify import Notifier
+from canaryd.service.services import Services
 from canaryd.service.store import SqliteStore, StateStore, dumps
 from canaryd.service.supervisor import Supervisor
 from canaryd.ui.live import LiveHub

@@ -31,12 +31,10 @@ from canaryd.config.queries import ResolvedMetric, resolve_metrics
 from canaryd.core import analysis as core
 from canaryd.core.analysis import CanaryState, Decision, Needs, Observation
 from canaryd.errors import CanarydError, NotFoundError
-from canaryd.service.lifecycle import UNRECORDED_STOP_SECONDS as UNRECORDED_STOP_SECONDS
 from canaryd.service.lifecycle import Lifecycle
-from canaryd.service.observe import MAX_OBSERVE_SECONDS as MAX_OBSERVE_SECONDS
 from canaryd.service.observe import Observer
 from canaryd.service.scheduler import Scheduler
-from canaryd.service.services import Services as Services
+from canaryd.service.services import Services
 
 log = structlog.get_logger()
 

@@ -35,8 +35,9 @@ from canaryd.errors import CanarydError, ConfigError
 from canaryd.service.adapters import Built
 from canaryd.service.dispatcher import Dispatcher
 from canaryd.service.leadership import Leadership
+from canaryd.service.lifecycle import UNRECORDED_STOP_SECONDS
 from canaryd.service.rollbacks import Entry
-from canaryd.service.runtime import UNRECORDED_STOP_SECONDS, CanaryRunner, freeze_heap
+from canaryd.service.runtime import CanaryRunner, freeze_heap
 from canaryd.service.store import Retention, StateStore
 
 if TYPE_CHECKING:
