@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_loader import PRE, load, problems
+from loader_helpers import PRE, load, problems
 
 from canaryd.cli import main
 
