@@ -1,6 +1,6 @@
 """Bad input, property-based: configs, Prometheus answers, receiver answers and API requests.
 
-``tests/test_loader.py`` already feeds the loader random YAML text and random
+``tests/test_loader_yaml.py`` already feeds the loader random YAML text and random
 structures; here the loader gets *mutations of a complete valid config* (the
 deep rules only a nearly valid config reaches), template text and environment
 overrides, through the daemon's start path (load, render queries) and through
