@@ -9,14 +9,7 @@ from analysis_helpers import bad, canary, names, ok, run, started
 
 from canaryd.config import CanaryConfig, OnNoData
 from canaryd.core import analysis as core
-from canaryd.core.analysis import (
-    Emit,
-    HookResult,
-    MetricValue,
-    Observation,
-    Outcome,
-    Phase,
-)
+from canaryd.core.analysis import Emit, HookResult, MetricValue, Observation, Outcome, Phase
 
 # --------------------------------------------------------------------------- metric judging
 

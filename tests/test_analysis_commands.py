@@ -9,13 +9,7 @@ import pytest
 from analysis_helpers import bad, canary, names, ok, routes, started
 
 from canaryd.core import analysis as core
-from canaryd.core.analysis import (
-    CanaryState,
-    Emit,
-    Observation,
-    Phase,
-    Route,
-)
+from canaryd.core.analysis import CanaryState, Emit, Observation, Phase, Route
 from canaryd.errors import CommandError
 
 # --------------------------------------------------------------------------- commands

@@ -10,14 +10,7 @@ from analysis_helpers import bad, canary, names, ok, routes, run, started
 
 from canaryd.config import WebhookType
 from canaryd.core import analysis as core
-from canaryd.core.analysis import (
-    HookResult,
-    MetricValue,
-    Observation,
-    Phase,
-    Route,
-    RunHooks,
-)
+from canaryd.core.analysis import HookResult, MetricValue, Observation, Phase, Route, RunHooks
 
 # --------------------------------------------------------------------------- canary strategy
 

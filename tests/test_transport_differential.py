@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from test_transport import RawHandler, RawServer, pool_for, raw_server, raw_url
+from transport_servers import RawHandler, RawServer, pool_for, raw_server, raw_url
 
 from canaryd.providers.transport import Response, TransportError
 
