@@ -3,7 +3,7 @@
 Three ``canaryd run`` subprocesses share a real PostgreSQL (``state:
 postgresql://…``) and drive rollouts judged on the session's real Prometheus,
 routed through a webhook router and alerting through the outbox, all received by
-a real local HTTP receiver (the crash campaign's setup, :mod:`test_crash_campaign`).
+a real local HTTP receiver (the crash campaign's setup, :mod:`campaign`).
 A driver starts rollouts one after the other through whichever replica leads,
 while a disruptor, at random moments, SIGKILLs the leader (restarting it, as
 systemd would) or SIGSTOPs it (a partition) until another replica has taken the
@@ -42,25 +42,18 @@ import anyio
 import psycopg
 import pytest
 import yaml
+from campaign import TERMINAL, Daemon, Ledger, Planned, config, drive, plan, wait_ready
+from campaign_checks import (
+    check_messages_per_rollout,
+    check_routes,
+    check_verdicts,
+    identity,
+    keys_by_identity,
+)
 from daemons import TOKEN, api_url
 from postgres import PostgresServer
 from prom import PrometheusServer
 from receiver import Receiver, Request
-from test_crash_campaign import (
-    TERMINAL,
-    Daemon,
-    Ledger,
-    Planned,
-    check_messages_per_rollout,
-    check_routes,
-    check_verdicts,
-    config,
-    drive,
-    identity,
-    keys_by_identity,
-    plan,
-    wait_ready,
-)
 
 from canaryd.client import Client
 from canaryd.errors import ClientError
