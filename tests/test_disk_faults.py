@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from disks import Disk, small_ext4, small_tmpfs
 from postgres import query
-from test_runtime import runner, settings
+from runtime_helpers import runner, settings
 
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.http import HttpTransport

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import structlog
+from runtime_helpers import settings
 from test_reload_race import HeldProvider
-from test_runtime import settings
 
 from canaryd.core.analysis import CanaryState, Phase
 from canaryd.http import HttpTransport

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from daemons import client_for, daemon_process, wait_for_state
+from runtime_helpers import runner, settings
 from service_helpers import backends, canary, service_config
 from support import eventually
-from test_runtime import runner, settings
 
 from canaryd.core import analysis as core
 from canaryd.core.analysis import Phase

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from disks import small_tmpfs
-from test_runtime import runner, settings
+from runtime_helpers import runner, settings
 
 from canaryd.core.analysis import Phase
 from canaryd.http import HttpTransport
