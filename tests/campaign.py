@@ -251,14 +251,14 @@ async def drive(
         await seed(prom, job, success, p99)
         key = f"{NAMESPACE}/{r.canary}"
         while True:  # GET first: a POST whose answer a kill swallowed may have started it
-            state = await get(client, key)
+            state = await state_of(client, key)
             if state is not None and state["revision"] == r.revision:
                 break
             with suppress(ClientError):
                 await client.post(f"{key}/rollouts", {"revision": r.revision})
             await anyio.sleep(0.05)
         while True:
-            state = await get(client, key)
+            state = await state_of(client, key)
             if state is not None and state["revision"] == r.revision:
                 ledger.observe(state["rolloutId"], state["failedChecks"])
                 if state["phase"] in TERMINAL:
@@ -267,7 +267,8 @@ async def drive(
             await anyio.sleep(0.1)
 
 
-async def get(client: Client, key: str) -> dict[str, Any] | None:
+async def state_of(client: Client, key: str) -> dict[str, Any] | None:
+    """The state of canary ``key`` from the API; None while the API does not know it."""
     try:
         state: dict[str, Any] = await client.get(key)
     except ClientError:

@@ -14,18 +14,20 @@ from receiver import Request
 # --------------------------------------------------------------------------- invariants
 
 
-def strip(value: Any) -> Any:
+def without_timestamps(value: Any) -> Any:
     """A payload without its timestamps: what identifies a message's content."""
     if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if k not in ("time", "timestamp")}
+        return {
+            k: without_timestamps(v) for k, v in value.items() if k not in ("time", "timestamp")
+        }
     if isinstance(value, list):
-        return [strip(v) for v in value]
+        return [without_timestamps(v) for v in value]
     return value
 
 
 def identity(request: Request) -> str:
     """A message's content identity: path plus payload without timestamps."""
-    return request.path + " " + json.dumps(strip(request.json), sort_keys=True)
+    return request.path + " " + json.dumps(without_timestamps(request.json), sort_keys=True)
 
 
 def keys_by_identity(requests: list[Request]) -> dict[str, set[str]]:

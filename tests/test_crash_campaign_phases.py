@@ -24,8 +24,8 @@ from campaign import (
     config,
     drain,
     drive,
-    get,
     plan,
+    state_of,
     stored_states,
     wait_ready,
 )
@@ -206,6 +206,6 @@ async def test_reload_race_phase_never_resumes_from_stale_state(
 async def _until(client: Client, key: str, *, present: bool, within: float = 10.0) -> None:
     """Wait (bounded) until the API knows ``key`` (or no longer does)."""
     deadline = time.monotonic() + within
-    while (await get(client, key) is not None) != present:
+    while (await state_of(client, key) is not None) != present:
         assert time.monotonic() < deadline, f"reload not applied within {within:g}s ({key})"
         await anyio.sleep(0.02)
