@@ -88,7 +88,7 @@ async def test_webhook_redirect_is_a_failed_hook(session: HttpTransport) -> None
 
 async def test_notifier_redirect_is_not_sent(session: HttpTransport) -> None:
     """A notifier answering 307 (http to https, say) was not sent: WebhookError naming it."""
-    from test_notifiers import ROLLED_BACK
+    from notifier_helpers import ROLLED_BACK
 
     payload, content_type = render("webhook", ROLLED_BACK, event_id="k", source="canaryd/test")
     async with redirecting(307, "https://127.0.0.1/hook") as (url, gets):
