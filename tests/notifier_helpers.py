@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from pydantic import SecretStr
 from receiver import Receiver
 
 from canaryd.config import Notifier
 from canaryd.core.events import Event
-from canaryd.http import HttpTransport, make_transport
+from canaryd.http import HttpTransport
 from canaryd.notifiers import deliver, render
 
 T0 = 1714564800.5  # 2024-05-01T12:00:00.500Z
@@ -34,13 +32,6 @@ ROLLED_BACK = ev(
     canaryWeight=0,
     primaryWeight=100,
 )
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[HttpTransport]:
-    """One client session per test, closed afterwards."""
-    async with make_transport() as s:
-        yield s
 
 
 async def send(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from notifier_helpers import ROLLED_BACK, send
-from notifier_helpers import session as session
 from pydantic import SecretStr
 from receiver import Receiver
 

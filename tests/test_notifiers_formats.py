@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from cloudevents.v1.http import from_http
 from notifier_helpers import ROLLED_BACK, ev, send
-from notifier_helpers import session as session
 from receiver import Receiver
 
 from canaryd.config import Notifier

@@ -17,7 +17,7 @@ from test_webhooks import SPEC, STATE, hook
 
 from canaryd.config import Notifier, PrometheusProvider, WebhookRouter
 from canaryd.errors import ProviderError, RouterError, WebhookError
-from canaryd.http import HttpTransport, make_transport
+from canaryd.http import HttpTransport
 from canaryd.notifiers import deliver, render
 from canaryd.providers.prometheus import Prometheus
 from canaryd.routers import RouteRequest
@@ -52,13 +52,6 @@ async def redirecting(status: int, location: str) -> AsyncIterator[tuple[str, li
         yield f"http://127.0.0.1:{runner.addresses[0][1]}", gets
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[HttpTransport]:
-    """The daemon's shared client session."""
-    async with make_transport() as s:
-        yield s
 
 
 @pytest.mark.parametrize("status", STATUSES, ids=[str(s) for s in STATUSES])
