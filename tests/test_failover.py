@@ -326,6 +326,35 @@ async def drain(url: str, within: float = 60.0) -> None:
     raise AssertionError(f"the outbox did not drain within {within:g}s")
 
 
+def campaign_report(
+    figures: Figures,
+    rollouts: int,
+    configs: list[Path],
+    messages: int,
+    requests: list[Request],
+    started: float,
+) -> dict[str, Any]:
+    """The campaign's figures, printed as JSON: disruptions, takeover times, messages."""
+    takeovers = sorted(figures.takeovers)
+    return {
+        "seed": SEED,
+        "replicas": REPLICAS,
+        "lease_ttl": TTL,
+        "interval": INTERVAL,
+        "rollouts": rollouts,
+        "kills": figures.kills,
+        "pauses": figures.pauses,
+        "fenced_writes_refused": fenced_writes([c.parent / "daemon.log" for c in configs]),
+        "takeover_p50": round(statistics.median(takeovers), 3) if takeovers else None,
+        "takeover_max": round(takeovers[-1], 3) if takeovers else None,
+        "takeovers_measured": len(takeovers),
+        "takeovers_unmeasured": figures.unmeasured,
+        "messages_in_outbox": messages,
+        "router_calls": sum(r.path == "/routes" for r in requests),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
 # --------------------------------------------------------------------------- the campaign
 
 
@@ -395,23 +424,7 @@ async def test_failover_campaign_keeps_every_promise(
     assert not decreased, f"failedChecks decreased within a rollout: {decreased}"
     assert all(code != 0 for code in figures.lost_exits), figures.lost_exits
     takeovers = sorted(figures.takeovers)
-    report = {
-        "seed": SEED,
-        "replicas": REPLICAS,
-        "lease_ttl": TTL,
-        "interval": INTERVAL,
-        "rollouts": len(planned),
-        "kills": figures.kills,
-        "pauses": figures.pauses,
-        "fenced_writes_refused": fenced_writes([c.parent / "daemon.log" for c in configs]),
-        "takeover_p50": round(statistics.median(takeovers), 3) if takeovers else None,
-        "takeover_max": round(takeovers[-1], 3) if takeovers else None,
-        "takeovers_measured": len(takeovers),
-        "takeovers_unmeasured": figures.unmeasured,
-        "messages_in_outbox": messages,
-        "router_calls": sum(r.path == "/routes" for r in requests),
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    report = campaign_report(figures, len(planned), configs, messages, requests, started)
     print(json.dumps(report, indent=2))
     assert figures.disruptions >= MIN_DISRUPTIONS
     assert len(planned) >= 10

@@ -157,11 +157,10 @@ def _db_bytes(tmp_path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(tmp_path.glob("state.db*")) if p.is_file())
 
 
-def _full_config(tmp_path: Path, s: Secrets, url: str, job: str) -> Path:
-    """A config using every kind of secret, all of it pointing at one echoing stand-in."""
-    signed = f"{url}/notifier/{s.values['urlpath']}?sig={s.values['urlsig']}"
+def _signed_canary(s: Secrets, url: str, job: str) -> dict[str, Any]:
+    """Canary ``prod/web`` on ``job`` whose rollout, event and post-rollout hooks sign."""
     hook = {"timeout": "2s", "secret_file": s.file("hook")}
-    canary = {
+    return {
         "name": "web",
         "namespace": "prod",
         "target": job,
@@ -190,9 +189,14 @@ def _full_config(tmp_path: Path, s: Secrets, url: str, job: str) -> Path:
         },
         "alerts": [{"name": "pager", "notifier": "pager"}],
     }
+
+
+def _full_config(tmp_path: Path, s: Secrets, url: str, job: str) -> Path:
+    """A config using every kind of secret, all of it pointing at one echoing stand-in."""
+    signed = f"{url}/notifier/{s.values['urlpath']}?sig={s.values['urlsig']}"
     cfg = write_config(
         tmp_path,
-        [canary],
+        [_signed_canary(s, url, job)],
         api={"token_file": s.file("api")},
         providers={
             "prom": {
