@@ -100,6 +100,19 @@ def build_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
     return _build_api_router(name, cfg, http)
 
 
+def credential_files(cfg: RouterConfig) -> tuple[str, ...]:
+    """Files besides its ``*_file`` keys that a router reads secrets from when built.
+
+    A reload builds the router anew when one of them changed (canaryd/service/adapters.py);
+    only the ``alb`` router has such files (its AWS keys: docs/routers.md, "AWS ALB").
+    """
+    if isinstance(cfg, AlbRouter):
+        from canaryd.routers.alb import credential_files as aws_files
+
+        return aws_files()
+    return ()
+
+
 def _build_api_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
     """The API- and command-driven routers (docs/routers.md); imported on first use.
 
