@@ -53,7 +53,7 @@ async def test_saves_arriving_within_the_spacing_share_one_batch(tmp_path: Path)
 
 
 async def test_an_idle_store_writes_at_once_and_close_writes_what_waits(tmp_path: Path) -> None:
-    """The first save is not delayed; one waiting for its batch is written by ``close``, not lost."""
+    """The first save is not delayed; one waiting for its batch is written by close, not lost."""
     path = tmp_path / "state.db"
     store = SqliteStore(path, spacing=60.0)
     await store.open()
@@ -80,7 +80,7 @@ async def test_an_idle_store_writes_at_once_and_close_writes_what_waits(tmp_path
 
 
 async def test_a_call_made_after_a_waiting_save_runs_after_it(tmp_path: Path) -> None:
-    """Store calls keep their order: a read asked while a save waits for its batch sees that save."""
+    """Store calls keep their order: a read asked while a save waits for its batch sees it."""
     store = SqliteStore(tmp_path / "state.db", spacing=60.0)
     await store.open()
     try:
