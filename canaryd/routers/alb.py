@@ -41,13 +41,8 @@ import copy
 from typing import Any
 
 import anyio
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from canaryd import retry
 from canaryd.config.models import AlbRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
@@ -171,12 +166,10 @@ class AlbListener:
             attempts += 1
             await anyio.to_thread.run_sync(self._apply, wanted, abandon_on_cancel=True)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(ATTEMPTS),
-            wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-            retry=retry_if_exception_type(_TransientError),
-            reraise=True,
-            sleep=anyio.sleep,
+        retrying = retry.retrying(
+            _TransientError,
+            attempts=ATTEMPTS,
+            wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
         )
         try:
             with anyio.fail_after(self.budget):

@@ -25,13 +25,8 @@ from typing import Any
 
 import anyio
 from anyio.to_thread import run_sync
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from canaryd import retry
 from canaryd.errors import RouterError, WebhookError
 from canaryd.http import (
     USER_AGENT,
@@ -279,12 +274,10 @@ async def request_json(
     Raises:
         RouterError: no usable answer after the retries.
     """
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(ATTEMPTS),
-        wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-        retry=retry_if_exception_type((WebhookError, _TransientError)),
-        reraise=True,
-        sleep=anyio.sleep,
+    retrying = retry.retrying(
+        (WebhookError, _TransientError),
+        attempts=ATTEMPTS,
+        wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
     )
     try:
         return await retrying(_request_once, http, method, url, timeout, auth, body)
