@@ -40,6 +40,11 @@ class RenderOptions:
     event_id: str | None = None
     source: str | None = None
 
+    def sender(self) -> dict[str, str]:
+        """``channel`` and ``username`` as message keys, those that are set (Slack's shape)."""
+        keys = {"channel": self.channel, "username": self.username}
+        return {key: value for key, value in keys.items() if value}
+
 
 _TITLES: dict[str, str] = {
     "rollout.started": "Rollout started",
@@ -100,6 +105,30 @@ def title(event: Event) -> str:
     if gate and event.name.startswith("gate."):
         text = f"{text}: {gate}"
     return text
+
+
+def heading(event: Event) -> str:
+    """The emoji and the title: the first line of every card, embed and attachment."""
+    return f"{emoji(event)} {title(event)}"
+
+
+def summary(event: Event) -> str:
+    """The emoji and :func:`describe`'s line: a message's text beside its card."""
+    return f"{emoji(event)} {describe(event)}"
+
+
+def footer(event: Event) -> str:
+    """``canaryd · rollout.rolled_back · <time>``: the small print under a card."""
+    return f"canaryd · {event.name} · {rfc3339(event.time)}"
+
+
+def flagger_metadata(event: Event) -> dict[str, str]:
+    """Flagger's event-webhook ``metadata``: the summary, ``Normal``/``Warning``, Unix ms."""
+    return {
+        "eventMessage": describe(event),
+        "eventType": "Normal" if severity_of(event) is Severity.INFO else "Warning",
+        "timestamp": str(int(event.time * 1000)),
+    }
 
 
 def rfc3339(ts: float) -> str:

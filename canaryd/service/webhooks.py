@@ -14,13 +14,12 @@ import hashlib
 from typing import Any
 
 from canaryd import retry
-from canaryd.config.models import CanaryConfig, Severity, WebhookSpec, read_secret
-from canaryd.core.alerts import severity_of
+from canaryd.config.models import CanaryConfig, WebhookSpec, read_secret
 from canaryd.core.analysis import CanaryState, HookResult
 from canaryd.core.events import Event
 from canaryd.errors import SecretError, WebhookError
 from canaryd.http import Answer, HttpTransport, post_json
-from canaryd.notifiers.text import describe
+from canaryd.notifiers.text import flagger_metadata
 from canaryd.service.limits import out_of_resources
 
 BACKOFF_MAX = 2.0
@@ -77,12 +76,7 @@ def event_payload(
     never overrides these three keys. The whole event is in ``event``.
     """
     body = payload(spec, state, hook)
-    body["metadata"] = {
-        **body["metadata"],
-        "eventMessage": describe(event),
-        "eventType": "Normal" if severity_of(event) is Severity.INFO else "Warning",
-        "timestamp": str(int(event.time * 1000)),
-    }
+    body["metadata"] = {**body["metadata"], **flagger_metadata(event)}
     return body
 
 
