@@ -154,9 +154,7 @@ class AlbListener:
                 text), no forward action, the read-back differs, no credentials,
                 or no answer within :attr:`budget`.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         wanted = {self._cfg.primary_target_group_arn: primary}
         wanted[self._cfg.canary_target_group_arn] = canary
         attempts = 0

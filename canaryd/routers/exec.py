@@ -69,7 +69,7 @@ class _RetryableExitError(Exception):
 
 def command_env(request: RouteRequest, extra: dict[str, str]) -> dict[str, str]:
     """The command's environment: canaryd's, the configured ``env``, the decision."""
-    primary, canary = _weights(request)
+    primary, canary = request.weights()
     return {
         **os.environ,
         **extra,
@@ -84,14 +84,8 @@ def command_env(request: RouteRequest, extra: dict[str, str]) -> dict[str, str]:
 
 def command_argv(command: list[str], request: RouteRequest) -> list[str]:
     """``command`` followed by the action and both weights."""
-    primary, canary = _weights(request)
+    primary, canary = request.weights()
     return [*command, request.action, str(primary), str(canary)]
-
-
-def _weights(request: RouteRequest) -> tuple[int, int]:
-    if request.action == "rollback":
-        return 100, 0
-    return request.primary_weight, request.canary_weight
 
 
 def stderr_preview(data: bytes) -> str:

@@ -221,9 +221,7 @@ class NginxFileRouter:
                 the test or reload failed (NGINX's message quoted) or timed out;
                 the previous file is then back in place.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         promoted = await self._promoted(request)
         try:
             text = render_upstream(self._cfg, request.canary, primary, canary, promoted)

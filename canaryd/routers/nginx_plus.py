@@ -106,9 +106,7 @@ class NginxPlusRouter:
                 (its text quoted) or did not answer, or the read-back differs;
                 servers already changed are then set back.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         try:
             steps = plan(self._cfg, primary, canary)
         except ValueError as exc:

@@ -161,9 +161,7 @@ class TraefikFileRouter:
                 the service or did not load it in time (the previous file is then
                 back in place).
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         if not (0 <= primary <= 100 and 0 <= canary <= 100 and primary + canary == 100):
             raise RouterError(f"{self._label}: weights {primary}/{canary} are not a split")
         before: Any = None
