@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,20 @@ def put_back(path: Path, previous: bytes | None) -> None:
         _fsync_directory(path.parent)
     else:
         write_atomic(path, previous)
+
+
+@contextlib.contextmanager
+def applied_within(label: str, budget: float) -> Iterator[None]:
+    """The block under ``anyio.fail_after(budget)``: one apply's whole time, retries included.
+
+    Raises:
+        RouterError: ``<label>: not applied within <budget>s`` when the time runs out.
+    """
+    try:
+        with anyio.fail_after(budget):
+            yield
+    except TimeoutError as exc:
+        raise RouterError(f"{label}: not applied within {budget:g}s") from exc
 
 
 def _os_reason(exc: OSError) -> str:

@@ -33,7 +33,7 @@ from canaryd.config import NginxRouter, read_secret
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport, basic_auth
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import preview, request_json
+from canaryd.routers.files import applied_within, preview, request_json
 from canaryd.routers.nginx import BUDGET_FACTOR, split_weights
 
 Setting = dict[str, Any]
@@ -111,11 +111,8 @@ class NginxPlusRouter:
             steps = plan(self._cfg, primary, canary)
         except ValueError as exc:
             raise RouterError(f"{self._label}: {exc}") from exc
-        try:
-            with anyio.fail_after(self.budget):
-                await self._apply(steps)
-        except TimeoutError as exc:
-            raise RouterError(f"{self._label}: not applied within {self.budget:g}s") from exc
+        with applied_within(self._label, self.budget):
+            await self._apply(steps)
 
     async def _apply(self, steps: list[tuple[str, Setting]]) -> None:
         servers = await self._servers()

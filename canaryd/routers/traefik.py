@@ -45,7 +45,7 @@ from canaryd.config import TraefikRouter, read_secret
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport, basic_auth
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import apply_file, get_json, poll, preview, read_current
+from canaryd.routers.files import applied_within, apply_file, get_json, poll, preview, read_current
 
 BUDGET_FACTOR = 3
 """One :meth:`TraefikFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
@@ -166,7 +166,7 @@ class TraefikFileRouter:
             raise RouterError(f"{self._label}: weights {primary}/{canary} are not a split")
         before: Any = None
         try:
-            with anyio.fail_after(self.budget):
+            with applied_within(self._label, self.budget):
                 for child in (self._cfg.primary, self._cfg.canary):
                     await self._service(qualified(child, self._cfg.provider), missing_ok=False)
                 promoted = await self._promoted(request)
@@ -181,9 +181,6 @@ class TraefikFileRouter:
 
                 await apply_file("traefik", self._path, data, confirm)
             return
-        except TimeoutError as exc:
-            error = RouterError(f"{self._label}: not applied within {self.budget:g}s")
-            error.__cause__ = exc
         except RouterError as exc:
             error = exc
         raise await self._back_to(before, error)
