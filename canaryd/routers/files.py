@@ -27,11 +27,13 @@ import anyio
 from anyio.to_thread import run_sync
 
 from canaryd import retry
+from canaryd.config import read_secret
 from canaryd.errors import RouterError, WebhookError
 from canaryd.http import (
     USER_AGENT,
     HttpRequest,
     HttpTransport,
+    basic_auth,
     describe_redirect,
     redact_url,
     redirect_target,
@@ -127,6 +129,23 @@ def put_back(path: Path, previous: bytes | None) -> None:
         _fsync_directory(path.parent)
     else:
         write_atomic(path, previous)
+
+
+def api_auth(proxy: str, username: str | None, password_file: str | None) -> str | None:
+    """The ``Authorization`` value for a proxy's admin API: basic auth with ``username``, or None.
+
+    The password file is read (and checked) even without a username.
+
+    Raises:
+        RouterError: the password file cannot be read or is readable by others.
+    """
+    try:
+        password = read_secret(password_file)
+    except ValueError as exc:
+        raise RouterError(f"{proxy}: {exc}") from exc
+    if username is None:
+        return None
+    return basic_auth(username, password.get_secret_value() if password else "")
 
 
 @contextlib.contextmanager

@@ -41,11 +41,19 @@ from urllib.parse import quote
 import anyio
 import yaml
 
-from canaryd.config import TraefikRouter, read_secret
+from canaryd.config import TraefikRouter
 from canaryd.errors import RouterError
-from canaryd.http import HttpTransport, basic_auth
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import applied_within, apply_file, get_json, poll, preview, read_current
+from canaryd.routers.files import (
+    api_auth,
+    applied_within,
+    apply_file,
+    get_json,
+    poll,
+    preview,
+    read_current,
+)
 
 BUDGET_FACTOR = 3
 """One :meth:`TraefikFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
@@ -139,14 +147,7 @@ class TraefikFileRouter:
         self._path = Path(cfg.file)
         self._name = qualified(cfg.service, cfg.provider)
         self._label = f"traefik {self._name}"
-        self._auth: str | None = None
-        try:
-            password = read_secret(cfg.password_file)
-        except ValueError as exc:
-            raise RouterError(f"traefik: {exc}") from exc
-        if cfg.username is not None:
-            secret = password.get_secret_value() if password else ""
-            self._auth = basic_auth(cfg.username, secret)
+        self._auth = api_auth("traefik", cfg.username, cfg.password_file)
         self.budget = cfg.timeout * BUDGET_FACTOR
 
     async def aclose(self) -> None:
