@@ -20,10 +20,11 @@ rest, the same way for all of them (docs/providers.md, "Common behaviour"):
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 from urllib.parse import urlencode
 
 import structlog
@@ -378,6 +379,20 @@ def http_error(name: str, status: int, body: bytes, problem: str = "") -> str:
     """``graphite answered HTTP 503, not JSON: <preview>`` style message."""
     shown = preview(body)
     return f"{name} answered HTTP {status}{problem}" + (f": {shown}" if shown else "")
+
+
+def status_error(name: str, status: int, body: bytes, problem: str = "") -> ProviderError:
+    """:func:`http_error`'s message as a :class:`TransientError` for 429 and 5xx, else permanent."""
+    kind = TransientError if is_transient(status) else ProviderError
+    return kind(http_error(name, status, body, problem))
+
+
+def json_or_none(body: bytes) -> Any:
+    """The JSON document in ``body``, or None when it is not JSON (or nested too deeply)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 def is_transient(status: int) -> bool:

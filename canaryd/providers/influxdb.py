@@ -42,8 +42,10 @@ from canaryd.providers.base import (
     TransientError,
     http_error,
     is_transient,
+    json_or_none,
     preview,
     query_string,
+    status_error,
 )
 from canaryd.providers.headers import auth_headers
 from canaryd.providers.transport import Response
@@ -178,10 +180,10 @@ def _check_status(resp: Response, message: str | None) -> None:
         raise ProviderError(http_error("influxdb", resp.status, resp.body, " too large"))
     if resp.status == 200:
         return
+    if not message:
+        raise status_error("influxdb", resp.status, resp.body)
     kind = TransientError if is_transient(resp.status) else ProviderError
-    if message:
-        raise kind(f"influxdb answered HTTP {resp.status}: {preview(message.encode())}")
-    raise kind(http_error("influxdb", resp.status, resp.body))
+    raise kind(f"influxdb answered HTTP {resp.status}: {preview(message.encode())}")
 
 
 # --------------------------------------------------------------------------- InfluxQL
@@ -194,10 +196,7 @@ def influxql_rows(resp: Response) -> list[float | None]:
         TransientError: HTTP 429 or 5xx.
         ProviderError: an error, several statements, series or value columns.
     """
-    try:
-        doc = json.loads(resp.body)
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply
-        doc = None
+    doc = json_or_none(resp.body)
     error = doc.get("error") if isinstance(doc, dict) else None
     _check_status(resp, error if isinstance(error, str) else None)
     results = doc.get("results") if isinstance(doc, dict) else None
@@ -268,10 +267,7 @@ def flux_rows(resp: Response) -> list[float | None]:
         ProviderError: a Flux error, several tables, no ``_value`` column, not numbers.
     """
     if resp.status != 200:
-        try:
-            doc = json.loads(resp.body)
-        except (ValueError, RecursionError):  # not JSON, or nested too deeply
-            doc = None
+        doc = json_or_none(resp.body)
         message = doc.get("message") if isinstance(doc, dict) else None
         _check_status(resp, message if isinstance(message, str) else None)
     _check_status(resp, None)

@@ -37,10 +37,9 @@ from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     HTTPProvider,
     Request,
-    TransientError,
     http_error,
-    is_transient,
     preview,
+    status_error,
 )
 from canaryd.providers.headers import auth_headers
 from canaryd.providers.transport import Response
@@ -112,8 +111,7 @@ class Web(HTTPProvider):
         if not resp.complete:
             raise ProviderError(http_error("web", resp.status, resp.body, " too large"))
         if not 200 <= resp.status < 300:
-            kind = TransientError if is_transient(resp.status) else ProviderError
-            raise kind(http_error("web", resp.status, resp.body))
+            raise status_error("web", resp.status, resp.body)
         try:
             doc = json.loads(resp.body)
         except (ValueError, RecursionError):  # not JSON, or nested too deeply
