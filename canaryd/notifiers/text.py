@@ -8,6 +8,11 @@ pieces so that Slack, Teams, Discord and Google Chat say the same thing:
   (``"prod/web v2: rolled back: request-success-rate 91.8 < min 99 (5/5 failed checks)"``);
 - :func:`facts`: ordered ``(label, value)`` pairs (canary, revision, phase,
   weights, failed checks, metric, value and bound, reason...).
+
+and the lines they make: :func:`heading` (emoji and title), :func:`summary`
+(emoji and description), :func:`footer` (``canaryd · <event> · <time>``) and
+Flagger's event metadata (:func:`flagger_metadata`, also sent by ``event``
+webhooks).
 """
 
 from __future__ import annotations
