@@ -31,8 +31,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from canaryd.config.models import InfluxDBProvider, read_secret
-from canaryd.errors import ProviderError, SecretError
+from canaryd.config.models import InfluxDBProvider
+from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     FORM,
@@ -47,7 +47,7 @@ from canaryd.providers.base import (
     query_string,
     status_error,
 )
-from canaryd.providers.headers import auth_headers
+from canaryd.providers.headers import auth_headers, secret_text
 from canaryd.providers.transport import Response
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -139,11 +139,7 @@ class InfluxDB(HTTPProvider):
         """
         if self._cfg.org:
             return self._cfg.org
-        try:
-            secret = read_secret(self._cfg.org_file)
-        except SecretError as exc:
-            raise ProviderError(str(exc)) from exc
-        return secret.get_secret_value() if secret else ""
+        return secret_text(self._cfg.org_file)
 
     def _headers(self) -> dict[str, str]:
         cfg = self._cfg

@@ -31,8 +31,8 @@ from typing import Any
 from yarl import URL
 
 from canaryd.config.jsonpath import parse_path, select
-from canaryd.config.models import WebProvider, read_secret
-from canaryd.errors import ProviderError, SecretError
+from canaryd.config.models import WebProvider
+from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     HTTPProvider,
@@ -41,7 +41,7 @@ from canaryd.providers.base import (
     preview,
     status_error,
 )
-from canaryd.providers.headers import auth_headers
+from canaryd.providers.headers import auth_headers, secret_text
 from canaryd.providers.transport import Response
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -130,11 +130,7 @@ class Web(HTTPProvider):
         """
         headers = auth_headers(self._cfg.headers)
         for header in self._cfg.secret_headers:
-            try:
-                secret = read_secret(header.value_file)
-            except SecretError as exc:
-                raise ProviderError(str(exc)) from exc
-            headers[header.name] = secret.get_secret_value() if secret else ""
+            headers[header.name] = secret_text(header.value_file)
         return headers
 
 
