@@ -44,6 +44,12 @@ class RouteRequest:
     idempotency_key: str
     match: list[dict[str, Any]] = field(default_factory=list)
 
+    def weights(self) -> tuple[int, int]:
+        """The ``(primary, canary)`` percents to set: the request's, or 100/0 for a rollback."""
+        if self.action == "rollback":
+            return 100, 0
+        return self.primary_weight, self.canary_weight
+
 
 class Router(Protocol):
     """Something that moves traffic between primary and canary."""

@@ -48,13 +48,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from canaryd import retry
 from canaryd.config.models import AlbRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
@@ -178,9 +173,7 @@ class AlbListener:
                 text), no forward action, the read-back differs, no credentials,
                 or no answer within :attr:`budget`.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         wanted = {self._cfg.primary_target_group_arn: primary}
         wanted[self._cfg.canary_target_group_arn] = canary
         attempts = 0
@@ -190,12 +183,10 @@ class AlbListener:
             attempts += 1
             await anyio.to_thread.run_sync(self._apply, wanted, abandon_on_cancel=True)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(ATTEMPTS),
-            wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-            retry=retry_if_exception_type(_TransientError),
-            reraise=True,
-            sleep=anyio.sleep,
+        retrying = retry.retrying(
+            _TransientError,
+            attempts=ATTEMPTS,
+            wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
         )
         try:
             with anyio.fail_after(self.budget):
