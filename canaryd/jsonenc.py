@@ -63,3 +63,16 @@ def make_encoder(default: Callable[[Any], Any], *, allow_nan: bool = True) -> Ca
         return out.decode()
 
     return encode
+
+
+def map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` with ``leaf`` applied to everything but its dicts, lists and tuples.
+
+    Dict keys are kept; lists and tuples become lists (as they are once in JSON).
+    The log lines' redaction and the store's NaN-safe encoding both walk values so.
+    """
+    if isinstance(value, dict):
+        return {k: map_leaves(v, leaf) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [map_leaves(v, leaf) for v in value]
+    return leaf(value)

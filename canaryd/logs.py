@@ -29,7 +29,7 @@ import structlog
 from structlog.typing import EventDict
 
 from canaryd.core.events import Event
-from canaryd.jsonenc import make_encoder
+from canaryd.jsonenc import make_encoder, map_leaves
 from canaryd.redact import REDACTED as REDACTED
 from canaryd.redact import protect as protect
 from canaryd.redact import scrub as scrub
@@ -139,17 +139,11 @@ def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
 
 def redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """Processor: scrub every string value of a line (exception text included)."""
-    return {key: _scrub_value(value) for key, value in event_dict.items()}
+    return {key: map_leaves(value, _scrub_text) for key, value in event_dict.items()}
 
 
-def _scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {k: _scrub_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub_value(v) for v in value]
-    return value
+def _scrub_text(value: Any) -> Any:
+    return scrub(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -26,6 +27,24 @@ from support.procs import stop_process
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 REGION = "us-east-1"
+
+
+@contextmanager
+def moto_auth(endpoint: str) -> Iterator[None]:
+    """Inside the block the server checks every request's IAM access key and policies
+    (moto's ``/moto-api/reset-auth``); outside it accepts any credentials again."""
+
+    def post(count: str) -> None:
+        url, headers = f"{endpoint}/moto-api/reset-auth", {"Content-Type": "text/plain"}
+        request = urllib.request.Request(url, count.encode(), headers)
+        with urllib.request.urlopen(request, timeout=READY_TIMEOUT) as answer:
+            answer.read()
+
+    post("0")
+    try:
+        yield
+    finally:
+        post("inf")
 
 
 def run_moto() -> AbstractContextManager[str]:

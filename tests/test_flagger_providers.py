@@ -9,6 +9,8 @@ import pytest
 
 from canaryd.cli import main
 from canaryd.config import GraphiteProvider, InfluxDBProvider
+from canaryd.config.flaggermap import Mapped
+from canaryd.config.flaggerproviders import map_template
 from canaryd.config.loader import load_config
 from canaryd.errors import ConfigError
 
@@ -194,3 +196,15 @@ def test_influxdb_secret_without_org_is_a_problem(tmp_path: Path) -> None:
     secret_dir(tmp_path, "influx-token", token="tok-1234")
     with pytest.raises(ConfigError, match=r"put the InfluxDB organization in the file .*/org"):
         load_config(write(tmp_path, "c.yaml", MAIN), environ={})
+
+
+@pytest.mark.parametrize("kind", ["graphite", "datadog"], ids=["template", "saas"])
+def test_secret_ref_without_a_name_is_a_problem_at_its_key(kind: str) -> None:
+    """A provider's secretRef that names no secret is a problem at spec.provider.secretRef."""
+    out = Mapped("MetricTemplate", name="t")
+    spec = {"provider": {"type": kind, "secretRef": {"key": "x"}}, "query": "q"}
+
+    map_template(spec, {}, out)
+
+    assert out.secret_ref is None
+    assert out.problems == [(("spec", "provider", "secretRef"), "must be a mapping with a name")]

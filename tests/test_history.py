@@ -16,11 +16,14 @@ from service_helpers import backends, canary, service_config
 from support import eventually
 from test_api import Api
 
+from canaryd.cli.commands import check
 from canaryd.config.loader import load_config
+from canaryd.config.models.settings import CHECKS_PER_ROLLOUT_MAX
 from canaryd.core.analysis import CanaryState, CheckRecord, Outcome, Phase
 from canaryd.core.events import Event
 from canaryd.service.store import Retention, SqliteStore, StateStore
 from canaryd.service.store import retention as store_retention
+from canaryd.service.store.contract import ROLLOUT_LIMIT
 from canaryd.service.supervisor import retention
 
 pytestmark = pytest.mark.anyio
@@ -232,6 +235,35 @@ def test_retention_comes_from_the_history_config(tmp_path: Path) -> None:
     assert retention(load_config(path).settings) == Retention(7, 2 * DAY, 9, 10 * DAY, 50)
 
 
+@pytest.mark.parametrize(
+    ("kept", "problem"),
+    [
+        (10, None),
+        (2000, None),
+        (9, "history.checksPerRollout: must be >= 10 (got 9)"),
+        (2001, "history.checksPerRollout: must be <= 2000 (got 2001)"),
+    ],
+    ids=["least", "most", "too-few", "too-many"],
+)
+def test_checks_per_rollout_is_bounded_as_documented(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kept: int, problem: str | None
+) -> None:
+    """``checksPerRollout`` is 10 to 2000 (what one rollout's answer carries, docs/api.md);
+    ``canaryd check`` names a value outside."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"history: {{checksPerRollout: {kept}}}\n")
+    assert check(path) == (0 if problem is None else 1)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": ", 1)[1] for line in err if "checksPerRollout" in line] == (
+        [] if problem is None else [problem]
+    )
+
+
+def test_the_most_checks_kept_are_the_most_an_answer_reads() -> None:
+    """The model's bound on ``checksPerRollout`` is the store's read limit for one rollout."""
+    assert CHECKS_PER_ROLLOUT_MAX == ROLLOUT_LIMIT
+
+
 # --------------------------------------------------------------------------- API
 
 
@@ -283,6 +315,20 @@ async def test_history_api_errors(api: Api, path: str, status: int) -> None:
     """An unknown rollout is 404; a bad ``limit`` is 400; both JSON errors."""
     got, body, _ = await api.call("GET", "/api/v1/canaries/prod/web" + path)
     assert (got, set(body)) == (status, {"error"})
+
+
+async def test_history_api_answers_the_newest_checks_per_rollout(tmp_path: Path) -> None:
+    """A rollout with more checks than ``checksPerRollout`` (housekeeping not yet run) is
+    answered with its newest ``checksPerRollout`` checks."""
+    async with backends() as (prom, router):
+        history = {"checksPerRollout": 10}
+        cfg = service_config(tmp_path, prom, router, [canary(interval="1h")], history=history)
+        async with running_daemon(cfg) as daemon, aiohttp.ClientSession() as session:
+            await rollout(daemon.services.store, "long", started=100, ended=None, checks=25)
+            url = "/api/v1/canaries/prod/web/rollouts/long"
+            status, detail, _ = await Api(daemon, api_url(cfg), session).call("GET", url)
+    assert status == 200
+    assert [c["time"] for c in detail["checks"]] == list(range(115, 125))
 
 
 async def test_history_api_needs_the_token_to_read(api: Api) -> None:

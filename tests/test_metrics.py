@@ -399,6 +399,24 @@ def test_dashboard_queries_use_exported_metrics_and_parse(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_dashboard_charts_the_router_metrics() -> None:
+    """The dashboard has a panel for routes sent, routes refused and how long refused."""
+    dashboard = json.loads((ROOT / "config" / "grafana-dashboard.json").read_text())
+    charted = {
+        name
+        for p in dashboard["panels"]
+        for t in p.get("targets", [])
+        for name in _canaryd_names(t["expr"])
+    }
+    router = {
+        "canaryd_router_requests_total",
+        "canaryd_router_errors_total",
+        "canaryd_canary_route_refused_seconds",
+    }
+    assert router - charted == set()
+    assert router <= _exported_names()
+
+
 def test_alerting_rules_use_exported_metrics() -> None:
     """The shipped alerting rules name only metrics canaryd exports."""
     rules = yaml.safe_load((ROOT / "config" / "prometheus-rules.yaml").read_text())

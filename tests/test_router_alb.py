@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
-from moto_server import REGION, Alb, make_alb, run_moto
+from moto_server import REGION, Alb, make_alb, moto_auth, run_moto
 from support import refused_port
 from traffic import route
 
 from canaryd.config import AlbRouter
 from canaryd.errors import RouterError
-from canaryd.routers.alb import AlbListener
+from canaryd.routers.alb import AlbListener, credential_files
+from canaryd.service.adapters import Adapters, with_secret_files
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +58,11 @@ def alb(moto_endpoint: str) -> Alb:
 
 def router(alb: Alb, **extra: Any) -> AlbListener:
     """An alb router for ``alb``."""
+    return AlbListener(config(alb, **extra))
+
+
+def config(alb: Alb, **extra: Any) -> AlbRouter:
+    """An alb router's config for ``alb``."""
     fields = {
         "type": "alb",
         "listener_arn": alb.listener,
@@ -62,7 +72,7 @@ def router(alb: Alb, **extra: Any) -> AlbListener:
         "endpoint_url": alb.endpoint,
         "timeout": 2.0,
     }
-    return AlbListener(AlbRouter.model_validate({**fields, **extra}))
+    return AlbRouter.model_validate({**fields, **extra})
 
 
 @pytest.mark.integration
@@ -186,3 +196,91 @@ def test_missing_region_is_a_router_error() -> None:
 
     with pytest.raises(RouterError, match=r"^alb app/web/1/2: NoRegionError: "):
         AlbListener(cfg)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, ("~/.aws/credentials", "~/.aws/config")),
+        (
+            {"AWS_SHARED_CREDENTIALS_FILE": "/run/c", "AWS_CONFIG_FILE": "~/cfg"},
+            ("/run/c", "~/cfg"),
+        ),
+    ],
+    ids=["defaults", "environment"],
+)
+def test_credential_files_are_the_ones_boto3_reads(
+    environ: dict[str, str], expected: tuple[str, str]
+) -> None:
+    """The files are named by the environment, else the ones in ``~/.aws``; ``~`` expanded."""
+    assert credential_files(environ) == tuple(os.path.expanduser(p) for p in expected)
+
+
+def _iam_user(endpoint: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """An IAM user allowed everything, and two access keys of it (CreateAccessKey answers)."""
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION)
+    user = f"canaryd-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    allow = {"Effect": "Allow", "Action": "*", "Resource": "*"}
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [allow]})
+    iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=policy)
+    first, second = (iam.create_access_key(UserName=user)["AccessKey"] for _ in range(2))
+    return user, first, second
+
+
+def _rotate(endpoint: str, user: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Delete the ``old`` key, signed with the ``new`` one, as an operator rotating keys does."""
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=new["AccessKeyId"],
+        aws_secret_access_key=new["SecretAccessKey"],
+    )
+    iam.delete_access_key(UserName=user, AccessKeyId=old["AccessKeyId"])
+
+
+def _credentials(path: Path, key: dict[str, Any]) -> None:
+    """Write an AWS shared credentials file holding ``key``."""
+    path.write_text(
+        f"[default]\naws_access_key_id = {key['AccessKeyId']}\n"
+        f"aws_secret_access_key = {key['SecretAccessKey']}\n"
+    )
+
+
+@pytest.mark.integration
+async def test_a_reload_applies_rotated_credentials(
+    alb: Alb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A router kept across reloads is built anew once its AWS credentials file changed:
+    after a key rotation (old key deleted) the rebuilt router routes, the kept one could not."""
+    user, old, new = _iam_user(alb.endpoint)
+    credentials = tmp_path / "aws-credentials"
+    _credentials(credentials, old)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    cfg, adapters = config(alb), Adapters()
+
+    def reload() -> AlbListener:
+        with adapters.replacing() as rebuild:
+            routers = rebuild.build("router", {"alb": cfg}, build, with_secret_files)
+        return routers["alb"]
+
+    def build(name: str, cfg: AlbRouter) -> AlbListener:
+        return AlbListener(cfg)
+
+    kept = reload()
+    assert reload() is kept, "kept while nothing changed (no ~/.aws/config is no change)"
+    with moto_auth(alb.endpoint):
+        await kept.apply(route("route", 80, 20))
+        _rotate(alb.endpoint, user, old, new)
+        _credentials(credentials, new)
+        with pytest.raises(RouterError, match="InvalidClientTokenId"):
+            await kept.apply(route("route", 60, 40))
+        rebuilt = reload()
+        await rebuilt.apply(route("route", 60, 40))
+
+    assert rebuilt is not kept
+    assert alb.weights() == (60, 40)
+    await adapters.aclose()

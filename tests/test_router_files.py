@@ -20,6 +20,7 @@ from canaryd.routers import build_router
 from canaryd.routers.envoy import EnvoyFileRouter
 from canaryd.routers.files import (
     TEMP_SUFFIX,
+    api_auth,
     apply_file,
     get_json,
     preview,
@@ -213,3 +214,23 @@ async def test_admin_api_redirect_is_not_followed() -> None:
         f"traefik {url}: HTTP 302 redirect to {base}/… (redirects are not followed)"
     )
     assert hits == ["/api/http/services/web@file"]
+
+
+def test_api_auth_is_basic_auth_from_the_password_file(tmp_path: Path) -> None:
+    """With a username the admin-API header is basic auth with the file's password; else none."""
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+
+    assert api_auth("traefik", "ops", str(secret)) == "Basic b3BzOnMzY3JldA=="
+    assert api_auth("traefik", None, str(secret)) is None
+
+
+def test_api_auth_refuses_a_password_file_others_can_read(tmp_path: Path) -> None:
+    """A password file readable by others is a RouterError naming the proxy, username or not."""
+    secret = tmp_path / "password"
+    secret.write_text("s3cret")
+    secret.chmod(0o644)
+
+    with pytest.raises(RouterError, match=r"^nginx plus: secret file .* is readable by others"):
+        api_auth("nginx plus", None, str(secret))

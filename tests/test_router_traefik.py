@@ -20,7 +20,14 @@ from proxies import (
     require,
     run_proxy,
 )
-from traffic import assert_split, in_front_of_backends, route, step_and_roll_back
+from traffic import (
+    assert_split,
+    in_front_of_backends,
+    refused_during,
+    route,
+    step_and_roll_back,
+    stopped,
+)
 
 from canaryd.config import TraefikRouter
 from canaryd.errors import RouterError
@@ -197,17 +204,11 @@ async def test_traefik_down_writes_nothing(traefik: Traefik, session: HttpTransp
     """With Traefik's API down the apply fails before the file is touched."""
     router = TraefikFileRouter(traefik.router_config(timeout=0.5), session)
     await TraefikFileRouter(traefik.router_config(), session).apply(route("route", 80, 20))
-    before = traefik.file.read_bytes()
-    traefik.stop()
 
-    with pytest.raises(RouterError) as info:
-        await router.apply(route("route", 50, 50))
+    error = await refused_during(stopped(traefik), router, traefik.file, traefik.url, canary=20)
 
-    assert str(info.value).startswith(f"traefik {traefik.api}/api/http/services/primary@file: ")
-    assert "(after 3 attempts)" in str(info.value)
-    assert traefik.file.read_bytes() == before
-    traefik.start()
-    await assert_split(traefik.url, 20)
+    assert error.startswith(f"traefik {traefik.api}/api/http/services/primary@file: ")
+    assert "(after 3 attempts)" in error
 
 
 @pytest.mark.integration
@@ -217,16 +218,12 @@ async def test_frozen_traefik_times_out_and_writes_nothing(
 ) -> None:
     """Traefik stopped (SIGSTOP) answers nothing: the budget ends the apply, nothing changes."""
     await TraefikFileRouter(traefik.router_config(), session).apply(route("route", 80, 20))
-    before = traefik.file.read_bytes()
     router = TraefikFileRouter(traefik.router_config(timeout=0.3), session)
     assert traefik.proc is not None
 
-    with frozen(traefik.proc), pytest.raises(RouterError) as info:
-        await router.apply(route("route", 50, 50))
+    error = await refused_during(frozen(traefik.proc), router, traefik.file, traefik.url, canary=20)
 
-    assert str(info.value) == "traefik web@file: not applied within 0.9s"
-    assert traefik.file.read_bytes() == before
-    await assert_split(traefik.url, 20)
+    assert error == "traefik web@file: not applied within 0.9s"
 
 
 @pytest.mark.integration

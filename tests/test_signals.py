@@ -249,3 +249,4 @@ async def test_a_hung_tick_is_abandoned_after_the_grace_period(
                 await r.finished.wait()
         stopped = next(e for e in logs if e["event"] == "daemon.stopped")
         assert stopped["abandoned_ticks"] == 1
+        assert stopped["outbox_waiting"] == 0  # messages left in the store (none configured)

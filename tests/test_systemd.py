@@ -348,6 +348,31 @@ def test_unit_file_has(line: str) -> None:
     assert line in UNIT.read_text().splitlines()
 
 
+def _journald_lines_per_second(unit: str) -> float:
+    """The sustained log rate journald lets through for ``unit``; infinite if unlimited.
+
+    Without ``LogRateLimitIntervalSec=`` the unit gets journald's defaults
+    (``RateLimitBurst=10000`` per ``RateLimitIntervalSec=30s``); an interval of 0
+    switches the limit off.
+    """
+    interval = re.search(r"^LogRateLimitIntervalSec=(\d+)s?$", unit, re.MULTILINE)
+    burst = re.search(r"^LogRateLimitBurst=(\d+)$", unit, re.MULTILINE)
+    seconds = int(interval.group(1)) if interval else 30
+    lines = int(burst.group(1)) if burst else 10_000
+    return float("inf") if seconds == 0 or lines == 0 else lines / seconds
+
+
+def test_journald_keeps_every_line_at_the_sized_load() -> None:
+    """journald's rate limit lets through one analysis.tick line per check at N = 10,000, 10 s."""
+    assert _journald_lines_per_second(UNIT.read_text()) >= 10_000 / 10
+
+
+def test_journald_rate_reads_journalds_defaults() -> None:
+    """A unit without the settings gets journald's default of 10,000 lines per 30 s."""
+    assert _journald_lines_per_second("[Service]\n") == pytest.approx(10_000 / 30)
+    assert _journald_lines_per_second("LogRateLimitBurst=60000\n") == 2_000
+
+
 def test_stop_timeout_leaves_room_for_a_graceful_stop() -> None:
     """TimeoutStopSec exceeds the tick grace, the outbox flush and the API shutdown together."""
     from canaryd.service.api import SHUTDOWN_SECONDS

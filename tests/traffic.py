@@ -9,14 +9,17 @@ the measured canary share against the weight canaryd set.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import anyio
+import pytest
 from haproxy import count_responses, named_backend
 from support import started_on_free_port
 
+from canaryd.errors import RouterError
 from canaryd.routers import Action, RouteRequest
 
 REQUESTS = 200
@@ -127,3 +130,41 @@ async def in_front_of_backends(
             yield proxy
         finally:
             proxy.stop()
+
+
+@contextmanager
+def stopped(proxy: Proxy) -> Iterator[None]:
+    """``proxy`` stopped for the block, started again after it."""
+    proxy.stop()
+    try:
+        yield
+    finally:
+        proxy.start()
+
+
+async def refused_during(
+    outage: AbstractContextManager[object],
+    router: Applies,
+    file: Path,
+    url: str,
+    *,
+    canary: int,
+    requests: int = REQUESTS,
+) -> str:
+    """During ``outage`` a 50/50 apply fails without touching ``file``; the old split holds after.
+
+    ``outage`` is :func:`stopped` or :func:`proxies.frozen`; ``canary`` is the
+    weight routed before, measured again at ``url`` once the outage is over.
+
+    Returns:
+        The router's error message.
+
+    Raises:
+        AssertionError: the apply succeeded, the file changed, or the split moved.
+    """
+    before = await anyio.Path(file).read_bytes()
+    with outage, pytest.raises(RouterError) as info:
+        await router.apply(route("route", 50, 50))
+    assert await anyio.Path(file).read_bytes() == before
+    await assert_split(url, canary, requests)
+    return str(info.value)

@@ -73,11 +73,7 @@ def _template_provider(value: Any, out: Mapped) -> None:
             provider["headers"] = _headers(item, out)
             out.moves.append((("headers",), (*here, "headers")))
         elif key == "secretRef":
-            name = item.get("name") if isinstance(item, dict) else None
-            if not isinstance(name, str) or not name:
-                out.problem((*here, key), "must be a mapping with a name")
-            else:
-                out.secret_ref = name
+            _secret_ref(item, out)
         elif key in _TEMPLATE_PROVIDER_K8S:
             out.ignored.append(f"spec.provider.{key}")
         else:
@@ -103,11 +99,7 @@ def _saas_provider(kind: str, value: dict[str, Any], out: Mapped) -> None:
         if key in used:
             provider[key] = _nerdgraph(item) if kind == "newrelic" and key == "address" else item
         elif key == "secretRef" and kind in SECRET_KEYS:
-            name = item.get("name") if isinstance(item, dict) else None
-            if not isinstance(name, str) or not name:
-                out.problem((*here, key), "must be a mapping with a name")
-            else:
-                out.secret_ref = name
+            _secret_ref(item, out)
         elif key in _FLAGGER_PROVIDER_KEYS:
             if key != "type":
                 out.ignored.append(f"spec.provider.{key}")  # not used by this type
@@ -116,6 +108,15 @@ def _saas_provider(kind: str, value: dict[str, Any], out: Mapped) -> None:
     if kind in SECRET_KEYS and "secretRef" not in value:
         out.problem(here, f"missing key 'secretRef' ({kind} reads its keys from a secret)")
     out.provider_entry = provider
+
+
+def _secret_ref(item: Any, out: Mapped) -> None:
+    """``spec.provider.secretRef``: the secret's name, or a problem when it has none."""
+    name = item.get("name") if isinstance(item, dict) else None
+    if not isinstance(name, str) or not name:
+        out.problem(("spec", "provider", "secretRef"), "must be a mapping with a name")
+    else:
+        out.secret_ref = name
 
 
 def _nerdgraph(address: Any) -> Any:

@@ -38,6 +38,7 @@ from canaryd.demo.results import ScenarioResult
 from canaryd.demo.scenarios import SCENARIOS, Timings
 from canaryd.demo.view import TerminalView, View
 from canaryd.jsonenc import make_encoder
+from canaryd.logs import redact
 from canaryd.terminal import escape_lines
 
 INSTALL_HINT = "sudo apt-get install prometheus haproxy"
@@ -59,7 +60,11 @@ def lines_about(lines: Iterable[str], canary: str) -> list[str]:
 
 @contextlib.contextmanager
 def captured_logs(keep: int = 400) -> Iterator[deque[str]]:
-    """Send canaryd's log lines (JSON) to a ring buffer instead of stdout, for the demo's run."""
+    """Send canaryd's log lines (JSON) to a ring buffer instead of stdout, for the demo's run.
+
+    The lines are scrubbed of secrets as the daemon's are (:func:`canaryd.logs.redact`),
+    since a failed scenario prints its tail.
+    """
     old = structlog.get_config()
     lines: deque[str] = deque(maxlen=keep)
 
@@ -71,6 +76,7 @@ def captured_logs(keep: int = 400) -> Iterator[deque[str]]:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            redact,
             sink,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),

@@ -24,6 +24,8 @@ import anyio
 import anyio.abc
 
 from canaryd.errors import DemoError as DemoError
+from canaryd.redact import scrub
+from canaryd.terminal import escape
 
 STOP_TIMEOUT = 3.0
 """Seconds a child gets to exit after SIGTERM before its group is killed."""
@@ -53,9 +55,8 @@ class Child:
     log: Path
 
     def log_tail(self, lines: int = 15) -> str:
-        """The last lines of its output, for error messages."""
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        """The last lines of its output, for error messages (:func:`log_tail`)."""
+        return log_tail(self.log, lines)
 
     async def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after :data:`STOP_TIMEOUT`; never raises."""
@@ -68,6 +69,20 @@ class Child:
             with anyio.move_on_after(STOP_TIMEOUT):
                 await self.process.wait()
             await self.process.aclose()
+
+
+def log_tail(log: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a child's log as they may reach a terminal: secrets
+    scrubbed as in canaryd's own log lines, control characters escaped (one line each).
+
+    A child's output is not canaryd's: a proxy or Prometheus may echo a header or a URL
+    with credentials, or write escape sequences (docs/reliability.md, "Terminal output").
+    """
+    try:
+        text = log.read_bytes().decode(errors="replace")  # a CR stays, to be escaped
+    except OSError:
+        return ""
+    return "\n".join(escape(scrub(line)) for line in text.rstrip("\n").split("\n")[-lines:])
 
 
 def _signal_group(pid: int, signum: signal.Signals) -> None:

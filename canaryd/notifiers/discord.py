@@ -16,10 +16,9 @@ from canaryd.notifiers.text import (
     clip,
     colour,
     describe,
-    emoji,
     facts,
+    heading,
     rfc3339,
-    title,
 )
 
 CONTENT_TYPE = "application/json"
@@ -42,7 +41,7 @@ def escape(text: str) -> str:
 
 def embed(event: Event) -> dict[str, Any]:
     """The embed for ``event``, within Discord's per-field and total limits."""
-    head = clip(f"{emoji(event)} {title(event)}", TITLE_MAX)
+    head = clip(heading(event), TITLE_MAX)
     description = clip(escape(describe(event)), DESCRIPTION_MAX)
     footer = f"canaryd · {event.name}"
     budget = EMBED_TOTAL_MAX - len(head) - len(description) - len(footer)

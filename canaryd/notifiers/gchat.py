@@ -12,7 +12,7 @@ import html
 from typing import Any
 
 from canaryd.core.events import Event
-from canaryd.notifiers.text import RenderOptions, clip, describe, emoji, facts, rfc3339, title
+from canaryd.notifiers.text import RenderOptions, clip, facts, footer, heading, summary
 
 CONTENT_TYPE = "application/json; charset=UTF-8"
 
@@ -36,12 +36,12 @@ def card(event: Event) -> dict[str, Any]:
     """The ``cardsV2`` entry for ``event``."""
     subtitle = f"{event.canary} {event.revision}" if event.revision else event.canary
     widgets = [_widget(label, value) for label, value in facts(event)][: WIDGETS_MAX - 1]
-    widgets.append({"textParagraph": {"text": f"canaryd · {event.name} · {rfc3339(event.time)}"}})
+    widgets.append({"textParagraph": {"text": footer(event)}})
     return {
         "cardId": f"canaryd-{event.name}",
         "card": {
             "header": {
-                "title": clip(f"{emoji(event)} {title(event)}", 200),
+                "title": clip(heading(event), 200),
                 "subtitle": clip(subtitle, 200),
             },
             "sections": [{"widgets": widgets}],
@@ -55,4 +55,4 @@ def render(event: Event, options: RenderOptions) -> dict[str, Any]:
     Raises:
         KeyError: the event's name is not in the vocabulary.
     """
-    return {"text": clip(f"{emoji(event)} {describe(event)}", TEXT_MAX), "cardsV2": [card(event)]}
+    return {"text": clip(summary(event), TEXT_MAX), "cardsV2": [card(event)]}

@@ -18,11 +18,10 @@ from canaryd.notifiers.text import (
     RenderOptions,
     clip,
     describe,
-    emoji,
     facts,
-    rfc3339,
+    footer,
+    heading,
     severity_of,
-    title,
 )
 
 CONTENT_TYPE = "application/json"
@@ -50,7 +49,7 @@ def card(event: Event) -> dict[str, Any]:
         "body": [
             {
                 "type": "TextBlock",
-                "text": clip(f"{emoji(event)} {title(event)}", 200),
+                "text": clip(heading(event), 200),
                 "size": "Large",
                 "weight": "Bolder",
                 "color": _title_colour(event),
@@ -60,7 +59,7 @@ def card(event: Event) -> dict[str, Any]:
             {"type": "FactSet", "facts": fact_set},
             {
                 "type": "TextBlock",
-                "text": f"canaryd · {event.name} · {rfc3339(event.time)}",
+                "text": footer(event),
                 "isSubtle": True,
                 "size": "Small",
                 "wrap": True,

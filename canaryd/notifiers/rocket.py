@@ -22,11 +22,10 @@ from canaryd.notifiers.text import (
     RenderOptions,
     clip,
     colour,
-    describe,
-    emoji,
     facts,
+    heading,
     rfc3339,
-    title,
+    summary,
 )
 
 CONTENT_TYPE = "application/json"
@@ -55,7 +54,7 @@ def attachment(event: Event) -> dict[str, Any]:
     return {
         "color": f"#{colour(event):06X}",
         "author_name": f"{event.canary_name}.{event.namespace}",
-        "title": clip(f"{emoji(event)} {title(event)}", TITLE_MAX),
+        "title": clip(heading(event), TITLE_MAX),
         "fields": fields,
         "ts": rfc3339(event.time),
     }
@@ -68,12 +67,8 @@ def render(event: Event, options: RenderOptions) -> dict[str, Any]:
         KeyError: the event's name is not in the vocabulary.
     """
     message: dict[str, Any] = {
-        "text": clip(unmention(f"{emoji(event)} {describe(event)}"), TEXT_MAX),
+        "text": clip(unmention(summary(event)), TEXT_MAX),
         "icon_emoji": ICON,
         "attachments": [attachment(event)],
     }
-    if options.channel:
-        message["channel"] = options.channel
-    if options.username:
-        message["username"] = options.username
-    return message
+    return message | options.sender()

@@ -21,10 +21,10 @@ from canaryd.notifiers.text import (
     clip,
     clip_escaped,
     describe,
-    emoji,
     facts,
-    rfc3339,
-    title,
+    footer,
+    heading,
+    summary,
 )
 
 CONTENT_TYPE = "application/json"
@@ -52,7 +52,7 @@ def _field(label: str, value: str) -> dict[str, str]:
 
 def blocks(event: Event) -> list[dict[str, Any]]:
     """The Block Kit blocks for ``event``."""
-    header = clip(f"{emoji(event)} {title(event)}", HEADER_MAX)
+    header = clip(heading(event), HEADER_MAX)
     fields = [_field(label, value) for label, value in facts(event)][:FIELDS_MAX]
     out: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}},
@@ -63,7 +63,7 @@ def blocks(event: Event) -> list[dict[str, Any]]:
     out.append(
         {
             "type": "context",
-            "elements": [mrkdwn(f"canaryd · {event.name} · {rfc3339(event.time)}", 2000)],
+            "elements": [mrkdwn(footer(event), 2000)],
         }
     )
     return out
@@ -79,11 +79,7 @@ def render(event: Event, options: RenderOptions) -> dict[str, Any]:
         KeyError: the event's name is not in the vocabulary.
     """
     message: dict[str, Any] = {
-        "text": clip_escaped(f"{emoji(event)} {describe(event)}", FALLBACK_MAX, ENTITIES),
+        "text": clip_escaped(summary(event), FALLBACK_MAX, ENTITIES),
         "blocks": blocks(event),
     }
-    if options.channel:
-        message["channel"] = options.channel
-    if options.username:
-        message["username"] = options.username
-    return message
+    return message | options.sender()

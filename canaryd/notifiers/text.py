@@ -8,6 +8,11 @@ pieces so that Slack, Teams, Discord and Google Chat say the same thing:
   (``"prod/web v2: rolled back: request-success-rate 91.8 < min 99 (5/5 failed checks)"``);
 - :func:`facts`: ordered ``(label, value)`` pairs (canary, revision, phase,
   weights, failed checks, metric, value and bound, reason...).
+
+and the lines they make: :func:`heading` (emoji and title), :func:`summary`
+(emoji and description), :func:`footer` (``canaryd · <event> · <time>``) and
+Flagger's event metadata (:func:`flagger_metadata`, also sent by ``event``
+webhooks).
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class RenderOptions:
     username: str | None = None
     event_id: str | None = None
     source: str | None = None
+
+    def sender(self) -> dict[str, str]:
+        """``channel`` and ``username`` as message keys, those that are set (Slack's shape)."""
+        keys = {"channel": self.channel, "username": self.username}
+        return {key: value for key, value in keys.items() if value}
 
 
 _TITLES: dict[str, str] = {
@@ -100,6 +110,30 @@ def title(event: Event) -> str:
     if gate and event.name.startswith("gate."):
         text = f"{text}: {gate}"
     return text
+
+
+def heading(event: Event) -> str:
+    """The emoji and the title: the first line of every card, embed and attachment."""
+    return f"{emoji(event)} {title(event)}"
+
+
+def summary(event: Event) -> str:
+    """The emoji and :func:`describe`'s line: a message's text beside its card."""
+    return f"{emoji(event)} {describe(event)}"
+
+
+def footer(event: Event) -> str:
+    """``canaryd · rollout.rolled_back · <time>``: the small print under a card."""
+    return f"canaryd · {event.name} · {rfc3339(event.time)}"
+
+
+def flagger_metadata(event: Event) -> dict[str, str]:
+    """Flagger's event-webhook ``metadata``: the summary, ``Normal``/``Warning``, Unix ms."""
+    return {
+        "eventMessage": describe(event),
+        "eventType": "Normal" if severity_of(event) is Severity.INFO else "Warning",
+        "timestamp": str(int(event.time * 1000)),
+    }
 
 
 def rfc3339(ts: float) -> str:

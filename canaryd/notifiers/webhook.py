@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from canaryd.config.models import Severity
 from canaryd.core.alerts import severity_of
 from canaryd.core.events import Event
-from canaryd.notifiers.text import RenderOptions, describe, rfc3339
+from canaryd.notifiers.text import RenderOptions, flagger_metadata, rfc3339
 
 CONTENT_TYPE = "application/json"
 
@@ -41,25 +40,20 @@ def payload(event: Event) -> dict[str, Any]:
     Raises:
         KeyError: the event's name is not in the vocabulary.
     """
-    severity = severity_of(event)
-    message = describe(event)
+    metadata = flagger_metadata(event)
     body: dict[str, Any] = {
         "event": event.name,
         "level": event.level,
-        "severity": severity.value,
+        "severity": severity_of(event).value,
         "canary": event.canary,
         "namespace": event.namespace,
         "name": event.canary_name,
         "revision": event.revision,
         "phase": event.phase,
         "time": rfc3339(event.time),
-        "message": message,
+        "message": metadata["eventMessage"],
         "fields": jsonable(event.fields),
-        "metadata": {
-            "eventMessage": message,
-            "eventType": "Normal" if severity is Severity.INFO else "Warning",
-            "timestamp": str(int(event.time * 1000)),
-        },
+        "metadata": metadata,
     }
     for key in FLAGGER_TOP_LEVEL:
         if key in event.fields:

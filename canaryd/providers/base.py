@@ -20,24 +20,18 @@ rest, the same way for all of them (docs/providers.md, "Common behaviour"):
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 from urllib.parse import urlencode
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_before_delay,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import RetryError
 from yarl import URL
 
+from canaryd import retry
 from canaryd.errors import ProviderError, ResourceError
 from canaryd.http import (
     BODY_PREVIEW_BYTES,
@@ -176,12 +170,13 @@ class Endpoint:
             self.stats.failures += 1
             raise
         left = budget - (time.monotonic() - started)
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
-            # the second condition: never start an attempt whose timeout ends after the budget
-            stop=stop_after_delay(left) | stop_before_delay(left - timeout),
-            wait=wait_exponential(multiplier=RETRY_INITIAL_WAIT, max=RETRY_MAX_WAIT)
-            + wait_random(0, RETRY_INITIAL_WAIT),
+        retrying = retry.retrying(
+            TransientError,
+            # never starts an attempt whose timeout ends after the budget
+            budget=left,
+            attempt_timeout=timeout,
+            wait=retry.jittered_exponential(RETRY_INITIAL_WAIT, RETRY_MAX_WAIT),
+            reraise=False,
         )
         try:
             async for tried in retrying:
@@ -197,7 +192,7 @@ class Endpoint:
             last = exc.last_attempt.exception()
             kind = ResourceError if isinstance(last, OwnTroubleError) else ProviderError
             raise kind(
-                f"gave up after {n} attempt{'s' if n > 1 else ''} in "
+                f"gave up after {retry.tries(n)} in "
                 f"{time.monotonic() - started:.1f}s (budget {budget:g}s): "
                 f"{exc.last_attempt.exception()}"
             ) from exc.last_attempt.exception()
@@ -384,6 +379,20 @@ def http_error(name: str, status: int, body: bytes, problem: str = "") -> str:
     """``graphite answered HTTP 503, not JSON: <preview>`` style message."""
     shown = preview(body)
     return f"{name} answered HTTP {status}{problem}" + (f": {shown}" if shown else "")
+
+
+def status_error(name: str, status: int, body: bytes, problem: str = "") -> ProviderError:
+    """:func:`http_error`'s message as a :class:`TransientError` for 429 and 5xx, else permanent."""
+    kind = TransientError if is_transient(status) else ProviderError
+    return kind(http_error(name, status, body, problem))
+
+
+def json_or_none(body: bytes) -> Any:
+    """The JSON document in ``body``, or None when it is not JSON (or nested too deeply)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 def is_transient(status: int) -> bool:

@@ -23,11 +23,12 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from canaryd.config.models import DatadogProvider, read_secret
+from canaryd.config.models import DatadogProvider
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor
 from canaryd.providers.base import JSON, HTTPProvider, Request
+from canaryd.providers.headers import secret_text
 from canaryd.providers.transport import Response
 
 NAME = "datadog"
@@ -86,14 +87,9 @@ class Datadog(HTTPProvider):
         Raises:
             ProviderError: a key file cannot be read.
         """
-        try:
-            api_key = read_secret(self._cfg.api_key_file)
-            app_key = read_secret(self._cfg.application_key_file)
-        except ValueError as exc:
-            raise ProviderError(str(exc)) from exc
         return {
-            "DD-API-KEY": api_key.get_secret_value() if api_key else "",
-            "DD-APPLICATION-KEY": app_key.get_secret_value() if app_key else "",
+            "DD-API-KEY": secret_text(self._cfg.api_key_file),
+            "DD-APPLICATION-KEY": secret_text(self._cfg.application_key_file),
         }
 
     def _answer(self, resp: Response) -> Any:

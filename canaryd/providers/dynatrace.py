@@ -21,11 +21,11 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from canaryd.config.models import DynatraceProvider, read_secret
-from canaryd.errors import ProviderError
+from canaryd.config.models import DynatraceProvider
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor
 from canaryd.providers.base import HTTPProvider, Request
+from canaryd.providers.headers import secret_text
 from canaryd.providers.transport import Response
 
 NAME = "dynatrace"
@@ -72,11 +72,7 @@ class Dynatrace(HTTPProvider):
         Raises:
             ProviderError: the token file cannot be read.
         """
-        try:
-            token = read_secret(self._cfg.api_token_file)
-        except ValueError as exc:
-            raise ProviderError(str(exc)) from exc
-        return {"Authorization": f"Api-Token {token.get_secret_value() if token else ''}"}
+        return {"Authorization": f"Api-Token {secret_text(self._cfg.api_token_file)}"}
 
     def _series(self, resp: Response) -> list[Any] | None:
         """The values of the answer's single series (``None`` without one).

@@ -36,11 +36,11 @@ from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     HTTPProvider,
     Request,
-    TransientError,
     http_error,
-    is_transient,
+    json_or_none,
     preview,
     query_string,
+    status_error,
 )
 from canaryd.providers.headers import auth_headers
 from canaryd.providers.transport import Response
@@ -127,12 +127,8 @@ def _series(resp: Response) -> list[list[float]]:
     if not resp.complete:
         raise ProviderError(http_error("graphite", resp.status, resp.body, " too large"))
     if resp.status != 200:
-        kind = TransientError if is_transient(resp.status) else ProviderError
-        raise kind(http_error("graphite", resp.status, resp.body))
-    try:
-        doc = json.loads(resp.body)
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply
-        doc = None
+        raise status_error("graphite", resp.status, resp.body)
+    doc = json_or_none(resp.body)
     if not isinstance(doc, list) or not all(isinstance(s, dict) for s in doc):
         raise ProviderError(f"graphite answered something other than render JSON: {_shown(doc)}")
     return [_points(series) for series in doc]

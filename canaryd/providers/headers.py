@@ -28,18 +28,24 @@ def auth_headers(
     headers = dict(extra)
     if token_file and username:
         raise ProviderError("set the token file or username/password_file, not both")
+    if token_file:
+        headers["Authorization"] = f"{scheme} {secret_text(token_file)}"
+    elif username:
+        headers["Authorization"] = basic_auth(username, secret_text(password_file))
+    return headers
+
+
+def secret_text(path: str | None) -> str:
+    """The secret in the file at ``path`` (``""`` without a path), read now.
+
+    Raises:
+        ProviderError: the file cannot be read or is readable by others.
+    """
     try:
-        if token_file:
-            token = read_secret(token_file)
-            headers["Authorization"] = f"{scheme} {token.get_secret_value() if token else ''}"
-        elif username:
-            password = read_secret(password_file)
-            headers["Authorization"] = basic_auth(
-                username, password.get_secret_value() if password else ""
-            )
+        secret = read_secret(path)
     except SecretError as exc:
         raise ProviderError(str(exc)) from exc
-    return headers
+    return secret.get_secret_value() if secret else ""
 
 
 def header_lines(headers: dict[str, str]) -> bytes:

@@ -31,8 +31,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from canaryd.config.models import InfluxDBProvider, read_secret
-from canaryd.errors import ProviderError, SecretError
+from canaryd.config.models import InfluxDBProvider
+from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     FORM,
@@ -42,10 +42,12 @@ from canaryd.providers.base import (
     TransientError,
     http_error,
     is_transient,
+    json_or_none,
     preview,
     query_string,
+    status_error,
 )
-from canaryd.providers.headers import auth_headers
+from canaryd.providers.headers import auth_headers, secret_text
 from canaryd.providers.transport import Response
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -137,11 +139,7 @@ class InfluxDB(HTTPProvider):
         """
         if self._cfg.org:
             return self._cfg.org
-        try:
-            secret = read_secret(self._cfg.org_file)
-        except SecretError as exc:
-            raise ProviderError(str(exc)) from exc
-        return secret.get_secret_value() if secret else ""
+        return secret_text(self._cfg.org_file)
 
     def _headers(self) -> dict[str, str]:
         cfg = self._cfg
@@ -178,10 +176,10 @@ def _check_status(resp: Response, message: str | None) -> None:
         raise ProviderError(http_error("influxdb", resp.status, resp.body, " too large"))
     if resp.status == 200:
         return
+    if not message:
+        raise status_error("influxdb", resp.status, resp.body)
     kind = TransientError if is_transient(resp.status) else ProviderError
-    if message:
-        raise kind(f"influxdb answered HTTP {resp.status}: {preview(message.encode())}")
-    raise kind(http_error("influxdb", resp.status, resp.body))
+    raise kind(f"influxdb answered HTTP {resp.status}: {preview(message.encode())}")
 
 
 # --------------------------------------------------------------------------- InfluxQL
@@ -194,10 +192,7 @@ def influxql_rows(resp: Response) -> list[float | None]:
         TransientError: HTTP 429 or 5xx.
         ProviderError: an error, several statements, series or value columns.
     """
-    try:
-        doc = json.loads(resp.body)
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply
-        doc = None
+    doc = json_or_none(resp.body)
     error = doc.get("error") if isinstance(doc, dict) else None
     _check_status(resp, error if isinstance(error, str) else None)
     results = doc.get("results") if isinstance(doc, dict) else None
@@ -268,10 +263,7 @@ def flux_rows(resp: Response) -> list[float | None]:
         ProviderError: a Flux error, several tables, no ``_value`` column, not numbers.
     """
     if resp.status != 200:
-        try:
-            doc = json.loads(resp.body)
-        except (ValueError, RecursionError):  # not JSON, or nested too deeply
-            doc = None
+        doc = json_or_none(resp.body)
         message = doc.get("message") if isinstance(doc, dict) else None
         _check_status(resp, message if isinstance(message, str) else None)
     _check_status(resp, None)

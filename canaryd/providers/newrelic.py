@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from canaryd.config.models import NewRelicProvider, read_secret
+from canaryd.config.models import NewRelicProvider
 from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers import vendor
@@ -32,6 +32,7 @@ from canaryd.providers.base import (
     TransientError,
     is_transient,
 )
+from canaryd.providers.headers import secret_text
 from canaryd.providers.transport import Response
 
 NAME = "newrelic"
@@ -108,11 +109,7 @@ class NewRelic(HTTPProvider):
         Raises:
             ProviderError: the key file cannot be read.
         """
-        try:
-            key = read_secret(self._cfg.api_key_file)
-        except ValueError as exc:
-            raise ProviderError(str(exc)) from exc
-        return {"API-Key": key.get_secret_value() if key else ""}
+        return {"API-Key": secret_text(self._cfg.api_key_file)}
 
 
 def _one_line(query: str) -> str:
@@ -126,11 +123,7 @@ def _account(path: str | None) -> int:
     Raises:
         ProviderError: unreadable, or not a number (the message does not show it).
     """
-    try:
-        text = read_secret(path)
-    except ValueError as exc:
-        raise ProviderError(str(exc)) from exc
-    value = text.get_secret_value() if text else ""
+    value = secret_text(path)
     if not value.isdigit():
         raise ProviderError(f"newrelic account_id_file {path} does not hold an account number")
     return int(value)

@@ -41,6 +41,7 @@ from canaryd.providers.base import (
     TransientError,
     http_error,
     is_transient,
+    json_or_none,
     preview,
 )
 from canaryd.providers.headers import auth_headers
@@ -196,10 +197,7 @@ def _answer_data(status: int, body: bytes, complete: bool) -> Any:
     retryable = is_transient(status)
     if not complete:
         raise ProviderError(_http_error(status, body, f" with more than {MAX_BODY_BYTES} bytes"))
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
-        doc = None
+    doc = json_or_none(body)
     if not isinstance(doc, dict) or doc.get("status") not in ("success", "error"):
         kind = TransientError if retryable else ProviderError
         raise kind(_http_error(status, body, "" if retryable else ", not Prometheus JSON"))

@@ -31,18 +31,17 @@ from typing import Any
 from yarl import URL
 
 from canaryd.config.jsonpath import parse_path, select
-from canaryd.config.models import WebProvider, read_secret
-from canaryd.errors import ProviderError, SecretError
+from canaryd.config.models import WebProvider
+from canaryd.errors import ProviderError
 from canaryd.http import POOL_PER_HOST
 from canaryd.providers.base import (
     HTTPProvider,
     Request,
-    TransientError,
     http_error,
-    is_transient,
     preview,
+    status_error,
 )
-from canaryd.providers.headers import auth_headers
+from canaryd.providers.headers import auth_headers, secret_text
 from canaryd.providers.transport import Response
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -112,8 +111,7 @@ class Web(HTTPProvider):
         if not resp.complete:
             raise ProviderError(http_error("web", resp.status, resp.body, " too large"))
         if not 200 <= resp.status < 300:
-            kind = TransientError if is_transient(resp.status) else ProviderError
-            raise kind(http_error("web", resp.status, resp.body))
+            raise status_error("web", resp.status, resp.body)
         try:
             doc = json.loads(resp.body)
         except (ValueError, RecursionError):  # not JSON, or nested too deeply
@@ -132,11 +130,7 @@ class Web(HTTPProvider):
         """
         headers = auth_headers(self._cfg.headers)
         for header in self._cfg.secret_headers:
-            try:
-                secret = read_secret(header.value_file)
-            except SecretError as exc:
-                raise ProviderError(str(exc)) from exc
-            headers[header.name] = secret.get_secret_value() if secret else ""
+            headers[header.name] = secret_text(header.value_file)
         return headers
 
 

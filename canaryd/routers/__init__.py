@@ -44,6 +44,12 @@ class RouteRequest:
     idempotency_key: str
     match: list[dict[str, Any]] = field(default_factory=list)
 
+    def weights(self) -> tuple[int, int]:
+        """The ``(primary, canary)`` percents to set: the request's, or 100/0 for a rollback."""
+        if self.action == "rollback":
+            return 100, 0
+        return self.primary_weight, self.canary_weight
+
 
 class Router(Protocol):
     """Something that moves traffic between primary and canary."""
@@ -98,6 +104,19 @@ def build_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:
     if isinstance(cfg, NginxRouter | EnvoyRouter | TraefikRouter):
         return _build_file_router(cfg, http)
     return _build_api_router(name, cfg, http)
+
+
+def credential_files(cfg: RouterConfig) -> tuple[str, ...]:
+    """Files besides its ``*_file`` keys that a router reads secrets from when built.
+
+    A reload builds the router anew when one of them changed (canaryd/service/adapters.py);
+    only the ``alb`` router has such files (its AWS keys: docs/routers.md, "AWS ALB").
+    """
+    if isinstance(cfg, AlbRouter):
+        from canaryd.routers.alb import credential_files as aws_files
+
+        return aws_files()
+    return ()
 
 
 def _build_api_router(name: str, cfg: RouterConfig, http: HttpTransport) -> Router:

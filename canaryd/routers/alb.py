@@ -15,7 +15,12 @@ default action, or one listener rule with ``rule_arn``). One
 AWS checks a modification before applying it, so a refused one leaves the
 previous split in place; the error names AWS's code and message. Credentials
 come from boto3's standard chain (environment, shared config and credentials
-files, SSO, the instance or task role); canaryd's config holds none.
+files, SSO, the instance or task role); canaryd's config holds none. The client
+resolves them once, when the router is built: temporary credentials (a role, SSO,
+web identity) refresh themselves, but keys read from the environment or a shared
+file stay as read. A reload therefore builds the router anew when a file of
+:func:`credential_files` changed (:func:`canaryd.routers.credential_files`), so a
+rotated key file applies (docs/routers.md, "AWS ALB").
 ``endpoint_url`` points the client elsewhere (a VPC endpoint, a test server).
 ``rollback`` writes primary 100 / canary 0; ``promote`` writes the request's
 weights (the deploy pipeline puts the new version into the primary target
@@ -38,16 +43,13 @@ Error messages (all :class:`~canaryd.errors.RouterError`)::
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from canaryd import retry
 from canaryd.config.models import AlbRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
@@ -75,6 +77,18 @@ TRANSIENT_CODES = frozenset(
     }
 )
 """AWS error codes worth another attempt (5xx answers are retried as well)."""
+
+
+def credential_files(environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """The files boto3's standard chain reads keys from: the shared credentials file and
+    the config file (``AWS_SHARED_CREDENTIALS_FILE``, ``AWS_CONFIG_FILE``, else the ones
+    in ``~/.aws``), ``~`` expanded as botocore does."""
+    names = (
+        environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials",
+        environ.get("AWS_CONFIG_FILE") or "~/.aws/config",
+    )
+    shared, config = (os.path.expanduser(name) for name in names)
+    return shared, config
 
 
 class _TransientError(Exception):
@@ -159,9 +173,7 @@ class AlbListener:
                 text), no forward action, the read-back differs, no credentials,
                 or no answer within :attr:`budget`.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         wanted = {self._cfg.primary_target_group_arn: primary}
         wanted[self._cfg.canary_target_group_arn] = canary
         attempts = 0
@@ -171,12 +183,10 @@ class AlbListener:
             attempts += 1
             await anyio.to_thread.run_sync(self._apply, wanted, abandon_on_cancel=True)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(ATTEMPTS),
-            wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-            retry=retry_if_exception_type(_TransientError),
-            reraise=True,
-            sleep=anyio.sleep,
+        retrying = retry.retrying(
+            _TransientError,
+            attempts=ATTEMPTS,
+            wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
         )
         try:
             with anyio.fail_after(self.budget):

@@ -85,9 +85,7 @@ class CaddyAdmin:
                 an upstream is missing, the read-back differs, no answer, or a
                 rollback after a promotion (the old version is gone from Caddy).
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         with self._errors():
             if self._cfg.promotion == "address" and request.action != "route":
                 await self._promotion(request)

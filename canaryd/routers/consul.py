@@ -104,9 +104,7 @@ class ConsulSplitter:
 
     def splits(self, request: RouteRequest) -> list[dict[str, Any]]:
         """The ``Splits`` to write for ``request`` (rollback: primary 100 / canary 0)."""
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         cfg = self._cfg
         targets = [
             (primary, cfg.primary_service, cfg.primary_subset),

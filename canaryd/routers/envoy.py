@@ -42,7 +42,7 @@ from canaryd.config import EnvoyRouter
 from canaryd.errors import RouterError
 from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import POLL_INTERVAL, apply_file, get_json, poll, preview
+from canaryd.routers.files import POLL_INTERVAL, applied_within, apply_file, get_json, poll, preview
 
 BUDGET_FACTOR = 3
 """One :meth:`EnvoyFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
@@ -189,15 +189,13 @@ class EnvoyFileRouter:
                 Envoy rejected it (its reason quoted) or did not load it in time;
                 the previous file is then back in place.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         if not (0 <= primary <= 100 and 0 <= canary <= 100 and primary + canary == 100):
             raise RouterError(f"{self._label}: weights {primary}/{canary} are not a split")
         version, data = rds_file(route_configuration(self._cfg, primary, canary))
         previous: str | None = None
         try:
-            with anyio.fail_after(self.budget):
+            with applied_within(self._label, self.budget):
                 if self._cfg.promotion == "address" and request.action != "route":
                     await self._promotion(request)
                 rejected = await self._rejections()
@@ -209,9 +207,6 @@ class EnvoyFileRouter:
 
                 await apply_file("envoy", self._path, data, confirm)
             return
-        except TimeoutError as exc:
-            error = RouterError(f"{self._label}: not applied within {self.budget:g}s")
-            error.__cause__ = exc
         except RouterError as exc:
             error = exc
         raise await self._back_to(previous, error)

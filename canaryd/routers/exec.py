@@ -37,13 +37,8 @@ import subprocess
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from canaryd import retry
 from canaryd.config.models import ExecRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
@@ -74,7 +69,7 @@ class _RetryableExitError(Exception):
 
 def command_env(request: RouteRequest, extra: dict[str, str]) -> dict[str, str]:
     """The command's environment: canaryd's, the configured ``env``, the decision."""
-    primary, canary = _weights(request)
+    primary, canary = request.weights()
     return {
         **os.environ,
         **extra,
@@ -89,14 +84,8 @@ def command_env(request: RouteRequest, extra: dict[str, str]) -> dict[str, str]:
 
 def command_argv(command: list[str], request: RouteRequest) -> list[str]:
     """``command`` followed by the action and both weights."""
-    primary, canary = _weights(request)
+    primary, canary = request.weights()
     return [*command, request.action, str(primary), str(canary)]
-
-
-def _weights(request: RouteRequest) -> tuple[int, int]:
-    if request.action == "rollback":
-        return 100, 0
-    return request.primary_weight, request.canary_weight
 
 
 def stderr_preview(data: bytes) -> str:
@@ -119,7 +108,7 @@ class ExecCommand:
         """Keep the config (nothing is run)."""
         self._cfg = cfg
         self.name = name
-        self.budget = cfg.timeout * ATTEMPTS + BACKOFF_MAX * (ATTEMPTS - 1)
+        self.budget = retry.longest(ATTEMPTS, cfg.timeout, BACKOFF_MAX)
 
     async def aclose(self) -> None:
         """Nothing to release: each route runs its own process, which ends with it."""
@@ -140,12 +129,10 @@ class ExecCommand:
             attempts += 1
             await self._run(argv, env)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(ATTEMPTS),
-            wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-            retry=retry_if_exception_type(_RetryableExitError),
-            reraise=True,
-            sleep=anyio.sleep,
+        retrying = retry.retrying(
+            _RetryableExitError,
+            attempts=ATTEMPTS,
+            wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
         )
         try:
             await retrying(once)

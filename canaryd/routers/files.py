@@ -19,24 +19,21 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.to_thread import run_sync
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from canaryd import retry
+from canaryd.config import read_secret
 from canaryd.errors import RouterError, WebhookError
 from canaryd.http import (
     USER_AGENT,
     HttpRequest,
     HttpTransport,
+    basic_auth,
     describe_redirect,
     redact_url,
     redirect_target,
@@ -132,6 +129,37 @@ def put_back(path: Path, previous: bytes | None) -> None:
         _fsync_directory(path.parent)
     else:
         write_atomic(path, previous)
+
+
+def api_auth(proxy: str, username: str | None, password_file: str | None) -> str | None:
+    """The ``Authorization`` value for a proxy's admin API: basic auth with ``username``, or None.
+
+    The password file is read (and checked) even without a username.
+
+    Raises:
+        RouterError: the password file cannot be read or is readable by others.
+    """
+    try:
+        password = read_secret(password_file)
+    except ValueError as exc:
+        raise RouterError(f"{proxy}: {exc}") from exc
+    if username is None:
+        return None
+    return basic_auth(username, password.get_secret_value() if password else "")
+
+
+@contextlib.contextmanager
+def applied_within(label: str, budget: float) -> Iterator[None]:
+    """The block under ``anyio.fail_after(budget)``: one apply's whole time, retries included.
+
+    Raises:
+        RouterError: ``<label>: not applied within <budget>s`` when the time runs out.
+    """
+    try:
+        with anyio.fail_after(budget):
+            yield
+    except TimeoutError as exc:
+        raise RouterError(f"{label}: not applied within {budget:g}s") from exc
 
 
 def _os_reason(exc: OSError) -> str:
@@ -279,12 +307,10 @@ async def request_json(
     Raises:
         RouterError: no usable answer after the retries.
     """
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(ATTEMPTS),
-        wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-        retry=retry_if_exception_type((WebhookError, _TransientError)),
-        reraise=True,
-        sleep=anyio.sleep,
+    retrying = retry.retrying(
+        (WebhookError, _TransientError),
+        attempts=ATTEMPTS,
+        wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
     )
     try:
         return await retrying(_request_once, http, method, url, timeout, auth, body)

@@ -248,9 +248,7 @@ class HAProxyRuntime:
         Raises:
             RouterError: a weight is not a percentage.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         try:
             targets = [
                 (self._cfg.primary, to_haproxy_weight(primary)),

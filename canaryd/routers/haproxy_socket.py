@@ -15,13 +15,8 @@ from typing import TypeVar
 
 import anyio
 from anyio.abc import ByteStream
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from canaryd import retry
 from canaryd.errors import RouterError
 
 T = TypeVar("T")
@@ -174,11 +169,9 @@ async def _retrying(fn: Callable[[], Awaitable[T]]) -> T:
     Raises:
         BaseException: the last exception ``fn`` raised.
     """
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(ATTEMPTS),
-        wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-        retry=retry_if_exception(_is_transient),
-        reraise=True,
-        sleep=anyio.sleep,
+    retrying = retry.retrying(
+        _is_transient,
+        attempts=ATTEMPTS,
+        wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
     )
     return await retrying(fn)

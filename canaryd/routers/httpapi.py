@@ -18,14 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
-
+from canaryd import retry
 from canaryd.errors import RouterError, WebhookError
 from canaryd.http import USER_AGENT, Answer, HttpRequest, HttpTransport, answer_of
 
@@ -86,20 +79,17 @@ async def call(
             raise _TransientError(answer.describe(), answer)
         return answer
 
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(ATTEMPTS),
-        wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-        retry=retry_if_exception_type(_TransientError),
-        reraise=True,
-        sleep=anyio.sleep,
+    retrying = retry.retrying(
+        _TransientError,
+        attempts=ATTEMPTS,
+        wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
     )
     try:
         return await retrying(once)
     except _TransientError as exc:
         if exc.answer is not None:
             return exc.answer
-        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-        raise RouterError(f"{exc} (after {tries})") from exc
+        raise RouterError(f"{exc} (after {retry.tries(attempts)})") from exc
 
 
 async def _send(

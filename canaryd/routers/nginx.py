@@ -45,7 +45,14 @@ import anyio
 from canaryd.config import NginxRouter
 from canaryd.errors import RouterError
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import apply_file, poll, preview, read_current, run_command
+from canaryd.routers.files import (
+    applied_within,
+    apply_file,
+    poll,
+    preview,
+    read_current,
+    run_command,
+)
 
 _LOG_LINE = re.compile(
     r"^(?:nginx: )?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d )?"  # prefix and timestamp
@@ -221,9 +228,7 @@ class NginxFileRouter:
                 the test or reload failed (NGINX's message quoted) or timed out;
                 the previous file is then back in place.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         promoted = await self._promoted(request)
         try:
             text = render_upstream(self._cfg, request.canary, primary, canary, promoted)
@@ -243,14 +248,11 @@ class NginxFileRouter:
             if signalled:  # NGINX may have loaded the new file after all: load the old one
                 await run_command("nginx", self.reload_command, self._cfg.timeout, nginx_message)
 
-        try:
-            with anyio.fail_after(self.budget):
-                async with _lock_for(self.test_command):
-                    await apply_file(
-                        "nginx", self._path, text.encode(), activate, reactivate, self._cfg.timeout
-                    )
-        except TimeoutError as exc:
-            raise RouterError(f"nginx: not applied within {self.budget:g}s") from exc
+        with applied_within("nginx", self.budget):
+            async with _lock_for(self.test_command):
+                await apply_file(
+                    "nginx", self._path, text.encode(), activate, reactivate, self._cfg.timeout
+                )
 
     async def _promoted(self, request: RouteRequest) -> list[str] | None:
         """Where the primary's server lines point (None: ``cfg.primary``), for ``request``.

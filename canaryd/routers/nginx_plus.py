@@ -29,11 +29,11 @@ from urllib.parse import quote
 
 import anyio
 
-from canaryd.config import NginxRouter, read_secret
+from canaryd.config import NginxRouter
 from canaryd.errors import RouterError
-from canaryd.http import HttpTransport, basic_auth
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import preview, request_json
+from canaryd.routers.files import api_auth, applied_within, preview, request_json
 from canaryd.routers.nginx import BUDGET_FACTOR, split_weights
 
 Setting = dict[str, Any]
@@ -85,14 +85,7 @@ class NginxPlusRouter:
             f"{(cfg.api or '').rstrip('/')}/http/upstreams/{quote(cfg.upstream, safe='')}/servers"
         )
         self._label = f"nginx plus {cfg.upstream}"
-        try:
-            password = read_secret(cfg.password_file)
-        except ValueError as exc:
-            raise RouterError(f"nginx plus: {exc}") from exc
-        self._auth = None
-        if cfg.username is not None:
-            secret = password.get_secret_value() if password else ""
-            self._auth = basic_auth(cfg.username, secret)
+        self._auth = api_auth("nginx plus", cfg.username, cfg.password_file)
         self.budget = cfg.timeout * BUDGET_FACTOR
 
     async def aclose(self) -> None:
@@ -106,18 +99,13 @@ class NginxPlusRouter:
                 (its text quoted) or did not answer, or the read-back differs;
                 servers already changed are then set back.
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         try:
             steps = plan(self._cfg, primary, canary)
         except ValueError as exc:
             raise RouterError(f"{self._label}: {exc}") from exc
-        try:
-            with anyio.fail_after(self.budget):
-                await self._apply(steps)
-        except TimeoutError as exc:
-            raise RouterError(f"{self._label}: not applied within {self.budget:g}s") from exc
+        with applied_within(self._label, self.budget):
+            await self._apply(steps)
 
     async def _apply(self, steps: list[tuple[str, Setting]]) -> None:
         servers = await self._servers()

@@ -41,11 +41,19 @@ from urllib.parse import quote
 import anyio
 import yaml
 
-from canaryd.config import TraefikRouter, read_secret
+from canaryd.config import TraefikRouter
 from canaryd.errors import RouterError
-from canaryd.http import HttpTransport, basic_auth
+from canaryd.http import HttpTransport
 from canaryd.routers import RouteRequest
-from canaryd.routers.files import apply_file, get_json, poll, preview, read_current
+from canaryd.routers.files import (
+    api_auth,
+    applied_within,
+    apply_file,
+    get_json,
+    poll,
+    preview,
+    read_current,
+)
 
 BUDGET_FACTOR = 3
 """One :meth:`TraefikFileRouter.apply` takes at most ``cfg.timeout * BUDGET_FACTOR`` seconds."""
@@ -139,14 +147,7 @@ class TraefikFileRouter:
         self._path = Path(cfg.file)
         self._name = qualified(cfg.service, cfg.provider)
         self._label = f"traefik {self._name}"
-        self._auth: str | None = None
-        try:
-            password = read_secret(cfg.password_file)
-        except ValueError as exc:
-            raise RouterError(f"traefik: {exc}") from exc
-        if cfg.username is not None:
-            secret = password.get_secret_value() if password else ""
-            self._auth = basic_auth(cfg.username, secret)
+        self._auth = api_auth("traefik", cfg.username, cfg.password_file)
         self.budget = cfg.timeout * BUDGET_FACTOR
 
     async def aclose(self) -> None:
@@ -161,14 +162,12 @@ class TraefikFileRouter:
                 the service or did not load it in time (the previous file is then
                 back in place).
         """
-        primary, canary = request.primary_weight, request.canary_weight
-        if request.action == "rollback":
-            primary, canary = 100, 0
+        primary, canary = request.weights()
         if not (0 <= primary <= 100 and 0 <= canary <= 100 and primary + canary == 100):
             raise RouterError(f"{self._label}: weights {primary}/{canary} are not a split")
         before: Any = None
         try:
-            with anyio.fail_after(self.budget):
+            with applied_within(self._label, self.budget):
                 for child in (self._cfg.primary, self._cfg.canary):
                     await self._service(qualified(child, self._cfg.provider), missing_ok=False)
                 promoted = await self._promoted(request)
@@ -183,9 +182,6 @@ class TraefikFileRouter:
 
                 await apply_file("traefik", self._path, data, confirm)
             return
-        except TimeoutError as exc:
-            error = RouterError(f"{self._label}: not applied within {self.budget:g}s")
-            error.__cause__ = exc
         except RouterError as exc:
             error = exc
         raise await self._back_to(before, error)

@@ -30,13 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
+from canaryd import retry
 from canaryd.config.models import WebhookRouter, read_secret
 from canaryd.errors import RouterError, SecretError, WebhookError
 from canaryd.http import Answer, HttpTransport, post_json
@@ -160,15 +155,12 @@ class WebhookRouterClient:
 
     @staticmethod
     async def _retrying(once: Callable[[], Awaitable[Answer]]) -> Answer:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(ATTEMPTS),
-            wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER, max=BACKOFF_MAX),
-            retry=retry_if_exception_type((WebhookError, _RetryableAnswerError)),
-            reraise=True,
-            sleep=anyio.sleep,
+        retrying = retry.retrying(
+            (WebhookError, _RetryableAnswerError),
+            attempts=ATTEMPTS,
+            wait=retry.random_exponential(BACKOFF_MULTIPLIER, BACKOFF_MAX),
         )
         return await retrying(once)
 
     def _error(self, reason: str, attempts: int) -> RouterError:
-        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-        return RouterError(f"router {self.name}: {reason} (after {tries})")
+        return RouterError(f"router {self.name}: {reason} (after {retry.tries(attempts)})")

@@ -12,7 +12,9 @@ and never stops the daemon's stop (docs/design.md, "Service").
 
 A router reads its secret files when it is built, so a router whose secret file
 changed counts as changed: a reload after a secret rotation builds it anew, as a
-restart would (:func:`with_secret_files`).
+restart would (:func:`with_secret_files`). The same holds for the files a router
+reads credentials from without naming them in its config (the ``alb`` router's AWS
+shared credentials and config files: :func:`canaryd.routers.credential_files`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import anyio
 import structlog
+
+from canaryd.config.models import RouterConfig
+from canaryd.routers import credential_files
 
 log = structlog.get_logger()
 
@@ -165,19 +170,28 @@ async def _close(built: Built) -> None:
         log.warning("adapter.close_failed", kind=built.kind, name=built.name, error=error)
 
 
-def with_secret_files(cfg: Any) -> object:
-    """The key of a router's config for :meth:`Rebuild.build`: the config, and a digest
-    of each secret file it names (``*_file`` keys), read when the router is built.
+def with_secret_files(cfg: RouterConfig) -> object:
+    """The key of a router's config for :meth:`Rebuild.build`: the config, a digest of
+    each secret file it names (``*_file`` keys), read when the router is built, and a
+    digest of each file it reads credentials from otherwise (:func:`credential_files`).
 
-    A file that cannot be read makes the key differ from every other: the router is
-    built again, and building it says what is wrong with the file.
+    A named file that cannot be read makes the key differ from every other: the router
+    is built again, and building it says what is wrong with the file. An unnamed one
+    that cannot be read (no ``~/.aws/config``) has a digest of its own, so the router is
+    kept while it stays absent.
     """
     digests: list[object] = []
     for name in sorted(type(cfg).model_fields):
         path = getattr(cfg, name) if name.endswith("_file") else None
         if isinstance(path, str) and path:
-            try:
-                digests.append(hashlib.sha256(Path(path).read_bytes()).hexdigest())
-            except (OSError, ValueError):  # ValueError: a NUL byte in the path
-                digests.append(object())
+            digests.append(_digest(path, unreadable=object()))
+    digests += (_digest(path, unreadable=None) for path in credential_files(cfg))
     return (cfg, tuple(digests))
+
+
+def _digest(path: str, unreadable: object) -> object:
+    """The SHA-256 of the file at ``path``, or ``unreadable`` if it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return unreadable

@@ -102,11 +102,13 @@ async def list_rollouts(request: web.Request) -> web.Response:
 
 
 async def get_rollout(request: web.Request) -> web.Response:
-    """One rollout of a canary with its checks and events, oldest first."""
+    """One rollout of a canary with its checks and events, oldest first: the newest
+    ``history.checksPerRollout`` of each, as retention keeps (also before it next runs)."""
     authorize_read(request)
     runner = runner_of(request)
     rollout_id = request.match_info["rollout"]
-    body = await runner.services.store.rollout(runner.key, rollout_id)
+    kept = runner.services.settings.history.checksPerRollout
+    body = await runner.services.store.rollout(runner.key, rollout_id, kept)
     if body is None:
         raise NotFoundError(f"no rollout {rollout_id} of {runner.key}")
     return web.json_response(body, dumps=dumps)

@@ -37,8 +37,8 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import structlog
-from tenacity import RetryCallState, wait_exponential, wait_random
 
+from canaryd import retry
 from canaryd.config.models import AlertSpec, Notifier, Settings, WebhookSpec, read_secret
 from canaryd.core.events import Event
 from canaryd.errors import CanarydError, StoreError, WebhookError
@@ -74,16 +74,11 @@ def backoff(settings: Settings, attempts: int) -> float:
     """Seconds to wait before attempt ``attempts + 1``: exponential, jittered, at most maxBackoff.
 
     ``initialBackoff * 2**(attempts-1)`` plus up to ``initialBackoff`` of jitter
-    (tenacity's ``wait_exponential`` + ``wait_random``, spelled so as to work on
-    every supported tenacity; ``wait_exponential_jitter(initial=...)`` is deprecated).
+    (:func:`canaryd.retry.jittered_exponential`, the metrics providers' spelling).
     """
     cfg = settings.outbox
-    wait = wait_exponential(multiplier=cfg.initialBackoff, max=cfg.maxBackoff) + wait_random(
-        0, cfg.initialBackoff
-    )
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = max(1, attempts)
-    return min(float(wait(state)), cfg.maxBackoff)
+    wait = retry.jittered_exponential(cfg.initialBackoff, cfg.maxBackoff)
+    return min(retry.wait_after(wait, attempts), cfg.maxBackoff)
 
 
 def resolve(settings: Settings, message: OutboxMessage) -> Target:

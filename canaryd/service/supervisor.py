@@ -284,12 +284,12 @@ class Supervisor:
         d.ready = False
         d.notifier.stopping()
         abandoned = await self._stop_runners()
-        pending = await flush_outbox(d.services.store, d.flush_grace)
+        flushed = await flush_outbox(d.services.store, d.flush_grace)
         log.info(
             "daemon.stopped",
             seconds=round(time.monotonic() - started, 3),
             abandoned_ticks=abandoned,
-            outbox_due=pending,
+            outbox_waiting=-1 if flushed < 0 else await outbox_waiting(d.services.store),
         )
 
     async def _stop_runners(self) -> int:
@@ -322,6 +322,18 @@ async def flush_outbox(store: StateStore, grace: float) -> int:
     except CanarydError as exc:
         log.error("outbox.store_failed", error=str(exc))
         return -1
+
+
+async def outbox_waiting(store: StateStore) -> int:
+    """How many outbox messages wait in the store for the next start: every pending one
+    (due or backing off, of every canary) and every held one; -1: the store could not tell.
+    """
+    try:
+        counts = (await store.outbox_stats())["counts"]
+    except CanarydError as exc:
+        log.error("outbox.store_failed", error=str(exc))
+        return -1
+    return sum(int(counts.get(status, 0)) for status in ("pending", "held"))
 
 
 def retention(settings: Settings) -> Retention:

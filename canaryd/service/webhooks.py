@@ -13,22 +13,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import anyio
-from tenacity import (
-    AsyncRetrying,
-    retry_if_result,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
-
-from canaryd.config.models import CanaryConfig, Severity, WebhookSpec, read_secret
-from canaryd.core.alerts import severity_of
+from canaryd import retry
+from canaryd.config.models import CanaryConfig, WebhookSpec, read_secret
 from canaryd.core.analysis import CanaryState, HookResult
 from canaryd.core.events import Event
 from canaryd.errors import SecretError, WebhookError
 from canaryd.http import Answer, HttpTransport, post_json
-from canaryd.notifiers.text import describe
+from canaryd.notifiers.text import flagger_metadata
 from canaryd.service.limits import out_of_resources
 
 BACKOFF_MAX = 2.0
@@ -38,13 +29,21 @@ JITTER_MAX = 0.2
 """Random extra pause (seconds) added to each backoff."""
 
 
+class _FailedCallError(Exception):
+    """Internal: carries a failed attempt's answer or error through the retries."""
+
+    def __init__(self, result: Answer | WebhookError) -> None:
+        super().__init__("the webhook call failed")
+        self.result = result
+
+
 def longest_call(hook: WebhookSpec) -> float:
     """The longest one :func:`call` of ``hook`` may take: every attempt times out, plus backoff.
 
     The tick that polls the hook waits this long for it, even beyond its own
     observation budget (a hook's ``timeout`` is honoured; docs/flagger.md).
     """
-    return hook.timeout * (hook.retries + 1) + (BACKOFF_MAX + JITTER_MAX) * hook.retries
+    return retry.longest(hook.retries + 1, hook.timeout, BACKOFF_MAX + JITTER_MAX)
 
 
 def payload(spec: CanaryConfig, state: CanaryState, hook: WebhookSpec) -> dict[str, Any]:
@@ -77,12 +76,7 @@ def event_payload(
     never overrides these three keys. The whole event is in ``event``.
     """
     body = payload(spec, state, hook)
-    body["metadata"] = {
-        **body["metadata"],
-        "eventMessage": describe(event),
-        "eventType": "Normal" if severity_of(event) is Severity.INFO else "Warning",
-        "timestamp": str(int(event.time * 1000)),
-    }
+    body["metadata"] = {**body["metadata"], **flagger_metadata(event)}
     return body
 
 
@@ -107,9 +101,9 @@ async def call(
     body = payload(spec, state, hook)
     url = hook.url
 
-    async def attempt() -> Answer | WebhookError:
+    async def attempt() -> Answer:
         try:
-            return await post_json(
+            answer = await post_json(
                 http,
                 url,
                 body,
@@ -119,16 +113,21 @@ async def call(
                 verify_tls=not hook.disableTLS,
             )
         except WebhookError as exc:
-            return exc
+            raise _FailedCallError(exc) from exc
+        if not answer.ok:
+            raise _FailedCallError(answer)
+        return answer
 
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(hook.retries + 1),
-        wait=wait_exponential(multiplier=0.2, max=BACKOFF_MAX) + wait_random(0, JITTER_MAX),
-        retry=retry_if_result(lambda r: not (isinstance(r, Answer) and r.ok)),
-        retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else None,
-        sleep=anyio.sleep,
+    retrying = retry.retrying(
+        _FailedCallError,
+        attempts=hook.retries + 1,
+        wait=retry.jittered_exponential(0.2, BACKOFF_MAX, JITTER_MAX),
     )
-    result: Answer | WebhookError = await retrying(attempt)
+    result: Answer | WebhookError
+    try:
+        result = await retrying(attempt)
+    except _FailedCallError as exc:
+        result = exc.result
     if isinstance(result, Answer):
         return HookResult(hook.name, result.ok, "" if result.ok else result.describe())
     return HookResult(hook.name, False, str(result), own=out_of_resources(result))

@@ -87,6 +87,15 @@ def _http_url(value: str | None) -> str | None:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 """A URL with an ``http://`` or ``https://`` scheme (``hooks.slack.com/...`` is refused)."""
 
+
+def _http_base(value: str) -> str:
+    _http_url(value)
+    return value.rstrip("/")
+
+
+HttpBase = Annotated[str, AfterValidator(_http_base)]
+"""An :data:`HttpUrl` without trailing slashes: the address of an API (a server, an admin API)."""
+
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 """A number that is neither NaN nor infinite."""
 
@@ -196,3 +205,7 @@ def checked_headers(headers: dict[str, str]) -> dict[str, str]:
         if problem is not None:
             raise ValueError(f"header {name!r}: {problem}")
     return headers
+
+
+Headers = Annotated[dict[str, str], AfterValidator(checked_headers)]
+"""Request headers set in the configuration, each one that can be sent (:func:`checked_headers`)."""

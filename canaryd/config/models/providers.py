@@ -13,51 +13,29 @@ from pydantic import (
     model_validator,
 )
 
-from canaryd.config.models.base import Duration, Model, Timeout, checked_headers
+from canaryd.config.models.base import Duration, Headers, HttpBase, Model, Timeout
 
 
 class PrometheusProvider(Model):
     """A Prometheus-compatible HTTP API (Prometheus, Thanos, Mimir, VictoriaMetrics)."""
 
     type: Literal["prometheus"]
-    address: str = "http://127.0.0.1:9090"
+    address: HttpBase = "http://127.0.0.1:9090"
     timeout: Timeout = 5.0
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
     bearer_token_file: str | None = None
     username: str | None = None
     password_file: str | None = None
     insecureSkipVerify: bool = False
 
-    @field_validator("address")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/")
-
-    @field_validator("headers")
-    @classmethod
-    def _header_lines(cls, v: dict[str, str]) -> dict[str, str]:
-        return checked_headers(v)
-
 
 class _HttpProvider(Model):
     """What every HTTP metrics provider other than Prometheus has (docs/providers.md)."""
 
-    address: str
+    address: HttpBase
     timeout: Duration = 5.0
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
     insecureSkipVerify: bool = False
-
-    @field_validator("address")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        return PrometheusProvider._http_url(v)
-
-    @field_validator("headers")
-    @classmethod
-    def _header_lines(cls, v: dict[str, str]) -> dict[str, str]:
-        return checked_headers(v)
 
 
 class GraphiteProvider(_HttpProvider):
@@ -135,16 +113,11 @@ class WebProvider(_HttpProvider):
 class _VendorProvider(Model):
     """What the Datadog, New Relic and Dynatrace providers share."""
 
-    address: str
+    address: HttpBase
     timeout: Duration = 5.0
     lookback: Duration = 600.0
     """Seconds of data an instant query covers, ending now (Flagger: 10 intervals of 1m)."""
     insecureSkipVerify: bool = False
-
-    @field_validator("address")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        return PrometheusProvider._http_url(v)
 
     @field_validator("lookback")
     @classmethod
@@ -158,7 +131,7 @@ class DatadogProvider(_VendorProvider):
     """Datadog's metrics query API: v1 ``/api/v1/query`` or v2 scalar/timeseries formulas."""
 
     type: Literal["datadog"]
-    address: str = "https://api.datadoghq.com"
+    address: HttpBase = "https://api.datadoghq.com"
     api: Literal["v1", "v2"] = "v1"
     aggregator: Literal["avg", "min", "max", "sum", "last", "area", "l2norm", "percentile"] = "avg"
     """How v2 scalar queries reduce the window to one number."""
@@ -170,7 +143,7 @@ class NewRelicProvider(_VendorProvider):
     """New Relic NRQL through NerdGraph (``POST /graphql``)."""
 
     type: Literal["newrelic"]
-    address: str = "https://api.newrelic.com"
+    address: HttpBase = "https://api.newrelic.com"
     lookback: Duration = 60.0
     account_id: int | None = None
     account_id_file: str | None = None
@@ -195,17 +168,12 @@ class CloudWatchProvider(Model):
 
     type: Literal["cloudwatch"]
     region: str
-    endpoint_url: str | None = None
+    endpoint_url: HttpBase | None = None
     """Another endpoint than AWS's (a VPC endpoint, a local test server)."""
     profile: str | None = None
     """A profile of the shared AWS config/credentials files (default: the chain's choice)."""
     timeout: Duration = 5.0
     lookback: Duration = 600.0
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        return None if v is None else PrometheusProvider._http_url(v)
 
     @field_validator("lookback")
     @classmethod

@@ -17,6 +17,7 @@ from pydantic import (
 
 from canaryd.config.models.base import (
     DEFAULT_HTTP_TIMEOUT,
+    HttpBase,
     HttpUrl,
     Model,
     Name,
@@ -166,15 +167,6 @@ class TraefikRouter(Model):
     """``address``: promote points the weighted service's primary side at the
     canary service's server URLs (a service in canaryd's file); ``verify``:
     promote only sets weights. See docs/routers.md, "Traefik"."""
-
-
-def _http_base(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
-    return value.rstrip("/")
-
-
-HttpBase = Annotated[str, AfterValidator(_http_base)]
 
 
 class CaddyRouter(Model):

@@ -41,6 +41,11 @@ class OutboxConfig(Model):
     pollInterval: Timeout = 0.5
 
 
+CHECKS_PER_ROLLOUT_MAX = 2000
+"""The most check records (and events) a rollout keeps: as many as the API reads for one
+rollout (``canaryd.service.store.contract.ROLLOUT_LIMIT``; a test holds them equal)."""
+
+
 class HistoryConfig(Model):
     """How long past rollouts (their checks and events) are kept; see docs/api.md, "History".
 
@@ -48,14 +53,14 @@ class HistoryConfig(Model):
     is beyond the newest ``keep`` of its canary or older than ``maxAge``; a
     rolled-back one only beyond the newest ``failedKeep`` failed ones or older
     than ``failedMaxAge``. A long rollout keeps its newest ``checksPerRollout``
-    check records (and as many events).
+    check records (and as many events), 10 to :data:`CHECKS_PER_ROLLOUT_MAX`.
     """
 
     keep: int = Field(default=20, ge=1)
     maxAge: Timeout = 30 * 86400.0
     failedKeep: int = Field(default=50, ge=1)
     failedMaxAge: Timeout = 90 * 86400.0
-    checksPerRollout: int = Field(default=1000, ge=10)
+    checksPerRollout: int = Field(default=1000, ge=10, le=CHECKS_PER_ROLLOUT_MAX)
 
 
 class LogConfig(Model):

@@ -17,19 +17,13 @@ from typing import Any
 from canaryd.core.analysis import CanaryState, CheckRecord, Phase
 from canaryd.core.events import Event
 from canaryd.errors import StoreError
-from canaryd.jsonenc import make_encoder
+from canaryd.jsonenc import make_encoder, map_leaves
 from canaryd.service.store.contract import OutboxMessage
 
 
-def _clean(value: Any) -> Any:
-    """Make floats JSON-safe (NaN/Inf as strings)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
+def _finite(value: Any) -> Any:
+    """A NaN or infinite float as its text (JSON has no such number); anything else as is."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def loads(text: str) -> Any:
@@ -43,10 +37,10 @@ _ENCODE = make_encoder(str)
 
 def dumps(value: Any) -> str:
     """JSON for the store and the API: compact, NaN-safe."""
-    try:  # values are almost always finite: skip the copy that _clean makes
+    try:  # values are almost always finite: skip the copy that map_leaves makes
         return _ENCODE_FINITE(value)
     except ValueError:
-        return _ENCODE(_clean(value))
+        return _ENCODE(map_leaves(value, _finite))
 
 
 _STATE_FIELDS = fields(CanaryState)
