@@ -64,7 +64,7 @@ def routes(d: Decision) -> list[Route]:
     return [e for e in d.effects if isinstance(e, Route)]
 
 
-# --------------------------------------------------------------------------- issue 12: verdicts
+# --------------------------------------------------------------------------- promotion under way
 
 
 def promoting(spec: CanaryConfig) -> CanaryState:

@@ -93,6 +93,7 @@ def score_at_extreme_differences(x: Array, y: Array) -> tuple[float, float]:
 
 
 def arrays(name: str) -> tuple[Array, Array]:
+    """Dataset ``name`` as float64 arrays: (experiment, control)."""
     experiment, control = DATASETS[name]
     return np.asarray(experiment, dtype=np.float64), np.asarray(control, dtype=np.float64)
 
@@ -100,6 +101,6 @@ def arrays(name: str) -> tuple[Array, Array]:
 BASE = MetricConfig("m", confidence=0.95)
 
 
-# --- properties -------------------------------------------------------------------------
+# --- strategies for the property tests ---------------------------------------------------
 
 values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_subnormal=False, width=64)

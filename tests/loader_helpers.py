@@ -52,6 +52,7 @@ def canary(analysis: str = "", **keys: str) -> str:
 
 
 def model_keys(model: type[BaseModel], seen: set[str]) -> set[str]:
+    """Every key (alias or field name) of ``model`` and the models nested in it, once each."""
     keys: set[str] = set()
     for name, info in model.model_fields.items():
         keys.add(info.alias or name)
@@ -63,6 +64,7 @@ def model_keys(model: type[BaseModel], seen: set[str]) -> set[str]:
 
 
 def types_in(tp: object) -> list[object]:
+    """``tp`` and every type argument inside it, depth first."""
     out = [tp]
     for arg in typing.get_args(tp):
         out += types_in(arg)

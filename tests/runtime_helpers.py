@@ -65,7 +65,7 @@ def runner(
     return CanaryRunner(cfg.canaries[0], state or CanaryState(), services)
 
 
-# --------------------------------------------------------------------------- webhooks
+# --------------------------------------------------------------------------- the outbox
 
 
 def outbox(store: StateStore) -> list[tuple[str, dict[str, Any]]]:

@@ -27,6 +27,7 @@ MESH = {"mesh": {"type": "webhook", "url": "http://127.0.0.1:9/routes"}}
 
 
 def secret_file(tmp_path: Path, name: str, value: str, mode: int) -> str:
+    """Write ``value`` to ``tmp_path/name`` with ``mode``; return its path."""
     path = tmp_path / name
     path.write_text(value)
     path.chmod(mode)
