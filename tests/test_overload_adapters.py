@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 
 import pytest
 from fdlimits import out_of_file_descriptors
 from overload_helpers import UNREACHABLE
 from receiver import Receiver
+from transport_servers import keep_answering, never_answer, raw_server, raw_url
 
 from canaryd.config.models import CanaryConfig, WebhookRouter
 from canaryd.core.analysis import CanaryState
@@ -23,37 +22,9 @@ from canaryd.service import webhooks
 from canaryd.service.limits import out_of_resources
 
 REQUEST = b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 
 
 # --------------------------------------------------------------------------- an unread answer
-
-
-@asynccontextmanager
-async def raw_server(answer: bool) -> AsyncIterator[int]:
-    """A TCP server on 127.0.0.1 that answers each request at once (or never); yields its port."""
-
-    writers: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await reader.readuntil(b"\r\n\r\n")
-        if answer:
-            writer.write(ANSWER)
-            await writer.drain()
-        with suppress(ConnectionError):
-            await reader.read()  # hold the connection until the client drops it
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-            with suppress(ConnectionError):
-                await writer.wait_closed()
 
 
 def readable(conn: connection.Connection) -> bool:
@@ -74,10 +45,10 @@ async def test_an_answer_left_unread_by_a_busy_loop_is_canaryds_own_trouble(
     answer: bool, error: type[Exception]
 ) -> None:
     """An answer unread when its time ran out is canaryd's trouble; no answer is the server's."""
-    async with raw_server(answer) as port:
+    async with raw_server(keep_answering if answer else never_answer) as srv:
         loop = asyncio.get_running_loop()
         sock, conn = await loop.create_connection(
-            lambda: connection.Connection(1024), "127.0.0.1", port
+            lambda: connection.Connection(1024), "127.0.0.1", srv.port
         )
         try:
             waiter = conn.send(REQUEST)
@@ -97,8 +68,8 @@ async def test_an_answer_left_unread_by_a_busy_loop_is_canaryds_own_trouble(
 @pytest.mark.anyio
 async def test_a_timeout_seen_late_by_a_blocked_loop_is_canaryds_own_trouble() -> None:
     """A timeout a blocked event loop saw late is canaryd's trouble, not the server's."""
-    async with raw_server(answer=False) as port:
-        pool = transport.Pool(f"http://127.0.0.1:{port}", limit=1, verify_tls=False, max_body=1024)
+    async with raw_server(never_answer) as srv:
+        pool = transport.Pool(raw_url(srv), limit=1, verify_tls=False, max_body=1024)
         try:
             # the loop is stuck for 0.6 s (CPU starvation, a long pause) while the 0.2 s run
             asyncio.get_running_loop().call_later(0.05, time.sleep, 0.6)

@@ -14,6 +14,7 @@ from transport_servers import (
     RawServer,
     answer,
     keep_answering,
+    never_answer,
     pool_for,
     raw_server,
     raw_url,
@@ -28,14 +29,6 @@ from canaryd.providers.transport import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-async def never_answer(
-    srv: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
-) -> None:
-    """Read requests and answer none of them (returns when the client closes)."""
-    while await srv.read_request(reader) is not None:
-        pass
 
 
 def answer_on(release: asyncio.Event) -> RawHandler:

@@ -145,6 +145,14 @@ async def keep_answering(
         writer.write(answer())
 
 
+async def never_answer(
+    srv: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+) -> None:
+    """Read requests and answer none of them (returns when the client closes)."""
+    while await srv.read_request(reader) is not None:
+        pass
+
+
 # --------------------------------------------------------------------------- aiohttp server
 
 WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
