@@ -18,7 +18,7 @@ from canaryd.testing import FakeProvider, FakeRouter
 
 
 def _entry(key: str, seq: int, rollout: str = "r1") -> Entry:
-    return Entry(key, rollout, seq, f"reason {seq}", {"manual": True})
+    return Entry(key, rollout, seq, f"reason {seq}", {"manual": True}, failed_checks=seq % 4)
 
 
 def test_the_newest_entry_of_each_canary_is_read_back_even_after_the_slots_wrap(
@@ -37,9 +37,9 @@ def test_the_newest_entry_of_each_canary_is_read_back_even_after_the_slots_wrap(
     again.write(_entry("prod/web", 999))
     again.close()
     assert (tmp_path / "j").stat().st_size == SLOT * SLOTS
-    assert {k: (e.seq, e.reason, e.fields) for k, e in read.items()} == {
-        "prod/web": (SLOTS + 5, f"reason {SLOTS + 5}", {"manual": True}),
-        "prod/api": (7, "reason 7", {"manual": True}),
+    assert {k: (e.seq, e.reason, e.fields, e.failed_checks) for k, e in read.items()} == {
+        "prod/web": (SLOTS + 5, f"reason {SLOTS + 5}", {"manual": True}, (SLOTS + 5) % 4),
+        "prod/api": (7, "reason 7", {"manual": True}, 3),
     }
     assert RollbackJournal(tmp_path / "j").open()["prod/web"].seq == 999
 
@@ -74,7 +74,8 @@ async def test_only_a_rollback_the_store_never_recorded_is_sent_again(
     resent: bool,
 ) -> None:
     """A journalled rollback newer than the recorded state of the same rollout is sent and
-    recorded before anything else; an older one, or another rollout's, changes nothing."""
+    recorded before anything else, with the failed checks it was decided at; an older one,
+    or another rollout's, changes nothing."""
     router = FakeRouter()
     cfg = settings(tmp_path)
     first = runner(cfg, store, session, FakeProvider([99.9]), router)
@@ -82,14 +83,17 @@ async def test_only_a_rollback_the_store_never_recorded_is_sent_again(
     await first.tick()  # 0 -> 25
     state = replace(first.state, rollout_id="r1", seq=4)
     again = runner(cfg, store, session, FakeProvider([99.9]), router, state)
-    again.recover(Entry("prod/web", rollout, seq, "aborted by operator", {"manual": True}))
+    lost = Entry("prod/web", rollout, seq, "latency 900 > max 500", {}, failed_checks=2)
+    again.recover(lost)
     before = len(router.requests)
     await again.tick()
     sent = [(q.action, q.canary_weight) for q in router.requests[before:]]
     if resent:
         assert sent == [("rollback", 0)]
         assert again.state.phase is Phase.FAILED
-        assert again.state.reason == "aborted by operator"
+        assert again.state.reason == "latency 900 > max 500"
+        assert again.state.failed_checks == 2  # the threshold reached, not the count before
+        assert (await store.load_states())["prod/web"].failed_checks == 2
     else:
         assert sent == [("route", 50)]
         assert again.state.phase is Phase.PROGRESSING

@@ -126,19 +126,28 @@ def abort(
 
 
 def rollback_again(
-    spec: CanaryConfig, state: CanaryState, now: float, reason: str, fields: Mapping[str, Any]
+    spec: CanaryConfig,
+    state: CanaryState,
+    now: float,
+    reason: str,
+    fields: Mapping[str, Any],
+    *,
+    failed_checks: int = 0,
 ) -> Decision:
     """Decide again a rollback that was sent before a restart but never recorded.
 
     The recorded ``state`` is from before that rollback; the traffic already went
     back, so the rollout must not go on from it (docs/reliability.md, "A rollback
     the store never recorded"). A rollout no longer under way, or whose promotion
-    has begun, is left as recorded.
+    has begun, is left as recorded. The rollout's failed checks are those counted
+    when it was rolled back (``failed_checks``), so the record shows the threshold
+    that was reached, not the count before the lost tick.
     """
     if not state.active or promotion_begun(state):
         return Decision(state)
     extra = {k: v for k, v in fields.items() if k != "reason"}
-    new, effects = rollback(spec, state, now, reason, **extra)
+    counted = evolve(state, failed_checks=max(state.failed_checks, failed_checks))
+    new, effects = rollback(spec, counted, now, reason, **extra)
     return Decision(new, tuple(effects))
 
 

@@ -82,7 +82,14 @@ class Ledger:
         """Write a rollback to the journal before it is sent (a no-op without a journal)."""
         journal = self.services.journal
         if journal is not None:
-            entry = JournalEntry(self.key, state.rollout_id, self.version + 1, reason, dict(fields))
+            entry = JournalEntry(
+                self.key,
+                state.rollout_id,
+                self.version + 1,
+                reason,
+                dict(fields),
+                failed_checks=state.failed_checks,
+            )
             await journal.record(entry)
 
     async def _catch_up(self) -> None:

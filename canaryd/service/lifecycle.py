@@ -221,7 +221,12 @@ class Lifecycle(Committer):
         entry, self._lost_rollback = self._lost_rollback, None
         assert entry is not None
         decision = core.rollback_again(
-            self.spec, self.state, self.services.clock(), entry.reason, entry.fields
+            self.spec,
+            self.state,
+            self.services.clock(),
+            entry.reason,
+            entry.fields,
+            failed_checks=entry.failed_checks,
         )
         log.warning(
             "rollback.unrecorded_resent",

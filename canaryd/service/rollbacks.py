@@ -49,6 +49,8 @@ class Entry:
     fields: dict[str, Any]
     n: int = 0
     """Order of writing (the newest entry of a canary wins)."""
+    failed_checks: int = 0
+    """The rollout's failed checks when it was rolled back (recorded with it if sent again)."""
 
 
 class RollbackJournal:
@@ -134,6 +136,7 @@ def _encode(entry: Entry, n: int) -> bytes:
         "seq": entry.seq,
         "reason": entry.reason[:300],
         "fields": entry.fields,
+        "failedChecks": entry.failed_checks,
     }
     data = dumps(body).encode()
     if len(data) >= SLOT:
@@ -156,6 +159,7 @@ def _parse(slot: bytes) -> Entry | None:
             str(data["reason"]),
             dict(data.get("fields") or {}),
             int(data["n"]),
+            int(data.get("failedChecks") or 0),  # absent in entries written before 2026-11-30
         )
     except (ValueError, KeyError, TypeError):
         log.warning("rollback.journal_unreadable_entry")
