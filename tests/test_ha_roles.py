@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import psycopg
 import pytest
 from daemons import TOKEN, api_url
 from postgres import PostgresServer
@@ -25,6 +27,7 @@ from canaryd.config.loader import load_config
 from canaryd.errors import ClientError, StoreError
 from canaryd.service.daemon import Daemon
 from canaryd.service.sdnotify import Notifier
+from canaryd.service.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.anyio
 
@@ -123,7 +126,6 @@ async def _revision(c: Client) -> str | None:
 
 def _status_output(url: str, tmp_path: Path, mp: pytest.MonkeyPatch) -> str:
     """What ``canaryd status`` prints against ``url``."""
-    import contextlib
     import io
 
     token = tmp_path / "tok"
@@ -206,3 +208,47 @@ async def test_a_leader_past_its_lease_deadline_stops_at_once(
     assert [str(f) for f in failures] == ["lost the leader lease: stopped deciding (docs/ha.md)"]
     assert "lease.lost" in [e["event"] for e in logs]
     assert not daemon.ready
+
+
+async def test_a_new_leader_decides_a_start_once_while_its_loops_start(
+    tmp_path: Path, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start sent while a new leader's loops load the state is refused, never decided twice.
+
+    The loops read the states, then (held here) the pending routes, then replace the
+    follower's copies: a start those copies took in between would be lost to the loop,
+    and the client, reading the old revision, would start it again (a second
+    ``rollout.started`` under another rollout id).
+    """
+    url = postgres.create_database()
+    loading, gate = anyio.Event(), anyio.Event()
+    load_pending = PostgresStore.load_pending
+
+    async def held(store: PostgresStore) -> dict[str, tuple[int, list[dict[str, Any]]]]:
+        loading.set()
+        await gate.wait()
+        return await load_pending(store)
+
+    monkeypatch.setattr(PostgresStore, "load_pending", held)
+    answers: list[dict[str, Any]] = []
+    async with backends() as (prom, router):
+        cfg = configs(tmp_path, url, prom, router)[0]
+        async with replica(cfg) as daemon, Client(api_url(cfg), TOKEN) as c:
+            with anyio.fail_after(15):
+                await loading.wait()  # it holds the lease; its loops are starting
+            copy = daemon.runners[KEY]  # the follower's copy of the canary
+            with contextlib.suppress(ClientError):  # refused (503), or taken by a copy
+                answers.append(await c.post(f"{KEY}/rollouts", {"revision": "v2"}))
+            gate.set()
+            await eventually(
+                lambda: daemon.runners[KEY] is not copy and daemon.health.role == "leader",
+                what="its loop leads",
+            )
+            if (await c.get(KEY))["revision"] != "v2":  # as the campaign's driver does
+                answers.append(await c.post(f"{KEY}/rollouts", {"revision": "v2"}))
+            final = await c.get(KEY)
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        started = conn.execute("SELECT rollout FROM events WHERE name='rollout.started'")
+        rollouts = [r for (r,) in started.fetchall()]
+    assert rollouts == [final["rolloutId"]], rollouts
+    assert [a["rolloutId"] for a in answers] == [final["rolloutId"]], answers

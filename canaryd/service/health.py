@@ -48,6 +48,8 @@ class Health:
         """When each canary's loop started (a loop that never ticked is stalled from then)."""
         self._status = ""
         """The ``STATUS=`` line last sent."""
+        self.loops_running = False
+        """Whether the canaries' loops run (a replica holding the lease leads only then)."""
 
     def started(self, key: str, now: float) -> None:
         """Note that the loop of ``key`` started at ``now`` (service clock)."""
@@ -57,9 +59,17 @@ class Health:
 
     @property
     def role(self) -> str:
-        """``leader`` or ``follower`` (a daemon on SQLite always leads)."""
+        """``leader`` or ``follower`` (a daemon on SQLite always leads).
+
+        A replica that has taken the lease leads once its loops run on the state read
+        after taking it. Until then its canaries are a follower's copies, which may lack
+        the old leader's last decisions and are replaced when the loops start: a change
+        they took would be decided again (docs/ha.md, "Followers").
+        """
         lease = self.daemon.lease
-        return "leader" if lease is None or lease.leading else "follower"
+        if lease is None:
+            return "leader"
+        return "leader" if lease.leading and self.loops_running else "follower"
 
     @property
     def leader_address(self) -> str | None:

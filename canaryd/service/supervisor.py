@@ -127,6 +127,7 @@ class Supervisor:
             self._start_runner(canary.key, states.get(canary.key))
             d.runners[canary.key].restore(pending.get(canary.key))
             d.runners[canary.key].recover(journalled.get(canary.key))
+        d.health.loops_running = True  # changes go to these runners from now on (docs/ha.md)
         freeze_heap()
         tg.start_soon(d.scheduler.run)
 
