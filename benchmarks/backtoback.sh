@@ -48,7 +48,7 @@ done
 
 OLD_SHA=$(git -C "$ROOT" rev-parse --short=7 "$OLD^{commit}")
 NEW_SHA=$(git -C "$ROOT" rev-parse --short=7 HEAD)
-if [ -n "$(git -C "$ROOT" status --porcelain -- canaryd benchmarks pyproject.toml constraints.txt)" ]; then
+if [ -n "$(git -C "$ROOT" status --porcelain -- canaryd benchmarks pyproject.toml constraints.txt ":!benchmarks/results")" ]; then
   NEW_SHA="$NEW_SHA+dirty"
 fi
 mkdir -p "$CACHE" "$OUT"
