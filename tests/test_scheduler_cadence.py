@@ -23,7 +23,7 @@ from scheduler_helpers import (
     slots,
 )
 
-from canaryd.service.scheduler import Scheduler
+from canaryd.service.scheduler import EARLY_SECONDS, Scheduler
 from canaryd.testing import FakeLoopClock
 
 pytestmark = pytest.mark.anyio
@@ -268,3 +268,22 @@ async def test_the_fake_clock_fires_its_timers_in_order_each_at_its_time() -> No
         assert woke == []
         clock.advance(0.1)
     assert woke == [pytest.approx(8.0)]
+
+
+async def test_a_tick_due_within_the_clocks_millisecond_starts_without_waiting() -> None:
+    """A tick due less than EARLY_SECONDS ahead starts now, with no timer to wait for (on
+    uvloop's millisecond clock such a wait spins the event loop); one due later waits."""
+    clock = FakeLoopClock()
+    soon = FakeRunner("ns/soon", FAR, clock)
+    later = FakeRunner("ns/later", FAR, clock)
+    async with running(Scheduler(clock)) as scheduler:
+        start = clock.now
+        scheduler.add(soon, EARLY_SECONDS / 2)
+        scheduler.add(later, EARLY_SECONDS * 2)
+        await settle()
+        assert soon.starts == [start]  # the clock has not moved: no timer was needed
+        assert later.starts == []
+        assert clock.next_timer() == pytest.approx(start + EARLY_SECONDS * 2)
+        await advance(clock, EARLY_SECONDS * 2)
+        assert later.starts == pytest.approx([start + EARLY_SECONDS * 2])
+    assert scheduler.lag(clock.now) == 0.0  # the early start counts as on time

@@ -48,6 +48,14 @@ MAX_TICKING = 512
 more would only queue for a connection inside the ticks, where the wait eats their
 deadline, instead of in the heap, where it is fair and measured."""
 
+EARLY_SECONDS = 0.001
+"""An entry due within this much of now starts now. uvloop's clock and timers count
+whole milliseconds: a timer less than half a millisecond away fires at once and the
+clock still reads the same millisecond, so waiting for an entry due within it would
+spin the event loop (one empty turn after another) until the millisecond passed.
+That spin cost a sixth of canaryd's CPU at 1,000 canaries (benchmarks/README.md,
+"Round 6"); starting a tick up to 1 ms early costs nothing."""
+
 LAG_WINDOW_SECONDS = 10.0
 """:meth:`Scheduler.lag` looks at the ticks started in the last one or two such windows."""
 
@@ -232,7 +240,8 @@ class Scheduler:
             while True:
                 now = clock.time()
                 free = self.max_ticking - len(self._ticks)
-                while heap and heap[0][0] <= now and not self._stopping and free > 0:
+                soon = now + EARLY_SECONDS
+                while heap and heap[0][0] <= soon and not self._stopping and free > 0:
                     due, _, entry = heapq.heappop(heap)
                     if entry.removed or entry.ticking is not None or entry.due != due:
                         continue  # stale: removed, rescheduled by a wake-up, or ticking
@@ -247,7 +256,7 @@ class Scheduler:
     def _start(self, entry: _Entry, loop: asyncio.AbstractEventLoop, now: float) -> None:
         if entry.started:
             self._roll_lag(now)
-            self._lags.append(now - entry.due)
+            self._lags.append(max(now - entry.due, 0.0))  # started early: on time
         entry.started = True
         task = loop.create_task(self._tick(entry))
         entry.ticking = task
