@@ -135,7 +135,7 @@ def tables() -> dict[str, tuple[str, ...]]:
 
 
 COMMIT_SPACING = 0.01
-"""Seconds from one batch's start to the next at the least (docs/design.md, "State").
+"""Seconds from one batch's start to the next at the least (docs/design.md, "A tick").
 
 Saves that arrive within this time of the last batch wait for the next one:
 under load, commits are paced at 100 a second and each carries every save
@@ -175,7 +175,6 @@ class SqliteStore(PlannedStore):
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._queue: list[_Write] = []
-        self._writing = False
         self._last_batch = float("-inf")  # the event loop's time the last batch started
         self._paced: asyncio.TimerHandle | None = None
         self._batch: asyncio.Future[list[BaseException | None]] | None = None  # being written
@@ -289,7 +288,7 @@ class SqliteStore(PlannedStore):
         """
         write = _Write(rows)
         self._queue.append(write)
-        if not self._writing and self._paced is None:
+        if self._batch is None and self._paced is None:  # nothing written or waiting
             self._next_batch()
         try:
             await write.ready.wait()
@@ -329,7 +328,6 @@ class SqliteStore(PlannedStore):
         if self._thread is None:
             self._finish(batch, StoreError("state store is not open"))
             return
-        self._writing = True
         done = self._thread.submit(self._save_batch, [w.rows for w in batch])
         self._batch = asyncio.wrap_future(done)
         self._batch.add_done_callback(partial(self._flushed, batch))
@@ -338,7 +336,7 @@ class SqliteStore(PlannedStore):
         self, batch: list[_Write], done: asyncio.Future[list[BaseException | None]]
     ) -> None:
         """A batch is written (or failed): wake its savers, start the next batch."""
-        self._writing, self._batch = False, None
+        self._batch = None
         if done.cancelled():
             self._finish(batch, StoreError("state store closed before the save was written"))
         elif (exc := done.exception()) is not None:  # the transaction failed: none was written
